@@ -1,0 +1,480 @@
+//! The genesis file, the chain spec derived from it, and the genesis block.
+//!
+//! Every node derives the same chain hash and genesis block from the same file: the
+//! canonical spec encoding covers everything that decides block validity (limits,
+//! initial difficulty, member keys) and nothing operational (addresses), so an operator
+//! can move a node to another address without forking the chain.
+
+use std::collections::HashSet;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::codec::Reader;
+use super::merkle::empty_root;
+use super::{Block, ChainError, Hash, Header, HEADER_VERSION};
+
+const SPEC_MAGIC: &[u8; 8] = b"LDGRSPEC";
+const SPEC_VERSION: u16 = 1;
+const MAX_CHAIN_ID_BYTES: usize = 64;
+const MAX_MEMBERS: usize = 1024;
+/// Entries above 16 MiB would not fit a network frame; refuse such a genesis outright.
+const MAX_ENTRY_BYTES_CEILING: u32 = 16 << 20;
+
+/// The genesis file as operators write it (TOML).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisFile {
+    /// Human-readable chain name, 1 to 64 bytes.
+    pub chain_id: String,
+    /// Genesis timestamp, ms since the Unix epoch; fixed so every node agrees.
+    pub timestamp_ms: u64,
+    /// Initial difficulty in leading zero bits.
+    pub difficulty: u32,
+    /// Largest entry data accepted, in bytes.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: u32,
+    /// Most entries in one block.
+    #[serde(default = "default_max_block_entries")]
+    pub max_block_entries: u32,
+    /// How far a block timestamp may run ahead of a validator's clock.
+    #[serde(default = "default_max_future_drift_ms")]
+    pub max_future_drift_ms: u64,
+    /// Heights between PBFT checkpoints (K).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// The members, in primary rotation order (primary of view v = member v mod n).
+    pub members: Vec<GenesisMember>,
+}
+
+/// One member in the genesis file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisMember {
+    /// ed25519 public key, 64 hex characters.
+    pub public_key: String,
+    /// Where peers reach it (not part of the chain hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_addr: Option<String>,
+    /// Where clients reach it (not part of the chain hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_addr: Option<String>,
+}
+
+/// Limit defaults, shared with tools that write genesis files.
+pub(crate) fn default_max_entry_bytes() -> u32 {
+    64 * 1024
+}
+pub(crate) fn default_max_block_entries() -> u32 {
+    10_000
+}
+pub(crate) fn default_max_future_drift_ms() -> u64 {
+    15_000
+}
+pub(crate) fn default_checkpoint_interval() -> u64 {
+    100
+}
+
+/// Validity rules every member must apply identically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainParams {
+    /// Largest entry data, bytes.
+    pub max_entry_bytes: u32,
+    /// Most entries per block.
+    pub max_block_entries: u32,
+    /// Allowed clock lead of a block timestamp, ms.
+    pub max_future_drift_ms: u64,
+    /// PBFT checkpoint interval K.
+    pub checkpoint_interval: u64,
+}
+
+/// A member of the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's ed25519 key.
+    pub public_key: VerifyingKey,
+    /// SHA-256 of the public key; shown in hex as the node id.
+    pub node_id: Hash,
+    /// Peer address hint.
+    pub p2p_addr: Option<String>,
+    /// Client API address hint.
+    pub api_addr: Option<String>,
+}
+
+/// The member set, in rotation order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members(Vec<Member>);
+
+impl Members {
+    /// Builds a member set from keys, refusing duplicates and an empty set.
+    pub fn new(members: Vec<Member>) -> Result<Members, ChainError> {
+        if members.is_empty() || members.len() > MAX_MEMBERS {
+            return Err(ChainError::Genesis(format!(
+                "between 1 and {MAX_MEMBERS} members required, found {}",
+                members.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for member in &members {
+            if !seen.insert(member.node_id) {
+                return Err(ChainError::Genesis(format!(
+                    "member {} listed twice",
+                    hex::encode(member.public_key.as_bytes())
+                )));
+            }
+        }
+        Ok(Members(members))
+    }
+
+    /// The members in order.
+    pub fn as_slice(&self) -> &[Member] {
+        &self.0
+    }
+
+    /// Number of members n.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a member set has at least one member.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Faults tolerated: f = ⌊(n − 1) / 3⌋.
+    pub fn max_faulty(&self) -> usize {
+        (self.0.len() - 1) / 3
+    }
+
+    /// Matching signatures that make a certificate: 2f + 1.
+    pub fn quorum(&self) -> usize {
+        2 * self.max_faulty() + 1
+    }
+
+    /// The key of the member with `node_id`.
+    pub fn key_of(&self, node_id: &Hash) -> Option<&VerifyingKey> {
+        self.0
+            .iter()
+            .find(|member| member.node_id == *node_id)
+            .map(|member| &member.public_key)
+    }
+}
+
+/// A validated chain definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainSpec {
+    /// Human-readable chain name.
+    pub chain_id: String,
+    /// Genesis timestamp, ms.
+    pub timestamp_ms: u64,
+    /// Initial difficulty, leading zero bits.
+    pub difficulty: u32,
+    /// Validity limits.
+    pub params: ChainParams,
+    /// The members.
+    pub members: Members,
+}
+
+fn member_from_key(public_key: [u8; 32]) -> Result<Member, ChainError> {
+    let key = VerifyingKey::from_bytes(&public_key).map_err(|_| {
+        ChainError::Genesis(format!(
+            "member key {} is not a valid ed25519 public key",
+            hex::encode(public_key)
+        ))
+    })?;
+    if key.is_weak() {
+        return Err(ChainError::Genesis(format!(
+            "member key {} is a small-order point",
+            hex::encode(public_key)
+        )));
+    }
+    Ok(Member {
+        public_key: key,
+        node_id: Hash::digest(&public_key),
+        p2p_addr: None,
+        api_addr: None,
+    })
+}
+
+impl ChainSpec {
+    /// Parses and validates a genesis file's text.
+    pub fn from_toml(text: &str) -> Result<ChainSpec, ChainError> {
+        let file: GenesisFile =
+            toml::from_str(text).map_err(|error| ChainError::Genesis(error.to_string()))?;
+        ChainSpec::from_file(file)
+    }
+
+    /// Validates a parsed genesis file.
+    pub fn from_file(file: GenesisFile) -> Result<ChainSpec, ChainError> {
+        let mut members = Vec::with_capacity(file.members.len());
+        for entry in file.members {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(&entry.public_key, &mut key).map_err(|_| {
+                ChainError::Genesis(format!(
+                    "member public_key {:?} is not 64 hex characters",
+                    entry.public_key
+                ))
+            })?;
+            let mut member = member_from_key(key)?;
+            member.p2p_addr = entry.p2p_addr;
+            member.api_addr = entry.api_addr;
+            members.push(member);
+        }
+        let spec = ChainSpec {
+            chain_id: file.chain_id,
+            timestamp_ms: file.timestamp_ms,
+            difficulty: file.difficulty,
+            params: ChainParams {
+                max_entry_bytes: file.max_entry_bytes,
+                max_block_entries: file.max_block_entries,
+                max_future_drift_ms: file.max_future_drift_ms,
+                checkpoint_interval: file.checkpoint_interval,
+            },
+            members: Members::new(members)?,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> Result<(), ChainError> {
+        let fail = |reason: String| Err(ChainError::Genesis(reason));
+        if self.chain_id.is_empty()
+            || self.chain_id.len() > MAX_CHAIN_ID_BYTES
+            || self.chain_id.chars().any(char::is_control)
+        {
+            return fail(format!(
+                "chain_id must be 1 to {MAX_CHAIN_ID_BYTES} bytes without control characters"
+            ));
+        }
+        if self.difficulty > 256 {
+            return fail(format!("difficulty {} exceeds 256 bits", self.difficulty));
+        }
+        if self.params.max_entry_bytes == 0 || self.params.max_entry_bytes > MAX_ENTRY_BYTES_CEILING
+        {
+            return fail(format!(
+                "max_entry_bytes must be between 1 and {MAX_ENTRY_BYTES_CEILING}"
+            ));
+        }
+        if self.params.max_block_entries == 0 || self.params.max_block_entries > 1_000_000 {
+            return fail("max_block_entries must be between 1 and 1000000".into());
+        }
+        if self.params.checkpoint_interval == 0 {
+            return fail("checkpoint_interval must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The genesis file that describes this spec (for `ledgerd dev init` and tests).
+    pub fn to_file(&self) -> GenesisFile {
+        GenesisFile {
+            chain_id: self.chain_id.clone(),
+            timestamp_ms: self.timestamp_ms,
+            difficulty: self.difficulty,
+            max_entry_bytes: self.params.max_entry_bytes,
+            max_block_entries: self.params.max_block_entries,
+            max_future_drift_ms: self.params.max_future_drift_ms,
+            checkpoint_interval: self.params.checkpoint_interval,
+            members: self
+                .members
+                .as_slice()
+                .iter()
+                .map(|member| GenesisMember {
+                    public_key: hex::encode(member.public_key.as_bytes()),
+                    p2p_addr: member.p2p_addr.clone(),
+                    api_addr: member.api_addr.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The genesis file text.
+    pub fn to_toml(&self) -> String {
+        // Serialising a struct of strings and integers cannot fail.
+        toml::to_string(&self.to_file()).unwrap_or_default()
+    }
+
+    /// The canonical encoding hashed into the chain hash (docs/FORMAT.md, "Chain spec").
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 32 * self.members.len());
+        out.extend_from_slice(SPEC_MAGIC);
+        out.extend_from_slice(&SPEC_VERSION.to_be_bytes());
+        // check() bounds the id to 64 bytes and the members to 1024.
+        out.push(self.chain_id.len() as u8);
+        out.extend_from_slice(self.chain_id.as_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+        out.extend_from_slice(&self.difficulty.to_be_bytes());
+        out.extend_from_slice(&self.params.max_entry_bytes.to_be_bytes());
+        out.extend_from_slice(&self.params.max_block_entries.to_be_bytes());
+        out.extend_from_slice(&self.params.max_future_drift_ms.to_be_bytes());
+        out.extend_from_slice(&self.params.checkpoint_interval.to_be_bytes());
+        out.extend_from_slice(&(self.members.len() as u16).to_be_bytes());
+        for member in self.members.as_slice() {
+            out.extend_from_slice(member.public_key.as_bytes());
+        }
+        out
+    }
+
+    /// Decodes a canonical spec (addresses are not part of it and come back empty).
+    pub fn decode(bytes: &[u8]) -> Result<ChainSpec, ChainError> {
+        let mut reader = Reader::new(bytes, "chain spec");
+        if reader.take(SPEC_MAGIC.len())? != SPEC_MAGIC {
+            return Err(ChainError::Malformed {
+                what: "chain spec",
+                reason: "bad magic",
+            });
+        }
+        let version = reader.u16()?;
+        if version != SPEC_VERSION {
+            return Err(ChainError::UnsupportedVersion {
+                what: "chain spec",
+                version: version.into(),
+            });
+        }
+        let id_len = usize::from(reader.u8()?);
+        let chain_id = String::from_utf8(reader.take(id_len)?.to_vec()).map_err(|_| {
+            ChainError::Malformed {
+                what: "chain spec",
+                reason: "chain id is not UTF-8",
+            }
+        })?;
+        let timestamp_ms = reader.u64()?;
+        let difficulty = reader.u32()?;
+        let params = ChainParams {
+            max_entry_bytes: reader.u32()?,
+            max_block_entries: reader.u32()?,
+            max_future_drift_ms: reader.u64()?,
+            checkpoint_interval: reader.u64()?,
+        };
+        let count = usize::from(reader.u16()?);
+        let mut members = Vec::with_capacity(count.min(MAX_MEMBERS));
+        for _ in 0..count {
+            members.push(member_from_key(reader.array()?)?);
+        }
+        reader.finish()?;
+        let spec = ChainSpec {
+            chain_id,
+            timestamp_ms,
+            difficulty,
+            params,
+            members: Members::new(members)?,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// SHA-256 of the canonical spec: the chain's identity, in every header.
+    pub fn chain_hash(&self) -> Hash {
+        Hash::digest(&self.encode())
+    }
+
+    /// The genesis block: height 0, no entries, no proof of work, all-zero parent.
+    pub fn genesis_block(&self) -> Block {
+        Block {
+            header: Header {
+                version: HEADER_VERSION,
+                chain_hash: self.chain_hash(),
+                height: 0,
+                timestamp_ms: self.timestamp_ms,
+                prev_hash: Hash::ZERO,
+                log_size: 0,
+                log_root: empty_root(),
+                difficulty: self.difficulty,
+                nonce: 0,
+            },
+            entries: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{key, spec};
+
+    /// A two-member genesis file; the keys are real points (from seeds 1 and 2).
+    fn genesis_text() -> String {
+        format!(
+            r#"
+chain_id = "audit-trail"
+timestamp_ms = 1767225600000
+difficulty = 12
+
+[[members]]
+public_key = "{}"
+p2p_addr = "10.0.0.1:7000"
+
+[[members]]
+public_key = "{}"
+"#,
+            hex::encode(key(1).verifying_key().as_bytes()),
+            hex::encode(key(2).verifying_key().as_bytes())
+        )
+    }
+
+    #[test]
+    fn genesis_is_deterministic_and_ignores_addresses() {
+        let genesis = genesis_text();
+        let first = ChainSpec::from_toml(&genesis).unwrap();
+        let moved = ChainSpec::from_toml(&genesis.replace("10.0.0.1", "10.9.9.9")).unwrap();
+        assert_eq!(first.chain_hash(), moved.chain_hash());
+        assert_eq!(first.genesis_block().hash(), moved.genesis_block().hash());
+        assert_eq!(first.params.max_entry_bytes, 65536);
+        assert_eq!(
+            first.members.as_slice()[0].p2p_addr.as_deref(),
+            Some("10.0.0.1:7000")
+        );
+
+        let harder = ChainSpec::from_toml(&genesis.replace("= 12", "= 13")).unwrap();
+        assert_ne!(first.chain_hash(), harder.chain_hash());
+    }
+
+    #[test]
+    fn encoding_round_trips_through_decode_and_toml() {
+        let spec = spec(&[key(1), key(2), key(3), key(4)], 8);
+        assert_eq!(ChainSpec::decode(&spec.encode()).unwrap(), spec);
+        assert_eq!(ChainSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        assert_eq!(spec.members.max_faulty(), 1);
+        assert_eq!(spec.members.quorum(), 3);
+    }
+
+    #[test]
+    fn bad_genesis_files_are_refused_with_reasons() {
+        let genesis = genesis_text();
+        let first_key = hex::encode(key(1).verifying_key().as_bytes());
+        let second_key = hex::encode(key(2).verifying_key().as_bytes());
+        let cases = [
+            (genesis.replace("audit-trail", ""), "chain_id"),
+            (genesis.replace("= 12", "= 300"), "difficulty"),
+            (
+                genesis.replace(&first_key, &format!("zz{}", &first_key[2..])),
+                "hex",
+            ),
+            (genesis.replace(&second_key, &first_key), "twice"),
+            (format!("{genesis}\nsurprise = 1\n"), "unknown field"),
+            (
+                genesis.replace(
+                    "difficulty = 12",
+                    "difficulty = 12\ncheckpoint_interval = 0",
+                ),
+                "checkpoint",
+            ),
+            (genesis.replace("[[members]]", "[[nobody]]"), "members"),
+        ];
+        for (text, needle) in cases {
+            let error = ChainSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                error.contains(needle),
+                "{error:?} should mention {needle:?}"
+            );
+        }
+        // The identity point has small order: never a member key.
+        let weak = genesis.replace(
+            &second_key,
+            "0100000000000000000000000000000000000000000000000000000000000000",
+        );
+        assert!(ChainSpec::from_toml(&weak)
+            .unwrap_err()
+            .to_string()
+            .contains("small-order"));
+    }
+}

@@ -1,0 +1,23 @@
+//! The chain: entries, headers, blocks, genesis, the Merkle log and validation. Pure:
+//! no IO, no clock, no randomness; time arrives as an argument.
+
+mod block;
+mod certificate;
+mod codec;
+mod entry;
+mod error;
+pub(crate) mod genesis;
+mod hash;
+mod header;
+pub mod merkle;
+mod validate;
+
+pub use block::Block;
+pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
+pub use entry::{Author, Entry, ENTRY_OVERHEAD};
+pub use error::ChainError;
+pub use genesis::{ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
+pub use hash::Hash;
+pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
+pub use merkle::CompactRange;
+pub use validate::{validate_block, validate_header, EntryIndex, ValidationContext};

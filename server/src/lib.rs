@@ -1,0 +1,15 @@
+//! Ledger: a permissioned, Byzantine-fault-tolerant, persistent ledger node.
+//!
+//! # Layout
+//!
+//! - [`chain`]: entries, block headers, their canonical byte encodings, the genesis
+//!   derivation, the RFC 9162 Merkle log and block validation. Pure: no IO, no clock.
+//! - [`pow`]: the proof-of-work miner (SHA-256 midstate, every core, cancellable). Pure CPU.
+//! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
+//!
+//! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
+//! fixed-width except where a length prefix says otherwise.
+
+pub mod chain;
+pub mod pow;
+pub mod testing;
