@@ -5,6 +5,8 @@
 //! - [`chain`]: entries, block headers, their canonical byte encodings, the genesis
 //!   derivation, the RFC 9162 Merkle log and block validation. Pure: no IO, no clock.
 //! - [`pow`]: the proof-of-work miner (SHA-256 midstate, every core, cancellable). Pure CPU.
+//! - [`storage`]: the redb database behind one [`storage::Store`] type; one write
+//!   transaction per applied block.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
 //!
 //! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
@@ -12,4 +14,5 @@
 
 pub mod chain;
 pub mod pow;
+pub mod storage;
 pub mod testing;

@@ -1,0 +1,300 @@
+//! Schema versions of the ledger's redb database and the steps between them.
+//!
+//! The table definitions live here, not in the server, so the schema and its upgrade
+//! steps are one piece of code: [`schema`] is always the newest schema, and each step in
+//! [`MIGRATIONS`] turns version `n - 1` into `n`. [`migrate`] runs every pending step
+//! in one write transaction and records the new version in the `meta` table in that
+//! same transaction, so a crash mid-upgrade leaves the old schema intact.
+//!
+//! Version history (docs/FORMAT.md, "Database"):
+//! 1. chain tables: meta, blocks, block hashes, entry index, Merkle nodes, commit
+//!    certificates.
+//! 2. consensus tables: consensus log, checkpoint certificates, view state, membership.
+
+use redb::{Database, ReadableDatabase, TableHandle, WriteTransaction};
+
+/// Table definitions of the current schema.
+pub mod schema {
+    use redb::TableDefinition;
+
+    /// Database-wide facts: format marker, schema version, chain identity.
+    pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    /// Height → canonical block encoding.
+    pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+    /// Block hash → height.
+    pub const BLOCK_HASHES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("block_hashes");
+    /// Entry id → (height, position in block, log index).
+    pub const ENTRIES: TableDefinition<&[u8; 32], (u64, u32, u64)> =
+        TableDefinition::new("entries");
+    /// (level, index) → hash of that perfect Merkle subtree.
+    pub const MERKLE_NODES: TableDefinition<(u8, u64), &[u8; 32]> =
+        TableDefinition::new("merkle_nodes");
+    /// Height → canonical commit certificate of that block.
+    pub const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certificates");
+    /// Height → the replica's PBFT state for that sequence number (above the stable
+    /// checkpoint only).
+    pub const CONSENSUS_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("consensus_log");
+    /// Height → stable checkpoint certificate.
+    pub const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+    /// Key → the replica's view-change state (current view, pending view change).
+    pub const VIEW_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("view_state");
+    /// Height a membership takes effect → encoded member set.
+    pub const MEMBERSHIP: TableDefinition<u64, &[u8]> = TableDefinition::new("membership");
+
+    /// `meta` key of the format marker.
+    pub const META_FORMAT: &str = "format";
+    /// `meta` key of the schema version (u32, big-endian).
+    pub const META_SCHEMA_VERSION: &str = "schema_version";
+    /// The format marker's value: tells a ledger database from any other redb file.
+    pub const FORMAT_MARKER: &[u8] = b"ledger-db";
+}
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: u32 = 2;
+
+/// One upgrade step.
+pub struct Migration {
+    /// The version this step produces.
+    pub version: u32,
+    /// What it changes, for logs and `ledgerd migrate --check`.
+    pub description: &'static str,
+    apply: fn(&WriteTransaction) -> Result<(), redb::Error>,
+}
+
+/// Every step, in order; `MIGRATIONS[i].version == i + 1`.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "chain tables: blocks, block hashes, entry index, Merkle nodes, certificates",
+        apply: |txn| {
+            let mut meta = txn.open_table(schema::META)?;
+            meta.insert(schema::META_FORMAT, schema::FORMAT_MARKER)?;
+            drop(meta);
+            txn.open_table(schema::BLOCKS)?;
+            txn.open_table(schema::BLOCK_HASHES)?;
+            txn.open_table(schema::ENTRIES)?;
+            txn.open_table(schema::MERKLE_NODES)?;
+            txn.open_table(schema::CERTIFICATES)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 2,
+        description: "consensus tables: consensus log, checkpoints, view state, membership",
+        apply: |txn| {
+            txn.open_table(schema::CONSENSUS_LOG)?;
+            txn.open_table(schema::CHECKPOINTS)?;
+            txn.open_table(schema::VIEW_STATE)?;
+            txn.open_table(schema::MEMBERSHIP)?;
+            Ok(())
+        },
+    },
+];
+
+/// Why a database cannot be brought to the current schema.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The file is a redb database, but not one of ours.
+    #[error("not a ledger database: it holds tables ({tables}) but no ledger format marker")]
+    Foreign {
+        /// Names of the tables found.
+        tables: String,
+    },
+    /// Written by a newer ledgerd.
+    #[error(
+        "database schema version {found} is newer than this build supports ({supported}); \
+         run a ledgerd at least as new as the one that wrote it"
+    )]
+    TooNew {
+        /// The version in the file.
+        found: u32,
+        /// [`CURRENT_VERSION`].
+        supported: u32,
+    },
+    /// The meta table holds a value that cannot be a schema version.
+    #[error("corrupt meta table: {0}")]
+    CorruptMeta(&'static str),
+    /// redb failed.
+    #[error("database error: {0}")]
+    Database(#[from] redb::Error),
+}
+
+fn db<E: Into<redb::Error>>(error: E) -> MigrationError {
+    MigrationError::Database(error.into())
+}
+
+/// The schema version of `database`: 0 for a new, empty file.
+pub fn schema_version(database: &Database) -> Result<u32, MigrationError> {
+    let txn = database.begin_read().map_err(db)?;
+    let tables: Vec<String> = txn
+        .list_tables()
+        .map_err(db)?
+        .map(|table| table.name().to_string())
+        .collect();
+    if tables.is_empty() {
+        return Ok(0);
+    }
+    let foreign = || MigrationError::Foreign {
+        tables: tables.join(", "),
+    };
+    if !tables.iter().any(|name| name == schema::META.name()) {
+        return Err(foreign());
+    }
+    let meta = txn.open_table(schema::META).map_err(db)?;
+    match meta.get(schema::META_FORMAT).map_err(db)? {
+        Some(marker) if marker.value() == schema::FORMAT_MARKER => {}
+        _ => return Err(foreign()),
+    }
+    let version = meta
+        .get(schema::META_SCHEMA_VERSION)
+        .map_err(db)?
+        .ok_or(MigrationError::CorruptMeta("schema version missing"))?;
+    let bytes: [u8; 4] = version
+        .value()
+        .try_into()
+        .map_err(|_| MigrationError::CorruptMeta("schema version is not 4 bytes"))?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+/// What [`migrate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Version before.
+    pub from: u32,
+    /// Version after.
+    pub to: u32,
+}
+
+/// Steps that would run to bring `database` to the current version, without running
+/// them (for `ledgerd migrate --check`).
+pub fn pending(database: &Database) -> Result<Vec<&'static Migration>, MigrationError> {
+    let version = checked_version(database, CURRENT_VERSION)?;
+    Ok(MIGRATIONS[version as usize..].iter().collect())
+}
+
+fn checked_version(database: &Database, target: u32) -> Result<u32, MigrationError> {
+    let version = schema_version(database)?;
+    if version > CURRENT_VERSION {
+        return Err(MigrationError::TooNew {
+            found: version,
+            supported: CURRENT_VERSION,
+        });
+    }
+    Ok(version.min(target))
+}
+
+/// Brings `database` to [`CURRENT_VERSION`] in one write transaction.
+pub fn migrate(database: &Database) -> Result<Upgrade, MigrationError> {
+    migrate_to(database, CURRENT_VERSION)
+}
+
+/// Brings `database` to `target` (at most [`CURRENT_VERSION`]); used by the fixture
+/// generator to write databases of older schemas.
+pub fn migrate_to(database: &Database, target: u32) -> Result<Upgrade, MigrationError> {
+    let target = target.min(CURRENT_VERSION);
+    let from = checked_version(database, target)?;
+    if from >= target {
+        return Ok(Upgrade { from, to: from });
+    }
+    let txn = database.begin_write().map_err(db)?;
+    for step in &MIGRATIONS[from as usize..target as usize] {
+        (step.apply)(&txn)?;
+    }
+    {
+        let mut meta = txn.open_table(schema::META).map_err(db)?;
+        meta.insert(schema::META_SCHEMA_VERSION, target.to_be_bytes().as_slice())
+            .map_err(db)?;
+    }
+    txn.commit().map_err(db)?;
+    Ok(Upgrade { from, to: target })
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::TableDefinition;
+
+    use super::*;
+
+    fn database() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::create(dir.path().join("test.redb")).unwrap();
+        (dir, database)
+    }
+
+    #[test]
+    fn steps_are_numbered_in_order() {
+        for (i, step) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(step.version as usize, i + 1);
+        }
+        assert_eq!(MIGRATIONS.len() as u32, CURRENT_VERSION);
+    }
+
+    #[test]
+    fn fresh_database_upgrades_step_by_step() {
+        let (_dir, database) = database();
+        assert_eq!(schema_version(&database).unwrap(), 0);
+        assert_eq!(pending(&database).unwrap().len(), 2);
+        assert_eq!(
+            migrate_to(&database, 1).unwrap(),
+            Upgrade { from: 0, to: 1 }
+        );
+        assert_eq!(schema_version(&database).unwrap(), 1);
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 2 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 2, to: 2 });
+        assert!(pending(&database).unwrap().is_empty());
+        let txn = database.begin_read().unwrap();
+        txn.open_table(schema::CONSENSUS_LOG).unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_untouched() {
+        let (_dir, database) = database();
+        migrate(&database).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(schema::META)
+            .unwrap()
+            .insert(schema::META_SCHEMA_VERSION, 7u32.to_be_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let error = migrate(&database).unwrap_err();
+        assert!(matches!(
+            error,
+            MigrationError::TooNew {
+                found: 7,
+                supported: 2
+            }
+        ));
+        assert!(error.to_string().contains("newer than this build"));
+        assert_eq!(schema_version(&database).unwrap(), 7);
+    }
+
+    #[test]
+    fn foreign_database_is_refused() {
+        let (_dir, database) = database();
+        let txn = database.begin_write().unwrap();
+        let other: TableDefinition<&str, &str> = TableDefinition::new("users");
+        txn.open_table(other).unwrap().insert("alice", "x").unwrap();
+        txn.commit().unwrap();
+        let error = migrate(&database).unwrap_err();
+        assert!(
+            error.to_string().contains("not a ledger database"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("users"), "{error}");
+    }
+
+    #[test]
+    fn meta_without_marker_is_foreign() {
+        let (_dir, database) = database();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(schema::META)
+            .unwrap()
+            .insert("something", b"else".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(matches!(
+            migrate(&database),
+            Err(MigrationError::Foreign { .. })
+        ));
+    }
+}

@@ -1,0 +1,647 @@
+//! The node's redb database behind one [`Store`].
+//!
+//! Tables are defined by the `ledger-migrations` crate (the schema and its upgrade
+//! steps in one place). Applying a block is one write transaction with immediate
+//! durability: the block, its hash index, its entries' index, the Merkle nodes it
+//! completes and its commit certificate become durable together or not at all, and
+//! [`Store::apply_block`] returns only after the commit. Reads use read transactions,
+//! which never block the single writer.
+//!
+//! Every call blocks on disk IO: async callers use `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use ledger_migrations::schema::{BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRIES, MERKLE_NODES, META};
+use ledger_migrations::MigrationError;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::chain::merkle::{self, leaf_hash, NodeSource};
+use crate::chain::{
+    validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, EntryIndex,
+    Hash, Header, ValidationContext, HEADER_LEN,
+};
+
+type MerkleTable = redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>;
+
+const META_CHAIN_HASH: &str = "chain_hash";
+const META_GENESIS_HASH: &str = "genesis_hash";
+const META_CHAIN_SPEC: &str = "chain_spec";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened as a database at all.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// redb's explanation, e.g. a corrupt or foreign file.
+        reason: String,
+    },
+    /// The schema could not be brought up to date.
+    #[error("database {path}: {source}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// What the migration step found.
+        #[source]
+        source: MigrationError,
+    },
+    /// The database holds another chain than the genesis file describes.
+    #[error(
+        "database {path} belongs to chain {found} but the genesis file defines chain {expected} \
+         ({chain_id:?}); point data_dir at this chain's database or use the right genesis file"
+    )]
+    WrongChain {
+        /// The database file.
+        path: PathBuf,
+        /// Chain hash in the database.
+        found: Hash,
+        /// Chain hash of the genesis file.
+        expected: Hash,
+        /// The genesis file's chain id.
+        chain_id: String,
+    },
+    /// Stored data that does not decode or does not fit together.
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+    /// A block refused by the chain rules.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// redb failed.
+    #[error("database error: {0}")]
+    Database(#[from] redb::Error),
+}
+
+/// Converts each redb error type through `redb::Error`.
+macro_rules! from_redb {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> StoreError {
+                StoreError::Database(error.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// Where an entry sits in the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryLocation {
+    /// Height of its block.
+    pub height: u64,
+    /// Position within the block.
+    pub position: u32,
+    /// Position in the Merkle log (leaf index).
+    pub log_index: u64,
+}
+
+/// Options fixed when the store is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// redb two-phase commit: a commit is only trusted after a second fsync, instead of
+    /// by its XXH3 checksum. Entries come from untrusted clients and XXH3 is not
+    /// collision-resistant, so it is on by default (its cost: benches/README.md).
+    pub two_phase_commit: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            two_phase_commit: true,
+        }
+    }
+}
+
+/// The ledger database of one node.
+pub struct Store {
+    database: Database,
+    path: PathBuf,
+    spec: ChainSpec,
+    chain_hash: Hash,
+    genesis_hash: Hash,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("chain_hash", &self.chain_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` for the chain `spec`: upgrades its
+    /// schema, writes the genesis block into a new database, and refuses a database of
+    /// another chain, a newer schema, or a file that is not a ledger database.
+    pub fn open(path: &Path, spec: &ChainSpec, options: StoreOptions) -> Result<Store, StoreError> {
+        let database = Database::builder()
+            .create(path)
+            .map_err(|error| StoreError::Open {
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })?;
+        Store::from_database(database, path.to_owned(), spec, options)
+    }
+
+    /// Like [`Store::open`] over a database already opened by the caller, on any redb
+    /// storage backend (tests inject faults this way); `path` names it in errors.
+    pub fn from_database(
+        database: Database,
+        path: PathBuf,
+        spec: &ChainSpec,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        Store::at_schema(
+            database,
+            path,
+            spec,
+            options,
+            ledger_migrations::CURRENT_VERSION,
+        )
+    }
+
+    /// Creates a new database at an older schema `version`, for the generator of the
+    /// upgrade-test fixtures (`server/examples/make_fixture.rs`); a node never calls it.
+    /// Only blocks can be applied to such a store.
+    pub fn create_at_schema(
+        path: &Path,
+        spec: &ChainSpec,
+        version: u32,
+    ) -> Result<Store, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                reason: "a fixture is only written to a new file".into(),
+            });
+        }
+        let database = Database::builder()
+            .create(path)
+            .map_err(|error| StoreError::Open {
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })?;
+        Store::at_schema(
+            database,
+            path.to_owned(),
+            spec,
+            StoreOptions::default(),
+            version,
+        )
+    }
+
+    fn at_schema(
+        database: Database,
+        path: PathBuf,
+        spec: &ChainSpec,
+        options: StoreOptions,
+        version: u32,
+    ) -> Result<Store, StoreError> {
+        ledger_migrations::migrate_to(&database, version).map_err(|source| StoreError::Schema {
+            path: path.clone(),
+            source,
+        })?;
+        let genesis = spec.genesis_block();
+        let store = Store {
+            database,
+            path,
+            spec: spec.clone(),
+            chain_hash: spec.chain_hash(),
+            genesis_hash: genesis.hash(),
+            options,
+        };
+        store.initialise(&genesis)?;
+        // Reading the tip now turns a damaged file into an error at start-up rather
+        // than at the first request.
+        store.tip()?;
+        Ok(store)
+    }
+
+    fn initialise(&self, genesis: &Block) -> Result<(), StoreError> {
+        let read = self.database.begin_read()?;
+        let found = read
+            .open_table(META)?
+            .get(META_CHAIN_HASH)?
+            .map(|value| value.value().to_vec());
+        drop(read);
+        match found {
+            Some(found) => {
+                let found = Hash(
+                    found
+                        .try_into()
+                        .map_err(|_| corrupt("chain hash is not 32 bytes"))?,
+                );
+                if found != self.chain_hash {
+                    return Err(StoreError::WrongChain {
+                        path: self.path.clone(),
+                        found,
+                        expected: self.chain_hash,
+                        chain_id: self.spec.chain_id.clone(),
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let txn = self.begin_write()?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert(META_CHAIN_HASH, self.chain_hash.as_bytes().as_slice())?;
+                    meta.insert(META_GENESIS_HASH, self.genesis_hash.as_bytes().as_slice())?;
+                    meta.insert(META_CHAIN_SPEC, self.spec.encode().as_slice())?;
+                    txn.open_table(BLOCKS)?
+                        .insert(0, genesis.encode().as_slice())?;
+                    txn.open_table(BLOCK_HASHES)?
+                        .insert(self.genesis_hash.as_bytes(), 0)?;
+                }
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.database.begin_write()?;
+        txn.set_two_phase_commit(self.options.two_phase_commit);
+        Ok(txn)
+    }
+
+    /// The chain this database holds.
+    pub fn spec(&self) -> &ChainSpec {
+        &self.spec
+    }
+
+    /// SHA-256 of the chain spec.
+    pub fn chain_hash(&self) -> Hash {
+        self.chain_hash
+    }
+
+    /// Hash of block 0.
+    pub fn genesis_hash(&self) -> Hash {
+        self.genesis_hash
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Header of the highest applied block.
+    pub fn tip(&self) -> Result<Header, StoreError> {
+        let txn = self.database.begin_read()?;
+        tip_in(&txn.open_table(BLOCKS)?)
+    }
+
+    /// The tip's header and the log's right edge at the tip, from one snapshot: what
+    /// the next block is built on.
+    pub fn tip_with_log(&self) -> Result<(Header, CompactRange), StoreError> {
+        let txn = self.database.begin_read()?;
+        let tip = tip_in(&txn.open_table(BLOCKS)?)?;
+        let nodes = txn.open_table(MERKLE_NODES)?;
+        let range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+        Ok((tip, range))
+    }
+
+    /// The block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let Some(bytes) = blocks.get(height)? else {
+            return Ok(None);
+        };
+        Block::decode(bytes.value())
+            .map(Some)
+            .map_err(|error| corrupt(format!("block {height}: {error}")))
+    }
+
+    /// Height of the block with `hash`.
+    pub fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let height = txn
+            .open_table(BLOCK_HASHES)?
+            .get(hash.as_bytes())?
+            .map(|v| v.value());
+        Ok(height)
+    }
+
+    /// Where the entry `id` was committed.
+    pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let location = txn.open_table(ENTRIES)?.get(id.as_bytes())?.map(|value| {
+            let (height, position, log_index) = value.value();
+            EntryLocation {
+                height,
+                position,
+                log_index,
+            }
+        });
+        Ok(location)
+    }
+
+    /// The commit certificate of the block at `height` (none for genesis).
+    pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let certificates = txn.open_table(CERTIFICATES)?;
+        let Some(bytes) = certificates.get(height)? else {
+            return Ok(None);
+        };
+        CommitCertificate::decode(bytes.value())
+            .map(Some)
+            .map_err(|error| corrupt(format!("certificate {height}: {error}")))
+    }
+
+    /// Inclusion proof of log leaf `log_index` in the log of `log_size` leaves.
+    pub fn inclusion_proof(&self, log_index: u64, log_size: u64) -> Result<Vec<Hash>, StoreError> {
+        let nodes = self.nodes_at(log_size)?;
+        merkle::inclusion_proof(&StoredNodes(&nodes), log_index, log_size)
+    }
+
+    /// Consistency proof between two log sizes.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
+        let nodes = self.nodes_at(new_size)?;
+        merkle::consistency_proof(&StoredNodes(&nodes), old_size, new_size)
+    }
+
+    /// Root of the log at `log_size` (any size up to the tip's, not only block ends).
+    pub fn log_root(&self, log_size: u64) -> Result<Hash, StoreError> {
+        let nodes = self.nodes_at(log_size)?;
+        merkle::root_at(&StoredNodes(&nodes), log_size)
+    }
+
+    /// The Merkle node table of one read transaction, refusing sizes beyond the log.
+    fn nodes_at(&self, log_size: u64) -> Result<MerkleTable, StoreError> {
+        let txn = self.database.begin_read()?;
+        let tip = tip_in(&txn.open_table(BLOCKS)?)?;
+        if log_size > tip.log_size {
+            return Err(ChainError::TreeRange(format!(
+                "log size {log_size} is beyond the committed log ({})",
+                tip.log_size
+            ))
+            .into());
+        }
+        Ok(txn.open_table(MERKLE_NODES)?)
+    }
+
+    /// Validates `block` as the next block on the current tip (DESIGN.md,
+    /// "Validation"), reading the tip, the log's right edge and the entry index from
+    /// one consistent snapshot.
+    pub fn validate_next(
+        &self,
+        block: &Block,
+        required_difficulty: u32,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let txn = self.database.begin_read()?;
+        let parent = tip_in(&txn.open_table(BLOCKS)?)?;
+        let nodes = txn.open_table(MERKLE_NODES)?;
+        let range = CompactRange::load(&StoredNodes(&nodes), parent.log_size)?;
+        drop(nodes);
+        let context = ValidationContext {
+            chain_hash: &self.chain_hash,
+            params: &self.spec.params,
+            parent: &parent,
+            required_difficulty,
+            now_ms,
+        };
+        validate_block(&context, block, &range, &ReadIndex(&txn))?;
+        Ok(())
+    }
+
+    /// Appends `block` and its commit certificate in one durable write transaction.
+    ///
+    /// The caller has validated the block (PoW, signatures, policy); this re-checks,
+    /// for free, everything the write touches anyway: it must extend the tip, its
+    /// entries must be new, its log root must match the nodes written, and the
+    /// certificate must name this block. On any error nothing is written.
+    pub fn apply_block(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<(), StoreError> {
+        let header = &block.header;
+        let hash = header.hash();
+        if certificate.height != header.height || certificate.block_hash != hash {
+            return Err(ChainError::Certificate(format!(
+                "certifies block {} at height {}, not {hash} at {}",
+                certificate.block_hash, certificate.height, header.height
+            ))
+            .into());
+        }
+        if header.chain_hash != self.chain_hash {
+            return Err(ChainError::WrongChain {
+                expected: self.chain_hash,
+                found: header.chain_hash,
+            }
+            .into());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let tip = tip_in(&blocks)?;
+            if header.height != tip.height + 1 {
+                return Err(ChainError::WrongHeight {
+                    expected: tip.height + 1,
+                    found: header.height,
+                }
+                .into());
+            }
+            let tip_hash = tip.hash();
+            if header.prev_hash != tip_hash {
+                return Err(ChainError::WrongParent {
+                    expected: tip_hash,
+                    found: header.prev_hash,
+                }
+                .into());
+            }
+            let expected_size = tip.log_size + block.entries.len() as u64;
+            if header.log_size != expected_size {
+                return Err(ChainError::LogSizeMismatch {
+                    expected: expected_size,
+                    found: header.log_size,
+                }
+                .into());
+            }
+
+            let mut nodes = txn.open_table(MERKLE_NODES)?;
+            let mut range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut completed = Vec::new();
+            let mut located = Vec::with_capacity(block.entries.len());
+            for (position, entry) in block.entries.iter().enumerate() {
+                let id = entry.id();
+                let position = position as u32;
+                located.push((
+                    id,
+                    (header.height, position, tip.log_size + u64::from(position)),
+                ));
+                range.append(leaf_hash(id.as_bytes()), |level, index, node| {
+                    completed.push(((level, index), *node));
+                });
+            }
+            for (key, node) in &completed {
+                nodes.insert(*key, node.as_bytes())?;
+            }
+            // Random ids dirty about one index page each; inserting them in key order at
+            // least walks the B-tree once, left to right (benches/README.md, "store").
+            located.sort_unstable_by_key(|(id, _)| *id);
+            for (id, location) in &located {
+                if entries.insert(id.as_bytes(), *location)?.is_some() {
+                    return Err(ChainError::DuplicateEntry { id: *id }.into());
+                }
+            }
+            let root = range.root();
+            if root != header.log_root {
+                return Err(ChainError::LogRootMismatch {
+                    expected: root,
+                    found: header.log_root,
+                }
+                .into());
+            }
+            blocks.insert(header.height, block.encode().as_slice())?;
+            txn.open_table(BLOCK_HASHES)?
+                .insert(hash.as_bytes(), header.height)?;
+            txn.open_table(CERTIFICATES)?
+                .insert(header.height, certificate.encode().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Re-verifies the whole chain from genesis: every block decodes, links to its
+    /// parent, meets its own difficulty, advances time, rebuilds the stored log root,
+    /// has its entries indexed and a certificate for it that verifies against the
+    /// members. Returns the tip height. For audits and crash tests; reads everything.
+    pub fn verify_chain(&self) -> Result<u64, StoreError> {
+        let txn = self.database.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let entries = txn.open_table(ENTRIES)?;
+        let certificates = txn.open_table(CERTIFICATES)?;
+        let nodes = txn.open_table(MERKLE_NODES)?;
+        let nodes = StoredNodes(&nodes);
+        let mut range = CompactRange::new();
+        let mut parent: Option<Header> = None;
+        for (expected_height, item) in (0u64..).zip(blocks.iter()?) {
+            let (height, bytes) = item?;
+            let height = height.value();
+            let fail = |reason: String| corrupt(format!("block {height}: {reason}"));
+            let block = Block::decode(bytes.value()).map_err(|error| fail(error.to_string()))?;
+            let header = &block.header;
+            if height != expected_height || header.height != height {
+                return Err(fail(format!(
+                    "stored out of order (expected {expected_height})"
+                )));
+            }
+            match &parent {
+                None if *header != self.spec.genesis_block().header => {
+                    return Err(fail("is not this chain's genesis block".into()));
+                }
+                None => {}
+                Some(parent) => {
+                    if header.prev_hash != parent.hash()
+                        || header.timestamp_ms <= parent.timestamp_ms
+                        || !header.meets_difficulty()
+                        || header.chain_hash != self.chain_hash
+                    {
+                        return Err(fail("does not extend its parent validly".into()));
+                    }
+                    let certificate = certificates
+                        .get(height)?
+                        .ok_or_else(|| fail("has no commit certificate".into()))?;
+                    CommitCertificate::decode(certificate.value())
+                        .and_then(|certificate| {
+                            certificate.verify(
+                                &self.chain_hash,
+                                &self.spec.members,
+                                height,
+                                &header.hash(),
+                            )
+                        })
+                        .map_err(|error| fail(error.to_string()))?;
+                }
+            }
+            for (position, entry) in block.entries.iter().enumerate() {
+                let id = entry.id();
+                let log_index = range.size();
+                let indexed = entries.get(id.as_bytes())?.map(|value| value.value());
+                if indexed != Some((height, position as u32, log_index)) {
+                    return Err(fail(format!("entry {id} is not indexed at its position")));
+                }
+                range.append(leaf_hash(id.as_bytes()), |_, _, _| {});
+            }
+            if range.root() != header.log_root || range.size() != header.log_size {
+                return Err(fail("log root does not match its entries".into()));
+            }
+            if merkle::root_at(&nodes, header.log_size)? != header.log_root {
+                return Err(fail("stored Merkle nodes do not match the log root".into()));
+            }
+            parent = Some(block.header);
+        }
+        let tip = parent.ok_or_else(|| corrupt("no genesis block"))?;
+        if entries.len()? != tip.log_size {
+            return Err(corrupt("entry index holds entries outside the chain"));
+        }
+        Ok(tip.height)
+    }
+}
+
+/// The highest block's header, decoding only its first [`HEADER_LEN`] bytes.
+fn tip_in(blocks: &impl ReadableTable<u64, &'static [u8]>) -> Result<Header, StoreError> {
+    let (height, bytes) = blocks.last()?.ok_or_else(|| corrupt("no genesis block"))?;
+    let bytes = bytes.value();
+    let header = bytes
+        .get(..HEADER_LEN)
+        .ok_or_else(|| corrupt(format!("block {} is truncated", height.value())))
+        .and_then(|bytes| Header::decode(bytes).map_err(corrupt))?;
+    if header.height != height.value() {
+        return Err(corrupt(format!(
+            "block stored at {} claims height {}",
+            height.value(),
+            header.height
+        )));
+    }
+    Ok(header)
+}
+
+/// Merkle nodes read from a table (read-only or inside the write transaction).
+struct StoredNodes<'a, T>(&'a T);
+
+impl<T: ReadableTable<(u8, u64), &'static [u8; 32]>> NodeSource for StoredNodes<'_, T> {
+    type Error = StoreError;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let node = self.0.get((level, index))?;
+        node.map(|value| Hash(*value.value()))
+            .ok_or_else(|| corrupt(format!("Merkle node ({level}, {index}) is missing")))
+    }
+}
+
+/// The entry index as seen by one read transaction.
+struct ReadIndex<'a>(&'a ReadTransaction);
+
+impl EntryIndex for ReadIndex<'_> {
+    fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
+        let lookup = || -> Result<bool, StoreError> {
+            Ok(self.0.open_table(ENTRIES)?.get(id.as_bytes())?.is_some())
+        };
+        lookup().map_err(|error| ChainError::Lookup(error.to_string()))
+    }
+}
+
+impl From<StoreError> for ChainError {
+    fn from(error: StoreError) -> ChainError {
+        match error {
+            StoreError::Chain(error) => error,
+            other => ChainError::Lookup(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Databases written by older schemas open and upgrade; newer ones are refused.
+//! The fixture comes from `examples/make_fixture.rs` (see its docs).
+
+use std::path::{Path, PathBuf};
+
+use ledger::chain::merkle::{leaf_hash, verify_inclusion};
+use ledger::chain::Entry;
+use ledger::storage::{Store, StoreError, StoreOptions};
+use ledger::testing::{key, spec};
+use ledger_migrations::{schema, MigrationError, CURRENT_VERSION};
+use redb::ReadableDatabase;
+
+fn fixture_copy(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let target = dir.join(name);
+    std::fs::copy(&source, &target).unwrap();
+    target
+}
+
+fn fixture_spec() -> ledger::chain::ChainSpec {
+    spec(&[key(1), key(2), key(3), key(4)], 4)
+}
+
+fn version_of(path: &Path) -> u32 {
+    let database = redb::Database::open(path).unwrap();
+    ledger_migrations::schema_version(&database).unwrap()
+}
+
+#[test]
+fn schema_1_fixture_opens_upgrades_and_keeps_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture_copy(dir.path(), "schema-v1.redb");
+    assert_eq!(version_of(&path), 1);
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let pending = ledger_migrations::pending(&database).unwrap();
+        assert_eq!(
+            pending.iter().map(|step| step.version).collect::<Vec<_>>(),
+            [2]
+        );
+    }
+
+    let spec = fixture_spec();
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    assert_eq!(store.verify_chain().unwrap(), 3);
+    let signed = Entry::signed(
+        b"fixture entry signed in round 1".to_vec(),
+        &key(42),
+        &spec.chain_hash(),
+    );
+    let location = store
+        .entry_location(&signed.id())
+        .unwrap()
+        .expect("fixture entry present");
+    let tip = store.tip().unwrap();
+    let proof = store
+        .inclusion_proof(location.log_index, tip.log_size)
+        .unwrap();
+    verify_inclusion(
+        &leaf_hash(signed.id().as_bytes()),
+        location.log_index,
+        tip.log_size,
+        &proof,
+        &tip.log_root,
+    )
+    .unwrap();
+    drop(store);
+
+    assert_eq!(version_of(&path), CURRENT_VERSION);
+    let database = redb::Database::open(&path).unwrap();
+    database
+        .begin_read()
+        .unwrap()
+        .open_table(schema::CONSENSUS_LOG)
+        .unwrap();
+}
+
+#[test]
+fn a_database_from_a_newer_build_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture_copy(dir.path(), "schema-v1.redb");
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(schema::META)
+            .unwrap()
+            .insert(
+                schema::META_SCHEMA_VERSION,
+                (CURRENT_VERSION + 1).to_be_bytes().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = Store::open(&path, &fixture_spec(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            StoreError::Schema {
+                source: MigrationError::TooNew { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("newer than this build supports"),
+        "{message}"
+    );
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert_eq!(
+        version_of(&path),
+        CURRENT_VERSION + 1,
+        "a refused database is left as it was"
+    );
+}
+
+#[test]
+fn the_fixture_generator_reproduces_the_committed_chain() {
+    // The generator is deterministic: a fresh run yields the same blocks as the
+    // committed file, so the fixture can always be re-made and audited.
+    let dir = tempfile::tempdir().unwrap();
+    let committed = fixture_copy(dir.path(), "schema-v1.redb");
+    let fresh = dir.path().join("fresh.redb");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "ledger",
+            "--example",
+            "make_fixture",
+            "--",
+            "1",
+        ])
+        .arg(&fresh)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(version_of(&fresh), 1);
+    let spec = fixture_spec();
+    let (committed, fresh) = (
+        Store::open(&committed, &spec, StoreOptions::default()).unwrap(),
+        Store::open(&fresh, &spec, StoreOptions::default()).unwrap(),
+    );
+    for height in 0..=3 {
+        assert_eq!(
+            committed.block(height).unwrap(),
+            fresh.block(height).unwrap()
+        );
+    }
+}

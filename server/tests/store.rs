@@ -1,0 +1,525 @@
+//! The store end to end: applying, reading, proving, refusing, and surviving crashes.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::SigningKey;
+use ledger::chain::merkle::{leaf_hash, verify_consistency, verify_inclusion};
+use ledger::chain::{Block, ChainError, ChainSpec, Entry, Hash};
+use ledger::storage::{Store, StoreError, StoreOptions};
+use ledger::testing::{certify, entries, key, next_block, spec};
+
+const DIFFICULTY: u32 = 4;
+
+fn members() -> Vec<SigningKey> {
+    (1..=4).map(key).collect()
+}
+
+fn open(path: &Path, spec: &ChainSpec) -> Store {
+    Store::open(path, spec, StoreOptions::default()).unwrap()
+}
+
+/// Builds, certifies and applies the next block holding `entries`.
+fn append(store: &Store, keys: &[SigningKey], entries: Vec<Entry>) -> Block {
+    let (tip, log) = store.tip_with_log().unwrap();
+    let block = next_block(&tip, &log, entries, DIFFICULTY);
+    store
+        .validate_next(&block, DIFFICULTY, tip.timestamp_ms + 1_000)
+        .unwrap();
+    store
+        .apply_block(&block, &certify(&keys[..3], &block))
+        .unwrap();
+    block
+}
+
+#[test]
+fn new_database_holds_the_genesis_block_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let spec = spec(&members(), DIFFICULTY);
+    let store = open(&path, &spec);
+    assert_eq!(store.tip().unwrap(), spec.genesis_block().header);
+    assert_eq!(store.genesis_hash(), spec.genesis_block().hash());
+    assert_eq!(store.verify_chain().unwrap(), 0);
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(store.tip().unwrap().height, 0);
+}
+
+#[test]
+fn applied_blocks_are_readable_provable_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let chain_hash = spec.chain_hash();
+    let store = open(&path, &spec);
+
+    let author = key(42);
+    let mut blocks = Vec::new();
+    for round in 0..6u64 {
+        let mut batch = entries(round, (round as usize * 7) % 13, 40);
+        batch.push(Entry::signed(
+            format!("signed {round}").into_bytes(),
+            &author,
+            &chain_hash,
+        ));
+        blocks.push(append(&store, &keys, batch));
+    }
+    blocks.push(append(&store, &keys, Vec::new())); // an empty block is valid
+    drop(store);
+
+    let store = open(&path, &spec);
+    let tip = store.tip().unwrap();
+    assert_eq!(tip, blocks.last().unwrap().header);
+    assert_eq!(store.verify_chain().unwrap(), 7);
+
+    for block in &blocks {
+        let height = block.header.height;
+        assert_eq!(store.block(height).unwrap().as_ref(), Some(block));
+        assert_eq!(store.height_of(&block.hash()).unwrap(), Some(height));
+        let certificate = store.certificate(height).unwrap().unwrap();
+        certificate
+            .verify(&chain_hash, &spec.members, height, &block.hash())
+            .unwrap();
+
+        for (position, entry) in block.entries.iter().enumerate() {
+            let id = entry.id();
+            let location = store.entry_location(&id).unwrap().unwrap();
+            assert_eq!(
+                (location.height, location.position as usize),
+                (height, position)
+            );
+            // Prove the entry against its own block and against the tip.
+            for header in [&block.header, &tip] {
+                let proof = store
+                    .inclusion_proof(location.log_index, header.log_size)
+                    .unwrap();
+                verify_inclusion(
+                    &leaf_hash(id.as_bytes()),
+                    location.log_index,
+                    header.log_size,
+                    &proof,
+                    &header.log_root,
+                )
+                .unwrap();
+            }
+        }
+        let proof = store
+            .consistency_proof(block.header.log_size, tip.log_size)
+            .unwrap();
+        verify_consistency(
+            block.header.log_size,
+            tip.log_size,
+            &block.header.log_root,
+            &tip.log_root,
+            &proof,
+        )
+        .unwrap();
+        assert_eq!(
+            store.log_root(block.header.log_size).unwrap(),
+            block.header.log_root
+        );
+    }
+    assert!(store.inclusion_proof(0, tip.log_size + 1).is_err());
+    assert!(store.entry_location(&Hash([9; 32])).unwrap().is_none());
+    assert!(store.block(99).unwrap().is_none());
+}
+
+#[test]
+fn invalid_blocks_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let store = open(&dir.path().join("ledger.redb"), &spec);
+    let first = append(&store, &keys, entries(1, 3, 32));
+    let (tip, log) = store.tip_with_log().unwrap();
+    let now = tip.timestamp_ms + 1_000;
+
+    let apply = |block: &Block| store.apply_block(block, &certify(&keys, block));
+    let refused = |result: Result<(), StoreError>| match result {
+        Err(StoreError::Chain(error)) => error,
+        other => panic!("expected a chain error, got {other:?}"),
+    };
+
+    // A replayed entry, alone or beside new ones.
+    let replay = next_block(
+        &tip,
+        &log,
+        vec![entries(2, 1, 32).remove(0), first.entries[1].clone()],
+        DIFFICULTY,
+    );
+    assert!(matches!(
+        refused(store.validate_next(&replay, DIFFICULTY, now)),
+        ChainError::DuplicateEntry { .. }
+    ));
+    assert!(matches!(
+        refused(apply(&replay)),
+        ChainError::DuplicateEntry { .. }
+    ));
+    // The same entry twice in one block.
+    let twice = next_block(
+        &tip,
+        &log,
+        vec![entries(3, 1, 32)[0].clone(), entries(3, 1, 32)[0].clone()],
+        DIFFICULTY,
+    );
+    assert!(matches!(
+        refused(store.validate_next(&twice, DIFFICULTY, now)),
+        ChainError::DuplicateEntry { .. }
+    ));
+    assert!(matches!(
+        refused(apply(&twice)),
+        ChainError::DuplicateEntry { .. }
+    ));
+
+    let good = next_block(&tip, &log, entries(4, 2, 32), DIFFICULTY);
+    let mut wrong_root = good.clone();
+    wrong_root.header.log_root = Hash([1; 32]);
+    assert!(matches!(
+        refused(apply(&wrong_root)),
+        ChainError::LogRootMismatch { .. }
+    ));
+    let mut wrong_parent = good.clone();
+    wrong_parent.header.prev_hash = Hash([2; 32]);
+    assert!(matches!(
+        refused(apply(&wrong_parent)),
+        ChainError::WrongParent { .. }
+    ));
+    let mut wrong_height = good.clone();
+    wrong_height.header.height += 1;
+    assert!(matches!(
+        refused(apply(&wrong_height)),
+        ChainError::WrongHeight { .. }
+    ));
+    let other_certificate = certify(&keys, &first);
+    assert!(matches!(
+        refused(store.apply_block(&good, &other_certificate)),
+        ChainError::Certificate(_)
+    ));
+
+    // Validation refusals that need the policy, the clock or signatures.
+    assert!(matches!(
+        refused(store.validate_next(&good, DIFFICULTY + 1, now)),
+        ChainError::DifficultyTooLow { .. }
+    ));
+    let mut unworked = good.clone();
+    unworked.header.difficulty = 250;
+    assert!(matches!(
+        refused(store.validate_next(&unworked, DIFFICULTY, now)),
+        ChainError::InsufficientWork { .. }
+    ));
+    let mut future = next_block(&tip, &log, entries(5, 1, 32), DIFFICULTY);
+    future.header.timestamp_ms = now + spec.params.max_future_drift_ms + 1;
+    assert!(matches!(
+        refused(store.validate_next(&future, 0, now)),
+        ChainError::TimestampInFuture { .. } | ChainError::InsufficientWork { .. }
+    ));
+    let mut forged = Entry::signed(b"x".to_vec(), &key(9), &spec.chain_hash());
+    forged.data = b"y".to_vec();
+    let forged = next_block(&tip, &log, vec![forged], DIFFICULTY);
+    assert!(matches!(
+        refused(store.validate_next(&forged, DIFFICULTY, now)),
+        ChainError::BadSignature { .. }
+    ));
+    let huge = next_block(
+        &tip,
+        &log,
+        vec![Entry::new(vec![
+            0;
+            spec.params.max_entry_bytes as usize + 1
+        ])],
+        DIFFICULTY,
+    );
+    assert!(matches!(
+        refused(store.validate_next(&huge, DIFFICULTY, now)),
+        ChainError::EntryTooLarge { .. }
+    ));
+
+    // Nothing of the refused blocks reached storage.
+    assert_eq!(store.tip().unwrap(), tip);
+    assert_eq!(store.verify_chain().unwrap(), 1);
+    for entry in entries(2, 1, 32)
+        .iter()
+        .chain(&entries(3, 1, 32))
+        .chain(&entries(4, 2, 32))
+    {
+        assert!(store.entry_location(&entry.id()).unwrap().is_none());
+    }
+    store.validate_next(&good, DIFFICULTY, now).unwrap();
+    apply(&good).unwrap();
+    assert_eq!(store.verify_chain().unwrap(), 2);
+}
+
+#[test]
+fn a_database_of_another_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    drop(open(&path, &spec(&members(), DIFFICULTY)));
+    let other = spec(&[key(7)], DIFFICULTY);
+    let error = Store::open(&path, &other, StoreOptions::default()).unwrap_err();
+    assert!(matches!(error, StoreError::WrongChain { .. }));
+    let message = error.to_string();
+    assert!(
+        message.contains("belongs to chain") && message.contains(&other.chain_hash().to_hex()),
+        "{message}"
+    );
+}
+
+#[test]
+fn damaged_and_foreign_files_give_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(&members(), DIFFICULTY);
+    let good = dir.path().join("good.redb");
+    {
+        let store = open(&good, &spec);
+        append(&store, &members(), entries(1, 50, 100));
+    }
+    let original = fs::read(&good).unwrap();
+
+    let mut noise = Vec::with_capacity(original.len());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..original.len() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        noise.push(state as u8);
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zeroed", vec![0; original.len()]),
+        ("truncated to 100 bytes", original[..100].to_vec()),
+        ("truncated by half", original[..original.len() / 2].to_vec()),
+        ("random bytes", noise),
+        ("text", b"chain_id = \"not a database\"\n".repeat(100)),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(format!("{name}.redb"));
+        fs::write(&path, bytes).unwrap();
+        let outcome =
+            std::panic::catch_unwind(|| Store::open(&path, &spec, StoreOptions::default()));
+        match outcome {
+            Ok(Err(error)) => assert!(
+                error.to_string().contains(&path.display().to_string()),
+                "{name}: {error}"
+            ),
+            Ok(Ok(_)) => panic!("{name}: a damaged file opened as a ledger"),
+            Err(_) => panic!("{name}: opening panicked"),
+        }
+    }
+
+    let foreign = dir.path().join("foreign.redb");
+    {
+        let database = redb::Database::create(&foreign).unwrap();
+        let txn = database.begin_write().unwrap();
+        let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("sessions");
+        txn.open_table(table).unwrap().insert("x", 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = Store::open(&foreign, &spec, StoreOptions::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("not a ledger database"),
+        "{error}"
+    );
+}
+
+#[test]
+fn reads_proceed_while_blocks_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = members();
+    let store = Arc::new(open(
+        &dir.path().join("ledger.redb"),
+        &spec(&keys, DIFFICULTY),
+    ));
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (store, done, reads) = (Arc::clone(&store), Arc::clone(&done), Arc::clone(&reads));
+        std::thread::spawn(move || {
+            let mut last = 0;
+            while !done.load(Ordering::Relaxed) {
+                let tip = store.tip().unwrap();
+                assert!(tip.height >= last, "the tip went backwards");
+                last = tip.height;
+                store.verify_chain().unwrap();
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for round in 0..20 {
+        append(&store, &keys, entries(round, 20, 64));
+    }
+    done.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert_eq!(store.verify_chain().unwrap(), 20);
+}
+
+/// An in-memory disk that loses everything not synced when it "loses power", and
+/// refuses every operation after a chosen number of writes and syncs.
+#[derive(Debug)]
+struct CrashingDisk {
+    state: Mutex<Disk>,
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    /// What the OS would return to reads now.
+    current: Vec<u8>,
+    /// What survives a power loss: `current` as of the last sync.
+    synced: Vec<u8>,
+    /// Operations left before the crash.
+    budget: u64,
+    crashed: bool,
+}
+
+impl CrashingDisk {
+    fn new(image: Vec<u8>, budget: u64) -> CrashingDisk {
+        CrashingDisk {
+            state: Mutex::new(Disk {
+                current: image.clone(),
+                synced: image,
+                budget,
+                crashed: false,
+            }),
+        }
+    }
+
+    fn spend(disk: &mut Disk) -> std::io::Result<()> {
+        if disk.budget == 0 {
+            disk.crashed = true;
+        }
+        if disk.crashed {
+            return Err(std::io::Error::other("simulated power loss"));
+        }
+        disk.budget -= 1;
+        Ok(())
+    }
+}
+
+/// The disk, shared so the test can take the image after the database is gone.
+#[derive(Debug, Clone)]
+struct SharedDisk(Arc<CrashingDisk>);
+
+impl redb::StorageBackend for SharedDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.state.lock().unwrap().current.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let disk = self.0.state.lock().unwrap();
+        let start = offset as usize;
+        let bytes = disk.current.get(start..start + out.len()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end")
+        })?;
+        out.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut disk = self.0.state.lock().unwrap();
+        CrashingDisk::spend(&mut disk)?;
+        disk.current.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut disk = self.0.state.lock().unwrap();
+        CrashingDisk::spend(&mut disk)?;
+        disk.synced = disk.current.clone();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut disk = self.0.state.lock().unwrap();
+        CrashingDisk::spend(&mut disk)?;
+        let end = offset as usize + data.len();
+        if disk.current.len() < end {
+            disk.current.resize(end, 0);
+        }
+        disk.current[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn store_on(
+    disk: &SharedDisk,
+    spec: &ChainSpec,
+    options: StoreOptions,
+) -> Result<Store, StoreError> {
+    let database = redb::Database::builder()
+        .create_with_backend(disk.clone())
+        .map_err(|error| StoreError::Open {
+            path: "memory".into(),
+            reason: error.to_string(),
+        })?;
+    Store::from_database(database, "memory".into(), spec, options)
+}
+
+/// Cuts the power after every possible number of disk operations while blocks are
+/// applied, and checks after each restart that every acknowledged block is there and
+/// the chain verifies from genesis. Power loss keeps only synced bytes: the harshest
+/// model of a disk that honours fsync.
+#[test]
+fn a_crash_at_any_disk_operation_loses_no_committed_block() {
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    // Pre-build the blocks so every crash run applies the same writes.
+    let mut blocks = Vec::new();
+    {
+        let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+        let store = store_on(&disk, &spec, StoreOptions::default()).unwrap();
+        for round in 0..4 {
+            blocks.push(append(&store, &keys, entries(round, 30, 50)));
+        }
+    }
+    for two_phase_commit in [true, false] {
+        let options = StoreOptions { two_phase_commit };
+        let mut budget = 0;
+        let mut completed_runs = 0;
+        // Each run crashes one operation later than the last, until a run finishes.
+        while completed_runs == 0 {
+            let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), budget)));
+            let mut acknowledged = 0u64;
+            if let Ok(store) = store_on(&disk, &spec, options) {
+                for block in &blocks {
+                    if store
+                        .apply_block(block, &certify(&keys[..3], block))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    acknowledged = block.header.height;
+                }
+                if acknowledged == blocks.len() as u64 {
+                    completed_runs += 1;
+                }
+            }
+            let image = disk.0.state.lock().unwrap().synced.clone();
+            let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+            match store_on(&restarted, &spec, options) {
+                Ok(store) => {
+                    let height = store
+                        .verify_chain()
+                        .unwrap_or_else(|error| panic!("budget {budget}: {error}"));
+                    assert!(
+                        height >= acknowledged,
+                        "budget {budget}: lost block {acknowledged}, tip {height}"
+                    );
+                    for block in &blocks[..height as usize] {
+                        assert_eq!(
+                            store.block(block.header.height).unwrap().as_ref(),
+                            Some(block)
+                        );
+                    }
+                }
+                // A crash before the first sync leaves no database at all; anything
+                // later must reopen.
+                Err(error) => assert_eq!(acknowledged, 0, "budget {budget}: {error}"),
+            }
+            budget += 1;
+            assert!(budget < 10_000, "the workload never completed");
+        }
+    }
+}
