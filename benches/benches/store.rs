@@ -1,0 +1,208 @@
+//! The redb store: blocks applied per second (1, 100 and 1000 entries of 100 bytes,
+//! two-phase commit on and off, every commit durable), and Merkle proofs generated per
+//! second from a log of one million entries.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use ed25519_dalek::SigningKey;
+use ledger::chain::{Block, CommitCertificate, CompactRange, Header};
+use ledger::storage::{Store, StoreOptions};
+use ledger::testing::{certify, entries, key, next_block, spec};
+
+const ENTRY_BYTES: usize = 100;
+
+/// Builds blocks ahead of time (not measured) so the measurement is the apply alone.
+struct Chain {
+    keys: Vec<SigningKey>,
+    tip: Header,
+    log: CompactRange,
+    tag: u64,
+}
+
+impl Chain {
+    fn on(store: &Store, keys: Vec<SigningKey>) -> Chain {
+        let (tip, log) = store.tip_with_log().expect("tip");
+        Chain {
+            keys,
+            tip,
+            log,
+            tag: 0,
+        }
+    }
+
+    fn next(&mut self, size: usize) -> (Block, CommitCertificate) {
+        self.tag += 1;
+        let block = next_block(
+            &self.tip,
+            &self.log,
+            entries(self.tag, size, ENTRY_BYTES),
+            0,
+        );
+        for entry in &block.entries {
+            self.log.append(
+                ledger::chain::merkle::leaf_hash(entry.id().as_bytes()),
+                |_, _, _| {},
+            );
+        }
+        self.tip = block.header;
+        let certificate = certify(&self.keys[..3], &block);
+        (block, certificate)
+    }
+}
+
+fn members() -> Vec<SigningKey> {
+    (1..=4).map(key).collect()
+}
+
+fn open(path: &Path, two_phase_commit: bool) -> Store {
+    Store::open(
+        path,
+        &spec(&members(), 0),
+        StoreOptions { two_phase_commit },
+    )
+    .expect("open store")
+}
+
+fn apply_suites(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/apply_block");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(6));
+    for size in [1usize, 100, 1000] {
+        for two_phase_commit in [false, true] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = open(&dir.path().join("bench.redb"), two_phase_commit);
+            let mut chain = Chain::on(&store, members());
+            group.throughput(Throughput::Elements(1));
+            let label = if two_phase_commit { "2pc" } else { "1pc" };
+            group.bench_function(BenchmarkId::new(format!("{size}_entries"), label), |b| {
+                b.iter_custom(|iters| {
+                    let blocks: Vec<_> = (0..iters).map(|_| chain.next(size)).collect();
+                    let started = Instant::now();
+                    for (block, certificate) in &blocks {
+                        store.apply_block(block, certificate).expect("apply");
+                    }
+                    started.elapsed()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A store holding a log of `size` entries, in blocks of 1000.
+fn store_with_log(dir: &Path, size: u64) -> Store {
+    let store = open(&dir.join("proofs.redb"), false);
+    let mut chain = Chain::on(&store, members());
+    let started = Instant::now();
+    while chain.tip.log_size < size {
+        let (block, certificate) = chain.next(1000);
+        store.apply_block(&block, &certificate).expect("apply");
+    }
+    eprintln!("built a log of {size} entries in {:.1?}", started.elapsed());
+    store
+}
+
+fn proof_suites(c: &mut Criterion) {
+    const LOG_SIZE: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Built on first use, so a filter that skips these suites skips the ~45 s build.
+    let store = OnceLock::new();
+    let store = || store.get_or_init(|| store_with_log(dir.path(), LOG_SIZE));
+
+    let mut group = c.benchmark_group("store/proofs_at_1m");
+    group.throughput(Throughput::Elements(1));
+    // A fixed pseudo-random walk over leaf indices and old sizes.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    group.bench_function("inclusion", |b| {
+        let store = store();
+        b.iter(|| {
+            black_box(
+                store
+                    .inclusion_proof(next() % LOG_SIZE, LOG_SIZE)
+                    .expect("proof"),
+            )
+        })
+    });
+    group.bench_function("consistency", |b| {
+        let store = store();
+        b.iter(|| {
+            let old_size = 1 + next() % (LOG_SIZE - 1);
+            black_box(store.consistency_proof(old_size, LOG_SIZE).expect("proof"))
+        })
+    });
+    group.finish();
+}
+
+/// Per-block commit cost in one run, interleaved so the three see the same machine
+/// and the same database growth: (raw) redb durably committing just the block bytes,
+/// the engine's floor; (1pc) our apply; (2pc) our apply with two-phase commit.
+fn commit_cost_report() {
+    const RAW_BLOCKS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
+    println!("\nstore commit cost per block (median of interleaved applies, 100-byte entries):");
+    println!(
+        "  {:>7}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}",
+        "entries", "raw redb", "ours 1pc", "ours 2pc", "1pc/raw", "2pc/1pc"
+    );
+    for (size, rounds) in [(1usize, 300usize), (100, 120), (1000, 40)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw = redb::Database::create(dir.path().join("raw.redb")).expect("raw db");
+        let one = open(&dir.path().join("1pc.redb"), false);
+        let two = open(&dir.path().join("2pc.redb"), true);
+        let mut chain = Chain::on(&one, members());
+        let blocks: Vec<_> = (0..rounds).map(|_| chain.next(size)).collect();
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for (round, (block, certificate)) in blocks.iter().enumerate() {
+            let bytes = block.encode();
+            let mut run = |which: usize| {
+                let started = Instant::now();
+                match which {
+                    0 => {
+                        let txn = raw.begin_write().expect("txn");
+                        txn.open_table(RAW_BLOCKS)
+                            .expect("table")
+                            .insert(round as u64, bytes.as_slice())
+                            .expect("insert");
+                        txn.commit().expect("commit");
+                    }
+                    1 => one.apply_block(block, certificate).expect("apply"),
+                    _ => two.apply_block(block, certificate).expect("apply"),
+                }
+                times[which].push(started.elapsed().as_secs_f64() * 1e3);
+            };
+            // Rotate who goes first so no contender always follows another's fsync.
+            for offset in 0..3 {
+                run((round + offset) % 3);
+            }
+        }
+        let [raw_ms, one_ms, two_ms] = times.map(|mut samples| {
+            samples.sort_by(f64::total_cmp);
+            samples[samples.len() / 2]
+        });
+        println!(
+            "  {size:>7}  {raw_ms:>8.2}ms  {one_ms:>8.2}ms  {two_ms:>8.2}ms  {:>9.2}  {:>9.2}",
+            one_ms / raw_ms,
+            two_ms / one_ms
+        );
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    apply_suites(&mut criterion);
+    proof_suites(&mut criterion);
+    criterion.final_summary();
+    if !std::env::args().any(|arg| arg == "--test") {
+        commit_cost_report();
+    }
+}
