@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use ledger::chain::{Hash, Header, HEADER_VERSION};
 use ledger::pow::{default_threads, mine_range};
+use ledger::testing::header;
 use ledger_benches::article;
 use ledger_benches::rate::{human, measure, Contender};
 use sha2::block_api::compress256;
@@ -18,20 +18,8 @@ use sha2::block_api::compress256;
 /// Nonces per measured call: large enough to hide thread start-up (~100 µs) for (d).
 const NONCES: u64 = 1 << 20;
 
-fn header() -> Header {
-    Header {
-        version: HEADER_VERSION,
-        chain_hash: Hash([1; 32]),
-        height: 7,
-        timestamp_ms: 1_767_225_600_000,
-        prev_hash: Hash([2; 32]),
-        log_size: 1000,
-        log_root: Hash([3; 32]),
-        // Unreachable, so every nonce in the range is tried.
-        difficulty: 256,
-        nonce: 0,
-    }
-}
+/// Unreachable, so every nonce in a measured range is tried.
+const IMPOSSIBLE: u32 = 256;
 
 fn article_hashes(block: &mut article::Block, count: u64) -> u64 {
     // 64 hex zeros never match: every try is a full rehash.
@@ -50,7 +38,13 @@ fn raw_compressions(count: u64) -> u64 {
 }
 
 fn ours(threads: NonZeroUsize, count: u64) -> u64 {
-    mine_range(&header(), threads, 0..count, &AtomicBool::new(false)).hashes
+    mine_range(
+        &header(IMPOSSIBLE),
+        threads,
+        0..count,
+        &AtomicBool::new(false),
+    )
+    .hashes
 }
 
 fn criterion_suites(c: &mut Criterion) {

@@ -46,6 +46,22 @@ pub fn spec(members: &[SigningKey], difficulty: u32) -> ChainSpec {
     ChainSpec::from_file(file).expect("valid test spec")
 }
 
+/// A header of height 1 on an arbitrary chain, at `difficulty`, for miner tests and
+/// benches.
+pub fn header(difficulty: u32) -> Header {
+    Header {
+        version: HEADER_VERSION,
+        chain_hash: Hash([7; 32]),
+        height: 1,
+        timestamp_ms: 1_767_225_600_001,
+        prev_hash: Hash([9; 32]),
+        log_size: 1000,
+        log_root: Hash([3; 32]),
+        difficulty,
+        nonce: 0,
+    }
+}
+
 /// Builds the block after `parent` holding `entries`, mined at `difficulty` on one
 /// thread, one millisecond after its parent.
 pub fn next_block(

@@ -219,21 +219,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::chain::HEADER_VERSION;
-
-    fn header(difficulty: u32) -> Header {
-        Header {
-            version: HEADER_VERSION,
-            chain_hash: Hash([7; 32]),
-            height: 1,
-            timestamp_ms: 1_767_225_600_001,
-            prev_hash: Hash([9; 32]),
-            log_size: 0,
-            log_root: Hash([0; 32]),
-            difficulty,
-            nonce: 0,
-        }
-    }
+    use crate::testing::header;
 
     #[test]
     fn midstate_hash_equals_plain_sha256_of_the_header() {

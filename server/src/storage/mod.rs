@@ -146,12 +146,7 @@ impl Store {
     /// schema, writes the genesis block into a new database, and refuses a database of
     /// another chain, a newer schema, or a file that is not a ledger database.
     pub fn open(path: &Path, spec: &ChainSpec, options: StoreOptions) -> Result<Store, StoreError> {
-        let database = Database::builder()
-            .create(path)
-            .map_err(|error| StoreError::Open {
-                path: path.to_owned(),
-                reason: error.to_string(),
-            })?;
+        let database = create_file(path)?;
         Store::from_database(database, path.to_owned(), spec, options)
     }
 
@@ -186,12 +181,7 @@ impl Store {
                 reason: "a fixture is only written to a new file".into(),
             });
         }
-        let database = Database::builder()
-            .create(path)
-            .map_err(|error| StoreError::Open {
-                path: path.to_owned(),
-                reason: error.to_string(),
-            })?;
+        let database = create_file(path)?;
         Store::at_schema(
             database,
             path.to_owned(),
@@ -305,23 +295,31 @@ impl Store {
     /// The tip's header and the log's right edge at the tip, from one snapshot: what
     /// the next block is built on.
     pub fn tip_with_log(&self) -> Result<(Header, CompactRange), StoreError> {
-        let txn = self.database.begin_read()?;
-        let tip = tip_in(&txn.open_table(BLOCKS)?)?;
-        let nodes = txn.open_table(MERKLE_NODES)?;
-        let range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
-        Ok((tip, range))
+        tip_and_log_in(&self.database.begin_read()?)
     }
 
     /// The block at `height`.
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        self.decode_at(BLOCKS, height, "block", Block::decode)
+    }
+
+    /// Reads the value at `height` of a height-keyed table and decodes it; a value
+    /// that does not decode is corruption, reported with `what` and the height.
+    fn decode_at<T>(
+        &self,
+        table: redb::TableDefinition<u64, &[u8]>,
+        height: u64,
+        what: &str,
+        decode: fn(&[u8]) -> Result<T, ChainError>,
+    ) -> Result<Option<T>, StoreError> {
         let txn = self.database.begin_read()?;
-        let blocks = txn.open_table(BLOCKS)?;
-        let Some(bytes) = blocks.get(height)? else {
+        let table = txn.open_table(table)?;
+        let Some(bytes) = table.get(height)? else {
             return Ok(None);
         };
-        Block::decode(bytes.value())
+        decode(bytes.value())
             .map(Some)
-            .map_err(|error| corrupt(format!("block {height}: {error}")))
+            .map_err(|error| corrupt(format!("{what} {height}: {error}")))
     }
 
     /// Height of the block with `hash`.
@@ -350,14 +348,12 @@ impl Store {
 
     /// The commit certificate of the block at `height` (none for genesis).
     pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
-        let txn = self.database.begin_read()?;
-        let certificates = txn.open_table(CERTIFICATES)?;
-        let Some(bytes) = certificates.get(height)? else {
-            return Ok(None);
-        };
-        CommitCertificate::decode(bytes.value())
-            .map(Some)
-            .map_err(|error| corrupt(format!("certificate {height}: {error}")))
+        self.decode_at(
+            CERTIFICATES,
+            height,
+            "certificate",
+            CommitCertificate::decode,
+        )
     }
 
     /// Inclusion proof of log leaf `log_index` in the log of `log_size` leaves.
@@ -402,10 +398,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let txn = self.database.begin_read()?;
-        let parent = tip_in(&txn.open_table(BLOCKS)?)?;
-        let nodes = txn.open_table(MERKLE_NODES)?;
-        let range = CompactRange::load(&StoredNodes(&nodes), parent.log_size)?;
-        drop(nodes);
+        let (parent, range) = tip_and_log_in(&txn)?;
         let context = ValidationContext {
             chain_hash: &self.chain_hash,
             params: &self.spec.params,
@@ -612,6 +605,25 @@ fn tip_in(blocks: &impl ReadableTable<u64, &'static [u8]>) -> Result<Header, Sto
     Ok(header)
 }
 
+/// Opens or creates the redb file at `path`; redb's reason (not a database, truncated,
+/// locked by another process) is kept for the operator.
+fn create_file(path: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        .create(path)
+        .map_err(|error| StoreError::Open {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// The tip's header and the log's right edge, read in one transaction.
+fn tip_and_log_in(txn: &ReadTransaction) -> Result<(Header, CompactRange), StoreError> {
+    let tip = tip_in(&txn.open_table(BLOCKS)?)?;
+    let nodes = txn.open_table(MERKLE_NODES)?;
+    let range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+    Ok((tip, range))
+}
+
 /// Merkle nodes read from a table (read-only or inside the write transaction).
 struct StoredNodes<'a, T>(&'a T);
 
@@ -634,14 +646,5 @@ impl EntryIndex for ReadIndex<'_> {
             Ok(self.0.open_table(ENTRIES)?.get(id.as_bytes())?.is_some())
         };
         lookup().map_err(|error| ChainError::Lookup(error.to_string()))
-    }
-}
-
-impl From<StoreError> for ChainError {
-    fn from(error: StoreError) -> ChainError {
-        match error {
-            StoreError::Chain(error) => error,
-            other => ChainError::Lookup(other.to_string()),
-        }
     }
 }
