@@ -137,3 +137,171 @@ pub fn validate_block(
     }
     Ok((ids, log))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Entry, Hash};
+    use crate::testing::{entries, key, next_block, spec};
+
+    struct NoneKnown;
+    impl EntryIndex for NoneKnown {
+        fn contains(&self, _: &Hash) -> Result<bool, ChainError> {
+            Ok(false)
+        }
+    }
+
+    struct AllKnown;
+    impl EntryIndex for AllKnown {
+        fn contains(&self, _: &Hash) -> Result<bool, ChainError> {
+            Ok(true)
+        }
+    }
+
+    const DIFFICULTY: u32 = 3;
+
+    /// Validates `block` on the genesis of a one-member chain at time `now`.
+    fn check(
+        block: &Block,
+        required: u32,
+        index: &impl EntryIndex,
+    ) -> Result<(Vec<Hash>, CompactRange), ChainError> {
+        let spec = spec(&[key(1)], DIFFICULTY);
+        let genesis = spec.genesis_block().header;
+        let context = ValidationContext {
+            chain_hash: &spec.chain_hash(),
+            params: &spec.params,
+            parent: &genesis,
+            required_difficulty: required,
+            now_ms: genesis.timestamp_ms + 1_000,
+        };
+        validate_block(&context, block, &CompactRange::new(), index)
+    }
+
+    fn good(entries: Vec<Entry>) -> Block {
+        let genesis = spec(&[key(1)], DIFFICULTY).genesis_block().header;
+        next_block(&genesis, &CompactRange::new(), entries, DIFFICULTY)
+    }
+
+    /// Re-mines `block` after a header change, so only the intended rule fails.
+    fn remined(mut block: Block, change: impl FnOnce(&mut Header)) -> Block {
+        change(&mut block.header);
+        let template = crate::pow::Template::new(&block.header);
+        block.header.nonce = (0..)
+            .find(|&nonce| template.hash(nonce).leading_zero_bits() >= block.header.difficulty)
+            .unwrap_or_default();
+        block
+    }
+
+    #[test]
+    fn a_valid_block_returns_its_ids_and_log() {
+        let block = good(entries(1, 5, 20));
+        let (ids, log) = check(&block, DIFFICULTY, &NoneKnown).unwrap();
+        assert_eq!(ids, block.entry_ids());
+        assert_eq!((log.size(), log.root()), (5, block.header.log_root));
+    }
+
+    #[test]
+    fn each_header_rule_has_its_error() {
+        let block = good(entries(1, 2, 20));
+        let other_chain = remined(block.clone(), |h| h.chain_hash = Hash([5; 32]));
+        assert!(matches!(
+            check(&other_chain, 0, &NoneKnown),
+            Err(ChainError::WrongChain { .. })
+        ));
+        let skipped = remined(block.clone(), |h| h.height = 2);
+        assert_eq!(
+            check(&skipped, 0, &NoneKnown).unwrap_err(),
+            ChainError::WrongHeight {
+                expected: 1,
+                found: 2
+            }
+        );
+        let orphan = remined(block.clone(), |h| h.prev_hash = Hash([6; 32]));
+        assert!(matches!(
+            check(&orphan, 0, &NoneKnown),
+            Err(ChainError::WrongParent { .. })
+        ));
+        let stale = remined(block.clone(), |h| h.timestamp_ms -= 1);
+        assert!(matches!(
+            check(&stale, 0, &NoneKnown),
+            Err(ChainError::TimestampNotAfterParent { .. })
+        ));
+        let early = remined(block.clone(), |h| h.timestamp_ms += 1_000_000);
+        assert!(matches!(
+            check(&early, 0, &NoneKnown),
+            Err(ChainError::TimestampInFuture { .. })
+        ));
+        let mut absurd = block.clone();
+        absurd.header.difficulty = 257;
+        assert_eq!(
+            check(&absurd, 0, &NoneKnown).unwrap_err(),
+            ChainError::DifficultyOutOfRange { found: 257 }
+        );
+        assert_eq!(
+            check(&block, DIFFICULTY + 1, &NoneKnown).unwrap_err(),
+            ChainError::DifficultyTooLow {
+                required: DIFFICULTY + 1,
+                found: DIFFICULTY
+            }
+        );
+        let mut unworked = block.clone();
+        unworked.header.nonce = (0..)
+            .find(|&nonce| {
+                let mut header = unworked.header;
+                header.nonce = nonce;
+                header.hash().leading_zero_bits() < DIFFICULTY
+            })
+            .unwrap_or_default();
+        assert!(matches!(
+            check(&unworked, 0, &NoneKnown),
+            Err(ChainError::InsufficientWork { .. })
+        ));
+    }
+
+    #[test]
+    fn each_body_rule_has_its_error() {
+        let block = good(entries(1, 2, 20));
+        let short = remined(block.clone(), |h| h.log_size = 3);
+        assert_eq!(
+            check(&short, 0, &NoneKnown).unwrap_err(),
+            ChainError::LogSizeMismatch {
+                expected: 2,
+                found: 3
+            }
+        );
+        let rerooted = remined(block.clone(), |h| h.log_root = Hash([8; 32]));
+        assert!(matches!(
+            check(&rerooted, 0, &NoneKnown),
+            Err(ChainError::LogRootMismatch { .. })
+        ));
+        let replayed = check(&block, 0, &AllKnown).unwrap_err();
+        assert_eq!(
+            replayed,
+            ChainError::DuplicateEntry {
+                id: block.entries[0].id()
+            }
+        );
+
+        let mut spec = spec(&[key(1)], DIFFICULTY);
+        spec.params.max_block_entries = 2;
+        let genesis = spec.genesis_block().header;
+        let context = ValidationContext {
+            chain_hash: &spec.chain_hash(),
+            params: &spec.params,
+            parent: &genesis,
+            required_difficulty: 0,
+            now_ms: genesis.timestamp_ms + 1_000,
+        };
+        let crowded = next_block(
+            &genesis,
+            &CompactRange::new(),
+            entries(2, 3, 20),
+            DIFFICULTY,
+        );
+        assert_eq!(
+            validate_block(&context, &crowded, &CompactRange::new(), &NoneKnown).unwrap_err(),
+            ChainError::TooManyEntries { count: 3, limit: 2 }
+        );
+    }
+}
