@@ -7,12 +7,20 @@
 //! - [`pow`]: the proof-of-work miner (SHA-256 midstate, every core, cancellable). Pure CPU.
 //! - [`storage`]: the redb database behind one [`storage::Store`] type; one write
 //!   transaction per applied block.
+//! - [`node`]: the entry pool and the block producer (cut, mine, certify, apply).
+//! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
+//! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
+//! - [`metrics`]: Prometheus text metrics.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
 //!
 //! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
 //! fixed-width except where a length prefix says otherwise.
 
+pub mod api;
 pub mod chain;
+pub mod config;
+pub mod metrics;
+pub mod node;
 pub mod pow;
 pub mod storage;
 pub mod testing;

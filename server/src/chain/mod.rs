@@ -10,6 +10,7 @@ pub(crate) mod genesis;
 mod hash;
 mod header;
 pub mod merkle;
+mod receipt;
 mod validate;
 
 pub use block::Block;
@@ -20,4 +21,5 @@ pub use genesis::{ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Me
 pub use hash::Hash;
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use merkle::CompactRange;
+pub use receipt::Receipt;
 pub use validate::{validate_block, validate_header, EntryIndex, ValidationContext};

@@ -18,7 +18,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 use crate::chain::merkle::{self, leaf_hash, NodeSource};
 use crate::chain::{
     validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, EntryIndex,
-    Hash, Header, ValidationContext, HEADER_LEN,
+    Hash, Header, Receipt, ValidationContext, HEADER_LEN,
 };
 
 type MerkleTable = redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>;
@@ -344,6 +344,36 @@ impl Store {
             }
         });
         Ok(location)
+    }
+
+    /// The header of the block at `height`, without decoding its entries.
+    pub fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        self.decode_at(BLOCKS, height, "block header", |bytes| {
+            Header::decode(bytes.get(..HEADER_LEN).unwrap_or(bytes))
+        })
+    }
+
+    /// The receipt of a committed entry: its inclusion proof under the header of its
+    /// block, and that block's certificate.
+    pub fn receipt(&self, id: &Hash) -> Result<Option<Receipt>, StoreError> {
+        let Some(location) = self.entry_location(id)? else {
+            return Ok(None);
+        };
+        let missing =
+            |what: &str| corrupt(format!("entry {id} is indexed but its {what} is missing"));
+        let header = self
+            .header(location.height)?
+            .ok_or_else(|| missing("block"))?;
+        let certificate = self
+            .certificate(location.height)?
+            .ok_or_else(|| missing("certificate"))?;
+        Ok(Some(Receipt {
+            entry_id: *id,
+            log_index: location.log_index,
+            inclusion_proof: self.inclusion_proof(location.log_index, header.log_size)?,
+            header,
+            certificate,
+        }))
     }
 
     /// The commit certificate of the block at `height` (none for genesis).

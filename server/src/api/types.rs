@@ -1,0 +1,466 @@
+//! JSON shapes of the API (field names from DESIGN.md). Hashes, keys and signatures
+//! are lowercase hex. `ledgerctl` parses the same types it receives.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{
+    Author, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header, Receipt,
+};
+
+/// `POST /v1/entries` body: exactly one of `data` and `data_b64`; `author` and `sig`
+/// together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The payload as UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The payload as standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// Author's ed25519 public key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Author's signature over the entry's signing digest, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+fn hex_array<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], ChainError> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).map_err(|_| ChainError::BadHex {
+        what,
+        expected_bytes: N,
+    })?;
+    Ok(out)
+}
+
+fn hash(text: &str) -> Result<Hash, ChainError> {
+    hex_array(text, "hash").map(Hash)
+}
+
+impl SubmitRequest {
+    /// The entry this request describes, or what is malformed about it.
+    pub fn into_entry(self) -> Result<Entry, String> {
+        let data = match (self.data, self.data_b64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|error| format!("data_b64 is not base64: {error}"))?,
+            _ => return Err("give exactly one of data and data_b64".into()),
+        };
+        let author = match (self.author, self.sig) {
+            (None, None) => None,
+            (Some(author), Some(sig)) => Some(Author {
+                public_key: hex_array(&author, "author").map_err(|error| error.to_string())?,
+                signature: hex_array(&sig, "sig").map_err(|error| error.to_string())?,
+            }),
+            _ => return Err("author and sig go together".into()),
+        };
+        Ok(Entry { data, author })
+    }
+
+    /// The request for `entry`, with `data` when it is UTF-8.
+    pub fn from_entry(entry: &Entry) -> SubmitRequest {
+        let (data, data_b64) = data_fields(&entry.data);
+        SubmitRequest {
+            data,
+            data_b64,
+            author: entry.author.map(|author| hex::encode(author.public_key)),
+            sig: entry.author.map(|author| hex::encode(author.signature)),
+        }
+    }
+}
+
+fn data_fields(data: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(data) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(data)),
+        ),
+    }
+}
+
+/// `202` answer to a submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The entry id.
+    pub id: String,
+}
+
+/// `?wait=commit` answer, and one item of a batch answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedView {
+    /// The entry id.
+    pub id: String,
+    /// Height of its block.
+    pub height: u64,
+    /// Hash of its block.
+    pub block_hash: String,
+    /// Proof of the commitment.
+    pub receipt: ReceiptView,
+}
+
+/// A header as JSON; `hash` is computed, the rest are the header's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderView {
+    /// Height.
+    pub height: u64,
+    /// Block hash.
+    pub hash: String,
+    /// Parent hash.
+    pub prev_hash: String,
+    /// Proposer's clock, ms.
+    pub timestamp_ms: u64,
+    /// Log size after the block.
+    pub log_size: u64,
+    /// Log root after the block.
+    pub log_root: String,
+    /// Difficulty, leading zero bits.
+    pub difficulty: u32,
+    /// PoW nonce.
+    pub nonce: u64,
+    /// Header format version.
+    pub version: u32,
+    /// Chain hash.
+    pub chain_hash: String,
+}
+
+impl From<&Header> for HeaderView {
+    fn from(header: &Header) -> HeaderView {
+        HeaderView {
+            height: header.height,
+            hash: header.hash().to_hex(),
+            prev_hash: header.prev_hash.to_hex(),
+            timestamp_ms: header.timestamp_ms,
+            log_size: header.log_size,
+            log_root: header.log_root.to_hex(),
+            difficulty: header.difficulty,
+            nonce: header.nonce,
+            version: header.version,
+            chain_hash: header.chain_hash.to_hex(),
+        }
+    }
+}
+
+/// A block as JSON: its header's fields and its entry ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    /// The header.
+    #[serde(flatten)]
+    pub header: HeaderView,
+    /// Entry ids in log order.
+    pub entries: Vec<String>,
+}
+
+/// One commit signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureView {
+    /// Signer's node id.
+    pub node_id: String,
+    /// ed25519 signature, hex.
+    pub signature: String,
+}
+
+/// A commit certificate as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// The view of the commits.
+    pub view: u64,
+    /// Block height.
+    pub height: u64,
+    /// Block hash.
+    pub block_hash: String,
+    /// The signatures.
+    pub signatures: Vec<SignatureView>,
+}
+
+impl From<&CommitCertificate> for CertificateView {
+    fn from(certificate: &CommitCertificate) -> CertificateView {
+        CertificateView {
+            view: certificate.view,
+            height: certificate.height,
+            block_hash: certificate.block_hash.to_hex(),
+            signatures: certificate
+                .signatures
+                .iter()
+                .map(|signature| SignatureView {
+                    node_id: signature.node_id.to_hex(),
+                    signature: hex::encode(signature.signature),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<&CertificateView> for CommitCertificate {
+    type Error = ChainError;
+
+    fn try_from(view: &CertificateView) -> Result<CommitCertificate, ChainError> {
+        Ok(CommitCertificate {
+            view: view.view,
+            height: view.height,
+            block_hash: hash(&view.block_hash)?,
+            signatures: view
+                .signatures
+                .iter()
+                .map(|signature| {
+                    Ok(CommitSignature {
+                        node_id: hash(&signature.node_id)?,
+                        signature: hex_array(&signature.signature, "signature")?,
+                    })
+                })
+                .collect::<Result<_, ChainError>>()?,
+        })
+    }
+}
+
+/// A receipt as JSON. `header_hex` is the canonical header; verifiers use it, and
+/// `header` is its readable copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptView {
+    /// The entry id.
+    pub entry_id: String,
+    /// Its leaf index.
+    pub log_index: u64,
+    /// The tree size the proof is for (the header's log size).
+    pub log_size: u64,
+    /// Inclusion proof, leaf side first.
+    pub inclusion_proof: Vec<String>,
+    /// The committing block's header.
+    pub header: HeaderView,
+    /// The same header, canonically encoded.
+    pub header_hex: String,
+    /// The block's commit certificate.
+    pub certificate: CertificateView,
+}
+
+impl From<&Receipt> for ReceiptView {
+    fn from(receipt: &Receipt) -> ReceiptView {
+        ReceiptView {
+            entry_id: receipt.entry_id.to_hex(),
+            log_index: receipt.log_index,
+            log_size: receipt.header.log_size,
+            inclusion_proof: receipt.inclusion_proof.iter().map(Hash::to_hex).collect(),
+            header: HeaderView::from(&receipt.header),
+            header_hex: hex::encode(receipt.header.encode()),
+            certificate: CertificateView::from(&receipt.certificate),
+        }
+    }
+}
+
+impl TryFrom<&ReceiptView> for Receipt {
+    type Error = ChainError;
+
+    /// Parses a receipt, trusting only `header_hex` for the header and refusing a
+    /// readable copy or a log size that disagrees with it.
+    fn try_from(view: &ReceiptView) -> Result<Receipt, ChainError> {
+        let bytes = hex::decode(&view.header_hex).map_err(|_| ChainError::BadHex {
+            what: "header_hex",
+            expected_bytes: crate::chain::HEADER_LEN,
+        })?;
+        let header = Header::decode(&bytes)?;
+        if HeaderView::from(&header) != view.header || view.log_size != header.log_size {
+            return Err(ChainError::Malformed {
+                what: "receipt",
+                reason: "header fields disagree with header_hex",
+            });
+        }
+        Ok(Receipt {
+            entry_id: hash(&view.entry_id)?,
+            log_index: view.log_index,
+            header,
+            inclusion_proof: view
+                .inclusion_proof
+                .iter()
+                .map(|p| hash(p))
+                .collect::<Result<_, _>>()?,
+            certificate: CommitCertificate::try_from(&view.certificate)?,
+        })
+    }
+}
+
+/// `GET /v1/entries/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    /// The entry id.
+    pub id: String,
+    /// `pending` or `committed`.
+    pub status: String,
+    /// Payload as text, when UTF-8 (committed entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Payload as base64 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// Author key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Author signature, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+    /// Height of its block, once committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    /// Leaf index, once committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
+    /// Proof, once committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptView>,
+}
+
+impl EntryView {
+    /// A pending entry: only its id is known to be accepted.
+    pub fn pending(id: &Hash) -> EntryView {
+        EntryView {
+            id: id.to_hex(),
+            status: "pending".into(),
+            data: None,
+            data_b64: None,
+            author: None,
+            sig: None,
+            height: None,
+            log_index: None,
+            receipt: None,
+        }
+    }
+
+    /// A committed entry with its receipt.
+    pub fn committed(entry: &Entry, receipt: &Receipt) -> EntryView {
+        let request = SubmitRequest::from_entry(entry);
+        EntryView {
+            id: receipt.entry_id.to_hex(),
+            status: "committed".into(),
+            data: request.data,
+            data_b64: request.data_b64,
+            author: request.author,
+            sig: request.sig,
+            height: Some(receipt.header.height),
+            log_index: Some(receipt.log_index),
+            receipt: Some(ReceiptView::from(receipt)),
+        }
+    }
+}
+
+/// `GET /v1/proofs/consistency`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyView {
+    /// Old log size.
+    pub from: u64,
+    /// New log size.
+    pub to: u64,
+    /// Root at `from`.
+    pub from_root: String,
+    /// Root at `to`.
+    pub to_root: String,
+    /// RFC 9162 consistency proof.
+    pub proof: Vec<String>,
+}
+
+/// A member in `/v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node id.
+    pub node_id: String,
+    /// ed25519 public key.
+    pub public_key: String,
+    /// Peer address from the genesis file.
+    pub p2p_addr: Option<String>,
+    /// API address from the genesis file.
+    pub api_addr: Option<String>,
+    /// Whether this node is connected to it (itself: always).
+    pub connected: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// This node's id.
+    pub node_id: String,
+    /// Chain name.
+    pub chain_id: String,
+    /// Chain hash.
+    pub chain_hash: String,
+    /// Genesis block hash.
+    pub genesis_hash: String,
+    /// Current PBFT view.
+    pub view: u64,
+    /// Primary of the view.
+    pub primary: String,
+    /// Height of the last applied block.
+    pub height: u64,
+    /// Hash of the last applied block.
+    pub tip_hash: String,
+    /// Entries in the log.
+    pub log_size: u64,
+    /// Height of the stable checkpoint, when there is one.
+    pub stable_checkpoint: Option<u64>,
+    /// Faults tolerated.
+    pub f: usize,
+    /// The members.
+    pub members: Vec<MemberView>,
+    /// Difficulty the next block needs.
+    pub difficulty: u32,
+    /// Entries waiting for a block.
+    pub pool_size: usize,
+    /// Loaded plugins (none until plugins land).
+    pub plugins: Vec<PluginView>,
+}
+
+/// A plugin fingerprint in `/v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginView {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// SHA-256 of the library file.
+    pub sha256: String,
+}
+
+/// `POST /mine` answer: the block it produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinedView {
+    /// The new block's header.
+    #[serde(flatten)]
+    pub header: HeaderView,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_request_rules() {
+        let text = SubmitRequest {
+            data: Some("hi".into()),
+            ..Default::default()
+        };
+        assert_eq!(text.into_entry().unwrap().data, b"hi");
+        let binary = SubmitRequest {
+            data_b64: Some("AAE=".into()),
+            ..Default::default()
+        };
+        assert_eq!(binary.into_entry().unwrap().data, [0, 1]);
+        let both = SubmitRequest {
+            data: Some("a".into()),
+            data_b64: Some("AA==".into()),
+            ..Default::default()
+        };
+        assert!(both.into_entry().is_err());
+        assert!(SubmitRequest::default().into_entry().is_err());
+        let lonely = SubmitRequest {
+            data: Some("a".into()),
+            author: Some("00".repeat(32)),
+            ..Default::default()
+        };
+        assert!(lonely.into_entry().unwrap_err().contains("together"));
+        let entry = Entry::new(vec![0xff, 0xfe]);
+        let request = SubmitRequest::from_entry(&entry);
+        assert!(request.data.is_none());
+        assert_eq!(request.into_entry().unwrap(), entry);
+    }
+}

@@ -1,0 +1,323 @@
+//! The node's TOML configuration, its key file, and the files `ledgerd dev init` writes.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{ChainSpec, GenesisFile, GenesisMember};
+
+/// Why a configuration, genesis or key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's content is not what it must be.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words an operator can act on.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
+    move |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `ledgerd.toml`. Relative paths are relative to the file's own directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address of the client HTTP API.
+    pub api_listen: SocketAddr,
+    /// Address peers connect to (used once the cluster transport lands).
+    pub p2p_listen: SocketAddr,
+    /// Directory of the database (`ledger.redb`).
+    pub data_dir: PathBuf,
+    /// The chain's genesis file.
+    #[serde(default = "default_genesis")]
+    pub genesis: PathBuf,
+    /// This node's ed25519 secret key (64 hex characters, mode 0600).
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Most entries the node puts in one block (at most the genesis limit).
+    #[serde(default = "default_max_block_entries")]
+    pub max_block_entries: u32,
+    /// Longest an entry waits for more to join its block, in milliseconds.
+    #[serde(default = "default_max_block_delay_ms")]
+    pub max_block_delay_ms: u64,
+    /// Most entries waiting for a block; beyond it submits get 503.
+    #[serde(default = "default_pool_capacity")]
+    pub pool_capacity: usize,
+    /// Mining threads; every core when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mining_threads: Option<usize>,
+    /// redb two-phase commit (see the store's docs); on unless turned off.
+    #[serde(default = "default_true")]
+    pub two_phase_commit: bool,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+fn default_genesis() -> PathBuf {
+    "genesis.toml".into()
+}
+fn default_key_file() -> PathBuf {
+    "node.key".into()
+}
+fn default_max_block_entries() -> u32 {
+    1000
+}
+fn default_max_block_delay_ms() -> u64 {
+    20
+}
+fn default_pool_capacity() -> usize {
+    100_000
+}
+fn default_true() -> bool {
+    true
+}
+
+impl NodeConfig {
+    /// Reads and checks `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|error| invalid(path, error))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in [
+            &mut config.data_dir,
+            &mut config.genesis,
+            &mut config.key_file,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        if config.max_block_entries == 0 || config.pool_capacity == 0 {
+            return Err(invalid(
+                path,
+                "max_block_entries and pool_capacity must be at least 1",
+            ));
+        }
+        if config.mining_threads == Some(0) {
+            return Err(invalid(
+                path,
+                "mining_threads must be at least 1 (or absent for every core)",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The block delay as a duration.
+    pub fn max_block_delay(&self) -> Duration {
+        Duration::from_millis(self.max_block_delay_ms)
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("ledger.redb")
+    }
+
+    /// Reads the genesis file this config names.
+    pub fn chain_spec(&self) -> Result<ChainSpec, ConfigError> {
+        let text = fs::read_to_string(&self.genesis).map_err(io(&self.genesis))?;
+        ChainSpec::from_toml(&text).map_err(|error| invalid(&self.genesis, error))
+    }
+
+    /// Reads the key file this config names.
+    pub fn signing_key(&self) -> Result<SigningKey, ConfigError> {
+        read_key(&self.key_file)
+    }
+}
+
+/// Reads a key file: 64 hex characters of ed25519 secret key, whitespace ignored.
+pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| invalid(path, "a key file holds 64 hex characters"))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// A new key from the OS's random source.
+pub fn generate_key() -> Result<SigningKey, ConfigError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|error| ConfigError::Io {
+        path: "<os random source>".into(),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Writes `key` to a new file readable only by its owner; never overwrites.
+pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io(path))?;
+    writeln!(file, "{}", hex::encode(key.to_bytes())).map_err(io(path))
+}
+
+/// What `ledgerd dev init` lays out.
+#[derive(Clone, Debug)]
+pub struct DevLayout {
+    /// The cluster's directory.
+    pub dir: PathBuf,
+    /// Config file of each node, in member order.
+    pub configs: Vec<PathBuf>,
+}
+
+/// Writes keys, one genesis file and a config per node under `dir`:
+/// `dir/genesis.toml`, `dir/node<i>/{ledgerd.toml,node.key}`. Node i listens on
+/// `base_port + 2i` (API) and `base_port + 2i + 1` (peers), on 127.0.0.1.
+pub fn dev_init(
+    dir: &Path,
+    nodes: usize,
+    base_port: u16,
+    difficulty: u32,
+) -> Result<DevLayout, ConfigError> {
+    if nodes == 0 {
+        return Err(invalid(dir, "a cluster needs at least one node"));
+    }
+    let port = |offset: usize| -> Result<u16, ConfigError> {
+        u16::try_from(usize::from(base_port) + offset)
+            .map_err(|_| invalid(dir, "base port too high for this many nodes"))
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let genesis_path = dir.join("genesis.toml");
+    if genesis_path.exists() {
+        return Err(invalid(
+            &genesis_path,
+            "already exists; remove the directory to start over",
+        ));
+    }
+    let mut members = Vec::with_capacity(nodes);
+    let mut configs = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let node_dir = dir.join(format!("node{i}"));
+        fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
+        let key = generate_key()?;
+        write_key(&node_dir.join("node.key"), &key)?;
+        let config = NodeConfig {
+            api_listen: SocketAddr::from(([127, 0, 0, 1], port(2 * i)?)),
+            p2p_listen: SocketAddr::from(([127, 0, 0, 1], port(2 * i + 1)?)),
+            data_dir: "data".into(),
+            genesis: "../genesis.toml".into(),
+            key_file: default_key_file(),
+            max_block_entries: default_max_block_entries(),
+            max_block_delay_ms: default_max_block_delay_ms(),
+            pool_capacity: default_pool_capacity(),
+            mining_threads: None,
+            two_phase_commit: true,
+            log_format: LogFormat::Text,
+        };
+        members.push(GenesisMember {
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            p2p_addr: Some(config.p2p_listen.to_string()),
+            api_addr: Some(config.api_listen.to_string()),
+        });
+        let text = toml::to_string(&config).map_err(|error| invalid(&node_dir, error))?;
+        let config_path = node_dir.join("ledgerd.toml");
+        fs::write(&config_path, text).map_err(io(&config_path))?;
+        configs.push(config_path);
+    }
+    let genesis = GenesisFile {
+        chain_id: "ledger-dev".into(),
+        timestamp_ms: 1_767_225_600_000,
+        difficulty,
+        max_entry_bytes: crate::chain::genesis::default_max_entry_bytes(),
+        max_block_entries: crate::chain::genesis::default_max_block_entries(),
+        max_future_drift_ms: crate::chain::genesis::default_max_future_drift_ms(),
+        checkpoint_interval: crate::chain::genesis::default_checkpoint_interval(),
+        members,
+    };
+    // Validate before writing, so a bad layout never reaches disk as a genesis file.
+    let spec = ChainSpec::from_file(genesis).map_err(|error| invalid(&genesis_path, error))?;
+    fs::write(&genesis_path, spec.to_toml()).map_err(io(&genesis_path))?;
+    Ok(DevLayout {
+        dir: dir.to_owned(),
+        configs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_init_writes_configs_that_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap();
+        assert_eq!(layout.configs.len(), 4);
+        let mut keys = Vec::new();
+        for (i, path) in layout.configs.iter().enumerate() {
+            let config = NodeConfig::load(path).unwrap();
+            assert_eq!(config.api_listen.port(), 17000 + 2 * i as u16);
+            assert_eq!(config.p2p_listen.port(), 17001 + 2 * i as u16);
+            let spec = config.chain_spec().unwrap();
+            let key = config.signing_key().unwrap();
+            assert_eq!(spec.members.as_slice()[i].public_key, key.verifying_key());
+            keys.push(key.to_bytes());
+        }
+        keys.dedup();
+        assert_eq!(keys.len(), 4, "every node has its own key");
+        let again = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+    }
+
+    #[test]
+    fn bad_configs_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledgerd.toml");
+        fs::write(&path, "api_listen = \"127.0.0.1:1\"\np2p_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\ncolour = 1\n").unwrap();
+        let error = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("ledgerd.toml") && error.contains("colour"),
+            "{error}"
+        );
+        fs::write(dir.path().join("node.key"), "not hex").unwrap();
+        assert!(read_key(&dir.path().join("node.key"))
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+    }
+}

@@ -1,0 +1,185 @@
+//! The node's Prometheus metrics: a handful of atomics rendered as text exposition
+//! format. Small enough that a metrics crate would add more than it saves.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the commit latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A cumulative histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        );
+    }
+}
+
+/// Everything `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Height of the last applied block.
+    pub height: AtomicU64,
+    /// Entries waiting for a block.
+    pub pool_size: AtomicU64,
+    /// Entries accepted into the pool.
+    pub entries_accepted: AtomicU64,
+    /// Entries refused at submit.
+    pub entries_rejected: AtomicU64,
+    /// Entries committed.
+    pub entries_committed: AtomicU64,
+    /// Blocks applied.
+    pub blocks_applied: AtomicU64,
+    /// Nonces tried by the miner.
+    pub pow_hashes: AtomicU64,
+    /// Time spent mining, microseconds.
+    pub pow_micros: AtomicU64,
+    /// Hash rate of the last mined block, hashes per second.
+    pub pow_hash_rate: AtomicU64,
+    /// From an entry's acceptance to its block's commit.
+    pub commit_latency: Histogram,
+    /// Applying one block to the store.
+    pub apply_latency: Histogram,
+}
+
+impl Metrics {
+    /// Records a finished mining run.
+    pub fn record_mining(&self, hashes: u64, elapsed: Duration) {
+        self.pow_hashes.fetch_add(hashes, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.pow_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(rate) = hashes.saturating_mul(1_000_000).checked_div(micros) {
+            self.pow_hash_rate.store(rate, Ordering::Relaxed);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let gauges: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "ledger_height",
+                "gauge",
+                "Height of the last applied block.",
+                &self.height,
+            ),
+            (
+                "ledger_pool_size",
+                "gauge",
+                "Entries waiting for a block.",
+                &self.pool_size,
+            ),
+            (
+                "ledger_entries_accepted_total",
+                "counter",
+                "Entries accepted into the pool.",
+                &self.entries_accepted,
+            ),
+            (
+                "ledger_entries_rejected_total",
+                "counter",
+                "Entries refused at submit.",
+                &self.entries_rejected,
+            ),
+            (
+                "ledger_entries_committed_total",
+                "counter",
+                "Entries committed.",
+                &self.entries_committed,
+            ),
+            (
+                "ledger_blocks_applied_total",
+                "counter",
+                "Blocks applied to the store.",
+                &self.blocks_applied,
+            ),
+            (
+                "ledger_pow_hashes_total",
+                "counter",
+                "Nonces tried by the miner.",
+                &self.pow_hashes,
+            ),
+            (
+                "ledger_pow_hash_rate",
+                "gauge",
+                "Miner hash rate over the last block, hashes per second.",
+                &self.pow_hash_rate,
+            ),
+            (
+                "ledger_pow_seconds_total",
+                "counter",
+                "Time spent mining.",
+                &self.pow_micros,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let value = value.load(Ordering::Relaxed);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            if name == "ledger_pow_seconds_total" {
+                let _ = writeln!(out, "{name} {}", value as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        self.commit_latency.render(
+            &mut out,
+            "ledger_commit_latency_seconds",
+            "From an entry's acceptance to the commit of its block.",
+        );
+        self.apply_latency.render(
+            &mut out,
+            "ledger_apply_seconds",
+            "Applying one block in one durable write transaction.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_cumulative_buckets() {
+        let metrics = Metrics::default();
+        metrics.commit_latency.observe(Duration::from_millis(3));
+        metrics.commit_latency.observe(Duration::from_millis(30));
+        metrics.height.store(7, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(text.contains("ledger_height 7\n"), "{text}");
+        assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("ledger_commit_latency_seconds_count 2\n"));
+    }
+}

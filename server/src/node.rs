@@ -1,0 +1,487 @@
+//! The node driver: the entry pool, the block producer, and the commit pipeline.
+//!
+//! Single-node today: a block is cut from the pool (at `max_block_entries`, after
+//! `max_block_delay` from its first entry, or on `POST /mine`), mined on blocking
+//! threads, certified by this node's own COMMIT signature (n = 1, quorum 1), applied in
+//! one durable write transaction, and then the entries' waiters are told. The cluster
+//! replaces [`Node::certify`] with PBFT; nothing before or after it changes.
+//!
+//! Every store call and the miner run on blocking threads, never on async workers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use tokio::sync::{oneshot, Notify};
+
+use crate::chain::merkle::leaf_hash;
+use crate::chain::{
+    commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
+    HEADER_VERSION,
+};
+use crate::metrics::Metrics;
+use crate::pow::{self, Outcome};
+use crate::storage::{Store, StoreError};
+
+/// Tuning of the pool and the block producer.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSettings {
+    /// Most entries per block (capped by the genesis limit).
+    pub max_block_entries: usize,
+    /// Longest the first pending entry waits for others.
+    pub max_block_delay: Duration,
+    /// Most entries waiting; beyond it submits are refused with 503.
+    pub pool_capacity: usize,
+    /// Mining threads.
+    pub mining_threads: NonZeroUsize,
+}
+
+/// Where a committed entry landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Height of its block.
+    pub height: u64,
+    /// Hash of its block.
+    pub block_hash: Hash,
+    /// Its leaf index in the Merkle log.
+    pub log_index: u64,
+}
+
+/// Why an entry was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Above the chain's entry size limit.
+    #[error("entry data is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Data size.
+        size: usize,
+        /// The genesis limit.
+        limit: u32,
+    },
+    /// Refused by validation (a bad signature or key).
+    #[error("{0}")]
+    Invalid(ChainError),
+    /// Already committed or already pending.
+    #[error("entry {0} was already submitted")]
+    Duplicate(Hash),
+    /// The pool is at capacity.
+    #[error("the pool holds {0} entries, its capacity; retry later")]
+    PoolFull(usize),
+    /// Starting or stopping.
+    #[error("the node is not accepting entries now")]
+    NotReady,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of a block production run, for `POST /mine`.
+pub type MineResult = Result<Header, String>;
+
+struct Pending {
+    id: Hash,
+    entry: Entry,
+    accepted_at: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Entries waiting for a block, oldest first.
+    queue: VecDeque<Pending>,
+    /// Ids queued or in the block being produced: a second submit is a duplicate.
+    ids: HashSet<Hash>,
+    /// Clients waiting for an entry's commit.
+    waiters: HashMap<Hash, Vec<oneshot::Sender<Committed>>>,
+    /// When the oldest queued entry arrived.
+    first_pending_at: Option<Instant>,
+    /// `POST /mine` callers waiting for the next block.
+    mine_requests: Vec<oneshot::Sender<MineResult>>,
+}
+
+/// One node: its store, its key, its pool and its metrics.
+pub struct Node {
+    store: Arc<Store>,
+    key: SigningKey,
+    node_id: Hash,
+    settings: NodeSettings,
+    pool: Mutex<Pool>,
+    wake: Notify,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    metrics: Metrics,
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Corrupt(format!("store task failed: {error}"))))
+}
+
+impl Node {
+    /// A node over `store`, signing with `key`. The key must be a member.
+    pub fn new(store: Arc<Store>, key: SigningKey, mut settings: NodeSettings) -> Node {
+        let limit = store.spec().params.max_block_entries as usize;
+        settings.max_block_entries = settings.max_block_entries.clamp(1, limit);
+        let node_id = Hash::digest(key.verifying_key().as_bytes());
+        Node {
+            store,
+            key,
+            node_id,
+            settings,
+            pool: Mutex::new(Pool::default()),
+            wake: Notify::new(),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// SHA-256 of this node's public key.
+    pub fn node_id(&self) -> Hash {
+        self.node_id
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the node serves submits (recovered and producing blocks).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Entries waiting for a block.
+    pub fn pool_size(&self) -> usize {
+        self.lock_pool().queue.len()
+    }
+
+    /// Whether `id` is queued or in the block being produced.
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        self.lock_pool().ids.contains(id)
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        // The pool holds no invariant a panicking holder could break halfway.
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Validates `entry` and queues it. With `wait`, also returns a receiver told when
+    /// the entry commits.
+    pub async fn submit(
+        &self,
+        entry: Entry,
+        wait: bool,
+    ) -> Result<(Hash, Option<oneshot::Receiver<Committed>>), SubmitError> {
+        if !self.is_ready() {
+            return Err(SubmitError::NotReady);
+        }
+        let limit = self.store.spec().params.max_entry_bytes;
+        if entry.data.len() > limit as usize {
+            return Err(SubmitError::TooLarge {
+                size: entry.data.len(),
+                limit,
+            });
+        }
+        let chain_hash = self.store.chain_hash();
+        let (entry, id) = tokio::task::spawn_blocking(move || {
+            entry.verify(&chain_hash, limit)?;
+            let id = entry.id();
+            Ok::<_, ChainError>((entry, id))
+        })
+        .await
+        .map_err(|error| SubmitError::Invalid(ChainError::Lookup(error.to_string())))?
+        .map_err(SubmitError::Invalid)?;
+
+        if self.is_pending(&id) {
+            return Err(SubmitError::Duplicate(id));
+        }
+        let store = Arc::clone(&self.store);
+        if blocking(move || store.entry_location(&id)).await?.is_some() {
+            return Err(SubmitError::Duplicate(id));
+        }
+        let receiver = {
+            let mut pool = self.lock_pool();
+            if pool.queue.len() >= self.settings.pool_capacity {
+                return Err(SubmitError::PoolFull(pool.queue.len()));
+            }
+            if !pool.ids.insert(id) {
+                return Err(SubmitError::Duplicate(id));
+            }
+            let accepted_at = Instant::now();
+            pool.first_pending_at.get_or_insert(accepted_at);
+            pool.queue.push_back(Pending {
+                id,
+                entry,
+                accepted_at,
+            });
+            self.metrics
+                .pool_size
+                .store(pool.queue.len() as u64, Ordering::Relaxed);
+            wait.then(|| {
+                let (sender, receiver) = oneshot::channel();
+                pool.waiters.entry(id).or_default().push(sender);
+                receiver
+            })
+        };
+        self.metrics
+            .entries_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        // The producer re-reads the pool: idle, it starts the delay; waiting, it
+        // checks whether the block is full.
+        self.wake.notify_one();
+        Ok((id, receiver))
+    }
+
+    /// Asks for a block now, even an empty one; resolves once it is applied.
+    pub fn request_block(&self) -> oneshot::Receiver<MineResult> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock_pool().mine_requests.push(sender);
+        self.wake.notify_one();
+        receiver
+    }
+
+    /// The block producer: runs until `shutdown` resolves, then finishes the block in
+    /// hand (mining is cancelled; a mined block is still applied). The node counts as
+    /// ready from this call, before the future is first polled, so a server started
+    /// right after never answers "not ready" to its first requests.
+    pub fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.ready.store(true, Ordering::Relaxed);
+        self.produce_blocks(shutdown)
+    }
+
+    async fn produce_blocks(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        tokio::pin!(shutdown);
+        loop {
+            let wait = self.until_block_due();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                due = wait => if !due { continue },
+            }
+            let (batch, requests) = self.take_batch();
+            let produce = self.produce(batch, Arc::clone(&cancel));
+            tokio::pin!(produce);
+            let result = tokio::select! {
+                result = &mut produce => result,
+                _ = &mut shutdown => {
+                    self.stopping.store(true, Ordering::Relaxed);
+                    cancel.store(true, Ordering::Relaxed);
+                    let result = produce.await;
+                    for request in requests {
+                        let _ = request.send(result.clone());
+                    }
+                    break;
+                }
+            };
+            for request in requests {
+                let _ = request.send(result.clone());
+            }
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        tracing::info!("block producer stopped");
+    }
+
+    /// Waits until a block is due; false means "look again" (woken early).
+    async fn until_block_due(&self) -> bool {
+        let wait_for = {
+            let pool = self.lock_pool();
+            if !pool.mine_requests.is_empty() || pool.queue.len() >= self.settings.max_block_entries
+            {
+                return true;
+            }
+            match pool.first_pending_at {
+                Some(first) => {
+                    let elapsed = first.elapsed();
+                    if elapsed >= self.settings.max_block_delay {
+                        return true;
+                    }
+                    Some(self.settings.max_block_delay - elapsed)
+                }
+                None => None,
+            }
+        };
+        match wait_for {
+            Some(delay) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => true,
+                    _ = self.wake.notified() => false,
+                }
+            }
+            None => {
+                self.wake.notified().await;
+                false
+            }
+        }
+    }
+
+    fn take_batch(&self) -> (Vec<Pending>, Vec<oneshot::Sender<MineResult>>) {
+        let mut pool = self.lock_pool();
+        let take = pool.queue.len().min(self.settings.max_block_entries);
+        let batch: Vec<Pending> = pool.queue.drain(..take).collect();
+        pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
+        self.metrics
+            .pool_size
+            .store(pool.queue.len() as u64, Ordering::Relaxed);
+        let requests = std::mem::take(&mut pool.mine_requests);
+        (batch, requests)
+    }
+
+    /// Builds, mines, certifies and applies one block from `batch`, then tells the
+    /// entries' waiters. Entries of a block that fails are dropped from the pool, and
+    /// their waiters are told by their channel closing.
+    async fn produce(&self, batch: Vec<Pending>, cancel: Arc<AtomicBool>) -> MineResult {
+        let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
+        let result = self.produce_block(batch, cancel).await;
+        let mut pool = self.lock_pool();
+        for id in &ids {
+            pool.ids.remove(id);
+        }
+        match result {
+            Ok((header, committed)) => {
+                let block_hash = header.hash();
+                let first_index = header.log_size - committed.len() as u64;
+                for (log_index, (id, accepted_at)) in (first_index..).zip(committed) {
+                    self.metrics.commit_latency.observe(accepted_at.elapsed());
+                    let done = Committed {
+                        height: header.height,
+                        block_hash,
+                        log_index,
+                    };
+                    for waiter in pool.waiters.remove(&id).unwrap_or_default() {
+                        let _ = waiter.send(done);
+                    }
+                }
+                Ok(header)
+            }
+            Err(error) => {
+                tracing::error!(%error, "block production failed; its entries are dropped");
+                for id in &ids {
+                    pool.waiters.remove(id);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn produce_block(
+        &self,
+        batch: Vec<Pending>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<(Header, Vec<(Hash, Instant)>), String> {
+        // Template: on the tip, without entries committed since they were queued.
+        let store = Arc::clone(&self.store);
+        let (header, block_entries, committed) = blocking(move || {
+            let (tip, mut log) = store.tip_with_log()?;
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut committed = Vec::with_capacity(batch.len());
+            for pending in batch {
+                if store.entry_location(&pending.id)?.is_some() {
+                    continue;
+                }
+                log.append(leaf_hash(pending.id.as_bytes()), |_, _, _| {});
+                committed.push((pending.id, pending.accepted_at));
+                entries.push(pending.entry);
+            }
+            let header = Header {
+                version: HEADER_VERSION,
+                chain_hash: tip.chain_hash,
+                height: tip.height + 1,
+                timestamp_ms: now_ms().max(tip.timestamp_ms + 1),
+                prev_hash: tip.hash(),
+                log_size: log.size(),
+                log_root: log.root(),
+                difficulty: store.spec().difficulty,
+                nonce: 0,
+            };
+            Ok((header, entries, committed))
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+
+        let block = self.mine(header, block_entries, cancel).await?;
+        let certificate = self.certify(&block);
+        let started = Instant::now();
+        let store = Arc::clone(&self.store);
+        let header = block.header;
+        blocking(move || store.apply_block(&block, &certificate))
+            .await
+            .map_err(|error| error.to_string())?;
+        self.metrics.apply_latency.observe(started.elapsed());
+        self.metrics.height.store(header.height, Ordering::Relaxed);
+        self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .entries_committed
+            .fetch_add(committed.len() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            height = header.height,
+            entries = committed.len(),
+            "block applied"
+        );
+        Ok((header, committed))
+    }
+
+    async fn mine(
+        &self,
+        mut header: Header,
+        entries: Vec<Entry>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Block, String> {
+        let threads = self.settings.mining_threads;
+        let started = Instant::now();
+        let report = tokio::task::spawn_blocking(move || pow::mine(&header, threads, &cancel))
+            .await
+            .map_err(|error| format!("miner task failed: {error}"))?;
+        self.metrics.record_mining(report.hashes, started.elapsed());
+        match report.outcome {
+            Outcome::Found { nonce, .. } => {
+                header.nonce = nonce;
+                Ok(Block { header, entries })
+            }
+            Outcome::Cancelled => Err("mining cancelled: the node is stopping".into()),
+            Outcome::Exhausted => {
+                Err("every nonce tried; the next block gets a new timestamp".into())
+            }
+        }
+    }
+
+    /// Commits a mined block. One node is the whole quorum: its own COMMIT signature
+    /// is the certificate. PBFT replaces this step in the cluster.
+    fn certify(&self, block: &Block) -> CommitCertificate {
+        let hash = block.hash();
+        let height = block.header.height;
+        let digest = commit_digest(&self.store.chain_hash(), 0, height, &hash);
+        CommitCertificate {
+            view: 0,
+            height,
+            block_hash: hash,
+            signatures: vec![CommitSignature {
+                node_id: self.node_id,
+                signature: self.key.sign(digest.as_bytes()).to_bytes(),
+            }],
+        }
+    }
+}

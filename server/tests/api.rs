@@ -1,0 +1,594 @@
+//! The HTTP API end to end through `router(node).oneshot(..)`: every route, every error
+//! of the error model, and the batching rules of the block producer.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use ledger::api::types::{
+    Accepted, BlockView, CommittedView, ConsistencyView, EntryView, StatusView, SubmitRequest,
+};
+use ledger::api::{router, ErrorBody};
+use ledger::chain::merkle::verify_consistency;
+use ledger::chain::{Entry, Hash, Receipt};
+use ledger::node::{Node, NodeSettings};
+use ledger::storage::{Store, StoreOptions};
+use ledger::testing::{key, spec};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+
+const DIFFICULTY: u32 = 4;
+
+struct TestNode {
+    _dir: tempfile::TempDir,
+    node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    producer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    fn router(&self) -> Router {
+        router(Arc::clone(&self.node))
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(producer) = self.producer.take() {
+            tokio::time::timeout(Duration::from_secs(10), producer)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn settings(max_block_entries: usize, delay: Duration, pool_capacity: usize) -> NodeSettings {
+    NodeSettings {
+        max_block_entries,
+        max_block_delay: delay,
+        pool_capacity,
+        mining_threads: NonZeroUsize::MIN,
+    }
+}
+
+/// A one-member node; its producer runs unless `start` is false.
+fn node_with(settings: NodeSettings, start: bool) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(&[key(1)], DIFFICULTY);
+    let store = Store::open(
+        &dir.path().join("ledger.redb"),
+        &spec,
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let node = Arc::new(Node::new(Arc::new(store), key(1), settings));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let producer = start.then(|| {
+        let node = Arc::clone(&node);
+        tokio::spawn(node.run(async {
+            let _ = stopped.await;
+        }))
+    });
+    TestNode {
+        _dir: dir,
+        node,
+        stop: Some(stop),
+        producer,
+    }
+}
+
+fn quick_node() -> TestNode {
+    node_with(settings(100, Duration::from_millis(5), 1000), true)
+}
+
+async fn send(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map_or(Body::empty(), |body| Body::from(body.to_string())))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, bytes, headers)
+}
+
+async fn send_raw(router: &Router, uri: &str, body: Vec<u8>) -> (StatusCode, ErrorBody) {
+    let request = Request::post(uri).body(Body::from(body)).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).expect("errors are JSON"),
+    )
+}
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
+}
+
+fn error_code(bytes: &[u8]) -> String {
+    json::<ErrorBody>(bytes).error
+}
+
+#[tokio::test]
+async fn submit_wait_get_and_verify_a_receipt() {
+    let test = quick_node();
+    let router = test.router();
+    let spec = test.node.store().spec().clone();
+
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit",
+        Some(json!({"data": "hello ledger"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let committed: CommittedView = json(&body);
+    assert_eq!(
+        committed.id,
+        Entry::new(b"hello ledger".to_vec()).id().to_hex()
+    );
+    let receipt = Receipt::try_from(&committed.receipt).unwrap();
+    receipt.verify(&spec).unwrap();
+
+    let (status, body, _) = send(
+        &router,
+        Method::GET,
+        &format!("/v1/entries/{}", committed.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let entry: EntryView = json(&body);
+    assert_eq!(
+        (entry.status.as_str(), entry.data.as_deref()),
+        ("committed", Some("hello ledger"))
+    );
+    assert_eq!(entry.height, Some(committed.height));
+    Receipt::try_from(entry.receipt.as_ref().unwrap())
+        .unwrap()
+        .verify(&spec)
+        .unwrap();
+
+    // Binary data and a signed entry.
+    let signed = Entry::signed(vec![0, 159, 146, 150], &key(9), &spec.chain_hash());
+    let request = serde_json::to_value(SubmitRequest::from_entry(&signed)).unwrap();
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit",
+        Some(request),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, body, _) = send(
+        &router,
+        Method::GET,
+        &format!("/v1/entries/{}", signed.id()),
+        None,
+    )
+    .await;
+    let entry: EntryView = json(&body);
+    assert_eq!(entry.data_b64.as_deref(), Some("AJ+Slg=="));
+    assert_eq!(
+        entry.author,
+        Some(hex::encode(key(9).verifying_key().as_bytes()))
+    );
+    test.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_entry_says_so() {
+    let test = node_with(settings(100, Duration::from_secs(3600), 1000), true);
+    let router = test.router();
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "later"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let accepted: Accepted = json(&body);
+    let (status, body, _) = send(
+        &router,
+        Method::GET,
+        &format!("/v1/entries/{}", accepted.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let entry: EntryView = json(&body);
+    assert_eq!(entry.status, "pending");
+    assert!(entry.receipt.is_none());
+    // A duplicate of a pending entry is refused too.
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "later"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::CONFLICT, "duplicate")
+    );
+    test.stop().await;
+}
+
+#[tokio::test]
+async fn the_error_model() {
+    let test = quick_node();
+    let router = test.router();
+    let limit = test.node.store().spec().params.max_entry_bytes as usize;
+
+    // 400: broken JSON, unknown fields, both or neither payload, bad base64, bad query.
+    for body in [
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        br#"{"data": 1}"#.to_vec(),
+        br#"{"data": "a", "x": 1}"#.to_vec(),
+        br#"{"data": "a", "data_b64": "AA=="}"#.to_vec(),
+        b"{}".to_vec(),
+        br#"{"data_b64": "!!"}"#.to_vec(),
+        br#"{"data": "a", "author": "00"}"#.to_vec(),
+    ] {
+        let (status, error) = send_raw(&router, "/v1/entries", body.clone()).await;
+        assert_eq!(
+            (status, error.error.as_str()),
+            (StatusCode::BAD_REQUEST, "malformed"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=forever",
+        Some(json!({"data": "q"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed")
+    );
+    let (status, _, _) = send(&router, Method::GET, "/v1/entries/xyz", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = send(&router, Method::GET, "/v1/blocks?from=-1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // 404: unknown routes, entries and blocks.
+    for uri in [
+        "/nowhere",
+        &format!("/v1/entries/{}", Hash([7; 32])),
+        "/v1/blocks/99",
+        &format!("/v1/blocks/{}", Hash([7; 32])),
+    ] {
+        let (status, body, _) = send(&router, Method::GET, uri, None).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{uri}"
+        );
+    }
+    let (status, body, _) = send(&router, Method::DELETE, "/v1/status", None).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+
+    // 409: the same entry twice.
+    let (status, _, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit",
+        Some(json!({"data": "once"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "once"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::CONFLICT, "duplicate")
+    );
+
+    // 413: a body over the limit is refused before parsing (it is not even JSON), and
+    // an entry over the chain's limit inside an acceptable body.
+    let (status, error) = send_raw(&router, "/v1/entries", vec![b'x'; limit * 3]).await;
+    assert_eq!(
+        (status, error.error.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "y".repeat(limit + 1)})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+
+    // 422: a forged signature, with the reason.
+    let spec = test.node.store().spec().clone();
+    let mut forged = Entry::signed(b"genuine".to_vec(), &key(9), &spec.chain_hash());
+    forged.data = b"forged".to_vec();
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(serde_json::to_value(SubmitRequest::from_entry(&forged)).unwrap()),
+    )
+    .await;
+    let error: ErrorBody = json(&body);
+    assert_eq!(
+        (status, error.error.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "rejected")
+    );
+    assert!(error.message.contains("signature"), "{}", error.message);
+    test.stop().await;
+}
+
+#[tokio::test]
+async fn full_pool_and_not_ready_answer_503_with_retry_after() {
+    let test = node_with(settings(100, Duration::from_secs(3600), 2), true);
+    let router = test.router();
+    for i in 0..2 {
+        let (status, _, _) = send(
+            &router,
+            Method::POST,
+            "/v1/entries",
+            Some(json!({"data": format!("e{i}")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let (status, body, headers) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "e2"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "pool_full")
+    );
+    assert_eq!(headers.get(header::RETRY_AFTER).unwrap(), "1");
+    test.stop().await;
+
+    let idle = node_with(settings(100, Duration::from_millis(5), 10), false);
+    let router = idle.router();
+    let (status, body, headers) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    );
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    let (status, _, _) = send(&router, Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, _) = send(&router, Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn height(router: &Router) -> u64 {
+    let (_, body, _) = send(router, Method::GET, "/v1/status", None).await;
+    json::<StatusView>(&body).height
+}
+
+#[tokio::test]
+async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_themselves() {
+    // Full: five entries with a block size of five and an hour's delay make one block.
+    let test = node_with(settings(5, Duration::from_secs(3600), 100), true);
+    let router = test.router();
+    for i in 0..4 {
+        send(
+            &router,
+            Method::POST,
+            "/v1/entries",
+            Some(json!({"data": format!("full {i}")})),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        height(&router).await,
+        0,
+        "four of five entries do not cut a block"
+    );
+    let (status, _, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit",
+        Some(json!({"data": "full 4"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body, _) = send(&router, Method::GET, "/v1/blocks/latest", None).await;
+    let block: BlockView = json(&body);
+    assert_eq!((block.header.height, block.entries.len()), (1, 5));
+
+    // On request: POST /mine cuts a block now, empty if need be.
+    let (status, body, _) = send(&router, Method::POST, "/mine", None).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, body, _) = send(&router, Method::GET, "/v1/blocks/2", None).await;
+    assert!(json::<BlockView>(&body).entries.is_empty());
+    test.stop().await;
+
+    // Delay: one entry waits at most the delay; an idle node makes no blocks.
+    let test = node_with(settings(1000, Duration::from_millis(50), 100), true);
+    let router = test.router();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(height(&router).await, 0, "no empty blocks unless asked");
+    let (status, _, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit",
+        Some(json!({"data": "alone"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(height(&router).await, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(height(&router).await, 1);
+    test.stop().await;
+}
+
+#[tokio::test]
+async fn batch_submit_reports_each_entry() {
+    let test = quick_node();
+    let router = test.router();
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries/batch",
+        Some(json!([
+            {"data": "b1"}, {"data": "b2"}, {"data": "b1"}, {"nonsense": true}
+        ])),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let results: Vec<Value> = json(&body);
+    assert_eq!(results.len(), 3 + 1);
+    assert!(results[0]["id"].is_string() && results[1]["id"].is_string());
+    assert_eq!(
+        (results[2]["status"].as_u64(), results[2]["error"].as_str()),
+        (Some(409), Some("duplicate"))
+    );
+    assert_eq!(results[3]["status"].as_u64(), Some(400));
+    test.stop().await;
+}
+
+#[tokio::test]
+async fn blocks_proofs_status_chain_and_metrics() {
+    let test = quick_node();
+    let router = test.router();
+    for i in 0..3 {
+        let (status, _, _) = send(
+            &router,
+            Method::POST,
+            "/v1/entries?wait=commit",
+            Some(json!({"data": format!("entry {i}")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, body, _) = send(&router, Method::GET, "/v1/status", None).await;
+    let status: StatusView = json(&body);
+    assert_eq!(
+        (status.height, status.log_size, status.f, status.view),
+        (3, 3, 0, 0)
+    );
+    assert_eq!(status.node_id, status.primary);
+    assert!(status.members[0].connected);
+
+    let (_, body, _) = send(&router, Method::GET, "/v1/blocks?from=1&limit=2", None).await;
+    let page: Vec<BlockView> = json(&body);
+    assert_eq!(
+        page.iter().map(|b| b.header.height).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let (_, body, _) = send(
+        &router,
+        Method::GET,
+        &format!("/v1/blocks/{}", page[1].header.hash),
+        None,
+    )
+    .await;
+    assert_eq!(json::<BlockView>(&body), page[1]);
+
+    let (_, body, _) = send(
+        &router,
+        Method::GET,
+        "/v1/proofs/consistency?from=1&to=3",
+        None,
+    )
+    .await;
+    let proof: ConsistencyView = json(&body);
+    let hashes: Vec<Hash> = proof.proof.iter().map(|p| p.parse().unwrap()).collect();
+    verify_consistency(
+        1,
+        3,
+        &proof.from_root.parse().unwrap(),
+        &proof.to_root.parse().unwrap(),
+        &hashes,
+    )
+    .unwrap();
+    assert_eq!(proof.to_root, latest_log_root(&router).await);
+    let (status_code, _, _) = send(
+        &router,
+        Method::GET,
+        "/v1/proofs/consistency?from=3&to=9",
+        None,
+    )
+    .await;
+    assert_eq!(status_code, StatusCode::BAD_REQUEST);
+
+    let (status_code, body, headers) = send(&router, Method::GET, "/chain", None).await;
+    assert_eq!(status_code, StatusCode::OK);
+    assert_eq!(
+        headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    let chain: Vec<BlockView> = json(&body);
+    assert_eq!(chain.len(), 4);
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].header.prev_hash, pair[0].header.hash);
+    }
+
+    let (_, body, _) = send(&router, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8(body).unwrap();
+    for line in [
+        "ledger_height 3",
+        "ledger_entries_committed_total 3",
+        "ledger_commit_latency_seconds_count 3",
+        "ledger_pow_hash_rate",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    test.stop().await;
+}
+
+async fn latest_log_root(router: &Router) -> String {
+    let (_, body, _) = send(router, Method::GET, "/v1/blocks/latest", None).await;
+    json::<BlockView>(&body).header.log_root
+}
