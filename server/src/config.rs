@@ -142,6 +142,23 @@ impl NodeConfig {
         Ok(config)
     }
 
+    /// A config with every default, for `ledgerd init`.
+    pub fn example(api_listen: SocketAddr, p2p_listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            api_listen,
+            p2p_listen,
+            data_dir: "data".into(),
+            genesis: default_genesis(),
+            key_file: default_key_file(),
+            max_block_entries: default_max_block_entries(),
+            max_block_delay_ms: default_max_block_delay_ms(),
+            pool_capacity: default_pool_capacity(),
+            mining_threads: None,
+            two_phase_commit: true,
+            log_format: LogFormat::Text,
+        }
+    }
+
     /// The block delay as a duration.
     pub fn max_block_delay(&self) -> Duration {
         Duration::from_millis(self.max_block_delay_ms)
@@ -238,17 +255,11 @@ pub fn dev_init(
         let key = generate_key()?;
         write_key(&node_dir.join("node.key"), &key)?;
         let config = NodeConfig {
-            api_listen: SocketAddr::from(([127, 0, 0, 1], port(2 * i)?)),
-            p2p_listen: SocketAddr::from(([127, 0, 0, 1], port(2 * i + 1)?)),
-            data_dir: "data".into(),
             genesis: "../genesis.toml".into(),
-            key_file: default_key_file(),
-            max_block_entries: default_max_block_entries(),
-            max_block_delay_ms: default_max_block_delay_ms(),
-            pool_capacity: default_pool_capacity(),
-            mining_threads: None,
-            two_phase_commit: true,
-            log_format: LogFormat::Text,
+            ..NodeConfig::example(
+                SocketAddr::from(([127, 0, 0, 1], port(2 * i)?)),
+                SocketAddr::from(([127, 0, 0, 1], port(2 * i + 1)?)),
+            )
         };
         members.push(GenesisMember {
             public_key: hex::encode(key.verifying_key().as_bytes()),

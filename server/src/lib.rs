@@ -10,6 +10,7 @@
 //! - [`node`]: the entry pool and the block producer (cut, mine, certify, apply).
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
+//! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
 //!
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod chain;
 pub mod config;
+pub mod daemon;
 pub mod metrics;
 pub mod node;
 pub mod pow;

@@ -1,0 +1,214 @@
+//! `ledgerd`: the ledger node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ledger::config::{self, NodeConfig};
+use ledger::daemon;
+
+#[derive(Parser)]
+#[command(version, about = "A permissioned BFT ledger node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a key and a config for one node; prints the public key for the genesis.
+    Init {
+        /// Directory to write node.key and ledgerd.toml into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Client API address.
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        api_listen: std::net::SocketAddr,
+        /// Peer address.
+        #[arg(long, default_value = "127.0.0.1:7101")]
+        p2p_listen: std::net::SocketAddr,
+    },
+    /// Run a node.
+    Run {
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Bring the database to this build's schema, or with --check only report.
+    Migrate {
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Report the schema version and pending steps; exit 1 if any are pending.
+        #[arg(long)]
+        check: bool,
+    },
+    /// A local cluster on loopback under one directory, for trying the ledger out.
+    Dev(Dev),
+}
+
+#[derive(Args)]
+struct Dev {
+    #[command(subcommand)]
+    init: Option<DevInit>,
+    #[command(flatten)]
+    layout: DevLayout,
+}
+
+#[derive(Subcommand)]
+enum DevInit {
+    /// Only write the keys, genesis and configs.
+    Init(DevLayout),
+}
+
+#[derive(Args, Clone)]
+struct DevLayout {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Directory for keys, genesis, configs and data.
+    #[arg(long, default_value = "ledger-dev")]
+    dir: PathBuf,
+    /// Node i's API listens on base-port + 2i, its peer port on base-port + 2i + 1.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// Genesis difficulty, leading zero bits.
+    #[arg(long, default_value_t = 16)]
+    difficulty: u32,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ledgerd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            dir,
+            api_listen,
+            p2p_listen,
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = config::generate_key()?;
+            config::write_key(&dir.join("node.key"), &key)?;
+            let node = NodeConfig::example(api_listen, p2p_listen);
+            let path = dir.join("ledgerd.toml");
+            if path.exists() {
+                anyhow::bail!("{} already exists", path.display());
+            }
+            std::fs::write(&path, toml::to_string(&node)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!(
+                "wrote {} and {}",
+                path.display(),
+                dir.join("node.key").display()
+            );
+            println!(
+                "public key (list it under [[members]] in the genesis file): {}",
+                hex::encode(key.verifying_key().as_bytes())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            daemon::init_logging(NodeConfig::load(&config)?.log_format);
+            runtime()?.block_on(daemon::run(&config, daemon::stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config, check } => migrate(&config, check),
+        Command::Dev(Dev {
+            init: Some(DevInit::Init(layout)),
+            ..
+        }) => {
+            let written = dev_init(&layout)?;
+            for path in &written.configs {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(Dev { init: None, layout }) => {
+            if layout.nodes != 1 {
+                anyhow::bail!(
+                    "--nodes {}: a cluster needs the PBFT transport between nodes, which is not \
+                     built yet; run `ledgerd dev --nodes 1`",
+                    layout.nodes
+                );
+            }
+            let config = layout.dir.join("node0").join("ledgerd.toml");
+            if !config.exists() {
+                dev_init(&layout)?;
+            }
+            daemon::init_logging(NodeConfig::load(&config)?.log_format);
+            let api = NodeConfig::load(&config)?.api_listen;
+            println!("ledger dev: 1 node, data under {}", layout.dir.display());
+            println!("  node0 api http://{api}   (config {})", config.display());
+            println!("try: curl -s -XPOST 'http://{api}/v1/entries?wait=commit' -d '{{\"data\":\"hello\"}}'");
+            runtime()?.block_on(daemon::run(&config, daemon::stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn dev_init(layout: &DevLayout) -> anyhow::Result<config::DevLayout> {
+    if layout.nodes != 1 {
+        anyhow::bail!(
+            "--nodes {}: only single-node clusters run until the PBFT transport lands",
+            layout.nodes
+        );
+    }
+    Ok(config::dev_init(
+        &layout.dir,
+        layout.nodes,
+        layout.base_port,
+        layout.difficulty,
+    )?)
+}
+
+fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(path)?;
+    let database_path = config.database_path();
+    if !database_path.exists() {
+        anyhow::bail!(
+            "{}: no database yet; `ledgerd run` creates it",
+            database_path.display()
+        );
+    }
+    let database = redb::Database::open(&database_path)
+        .with_context(|| format!("opening {}", database_path.display()))?;
+    let version = ledger_migrations::schema_version(&database)
+        .with_context(|| database_path.display().to_string())?;
+    let pending = ledger_migrations::pending(&database)
+        .with_context(|| database_path.display().to_string())?;
+    println!(
+        "{}: schema version {version}, this build writes {}",
+        database_path.display(),
+        ledger_migrations::CURRENT_VERSION
+    );
+    for step in &pending {
+        println!("  pending {}: {}", step.version, step.description);
+    }
+    if check {
+        return Ok(if pending.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let upgrade = ledger_migrations::migrate(&database)
+        .with_context(|| database_path.display().to_string())?;
+    println!("migrated from {} to {}", upgrade.from, upgrade.to);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,158 @@
+//! Running a node as a process: logging, start-up checks, the API server and the
+//! producer, and a graceful stop. `ledgerd run` and `ledgerd dev` both come here.
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+
+use crate::config::{LogFormat, NodeConfig};
+use crate::node::{Node, NodeSettings};
+use crate::storage::{Store, StoreOptions};
+
+/// How long in-flight requests get to finish once a stop is asked for.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    // A second call (tests, dev mode) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the node");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Opens the store of `config`, checking that its key is a member.
+pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
+    let spec = config.chain_spec()?;
+    let key = config.signing_key()?;
+    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
+    if spec.members.key_of(&node_id).is_none() {
+        bail!(
+            "{}: key {} is not a member of chain {:?} ({})",
+            config.key_file.display(),
+            hex::encode(key.verifying_key().as_bytes()),
+            spec.chain_id,
+            config.genesis.display()
+        );
+    }
+    if spec.members.len() > 1 {
+        bail!(
+            "{}: the chain has {} members; running a cluster needs the PBFT transport, \
+             which is not built yet, so only single-member chains run",
+            config.genesis.display(),
+            spec.members.len()
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let options = StoreOptions {
+        two_phase_commit: config.two_phase_commit,
+    };
+    let store = Store::open(&config.database_path(), &spec, options)?;
+    Ok((Arc::new(store), key))
+}
+
+/// Runs the node of the config at `path` until `stop` resolves.
+pub async fn run(
+    path: &Path,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = NodeConfig::load(path)?;
+    let (store, key) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || open(&config)
+    })
+    .await??;
+    let tip = store.tip()?;
+    let settings = NodeSettings {
+        max_block_entries: config.max_block_entries as usize,
+        max_block_delay: config.max_block_delay(),
+        pool_capacity: config.pool_capacity,
+        mining_threads: config
+            .mining_threads
+            .and_then(NonZeroUsize::new)
+            .unwrap_or_else(crate::pow::default_threads),
+    };
+    let node = Arc::new(Node::new(Arc::clone(&store), key, settings));
+    node.metrics()
+        .height
+        .store(tip.height, std::sync::atomic::Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on api_listen {}",
+                path.display(),
+                config.api_listen
+            )
+        })?;
+    tracing::info!(
+        api = %listener.local_addr()?,
+        node_id = %node.node_id(),
+        chain = %store.spec().chain_id,
+        height = tip.height,
+        database = %store.path().display(),
+        "node ready"
+    );
+
+    // One stop signal, fanned out to the server and the producer.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut receiver: watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
+    let server = axum::serve(listener, crate::api::router(Arc::clone(&node)))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    server.await.context("API server failed")?;
+    tracing::info!("API closed; finishing the block in hand");
+    match tokio::time::timeout(STOP_GRACE, producer).await {
+        Ok(result) => result.context("block producer failed")?,
+        Err(_) => tracing::warn!("block producer did not stop within {STOP_GRACE:?}"),
+    }
+    drop(node);
+    match Arc::try_unwrap(store) {
+        Ok(store) => drop(store),
+        Err(_) => tracing::warn!("store still referenced at exit; redb closes it with the process"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

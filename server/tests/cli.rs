@@ -1,0 +1,339 @@
+//! `ledgerd` and `ledgerctl` as an operator runs them: real processes on free loopback
+//! ports, every wait bounded, every process stopped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
+const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+
+/// A change made to a saved answer.
+type Tamper = fn(&mut serde_json::Value);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A running `ledgerd`, killed if the test fails before stopping it.
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    fn start(config: &Path, port: u16) -> Daemon {
+        let child = Command::new(LEDGERD)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = run(LEDGERCTL, &["--node", &daemon.url, "status"]);
+            if ready.status.success() {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledgerd did not become ready: {}",
+                text(&ready)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--node", &self.url];
+        all.extend_from_slice(args);
+        run(LEDGERCTL, &all)
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut log = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
+                assert!(status.success(), "ledgerd exited with {status}: {log}");
+                return log;
+            }
+            assert!(Instant::now() < deadline, "ledgerd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dev_init(dir: &Path, port: u16) -> PathBuf {
+    let output = run(
+        LEDGERD,
+        &[
+            "dev",
+            "init",
+            "--nodes",
+            "1",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--base-port",
+            &port.to_string(),
+            "--difficulty",
+            "8",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    dir.join("node0/ledgerd.toml")
+}
+
+#[test]
+fn submit_wait_verify_and_refuse_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(&dir.path().join("dev"), port);
+    let genesis = dir.path().join("dev/genesis.toml");
+    let daemon = Daemon::start(&config, port);
+
+    let committed = daemon.ctl(&["submit", "hello from the cli", "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    let receipt_file = dir.path().join("receipt.json");
+    std::fs::write(&receipt_file, &committed.stdout).unwrap();
+    let verified = run(
+        LEDGERCTL,
+        &[
+            "verify",
+            receipt_file.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).starts_with("ok: entry"),
+        "{}",
+        text(&verified)
+    );
+
+    // The answer of `get` verifies too, including its data against the id.
+    let id = serde_json::from_slice::<serde_json::Value>(&committed.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entry = daemon.ctl(&["get", &id]);
+    let entry_file = dir.path().join("entry.json");
+    std::fs::write(&entry_file, &entry.stdout).unwrap();
+    let verified = run(
+        LEDGERCTL,
+        &[
+            "verify",
+            entry_file.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.status.success(), "{}", text(&verified));
+
+    // Tampering with any part is caught, with a reason.
+    let original = String::from_utf8(entry.stdout.clone()).unwrap();
+    for (from, to) in [
+        ("hello from the cli", "hello from a liar"),
+        ("\"log_index\": 0", "\"log_index\": 1"),
+    ] {
+        assert!(original.contains(from), "{from} not in {original}");
+        std::fs::write(&entry_file, original.replacen(from, to, 1)).unwrap();
+        let refused = run(
+            LEDGERCTL,
+            &[
+                "verify",
+                entry_file.to_str().unwrap(),
+                "--genesis",
+                genesis.to_str().unwrap(),
+            ],
+        );
+        assert!(!refused.status.success(), "tampered {from:?} verified");
+        assert!(text(&refused).contains("ledgerctl:"), "{}", text(&refused));
+    }
+    let parsed: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let tamperings: [(&str, Tamper); 3] = [
+        ("receipt leaf index", |v| {
+            v["receipt"]["log_index"] = 5.into()
+        }),
+        ("certificate signature", |v| {
+            let signature = v["receipt"]["certificate"]["signatures"][0]["signature"]
+                .as_str()
+                .unwrap();
+            let flipped = if signature.starts_with('0') { "1" } else { "0" };
+            v["receipt"]["certificate"]["signatures"][0]["signature"] =
+                format!("{flipped}{}", &signature[1..]).into();
+        }),
+        ("readable header", |v| {
+            v["receipt"]["header"]["nonce"] = 1.into()
+        }),
+    ];
+    for (what, tamper) in tamperings {
+        let mut value = parsed.clone();
+        tamper(&mut value);
+        std::fs::write(&entry_file, value.to_string()).unwrap();
+        let refused = run(
+            LEDGERCTL,
+            &[
+                "verify",
+                entry_file.to_str().unwrap(),
+                "--genesis",
+                genesis.to_str().unwrap(),
+            ],
+        );
+        assert!(!refused.status.success(), "tampered {what} verified");
+    }
+    // Another chain's genesis does not accept the receipt.
+    let other = dev_init(&dir.path().join("other"), free_port());
+    let other_genesis = other
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("genesis.toml");
+    let refused = run(
+        LEDGERCTL,
+        &[
+            "verify",
+            receipt_file.to_str().unwrap(),
+            "--genesis",
+            other_genesis.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+
+    // A signed entry.
+    let key = dir.path().join("author.key");
+    assert!(run(LEDGERCTL, &["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    let signed = daemon.ctl(&[
+        "submit",
+        "signed by me",
+        "--wait",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(signed.status.success(), "{}", text(&signed));
+    assert!(text(&signed).contains("\"author\"") || text(&signed).contains("receipt"));
+
+    // Errors come back as the server's message and a failing exit.
+    let duplicate = daemon.ctl(&["submit", "hello from the cli"]);
+    assert!(!duplicate.status.success());
+    assert!(
+        text(&duplicate).contains("duplicate"),
+        "{}",
+        text(&duplicate)
+    );
+    assert!(daemon.ctl(&["blocks", "--from", "1"]).status.success());
+
+    let log = daemon.stop();
+    assert!(log.contains("stopped"), "{log}");
+
+    // The database is at the current schema; migrate --check says so.
+    let check = run(
+        LEDGERD,
+        &["migrate", "--config", config.to_str().unwrap(), "--check"],
+    );
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("schema version 2"),
+        "{}",
+        text(&check)
+    );
+}
+
+#[test]
+fn refuses_other_chains_damaged_files_and_clusters_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(&dir.path().join("dev"), port);
+    Daemon::start(&config, port).stop();
+    let database = dir.path().join("dev/node0/data/ledger.redb");
+
+    // The same data directory with another chain's genesis and key.
+    let other = dev_init(&dir.path().join("other"), free_port());
+    let other_dir = other.parent().unwrap();
+    std::fs::copy(&database, other_dir.join("data/ledger.redb")).ok();
+    std::fs::create_dir_all(other_dir.join("data")).unwrap();
+    std::fs::copy(&database, other_dir.join("data/ledger.redb")).unwrap();
+    let refused = run(LEDGERD, &["run", "--config", other.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("belongs to chain"),
+        "{}",
+        text(&refused)
+    );
+
+    // Zeroed and truncated files.
+    let original = std::fs::read(&database).unwrap();
+    for damaged in [
+        vec![0u8; original.len()],
+        original[..original.len() / 3].to_vec(),
+    ] {
+        std::fs::write(&database, damaged).unwrap();
+        let refused = run(LEDGERD, &["run", "--config", config.to_str().unwrap()]);
+        assert!(!refused.status.success());
+        let message = text(&refused);
+        assert!(
+            message.contains("ledger.redb") && message.contains("ledgerd:"),
+            "{message}"
+        );
+    }
+
+    let cluster = run(
+        LEDGERD,
+        &[
+            "dev",
+            "--nodes",
+            "4",
+            "--dir",
+            dir.path().join("c").to_str().unwrap(),
+        ],
+    );
+    assert!(!cluster.status.success());
+    assert!(text(&cluster).contains("PBFT"), "{}", text(&cluster));
+}
