@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,16 @@ pub enum SubmitError {
 /// The outcome of a block production run, for `POST /mine`.
 pub type MineResult = Result<Header, String>;
 
+/// An accepted entry's id, and with `wait` the receiver told of its commit.
+pub type Submitted = (Hash, Option<oneshot::Receiver<Committed>>);
+
+/// A submit on its way to the admission thread.
+struct Admission {
+    entry: Entry,
+    wait: bool,
+    reply: oneshot::Sender<Result<Submitted, SubmitError>>,
+}
+
 struct Pending {
     id: Hash,
     entry: Entry,
@@ -112,6 +123,9 @@ pub struct Node {
     ready: AtomicBool,
     stopping: AtomicBool,
     metrics: Metrics,
+    /// The admission queue; its receiver waits here until [`Node::run`] starts the
+    /// admission thread.
+    admission: Mutex<(SyncSender<Admission>, Option<Receiver<Admission>>)>,
 }
 
 fn now_ms() -> u64 {
@@ -136,7 +150,10 @@ impl Node {
         let limit = store.spec().params.max_block_entries as usize;
         settings.max_block_entries = settings.max_block_entries.clamp(1, limit);
         let node_id = Hash::digest(key.verifying_key().as_bytes());
+        // Bounded like the pool: a burst beyond it is refused with 503, not buffered.
+        let (sender, receiver) = sync_channel(settings.pool_capacity);
         Node {
+            admission: Mutex::new((sender, Some(receiver))),
             store,
             key,
             node_id,
@@ -187,12 +204,8 @@ impl Node {
     }
 
     /// Validates `entry` and queues it. With `wait`, also returns a receiver told when
-    /// the entry commits.
-    pub async fn submit(
-        &self,
-        entry: Entry,
-        wait: bool,
-    ) -> Result<(Hash, Option<oneshot::Receiver<Committed>>), SubmitError> {
+    /// the entry commits. The work is done by the admission thread (see [`Admission`]).
+    pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
         if !self.is_ready() {
             return Err(SubmitError::NotReady);
         }
@@ -203,54 +216,120 @@ impl Node {
                 limit,
             });
         }
-        let chain_hash = self.store.chain_hash();
-        let (entry, id) = tokio::task::spawn_blocking(move || {
-            entry.verify(&chain_hash, limit)?;
-            let id = entry.id();
-            Ok::<_, ChainError>((entry, id))
-        })
-        .await
-        .map_err(|error| SubmitError::Invalid(ChainError::Lookup(error.to_string())))?
-        .map_err(SubmitError::Invalid)?;
+        let (reply, answer) = oneshot::channel();
+        let sender = self
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        match sender.try_send(Admission { entry, wait, reply }) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                return Err(SubmitError::PoolFull(self.settings.pool_capacity))
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(SubmitError::NotReady)
+            }
+        }
+        answer.await.unwrap_or(Err(SubmitError::NotReady))
+    }
 
-        if self.is_pending(&id) {
-            return Err(SubmitError::Duplicate(id));
-        }
-        let store = Arc::clone(&self.store);
-        if blocking(move || store.entry_location(&id)).await?.is_some() {
-            return Err(SubmitError::Duplicate(id));
-        }
-        let receiver = {
-            let mut pool = self.lock_pool();
-            if pool.queue.len() >= self.settings.pool_capacity {
-                return Err(SubmitError::PoolFull(pool.queue.len()));
+    /// The admission thread: takes submits in batches, verifies them, checks them
+    /// against the store in one read transaction per batch and against the pool under
+    /// one lock, queues the new ones and answers each. One hot thread instead of a
+    /// blocking task per submit: under load it never parks, so a submit costs no thread
+    /// wake-ups, and redb is still only read off the async workers.
+    fn admit(self: Arc<Self>, queue: Receiver<Admission>) {
+        const BATCH: usize = 1024;
+        let chain_hash = self.store.chain_hash();
+        let limit = self.store.spec().params.max_entry_bytes;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            match queue.recv_timeout(Duration::from_millis(100)) {
+                Ok(first) => batch.push(first),
+                Err(RecvTimeoutError::Timeout) if self.stopping.load(Ordering::Relaxed) => break,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            if !pool.ids.insert(id) {
-                return Err(SubmitError::Duplicate(id));
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
             }
-            let accepted_at = Instant::now();
-            pool.first_pending_at.get_or_insert(accepted_at);
-            pool.queue.push_back(Pending {
-                id,
-                entry,
-                accepted_at,
-            });
+            // Verify each entry on its own; only valid ones reach the store lookup.
+            let mut checked = Vec::with_capacity(batch.len());
+            for admission in batch.drain(..) {
+                match admission.entry.verify(&chain_hash, limit) {
+                    Ok(()) => checked.push((admission.entry.id(), admission)),
+                    Err(error) => {
+                        let _ = admission.reply.send(Err(SubmitError::Invalid(error)));
+                    }
+                }
+            }
+            let ids: Vec<Hash> = checked.iter().map(|(id, _)| *id).collect();
+            let committed = match self.store.committed(&ids) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    tracing::error!(%error, "admission: entry index lookup failed");
+                    for (_, admission) in checked {
+                        let _ = admission
+                            .reply
+                            .send(Err(SubmitError::Store(StoreError::Corrupt(
+                                "entry index lookup failed; see the node's log".into(),
+                            ))));
+                    }
+                    continue;
+                }
+            };
+            let mut answers = Vec::with_capacity(checked.len());
+            let mut accepted = 0;
+            {
+                let mut pool = self.lock_pool();
+                for ((id, admission), committed) in checked.into_iter().zip(committed) {
+                    let answer = if committed || pool.ids.contains(&id) {
+                        Err(SubmitError::Duplicate(id))
+                    } else if pool.queue.len() >= self.settings.pool_capacity {
+                        Err(SubmitError::PoolFull(pool.queue.len()))
+                    } else {
+                        pool.ids.insert(id);
+                        let accepted_at = Instant::now();
+                        pool.first_pending_at.get_or_insert(accepted_at);
+                        pool.queue.push_back(Pending {
+                            id,
+                            entry: admission.entry,
+                            accepted_at,
+                        });
+                        accepted += 1;
+                        Ok((
+                            id,
+                            admission.wait.then(|| {
+                                let (sender, receiver) = oneshot::channel();
+                                pool.waiters.entry(id).or_default().push(sender);
+                                receiver
+                            }),
+                        ))
+                    };
+                    answers.push((admission.reply, answer));
+                }
+                self.metrics
+                    .pool_size
+                    .store(pool.queue.len() as u64, Ordering::Relaxed);
+            }
             self.metrics
-                .pool_size
-                .store(pool.queue.len() as u64, Ordering::Relaxed);
-            wait.then(|| {
-                let (sender, receiver) = oneshot::channel();
-                pool.waiters.entry(id).or_default().push(sender);
-                receiver
-            })
-        };
-        self.metrics
-            .entries_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        // The producer re-reads the pool: idle, it starts the delay; waiting, it
-        // checks whether the block is full.
-        self.wake.notify_one();
-        Ok((id, receiver))
+                .entries_accepted
+                .fetch_add(accepted, Ordering::Relaxed);
+            if accepted > 0 {
+                // The producer re-reads the pool: idle, it starts the delay; waiting,
+                // it checks whether the block is full.
+                self.wake.notify_one();
+            }
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
+            }
+        }
+        tracing::info!("admission stopped");
     }
 
     /// Asks for a block now, even an empty one; resolves once it is applied.
@@ -269,6 +348,21 @@ impl Node {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let queue = self
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .take();
+        if let Some(queue) = queue {
+            let node = Arc::clone(&self);
+            let spawned = std::thread::Builder::new()
+                .name("admission".into())
+                .spawn(move || node.admit(queue));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the admission thread; submits will be refused");
+            }
+        }
         self.ready.store(true, Ordering::Relaxed);
         self.produce_blocks(shutdown)
     }

@@ -376,6 +376,16 @@ impl Store {
         }))
     }
 
+    /// For each id, whether it is committed, read in one transaction (the admission
+    /// stage checks a batch of submits at once).
+    pub fn committed(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        ids.iter()
+            .map(|id| Ok(entries.get(id.as_bytes())?.is_some()))
+            .collect()
+    }
+
     /// The commit certificate of the block at `height` (none for genesis).
     pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
         self.decode_at(

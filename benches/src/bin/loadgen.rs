@@ -1,0 +1,270 @@
+//! `ledger-loadgen`: N keep-alive clients submitting entries to a node for a bounded
+//! time, reporting committed entries/s and commit latency.
+//!
+//! Two modes:
+//! - saturation (default): clients submit as fast as answers come (202s); the
+//!   committed rate is read from the node's `ledger_entries_committed_total` before
+//!   and after, so it is the node's commit throughput, not its intake;
+//! - `--wait`: every submit asks `?wait=commit`, optionally paced to `--rate` entries/s
+//!   in total; each answer's round trip is a commit latency (p50/p99/max).
+//!
+//! The HTTP/1.1 client is deliberately minimal (one request shape, Content-Length
+//! bodies) so the generator costs the shared CPU as little as possible.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Clone)]
+#[command(about = "Load generator for a ledger node")]
+struct Args {
+    /// The node's API address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    addr: SocketAddr,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Entry data size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// How long to submit, seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Ask `?wait=commit` and measure each commit's latency.
+    #[arg(long)]
+    wait: bool,
+    /// Total submits per second across clients (default: as fast as answered).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Distinguishes this run's entries from earlier runs' (default: the clock).
+    #[arg(long)]
+    run_id: Option<u64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    accepted: AtomicU64,
+    committed: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    latencies: Mutex<Vec<Duration>>,
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Connection {
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request and returns the status code, reading (and dropping) the body.
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: ledger\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("bad status line {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                bail!("connection closed mid-response");
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    bail!("chunked answers are not expected here");
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}
+
+fn entry_body(run: u64, client: usize, sequence: u64, size: usize) -> Vec<u8> {
+    // Unique per run, client and sequence; padded to `size` bytes of data.
+    let mut data = format!("{run:x}-{client}-{sequence}-");
+    while data.len() < size {
+        data.push('x');
+    }
+    data.truncate(size.max(16));
+    format!("{{\"data\":\"{data}\"}}").into_bytes()
+}
+
+async fn committed_total(addr: SocketAddr) -> anyhow::Result<u64> {
+    let mut connection = Connection::open(addr).await?;
+    let (status, body) = connection.request("GET", "/metrics", b"").await?;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|line| line.strip_prefix("ledger_entries_committed_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .context("no ledger_entries_committed_total in /metrics")
+}
+
+async fn client(
+    args: Args,
+    run: u64,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> anyhow::Result<()> {
+    let mut connection = Connection::open(args.addr).await?;
+    let path = if args.wait {
+        "/v1/entries?wait=commit"
+    } else {
+        "/v1/entries"
+    };
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
+    let started = Instant::now();
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            let due = started + interval.mul_f64(sequence as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let body = entry_body(run, index, sequence, args.size);
+        sequence += 1;
+        let sent = Instant::now();
+        match connection.request("POST", path, &body).await {
+            Ok((200, _)) => {
+                tally.committed.fetch_add(1, Ordering::Relaxed);
+                tally
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(sent.elapsed());
+            }
+            Ok((202, _)) => {
+                tally.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((503, _)) => {
+                tally.refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(_) | Err(_) => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                connection = Connection::open(args.addr).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let run = args.run_id.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let before = committed_total(args.addr).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let clients: Vec<_> = (0..args.clients)
+        .map(|index| {
+            tokio::spawn(client(
+                args.clone(),
+                run,
+                index,
+                Arc::clone(&stop),
+                Arc::clone(&tally),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await??;
+    }
+    let elapsed = started.elapsed();
+    let after = committed_total(args.addr).await?;
+
+    let seconds = elapsed.as_secs_f64();
+    let committed = after - before;
+    let mut latencies =
+        std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort();
+    println!(
+        "{} clients, {} B entries, {:.1} s{}{}",
+        args.clients,
+        args.size,
+        seconds,
+        if args.wait { ", wait=commit" } else { "" },
+        args.rate
+            .map(|rate| format!(", paced at {rate} /s"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  submits: {} accepted (202), {} committed (200), {} refused (503), {} failed",
+        tally.accepted.load(Ordering::Relaxed),
+        tally.committed.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "  node committed {committed} entries: {:.0} entries/s",
+        committed as f64 / seconds
+    );
+    if !latencies.is_empty() {
+        println!(
+            "  commit latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            latencies.len()
+        );
+    }
+    Ok(())
+}
