@@ -221,6 +221,19 @@ async fn a_pending_entry_says_so() {
     let entry: EntryView = json(&body);
     assert_eq!(entry.status, "pending");
     assert!(entry.receipt.is_none());
+    // A wait that runs out answers 202 with the id: accepted, still pending.
+    let (status, body, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries?wait=commit&timeout_ms=50",
+        Some(json!({"data": "patient"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        json::<Accepted>(&body).id,
+        Entry::new(b"patient".to_vec()).id().to_hex()
+    );
     // A duplicate of a pending entry is refused too.
     let (status, body, _) = send(
         &router,
@@ -477,7 +490,7 @@ async fn batch_submit_reports_each_entry() {
         Method::POST,
         "/v1/entries/batch",
         Some(json!([
-            {"data": "b1"}, {"data": "b2"}, {"data": "b1"}, {"nonsense": true}
+            {"data": "b1"}, {"data": "b2"}, {"data": "b1"}
         ])),
     )
     .await;
@@ -488,13 +501,37 @@ async fn batch_submit_reports_each_entry() {
         String::from_utf8_lossy(&body)
     );
     let results: Vec<Value> = json(&body);
-    assert_eq!(results.len(), 3 + 1);
+    assert_eq!(results.len(), 3);
     assert!(results[0]["id"].is_string() && results[1]["id"].is_string());
+    assert_eq!(results[0]["status"].as_u64(), Some(202));
     assert_eq!(
         (results[2]["status"].as_u64(), results[2]["error"].as_str()),
         (Some(409), Some("duplicate"))
     );
-    assert_eq!(results[3]["status"].as_u64(), Some(400));
+
+    // A malformed item makes the whole batch malformed, and nothing of it is submitted.
+    for items in [
+        json!([{"data": "b4"}, {"nonsense": true}]),
+        json!([{"data": "b4"}, {"data": "b5", "data_b64": "AA=="}]),
+    ] {
+        let (status, body, _) = send(&router, Method::POST, "/v1/entries/batch", Some(items)).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (StatusCode::BAD_REQUEST, "malformed")
+        );
+    }
+    let (status, _, _) = send(
+        &router,
+        Method::POST,
+        "/v1/entries",
+        Some(json!({"data": "b4"})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "b4 was not submitted by the refused batches"
+    );
     test.stop().await;
 }
 
@@ -561,7 +598,15 @@ async fn blocks_proofs_status_chain_and_metrics() {
         None,
     )
     .await;
-    assert_eq!(status_code, StatusCode::BAD_REQUEST);
+    assert_eq!(status_code, StatusCode::NOT_FOUND, "no log of size 9 yet");
+    for bad in [
+        "/v1/proofs/consistency?from=3&to=1",
+        "/v1/blocks?limit=101",
+        "/v1/blocks?from=9223372036854775808",
+    ] {
+        let (status_code, _, _) = send(&router, Method::GET, bad, None).await;
+        assert_eq!(status_code, StatusCode::BAD_REQUEST, "{bad}");
+    }
 
     let (status_code, body, headers) = send(&router, Method::GET, "/chain", None).await;
     assert_eq!(status_code, StatusCode::OK);

@@ -9,7 +9,7 @@ use crate::node::SubmitError;
 use crate::storage::StoreError;
 
 /// The JSON body of every error response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable machine-readable code.
     pub error: String,
@@ -54,11 +54,6 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
-    /// 504: waited for a commit that did not come in time.
-    pub fn commit_timeout(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "commit_timeout", message)
-    }
-
     /// 500: our fault. The details go to the log, not to the client.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "request failed");
@@ -67,6 +62,14 @@ impl ApiError {
             "internal",
             "internal error; see the node's log",
         )
+    }
+
+    /// The JSON body this error is sent with.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code.to_string(),
+            message: self.message.clone(),
+        }
     }
 
     /// The status this error is sent with.
@@ -106,10 +109,7 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(ErrorBody {
-            error: self.code.to_string(),
-            message: self.message,
-        });
+        let body = Json(self.body());
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             (self.status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else {

@@ -13,10 +13,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 use types::{
@@ -36,33 +37,12 @@ pub const MAX_PAGE: u64 = 100;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// The API over `node`.
+/// The API over `node`: every route of the OpenAPI document, `/v1/openapi.json`, and
+/// JSON 404/405 answers for everything else.
 pub fn router(node: Arc<Node>) -> Router {
     let max_entry = node.store().spec().params.max_entry_bytes as usize;
-    // Base64 grows data by 4/3 and JSON escapes can double text; add room for the
-    // author fields. The limit applies before any parsing.
-    let entry_body_limit = max_entry * 2 + 4096;
-    let batch_body_limit = (entry_body_limit * 16).max(32 << 20);
-    Router::new()
-        .route(
-            "/v1/entries",
-            post(submit).layer(DefaultBodyLimit::max(entry_body_limit)),
-        )
-        .route(
-            "/v1/entries/batch",
-            post(submit_batch).layer(DefaultBodyLimit::max(batch_body_limit)),
-        )
-        .route("/v1/entries/{id}", get(get_entry))
-        .route("/v1/blocks", get(list_blocks))
-        .route("/v1/blocks/latest", get(latest_block))
-        .route("/v1/blocks/{id}", get(get_block))
-        .route("/v1/proofs/consistency", get(consistency))
-        .route("/v1/status", get(status))
-        .route("/chain", get(whole_chain))
-        .route("/mine", post(mine))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, _) = documented_routes(max_entry).split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             let body = Json(ErrorBody {
@@ -72,6 +52,49 @@ pub fn router(node: Arc<Node>) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
         .with_state(node)
+}
+
+/// The OpenAPI 3 document, generated from the same handler annotations that build the
+/// router, so the two cannot drift.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = documented_routes(64 * 1024).split_for_parts();
+    api
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    components(schemas(Wait)),
+    info(
+        title = "Ledger",
+        description = "A permissioned, Byzantine-fault-tolerant, persistent ledger. Hashes, keys and signatures are lowercase hex.",
+        license(name = "Apache-2.0")
+    )
+)]
+struct ApiDoc;
+
+fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
+    // Base64 grows data by 4/3 and JSON escapes can double text; add room for the
+    // author fields. The limit applies before any parsing.
+    let entry_body_limit = max_entry * 2 + 4096;
+    let batch_body_limit = (entry_body_limit * 16).max(32 << 20);
+    let limited = |(schemas, paths, method): UtoipaMethodRouter<Arc<Node>>, limit: usize| {
+        (schemas, paths, method.layer(DefaultBodyLimit::max(limit)))
+    };
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(limited(routes!(submit), entry_body_limit))
+        .routes(limited(routes!(submit_batch), batch_body_limit))
+        .routes(routes!(get_entry))
+        .routes(routes!(list_blocks))
+        .routes(routes!(latest_block))
+        .routes(routes!(get_block))
+        .routes(routes!(consistency))
+        .routes(routes!(status))
+        .routes(routes!(whole_chain))
+        .routes(routes!(mine))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
 /// A JSON body whose size limit and syntax errors become [`ApiError`]s, not plain text.
@@ -96,6 +119,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// An entry request from a JSON object. serde would also read a struct from an array,
+/// which the documented schema does not allow.
+fn entry_request(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<SubmitRequest, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|error| ApiError::malformed(format!("invalid entry: {error}")))
+}
+
+/// Refuses integers beyond the int64 range the document declares.
+fn int64(name: &str, value: u64) -> Result<u64, ApiError> {
+    if value > i64::MAX as u64 {
+        return Err(ApiError::malformed(format!("{name} is out of range")));
+    }
+    Ok(value)
+}
+
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(value)| value)
@@ -114,34 +154,58 @@ async fn read<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// What a submit waits for before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Wait {
+    /// The entry's block is committed.
+    Commit,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubmitQuery {
     /// `commit` to answer once committed.
-    wait: Option<String>,
+    wait: Option<Wait>,
     /// How long to wait, ms (default 30 s, at most 300 s).
     timeout_ms: Option<u64>,
 }
 
+/// Submit an entry; with `wait=commit`, answer once it is committed.
+#[utoipa::path(post, path = "/v1/entries", tag = "entries",
+    params(
+        ("wait" = Option<Wait>, Query, description = "`commit`: answer with the receipt once committed"),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "How long to wait for the commit (default 30000, at most 300000)"),
+    ),
+    request_body = SubmitRequest,
+    responses(
+        (status = 200, description = "Committed (with wait=commit)", body = CommittedView),
+        (status = 202, description = "Accepted into the pool (with wait=commit: still pending when the wait ran out)", body = Accepted),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 409, description = "Already submitted", body = ErrorBody),
+        (status = 413, description = "Body or entry too large", body = ErrorBody),
+        (status = 422, description = "Refused by validation, with the reason", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "Pool full or node not ready; see Retry-After", body = ErrorBody),
+    ))]
 async fn submit(
     State(node): State<Arc<Node>>,
     options: Result<Query<SubmitQuery>, QueryRejection>,
-    JsonBody(request): JsonBody<SubmitRequest>,
+    JsonBody(request): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
     let options = query(options)?;
-    let wait = match options.wait.as_deref() {
-        None => false,
-        Some("commit") => true,
-        Some(other) => {
+    let request = entry_request(request)?;
+    let wait = options.wait == Some(Wait::Commit);
+    let timeout = match options.timeout_ms {
+        None => DEFAULT_WAIT,
+        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Duration::from_millis(ms),
+        Some(_) => {
             return Err(ApiError::malformed(format!(
-                "wait={other:?}: the only wait is \"commit\""
+                "timeout_ms is at most {}",
+                MAX_WAIT.as_millis()
             )))
         }
     };
-    let timeout = options
-        .timeout_ms
-        .map_or(DEFAULT_WAIT, Duration::from_millis)
-        .min(MAX_WAIT);
     let entry = request.into_entry().map_err(ApiError::malformed)?;
     let (id, receiver) = node.submit(entry, wait).await.inspect_err(|_| {
         node.metrics()
@@ -159,11 +223,9 @@ async fn submit(
                 format!("the block holding entry {id} failed; resubmit it"),
             ))
         }
+        // The wait ran out: the entry is accepted and pending, which is no error.
         Err(_) => {
-            return Err(ApiError::commit_timeout(format!(
-                "entry {id} is accepted but not committed after {} ms; poll GET /v1/entries/{id}",
-                timeout.as_millis()
-            )))
+            return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response())
         }
     };
     Ok(Json(committed_view(&node, id, committed).await?).into_response())
@@ -185,25 +247,35 @@ async fn committed_view(
     })
 }
 
-/// One item of a batch answer: the id, or why that entry was refused.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum BatchItem {
-    /// Accepted.
-    Accepted(Accepted),
-    /// Refused, with the status a single submit would have had.
-    Refused {
-        /// HTTP status of the refusal.
-        status: u16,
-        /// Error code and message.
-        #[serde(flatten)]
-        error: ErrorBody,
-    },
+/// One item of a batch answer: `id` when accepted (status 202), or the error a single
+/// submit would have had.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    /// The HTTP status a single submit would have had.
+    pub status: u16,
+    /// The entry id, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The error code, when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The reason, when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
+/// Submit many entries at once; each gets its own result.
+#[utoipa::path(post, path = "/v1/entries/batch", tag = "entries",
+    request_body = Vec<SubmitRequest>,
+    responses(
+        (status = 202, description = "One result per entry, in order", body = Vec<BatchItem>),
+        (status = 400, description = "Not an array of entry objects", body = ErrorBody),
+        (status = 413, description = "Body or batch too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn submit_batch(
     State(node): State<Arc<Node>>,
-    JsonBody(requests): JsonBody<Vec<serde_json::Value>>,
+    JsonBody(requests): JsonBody<Vec<serde_json::Map<String, serde_json::Value>>>,
 ) -> Result<Response, ApiError> {
     if requests.len() > MAX_BATCH {
         return Err(ApiError::too_large(format!(
@@ -211,35 +283,36 @@ async fn submit_batch(
             requests.len()
         )));
     }
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        // Items are parsed one by one, so one malformed item refuses only itself.
-        let entry = serde_json::from_value::<SubmitRequest>(request)
-            .map_err(|error| error.to_string())
-            .and_then(SubmitRequest::into_entry);
-        let outcome = match entry {
-            Ok(entry) => node.submit(entry, false).await.map_err(ApiError::from),
-            Err(reason) => Err(ApiError::malformed(reason)),
-        };
-        results.push(match outcome {
-            Ok((id, _)) => BatchItem::Accepted(Accepted { id: id.to_hex() }),
-            Err(error) => {
-                let status = error.status().as_u16();
-                let response = error.into_response();
-                let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
-                    .await
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<ErrorBody>(&bytes).ok())
-                    .unwrap_or(ErrorBody {
-                        error: "internal".into(),
-                        message: String::new(),
-                    });
-                BatchItem::Refused {
-                    status,
-                    error: body,
+    // A malformed item makes the whole batch malformed, before anything is submitted;
+    // what is refused per item is what a well-formed single submit can be refused for.
+    let mut entries = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        let entry = entry_request(request)?
+            .into_entry()
+            .map_err(|reason| ApiError::malformed(format!("item {index}: {reason}")))?;
+        entries.push(entry);
+    }
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        results.push(
+            match node.submit(entry, false).await.map_err(ApiError::from) {
+                Ok((id, _)) => BatchItem {
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    id: Some(id.to_hex()),
+                    error: None,
+                    message: None,
+                },
+                Err(error) => {
+                    let body = error.body();
+                    BatchItem {
+                        status: error.status().as_u16(),
+                        id: None,
+                        error: Some(body.error),
+                        message: Some(body.message),
+                    }
                 }
-            }
-        });
+            },
+        );
     }
     Ok((StatusCode::ACCEPTED, Json(results)).into_response())
 }
@@ -249,6 +322,15 @@ fn parse_hash(text: &str) -> Result<Hash, ApiError> {
         .map_err(|_| ApiError::malformed(format!("{text:?} is not a 64-character hex hash")))
 }
 
+/// An entry, with its receipt once committed.
+#[utoipa::path(get, path = "/v1/entries/{id}", tag = "entries",
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{64}$", description = "Entry id, 64 hex characters")),
+    responses(
+        (status = 200, description = "The entry; `status` is pending or committed", body = EntryView),
+        (status = 400, description = "Not a hex id", body = ErrorBody),
+        (status = 404, description = "Unknown entry", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn get_entry(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -287,13 +369,29 @@ struct PageQuery {
     limit: Option<u64>,
 }
 
+/// Blocks from a height, in order.
+#[utoipa::path(get, path = "/v1/blocks", tag = "blocks",
+    params(
+        ("from" = Option<u64>, Query, description = "First height (default 0)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "Most blocks (default 20)"),
+    ),
+    responses(
+        (status = 200, description = "The page", body = Vec<BlockView>),
+        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn list_blocks(
     State(node): State<Arc<Node>>,
     page: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Vec<BlockView>>, ApiError> {
     let page = query(page)?;
-    let from = page.from.unwrap_or(0);
-    let limit = page.limit.unwrap_or(20).clamp(1, MAX_PAGE);
+    let from = int64("from", page.from.unwrap_or(0))?;
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::malformed(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
     let blocks = read(&node, move |store| {
         let tip = store.tip()?.height;
         let mut blocks = Vec::new();
@@ -308,6 +406,12 @@ async fn list_blocks(
     Ok(Json(blocks))
 }
 
+/// The highest block.
+#[utoipa::path(get, path = "/v1/blocks/latest", tag = "blocks",
+    responses(
+        (status = 200, description = "The tip", body = BlockView),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn latest_block(State(node): State<Arc<Node>>) -> Result<Json<BlockView>, ApiError> {
     let block = read(&node, |store| {
         let height = store.tip()?.height;
@@ -319,6 +423,15 @@ async fn latest_block(State(node): State<Arc<Node>>) -> Result<Json<BlockView>, 
         .ok_or_else(|| ApiError::internal("the tip block is missing"))
 }
 
+/// A block by height or hash.
+#[utoipa::path(get, path = "/v1/blocks/{id}", tag = "blocks",
+    params(("id" = String, Path, pattern = r"^([0-9]{1,20}|[0-9a-fA-F]{64})$", description = "A height, or a block hash in hex")),
+    responses(
+        (status = 200, description = "The block", body = BlockView),
+        (status = 400, description = "Neither a height nor a hash", body = ErrorBody),
+        (status = 404, description = "No such block", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn get_block(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -353,16 +466,34 @@ struct ConsistencyQuery {
     to: u64,
 }
 
+/// RFC 9162 consistency proof between two log sizes.
+#[utoipa::path(get, path = "/v1/proofs/consistency", tag = "proofs",
+    params(
+        ("from" = u64, Query, description = "Old log size"),
+        ("to" = u64, Query, description = "New log size, at most the current one"),
+    ),
+    responses(
+        (status = 200, description = "The proof and both roots", body = ConsistencyView),
+        (status = 400, description = "`from` exceeds `to`", body = ErrorBody),
+        (status = 404, description = "`to` is beyond the current log", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn consistency(
     State(node): State<Arc<Node>>,
     sizes: Result<Query<ConsistencyQuery>, QueryRejection>,
 ) -> Result<Json<ConsistencyView>, ApiError> {
     let ConsistencyQuery { from, to } = query(sizes)?;
+    let (from, to) = (int64("from", from)?, int64("to", to)?);
     let view = read(&node, move |store| {
         let log_size = store.tip()?.log_size;
-        if from > to || to > log_size {
+        if to > log_size {
+            return Ok(Err(ApiError::not_found(format!(
+                "the log has {log_size} entries; there is no log of size {to} yet"
+            ))));
+        }
+        if from > to {
             return Ok(Err(ApiError::malformed(format!(
-                "need from <= to <= {log_size} (the log size), got from={from} to={to}"
+                "from ({from}) must not exceed to ({to})"
             ))));
         }
         Ok(Ok(ConsistencyView {
@@ -381,6 +512,12 @@ async fn consistency(
     Ok(Json(view))
 }
 
+/// The node, its chain and its members.
+#[utoipa::path(get, path = "/v1/status", tag = "node",
+    responses(
+        (status = 200, description = "Status", body = StatusView),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
 async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiError> {
     let tip = read(&node, |store| store.tip()).await?;
     let store = node.store();
@@ -415,8 +552,10 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     }))
 }
 
-/// `GET /chain`: every block as one JSON array, streamed a block at a time from a
-/// blocking reader, so memory stays flat however long the chain.
+/// Every block, as one JSON array streamed a block at a time from a blocking reader
+/// (memory stays flat however long the chain).
+#[utoipa::path(get, path = "/chain", tag = "blocks",
+    responses((status = 200, description = "All blocks from genesis", body = Vec<BlockView>)))]
 async fn whole_chain(State(node): State<Arc<Node>>) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
     let store = Arc::clone(node.store());
@@ -459,6 +598,12 @@ async fn whole_chain(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// Cut a block now, even an empty one; answers once it is applied.
+#[utoipa::path(post, path = "/mine", tag = "node",
+    responses(
+        (status = 200, description = "The new block's header", body = MinedView),
+        (status = 503, description = "Not producing blocks now, or the block failed", body = ErrorBody),
+    ))]
 async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError> {
     if !node.is_ready() {
         return Err(ApiError::unavailable(
@@ -478,6 +623,12 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
     }
 }
 
+/// Readiness: 200 once recovered and producing blocks.
+#[utoipa::path(get, path = "/readyz", tag = "node",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Starting or stopping", body = ErrorBody),
+    ))]
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
     if node.is_ready() {
         Ok("ready\n")
@@ -489,9 +640,33 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),
     )
+}
+
+/// Liveness: 200 while the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "node",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| {
+        openapi().to_json().unwrap_or_else(|error| {
+            tracing::error!(%error, "rendering the OpenAPI document");
+            "{}".into()
+        })
+    });
+    ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
 }

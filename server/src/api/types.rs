@@ -3,13 +3,14 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::chain::{
     Author, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header, Receipt,
 };
 
 /// `POST /v1/entries` body: exactly one of `data` and `data_b64`; `author` and `sig`
-/// together or not at all.
+/// together or not at all. Its schema (below) says the same as a `oneOf`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
@@ -26,6 +27,67 @@ pub struct SubmitRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
 }
+
+impl utoipa::PartialSchema for SubmitRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type,
+        };
+        let string = |description: &str, pattern: Option<&str>| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+                .pattern(pattern)
+        };
+        let shape = |payload: &str, signed: bool| {
+            let mut object = ObjectBuilder::new()
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+            object = match payload {
+                "data" => object.property("data", string("The payload as UTF-8 text", None)),
+                _ => object.property(
+                    "data_b64",
+                    string(
+                        "The payload as standard base64",
+                        Some("^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"),
+                    ),
+                ),
+            }
+            .required(payload);
+            if signed {
+                object = object
+                    .property(
+                        "author",
+                        string(
+                            "Author's ed25519 public key, hex",
+                            Some("^[0-9a-fA-F]{64}$"),
+                        ),
+                    )
+                    .property(
+                        "sig",
+                        string("Author's signature, hex", Some("^[0-9a-fA-F]{128}$")),
+                    )
+                    .required("author")
+                    .required("sig");
+            }
+            object
+        };
+        OneOfBuilder::new()
+            .item(shape("data", false))
+            .item(shape("data_b64", false))
+            .item(shape("data", true))
+            .item(shape("data_b64", true))
+            .into()
+    }
+}
+
+impl ToSchema for SubmitRequest {}
+
+/// Standard base64 that also takes non-canonical trailing bits, as the documented
+/// pattern does: the entry id covers the decoded bytes, so nothing depends on them.
+const BASE64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 fn hex_array<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], ChainError> {
     let mut out = [0u8; N];
@@ -45,7 +107,7 @@ impl SubmitRequest {
     pub fn into_entry(self) -> Result<Entry, String> {
         let data = match (self.data, self.data_b64) {
             (Some(text), None) => text.into_bytes(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            (None, Some(encoded)) => BASE64_LENIENT
                 .decode(encoded)
                 .map_err(|error| format!("data_b64 is not base64: {error}"))?,
             _ => return Err("give exactly one of data and data_b64".into()),
@@ -84,14 +146,14 @@ fn data_fields(data: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 /// `202` answer to a submit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     /// The entry id.
     pub id: String,
 }
 
 /// `?wait=commit` answer, and one item of a batch answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CommittedView {
     /// The entry id.
     pub id: String,
@@ -104,7 +166,7 @@ pub struct CommittedView {
 }
 
 /// A header as JSON; `hash` is computed, the rest are the header's fields.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HeaderView {
     /// Height.
     pub height: u64,
@@ -146,7 +208,7 @@ impl From<&Header> for HeaderView {
 }
 
 /// A block as JSON: its header's fields and its entry ids.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BlockView {
     /// The header.
     #[serde(flatten)]
@@ -156,7 +218,7 @@ pub struct BlockView {
 }
 
 /// One commit signature.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SignatureView {
     /// Signer's node id.
     pub node_id: String,
@@ -165,7 +227,7 @@ pub struct SignatureView {
 }
 
 /// A commit certificate as JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CertificateView {
     /// The view of the commits.
     pub view: u64,
@@ -219,7 +281,7 @@ impl TryFrom<&CertificateView> for CommitCertificate {
 
 /// A receipt as JSON. `header_hex` is the canonical header; verifiers use it, and
 /// `header` is its readable copy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReceiptView {
     /// The entry id.
     pub entry_id: String,
@@ -283,7 +345,7 @@ impl TryFrom<&ReceiptView> for Receipt {
 }
 
 /// `GET /v1/entries/{id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EntryView {
     /// The entry id.
     pub id: String,
@@ -346,7 +408,7 @@ impl EntryView {
 }
 
 /// `GET /v1/proofs/consistency`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConsistencyView {
     /// Old log size.
     pub from: u64,
@@ -361,7 +423,7 @@ pub struct ConsistencyView {
 }
 
 /// A member in `/v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     /// Node id.
     pub node_id: String,
@@ -376,7 +438,7 @@ pub struct MemberView {
 }
 
 /// `GET /v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
     /// This node's id.
     pub node_id: String,
@@ -411,7 +473,7 @@ pub struct StatusView {
 }
 
 /// A plugin fingerprint in `/v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PluginView {
     /// Plugin name.
     pub name: String,
@@ -422,7 +484,7 @@ pub struct PluginView {
 }
 
 /// `POST /mine` answer: the block it produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MinedView {
     /// The new block's header.
     #[serde(flatten)]
