@@ -126,6 +126,8 @@ pub struct Node {
     /// The admission queue; its receiver waits here until [`Node::run`] starts the
     /// admission thread.
     admission: Mutex<(SyncSender<Admission>, Option<Receiver<Admission>>)>,
+    /// The admission thread, joined when the producer stops so the store is released.
+    admission_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn now_ms() -> u64 {
@@ -154,6 +156,7 @@ impl Node {
         let (sender, receiver) = sync_channel(settings.pool_capacity);
         Node {
             admission: Mutex::new((sender, Some(receiver))),
+            admission_thread: Mutex::new(None),
             store,
             key,
             node_id,
@@ -359,8 +362,16 @@ impl Node {
             let spawned = std::thread::Builder::new()
                 .name("admission".into())
                 .spawn(move || node.admit(queue));
-            if let Err(error) = spawned {
-                tracing::error!(%error, "cannot start the admission thread; submits will be refused");
+            match spawned {
+                Ok(thread) => {
+                    *self
+                        .admission_thread
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(thread)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the admission thread; submits will be refused")
+                }
             }
         }
         self.ready.store(true, Ordering::Relaxed);
@@ -397,6 +408,20 @@ impl Node {
         }
         self.stopping.store(true, Ordering::Relaxed);
         tracing::info!("block producer stopped");
+        // The admission thread sees `stopping` within its poll interval.
+        let admission = self
+            .admission_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = admission {
+            if tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("admission thread did not stop cleanly");
+            }
+        }
     }
 
     /// Waits until a block is due; false means "look again" (woken early).
