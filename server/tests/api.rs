@@ -120,6 +120,18 @@ async fn send_raw(router: &Router, uri: &str, body: Vec<u8>) -> (StatusCode, Err
     )
 }
 
+async fn post(
+    router: &Router,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+    send(router, Method::POST, uri, body).await
+}
+
+async fn get(router: &Router, uri: &str) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+    send(router, Method::GET, uri, None).await
+}
+
 fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
@@ -135,9 +147,8 @@ async fn submit_wait_get_and_verify_a_receipt() {
     let router = test.router();
     let spec = test.node.store().spec().clone();
 
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=commit",
         Some(json!({"data": "hello ledger"})),
     )
@@ -151,13 +162,7 @@ async fn submit_wait_get_and_verify_a_receipt() {
     let receipt = Receipt::try_from(&committed.receipt).unwrap();
     receipt.verify(&spec).unwrap();
 
-    let (status, body, _) = send(
-        &router,
-        Method::GET,
-        &format!("/v1/entries/{}", committed.id),
-        None,
-    )
-    .await;
+    let (status, body, _) = get(&router, &format!("/v1/entries/{}", committed.id)).await;
     assert_eq!(status, StatusCode::OK);
     let entry: EntryView = json(&body);
     assert_eq!(
@@ -173,21 +178,9 @@ async fn submit_wait_get_and_verify_a_receipt() {
     // Binary data and a signed entry.
     let signed = Entry::signed(vec![0, 159, 146, 150], &key(9), &spec.chain_hash());
     let request = serde_json::to_value(SubmitRequest::from_entry(&signed)).unwrap();
-    let (status, body, _) = send(
-        &router,
-        Method::POST,
-        "/v1/entries?wait=commit",
-        Some(request),
-    )
-    .await;
+    let (status, body, _) = post(&router, "/v1/entries?wait=commit", Some(request)).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let (_, body, _) = send(
-        &router,
-        Method::GET,
-        &format!("/v1/entries/{}", signed.id()),
-        None,
-    )
-    .await;
+    let (_, body, _) = get(&router, &format!("/v1/entries/{}", signed.id())).await;
     let entry: EntryView = json(&body);
     assert_eq!(entry.data_b64.as_deref(), Some("AJ+Slg=="));
     assert_eq!(
@@ -201,30 +194,17 @@ async fn submit_wait_get_and_verify_a_receipt() {
 async fn a_pending_entry_says_so() {
     let test = node_with(settings(100, Duration::from_secs(3600), 1000), true);
     let router = test.router();
-    let (status, body, _) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "later"})),
-    )
-    .await;
+    let (status, body, _) = post(&router, "/v1/entries", Some(json!({"data": "later"}))).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let accepted: Accepted = json(&body);
-    let (status, body, _) = send(
-        &router,
-        Method::GET,
-        &format!("/v1/entries/{}", accepted.id),
-        None,
-    )
-    .await;
+    let (status, body, _) = get(&router, &format!("/v1/entries/{}", accepted.id)).await;
     assert_eq!(status, StatusCode::OK);
     let entry: EntryView = json(&body);
     assert_eq!(entry.status, "pending");
     assert!(entry.receipt.is_none());
     // A wait that runs out answers 202 with the id: accepted, still pending.
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=commit&timeout_ms=50",
         Some(json!({"data": "patient"})),
     )
@@ -235,13 +215,7 @@ async fn a_pending_entry_says_so() {
         Entry::new(b"patient".to_vec()).id().to_hex()
     );
     // A duplicate of a pending entry is refused too.
-    let (status, body, _) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "later"})),
-    )
-    .await;
+    let (status, body, _) = post(&router, "/v1/entries", Some(json!({"data": "later"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::CONFLICT, "duplicate")
@@ -274,9 +248,8 @@ async fn the_error_model() {
             String::from_utf8_lossy(&body)
         );
     }
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=forever",
         Some(json!({"data": "q"})),
     )
@@ -285,9 +258,9 @@ async fn the_error_model() {
         (status, error_code(&body).as_str()),
         (StatusCode::BAD_REQUEST, "malformed")
     );
-    let (status, _, _) = send(&router, Method::GET, "/v1/entries/xyz", None).await;
+    let (status, _, _) = get(&router, "/v1/entries/xyz").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _, _) = send(&router, Method::GET, "/v1/blocks?from=-1", None).await;
+    let (status, _, _) = get(&router, "/v1/blocks?from=-1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // 404: unknown routes, entries and blocks.
@@ -297,7 +270,7 @@ async fn the_error_model() {
         "/v1/blocks/99",
         &format!("/v1/blocks/{}", Hash([7; 32])),
     ] {
-        let (status, body, _) = send(&router, Method::GET, uri, None).await;
+        let (status, body, _) = get(&router, uri).await;
         assert_eq!(
             (status, error_code(&body).as_str()),
             (StatusCode::NOT_FOUND, "not_found"),
@@ -311,21 +284,14 @@ async fn the_error_model() {
     );
 
     // 409: the same entry twice.
-    let (status, _, _) = send(
+    let (status, _, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=commit",
         Some(json!({"data": "once"})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body, _) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "once"})),
-    )
-    .await;
+    let (status, body, _) = post(&router, "/v1/entries", Some(json!({"data": "once"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::CONFLICT, "duplicate")
@@ -338,9 +304,8 @@ async fn the_error_model() {
         (status, error.error.as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
     );
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries",
         Some(json!({"data": "y".repeat(limit + 1)})),
     )
@@ -354,9 +319,8 @@ async fn the_error_model() {
     let spec = test.node.store().spec().clone();
     let mut forged = Entry::signed(b"genuine".to_vec(), &key(9), &spec.chain_hash());
     forged.data = b"forged".to_vec();
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries",
         Some(serde_json::to_value(SubmitRequest::from_entry(&forged)).unwrap()),
     )
@@ -375,22 +339,15 @@ async fn full_pool_and_not_ready_answer_503_with_retry_after() {
     let test = node_with(settings(100, Duration::from_secs(3600), 2), true);
     let router = test.router();
     for i in 0..2 {
-        let (status, _, _) = send(
+        let (status, _, _) = post(
             &router,
-            Method::POST,
             "/v1/entries",
             Some(json!({"data": format!("e{i}")})),
         )
         .await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
-    let (status, body, headers) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "e2"})),
-    )
-    .await;
+    let (status, body, headers) = post(&router, "/v1/entries", Some(json!({"data": "e2"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "pool_full")
@@ -400,26 +357,20 @@ async fn full_pool_and_not_ready_answer_503_with_retry_after() {
 
     let idle = node_with(settings(100, Duration::from_millis(5), 10), false);
     let router = idle.router();
-    let (status, body, headers) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "x"})),
-    )
-    .await;
+    let (status, body, headers) = post(&router, "/v1/entries", Some(json!({"data": "x"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     );
     assert!(headers.contains_key(header::RETRY_AFTER));
-    let (status, _, _) = send(&router, Method::GET, "/readyz", None).await;
+    let (status, _, _) = get(&router, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, _, _) = send(&router, Method::GET, "/healthz", None).await;
+    let (status, _, _) = get(&router, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
 }
 
 async fn height(router: &Router) -> u64 {
-    let (_, body, _) = send(router, Method::GET, "/v1/status", None).await;
+    let (_, body, _) = get(router, "/v1/status").await;
     json::<StatusView>(&body).height
 }
 
@@ -429,9 +380,8 @@ async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_
     let test = node_with(settings(5, Duration::from_secs(3600), 100), true);
     let router = test.router();
     for i in 0..4 {
-        send(
+        post(
             &router,
-            Method::POST,
             "/v1/entries",
             Some(json!({"data": format!("full {i}")})),
         )
@@ -443,22 +393,21 @@ async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_
         0,
         "four of five entries do not cut a block"
     );
-    let (status, _, _) = send(
+    let (status, _, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=commit",
         Some(json!({"data": "full 4"})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, body, _) = send(&router, Method::GET, "/v1/blocks/latest", None).await;
+    let (_, body, _) = get(&router, "/v1/blocks/latest").await;
     let block: BlockView = json(&body);
     assert_eq!((block.header.height, block.entries.len()), (1, 5));
 
     // On request: POST /mine cuts a block now, empty if need be.
-    let (status, body, _) = send(&router, Method::POST, "/mine", None).await;
+    let (status, body, _) = post(&router, "/mine", None).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let (_, body, _) = send(&router, Method::GET, "/v1/blocks/2", None).await;
+    let (_, body, _) = get(&router, "/v1/blocks/2").await;
     assert!(json::<BlockView>(&body).entries.is_empty());
     test.stop().await;
 
@@ -467,9 +416,8 @@ async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_
     let router = test.router();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(height(&router).await, 0, "no empty blocks unless asked");
-    let (status, _, _) = send(
+    let (status, _, _) = post(
         &router,
-        Method::POST,
         "/v1/entries?wait=commit",
         Some(json!({"data": "alone"})),
     )
@@ -485,9 +433,8 @@ async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_
 async fn batch_submit_reports_each_entry() {
     let test = quick_node();
     let router = test.router();
-    let (status, body, _) = send(
+    let (status, body, _) = post(
         &router,
-        Method::POST,
         "/v1/entries/batch",
         Some(json!([
             {"data": "b1"}, {"data": "b2"}, {"data": "b1"}
@@ -514,19 +461,13 @@ async fn batch_submit_reports_each_entry() {
         json!([{"data": "b4"}, {"nonsense": true}]),
         json!([{"data": "b4"}, {"data": "b5", "data_b64": "AA=="}]),
     ] {
-        let (status, body, _) = send(&router, Method::POST, "/v1/entries/batch", Some(items)).await;
+        let (status, body, _) = post(&router, "/v1/entries/batch", Some(items)).await;
         assert_eq!(
             (status, error_code(&body).as_str()),
             (StatusCode::BAD_REQUEST, "malformed")
         );
     }
-    let (status, _, _) = send(
-        &router,
-        Method::POST,
-        "/v1/entries",
-        Some(json!({"data": "b4"})),
-    )
-    .await;
+    let (status, _, _) = post(&router, "/v1/entries", Some(json!({"data": "b4"}))).await;
     assert_eq!(
         status,
         StatusCode::ACCEPTED,
@@ -540,16 +481,15 @@ async fn blocks_proofs_status_chain_and_metrics() {
     let test = quick_node();
     let router = test.router();
     for i in 0..3 {
-        let (status, _, _) = send(
+        let (status, _, _) = post(
             &router,
-            Method::POST,
             "/v1/entries?wait=commit",
             Some(json!({"data": format!("entry {i}")})),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (_, body, _) = send(&router, Method::GET, "/v1/status", None).await;
+    let (_, body, _) = get(&router, "/v1/status").await;
     let status: StatusView = json(&body);
     assert_eq!(
         (status.height, status.log_size, status.f, status.view),
@@ -558,28 +498,16 @@ async fn blocks_proofs_status_chain_and_metrics() {
     assert_eq!(status.node_id, status.primary);
     assert!(status.members[0].connected);
 
-    let (_, body, _) = send(&router, Method::GET, "/v1/blocks?from=1&limit=2", None).await;
+    let (_, body, _) = get(&router, "/v1/blocks?from=1&limit=2").await;
     let page: Vec<BlockView> = json(&body);
     assert_eq!(
         page.iter().map(|b| b.header.height).collect::<Vec<_>>(),
         [1, 2]
     );
-    let (_, body, _) = send(
-        &router,
-        Method::GET,
-        &format!("/v1/blocks/{}", page[1].header.hash),
-        None,
-    )
-    .await;
+    let (_, body, _) = get(&router, &format!("/v1/blocks/{}", page[1].header.hash)).await;
     assert_eq!(json::<BlockView>(&body), page[1]);
 
-    let (_, body, _) = send(
-        &router,
-        Method::GET,
-        "/v1/proofs/consistency?from=1&to=3",
-        None,
-    )
-    .await;
+    let (_, body, _) = get(&router, "/v1/proofs/consistency?from=1&to=3").await;
     let proof: ConsistencyView = json(&body);
     let hashes: Vec<Hash> = proof.proof.iter().map(|p| p.parse().unwrap()).collect();
     verify_consistency(
@@ -591,24 +519,18 @@ async fn blocks_proofs_status_chain_and_metrics() {
     )
     .unwrap();
     assert_eq!(proof.to_root, latest_log_root(&router).await);
-    let (status_code, _, _) = send(
-        &router,
-        Method::GET,
-        "/v1/proofs/consistency?from=3&to=9",
-        None,
-    )
-    .await;
+    let (status_code, _, _) = get(&router, "/v1/proofs/consistency?from=3&to=9").await;
     assert_eq!(status_code, StatusCode::NOT_FOUND, "no log of size 9 yet");
     for bad in [
         "/v1/proofs/consistency?from=3&to=1",
         "/v1/blocks?limit=101",
         "/v1/blocks?from=9223372036854775808",
     ] {
-        let (status_code, _, _) = send(&router, Method::GET, bad, None).await;
+        let (status_code, _, _) = get(&router, bad).await;
         assert_eq!(status_code, StatusCode::BAD_REQUEST, "{bad}");
     }
 
-    let (status_code, body, headers) = send(&router, Method::GET, "/chain", None).await;
+    let (status_code, body, headers) = get(&router, "/chain").await;
     assert_eq!(status_code, StatusCode::OK);
     assert_eq!(
         headers.get(header::CONTENT_TYPE).unwrap(),
@@ -620,7 +542,7 @@ async fn blocks_proofs_status_chain_and_metrics() {
         assert_eq!(pair[1].header.prev_hash, pair[0].header.hash);
     }
 
-    let (_, body, _) = send(&router, Method::GET, "/metrics", None).await;
+    let (_, body, _) = get(&router, "/metrics").await;
     let text = String::from_utf8(body).unwrap();
     for line in [
         "ledger_height 3",
@@ -634,6 +556,6 @@ async fn blocks_proofs_status_chain_and_metrics() {
 }
 
 async fn latest_log_root(router: &Router) -> String {
-    let (_, body, _) = send(router, Method::GET, "/v1/blocks/latest", None).await;
+    let (_, body, _) = get(router, "/v1/blocks/latest").await;
     json::<BlockView>(&body).header.log_root
 }

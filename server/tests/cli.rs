@@ -272,7 +272,10 @@ fn submit_wait_verify_and_refuse_tampering() {
 
     let log = daemon.stop();
     assert!(log.contains("stopped"), "{log}");
-    assert!(!log.contains("still referenced"), "the database was not released: {log}");
+    assert!(
+        !log.contains("still referenced"),
+        "the database was not released: {log}"
+    );
 
     // The database is at the current schema; migrate --check says so.
     let check = run(
