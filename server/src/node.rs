@@ -110,6 +110,8 @@ struct Pool {
     first_pending_at: Option<Instant>,
     /// `POST /mine` callers waiting for the next block.
     mine_requests: Vec<oneshot::Sender<MineResult>>,
+    /// Bumped whenever applied ids leave `ids`.
+    generation: u64,
 }
 
 /// One node: its store, its key, its pool and its metrics.
@@ -123,9 +125,10 @@ pub struct Node {
     ready: AtomicBool,
     stopping: AtomicBool,
     metrics: Metrics,
-    /// The admission queue; its receiver waits here until [`Node::run`] starts the
-    /// admission thread.
-    admission: Mutex<(SyncSender<Admission>, Option<Receiver<Admission>>)>,
+    /// The admission queue, bounded like the pool: a burst beyond it is a 503.
+    admission_tx: SyncSender<Admission>,
+    /// Its receiving end, until [`Node::run`] hands it to the admission thread.
+    admission_rx: Mutex<Option<Receiver<Admission>>>,
     /// The admission thread, joined when the producer stops so the store is released.
     admission_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -152,10 +155,10 @@ impl Node {
         let limit = store.spec().params.max_block_entries as usize;
         settings.max_block_entries = settings.max_block_entries.clamp(1, limit);
         let node_id = Hash::digest(key.verifying_key().as_bytes());
-        // Bounded like the pool: a burst beyond it is refused with 503, not buffered.
         let (sender, receiver) = sync_channel(settings.pool_capacity);
         Node {
-            admission: Mutex::new((sender, Some(receiver))),
+            admission_tx: sender,
+            admission_rx: Mutex::new(Some(receiver)),
             admission_thread: Mutex::new(None),
             store,
             key,
@@ -220,13 +223,7 @@ impl Node {
             });
         }
         let (reply, answer) = oneshot::channel();
-        let sender = self
-            .admission
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
-        match sender.try_send(Admission { entry, wait, reply }) {
+        match self.admission_tx.try_send(Admission { entry, wait, reply }) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 return Err(SubmitError::PoolFull(self.settings.pool_capacity))
@@ -236,6 +233,23 @@ impl Node {
             }
         }
         answer.await.unwrap_or(Err(SubmitError::NotReady))
+    }
+
+    /// Which of `ids` are committed, and the pool lock, taken so that no id can move
+    /// from pending to committed unseen in between: the store is read without the
+    /// lock, and read again if a block was applied meanwhile.
+    fn committed_under_pool_lock(
+        &self,
+        ids: &[Hash],
+    ) -> Result<(Vec<bool>, MutexGuard<'_, Pool>), StoreError> {
+        loop {
+            let generation = self.lock_pool().generation;
+            let committed = self.store.committed(ids)?;
+            let pool = self.lock_pool();
+            if pool.generation == generation {
+                return Ok((committed, pool));
+            }
+        }
     }
 
     /// The admission thread: takes submits in batches, verifies them, checks them
@@ -272,8 +286,8 @@ impl Node {
                 }
             }
             let ids: Vec<Hash> = checked.iter().map(|(id, _)| *id).collect();
-            let committed = match self.store.committed(&ids) {
-                Ok(committed) => committed,
+            let (committed, mut pool) = match self.committed_under_pool_lock(&ids) {
+                Ok(found) => found,
                 Err(error) => {
                     tracing::error!(%error, "admission: entry index lookup failed");
                     for (_, admission) in checked {
@@ -288,38 +302,36 @@ impl Node {
             };
             let mut answers = Vec::with_capacity(checked.len());
             let mut accepted = 0;
-            {
-                let mut pool = self.lock_pool();
-                for ((id, admission), committed) in checked.into_iter().zip(committed) {
-                    let answer = if committed || pool.ids.contains(&id) {
-                        Err(SubmitError::Duplicate(id))
-                    } else if pool.queue.len() >= self.settings.pool_capacity {
-                        Err(SubmitError::PoolFull(pool.queue.len()))
-                    } else {
-                        pool.ids.insert(id);
-                        let accepted_at = Instant::now();
-                        pool.first_pending_at.get_or_insert(accepted_at);
-                        pool.queue.push_back(Pending {
-                            id,
-                            entry: admission.entry,
-                            accepted_at,
-                        });
-                        accepted += 1;
-                        Ok((
-                            id,
-                            admission.wait.then(|| {
-                                let (sender, receiver) = oneshot::channel();
-                                pool.waiters.entry(id).or_default().push(sender);
-                                receiver
-                            }),
-                        ))
-                    };
-                    answers.push((admission.reply, answer));
-                }
-                self.metrics
-                    .pool_size
-                    .store(pool.queue.len() as u64, Ordering::Relaxed);
+            for ((id, admission), committed) in checked.into_iter().zip(committed) {
+                let answer = if committed || pool.ids.contains(&id) {
+                    Err(SubmitError::Duplicate(id))
+                } else if pool.queue.len() >= self.settings.pool_capacity {
+                    Err(SubmitError::PoolFull(pool.queue.len()))
+                } else {
+                    pool.ids.insert(id);
+                    let accepted_at = Instant::now();
+                    pool.first_pending_at.get_or_insert(accepted_at);
+                    pool.queue.push_back(Pending {
+                        id,
+                        entry: admission.entry,
+                        accepted_at,
+                    });
+                    accepted += 1;
+                    Ok((
+                        id,
+                        admission.wait.then(|| {
+                            let (sender, receiver) = oneshot::channel();
+                            pool.waiters.entry(id).or_default().push(sender);
+                            receiver
+                        }),
+                    ))
+                };
+                answers.push((admission.reply, answer));
             }
+            self.metrics
+                .pool_size
+                .store(pool.queue.len() as u64, Ordering::Relaxed);
+            drop(pool);
             self.metrics
                 .entries_accepted
                 .fetch_add(accepted, Ordering::Relaxed);
@@ -352,10 +364,9 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let queue = self
-            .admission
+            .admission_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1
             .take();
         if let Some(queue) = queue {
             let node = Arc::clone(&self);
@@ -479,7 +490,10 @@ impl Node {
         for id in &ids {
             pool.ids.remove(id);
         }
-        match result {
+        // Admission checks the store before it takes this lock; a new generation
+        // tells it that ids it saw pending may have been committed meanwhile.
+        pool.generation += 1;
+        let result = match result {
             Ok((header, committed)) => {
                 let block_hash = header.hash();
                 let first_index = header.log_size - committed.len() as u64;
@@ -498,12 +512,15 @@ impl Node {
             }
             Err(error) => {
                 tracing::error!(%error, "block production failed; its entries are dropped");
-                for id in &ids {
-                    pool.waiters.remove(id);
-                }
                 Err(error)
             }
+        };
+        // Whoever still waits on this batch (its block failed, or the entry was found
+        // committed already) is told by the channel closing.
+        for id in &ids {
+            pool.waiters.remove(id);
         }
+        result
     }
 
     async fn produce_block(

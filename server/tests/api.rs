@@ -559,3 +559,39 @@ async fn latest_log_root(router: &Router) -> String {
     let (_, body, _) = get(router, "/v1/blocks/latest").await;
     json::<BlockView>(&body).header.log_root
 }
+
+#[tokio::test]
+async fn concurrent_resubmits_are_accepted_exactly_once() {
+    // Blocks every 2 ms, so commits race the resubmits constantly.
+    let test = node_with(settings(4, Duration::from_millis(2), 10_000), true);
+    let router = test.router();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let router = router.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for round in 0..40 {
+                let data = format!("contested {}", round % 10);
+                let (status, _, _) =
+                    post(&router, "/v1/entries", Some(json!({ "data": data }))).await;
+                match status {
+                    StatusCode::ACCEPTED => accepted.push(data),
+                    StatusCode::CONFLICT => {}
+                    other => panic!("unexpected {other}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            accepted
+        }));
+    }
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    accepted.sort();
+    let distinct = accepted.len();
+    accepted.dedup();
+    assert_eq!(distinct, accepted.len(), "an entry was accepted twice");
+    assert_eq!(accepted.len(), 10);
+    test.stop().await;
+}
