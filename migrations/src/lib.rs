@@ -10,8 +10,11 @@
 //! 1. chain tables: meta, blocks, block hashes, entry index, Merkle nodes, commit
 //!    certificates.
 //! 2. consensus tables: consensus log, checkpoint certificates, view state, membership.
+//! 3. the entry index becomes append-only: `entry_ids` (log index → id) and
+//!    `log_starts` (a block's first log index → height) replace the id-keyed
+//!    `entries`, whose random keys cost a page write per committed entry.
 
-use redb::{Database, ReadableDatabase, TableHandle, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
 /// Table definitions of the current schema.
 pub mod schema {
@@ -23,9 +26,11 @@ pub mod schema {
     pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
     /// Block hash → height.
     pub const BLOCK_HASHES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("block_hashes");
-    /// Entry id → (height, position in block, log index).
-    pub const ENTRIES: TableDefinition<&[u8; 32], (u64, u32, u64)> =
-        TableDefinition::new("entries");
+    /// Log index → entry id, appended in commit order.
+    pub const ENTRY_IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("entry_ids");
+    /// First log index of a block → its height (an empty block is overwritten by the
+    /// next block that starts at the same index, which is the one holding entries).
+    pub const LOG_STARTS: TableDefinition<u64, u64> = TableDefinition::new("log_starts");
     /// (level, index) → hash of that perfect Merkle subtree.
     pub const MERKLE_NODES: TableDefinition<(u8, u64), &[u8; 32]> =
         TableDefinition::new("merkle_nodes");
@@ -49,8 +54,17 @@ pub mod schema {
     pub const FORMAT_MARKER: &[u8] = b"ledger-db";
 }
 
+/// Tables of older schemas that upgrade steps still read.
+pub mod retired {
+    use redb::TableDefinition;
+
+    /// Schemas 1–2: entry id → (height, position in block, log index).
+    pub const ENTRIES: TableDefinition<&[u8; 32], (u64, u32, u64)> =
+        TableDefinition::new("entries");
+}
+
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 2;
+pub const CURRENT_VERSION: u32 = 3;
 
 /// One upgrade step.
 pub struct Migration {
@@ -72,7 +86,7 @@ pub const MIGRATIONS: &[Migration] = &[
             drop(meta);
             txn.open_table(schema::BLOCKS)?;
             txn.open_table(schema::BLOCK_HASHES)?;
-            txn.open_table(schema::ENTRIES)?;
+            txn.open_table(retired::ENTRIES)?;
             txn.open_table(schema::MERKLE_NODES)?;
             txn.open_table(schema::CERTIFICATES)?;
             Ok(())
@@ -86,6 +100,26 @@ pub const MIGRATIONS: &[Migration] = &[
             txn.open_table(schema::CHECKPOINTS)?;
             txn.open_table(schema::VIEW_STATE)?;
             txn.open_table(schema::MEMBERSHIP)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 3,
+        description: "append-only entry index: entry_ids and log_starts replace entries",
+        apply: |txn| {
+            let mut ids = txn.open_table(schema::ENTRY_IDS)?;
+            let mut starts = txn.open_table(schema::LOG_STARTS)?;
+            {
+                let entries = txn.open_table(retired::ENTRIES)?;
+                for row in entries.iter()? {
+                    let (id, location) = row?;
+                    let (height, position, log_index) = location.value();
+                    ids.insert(log_index, id.value())?;
+                    starts.insert(log_index - u64::from(position), height)?;
+                }
+            }
+            drop((ids, starts));
+            txn.delete_table(retired::ENTRIES)?;
             Ok(())
         },
     },
@@ -233,14 +267,14 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 2);
+        assert_eq!(pending(&database).unwrap().len(), 3);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 2 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 2, to: 2 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 3 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 3, to: 3 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
@@ -261,11 +295,45 @@ mod tests {
             error,
             MigrationError::TooNew {
                 found: 7,
-                supported: 2
+                supported: 3
             }
         ));
         assert!(error.to_string().contains("newer than this build"));
         assert_eq!(schema_version(&database).unwrap(), 7);
+    }
+
+    #[test]
+    fn step_3_moves_the_entry_index_to_append_only_tables() {
+        let (_dir, database) = database();
+        migrate_to(&database, 2).unwrap();
+        // Block 1 holds two entries (log 0..2), block 2 is empty, block 3 holds one.
+        let rows = [
+            ([1u8; 32], (1u64, 0u32, 0u64)),
+            ([2; 32], (1, 1, 1)),
+            ([3; 32], (3, 0, 2)),
+        ];
+        let txn = database.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(retired::ENTRIES).unwrap();
+            for (id, location) in &rows {
+                entries.insert(id, *location).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 2, to: 3 });
+        let txn = database.begin_read().unwrap();
+        let ids = txn.open_table(schema::ENTRY_IDS).unwrap();
+        for (id, (_, _, log_index)) in &rows {
+            assert_eq!(ids.get(log_index).unwrap().unwrap().value(), id);
+        }
+        let starts = txn.open_table(schema::LOG_STARTS).unwrap();
+        assert_eq!(starts.get(0).unwrap().unwrap().value(), 1);
+        assert_eq!(starts.get(2).unwrap().unwrap().value(), 3);
+        assert!(
+            txn.open_table(retired::ENTRIES).is_err(),
+            "the old index is gone"
+        );
     }
 
     #[test]

@@ -7,11 +7,21 @@
 //! [`Store::apply_block`] returns only after the commit. Reads use read transactions,
 //! which never block the single writer.
 //!
+//! Entries are indexed append-only: `entry_ids` maps each log index to its entry id,
+//! so a block's index writes land on the table's last pages instead of one random
+//! B-tree page per entry (benches/README.md, "store"). Lookups by id go through
+//! [`IdMap`], an in-memory map from an id's first 8 bytes to log indices, rebuilt at
+//! open and confirmed against `entry_ids` on every hit.
+//!
 //! Every call blocks on disk IO: async callers use `spawn_blocking`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
-use ledger_migrations::schema::{BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRIES, MERKLE_NODES, META};
+use ledger_migrations::schema::{
+    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
+};
 use ledger_migrations::MigrationError;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -94,6 +104,78 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// Entry ids by their first 8 bytes → log index. About 20 bytes of memory per entry;
+/// a hit is only a candidate until `entry_ids` confirms the full id, so prefix
+/// collisions (and entries of a commit that failed) cost a read, never a wrong answer.
+#[derive(Debug, Default)]
+struct IdMap {
+    first: HashMap<u64, u64>,
+    /// Further log indices of prefixes that occur more than once.
+    more: HashMap<u64, Vec<u64>>,
+}
+
+impl IdMap {
+    fn prefix(id: &Hash) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&id.0[..8]);
+        u64::from_be_bytes(bytes)
+    }
+
+    fn insert(&mut self, id: &Hash, log_index: u64) {
+        let prefix = IdMap::prefix(id);
+        if let Some(&existing) = self.first.get(&prefix) {
+            if existing != log_index {
+                self.more.entry(prefix).or_default().push(log_index);
+            }
+        } else {
+            self.first.insert(prefix, log_index);
+        }
+    }
+
+    fn remove(&mut self, id: &Hash, log_index: u64) {
+        let prefix = IdMap::prefix(id);
+        if let Some(more) = self.more.get_mut(&prefix) {
+            more.retain(|&index| index != log_index);
+            if more.is_empty() {
+                self.more.remove(&prefix);
+            }
+        }
+        if self.first.get(&prefix) == Some(&log_index) {
+            match self.more.get_mut(&prefix).and_then(Vec::pop) {
+                Some(next) => {
+                    self.first.insert(prefix, next);
+                }
+                None => {
+                    self.first.remove(&prefix);
+                }
+            }
+        }
+    }
+
+    /// The log index holding `id`, confirmed in `ids` (a table of `entry_ids`).
+    fn locate(
+        &self,
+        ids: &impl ReadableTable<u64, &'static [u8; 32]>,
+        id: &Hash,
+    ) -> Result<Option<u64>, StoreError> {
+        let prefix = IdMap::prefix(id);
+        let candidates = self
+            .first
+            .get(&prefix)
+            .into_iter()
+            .chain(self.more.get(&prefix).into_iter().flatten());
+        for &log_index in candidates {
+            if ids
+                .get(log_index)?
+                .is_some_and(|stored| stored.value() == id.as_bytes())
+            {
+                return Ok(Some(log_index));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Where an entry sits in the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryLocation {
@@ -130,6 +212,7 @@ pub struct Store {
     chain_hash: Hash,
     genesis_hash: Hash,
     options: StoreOptions,
+    ids: RwLock<IdMap>,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,47 +241,7 @@ impl Store {
         spec: &ChainSpec,
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
-        Store::at_schema(
-            database,
-            path,
-            spec,
-            options,
-            ledger_migrations::CURRENT_VERSION,
-        )
-    }
-
-    /// Creates a new database at an older schema `version`, for the generator of the
-    /// upgrade-test fixtures (`server/examples/make_fixture.rs`); a node never calls it.
-    /// Only blocks can be applied to such a store.
-    pub fn create_at_schema(
-        path: &Path,
-        spec: &ChainSpec,
-        version: u32,
-    ) -> Result<Store, StoreError> {
-        if path.exists() {
-            return Err(StoreError::Open {
-                path: path.to_owned(),
-                reason: "a fixture is only written to a new file".into(),
-            });
-        }
-        let database = create_file(path)?;
-        Store::at_schema(
-            database,
-            path.to_owned(),
-            spec,
-            StoreOptions::default(),
-            version,
-        )
-    }
-
-    fn at_schema(
-        database: Database,
-        path: PathBuf,
-        spec: &ChainSpec,
-        options: StoreOptions,
-        version: u32,
-    ) -> Result<Store, StoreError> {
-        ledger_migrations::migrate_to(&database, version).map_err(|source| StoreError::Schema {
+        ledger_migrations::migrate(&database).map_err(|source| StoreError::Schema {
             path: path.clone(),
             source,
         })?;
@@ -210,12 +253,39 @@ impl Store {
             chain_hash: spec.chain_hash(),
             genesis_hash: genesis.hash(),
             options,
+            ids: RwLock::new(IdMap::default()),
         };
         store.initialise(&genesis)?;
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
-        store.tip()?;
+        let tip = store.tip()?;
+        store.load_ids(tip.log_size)?;
         Ok(store)
+    }
+
+    /// Rebuilds the id map from `entry_ids`: one sequential scan.
+    fn load_ids(&self, log_size: u64) -> Result<(), StoreError> {
+        let txn = self.database.begin_read()?;
+        let ids = txn.open_table(ENTRY_IDS)?;
+        let mut map = IdMap::default();
+        map.first.reserve(usize::try_from(log_size).unwrap_or(0));
+        for row in ids.iter()? {
+            let (log_index, id) = row?;
+            map.insert(&Hash(*id.value()), log_index.value());
+        }
+        if ids.len()? != log_size {
+            return Err(corrupt(format!(
+                "the entry index holds {} entries, the log {log_size}",
+                ids.len()?
+            )));
+        }
+        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+
+    fn id_map(&self) -> RwLockReadGuard<'_, IdMap> {
+        // The map is only ever extended or trimmed whole-entry at a time.
+        self.ids.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn initialise(&self, genesis: &Block) -> Result<(), StoreError> {
@@ -335,15 +405,7 @@ impl Store {
     /// Where the entry `id` was committed.
     pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
         let txn = self.database.begin_read()?;
-        let location = txn.open_table(ENTRIES)?.get(id.as_bytes())?.map(|value| {
-            let (height, position, log_index) = value.value();
-            EntryLocation {
-                height,
-                position,
-                log_index,
-            }
-        });
-        Ok(location)
+        location_in(&txn, &self.id_map(), id)
     }
 
     /// The header of the block at `height`, without decoding its entries.
@@ -380,9 +442,10 @@ impl Store {
     /// stage checks a batch of submits at once).
     pub fn committed(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
         let txn = self.database.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
+        let table = txn.open_table(ENTRY_IDS)?;
+        let map = self.id_map();
         ids.iter()
-            .map(|id| Ok(entries.get(id.as_bytes())?.is_some()))
+            .map(|id| Ok(map.locate(&table, id)?.is_some()))
             .collect()
     }
 
@@ -400,6 +463,21 @@ impl Store {
     pub fn inclusion_proof(&self, log_index: u64, log_size: u64) -> Result<Vec<Hash>, StoreError> {
         let nodes = self.nodes_at(log_size)?;
         merkle::inclusion_proof(&StoredNodes(&nodes), log_index, log_size)
+    }
+
+    /// Inclusion proofs of many leaves in the log of `log_size`, from one snapshot (the
+    /// producer proves a whole block's waiting entries at once).
+    pub fn inclusion_proofs(
+        &self,
+        log_indices: &[u64],
+        log_size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        let nodes = self.nodes_at(log_size)?;
+        let source = StoredNodes(&nodes);
+        log_indices
+            .iter()
+            .map(|&log_index| merkle::inclusion_proof(&source, log_index, log_size))
+            .collect()
     }
 
     /// Consistency proof between two log sizes.
@@ -446,7 +524,8 @@ impl Store {
             required_difficulty,
             now_ms,
         };
-        validate_block(&context, block, &range, &ReadIndex(&txn))?;
+        let ids = txn.open_table(ENTRY_IDS)?;
+        validate_block(&context, block, &range, &ReadIndex(&self.id_map(), &ids))?;
         Ok(())
     }
 
@@ -478,6 +557,7 @@ impl Store {
             .into());
         }
         let txn = self.begin_write()?;
+        let tip_log_size;
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
@@ -496,6 +576,7 @@ impl Store {
                 }
                 .into());
             }
+            tip_log_size = tip.log_size;
             let expected_size = tip.log_size + block.entries.len() as u64;
             if header.log_size != expected_size {
                 return Err(ChainError::LogSizeMismatch {
@@ -507,16 +588,16 @@ impl Store {
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
             let mut range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
-            let mut entries = txn.open_table(ENTRIES)?;
+            let mut ids = txn.open_table(ENTRY_IDS)?;
             let mut completed = Vec::new();
-            let mut located = Vec::with_capacity(block.entries.len());
-            for (position, entry) in block.entries.iter().enumerate() {
+            let mut in_block = HashSet::with_capacity(block.entries.len());
+            for (log_index, entry) in (tip.log_size..).zip(&block.entries) {
                 let id = entry.id();
-                let position = position as u32;
-                located.push((
-                    id,
-                    (header.height, position, tip.log_size + u64::from(position)),
-                ));
+                if !in_block.insert(id) || self.id_map().locate(&ids, &id)?.is_some() {
+                    return Err(ChainError::DuplicateEntry { id }.into());
+                }
+                // Appended in log order: these writes fill the table's last pages.
+                ids.insert(log_index, id.as_bytes())?;
                 range.append(leaf_hash(id.as_bytes()), |level, index, node| {
                     completed.push(((level, index), *node));
                 });
@@ -524,13 +605,9 @@ impl Store {
             for (key, node) in &completed {
                 nodes.insert(*key, node.as_bytes())?;
             }
-            // Random ids dirty about one index page each; inserting them in key order at
-            // least walks the B-tree once, left to right (benches/README.md, "store").
-            located.sort_unstable_by_key(|(id, _)| *id);
-            for (id, location) in &located {
-                if entries.insert(id.as_bytes(), *location)?.is_some() {
-                    return Err(ChainError::DuplicateEntry { id: *id }.into());
-                }
+            if !block.entries.is_empty() {
+                txn.open_table(LOG_STARTS)?
+                    .insert(tip.log_size, header.height)?;
             }
             let root = range.root();
             if root != header.log_root {
@@ -546,7 +623,26 @@ impl Store {
             txn.open_table(CERTIFICATES)?
                 .insert(header.height, certificate.encode().as_slice())?;
         }
-        txn.commit()?;
+        // The map learns the ids before the commit, under the write lock, so the next
+        // writer cannot miss them; should the commit fail they are taken out again
+        // (and until then they are candidates that `entry_ids` does not confirm).
+        let ids: Vec<(Hash, u64)> = (tip_log_size..)
+            .zip(&block.entries)
+            .map(|(index, entry)| (entry.id(), index))
+            .collect();
+        {
+            let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
+            for (id, log_index) in &ids {
+                map.insert(id, *log_index);
+            }
+        }
+        if let Err(error) = txn.commit() {
+            let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
+            for (id, log_index) in &ids {
+                map.remove(id, *log_index);
+            }
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -557,7 +653,8 @@ impl Store {
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
         let txn = self.database.begin_read()?;
         let blocks = txn.open_table(BLOCKS)?;
-        let entries = txn.open_table(ENTRIES)?;
+        let entry_ids = txn.open_table(ENTRY_IDS)?;
+        let map = self.id_map();
         let certificates = txn.open_table(CERTIFICATES)?;
         let nodes = txn.open_table(MERKLE_NODES)?;
         let nodes = StoredNodes(&nodes);
@@ -605,8 +702,13 @@ impl Store {
             for (position, entry) in block.entries.iter().enumerate() {
                 let id = entry.id();
                 let log_index = range.size();
-                let indexed = entries.get(id.as_bytes())?.map(|value| value.value());
-                if indexed != Some((height, position as u32, log_index)) {
+                let indexed = location_in(&txn, &map, &id)?;
+                let expected = EntryLocation {
+                    height,
+                    position: position as u32,
+                    log_index,
+                };
+                if indexed != Some(expected) {
                     return Err(fail(format!("entry {id} is not indexed at its position")));
                 }
                 range.append(leaf_hash(id.as_bytes()), |_, _, _| {});
@@ -620,7 +722,7 @@ impl Store {
             parent = Some(block.header);
         }
         let tip = parent.ok_or_else(|| corrupt("no genesis block"))?;
-        if entries.len()? != tip.log_size {
+        if entry_ids.len()? != tip.log_size {
             return Err(corrupt("entry index holds entries outside the chain"));
         }
         Ok(tip.height)
@@ -678,13 +780,46 @@ impl<T: ReadableTable<(u8, u64), &'static [u8; 32]>> NodeSource for StoredNodes<
 }
 
 /// The entry index as seen by one read transaction.
-struct ReadIndex<'a>(&'a ReadTransaction);
+struct ReadIndex<'a, T>(&'a IdMap, &'a T);
 
-impl EntryIndex for ReadIndex<'_> {
+impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
     fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
-        let lookup = || -> Result<bool, StoreError> {
-            Ok(self.0.open_table(ENTRIES)?.get(id.as_bytes())?.is_some())
-        };
-        lookup().map_err(|error| ChainError::Lookup(error.to_string()))
+        self.0
+            .locate(self.1, id)
+            .map(|found| found.is_some())
+            .map_err(|error| ChainError::Lookup(error.to_string()))
     }
+}
+
+/// Where `id` sits, read in `txn`.
+fn location_in(
+    txn: &ReadTransaction,
+    map: &IdMap,
+    id: &Hash,
+) -> Result<Option<EntryLocation>, StoreError> {
+    let ids = txn.open_table(ENTRY_IDS)?;
+    let Some(log_index) = map.locate(&ids, id)? else {
+        return Ok(None);
+    };
+    let starts = txn.open_table(LOG_STARTS)?;
+    let (start, height) = starts
+        .range(..=log_index)?
+        .next_back()
+        .transpose()?
+        .map(|(start, height)| (start.value(), height.value()))
+        .ok_or_else(|| {
+            corrupt(format!(
+                "no block starts at or before log index {log_index}"
+            ))
+        })?;
+    let position = u32::try_from(log_index - start).map_err(|_| {
+        corrupt(format!(
+            "log index {log_index} is far beyond its block start {start}"
+        ))
+    })?;
+    Ok(Some(EntryLocation {
+        height,
+        position,
+        log_index,
+    }))
 }
