@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
-    HEADER_VERSION,
+    Receipt, HEADER_VERSION,
 };
 use crate::metrics::Metrics;
 use crate::pow::{self, Outcome};
@@ -38,17 +38,6 @@ pub struct NodeSettings {
     pub pool_capacity: usize,
     /// Mining threads.
     pub mining_threads: NonZeroUsize,
-}
-
-/// Where a committed entry landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// Height of its block.
-    pub height: u64,
-    /// Hash of its block.
-    pub block_hash: Hash,
-    /// Its leaf index in the Merkle log.
-    pub log_index: u64,
 }
 
 /// Why an entry was not accepted.
@@ -82,8 +71,8 @@ pub enum SubmitError {
 /// The outcome of a block production run, for `POST /mine`.
 pub type MineResult = Result<Header, String>;
 
-/// An accepted entry's id, and with `wait` the receiver told of its commit.
-pub type Submitted = (Hash, Option<oneshot::Receiver<Committed>>);
+/// An accepted entry's id, and with `wait` the receiver of its receipt once committed.
+pub type Submitted = (Hash, Option<oneshot::Receiver<Receipt>>);
 
 /// A submit on its way to the admission thread.
 struct Admission {
@@ -105,7 +94,7 @@ struct Pool {
     /// Ids queued or in the block being produced: a second submit is a duplicate.
     ids: HashSet<Hash>,
     /// Clients waiting for an entry's commit.
-    waiters: HashMap<Hash, Vec<oneshot::Sender<Committed>>>,
+    waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// When the oldest queued entry arrived.
     first_pending_at: Option<Instant>,
     /// `POST /mine` callers waiting for the next block.
@@ -494,19 +483,17 @@ impl Node {
         // tells it that ids it saw pending may have been committed meanwhile.
         pool.generation += 1;
         let result = match result {
-            Ok((header, committed)) => {
-                let block_hash = header.hash();
+            Ok((header, certificate, committed)) => {
                 let first_index = header.log_size - committed.len() as u64;
+                let mut waiting = Vec::new();
                 for (log_index, (id, accepted_at)) in (first_index..).zip(committed) {
                     self.metrics.commit_latency.observe(accepted_at.elapsed());
-                    let done = Committed {
-                        height: header.height,
-                        block_hash,
-                        log_index,
-                    };
-                    for waiter in pool.waiters.remove(&id).unwrap_or_default() {
-                        let _ = waiter.send(done);
+                    if let Some(senders) = pool.waiters.remove(&id) {
+                        waiting.push((id, log_index, senders));
                     }
+                }
+                if !waiting.is_empty() {
+                    self.send_receipts(header, certificate, waiting);
                 }
                 Ok(header)
             }
@@ -523,11 +510,44 @@ impl Node {
         result
     }
 
+    /// Proves a block's waiting entries in one blocking task and one read transaction,
+    /// and hands each waiter its receipt; the producer does not wait for it.
+    fn send_receipts(
+        &self,
+        header: Header,
+        certificate: CommitCertificate,
+        waiting: Vec<(Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+    ) {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let indices: Vec<u64> = waiting.iter().map(|(_, log_index, _)| *log_index).collect();
+            let proofs = match store.inclusion_proofs(&indices, header.log_size) {
+                Ok(proofs) => proofs,
+                // The entries are committed; their waiters see the channel close and
+                // can read the receipt with GET /v1/entries/{id}.
+                Err(error) => return tracing::error!(%error, "building receipts failed"),
+            };
+            for ((entry_id, log_index, senders), inclusion_proof) in waiting.into_iter().zip(proofs)
+            {
+                let receipt = Receipt {
+                    entry_id,
+                    log_index,
+                    header,
+                    inclusion_proof,
+                    certificate: certificate.clone(),
+                };
+                for sender in senders {
+                    let _ = sender.send(receipt.clone());
+                }
+            }
+        });
+    }
+
     async fn produce_block(
         &self,
         batch: Vec<Pending>,
         cancel: Arc<AtomicBool>,
-    ) -> Result<(Header, Vec<(Hash, Instant)>), String> {
+    ) -> Result<(Header, CommitCertificate, Vec<(Hash, Instant)>), String> {
         // Template: on the tip, without entries committed since they were queued.
         let store = Arc::clone(&self.store);
         let (header, block_entries, committed) = blocking(move || {
@@ -563,9 +583,12 @@ impl Node {
         let started = Instant::now();
         let store = Arc::clone(&self.store);
         let header = block.header;
-        blocking(move || store.apply_block(&block, &certificate))
-            .await
-            .map_err(|error| error.to_string())?;
+        let certificate = blocking(move || {
+            store.apply_block(&block, &certificate)?;
+            Ok(certificate)
+        })
+        .await
+        .map_err(|error| error.to_string())?;
         self.metrics.apply_latency.observe(started.elapsed());
         self.metrics.height.store(header.height, Ordering::Relaxed);
         self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
@@ -577,7 +600,7 @@ impl Node {
             entries = committed.len(),
             "block applied"
         );
-        Ok((header, committed))
+        Ok((header, certificate, committed))
     }
 
     async fn mine(

@@ -25,8 +25,8 @@ use types::{
     MinedView, ReceiptView, StatusView, SubmitRequest,
 };
 
-use crate::chain::{Block, Hash};
-use crate::node::{Committed, Node};
+use crate::chain::{Block, Hash, Receipt};
+use crate::node::Node;
 use crate::storage::{Store, StoreError};
 
 /// Most entries in one batch submit.
@@ -215,12 +215,15 @@ async fn submit(
     let Some(receiver) = receiver else {
         return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response());
     };
-    let committed = match tokio::time::timeout(timeout, receiver).await {
-        Ok(Ok(committed)) => committed,
+    let receipt = match tokio::time::timeout(timeout, receiver).await {
+        Ok(Ok(receipt)) => receipt,
         Ok(Err(_)) => {
             return Err(ApiError::unavailable(
                 "commit_failed",
-                format!("the block holding entry {id} failed; resubmit it"),
+                format!(
+                    "no receipt for entry {id}: its block failed or the receipt could not be \
+                     built; GET /v1/entries/{id} says which, resubmit if it is unknown"
+                ),
             ))
         }
         // The wait ran out: the entry is accepted and pending, which is no error.
@@ -228,23 +231,16 @@ async fn submit(
             return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response())
         }
     };
-    Ok(Json(committed_view(&node, id, committed).await?).into_response())
+    Ok(Json(committed_view(&receipt)).into_response())
 }
 
-async fn committed_view(
-    node: &Arc<Node>,
-    id: Hash,
-    committed: Committed,
-) -> Result<CommittedView, ApiError> {
-    let receipt = read(node, move |store| store.receipt(&id))
-        .await?
-        .ok_or_else(|| ApiError::internal(format!("committed entry {id} has no receipt")))?;
-    Ok(CommittedView {
-        id: id.to_hex(),
-        height: committed.height,
-        block_hash: committed.block_hash.to_hex(),
-        receipt: ReceiptView::from(&receipt),
-    })
+fn committed_view(receipt: &Receipt) -> CommittedView {
+    CommittedView {
+        id: receipt.entry_id.to_hex(),
+        height: receipt.header.height,
+        block_hash: receipt.header.hash().to_hex(),
+        receipt: ReceiptView::from(receipt),
+    }
 }
 
 /// One item of a batch answer: `id` when accepted (status 202), or the error a single
