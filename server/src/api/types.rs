@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::chain::{
-    Author, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header, Receipt,
+    to_hex, Author, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header, Receipt,
 };
 
 /// `POST /v1/entries` body: exactly one of `data` and `data_b64`; `author` and `sig`
@@ -129,8 +129,8 @@ impl SubmitRequest {
         SubmitRequest {
             data,
             data_b64,
-            author: entry.author.map(|author| hex::encode(author.public_key)),
-            sig: entry.author.map(|author| hex::encode(author.signature)),
+            author: entry.author.map(|author| to_hex(&author.public_key)),
+            sig: entry.author.map(|author| to_hex(&author.signature)),
         }
     }
 }
@@ -250,7 +250,7 @@ impl From<&CommitCertificate> for CertificateView {
                 .iter()
                 .map(|signature| SignatureView {
                     node_id: signature.node_id.to_hex(),
-                    signature: hex::encode(signature.signature),
+                    signature: to_hex(&signature.signature),
                 })
                 .collect(),
         }
@@ -307,7 +307,7 @@ impl From<&Receipt> for ReceiptView {
             log_size: receipt.header.log_size,
             inclusion_proof: receipt.inclusion_proof.iter().map(Hash::to_hex).collect(),
             header: HeaderView::from(&receipt.header),
-            header_hex: hex::encode(receipt.header.encode()),
+            header_hex: to_hex(&receipt.header.encode()),
             certificate: CertificateView::from(&receipt.certificate),
         }
     }

@@ -18,7 +18,7 @@ pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
 pub use entry::{Author, Entry, ENTRY_OVERHEAD};
 pub use error::ChainError;
 pub use genesis::{ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
-pub use hash::Hash;
+pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use merkle::CompactRange;
 pub use receipt::Receipt;
