@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -129,6 +129,12 @@ fn now_ms() -> u64 {
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Locks `mutex`, also after a panic elsewhere: the node's mutexes guard state that is
+/// changed in single statements, so a panicking holder leaves nothing half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Runs blocking store work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -192,10 +198,7 @@ impl Node {
     }
 
     fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        // The pool holds no invariant a panicking holder could break halfway.
-        self.pool
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.pool)
     }
 
     /// Validates `entry` and queues it. With `wait`, also returns a receiver told when
@@ -352,23 +355,14 @@ impl Node {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let queue = self
-            .admission_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let queue = lock(&self.admission_rx).take();
         if let Some(queue) = queue {
             let node = Arc::clone(&self);
             let spawned = std::thread::Builder::new()
                 .name("admission".into())
                 .spawn(move || node.admit(queue));
             match spawned {
-                Ok(thread) => {
-                    *self
-                        .admission_thread
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(thread)
-                }
+                Ok(thread) => *lock(&self.admission_thread) = Some(thread),
                 Err(error) => {
                     tracing::error!(%error, "cannot start the admission thread; submits will be refused")
                 }
@@ -390,30 +384,25 @@ impl Node {
             let (batch, requests) = self.take_batch();
             let produce = self.produce(batch, Arc::clone(&cancel));
             tokio::pin!(produce);
-            let result = tokio::select! {
-                result = &mut produce => result,
+            let (result, stop) = tokio::select! {
+                result = &mut produce => (result, false),
                 _ = &mut shutdown => {
                     self.stopping.store(true, Ordering::Relaxed);
                     cancel.store(true, Ordering::Relaxed);
-                    let result = produce.await;
-                    for request in requests {
-                        let _ = request.send(result.clone());
-                    }
-                    break;
+                    (produce.await, true)
                 }
             };
             for request in requests {
                 let _ = request.send(result.clone());
             }
+            if stop {
+                break;
+            }
         }
         self.stopping.store(true, Ordering::Relaxed);
         tracing::info!("block producer stopped");
         // The admission thread sees `stopping` within its poll interval.
-        let admission = self
-            .admission_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let admission = lock(&self.admission_thread).take();
         if let Some(thread) = admission {
             if tokio::task::spawn_blocking(move || thread.join())
                 .await

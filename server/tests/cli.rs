@@ -32,6 +32,17 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `ledgerctl verify FILE --genesis GENESIS`.
+fn verify(file: &Path, genesis: &Path) -> Output {
+    Command::new(LEDGERCTL)
+        .arg("verify")
+        .arg(file)
+        .arg("--genesis")
+        .arg(genesis)
+        .output()
+        .unwrap()
+}
+
 /// A running `ledgerd`, killed if the test fails before stopping it.
 struct Daemon {
     child: Child,
@@ -139,15 +150,7 @@ fn submit_wait_verify_and_refuse_tampering() {
     assert!(committed.status.success(), "{}", text(&committed));
     let receipt_file = dir.path().join("receipt.json");
     std::fs::write(&receipt_file, &committed.stdout).unwrap();
-    let verified = run(
-        LEDGERCTL,
-        &[
-            "verify",
-            receipt_file.to_str().unwrap(),
-            "--genesis",
-            genesis.to_str().unwrap(),
-        ],
-    );
+    let verified = verify(&receipt_file, &genesis);
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(
         text(&verified).starts_with("ok: entry"),
@@ -163,15 +166,7 @@ fn submit_wait_verify_and_refuse_tampering() {
     let entry = daemon.ctl(&["get", &id]);
     let entry_file = dir.path().join("entry.json");
     std::fs::write(&entry_file, &entry.stdout).unwrap();
-    let verified = run(
-        LEDGERCTL,
-        &[
-            "verify",
-            entry_file.to_str().unwrap(),
-            "--genesis",
-            genesis.to_str().unwrap(),
-        ],
-    );
+    let verified = verify(&entry_file, &genesis);
     assert!(verified.status.success(), "{}", text(&verified));
 
     // Tampering with any part is caught, with a reason.
@@ -182,15 +177,7 @@ fn submit_wait_verify_and_refuse_tampering() {
     ] {
         assert!(original.contains(from), "{from} not in {original}");
         std::fs::write(&entry_file, original.replacen(from, to, 1)).unwrap();
-        let refused = run(
-            LEDGERCTL,
-            &[
-                "verify",
-                entry_file.to_str().unwrap(),
-                "--genesis",
-                genesis.to_str().unwrap(),
-            ],
-        );
+        let refused = verify(&entry_file, &genesis);
         assert!(!refused.status.success(), "tampered {from:?} verified");
         assert!(text(&refused).contains("ledgerctl:"), "{}", text(&refused));
     }
@@ -215,15 +202,7 @@ fn submit_wait_verify_and_refuse_tampering() {
         let mut value = parsed.clone();
         tamper(&mut value);
         std::fs::write(&entry_file, value.to_string()).unwrap();
-        let refused = run(
-            LEDGERCTL,
-            &[
-                "verify",
-                entry_file.to_str().unwrap(),
-                "--genesis",
-                genesis.to_str().unwrap(),
-            ],
-        );
+        let refused = verify(&entry_file, &genesis);
         assert!(!refused.status.success(), "tampered {what} verified");
     }
     // Another chain's genesis does not accept the receipt.
@@ -234,15 +213,7 @@ fn submit_wait_verify_and_refuse_tampering() {
         .parent()
         .unwrap()
         .join("genesis.toml");
-    let refused = run(
-        LEDGERCTL,
-        &[
-            "verify",
-            receipt_file.to_str().unwrap(),
-            "--genesis",
-            other_genesis.to_str().unwrap(),
-        ],
-    );
+    let refused = verify(&receipt_file, &other_genesis);
     assert!(!refused.status.success());
 
     // A signed entry.
