@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
-    Receipt, HEADER_VERSION,
+    Receipt,
 };
 use crate::metrics::Metrics;
 use crate::pow::{self, Outcome};
@@ -541,27 +541,20 @@ impl Node {
         let store = Arc::clone(&self.store);
         let (header, block_entries, committed) = blocking(move || {
             let (tip, mut log) = store.tip_with_log()?;
+            let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
+            let already = store.committed(&ids)?;
             let mut entries = Vec::with_capacity(batch.len());
             let mut committed = Vec::with_capacity(batch.len());
-            for pending in batch {
-                if store.entry_location(&pending.id)?.is_some() {
+            for (pending, already) in batch.into_iter().zip(already) {
+                if already {
                     continue;
                 }
                 log.append(leaf_hash(pending.id.as_bytes()), |_, _, _| {});
                 committed.push((pending.id, pending.accepted_at));
                 entries.push(pending.entry);
             }
-            let header = Header {
-                version: HEADER_VERSION,
-                chain_hash: tip.chain_hash,
-                height: tip.height + 1,
-                timestamp_ms: now_ms().max(tip.timestamp_ms + 1),
-                prev_hash: tip.hash(),
-                log_size: log.size(),
-                log_root: log.root(),
-                difficulty: store.spec().difficulty,
-                nonce: 0,
-            };
+            let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
+            let header = Header::child(&tip, &log, timestamp_ms, store.spec().difficulty);
             Ok((header, entries, committed))
         })
         .await

@@ -74,17 +74,7 @@ pub fn next_block(
     for entry in &entries {
         log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
     }
-    let mut header = Header {
-        version: HEADER_VERSION,
-        chain_hash: parent.chain_hash,
-        height: parent.height + 1,
-        timestamp_ms: parent.timestamp_ms + 1,
-        prev_hash: parent.hash(),
-        log_size: log.size(),
-        log_root: log.root(),
-        difficulty,
-        nonce: 0,
-    };
+    let mut header = Header::child(parent, &log, parent.timestamp_ms + 1, difficulty);
     let report = pow::mine(&header, NonZeroUsize::MIN, &AtomicBool::new(false));
     match report.outcome {
         Outcome::Found { nonce, .. } => header.nonce = nonce,

@@ -1,7 +1,7 @@
 //! The block header, its fixed 136-byte encoding and the block hash.
 
 use super::codec::Reader;
-use super::{ChainError, Hash};
+use super::{ChainError, CompactRange, Hash};
 
 /// Header format version this build writes and accepts.
 pub const HEADER_VERSION: u32 = 1;
@@ -81,6 +81,27 @@ impl Header {
             difficulty: reader.u32()?,
             nonce: reader.u64()?,
         })
+    }
+
+    /// The unmined header of the block after `parent` whose entries bring the log to
+    /// `log` (nonce 0): what a primary mines.
+    pub fn child(
+        parent: &Header,
+        log: &CompactRange,
+        timestamp_ms: u64,
+        difficulty: u32,
+    ) -> Header {
+        Header {
+            version: HEADER_VERSION,
+            chain_hash: parent.chain_hash,
+            height: parent.height + 1,
+            timestamp_ms,
+            prev_hash: parent.hash(),
+            log_size: log.size(),
+            log_root: log.root(),
+            difficulty,
+            nonce: 0,
+        }
     }
 
     /// The block hash.
