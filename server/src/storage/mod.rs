@@ -557,7 +557,7 @@ impl Store {
             .into());
         }
         let txn = self.begin_write()?;
-        let tip_log_size;
+        let mut new_ids = Vec::with_capacity(block.entries.len());
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
@@ -576,7 +576,6 @@ impl Store {
                 }
                 .into());
             }
-            tip_log_size = tip.log_size;
             let expected_size = tip.log_size + block.entries.len() as u64;
             if header.log_size != expected_size {
                 return Err(ChainError::LogSizeMismatch {
@@ -591,13 +590,16 @@ impl Store {
             let mut ids = txn.open_table(ENTRY_IDS)?;
             let mut completed = Vec::new();
             let mut in_block = HashSet::with_capacity(block.entries.len());
+            // The read guard ends with this block, before the write lock below.
+            let map = self.id_map();
             for (log_index, entry) in (tip.log_size..).zip(&block.entries) {
                 let id = entry.id();
-                if !in_block.insert(id) || self.id_map().locate(&ids, &id)?.is_some() {
+                if !in_block.insert(id) || map.locate(&ids, &id)?.is_some() {
                     return Err(ChainError::DuplicateEntry { id }.into());
                 }
                 // Appended in log order: these writes fill the table's last pages.
                 ids.insert(log_index, id.as_bytes())?;
+                new_ids.push((id, log_index));
                 range.append(leaf_hash(id.as_bytes()), |level, index, node| {
                     completed.push(((level, index), *node));
                 });
@@ -626,19 +628,15 @@ impl Store {
         // The map learns the ids before the commit, under the write lock, so the next
         // writer cannot miss them; should the commit fail they are taken out again
         // (and until then they are candidates that `entry_ids` does not confirm).
-        let ids: Vec<(Hash, u64)> = (tip_log_size..)
-            .zip(&block.entries)
-            .map(|(index, entry)| (entry.id(), index))
-            .collect();
         {
             let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
-            for (id, log_index) in &ids {
+            for (id, log_index) in &new_ids {
                 map.insert(id, *log_index);
             }
         }
         if let Err(error) = txn.commit() {
             let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
-            for (id, log_index) in &ids {
+            for (id, log_index) in &new_ids {
                 map.remove(id, *log_index);
             }
             return Err(error.into());
