@@ -403,6 +403,13 @@ async fn blocks_are_cut_when_full_after_the_delay_or_on_mine_and_never_empty_by_
     let (_, body, _) = get(&router, "/v1/blocks/latest").await;
     let block: BlockView = json(&body);
     assert_eq!((block.header.height, block.entries.len()), (1, 5));
+    // Each entry of the block is served with its own data and place.
+    for (i, id) in block.entries.iter().enumerate() {
+        let (_, body, _) = get(&router, &format!("/v1/entries/{id}")).await;
+        let entry: EntryView = json(&body);
+        assert_eq!(entry.data, Some(format!("full {i}")));
+        assert_eq!(entry.log_index, Some(i as u64));
+    }
 
     // On request: POST /mine cuts a block now, empty if need be.
     let (status, body, _) = post(&router, "/mine", None).await;

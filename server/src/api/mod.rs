@@ -148,9 +148,8 @@ async fn read<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(node.store());
-    tokio::task::spawn_blocking(move || work(&store))
+    crate::node::blocking(move || work(&store))
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::from)
 }
 
@@ -336,10 +335,14 @@ async fn get_entry(
         let Some(receipt) = store.receipt(&id)? else {
             return Ok(None);
         };
-        let block = store.block(receipt.header.height)?;
-        let entry = block.and_then(|block| {
-            let location = store.entry_location(&id).ok().flatten()?;
-            block.entries.get(location.position as usize).cloned()
+        // The block's first leaf is its log size less its entries.
+        let entry = store.block(receipt.header.height)?.and_then(|block| {
+            let first = receipt
+                .header
+                .log_size
+                .checked_sub(block.entries.len() as u64)?;
+            let position = receipt.log_index.checked_sub(first)?;
+            block.entries.get(usize::try_from(position).ok()?).cloned()
         });
         Ok(entry.map(|entry| (entry, receipt)))
     })
