@@ -87,12 +87,13 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     Ok((Arc::new(store), key))
 }
 
-/// Runs the node of the config at `path` until `stop` resolves.
+/// Runs the node of `config` (read from `path`, which names it in messages) until
+/// `stop` resolves.
 pub async fn run(
     path: &Path,
+    config: NodeConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let config = NodeConfig::load(path)?;
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)

@@ -123,9 +123,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
-            daemon::init_logging(NodeConfig::load(&config)?.log_format);
-            runtime()?.block_on(daemon::run(&config, daemon::stop_signal()))?;
+        Command::Run { config: path } => {
+            let config = NodeConfig::load(&path)?;
+            daemon::init_logging(config.log_format);
+            runtime()?.block_on(daemon::run(&path, config, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config, check } => migrate(&config, check),
@@ -133,48 +134,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init: Some(DevInit::Init(layout)),
             ..
         }) => {
-            let written = dev_init(&layout)?;
+            single_node(&layout)?;
+            let written = config::dev_init(
+                &layout.dir,
+                layout.nodes,
+                layout.base_port,
+                layout.difficulty,
+            )?;
             for path in &written.configs {
                 println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(Dev { init: None, layout }) => {
-            if layout.nodes != 1 {
-                anyhow::bail!(
-                    "--nodes {}: a cluster needs the PBFT transport between nodes, which is not \
-                     built yet; run `ledgerd dev --nodes 1`",
-                    layout.nodes
-                );
+            single_node(&layout)?;
+            let path = layout.dir.join("node0").join("ledgerd.toml");
+            if !path.exists() {
+                config::dev_init(
+                    &layout.dir,
+                    layout.nodes,
+                    layout.base_port,
+                    layout.difficulty,
+                )?;
             }
-            let config = layout.dir.join("node0").join("ledgerd.toml");
-            if !config.exists() {
-                dev_init(&layout)?;
-            }
-            daemon::init_logging(NodeConfig::load(&config)?.log_format);
-            let api = NodeConfig::load(&config)?.api_listen;
+            let config = NodeConfig::load(&path)?;
+            daemon::init_logging(config.log_format);
+            let api = config.api_listen;
             println!("ledger dev: 1 node, data under {}", layout.dir.display());
-            println!("  node0 api http://{api}   (config {})", config.display());
+            println!("  node0 api http://{api}   (config {})", path.display());
             println!("try: curl -s -XPOST 'http://{api}/v1/entries?wait=commit' -d '{{\"data\":\"hello\"}}'");
-            runtime()?.block_on(daemon::run(&config, daemon::stop_signal()))?;
+            runtime()?.block_on(daemon::run(&path, config, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn dev_init(layout: &DevLayout) -> anyhow::Result<config::DevLayout> {
+/// Refuses a cluster of more than one node until the PBFT transport exists.
+fn single_node(layout: &DevLayout) -> anyhow::Result<()> {
     if layout.nodes != 1 {
         anyhow::bail!(
-            "--nodes {}: only single-node clusters run until the PBFT transport lands",
+            "--nodes {}: a cluster needs the PBFT transport between nodes, which is not built \
+             yet; run with --nodes 1",
             layout.nodes
         );
     }
-    Ok(config::dev_init(
-        &layout.dir,
-        layout.nodes,
-        layout.base_port,
-        layout.difficulty,
-    )?)
+    Ok(())
 }
 
 fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {
