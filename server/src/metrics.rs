@@ -46,6 +46,14 @@ impl Histogram {
     }
 }
 
+/// How a metric's atomic is shown.
+enum Value<'a> {
+    /// As the integer it holds.
+    Count(&'a AtomicU64),
+    /// Microseconds, shown as seconds (Prometheus' base unit).
+    Micros(&'a AtomicU64),
+}
+
 /// Everything `/metrics` reports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -87,69 +95,72 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let gauges: [(&str, &str, &str, &AtomicU64); 9] = [
+        let metrics: [(&str, &str, &str, Value); 9] = [
             (
                 "ledger_height",
                 "gauge",
                 "Height of the last applied block.",
-                &self.height,
+                Value::Count(&self.height),
             ),
             (
                 "ledger_pool_size",
                 "gauge",
                 "Entries waiting for a block.",
-                &self.pool_size,
+                Value::Count(&self.pool_size),
             ),
             (
                 "ledger_entries_accepted_total",
                 "counter",
                 "Entries accepted into the pool.",
-                &self.entries_accepted,
+                Value::Count(&self.entries_accepted),
             ),
             (
                 "ledger_entries_rejected_total",
                 "counter",
                 "Entries refused at submit.",
-                &self.entries_rejected,
+                Value::Count(&self.entries_rejected),
             ),
             (
                 "ledger_entries_committed_total",
                 "counter",
                 "Entries committed.",
-                &self.entries_committed,
+                Value::Count(&self.entries_committed),
             ),
             (
                 "ledger_blocks_applied_total",
                 "counter",
                 "Blocks applied to the store.",
-                &self.blocks_applied,
+                Value::Count(&self.blocks_applied),
             ),
             (
                 "ledger_pow_hashes_total",
                 "counter",
                 "Nonces tried by the miner.",
-                &self.pow_hashes,
+                Value::Count(&self.pow_hashes),
             ),
             (
                 "ledger_pow_hash_rate",
                 "gauge",
                 "Miner hash rate over the last block, hashes per second.",
-                &self.pow_hash_rate,
+                Value::Count(&self.pow_hash_rate),
             ),
             (
                 "ledger_pow_seconds_total",
                 "counter",
                 "Time spent mining.",
-                &self.pow_micros,
+                Value::Micros(&self.pow_micros),
             ),
         ];
-        for (name, kind, help, value) in gauges {
-            let value = value.load(Ordering::Relaxed);
+        for (name, kind, help, value) in metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            if name == "ledger_pow_seconds_total" {
-                let _ = writeln!(out, "{name} {}", value as f64 / 1e6);
-            } else {
-                let _ = writeln!(out, "{name} {value}");
+            match value {
+                Value::Count(count) => {
+                    let _ = writeln!(out, "{name} {}", count.load(Ordering::Relaxed));
+                }
+                Value::Micros(micros) => {
+                    let seconds = micros.load(Ordering::Relaxed) as f64 / 1e6;
+                    let _ = writeln!(out, "{name} {seconds}");
+                }
             }
         }
         self.commit_latency.render(
@@ -176,7 +187,10 @@ mod tests {
         metrics.commit_latency.observe(Duration::from_millis(3));
         metrics.commit_latency.observe(Duration::from_millis(30));
         metrics.height.store(7, Ordering::Relaxed);
+        metrics.record_mining(3_000, Duration::from_millis(1500));
         let text = metrics.render();
+        assert!(text.contains("ledger_pow_seconds_total 1.5\n"), "{text}");
+        assert!(text.contains("ledger_pow_hash_rate 2000\n"), "{text}");
         assert!(text.contains("ledger_height 7\n"), "{text}");
         assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.05\"} 2\n"));
