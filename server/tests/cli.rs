@@ -184,7 +184,8 @@ fn submit_wait_verify_and_refuse_tampering() {
     let parsed: serde_json::Value = serde_json::from_str(&original).unwrap();
     let tamperings: [(&str, Tamper); 3] = [
         ("receipt leaf index", |v| {
-            v["receipt"]["log_index"] = 5.into()
+            let index = v["receipt"]["log_index"].as_u64().unwrap();
+            v["receipt"]["log_index"] = (index + 5).into()
         }),
         ("certificate signature", |v| {
             let signature = v["receipt"]["certificate"]["signatures"][0]["signature"]
@@ -195,7 +196,9 @@ fn submit_wait_verify_and_refuse_tampering() {
                 format!("{flipped}{}", &signature[1..]).into();
         }),
         ("readable header", |v| {
-            v["receipt"]["header"]["nonce"] = 1.into()
+            // Always a different nonce: a fixed one could equal the mined nonce.
+            let nonce = v["receipt"]["header"]["nonce"].as_u64().unwrap();
+            v["receipt"]["header"]["nonce"] = nonce.wrapping_add(1).into()
         }),
     ];
     for (what, tamper) in tamperings {
