@@ -3,7 +3,7 @@
 
 mod block;
 mod certificate;
-mod codec;
+pub(crate) mod codec;
 mod entry;
 mod error;
 pub(crate) mod genesis;

@@ -1,0 +1,135 @@
+//! What a replica persists before it sends, and the state a restarted replica resumes
+//! from.
+//!
+//! The replica emits [`Record`]s; the driver makes each durable before it performs any
+//! later output, and folds them into a [`Durable`] (the simulator in memory, the node in
+//! redb). A replica rebuilt from that state cannot contradict what it signed: it knows
+//! the view it left, every block it pre-prepared or prepared, and every prepared
+//! certificate it may have to show in a VIEW-CHANGE (C&L TOCS §4.4 and §6.1).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::message::{CheckpointCertificate, Message, Payload, PreparedCertificate};
+use crate::chain::{Block, Hash};
+
+/// One durable fact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The replica left its view for `view` (a VIEW-CHANGE follows).
+    ViewChange {
+        /// The view it moves to.
+        view: u64,
+    },
+    /// The replica entered the NEW-VIEW it carries (sent or accepted).
+    NewView(Message),
+    /// The replica pre-prepared (as primary) or prepared (as backup) `block` in `view`.
+    Accepted {
+        /// The view.
+        view: u64,
+        /// The block.
+        block: Arc<Block>,
+        /// The primary's pre-prepare signature.
+        signature: [u8; 64],
+    },
+    /// The replica holds this prepared certificate (a COMMIT follows).
+    Prepared(PreparedCertificate),
+    /// A checkpoint became stable; everything at or below it may be forgotten.
+    Stable(CheckpointCertificate),
+}
+
+/// What was accepted at one height.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedBlock {
+    /// The view it was accepted in.
+    pub view: u64,
+    /// The block.
+    pub block: Arc<Block>,
+    /// The primary's pre-prepare signature.
+    pub signature: [u8; 64],
+}
+
+/// The durable consensus state of one height above the stable checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableSlot {
+    /// The latest block accepted at this height.
+    pub accepted: Option<AcceptedBlock>,
+    /// The highest-view prepared certificate.
+    pub prepared: Option<PreparedCertificate>,
+}
+
+/// Everything a replica needs to resume without equivocating.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durable {
+    /// The current view.
+    pub view: u64,
+    /// Whether the view was entered (false while changing views).
+    pub active: bool,
+    /// The NEW-VIEW that started the current view (none for view 0).
+    pub new_view: Option<Message>,
+    /// The stable checkpoint.
+    pub stable: CheckpointCertificate,
+    /// Per-height state above the stable checkpoint.
+    pub slots: BTreeMap<u64, DurableSlot>,
+}
+
+impl Durable {
+    /// The state of a replica that never ran: view 0, checkpoint at genesis.
+    pub fn genesis(genesis_hash: Hash) -> Durable {
+        Durable {
+            view: 0,
+            active: true,
+            new_view: None,
+            stable: CheckpointCertificate {
+                height: 0,
+                hash: genesis_hash,
+                votes: Vec::new(),
+            },
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// Folds one record in.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::ViewChange { view } => {
+                self.view = *view;
+                self.active = false;
+                self.new_view = None;
+            }
+            Record::NewView(message) => {
+                if let Payload::NewView(new_view) = &message.payload {
+                    self.view = new_view.view;
+                    self.active = true;
+                    self.new_view = Some(message.clone());
+                }
+            }
+            Record::Accepted {
+                view,
+                block,
+                signature,
+            } => {
+                let height = block.header.height;
+                if height > self.stable.height {
+                    self.slots.entry(height).or_default().accepted = Some(AcceptedBlock {
+                        view: *view,
+                        block: block.clone(),
+                        signature: *signature,
+                    });
+                }
+            }
+            Record::Prepared(certificate) => {
+                let height = certificate.header.height;
+                if height > self.stable.height {
+                    self.slots.entry(height).or_default().prepared = Some(certificate.clone());
+                }
+            }
+            Record::Stable(certificate) => {
+                if certificate.height > self.stable.height {
+                    self.stable = certificate.clone();
+                    self.slots = self.slots.split_off(&(certificate.height + 1));
+                }
+            }
+        }
+    }
+}
