@@ -7,11 +7,13 @@
 //! - [`pow`]: the proof-of-work miner (SHA-256 midstate, every core, cancellable). Pure CPU.
 //! - [`storage`]: the redb database behind one [`storage::Store`] type; one write
 //!   transaction per applied block.
+//! - [`consensus`]: the PBFT replica as a pure state machine. No IO, no clock.
 //! - [`node`]: the entry pool and the block producer (cut, mine, certify, apply).
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
 //! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
 //! - [`metrics`]: Prometheus text metrics.
+//! - [`sim`]: the deterministic simulator that runs replicas over a hostile network.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
 //!
 //! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
@@ -20,9 +22,11 @@
 pub mod api;
 pub mod chain;
 pub mod config;
+pub mod consensus;
 pub mod daemon;
 pub mod metrics;
 pub mod node;
 pub mod pow;
+pub mod sim;
 pub mod storage;
 pub mod testing;

@@ -1,0 +1,298 @@
+//! Byzantine members: a real replica whose outputs are rewritten before they leave.
+//! Each behaviour signs with the member's real key, so only the protocol (not a
+//! signature check) can stand in its way, except where forging is the point.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+
+use super::{mine, Rng};
+use crate::chain::{Block, Hash};
+use crate::consensus::{pre_prepare_digest, MemberIndex, Message, Output, Payload, Replica};
+
+/// What a Byzantine member does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Behaviour {
+    /// As primary, sends one block to half the members and another to the rest, and
+    /// commits to each half what it was shown.
+    Equivocate,
+    /// Prepares and commits a random block hash towards half the members.
+    ConflictingVotes,
+    /// Corrupts signatures and impersonates other members.
+    ForgeSignatures,
+    /// As primary, proposes invalid blocks: bad PoW, wrong parent, bad log root, a
+    /// timestamp far ahead, a body that does not match the header.
+    InvalidBlocks,
+    /// As primary, never sends a pre-prepare.
+    Withhold,
+    /// Sends old messages (older views, older heights) again to random members.
+    Replay,
+    /// As a new primary, replaces the last re-proposal of its NEW-VIEW.
+    BogusNewView,
+    /// Two processes run with one key.
+    Twin,
+    /// Never runs.
+    Silent,
+}
+
+impl Behaviour {
+    /// Every behaviour.
+    pub const ALL: [Behaviour; 9] = [
+        Behaviour::Equivocate,
+        Behaviour::ConflictingVotes,
+        Behaviour::ForgeSignatures,
+        Behaviour::InvalidBlocks,
+        Behaviour::Withhold,
+        Behaviour::Replay,
+        Behaviour::BogusNewView,
+        Behaviour::Twin,
+        Behaviour::Silent,
+    ];
+
+    /// Its name in scenario names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Behaviour::Equivocate => "equivocate",
+            Behaviour::ConflictingVotes => "conflicting-votes",
+            Behaviour::ForgeSignatures => "forge-signatures",
+            Behaviour::InvalidBlocks => "invalid-blocks",
+            Behaviour::Withhold => "withhold",
+            Behaviour::Replay => "replay",
+            Behaviour::BogusNewView => "bogus-new-view",
+            Behaviour::Twin => "twin",
+            Behaviour::Silent => "silent",
+        }
+    }
+}
+
+/// The state of one Byzantine member's rewriting.
+pub(super) struct Adversary {
+    behaviour: Behaviour,
+    key: SigningKey,
+    seen: VecDeque<Message>,
+}
+
+/// What colluding Byzantine members share: for each block one of them equivocated
+/// on, the other block, both ways, and which of the two the first half was shown.
+#[derive(Default)]
+pub(super) struct Collusion {
+    other: HashMap<Hash, Hash>,
+    shown_first: HashSet<Hash>,
+}
+
+/// Members 0, 2, 4, ... see one story, the others another.
+fn first_half(member: MemberIndex) -> bool {
+    member.is_multiple_of(2)
+}
+
+/// The same entries one millisecond later: another valid block on the same parent.
+fn alternative(block: &Block) -> Block {
+    let mut template = block.clone();
+    template.header.timestamp_ms += 1;
+    mine(&template)
+}
+
+impl Adversary {
+    pub(super) fn new(behaviour: Behaviour, key: SigningKey) -> Adversary {
+        Adversary {
+            behaviour,
+            key,
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// Remembers messages received, for replaying later.
+    pub(super) fn observe(&mut self, message: &Message) {
+        if self.behaviour == Behaviour::Replay {
+            self.seen.push_back(message.clone());
+            if self.seen.len() > 512 {
+                self.seen.pop_front();
+            }
+        }
+    }
+
+    /// Old messages to send again this tick.
+    pub(super) fn replays(&mut self, rng: &mut Rng, members: usize) -> Vec<(MemberIndex, Message)> {
+        if self.behaviour != Behaviour::Replay || self.seen.is_empty() || !rng.chance(0.3) {
+            return Vec::new();
+        }
+        let message = self.seen[rng.below(self.seen.len() as u64) as usize].clone();
+        vec![(rng.below(members as u64) as MemberIndex, message)]
+    }
+
+    /// Rewrites a replica's outputs.
+    pub(super) fn tamper(
+        &mut self,
+        outputs: Vec<Output>,
+        replica: &Replica,
+        rng: &mut Rng,
+        members: usize,
+        collusion: &mut Collusion,
+    ) -> Vec<Output> {
+        let me = replica.me();
+        let chain_hash = replica.chain_hash();
+        let sign = |payload: Payload| Message::sign(&chain_hash, me, &self.key, payload);
+        let others: Vec<MemberIndex> = (0..members as MemberIndex).filter(|m| *m != me).collect();
+        let mut out = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let Output::Broadcast(message) = output else {
+                out.push(output);
+                continue;
+            };
+            match (self.behaviour, &message.payload) {
+                (Behaviour::Equivocate, Payload::PrePrepare { view, block }) => {
+                    let other = Arc::new(alternative(block));
+                    collusion.other.insert(block.hash(), other.hash());
+                    collusion.other.insert(other.hash(), block.hash());
+                    collusion.shown_first.insert(block.hash());
+                    let forged = sign(Payload::PrePrepare {
+                        view: *view,
+                        block: other,
+                    });
+                    split(&mut out, &others, message.clone(), forged);
+                }
+                (
+                    Behaviour::Equivocate,
+                    Payload::Prepare { view, height, hash }
+                    | Payload::Commit { view, height, hash },
+                ) => match collusion.other.get(hash) {
+                    // Every colluder votes, towards each half, for the block that half saw.
+                    Some(other) => {
+                        let commit = matches!(message.payload, Payload::Commit { .. });
+                        let vote = |hash: Hash| {
+                            let (view, height) = (*view, *height);
+                            sign(if commit {
+                                Payload::Commit { view, height, hash }
+                            } else {
+                                Payload::Prepare { view, height, hash }
+                            })
+                        };
+                        let (first, second) = if collusion.shown_first.contains(hash) {
+                            (*hash, *other)
+                        } else {
+                            (*other, *hash)
+                        };
+                        split(&mut out, &others, vote(first), vote(second));
+                    }
+                    None => out.push(Output::Broadcast(message)),
+                },
+                (Behaviour::ConflictingVotes, Payload::Prepare { view, height, .. }) => {
+                    let forged = sign(Payload::Prepare {
+                        view: *view,
+                        height: *height,
+                        hash: Hash(rng.bytes32()),
+                    });
+                    split(&mut out, &others, message.clone(), forged);
+                }
+                (Behaviour::ConflictingVotes, Payload::Commit { view, height, .. }) => {
+                    let forged = sign(Payload::Commit {
+                        view: *view,
+                        height: *height,
+                        hash: Hash(rng.bytes32()),
+                    });
+                    split(&mut out, &others, message.clone(), forged);
+                }
+                (Behaviour::ForgeSignatures, _) => {
+                    for to in &others {
+                        let mut copy = message.clone();
+                        match rng.below(3) {
+                            0 => copy.signature[rng.below(64) as usize] ^= 1 << rng.below(8),
+                            1 => copy.from = others[rng.below(others.len() as u64) as usize],
+                            _ => {}
+                        }
+                        out.push(Output::Send {
+                            to: *to,
+                            message: copy,
+                        });
+                    }
+                }
+                (Behaviour::InvalidBlocks, Payload::PrePrepare { view, block }) => {
+                    let bad = Arc::new(invalid(block, rng));
+                    out.push(Output::Broadcast(sign(Payload::PrePrepare {
+                        view: *view,
+                        block: bad,
+                    })));
+                }
+                (Behaviour::Withhold, Payload::PrePrepare { .. }) => {}
+                (Behaviour::BogusNewView, Payload::NewView(new_view)) => {
+                    let mut bogus = new_view.clone();
+                    let replaced = bogus.proposals.last_mut().and_then(|proposal| {
+                        let body = replica.block(&proposal.header.hash())?;
+                        let other = Arc::new(alternative(&body));
+                        proposal.header = other.header;
+                        let digest = pre_prepare_digest(
+                            &chain_hash,
+                            bogus.view,
+                            other.header.height,
+                            &other.hash(),
+                        );
+                        proposal.signature = self.key.sign(digest.as_bytes()).to_bytes();
+                        Some(other)
+                    });
+                    match replaced {
+                        Some(other) => {
+                            // The body, so replicas need not fetch it, and this
+                            // member's commit, as a colluder would vote.
+                            let (view, height, hash) =
+                                (bogus.view, other.header.height, other.hash());
+                            out.push(Output::Broadcast(sign(Payload::NewView(bogus))));
+                            out.push(Output::Broadcast(sign(Payload::PrePrepare {
+                                view,
+                                block: other,
+                            })));
+                            out.push(Output::Broadcast(sign(Payload::Commit {
+                                view,
+                                height,
+                                hash,
+                            })));
+                        }
+                        None => out.push(Output::Broadcast(message)),
+                    }
+                }
+                _ => out.push(Output::Broadcast(message)),
+            }
+        }
+        out
+    }
+}
+
+/// Sends `first` to the first half of `others` and `second` to the rest.
+fn split(out: &mut Vec<Output>, others: &[MemberIndex], first: Message, second: Message) {
+    for to in others {
+        let message = if first_half(*to) {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        out.push(Output::Send { to: *to, message });
+    }
+}
+
+/// A block no honest replica may accept, signed as if it were fine.
+fn invalid(block: &Block, rng: &mut Rng) -> Block {
+    let mut bad = block.clone();
+    match rng.below(5) {
+        0 => {
+            // Bad PoW: a nonce that misses the difficulty.
+            while bad.header.meets_difficulty() {
+                bad.header.nonce = bad.header.nonce.wrapping_add(1);
+            }
+            return bad;
+        }
+        1 => bad.header.prev_hash = Hash(rng.bytes32()),
+        2 => bad.header.log_root = Hash(rng.bytes32()),
+        3 => bad.header.timestamp_ms += 86_400_000,
+        _ => {
+            // A body that does not match the header's log root.
+            match bad.entries.first().cloned() {
+                Some(entry) => bad.entries.push(entry),
+                None => bad.header.log_root = Hash(rng.bytes32()),
+            }
+            if !bad.entries.is_empty() {
+                return bad;
+            }
+        }
+    }
+    mine(&bad)
+}

@@ -1,0 +1,149 @@
+//! The deterministic simulator as tests: a fixed set of seeds per catalogue scenario
+//! must find no violation, a seed must replay exactly, and each deliberate protocol
+//! break must make the checker report a violation (a checker that cannot fail proves
+//! nothing). `ledger-sim --seeds N` runs the large sweep.
+
+use ledger::consensus::Flaws;
+use ledger::sim::{Behaviour, Cut, Report, Scenario, Sim, Violation};
+
+/// Seeds per scenario in CI; the sweep binary runs far more.
+const SEEDS: u64 = 4;
+
+fn run_catalogue(members: usize) {
+    let scenarios: Vec<Scenario> = Scenario::catalogue()
+        .into_iter()
+        .filter(|s| s.members == members)
+        .collect();
+    assert!(!scenarios.is_empty());
+    for scenario in scenarios {
+        for seed in 0..SEEDS {
+            let report = Sim::new(scenario.clone(), seed).run();
+            assert!(report.violation.is_none(), "{report}");
+            assert!(report.height > 0, "{report}: nothing committed");
+        }
+    }
+}
+
+#[test]
+fn four_members_survive_every_scenario() {
+    run_catalogue(4);
+}
+
+#[test]
+fn seven_members_survive_every_scenario() {
+    run_catalogue(7);
+}
+
+#[test]
+fn ten_members_survive_every_scenario() {
+    run_catalogue(10);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let scenario = Scenario::named("partitions-4").expect("catalogue scenario");
+    let first = Sim::new(scenario.clone(), 7).run();
+    let second = Sim::new(scenario, 7).run();
+    assert_eq!(
+        (first.events, first.height, first.view, first.end_ms),
+        (second.events, second.height, second.view, second.end_ms)
+    );
+}
+
+/// The first seed in `0..limit` whose run reports a violation.
+fn first_violation(scenario: &Scenario, limit: u64) -> Report {
+    (0..limit)
+        .map(|seed| Sim::new(scenario.clone(), seed).run())
+        .find(|report| report.violation.is_some())
+        .unwrap_or_else(|| panic!("{}: no seed below {limit} broke the checker", scenario.name))
+}
+
+#[test]
+fn a_quorum_of_2f_lets_an_equivocating_primary_split_the_replicas() {
+    let mut scenario = Scenario::new("weak-quorum", 4);
+    scenario.byzantine = vec![(0, Behaviour::Equivocate)];
+    scenario.flaws = Flaws {
+        weak_quorum: true,
+        ..Flaws::default()
+    };
+    let report = first_violation(&scenario, 20);
+    assert!(
+        matches!(
+            report.violation,
+            Some(Violation::Conflict { .. } | Violation::BadCertificate { .. })
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn f_plus_one_colluding_members_split_the_replicas() {
+    let mut scenario = Scenario::new("f-plus-one", 4);
+    scenario.byzantine = vec![(0, Behaviour::Equivocate), (1, Behaviour::Equivocate)];
+    let report = first_violation(&scenario, 20);
+    assert!(
+        matches!(report.violation, Some(Violation::Conflict { .. })),
+        "{report}"
+    );
+}
+
+#[test]
+fn skipping_the_chaining_rule_is_caught() {
+    // Prepares for height 2 are lost, so block 2 is never prepared; a replica that
+    // prepares block 3 anyway lets it be committed on a parent the next view drops.
+    let mut scenario = Scenario::new("skip-chaining", 4);
+    scenario.cuts = vec![Cut {
+        kind: "prepare",
+        height: Some(2),
+        to: None,
+        from_ms: 0,
+        until_ms: scenario.faulty_ms,
+    }];
+    scenario.flaws = Flaws {
+        skip_chaining: true,
+        ..Flaws::default()
+    };
+    let report = first_violation(&scenario, 20);
+    assert!(report.violation.is_some(), "{report}");
+    // The same faults without the flaw are survived.
+    scenario.flaws = Flaws::default();
+    for seed in 0..4 {
+        let report = Sim::new(scenario.clone(), seed).run();
+        assert!(report.violation.is_none(), "{report}");
+    }
+}
+
+#[test]
+fn trusting_a_new_view_without_recomputing_it_is_caught() {
+    // Commits to members 2 and 3 are lost, so only member 0 applies the last block
+    // before the view change; member 1, the next primary, replaces that block in its
+    // NEW-VIEW. Replicas that take the NEW-VIEW on trust commit the replacement.
+    let mut scenario = Scenario::new("trust-new-view", 4);
+    scenario.byzantine = vec![(1, Behaviour::BogusNewView)];
+    scenario.network.drop = 0.0;
+    for member in [2, 3] {
+        for kind in ["commit", "committed-blocks"] {
+            scenario.cuts.push(Cut {
+                kind,
+                height: None,
+                to: Some(member),
+                from_ms: 0,
+                until_ms: scenario.faulty_ms,
+            });
+        }
+    }
+    scenario.flaws = Flaws {
+        trust_new_view: true,
+        ..Flaws::default()
+    };
+    let report = first_violation(&scenario, 20);
+    assert!(
+        matches!(report.violation, Some(Violation::Conflict { .. })),
+        "{report}"
+    );
+    scenario.flaws = Flaws::default();
+    for seed in 0..4 {
+        let report = Sim::new(scenario.clone(), seed).run();
+        assert!(report.violation.is_none(), "{report}");
+    }
+}
