@@ -507,6 +507,11 @@ impl Replica {
         self.blocks.get(hash).cloned()
     }
 
+    /// Signatures this replica verified on the curve so far.
+    pub fn signatures_checked(&self) -> u64 {
+        self.config.verifier.signatures_checked()
+    }
+
     /// Inputs refused so far, by reason.
     pub fn drops(&self) -> &BTreeMap<DropReason, u64> {
         &self.drops
@@ -1418,6 +1423,12 @@ impl Replica {
         for id in &ids {
             self.pending.remove(id);
         }
+        // Removed ids leave `order` lazily, from the front; one long wait at the front
+        // must not let the rest pile up behind it.
+        if self.order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.order.retain(|id| pending.contains_key(id));
+        }
         if height > self.low() {
             let slot = self.slots.entry(height).or_default();
             slot.applied = Some(hash);
@@ -1491,6 +1502,21 @@ impl Replica {
         if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
             return;
         }
+        // An exact shortcut, taken on most inputs: fewer entries than a block holds,
+        // the oldest younger than the delay, and no cut asked for mean no block is
+        // due, whatever is in flight; the full scan below clones entries.
+        let limit = self.config.params.max_block_entries as usize;
+        let delay = self.config.timing.max_block_delay_ms;
+        let now = self.now_ms;
+        let oldest_age = self
+            .oldest_pending()
+            .map(|pending| now.saturating_sub(pending.arrived_ms));
+        if !self.cut_requested
+            && self.pending.len() < limit
+            && oldest_age.is_none_or(|age| age < delay)
+        {
+            return;
+        }
         let tip = self.tip.header.height;
         let mut parent_height = tip;
         let mut parent = self.tip.header;
@@ -1520,7 +1546,6 @@ impl Replica {
         if height > self.high() {
             return;
         }
-        let limit = self.config.params.max_block_entries as usize;
         let mut entries = Vec::new();
         let mut oldest = None;
         for id in &self.order {
