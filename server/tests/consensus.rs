@@ -240,7 +240,25 @@ fn out_of_place_messages_are_dropped_with_a_reason() {
     let mut stranger = vote(&setup, 2, false, 0, &block);
     stranger.from = 9;
     assert_eq!(message(&mut backup, stranger), ["dropped NotMember"]);
-    assert_eq!(backup.drops().values().sum::<u64>(), 5);
+    // More prepared certificates than a window holds are refused before any
+    // signature is checked.
+    let oversized = ledger::consensus::ViewChange {
+        new_view: 1,
+        checkpoint: other_checkpoint(&setup),
+        prepared: (1..=5)
+            .map(|height| ledger::consensus::PreparedCertificate {
+                view: 0,
+                header: Header {
+                    height,
+                    ..genesis.header
+                },
+                votes: Vec::new(),
+            })
+            .collect(),
+    };
+    let change = setup.sign(2, Payload::ViewChange(oversized));
+    assert_eq!(message(&mut backup, change), ["dropped OutsideWindow"]);
+    assert_eq!(backup.drops().values().sum::<u64>(), 6);
 }
 
 /// DESIGN.md, validation: a block that fails validation is never prepared.

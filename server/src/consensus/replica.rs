@@ -673,6 +673,11 @@ impl Replica {
                 if change.new_view < self.view || (change.new_view == self.view && self.active) {
                     return Err(DropReason::Stale);
                 }
+                // An honest replica holds prepared certificates for one window at
+                // most; more would only make this replica check signatures in vain.
+                if change.prepared.len() as u64 > self.config.window {
+                    return Err(DropReason::OutsideWindow);
+                }
                 match self.view_changes.get(&message.from) {
                     Some(Message {
                         payload: Payload::ViewChange(known),
