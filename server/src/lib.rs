@@ -12,6 +12,7 @@
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
 //! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
+//! - [`net`]: node-to-node framing (the transport grows here).
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`sim`]: the deterministic simulator that runs replicas over a hostile network.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod consensus;
 pub mod daemon;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod pow;
 pub mod sim;
