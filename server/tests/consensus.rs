@@ -367,16 +367,7 @@ fn timers_and_the_f_plus_one_rule_start_view_changes() {
     );
 
     let mut other = setup.replica(2);
-    let change = |from: usize, view: u64| {
-        setup.sign(
-            from,
-            Payload::ViewChange(ledger::consensus::ViewChange {
-                new_view: view,
-                checkpoint: other_checkpoint(&setup),
-                prepared: Vec::new(),
-            }),
-        )
-    };
+    let change = |from: usize, view: u64| empty_view_change(&setup, from, view);
     assert!(message(&mut other, change(1, 3)).is_empty());
     // The second (f + 1 = 2) pulls member 2 to the smaller of the two views.
     let outputs = message(&mut other, change(3, 2));
@@ -387,6 +378,66 @@ fn timers_and_the_f_plus_one_rule_start_view_changes() {
             "broadcast view-change v2 prepared 0"
         ]
     );
+}
+
+/// §5.2: what a replica lacks is sent again. One that still asks for a view this
+/// replica has entered gets its NEW-VIEW; one that asks for a view this replica
+/// left unentered gets this replica's VIEW-CHANGE for it, so a replica that timed
+/// out ahead never leaves the others short of a quorum. Answers need a valid
+/// signature and come at most once per retransmit interval.
+#[test]
+fn members_stuck_in_an_older_view_change_get_what_they_lack() {
+    let setup = Setup::new(4);
+    let change = |from: usize, view: u64| empty_view_change(&setup, from, view);
+
+    // Member 1, primary of view 1, enters it on the view changes of 2 and 3.
+    let mut primary = setup.replica(1);
+    assert!(message(&mut primary, change(2, 1)).is_empty());
+    let outputs = message(&mut primary, change(3, 1));
+    assert_eq!(outputs[0], "persist view-change v1");
+    assert!(primary.is_active());
+    // Member 3 missed the NEW-VIEW and resends its VIEW-CHANGE.
+    assert_eq!(
+        message(&mut primary, change(3, 1)),
+        ["send 3 new-view v1 proposals 0", "dropped Stale"]
+    );
+    assert_eq!(message(&mut primary, change(3, 1)), ["dropped Stale"]);
+
+    // Member 2 reaches a quorum for view 1, waits in vain, and moves on to view 2.
+    let mut ahead = setup.replica(2);
+    message(&mut ahead, change(1, 1));
+    message(&mut ahead, change(3, 1));
+    // The timeout has doubled once (§4.5.2).
+    let later = setup.now + 2 * TIMING.view_change_timeout_ms;
+    let outputs = feed(&mut ahead, Input::Tick { now_ms: later });
+    assert_eq!(
+        outputs,
+        [
+            "persist view-change v2",
+            "broadcast view-change v2 prepared 0"
+        ]
+    );
+    // A forgery in member 3's name gets nothing; member 3's own request gets member
+    // 2's VIEW-CHANGE for view 1, which member 1 may never have received.
+    let mut forged = change(3, 1);
+    forged.signature[0] ^= 1;
+    assert_eq!(message(&mut ahead, forged), ["dropped Stale"]);
+    assert_eq!(
+        message(&mut ahead, change(3, 1)),
+        ["send 3 view-change v1 prepared 0", "dropped Stale"]
+    );
+}
+
+/// A VIEW-CHANGE from `from` for `view` with nothing prepared.
+fn empty_view_change(setup: &Setup, from: usize, view: u64) -> Message {
+    setup.sign(
+        from,
+        Payload::ViewChange(ledger::consensus::ViewChange {
+            new_view: view,
+            checkpoint: other_checkpoint(setup),
+            prepared: Vec::new(),
+        }),
+    )
 }
 
 fn other_checkpoint(setup: &Setup) -> ledger::consensus::CheckpointCertificate {

@@ -39,6 +39,19 @@ fn ten_members_survive_every_scenario() {
     run_catalogue(10);
 }
 
+/// Seeds the 100,000-seed sweep once failed on, kept so the fix stays fixed: a
+/// replica that timed out to the next view alone, the others short of its
+/// VIEW-CHANGE (or of the NEW-VIEW) for the view before.
+#[test]
+fn past_sweep_failures_stay_fixed() {
+    let failures = [("silent-4", 13294), ("silent-4", 26903)];
+    for (name, seed) in failures {
+        let scenario = Scenario::named(name).expect("catalogue scenario");
+        let report = Sim::new(scenario, seed).run();
+        assert!(report.violation.is_none(), "{report}");
+    }
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let scenario = Scenario::named("partitions-4").expect("catalogue scenario");

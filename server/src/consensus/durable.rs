@@ -65,7 +65,8 @@ pub struct Durable {
     pub view: u64,
     /// Whether the view was entered (false while changing views).
     pub active: bool,
-    /// The NEW-VIEW that started the current view (none for view 0).
+    /// The NEW-VIEW that started the last view entered (none for view 0); kept while
+    /// changing views, for members that missed it.
     pub new_view: Option<Message>,
     /// The stable checkpoint.
     pub stable: CheckpointCertificate,
@@ -95,7 +96,6 @@ impl Durable {
             Record::ViewChange { view } => {
                 self.view = *view;
                 self.active = false;
-                self.new_view = None;
             }
             Record::NewView(message) => {
                 if let Payload::NewView(new_view) = &message.payload {

@@ -9,6 +9,14 @@
 //! commits; *applied* strictly in height order once committed. The chaining rule: a
 //! block is accepted at h + 1 only on top of the block prepared at h in the same view
 //! (or the applied tip), so a view change can never leave a hole under a prepared block.
+//!
+//! Liveness leans on retransmission (C&L §5.2): the paper's timer rule (§4.5.2) lets
+//! a replica that saw 2f + 1 VIEW-CHANGEs time out into the next view while others,
+//! having lost one of those messages, still wait for a quorum in the view before. A
+//! replica no longer resends messages of a view it left, so a request for a past view
+//! is answered instead: with the NEW-VIEW if this replica entered that view, else with
+//! its VIEW-CHANGE for it (truthful, as nothing is prepared while changing views). The
+//! 100,000-seed simulator sweep found the deadlock this closes.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -334,9 +342,13 @@ pub struct Replica {
     /// The highest checkpoint each member claimed (signature checked).
     claims: Vec<u64>,
     my_checkpoint: Option<Message>,
-    /// Each member's latest VIEW-CHANGE.
-    view_changes: BTreeMap<MemberIndex, Message>,
+    /// VIEW-CHANGE messages by (view, sender): per member at most one for the current
+    /// view and its latest for a higher view.
+    view_changes: BTreeMap<(u64, MemberIndex), Message>,
+    /// The NEW-VIEW of the last view entered, kept while changing views.
     new_view: Option<Message>,
+    /// When each member was last answered for a stale VIEW-CHANGE.
+    answered: Vec<Option<u64>>,
     view_change_deadline: Option<u64>,
     consecutive_view_changes: u32,
     pending: HashMap<Hash, Pending>,
@@ -393,7 +405,8 @@ impl Replica {
             claims: vec![0; n],
             my_checkpoint: None,
             view_changes: BTreeMap::new(),
-            new_view: None,
+            new_view: durable.new_view.clone(),
+            answered: vec![None; n],
             view_change_deadline: None,
             consecutive_view_changes: 0,
             pending: HashMap::new(),
@@ -448,7 +461,6 @@ impl Replica {
                         }
                     }
                 }
-                replica.new_view = Some(message);
             }
         } else {
             // Sign the same VIEW-CHANGE again: nothing prepared since it was sent.
@@ -593,6 +605,9 @@ impl Replica {
                     self.seen_height = self.seen_height.max(*height);
                 }
             }
+            if let (DropReason::Stale, Payload::ViewChange(change)) = (reason, &message.payload) {
+                self.answer_stale_view_change(&message, change.new_view);
+            }
             return self.drop_input(Some(from), kind, reason);
         }
         if let Err(invalid) = self.config.verifier.check_message(&message) {
@@ -615,7 +630,10 @@ impl Replica {
             Payload::Checkpoint { height, hash } => {
                 self.on_checkpoint(from, height, hash, message.signature)
             }
-            Payload::ViewChange(_) => self.on_view_change(from, message),
+            Payload::ViewChange(ref change) => {
+                let view = change.new_view;
+                self.on_view_change(from, view, message)
+            }
             Payload::NewView(_) => self.on_new_view(message),
         }
     }
@@ -678,12 +696,18 @@ impl Replica {
                 if change.prepared.len() as u64 > self.config.window {
                     return Err(DropReason::OutsideWindow);
                 }
-                match self.view_changes.get(&message.from) {
-                    Some(Message {
-                        payload: Payload::ViewChange(known),
-                        ..
-                    }) if known.new_view >= change.new_view => Err(DropReason::Duplicate),
-                    _ => Ok(()),
+                let from = message.from;
+                let known = if change.new_view == self.view {
+                    self.view_changes.contains_key(&(self.view, from))
+                } else {
+                    self.view_changes
+                        .range((change.new_view, 0)..)
+                        .any(|((_, member), _)| *member == from)
+                };
+                if known {
+                    Err(DropReason::Duplicate)
+                } else {
+                    Ok(())
                 }
             }
             Payload::NewView(new_view) => {
@@ -857,18 +881,19 @@ impl Replica {
         }
     }
 
-    fn on_view_change(&mut self, from: MemberIndex, message: Message) {
-        self.view_changes.insert(from, message);
+    fn on_view_change(&mut self, from: MemberIndex, view: u64, message: Message) {
+        if view > self.view {
+            // Only the sender's latest wish for a higher view counts.
+            self.view_changes
+                .retain(|(v, member), _| *member != from || *v <= self.view);
+        }
+        self.view_changes.insert((view, from), message);
         // f + 1 members want a higher view: at least one is honest, so follow the
         // smallest view among the f + 1 highest (C&L §4.5.2, liveness).
         let mut higher: Vec<u64> = self
             .view_changes
-            .iter()
-            .filter(|(member, _)| **member != self.config.me)
-            .filter_map(|(_, message)| match &message.payload {
-                Payload::ViewChange(change) if change.new_view > self.view => Some(change.new_view),
-                _ => None,
-            })
+            .range((self.view + 1, 0)..)
+            .map(|((view, _), _)| *view)
             .collect();
         let f = self.config.verifier.max_faulty();
         if higher.len() > f {
@@ -1084,7 +1109,7 @@ impl Replica {
                     again.push(new_view.clone());
                 }
             }
-        } else if let Some(message) = self.view_changes.get(&self.config.me) {
+        } else if let Some(message) = self.view_changes.get(&(self.view, self.config.me)) {
             again.push(message.clone());
         }
         if let Some(checkpoint) = &self.my_checkpoint {
@@ -1595,7 +1620,6 @@ impl Replica {
         }
         self.view = target;
         self.active = false;
-        self.new_view = None;
         self.mined = None;
         if self.mining.take().is_some() {
             self.out.push(Output::CancelMining);
@@ -1607,11 +1631,7 @@ impl Replica {
             slot.sent.clear();
             slot.fetching = false;
         }
-        self.view_changes
-            .retain(|_, message| match &message.payload {
-                Payload::ViewChange(change) => change.new_view >= target,
-                _ => false,
-            });
+        self.view_changes = self.view_changes.split_off(&(target, 0));
         self.view_change_deadline = None;
         self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
         self.out
@@ -1627,33 +1647,88 @@ impl Replica {
         if self.active || self.view_change_deadline.is_some() {
             return;
         }
-        let view = self.view;
-        let wanting = self
-            .view_changes
-            .values()
-            .filter(|m| matches!(&m.payload, Payload::ViewChange(c) if c.new_view == view))
-            .count();
-        if wanting >= self.quorum() {
+        if self.wanting(self.view).count() >= self.quorum() {
             self.view_change_deadline =
                 Some(self.now_ms.saturating_add(self.view_change_timeout()));
         }
     }
 
-    fn send_view_change(&mut self) {
+    /// The VIEW-CHANGE messages received for `view`.
+    fn wanting(&self, view: u64) -> impl Iterator<Item = &Message> {
+        self.view_changes
+            .range((view, 0)..=(view, MemberIndex::MAX))
+            .map(|(_, message)| message)
+    }
+
+    /// The last view this replica entered: it prepared nothing in any view above it.
+    fn entered(&self) -> u64 {
+        match self.new_view.as_ref().map(|m| &m.payload) {
+            Some(Payload::NewView(new_view)) => new_view.view,
+            _ => 0,
+        }
+    }
+
+    /// This replica's VIEW-CHANGE for `view`: its stable checkpoint and every
+    /// prepared certificate above it. True for any view above the one it last
+    /// entered, since it prepares nothing while changing views.
+    fn view_change(&self, view: u64) -> Message {
         let low = self.low();
-        let change = ViewChange {
-            new_view: self.view,
+        self.sign(Payload::ViewChange(ViewChange {
+            new_view: view,
             checkpoint: self.stable.clone(),
             prepared: self
                 .slots
                 .range(low + 1..)
                 .filter_map(|(_, slot)| slot.prepared.clone())
                 .collect(),
-        };
-        let message = self.sign(Payload::ViewChange(change));
-        self.view_changes.insert(self.config.me, message.clone());
+        }))
+    }
+
+    fn send_view_change(&mut self) {
+        let message = self.view_change(self.view);
+        self.view_changes
+            .insert((self.view, self.config.me), message.clone());
         self.out.push(Output::Broadcast(message));
         self.arm_view_change_timer();
+    }
+
+    /// A member still asks for a view this replica has left or entered: it lost
+    /// messages it needs, and the senders no longer resend them. Left alone, a
+    /// replica that timed out ahead of the rest and the rest waiting for its
+    /// VIEW-CHANGE would wait for each other forever. So it gets the NEW-VIEW of
+    /// this view if this replica is in one, else this replica's VIEW-CHANGE for the
+    /// view it asks for (C&L §5.2: what a replica lacks is sent again). Verified
+    /// and answered at most once per retransmit interval, so replays cost little.
+    fn answer_stale_view_change(&mut self, message: &Message, view: u64) {
+        let from = message.from;
+        let last = self.answered[usize::from(from)];
+        let interval = self.config.timing.retransmit_ms / 2;
+        if last.is_some_and(|at| self.now_ms.saturating_sub(at) < interval) {
+            return;
+        }
+        let digest = message.digest(&self.chain_hash());
+        if self
+            .config
+            .verifier
+            .check(from, &digest, &message.signature)
+            .is_err()
+        {
+            return;
+        }
+        let answer = if view <= self.entered() {
+            self.new_view.clone()
+        } else if view < self.view {
+            Some(self.view_change(view))
+        } else {
+            None
+        };
+        if let Some(answer) = answer {
+            self.answered[usize::from(from)] = Some(self.now_ms);
+            self.out.push(Output::Send {
+                to: from,
+                message: answer,
+            });
+        }
     }
 
     /// The new primary, holding 2f + 1 view changes for its view, computes and sends
@@ -1663,12 +1738,7 @@ impl Replica {
             return;
         }
         let view = self.view;
-        let changes: Vec<Message> = self
-            .view_changes
-            .values()
-            .filter(|m| matches!(&m.payload, Payload::ViewChange(c) if c.new_view == view))
-            .cloned()
-            .collect();
+        let changes: Vec<Message> = self.wanting(view).cloned().collect();
         if changes.len() < self.quorum() {
             return;
         }
@@ -1760,10 +1830,7 @@ impl Replica {
         self.active = true;
         self.view_change_deadline = None;
         self.new_view = Some(message);
-        self.view_changes.retain(|_, m| match &m.payload {
-            Payload::ViewChange(change) => change.new_view > view,
-            _ => false,
-        });
+        self.view_changes = self.view_changes.split_off(&(view + 1, 0));
         self.adopt_stable(checkpoint);
         let low = self.low();
         for proposal in proposals {

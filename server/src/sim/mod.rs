@@ -950,7 +950,8 @@ impl Sim {
                     footprint.checkpoint_votes,
                     n * (window / 4 + 3),
                 ),
-                ("view changes", footprint.view_changes, n),
+                // One for the current view and one for a higher view per member.
+                ("view changes", footprint.view_changes, 2 * n),
                 ("pending entries", footprint.pending, self.scenario.entries),
             ];
             for (what, size, bound) in limits {
