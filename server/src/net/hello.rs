@@ -1,0 +1,229 @@
+//! The first frame each side sends on a member connection, after TLS: which protocol,
+//! which chain, which member, which plugins. Two nodes of different chains, genesis
+//! files or protocol versions refuse each other with a message that says which; a
+//! plugin fingerprint that differs is reported, since a plugin only matters when it
+//! judges a block differently.
+
+use crate::chain::Hash;
+use crate::consensus::MemberIndex;
+
+/// The member-to-member protocol version; a node refuses peers of another.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const MAGIC: &[u8; 8] = b"LDGR-P2P";
+
+/// Longest chain id or plugin fingerprint carried.
+const MAX_TEXT: usize = 1024;
+
+/// The largest encoded hello.
+pub const MAX_HELLO_BYTES: usize = MAGIC.len() + 2 + 2 + MAX_TEXT + 32 + 2 + 2 + MAX_TEXT;
+
+/// What a node says of itself when a connection opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol: u16,
+    /// The genesis file's chain id.
+    pub chain_id: String,
+    /// The genesis block's hash.
+    pub genesis_hash: Hash,
+    /// The sender's member index.
+    pub member: MemberIndex,
+    /// The sender's plugins (name, version, SHA-256 of each), empty without plugins.
+    pub plugins: String,
+}
+
+/// Why a peer's hello was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// Not a hello at all.
+    #[error("malformed hello: {0}")]
+    Malformed(&'static str),
+    /// Another protocol version.
+    #[error("peer speaks protocol {theirs}, this node {ours}")]
+    Protocol {
+        /// The peer's.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// Another chain.
+    #[error("peer is on chain {theirs:?}, this node on {ours:?}")]
+    Chain {
+        /// The peer's.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
+    /// Same chain id, another genesis.
+    #[error("peer has genesis {theirs}, this node {ours}: the genesis files differ")]
+    Genesis {
+        /// The peer's.
+        theirs: Hash,
+        /// Ours.
+        ours: Hash,
+    },
+    /// The member index does not match the key the peer authenticated with.
+    #[error("peer claims to be member {claimed} but its key is member {actual}'s")]
+    Impostor {
+        /// What the hello says.
+        claimed: MemberIndex,
+        /// What the TLS key says.
+        actual: MemberIndex,
+    },
+}
+
+impl Hello {
+    /// Canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let text = |s: &str| {
+            let bytes = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+            let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(bytes);
+            out
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&self.protocol.to_be_bytes());
+        out.extend(text(&self.chain_id));
+        out.extend_from_slice(&self.genesis_hash.0);
+        out.extend_from_slice(&self.member.to_be_bytes());
+        out.extend(text(&self.plugins));
+        out
+    }
+
+    /// Parses a hello; the protocol version is read before anything else, so a
+    /// future version with another layout is still recognised as such.
+    pub fn decode(bytes: &[u8]) -> Result<Hello, HelloError> {
+        let mut rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or(HelloError::Malformed("not a ledger peer"))?;
+        let mut take = |n: usize| -> Result<&[u8], HelloError> {
+            if rest.len() < n {
+                return Err(HelloError::Malformed("truncated"));
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let u16_at = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+        let protocol = u16_at(take(2)?);
+        if protocol != PROTOCOL_VERSION {
+            return Err(HelloError::Protocol {
+                theirs: protocol,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+        let len = usize::from(u16_at(take(2)?));
+        if len > MAX_TEXT {
+            return Err(HelloError::Malformed("chain id too long"));
+        }
+        let chain_id = String::from_utf8(take(len)?.to_vec())
+            .map_err(|_| HelloError::Malformed("chain id is not UTF-8"))?;
+        let genesis_hash = Hash(take(32)?.try_into().unwrap_or([0; 32]));
+        let member = u16_at(take(2)?);
+        let len = usize::from(u16_at(take(2)?));
+        if len > MAX_TEXT {
+            return Err(HelloError::Malformed("plugin fingerprint too long"));
+        }
+        let plugins = String::from_utf8(take(len)?.to_vec())
+            .map_err(|_| HelloError::Malformed("plugin fingerprint is not UTF-8"))?;
+        if !rest.is_empty() {
+            return Err(HelloError::Malformed("trailing bytes"));
+        }
+        Ok(Hello {
+            protocol,
+            chain_id,
+            genesis_hash,
+            member,
+            plugins,
+        })
+    }
+
+    /// Checks a peer's hello against ours and the member its TLS key belongs to.
+    pub fn admit(&self, theirs: &Hello, authenticated: MemberIndex) -> Result<(), HelloError> {
+        if theirs.chain_id != self.chain_id {
+            return Err(HelloError::Chain {
+                theirs: theirs.chain_id.clone(),
+                ours: self.chain_id.clone(),
+            });
+        }
+        if theirs.genesis_hash != self.genesis_hash {
+            return Err(HelloError::Genesis {
+                theirs: theirs.genesis_hash,
+                ours: self.genesis_hash,
+            });
+        }
+        if theirs.member != authenticated {
+            return Err(HelloError::Impostor {
+                claimed: theirs.member,
+                actual: authenticated,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            chain_id: "test".into(),
+            genesis_hash: Hash([3; 32]),
+            member: 2,
+            plugins: "tx-policy 1.0.0 ab12".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_damage() {
+        let bytes = hello().encode();
+        assert!(bytes.len() <= MAX_HELLO_BYTES);
+        assert_eq!(Hello::decode(&bytes), Ok(hello()));
+        for cut in 0..bytes.len() {
+            assert!(Hello::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            Hello::decode(&longer),
+            Err(HelloError::Malformed("trailing bytes"))
+        );
+        let mut future = bytes;
+        future[MAGIC.len() + 1] = 9;
+        assert!(matches!(
+            Hello::decode(&future),
+            Err(HelloError::Protocol { theirs: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn admits_only_the_same_chain_and_the_authenticated_member() {
+        let ours = hello();
+        let mut theirs = hello();
+        assert_eq!(ours.admit(&theirs, 2), Ok(()));
+        assert!(matches!(
+            ours.admit(&theirs, 1),
+            Err(HelloError::Impostor {
+                claimed: 2,
+                actual: 1
+            })
+        ));
+        theirs.genesis_hash = Hash([4; 32]);
+        assert!(matches!(
+            ours.admit(&theirs, 2),
+            Err(HelloError::Genesis { .. })
+        ));
+        theirs.chain_id = "other".into();
+        assert!(matches!(
+            ours.admit(&theirs, 2),
+            Err(HelloError::Chain { .. })
+        ));
+        // Different plugins are admitted: the caller reports them.
+        let mut plugins = hello();
+        plugins.plugins.clear();
+        assert_eq!(ours.admit(&plugins, 2), Ok(()));
+    }
+}

@@ -1,0 +1,463 @@
+//! Member connections: each node dials every other member and sends on that
+//! connection only; it receives on the connections the others dial to it. One
+//! direction per connection keeps reconnection simple (the dialer alone retries)
+//! and lets each side close a misbehaving link without asking the other.
+//!
+//! Every peer has its own bounded send queue drained by its own task, so a slow or
+//! dead peer fills only its own queue: sends to it fail fast with
+//! [`SendError::QueueFull`] (the replica retransmits what matters) while the others
+//! flow. A frame that is malformed or too large closes that one connection.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::frame::{read_frame, write_frame, FrameError};
+use super::hello::{Hello, HelloError, MAX_HELLO_BYTES};
+use super::tls::{certificate_key, configs, Roster, TlsError, SERVER_NAME};
+use crate::consensus::MemberIndex;
+
+/// The first reconnection delay; it doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// TLS and hello must be done within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle sender sends an empty frame this often, so the receiver can tell a quiet
+/// peer from a dead one.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A receiver that hears nothing for this long drops the connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 64;
+/// A write that cannot finish in this long means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the transport runs.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's member key (its TLS identity).
+    pub key: SigningKey,
+    /// The current members.
+    pub roster: Roster,
+    /// What this node says of itself to every peer.
+    pub hello: Hello,
+    /// Every other member and its peer address.
+    pub peers: Vec<(MemberIndex, String)>,
+    /// The largest frame accepted.
+    pub frame_limit: usize,
+    /// Frames waiting per peer before sends to it fail.
+    pub queue_capacity: usize,
+    /// Frames received and not yet taken before readers wait.
+    pub inbound_capacity: usize,
+}
+
+/// A frame from a member.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The member, as authenticated by TLS.
+    pub from: MemberIndex,
+    /// The frame.
+    pub frame: Vec<u8>,
+}
+
+/// Why a frame was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The peer's queue is full: it is slow, unreachable or down.
+    #[error("send queue full")]
+    QueueFull,
+    /// Not a peer of this node.
+    #[error("no such peer")]
+    UnknownPeer,
+}
+
+/// What this node knows of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// This node's connection to it is up.
+    pub outbound: bool,
+    /// Its connection to this node is up.
+    pub inbound: bool,
+    /// The plugin fingerprint its hello carried.
+    pub plugins: Option<String>,
+    /// Why the last attempt to connect or the last connection failed.
+    pub last_error: Option<String>,
+}
+
+impl PeerState {
+    /// Both directions are up.
+    pub fn connected(&self) -> bool {
+        self.outbound && self.inbound
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    peers: Mutex<Vec<PeerState>>,
+    /// Per member: the generation of its current inbound connection; an older one
+    /// sees the change and closes (a reconnecting peer leaves no half-dead reader).
+    inbound: Vec<watch::Sender<u64>>,
+    hello: Hello,
+    roster: Roster,
+    frame_limit: usize,
+}
+
+impl Shared {
+    fn peers(&self) -> MutexGuard<'_, Vec<PeerState>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, member: MemberIndex, change: impl FnOnce(&mut PeerState)) {
+        if let Some(state) = self.peers().get_mut(usize::from(member)) {
+            change(state);
+        }
+    }
+}
+
+/// The running transport; dropping it stops every connection.
+#[derive(Debug)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    queues: Vec<Option<mpsc::Sender<Arc<[u8]>>>>,
+    /// Held so that dropping the transport aborts every connection task.
+    _tasks: JoinSet<()>,
+}
+
+/// Why a connection was not established or ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Hello(#[from] HelloError),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("the peer's key is not a member")]
+    NotMember,
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+impl Transport {
+    /// Starts accepting on `listener` and dialing every peer. Frames from members
+    /// arrive on the returned receiver.
+    pub fn start(
+        listener: TcpListener,
+        config: TransportConfig,
+    ) -> Result<(Transport, mpsc::Receiver<Inbound>), TlsError> {
+        let (server, client) = configs(&config.key, &config.roster)?;
+        let members = config
+            .peers
+            .iter()
+            .map(|(member, _)| usize::from(*member) + 1)
+            .chain([usize::from(config.hello.member) + 1])
+            .max()
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            peers: Mutex::new(vec![PeerState::default(); members]),
+            inbound: (0..members).map(|_| watch::channel(0).0).collect(),
+            hello: config.hello.clone(),
+            roster: config.roster.clone(),
+            frame_limit: config.frame_limit,
+        });
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(server),
+            shared.clone(),
+            inbound_tx,
+        ));
+        let mut queues = vec![None; members];
+        let connector = TlsConnector::from(client);
+        for (member, addr) in config.peers {
+            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+            queues[usize::from(member)] = Some(tx);
+            tasks.spawn(dial_loop(
+                member,
+                addr,
+                connector.clone(),
+                shared.clone(),
+                rx,
+            ));
+        }
+        Ok((
+            Transport {
+                shared,
+                queues,
+                _tasks: tasks,
+            },
+            inbound_rx,
+        ))
+    }
+
+    /// Queues `frame` for `to` without waiting.
+    pub fn send(&self, to: MemberIndex, frame: Arc<[u8]>) -> Result<(), SendError> {
+        let queue = self
+            .queues
+            .get(usize::from(to))
+            .and_then(Option::as_ref)
+            .ok_or(SendError::UnknownPeer)?;
+        queue.try_send(frame).map_err(|_| SendError::QueueFull)
+    }
+
+    /// Queues `frame` for every peer; returns those whose queue was full.
+    pub fn broadcast(&self, frame: Arc<[u8]>) -> Vec<MemberIndex> {
+        let mut full = Vec::new();
+        for (member, queue) in self.queues.iter().enumerate() {
+            if let Some(queue) = queue {
+                if queue.try_send(frame.clone()).is_err() {
+                    full.push(member as MemberIndex);
+                }
+            }
+        }
+        full
+    }
+
+    /// Each member's connection state, by member index (this node's own is empty).
+    pub fn peers(&self) -> Vec<PeerState> {
+        self.shared.peers().clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut readers = JoinSet::new();
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(%error, "accepting a peer connection failed");
+                tokio::time::sleep(MIN_BACKOFF).await;
+                continue;
+            }
+        };
+        // Reap finished readers so the set stays small.
+        while readers.try_join_next().is_some() {}
+        let (acceptor, shared, inbound) = (acceptor.clone(), shared.clone(), inbound.clone());
+        readers.spawn(async move {
+            if let Err(error) = serve(stream, acceptor, shared, inbound).await {
+                tracing::debug!(peer = %addr, %error, "inbound peer connection closed");
+            }
+        });
+    }
+}
+
+/// One inbound connection: TLS, hellos, then frames until it fails or the peer
+/// connects again.
+async fn serve(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+) -> Result<(), LinkError> {
+    stream.set_nodelay(true)?;
+    let handshake = async {
+        let mut tls = acceptor.accept(stream).await?;
+        let key = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(certificate_key);
+        let member = key
+            .and_then(|key| shared.roster.index_of(&key))
+            .ok_or(LinkError::NotMember)?;
+        let theirs = exchange_hellos(&mut tls, &shared.hello, member).await;
+        let theirs = match theirs {
+            Ok(theirs) => theirs,
+            Err(error) => {
+                shared.update(member, |s| s.last_error = Some(error.to_string()));
+                return Err(error);
+            }
+        };
+        Ok::<_, LinkError>((tls, member, theirs))
+    };
+    let (mut tls, from, theirs) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let Some(generation) = shared.inbound.get(usize::from(from)) else {
+        return Err(LinkError::NotMember);
+    };
+    let mut mine = 0;
+    generation.send_modify(|g| {
+        *g += 1;
+        mine = *g;
+    });
+    let mut newer = generation.subscribe();
+    report_plugins(&shared, from, &theirs);
+    shared.update(from, |s| s.inbound = true);
+    let result = async {
+        loop {
+            let read = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut tls, shared.frame_limit));
+            let frame = tokio::select! {
+                read = read => read.map_err(|_| LinkError::Timeout)??,
+                _ = newer.wait_for(|g| *g != mine) => return Ok(()),
+            };
+            match frame {
+                None => return Err(LinkError::Closed),
+                Some(frame) if frame.is_empty() => {} // heartbeat
+                Some(frame) => {
+                    if inbound.send(Inbound { from, frame }).await.is_err() {
+                        return Ok(()); // the node is shutting down
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if *generation.borrow() == mine {
+        shared.update(from, |s| {
+            s.inbound = false;
+            if let Err(error) = &result {
+                s.last_error = Some(error.to_string());
+            }
+        });
+    }
+    if let Err(LinkError::Frame(error)) = &result {
+        tracing::warn!(peer = from, %error, "peer sent a bad frame; connection closed");
+    }
+    result
+}
+
+/// Keeps one outbound connection to `member` up and drains its queue into it.
+async fn dial_loop(
+    member: MemberIndex,
+    addr: String,
+    connector: TlsConnector,
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<Arc<[u8]>>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial(member, &addr, &connector, &shared))
+            .await
+            .unwrap_or(Err(LinkError::Timeout))
+        {
+            Ok((mut tls, theirs)) => {
+                backoff = MIN_BACKOFF;
+                warned = false;
+                report_plugins(&shared, member, &theirs);
+                shared.update(member, |s| s.outbound = true);
+                tracing::info!(peer = member, %addr, "connected to peer");
+                let result = pump(&mut tls, &mut queue).await;
+                shared.update(member, |s| {
+                    s.outbound = false;
+                    if let Err(error) = &result {
+                        s.last_error = Some(error.to_string());
+                    }
+                });
+                match result {
+                    Ok(()) => return, // the transport was dropped
+                    Err(error) => tracing::info!(peer = member, %error, "peer connection lost"),
+                }
+            }
+            Err(error) => {
+                // Refusals by the peer (a foreign chain, a key it does not know) are
+                // operator errors: say so once per outage, not per retry.
+                if !warned {
+                    tracing::warn!(peer = member, %addr, %error, "cannot connect to peer");
+                    warned = true;
+                }
+                shared.update(member, |s| s.last_error = Some(error.to_string()));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn dial(
+    member: MemberIndex,
+    addr: &str,
+    connector: &TlsConnector,
+    shared: &Shared,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Hello), LinkError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|_| LinkError::NotMember)?;
+    let mut tls = connector.connect(name, stream).await?;
+    let key = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(certificate_key);
+    // The verifier admitted a member; it must be the one this address should be.
+    if key.and_then(|key| shared.roster.index_of(&key)) != Some(member) {
+        return Err(LinkError::NotMember);
+    }
+    let theirs = exchange_hellos(&mut tls, &shared.hello, member).await?;
+    Ok((tls, theirs))
+}
+
+/// Both sides send their hello at once, then read the other's.
+async fn exchange_hellos<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ours: &Hello,
+    authenticated: MemberIndex,
+) -> Result<Hello, LinkError> {
+    write_frame(stream, &ours.encode()).await?;
+    stream.flush().await?;
+    let frame = read_frame(stream, MAX_HELLO_BYTES)
+        .await?
+        .ok_or(LinkError::Closed)?;
+    let theirs = Hello::decode(&frame)?;
+    ours.admit(&theirs, authenticated)?;
+    Ok(theirs)
+}
+
+fn report_plugins(shared: &Shared, member: MemberIndex, theirs: &Hello) {
+    if theirs.plugins != shared.hello.plugins {
+        tracing::error!(
+            peer = member,
+            theirs = %theirs.plugins,
+            ours = %shared.hello.plugins,
+            "peer runs other plugins: blocks they judge differently will not commit"
+        );
+    }
+    shared.update(member, |s| s.plugins = Some(theirs.plugins.clone()));
+}
+
+/// Writes queued frames, a batch per flush, and a heartbeat when idle. `Ok` when
+/// the queue is closed (the transport was dropped).
+async fn pump<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    queue: &mut mpsc::Receiver<Arc<[u8]>>,
+) -> Result<(), LinkError> {
+    loop {
+        let first = match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_) => Arc::from(Vec::new()),
+        };
+        let write = async {
+            write_frame(stream, &first).await?;
+            for _ in 1..MAX_BATCH {
+                let Ok(frame) = queue.try_recv() else { break };
+                write_frame(stream, &frame).await?;
+            }
+            stream.flush().await?;
+            Ok::<_, LinkError>(())
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+    }
+}

@@ -1,0 +1,321 @@
+//! The member transport over real sockets on 127.0.0.1: mutual TLS keyed by member
+//! keys, the hello, frames, reconnection and per-peer queues. Every wait is bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use ledger::chain::{ChainSpec, Hash};
+use ledger::consensus::MemberIndex;
+use ledger::net::{
+    configs, read_frame, write_frame, Hello, Inbound, Roster, SendError, Transport,
+    TransportConfig, MAX_HELLO_BYTES, PROTOCOL_VERSION, SERVER_NAME,
+};
+use ledger::testing;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const LIMIT: Duration = Duration::from_secs(15);
+const FRAME_LIMIT: usize = 1 << 20;
+
+struct Cluster {
+    keys: Vec<SigningKey>,
+    spec: ChainSpec,
+    addrs: Vec<String>,
+    listeners: Vec<Option<TcpListener>>,
+}
+
+impl Cluster {
+    async fn new(n: u8) -> Cluster {
+        let keys: Vec<SigningKey> = (1..=n).map(testing::key).collect();
+        let spec = testing::spec(&keys, 2);
+        let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addrs.push(listener.local_addr().expect("addr").to_string());
+            listeners.push(Some(listener));
+        }
+        Cluster {
+            keys,
+            spec,
+            addrs,
+            listeners,
+        }
+    }
+
+    fn hello(&self, member: usize) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            chain_id: self.spec.chain_id.clone(),
+            genesis_hash: self.spec.genesis_block().hash(),
+            member: member as MemberIndex,
+            plugins: String::new(),
+        }
+    }
+
+    fn config(&self, member: usize) -> TransportConfig {
+        TransportConfig {
+            key: self.keys[member].clone(),
+            roster: Roster::new(&self.spec.members),
+            hello: self.hello(member),
+            peers: (0..self.keys.len())
+                .filter(|m| *m != member)
+                .map(|m| (m as MemberIndex, self.addrs[m].clone()))
+                .collect(),
+            frame_limit: FRAME_LIMIT,
+            queue_capacity: 64,
+            inbound_capacity: 1024,
+        }
+    }
+
+    fn start(&mut self, member: usize) -> (Transport, mpsc::Receiver<Inbound>) {
+        self.start_with(member, self.config(member))
+    }
+
+    fn start_with(
+        &mut self,
+        member: usize,
+        config: TransportConfig,
+    ) -> (Transport, mpsc::Receiver<Inbound>) {
+        let listener = self.listeners[member].take().expect("listener");
+        Transport::start(listener, config).expect("transport")
+    }
+}
+
+/// The next frame whose sender is `from`, skipping others, within the limit.
+async fn receive_from(inbound: &mut mpsc::Receiver<Inbound>, from: MemberIndex) -> Vec<u8> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, inbound.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no frame from member {from} in time"))
+            .expect("transport running");
+        if frame.from == from {
+            return frame.frame;
+        }
+    }
+}
+
+/// Nothing from `from` arrives within `wait`.
+async fn nothing_from(inbound: &mut mpsc::Receiver<Inbound>, from: MemberIndex, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        inbound.recv(),
+    )
+    .await
+    {
+        assert_ne!(frame.from, from, "a frame from member {from} got through");
+    }
+}
+
+/// Sends `frame` to `to` until it is queued (the queue may be full while the link
+/// comes up).
+async fn send(transport: &Transport, to: MemberIndex, frame: &[u8]) {
+    let deadline = Instant::now() + LIMIT;
+    while transport.send(to, Arc::from(frame)).is_err() {
+        assert!(Instant::now() < deadline, "queue to {to} stayed full");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_connect_and_exchange_frames() {
+    let mut cluster = Cluster::new(4).await;
+    let mut nodes: Vec<_> = (0..4).map(|m| cluster.start(m)).collect();
+    for (member, (transport, _)) in nodes.iter().enumerate() {
+        let frame: Arc<[u8]> = Arc::from(format!("hello from {member}").into_bytes());
+        assert!(transport.broadcast(frame).is_empty());
+    }
+    for (member, (transport, inbound)) in nodes.iter_mut().enumerate() {
+        let mut heard = std::collections::BTreeMap::new();
+        while heard.len() < 3 {
+            let frame = tokio::time::timeout(LIMIT, inbound.recv())
+                .await
+                .expect("frames in time")
+                .expect("transport running");
+            heard.insert(frame.from, frame.frame);
+        }
+        for (from, frame) in heard {
+            assert_eq!(frame, format!("hello from {from}").into_bytes());
+        }
+        until("every peer connected both ways", || {
+            let peers = transport.peers();
+            (0..4)
+                .filter(|m| *m != member)
+                .all(|m| peers[m].connected() && peers[m].plugins.as_deref() == Some(""))
+        })
+        .await;
+        assert_eq!(
+            transport.send(member as MemberIndex, Arc::from(&b"x"[..])),
+            Err(SendError::UnknownPeer)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_a_member_cannot_connect() {
+    let mut cluster = Cluster::new(4).await;
+    let (_zero, mut inbound) = cluster.start(0);
+    // An outsider claims to be member 3, holding a key outside the membership; it
+    // trusts the members, so only their side refuses.
+    let outsider = testing::key(99);
+    let mut members = cluster.keys.clone();
+    members[3] = outsider.clone();
+    let mut config = cluster.config(3);
+    config.key = outsider;
+    config.roster = Roster::new(&testing::spec(&members, 2).members);
+    let (impostor, _) = cluster.start_with(3, config);
+    send(&impostor, 0, b"let me in").await;
+    nothing_from(&mut inbound, 3, Duration::from_secs(1)).await;
+    let peers = impostor.peers();
+    assert!(!peers[0].outbound);
+    assert!(peers[0].last_error.is_some(), "{peers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_genesis_is_refused_by_the_hello() {
+    let mut cluster = Cluster::new(4).await;
+    let (zero, mut inbound) = cluster.start(0);
+    let mut config = cluster.config(1);
+    config.hello.genesis_hash = Hash([1; 32]);
+    let (stranger, _) = cluster.start_with(1, config);
+    send(&stranger, 0, b"same keys, other chain").await;
+    nothing_from(&mut inbound, 1, Duration::from_secs(1)).await;
+    until("the refusal is recorded", || {
+        zero.peers()[1]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("genesis"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_that_connection() {
+    let mut cluster = Cluster::new(4).await;
+    let (_zero, mut inbound) = cluster.start(0);
+    let (one, _in_one) = cluster.start(1);
+    let zero_addr = cluster.addrs[0].clone();
+
+    // Plain bytes where TLS belongs.
+    let mut plain = TcpStream::connect(&zero_addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+
+    // Member 2's real key, a correct hello, then a frame announcing 4 GiB.
+    let key = cluster.keys[2].clone();
+    let (_, client) = configs(&key, &Roster::new(&cluster.spec.members)).expect("tls");
+    let stream = TcpStream::connect(&zero_addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("name");
+    let mut tls = TlsConnector::from(client)
+        .connect(name, stream)
+        .await
+        .expect("tls handshake");
+    write_frame(&mut tls, &cluster.hello(2).encode())
+        .await
+        .expect("hello");
+    tls.flush().await.expect("flush");
+    let theirs = read_frame(&mut tls, MAX_HELLO_BYTES)
+        .await
+        .expect("hello back");
+    assert!(theirs.is_some());
+    write_frame(&mut tls, b"a fine frame").await.expect("frame");
+    tls.write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("prefix");
+    tls.flush().await.expect("flush");
+    assert_eq!(receive_from(&mut inbound, 2).await, b"a fine frame");
+    // Member 0 hangs up on it.
+    let closed = tokio::time::timeout(LIMIT, read_frame(&mut tls, 16)).await;
+    assert!(matches!(closed, Ok(Ok(None)) | Ok(Err(_))), "{closed:?}");
+
+    // Member 1 is not disturbed.
+    send(&one, 0, b"still here").await;
+    assert_eq!(receive_from(&mut inbound, 1).await, b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_reconnected() {
+    let mut cluster = Cluster::new(4).await;
+    let (zero, _in_zero) = cluster.start(0);
+    let (one, mut in_one) = cluster.start(1);
+    send(&zero, 1, b"first").await;
+    assert_eq!(receive_from(&mut in_one, 0).await, b"first");
+
+    drop((one, in_one));
+    until("member 0 sees member 1 gone", || !zero.peers()[1].outbound).await;
+    let listener = TcpListener::bind(&cluster.addrs[1]).await.expect("rebind");
+    cluster.listeners[1] = Some(listener);
+    let (_one, mut in_one) = cluster.start(1);
+    // Frames sent before the link is back may be lost; keep sending until one lands.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let _ = zero.send(1, Arc::from(&b"again"[..]));
+        match tokio::time::timeout(Duration::from_millis(200), in_one.recv()).await {
+            Ok(Some(frame)) if frame.from == 0 => {
+                assert_eq!(frame.frame, b"again");
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "member 1 never heard member 0 again"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_stalls_only_itself() {
+    let mut cluster = Cluster::new(4).await;
+    // Member 2 is a fake that completes TLS and the hello, then never reads.
+    let listener = cluster.listeners[2].take().expect("listener");
+    let (server, _) = configs(&cluster.keys[2], &Roster::new(&cluster.spec.members)).expect("tls");
+    let hello = cluster.hello(2);
+    let stuck = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut tls = TlsAcceptor::from(server).accept(stream).await.expect("tls");
+        write_frame(&mut tls, &hello.encode()).await.expect("hello");
+        tls.flush().await.expect("flush");
+        read_frame(&mut tls, MAX_HELLO_BYTES)
+            .await
+            .expect("hello back");
+        tokio::time::sleep(LIMIT * 2).await;
+    });
+    let (zero, _in_zero) = cluster.start(0);
+    let (_one, mut in_one) = cluster.start(1);
+    until("member 0 connected to the fake", || {
+        zero.peers()[2].outbound
+    })
+    .await;
+
+    let big: Arc<[u8]> = Arc::from(vec![7u8; 256 * 1024]);
+    let mut full = false;
+    for _ in 0..10_000 {
+        if zero.send(2, big.clone()) == Err(SendError::QueueFull) {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(full, "the stuck peer's queue never filled");
+    for i in 0..100u32 {
+        send(&zero, 1, &i.to_be_bytes()).await;
+        assert_eq!(receive_from(&mut in_one, 0).await, i.to_be_bytes());
+    }
+    stuck.abort();
+}
