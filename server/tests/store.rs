@@ -523,3 +523,93 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
         }
     }
 }
+
+/// The replica's durable state survives a reopen exactly as the in-memory fold of the
+/// same records (the simulator's reference), including the truncation at a stable
+/// checkpoint.
+#[test]
+fn consensus_state_persists_as_the_records_fold() {
+    use ledger::consensus::{
+        CheckpointCertificate, Durable, Message, NewView, Payload, PreparedCertificate, Record,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let store = open(&path, &spec);
+    let genesis = spec.genesis_block();
+    assert_eq!(store.durable().unwrap(), Durable::genesis(genesis.hash()));
+    assert_eq!(store.stable_checkpoint().unwrap(), None);
+
+    let (tip, log) = store.tip_with_log().unwrap();
+    let first = Arc::new(next_block(&tip, &log, entries(1, 3, 40), DIFFICULTY));
+    let mut log_after = log.clone();
+    for entry in &first.entries {
+        log_after.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    let second = Arc::new(next_block(
+        &first.header,
+        &log_after,
+        entries(2, 2, 40),
+        DIFFICULTY,
+    ));
+    let prepared = |block: &Block, view| PreparedCertificate {
+        view,
+        header: block.header,
+        votes: Vec::new(),
+    };
+    let new_view = Message::sign(
+        &spec.chain_hash(),
+        1,
+        &keys[1],
+        Payload::NewView(NewView {
+            view: 1,
+            view_changes: Vec::new(),
+            proposals: Vec::new(),
+        }),
+    );
+    let batches = vec![
+        vec![Record::Accepted {
+            view: 0,
+            block: first.clone(),
+            signature: [1; 64],
+        }],
+        vec![
+            Record::Prepared(prepared(&first, 0)),
+            Record::Accepted {
+                view: 0,
+                block: second.clone(),
+                signature: [2; 64],
+            },
+        ],
+        vec![Record::ViewChange { view: 1 }],
+        vec![
+            Record::NewView(new_view),
+            Record::Prepared(prepared(&second, 1)),
+        ],
+        vec![Record::Stable(CheckpointCertificate {
+            height: 1,
+            hash: first.hash(),
+            votes: Vec::new(),
+        })],
+    ];
+    let mut expected = Durable::genesis(genesis.hash());
+    for batch in &batches {
+        store.persist(batch).unwrap();
+        for record in batch {
+            expected.apply(record);
+        }
+        assert_eq!(store.durable().unwrap(), expected);
+    }
+    // The checkpoint dropped height 1 and kept height 2 with both its facts.
+    assert_eq!(expected.slots.keys().copied().collect::<Vec<_>>(), [2]);
+    assert!(expected.slots[&2].accepted.is_some() && expected.slots[&2].prepared.is_some());
+    assert!(expected.active && expected.view == 1);
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(store.durable().unwrap(), expected);
+    assert_eq!(
+        store.stable_checkpoint().unwrap().map(|c| c.height),
+        Some(1)
+    );
+}

@@ -10,8 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::message::{CheckpointCertificate, Message, Payload, PreparedCertificate};
-use crate::chain::{Block, Hash};
+use super::message::{
+    read_count, read_prepared, write_len, write_prepared, CheckpointCertificate, Message, Payload,
+    PreparedCertificate,
+};
+use crate::chain::codec::Reader;
+use crate::chain::{Block, ChainError, Hash};
 
 /// One durable fact.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +60,93 @@ pub struct DurableSlot {
     pub accepted: Option<AcceptedBlock>,
     /// The highest-view prepared certificate.
     pub prepared: Option<PreparedCertificate>,
+}
+
+impl Record {
+    /// The height a per-height record is about.
+    pub fn height(&self) -> Option<u64> {
+        match self {
+            Record::Accepted { block, .. } => Some(block.header.height),
+            Record::Prepared(certificate) => Some(certificate.header.height),
+            _ => None,
+        }
+    }
+}
+
+const SLOT_ACCEPTED: u8 = 1;
+const SLOT_PREPARED: u8 = 2;
+
+impl DurableSlot {
+    /// Folds in an `Accepted` or `Prepared` record for this height.
+    pub fn absorb(&mut self, record: &Record) {
+        match record {
+            Record::Accepted {
+                view,
+                block,
+                signature,
+            } => {
+                self.accepted = Some(AcceptedBlock {
+                    view: *view,
+                    block: block.clone(),
+                    signature: *signature,
+                });
+            }
+            Record::Prepared(certificate) => self.prepared = Some(certificate.clone()),
+            _ => {}
+        }
+    }
+
+    /// The stored form: a flags byte, then the accepted block (view, length-prefixed
+    /// block, signature) and the prepared certificate, each when present.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut flags = 0;
+        if self.accepted.is_some() {
+            flags |= SLOT_ACCEPTED;
+        }
+        if self.prepared.is_some() {
+            flags |= SLOT_PREPARED;
+        }
+        let mut out = vec![flags];
+        if let Some(accepted) = &self.accepted {
+            out.extend_from_slice(&accepted.view.to_be_bytes());
+            let block = accepted.block.encode();
+            write_len(&mut out, block.len());
+            out.extend_from_slice(&block);
+            out.extend_from_slice(&accepted.signature);
+        }
+        if let Some(prepared) = &self.prepared {
+            write_prepared(&mut out, prepared);
+        }
+        out
+    }
+
+    /// Decodes the stored form.
+    pub fn decode(bytes: &[u8]) -> Result<DurableSlot, ChainError> {
+        let mut reader = Reader::new(bytes, "consensus log slot");
+        let flags = reader.u8()?;
+        if flags & !(SLOT_ACCEPTED | SLOT_PREPARED) != 0 {
+            return Err(ChainError::Malformed {
+                what: "consensus log slot",
+                reason: "unknown flags",
+            });
+        }
+        let mut slot = DurableSlot::default();
+        if flags & SLOT_ACCEPTED != 0 {
+            let view = reader.u64()?;
+            let len = read_count(&mut reader, true, 1)?;
+            let block = Block::decode(reader.take(len)?)?;
+            slot.accepted = Some(AcceptedBlock {
+                view,
+                block: Arc::new(block),
+                signature: reader.array()?,
+            });
+        }
+        if flags & SLOT_PREPARED != 0 {
+            slot.prepared = Some(read_prepared(&mut reader)?);
+        }
+        reader.finish()?;
+        Ok(slot)
+    }
 }
 
 /// Everything a replica needs to resume without equivocating.
@@ -104,24 +195,9 @@ impl Durable {
                     self.new_view = Some(message.clone());
                 }
             }
-            Record::Accepted {
-                view,
-                block,
-                signature,
-            } => {
-                let height = block.header.height;
-                if height > self.stable.height {
-                    self.slots.entry(height).or_default().accepted = Some(AcceptedBlock {
-                        view: *view,
-                        block: block.clone(),
-                        signature: *signature,
-                    });
-                }
-            }
-            Record::Prepared(certificate) => {
-                let height = certificate.header.height;
-                if height > self.stable.height {
-                    self.slots.entry(height).or_default().prepared = Some(certificate.clone());
+            Record::Accepted { .. } | Record::Prepared(_) => {
+                if let Some(height) = record.height().filter(|h| *h > self.stable.height) {
+                    self.slots.entry(height).or_default().absorb(record);
                 }
             }
             Record::Stable(certificate) => {

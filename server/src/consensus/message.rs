@@ -569,6 +569,23 @@ impl Message {
     }
 }
 
+impl CheckpointCertificate {
+    /// The canonical encoding, as inside a VIEW-CHANGE.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_checkpoint(&mut out, self);
+        out
+    }
+
+    /// Decodes exactly one certificate.
+    pub fn decode(bytes: &[u8]) -> Result<CheckpointCertificate, ChainError> {
+        let mut reader = Reader::new(bytes, "checkpoint certificate");
+        let certificate = read_checkpoint(&mut reader)?;
+        reader.finish()?;
+        Ok(certificate)
+    }
+}
+
 const KIND_PRE_PREPARE: u8 = 1;
 const KIND_PREPARE: u8 = 2;
 const KIND_COMMIT: u8 = 3;
@@ -576,7 +593,7 @@ const KIND_CHECKPOINT: u8 = 4;
 const KIND_VIEW_CHANGE: u8 = 5;
 const KIND_NEW_VIEW: u8 = 6;
 
-fn write_len(out: &mut Vec<u8>, len: usize) {
+pub(super) fn write_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
 }
 
@@ -588,13 +605,13 @@ fn write_votes(out: &mut Vec<u8>, votes: &[Vote]) {
     }
 }
 
-fn write_checkpoint(out: &mut Vec<u8>, certificate: &CheckpointCertificate) {
+pub(super) fn write_checkpoint(out: &mut Vec<u8>, certificate: &CheckpointCertificate) {
     out.extend_from_slice(&certificate.height.to_be_bytes());
     out.extend_from_slice(certificate.hash.as_bytes());
     write_votes(out, &certificate.votes);
 }
 
-fn write_prepared(out: &mut Vec<u8>, certificate: &PreparedCertificate) {
+pub(super) fn write_prepared(out: &mut Vec<u8>, certificate: &PreparedCertificate) {
     out.extend_from_slice(&certificate.view.to_be_bytes());
     out.extend_from_slice(&certificate.header.encode());
     write_votes(out, &certificate.votes);
@@ -662,7 +679,11 @@ fn write_message(out: &mut Vec<u8>, message: &Message) {
 }
 
 /// A count read from the wire, refused when even minimal items could not fit.
-fn read_count(reader: &mut Reader<'_>, wide: bool, min_item: usize) -> Result<usize, ChainError> {
+pub(super) fn read_count(
+    reader: &mut Reader<'_>,
+    wide: bool,
+    min_item: usize,
+) -> Result<usize, ChainError> {
     let count = if wide {
         usize::try_from(reader.u32()?).unwrap_or(usize::MAX)
     } else {
@@ -689,7 +710,9 @@ fn read_votes(reader: &mut Reader<'_>) -> Result<Vec<Vote>, ChainError> {
         .collect()
 }
 
-fn read_checkpoint(reader: &mut Reader<'_>) -> Result<CheckpointCertificate, ChainError> {
+pub(super) fn read_checkpoint(
+    reader: &mut Reader<'_>,
+) -> Result<CheckpointCertificate, ChainError> {
     Ok(CheckpointCertificate {
         height: reader.u64()?,
         hash: reader.hash()?,
@@ -697,7 +720,7 @@ fn read_checkpoint(reader: &mut Reader<'_>) -> Result<CheckpointCertificate, Cha
     })
 }
 
-fn read_prepared(reader: &mut Reader<'_>) -> Result<PreparedCertificate, ChainError> {
+pub(super) fn read_prepared(reader: &mut Reader<'_>) -> Result<PreparedCertificate, ChainError> {
     Ok(PreparedCertificate {
         view: reader.u64()?,
         header: Header::read(reader)?,

@@ -15,6 +15,8 @@
 //!
 //! Every call blocks on disk IO: async callers use `spawn_blocking`.
 
+mod consensus;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};

@@ -1,0 +1,140 @@
+//! The replica's durable state in redb: what it must not forget across a crash so
+//! that it never contradicts what it signed (`consensus::durable`).
+//!
+//! `view_state` holds the view and whether it was entered, and the NEW-VIEW of the
+//! last view entered; `consensus_log` one slot per height above the stable checkpoint
+//! (the block accepted there and the best prepared certificate); `checkpoints` every
+//! stable checkpoint certificate, the highest being the current one. A batch of
+//! records is one write transaction: durable before the replica's next send.
+
+use ledger_migrations::schema::{CHECKPOINTS, CONSENSUS_LOG, VIEW_STATE};
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{corrupt, Store, StoreError};
+use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Payload, Record};
+
+const VIEW: &str = "view";
+const NEW_VIEW: &str = "new_view";
+
+fn encode_view(view: u64, active: bool) -> [u8; 9] {
+    let mut out = [0; 9];
+    out[..8].copy_from_slice(&view.to_be_bytes());
+    out[8] = u8::from(active);
+    out
+}
+
+fn decode_view(bytes: &[u8]) -> Result<(u64, bool), StoreError> {
+    match bytes {
+        [view @ .., active] if view.len() == 8 && *active <= 1 => {
+            let view = u64::from_be_bytes(view.try_into().map_err(|_| corrupt("view state"))?);
+            Ok((view, *active == 1))
+        }
+        _ => Err(corrupt("view state is not 9 bytes")),
+    }
+}
+
+impl Store {
+    /// Makes `records` durable, in order, in one write transaction.
+    pub fn persist(&self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut views = txn.open_table(VIEW_STATE)?;
+            let mut log = txn.open_table(CONSENSUS_LOG)?;
+            let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+            let mut stable = checkpoints
+                .last()?
+                .map(|(height, _)| height.value())
+                .unwrap_or(0);
+            for record in records {
+                match record {
+                    Record::ViewChange { view } => {
+                        views.insert(VIEW, encode_view(*view, false).as_slice())?;
+                    }
+                    Record::NewView(message) => {
+                        let Payload::NewView(new_view) = &message.payload else {
+                            return Err(corrupt("a NEW-VIEW record holds another message"));
+                        };
+                        views.insert(VIEW, encode_view(new_view.view, true).as_slice())?;
+                        views.insert(NEW_VIEW, message.encode().as_slice())?;
+                    }
+                    Record::Accepted { .. } | Record::Prepared(_) => {
+                        let Some(height) = record.height().filter(|h| *h > stable) else {
+                            continue;
+                        };
+                        let mut slot = match log.get(height)? {
+                            Some(bytes) => DurableSlot::decode(bytes.value())
+                                .map_err(|e| corrupt(format!("consensus log at {height}: {e}")))?,
+                            None => DurableSlot::default(),
+                        };
+                        slot.absorb(record);
+                        log.insert(height, slot.encode().as_slice())?;
+                    }
+                    Record::Stable(certificate) => {
+                        if certificate.height <= stable {
+                            continue;
+                        }
+                        stable = certificate.height;
+                        checkpoints.insert(stable, certificate.encode().as_slice())?;
+                        log.retain_in(..=stable, |_, _| false)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The replica state persisted so far; the genesis state in a fresh database.
+    pub fn durable(&self) -> Result<Durable, StoreError> {
+        let mut durable = Durable::genesis(self.genesis_hash());
+        let txn = self.database.begin_read()?;
+        let views = txn.open_table(VIEW_STATE)?;
+        if let Some(bytes) = views.get(VIEW)? {
+            (durable.view, durable.active) = decode_view(bytes.value())?;
+        }
+        if let Some(bytes) = views.get(NEW_VIEW)? {
+            let message = Message::decode(bytes.value())
+                .map_err(|e| corrupt(format!("stored NEW-VIEW: {e}")))?;
+            if !matches!(message.payload, Payload::NewView(_)) {
+                return Err(corrupt("the stored NEW-VIEW is another message"));
+            }
+            durable.new_view = Some(message);
+        }
+        let checkpoints = txn.open_table(CHECKPOINTS)?;
+        if let Some((height, bytes)) = checkpoints.last()? {
+            let certificate = CheckpointCertificate::decode(bytes.value())
+                .map_err(|e| corrupt(format!("checkpoint at {}: {e}", height.value())))?;
+            if certificate.height != height.value() {
+                return Err(corrupt(format!(
+                    "checkpoint stored at {} certifies height {}",
+                    height.value(),
+                    certificate.height
+                )));
+            }
+            durable.stable = certificate;
+        }
+        let log = txn.open_table(CONSENSUS_LOG)?;
+        for row in log.range(durable.stable.height + 1..)? {
+            let (height, bytes) = row?;
+            let slot = DurableSlot::decode(bytes.value())
+                .map_err(|e| corrupt(format!("consensus log at {}: {e}", height.value())))?;
+            durable.slots.insert(height.value(), slot);
+        }
+        Ok(durable)
+    }
+
+    /// The stable checkpoint certificate, if one was reached.
+    pub fn stable_checkpoint(&self) -> Result<Option<CheckpointCertificate>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let checkpoints = txn.open_table(CHECKPOINTS)?;
+        let Some((height, bytes)) = checkpoints.last()? else {
+            return Ok(None);
+        };
+        CheckpointCertificate::decode(bytes.value())
+            .map(Some)
+            .map_err(|e| corrupt(format!("checkpoint at {}: {e}", height.value())))
+    }
+}
