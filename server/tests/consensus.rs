@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use ledger::chain::merkle::leaf_hash;
 use ledger::chain::{Block, ChainError, ChainSpec, CompactRange, EntryIndex, Hash, Header};
 use ledger::consensus::{
     Config, DropReason, Durable, Input, MemberIndex, Message, Output, Payload, Record, Replica,
@@ -572,6 +573,39 @@ fn checkpoints_become_stable_and_truncate_the_log() {
     assert_eq!(backup.stable_checkpoint().height, 2);
     assert_eq!(backup.footprint().slots, 0);
     assert_eq!(backup.footprint().blocks, 0);
+}
+
+/// §4.2 (a request executes once): a block validated in the same step that applied
+/// its parent must not repeat the parent's entries, although the driver's index
+/// learns of the parent only after the step.
+#[test]
+fn a_block_repeating_an_entry_of_a_parent_applied_in_the_same_step_is_refused() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let mut log = genesis.log.clone();
+    for entry in &first.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    let repeat = vec![first.entries[0].clone()];
+    let second = Arc::new(testing::next_block(
+        &first.header,
+        &log,
+        repeat,
+        setup.spec.difficulty,
+    ));
+    let mut backup = setup.replica(1);
+    // The second block arrives first and waits for its parent.
+    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    // Catch-up delivers the parent with its certificate; the wait ends in this step.
+    let outputs = feed(
+        &mut backup,
+        Input::Committed {
+            block: first.clone(),
+            certificate: testing::certify(&setup.keys[..3], &first),
+        },
+    );
+    assert_eq!(outputs, ["apply h1", "dropped InvalidBlock"]);
 }
 
 /// §6.1 (persist before send): a replica rebuilt from what it persisted signs the same

@@ -361,6 +361,10 @@ pub struct Replica {
     seen_height: u64,
     tip_at_last_check: u64,
     drops: BTreeMap<DropReason, u64>,
+    /// Entry ids of the blocks applied in this call, which the driver's index learns
+    /// only once it performs the outputs: a block validated later in the same call
+    /// must still not repeat them.
+    applied_now: Vec<Arc<HashSet<Hash>>>,
     out: Vec<Output>,
 }
 
@@ -418,6 +422,7 @@ impl Replica {
             seen_height: tip.header.height,
             tip_at_last_check: tip.header.height,
             drops: BTreeMap::new(),
+            applied_now: Vec::new(),
             out: Vec::new(),
             tip,
             config,
@@ -471,6 +476,8 @@ impl Replica {
 
     /// Feeds one input; returns what to do, in order.
     pub fn handle(&mut self, input: Input, index: &dyn EntryIndex) -> Vec<Output> {
+        // The driver performed the previous call's applies: the index now has them.
+        self.applied_now.clear();
         match input {
             Input::Message(message) => self.on_message(message),
             Input::Tick { now_ms } => self.on_tick(now_ms),
@@ -1163,7 +1170,11 @@ impl Replica {
             return None; // already decided: nothing may be built at this height
         }
         if height == tip + 1 {
-            return Some((self.tip.header, self.tip.log.clone(), Vec::new()));
+            return Some((
+                self.tip.header,
+                self.tip.log.clone(),
+                self.applied_now.clone(),
+            ));
         }
         let slot = self.slots.get(&(height - 1))?;
         let accepted = slot.accepted.as_ref().filter(|a| a.view == self.view)?;
@@ -1179,6 +1190,7 @@ impl Replica {
             .slots
             .range(tip + 1..height)
             .filter_map(|(_, slot)| slot.accepted.as_ref().map(|a| a.ids.clone()))
+            .chain(self.applied_now.iter().cloned())
             .collect();
         Some((accepted.header, log, ancestry))
     }
@@ -1453,6 +1465,7 @@ impl Replica {
         for id in &ids {
             self.pending.remove(id);
         }
+        self.applied_now.push(Arc::new(ids));
         // Removed ids leave `order` lazily, from the front; one long wait at the front
         // must not let the rest pile up behind it.
         if self.order.len() > 2 * self.pending.len() + 64 {
