@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod chain;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod daemon;

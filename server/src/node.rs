@@ -122,7 +122,7 @@ pub struct Node {
     admission_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -131,7 +131,7 @@ fn now_ms() -> u64 {
 
 /// Locks `mutex`, also after a panic elsewhere: the node's mutexes guard state that is
 /// changed in single statements, so a panicking holder leaves nothing half-done.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -536,6 +536,11 @@ impl Replica {
         &self.drops
     }
 
+    /// Whether `id` waits here to be committed.
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        self.pending.contains_key(id)
+    }
+
     /// Sizes of the state, for boundedness checks.
     pub fn footprint(&self) -> Footprint {
         Footprint {

@@ -1,10 +1,13 @@
 //! Frames: a u32 big-endian length, then that many bytes.
 //!
-//! The length is checked against the limit before anything is allocated, so a peer
-//! cannot make a node reserve memory by announcing a huge frame; every error ends that
-//! connection only.
+//! The length is checked against the limit first, and the buffer grows only as bytes
+//! arrive, so a peer cannot make a node reserve memory by announcing a huge frame;
+//! every error ends that connection only.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The buffer a frame starts with; it grows as the frame's bytes arrive.
+const INITIAL_CAPACITY: usize = 64 * 1024;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +48,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
-    let mut frame = vec![0u8; len];
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(error),
-        })?;
+    // Memory grows with the bytes that actually arrive, not with the announcement:
+    // a peer must send a large frame to make this node hold one.
+    let mut frame = Vec::with_capacity(len.min(INITIAL_CAPACITY));
+    let read = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut frame)
+        .await?;
+    if read < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(frame))
 }
 

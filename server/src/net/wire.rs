@@ -2,7 +2,7 @@
 //! and catch-up requests and answers. A tag byte, then the item's canonical encoding.
 
 use crate::chain::codec::Reader;
-use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash};
+use crate::chain::{Block, ChainError, ChainParams, CommitCertificate, Entry, Hash, HEADER_LEN};
 use crate::consensus::Message;
 
 const TAG_CONSENSUS: u8 = 1;
@@ -43,6 +43,19 @@ pub enum Wire {
 }
 
 impl Wire {
+    /// The largest frame an honest member sends under `params`: a PRE-PREPARE or a
+    /// committed block holding the most entries of the largest size, with their
+    /// author signatures, plus room for the message around it.
+    pub fn max_frame(params: &ChainParams) -> usize {
+        const PER_ENTRY: usize = 8 + 32 + 64 + 64;
+        const AROUND: usize = 64 * 1024;
+        let entries = params.max_block_entries as usize;
+        let entry = params.max_entry_bytes as usize + PER_ENTRY;
+        entries
+            .saturating_mul(entry)
+            .saturating_add(HEADER_LEN + AROUND)
+    }
+
     /// The frame bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -167,6 +180,7 @@ mod tests {
         ];
         for wire in all {
             let bytes = wire.encode();
+            assert!(bytes.len() <= Wire::max_frame(&spec.params));
             assert_eq!(Wire::decode(&bytes).as_ref(), Ok(&wire));
             assert!(Wire::decode(&bytes[..bytes.len() - 1]).is_err(), "{wire:?}");
             let mut longer = bytes.clone();

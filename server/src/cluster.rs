@@ -1,0 +1,514 @@
+//! The cluster driver: one PBFT replica run against the store and the member
+//! transport.
+//!
+//! One thread owns the replica, which is pure and synchronous, and performs its
+//! outputs in order. Persist records are gathered and written in one transaction
+//! before the next output that leaves the thread (a send, an apply, a mining job), so
+//! a crash can never make the node forget something it said (C&L TOCS §6.1). Mining
+//! runs on its own threads and comes back as an input; frames come from the
+//! transport through a forwarding thread; catch-up requests are answered from the
+//! store. A store failure stops the driver: continuing could mean speaking without
+//! having persisted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::oneshot;
+
+use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Receipt};
+use crate::consensus::{
+    Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
+};
+use crate::net::{Inbound, Transport, Wire};
+use crate::node::{lock, now_ms};
+use crate::pow::{self, Outcome};
+use crate::storage::{Store, StoreError};
+
+/// Events queued for the driver before submits are refused.
+const EVENT_CAPACITY: usize = 65_536;
+
+/// How the driver runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterSettings {
+    /// The replica's timers.
+    pub timing: Timing,
+    /// How often the replica is told the time.
+    pub tick: Duration,
+    /// Mining threads on the primary.
+    pub mining_threads: NonZeroUsize,
+    /// Committed blocks sent per catch-up request.
+    pub catch_up_batch: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings {
+            timing: Timing::default(),
+            tick: Duration::from_millis(10),
+            mining_threads: pow::default_threads(),
+            catch_up_batch: 32,
+        }
+    }
+}
+
+/// Why the cluster driver refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The key is not a member.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be read at start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The driver is not running (stopped, or failed: see the log).
+    #[error("the consensus driver is not running")]
+    Stopped,
+    /// Too many events are queued.
+    #[error("the consensus driver is overloaded; retry later")]
+    Busy,
+}
+
+/// What the driver reports of its replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The current view.
+    pub view: u64,
+    /// Its primary.
+    pub primary: MemberIndex,
+    /// Whether the view was entered (false during a view change).
+    pub active: bool,
+    /// The last applied height.
+    pub height: u64,
+    /// The stable checkpoint's height.
+    pub stable_checkpoint: u64,
+    /// Inputs the replica refused, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Why the driver stopped, if it failed.
+    pub failure: Option<String>,
+}
+
+enum Event {
+    Frame(Inbound),
+    Submit {
+        entry: Entry,
+        waiter: Option<oneshot::Sender<Receipt>>,
+    },
+    Cut,
+    Mined(Block),
+    Stop,
+}
+
+/// A running replica; [`Cluster::stop`] or dropping it stops the driver.
+pub struct Cluster {
+    events: SyncSender<Event>,
+    status: Arc<Mutex<ClusterStatus>>,
+    driver: Option<JoinHandle<()>>,
+}
+
+/// The store as the replica's index of committed entries.
+struct Committed<'a>(&'a Store);
+
+impl EntryIndex for Committed<'_> {
+    fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
+        let found = self
+            .0
+            .committed(std::slice::from_ref(id))
+            .map_err(|error| ChainError::Lookup(error.to_string()))?;
+        Ok(found.first().copied().unwrap_or(false))
+    }
+}
+
+impl Cluster {
+    /// Starts the replica of the member holding `key` over `store`, resuming from
+    /// what it persisted, talking through `transport` and hearing from `inbound`.
+    pub fn start(
+        store: Arc<Store>,
+        key: SigningKey,
+        transport: Arc<Transport>,
+        mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
+        settings: ClusterSettings,
+    ) -> Result<Cluster, ClusterError> {
+        let config = Config::new(store.spec(), key, settings.timing)?;
+        let durable = store.durable()?;
+        let (header, log) = store.tip_with_log()?;
+        let mut applied = Vec::new();
+        for height in durable.stable.height + 1..=header.height {
+            if let Some(header) = store.header(height)? {
+                applied.push((height, header.hash()));
+            }
+        }
+        let replica = Replica::new(config, Tip { header, log }, durable, applied, now_ms());
+        let (events, queue) = sync_channel(EVENT_CAPACITY);
+        let status = Arc::new(Mutex::new(ClusterStatus::default()));
+        let forward = events.clone();
+        std::thread::Builder::new()
+            .name("peer-frames".into())
+            .spawn(move || {
+                // Ends when the transport is dropped or the driver is gone.
+                while let Some(frame) = inbound.blocking_recv() {
+                    if forward.send(Event::Frame(frame)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
+        let driver = Driver {
+            replica,
+            store,
+            transport,
+            events: events.clone(),
+            status: status.clone(),
+            settings,
+            waiters: HashMap::new(),
+            persist: Vec::new(),
+            mining: None,
+            next_peer: 0,
+        };
+        driver.publish();
+        let driver = std::thread::Builder::new()
+            .name("consensus".into())
+            .spawn(move || driver.run(queue))
+            .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
+        Ok(Cluster {
+            events,
+            status,
+            driver: Some(driver),
+        })
+    }
+
+    fn post(&self, event: Event) -> Result<(), ClusterError> {
+        self.events.try_send(event).map_err(|error| match error {
+            TrySendError::Full(_) => ClusterError::Busy,
+            TrySendError::Disconnected(_) => ClusterError::Stopped,
+        })
+    }
+
+    /// Hands a client's entry to the replica; with `wait`, the receiver gets its
+    /// receipt once it is committed and applied here.
+    pub fn submit(
+        &self,
+        entry: Entry,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Receipt>>, ClusterError> {
+        let (waiter, receiver) = if wait {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        self.post(Event::Submit { entry, waiter })?;
+        Ok(receiver)
+    }
+
+    /// Asks the primary to cut a block now (only the primary's request counts).
+    pub fn cut(&self) -> Result<(), ClusterError> {
+        self.post(Event::Cut)
+    }
+
+    /// The replica's state as last reported.
+    pub fn status(&self) -> ClusterStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Stops the driver after the step in hand; mining is cancelled.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        // A full queue still ends: the driver also stops when every sender is gone.
+        let _ = self.events.try_send(Event::Stop);
+        if let Some(driver) = self.driver.take() {
+            if driver.join().is_err() {
+                tracing::error!("the consensus driver panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+struct Driver {
+    replica: Replica,
+    store: Arc<Store>,
+    transport: Arc<Transport>,
+    events: SyncSender<Event>,
+    status: Arc<Mutex<ClusterStatus>>,
+    settings: ClusterSettings,
+    waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
+    /// Records not yet durable; written before the next output leaves the thread.
+    persist: Vec<Record>,
+    mining: Option<Arc<AtomicBool>>,
+    /// The peer the next catch-up request goes to (rotating over members).
+    next_peer: usize,
+}
+
+impl Driver {
+    fn run(mut self, queue: Receiver<Event>) {
+        let mut next_tick = Instant::now();
+        let result = loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let step = match queue.recv_timeout(wait) {
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break Ok(()),
+                Ok(event) => self.on_event(event),
+                Err(RecvTimeoutError::Timeout) => Ok(()),
+            };
+            if let Err(error) = step {
+                break Err(error);
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + self.settings.tick;
+                if let Err(error) = self.step(Input::Tick { now_ms: now_ms() }) {
+                    break Err(error);
+                }
+            }
+        };
+        if let Some(cancel) = self.mining.take() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        if let Err(error) = result {
+            tracing::error!(%error, "consensus driver stopped: the store failed");
+            lock(&self.status).failure = Some(error.to_string());
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), StoreError> {
+        match event {
+            Event::Frame(Inbound { from, frame }) => match Wire::decode(&frame) {
+                Ok(wire) => self.on_wire(from, wire),
+                Err(error) => {
+                    tracing::debug!(peer = from, %error, "undecodable frame from a member");
+                    *lock(&self.status)
+                        .dropped
+                        .entry("Undecodable".into())
+                        .or_default() += 1;
+                    Ok(())
+                }
+            },
+            Event::Submit { entry, waiter } => {
+                let id = entry.id();
+                if let Some(waiter) = waiter {
+                    self.waiters.entry(id).or_default().push(waiter);
+                }
+                self.step(Input::Entry {
+                    entry,
+                    forwarded: false,
+                })?;
+                // Refused (a duplicate, a full pool): its waiter hears the channel close.
+                if !self.replica.is_pending(&id) {
+                    self.waiters.remove(&id);
+                }
+                Ok(())
+            }
+            Event::Cut => self.step(Input::Cut),
+            Event::Mined(block) => self.step(Input::Mined(Arc::new(block))),
+            Event::Stop => Ok(()),
+        }
+    }
+
+    fn on_wire(&mut self, from: MemberIndex, wire: Wire) -> Result<(), StoreError> {
+        match wire {
+            Wire::Consensus(message) => self.step(Input::Message(message)),
+            Wire::Entry(entry) => self.step(Input::Entry {
+                entry,
+                forwarded: true,
+            }),
+            Wire::Committed { block, certificate } => self.step(Input::Committed {
+                block: Arc::new(block),
+                certificate,
+            }),
+            Wire::Block(block) => self.step(Input::Block(Arc::new(block))),
+            Wire::FetchCommitted { after } => self.serve_committed(from, after),
+            Wire::FetchBlock { height, hash } => {
+                let block = match self.replica.block(&hash) {
+                    Some(block) => Some(Block::clone(&block)),
+                    None => self.store.block(height)?.filter(|b| b.hash() == hash),
+                };
+                if let Some(block) = block {
+                    self.send(from, &Wire::Block(block));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers a catch-up request with up to a batch of committed blocks.
+    fn serve_committed(&mut self, to: MemberIndex, after: u64) -> Result<(), StoreError> {
+        let tip = self.replica.height();
+        let last = tip.min(after.saturating_add(self.settings.catch_up_batch));
+        for height in after.saturating_add(1)..=last {
+            let (Some(block), Some(certificate)) =
+                (self.store.block(height)?, self.store.certificate(height)?)
+            else {
+                break;
+            };
+            self.send(to, &Wire::Committed { block, certificate });
+        }
+        Ok(())
+    }
+
+    fn send(&self, to: MemberIndex, wire: &Wire) {
+        // A full queue means the peer is slow or away; the replica resends what
+        // matters.
+        let _ = self.transport.send(to, Arc::from(wire.encode()));
+    }
+
+    /// Feeds one input and performs the outputs.
+    fn step(&mut self, input: Input) -> Result<(), StoreError> {
+        let outputs = self.replica.handle(input, &Committed(&self.store));
+        for output in outputs {
+            if let Output::Persist(record) = output {
+                self.persist.push(record);
+                continue;
+            }
+            self.flush()?;
+            self.perform(output)?;
+        }
+        self.flush()?;
+        self.publish();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.persist.is_empty() {
+            self.store.persist(&self.persist)?;
+            self.persist.clear();
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, output: Output) -> Result<(), StoreError> {
+        match output {
+            Output::Send { to, message } => self.send(to, &Wire::Consensus(message)),
+            Output::Broadcast(message) => {
+                let _ = self
+                    .transport
+                    .broadcast(Arc::from(Wire::Consensus(message).encode()));
+            }
+            Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
+            Output::Apply { block, certificate } => {
+                self.store.apply_block(&block, &certificate)?;
+                self.answer_waiters(&block, &certificate)?;
+            }
+            Output::Mine(template) => self.mine(template),
+            Output::CancelMining => {
+                if let Some(cancel) = self.mining.take() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Output::FetchBlock { height, hash } => {
+                let _ = self
+                    .transport
+                    .broadcast(Arc::from(Wire::FetchBlock { height, hash }.encode()));
+            }
+            Output::FetchCommitted { after } => {
+                let peer = self.next_catch_up_peer();
+                self.send(peer, &Wire::FetchCommitted { after });
+            }
+            Output::Dropped { from, kind, reason } => self.count_drop(from, kind, reason),
+            Output::Persist(_) => {}
+        }
+        Ok(())
+    }
+
+    fn next_catch_up_peer(&mut self) -> MemberIndex {
+        let members = self.store.spec().members.len();
+        let me = usize::from(self.replica.me());
+        self.next_peer = (self.next_peer + 1) % members;
+        if self.next_peer == me {
+            self.next_peer = (self.next_peer + 1) % members;
+        }
+        self.next_peer as MemberIndex
+    }
+
+    fn count_drop(&self, from: Option<MemberIndex>, kind: &'static str, reason: DropReason) {
+        tracing::trace!(?from, kind, ?reason, "input dropped");
+        *lock(&self.status)
+            .dropped
+            .entry(format!("{reason:?}"))
+            .or_default() += 1;
+    }
+
+    /// Mines `template` on its own threads; the result comes back as an input.
+    fn mine(&mut self, template: Arc<Block>) {
+        if let Some(cancel) = self.mining.take() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.mining = Some(cancel.clone());
+        let threads = self.settings.mining_threads;
+        let events = self.events.clone();
+        let spawned = std::thread::Builder::new()
+            .name("miner".into())
+            .spawn(move || {
+                let mut block = Block::clone(&template);
+                let report = pow::mine(&block.header, threads, &cancel);
+                if let Outcome::Found { nonce, .. } = report.outcome {
+                    block.header.nonce = nonce;
+                    let _ = events.send(Event::Mined(block));
+                }
+            });
+        if let Err(error) = spawned {
+            // The entries wait; their timers move the view on if this persists.
+            tracing::error!(%error, "cannot start a miner thread");
+        }
+    }
+
+    /// Hands receipts to the clients waiting here for entries of `block`.
+    fn answer_waiters(
+        &mut self,
+        block: &Block,
+        certificate: &crate::chain::CommitCertificate,
+    ) -> Result<(), StoreError> {
+        if self.waiters.is_empty() {
+            return Ok(());
+        }
+        let first = block.header.log_size - block.entries.len() as u64;
+        let mut waiting = Vec::new();
+        for (log_index, entry) in (first..).zip(&block.entries) {
+            let id = entry.id();
+            if let Some(senders) = self.waiters.remove(&id) {
+                waiting.push((id, log_index, senders));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let indices: Vec<u64> = waiting.iter().map(|(_, index, _)| *index).collect();
+        let proofs = self
+            .store
+            .inclusion_proofs(&indices, block.header.log_size)?;
+        for ((entry_id, log_index, senders), inclusion_proof) in waiting.into_iter().zip(proofs) {
+            let receipt = Receipt {
+                entry_id,
+                log_index,
+                header: block.header,
+                inclusion_proof,
+                certificate: certificate.clone(),
+            };
+            for sender in senders {
+                let _ = sender.send(receipt.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut status = lock(&self.status);
+        status.view = self.replica.view();
+        status.primary = self.replica.primary();
+        status.active = self.replica.is_active();
+        status.height = self.replica.height();
+        status.stable_checkpoint = self.replica.stable_checkpoint().height;
+    }
+}

@@ -1,0 +1,217 @@
+//! Four replicas in one process, each with its own redb store and its own mutual-TLS
+//! transport on 127.0.0.1: entries commit with 2f + 1 certificates on every member,
+//! a stopped primary is replaced, and a restarted member catches up from its peers.
+//! Every wait is bounded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use ledger::chain::{ChainSpec, Entry, Hash};
+use ledger::cluster::{Cluster, ClusterSettings};
+use ledger::consensus::{MemberIndex, Timing};
+use ledger::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
+use ledger::storage::{Store, StoreOptions};
+use ledger::testing;
+use tokio::net::TcpListener;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Member {
+    cluster: Cluster,
+    store: Arc<Store>,
+    _transport: Arc<Transport>,
+}
+
+struct Net {
+    keys: Vec<SigningKey>,
+    spec: ChainSpec,
+    addrs: Vec<String>,
+    dir: tempfile::TempDir,
+    members: Vec<Option<Member>>,
+}
+
+impl Net {
+    async fn new() -> Net {
+        let keys: Vec<SigningKey> = (1..=4).map(testing::key).collect();
+        let mut file = testing::spec(&keys, 4).to_file();
+        file.checkpoint_interval = 4;
+        let spec = ChainSpec::from_file(file).expect("spec");
+        let mut addrs = Vec::new();
+        for _ in 0..4 {
+            // Learn a free port, then release it for the member to bind.
+            let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addrs.push(probe.local_addr().expect("addr").to_string());
+        }
+        let mut net = Net {
+            keys,
+            spec,
+            addrs,
+            dir: tempfile::tempdir().expect("tempdir"),
+            members: (0..4).map(|_| None).collect(),
+        };
+        for member in 0..4 {
+            net.start(member).await;
+        }
+        net
+    }
+
+    fn path(&self, member: usize) -> PathBuf {
+        self.dir.path().join(format!("node{member}.redb"))
+    }
+
+    async fn start(&mut self, member: usize) {
+        let store = Arc::new(
+            Store::open(&self.path(member), &self.spec, StoreOptions::default()).expect("store"),
+        );
+        let listener = TcpListener::bind(&self.addrs[member]).await.expect("bind");
+        let config = TransportConfig {
+            key: self.keys[member].clone(),
+            roster: Roster::new(&self.spec.members),
+            hello: Hello {
+                protocol: PROTOCOL_VERSION,
+                chain_id: self.spec.chain_id.clone(),
+                genesis_hash: self.spec.genesis_block().hash(),
+                member: member as MemberIndex,
+                plugins: String::new(),
+            },
+            peers: (0..4)
+                .filter(|m| *m != member)
+                .map(|m| (m as MemberIndex, self.addrs[m].clone()))
+                .collect(),
+            frame_limit: Wire::max_frame(&self.spec.params),
+            queue_capacity: 4096,
+            inbound_capacity: 4096,
+        };
+        let (transport, inbound) = Transport::start(listener, config).expect("transport");
+        let transport = Arc::new(transport);
+        let settings = ClusterSettings {
+            timing: Timing {
+                max_block_delay_ms: 20,
+                view_change_timeout_ms: 1_500,
+                retransmit_ms: 100,
+            },
+            tick: Duration::from_millis(10),
+            mining_threads: std::num::NonZeroUsize::MIN,
+            catch_up_batch: 16,
+        };
+        let cluster = Cluster::start(
+            store.clone(),
+            self.keys[member].clone(),
+            transport.clone(),
+            inbound,
+            settings,
+        )
+        .expect("cluster");
+        self.members[member] = Some(Member {
+            cluster,
+            store,
+            _transport: transport,
+        });
+    }
+
+    fn stop(&mut self, member: usize) {
+        if let Some(stopped) = self.members[member].take() {
+            stopped.cluster.stop();
+        }
+    }
+
+    fn member(&self, member: usize) -> &Member {
+        self.members[member].as_ref().expect("running")
+    }
+
+    /// Submits `count` entries tagged `tag` through `via`, waits for every receipt
+    /// and checks each offline against the genesis.
+    async fn commit(&self, via: usize, tag: u64, count: u64) {
+        let mut receivers = Vec::new();
+        for i in 0..count {
+            let entry = Entry::new(format!("entry {tag}/{i}").into_bytes());
+            let receiver = self
+                .member(via)
+                .cluster
+                .submit(entry, true)
+                .expect("submit")
+                .expect("waiter");
+            receivers.push(receiver);
+        }
+        for receiver in receivers {
+            let receipt = tokio::time::timeout(LIMIT, receiver)
+                .await
+                .expect("committed in time")
+                .expect("committed");
+            receipt.verify(&self.spec).expect("receipt verifies");
+            assert!(receipt.certificate.signatures.len() >= 3);
+        }
+    }
+
+    /// Waits until every running member has applied the same chain up to at least
+    /// `height`; returns the common height.
+    async fn converge(&self, height: u64) -> u64 {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let tips: Vec<(u64, Hash)> = self
+                .members
+                .iter()
+                .flatten()
+                .map(|m| {
+                    let tip = m.store.tip().expect("tip");
+                    (tip.height, tip.hash())
+                })
+                .collect();
+            if tips.iter().all(|t| *t == tips[0]) && tips[0].0 >= height {
+                return tips[0].0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge: {tips:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
+    let mut net = Net::new().await;
+    // Rounds that each wait for their receipts: one block or more each.
+    for round in 0..3 {
+        net.commit(1 + round % 3, round as u64, 10).await;
+    }
+    let height = net.converge(1).await;
+    for member in net.members.iter().flatten() {
+        assert_eq!(member.store.verify_chain().expect("valid chain"), height);
+    }
+
+    // The primary of view 0 goes away: the others change views and go on.
+    assert_eq!(net.member(1).cluster.status().primary, 0);
+    net.stop(0);
+    for round in 3..6 {
+        net.commit(1 + round % 3, round as u64, 10).await;
+    }
+    let after = net.converge(height + 1).await;
+    let status = net.member(1).cluster.status();
+    assert!(status.view >= 1 && status.primary != 0, "{status:?}");
+
+    // It comes back from its store and catches up from its peers; the checkpoints
+    // every member signs become stable everywhere.
+    net.start(0).await;
+    for round in 6..9 {
+        net.commit(round % 4, round as u64, 10).await;
+    }
+    let last = net.converge(after + 1).await;
+    assert_eq!(
+        net.member(0).store.verify_chain().expect("valid chain"),
+        last
+    );
+    // Checkpoint votes travel after the blocks: wait for them, bounded.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let statuses: Vec<_> = (0..4).map(|m| net.member(m).cluster.status()).collect();
+        if statuses.iter().all(|s| s.stable_checkpoint >= 8) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "height {last}: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
