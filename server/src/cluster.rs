@@ -10,7 +10,7 @@
 //! store. A store failure stops the driver: continuing could mean speaking without
 //! having persisted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -25,7 +25,7 @@ use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Receipt};
 use crate::consensus::{
     Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
 };
-use crate::net::{Inbound, Transport, Wire};
+use crate::net::{Inbound, PeerState, Transport, Wire};
 use crate::node::{lock, now_ms};
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -77,6 +77,8 @@ pub enum ClusterError {
 /// What the driver reports of its replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterStatus {
+    /// This node's member index.
+    pub me: MemberIndex,
     /// The current view.
     pub view: u64,
     /// Its primary.
@@ -87,6 +89,12 @@ pub struct ClusterStatus {
     pub height: u64,
     /// The stable checkpoint's height.
     pub stable_checkpoint: u64,
+    /// Entries waiting in the replica to be committed.
+    pub pending: usize,
+    /// Blocks applied since start.
+    pub blocks_applied: u64,
+    /// Entries in them.
+    pub entries_committed: u64,
     /// Inputs the replica refused, by reason.
     pub dropped: BTreeMap<String, u64>,
     /// Why the driver stopped, if it failed.
@@ -108,7 +116,10 @@ enum Event {
 pub struct Cluster {
     events: SyncSender<Event>,
     status: Arc<Mutex<ClusterStatus>>,
-    driver: Option<JoinHandle<()>>,
+    /// Ids submitted through this node and not yet applied or refused.
+    submitted: Arc<Mutex<HashSet<Hash>>>,
+    transport: Arc<Transport>,
+    driver: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The store as the replica's index of committed entries.
@@ -158,12 +169,14 @@ impl Cluster {
                 }
             })
             .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
+        let submitted = Arc::new(Mutex::new(HashSet::new()));
         let driver = Driver {
             replica,
             store,
-            transport,
+            transport: transport.clone(),
             events: events.clone(),
             status: status.clone(),
+            submitted: submitted.clone(),
             settings,
             waiters: HashMap::new(),
             persist: Vec::new(),
@@ -178,7 +191,9 @@ impl Cluster {
         Ok(Cluster {
             events,
             status,
-            driver: Some(driver),
+            submitted,
+            transport,
+            driver: Mutex::new(Some(driver)),
         })
     }
 
@@ -216,15 +231,24 @@ impl Cluster {
         lock(&self.status).clone()
     }
 
-    /// Stops the driver after the step in hand; mining is cancelled.
-    pub fn stop(mut self) {
-        self.shut_down();
+    /// Whether `id` was submitted here and waits to be committed.
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        lock(&self.submitted).contains(id)
     }
 
-    fn shut_down(&mut self) {
-        // A full queue still ends: the driver also stops when every sender is gone.
+    /// Each member's connection state, by member index.
+    pub fn peers(&self) -> Vec<PeerState> {
+        self.transport.peers()
+    }
+
+    /// Stops the driver after the step in hand (mining is cancelled) and waits for it.
+    /// Blocks: async callers use `spawn_blocking`.
+    pub fn stop(&self) {
+        // With the queue full the Stop may not fit; the driver then ends when its
+        // last sender goes, with the cluster.
         let _ = self.events.try_send(Event::Stop);
-        if let Some(driver) = self.driver.take() {
+        let driver = lock(&self.driver).take();
+        if let Some(driver) = driver {
             if driver.join().is_err() {
                 tracing::error!("the consensus driver panicked");
             }
@@ -234,7 +258,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.shut_down();
+        self.stop();
     }
 }
 
@@ -244,6 +268,7 @@ struct Driver {
     transport: Arc<Transport>,
     events: SyncSender<Event>,
     status: Arc<Mutex<ClusterStatus>>,
+    submitted: Arc<Mutex<HashSet<Hash>>>,
     settings: ClusterSettings,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
@@ -305,7 +330,9 @@ impl Driver {
                     forwarded: false,
                 })?;
                 // Refused (a duplicate, a full pool): its waiter hears the channel close.
-                if !self.replica.is_pending(&id) {
+                if self.replica.is_pending(&id) {
+                    lock(&self.submitted).insert(id);
+                } else {
                     self.waiters.remove(&id);
                 }
                 Ok(())
@@ -398,6 +425,19 @@ impl Driver {
             Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
             Output::Apply { block, certificate } => {
                 self.store.apply_block(&block, &certificate)?;
+                {
+                    let mut status = lock(&self.status);
+                    status.blocks_applied += 1;
+                    status.entries_committed += block.entries.len() as u64;
+                }
+                {
+                    let mut submitted = lock(&self.submitted);
+                    if !submitted.is_empty() {
+                        for entry in &block.entries {
+                            submitted.remove(&entry.id());
+                        }
+                    }
+                }
                 self.answer_waiters(&block, &certificate)?;
             }
             Output::Mine(template) => self.mine(template),
@@ -505,10 +545,12 @@ impl Driver {
 
     fn publish(&self) {
         let mut status = lock(&self.status);
+        status.me = self.replica.me();
         status.view = self.replica.view();
         status.primary = self.replica.primary();
         status.active = self.replica.is_active();
         status.height = self.replica.height();
         status.stable_checkpoint = self.replica.stable_checkpoint().height;
+        status.pending = self.replica.footprint().pending;
     }
 }

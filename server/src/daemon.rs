@@ -10,9 +10,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{LogFormat, NodeConfig};
+use crate::consensus::{MemberIndex, Timing};
+use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::storage::{Store, StoreOptions};
+
+/// Frames queued per peer, each way.
+const PEER_QUEUE: usize = 8192;
 
 /// How long in-flight requests get to finish once a stop is asked for.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -70,14 +76,6 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
             config.genesis.display()
         );
     }
-    if spec.members.len() > 1 {
-        bail!(
-            "{}: the chain has {} members; running a cluster needs the PBFT transport, \
-             which is not built yet, so only single-member chains run",
-            config.genesis.display(),
-            spec.members.len()
-        );
-    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let options = StoreOptions {
@@ -85,6 +83,83 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     };
     let store = Store::open(&config.database_path(), &spec, options)?;
     Ok((Arc::new(store), key))
+}
+
+/// Starts the member transport on `p2p_listen` and the PBFT replica over `store`.
+async fn start_cluster(
+    path: &Path,
+    config: &NodeConfig,
+    store: &Arc<Store>,
+    key: ed25519_dalek::SigningKey,
+) -> anyhow::Result<Cluster> {
+    let spec = store.spec();
+    let public = key.verifying_key();
+    let members = spec.members.as_slice();
+    let me = members
+        .iter()
+        .position(|member| member.public_key == public)
+        .context("this node's key is not a member")?;
+    let mut peers = Vec::with_capacity(members.len() - 1);
+    for (index, member) in members.iter().enumerate().filter(|(i, _)| *i != me) {
+        let Some(addr) = &member.p2p_addr else {
+            bail!(
+                "{}: member {index} ({}) has no p2p_addr; every member needs one so the \
+                 others can reach it",
+                config.genesis.display(),
+                member.node_id
+            );
+        };
+        peers.push((index as MemberIndex, addr.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(config.p2p_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on p2p_listen {}",
+                path.display(),
+                config.p2p_listen
+            )
+        })?;
+    let transport_config = TransportConfig {
+        key: key.clone(),
+        roster: Roster::new(&spec.members),
+        hello: Hello {
+            protocol: PROTOCOL_VERSION,
+            chain_id: spec.chain_id.clone(),
+            genesis_hash: store.genesis_hash(),
+            member: me as MemberIndex,
+            plugins: String::new(),
+        },
+        peers,
+        frame_limit: Wire::max_frame(&spec.params),
+        queue_capacity: PEER_QUEUE,
+        inbound_capacity: PEER_QUEUE,
+    };
+    let (transport, inbound) = Transport::start(listener, transport_config)?;
+    let settings = ClusterSettings {
+        timing: Timing {
+            max_block_delay_ms: config.max_block_delay_ms,
+            ..Timing::default()
+        },
+        mining_threads: config
+            .mining_threads
+            .and_then(NonZeroUsize::new)
+            .unwrap_or_else(crate::pow::default_threads),
+        ..ClusterSettings::default()
+    };
+    let store = Arc::clone(store);
+    let transport = Arc::new(transport);
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start(store, key, transport, inbound, settings)
+    })
+    .await??;
+    tracing::info!(
+        member = me,
+        members = members.len(),
+        p2p = %config.p2p_listen,
+        "consensus started"
+    );
+    Ok(cluster)
 }
 
 /// Runs the node of `config` (read from `path`, which names it in messages) until
@@ -109,7 +184,11 @@ pub async fn run(
             .and_then(NonZeroUsize::new)
             .unwrap_or_else(crate::pow::default_threads),
     };
-    let node = Arc::new(Node::new(Arc::clone(&store), key, settings));
+    let node = Arc::new(Node::new(Arc::clone(&store), key.clone(), settings));
+    if store.spec().members.len() > 1 {
+        let cluster = start_cluster(path, &config, &store, key).await?;
+        node.attach_cluster(cluster);
+    }
     node.metrics()
         .height
         .store(tip.height, std::sync::atomic::Ordering::Relaxed);

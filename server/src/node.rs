@@ -1,10 +1,13 @@
-//! The node driver: the entry pool, the block producer, and the commit pipeline.
+//! The node: what the API talks to, in front of one of two engines.
 //!
-//! Single-node today: a block is cut from the pool (at `max_block_entries`, after
+//! Alone (one member): a block is cut from the pool (at `max_block_entries`, after
 //! `max_block_delay` from its first entry, or on `POST /mine`), mined on blocking
 //! threads, certified by this node's own COMMIT signature (n = 1, quorum 1), applied in
-//! one durable write transaction, and then the entries' waiters are told. The cluster
-//! replaces [`Node::certify`] with PBFT; nothing before or after it changes.
+//! one durable write transaction, and then the entries' waiters are told.
+//!
+//! In a cluster, submits go to the PBFT replica's driver ([`Cluster`]), which forwards
+//! them to the primary and answers waiters once their block is committed and applied
+//! here; the pool and the producer are not used.
 //!
 //! Every store call and the miner run on blocking threads, never on async workers.
 
@@ -23,9 +26,13 @@ use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
     Receipt,
 };
+use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::Metrics;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
+
+/// How long `POST /mine` in a cluster waits for the block.
+const CUT_WAIT: Duration = Duration::from_secs(30);
 
 /// Tuning of the pool and the block producer.
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +127,8 @@ pub struct Node {
     admission_rx: Mutex<Option<Receiver<Admission>>>,
     /// The admission thread, joined when the producer stops so the store is released.
     admission_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The replica's driver, when this node is one member of several.
+    cluster: std::sync::OnceLock<Cluster>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -155,6 +164,7 @@ impl Node {
             admission_tx: sender,
             admission_rx: Mutex::new(Some(receiver)),
             admission_thread: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
             store,
             key,
             node_id,
@@ -187,13 +197,30 @@ impl Node {
         self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Makes `cluster` this node's engine: submits go to PBFT from now on. Call
+    /// before [`Node::run`]; a second call is ignored.
+    pub fn attach_cluster(&self, cluster: Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The replica's driver, in a cluster.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
     /// Entries waiting for a block.
     pub fn pool_size(&self) -> usize {
+        if let Some(cluster) = self.cluster() {
+            return cluster.status().pending;
+        }
         self.lock_pool().queue.len()
     }
 
     /// Whether `id` is queued or in the block being produced.
     pub fn is_pending(&self, id: &Hash) -> bool {
+        if let Some(cluster) = self.cluster() {
+            return cluster.is_pending(id);
+        }
         self.lock_pool().ids.contains(id)
     }
 
@@ -214,6 +241,9 @@ impl Node {
                 limit,
             });
         }
+        if let Some(cluster) = self.cluster() {
+            return self.submit_to_cluster(cluster, entry, wait).await;
+        }
         let (reply, answer) = oneshot::channel();
         match self.admission_tx.try_send(Admission { entry, wait, reply }) {
             Ok(()) => {}
@@ -225,6 +255,38 @@ impl Node {
             }
         }
         answer.await.unwrap_or(Err(SubmitError::NotReady))
+    }
+
+    /// A submit in a cluster: checked here as the admission thread would, then handed
+    /// to the replica, which forwards it to the primary.
+    async fn submit_to_cluster(
+        &self,
+        cluster: &Cluster,
+        entry: Entry,
+        wait: bool,
+    ) -> Result<Submitted, SubmitError> {
+        let id = entry.id();
+        let store = Arc::clone(&self.store);
+        let limit = store.spec().params.max_entry_bytes;
+        let check = entry.clone();
+        let committed = blocking(move || {
+            if let Err(error) = check.verify(&store.chain_hash(), limit) {
+                return Ok(Err(SubmitError::Invalid(error)));
+            }
+            Ok(Ok(store.committed(&[id])?))
+        })
+        .await??;
+        if committed.first().copied().unwrap_or(false) || cluster.is_pending(&id) {
+            return Err(SubmitError::Duplicate(id));
+        }
+        let receiver = cluster.submit(entry, wait).map_err(|error| match error {
+            ClusterError::Busy => SubmitError::PoolFull(self.settings.pool_capacity),
+            _ => SubmitError::NotReady,
+        })?;
+        self.metrics
+            .entries_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        Ok((id, receiver))
     }
 
     /// Which of `ids` are committed, and the pool lock, taken so that no id can move
@@ -342,9 +404,51 @@ impl Node {
     /// Asks for a block now, even an empty one; resolves once it is applied.
     pub fn request_block(&self) -> oneshot::Receiver<MineResult> {
         let (sender, receiver) = oneshot::channel();
+        if let Some(cluster) = self.cluster() {
+            self.cut_in_cluster(cluster, sender);
+            return receiver;
+        }
         self.lock_pool().mine_requests.push(sender);
         self.wake.notify_one();
         receiver
+    }
+
+    /// `POST /mine` in a cluster: only the primary cuts blocks; the answer is the next
+    /// block applied here.
+    fn cut_in_cluster(&self, cluster: &Cluster, answer: oneshot::Sender<MineResult>) {
+        let status = cluster.status();
+        if !status.active || status.primary != status.me {
+            let _ = answer.send(Err(format!(
+                "this node is not the primary of view {} (member {} is); ask it",
+                status.view, status.primary
+            )));
+            return;
+        }
+        if let Err(error) = cluster.cut() {
+            let _ = answer.send(Err(error.to_string()));
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + CUT_WAIT;
+            while Instant::now() < deadline {
+                let store = Arc::clone(&store);
+                match blocking(move || store.tip()).await {
+                    Ok(tip) if tip.height > status.height => {
+                        let _ = answer.send(Ok(tip));
+                        return;
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(error) => {
+                        let _ = answer.send(Err(error.to_string()));
+                        return;
+                    }
+                }
+            }
+            let _ = answer.send(Err(format!(
+                "no block committed within {CUT_WAIT:?}; see /v1/status"
+            )));
+        });
     }
 
     /// The block producer: runs until `shutdown` resolves, then finishes the block in
@@ -356,7 +460,7 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let queue = lock(&self.admission_rx).take();
-        if let Some(queue) = queue {
+        if let Some(queue) = queue.filter(|_| self.cluster().is_none()) {
             let node = Arc::clone(&self);
             let spawned = std::thread::Builder::new()
                 .name("admission".into())
@@ -373,6 +477,21 @@ impl Node {
     }
 
     async fn produce_blocks(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if self.cluster().is_some() {
+            shutdown.await;
+            self.stopping.store(true, Ordering::Relaxed);
+            let node = Arc::clone(&self);
+            let stopped = tokio::task::spawn_blocking(move || {
+                if let Some(cluster) = node.cluster() {
+                    cluster.stop();
+                }
+            });
+            if stopped.await.is_err() {
+                tracing::warn!("the consensus driver did not stop cleanly");
+            }
+            tracing::info!("consensus stopped");
+            return;
+        }
         let cancel = Arc::new(AtomicBool::new(false));
         tokio::pin!(shutdown);
         loop {

@@ -268,7 +268,7 @@ fn submit_wait_verify_and_refuse_tampering() {
 }
 
 #[test]
-fn refuses_other_chains_damaged_files_and_clusters_with_clear_messages() {
+fn refuses_other_chains_and_damaged_files_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dev_init(&dir.path().join("dev"), port);
@@ -304,17 +304,101 @@ fn refuses_other_chains_damaged_files_and_clusters_with_clear_messages() {
             "{message}"
         );
     }
+}
 
-    let cluster = run(
+/// A base port with `count` free ports from it (bounded tries).
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..50 {
+        let base = free_port();
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let all_free =
+            (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no run of {count} free ports found");
+}
+
+fn node(daemons: &[Option<Daemon>], i: usize) -> &Daemon {
+    daemons[i].as_ref().expect("running")
+}
+
+fn status(daemon: &Daemon) -> serde_json::Value {
+    let output = daemon.ctl(&["status"]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `ledgerd dev init --nodes 4` and four `ledgerd run` processes form one cluster:
+/// an entry submitted to any node commits with a certificate `ledgerctl verify`
+/// accepts; after SIGKILL of the primary the others change views and commit again;
+/// the killed node restarts from its store and catches up.
+#[test]
+fn four_processes_form_a_cluster_that_outlives_its_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(8);
+    let layout = dir.path().join("cluster");
+    let output = run(
         LEDGERD,
         &[
             "dev",
+            "init",
             "--nodes",
             "4",
             "--dir",
-            dir.path().join("c").to_str().unwrap(),
+            layout.to_str().unwrap(),
+            "--base-port",
+            &base.to_string(),
+            "--difficulty",
+            "8",
         ],
     );
-    assert!(!cluster.status.success());
-    assert!(text(&cluster).contains("PBFT"), "{}", text(&cluster));
+    assert!(output.status.success(), "{}", text(&output));
+    let genesis = layout.join("genesis.toml");
+    let config = |i: u16| layout.join(format!("node{i}/ledgerd.toml"));
+    let mut daemons: Vec<Option<Daemon>> = (0..4)
+        .map(|i| Some(Daemon::start(&config(i), base + 2 * i)))
+        .collect();
+
+    let committed = node(&daemons, 1).ctl(&["submit", "first", "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    let receipt = dir.path().join("first.json");
+    std::fs::write(&receipt, &committed.stdout).unwrap();
+    let verified = verify(&receipt, &genesis);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).contains("of 4 members"),
+        "{}",
+        text(&verified)
+    );
+    let primary = status(node(&daemons, 1))["primary"].clone();
+    assert_eq!(primary, status(node(&daemons, 0))["node_id"]);
+
+    // SIGKILL the primary; the next entry commits in a new view.
+    drop(daemons[0].take());
+    let second = node(&daemons, 2).ctl(&["submit", "second", "--wait"]);
+    assert!(second.status.success(), "{}", text(&second));
+    let answer: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let height = answer["height"].as_u64().expect("committed");
+    let now = status(node(&daemons, 3));
+    assert!(now["view"].as_u64().unwrap() >= 1, "{now}");
+    assert_ne!(now["primary"], primary);
+
+    // The killed node restarts from its store and catches up.
+    daemons[0] = Some(Daemon::start(&config(0), base));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = status(node(&daemons, 0))["height"].as_u64().unwrap() >= height;
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop();
+    }
 }

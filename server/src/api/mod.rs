@@ -523,26 +523,45 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     let spec = store.spec();
     let members = spec.members.as_slice();
     let self_id = node.node_id();
+    // Alone, this node is the whole quorum, always in view 0.
+    let (view, primary, stable_checkpoint, peers) = match node.cluster() {
+        Some(cluster) => {
+            let status = cluster.status();
+            let stable = (status.stable_checkpoint > 0).then_some(status.stable_checkpoint);
+            (
+                status.view,
+                usize::from(status.primary),
+                stable,
+                cluster.peers(),
+            )
+        }
+        None => (0, 0, None, Vec::new()),
+    };
     Ok(Json(StatusView {
         node_id: self_id.to_hex(),
         chain_id: spec.chain_id.clone(),
         chain_hash: store.chain_hash().to_hex(),
         genesis_hash: store.genesis_hash().to_hex(),
-        view: 0,
-        primary: members[0].node_id.to_hex(),
+        view,
+        primary: members
+            .get(primary)
+            .map(|m| m.node_id.to_hex())
+            .unwrap_or_default(),
         height: tip.height,
         tip_hash: tip.hash().to_hex(),
         log_size: tip.log_size,
-        stable_checkpoint: None,
+        stable_checkpoint,
         f: spec.members.max_faulty(),
         members: members
             .iter()
-            .map(|member| MemberView {
+            .enumerate()
+            .map(|(index, member)| MemberView {
                 node_id: member.node_id.to_hex(),
                 public_key: hex::encode(member.public_key.as_bytes()),
                 p2p_addr: member.p2p_addr.clone(),
                 api_addr: member.api_addr.clone(),
-                connected: member.node_id == self_id,
+                connected: member.node_id == self_id
+                    || peers.get(index).is_some_and(|peer| peer.connected()),
             })
             .collect(),
         difficulty: spec.difficulty,
@@ -643,6 +662,23 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "node",
     responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    if let Some(cluster) = node.cluster() {
+        let status = cluster.status();
+        let metrics = node.metrics();
+        metrics
+            .height
+            .store(status.height, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .pool_size
+            .store(status.pending as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .blocks_applied
+            .store(status.blocks_applied, std::sync::atomic::Ordering::Relaxed);
+        metrics.entries_committed.store(
+            status.entries_committed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),

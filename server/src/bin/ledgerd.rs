@@ -64,8 +64,8 @@ enum DevInit {
 
 #[derive(Args, Clone)]
 struct DevLayout {
-    /// Nodes in the cluster.
-    #[arg(long, default_value_t = 1)]
+    /// Nodes in the cluster (1 runs a node alone).
+    #[arg(long, default_value_t = 4)]
     nodes: usize,
     /// Directory for keys, genesis, configs and data.
     #[arg(long, default_value = "ledger-dev")]
@@ -134,7 +134,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init: Some(DevInit::Init(layout)),
             ..
         }) => {
-            single_node(&layout)?;
             let written = config::dev_init(
                 &layout.dir,
                 layout.nodes,
@@ -146,39 +145,87 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev(Dev { init: None, layout }) => {
-            single_node(&layout)?;
-            let path = layout.dir.join("node0").join("ledgerd.toml");
-            if !path.exists() {
-                config::dev_init(
-                    &layout.dir,
-                    layout.nodes,
-                    layout.base_port,
-                    layout.difficulty,
-                )?;
-            }
-            let config = NodeConfig::load(&path)?;
-            daemon::init_logging(config.log_format);
-            let api = config.api_listen;
-            println!("ledger dev: 1 node, data under {}", layout.dir.display());
-            println!("  node0 api http://{api}   (config {})", path.display());
-            println!("try: curl -s -XPOST 'http://{api}/v1/entries?wait=commit' -d '{{\"data\":\"hello\"}}'");
-            runtime()?.block_on(daemon::run(&path, config, daemon::stop_signal()))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dev(Dev { init: None, layout }) => dev(&layout),
     }
 }
 
-/// Refuses a cluster of more than one node until the PBFT transport exists.
-fn single_node(layout: &DevLayout) -> anyhow::Result<()> {
-    if layout.nodes != 1 {
+/// `ledgerd dev`: lays the cluster out if needed, then runs every node in this
+/// process until SIGINT or SIGTERM.
+fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
+    let paths: Vec<PathBuf> = (0..layout.nodes)
+        .map(|i| layout.dir.join(format!("node{i}")).join("ledgerd.toml"))
+        .collect();
+    if !layout.dir.join("genesis.toml").exists() {
+        config::dev_init(
+            &layout.dir,
+            layout.nodes,
+            layout.base_port,
+            layout.difficulty,
+        )?;
+    }
+    let configs = paths
+        .iter()
+        .map(|path| NodeConfig::load(path))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "{} holds another layout than --nodes {}; remove it or pass its --nodes",
+                layout.dir.display(),
+                layout.nodes
+            )
+        })?;
+    let spec = configs[0].chain_spec()?;
+    if spec.members.len() != layout.nodes {
         anyhow::bail!(
-            "--nodes {}: a cluster needs the PBFT transport between nodes, which is not built \
-             yet; run with --nodes 1",
+            "{} holds a chain of {} members, not --nodes {}; remove it or pass its --nodes",
+            layout.dir.display(),
+            spec.members.len(),
             layout.nodes
         );
     }
-    Ok(())
+    daemon::init_logging(configs[0].log_format);
+    println!(
+        "ledger dev: {} node{}, data under {}",
+        layout.nodes,
+        if layout.nodes == 1 { "" } else { "s" },
+        layout.dir.display()
+    );
+    for (i, (path, config)) in paths.iter().zip(&configs).enumerate() {
+        println!(
+            "  node{i} api http://{}   (config {})",
+            config.api_listen,
+            path.display()
+        );
+    }
+    let api = configs[0].api_listen;
+    println!(
+        "try: curl -s -XPOST 'http://{api}/v1/entries?wait=commit' -d '{{\"data\":\"hello\"}}'"
+    );
+    runtime()?.block_on(async move {
+        // One signal stops every node.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            daemon::stop_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut nodes = tokio::task::JoinSet::new();
+        for (path, config) in paths.into_iter().zip(configs) {
+            let mut stop = stop_rx.clone();
+            nodes.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                daemon::run(&path, config, stopped)
+                    .await
+                    .with_context(|| format!("node {}", path.display()))
+            });
+        }
+        while let Some(finished) = nodes.join_next().await {
+            finished.context("a node task failed")??;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {

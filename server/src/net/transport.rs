@@ -9,7 +9,7 @@
 //! flow. A frame that is malformed or too large closes that one connection.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -27,6 +27,8 @@ use crate::consensus::MemberIndex;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A peer unreachable this long is reported.
+const WARN_AFTER: Duration = Duration::from_secs(5);
 /// TLS and hello must be done within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle sender sends an empty frame this often, so the receiver can tell a quiet
@@ -250,8 +252,15 @@ async fn accept_loop(
         while readers.try_join_next().is_some() {}
         let (acceptor, shared, inbound) = (acceptor.clone(), shared.clone(), inbound.clone());
         readers.spawn(async move {
-            if let Err(error) = serve(stream, acceptor, shared, inbound).await {
-                tracing::debug!(peer = %addr, %error, "inbound peer connection closed");
+            match serve(stream, acceptor, shared, inbound).await {
+                // A member on another chain or genesis: an operator's mistake to fix.
+                Err(LinkError::Hello(error)) => {
+                    tracing::warn!(peer = %addr, %error, "refused a member's connection")
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %addr, %error, "inbound peer connection closed")
+                }
+                Ok(()) => {}
             }
         });
     }
@@ -343,6 +352,7 @@ async fn dial_loop(
     mut queue: mpsc::Receiver<Arc<[u8]>>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial(member, &addr, &connector, &shared))
@@ -351,6 +361,7 @@ async fn dial_loop(
         {
             Ok((mut tls, theirs)) => {
                 backoff = MIN_BACKOFF;
+                failing_since = None;
                 warned = false;
                 report_plugins(&shared, member, &theirs);
                 shared.update(member, |s| s.outbound = true);
@@ -368,11 +379,14 @@ async fn dial_loop(
                 }
             }
             Err(error) => {
-                // Refusals by the peer (a foreign chain, a key it does not know) are
-                // operator errors: say so once per outage, not per retry.
-                if !warned {
+                // Peers starting together refuse each other for a moment; an outage
+                // that lasts is worth one warning, not one per retry.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !warned && since.elapsed() >= WARN_AFTER {
                     tracing::warn!(peer = member, %addr, %error, "cannot connect to peer");
                     warned = true;
+                } else {
+                    tracing::debug!(peer = member, %addr, %error, "cannot connect to peer yet");
                 }
                 shared.update(member, |s| s.last_error = Some(error.to_string()));
             }
