@@ -10,7 +10,7 @@
 //! store. A store failure stops the driver: continuing could mean speaking without
 //! having persisted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -25,6 +25,7 @@ use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Receipt};
 use crate::consensus::{
     Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
 };
+use crate::metrics::Metrics;
 use crate::net::{Inbound, PeerState, Transport, Wire};
 use crate::node::{lock, now_ms};
 use crate::pow::{self, Outcome};
@@ -91,12 +92,6 @@ pub struct ClusterStatus {
     pub stable_checkpoint: u64,
     /// Entries waiting in the replica to be committed.
     pub pending: usize,
-    /// Blocks applied since start.
-    pub blocks_applied: u64,
-    /// Entries in them.
-    pub entries_committed: u64,
-    /// Inputs the replica refused, by reason.
-    pub dropped: BTreeMap<String, u64>,
     /// Why the driver stopped, if it failed.
     pub failure: Option<String>,
 }
@@ -116,8 +111,8 @@ enum Event {
 pub struct Cluster {
     events: SyncSender<Event>,
     status: Arc<Mutex<ClusterStatus>>,
-    /// Ids submitted through this node and not yet applied or refused.
-    submitted: Arc<Mutex<HashSet<Hash>>>,
+    /// Ids submitted through this node and not yet applied or refused, with when.
+    submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
     transport: Arc<Transport>,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
@@ -144,6 +139,7 @@ impl Cluster {
         transport: Arc<Transport>,
         mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
         settings: ClusterSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<Cluster, ClusterError> {
         let config = Config::new(store.spec(), key, settings.timing)?;
         let durable = store.durable()?;
@@ -169,7 +165,7 @@ impl Cluster {
                 }
             })
             .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
-        let submitted = Arc::new(Mutex::new(HashSet::new()));
+        let submitted = Arc::new(Mutex::new(HashMap::new()));
         let driver = Driver {
             replica,
             store,
@@ -177,6 +173,7 @@ impl Cluster {
             events: events.clone(),
             status: status.clone(),
             submitted: submitted.clone(),
+            metrics,
             settings,
             waiters: HashMap::new(),
             persist: Vec::new(),
@@ -233,7 +230,7 @@ impl Cluster {
 
     /// Whether `id` was submitted here and waits to be committed.
     pub fn is_pending(&self, id: &Hash) -> bool {
-        lock(&self.submitted).contains(id)
+        lock(&self.submitted).contains_key(id)
     }
 
     /// Each member's connection state, by member index.
@@ -268,7 +265,8 @@ struct Driver {
     transport: Arc<Transport>,
     events: SyncSender<Event>,
     status: Arc<Mutex<ClusterStatus>>,
-    submitted: Arc<Mutex<HashSet<Hash>>>,
+    submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
+    metrics: Arc<Metrics>,
     settings: ClusterSettings,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
@@ -310,13 +308,13 @@ impl Driver {
     fn on_event(&mut self, event: Event) -> Result<(), StoreError> {
         match event {
             Event::Frame(Inbound { from, frame }) => match Wire::decode(&frame) {
-                Ok(wire) => self.on_wire(from, wire),
+                Ok(wire) => {
+                    self.metrics.messages_in.add(wire.kind(), 1);
+                    self.on_wire(from, wire)
+                }
                 Err(error) => {
                     tracing::debug!(peer = from, %error, "undecodable frame from a member");
-                    *lock(&self.status)
-                        .dropped
-                        .entry("Undecodable".into())
-                        .or_default() += 1;
+                    self.metrics.messages_dropped.add("undecodable", 1);
                     Ok(())
                 }
             },
@@ -331,7 +329,7 @@ impl Driver {
                 })?;
                 // Refused (a duplicate, a full pool): its waiter hears the channel close.
                 if self.replica.is_pending(&id) {
-                    lock(&self.submitted).insert(id);
+                    lock(&self.submitted).insert(id, Instant::now());
                 } else {
                     self.waiters.remove(&id);
                 }
@@ -385,9 +383,23 @@ impl Driver {
     }
 
     fn send(&self, to: MemberIndex, wire: &Wire) {
+        self.metrics.messages_out.add(wire.kind(), 1);
         // A full queue means the peer is slow or away; the replica resends what
         // matters.
-        let _ = self.transport.send(to, Arc::from(wire.encode()));
+        if self.transport.send(to, Arc::from(wire.encode())).is_err() {
+            self.metrics.messages_dropped.add("send_queue_full", 1);
+        }
+    }
+
+    fn broadcast(&self, wire: &Wire) {
+        let peers = self.store.spec().members.len().saturating_sub(1) as u64;
+        self.metrics.messages_out.add(wire.kind(), peers);
+        let full = self.transport.broadcast(Arc::from(wire.encode()));
+        if !full.is_empty() {
+            self.metrics
+                .messages_dropped
+                .add("send_queue_full", full.len() as u64);
+        }
     }
 
     /// Feeds one input and performs the outputs.
@@ -417,24 +429,25 @@ impl Driver {
     fn perform(&mut self, output: Output) -> Result<(), StoreError> {
         match output {
             Output::Send { to, message } => self.send(to, &Wire::Consensus(message)),
-            Output::Broadcast(message) => {
-                let _ = self
-                    .transport
-                    .broadcast(Arc::from(Wire::Consensus(message).encode()));
-            }
+            Output::Broadcast(message) => self.broadcast(&Wire::Consensus(message)),
             Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
             Output::Apply { block, certificate } => {
+                let started = Instant::now();
                 self.store.apply_block(&block, &certificate)?;
-                {
-                    let mut status = lock(&self.status);
-                    status.blocks_applied += 1;
-                    status.entries_committed += block.entries.len() as u64;
-                }
+                let metrics = &self.metrics;
+                metrics.apply_latency.observe(started.elapsed());
+                metrics.height.store(block.header.height, Ordering::Relaxed);
+                metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .entries_committed
+                    .fetch_add(block.entries.len() as u64, Ordering::Relaxed);
                 {
                     let mut submitted = lock(&self.submitted);
                     if !submitted.is_empty() {
                         for entry in &block.entries {
-                            submitted.remove(&entry.id());
+                            if let Some(since) = submitted.remove(&entry.id()) {
+                                metrics.commit_latency.observe(since.elapsed());
+                            }
                         }
                     }
                 }
@@ -447,9 +460,7 @@ impl Driver {
                 }
             }
             Output::FetchBlock { height, hash } => {
-                let _ = self
-                    .transport
-                    .broadcast(Arc::from(Wire::FetchBlock { height, hash }.encode()));
+                self.broadcast(&Wire::FetchBlock { height, hash });
             }
             Output::FetchCommitted { after } => {
                 let peer = self.next_catch_up_peer();
@@ -473,10 +484,7 @@ impl Driver {
 
     fn count_drop(&self, from: Option<MemberIndex>, kind: &'static str, reason: DropReason) {
         tracing::trace!(?from, kind, ?reason, "input dropped");
-        *lock(&self.status)
-            .dropped
-            .entry(format!("{reason:?}"))
-            .or_default() += 1;
+        self.metrics.messages_dropped.add(reason.name(), 1);
     }
 
     /// Mines `template` on its own threads; the result comes back as an input.
@@ -488,11 +496,14 @@ impl Driver {
         self.mining = Some(cancel.clone());
         let threads = self.settings.mining_threads;
         let events = self.events.clone();
+        let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new()
             .name("miner".into())
             .spawn(move || {
                 let mut block = Block::clone(&template);
+                let started = Instant::now();
                 let report = pow::mine(&block.header, threads, &cancel);
+                metrics.record_mining(report.hashes, started.elapsed());
                 if let Outcome::Found { nonce, .. } = report.outcome {
                     block.header.nonce = nonce;
                     let _ = events.send(Event::Mined(block));
@@ -544,13 +555,24 @@ impl Driver {
     }
 
     fn publish(&self) {
+        let view = self.replica.view();
+        let pending = self.replica.footprint().pending;
+        let previous = self.metrics.view.swap(view, Ordering::Relaxed);
+        if view > previous {
+            self.metrics
+                .view_changes
+                .fetch_add(view - previous, Ordering::Relaxed);
+        }
+        self.metrics
+            .pool_size
+            .store(pending as u64, Ordering::Relaxed);
         let mut status = lock(&self.status);
         status.me = self.replica.me();
-        status.view = self.replica.view();
+        status.view = view;
         status.primary = self.replica.primary();
         status.active = self.replica.is_active();
         status.height = self.replica.height();
         status.stable_checkpoint = self.replica.stable_checkpoint().height;
-        status.pending = self.replica.footprint().pending;
+        status.pending = pending;
     }
 }

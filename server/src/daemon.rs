@@ -91,6 +91,7 @@ async fn start_cluster(
     config: &NodeConfig,
     store: &Arc<Store>,
     key: ed25519_dalek::SigningKey,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Cluster> {
     let spec = store.spec();
     let public = key.verifying_key();
@@ -150,7 +151,7 @@ async fn start_cluster(
     let store = Arc::clone(store);
     let transport = Arc::new(transport);
     let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(store, key, transport, inbound, settings)
+        Cluster::start(store, key, transport, inbound, settings, metrics)
     })
     .await??;
     tracing::info!(
@@ -186,7 +187,7 @@ pub async fn run(
     };
     let node = Arc::new(Node::new(Arc::clone(&store), key.clone(), settings));
     if store.spec().members.len() > 1 {
-        let cluster = start_cluster(path, &config, &store, key).await?;
+        let cluster = start_cluster(path, &config, &store, key, node.metrics().clone()).await?;
         node.attach_cluster(cluster);
     }
     node.metrics()

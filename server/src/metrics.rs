@@ -1,8 +1,10 @@
 //! The node's Prometheus metrics: a handful of atomics rendered as text exposition
 //! format. Small enough that a metrics crate would add more than it saves.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Upper bounds of the commit latency histogram, in seconds.
@@ -30,6 +32,11 @@ impl Histogram {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -43,6 +50,33 @@ impl Histogram {
             out,
             "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
         );
+    }
+}
+
+/// A counter per value of one label (a message kind, a drop reason). Labels come
+/// from fixed sets in the code, so the map stays small.
+#[derive(Debug, Default)]
+pub struct Labelled(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Labelled {
+    /// Adds `n` to the counter of `label`.
+    pub fn add(&self, label: &'static str, n: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(label).or_default() += n;
+    }
+
+    /// The counter of `label`.
+    pub fn get(&self, label: &str) -> u64 {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(label).copied().unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (value, count) in counts.iter() {
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+        }
     }
 }
 
@@ -79,6 +113,18 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Applying one block to the store.
     pub apply_latency: Histogram,
+    /// The PBFT view (clusters).
+    pub view: AtomicU64,
+    /// Views entered or started since start.
+    pub view_changes: AtomicU64,
+    /// Members connected both ways.
+    pub peers_connected: AtomicU64,
+    /// Frames received from members, by kind.
+    pub messages_in: Labelled,
+    /// Frames queued to members, by kind (one per recipient).
+    pub messages_out: Labelled,
+    /// Inputs refused, by reason.
+    pub messages_dropped: Labelled,
 }
 
 impl Metrics {
@@ -95,7 +141,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let metrics: [(&str, &str, &str, Value); 9] = [
+        let metrics: [(&str, &str, &str, Value); 12] = [
             (
                 "ledger_height",
                 "gauge",
@@ -150,6 +196,24 @@ impl Metrics {
                 "Time spent mining.",
                 Value::Micros(&self.pow_micros),
             ),
+            (
+                "ledger_view",
+                "gauge",
+                "The PBFT view.",
+                Value::Count(&self.view),
+            ),
+            (
+                "ledger_view_changes_total",
+                "counter",
+                "Views this node moved to since it started.",
+                Value::Count(&self.view_changes),
+            ),
+            (
+                "ledger_peers_connected",
+                "gauge",
+                "Members connected to this node both ways.",
+                Value::Count(&self.peers_connected),
+            ),
         ];
         for (name, kind, help, value) in metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -173,6 +237,24 @@ impl Metrics {
             "ledger_apply_seconds",
             "Applying one block in one durable write transaction.",
         );
+        self.messages_in.render(
+            &mut out,
+            "ledger_messages_in_total",
+            "kind",
+            "Frames received from members.",
+        );
+        self.messages_out.render(
+            &mut out,
+            "ledger_messages_out_total",
+            "kind",
+            "Frames queued to members, one per recipient.",
+        );
+        self.messages_dropped.render(
+            &mut out,
+            "ledger_messages_dropped_total",
+            "reason",
+            "Inputs refused: frames, messages, entries and blocks.",
+        );
         out
     }
 }
@@ -195,5 +277,14 @@ mod tests {
         assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("ledger_commit_latency_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("ledger_commit_latency_seconds_count 2\n"));
+        metrics.messages_in.add("prepare", 2);
+        metrics.messages_in.add("prepare", 1);
+        metrics.messages_dropped.add("Stale", 1);
+        let text = metrics.render();
+        assert!(
+            text.contains("ledger_messages_in_total{kind=\"prepare\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("ledger_messages_dropped_total{reason=\"Stale\"} 1\n"));
     }
 }

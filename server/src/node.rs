@@ -120,7 +120,7 @@ pub struct Node {
     wake: Notify,
     ready: AtomicBool,
     stopping: AtomicBool,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// The admission queue, bounded like the pool: a burst beyond it is a 503.
     admission_tx: SyncSender<Admission>,
     /// Its receiving end, until [`Node::run`] hands it to the admission thread.
@@ -173,7 +173,7 @@ impl Node {
             wake: Notify::new(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -188,7 +188,7 @@ impl Node {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

@@ -4,6 +4,7 @@
 //! Every wait is bounded.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use ed25519_dalek::SigningKey;
 use ledger::chain::{ChainSpec, Entry, Hash};
 use ledger::cluster::{Cluster, ClusterSettings};
 use ledger::consensus::{MemberIndex, Timing};
+use ledger::metrics::Metrics;
 use ledger::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use ledger::storage::{Store, StoreOptions};
 use ledger::testing;
@@ -21,6 +23,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 struct Member {
     cluster: Cluster,
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     _transport: Arc<Transport>,
 }
 
@@ -96,17 +99,20 @@ impl Net {
             mining_threads: std::num::NonZeroUsize::MIN,
             catch_up_batch: 16,
         };
+        let metrics = Arc::new(Metrics::default());
         let cluster = Cluster::start(
             store.clone(),
             self.keys[member].clone(),
             transport.clone(),
             inbound,
             settings,
+            metrics.clone(),
         )
         .expect("cluster");
         self.members[member] = Some(Member {
             cluster,
             store,
+            metrics,
             _transport: transport,
         });
     }
@@ -214,4 +220,19 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
         assert!(Instant::now() < deadline, "height {last}: {statuses:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What an operator sees on /metrics.
+    for member in 1..4 {
+        let metrics = &net.member(member).metrics;
+        assert_eq!(metrics.height.load(Ordering::Relaxed), last);
+        assert!(metrics.view.load(Ordering::Relaxed) >= 1);
+        assert!(metrics.view_changes.load(Ordering::Relaxed) >= 1);
+        assert!(metrics.messages_in.get("commit") > 0);
+        assert!(metrics.messages_out.get("checkpoint") > 0);
+    }
+    let via = &net.member(1).metrics;
+    assert!(via.commit_latency.count() > 0);
+    assert!(
+        net.member(0).metrics.messages_in.get("committed") > 0,
+        "caught up by fetching"
+    );
 }

@@ -663,21 +663,10 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
     responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if let Some(cluster) = node.cluster() {
-        let status = cluster.status();
-        let metrics = node.metrics();
-        metrics
-            .height
-            .store(status.height, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .pool_size
-            .store(status.pending as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .blocks_applied
-            .store(status.blocks_applied, std::sync::atomic::Ordering::Relaxed);
-        metrics.entries_committed.store(
-            status.entries_committed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let connected = cluster.peers().iter().filter(|p| p.connected()).count();
+        node.metrics()
+            .peers_connected
+            .store(connected as u64, std::sync::atomic::Ordering::Relaxed);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

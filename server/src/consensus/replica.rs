@@ -267,6 +267,27 @@ pub enum DropReason {
     PoolFull,
 }
 
+impl DropReason {
+    /// The reason's name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotMember => "not_member",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::WrongView => "wrong_view",
+            DropReason::NotPrimary => "not_primary",
+            DropReason::OutsideWindow => "outside_window",
+            DropReason::Stale => "stale",
+            DropReason::Duplicate => "duplicate",
+            DropReason::Conflicting => "conflicting",
+            DropReason::InvalidBlock => "invalid_block",
+            DropReason::InvalidNewView => "invalid_new_view",
+            DropReason::Unsolicited => "unsolicited",
+            DropReason::InvalidEntry => "invalid_entry",
+            DropReason::PoolFull => "pool_full",
+        }
+    }
+}
+
 /// Sizes of the replica's state, for the boundedness check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Footprint {

@@ -56,6 +56,18 @@ impl Wire {
             .saturating_add(HEADER_LEN + AROUND)
     }
 
+    /// The kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Wire::Consensus(message) => message.kind(),
+            Wire::Entry(_) => "entry",
+            Wire::FetchCommitted { .. } => "fetch-committed",
+            Wire::Committed { .. } => "committed",
+            Wire::FetchBlock { .. } => "fetch-block",
+            Wire::Block(_) => "block",
+        }
+    }
+
     /// The frame bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
