@@ -332,15 +332,10 @@ fn status(daemon: &Daemon) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// `ledgerd dev init --nodes 4` and four `ledgerd run` processes form one cluster:
-/// an entry submitted to any node commits with a certificate `ledgerctl verify`
-/// accepts; after SIGKILL of the primary the others change views and commit again;
-/// the killed node restarts from its store and catches up.
-#[test]
-fn four_processes_form_a_cluster_that_outlives_its_primary() {
-    let dir = tempfile::tempdir().unwrap();
+/// Four `ledgerd run` processes on a fresh `ledgerd dev init --nodes 4` layout under
+/// `dir`: their config paths and the running daemons.
+fn start_cluster(dir: &Path) -> (Vec<PathBuf>, u16, Vec<Option<Daemon>>) {
     let base = free_ports(8);
-    let layout = dir.path().join("cluster");
     let output = run(
         LEDGERD,
         &[
@@ -349,7 +344,7 @@ fn four_processes_form_a_cluster_that_outlives_its_primary() {
             "--nodes",
             "4",
             "--dir",
-            layout.to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--base-port",
             &base.to_string(),
             "--difficulty",
@@ -357,11 +352,50 @@ fn four_processes_form_a_cluster_that_outlives_its_primary() {
         ],
     );
     assert!(output.status.success(), "{}", text(&output));
-    let genesis = layout.join("genesis.toml");
-    let config = |i: u16| layout.join(format!("node{i}/ledgerd.toml"));
-    let mut daemons: Vec<Option<Daemon>> = (0..4)
-        .map(|i| Some(Daemon::start(&config(i), base + 2 * i)))
+    let configs: Vec<PathBuf> = (0..4)
+        .map(|i| dir.join(format!("node{i}/ledgerd.toml")))
         .collect();
+    let daemons = (0..4u16)
+        .map(|i| Some(Daemon::start(&configs[usize::from(i)], base + 2 * i)))
+        .collect();
+    (configs, base, daemons)
+}
+
+/// Waits (bounded) until every running node has the same tip at `height` or above.
+fn converge(daemons: &[Option<Daemon>], height: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tips: Vec<serde_json::Value> = daemons
+            .iter()
+            .flatten()
+            .map(|daemon| status(daemon)["tip_hash"].clone())
+            .collect();
+        let heights: Vec<u64> = daemons
+            .iter()
+            .flatten()
+            .map(|daemon| status(daemon)["height"].as_u64().unwrap())
+            .collect();
+        if tips.iter().all(|tip| *tip == tips[0]) && heights.iter().all(|h| *h >= height) {
+            return tips[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no common tip: {heights:?} {tips:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `ledgerd dev init --nodes 4` and four `ledgerd run` processes form one cluster:
+/// an entry submitted to any node commits with a certificate `ledgerctl verify`
+/// accepts; after SIGKILL of the primary the others change views and commit again;
+/// the killed node restarts from its store and catches up to the same chain.
+#[test]
+fn four_processes_form_a_cluster_that_outlives_its_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cluster");
+    let genesis = layout.join("genesis.toml");
+    let (configs, base, mut daemons) = start_cluster(&layout);
 
     let committed = node(&daemons, 1).ctl(&["submit", "first", "--wait"]);
     assert!(committed.status.success(), "{}", text(&committed));
@@ -387,17 +421,56 @@ fn four_processes_form_a_cluster_that_outlives_its_primary() {
     assert!(now["view"].as_u64().unwrap() >= 1, "{now}");
     assert_ne!(now["primary"], primary);
 
-    // The killed node restarts from its store and catches up.
-    daemons[0] = Some(Daemon::start(&config(0), base));
+    // The killed node restarts from its store and catches up to the same chain.
+    daemons[0] = Some(Daemon::start(&configs[0], base));
+    converge(&daemons, height);
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop();
+    }
+}
+
+/// With f + 1 = 2 of 4 nodes down nothing commits and nothing diverges; once they
+/// return, the entry that waited commits on every node.
+#[test]
+fn without_a_quorum_nothing_commits_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base, mut daemons) = start_cluster(&dir.path().join("cluster"));
+    let url = node(&daemons, 1).url.clone();
+    let tip = converge(&daemons, 0);
+    let before = status(node(&daemons, 1))["height"].as_u64().unwrap();
+    assert_eq!(tip, status(node(&daemons, 2))["tip_hash"]);
+
+    drop(daemons[2].take());
+    drop(daemons[3].take());
+    let mut response = ureq::post(format!("{url}/v1/entries?wait=commit&timeout_ms=3000"))
+        .send(r#"{"data":"waits for a quorum"}"#)
+        .unwrap();
+    assert_eq!(response.status(), 202, "committed without a quorum");
+    let accepted: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        assert_eq!(
+            status(node(&daemons, i))["height"].as_u64().unwrap(),
+            before
+        );
+    }
+
+    for i in [2u16, 3] {
+        daemons[usize::from(i)] = Some(Daemon::start(&configs[usize::from(i)], base + 2 * i));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let caught_up = status(node(&daemons, 0))["height"].as_u64().unwrap() >= height;
-        if caught_up {
+        let mut response = ureq::get(format!("{url}/v1/entries/{id}")).call().unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        if entry["receipt"].is_object() {
             break;
         }
-        assert!(Instant::now() < deadline, "node 0 did not catch up");
+        assert!(Instant::now() < deadline, "never committed: {entry}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    converge(&daemons, before + 1);
     for daemon in daemons.into_iter().flatten() {
         daemon.stop();
     }
