@@ -8,6 +8,10 @@
 //! - `--wait`: every submit asks `?wait=commit`, optionally paced to `--rate` entries/s
 //!   in total; each answer's round trip is a commit latency (p50/p99/max).
 //!
+//! `--etcd` drives an etcd 3 cluster's JSON gateway (`POST /v3/kv/put`) with values of
+//! the same size instead, for a side-by-side figure: a put answered 200 is committed
+//! by etcd's Raft quorum, so every answer is a commit latency.
+//!
 //! The HTTP/1.1 client is deliberately minimal (one request shape, Content-Length
 //! bodies) so the generator costs the shared CPU as little as possible.
 
@@ -45,6 +49,9 @@ struct Args {
     /// Distinguishes this run's entries from earlier runs' (default: the clock).
     #[arg(long)]
     run_id: Option<u64>,
+    /// The target is an etcd 3 member, not a ledger node.
+    #[arg(long)]
+    etcd: bool,
 }
 
 #[derive(Default)]
@@ -117,13 +124,20 @@ impl Connection {
     }
 }
 
-fn entry_body(run: u64, client: usize, sequence: u64, size: usize) -> Vec<u8> {
+fn entry_body(run: u64, client: usize, sequence: u64, size: usize, etcd: bool) -> Vec<u8> {
     // Unique per run, client and sequence; padded to `size` bytes of data.
     let mut data = format!("{run:x}-{client}-{sequence}-");
     while data.len() < size {
         data.push('x');
     }
     data.truncate(size.max(16));
+    if etcd {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.encode(format!("loadgen/{run:x}/{client}/{sequence}"));
+        let value = b64.encode(&data);
+        return format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}").into_bytes();
+    }
     format!("{{\"data\":\"{data}\"}}").into_bytes()
 }
 
@@ -148,7 +162,9 @@ async fn client(
     tally: Arc<Tally>,
 ) -> anyhow::Result<()> {
     let mut connection = Connection::open(args.addr).await?;
-    let path = if args.wait {
+    let path = if args.etcd {
+        "/v3/kv/put"
+    } else if args.wait {
         "/v1/entries?wait=commit"
     } else {
         "/v1/entries"
@@ -163,7 +179,7 @@ async fn client(
             let due = started + interval.mul_f64(sequence as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let body = entry_body(run, index, sequence, args.size);
+        let body = entry_body(run, index, sequence, args.size, args.etcd);
         sequence += 1;
         let sent = Instant::now();
         match connection.request("POST", path, &body).await {
@@ -208,7 +224,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let before = committed_total(args.addr).await?;
+    let before = if args.etcd {
+        0
+    } else {
+        committed_total(args.addr).await?
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -229,7 +249,11 @@ async fn main() -> anyhow::Result<()> {
         client.await??;
     }
     let elapsed = started.elapsed();
-    let after = committed_total(args.addr).await?;
+    let after = if args.etcd {
+        tally.committed.load(Ordering::Relaxed)
+    } else {
+        committed_total(args.addr).await?
+    };
 
     let seconds = elapsed.as_secs_f64();
     let committed = after - before;
@@ -241,7 +265,13 @@ async fn main() -> anyhow::Result<()> {
         args.clients,
         args.size,
         seconds,
-        if args.wait { ", wait=commit" } else { "" },
+        if args.etcd {
+            ", etcd puts"
+        } else if args.wait {
+            ", wait=commit"
+        } else {
+            ""
+        },
         args.rate
             .map(|rate| format!(", paced at {rate} /s"))
             .unwrap_or_default()
