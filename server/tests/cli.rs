@@ -475,3 +475,94 @@ fn without_a_quorum_nothing_commits_until_it_returns() {
         daemon.stop();
     }
 }
+
+/// A rolling restart of all four nodes, one at a time with SIGTERM, while four
+/// clients keep submitting: every entry answered "committed" is on every node afterwards,
+/// and all four end on the same tip.
+#[test]
+fn a_rolling_restart_under_load_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base, mut daemons) = start_cluster(&dir.path().join("cluster"));
+    let urls: Vec<String> = (0..4u16)
+        .map(|i| format!("http://127.0.0.1:{}", base + 2 * i))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Four clients, each starting on another node.
+    let load: Vec<_> = (0..4u64)
+        .map(|client| {
+            let (urls, stop, committed) = (urls.clone(), stop.clone(), committed.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(15)))
+                    .http_status_as_error(false)
+                    .build()
+                    .new_agent();
+                let mut sequence = 0u64;
+                // Bounded: the main thread stops it, and never more than 10,000 submits.
+                while !stop.load(Ordering::Relaxed) && sequence < 10_000 {
+                    let url = &urls[((client + sequence) % 4) as usize];
+                    let body = format!(r#"{{"data":"rolling {client}/{sequence}"}}"#);
+                    sequence += 1;
+                    let Ok(mut response) = agent
+                        .post(format!("{url}/v1/entries?wait=commit&timeout_ms=10000"))
+                        .send(body)
+                    else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    if response.status() == 200 {
+                        let text = response.body_mut().read_to_string().unwrap();
+                        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        let id = answer["id"].as_str().unwrap().to_owned();
+                        committed.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for i in 0..4u16 {
+        std::thread::sleep(Duration::from_millis(700));
+        let log = daemons[usize::from(i)].take().unwrap().stop();
+        assert!(log.contains("stopped"), "{log}");
+        daemons[usize::from(i)] = Some(Daemon::start(&configs[usize::from(i)], base + 2 * i));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for client in load {
+        client.join().unwrap();
+    }
+
+    let committed = committed.lock().unwrap().clone();
+    assert!(
+        committed.len() >= 10,
+        "only {} commits under load",
+        committed.len()
+    );
+    eprintln!(
+        "rolling restart: {} entries committed under load",
+        committed.len()
+    );
+    let height = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    converge(&daemons, height);
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    for url in &urls {
+        for id in &committed {
+            let mut response = agent.get(format!("{url}/v1/entries/{id}")).call().unwrap();
+            assert_eq!(response.status(), 200, "{id} missing on {url}");
+            let text = response.body_mut().read_to_string().unwrap();
+            let entry: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(entry["receipt"].is_object(), "{id} not committed on {url}");
+        }
+    }
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop();
+    }
+}
