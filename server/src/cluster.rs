@@ -73,6 +73,9 @@ pub enum ClusterError {
     /// Too many events are queued.
     #[error("the consensus driver is overloaded; retry later")]
     Busy,
+    /// A thread could not be started.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
 /// What the driver reports of its replica.
@@ -114,6 +117,8 @@ pub struct Cluster {
     /// Ids submitted through this node and not yet applied or refused, with when.
     submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
     transport: Arc<Transport>,
+    /// Raised to stop the driver, which looks at it at least every tick.
+    halt: Arc<AtomicBool>,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -164,9 +169,11 @@ impl Cluster {
                     }
                 }
             })
-            .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
+            .map_err(|error| ClusterError::Thread("peer-frames", error))?;
         let submitted = Arc::new(Mutex::new(HashMap::new()));
+        let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
+            halt: halt.clone(),
             replica,
             store,
             transport: transport.clone(),
@@ -184,12 +191,13 @@ impl Cluster {
         let driver = std::thread::Builder::new()
             .name("consensus".into())
             .spawn(move || driver.run(queue))
-            .map_err(|error| StoreError::Corrupt(format!("cannot start a thread: {error}")))?;
+            .map_err(|error| ClusterError::Thread("consensus", error))?;
         Ok(Cluster {
             events,
             status,
             submitted,
             transport,
+            halt,
             driver: Mutex::new(Some(driver)),
         })
     }
@@ -241,8 +249,9 @@ impl Cluster {
     /// Stops the driver after the step in hand (mining is cancelled) and waits for it.
     /// Blocks: async callers use `spawn_blocking`.
     pub fn stop(&self) {
-        // With the queue full the Stop may not fit; the driver then ends when its
-        // last sender goes, with the cluster.
+        self.halt.store(true, Ordering::Relaxed);
+        // Wakes the driver at once when the queue has room; else it sees the flag
+        // within a tick.
         let _ = self.events.try_send(Event::Stop);
         let driver = lock(&self.driver).take();
         if let Some(driver) = driver {
@@ -260,6 +269,7 @@ impl Drop for Cluster {
 }
 
 struct Driver {
+    halt: Arc<AtomicBool>,
     replica: Replica,
     store: Arc<Store>,
     transport: Arc<Transport>,
@@ -280,6 +290,9 @@ impl Driver {
     fn run(mut self, queue: Receiver<Event>) {
         let mut next_tick = Instant::now();
         let result = loop {
+            if self.halt.load(Ordering::Relaxed) {
+                break Ok(());
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
             let step = match queue.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break Ok(()),

@@ -192,9 +192,14 @@ impl Node {
         &self.metrics
     }
 
-    /// Whether the node serves submits (recovered and producing blocks).
+    /// Whether the node serves submits (recovered, producing blocks or running
+    /// consensus).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+        // A consensus driver that failed (its store) serves nothing any more.
+        let failed = self
+            .cluster()
+            .is_some_and(|cluster| cluster.status().failure.is_some());
+        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed) && !failed
     }
 
     /// Makes `cluster` this node's engine: submits go to PBFT from now on. Call
