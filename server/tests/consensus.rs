@@ -453,20 +453,17 @@ fn other_checkpoint(setup: &Setup) -> ledger::consensus::CheckpointCertificate {
 /// the prepared block; a backup recomputes it, accepts it and prepares again in the
 /// new view; a NEW-VIEW whose proposals do not follow is refused and the backup moves
 /// on to the next view.
-#[test]
-fn new_view_is_computed_sent_and_checked() {
-    let setup = Setup::new(4);
-    let genesis = setup.genesis();
-    let block = setup.block(&genesis.header, &genesis.log, 1);
-    // Members 1, 2, 3 prepare block 1 in view 0, then leave view 0.
+/// Members 1, 2 and 3 prepare `block` in view 0, each with an entry pending, then
+/// time out; returns them and the NEW-VIEW member 1 sends for view 1.
+fn prepared_in_view_0_then_new_view(setup: &Setup, block: &Arc<Block>) -> (Vec<Replica>, Message) {
     let mut replicas: Vec<Replica> = (1..4).map(|m| setup.replica(m)).collect();
     let mut changes = Vec::new();
     for replica in &mut replicas {
-        let mut all = replica.handle(Input::Message(setup.pre_prepare(0, &block)), &NoEntries);
+        let mut all = replica.handle(Input::Message(setup.pre_prepare(0, block)), &NoEntries);
         for from in 1..4usize {
             if from != usize::from(replica.me()) {
                 all.extend(replica.handle(
-                    Input::Message(vote(&setup, from, false, 0, &block)),
+                    Input::Message(vote(setup, from, false, 0, block)),
                     &NoEntries,
                 ));
             }
@@ -489,8 +486,7 @@ fn new_view_is_computed_sent_and_checked() {
         }
     }
     assert_eq!(changes.len(), 3);
-    let (primary, backups) = replicas.split_at_mut(1);
-    let primary = &mut primary[0]; // member 1, primary of view 1
+    let primary = &mut replicas[0]; // member 1, primary of view 1
     let mut new_view = None;
     for change in changes.iter().filter(|m| m.from != 1) {
         for output in primary.handle(Input::Message(change.clone()), &NoEntries) {
@@ -504,6 +500,20 @@ fn new_view_is_computed_sent_and_checked() {
     let new_view = new_view.expect("2f + 1 view changes make the primary send NEW-VIEW");
     assert!(primary.is_active());
     assert_eq!(primary.view(), 1);
+    (replicas, new_view)
+}
+
+/// §4.4: the new primary, holding 2f + 1 view changes, sends NEW-VIEW re-proposing
+/// the prepared block; a backup recomputes it, accepts it and prepares again in the
+/// new view; a NEW-VIEW whose proposals do not follow is refused and the backup moves
+/// on to the next view.
+#[test]
+fn new_view_is_computed_sent_and_checked() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let (mut replicas, new_view) = prepared_in_view_0_then_new_view(&setup, &block);
+    let backups = &mut replicas[1..];
 
     let backup = &mut backups[0]; // member 2
     let outputs = message(backup, new_view.clone());
@@ -531,6 +541,51 @@ fn new_view_is_computed_sent_and_checked() {
             "persist view-change v2",
             "broadcast view-change v2 prepared 1"
         ]
+    );
+}
+
+/// §5.2: a replica re-proposed a block it never received asks for the body, and asks
+/// again at every retransmit until it arrives (the peer asked may lack it, or the
+/// answer may be lost); then it prepares and stops asking.
+#[test]
+fn a_missing_block_is_asked_for_until_it_arrives() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let (_, new_view) = prepared_in_view_0_then_new_view(&setup, &block);
+
+    // Member 0 missed view 0's pre-prepare.
+    let mut late = setup.replica(0);
+    assert_eq!(
+        message(&mut late, new_view),
+        ["persist new-view v1 proposals 1", "fetch block h1"]
+    );
+    let mut now = setup.now;
+    let mut retransmit = || {
+        now += TIMING.retransmit_ms;
+        now
+    };
+    assert_eq!(
+        feed(
+            &mut late,
+            Input::Tick {
+                now_ms: retransmit()
+            }
+        ),
+        ["fetch block h1"]
+    );
+    assert_eq!(
+        feed(&mut late, Input::Block(block.clone())),
+        ["persist accepted v1 h1", "broadcast prepare v1 h1"]
+    );
+    assert_eq!(
+        feed(
+            &mut late,
+            Input::Tick {
+                now_ms: retransmit()
+            }
+        ),
+        ["broadcast prepare v1 h1"]
     );
 }
 

@@ -39,12 +39,18 @@ fn ten_members_survive_every_scenario() {
     run_catalogue(10);
 }
 
-/// Seeds the 100,000-seed sweep once failed on, kept so the fix stays fixed: a
+/// Seeds the 100,000-seed sweeps once failed on, kept so the fixes stay fixed: a
 /// replica that timed out to the next view alone, the others short of its
-/// VIEW-CHANGE (or of the NEW-VIEW) for the view before.
+/// VIEW-CHANGE (or of the NEW-VIEW) for the view before (silent-4); members whose one
+/// request for a re-proposed block body went to a peer without it, never asking
+/// again (equivocate-10).
 #[test]
 fn past_sweep_failures_stay_fixed() {
-    let failures = [("silent-4", 13294), ("silent-4", 26903)];
+    let failures = [
+        ("silent-4", 13294),
+        ("silent-4", 26903),
+        ("equivocate-10", 95355),
+    ];
     for (name, seed) in failures {
         let scenario = Scenario::named(name).expect("catalogue scenario");
         let report = Sim::new(scenario, seed).run();

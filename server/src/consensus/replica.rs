@@ -336,7 +336,9 @@ struct Slot {
     applied: Option<Hash>,
     /// This replica's current-view messages for this height, resent until applied.
     sent: Vec<Message>,
-    fetching: bool,
+    /// The body asked for with [`Output::FetchBlock`], asked again at each retransmit
+    /// until it arrives: the peer asked may lack it or the answer may be lost.
+    fetching: Option<Hash>,
 }
 
 #[derive(Clone, Debug)]
@@ -571,6 +573,45 @@ impl Replica {
             view_changes: self.view_changes.len(),
             pending: self.pending.len(),
         }
+    }
+
+    /// One line per height of the consensus log (candidate, accepted block, votes,
+    /// certificates, body asked for) and one for the tip, hashes cut to 4 hex digits:
+    /// for reading a simulator failure.
+    pub fn describe_log(&self) -> String {
+        let short = |hash: &Hash| hash.to_hex()[..4].to_string();
+        let votes = |votes: &BTreeMap<MemberIndex, (Hash, [u8; 64])>| {
+            votes
+                .iter()
+                .map(|(member, (hash, _))| format!("{member}:{}", short(hash)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut text = String::new();
+        for (height, slot) in &self.slots {
+            text += &format!(
+                "h{height}: candidate {:?} accepted {:?} prepares [{}] commits [{}] prepared {:?} committed {} applied {:?} fetching {:?} sent {}\n",
+                slot.candidate.map(|c| short(&c.header.hash())),
+                slot.accepted.as_ref().map(|a| (a.view, short(&a.hash))),
+                votes(&slot.prepares),
+                votes(&slot.commits),
+                slot.prepared.as_ref().map(|p| (p.view, short(&p.header.hash()))),
+                slot.certificate.is_some(),
+                slot.applied.as_ref().map(short),
+                slot.fetching.as_ref().map(short),
+                slot.sent.len(),
+            );
+        }
+        text += &format!(
+            "tip h{} {} mining {:?} view-change deadline {:?} consecutive {} bodies [{}]\n",
+            self.tip.header.height,
+            short(&self.tip.header.hash()),
+            self.mining.map(|(height, _)| height),
+            self.view_change_deadline,
+            self.consecutive_view_changes,
+            self.blocks.keys().map(short).collect::<Vec<_>>().join(" "),
+        );
+        text
     }
 
     fn quorum(&self) -> usize {
@@ -1149,6 +1190,16 @@ impl Replica {
             again.push(checkpoint.clone());
         }
         self.out.extend(again.into_iter().map(Output::Broadcast));
+        let missing = self.slots.range(tip + 1..).filter_map(|(height, slot)| {
+            let hash = slot
+                .fetching
+                .filter(|hash| !self.blocks.contains_key(hash))?;
+            Some(Output::FetchBlock {
+                height: *height,
+                hash,
+            })
+        });
+        self.out.extend(missing.collect::<Vec<_>>());
     }
 
     /// A replica that missed commits cannot prepare above them (the chaining rule), so
@@ -1271,8 +1322,8 @@ impl Replica {
         } else {
             let Some(block) = self.blocks.get(&hash).cloned() else {
                 let slot = self.slots.get_mut(&height).expect("slot exists");
-                if !slot.fetching {
-                    slot.fetching = true;
+                if slot.fetching != Some(hash) {
+                    slot.fetching = Some(hash);
                     self.out.push(Output::FetchBlock { height, hash });
                 }
                 return false;
@@ -1441,8 +1492,8 @@ impl Replica {
         let hash = certificate.block_hash;
         let Some(block) = self.blocks.get(&hash).cloned() else {
             let slot = self.slots.get_mut(&height).expect("slot exists");
-            if !slot.fetching {
-                slot.fetching = true;
+            if slot.fetching != Some(hash) {
+                slot.fetching = Some(hash);
                 self.out.push(Output::FetchBlock { height, hash });
             }
             return false;
@@ -1668,7 +1719,7 @@ impl Replica {
             slot.prepares.clear();
             slot.commits.clear();
             slot.sent.clear();
-            slot.fetching = false;
+            slot.fetching = None;
         }
         self.view_changes = self.view_changes.split_off(&(target, 0));
         self.view_change_deadline = None;
@@ -1858,7 +1909,7 @@ impl Replica {
                 slot.prepares.clear();
                 slot.commits.clear();
                 slot.sent.clear();
-                slot.fetching = false;
+                slot.fetching = None;
             }
             if self.mining.take().is_some() {
                 self.out.push(Output::CancelMining);

@@ -562,6 +562,9 @@ impl Sim {
                     ),
                     None => eprintln!("node {i}: down"),
                 }
+                if let Some(replica) = &node.replica {
+                    eprint!("{}", replica.describe_log());
+                }
             }
         }
         Report {
