@@ -336,9 +336,68 @@ fn an_equivocating_primary_starts_a_view_change() {
     assert!(!backup.is_active());
 }
 
-/// §4.4, §4.5.2: an entry not committed in time starts a view change, and the entry
-/// goes to every member (as a client retransmits to all); f + 1 view changes for a
-/// higher view pull a replica along.
+/// Batching is the primary's choice (C&L §5.1.4 batches while requests are in
+/// flight): with nothing in flight it cuts a block at once; while a block is in
+/// flight, entries gather until `max_block_delay`.
+#[test]
+fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica(0);
+    let mut entries = testing::entries(5, 2, 32).into_iter();
+    let mut submit = |replica: &mut Replica| {
+        let entry = entries.next().expect("two entries");
+        replica.handle(
+            Input::Entry {
+                entry,
+                forwarded: false,
+            },
+            &NoEntries,
+        )
+    };
+    let mut outputs = submit(&mut primary);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["mine h1"]
+    );
+    let Some(Output::Mine(template)) = outputs.pop() else {
+        unreachable!()
+    };
+    assert_eq!(template.entries.len(), 1);
+    assert!(
+        submit(&mut primary).is_empty(),
+        "one block is mined at a time"
+    );
+
+    let mut mined = Block::clone(&template);
+    while !mined.header.meets_difficulty() {
+        mined.header.nonce += 1;
+    }
+    assert_eq!(
+        feed(&mut primary, Input::Mined(Arc::new(mined))),
+        ["persist accepted v0 h1", "broadcast pre-prepare v0 h1"]
+    );
+    let delay = TIMING.max_block_delay_ms;
+    assert!(feed(
+        &mut primary,
+        Input::Tick {
+            now_ms: setup.now + delay - 1
+        }
+    )
+    .is_empty());
+    assert_eq!(
+        feed(
+            &mut primary,
+            Input::Tick {
+                now_ms: setup.now + delay
+            }
+        ),
+        ["mine h2"]
+    );
+}
+
+/// §4.1, §4.5.2: an entry waiting half a timeout goes to every member (as a client
+/// retransmits to all); one not committed in time starts a view change; f + 1 view
+/// changes for a higher view pull a replica along.
 #[test]
 fn timers_and_the_f_plus_one_rule_start_view_changes() {
     let setup = Setup::new(4);
@@ -353,6 +412,14 @@ fn timers_and_the_f_plus_one_rule_start_view_changes() {
             }
         ),
         ["forward 0"]
+    );
+    // Half a timeout on, the entry goes to every member, which start their timers;
+    // at the timeout it goes again (a retry, the first copies may be lost).
+    let half = setup.now + TIMING.view_change_timeout_ms / 2;
+    assert!(feed(&mut backup, Input::Tick { now_ms: half - 1 }).is_empty());
+    assert_eq!(
+        feed(&mut backup, Input::Tick { now_ms: half }),
+        ["forward 0", "forward 2", "forward 3"]
     );
     let later = setup.now + TIMING.view_change_timeout_ms;
     let outputs = feed(&mut backup, Input::Tick { now_ms: later });

@@ -155,7 +155,7 @@ fn trusting_a_new_view_without_recomputing_it_is_caught() {
         trust_new_view: true,
         ..Flaws::default()
     };
-    let report = first_violation(&scenario, 20);
+    let report = first_violation(&scenario, 200);
     assert!(
         matches!(report.violation, Some(Violation::Conflict { .. })),
         "{report}"

@@ -376,6 +376,9 @@ pub struct Replica {
     consecutive_view_changes: u32,
     pending: HashMap<Hash, Pending>,
     order: VecDeque<Hash>,
+    /// Entries from this replica's own clients not yet sent to every member, in
+    /// arrival order.
+    unshared: VecDeque<Hash>,
     mining: Option<(u64, Hash)>,
     mined: Option<Arc<Block>>,
     cut_requested: bool,
@@ -438,6 +441,7 @@ impl Replica {
             consecutive_view_changes: 0,
             pending: HashMap::new(),
             order: VecDeque::new(),
+            unshared: VecDeque::new(),
             mining: None,
             mined: None,
             cut_requested: false,
@@ -1024,11 +1028,14 @@ impl Replica {
         if !forwarded && !self.active {
             // No primary while views change: every member hears of the entry.
             self.forward_to_all(vec![entry.clone()]);
-        } else if !forwarded && !self.is_primary() {
-            self.out.push(Output::Forward {
-                to: self.primary(),
-                entry: entry.clone(),
-            });
+        } else if !forwarded {
+            if !self.is_primary() {
+                self.out.push(Output::Forward {
+                    to: self.primary(),
+                    entry: entry.clone(),
+                });
+            }
+            self.unshared.push_back(id);
         }
         self.pending.insert(
             id,
@@ -1107,6 +1114,7 @@ impl Replica {
         let now = self.now_ms;
         if self.active {
             let timeout = self.view_change_timeout();
+            self.share_waiting(now.saturating_sub(timeout / 2));
             let waited_too_long = self
                 .oldest_pending()
                 .is_some_and(|pending| now.saturating_sub(pending.since_ms) >= timeout);
@@ -1142,6 +1150,23 @@ impl Replica {
             .map(|pending| pending.entry.clone())
             .collect();
         self.forward_to_all(overdue);
+    }
+
+    /// This replica's own clients' entries still waiting since before `since` (half a
+    /// timeout) go to every member, as a PBFT client resends a late request to all
+    /// replicas (C&L §4.1): the others' timers then run out soon after this one's,
+    /// so a dead or censoring primary is voted out in 1.5 timeouts, not 2.
+    fn share_waiting(&mut self, since: u64) {
+        let mut late = Vec::new();
+        while let Some(id) = self.unshared.front() {
+            match self.pending.get(id) {
+                Some(pending) if pending.since_ms > since => break,
+                Some(pending) => late.push(pending.entry.clone()),
+                None => {}
+            }
+            self.unshared.pop_front();
+        }
+        self.forward_to_all(late);
     }
 
     fn forward_to_all(&mut self, entries: Vec<Entry>) {
@@ -1548,6 +1573,7 @@ impl Replica {
         if self.order.len() > 2 * self.pending.len() + 64 {
             let pending = &self.pending;
             self.order.retain(|id| pending.contains_key(id));
+            self.unshared.retain(|id| pending.contains_key(id));
         }
         if height > self.low() {
             let slot = self.slots.entry(height).or_default();
@@ -1617,27 +1643,27 @@ impl Replica {
     }
 
     /// The primary cuts a block when enough entries wait, the oldest has waited
-    /// `max_block_delay`, or a cut was asked for; it mines on top of its last proposal.
+    /// `max_block_delay`, nothing of its own is in flight (an idle pipeline gains
+    /// nothing from waiting; under load, entries gather while blocks are in flight),
+    /// or a cut was asked for. It mines on top of its last proposal.
     fn maybe_propose(&mut self) {
         if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
             return;
         }
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,
-        // the oldest younger than the delay, and no cut asked for mean no block is
-        // due, whatever is in flight; the full scan below clones entries.
+        // the oldest younger than the delay, something in flight and no cut asked
+        // for mean no block is due; the full scan below clones entries.
         let limit = self.config.params.max_block_entries as usize;
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
-        let oldest_age = self
+        let tip = self.tip.header.height;
+        let idle = self.slots.range(tip + 1..).next().is_none();
+        let due = self
             .oldest_pending()
-            .map(|pending| now.saturating_sub(pending.arrived_ms));
-        if !self.cut_requested
-            && self.pending.len() < limit
-            && oldest_age.is_none_or(|age| age < delay)
-        {
+            .is_some_and(|pending| idle || now.saturating_sub(pending.arrived_ms) >= delay);
+        if !self.cut_requested && self.pending.len() < limit && !due {
             return;
         }
-        let tip = self.tip.header.height;
         let mut parent_height = tip;
         let mut parent = self.tip.header;
         let mut log = self.tip.log.clone();
@@ -1682,6 +1708,7 @@ impl Replica {
             entries.push(pending.entry.clone());
         }
         let due = entries.len() >= limit
+            || (idle && !entries.is_empty())
             || oldest.is_some_and(|arrived| {
                 self.now_ms.saturating_sub(arrived) >= self.config.timing.max_block_delay_ms
             });
