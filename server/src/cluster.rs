@@ -326,8 +326,11 @@ impl Driver {
                     self.on_wire(from, wire)
                 }
                 Err(error) => {
-                    tracing::debug!(peer = from, %error, "undecodable frame from a member");
+                    // Only a faulty or foreign peer sends this: its frames cannot be
+                    // trusted to resynchronise, so the connection goes.
                     self.metrics.messages_dropped.add("undecodable", 1);
+                    self.transport
+                        .cut_off(from, &format!("undecodable frame: {error}"));
                     Ok(())
                 }
             },

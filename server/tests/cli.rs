@@ -566,3 +566,113 @@ fn a_rolling_restart_under_load_loses_nothing() {
         daemon.stop();
     }
 }
+
+/// On a real process's peer port: a key outside the membership gets no hello;
+/// plain bytes where TLS belongs and a member's key sending a frame that does not
+/// decode are cut off; the rest of the cluster keeps committing throughout.
+#[test]
+fn outsiders_and_garbage_on_the_peer_port_disturb_nobody() {
+    use ledger::config::NodeConfig;
+    use ledger::net::{
+        configs, read_frame, write_frame, Hello, Roster, MAX_HELLO_BYTES, PROTOCOL_VERSION,
+        SERVER_NAME,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (configs_paths, base, mut daemons) = start_cluster(&dir.path().join("cluster"));
+    // Member 3 goes down; its key then speaks for a faulty peer. The other three
+    // are a quorum only if none of them is disturbed.
+    drop(daemons[3].take());
+    let spec = NodeConfig::load(&configs_paths[0])
+        .unwrap()
+        .chain_spec()
+        .unwrap();
+    let member_3 = NodeConfig::load(&configs_paths[3])
+        .unwrap()
+        .signing_key()
+        .unwrap();
+    let peer_port = format!("127.0.0.1:{}", base + 1);
+    let limit = Duration::from_secs(15);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        chain_id: spec.chain_id.clone(),
+        genesis_hash: spec.genesis_block().hash(),
+        member: 3,
+        plugins: String::new(),
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connect = |key: ed25519_dalek::SigningKey| {
+            let peer_port = peer_port.clone();
+            let roster = Roster::new(&spec.members);
+            async move {
+                let (_, client) = configs(&key, &roster).unwrap();
+                let stream = TcpStream::connect(&peer_port).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+                TlsConnector::from(client).connect(name, stream).await
+            }
+        };
+
+        // A key that is not a member: the TLS handshake or the first read fails.
+        let outsider = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        if let Ok(mut tls) = connect(outsider).await {
+            let _ = write_frame(&mut tls, &hello.encode()).await;
+            let _ = tls.flush().await;
+            let answer = tokio::time::timeout(limit, read_frame(&mut tls, MAX_HELLO_BYTES))
+                .await
+                .expect("closed in time");
+            assert!(matches!(answer, Ok(None) | Err(_)), "{answer:?}");
+        }
+
+        // Plain bytes where TLS belongs: the node hangs up.
+        let mut plain = TcpStream::connect(&peer_port).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(limit, plain.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the plain connection stayed open");
+
+        // Member 3's key, a correct hello, then a frame that is no message.
+        let mut tls = connect(member_3.clone())
+            .await
+            .expect("a member's handshake");
+        write_frame(&mut tls, &hello.encode()).await.unwrap();
+        tls.flush().await.unwrap();
+        let theirs = read_frame(&mut tls, MAX_HELLO_BYTES).await.unwrap();
+        assert!(theirs.is_some(), "no hello back");
+        write_frame(&mut tls, b"\xffnot a message").await.unwrap();
+        tls.flush().await.unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            // Heartbeats may come first; the connection then closes.
+            match tokio::time::timeout(limit, read_frame(&mut tls, 1 << 20)).await {
+                Ok(Ok(Some(_))) => assert!(Instant::now() < deadline, "never cut off"),
+                Ok(Ok(None)) | Ok(Err(_)) => break,
+                Err(_) => panic!("never cut off"),
+            }
+        }
+    });
+
+    let committed = node(&daemons, 1).ctl(&["submit", "after the garbage", "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    let members = status(node(&daemons, 0))["members"].clone();
+    for i in 0..3 {
+        assert_eq!(members[i]["connected"], true, "{members}");
+        assert!(members[i]["last_error"].is_null(), "{members}");
+    }
+    assert_eq!(members[3]["connected"], false, "{members}");
+    let log = daemons[0].take().unwrap().stop();
+    assert!(
+        log.contains("cut off a peer's connection") && log.contains("undecodable frame"),
+        "{log}"
+    );
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop();
+    }
+}

@@ -249,6 +249,38 @@ async fn garbage_closes_only_that_connection() {
     assert_eq!(receive_from(&mut inbound, 1).await, b"still here");
 }
 
+/// A member whose frames do not decode is cut off by the node above the transport:
+/// its connection closes, the state says why, and it may connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_peer_loses_its_connection_and_may_return() {
+    let mut cluster = Cluster::new(4).await;
+    let (zero, mut inbound) = cluster.start(0);
+    let (one, _in_one) = cluster.start(1);
+    send(&one, 0, b"before").await;
+    assert_eq!(receive_from(&mut inbound, 1).await, b"before");
+
+    zero.cut_off(1, "test");
+    let state = &zero.peers()[1];
+    assert!(!state.inbound, "{state:?}");
+    assert_eq!(state.last_error.as_deref(), Some("cut off: test"));
+
+    // Frames queued into the closed connection are lost until member 1 notices
+    // and redials; it keeps trying.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        send(&one, 0, b"after").await;
+        let got = tokio::time::timeout(Duration::from_millis(200), inbound.recv()).await;
+        if matches!(got, Ok(Some(Inbound { from: 1, ref frame })) if frame == b"after") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 1 never came back");
+    }
+    until("member 1's inbound link is up again", || {
+        zero.peers()[1].inbound
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_is_reconnected() {
     let mut cluster = Cluster::new(4).await;

@@ -562,6 +562,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
                 api_addr: member.api_addr.clone(),
                 connected: member.node_id == self_id
                     || peers.get(index).is_some_and(|peer| peer.connected()),
+                last_error: peers.get(index).and_then(|peer| peer.last_error.clone()),
             })
             .collect(),
         difficulty: spec.difficulty,

@@ -435,6 +435,8 @@ pub struct MemberView {
     pub api_addr: Option<String>,
     /// Whether this node is connected to it (itself: always).
     pub connected: bool,
+    /// Why the last connection to or from it failed, while it is not connected.
+    pub last_error: Option<String>,
 }
 
 /// `GET /v1/status`.

@@ -28,6 +28,16 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl FrameError {
+    /// Whether the connection just went away (the peer stopped or crashed), as
+    /// opposed to the peer sending something malformed.
+    pub fn is_disconnect(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        matches!(self, FrameError::Io(error)
+            if matches!(error.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
+    }
+}
+
 /// Reads one frame of at most `limit` bytes; `None` when the peer closed the
 /// connection cleanly between frames. The caller derives `limit` from the largest
 /// message the chain allows (a PRE-PREPARE carries a whole block).
@@ -116,5 +126,14 @@ mod tests {
             let error = read_frame(&mut reader, 1024).await.expect_err("truncated");
             assert!(matches!(error, FrameError::Truncated), "{error}");
         }
+    }
+
+    #[test]
+    fn a_lost_connection_is_told_apart_from_a_bad_frame() {
+        use std::io::{Error, ErrorKind};
+        let lost = FrameError::Io(Error::new(ErrorKind::UnexpectedEof, "no close_notify"));
+        assert!(lost.is_disconnect());
+        assert!(!FrameError::Truncated.is_disconnect());
+        assert!(!FrameError::Io(Error::new(ErrorKind::InvalidData, "bad record")).is_disconnect());
     }
 }

@@ -89,7 +89,8 @@ pub struct PeerState {
     pub inbound: bool,
     /// The plugin fingerprint its hello carried.
     pub plugins: Option<String>,
-    /// Why the last attempt to connect or the last connection failed.
+    /// Why the last attempt to connect or the last connection failed; cleared once
+    /// both directions are up.
     pub last_error: Option<String>,
 }
 
@@ -97,6 +98,23 @@ impl PeerState {
     /// Both directions are up.
     pub fn connected(&self) -> bool {
         self.outbound && self.inbound
+    }
+
+    fn inbound_up(&mut self) {
+        self.inbound = true;
+        self.forget_error_if_connected();
+    }
+
+    fn outbound_up(&mut self) {
+        self.outbound = true;
+        self.forget_error_if_connected();
+    }
+
+    /// An error from before the link came up in both directions says nothing now.
+    fn forget_error_if_connected(&mut self) {
+        if self.connected() {
+            self.last_error = None;
+        }
     }
 }
 
@@ -225,6 +243,20 @@ impl Transport {
         full
     }
 
+    /// Closes `member`'s inbound connection because of what it sent (frames that do
+    /// not decode): the connection only, as a member may reconnect.
+    pub fn cut_off(&self, member: MemberIndex, reason: &str) {
+        let Some(generation) = self.shared.inbound.get(usize::from(member)) else {
+            return;
+        };
+        tracing::warn!(peer = member, reason, "cut off a peer's connection");
+        generation.send_modify(|g| *g += 1);
+        self.shared.update(member, |s| {
+            s.inbound = false;
+            s.last_error = Some(format!("cut off: {reason}"));
+        });
+    }
+
     /// Each member's connection state, by member index (this node's own is empty).
     pub fn peers(&self) -> Vec<PeerState> {
         self.shared.peers().clone()
@@ -309,7 +341,7 @@ async fn serve(
     });
     let mut newer = generation.subscribe();
     report_plugins(&shared, from, &theirs);
-    shared.update(from, |s| s.inbound = true);
+    shared.update(from, PeerState::inbound_up);
     let result = async {
         loop {
             let read = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut tls, shared.frame_limit));
@@ -337,8 +369,16 @@ async fn serve(
             }
         });
     }
-    if let Err(LinkError::Frame(error)) = &result {
-        tracing::warn!(peer = from, %error, "peer sent a bad frame; connection closed");
+    match &result {
+        // A peer that stops or crashes ends its stream without TLS close_notify;
+        // that is an outage (reported once it lasts), not a misbehaving peer.
+        Err(LinkError::Frame(error)) if error.is_disconnect() => {
+            tracing::info!(peer = from, %error, "peer connection lost");
+        }
+        Err(LinkError::Frame(error)) => {
+            tracing::warn!(peer = from, %error, "peer sent a bad frame; connection closed");
+        }
+        _ => {}
     }
     result
 }
@@ -364,7 +404,7 @@ async fn dial_loop(
                 failing_since = None;
                 warned = false;
                 report_plugins(&shared, member, &theirs);
-                shared.update(member, |s| s.outbound = true);
+                shared.update(member, PeerState::outbound_up);
                 tracing::info!(peer = member, %addr, "connected to peer");
                 let result = pump(&mut tls, &mut queue).await;
                 shared.update(member, |s| {
