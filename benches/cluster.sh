@@ -8,7 +8,7 @@
 #
 # Prints, for the ledger: saturation (committed entries/s with $CLIENTS clients
 # submitting without waiting, and with each of $CLIENTS and $MANY clients waiting for
-# its commit), commit latency paced at half the saturation rate ($MANY clients
+# its commit), commit latency paced at half the saturation rate ($PACED clients
 # waiting, so the pacing and not the client count sets the rate), and the time from
 # SIGKILL of the primary to the first commit in the new view. Then the same waiting
 # loads against etcd (benches/etcd.sh), whose puts answer once committed.
@@ -18,6 +18,7 @@ work=${1:-/tmp/ledger-cluster-bench}
 seconds=${2:-10}
 clients=${CLIENTS:-64}
 many=${MANY:-256}
+paced=${PACED:-512}  # enough waiting clients that the pacing, not their number, sets the rate
 bin=target/release
 base=27400
 rm -rf "$work"
@@ -55,11 +56,11 @@ done
 rate=$(rate_of "$work/ledger-saturation.txt")
 half=$(( ${rate%.*} / 2 ))
 [ "$half" -gt 0 ] || half=100
-echo "== ledger: half load, $half/s paced over $many clients waiting for commits"
-loadgen "$many" "${ledger[@]}" --wait --rate "$half"
+echo "== ledger: half load, $half/s paced over $paced clients waiting for commits"
+loadgen "$paced" "${ledger[@]}" --wait --rate "$half"
 
 echo "== ledger: SIGKILL of the primary (member 0) under half load, to the first commit after"
-loadgen "$many" "${ledger[@]}" --wait --rate "$half" >"$work/ledger-recovery-load.txt" &
+loadgen "$paced" "${ledger[@]}" --wait --rate "$half" >"$work/ledger-recovery-load.txt" &
 sleep 2
 python3 - "$base" "${pids[0]}" <<'PY'
 import json, os, signal, sys, time, urllib.request
@@ -87,6 +88,6 @@ done
 erate=$(rate_of "$work/etcd-$many.txt")
 ehalf=$(( ${erate%.*} / 2 ))
 [ "$ehalf" -gt 0 ] || ehalf=100
-echo "== etcd: half load, $ehalf/s paced over $many clients"
-loadgen "$many" "${etcd[@]}" --rate "$ehalf"
+echo "== etcd: half load, $ehalf/s paced over $paced clients"
+loadgen "$paced" "${etcd[@]}" --rate "$ehalf"
 benches/etcd.sh stop "$work/etcd"
