@@ -9,6 +9,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{ChainSpec, GenesisFile, GenesisMember};
+use crate::plugin_host::PluginConfig;
 
 /// Why a configuration, genesis or key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ pub enum LogFormat {
 }
 
 /// `ledgerd.toml`. Relative paths are relative to the file's own directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Address of the client HTTP API.
@@ -91,6 +92,9 @@ pub struct NodeConfig {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Validation plugins (`[[plugins]]`), called in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginConfig>,
 }
 
 fn default_genesis() -> PathBuf {
@@ -118,11 +122,15 @@ impl NodeConfig {
         let text = fs::read_to_string(path).map_err(io(path))?;
         let mut config: NodeConfig = toml::from_str(&text).map_err(|error| invalid(path, error))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let plugins = config.plugins.iter_mut().map(|plugin| &mut plugin.path);
         for file in [
             &mut config.data_dir,
             &mut config.genesis,
             &mut config.key_file,
-        ] {
+        ]
+        .into_iter()
+        .chain(plugins)
+        {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
@@ -156,6 +164,7 @@ impl NodeConfig {
             mining_threads: None,
             two_phase_commit: true,
             log_format: LogFormat::Text,
+            plugins: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::{MemberIndex, Timing};
 use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
+use crate::plugin_host::Plugins;
 use crate::storage::{Store, StoreOptions};
 
 /// Frames queued per peer, each way.
@@ -92,6 +93,7 @@ async fn start_cluster(
     store: &Arc<Store>,
     key: ed25519_dalek::SigningKey,
     metrics: Arc<crate::metrics::Metrics>,
+    plugins: String,
 ) -> anyhow::Result<Cluster> {
     let spec = store.spec();
     let public = key.verifying_key();
@@ -129,7 +131,7 @@ async fn start_cluster(
             chain_id: spec.chain_id.clone(),
             genesis_hash: store.genesis_hash(),
             member: me as MemberIndex,
-            plugins: String::new(),
+            plugins,
         },
         peers,
         frame_limit: Wire::max_frame(&spec.params),
@@ -186,8 +188,13 @@ pub async fn run(
             .unwrap_or_else(crate::pow::default_threads),
     };
     let node = Arc::new(Node::new(Arc::clone(&store), key.clone(), settings));
+    let plugins = Plugins::load(&config.plugins, node.metrics().clone())
+        .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
+    let fingerprints = plugins.fingerprint_line();
+    node.attach_plugins(Arc::new(plugins));
     if store.spec().members.len() > 1 {
-        let cluster = start_cluster(path, &config, &store, key, node.metrics().clone()).await?;
+        let metrics = node.metrics().clone();
+        let cluster = start_cluster(path, &config, &store, key, metrics, fingerprints).await?;
         node.attach_cluster(cluster);
     }
     node.metrics()

@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod plugin_host;
 pub mod pow;
 pub mod sim;
 pub mod storage;

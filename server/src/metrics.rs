@@ -125,6 +125,12 @@ pub struct Metrics {
     pub messages_out: Labelled,
     /// Inputs refused, by reason.
     pub messages_dropped: Labelled,
+    /// Plugin hook calls, by hook.
+    pub plugin_calls: Labelled,
+    /// Time in plugin hooks, by hook, in microseconds.
+    pub plugin_micros: Labelled,
+    /// Plugin hook calls that rejected or failed, by hook.
+    pub plugin_rejections: Labelled,
 }
 
 impl Metrics {
@@ -255,6 +261,36 @@ impl Metrics {
             "reason",
             "Inputs refused: frames, messages, entries and blocks.",
         );
+        self.plugin_calls.render(
+            &mut out,
+            "ledger_plugin_calls_total",
+            "hook",
+            "Plugin hook calls.",
+        );
+        self.plugin_rejections.render(
+            &mut out,
+            "ledger_plugin_rejections_total",
+            "hook",
+            "Plugin hook calls that rejected or failed.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ledger_plugin_seconds_total Time spent in plugin hooks.\n\
+             # TYPE ledger_plugin_seconds_total counter"
+        );
+        let micros = self
+            .plugin_micros
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (hook, micros) in micros.iter() {
+            let seconds = *micros as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "ledger_plugin_seconds_total{{hook=\"{hook}\"}} {seconds}"
+            );
+        }
+        drop(micros);
         out
     }
 }

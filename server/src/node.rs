@@ -28,6 +28,7 @@ use crate::chain::{
 };
 use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::Metrics;
+use crate::plugin_host::{Plugins, Rejection};
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
 
@@ -61,6 +62,9 @@ pub enum SubmitError {
     /// Refused by validation (a bad signature or key).
     #[error("{0}")]
     Invalid(ChainError),
+    /// Refused by a plugin.
+    #[error("{0}")]
+    Rejected(Rejection),
     /// Already committed or already pending.
     #[error("entry {0} was already submitted")]
     Duplicate(Hash),
@@ -129,6 +133,8 @@ pub struct Node {
     admission_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The replica's driver, when this node is one member of several.
     cluster: std::sync::OnceLock<Cluster>,
+    /// Validation plugins, when the config lists any.
+    plugins: std::sync::OnceLock<Arc<Plugins>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -165,6 +171,7 @@ impl Node {
             admission_rx: Mutex::new(Some(receiver)),
             admission_thread: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
+            plugins: std::sync::OnceLock::new(),
             store,
             key,
             node_id,
@@ -185,6 +192,20 @@ impl Node {
     /// SHA-256 of this node's public key.
     pub fn node_id(&self) -> Hash {
         self.node_id
+    }
+
+    /// Gives the node its plugins, before it serves; a second call is ignored.
+    pub fn attach_plugins(&self, plugins: Arc<Plugins>) {
+        let _ = self.plugins.set(plugins);
+    }
+
+    /// The plugins (none unless attached).
+    pub fn plugins(&self) -> &Plugins {
+        static NONE: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
+        match self.plugins.get() {
+            Some(plugins) => plugins,
+            None => NONE.get_or_init(Plugins::default),
+        }
     }
 
     /// The metrics.
@@ -274,9 +295,13 @@ impl Node {
         let store = Arc::clone(&self.store);
         let limit = store.spec().params.max_entry_bytes;
         let check = entry.clone();
+        let plugins = self.plugins.get().cloned();
         let committed = blocking(move || {
             if let Err(error) = check.verify(&store.chain_hash(), limit) {
                 return Ok(Err(SubmitError::Invalid(error)));
+            }
+            if let Some(Err(rejection)) = plugins.map(|p| p.validate_entry(&check)) {
+                return Ok(Err(SubmitError::Rejected(rejection)));
             }
             Ok(Ok(store.committed(&[id])?))
         })
@@ -337,10 +362,17 @@ impl Node {
             // Verify each entry on its own; only valid ones reach the store lookup.
             let mut checked = Vec::with_capacity(batch.len());
             for admission in batch.drain(..) {
-                match admission.entry.verify(&chain_hash, limit) {
+                let verdict = match admission.entry.verify(&chain_hash, limit) {
+                    Ok(()) => self
+                        .plugins()
+                        .validate_entry(&admission.entry)
+                        .map_err(SubmitError::Rejected),
+                    Err(error) => Err(SubmitError::Invalid(error)),
+                };
+                match verdict {
                     Ok(()) => checked.push((admission.entry.id(), admission)),
                     Err(error) => {
-                        let _ = admission.reply.send(Err(SubmitError::Invalid(error)));
+                        let _ = admission.reply.send(Err(error));
                     }
                 }
             }

@@ -96,7 +96,7 @@ impl From<SubmitError> for ApiError {
         let message = error.to_string();
         match error {
             SubmitError::TooLarge { .. } => ApiError::too_large(message),
-            SubmitError::Invalid(_) => {
+            SubmitError::Invalid(_) | SubmitError::Rejected(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
             }
             SubmitError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", message),

@@ -563,11 +563,16 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
                 connected: member.node_id == self_id
                     || peers.get(index).is_some_and(|peer| peer.connected()),
                 last_error: peers.get(index).and_then(|peer| peer.last_error.clone()),
+                plugins: if member.node_id == self_id {
+                    Some(node.plugins().fingerprint_line())
+                } else {
+                    peers.get(index).and_then(|peer| peer.plugins.clone())
+                },
             })
             .collect(),
         difficulty: spec.difficulty,
         pool_size: node.pool_size(),
-        plugins: Vec::new(),
+        plugins: node.plugins().fingerprints(),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! JSON shapes of the API (field names from DESIGN.md). Hashes, keys and signatures
 //! are lowercase hex. `ledgerctl` parses the same types it receives.
 
+pub use crate::plugin_host::Fingerprint;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -437,6 +438,9 @@ pub struct MemberView {
     pub connected: bool,
     /// Why the last connection to or from it failed, while it is not connected.
     pub last_error: Option<String>,
+    /// Its plugin set as its handshake reported it (`name@version:sha256`, comma
+    /// separated; empty for none), once it connected.
+    pub plugins: Option<String>,
 }
 
 /// `GET /v1/status`.
@@ -470,19 +474,8 @@ pub struct StatusView {
     pub difficulty: u32,
     /// Entries waiting for a block.
     pub pool_size: usize,
-    /// Loaded plugins (none until plugins land).
-    pub plugins: Vec<PluginView>,
-}
-
-/// A plugin fingerprint in `/v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct PluginView {
-    /// Plugin name.
-    pub name: String,
-    /// Plugin version.
-    pub version: String,
-    /// SHA-256 of the library file.
-    pub sha256: String,
+    /// This node's plugins, in the order it calls them.
+    pub plugins: Vec<Fingerprint>,
 }
 
 /// `POST /mine` answer: the block it produced.

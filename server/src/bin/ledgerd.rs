@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ledger::config::{self, NodeConfig};
-use ledger::daemon;
+use ledger::{daemon, plugin_host};
 
 #[derive(Parser)]
 #[command(version, about = "A permissioned BFT ledger node")]
@@ -46,6 +46,23 @@ enum Command {
     },
     /// A local cluster on loopback under one directory, for trying the ledger out.
     Dev(Dev),
+    /// Validation plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Run the checks start-up runs on a plugin library, without starting a node;
+    /// exit 1 with the reason if it would stop start-up.
+    Check {
+        /// The shared library.
+        file: PathBuf,
+        /// A TOML file with the plugin's config (what `[plugins.config]` in
+        /// ledgerd.toml holds): also run the plugin's init on it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -130,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config, check } => migrate(&config, check),
+        Command::Plugins(PluginsCommand::Check { file, config }) => check_plugin(&file, config),
         Command::Dev(Dev {
             init: Some(DevInit::Init(layout)),
             ..
@@ -261,5 +279,39 @@ fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {
     let upgrade = ledger_migrations::migrate(&database)
         .with_context(|| database_path.display().to_string())?;
     println!("migrated from {} to {}", upgrade.from, upgrade.to);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledgerd plugins check`.
+fn check_plugin(file: &std::path::Path, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let inspection = plugin_host::inspect(file)?;
+    let fingerprint = &inspection.fingerprint;
+    println!(
+        "{}: {} {}",
+        file.display(),
+        fingerprint.name,
+        fingerprint.version
+    );
+    println!("  sha256: {}", fingerprint.sha256);
+    println!("  hooks: {}", inspection.hooks.join(", "));
+    if inspection.difficulty_window > 0 {
+        println!(
+            "  difficulty window: {} headers",
+            inspection.difficulty_window
+        );
+    }
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+        let plugin = plugin_host::Plugin::load(&plugin_host::PluginConfig {
+            path: file.to_owned(),
+            config: table,
+            budget_ms: 0,
+        })?;
+        drop(plugin);
+        println!("  init accepted {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,445 @@
+//! Validation plugins: shared libraries speaking the ABI of `ledger-plugin-api`,
+//! loaded at start-up and called around the pipeline.
+//!
+//! Loading checks, in order, and names the file in every refusal: it can be read
+//! (its SHA-256 is the fingerprint), it is a shared library, it exports
+//! [`ENTRY_SYMBOL`], its descriptor has this node's ABI version and at least the
+//! size this node reads, its name and version are text, and `init` accepts the
+//! operator's config. Libraries are never unloaded: a Rust cdylib registers
+//! thread-local destructors, which make `dlclose` unsound. Plugin state is destroyed
+//! when the [`Plugins`] are dropped at shutdown.
+//!
+//! Every hook call is timed into `/metrics`; a call over the plugin's budget is
+//! logged. A hook that fails (its own error, or a panic the SDK caught) counts as a
+//! rejection with its reason: a broken plugin refuses, it does not crash the node.
+
+// Calling into a loaded library is unsafe by nature; this module is the one place.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_plugin_api::{
+    Buffer, Bytes, Descriptor, ABI_VERSION, ENTRY_SYMBOL, STATUS_OK, STATUS_REJECT,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chain::Entry;
+use crate::metrics::Metrics;
+
+/// One plugin as the node config lists it (`[[plugins]]`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The shared library (relative: to the node config's directory).
+    pub path: PathBuf,
+    /// The plugin's own settings, handed to its `init` as JSON.
+    #[serde(default = "empty_table")]
+    pub config: toml::Table,
+    /// A hook call taking longer than this is logged, in milliseconds.
+    #[serde(default = "default_budget_ms")]
+    pub budget_ms: u64,
+}
+
+fn empty_table() -> toml::Table {
+    toml::Table::new()
+}
+
+fn default_budget_ms() -> u64 {
+    10
+}
+
+/// What identifies a plugin build: members must run the same set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Fingerprint {
+    /// The name the plugin gives itself.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// SHA-256 of the library file, hex.
+    pub sha256: String,
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.name, self.version, self.sha256)
+    }
+}
+
+/// Why a plugin could not be loaded; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file cannot be read.
+    #[error("plugin {path}: cannot read it: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a loadable shared library.
+    #[error("plugin {path}: not a shared library this system can load: {reason}")]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        reason: String,
+    },
+    /// The library does not export the entry symbol.
+    #[error("plugin {path}: no `{ENTRY_SYMBOL}` symbol; is it built with export_plugin!?")]
+    NoEntrySymbol {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The descriptor is missing or malformed.
+    #[error("plugin {path}: {reason}")]
+    BadDescriptor {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Built against another version of the ABI.
+    #[error("plugin {path}: built for plugin ABI version {found}; this node speaks version {ABI_VERSION}")]
+    AbiVersion {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's ABI version.
+        found: u32,
+    },
+    /// `init` refused the config.
+    #[error("plugin {path} ({name}): init refused its config: {reason}")]
+    Init {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The plugin's reason.
+        reason: String,
+    },
+}
+
+/// A plugin said no (or failed, which counts as no).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin}: {reason}")]
+pub struct Rejection {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Its reason.
+    pub reason: String,
+}
+
+/// The plugin's state pointer.
+struct State(*mut c_void);
+
+// SAFETY: the ABI requires hooks to be callable from any thread at once (the SDK
+// demands `Send + Sync` state); the pointer is only ever passed back to them.
+unsafe impl Send for State {}
+// SAFETY: as above.
+unsafe impl Sync for State {}
+
+/// One loaded plugin.
+pub struct Plugin {
+    path: PathBuf,
+    descriptor: &'static Descriptor,
+    state: State,
+    fingerprint: Fingerprint,
+    budget: Duration,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+/// What `ledgerd plugins check` reports: who the plugin is and which hooks it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// Name, version and file hash.
+    pub fingerprint: Fingerprint,
+    /// The hooks present, by name.
+    pub hooks: Vec<&'static str>,
+    /// Headers the difficulty hook wants.
+    pub difficulty_window: u32,
+}
+
+/// Opens `path` and checks its descriptor, without calling `init`.
+fn open(path: &Path) -> Result<(&'static Descriptor, Fingerprint), PluginError> {
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    // SAFETY: loading runs the library's initialisers; the operator chose to trust
+    // this file by listing it.
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|error| PluginError::NotALibrary {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+    // Never unloaded (see the module docs), so whatever it points to lives forever.
+    let library: &'static libloading::Library = Box::leak(Box::new(library));
+    type EntryFn = unsafe extern "C" fn() -> *const Descriptor;
+    // SAFETY: the ABI fixes the symbol's type.
+    let entry = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) }.map_err(|_| {
+        PluginError::NoEntrySymbol {
+            path: path.to_owned(),
+        }
+    })?;
+    let bad = |reason: &str| PluginError::BadDescriptor {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    };
+    // SAFETY: calling the entry point the ABI defines.
+    let descriptor = unsafe { entry() };
+    if descriptor.is_null() {
+        return Err(bad("the entry symbol returned no descriptor"));
+    }
+    // The first two fields are the same in every ABI version: read them before
+    // trusting the rest of the layout.
+    // SAFETY: non-null, and every version starts with two u32s.
+    let (abi_version, struct_size) = unsafe {
+        let head = descriptor.cast::<u32>();
+        (head.read_unaligned(), head.add(1).read_unaligned())
+    };
+    if abi_version != ABI_VERSION {
+        return Err(PluginError::AbiVersion {
+            path: path.to_owned(),
+            found: abi_version,
+        });
+    }
+    if (struct_size as usize) < std::mem::size_of::<Descriptor>() {
+        return Err(bad(&format!(
+            "descriptor of {struct_size} bytes; ABI version {ABI_VERSION} has {}",
+            std::mem::size_of::<Descriptor>()
+        )));
+    }
+    // SAFETY: a version-1 descriptor of full size, in a library never unloaded.
+    let descriptor: &'static Descriptor = unsafe { &*descriptor };
+    // SAFETY: the ABI makes these static NUL-terminated strings (or null).
+    let (name, version) = unsafe { (descriptor.name(), descriptor.version()) };
+    let (Some(name), Some(version)) = (name, version) else {
+        return Err(bad("name or version missing or not UTF-8"));
+    };
+    let fills_buffers = descriptor.init.is_some()
+        || descriptor.required_difficulty.is_some()
+        || descriptor.validate_entry.is_some()
+        || descriptor.validate_block.is_some()
+        || descriptor.on_commit.is_some();
+    if fills_buffers && descriptor.free_buffer.is_none() {
+        return Err(bad("hooks without a free_buffer function"));
+    }
+    let fingerprint = Fingerprint {
+        name: name.to_string(),
+        version: version.to_string(),
+        sha256,
+    };
+    Ok((descriptor, fingerprint))
+}
+
+/// Runs the start-up checks on `path` without initialising the plugin.
+pub fn inspect(path: &Path) -> Result<Inspection, PluginError> {
+    let (descriptor, fingerprint) = open(path)?;
+    let hooks = [
+        ("init", descriptor.init.is_some()),
+        ("destroy", descriptor.destroy.is_some()),
+        (
+            "required_difficulty",
+            descriptor.required_difficulty.is_some(),
+        ),
+        ("validate_entry", descriptor.validate_entry.is_some()),
+        ("validate_block", descriptor.validate_block.is_some()),
+        ("on_commit", descriptor.on_commit.is_some()),
+    ];
+    Ok(Inspection {
+        fingerprint,
+        hooks: hooks
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| name)
+            .collect(),
+        difficulty_window: descriptor.difficulty_window,
+    })
+}
+
+impl Plugin {
+    /// Loads the plugin `config` names and initialises it with its config.
+    pub fn load(config: &PluginConfig) -> Result<Plugin, PluginError> {
+        let path = config.path.clone();
+        let (descriptor, fingerprint) = open(&path)?;
+        let mut state = std::ptr::null_mut();
+        if let Some(init) = descriptor.init {
+            let json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
+            let mut error = Buffer::EMPTY;
+            // SAFETY: the ABI's init: lent config, writable state and error slots.
+            let status = unsafe { init(Bytes::new(json.as_bytes()), &mut state, &mut error) };
+            let reason = take(descriptor, error);
+            if status != STATUS_OK {
+                return Err(PluginError::Init {
+                    path,
+                    name: fingerprint.name,
+                    reason: reason.unwrap_or_else(|| format!("status {status}")),
+                });
+            }
+        }
+        Ok(Plugin {
+            path,
+            descriptor,
+            state: State(state),
+            fingerprint,
+            budget: Duration::from_millis(config.budget_ms),
+        })
+    }
+
+    /// Name, version and file hash.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// Calls one hook through `call`, which gets the state and the reason slot;
+    /// times it, and turns anything but OK into a rejection.
+    fn call(
+        &self,
+        hook: &'static str,
+        metrics: &Metrics,
+        call: impl FnOnce(*mut c_void, &mut Buffer) -> i32,
+    ) -> Result<(), Rejection> {
+        let mut reason = Buffer::EMPTY;
+        let started = Instant::now();
+        let status = call(self.state.0, &mut reason);
+        let took = started.elapsed();
+        metrics.plugin_calls.add(hook, 1);
+        metrics
+            .plugin_micros
+            .add(hook, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        if took > self.budget {
+            tracing::warn!(
+                plugin = %self.fingerprint.name,
+                hook,
+                took_ms = took.as_millis() as u64,
+                budget_ms = self.budget.as_millis() as u64,
+                "plugin hook over its budget"
+            );
+        }
+        let reason = take(self.descriptor, reason);
+        if status == STATUS_OK {
+            return Ok(());
+        }
+        let reason = match (status, reason) {
+            (STATUS_REJECT, Some(reason)) => reason,
+            (STATUS_REJECT, None) => "rejected (no reason given)".to_string(),
+            (_, reason) => {
+                let reason = format!(
+                    "failed: {}",
+                    reason.unwrap_or_else(|| format!("status {status}"))
+                );
+                tracing::warn!(plugin = %self.fingerprint.name, hook, %reason, "plugin hook failed");
+                reason
+            }
+        };
+        metrics.plugin_rejections.add(hook, 1);
+        Err(Rejection {
+            plugin: self.fingerprint.name.clone(),
+            reason,
+        })
+    }
+
+    /// The `validate_entry` hook on `entry`'s canonical encoding.
+    pub fn validate_entry(&self, encoded: &[u8], metrics: &Metrics) -> Result<(), Rejection> {
+        let Some(hook) = self.descriptor.validate_entry else {
+            return Ok(());
+        };
+        self.call("validate_entry", metrics, |state, reason| {
+            // SAFETY: the ABI's hook: the state init made, lent bytes, a reason slot.
+            unsafe { hook(state, Bytes::new(encoded), reason) }
+        })
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(destroy) = self.descriptor.destroy {
+            // SAFETY: the state init made, destroyed once; the library stays loaded.
+            unsafe { destroy(self.state.0) };
+        }
+    }
+}
+
+/// Reads a buffer the plugin filled and hands it back to the plugin.
+fn take(descriptor: &Descriptor, buffer: Buffer) -> Option<String> {
+    if buffer.ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the plugin filled `len` bytes at `ptr`.
+    let bytes = unsafe {
+        Bytes {
+            ptr: buffer.ptr,
+            len: buffer.len,
+        }
+        .as_slice()
+    };
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    if let Some(free) = descriptor.free_buffer {
+        // SAFETY: the plugin's own buffer, returned once.
+        unsafe { free(buffer) };
+    }
+    Some(text)
+}
+
+/// The node's plugins, called in the order the config lists them.
+#[derive(Debug, Default)]
+pub struct Plugins {
+    list: Vec<Plugin>,
+    metrics: Arc<Metrics>,
+}
+
+impl Plugins {
+    /// Loads every plugin in `configs`; the first that fails stops the lot.
+    pub fn load(configs: &[PluginConfig], metrics: Arc<Metrics>) -> Result<Plugins, PluginError> {
+        let list = configs
+            .iter()
+            .map(Plugin::load)
+            .collect::<Result<Vec<_>, _>>()?;
+        for plugin in &list {
+            tracing::info!(plugin = %plugin.fingerprint, path = %plugin.path.display(), "plugin loaded");
+        }
+        Ok(Plugins { list, metrics })
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Each plugin's fingerprint, in order.
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        self.list.iter().map(|p| p.fingerprint.clone()).collect()
+    }
+
+    /// The set as one line (the peer handshake carries it; members compare).
+    pub fn fingerprint_line(&self) -> String {
+        self.list
+            .iter()
+            .map(|p| p.fingerprint.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Asks every plugin's `validate_entry`; the first refusal wins.
+    pub fn validate_entry(&self, entry: &Entry) -> Result<(), Rejection> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        let encoded = entry.encode();
+        self.list
+            .iter()
+            .try_for_each(|plugin| plugin.validate_entry(&encoded, &self.metrics))
+    }
+}

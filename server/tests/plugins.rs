@@ -1,0 +1,371 @@
+//! The plugin host with real libraries: the example plugins built from the workspace,
+//! a C plugin compiled here against `plugins/api/include/ledger_plugin.h`, and a
+//! broken set (panics in every hook, another ABI version, no entry symbol, a text
+//! file named `.so`, a missing file). Start-up refusals name the file; a broken hook
+//! is a rejection with a reason and the node goes on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use ledger::chain::Entry;
+use ledger::metrics::Metrics;
+use ledger::plugin_host::{inspect, PluginConfig, PluginError, Plugins};
+use ledger::testing;
+use sha2::{Digest, Sha256};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Builds the example plugins once per test run, into their own target directory
+/// so this never waits on the lock of the `cargo test` that runs it.
+fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = workspace().join("target").join("plugin-tests");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["build", "--quiet", "-p", "tx-policy"])
+            .args(["-p", "ledger-plugin-api", "--lib", "--examples"])
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the example plugins failed");
+        target.join("debug")
+    })
+}
+
+fn library(name: &str) -> String {
+    format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+fn tx_policy() -> PathBuf {
+    built().join(library("tx_policy"))
+}
+
+fn panicky() -> PathBuf {
+    built().join("examples").join(library("panicky"))
+}
+
+/// Compiles `fixtures/plugins/NAME.c` into a shared library under `dir`.
+fn c_plugin(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/plugins")
+        .join(format!("{name}.c"));
+    let output = dir.join(library(name));
+    let compiled = Command::new("cc")
+        .args(["-shared", "-fPIC", "-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(workspace().join("plugins/api/include"))
+        .arg(&source)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    output
+}
+
+fn config(path: &Path, toml_config: &str) -> PluginConfig {
+    PluginConfig {
+        path: path.to_owned(),
+        config: toml::from_str(toml_config).expect("toml"),
+        budget_ms: 100,
+    }
+}
+
+fn load(configs: &[PluginConfig]) -> Result<(Plugins, Arc<Metrics>), PluginError> {
+    let metrics = Arc::new(Metrics::default());
+    Plugins::load(configs, metrics.clone()).map(|plugins| (plugins, metrics))
+}
+
+#[test]
+fn tx_policy_refuses_what_its_config_forbids() {
+    let (plugins, metrics) =
+        load(&[config(&tx_policy(), "max_bytes = 8\ncontent = \"json\"")]).expect("loads");
+    let fingerprint = &plugins.fingerprints()[0];
+    assert_eq!(
+        (fingerprint.name.as_str(), fingerprint.version.as_str()),
+        ("tx-policy", "0.1.0")
+    );
+    let file = std::fs::read(tx_policy()).expect("library");
+    assert_eq!(fingerprint.sha256, hex::encode(Sha256::digest(&file)));
+    assert_eq!(
+        plugins.fingerprint_line(),
+        format!("tx-policy@0.1.0:{}", fingerprint.sha256)
+    );
+
+    assert!(plugins.validate_entry(&Entry::new(&b"[1,2]"[..])).is_ok());
+    let rejection = plugins
+        .validate_entry(&Entry::new(&b"[1,2,3,4,5]"[..]))
+        .unwrap_err();
+    assert_eq!(rejection.plugin, "tx-policy");
+    assert!(rejection.reason.contains("at most 8"), "{rejection}");
+    let rejection = plugins.validate_entry(&Entry::new(&b"{x"[..])).unwrap_err();
+    assert!(rejection.reason.contains("must be JSON"), "{rejection}");
+    assert_eq!(metrics.plugin_calls.get("validate_entry"), 3);
+    assert_eq!(metrics.plugin_rejections.get("validate_entry"), 2);
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_the_file() {
+    let error = load(&[config(&tx_policy(), "content = \"xml\"")]).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, PluginError::Init { .. }), "{message}");
+    assert!(
+        message.contains(&tx_policy().display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("tx-policy config"), "{message}");
+}
+
+#[test]
+fn a_c_plugin_built_against_the_header_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = c_plugin(dir.path(), "deny_prefix");
+    let inspection = inspect(&path).expect("checks pass");
+    assert_eq!(inspection.hooks, ["validate_entry"]);
+    let (plugins, _) = load(&[config(&path, "")]).expect("loads");
+    assert!(plugins.validate_entry(&Entry::new(&b"yes"[..])).is_ok());
+    let rejection = plugins
+        .validate_entry(&Entry::new(&b"nope"[..]))
+        .unwrap_err();
+    assert_eq!(
+        rejection.to_string(),
+        "plugin deny-prefix: data starting with \"no\" is refused here"
+    );
+}
+
+#[test]
+fn a_panicking_plugin_rejects_with_the_panic_and_the_host_goes_on() {
+    let (plugins, metrics) = load(&[config(&panicky(), "")]).expect("init does not panic");
+    for round in 0..3 {
+        let rejection = plugins
+            .validate_entry(&testing::entries(round, 1, 16)[0])
+            .unwrap_err();
+        assert_eq!(
+            rejection.reason,
+            "failed: plugin panicked: validate_entry always panics"
+        );
+    }
+    assert_eq!(metrics.plugin_rejections.get("validate_entry"), 3);
+}
+
+#[test]
+fn broken_libraries_stop_start_up_with_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join(library("notes"));
+    std::fs::write(&text, "this is not a library\n").unwrap();
+    let cases: [(PathBuf, &str); 4] = [
+        (dir.path().join("missing.so"), "cannot read it"),
+        (text, "not a shared library"),
+        (
+            c_plugin(dir.path(), "no_symbol"),
+            "no `ledger_plugin_descriptor` symbol",
+        ),
+        (
+            c_plugin(dir.path(), "wrong_abi"),
+            "built for plugin ABI version 99; this node speaks version 1",
+        ),
+    ];
+    for (path, problem) in cases {
+        let message = load(&[config(&path, "")]).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(problem), "{message}");
+        let checked = inspect(&path).unwrap_err().to_string();
+        assert_eq!(checked, message);
+    }
+}
+
+const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
+const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `ledgerd plugins check` runs the start-up checks: a good library is described,
+/// a broken one exits 1 with the file and the problem.
+#[test]
+fn plugins_check_describes_or_refuses_a_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Command::new(LEDGERD)
+        .args(["plugins", "check"])
+        .arg(tx_policy())
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{}", text(&good));
+    let said = text(&good);
+    assert!(
+        said.contains("tx-policy 0.1.0") && said.contains("validate_entry"),
+        "{said}"
+    );
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "content = \"xml\"\n").unwrap();
+    let refused = Command::new(LEDGERD)
+        .args(["plugins", "check"])
+        .arg(tx_policy())
+        .arg("--config")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("init refused its config"),
+        "{}",
+        text(&refused)
+    );
+
+    let wrong = c_plugin(dir.path(), "wrong_abi");
+    let refused = Command::new(LEDGERD)
+        .args(["plugins", "check"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let said = text(&refused);
+    assert!(
+        said.contains(&wrong.display().to_string()) && said.contains("ABI version 99"),
+        "{said}"
+    );
+}
+
+/// A node with tx-policy in its config answers a forbidden entry with 422 and the
+/// plugin's reason, takes an allowed one, and reports its plugins; a node whose
+/// config lists a broken library does not start and says which file.
+#[test]
+fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let init = Command::new(LEDGERD)
+        .args(["dev", "init", "--nodes", "1", "--difficulty", "8", "--dir"])
+        .arg(dir.path())
+        .args(["--base-port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let config = dir.path().join("node0/ledgerd.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with = |path: &Path, table: &str| {
+        format!(
+            "{base}\n[[plugins]]\npath = {:?}\n[plugins.config]\n{table}\n",
+            path.display().to_string()
+        )
+    };
+
+    // A broken library: no start, the file named.
+    let wrong = c_plugin(dir.path(), "wrong_abi");
+    std::fs::write(&config, with(&wrong, "")).unwrap();
+    let refused = Command::new(LEDGERD)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains(&wrong.display().to_string()) && said.contains("ABI version 99"),
+        "{said}"
+    );
+
+    std::fs::write(&config, with(&tx_policy(), "content = \"json\"")).unwrap();
+    let mut node = Command::new(LEDGERD)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let ctl = |args: &[&str]| {
+        Command::new(LEDGERCTL)
+            .args(["--node", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ctl(&["status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ledgerd did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = ctl(&["submit", "not json"]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("422") && said.contains("plugin tx-policy: entry data must be JSON"),
+        "{said}"
+    );
+    let accepted = ctl(&["submit", r#"{"ok": true}"#, "--wait"]);
+    assert!(accepted.status.success(), "{}", text(&accepted));
+    let status: serde_json::Value = serde_json::from_slice(&ctl(&["status"]).stdout).unwrap();
+    assert_eq!(status["plugins"][0]["name"], "tx-policy", "{status}");
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
+/// The SDK's views read the node's canonical encodings field for field.
+#[test]
+fn the_sdk_views_read_what_the_node_encodes() {
+    let keys = [testing::key(1)];
+    let spec = testing::spec(&keys, 2);
+    let genesis = spec.genesis_block();
+    let mut entries = testing::entries(3, 2, 24);
+    entries.push(Entry::signed(&b"signed"[..], &keys[0], &spec.chain_hash()));
+    let block = testing::next_block(
+        &genesis.header,
+        &ledger::chain::CompactRange::new(),
+        entries.clone(),
+        2,
+    );
+    let encoded = block.encode();
+    let view = ledger_plugin_api::Block::decode(&encoded).expect("the SDK reads the block");
+    let header = block.header;
+    assert_eq!(
+        (
+            view.header.height,
+            view.header.timestamp_ms,
+            view.header.log_size
+        ),
+        (header.height, header.timestamp_ms, header.log_size)
+    );
+    assert_eq!(view.header.prev_hash, header.prev_hash.0);
+    assert_eq!(view.header.log_root, header.log_root.0);
+    assert_eq!(
+        (view.header.difficulty, view.header.nonce),
+        (header.difficulty, header.nonce)
+    );
+    assert_eq!(view.entries.len(), entries.len());
+    for (seen, entry) in view.entries.iter().zip(&entries) {
+        assert_eq!(seen.data, entry.data.as_slice());
+        assert_eq!(seen.author.is_some(), entry.author.is_some());
+        assert_eq!(
+            ledger_plugin_api::Entry::decode(&entry.encode()).as_ref(),
+            Ok(seen)
+        );
+    }
+}
