@@ -28,6 +28,7 @@ use crate::consensus::{
 use crate::metrics::Metrics;
 use crate::net::{Inbound, PeerState, Transport, Wire};
 use crate::node::{lock, now_ms};
+use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
 
@@ -145,6 +146,7 @@ impl Cluster {
         mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
         settings: ClusterSettings,
         metrics: Arc<Metrics>,
+        plugins: Arc<Plugins>,
     ) -> Result<Cluster, ClusterError> {
         let config = Config::new(store.spec(), key, settings.timing)?;
         let durable = store.durable()?;
@@ -181,6 +183,7 @@ impl Cluster {
             status: status.clone(),
             submitted: submitted.clone(),
             metrics,
+            plugins,
             settings,
             waiters: HashMap::new(),
             persist: Vec::new(),
@@ -277,6 +280,7 @@ struct Driver {
     status: Arc<Mutex<ClusterStatus>>,
     submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
     metrics: Arc<Metrics>,
+    plugins: Arc<Plugins>,
     settings: ClusterSettings,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
@@ -468,6 +472,7 @@ impl Driver {
                     }
                 }
                 self.answer_waiters(&block, &certificate)?;
+                self.plugins.committed(&block);
             }
             Output::Mine(template) => self.mine(template),
             Output::CancelMining => {

@@ -93,7 +93,7 @@ async fn start_cluster(
     store: &Arc<Store>,
     key: ed25519_dalek::SigningKey,
     metrics: Arc<crate::metrics::Metrics>,
-    plugins: String,
+    plugins: Arc<Plugins>,
 ) -> anyhow::Result<Cluster> {
     let spec = store.spec();
     let public = key.verifying_key();
@@ -131,7 +131,7 @@ async fn start_cluster(
             chain_id: spec.chain_id.clone(),
             genesis_hash: store.genesis_hash(),
             member: me as MemberIndex,
-            plugins,
+            plugins: plugins.fingerprint_line(),
         },
         peers,
         frame_limit: Wire::max_frame(&spec.params),
@@ -153,7 +153,7 @@ async fn start_cluster(
     let store = Arc::clone(store);
     let transport = Arc::new(transport);
     let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(store, key, transport, inbound, settings, metrics)
+        Cluster::start(store, key, transport, inbound, settings, metrics, plugins)
     })
     .await??;
     tracing::info!(
@@ -190,11 +190,11 @@ pub async fn run(
     let node = Arc::new(Node::new(Arc::clone(&store), key.clone(), settings));
     let plugins = Plugins::load(&config.plugins, node.metrics().clone())
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
-    let fingerprints = plugins.fingerprint_line();
-    node.attach_plugins(Arc::new(plugins));
+    let plugins = Arc::new(plugins);
+    node.attach_plugins(Arc::clone(&plugins));
     if store.spec().members.len() > 1 {
         let metrics = node.metrics().clone();
-        let cluster = start_cluster(path, &config, &store, key, metrics, fingerprints).await?;
+        let cluster = start_cluster(path, &config, &store, key, metrics, plugins).await?;
         node.attach_cluster(cluster);
     }
     node.metrics()

@@ -716,17 +716,19 @@ impl Node {
         .await
         .map_err(|error| error.to_string())?;
 
-        let block = self.mine(header, block_entries, cancel).await?;
+        let block = Arc::new(self.mine(header, block_entries, cancel).await?);
         let certificate = self.certify(&block);
         let started = Instant::now();
         let store = Arc::clone(&self.store);
         let header = block.header;
+        let applied = Arc::clone(&block);
         let certificate = blocking(move || {
-            store.apply_block(&block, &certificate)?;
+            store.apply_block(&applied, &certificate)?;
             Ok(certificate)
         })
         .await
         .map_err(|error| error.to_string())?;
+        self.plugins().committed(&block);
         self.metrics.apply_latency.observe(started.elapsed());
         self.metrics.height.store(header.height, Ordering::Relaxed);
         self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);

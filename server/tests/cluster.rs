@@ -107,6 +107,7 @@ impl Net {
             inbound,
             settings,
             metrics.clone(),
+            Arc::default(),
         )
         .expect("cluster");
         self.members[member] = Some(Member {

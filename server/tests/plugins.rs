@@ -29,7 +29,7 @@ fn built() -> &'static Path {
         let target = workspace().join("target").join("plugin-tests");
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["build", "--quiet", "-p", "tx-policy"])
+            .args(["build", "--quiet", "-p", "tx-policy", "-p", "jsonl-export"])
             .args(["-p", "ledger-plugin-api", "--lib", "--examples"])
             .arg("--target-dir")
             .arg(&target)
@@ -50,6 +50,10 @@ fn library(name: &str) -> String {
 
 fn tx_policy() -> PathBuf {
     built().join(library("tx_policy"))
+}
+
+fn jsonl_export() -> PathBuf {
+    built().join(library("jsonl_export"))
 }
 
 fn panicky() -> PathBuf {
@@ -289,7 +293,17 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
         "{said}"
     );
 
-    std::fs::write(&config, with(&tx_policy(), "content = \"json\"")).unwrap();
+    let export = dir.path().join("export.jsonl");
+    let exporter = format!(
+        "\n[[plugins]]\npath = {:?}\n[plugins.config]\npath = {:?}\n",
+        jsonl_export().display().to_string(),
+        export.display().to_string()
+    );
+    std::fs::write(
+        &config,
+        with(&tx_policy(), "content = \"json\"") + &exporter,
+    )
+    .unwrap();
     let mut node = Command::new(LEDGERD)
         .args(["run", "--config"])
         .arg(&config)
@@ -324,6 +338,14 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
     assert!(accepted.status.success(), "{}", text(&accepted));
     let status: serde_json::Value = serde_json::from_slice(&ctl(&["status"]).stdout).unwrap();
     assert_eq!(status["plugins"][0]["name"], "tx-policy", "{status}");
+    assert_eq!(status["plugins"][1]["name"], "jsonl-export", "{status}");
+    // The exporter saw the committed entry, off the commit path: wait for it.
+    let wanted = hex::encode(br#"{"ok": true}"#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&export).is_ok_and(|text| text.contains(&wanted)) {
+        assert!(std::time::Instant::now() < deadline, "nothing exported");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let _ = node.kill();
     let _ = node.wait();
 }
@@ -368,4 +390,25 @@ fn the_sdk_views_read_what_the_node_encodes() {
             Ok(seen)
         );
     }
+}
+
+/// A panicking `on_commit` is logged and counted; the caller never waits for it.
+#[test]
+fn a_panicking_on_commit_is_logged_not_fatal() {
+    let (plugins, metrics) = load(&[config(&panicky(), "")]).expect("loads");
+    let keys = [testing::key(1)];
+    let spec = testing::spec(&keys, 2);
+    let genesis = spec.genesis_block();
+    let block = Arc::new(testing::next_block(
+        &genesis.header,
+        &ledger::chain::CompactRange::new(),
+        testing::entries(1, 2, 16),
+        2,
+    ));
+    plugins.committed(&block);
+    plugins.committed(&block);
+    // Dropping the plugins waits for the on_commit thread to drain.
+    drop(plugins);
+    assert_eq!(metrics.plugin_calls.get("on_commit"), 2);
+    assert_eq!(metrics.plugin_rejections.get("on_commit"), 2);
 }

@@ -18,7 +18,9 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ledger_plugin_api::{
@@ -27,7 +29,7 @@ use ledger_plugin_api::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chain::Entry;
+use crate::chain::{Block, Entry};
 use crate::metrics::Metrics;
 
 /// One plugin as the node config lists it (`[[plugins]]`).
@@ -351,6 +353,18 @@ impl Plugin {
         })
     }
 
+    /// The `on_commit` hook on a block's canonical encoding; a failure is logged.
+    fn on_commit(&self, encoded: &[u8], metrics: &Metrics) {
+        let Some(hook) = self.descriptor.on_commit else {
+            return;
+        };
+        // `call` logs a failure; a commit cannot be refused.
+        let _ = self.call("on_commit", metrics, |state, error| {
+            // SAFETY: the ABI's hook: the state init made, lent bytes, an error slot.
+            unsafe { hook(state, Bytes::new(encoded), error) }
+        });
+    }
+
     /// The `validate_entry` hook on `entry`'s canonical encoding.
     pub fn validate_entry(&self, encoded: &[u8], metrics: &Metrics) -> Result<(), Rejection> {
         let Some(hook) = self.descriptor.validate_entry else {
@@ -393,26 +407,79 @@ fn take(descriptor: &Descriptor, buffer: Buffer) -> Option<String> {
     Some(text)
 }
 
+/// Blocks waiting for the `on_commit` hooks; beyond this the newest are dropped
+/// (and counted) rather than letting a slow plugin hold memory or the node.
+const COMMIT_QUEUE: usize = 1024;
+
+/// The thread that feeds applied blocks to `on_commit`, off the commit path.
+#[derive(Debug)]
+struct CommitFeed {
+    blocks: SyncSender<Arc<Block>>,
+    thread: JoinHandle<()>,
+}
+
 /// The node's plugins, called in the order the config lists them.
 #[derive(Debug, Default)]
 pub struct Plugins {
-    list: Vec<Plugin>,
+    list: Arc<[Plugin]>,
     metrics: Arc<Metrics>,
+    commits: Option<CommitFeed>,
 }
 
 impl Plugins {
     /// Loads every plugin in `configs`; the first that fails stops the lot.
     pub fn load(configs: &[PluginConfig], metrics: Arc<Metrics>) -> Result<Plugins, PluginError> {
-        let list = configs
+        let list: Arc<[Plugin]> = configs
             .iter()
             .map(Plugin::load)
-            .collect::<Result<Vec<_>, _>>()?;
-        for plugin in &list {
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
+        for plugin in list.iter() {
             tracing::info!(plugin = %plugin.fingerprint, path = %plugin.path.display(), "plugin loaded");
         }
-        Ok(Plugins { list, metrics })
+        let commits = list
+            .iter()
+            .any(|p| p.descriptor.on_commit.is_some())
+            .then(|| {
+                let (blocks, queue) = sync_channel::<Arc<Block>>(COMMIT_QUEUE);
+                let (list, metrics) = (Arc::clone(&list), Arc::clone(&metrics));
+                let thread = std::thread::Builder::new()
+                    .name("plugin-on-commit".into())
+                    .spawn(move || {
+                        for block in queue {
+                            let encoded = block.encode();
+                            for plugin in list.iter() {
+                                plugin.on_commit(&encoded, &metrics);
+                            }
+                        }
+                    })
+                    .map_err(|error| PluginError::BadDescriptor {
+                        path: PathBuf::from("<on_commit thread>"),
+                        reason: error.to_string(),
+                    })?;
+                Ok::<_, PluginError>(CommitFeed { blocks, thread })
+            })
+            .transpose()?;
+        Ok(Plugins {
+            list,
+            metrics,
+            commits,
+        })
     }
 
+    /// Hands an applied block to the `on_commit` hooks, without waiting for them.
+    pub fn committed(&self, block: &Arc<Block>) {
+        let Some(feed) = &self.commits else {
+            return;
+        };
+        if feed.blocks.try_send(Arc::clone(block)).is_err() {
+            self.metrics.plugin_rejections.add("on_commit_dropped", 1);
+            tracing::error!(
+                height = block.header.height,
+                "on_commit plugins are {COMMIT_QUEUE} blocks behind; this block skips them"
+            );
+        }
+    }
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
@@ -441,5 +508,18 @@ impl Plugins {
         self.list
             .iter()
             .try_for_each(|plugin| plugin.validate_entry(&encoded, &self.metrics))
+    }
+}
+
+impl Drop for Plugins {
+    /// Lets the `on_commit` thread finish what it holds before the plugins' state is
+    /// destroyed (when the last reference to the list goes).
+    fn drop(&mut self) {
+        if let Some(CommitFeed { blocks, thread }) = self.commits.take() {
+            drop(blocks);
+            if thread.join().is_err() {
+                tracing::error!("the on_commit thread panicked");
+            }
+        }
     }
 }
