@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
-use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Receipt};
+use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Header, Policy, Receipt};
 use crate::consensus::{
     Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
 };
@@ -134,6 +134,12 @@ impl EntryIndex for Committed<'_> {
             .map_err(|error| ChainError::Lookup(error.to_string()))?;
         Ok(found.first().copied().unwrap_or(false))
     }
+
+    fn header(&self, height: u64) -> Result<Option<Header>, ChainError> {
+        self.0
+            .header(height)
+            .map_err(|error| ChainError::Lookup(error.to_string()))
+    }
 }
 
 impl Cluster {
@@ -148,7 +154,10 @@ impl Cluster {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
     ) -> Result<Cluster, ClusterError> {
-        let config = Config::new(store.spec(), key, settings.timing)?;
+        let mut config = Config::new(store.spec(), key, settings.timing)?;
+        if !plugins.is_empty() {
+            config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
+        }
         let durable = store.durable()?;
         let (header, log) = store.tip_with_log()?;
         let mut applied = Vec::new();

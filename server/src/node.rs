@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
-    Receipt,
+    Policy, Receipt,
 };
 use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::Metrics;
@@ -695,6 +695,7 @@ impl Node {
     ) -> Result<(Header, CommitCertificate, Vec<(Hash, Instant)>), String> {
         // Template: on the tip, without entries committed since they were queued.
         let store = Arc::clone(&self.store);
+        let plugins = self.plugins.get().cloned();
         let (header, block_entries, committed) = blocking(move || {
             let (tip, mut log) = store.tip_with_log()?;
             let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
@@ -710,13 +711,25 @@ impl Node {
                 entries.push(pending.entry);
             }
             let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
-            let header = Header::child(&tip, &log, timestamp_ms, store.spec().difficulty);
+            let difficulty = match &plugins {
+                Some(plugins) => required_difficulty(&store, plugins.as_ref(), &tip)?,
+                None => store.spec().difficulty,
+            };
+            let header = Header::child(&tip, &log, timestamp_ms, difficulty);
             Ok((header, entries, committed))
         })
         .await
         .map_err(|error| error.to_string())?;
-
-        let block = Arc::new(self.mine(header, block_entries, cancel).await?);
+        let template = Block {
+            header,
+            entries: block_entries,
+        };
+        if let Some(plugins) = self.plugins.get() {
+            plugins
+                .check_block(&template)
+                .map_err(|reason| format!("the plugins refused the block: {reason}"))?;
+        }
+        let block = Arc::new(self.mine(template.header, template.entries, cancel).await?);
         let certificate = self.certify(&block);
         let started = Instant::now();
         let store = Arc::clone(&self.store);
@@ -783,4 +796,31 @@ impl Node {
             }],
         }
     }
+}
+
+/// The difficulty of the block after `tip` under `policy`, reading the headers it
+/// wants from the store.
+fn required_difficulty(
+    store: &Store,
+    policy: &dyn Policy,
+    tip: &Header,
+) -> Result<u32, StoreError> {
+    let genesis = store.spec().difficulty;
+    let window = policy.difficulty_window() as u64;
+    if window == 0 {
+        return Ok(genesis);
+    }
+    let first = (tip.height + 1).saturating_sub(window);
+    let mut recent = Vec::with_capacity(window as usize);
+    for height in first..tip.height {
+        let header = store
+            .header(height)?
+            .ok_or_else(|| StoreError::Corrupt(format!("header {height} missing below the tip")))?;
+        recent.push(header);
+    }
+    recent.push(*tip);
+    let required = policy
+        .required_difficulty(&recent)
+        .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+    Ok(required.unwrap_or(genesis))
 }

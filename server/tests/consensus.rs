@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use ledger::chain::merkle::leaf_hash;
-use ledger::chain::{Block, ChainError, ChainSpec, CompactRange, EntryIndex, Hash, Header};
+use ledger::chain::{Block, ChainError, ChainSpec, CompactRange, Entry, EntryIndex, Hash, Header};
 use ledger::consensus::{
     Config, DropReason, Durable, Input, MemberIndex, Message, Output, Payload, Record, Replica,
     Timing, Tip,
@@ -277,6 +277,88 @@ fn invalid_blocks_are_not_prepared() {
         let outputs = message(&mut backup, setup.pre_prepare(0, &Arc::new(bad)));
         assert_eq!(outputs, ["dropped InvalidBlock"]);
     }
+}
+
+/// A policy (the plugins) for the tests: one more bit of difficulty than the parent,
+/// and no entry whose data starts with "forbidden".
+#[derive(Debug)]
+struct StricterEachBlock;
+
+impl ledger::chain::Policy for StricterEachBlock {
+    fn difficulty_window(&self) -> usize {
+        1
+    }
+
+    fn required_difficulty(&self, recent: &[Header]) -> Result<Option<u32>, String> {
+        Ok(recent.last().map(|parent| parent.difficulty + 1))
+    }
+
+    fn check_block(&self, block: &Block) -> Result<(), String> {
+        match block
+            .entries
+            .iter()
+            .any(|e| e.data.starts_with(b"forbidden"))
+        {
+            true => Err("forbidden entry".into()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The chain's policy (its plugins) is part of validation before a backup prepares
+/// (C&L §4.2 leaves "valid" to the service): a block below the policy's difficulty
+/// or with an entry it refuses is dropped; the primary mines at that difficulty.
+#[test]
+fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let with_policy = |member: usize| {
+        let config = Config::new(&setup.spec, setup.keys[member].clone(), TIMING)
+            .expect("member")
+            .with_policy(Arc::new(StricterEachBlock));
+        let durable = Durable::genesis(setup.spec.genesis_block().hash());
+        Replica::new(config, setup.genesis(), durable, [], setup.now)
+    };
+    let required = genesis.header.difficulty + 1;
+    let easy = setup.block(&genesis.header, &genesis.log, 1);
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &easy)),
+        ["dropped InvalidBlock"]
+    );
+    let forbidden = Entry::new(&b"forbidden fruit"[..]);
+    let refused = Arc::new(testing::next_block(
+        &genesis.header,
+        &genesis.log,
+        vec![forbidden],
+        required,
+    ));
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &refused)),
+        ["dropped InvalidBlock"]
+    );
+    let fine = Arc::new(testing::next_block(
+        &genesis.header,
+        &genesis.log,
+        testing::entries(2, 2, 32),
+        required,
+    ));
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &fine)),
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+
+    let mut primary = with_policy(0);
+    let outputs = primary.handle(
+        Input::Entry {
+            entry: testing::entries(3, 1, 32).remove(0),
+            forwarded: false,
+        },
+        &NoEntries,
+    );
+    let Some(Output::Mine(template)) = outputs.last() else {
+        panic!("expected a template: {outputs:?}");
+    };
+    assert_eq!(template.header.difficulty, required);
 }
 
 /// The chaining rule: a block at h + 1 is prepared only on top of the block prepared

@@ -30,6 +30,7 @@ fn built() -> &'static Path {
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())
             .args(["build", "--quiet", "-p", "tx-policy", "-p", "jsonl-export"])
+            .args(["-p", "difficulty-retarget"])
             .args(["-p", "ledger-plugin-api", "--lib", "--examples"])
             .arg("--target-dir")
             .arg(&target)
@@ -54,6 +55,10 @@ fn tx_policy() -> PathBuf {
 
 fn jsonl_export() -> PathBuf {
     built().join(library("jsonl_export"))
+}
+
+fn difficulty_retarget() -> PathBuf {
+    built().join(library("difficulty_retarget"))
 }
 
 fn panicky() -> PathBuf {
@@ -251,12 +256,17 @@ fn plugins_check_describes_or_refuses_a_library() {
     );
 }
 
-/// A node with tx-policy in its config answers a forbidden entry with 422 and the
-/// plugin's reason, takes an allowed one, and reports its plugins; a node whose
-/// config lists a broken library does not start and says which file.
-#[test]
-fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
-    let dir = tempfile::tempdir().unwrap();
+/// A `[[plugins]]` table for ledgerd.toml.
+fn plugin_toml(path: &Path, config: &str) -> String {
+    format!(
+        "\n[[plugins]]\npath = {:?}\n[plugins.config]\n{config}\n",
+        path.display().to_string()
+    )
+}
+
+/// A one-node layout under `dir` (difficulty 8) with `plugins` appended to its
+/// config; the config path and the API URL.
+fn single_node(dir: &Path, plugins: &str) -> (PathBuf, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -264,23 +274,65 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
         .port();
     let init = Command::new(LEDGERD)
         .args(["dev", "init", "--nodes", "1", "--difficulty", "8", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .args(["--base-port", &port.to_string()])
         .output()
         .unwrap();
     assert!(init.status.success(), "{}", text(&init));
-    let config = dir.path().join("node0/ledgerd.toml");
+    let config = dir.join("node0/ledgerd.toml");
     let base = std::fs::read_to_string(&config).unwrap();
-    let with = |path: &Path, table: &str| {
-        format!(
-            "{base}\n[[plugins]]\npath = {:?}\n[plugins.config]\n{table}\n",
-            path.display().to_string()
-        )
-    };
+    std::fs::write(&config, base + plugins).unwrap();
+    (config, format!("http://127.0.0.1:{port}"))
+}
 
-    // A broken library: no start, the file named.
+/// A running ledgerd, killed when dropped.
+struct Daemon(std::process::Child, String);
+
+impl Daemon {
+    fn start(config: &Path, url: &str) -> Daemon {
+        let child = Command::new(LEDGERD)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon(child, url.to_string());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !daemon.ctl(&["status"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ledgerd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(LEDGERCTL)
+            .args(["--node", &self.1])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node with tx-policy and the exporter answers a forbidden entry with 422 and
+/// the plugin's reason, takes and exports an allowed one, and reports its plugins;
+/// a node whose config lists a broken library does not start and says which file.
+#[test]
+fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
     let wrong = c_plugin(dir.path(), "wrong_abi");
-    std::fs::write(&config, with(&wrong, "")).unwrap();
+    let (config, url) = single_node(dir.path(), &plugin_toml(&wrong, ""));
     let refused = Command::new(LEDGERD)
         .args(["run", "--config"])
         .arg(&config)
@@ -293,50 +345,26 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
         "{said}"
     );
 
+    let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("export.jsonl");
-    let exporter = format!(
-        "\n[[plugins]]\npath = {:?}\n[plugins.config]\npath = {:?}\n",
-        jsonl_export().display().to_string(),
-        export.display().to_string()
-    );
-    std::fs::write(
-        &config,
-        with(&tx_policy(), "content = \"json\"") + &exporter,
-    )
-    .unwrap();
-    let mut node = Command::new(LEDGERD)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let ctl = |args: &[&str]| {
-        Command::new(LEDGERCTL)
-            .args(["--node", &url])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !ctl(&["status"]).status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ledgerd did not start"
+    let plugins = plugin_toml(&tx_policy(), "content = \"json\"")
+        + &plugin_toml(
+            &jsonl_export(),
+            &format!("path = {:?}", export.display().to_string()),
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let refused = ctl(&["submit", "not json"]);
+    let (config, url_2) = single_node(dir.path(), &plugins);
+    assert_ne!(url, url_2);
+    let node = Daemon::start(&config, &url_2);
+    let refused = node.ctl(&["submit", "not json"]);
     let said = text(&refused);
     assert!(!refused.status.success(), "{said}");
     assert!(
         said.contains("422") && said.contains("plugin tx-policy: entry data must be JSON"),
         "{said}"
     );
-    let accepted = ctl(&["submit", r#"{"ok": true}"#, "--wait"]);
+    let accepted = node.ctl(&["submit", r#"{"ok": true}"#, "--wait"]);
     assert!(accepted.status.success(), "{}", text(&accepted));
-    let status: serde_json::Value = serde_json::from_slice(&ctl(&["status"]).stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
     assert_eq!(status["plugins"][0]["name"], "tx-policy", "{status}");
     assert_eq!(status["plugins"][1]["name"], "jsonl-export", "{status}");
     // The exporter saw the committed entry, off the commit path: wait for it.
@@ -346,50 +374,32 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
         assert!(std::time::Instant::now() < deadline, "nothing exported");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _ = node.kill();
-    let _ = node.wait();
 }
 
-/// The SDK's views read the node's canonical encodings field for field.
+/// difficulty-retarget through the ABI: fast blocks raise the difficulty at each
+/// retarget, up to the ceiling, on a real node that mines at what it asks.
 #[test]
-fn the_sdk_views_read_what_the_node_encodes() {
-    let keys = [testing::key(1)];
-    let spec = testing::spec(&keys, 2);
-    let genesis = spec.genesis_block();
-    let mut entries = testing::entries(3, 2, 24);
-    entries.push(Entry::signed(&b"signed"[..], &keys[0], &spec.chain_hash()));
-    let block = testing::next_block(
-        &genesis.header,
-        &ledger::chain::CompactRange::new(),
-        entries.clone(),
-        2,
-    );
-    let encoded = block.encode();
-    let view = ledger_plugin_api::Block::decode(&encoded).expect("the SDK reads the block");
-    let header = block.header;
-    assert_eq!(
-        (
-            view.header.height,
-            view.header.timestamp_ms,
-            view.header.log_size
-        ),
-        (header.height, header.timestamp_ms, header.log_size)
-    );
-    assert_eq!(view.header.prev_hash, header.prev_hash.0);
-    assert_eq!(view.header.log_root, header.log_root.0);
-    assert_eq!(
-        (view.header.difficulty, view.header.nonce),
-        (header.difficulty, header.nonce)
-    );
-    assert_eq!(view.entries.len(), entries.len());
-    for (seen, entry) in view.entries.iter().zip(&entries) {
-        assert_eq!(seen.data, entry.data.as_slice());
-        assert_eq!(seen.author.is_some(), entry.author.is_some());
-        assert_eq!(
-            ledger_plugin_api::Entry::decode(&entry.encode()).as_ref(),
-            Ok(seen)
-        );
+fn difficulty_retarget_raises_the_difficulty_of_fast_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "interval = 2\ntarget_ms = 60000\nmin = 8\nmax = 12";
+    let (config, url) = single_node(dir.path(), &plugin_toml(&difficulty_retarget(), rule));
+    let node = Daemon::start(&config, &url);
+    for i in 0..6 {
+        let committed = node.ctl(&["submit", &format!("entry {i}"), "--wait"]);
+        assert!(committed.status.success(), "{}", text(&committed));
     }
+    let blocks: serde_json::Value =
+        serde_json::from_slice(&node.ctl(&["blocks", "--from", "1", "--limit", "6"]).stdout)
+            .unwrap();
+    let difficulties: Vec<u64> = blocks
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .map(|block| block["difficulty"].as_u64().expect("difficulty"))
+        .collect();
+    // Heights 4 and 6 retarget (2 would lack a whole span); each span of two
+    // blocks took far less than the two minutes wanted.
+    assert_eq!(difficulties, [8, 8, 8, 10, 10, 12], "{blocks}");
 }
 
 /// A panicking `on_commit` is logged and counted; the caller never waits for it.
@@ -411,4 +421,72 @@ fn a_panicking_on_commit_is_logged_not_fatal() {
     drop(plugins);
     assert_eq!(metrics.plugin_calls.get("on_commit"), 2);
     assert_eq!(metrics.plugin_rejections.get("on_commit"), 2);
+}
+
+/// Four processes with the same plugins: a backup refuses what tx-policy forbids,
+/// and every member validates the primary's blocks at the difficulty
+/// difficulty-retarget asks for, so they commit at rising difficulty on one chain.
+#[test]
+fn a_cluster_runs_the_same_policy_on_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 65000
+            && (port..port + 8).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            break port;
+        }
+    };
+    let init = Command::new(LEDGERD)
+        .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let plugins = plugin_toml(&tx_policy(), "max_bytes = 64")
+        + &plugin_toml(
+            &difficulty_retarget(),
+            "interval = 2\ntarget_ms = 60000\nmin = 8\nmax = 12",
+        );
+    let nodes: Vec<Daemon> = (0..4u16)
+        .map(|i| {
+            let config = dir.path().join(format!("node{i}/ledgerd.toml"));
+            let text = std::fs::read_to_string(&config).unwrap() + &plugins;
+            std::fs::write(&config, text).unwrap();
+            Daemon::start(&config, &format!("http://127.0.0.1:{}", base + 2 * i))
+        })
+        .collect();
+    let refused = nodes[2].ctl(&["submit", &"x".repeat(65)]);
+    assert!(text(&refused).contains("at most 64"), "{}", text(&refused));
+    for i in 0..6 {
+        let committed = nodes[1 + i % 3].ctl(&["submit", &format!("entry {i}"), "--wait"]);
+        assert!(committed.status.success(), "{}", text(&committed));
+    }
+    let chain = |node: &Daemon| -> Vec<(String, u64)> {
+        let blocks: serde_json::Value =
+            serde_json::from_slice(&node.ctl(&["blocks", "--from", "1", "--limit", "6"]).stdout)
+                .unwrap();
+        blocks
+            .as_array()
+            .expect("blocks")
+            .iter()
+            .map(|b| (b["hash"].to_string(), b["difficulty"].as_u64().unwrap()))
+            .collect()
+    };
+    let first = chain(&nodes[0]);
+    let difficulties: Vec<u64> = first.iter().map(|(_, d)| *d).collect();
+    assert_eq!(difficulties, [8, 8, 8, 10, 10, 12]);
+    // Every member holds the same blocks (bounded wait for the slowest).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for node in &nodes[1..] {
+        while chain(node) != first {
+            assert!(std::time::Instant::now() < deadline, "members disagree");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }

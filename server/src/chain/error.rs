@@ -149,6 +149,9 @@ pub enum ChainError {
     /// chain layer free of IO types).
     #[error("entry index lookup failed: {0}")]
     Lookup(String),
+    /// Refused by the chain's policy (a validation plugin).
+    #[error("refused by policy: {0}")]
+    Policy(String),
     /// A genesis file that cannot define a chain.
     #[error("invalid genesis: {0}")]
     Genesis(String),

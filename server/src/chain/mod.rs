@@ -22,4 +22,4 @@ pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use merkle::CompactRange;
 pub use receipt::Receipt;
-pub use validate::{validate_block, validate_header, EntryIndex, ValidationContext};
+pub use validate::{validate_block, validate_header, EntryIndex, Policy, ValidationContext};

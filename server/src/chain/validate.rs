@@ -10,6 +10,29 @@ use super::{Block, ChainError, ChainParams, CompactRange, Hash, Header, HEADER_V
 pub trait EntryIndex {
     /// Whether `id` was committed before.
     fn contains(&self, id: &Hash) -> Result<bool, ChainError>;
+
+    /// The committed header at `height`, for a difficulty [`Policy`] that reads
+    /// recent headers. An index that never serves one may keep this default; a
+    /// policy then finds the header missing and the block is refused, loudly.
+    fn header(&self, _height: u64) -> Result<Option<Header>, ChainError> {
+        Ok(None)
+    }
+}
+
+/// Rules a chain adds to the built-in ones (its validation plugins). Every member
+/// must run the same policy and it must be deterministic, or members disagree.
+pub trait Policy: Send + Sync + std::fmt::Debug {
+    /// How many recent headers [`Policy::required_difficulty`] reads; 0 means the
+    /// genesis difficulty applies.
+    fn difficulty_window(&self) -> usize;
+
+    /// The difficulty of the block after `recent.last()`, given up to
+    /// `difficulty_window` headers oldest first (fewer near genesis); `None` keeps the
+    /// genesis difficulty.
+    fn required_difficulty(&self, recent: &[Header]) -> Result<Option<u32>, String>;
+
+    /// Refuses a block or one of its entries, with the reason.
+    fn check_block(&self, block: &Block) -> Result<(), String>;
 }
 
 /// What a block is validated against.

@@ -31,7 +31,7 @@ use super::message::{
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
     validate_block, Block, ChainError, ChainParams, ChainSpec, CommitCertificate, CommitSignature,
-    CompactRange, Entry, EntryIndex, Hash, Header, Members, ValidationContext,
+    CompactRange, Entry, EntryIndex, Hash, Header, Members, Policy, ValidationContext,
 };
 
 /// Timers of one replica, in milliseconds of the time its ticks carry.
@@ -81,8 +81,10 @@ pub struct Config {
     pub key: SigningKey,
     /// The chain's limits.
     pub params: ChainParams,
-    /// The difficulty every block must meet (the policy; plugins come later).
+    /// The genesis difficulty, which blocks meet unless the policy asks for another.
     pub difficulty: u32,
+    /// The chain's validation plugins, if any: a difficulty policy and block rules.
+    pub policy: Option<Arc<dyn Policy>>,
     /// Heights accepted above the stable checkpoint: the high watermark is
     /// `stable + window` (C&L §4.2). At least twice the checkpoint interval.
     pub window: u64,
@@ -121,11 +123,18 @@ impl Config {
             key,
             params: spec.params,
             difficulty: spec.difficulty,
+            policy: None,
             window: spec.params.checkpoint_interval.saturating_mul(2).max(2),
             timing,
             max_pending: 100_000,
             flaws: Flaws::default(),
         })
+    }
+
+    /// Validates and mines under `policy` (the node's plugins).
+    pub fn with_policy(mut self, policy: Arc<dyn Policy>) -> Config {
+        self.policy = Some(policy);
+        self
     }
 
     /// Applies `flaws` (tests only).
@@ -391,6 +400,9 @@ pub struct Replica {
     /// only once it performs the outputs: a block validated later in the same call
     /// must still not repeat them.
     applied_now: Vec<Arc<HashSet<Hash>>>,
+    /// Headers of the last applied blocks, oldest first, as many as the difficulty
+    /// policy reads: like `applied_now`, the driver's index lags by one step.
+    recent_applied: VecDeque<Header>,
     out: Vec<Output>,
 }
 
@@ -410,6 +422,10 @@ impl EntryIndex for Ancestry<'_> {
             return Ok(true);
         }
         self.committed.contains(id)
+    }
+
+    fn header(&self, height: u64) -> Result<Option<Header>, ChainError> {
+        self.committed.header(height)
     }
 }
 
@@ -450,6 +466,7 @@ impl Replica {
             tip_at_last_check: tip.header.height,
             drops: BTreeMap::new(),
             applied_now: Vec::new(),
+            recent_applied: VecDeque::new(),
             out: Vec::new(),
             tip,
             config,
@@ -1261,7 +1278,7 @@ impl Replica {
                 break;
             }
         }
-        self.maybe_propose();
+        self.maybe_propose(index);
     }
 
     /// The parent a block at `height` must extend under the chaining rule: the applied
@@ -1310,7 +1327,7 @@ impl Replica {
             chain_hash: &chain_hash,
             params: &self.config.params,
             parent,
-            required_difficulty: self.config.difficulty,
+            required_difficulty: self.required_difficulty(parent, index)?,
             now_ms: self.now_ms,
         };
         let ancestry = Ancestry {
@@ -1318,7 +1335,67 @@ impl Replica {
             in_flight,
         };
         let (ids, log) = validate_block(&context, block, parent_log, &ancestry)?;
+        if let Some(policy) = &self.config.policy {
+            policy.check_block(block).map_err(ChainError::Policy)?;
+        }
         Ok((ids.into_iter().collect(), log))
+    }
+
+    fn difficulty_window(&self) -> usize {
+        self.config
+            .policy
+            .as_ref()
+            .map_or(0, |policy| policy.difficulty_window())
+    }
+
+    /// The difficulty of the block after `parent`: the policy's verdict on the
+    /// headers up to `parent` (accepted above the tip, applied, then committed in
+    /// the index), or the genesis difficulty.
+    fn required_difficulty(
+        &self,
+        parent: &Header,
+        index: &dyn EntryIndex,
+    ) -> Result<u32, ChainError> {
+        let (Some(policy), window) = (&self.config.policy, self.difficulty_window()) else {
+            return Ok(self.config.difficulty);
+        };
+        if window == 0 {
+            return Ok(self.config.difficulty);
+        }
+        let tip = self.tip.header.height;
+        let mut recent = vec![*parent];
+        while recent.len() < window {
+            let newest = recent[recent.len() - 1];
+            let Some(height) = newest.height.checked_sub(1) else {
+                break; // genesis
+            };
+            let found = if height > tip {
+                self.slots
+                    .get(&height)
+                    .and_then(|slot| slot.accepted.as_ref())
+                    .map(|accepted| accepted.header)
+            } else if height == tip {
+                Some(self.tip.header)
+            } else {
+                match self.recent_applied.iter().find(|h| h.height == height) {
+                    Some(header) => Some(*header),
+                    None => index.header(height)?,
+                }
+            };
+            match found.filter(|header| header.hash() == newest.prev_hash) {
+                Some(header) => recent.push(header),
+                None => {
+                    return Err(ChainError::Policy(format!(
+                        "the difficulty policy needs header {height}, which is not at hand"
+                    )))
+                }
+            }
+        }
+        recent.reverse();
+        let required = policy
+            .required_difficulty(&recent)
+            .map_err(ChainError::Policy)?;
+        Ok(required.unwrap_or(self.config.difficulty))
     }
 
     /// Accepts the current view's candidate at `height` once its parent allows and it
@@ -1563,6 +1640,13 @@ impl Replica {
             header: block.header,
             log,
         };
+        let window = self.difficulty_window();
+        if window > 0 {
+            self.recent_applied.push_back(block.header);
+            while self.recent_applied.len() > window {
+                self.recent_applied.pop_front();
+            }
+        }
         self.consecutive_view_changes = 0;
         for id in &ids {
             self.pending.remove(id);
@@ -1646,7 +1730,7 @@ impl Replica {
     /// `max_block_delay`, nothing of its own is in flight (an idle pipeline gains
     /// nothing from waiting; under load, entries gather while blocks are in flight),
     /// or a cut was asked for. It mines on top of its last proposal.
-    fn maybe_propose(&mut self) {
+    fn maybe_propose(&mut self, index: &dyn EntryIndex) {
         if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
             return;
         }
@@ -1719,8 +1803,12 @@ impl Replica {
         for entry in &entries {
             log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
         }
+        let Ok(difficulty) = self.required_difficulty(&parent, index) else {
+            // The policy failed here; the others' timers will replace this primary.
+            return;
+        };
         let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
-        let header = Header::child(&parent, &log, timestamp, self.config.difficulty);
+        let header = Header::child(&parent, &log, timestamp, difficulty);
         self.mining = Some((height, header.prev_hash));
         self.out
             .push(Output::Mine(Arc::new(Block { header, entries })));

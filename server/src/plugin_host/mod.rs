@@ -24,12 +24,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ledger_plugin_api::{
-    Buffer, Bytes, Descriptor, ABI_VERSION, ENTRY_SYMBOL, STATUS_OK, STATUS_REJECT,
+    Buffer, Bytes, Descriptor, ABI_VERSION, ENTRY_SYMBOL, HEADER_LEN, STATUS_OK, STATUS_REJECT,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chain::{Block, Entry};
+use crate::chain::{Block, Entry, Header, Policy};
 use crate::metrics::Metrics;
 
 /// One plugin as the node config lists it (`[[plugins]]`).
@@ -365,6 +365,40 @@ impl Plugin {
         });
     }
 
+    /// The `required_difficulty` hook on the newest of `recent` it wants; `None`
+    /// when the plugin has no such hook.
+    fn required_difficulty(
+        &self,
+        recent: &[Header],
+        metrics: &Metrics,
+    ) -> Result<Option<u32>, Rejection> {
+        let Some(hook) = self.descriptor.required_difficulty else {
+            return Ok(None);
+        };
+        let window = self.descriptor.difficulty_window as usize;
+        let newest = &recent[recent.len().saturating_sub(window)..];
+        let encoded: Vec<u8> = newest.iter().flat_map(|h| h.encode()).collect();
+        let mut difficulty = 0;
+        self.call("required_difficulty", metrics, |state, error| {
+            // SAFETY: the ABI's hook: the state, lent headers, writable slots.
+            unsafe { hook(state, Bytes::new(&encoded), &mut difficulty, error) }
+        })?;
+        Ok(Some(difficulty))
+    }
+
+    /// The `validate_block` hook on a block's canonical encoding, split after the
+    /// header.
+    fn validate_block(&self, encoded: &[u8], metrics: &Metrics) -> Result<(), Rejection> {
+        let Some(hook) = self.descriptor.validate_block else {
+            return Ok(());
+        };
+        let (header, entries) = encoded.split_at(HEADER_LEN.min(encoded.len()));
+        self.call("validate_block", metrics, |state, reason| {
+            // SAFETY: the ABI's hook: the state, lent bytes, a reason slot.
+            unsafe { hook(state, Bytes::new(header), Bytes::new(entries), reason) }
+        })
+    }
+
     /// The `validate_entry` hook on `entry`'s canonical encoding.
     pub fn validate_entry(&self, encoded: &[u8], metrics: &Metrics) -> Result<(), Rejection> {
         let Some(hook) = self.descriptor.validate_entry else {
@@ -508,6 +542,50 @@ impl Plugins {
         self.list
             .iter()
             .try_for_each(|plugin| plugin.validate_entry(&encoded, &self.metrics))
+    }
+}
+
+/// The plugins as the chain's policy: a block passes when every plugin passes each
+/// of its entries and then the block; the required difficulty is the highest any
+/// plugin asks for.
+impl Policy for Plugins {
+    fn difficulty_window(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|p| p.descriptor.required_difficulty.is_some())
+            .map(|p| p.descriptor.difficulty_window as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn required_difficulty(&self, recent: &[Header]) -> Result<Option<u32>, String> {
+        let mut required = None;
+        for plugin in self.list.iter() {
+            let asked = plugin
+                .required_difficulty(recent, &self.metrics)
+                .map_err(|rejection| rejection.to_string())?;
+            required = required.max(asked);
+        }
+        Ok(required)
+    }
+
+    fn check_block(&self, block: &Block) -> Result<(), String> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<Vec<u8>> = block.entries.iter().map(Entry::encode).collect();
+        let encoded = block.encode();
+        for plugin in self.list.iter() {
+            for entry in &entries {
+                plugin
+                    .validate_entry(entry, &self.metrics)
+                    .map_err(|rejection| rejection.to_string())?;
+            }
+            plugin
+                .validate_block(&encoded, &self.metrics)
+                .map_err(|rejection| rejection.to_string())?;
+        }
+        Ok(())
     }
 }
 
