@@ -205,8 +205,36 @@ unsafe fn c_text<'a>(text: *const c_char) -> Option<&'a str> {
 
 // ----- the SDK ----------------------------------------------------------------------
 
+/// Which of the optional hooks a plugin has; the others are left null in its
+/// descriptor, so the host does not call (and the SDK does not decode for) them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hooks {
+    /// [`Plugin::validate_entry`].
+    pub validate_entry: bool,
+    /// [`Plugin::validate_block`].
+    pub validate_block: bool,
+    /// [`Plugin::on_commit`].
+    pub on_commit: bool,
+}
+
+impl Hooks {
+    /// Every hook.
+    pub const ALL: Hooks = Hooks {
+        validate_entry: true,
+        validate_block: true,
+        on_commit: true,
+    };
+    /// None of them (a difficulty policy alone, say).
+    pub const NONE: Hooks = Hooks {
+        validate_entry: false,
+        validate_block: false,
+        on_commit: false,
+    };
+}
+
 /// A plugin, in plain Rust. Every hook has a default that accepts (or, for the
-/// difficulty, leaves the chain's own), so a plugin implements only what it checks.
+/// difficulty, leaves the chain's own), so a plugin implements only what it checks
+/// and names those in [`Plugin::HOOKS`].
 pub trait Plugin: Sized + Send + Sync + 'static {
     /// The name the node reports and logs.
     const NAME: &'static CStr;
@@ -215,6 +243,9 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     /// How many recent headers [`Plugin::required_difficulty`] wants; 0 means the
     /// plugin has no difficulty policy.
     const DIFFICULTY_WINDOW: u32 = 0;
+    /// The optional hooks this plugin implements (all by default: a hook left at
+    /// its default accepts, at the cost of a call).
+    const HOOKS: Hooks = Hooks::ALL;
 
     /// Builds the state from the operator's config (JSON text, `{}` if none).
     fn init(config: &str) -> Result<Self, String>;
@@ -259,9 +290,21 @@ pub const fn descriptor<P: Plugin>() -> Descriptor {
         } else {
             Some(sdk_required_difficulty::<P>)
         },
-        validate_entry: Some(sdk_validate_entry::<P>),
-        validate_block: Some(sdk_validate_block::<P>),
-        on_commit: Some(sdk_on_commit::<P>),
+        validate_entry: if P::HOOKS.validate_entry {
+            Some(sdk_validate_entry::<P>)
+        } else {
+            None
+        },
+        validate_block: if P::HOOKS.validate_block {
+            Some(sdk_validate_block::<P>)
+        } else {
+            None
+        },
+        on_commit: if P::HOOKS.on_commit {
+            Some(sdk_on_commit::<P>)
+        } else {
+            None
+        },
         free_buffer: Some(free_buffer),
     }
 }

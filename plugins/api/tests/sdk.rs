@@ -231,3 +231,26 @@ fn views_decode_the_canonical_encodings() {
     // A count no bytes could hold is refused before allocating.
     assert!(Entry::decode_list(&u32::MAX.to_be_bytes()).is_err());
 }
+
+/// A difficulty policy alone: its descriptor leaves the other hooks null.
+struct OnlyDifficulty;
+
+impl Plugin for OnlyDifficulty {
+    const NAME: &'static std::ffi::CStr = c"only-difficulty";
+    const VERSION: &'static std::ffi::CStr = c"1";
+    const DIFFICULTY_WINDOW: u32 = 1;
+    const HOOKS: ledger_plugin_api::Hooks = ledger_plugin_api::Hooks::NONE;
+
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(OnlyDifficulty)
+    }
+}
+
+#[test]
+fn hooks_a_plugin_does_not_name_are_null() {
+    let only = descriptor::<OnlyDifficulty>();
+    assert!(only.required_difficulty.is_some());
+    assert!(only.validate_entry.is_none() && only.validate_block.is_none());
+    assert!(only.on_commit.is_none());
+    assert!(only.init.is_some() && only.destroy.is_some() && only.free_buffer.is_some());
+}

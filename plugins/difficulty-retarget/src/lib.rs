@@ -22,7 +22,7 @@
 
 use std::ffi::CStr;
 
-use ledger_plugin_api::{export_plugin, Header, Plugin};
+use ledger_plugin_api::{export_plugin, Header, Hooks, Plugin};
 use serde::Deserialize;
 
 /// Headers the host passes: enough for the longest interval plus its start.
@@ -90,6 +90,7 @@ impl Retarget {
 impl Plugin for Retarget {
     const NAME: &'static CStr = c"difficulty-retarget";
     const VERSION: &'static CStr = c"0.1.0";
+    const HOOKS: Hooks = Hooks::NONE;
     const DIFFICULTY_WINDOW: u32 = WINDOW;
 
     fn init(config: &str) -> Result<Self, String> {

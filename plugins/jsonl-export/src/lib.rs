@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::Mutex;
 
-use ledger_plugin_api::{export_plugin, Block, Plugin};
+use ledger_plugin_api::{export_plugin, Block, Hooks, Plugin};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -48,6 +48,10 @@ pub struct JsonlExport {
 impl Plugin for JsonlExport {
     const NAME: &'static CStr = c"jsonl-export";
     const VERSION: &'static CStr = c"0.1.0";
+    const HOOKS: Hooks = Hooks {
+        on_commit: true,
+        ..Hooks::NONE
+    };
 
     fn init(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config)

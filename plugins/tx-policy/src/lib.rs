@@ -13,7 +13,7 @@
 
 use std::ffi::CStr;
 
-use ledger_plugin_api::{export_plugin, Entry, Plugin};
+use ledger_plugin_api::{export_plugin, Entry, Hooks, Plugin};
 use serde::Deserialize;
 
 /// What entry data must be.
@@ -46,6 +46,10 @@ pub struct TxPolicy {
 impl Plugin for TxPolicy {
     const NAME: &'static CStr = c"tx-policy";
     const VERSION: &'static CStr = c"0.1.0";
+    const HOOKS: Hooks = Hooks {
+        validate_entry: true,
+        ..Hooks::NONE
+    };
 
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|error| format!("tx-policy config: {error}"))
