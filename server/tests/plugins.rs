@@ -290,11 +290,16 @@ struct Daemon(std::process::Child, String);
 
 impl Daemon {
     fn start(config: &Path, url: &str) -> Daemon {
+        Daemon::start_logging(config, url, std::process::Stdio::null())
+    }
+
+    /// Starts it with its log going to `log`.
+    fn start_logging(config: &Path, url: &str, log: impl Into<std::process::Stdio>) -> Daemon {
         let child = Command::new(LEDGERD)
             .args(["run", "--config"])
             .arg(config)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let daemon = Daemon(child, url.to_string());
@@ -374,6 +379,46 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
         assert!(std::time::Instant::now() < deadline, "nothing exported");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A node whose plugin panics in every hook keeps serving and answers with the
+/// panic as the reason; a hook over its budget is logged with its plugin.
+#[test]
+fn a_panicking_or_slow_plugin_leaves_the_node_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, url) = single_node(dir.path(), &plugin_toml(&panicky(), ""));
+    let node = Daemon::start(&config, &url);
+    for _ in 0..3 {
+        let refused = node.ctl(&["submit", "anything"]);
+        let said = text(&refused);
+        assert!(
+            said.contains("422")
+                && said.contains(
+                    "plugin panicky: failed: plugin panicked: validate_entry always panics"
+                ),
+            "{said}"
+        );
+    }
+    assert!(node.ctl(&["status"]).status.success());
+    drop(node);
+
+    let dir = tempfile::tempdir().unwrap();
+    let slow = c_plugin(dir.path(), "slow");
+    let (config, url) = single_node(
+        dir.path(),
+        &plugin_toml(&slow, "").replace("[plugins.config]", "budget_ms = 5\n[plugins.config]"),
+    );
+    let log_path = dir.path().join("ledgerd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let node = Daemon::start_logging(&config, &url, log);
+    let committed = node.ctl(&["submit", "slowly", "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    drop(node);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("plugin hook over its budget") && log.contains("plugin=slow"),
+        "{log}"
+    );
 }
 
 /// difficulty-retarget through the ABI: fast blocks raise the difficulty at each
