@@ -696,7 +696,7 @@ impl Node {
         // Template: on the tip, without entries committed since they were queued.
         let store = Arc::clone(&self.store);
         let plugins = self.plugins.get().cloned();
-        let (header, block_entries, committed) = blocking(move || {
+        let (template, committed) = blocking(move || {
             let (tip, mut log) = store.tip_with_log()?;
             let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
             let already = store.committed(&ids)?;
@@ -716,19 +716,16 @@ impl Node {
                 None => store.spec().difficulty,
             };
             let header = Header::child(&tip, &log, timestamp_ms, difficulty);
-            Ok((header, entries, committed))
+            let template = Block { header, entries };
+            if let Some(plugins) = &plugins {
+                plugins
+                    .check_block(&template)
+                    .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+            }
+            Ok((template, committed))
         })
         .await
         .map_err(|error| error.to_string())?;
-        let template = Block {
-            header,
-            entries: block_entries,
-        };
-        if let Some(plugins) = self.plugins.get() {
-            plugins
-                .check_block(&template)
-                .map_err(|reason| format!("the plugins refused the block: {reason}"))?;
-        }
         let block = Arc::new(self.mine(template.header, template.entries, cancel).await?);
         let certificate = self.certify(&block);
         let started = Instant::now();

@@ -1363,10 +1363,11 @@ impl Replica {
             return Ok(self.config.difficulty);
         }
         let tip = self.tip.header.height;
+        // Newest first while collecting; each must be the parent of the one before.
         let mut recent = vec![*parent];
         while recent.len() < window {
-            let newest = recent[recent.len() - 1];
-            let Some(height) = newest.height.checked_sub(1) else {
+            let child = recent[recent.len() - 1];
+            let Some(height) = child.height.checked_sub(1) else {
                 break; // genesis
             };
             let found = if height > tip {
@@ -1377,12 +1378,14 @@ impl Replica {
             } else if height == tip {
                 Some(self.tip.header)
             } else {
-                match self.recent_applied.iter().find(|h| h.height == height) {
-                    Some(header) => Some(*header),
+                // `recent_applied` holds consecutive heights ending at the tip.
+                let back = (tip - height) as usize;
+                match self.recent_applied.len().checked_sub(back + 1) {
+                    Some(at) => self.recent_applied.get(at).copied(),
                     None => index.header(height)?,
                 }
             };
-            match found.filter(|header| header.hash() == newest.prev_hash) {
+            match found.filter(|header| header.hash() == child.prev_hash) {
                 Some(header) => recent.push(header),
                 None => {
                     return Err(ChainError::Policy(format!(
