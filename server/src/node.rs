@@ -3,7 +3,9 @@
 //! Alone (one member): a block is cut from the pool (at `max_block_entries`, after
 //! `max_block_delay` from its first entry, or on `POST /mine`), mined on blocking
 //! threads, certified by this node's own COMMIT signature (n = 1, quorum 1), applied in
-//! one durable write transaction, and then the entries' waiters are told.
+//! one durable write transaction, and then the entries' waiters are told. The next
+//! block is built on the one being applied and mined meanwhile, so mining and the
+//! disk overlap; it applies only after its parent has.
 //!
 //! In a cluster, submits go to the PBFT replica's driver ([`Cluster`]), which forwards
 //! them to the primary and answers waiters once their block is committed and applied
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::{Signer, SigningKey};
 use tokio::sync::{oneshot, Notify};
 
-use crate::chain::merkle::leaf_hash;
+use crate::chain::merkle::{leaf_hash, CompactRange};
 use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
     Policy, Receipt,
@@ -96,6 +98,55 @@ struct Pending {
     id: Hash,
     entry: Entry,
     accepted_at: Instant,
+}
+
+/// A batch taken from the pool for one block, with the `POST /mine` calls it answers.
+struct Cut {
+    batch: Vec<Pending>,
+    ids: Vec<Hash>,
+    requests: Vec<oneshot::Sender<MineResult>>,
+}
+
+/// The block the next one builds on, and the log after it.
+#[derive(Clone)]
+struct Parent {
+    header: Header,
+    log: CompactRange,
+}
+
+/// A mined block, the log after it, and its entries with when they were accepted.
+struct Mined {
+    block: Block,
+    log: CompactRange,
+    committed: Vec<(Hash, Instant)>,
+}
+
+/// An applied block's header and certificate, and its entries with when they were
+/// accepted.
+struct Applied {
+    header: Header,
+    certificate: CommitCertificate,
+    committed: Vec<(Hash, Instant)>,
+}
+
+/// A block being applied on its own task.
+struct Applying {
+    parent: Parent,
+    /// Whether it was applied.
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl Applying {
+    /// Waits for the block; true once it is applied.
+    async fn finished(self) -> bool {
+        match self.task.await {
+            Ok(applied) => applied,
+            Err(error) => {
+                tracing::error!(%error, "the task applying a block failed");
+                false
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -530,30 +581,51 @@ impl Node {
             return;
         }
         let cancel = Arc::new(AtomicBool::new(false));
+        // Block n applies on its own task while block n+1 is built on top of it and
+        // mined; n+1 waits for n before it applies, and is dropped if n failed.
+        let mut applying: Option<Applying> = None;
         tokio::pin!(shutdown);
-        loop {
+        let mut stop = false;
+        while !stop {
             let wait = self.until_block_due();
             tokio::select! {
                 _ = &mut shutdown => break,
                 due = wait => if !due { continue },
             }
-            let (batch, requests) = self.take_batch();
-            let produce = self.produce(batch, Arc::clone(&cancel));
-            tokio::pin!(produce);
-            let (result, stop) = tokio::select! {
-                result = &mut produce => (result, false),
+            let cut = self.take_batch();
+            let parent = applying.as_ref().map(|applying| applying.parent.clone());
+            let mined = self.build_and_mine(cut.batch, parent, Arc::clone(&cancel));
+            tokio::pin!(mined);
+            let mined = tokio::select! {
+                mined = &mut mined => mined,
                 _ = &mut shutdown => {
                     self.stopping.store(true, Ordering::Relaxed);
                     cancel.store(true, Ordering::Relaxed);
-                    (produce.await, true)
+                    stop = true;
+                    mined.await
                 }
             };
-            for request in requests {
-                let _ = request.send(result.clone());
+            let parent_applied = match applying.take() {
+                Some(parent) => parent.finished().await,
+                None => true,
+            };
+            match mined {
+                Ok(mined) if parent_applied => {
+                    applying = Some(Arc::clone(&self).apply(mined, cut.ids, cut.requests));
+                }
+                Ok(mined) => self.settle(
+                    &cut.ids,
+                    Err(format!(
+                        "block {} was dropped: its parent failed to apply",
+                        mined.block.header.height
+                    )),
+                    cut.requests,
+                ),
+                Err(error) => self.settle(&cut.ids, Err(error), cut.requests),
             }
-            if stop {
-                break;
-            }
+        }
+        if let Some(last) = applying {
+            last.finished().await;
         }
         self.stopping.store(true, Ordering::Relaxed);
         tracing::info!("block producer stopped");
@@ -602,7 +674,7 @@ impl Node {
         }
     }
 
-    fn take_batch(&self) -> (Vec<Pending>, Vec<oneshot::Sender<MineResult>>) {
+    fn take_batch(&self) -> Cut {
         let mut pool = self.lock_pool();
         let take = pool.queue.len().min(self.settings.max_block_entries);
         let batch: Vec<Pending> = pool.queue.drain(..take).collect();
@@ -610,25 +682,149 @@ impl Node {
         self.metrics
             .pool_size
             .store(pool.queue.len() as u64, Ordering::Relaxed);
-        let requests = std::mem::take(&mut pool.mine_requests);
-        (batch, requests)
+        Cut {
+            ids: batch.iter().map(|pending| pending.id).collect(),
+            batch,
+            requests: std::mem::take(&mut pool.mine_requests),
+        }
     }
 
-    /// Builds, mines, certifies and applies one block from `batch`, then tells the
-    /// entries' waiters. Entries of a block that fails are dropped from the pool, and
-    /// their waiters are told by their channel closing.
-    async fn produce(&self, batch: Vec<Pending>, cancel: Arc<AtomicBool>) -> MineResult {
-        let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
-        let result = self.produce_block(batch, cancel).await;
+    /// Builds the next block from `batch` on `parent` (the block being applied) or
+    /// on the stored tip, checks it against the plugins, and mines it.
+    async fn build_and_mine(
+        &self,
+        batch: Vec<Pending>,
+        parent: Option<Parent>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Mined, String> {
+        let store = Arc::clone(&self.store);
+        let plugins = self.plugins.get().cloned();
+        let (template, log, committed) = blocking(move || {
+            let Parent {
+                header: tip,
+                mut log,
+            } = match parent {
+                Some(parent) => parent,
+                None => {
+                    let (header, log) = store.tip_with_log()?;
+                    Parent { header, log }
+                }
+            };
+            // Leave out entries committed since they were queued.
+            let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
+            let already = store.committed(&ids)?;
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut committed = Vec::with_capacity(batch.len());
+            for (pending, already) in batch.into_iter().zip(already) {
+                if already {
+                    continue;
+                }
+                log.append(leaf_hash(pending.id.as_bytes()), |_, _, _| {});
+                committed.push((pending.id, pending.accepted_at));
+                entries.push(pending.entry);
+            }
+            let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
+            // The parent may still be applying, but every header below it is stored.
+            let difficulty = match &plugins {
+                Some(plugins) => required_difficulty(&store, plugins.as_ref(), &tip)?,
+                None => store.spec().difficulty,
+            };
+            let header = Header::child(&tip, &log, timestamp_ms, difficulty);
+            let template = Block { header, entries };
+            if let Some(plugins) = &plugins {
+                plugins
+                    .check_block(&template)
+                    .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+            }
+            Ok((template, log, committed))
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+        let block = self.mine(template.header, template.entries, cancel).await?;
+        Ok(Mined {
+            block,
+            log,
+            committed,
+        })
+    }
+
+    /// Certifies and applies a mined block on a task of its own, then settles its
+    /// cut. The caller awaits it before applying the next block.
+    fn apply(
+        self: Arc<Self>,
+        mined: Mined,
+        ids: Vec<Hash>,
+        requests: Vec<oneshot::Sender<MineResult>>,
+    ) -> Applying {
+        let Mined {
+            block,
+            log,
+            committed,
+        } = mined;
+        let parent = Parent {
+            header: block.header,
+            log,
+        };
+        let task = tokio::spawn(async move {
+            let block = Arc::new(block);
+            let certificate = self.certify(&block);
+            let started = Instant::now();
+            let store = Arc::clone(&self.store);
+            let applied = Arc::clone(&block);
+            let result = blocking(move || {
+                store.apply_block(&applied, &certificate)?;
+                Ok(certificate)
+            })
+            .await
+            .map_err(|error| error.to_string());
+            let result = result.map(|certificate| {
+                let header = block.header;
+                self.plugins().committed(&block);
+                self.metrics.apply_latency.observe(started.elapsed());
+                self.metrics.height.store(header.height, Ordering::Relaxed);
+                self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .entries_committed
+                    .fetch_add(committed.len() as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    height = header.height,
+                    entries = committed.len(),
+                    "block applied"
+                );
+                Applied {
+                    header,
+                    certificate,
+                    committed,
+                }
+            });
+            let applied = result.is_ok();
+            self.settle(&ids, result, requests);
+            applied
+        });
+        Applying { parent, task }
+    }
+
+    /// Ends a cut: its ids leave the pool, its waiters get their receipts (or, if the
+    /// block failed, see their channels close) and `POST /mine` callers the outcome.
+    fn settle(
+        &self,
+        ids: &[Hash],
+        result: Result<Applied, String>,
+        requests: Vec<oneshot::Sender<MineResult>>,
+    ) {
         let mut pool = self.lock_pool();
-        for id in &ids {
+        for id in ids {
             pool.ids.remove(id);
         }
         // Admission checks the store before it takes this lock; a new generation
         // tells it that ids it saw pending may have been committed meanwhile.
         pool.generation += 1;
         let result = match result {
-            Ok((header, certificate, committed)) => {
+            Ok(Applied {
+                header,
+                certificate,
+                committed,
+            }) => {
                 let first_index = header.log_size - committed.len() as u64;
                 let mut waiting = Vec::new();
                 for (log_index, (id, accepted_at)) in (first_index..).zip(committed) {
@@ -647,12 +843,15 @@ impl Node {
                 Err(error)
             }
         };
-        // Whoever still waits on this batch (its block failed, or the entry was found
+        // Whoever still waits on this cut (its block failed, or the entry was found
         // committed already) is told by the channel closing.
-        for id in &ids {
+        for id in ids {
             pool.waiters.remove(id);
         }
-        result
+        drop(pool);
+        for request in requests {
+            let _ = request.send(result.clone());
+        }
     }
 
     /// Proves a block's waiting entries in one blocking task and one read transaction,
@@ -686,71 +885,6 @@ impl Node {
                 }
             }
         });
-    }
-
-    async fn produce_block(
-        &self,
-        batch: Vec<Pending>,
-        cancel: Arc<AtomicBool>,
-    ) -> Result<(Header, CommitCertificate, Vec<(Hash, Instant)>), String> {
-        // Template: on the tip, without entries committed since they were queued.
-        let store = Arc::clone(&self.store);
-        let plugins = self.plugins.get().cloned();
-        let (template, committed) = blocking(move || {
-            let (tip, mut log) = store.tip_with_log()?;
-            let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
-            let already = store.committed(&ids)?;
-            let mut entries = Vec::with_capacity(batch.len());
-            let mut committed = Vec::with_capacity(batch.len());
-            for (pending, already) in batch.into_iter().zip(already) {
-                if already {
-                    continue;
-                }
-                log.append(leaf_hash(pending.id.as_bytes()), |_, _, _| {});
-                committed.push((pending.id, pending.accepted_at));
-                entries.push(pending.entry);
-            }
-            let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
-            let difficulty = match &plugins {
-                Some(plugins) => required_difficulty(&store, plugins.as_ref(), &tip)?,
-                None => store.spec().difficulty,
-            };
-            let header = Header::child(&tip, &log, timestamp_ms, difficulty);
-            let template = Block { header, entries };
-            if let Some(plugins) = &plugins {
-                plugins
-                    .check_block(&template)
-                    .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
-            }
-            Ok((template, committed))
-        })
-        .await
-        .map_err(|error| error.to_string())?;
-        let block = Arc::new(self.mine(template.header, template.entries, cancel).await?);
-        let certificate = self.certify(&block);
-        let started = Instant::now();
-        let store = Arc::clone(&self.store);
-        let header = block.header;
-        let applied = Arc::clone(&block);
-        let certificate = blocking(move || {
-            store.apply_block(&applied, &certificate)?;
-            Ok(certificate)
-        })
-        .await
-        .map_err(|error| error.to_string())?;
-        self.plugins().committed(&block);
-        self.metrics.apply_latency.observe(started.elapsed());
-        self.metrics.height.store(header.height, Ordering::Relaxed);
-        self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .entries_committed
-            .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        tracing::debug!(
-            height = header.height,
-            entries = committed.len(),
-            "block applied"
-        );
-        Ok((header, certificate, committed))
     }
 
     async fn mine(

@@ -602,3 +602,41 @@ async fn concurrent_resubmits_are_accepted_exactly_once() {
     assert_eq!(accepted.len(), 10);
     test.stop().await;
 }
+
+#[tokio::test]
+async fn blocks_mined_while_their_parent_applies_chain_onto_it() {
+    // Three entries a block, cut at once: each block is built on the one still being
+    // applied and mined meanwhile (difficulty 4 mines in microseconds, the durable
+    // apply takes milliseconds), so a template built on the stored tip would be
+    // refused at apply and its entries dropped.
+    let test = node_with(settings(3, Duration::from_millis(1), 10_000), true);
+    let router = test.router();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let router = router.clone();
+        tasks.push(tokio::spawn(async move {
+            let (status, body, _) = post(
+                &router,
+                "/v1/entries?wait=commit",
+                Some(json!({ "data": format!("pipelined {i}") })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            json::<CommittedView>(&body).receipt
+        }));
+    }
+    let spec = test.node.store().spec().clone();
+    let mut heights = Vec::new();
+    for task in tasks {
+        let receipt = task.await.unwrap();
+        let receipt = Receipt::try_from(&receipt).unwrap();
+        receipt.verify(&spec).unwrap();
+        heights.push(receipt.header.height);
+    }
+    heights.sort_unstable();
+    heights.dedup();
+    let tip = height(&router).await;
+    assert!(heights.len() >= 20, "60 entries in blocks of at most 3");
+    assert_eq!(test.node.store().verify_chain().unwrap(), tip);
+    test.stop().await;
+}
