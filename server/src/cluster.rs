@@ -21,13 +21,16 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
-use crate::chain::{Block, ChainError, Entry, EntryIndex, Hash, Header, Policy, Receipt};
+use crate::chain::merkle::AppendedNodes;
+use crate::chain::{
+    Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header, Policy, Receipt,
+};
 use crate::consensus::{
     Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
 };
 use crate::metrics::Metrics;
 use crate::net::{Inbound, PeerState, Transport, Wire};
-use crate::node::{lock, now_ms};
+use crate::node::{hand_out_receipts, lock, now_ms};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -462,7 +465,7 @@ impl Driver {
             Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
             Output::Apply { block, certificate } => {
                 let started = Instant::now();
-                self.store.apply_block(&block, &certificate)?;
+                let nodes = self.store.apply_block(&block, &certificate)?;
                 let metrics = &self.metrics;
                 metrics.apply_latency.observe(started.elapsed());
                 metrics.height.store(block.header.height, Ordering::Relaxed);
@@ -480,7 +483,7 @@ impl Driver {
                         }
                     }
                 }
-                self.answer_waiters(&block, &certificate)?;
+                self.answer_waiters(&block, &certificate, &nodes);
                 self.plugins.committed(&block);
             }
             Output::Mine(template) => self.mine(template),
@@ -549,39 +552,22 @@ impl Driver {
     fn answer_waiters(
         &mut self,
         block: &Block,
-        certificate: &crate::chain::CommitCertificate,
-    ) -> Result<(), StoreError> {
+        certificate: &CommitCertificate,
+        nodes: &AppendedNodes,
+    ) {
         if self.waiters.is_empty() {
-            return Ok(());
+            return;
         }
         let first = block.header.log_size - block.entries.len() as u64;
-        let mut waiting = Vec::new();
-        for (log_index, entry) in (first..).zip(&block.entries) {
-            let id = entry.id();
-            if let Some(senders) = self.waiters.remove(&id) {
-                waiting.push((id, log_index, senders));
-            }
-        }
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let indices: Vec<u64> = waiting.iter().map(|(_, index, _)| *index).collect();
-        let proofs = self
-            .store
-            .inclusion_proofs(&indices, block.header.log_size)?;
-        for ((entry_id, log_index, senders), inclusion_proof) in waiting.into_iter().zip(proofs) {
-            let receipt = Receipt {
-                entry_id,
-                log_index,
-                header: block.header,
-                inclusion_proof,
-                certificate: certificate.clone(),
-            };
-            for sender in senders {
-                let _ = sender.send(receipt.clone());
-            }
-        }
-        Ok(())
+        let waiting = (first..)
+            .zip(&block.entries)
+            .filter_map(|(log_index, entry)| {
+                let id = entry.id();
+                self.waiters
+                    .remove(&id)
+                    .map(|senders| (id, log_index, senders))
+            });
+        hand_out_receipts(&block.header, certificate, nodes, waiting);
     }
 
     fn publish(&self) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::{Signer, SigningKey};
 use tokio::sync::{oneshot, Notify};
 
-use crate::chain::merkle::{leaf_hash, CompactRange};
+use crate::chain::merkle::{leaf_hash, AppendedNodes, CompactRange};
 use crate::chain::{
     commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
     Policy, Receipt,
@@ -121,11 +121,12 @@ struct Mined {
     committed: Vec<(Hash, Instant)>,
 }
 
-/// An applied block's header and certificate, and its entries with when they were
-/// accepted.
+/// An applied block's header and certificate, the log nodes that prove its entries,
+/// and its entries with when they were accepted.
 struct Applied {
     header: Header,
     certificate: CommitCertificate,
+    nodes: AppendedNodes,
     committed: Vec<(Hash, Instant)>,
 }
 
@@ -772,12 +773,12 @@ impl Node {
             let store = Arc::clone(&self.store);
             let applied = Arc::clone(&block);
             let result = blocking(move || {
-                store.apply_block(&applied, &certificate)?;
-                Ok(certificate)
+                let nodes = store.apply_block(&applied, &certificate)?;
+                Ok((certificate, nodes))
             })
             .await
-            .map_err(|error| error.to_string());
-            let result = result.map(|certificate| {
+            .map_err(|error| error.to_string())
+            .map(|(certificate, nodes)| {
                 let header = block.header;
                 self.plugins().committed(&block);
                 self.metrics.apply_latency.observe(started.elapsed());
@@ -794,6 +795,7 @@ impl Node {
                 Applied {
                     header,
                     certificate,
+                    nodes,
                     committed,
                 }
             });
@@ -823,6 +825,7 @@ impl Node {
             Ok(Applied {
                 header,
                 certificate,
+                nodes,
                 committed,
             }) => {
                 let first_index = header.log_size - committed.len() as u64;
@@ -834,7 +837,7 @@ impl Node {
                     }
                 }
                 if !waiting.is_empty() {
-                    self.send_receipts(header, certificate, waiting);
+                    send_receipts(header, certificate, nodes, waiting);
                 }
                 Ok(header)
             }
@@ -852,39 +855,6 @@ impl Node {
         for request in requests {
             let _ = request.send(result.clone());
         }
-    }
-
-    /// Proves a block's waiting entries in one blocking task and one read transaction,
-    /// and hands each waiter its receipt; the producer does not wait for it.
-    fn send_receipts(
-        &self,
-        header: Header,
-        certificate: CommitCertificate,
-        waiting: Vec<(Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
-    ) {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            let indices: Vec<u64> = waiting.iter().map(|(_, log_index, _)| *log_index).collect();
-            let proofs = match store.inclusion_proofs(&indices, header.log_size) {
-                Ok(proofs) => proofs,
-                // The entries are committed; their waiters see the channel close and
-                // can read the receipt with GET /v1/entries/{id}.
-                Err(error) => return tracing::error!(%error, "building receipts failed"),
-            };
-            for ((entry_id, log_index, senders), inclusion_proof) in waiting.into_iter().zip(proofs)
-            {
-                let receipt = Receipt {
-                    entry_id,
-                    log_index,
-                    header,
-                    inclusion_proof,
-                    certificate: certificate.clone(),
-                };
-                for sender in senders {
-                    let _ = sender.send(receipt.clone());
-                }
-            }
-        });
     }
 
     async fn mine(
@@ -925,6 +895,50 @@ impl Node {
                 node_id: self.node_id,
                 signature: self.key.sign(digest.as_bytes()).to_bytes(),
             }],
+        }
+    }
+}
+
+/// Proves a block's waiting entries from the log nodes its apply touched on a blocking
+/// thread, and hands each waiter its receipt; the producer does not wait for it.
+fn send_receipts(
+    header: Header,
+    certificate: CommitCertificate,
+    nodes: AppendedNodes,
+    waiting: Vec<(Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+) {
+    tokio::task::spawn_blocking(move || {
+        hand_out_receipts(&header, &certificate, &nodes, waiting);
+    });
+}
+
+/// Gives each waiter `(entry id, log index, senders)` for an entry of the block with
+/// `header` its receipt, proved from `nodes` (no store read).
+pub(crate) fn hand_out_receipts(
+    header: &Header,
+    certificate: &CommitCertificate,
+    nodes: &AppendedNodes,
+    waiting: impl IntoIterator<Item = (Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+) {
+    for (entry_id, log_index, senders) in waiting {
+        let inclusion_proof = match nodes.inclusion_proof(log_index) {
+            Ok(proof) => proof,
+            // Cannot happen for an entry of this block; its waiters see the channel
+            // close and can read the receipt with GET /v1/entries/{id}.
+            Err(error) => {
+                tracing::error!(%error, %entry_id, "building a receipt failed");
+                continue;
+            }
+        };
+        let receipt = Receipt {
+            entry_id,
+            log_index,
+            header: *header,
+            inclusion_proof,
+            certificate: certificate.clone(),
+        };
+        for sender in senders {
+            let _ = sender.send(receipt.clone());
         }
     }
 }

@@ -21,16 +21,24 @@ fn open(path: &Path, spec: &ChainSpec) -> Store {
     Store::open(path, spec, StoreOptions::default()).unwrap()
 }
 
-/// Builds, certifies and applies the next block holding `entries`.
+/// Builds, certifies and applies the next block holding `entries`, and checks that
+/// the log nodes the apply returns prove each entry as the stored log does.
 fn append(store: &Store, keys: &[SigningKey], entries: Vec<Entry>) -> Block {
     let (tip, log) = store.tip_with_log().unwrap();
     let block = next_block(&tip, &log, entries, DIFFICULTY);
     store
         .validate_next(&block, DIFFICULTY, tip.timestamp_ms + 1_000)
         .unwrap();
-    store
+    let nodes = store
         .apply_block(&block, &certify(&keys[..3], &block))
         .unwrap();
+    let size = block.header.log_size;
+    for index in tip.log_size..size {
+        assert_eq!(
+            nodes.inclusion_proof(index).unwrap(),
+            store.inclusion_proof(index, size).unwrap()
+        );
+    }
     block
 }
 
@@ -138,7 +146,7 @@ fn invalid_blocks_are_refused_and_write_nothing() {
     let (tip, log) = store.tip_with_log().unwrap();
     let now = tip.timestamp_ms + 1_000;
 
-    let apply = |block: &Block| store.apply_block(block, &certify(&keys, block));
+    let apply = |block: &Block| store.apply_block(block, &certify(&keys, block)).map(drop);
     let refused = |result: Result<(), StoreError>| match result {
         Err(StoreError::Chain(error)) => error,
         other => panic!("expected a chain error, got {other:?}"),
@@ -196,7 +204,7 @@ fn invalid_blocks_are_refused_and_write_nothing() {
     ));
     let other_certificate = certify(&keys, &first);
     assert!(matches!(
-        refused(store.apply_block(&good, &other_certificate)),
+        refused(store.apply_block(&good, &other_certificate).map(drop)),
         ChainError::Certificate(_)
     ));
 

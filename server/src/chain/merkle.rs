@@ -9,6 +9,8 @@
 //! every proof element is either a stored perfect subtree or the one right-edge range,
 //! itself at most log₂ n stored subtrees (RFC 9162 §2.1.3.1 and §2.1.4.1).
 
+use std::collections::HashMap;
+
 use super::{ChainError, Hash};
 
 /// The hash of the empty log.
@@ -93,6 +95,73 @@ impl CompactRange {
             return empty_root();
         };
         peaks.fold(*last, |right, left| node_hash(left, &right))
+    }
+}
+
+/// What a run of appends to a log touches: the log's peaks before the run and every
+/// node the appends report. It proves any leaf of the run against the log after it
+/// without a store: each element of such a proof is a peak from before the run (a
+/// left sibling whose parent straddles the run's start), or a node the run completed,
+/// or a right-edge range of the run's own nodes. The producer proves a block's
+/// entries this way while the block is applied, instead of reading the database.
+#[derive(Clone, Debug, Default)]
+pub struct AppendedNodes {
+    first: u64,
+    size: u64,
+    nodes: HashMap<(u8, u64), Hash>,
+}
+
+impl AppendedNodes {
+    /// Starts recording appends to `log`, from its current peaks.
+    pub fn new(log: &CompactRange) -> AppendedNodes {
+        let mut nodes = HashMap::new();
+        let mut start = 0u64;
+        let mut peaks = log.peaks.iter();
+        for level in (0..64u8).rev() {
+            if log.size & (1 << level) != 0 {
+                if let Some(peak) = peaks.next() {
+                    nodes.insert((level, start >> level), *peak);
+                }
+                start += 1 << level;
+            }
+        }
+        AppendedNodes {
+            first: log.size,
+            size: log.size,
+            nodes,
+        }
+    }
+
+    /// Records a node [`CompactRange::append`] reports (a leaf is level 0).
+    pub fn record(&mut self, level: u8, index: u64, hash: &Hash) {
+        if level == 0 {
+            self.size = self.size.max(index + 1);
+        }
+        self.nodes.insert((level, index), *hash);
+    }
+
+    /// Inclusion proof of leaf `index`, appended since [`AppendedNodes::new`], in the
+    /// log of every leaf recorded.
+    pub fn inclusion_proof(&self, index: u64) -> Result<Vec<Hash>, ChainError> {
+        if index < self.first {
+            return Err(ChainError::TreeRange(format!(
+                "leaf {index} was appended before this run, which starts at {}",
+                self.first
+            )));
+        }
+        inclusion_proof(self, index, self.size)
+    }
+}
+
+impl NodeSource for AppendedNodes {
+    type Error = ChainError;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, ChainError> {
+        self.nodes.get(&(level, index)).copied().ok_or_else(|| {
+            ChainError::TreeRange(format!(
+                "node at level {level} index {index} is not one the appends touched"
+            ))
+        })
     }
 }
 
@@ -595,6 +664,50 @@ mod tests {
                 counting.1.get()
             );
         }
+    }
+
+    /// Appends leaves `first..first + count` to a log of `first` leaves, recording them.
+    fn appended(first: u64, count: u64) -> AppendedNodes {
+        let mut range = CompactRange::load(&log_of(first), first).unwrap();
+        let mut nodes = AppendedNodes::new(&range);
+        for index in first..first + count {
+            range.append(leaf_hash(&index.to_be_bytes()), |level, index, hash| {
+                nodes.record(level, index, hash)
+            });
+        }
+        nodes
+    }
+
+    #[test]
+    fn appended_nodes_prove_every_leaf_of_the_run_as_the_store_does() {
+        let full = log_of(4400);
+        let starts = (0..70).chain([127, 128, 129, 1023, 1024, 1025, 4095, 4096, 4097]);
+        for first in starts {
+            for count in (1..70).chain([200, 103]) {
+                let nodes = appended(first, count);
+                let size = first + count;
+                for index in first..size {
+                    assert_eq!(
+                        nodes.inclusion_proof(index).unwrap(),
+                        inclusion_proof(&full, index, size).unwrap(),
+                        "leaf {index} of the run {first}..{size}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn appended_nodes_refuse_leaves_from_before_the_run() {
+        let nodes = appended(37, 5);
+        assert!(matches!(
+            nodes.inclusion_proof(36),
+            Err(ChainError::TreeRange(_))
+        ));
+        assert!(matches!(
+            nodes.inclusion_proof(42),
+            Err(ChainError::TreeRange(_))
+        ));
     }
 
     fn flip(proof: &[Hash], element: usize, bit: u8) -> Vec<Hash> {

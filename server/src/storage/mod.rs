@@ -27,7 +27,7 @@ use ledger_migrations::schema::{
 use ledger_migrations::MigrationError;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::chain::merkle::{self, leaf_hash, NodeSource};
+use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
     validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, EntryIndex,
     Hash, Header, Receipt, ValidationContext, HEADER_LEN,
@@ -467,21 +467,6 @@ impl Store {
         merkle::inclusion_proof(&StoredNodes(&nodes), log_index, log_size)
     }
 
-    /// Inclusion proofs of many leaves in the log of `log_size`, from one snapshot (the
-    /// producer proves a whole block's waiting entries at once).
-    pub fn inclusion_proofs(
-        &self,
-        log_indices: &[u64],
-        log_size: u64,
-    ) -> Result<Vec<Vec<Hash>>, StoreError> {
-        let nodes = self.nodes_at(log_size)?;
-        let source = StoredNodes(&nodes);
-        log_indices
-            .iter()
-            .map(|&log_index| merkle::inclusion_proof(&source, log_index, log_size))
-            .collect()
-    }
-
     /// Consistency proof between two log sizes.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
         let nodes = self.nodes_at(new_size)?;
@@ -536,12 +521,13 @@ impl Store {
     /// The caller has validated the block (PoW, signatures, policy); this re-checks,
     /// for free, everything the write touches anyway: it must extend the tip, its
     /// entries must be new, its log root must match the nodes written, and the
-    /// certificate must name this block. On any error nothing is written.
+    /// certificate must name this block. On any error nothing is written. Returns the
+    /// log nodes the block's entries touched, which prove them without a read.
     pub fn apply_block(
         &self,
         block: &Block,
         certificate: &CommitCertificate,
-    ) -> Result<(), StoreError> {
+    ) -> Result<AppendedNodes, StoreError> {
         let header = &block.header;
         let hash = header.hash();
         if certificate.height != header.height || certificate.block_hash != hash {
@@ -560,6 +546,7 @@ impl Store {
         }
         let txn = self.begin_write()?;
         let mut new_ids = Vec::with_capacity(block.entries.len());
+        let mut appended;
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
@@ -589,6 +576,7 @@ impl Store {
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
             let mut range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+            appended = AppendedNodes::new(&range);
             let mut ids = txn.open_table(ENTRY_IDS)?;
             let mut completed = Vec::new();
             let mut in_block = HashSet::with_capacity(block.entries.len());
@@ -603,6 +591,7 @@ impl Store {
                 ids.insert(log_index, id.as_bytes())?;
                 new_ids.push((id, log_index));
                 range.append(leaf_hash(id.as_bytes()), |level, index, node| {
+                    appended.record(level, index, node);
                     completed.push(((level, index), *node));
                 });
             }
@@ -643,7 +632,7 @@ impl Store {
             }
             return Err(error.into());
         }
-        Ok(())
+        Ok(appended)
     }
 
     /// Re-verifies the whole chain from genesis: every block decodes, links to its
