@@ -107,7 +107,7 @@ fn default_max_block_entries() -> u32 {
     1000
 }
 fn default_max_block_delay_ms() -> u64 {
-    20
+    10
 }
 fn default_pool_capacity() -> usize {
     100_000

@@ -49,7 +49,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
-            max_block_delay_ms: 20,
+            max_block_delay_ms: 10,
             view_change_timeout_ms: 2_000,
             retransmit_ms: 250,
         }
