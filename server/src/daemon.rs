@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterSettings};
@@ -228,6 +229,12 @@ pub async fn run(
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
+    // Answers go out as soon as they are written, not held for coalescing (Nagle).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an API connection");
+        }
+    });
     let server = axum::serve(listener, crate::api::router(Arc::clone(&node)))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     server.await.context("API server failed")?;
