@@ -15,6 +15,7 @@
 //! The HTTP/1.1 client is deliberately minimal (one request shape, Content-Length
 //! bodies) so the generator costs the shared CPU as little as possible.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::Barrier;
 
 #[derive(Parser, Clone)]
 #[command(about = "Load generator for a ledger node")]
@@ -60,7 +62,21 @@ struct Tally {
     committed: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
+    /// Why submits failed (status and message, or the connection error), with counts.
+    failures: Mutex<BTreeMap<String, u64>>,
     latencies: Mutex<Vec<Duration>>,
+}
+
+impl Tally {
+    fn fail(&self, reason: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -158,10 +174,14 @@ async fn client(
     args: Args,
     run: u64,
     index: usize,
+    connected: Arc<Barrier>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) -> anyhow::Result<()> {
-    let mut connection = Connection::open(args.addr).await?;
+    let opened = Connection::open(args.addr).await;
+    // Everyone meets here even on failure, so the run starts (and then ends) either way.
+    connected.wait().await;
+    let mut connection = opened?;
     let path = if args.etcd {
         "/v3/kv/put"
     } else if args.wait {
@@ -198,8 +218,16 @@ async fn client(
                 tally.refused.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Ok(_) | Err(_) => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+            Ok((status, body)) => {
+                let body = String::from_utf8_lossy(&body);
+                tally.fail(format!(
+                    "HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ));
+                connection = Connection::open(args.addr).await?;
+            }
+            Err(error) => {
+                tally.fail(format!("{error:#}"));
                 connection = Connection::open(args.addr).await?;
             }
         }
@@ -231,18 +259,23 @@ async fn main() -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let started = Instant::now();
+    // Connections are opened before the clock starts: a thousand handshakes at once
+    // measure the listener, not the ledger.
+    let connected = Arc::new(Barrier::new(args.clients + 1));
     let clients: Vec<_> = (0..args.clients)
         .map(|index| {
             tokio::spawn(client(
                 args.clone(),
                 run,
                 index,
+                Arc::clone(&connected),
                 Arc::clone(&stop),
                 Arc::clone(&tally),
             ))
         })
         .collect();
+    connected.wait().await;
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -283,6 +316,14 @@ async fn main() -> anyhow::Result<()> {
         tally.refused.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed)
     );
+    for (reason, count) in tally
+        .failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        println!("    {count} failed: {reason}");
+    }
     println!(
         "  node committed {committed} entries: {:.0} entries/s",
         committed as f64 / seconds
