@@ -208,7 +208,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)
         .await
-        .unwrap_or_else(|error| Err(StoreError::Corrupt(format!("store task failed: {error}"))))
+        .unwrap_or_else(|error| Err(StoreError::Failed(format!("store task: {error}"))))
 }
 
 impl Node {
@@ -436,8 +436,8 @@ impl Node {
                     for (_, admission) in checked {
                         let _ = admission
                             .reply
-                            .send(Err(SubmitError::Store(StoreError::Corrupt(
-                                "entry index lookup failed; see the node's log".into(),
+                            .send(Err(SubmitError::Store(StoreError::Failed(
+                                "entry index lookup; see the node's log".into(),
                             ))));
                     }
                     continue;

@@ -77,6 +77,10 @@ pub enum StoreError {
     /// Stored data that does not decode or does not fit together.
     #[error("corrupt database: {0}")]
     Corrupt(String),
+    /// A store call that did not complete (its task panicked), or an error already
+    /// logged and reported again to each caller it failed.
+    #[error("store call failed: {0}")]
+    Failed(String),
     /// A block refused by the chain rules.
     #[error(transparent)]
     Chain(#[from] ChainError),
