@@ -16,7 +16,7 @@ use ledger::chain::merkle::verify_consistency;
 use ledger::chain::{Entry, Hash, Receipt};
 use ledger::node::{Node, NodeSettings};
 use ledger::storage::{Store, StoreOptions};
-use ledger::testing::{key, spec};
+use ledger::testing::{certify, entries, key, next_block, spec};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
@@ -221,6 +221,51 @@ async fn a_pending_entry_says_so() {
         (StatusCode::CONFLICT, "duplicate")
     );
     test.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_its_block_does_not_hold_is_an_internal_error_not_another_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let spec = spec(&[key(1)], DIFFICULTY);
+    let block = {
+        let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+        let (tip, log) = store.tip_with_log().unwrap();
+        let block = next_block(&tip, &log, entries(1, 2, 100), DIFFICULTY);
+        store
+            .apply_block(&block, &certify(&[key(1)], &block))
+            .unwrap();
+        block
+    };
+    // Damage the index: the block's last leaf now names an entry no block holds.
+    let stranger = Entry::new(b"never submitted".to_vec()).id();
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let write = database.begin_write().unwrap();
+        write
+            .open_table(ledger_migrations::schema::ENTRY_IDS)
+            .unwrap()
+            .insert(block.header.log_size - 1, stranger.as_bytes())
+            .unwrap();
+        write.commit().unwrap();
+    }
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    let node = Arc::new(Node::new(
+        Arc::new(store),
+        key(1),
+        settings(10, Duration::from_millis(5), 100),
+    ));
+    let router = router(node);
+    // Not the entry that sits at that leaf under the stranger's id: a 500, logged.
+    let (status, body, _) = get(&router, &format!("/v1/entries/{}", stranger.to_hex())).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    );
+    let first = block.entries[0].id();
+    let (status, body, _) = get(&router, &format!("/v1/entries/{}", first.to_hex())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json::<EntryView>(&body).id, first.to_hex());
 }
 
 #[tokio::test]

@@ -335,16 +335,25 @@ async fn get_entry(
         let Some(receipt) = store.receipt(&id)? else {
             return Ok(None);
         };
-        // The block's first leaf is its log size less its entries.
-        let entry = store.block(receipt.header.height)?.and_then(|block| {
+        // The block's first leaf is its log size less its entries. Blocks and the
+        // index are written in one transaction, so a miss here is damage, not a race.
+        let height = receipt.header.height;
+        let entry = store.block(height)?.and_then(|block| {
             let first = receipt
                 .header
                 .log_size
                 .checked_sub(block.entries.len() as u64)?;
             let position = receipt.log_index.checked_sub(first)?;
-            block.entries.get(usize::try_from(position).ok()?).cloned()
+            let entry = block.entries.get(usize::try_from(position).ok()?)?;
+            (entry.id() == id).then(|| entry.clone())
         });
-        Ok(entry.map(|entry| (entry, receipt)))
+        match entry {
+            Some(entry) => Ok(Some((entry, receipt))),
+            None => Err(StoreError::Corrupt(format!(
+                "the entry index puts {id} at log index {} in block {height}, which does not hold it",
+                receipt.log_index
+            ))),
+        }
     })
     .await?;
     match found {
