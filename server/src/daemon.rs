@@ -225,16 +225,28 @@ pub async fn run(
         "node ready"
     );
 
+    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     // One stop signal, fanned out to the server and the producer.
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        stop.await;
-        let _ = stop_tx.send(true);
+    tokio::spawn({
+        let notifier = notifier.clone();
+        async move {
+            stop.await;
+            if let Some(notifier) = notifier {
+                notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the block in hand");
+            }
+            let _ = stop_tx.send(true);
+        }
     });
     let stopped = |mut receiver: watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
+    // The database is open and checked, consensus started, the API listening.
+    if let Some(notifier) = notifier {
+        notifier.notify(&format!("READY=1\nSTATUS=serving at height {}", tip.height));
+        tokio::spawn(watchdog(notifier, Arc::clone(&node), stop_rx.clone()));
+    }
     // Answers go out as soon as they are written, not held for coalescing (Nagle).
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -268,4 +280,33 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Pings systemd's watchdog while the node is healthy (`/readyz` would answer 200),
+/// with the height in the unit's status line. A node whose consensus has failed goes
+/// quiet, and systemd restarts it. Ends when the node starts stopping.
+async fn watchdog(
+    notifier: Arc<crate::systemd::Notifier>,
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(period) = notifier.watchdog_period() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let height = node
+            .metrics()
+            .height
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if node.is_ready() {
+            notifier.notify(&format!("WATCHDOG=1\nSTATUS=serving at height {height}"));
+        } else {
+            notifier.notify(&format!("STATUS=not ready at height {height}; see the log"));
+        }
+    }
 }

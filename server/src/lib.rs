@@ -12,6 +12,7 @@
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
 //! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
+//! - [`systemd`]: telling systemd (`Type=notify`) when the node is ready, alive, stopping.
 //! - [`net`]: node-to-node framing (the transport grows here).
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`sim`]: the deterministic simulator that runs replicas over a hostile network.
@@ -33,4 +34,5 @@ pub mod plugin_host;
 pub mod pow;
 pub mod sim;
 pub mod storage;
+pub mod systemd;
 pub mod testing;

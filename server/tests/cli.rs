@@ -50,18 +50,25 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(config: &Path, port: u16) -> Daemon {
+    /// `ledgerd run --config CONFIG` with `env` added, not waited for.
+    fn spawn(config: &Path, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let child = Command::new(LEDGERD)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let daemon = Daemon {
+        Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
-        };
+        }
+    }
+
+    /// Spawns the node and waits (bounded) until its API answers.
+    fn start(config: &Path, port: u16) -> Daemon {
+        let daemon = Daemon::spawn(config, port, &[]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = run(LEDGERCTL, &["--node", &daemon.url, "status"]);
@@ -307,6 +314,121 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
 }
 
 /// A base port with `count` free ports from it (bounded tries).
+#[test]
+fn init_writes_a_key_and_a_config_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let data = dir.path().join("var");
+    let etc_arg = etc.to_str().unwrap();
+    let init = [
+        "init",
+        "--dir",
+        etc_arg,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:7100",
+    ];
+    let output = run(LEDGERD, &init);
+    assert!(output.status.success(), "{}", text(&output));
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(etc.join("ledgerd.toml")).unwrap()).unwrap();
+    assert_eq!(config["data_dir"].as_str(), data.to_str());
+    let key = std::fs::read(etc.join("node.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(etc.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second init refuses and leaves the node's key alone.
+    let again = run(LEDGERD, &init);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_eq!(std::fs::read(etc.join("node.key")).unwrap(), key);
+}
+
+/// The next datagram on `socket` (its read timeout bounds the wait).
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let read = socket
+        .recv(&mut buffer)
+        .expect("no notification from ledgerd in time");
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
+
+#[test]
+fn tells_systemd_it_is_ready_alive_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(dir.path(), port);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let daemon = Daemon::spawn(
+        &config,
+        port,
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", "200000".as_ref()),
+        ],
+    );
+
+    // READY=1 comes first, and only once the API answers.
+    let ready = next_notification(&socket);
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert!(ready.contains("STATUS=serving at height 0"), "{ready:?}");
+    let status = daemon.ctl(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+
+    // Then a watchdog ping every 100 ms (half of WATCHDOG_USEC).
+    let started = Instant::now();
+    for _ in 0..3 {
+        let ping = next_notification(&socket);
+        assert!(ping.starts_with("WATCHDOG=1\n"), "{ping:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // SIGTERM: STOPPING=1 before the process exits, cleanly.
+    let log = daemon.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = next_notification(&socket);
+        if state.starts_with("STOPPING=1\n") {
+            break;
+        }
+        assert!(state.starts_with("WATCHDOG=1\n"), "{state:?}");
+        assert!(Instant::now() < deadline, "no STOPPING=1; log: {log}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze() {
+    // systemd checks that ExecStart's program exists: point it at the one just built.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/ledgerd.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/ledgerd run --config "));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledgerd.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ledgerd", LEDGERD)).unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze not found: apt-get install systemd");
+    // It exits 0 on unknown keys and bad values too, and says so on stderr.
+    assert!(
+        output.status.success() && output.stderr.is_empty() && output.stdout.is_empty(),
+        "{}",
+        text(&output)
+    );
+}
+
 fn free_ports(count: u16) -> u16 {
     for _ in 0..50 {
         let base = free_port();

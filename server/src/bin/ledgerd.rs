@@ -28,6 +28,10 @@ enum Command {
         /// Peer address.
         #[arg(long, default_value = "127.0.0.1:7101")]
         p2p_listen: std::net::SocketAddr,
+        /// Database directory; a relative path is taken from the config's directory
+        /// (`/var/lib/ledger` under the systemd unit in ops/).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
     },
     /// Run a node.
     Run {
@@ -118,15 +122,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             api_listen,
             p2p_listen,
+            data_dir,
         } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let key = config::generate_key()?;
-            config::write_key(&dir.join("node.key"), &key)?;
-            let node = NodeConfig::example(api_listen, p2p_listen);
             let path = dir.join("ledgerd.toml");
             if path.exists() {
                 anyhow::bail!("{} already exists", path.display());
             }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = config::generate_key()?;
+            config::write_key(&dir.join("node.key"), &key)?;
+            let node = NodeConfig {
+                data_dir,
+                ..NodeConfig::example(api_listen, p2p_listen)
+            };
             std::fs::write(&path, toml::to_string(&node)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!(
