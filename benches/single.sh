@@ -15,7 +15,7 @@ work=${1:-/tmp/ledger-single-bench}
 seconds=${2:-10}
 clients=${CLIENTS:-64}
 paced=${PACED:-1024}
-bin=target/release
+bin=${BIN:-target/release}  # BIN=DIR compares another build
 port=${PORT:-27300}
 rm -rf "$work"
 mkdir -p "$work"
