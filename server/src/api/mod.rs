@@ -331,31 +331,7 @@ async fn get_entry(
     Path(id): Path<String>,
 ) -> Result<Json<EntryView>, ApiError> {
     let id = parse_hash(&id)?;
-    let found = read(&node, move |store| {
-        let Some(receipt) = store.receipt(&id)? else {
-            return Ok(None);
-        };
-        // The block's first leaf is its log size less its entries. Blocks and the
-        // index are written in one transaction, so a miss here is damage, not a race.
-        let height = receipt.header.height;
-        let entry = store.block(height)?.and_then(|block| {
-            let first = receipt
-                .header
-                .log_size
-                .checked_sub(block.entries.len() as u64)?;
-            let position = receipt.log_index.checked_sub(first)?;
-            let entry = block.entries.get(usize::try_from(position).ok()?)?;
-            (entry.id() == id).then(|| entry.clone())
-        });
-        match entry {
-            Some(entry) => Ok(Some((entry, receipt))),
-            None => Err(StoreError::Corrupt(format!(
-                "the entry index puts {id} at log index {} in block {height}, which does not hold it",
-                receipt.log_index
-            ))),
-        }
-    })
-    .await?;
+    let found = read(&node, move |store| store.entry_with_receipt(&id)).await?;
     match found {
         Some((entry, receipt)) => Ok(Json(EntryView::committed(&entry, &receipt))),
         None if node.is_pending(&id) => Ok(Json(EntryView::pending(&id))),

@@ -29,8 +29,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
-    validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, EntryIndex,
-    Hash, Header, Receipt, ValidationContext, HEADER_LEN,
+    validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Entry,
+    EntryIndex, Hash, Header, Receipt, ValidationContext, HEADER_LEN,
 };
 
 type MerkleTable = redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>;
@@ -389,13 +389,7 @@ impl Store {
         decode: fn(&[u8]) -> Result<T, ChainError>,
     ) -> Result<Option<T>, StoreError> {
         let txn = self.database.begin_read()?;
-        let table = txn.open_table(table)?;
-        let Some(bytes) = table.get(height)? else {
-            return Ok(None);
-        };
-        decode(bytes.value())
-            .map(Some)
-            .map_err(|error| corrupt(format!("{what} {height}: {error}")))
+        decode_in(&txn.open_table(table)?, height, what, decode)
     }
 
     /// Height of the block with `hash`.
@@ -421,27 +415,50 @@ impl Store {
         })
     }
 
-    /// The receipt of a committed entry: its inclusion proof under the header of its
-    /// block, and that block's certificate.
-    pub fn receipt(&self, id: &Hash) -> Result<Option<Receipt>, StoreError> {
-        let Some(location) = self.entry_location(id)? else {
+    /// A committed entry and its receipt (its inclusion proof under the header of its
+    /// block, and that block's certificate), read from one snapshot.
+    pub fn entry_with_receipt(&self, id: &Hash) -> Result<Option<(Entry, Receipt)>, StoreError> {
+        let txn = self.database.begin_read()?;
+        let Some(location) = location_in(&txn, &self.id_map(), id)? else {
             return Ok(None);
         };
-        let missing =
-            |what: &str| corrupt(format!("entry {id} is indexed but its {what} is missing"));
-        let header = self
-            .header(location.height)?
-            .ok_or_else(|| missing("block"))?;
-        let certificate = self
-            .certificate(location.height)?
-            .ok_or_else(|| missing("certificate"))?;
-        Ok(Some(Receipt {
+        let EntryLocation {
+            height,
+            position,
+            log_index,
+        } = location;
+        // Blocks and the index are written in one transaction: a miss is damage.
+        let damaged = |what: &str| {
+            corrupt(format!(
+                "the entry index puts {id} at log index {log_index} in block {height}, {what}"
+            ))
+        };
+        let block = decode_in(&txn.open_table(BLOCKS)?, height, "block", Block::decode)?
+            .ok_or_else(|| damaged("which is missing"))?;
+        let certificate = decode_in(
+            &txn.open_table(CERTIFICATES)?,
+            height,
+            "certificate",
+            CommitCertificate::decode,
+        )?
+        .ok_or_else(|| damaged("whose certificate is missing"))?;
+        let entry = block
+            .entries
+            .get(position as usize)
+            .filter(|entry| entry.id() == *id)
+            .cloned()
+            .ok_or_else(|| damaged("which does not hold it"))?;
+        let nodes = txn.open_table(MERKLE_NODES)?;
+        let inclusion_proof =
+            merkle::inclusion_proof(&StoredNodes(&nodes), log_index, block.header.log_size)?;
+        let receipt = Receipt {
             entry_id: *id,
-            log_index: location.log_index,
-            inclusion_proof: self.inclusion_proof(location.log_index, header.log_size)?,
-            header,
+            log_index,
+            header: block.header,
+            inclusion_proof,
             certificate,
-        }))
+        };
+        Ok(Some((entry, receipt)))
     }
 
     /// For each id, whether it is committed, read in one transaction (the admission
@@ -785,6 +802,22 @@ impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
 }
 
 /// Where `id` sits, read in `txn`.
+/// Reads and decodes the value at `height` of a height-keyed table; a value that does
+/// not decode is corruption, reported with `what` and the height.
+fn decode_in<T>(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    height: u64,
+    what: &str,
+    decode: fn(&[u8]) -> Result<T, ChainError>,
+) -> Result<Option<T>, StoreError> {
+    let Some(bytes) = table.get(height)? else {
+        return Ok(None);
+    };
+    decode(bytes.value())
+        .map(Some)
+        .map_err(|error| corrupt(format!("{what} {height}: {error}")))
+}
+
 fn location_in(
     txn: &ReadTransaction,
     map: &IdMap,
