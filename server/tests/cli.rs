@@ -313,7 +313,6 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
     }
 }
 
-/// A base port with `count` free ports from it (bounded tries).
 #[test]
 fn init_writes_a_key_and_a_config_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,6 +428,7 @@ fn the_systemd_unit_passes_systemd_analyze() {
     );
 }
 
+/// A base port with `count` free ports from it (bounded tries).
 fn free_ports(count: u16) -> u16 {
     for _ in 0..50 {
         let base = free_port();

@@ -379,8 +379,7 @@ impl Store {
         self.decode_at(BLOCKS, height, "block", Block::decode)
     }
 
-    /// Reads the value at `height` of a height-keyed table and decodes it; a value
-    /// that does not decode is corruption, reported with `what` and the height.
+    /// [`decode_in`] in a read transaction of its own.
     fn decode_at<T>(
         &self,
         table: redb::TableDefinition<u64, &[u8]>,
@@ -801,7 +800,6 @@ impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
     }
 }
 
-/// Where `id` sits, read in `txn`.
 /// Reads and decodes the value at `height` of a height-keyed table; a value that does
 /// not decode is corruption, reported with `what` and the height.
 fn decode_in<T>(
@@ -818,6 +816,7 @@ fn decode_in<T>(
         .map_err(|error| corrupt(format!("{what} {height}: {error}")))
 }
 
+/// Where `id` sits, read in `txn`.
 fn location_in(
     txn: &ReadTransaction,
     map: &IdMap,
