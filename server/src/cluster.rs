@@ -34,9 +34,12 @@ use crate::node::{hand_out_receipts, lock, now_ms};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
+use crate::throttle::Throttle;
 
 /// Events queued for the driver before submits are refused.
 const EVENT_CAPACITY: usize = 65_536;
+/// Shortest interval between two warnings about one sender's refused inputs.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How the driver runs.
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +204,7 @@ impl Cluster {
             persist: Vec::new(),
             mining: None,
             next_peer: 0,
+            drop_warnings: Throttle::new(WARN_EVERY),
         };
         driver.publish();
         let driver = std::thread::Builder::new()
@@ -300,6 +304,8 @@ struct Driver {
     mining: Option<Arc<AtomicBool>>,
     /// The peer the next catch-up request goes to (rotating over members).
     next_peer: usize,
+    /// Warnings about refused inputs, by reason and sender, at a bounded rate.
+    drop_warnings: Throttle<(DropReason, Option<MemberIndex>)>,
 }
 
 impl Driver {
@@ -385,7 +391,10 @@ impl Driver {
                 certificate,
             }),
             Wire::Block(block) => self.step(Input::Block(Arc::new(block))),
-            Wire::FetchCommitted { after } => self.serve_committed(from, after),
+            Wire::FetchCommitted {
+                after,
+                entered_view,
+            } => self.serve_committed(from, after, entered_view),
             Wire::FetchBlock { height, hash } => {
                 let block = match self.replica.block(&hash) {
                     Some(block) => Some(Block::clone(&block)),
@@ -399,8 +408,17 @@ impl Driver {
         }
     }
 
-    /// Answers a catch-up request with up to a batch of committed blocks.
-    fn serve_committed(&mut self, to: MemberIndex, after: u64) -> Result<(), StoreError> {
+    /// Answers a catch-up request with up to a batch of committed blocks, and with
+    /// the NEW-VIEW of this view if the asker has not entered it.
+    fn serve_committed(
+        &mut self,
+        to: MemberIndex,
+        after: u64,
+        entered_view: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(new_view) = self.replica.new_view_since(entered_view) {
+            self.send(to, &Wire::Consensus(new_view.clone()));
+        }
         let tip = self.replica.height();
         let last = tip.min(after.saturating_add(self.settings.catch_up_batch));
         for height in after.saturating_add(1)..=last {
@@ -495,11 +513,25 @@ impl Driver {
             Output::FetchBlock { height, hash } => {
                 self.broadcast(&Wire::FetchBlock { height, hash });
             }
-            Output::FetchCommitted { after } => {
+            Output::FetchCommitted {
+                after,
+                entered_view,
+            } => {
                 let peer = self.next_catch_up_peer();
-                self.send(peer, &Wire::FetchCommitted { after });
+                self.send(
+                    peer,
+                    &Wire::FetchCommitted {
+                        after,
+                        entered_view,
+                    },
+                );
             }
-            Output::Dropped { from, kind, reason } => self.count_drop(from, kind, reason),
+            Output::Dropped {
+                from,
+                kind,
+                reason,
+                error,
+            } => self.count_drop(from, kind, reason, error),
             Output::Persist(_) => {}
         }
         Ok(())
@@ -515,9 +547,44 @@ impl Driver {
         self.next_peer as MemberIndex
     }
 
-    fn count_drop(&self, from: Option<MemberIndex>, kind: &'static str, reason: DropReason) {
-        tracing::trace!(?from, kind, ?reason, "input dropped");
+    /// Counts a refused input. What only a faulty or misconfigured peer sends (an
+    /// invalid block, a bad signature, equivocation, a bogus NEW-VIEW) is logged at
+    /// warn with the rule it broke, at most once per sender and reason per
+    /// [`WARN_EVERY`]; the rest (stale, duplicate, out-of-window messages) is the
+    /// normal noise of an asynchronous network.
+    fn count_drop(
+        &mut self,
+        from: Option<MemberIndex>,
+        kind: &'static str,
+        reason: DropReason,
+        error: Option<ChainError>,
+    ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
+        let faulty = matches!(
+            reason,
+            DropReason::InvalidBlock
+                | DropReason::BadSignature
+                | DropReason::Conflicting
+                | DropReason::InvalidNewView
+        );
+        if !faulty {
+            tracing::trace!(?from, kind, ?reason, "input dropped");
+            return;
+        }
+        if let Some(suppressed) = self.drop_warnings.allow((reason, from)) {
+            let sender =
+                from.map_or_else(|| "a catch-up peer".to_owned(), |m| format!("member {m}"));
+            match error {
+                Some(error) => tracing::warn!(
+                    from = %sender, kind, reason = reason.name(), rule = %error, suppressed,
+                    "refused a {kind} from {sender}: {error}"
+                ),
+                None => tracing::warn!(
+                    from = %sender, kind, reason = reason.name(), suppressed,
+                    "refused a {kind} from {sender}: {}", reason.name()
+                ),
+            }
+        }
     }
 
     /// Mines `template` on its own threads; the result comes back as an input.

@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`sim`]: the deterministic simulator that runs replicas over a hostile network.
 //! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
+//! - [`throttle`]: log lines that would repeat, let through at a bounded rate.
 //!
 //! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
 //! fixed-width except where a length prefix says otherwise.
@@ -36,3 +37,4 @@ pub mod sim;
 pub mod storage;
 pub mod systemd;
 pub mod testing;
+pub mod throttle;

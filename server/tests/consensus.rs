@@ -138,7 +138,10 @@ fn describe(output: &Output) -> String {
         Output::CancelMining => "cancel mining".into(),
         Output::Forward { to, .. } => format!("forward {to}"),
         Output::FetchBlock { height, .. } => format!("fetch block h{height}"),
-        Output::FetchCommitted { after } => format!("fetch committed after {after}"),
+        Output::FetchCommitted {
+            after,
+            entered_view,
+        } => format!("fetch committed after {after} (entered view {entered_view})"),
         Output::Dropped { reason, .. } => format!("dropped {reason:?}"),
     }
 }
@@ -598,10 +601,6 @@ fn other_checkpoint(setup: &Setup) -> ledger::consensus::CheckpointCertificate {
     }
 }
 
-/// §4.4: the new primary, holding 2f + 1 view changes, sends NEW-VIEW re-proposing
-/// the prepared block; a backup recomputes it, accepts it and prepares again in the
-/// new view; a NEW-VIEW whose proposals do not follow is refused and the backup moves
-/// on to the next view.
 /// Members 1, 2 and 3 prepare `block` in view 0, each with an entry pending, then
 /// time out; returns them and the NEW-VIEW member 1 sends for view 1.
 fn prepared_in_view_0_then_new_view(setup: &Setup, block: &Arc<Block>) -> (Vec<Replica>, Message) {
@@ -646,13 +645,13 @@ fn prepared_in_view_0_then_new_view(setup: &Setup, block: &Arc<Block>) -> (Vec<R
             }
         }
     }
-    let new_view = new_view.expect("2f + 1 view changes make the primary send NEW-VIEW");
+    let new_view = new_view.expect("a quorum of view changes makes the primary send NEW-VIEW");
     assert!(primary.is_active());
     assert_eq!(primary.view(), 1);
     (replicas, new_view)
 }
 
-/// §4.4: the new primary, holding 2f + 1 view changes, sends NEW-VIEW re-proposing
+/// §4.4: the new primary, holding a quorum of view changes, sends NEW-VIEW re-proposing
 /// the prepared block; a backup recomputes it, accepts it and prepares again in the
 /// new view; a NEW-VIEW whose proposals do not follow is refused and the backup moves
 /// on to the next view.
@@ -714,6 +713,8 @@ fn a_missing_block_is_asked_for_until_it_arrives() {
         now += TIMING.retransmit_ms;
         now
     };
+    // The first lagging check also probes a peer's chain (see
+    // `catch_up_needs_no_traffic_and_holds_the_view_change_timer`).
     assert_eq!(
         feed(
             &mut late,
@@ -721,7 +722,7 @@ fn a_missing_block_is_asked_for_until_it_arrives() {
                 now_ms: retransmit()
             }
         ),
-        ["fetch block h1"]
+        ["fetch block h1", "fetch committed after 0 (entered view 1)"]
     );
     assert_eq!(
         feed(&mut late, Input::Block(block.clone())),
@@ -738,7 +739,7 @@ fn a_missing_block_is_asked_for_until_it_arrives() {
     );
 }
 
-/// §4.3: at a checkpoint height the replica announces its state; 2f + 1 matching
+/// §4.3: at a checkpoint height the replica announces its state; a quorum of matching
 /// announcements make it stable, and the consensus log at or below it is discarded.
 #[test]
 fn checkpoints_become_stable_and_truncate_the_log() {
@@ -887,6 +888,119 @@ fn messages_round_trip_and_refuse_damage() {
         assert!(Message::decode(&longer).is_err());
     }
     assert!(Message::decode(&[1, 0, 0, 99]).is_err());
+}
+
+/// §5.3 (state transfer): an idle cluster sends nothing that shows a restarted
+/// replica it is behind, so its first lagging check asks a peer, and it asks again
+/// every fourth quiet check; a fetch that brought a block goes on at once. While it
+/// applies fetched blocks its own entries wait without starting a view change: the
+/// others are making progress, and a view change it started alone would strand it
+/// in a view nobody else is in.
+#[test]
+fn catch_up_needs_no_traffic_and_holds_the_view_change_timer() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let mut now = setup.now;
+    let mut check = |replica: &mut Replica| {
+        now += TIMING.retransmit_ms;
+        feed(replica, Input::Tick { now_ms: now })
+    };
+    let probe = "fetch committed after 0 (entered view 0)";
+    assert_eq!(check(&mut backup), [probe]);
+    for _ in 0..3 {
+        assert!(check(&mut backup).is_empty());
+    }
+    assert_eq!(check(&mut backup), [probe]);
+
+    // A peer answers with the chain it committed while this replica was away.
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let mut log = genesis.log.clone();
+    for entry in &first.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    let second = setup.block(&first.header, &log, 2);
+    let committed = |block: &Arc<Block>| Input::Committed {
+        block: block.clone(),
+        certificate: testing::certify(&setup.keys[..3], block),
+    };
+    let entry = testing::entries(9, 1, 32).remove(0);
+    let arrived = setup.now + 5 * TIMING.retransmit_ms;
+    assert_eq!(
+        feed(
+            &mut backup,
+            Input::Entry {
+                entry,
+                forwarded: false
+            }
+        ),
+        ["forward 0"]
+    );
+    let timeout = TIMING.view_change_timeout_ms;
+    let no_view_change = |outputs: Vec<String>| {
+        assert!(
+            !outputs.iter().any(|o| o.contains("view-change")),
+            "{outputs:?}"
+        );
+    };
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + timeout - 1,
+        },
+    ));
+    assert_eq!(feed(&mut backup, committed(&first)), ["apply h1"]);
+    // The entry has now waited a whole timeout, but a block just came by catch-up.
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + timeout,
+        },
+    ));
+    assert_eq!(
+        feed(&mut backup, committed(&second)),
+        ["apply h2", "broadcast checkpoint h2"]
+    );
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + 2 * timeout - 1,
+        },
+    ));
+    // The next lagging check fetches again at once, as the last one brought blocks;
+    // the last block fetched is a timeout old, so the timer is its own again.
+    let outputs = feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + TIMING.retransmit_ms,
+        },
+    );
+    for expected in [
+        "fetch committed after 2 (entered view 0)",
+        "persist view-change v1",
+    ] {
+        assert!(outputs.contains(&expected.to_owned()), "{outputs:?}");
+    }
+}
+
+/// A replica that entered a later view hands its NEW-VIEW to a peer whose catch-up
+/// request shows it never entered that view; the peer, left behind in view 0 by an
+/// idle cluster, joins view 1 with it.
+#[test]
+fn a_peer_behind_in_views_gets_the_new_view_with_its_catch_up() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let (replicas, new_view) = prepared_in_view_0_then_new_view(&setup, &block);
+    let primary = &replicas[0];
+    assert_eq!(primary.new_view_since(0), Some(&new_view));
+    assert_eq!(primary.new_view_since(1), None);
+    let mut behind = setup.replica(0);
+    let outputs = message(&mut behind, new_view);
+    assert_eq!(outputs[0], "persist new-view v1 proposals 1");
+    assert!(behind.is_active());
+    assert_eq!(behind.view(), 1);
+    assert_eq!(behind.new_view_since(0).map(|m| m.from), Some(1));
 }
 
 /// Refusals are counted by reason for metrics.

@@ -25,13 +25,40 @@ fn run_catalogue(members: usize) {
 }
 
 #[test]
+fn one_to_three_members_survive_every_scenario() {
+    for members in 1..=3 {
+        run_catalogue(members);
+    }
+}
+
+#[test]
 fn four_members_survive_every_scenario() {
     run_catalogue(4);
 }
 
 #[test]
+fn five_members_survive_every_scenario() {
+    run_catalogue(5);
+}
+
+#[test]
+fn six_members_survive_every_scenario() {
+    run_catalogue(6);
+}
+
+#[test]
 fn seven_members_survive_every_scenario() {
     run_catalogue(7);
+}
+
+#[test]
+fn eight_members_survive_every_scenario() {
+    run_catalogue(8);
+}
+
+#[test]
+fn nine_members_survive_every_scenario() {
+    run_catalogue(9);
 }
 
 #[test]
@@ -87,12 +114,38 @@ fn a_quorum_of_2f_lets_an_equivocating_primary_split_the_replicas() {
     };
     let report = first_violation(&scenario, 20);
     assert!(
-        matches!(
-            report.violation,
-            Some(Violation::Conflict { .. } | Violation::BadCertificate { .. })
-        ),
+        matches!(report.violation, Some(Violation::Conflict { .. })),
         "{report}"
     );
+}
+
+/// DESIGN.md, "Consensus": 2f + 1 votes are a quorum only at n = 3f + 1. At n = 5 two
+/// sets of 2f + 1 = 3 meet in one member, so an equivocating primary makes both
+/// halves commit; at n = 6 two sets of 3 need not meet at all, so two sides of a
+/// partition each elect a primary and commit. q = ⌈(n + f + 1) / 2⌉ survives both.
+#[test]
+fn a_quorum_of_2f_plus_1_is_unsafe_at_five_and_six_members() {
+    let mut equivocation = Scenario::new("classic-quorum-5", 5);
+    equivocation.byzantine = vec![(0, Behaviour::Equivocate)];
+    let mut partition = Scenario::new("classic-quorum-6", 6);
+    partition.network.partitions = true;
+    partition.network.drop = 0.0;
+    for mut scenario in [equivocation, partition] {
+        scenario.flaws = Flaws {
+            classic_quorum: true,
+            ..Flaws::default()
+        };
+        let report = first_violation(&scenario, 40);
+        assert!(
+            matches!(report.violation, Some(Violation::Conflict { .. })),
+            "{report}"
+        );
+        scenario.flaws = Flaws::default();
+        for seed in 0..SEEDS {
+            let report = Sim::new(scenario.clone(), seed).run();
+            assert!(report.violation.is_none(), "{report}");
+        }
+    }
 }
 
 #[test]

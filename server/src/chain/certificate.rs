@@ -1,4 +1,4 @@
-//! Commit certificates: 2f + 1 member signatures proving a block was committed.
+//! Commit certificates: a quorum of member signatures proving a block was committed.
 //!
 //! The signed message is the PBFT COMMIT for (view, height, block hash); the consensus
 //! replica signs exactly [`commit_digest`], so its commits aggregate into a certificate

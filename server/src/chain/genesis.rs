@@ -101,6 +101,13 @@ pub struct Member {
     pub api_addr: Option<String>,
 }
 
+/// The quorum of `n` members: ⌈(n + f + 1) / 2⌉ with f = ⌊(n − 1) / 3⌋ (see
+/// [`Members::quorum`]).
+pub fn quorum(n: usize) -> usize {
+    let f = n.saturating_sub(1) / 3;
+    (n + f + 2) / 2
+}
+
 /// The member set, in rotation order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Members(Vec<Member>);
@@ -146,9 +153,12 @@ impl Members {
         (self.0.len() - 1) / 3
     }
 
-    /// Matching signatures that make a certificate: 2f + 1.
+    /// Matching votes that make a certificate: q = ⌈(n + f + 1) / 2⌉, so that any two
+    /// quorums share at least f + 1 members, one of them honest. It is 2f + 1 exactly
+    /// when n = 3f + 1; at other sizes 2f + 1 lets two quorums be disjoint (n = 2, 3,
+    /// 6) or meet only in a faulty member (n = 5).
     pub fn quorum(&self) -> usize {
-        2 * self.max_faulty() + 1
+        quorum(self.0.len())
     }
 
     /// The key of the member with `node_id`.
@@ -409,6 +419,27 @@ public_key = "{}"
             hex::encode(key(1).verifying_key().as_bytes()),
             hex::encode(key(2).verifying_key().as_bytes())
         )
+    }
+
+    /// DESIGN.md, "Consensus": any two quorums share f + 1 members (so one honest
+    /// one), the n - f members that may be honest can always form one, and the rule is
+    /// PBFT's 2f + 1 exactly at n = 3f + 1.
+    #[test]
+    fn quorums_intersect_in_an_honest_member_and_stay_reachable_at_every_size() {
+        for n in 1..=MAX_MEMBERS {
+            let f = (n - 1) / 3;
+            let q = quorum(n);
+            assert!(
+                2 * q > n + f, // two quorums share 2q - n members: at least f + 1
+                "n = {n}: two quorums of {q} may share only f"
+            );
+            assert!(q <= n - f, "n = {n}: {q} votes need some of the f faulty");
+            if n == 3 * f + 1 {
+                assert_eq!(q, 2 * f + 1, "n = {n}");
+            }
+        }
+        let table: Vec<usize> = (1..=10).map(quorum).collect();
+        assert_eq!(table, [1, 2, 2, 3, 4, 4, 5, 6, 6, 7]);
     }
 
     #[test]

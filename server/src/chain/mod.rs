@@ -17,7 +17,7 @@ pub use block::Block;
 pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
 pub use entry::{Author, Entry, ENTRY_OVERHEAD};
 pub use error::ChainError;
-pub use genesis::{ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
+pub use genesis::{quorum, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use merkle::CompactRange;

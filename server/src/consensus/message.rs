@@ -145,7 +145,7 @@ pub struct Proposal {
     pub signature: [u8; 64],
 }
 
-/// 2f + 1 signatures over one checkpoint: the log up to `height` is final.
+/// A quorum's signatures over one checkpoint: the log up to `height` is final.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointCertificate {
     /// The checkpoint height.
@@ -156,7 +156,7 @@ pub struct CheckpointCertificate {
     pub votes: Vec<Vote>,
 }
 
-/// A pre-prepare and 2f matching prepares: `header` was prepared in `view`.
+/// A pre-prepare and q − 1 matching prepares: `header` was prepared in `view`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedCertificate {
     /// The view it was prepared in.
@@ -212,7 +212,8 @@ pub struct Verifier {
     pub genesis_hash: Hash,
     keys: Vec<VerifyingKey>,
     node_ids: Vec<Hash>,
-    /// Matching votes that make a certificate (2f + 1 unless a test breaks it).
+    /// Matching votes that make a certificate, q = ⌈(n + f + 1) / 2⌉ (unless a test
+    /// breaks it).
     pub quorum: usize,
     memo: Option<SignatureMemo>,
     /// Curve verifications performed (memo hits excluded), shared by clones.
@@ -361,7 +362,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// Checks a commit certificate for `hash` at `height`: 2f + 1 distinct members'
+    /// Checks a commit certificate for `hash` at `height`: a quorum of distinct members'
     /// COMMIT signatures (the same check as [`CommitCertificate::verify`], through
     /// this verifier's quorum and memo).
     pub fn check_commit(
@@ -412,7 +413,7 @@ impl Verifier {
         self.check_votes(&certificate.votes, &digest, self.quorum, None)
     }
 
-    /// Checks a prepared certificate: the view's primary pre-prepared and 2f distinct
+    /// Checks a prepared certificate: the view's primary pre-prepared and q − 1 distinct
     /// backups prepared the same block (C&L §4.2).
     pub fn check_prepared(&self, certificate: &PreparedCertificate) -> Result<(), Invalid> {
         let hash = certificate.header.hash();

@@ -3,15 +3,19 @@
 //! Section references are to Castro & Liskov, "Practical Byzantine Fault Tolerance and
 //! Proactive Recovery", ACM TOCS 20(4), 2002 ("C&L").
 //!
+//! Quorums: q = ⌈(n + f + 1) / 2⌉ matching votes (DESIGN.md, "Consensus"), so any two
+//! quorums share f + 1 members at every n; it is the paper's 2f + 1 when n = 3f + 1.
+//! Rules that need one honest voice stay at f + 1.
+//!
 //! Sequence number = block height. A block is *accepted* at a height when this replica
-//! pre-prepares it (primary) or prepares it (backup); *prepared* when it also holds 2f
-//! matching prepares from backups; *committed* when prepared with 2f + 1 matching
+//! pre-prepares it (primary) or prepares it (backup); *prepared* when it also holds
+//! q − 1 matching prepares from backups; *committed* when prepared with q matching
 //! commits; *applied* strictly in height order once committed. The chaining rule: a
 //! block is accepted at h + 1 only on top of the block prepared at h in the same view
 //! (or the applied tip), so a view change can never leave a hole under a prepared block.
 //!
 //! Liveness leans on retransmission (C&L §5.2): the paper's timer rule (§4.5.2) lets
-//! a replica that saw 2f + 1 VIEW-CHANGEs time out into the next view while others,
+//! a replica that saw a quorum of VIEW-CHANGEs time out into the next view while others,
 //! having lost one of those messages, still wait for a quorum in the view before. A
 //! replica no longer resends messages of a view it left, so a request for a past view
 //! is answered instead: with the NEW-VIEW if this replica entered that view, else with
@@ -33,6 +37,10 @@ use crate::chain::{
     validate_block, Block, ChainError, ChainParams, ChainSpec, CommitCertificate, CommitSignature,
     CompactRange, Entry, EntryIndex, Hash, Header, Members, Policy, ValidationContext,
 };
+
+/// Lagging checks (one per retransmit interval) with an unmoved tip between probes
+/// of a peer's chain.
+const PROBE_CHECKS: u32 = 4;
 
 /// Timers of one replica, in milliseconds of the time its ticks carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +68,11 @@ impl Default for Timing {
 /// Never set outside tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flaws {
-    /// Count 2f matching votes as a quorum instead of 2f + 1.
+    /// Count 2f matching votes as a quorum.
     pub weak_quorum: bool,
+    /// Count 2f + 1 matching votes as a quorum at every n, as PBFT's paper does for
+    /// n = 3f + 1: at n = 5 two such quorums meet in one member, at n = 6 in none.
+    pub classic_quorum: bool,
     /// Accept a block at h + 1 when the block at h is merely accepted, not prepared.
     pub skip_chaining: bool,
     /// Take a NEW-VIEW's re-proposals as given instead of recomputing them.
@@ -141,6 +152,9 @@ impl Config {
     pub fn with_flaws(mut self, flaws: Flaws) -> Config {
         if flaws.weak_quorum {
             self.verifier.quorum = 2 * self.verifier.max_faulty();
+        }
+        if flaws.classic_quorum {
+            self.verifier.quorum = 2 * self.verifier.max_faulty() + 1;
         }
         self.flaws = flaws;
         self
@@ -229,10 +243,14 @@ pub enum Output {
         hash: Hash,
     },
     /// Find committed blocks above `after` with their certificates and answer with
-    /// [`Input::Committed`], in height order.
+    /// [`Input::Committed`], in height order. A peer active in a view above
+    /// `entered_view` also sends the NEW-VIEW that started it
+    /// ([`Replica::new_view_since`]), so a replica that missed it joins.
     FetchCommitted {
         /// The last height this replica applied.
         after: u64,
+        /// The last view this replica entered.
+        entered_view: u64,
     },
     /// An input was refused; counted for metrics.
     Dropped {
@@ -242,6 +260,8 @@ pub enum Output {
         kind: &'static str,
         /// Why.
         reason: DropReason,
+        /// The rule a refused block or entry broke, when one was checked.
+        error: Option<ChainError>,
     },
 }
 
@@ -395,6 +415,12 @@ pub struct Replica {
     /// The highest height any valid message mentioned, and the tip when last checked.
     seen_height: u64,
     tip_at_last_check: u64,
+    /// Lagging checks in a row that found the tip where it was.
+    quiet_checks: u32,
+    /// Whether a block fetched with its certificate was applied since the last check.
+    caught_up_since_check: bool,
+    /// When a block fetched with its certificate was last applied.
+    last_catch_up_ms: Option<u64>,
     drops: BTreeMap<DropReason, u64>,
     /// Entry ids of the blocks applied in this call, which the driver's index learns
     /// only once it performs the outputs: a block validated later in the same call
@@ -464,6 +490,11 @@ impl Replica {
             last_retransmit_ms: now_ms,
             seen_height: tip.header.height,
             tip_at_last_check: tip.header.height,
+            // The first check probes: a restarted replica learns at once how far
+            // the others got, even when nothing else is sent.
+            quiet_checks: PROBE_CHECKS - 1,
+            caught_up_since_check: false,
+            last_catch_up_ms: None,
             drops: BTreeMap::new(),
             applied_now: Vec::new(),
             recent_applied: VecDeque::new(),
@@ -565,6 +596,17 @@ impl Replica {
         &self.stable
     }
 
+    /// The NEW-VIEW that started this replica's view, if it is active in a view above
+    /// `entered_view`: for a peer whose catch-up request shows it missed it.
+    pub fn new_view_since(&self, entered_view: u64) -> Option<&Message> {
+        if !self.active || self.view <= entered_view {
+            return None;
+        }
+        self.new_view
+            .as_ref()
+            .filter(|_| self.entered() == self.view)
+    }
+
     /// A block body this replica holds in its consensus log, for peers that ask.
     pub fn block(&self, hash: &Hash) -> Option<Arc<Block>> {
         self.blocks.get(hash).cloned()
@@ -583,6 +625,18 @@ impl Replica {
     /// Whether `id` waits here to be committed.
     pub fn is_pending(&self, id: &Hash) -> bool {
         self.pending.contains_key(id)
+    }
+
+    /// The entries waiting here to be committed, oldest first: what a replica
+    /// rebuilt from the store (after a database failure) is given again.
+    pub fn pending_entries(&self) -> Vec<Entry> {
+        let mut seen = HashSet::new();
+        self.order
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .filter_map(|id| self.pending.get(id))
+            .map(|pending| pending.entry.clone())
+            .collect()
     }
 
     /// Sizes of the state, for boundedness checks.
@@ -666,8 +720,24 @@ impl Replica {
     }
 
     fn drop_input(&mut self, from: Option<MemberIndex>, kind: &'static str, reason: DropReason) {
+        self.drop_for(from, kind, reason, None);
+    }
+
+    /// Drops an input that broke the chain rule `error`.
+    fn drop_for(
+        &mut self,
+        from: Option<MemberIndex>,
+        kind: &'static str,
+        reason: DropReason,
+        error: Option<ChainError>,
+    ) {
         *self.drops.entry(reason).or_default() += 1;
-        self.out.push(Output::Dropped { from, kind, reason });
+        self.out.push(Output::Dropped {
+            from,
+            kind,
+            reason,
+            error,
+        });
     }
 
     fn view_change_timeout(&self) -> u64 {
@@ -888,7 +958,7 @@ impl Replica {
         }
     }
 
-    /// A CHECKPOINT (C&L §4.3): 2f + 1 matching make it stable. Votes above the
+    /// A CHECKPOINT (C&L §4.3): a quorum of matching ones make it stable. Votes above the
     /// window are kept too (a bounded number per sender): they tell a lagging replica
     /// how far behind it is.
     fn on_checkpoint(&mut self, from: MemberIndex, height: u64, hash: Hash, signature: [u8; 64]) {
@@ -943,7 +1013,7 @@ impl Replica {
         };
         if let Some(applied) = self.slots.get(&height).and_then(|slot| slot.applied) {
             if applied != hash {
-                // 2f + 1 members vouch for another block than the one applied here:
+                // A quorum vouches for another block than the one applied here:
                 // more than f are faulty. Keep the applied chain; refuse to move on.
                 return self.drop_input(None, "checkpoint", DropReason::Conflicting);
             }
@@ -970,9 +1040,7 @@ impl Replica {
         self.blocks.retain(|_, block| block.header.height > height);
         if self.tip.header.height < height {
             // The cluster moved on without this replica: fetch what it lacks.
-            self.out.push(Output::FetchCommitted {
-                after: self.tip.header.height,
-            });
+            self.fetch_committed();
         }
     }
 
@@ -1121,8 +1189,17 @@ impl Replica {
             Vec::new(),
             index,
         ) {
-            Ok((ids, log)) => self.apply(block, certificate, ids, log),
-            Err(_) => self.drop_input(None, "committed block", DropReason::InvalidBlock),
+            Ok((ids, log)) => {
+                self.apply(block, certificate, ids, log);
+                self.caught_up_since_check = true;
+                self.last_catch_up_ms = Some(self.now_ms);
+            }
+            Err(error) => self.drop_for(
+                None,
+                "committed block",
+                DropReason::InvalidBlock,
+                Some(error),
+            ),
         }
     }
 
@@ -1132,9 +1209,13 @@ impl Replica {
         if self.active {
             let timeout = self.view_change_timeout();
             self.share_waiting(now.saturating_sub(timeout / 2));
-            let waited_too_long = self
-                .oldest_pending()
-                .is_some_and(|pending| now.saturating_sub(pending.since_ms) >= timeout);
+            // While catching up, entries wait for the blocks being fetched; their
+            // timers count from the last one applied.
+            let restarted = self.last_catch_up_ms.unwrap_or(0);
+            let waited_too_long = !self.catching_up()
+                && self.oldest_pending().is_some_and(|pending| {
+                    now.saturating_sub(pending.since_ms.max(restarted)) >= timeout
+                });
             if waited_too_long {
                 self.share_overdue(now.saturating_sub(timeout));
                 self.start_view_change(self.view + 1);
@@ -1246,18 +1327,53 @@ impl Replica {
 
     /// A replica that missed commits cannot prepare above them (the chaining rule), so
     /// when others are ahead and the tip has not moved, it fetches committed blocks.
+    /// A catch-up that just applied blocks goes on at once. An idle cluster sends
+    /// nothing that would show a restarted replica how far behind it is, so a tip
+    /// that has not moved for [`PROBE_CHECKS`] checks asks a peer anyway: an
+    /// up-to-date peer answers nothing.
     fn check_lagging(&mut self) {
         let tip = self.tip.header.height;
+        let stalled = self.seen_height > tip && self.tip_at_last_check == tip;
+        let continuing = self.caught_up_since_check;
+        if tip == self.tip_at_last_check {
+            self.quiet_checks = self.quiet_checks.saturating_add(1);
+        } else {
+            self.quiet_checks = 0;
+        }
+        let probe = self.quiet_checks > 0 && self.quiet_checks.is_multiple_of(PROBE_CHECKS);
+        if self.vouched_height() > tip || stalled || continuing || probe {
+            self.fetch_committed();
+        }
+        self.tip_at_last_check = tip;
+        self.caught_up_since_check = false;
+    }
+
+    /// The highest checkpoint f + 1 members signed: at least one honest member has
+    /// applied that far.
+    fn vouched_height(&self) -> u64 {
         let f = self.config.verifier.max_faulty();
         let mut claims = self.claims.clone();
         claims.sort_unstable_by(|a, b| b.cmp(a));
-        // f + 1 claims include an honest one.
-        let vouched = claims.get(f).copied().unwrap_or(0);
-        let stalled = self.seen_height > tip && self.tip_at_last_check == tip;
-        if vouched > tip || stalled {
-            self.out.push(Output::FetchCommitted { after: tip });
-        }
-        self.tip_at_last_check = tip;
+        claims.get(f).copied().unwrap_or(0)
+    }
+
+    /// Whether this replica knows, from signed evidence, that the others are ahead:
+    /// an honest member checkpointed above its tip, or it applied a block fetched
+    /// with its certificate within the last view-change timeout. Its own timers then
+    /// wait: the others are making progress, and a view change it started alone
+    /// would leave it in a view nobody else is in.
+    fn catching_up(&self) -> bool {
+        self.vouched_height() > self.tip.header.height
+            || self.last_catch_up_ms.is_some_and(|at| {
+                self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms
+            })
+    }
+
+    fn fetch_committed(&mut self) {
+        self.out.push(Output::FetchCommitted {
+            after: self.tip.header.height,
+            entered_view: self.entered(),
+        });
     }
 
     // ----- the normal case ---------------------------------------------------------
@@ -1447,12 +1563,13 @@ impl Replica {
             };
             match verdict {
                 Ok((ids, log)) => (Arc::new(ids), Some(log)),
-                Err(_) => {
+                Err(error) => {
                     self.forget_candidate(height);
-                    self.drop_input(
+                    self.drop_for(
                         Some(self.primary()),
                         "pre-prepare",
                         DropReason::InvalidBlock,
+                        Some(error),
                     );
                     return false;
                 }
@@ -1494,7 +1611,7 @@ impl Replica {
         }
     }
 
-    /// Prepared: the accepted block and 2f matching prepares from backups. The
+    /// Prepared: the accepted block and q − 1 matching prepares from backups. The
     /// certificate is persisted before COMMIT is sent (C&L §4.2, §6.1).
     fn try_prepared(&mut self, height: u64) -> bool {
         let quorum = self.quorum();
@@ -1543,7 +1660,7 @@ impl Replica {
         true
     }
 
-    /// Committed: prepared here and 2f + 1 matching commits; their signatures are the
+    /// Committed: prepared here and q matching commits; their signatures are the
     /// block's commit certificate (C&L §4.2).
     fn try_committed(&mut self, height: u64) -> bool {
         let quorum = self.quorum();
@@ -1848,7 +1965,7 @@ impl Replica {
         self.try_send_new_view();
     }
 
-    /// The timer for the next view starts only once 2f + 1 members want this one: a
+    /// The timer for the next view starts only once a quorum wants this one: a
     /// replica that timed out alone waits for the others instead of running ahead
     /// through views nobody joins (C&L §4.5.2).
     fn arm_view_change_timer(&mut self) {
@@ -1939,7 +2056,7 @@ impl Replica {
         }
     }
 
-    /// The new primary, holding 2f + 1 view changes for its view, computes and sends
+    /// The new primary, holding a quorum of view changes for its view, computes and sends
     /// NEW-VIEW (C&L §4.4).
     fn try_send_new_view(&mut self) {
         if self.active || !self.is_primary() {

@@ -8,15 +8,21 @@ use crate::chain::Hash;
 use crate::consensus::MemberIndex;
 
 /// The member-to-member protocol version; a node refuses peers of another.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 8] = b"LDGR-P2P";
 
-/// Longest chain id or plugin fingerprint carried.
-const MAX_TEXT: usize = 1024;
+/// Longest chain id carried (genesis allows 64 bytes).
+const MAX_CHAIN_ID: usize = 1024;
+
+/// Longest plugin fingerprint line carried: every plugin's, about a hundred bytes
+/// each, never cut short. A node whose line is longer refuses to start
+/// ([`Hello::check_fits`]); a peer's longer one refuses its hello.
+pub const MAX_PLUGINS_TEXT: usize = u16::MAX as usize;
 
 /// The largest encoded hello.
-pub const MAX_HELLO_BYTES: usize = MAGIC.len() + 2 + 2 + MAX_TEXT + 32 + 2 + 2 + MAX_TEXT;
+pub const MAX_HELLO_BYTES: usize =
+    MAGIC.len() + 2 + 2 + MAX_CHAIN_ID + 32 + 2 + 2 + MAX_PLUGINS_TEXT;
 
 /// What a node says of itself when a connection opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,20 +80,40 @@ pub enum HelloError {
 }
 
 impl Hello {
-    /// Canonical bytes.
+    /// Whether every field fits its length prefix, so [`Hello::encode`] cuts
+    /// nothing: checked once at start-up.
+    pub fn check_fits(&self) -> Result<(), String> {
+        if self.chain_id.len() > MAX_CHAIN_ID {
+            return Err(format!(
+                "the chain id is {} bytes; the peer protocol carries at most {MAX_CHAIN_ID}",
+                self.chain_id.len()
+            ));
+        }
+        if self.plugins.len() > MAX_PLUGINS_TEXT {
+            return Err(format!(
+                "the plugin fingerprints take {} bytes; the peer protocol carries at most \
+                 {MAX_PLUGINS_TEXT}: list fewer plugins",
+                self.plugins.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Canonical bytes. A field longer than its limit is cut, which
+    /// [`Hello::check_fits`] at start-up rules out.
     pub fn encode(&self) -> Vec<u8> {
-        let text = |s: &str| {
-            let bytes = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+        let text = |s: &str, limit: usize| {
+            let bytes = &s.as_bytes()[..s.len().min(limit)];
             let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
             out.extend_from_slice(bytes);
             out
         };
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&self.protocol.to_be_bytes());
-        out.extend(text(&self.chain_id));
+        out.extend(text(&self.chain_id, MAX_CHAIN_ID));
         out.extend_from_slice(&self.genesis_hash.0);
         out.extend_from_slice(&self.member.to_be_bytes());
-        out.extend(text(&self.plugins));
+        out.extend(text(&self.plugins, MAX_PLUGINS_TEXT));
         out
     }
 
@@ -114,7 +140,7 @@ impl Hello {
             });
         }
         let len = usize::from(u16_at(take(2)?));
-        if len > MAX_TEXT {
+        if len > MAX_CHAIN_ID {
             return Err(HelloError::Malformed("chain id too long"));
         }
         let chain_id = String::from_utf8(take(len)?.to_vec())
@@ -122,9 +148,6 @@ impl Hello {
         let genesis_hash = Hash(take(32)?.try_into().unwrap_or([0; 32]));
         let member = u16_at(take(2)?);
         let len = usize::from(u16_at(take(2)?));
-        if len > MAX_TEXT {
-            return Err(HelloError::Malformed("plugin fingerprint too long"));
-        }
         let plugins = String::from_utf8(take(len)?.to_vec())
             .map_err(|_| HelloError::Malformed("plugin fingerprint is not UTF-8"))?;
         if !rest.is_empty() {
@@ -197,6 +220,21 @@ mod tests {
             Hello::decode(&future),
             Err(HelloError::Protocol { theirs: 9, .. })
         ));
+    }
+
+    /// A dozen plugins' fingerprints once went past a 1,024-byte cut, so two nodes
+    /// with different plugins looked alike.
+    #[test]
+    fn every_plugin_fingerprint_is_carried_or_start_up_refuses() {
+        let fingerprint = |i: usize| format!("plugin-{i} 1.2.3 {}", "ab".repeat(32));
+        let mut many = hello();
+        many.plugins = (0..40).map(fingerprint).collect::<Vec<_>>().join(",");
+        assert!(many.plugins.len() > 1024);
+        assert_eq!(many.check_fits(), Ok(()));
+        assert_eq!(Hello::decode(&many.encode()), Ok(many.clone()));
+        many.plugins = (0..1000).map(fingerprint).collect::<Vec<_>>().join(",");
+        let refused = many.check_fits().unwrap_err();
+        assert!(refused.contains("list fewer plugins"), "{refused}");
     }
 
     #[test]

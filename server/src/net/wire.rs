@@ -19,16 +19,19 @@ pub enum Wire {
     Consensus(Message),
     /// A client's entry, passed on to the primary (or to all, when overdue).
     Entry(Entry),
-    /// Asks for committed blocks above `after`, with their certificates.
+    /// Asks for committed blocks above `after`, with their certificates, and for the
+    /// NEW-VIEW of the answerer's view if it is above `entered_view`.
     FetchCommitted {
         /// The asker's applied height.
         after: u64,
+        /// The last view the asker entered.
+        entered_view: u64,
     },
     /// One committed block and its commit certificate.
     Committed {
         /// The block.
         block: Block,
-        /// Its 2f + 1 commit certificate.
+        /// Its commit certificate (a quorum's signatures).
         certificate: CommitCertificate,
     },
     /// Asks for the body of the block with `hash` at `height`.
@@ -80,9 +83,13 @@ impl Wire {
                 out.push(TAG_ENTRY);
                 entry.encode_into(&mut out);
             }
-            Wire::FetchCommitted { after } => {
+            Wire::FetchCommitted {
+                after,
+                entered_view,
+            } => {
                 out.push(TAG_FETCH_COMMITTED);
                 out.extend_from_slice(&after.to_be_bytes());
+                out.extend_from_slice(&entered_view.to_be_bytes());
             }
             Wire::Committed { block, certificate } => {
                 out.push(TAG_COMMITTED);
@@ -116,8 +123,12 @@ impl Wire {
             TAG_FETCH_COMMITTED => {
                 let mut reader = Reader::new(rest, "fetch request");
                 let after = reader.u64()?;
+                let entered_view = reader.u64()?;
                 reader.finish()?;
-                Ok(Wire::FetchCommitted { after })
+                Ok(Wire::FetchCommitted {
+                    after,
+                    entered_view,
+                })
             }
             TAG_COMMITTED => {
                 let mut reader = Reader::new(rest, "committed block");
@@ -179,7 +190,10 @@ mod tests {
         let all = [
             Wire::Consensus(message),
             Wire::Entry(block.entries[0].clone()),
-            Wire::FetchCommitted { after: 7 },
+            Wire::FetchCommitted {
+                after: 7,
+                entered_view: 2,
+            },
             Wire::Committed {
                 block: block.clone(),
                 certificate,
