@@ -379,7 +379,7 @@ pub struct Sim {
     heal_at: u64,
     partition: Option<(Vec<u8>, u64)>,
     applied: BTreeMap<u64, (Hash, usize)>,
-    /// Entries given to honest replicas after healing: all must commit everywhere.
+    /// Entries running honest replicas took after healing: all must commit everywhere.
     must_commit: Vec<Hash>,
     view_at_heal: Option<u64>,
     collusion: Collusion,
@@ -502,9 +502,6 @@ impl Sim {
             data.extend_from_slice(&(i as u64).to_be_bytes());
             data.extend_from_slice(&self.seed.to_be_bytes());
             let entry = Entry::new(data);
-            if at >= self.heal_at && self.nodes[node].honest {
-                self.must_commit.push(entry.id());
-            }
             self.schedule(
                 at,
                 Event::Entry {
@@ -638,7 +635,17 @@ impl Sim {
                 node,
                 entry,
                 forwarded,
-            } => self.input(node, Input::Entry { entry, forwarded }),
+            } => {
+                // A client's entry that an honest replica takes after healing must
+                // commit; one handed to a replica still down at that instant (its
+                // restart is due at the same time) is lost with the request, as a
+                // real client's would be.
+                let state = &self.nodes[node];
+                if !forwarded && self.healed() && state.honest && state.replica.is_some() {
+                    self.must_commit.push(entry.id());
+                }
+                self.input(node, Input::Entry { entry, forwarded })
+            }
             Event::Blocks { node, blocks } => {
                 for block in blocks {
                     self.input(node, Input::Block(block));
