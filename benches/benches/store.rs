@@ -1,6 +1,7 @@
 //! The redb store: blocks applied per second (1, 100 and 1000 entries of 100 bytes,
-//! two-phase commit on and off, every commit durable), and Merkle proofs generated per
-//! second from a log of one million entries.
+//! two-phase commit on and off, every commit durable), Merkle proofs generated per
+//! second from a log of one million entries, and what checking every read costs
+//! against reading the same bytes unchecked.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
-use ledger::chain::{Block, CommitCertificate, CompactRange, Header};
+use ledger::chain::{Block, CommitCertificate, CompactRange, Hash, Header};
 use ledger::storage::{Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec};
 
@@ -107,6 +108,17 @@ fn store_with_log(dir: &Path, size: u64) -> Store {
     store
 }
 
+/// A fixed pseudo-random sequence (xorshift64), the same in every run.
+fn walk() -> impl FnMut() -> u64 {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 fn proof_suites(c: &mut Criterion) {
     const LOG_SIZE: u64 = 1_000_000;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -117,13 +129,7 @@ fn proof_suites(c: &mut Criterion) {
     let mut group = c.benchmark_group("store/proofs_at_1m");
     group.throughput(Throughput::Elements(1));
     // A fixed pseudo-random walk over leaf indices and old sizes.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = walk();
     group.bench_function("inclusion", |b| {
         let store = store();
         b.iter(|| {
@@ -138,7 +144,7 @@ fn proof_suites(c: &mut Criterion) {
         let store = store();
         b.iter(|| {
             let old_size = 1 + next() % (LOG_SIZE - 1);
-            black_box(store.consistency_proof(old_size, LOG_SIZE).expect("proof"))
+            black_box(store.consistency(old_size, LOG_SIZE).expect("proof"))
         })
     });
     group.finish();
@@ -197,6 +203,162 @@ fn commit_cost_report() {
     }
 }
 
+/// The Merkle nodes of a raw redb table, for the unchecked baseline.
+struct RawNodes<'a>(&'a redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>);
+
+impl ledger::chain::merkle::NodeSource for RawNodes<'_> {
+    type Error = ledger::chain::ChainError;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error> {
+        let node = self.0.get((level, index)).expect("read").expect("node");
+        Ok(Hash(*node.value()))
+    }
+}
+
+/// Microseconds per call of `read` over `inputs`, the median of five passes.
+fn per_call<T>(inputs: &[T], mut read: impl FnMut(&T)) -> f64 {
+    let mut passes: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for input in inputs {
+                read(input);
+            }
+            started.elapsed().as_secs_f64() * 1e6 / inputs.len() as f64
+        })
+        .collect();
+    passes.sort_by(f64::total_cmp);
+    passes[2]
+}
+
+/// What the checks on the read paths cost: a block, an entry with its receipt, and
+/// a consistency proof read through the store (every check on) against the same
+/// bytes read straight from redb and decoded, as the store did before it checked
+/// anything. redb lets one handle open the file at a time, so the store runs, then
+/// the raw reads, then the store again: two store figures bracket the baseline.
+fn read_cost_report() {
+    use ledger::chain::merkle;
+    use ledger_migrations::schema::{BLOCKS, CERTIFICATES, ENTRY_IDS, MERKLE_NODES};
+    use redb::ReadableDatabase;
+    const BLOCKS_BUILT: u64 = 200;
+    const SAMPLES: usize = 2_000;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("reads.redb");
+    let mut located = Vec::new();
+    {
+        let store = open(&path, false);
+        let mut chain = Chain::on(&store, members());
+        for _ in 0..BLOCKS_BUILT {
+            let (block, certificate) = chain.next(1000);
+            store.apply_block(&block, &certificate).expect("apply");
+            let first = block.header.log_size - 1000;
+            for (position, entry) in block.entries.iter().enumerate().step_by(97) {
+                located.push((
+                    entry.id(),
+                    block.header.height,
+                    position,
+                    first + position as u64,
+                ));
+            }
+        }
+    }
+    let log_size = BLOCKS_BUILT * 1000;
+    let mut next = walk();
+    let heights: Vec<u64> = (0..SAMPLES).map(|_| 1 + next() % BLOCKS_BUILT).collect();
+    let entries: Vec<_> = (0..SAMPLES)
+        .map(|_| located[(next() % located.len() as u64) as usize])
+        .collect();
+    let sizes: Vec<(u64, u64)> = (0..SAMPLES)
+        .map(|_| {
+            let to = 1 + next() % log_size;
+            (1 + next() % to, to)
+        })
+        .collect();
+
+    let checked = || {
+        let store = open(&path, false);
+        [
+            per_call(&heights, |h| {
+                drop(black_box(store.block(*h).expect("block")))
+            }),
+            per_call(&entries, |(id, ..)| {
+                drop(black_box(store.entry_with_receipt(id).expect("entry")))
+            }),
+            per_call(&sizes, |(from, to)| {
+                drop(black_box(store.consistency(*from, *to).expect("proof")))
+            }),
+        ]
+    };
+    let before = checked();
+    let raw = {
+        let database = redb::Database::open(&path).expect("raw open");
+        let read = || database.begin_read().expect("txn");
+        [
+            per_call(&heights, |h| {
+                let txn = read();
+                let blocks = txn.open_table(BLOCKS).expect("table");
+                let bytes = blocks.get(*h).expect("read").expect("block");
+                drop(black_box(Block::decode(bytes.value()).expect("decode")));
+            }),
+            per_call(&entries, |(id, height, position, log_index)| {
+                let txn = read();
+                let ids = txn.open_table(ENTRY_IDS).expect("table");
+                assert_eq!(
+                    ids.get(*log_index).expect("read").expect("id").value(),
+                    id.as_bytes()
+                );
+                let blocks = txn.open_table(BLOCKS).expect("table");
+                let bytes = blocks.get(*height).expect("read").expect("block");
+                let block = Block::decode(bytes.value()).expect("decode");
+                let entry = block.entries[*position].clone();
+                let certificates = txn.open_table(CERTIFICATES).expect("table");
+                let certificate = certificates
+                    .get(*height)
+                    .expect("read")
+                    .expect("certificate");
+                let certificate = CommitCertificate::decode(certificate.value()).expect("decode");
+                let nodes = txn.open_table(MERKLE_NODES).expect("table");
+                let proof =
+                    merkle::inclusion_proof(&RawNodes(&nodes), *log_index, block.header.log_size)
+                        .expect("proof");
+                drop(black_box((entry, certificate, proof)));
+            }),
+            per_call(&sizes, |(from, to)| {
+                let txn = read();
+                let nodes = txn.open_table(MERKLE_NODES).expect("table");
+                let nodes = RawNodes(&nodes);
+                let roots = (
+                    merkle::root_at(&nodes, *from).expect("root"),
+                    merkle::root_at(&nodes, *to).expect("root"),
+                );
+                let proof = merkle::consistency_proof(&nodes, *from, *to).expect("proof");
+                drop(black_box((roots, proof)));
+            }),
+        ]
+    };
+    let after = checked();
+    println!("\nchecked reads vs the same bytes unchecked ({log_size} entries in blocks of 1000, {SAMPLES} random reads each, µs per read):");
+    println!(
+        "  {:<22}  {:>9}  {:>9}  {:>9}  {:>7}",
+        "read", "raw", "checked", "again", "ratio"
+    );
+    let names = [
+        "block (1000 entries)",
+        "entry with receipt",
+        "consistency proof",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let ours = (before[i] + after[i]) / 2.0;
+        println!(
+            "  {name:<22}  {:>9.1}  {:>9.1}  {:>9.1}  {:>7.2}",
+            raw[i],
+            before[i],
+            after[i],
+            ours / raw[i]
+        );
+    }
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     apply_suites(&mut criterion);
@@ -204,5 +366,6 @@ fn main() {
     criterion.final_summary();
     if !std::env::args().any(|arg| arg == "--test") {
         commit_cost_report();
+        read_cost_report();
     }
 }

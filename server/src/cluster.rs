@@ -7,8 +7,11 @@
 //! a crash can never make the node forget something it said (C&L TOCS §6.1). Mining
 //! runs on its own threads and comes back as an input; frames come from the
 //! transport through a forwarding thread; catch-up requests are answered from the
-//! store. A store failure stops the driver: continuing could mean speaking without
-//! having persisted.
+//! store. A store failure stops the replica where it is: continuing could mean
+//! speaking without having persisted. The driver then reopens the database with a
+//! back-off and rebuilds the replica from what is durable, exactly as a restarted
+//! process would, and carries on; the entries it held and the clients waiting on
+//! them are kept.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -30,7 +33,7 @@ use crate::consensus::{
 };
 use crate::metrics::Metrics;
 use crate::net::{Inbound, PeerState, Transport, Wire};
-use crate::node::{hand_out_receipts, lock, now_ms};
+use crate::node::{hand_out_receipts, lock, now_ms, RECOVER_FIRST, RECOVER_LAST};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -102,7 +105,7 @@ pub struct ClusterStatus {
     pub stable_checkpoint: u64,
     /// Entries waiting in the replica to be committed.
     pub pending: usize,
-    /// Why the driver stopped, if it failed.
+    /// Why the driver stopped for good (it panicked), if it did.
     pub failure: Option<String>,
 }
 
@@ -164,15 +167,7 @@ impl Cluster {
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
         }
-        let durable = store.durable()?;
-        let (header, log) = store.tip_with_log()?;
-        let mut applied = Vec::new();
-        for height in durable.stable.height + 1..=header.height {
-            if let Some(header) = store.header(height)? {
-                applied.push((height, header.hash()));
-            }
-        }
-        let replica = Replica::new(config, Tip { header, log }, durable, applied, now_ms());
+        let replica = resume(&store, config.clone())?;
         let (events, queue) = sync_channel(EVENT_CAPACITY);
         let status = Arc::new(Mutex::new(ClusterStatus::default()));
         let forward = events.clone();
@@ -191,6 +186,7 @@ impl Cluster {
         let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             halt: halt.clone(),
+            config,
             replica,
             store,
             transport: transport.clone(),
@@ -202,14 +198,28 @@ impl Cluster {
             settings,
             waiters: HashMap::new(),
             persist: Vec::new(),
+            held: Vec::new(),
             mining: None,
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
         };
         driver.publish();
+        let panicked = status.clone();
         let driver = std::thread::Builder::new()
             .name("consensus".into())
-            .spawn(move || driver.run(queue))
+            .spawn(move || {
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(queue)));
+                if let Err(panic) = run {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default();
+                    tracing::error!(%message, "the consensus driver panicked");
+                    lock(&panicked).failure = Some(format!("the driver panicked: {message}"));
+                }
+            })
             .map_err(|error| ClusterError::Thread("consensus", error))?;
         Ok(Cluster {
             events,
@@ -287,8 +297,30 @@ impl Drop for Cluster {
     }
 }
 
+/// A replica resuming from what `store` holds: its durable consensus state, the
+/// applied tip and the blocks applied above the stable checkpoint.
+fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
+    let durable = store.durable()?;
+    let (header, log) = store.tip_with_log()?;
+    let mut applied = Vec::new();
+    for height in durable.stable.height + 1..=header.height {
+        if let Some(header) = store.header(height)? {
+            applied.push((height, header.hash()));
+        }
+    }
+    Ok(Replica::new(
+        config,
+        Tip { header, log },
+        durable,
+        applied,
+        now_ms(),
+    ))
+}
+
 struct Driver {
     halt: Arc<AtomicBool>,
+    /// The replica's configuration, to rebuild it after a database failure.
+    config: Config,
     replica: Replica,
     store: Arc<Store>,
     transport: Arc<Transport>,
@@ -301,6 +333,8 @@ struct Driver {
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
+    /// Entries submitted while the database was failing, for the rebuilt replica.
+    held: Vec<Entry>,
     mining: Option<Arc<AtomicBool>>,
     /// The peer the next catch-up request goes to (rotating over members).
     next_peer: usize,
@@ -310,33 +344,112 @@ struct Driver {
 
 impl Driver {
     fn run(mut self, queue: Receiver<Event>) {
+        while let Err(error) = self.drive(&queue) {
+            self.cancel_mining();
+            tracing::error!(
+                %error,
+                "consensus paused: the database failed; it is reopened and the replica \
+                 rebuilt from what is durable"
+            );
+            if !self.recover(&queue) {
+                break;
+            }
+        }
+        self.cancel_mining();
+    }
+
+    /// Runs the replica until a stop (`Ok`) or a store failure (`Err`).
+    fn drive(&mut self, queue: &Receiver<Event>) -> Result<(), StoreError> {
         let mut next_tick = Instant::now();
-        let result = loop {
+        loop {
             if self.halt.load(Ordering::Relaxed) {
-                break Ok(());
+                return Ok(());
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let step = match queue.recv_timeout(wait) {
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break Ok(()),
-                Ok(event) => self.on_event(event),
-                Err(RecvTimeoutError::Timeout) => Ok(()),
-            };
-            if let Err(error) = step {
-                break Err(error);
+            match queue.recv_timeout(wait) {
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Ok(event) => self.on_event(event)?,
+                Err(RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + self.settings.tick;
-                if let Err(error) = self.step(Input::Tick { now_ms: now_ms() }) {
-                    break Err(error);
-                }
+                self.step(Input::Tick { now_ms: now_ms() })?;
             }
-        };
+        }
+    }
+
+    fn cancel_mining(&mut self) {
         if let Some(cancel) = self.mining.take() {
             cancel.store(true, Ordering::Relaxed);
         }
-        if let Err(error) = result {
-            tracing::error!(%error, "consensus driver stopped: the store failed");
-            lock(&self.status).failure = Some(error.to_string());
+    }
+
+    /// Waits with a back-off until the database is reopened and a replica rebuilt
+    /// from it, handing it the entries the old one held; false if stopped first.
+    /// Meanwhile frames are dropped (peers resend what matters) and new submits are
+    /// refused by the node, which sees the store's failure.
+    fn recover(&mut self, queue: &Receiver<Event>) -> bool {
+        let mut backoff = RECOVER_FIRST;
+        loop {
+            let until = Instant::now() + backoff;
+            while let Some(wait) = until.checked_duration_since(Instant::now()) {
+                if self.halt.load(Ordering::Relaxed) {
+                    return false;
+                }
+                match queue.recv_timeout(wait) {
+                    Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+                    Ok(Event::Submit { entry, waiter }) => {
+                        // Accepted before the failure was seen: kept for the rebuilt
+                        // replica like the entries the old one held.
+                        if let Some(waiter) = waiter {
+                            self.waiters.entry(entry.id()).or_default().push(waiter);
+                        }
+                        self.held.push(entry);
+                    }
+                    Ok(Event::Frame(_)) => self.metrics.messages_dropped.add("store_failed", 1),
+                    Ok(Event::Cut | Event::Mined(_)) | Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            backoff = (backoff * 2).min(RECOVER_LAST);
+            // Each failed attempt is logged by the store, at a bounded rate.
+            if self.store.failure().is_some() && self.store.recover().is_err() {
+                continue;
+            }
+            let replica = match resume(&self.store, self.config.clone()) {
+                Ok(replica) => replica,
+                Err(error) => {
+                    tracing::debug!(%error, "the replica cannot be rebuilt yet");
+                    continue;
+                }
+            };
+            let mut held = self.replica.pending_entries();
+            held.append(&mut self.held);
+            self.replica = replica;
+            // What the old replica decided but could not make durable was never
+            // sent; the rebuilt one decides afresh.
+            self.persist.clear();
+            // Clients that gave up waiting are forgotten; the rest are answered when
+            // their entries' blocks apply, here or through catch-up.
+            self.waiters.retain(|_, senders| {
+                senders.retain(|sender| !sender.is_closed());
+                !senders.is_empty()
+            });
+            if let Some(failed) = held.iter().position(|entry| {
+                self.step(Input::Entry {
+                    entry: entry.clone(),
+                    forwarded: false,
+                })
+                .is_err()
+            }) {
+                self.held = held.split_off(failed);
+                continue;
+            }
+            tracing::info!(
+                height = self.replica.height(),
+                view = self.replica.view(),
+                "consensus resumes"
+            );
+            return true;
         }
     }
 
@@ -391,16 +504,22 @@ impl Driver {
                 certificate,
             }),
             Wire::Block(block) => self.step(Input::Block(Arc::new(block))),
+            // Serving a peer reads, never writes: a read that fails (the store has
+            // logged the damage or the failure) leaves this peer unanswered, and
+            // it asks another.
             Wire::FetchCommitted {
                 after,
                 entered_view,
-            } => self.serve_committed(from, after, entered_view),
+            } => {
+                let _ = self.serve_committed(from, after, entered_view);
+                Ok(())
+            }
             Wire::FetchBlock { height, hash } => {
                 let block = match self.replica.block(&hash) {
                     Some(block) => Some(Block::clone(&block)),
-                    None => self.store.block(height)?.filter(|b| b.hash() == hash),
+                    None => self.store.block(height).ok().flatten(),
                 };
-                if let Some(block) = block {
+                if let Some(block) = block.filter(|block| block.hash() == hash) {
                     self.send(from, &Wire::Block(block));
                 }
                 Ok(())
@@ -422,9 +541,7 @@ impl Driver {
         let tip = self.replica.height();
         let last = tip.min(after.saturating_add(self.settings.catch_up_batch));
         for height in after.saturating_add(1)..=last {
-            let (Some(block), Some(certificate)) =
-                (self.store.block(height)?, self.store.certificate(height)?)
-            else {
+            let Some((block, certificate)) = self.store.committed_block(height)? else {
                 break;
             };
             self.send(to, &Wire::Committed { block, certificate });

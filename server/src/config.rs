@@ -192,6 +192,23 @@ impl NodeConfig {
 
 /// Reads a key file: 64 hex characters of ed25519 secret key, whitespace ignored.
 pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
+    // As ssh does with private keys: a secret others can read is no longer secret,
+    // so it is refused, not used with a warning nobody reads.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                path,
+                format!(
+                    "the key file has mode {mode:04o}, readable by group or others; \
+                     make it private with `chmod 600 {}`",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let text = fs::read_to_string(path).map_err(io(path))?;
     let mut secret = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut secret)
@@ -334,10 +351,19 @@ mod tests {
             error.contains("ledgerd.toml") && error.contains("colour"),
             "{error}"
         );
-        fs::write(dir.path().join("node.key"), "not hex").unwrap();
-        assert!(read_key(&dir.path().join("node.key"))
-            .unwrap_err()
-            .to_string()
-            .contains("64 hex"));
+        let key = dir.path().join("node.key");
+        fs::write(&key, "not hex").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+            let error = read_key(&key).unwrap_err().to_string();
+            assert!(
+                error.contains("mode 0644") && error.contains("chmod 600"),
+                "{error}"
+            );
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(read_key(&key).unwrap_err().to_string().contains("64 hex"));
     }
 }

@@ -18,7 +18,7 @@ use crate::consensus::{MemberIndex, Timing};
 use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
-use crate::storage::{Store, StoreOptions};
+use crate::storage::{CheckProgress, CheckReport, Store, StoreOptions};
 
 /// Frames queued per peer, each way.
 const PEER_QUEUE: usize = 8192;
@@ -95,10 +95,93 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     Ok((Arc::new(store), key))
 }
 
-/// Starts the member transport on `p2p_listen` and the PBFT replica over `store`.
+/// What a full database check found.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    /// Everything checked out.
+    Clean {
+        /// What was checked.
+        report: CheckReport,
+        /// redb found damage in its own page structures and repaired it first.
+        repaired: bool,
+    },
+    /// Damage, and what it is.
+    Damaged(String),
+}
+
+/// Checks the database of `config` offline (the node must not be running): redb's
+/// own page checksums first, then everything the ledger stores ([`Store::check`]).
+/// An error means the check could not run (no database, a running node holds it).
+pub fn check_database(
+    config: &NodeConfig,
+    progress: &mut dyn FnMut(&CheckProgress),
+) -> anyhow::Result<Verdict> {
+    let spec = config.chain_spec()?;
+    let path = config.database_path();
+    if !path.exists() {
+        bail!("{}: no database here", path.display());
+    }
+    let damaged = |error: &redb::DatabaseError| match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+            Some(Verdict::Damaged(format!("redb: {what}")))
+        }
+        _ => None,
+    };
+    let mut database = match redb::Database::builder().open(&path) {
+        Ok(database) => database,
+        Err(error) => match damaged(&error) {
+            Some(verdict) => return Ok(verdict),
+            None => return Err(error).with_context(|| format!("opening {}", path.display())),
+        },
+    };
+    let clean = match database.check_integrity() {
+        Ok(clean) => clean,
+        Err(error) => match damaged(&error) {
+            Some(verdict) => return Ok(verdict),
+            None => return Err(error).with_context(|| format!("checking {}", path.display())),
+        },
+    };
+    let pending =
+        ledger_migrations::pending(&database).with_context(|| path.display().to_string())?;
+    if !pending.is_empty() {
+        bail!(
+            "{}: a schema upgrade is pending; run `ledgerd migrate` first",
+            path.display()
+        );
+    }
+    let options = StoreOptions {
+        two_phase_commit: config.two_phase_commit,
+    };
+    let checked = Store::from_database(database, path.clone(), &spec, options)
+        .and_then(|store| store.check(progress));
+    match checked {
+        Ok(report) => Ok(Verdict::Clean {
+            report,
+            repaired: !clean,
+        }),
+        Err(error) if error.damage().is_some() => Ok(Verdict::Damaged(error.to_string())),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Binds the peer listener on `p2p_listen`.
+async fn bind_peers(path: &Path, config: &NodeConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.p2p_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on p2p_listen {}",
+                path.display(),
+                config.p2p_listen
+            )
+        })
+}
+
+/// Starts the member transport on `listener` and the PBFT replica over `store`.
 async fn start_cluster(
     path: &Path,
     config: &NodeConfig,
+    listener: tokio::net::TcpListener,
     store: &Arc<Store>,
     key: ed25519_dalek::SigningKey,
     metrics: Arc<crate::metrics::Metrics>,
@@ -123,25 +206,20 @@ async fn start_cluster(
         };
         peers.push((index as MemberIndex, addr.clone()));
     }
-    let listener = tokio::net::TcpListener::bind(config.p2p_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "{}: cannot listen on p2p_listen {}",
-                path.display(),
-                config.p2p_listen
-            )
-        })?;
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        chain_id: spec.chain_id.clone(),
+        genesis_hash: store.genesis_hash(),
+        member: me as MemberIndex,
+        plugins: plugins.fingerprint_line(),
+    };
+    hello
+        .check_fits()
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
     let transport_config = TransportConfig {
         key: key.clone(),
         roster: Roster::new(&spec.members),
-        hello: Hello {
-            protocol: PROTOCOL_VERSION,
-            chain_id: spec.chain_id.clone(),
-            genesis_hash: store.genesis_hash(),
-            member: me as MemberIndex,
-            plugins: plugins.fingerprint_line(),
-        },
+        hello,
         peers,
         frame_limit: Wire::max_frame(&spec.params),
         queue_capacity: PEER_QUEUE,
@@ -175,12 +253,43 @@ async fn start_cluster(
 }
 
 /// Runs the node of `config` (read from `path`, which names it in messages) until
-/// `stop` resolves.
+/// `stop` resolves; with `check`, checks the whole database first and refuses to
+/// start on damage.
 pub async fn run(
     path: &Path,
     config: NodeConfig,
+    check: bool,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if check && config.database_path().exists() {
+        let checked = config.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            check_database(&checked, &mut |progress| {
+                tracing::info!(
+                    height = progress.height,
+                    tip = progress.tip,
+                    entries = progress.entries,
+                    "checking the database"
+                );
+            })
+        })
+        .await?
+        .with_context(|| format!("{}: the database check could not run", path.display()))?;
+        match verdict {
+            Verdict::Clean { report, repaired } => tracing::info!(
+                blocks = report.tip + 1,
+                entries = report.entries,
+                repaired,
+                "the database checked out"
+            ),
+            Verdict::Damaged(damage) => bail!(
+                "{}: the database is damaged: {damage}; move the data directory aside and \
+                 start again to rejoin from the peers (README, \"Recovering a damaged \
+                 database\")",
+                config.database_path().display()
+            ),
+        }
+    }
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)
@@ -201,14 +310,8 @@ pub async fn run(
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
     node.attach_plugins(Arc::clone(&plugins));
-    if store.spec().members.len() > 1 {
-        let metrics = node.metrics().clone();
-        let cluster = start_cluster(path, &config, &store, key, metrics, plugins).await?;
-        node.attach_cluster(cluster);
-    }
-    node.metrics()
-        .height
-        .store(tip.height, std::sync::atomic::Ordering::Relaxed);
+    // Every listener is bound before consensus starts: a busy port stops start-up
+    // at once, not after the peers have connected.
     let listener = listen(config.api_listen, API_BACKLOG).with_context(|| {
         format!(
             "{}: cannot listen on api_listen {}",
@@ -216,6 +319,15 @@ pub async fn run(
             config.api_listen
         )
     })?;
+    if store.spec().members.len() > 1 {
+        let peers = bind_peers(path, &config).await?;
+        let metrics = node.metrics().clone();
+        let cluster = start_cluster(path, &config, peers, &store, key, metrics, plugins).await?;
+        node.attach_cluster(cluster);
+    }
+    node.metrics()
+        .height
+        .store(tip.height, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         api = %listener.local_addr()?,
         node_id = %node.node_id(),
@@ -282,9 +394,11 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
     socket.listen(backlog)
 }
 
-/// Pings systemd's watchdog while the node is healthy (`/readyz` would answer 200),
-/// with the height in the unit's status line. A node whose consensus has failed goes
-/// quiet, and systemd restarts it. Ends when the node starts stopping.
+/// Pings systemd's watchdog while the node is alive ([`Node::is_alive`]), with the
+/// height, or why it is not ready, in the unit's status line. A node whose consensus
+/// driver died goes quiet, and systemd restarts it; one that is reopening a failed
+/// database or holds a damaged one keeps pinging, as a restart would not help. Ends
+/// when the node starts stopping.
 async fn watchdog(
     notifier: Arc<crate::systemd::Notifier>,
     node: Arc<Node>,
@@ -303,10 +417,14 @@ async fn watchdog(
             .metrics()
             .height
             .load(std::sync::atomic::Ordering::Relaxed);
-        if node.is_ready() {
-            notifier.notify(&format!("WATCHDOG=1\nSTATUS=serving at height {height}"));
+        let status = match node.unready_reason() {
+            None => format!("serving at height {height}"),
+            Some(reason) => format!("not ready at height {height}: {reason}"),
+        };
+        if node.is_alive() {
+            notifier.notify(&format!("WATCHDOG=1\nSTATUS={status}"));
         } else {
-            notifier.notify(&format!("STATUS=not ready at height {height}; see the log"));
+            notifier.notify(&format!("STATUS={status}"));
         }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::storage::HealthCounters;
+
 /// Upper bounds of the commit latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -131,6 +133,16 @@ pub struct Metrics {
     pub plugin_micros: Labelled,
     /// Plugin hook calls that rejected or failed, by hook.
     pub plugin_rejections: Labelled,
+    /// Store calls that failed on I/O (a full disk, a failed write).
+    pub store_failures: AtomicU64,
+    /// Reads that found damaged data.
+    pub store_damage_found: AtomicU64,
+    /// Reopens that cured an I/O failure.
+    pub store_recoveries: AtomicU64,
+    /// 1 while the store is in an I/O failure.
+    pub store_failed: AtomicU64,
+    /// 1 once damage was found (until the node restarts on a repaired database).
+    pub store_damaged: AtomicU64,
 }
 
 impl Metrics {
@@ -144,10 +156,24 @@ impl Metrics {
         }
     }
 
+    /// Copies the store's condition into the metrics.
+    pub fn record_store(&self, counters: HealthCounters, failed: bool, damaged: bool) {
+        self.store_failures
+            .store(counters.failures, Ordering::Relaxed);
+        self.store_damage_found
+            .store(counters.damage_found, Ordering::Relaxed);
+        self.store_recoveries
+            .store(counters.recoveries, Ordering::Relaxed);
+        self.store_failed
+            .store(u64::from(failed), Ordering::Relaxed);
+        self.store_damaged
+            .store(u64::from(damaged), Ordering::Relaxed);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let metrics: [(&str, &str, &str, Value); 12] = [
+        let metrics: [(&str, &str, &str, Value); 17] = [
             (
                 "ledger_height",
                 "gauge",
@@ -219,6 +245,36 @@ impl Metrics {
                 "gauge",
                 "Members connected to this node both ways.",
                 Value::Count(&self.peers_connected),
+            ),
+            (
+                "ledger_store_failures_total",
+                "counter",
+                "Database calls that failed on I/O (a full disk, a failed write or fsync).",
+                Value::Count(&self.store_failures),
+            ),
+            (
+                "ledger_store_recoveries_total",
+                "counter",
+                "Reopens of the database that cured an I/O failure.",
+                Value::Count(&self.store_recoveries),
+            ),
+            (
+                "ledger_store_failed",
+                "gauge",
+                "1 while the database is in an I/O failure and submits are refused.",
+                Value::Count(&self.store_failed),
+            ),
+            (
+                "ledger_store_damage_found_total",
+                "counter",
+                "Reads that found damaged data in the database.",
+                Value::Count(&self.store_damage_found),
+            ),
+            (
+                "ledger_store_damaged",
+                "gauge",
+                "1 once damage was found in the database: the node is not ready until repaired.",
+                Value::Count(&self.store_damaged),
             ),
         ];
         for (name, kind, help, value) in metrics {

@@ -36,6 +36,9 @@ use crate::storage::{Store, StoreError};
 
 /// How long `POST /mine` in a cluster waits for the block.
 const CUT_WAIT: Duration = Duration::from_secs(30);
+/// The first and the longest wait between attempts to reopen a failed database.
+pub(crate) const RECOVER_FIRST: Duration = Duration::from_millis(100);
+pub(crate) const RECOVER_LAST: Duration = Duration::from_secs(5);
 
 /// Tuning of the pool and the block producer.
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +79,9 @@ pub enum SubmitError {
     /// Starting or stopping.
     #[error("the node is not accepting entries now")]
     NotReady,
+    /// The database failed (a full disk) or is damaged; the reason says which.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -94,6 +100,7 @@ struct Admission {
     reply: oneshot::Sender<Result<Submitted, SubmitError>>,
 }
 
+#[derive(Clone)]
 struct Pending {
     id: Hash,
     entry: Entry,
@@ -114,11 +121,18 @@ struct Parent {
     log: CompactRange,
 }
 
-/// A mined block, the log after it, and its entries with when they were accepted.
+/// A mined block, the log after it, and the pool entries it holds.
 struct Mined {
     block: Block,
     log: CompactRange,
-    committed: Vec<(Hash, Instant)>,
+    batch: Vec<Pending>,
+}
+
+/// Why a block was not produced, and the entries that go back to the pool: those
+/// of a block lost to a database failure wait for the database; otherwise none.
+struct Unproduced {
+    reason: String,
+    requeue: Vec<Pending>,
 }
 
 /// An applied block's header and certificate, the log nodes that prove its entries,
@@ -266,13 +280,45 @@ impl Node {
     }
 
     /// Whether the node serves submits (recovered, producing blocks or running
-    /// consensus).
+    /// consensus, its database healthy).
     pub fn is_ready(&self) -> bool {
-        // A consensus driver that failed (its store) serves nothing any more.
-        let failed = self
-            .cluster()
-            .is_some_and(|cluster| cluster.status().failure.is_some());
-        self.ready.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed) && !failed
+        self.unready_reason().is_none()
+    }
+
+    /// Whether the node's engine runs: not stopping, and (in a cluster) the consensus
+    /// driver has not died. A node in a database failure or with damage found is
+    /// alive (it is reopening the database, or waiting for an operator) but not
+    /// ready: restarting it would not help.
+    pub fn is_alive(&self) -> bool {
+        !self.stopping.load(Ordering::Relaxed)
+            && self
+                .cluster()
+                .is_none_or(|cluster| cluster.status().failure.is_none())
+    }
+
+    /// Why the node is not ready, if it is not: starting or stopping, a database
+    /// in an I/O failure (until the node reopens it), damage found in the database
+    /// (until an operator repairs it), or a consensus driver that stopped.
+    pub fn unready_reason(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting up".into());
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return Some("shutting down".into());
+        }
+        if let Some(failure) = self.store.failure() {
+            return Some(format!(
+                "the database failed ({failure}); the node reopens it once writes succeed again"
+            ));
+        }
+        if let Some(damage) = self.store.damage() {
+            return Some(format!(
+                "the database is damaged ({damage}); see the node's log and the README, \
+                 \"Recovering a damaged database\""
+            ));
+        }
+        let failed = self.cluster().and_then(|cluster| cluster.status().failure);
+        failed.map(|failure| format!("consensus stopped: {failure}"))
     }
 
     /// Makes `cluster` this node's engine: submits go to PBFT from now on. Call
@@ -309,7 +355,11 @@ impl Node {
     /// Validates `entry` and queues it. With `wait`, also returns a receiver told when
     /// the entry commits. The work is done by the admission thread (see [`Admission`]).
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
-        if !self.is_ready() {
+        if let Some(reason) = self.unready_reason() {
+            // An entry accepted now could not be committed: say why, never 202.
+            if self.store.failure().is_some() || self.store.damage().is_some() {
+                return Err(SubmitError::Unavailable(reason));
+            }
             return Err(SubmitError::NotReady);
         }
         let limit = self.store.spec().params.max_entry_bytes;
@@ -588,6 +638,16 @@ impl Node {
         tokio::pin!(shutdown);
         let mut stop = false;
         while !stop {
+            if self.store.failure().is_some() {
+                // Nothing can be applied: let the block in hand fail and hand its
+                // entries back, then wait for the database.
+                if let Some(last) = applying.take() {
+                    last.finished().await;
+                }
+                if !self.recover_store(&mut shutdown).await {
+                    break;
+                }
+            }
             let wait = self.until_block_due();
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -614,15 +674,15 @@ impl Node {
                 Ok(mined) if parent_applied => {
                     applying = Some(Arc::clone(&self).apply(mined, cut.ids, cut.requests));
                 }
-                Ok(mined) => self.settle(
-                    &cut.ids,
-                    Err(format!(
+                Ok(mined) => {
+                    let reason = format!(
                         "block {} was dropped: its parent failed to apply",
                         mined.block.header.height
-                    )),
-                    cut.requests,
-                ),
-                Err(error) => self.settle(&cut.ids, Err(error), cut.requests),
+                    );
+                    let unproduced = self.unproduced(reason, mined.batch);
+                    self.settle(&cut.ids, Err(unproduced), cut.requests);
+                }
+                Err(unproduced) => self.settle(&cut.ids, Err(unproduced), cut.requests),
             }
         }
         if let Some(last) = applying {
@@ -640,6 +700,39 @@ impl Node {
                 tracing::warn!("admission thread did not stop cleanly");
             }
         }
+    }
+
+    /// Reopens the failed database with a back-off until it takes writes again;
+    /// false if `shutdown` came first.
+    async fn recover_store(
+        &self,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
+        let mut backoff = RECOVER_FIRST;
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            let store = Arc::clone(&self.store);
+            // Each failed attempt is logged by the store, at a bounded rate.
+            if blocking(move || store.recover()).await.is_ok() {
+                tracing::info!("block production resumes");
+                return true;
+            }
+            backoff = (backoff * 2).min(RECOVER_LAST);
+        }
+    }
+
+    /// A block that was not produced: its entries go back to the pool if the
+    /// database failed underneath, and are dropped otherwise.
+    fn unproduced(&self, reason: String, batch: Vec<Pending>) -> Unproduced {
+        let requeue = if self.store.failure().is_some() {
+            batch
+        } else {
+            Vec::new()
+        };
+        Unproduced { reason, requeue }
     }
 
     /// Waits until a block is due; false means "look again" (woken early).
@@ -694,13 +787,18 @@ impl Node {
     /// on the stored tip, checks it against the plugins, and mines it.
     async fn build_and_mine(
         &self,
-        batch: Vec<Pending>,
+        mut batch: Vec<Pending>,
         parent: Option<Parent>,
         cancel: Arc<AtomicBool>,
-    ) -> Result<Mined, String> {
+    ) -> Result<Mined, Unproduced> {
         let store = Arc::clone(&self.store);
         let plugins = self.plugins.get().cloned();
-        let (template, log, committed) = blocking(move || {
+        // The batch stays here: a block lost to the database hands its entries back.
+        let candidates: Vec<(Hash, Entry)> = batch
+            .iter()
+            .map(|pending| (pending.id, pending.entry.clone()))
+            .collect();
+        let built = blocking(move || {
             let Parent {
                 header: tip,
                 mut log,
@@ -712,17 +810,14 @@ impl Node {
                 }
             };
             // Leave out entries committed since they were queued.
-            let ids: Vec<Hash> = batch.iter().map(|pending| pending.id).collect();
+            let ids: Vec<Hash> = candidates.iter().map(|(id, _)| *id).collect();
             let already = store.committed(&ids)?;
-            let mut entries = Vec::with_capacity(batch.len());
-            let mut committed = Vec::with_capacity(batch.len());
-            for (pending, already) in batch.into_iter().zip(already) {
-                if already {
-                    continue;
+            let mut entries = Vec::with_capacity(candidates.len());
+            for ((id, entry), already) in candidates.into_iter().zip(&already) {
+                if !already {
+                    log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
+                    entries.push(entry);
                 }
-                log.append(leaf_hash(pending.id.as_bytes()), |_, _, _| {});
-                committed.push((pending.id, pending.accepted_at));
-                entries.push(pending.entry);
             }
             let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
             // The parent may still be applying, but every header below it is stored.
@@ -737,16 +832,19 @@ impl Node {
                     .check_block(&template)
                     .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
             }
-            Ok((template, log, committed))
+            Ok((template, log, already))
         })
-        .await
-        .map_err(|error| error.to_string())?;
-        let block = self.mine(template.header, template.entries, cancel).await?;
-        Ok(Mined {
-            block,
-            log,
-            committed,
-        })
+        .await;
+        let (template, log, already) = match built {
+            Ok(built) => built,
+            Err(error) => return Err(self.unproduced(error.to_string(), batch)),
+        };
+        let mut already = already.into_iter();
+        batch.retain(|_| !already.next().unwrap_or(true));
+        match self.mine(template.header, template.entries, cancel).await {
+            Ok(block) => Ok(Mined { block, log, batch }),
+            Err(reason) => Err(self.unproduced(reason, batch)),
+        }
     }
 
     /// Certifies and applies a mined block on a task of its own, then settles its
@@ -757,11 +855,7 @@ impl Node {
         ids: Vec<Hash>,
         requests: Vec<oneshot::Sender<MineResult>>,
     ) -> Applying {
-        let Mined {
-            block,
-            log,
-            committed,
-        } = mined;
+        let Mined { block, log, batch } = mined;
         let parent = Parent {
             header: block.header,
             log,
@@ -776,46 +870,61 @@ impl Node {
                 let nodes = store.apply_block(&applied, &certificate)?;
                 Ok((certificate, nodes))
             })
-            .await
-            .map_err(|error| error.to_string())
-            .map(|(certificate, nodes)| {
-                let header = block.header;
-                self.plugins().committed(&block);
-                self.metrics.apply_latency.observe(started.elapsed());
-                self.metrics.height.store(header.height, Ordering::Relaxed);
-                self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .entries_committed
-                    .fetch_add(committed.len() as u64, Ordering::Relaxed);
-                tracing::debug!(
-                    height = header.height,
-                    entries = committed.len(),
-                    "block applied"
-                );
-                Applied {
-                    header,
-                    certificate,
-                    nodes,
-                    committed,
+            .await;
+            match result {
+                Ok((certificate, nodes)) => {
+                    let header = block.header;
+                    self.plugins().committed(&block);
+                    self.metrics.apply_latency.observe(started.elapsed());
+                    self.metrics.height.store(header.height, Ordering::Relaxed);
+                    self.metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .entries_committed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::debug!(
+                        height = header.height,
+                        entries = batch.len(),
+                        "block applied"
+                    );
+                    let applied = Applied {
+                        header,
+                        certificate,
+                        nodes,
+                        committed: batch
+                            .iter()
+                            .map(|pending| (pending.id, pending.accepted_at))
+                            .collect(),
+                    };
+                    self.settle(&ids, Ok(applied), requests);
+                    true
                 }
-            });
-            let applied = result.is_ok();
-            self.settle(&ids, result, requests);
-            applied
+                Err(error) => {
+                    let unproduced = self.unproduced(error.to_string(), batch);
+                    self.settle(&ids, Err(unproduced), requests);
+                    false
+                }
+            }
         });
         Applying { parent, task }
     }
 
     /// Ends a cut: its ids leave the pool, its waiters get their receipts (or, if the
     /// block failed, see their channels close) and `POST /mine` callers the outcome.
+    /// Entries a failed block hands back stay in the pool, at its front, with their
+    /// waiters.
     fn settle(
         &self,
         ids: &[Hash],
-        result: Result<Applied, String>,
+        result: Result<Applied, Unproduced>,
         requests: Vec<oneshot::Sender<MineResult>>,
     ) {
         let mut pool = self.lock_pool();
-        for id in ids {
+        let (result, requeue) = match result {
+            Ok(applied) => (Ok(applied), Vec::new()),
+            Err(Unproduced { reason, requeue }) => (Err(reason), requeue),
+        };
+        let kept: HashSet<Hash> = requeue.iter().map(|pending| pending.id).collect();
+        for id in ids.iter().filter(|id| !kept.contains(id)) {
             pool.ids.remove(id);
         }
         // Admission checks the store before it takes this lock; a new generation
@@ -841,15 +950,34 @@ impl Node {
                 }
                 Ok(header)
             }
-            Err(error) => {
+            Err(error) if kept.is_empty() => {
                 tracing::error!(%error, "block production failed; its entries are dropped");
                 Err(error)
             }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    entries = kept.len(),
+                    "block production failed; its entries wait in the pool for the database"
+                );
+                Err(error)
+            }
         };
-        // Whoever still waits on this cut (its block failed, or the entry was found
-        // committed already) is told by the channel closing.
-        for id in ids {
+        // Whoever still waits on a dropped entry (its block failed, or the entry was
+        // found committed already) is told by the channel closing.
+        for id in ids.iter().filter(|id| !kept.contains(id)) {
             pool.waiters.remove(id);
+        }
+        if let Some(oldest) = requeue.iter().map(|pending| pending.accepted_at).min() {
+            for pending in requeue.into_iter().rev() {
+                pool.queue.push_front(pending);
+            }
+            pool.first_pending_at = Some(pool.first_pending_at.map_or(oldest, |t| t.min(oldest)));
+            self.metrics
+                .pool_size
+                .store(pool.queue.len() as u64, Ordering::Relaxed);
+            // The producer looks again: at the failure first, then at the pool.
+            self.wake.notify_one();
         }
         drop(pool);
         for request in requests {

@@ -223,49 +223,203 @@ async fn a_pending_entry_says_so() {
     test.stop().await;
 }
 
-#[tokio::test]
-async fn an_entry_its_block_does_not_hold_is_an_internal_error_not_another_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.redb");
-    let spec = spec(&[key(1)], DIFFICULTY);
-    let block = {
-        let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
-        let (tip, log) = store.tip_with_log().unwrap();
-        let block = next_block(&tip, &log, entries(1, 2, 100), DIFFICULTY);
-        store
-            .apply_block(&block, &certify(&[key(1)], &block))
-            .unwrap();
-        block
-    };
-    // Damage the index: the block's last leaf now names an entry no block holds.
-    let stranger = Entry::new(b"never submitted".to_vec()).id();
-    {
-        let database = redb::Database::open(&path).unwrap();
-        let write = database.begin_write().unwrap();
-        write
-            .open_table(ledger_migrations::schema::ENTRY_IDS)
-            .unwrap()
-            .insert(block.header.log_size - 1, stranger.as_bytes())
-            .unwrap();
-        write.commit().unwrap();
-    }
+/// A one-member chain of three blocks of three entries, damaged by `damage` (a
+/// write straight into redb's tables, as a flipped disk byte would leave them),
+/// served by a node that was never told.
+fn damaged_node(
+    damage: impl FnOnce(&redb::WriteTransaction, &[ledger::chain::Block]),
+) -> (TestNode, Vec<ledger::chain::Block>) {
+    let (dir, path, spec, blocks) = damaged_database(damage);
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
     let node = Arc::new(Node::new(
         Arc::new(store),
         key(1),
         settings(10, Duration::from_millis(5), 100),
     ));
-    let router = router(node);
-    // Not the entry that sits at that leaf under the stranger's id: a 500, logged.
-    let (status, body, _) = get(&router, &format!("/v1/entries/{}", stranger.to_hex())).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let producer = tokio::spawn(Arc::clone(&node).run(async {
+        let _ = stopped.await;
+    }));
+    let test = TestNode {
+        _dir: dir,
+        node,
+        stop: Some(stop),
+        producer: Some(producer),
+    };
+    (test, blocks)
+}
+
+/// The database `damaged_node` serves: its directory, file, chain and blocks.
+fn damaged_database(
+    damage: impl FnOnce(&redb::WriteTransaction, &[ledger::chain::Block]),
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    ledger::chain::ChainSpec,
+    Vec<ledger::chain::Block>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let spec = spec(&[key(1)], DIFFICULTY);
+    let mut blocks = Vec::new();
+    {
+        let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+        for round in 0..3 {
+            let (tip, log) = store.tip_with_log().unwrap();
+            let block = next_block(&tip, &log, entries(round, 3, 100), DIFFICULTY);
+            store
+                .apply_block(&block, &certify(&[key(1)], &block))
+                .unwrap();
+            blocks.push(block);
+        }
+    }
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let write = database.begin_write().unwrap();
+        damage(&write, &blocks);
+        write.commit().unwrap();
+    }
+    (dir, path, spec, blocks)
+}
+
+/// Asserts `uri` answers 500 naming the damage, and that the node then reports
+/// itself not ready, with the damage in `/readyz` and `/metrics`.
+async fn assert_damage_refused(router: &Router, uri: &str, what: &str) {
+    let (status, body, _) = get(router, uri).await;
+    let error: ErrorBody = json(&body);
+    assert_eq!(
+        (status, error.error.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "damaged_database"),
+        "{uri}: {}",
+        error.message
+    );
+    assert!(error.message.contains(what), "{uri}: {}", error.message);
+    let (status, body, _) = get(router, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+    assert!(json::<ErrorBody>(&body).message.contains("damaged"));
+    let (_, body, _) = get(router, "/metrics").await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("ledger_store_damaged 1\n"), "{text}");
+    let (status, body, _) = post(router, "/v1/entries", Some(json!({"data": "now?"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
     );
-    let first = block.entries[0].id();
-    let (status, body, _) = get(&router, &format!("/v1/entries/{}", first.to_hex())).await;
+}
+
+/// Bytes changed on disk after a commit never reach a client as data: each kind of
+/// damage answers 500 naming it, turns `/readyz` to 503, shows in `/metrics` and
+/// refuses submits, while undamaged data is still served.
+#[tokio::test]
+async fn damaged_data_is_refused_never_served() {
+    use ledger_migrations::schema::{BLOCKS, CERTIFICATES, ENTRY_IDS, MERKLE_NODES};
+
+    // The index names, at a block's last leaf, an entry no block holds: refused at
+    // open, since the node could no longer find that leaf's entry (it would answer
+    // 404 for an entry it committed).
+    let stranger = Entry::new(b"never submitted".to_vec()).id();
+    let (_dir, path, spec, _) = damaged_database(|write, blocks| {
+        write
+            .open_table(ENTRY_IDS)
+            .unwrap()
+            .insert(blocks[0].header.log_size - 1, stranger.as_bytes())
+            .unwrap();
+    });
+    let refused = Store::open(&path, &spec, StoreOptions::default())
+        .err()
+        .unwrap();
+    assert!(refused.to_string().contains("entry index"), "{refused}");
+
+    // An entry's id sits at the right leaf, but its block holds other bytes there.
+    let (test, blocks) = damaged_node(|write, blocks| {
+        let mut block = blocks[0].clone();
+        block.entries[2].data[30] ^= 1;
+        write
+            .open_table(BLOCKS)
+            .unwrap()
+            .insert(1, block.encode().as_slice())
+            .unwrap();
+    });
+    let router = test.router();
+    let good = blocks[1].entries[0].id();
+    let (status, body, _) = get(&router, &format!("/v1/entries/{}", good.to_hex())).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(json::<EntryView>(&body).id, first.to_hex());
+    assert_eq!(json::<EntryView>(&body).id, good.to_hex());
+    let uri = format!("/v1/entries/{}", blocks[0].entries[2].id().to_hex());
+    assert_damage_refused(&router, &uri, "does not hold it").await;
+    test.stop().await;
+
+    // An entry's bytes in its block changed: the block no longer gives its root.
+    let (test, blocks) = damaged_node(|write, blocks| {
+        let mut block = blocks[1].clone();
+        block.entries[1].data[0] ^= 1;
+        write
+            .open_table(BLOCKS)
+            .unwrap()
+            .insert(2, block.encode().as_slice())
+            .unwrap();
+    });
+    let router = test.router();
+    assert_damage_refused(&router, "/v1/blocks/2", "block 2").await;
+    assert_damage_refused(&router, "/v1/blocks?from=0&limit=10", "block 2").await;
+    let hash = blocks[1].hash().to_hex();
+    assert_damage_refused(&router, &format!("/v1/blocks/{hash}"), "block 2").await;
+    // The whole chain is cut short, not ended as if it were complete.
+    let response = router
+        .clone()
+        .oneshot(Request::get("/chain").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(to_bytes(response.into_body(), usize::MAX).await.is_err());
+    test.stop().await;
+
+    // A header changed: its hash leaves the index and the next block's link.
+    let (test, _) = damaged_node(|write, blocks| {
+        let mut block = blocks[1].clone();
+        block.header.timestamp_ms += 1;
+        write
+            .open_table(BLOCKS)
+            .unwrap()
+            .insert(2, block.encode().as_slice())
+            .unwrap();
+    });
+    assert_damage_refused(&test.router(), "/v1/blocks/2", "block 2: its hash").await;
+    test.stop().await;
+
+    // A certificate's signature changed: receipts of that block are refused.
+    let (test, blocks) = damaged_node(|write, blocks| {
+        let mut certificate = certify(&[key(1)], &blocks[0]);
+        certificate.signatures[0].signature[5] ^= 1;
+        write
+            .open_table(CERTIFICATES)
+            .unwrap()
+            .insert(1, certificate.encode().as_slice())
+            .unwrap();
+    });
+    let uri = format!("/v1/entries/{}", blocks[0].entries[2].id().to_hex());
+    assert_damage_refused(&test.router(), &uri, "certificate").await;
+    test.stop().await;
+
+    // A stored inner node of the Merkle log (over leaves 4 and 5) changed: the
+    // proofs and roots that use it are refused, the others are still true.
+    let (test, blocks) = damaged_node(|write, _| {
+        write
+            .open_table(MERKLE_NODES)
+            .unwrap()
+            .insert((1u8, 2u64), &[7u8; 32])
+            .unwrap();
+    });
+    let router = test.router();
+    let uri = format!("/v1/entries/{}", blocks[1].entries[1].id().to_hex());
+    assert_eq!(get(&router, &uri).await.0, StatusCode::OK);
+    // Leaf 6's proof in a log of 9 holds the node over 4 and 5; so does the log's
+    // root at size 6.
+    let uri = format!("/v1/entries/{}", blocks[2].entries[0].id().to_hex());
+    assert_damage_refused(&router, &uri, "does not prove it").await;
+    let uri = "/v1/proofs/consistency?from=6&to=9";
+    assert_damage_refused(&router, uri, "not consistent").await;
+    test.stop().await;
 }
 
 #[tokio::test]

@@ -1,129 +1,16 @@
 //! `ledgerd` and `ledgerctl` as an operator runs them: real processes on free loopback
 //! ports, every wait bounded, every process stopped.
 
-use std::net::TcpListener;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
-const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+use support::*;
 
 /// A change made to a saved answer.
 type Tamper = fn(&mut serde_json::Value);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// `ledgerctl verify FILE --genesis GENESIS`.
-fn verify(file: &Path, genesis: &Path) -> Output {
-    Command::new(LEDGERCTL)
-        .arg("verify")
-        .arg(file)
-        .arg("--genesis")
-        .arg(genesis)
-        .output()
-        .unwrap()
-}
-
-/// A running `ledgerd`, killed if the test fails before stopping it.
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Daemon {
-    /// `ledgerd run --config CONFIG` with `env` added, not waited for.
-    fn spawn(config: &Path, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        let child = Command::new(LEDGERD)
-            .args(["run", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Spawns the node and waits (bounded) until its API answers.
-    fn start(config: &Path, port: u16) -> Daemon {
-        let daemon = Daemon::spawn(config, port, &[]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = run(LEDGERCTL, &["--node", &daemon.url, "status"]);
-            if ready.status.success() {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ledgerd did not become ready: {}",
-                text(&ready)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--node", &self.url];
-        all.extend_from_slice(args);
-        run(LEDGERCTL, &all)
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut log = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
-                assert!(status.success(), "ledgerd exited with {status}: {log}");
-                return log;
-            }
-            assert!(Instant::now() < deadline, "ledgerd ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn dev_init(dir: &Path, port: u16) -> PathBuf {
     let output = run(
@@ -313,6 +200,50 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
     }
 }
 
+/// Start-up refuses, at once and with a message naming the problem: a key file
+/// others can read (as ssh does), a busy API port (before consensus starts and
+/// peers connect), and a cluster of no nodes.
+#[test]
+fn start_up_refuses_a_readable_key_a_busy_port_and_no_nodes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cluster");
+    let (configs, base) = support::layout(&layout, 4);
+    let config = &configs[0];
+    let key = layout.join("node0/node.key");
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = run(LEDGERD, &["run", "--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("mode 0644") && text(&refused).contains("chmod 600"),
+        "{}",
+        text(&refused)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let busy = std::net::TcpListener::bind(("127.0.0.1", base)).unwrap();
+    let started = Instant::now();
+    let refused = run(LEDGERD, &["run", "--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let message = text(&refused);
+    assert!(message.contains("cannot listen on api_listen"), "{message}");
+    assert!(!message.contains("consensus started"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(busy);
+
+    let refused = run(
+        LEDGERD,
+        &["dev", "--nodes", "0", "--dir", layout.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("at least one node"),
+        "{}",
+        text(&refused)
+    );
+}
+
 #[test]
 fn init_writes_a_key_and_a_config_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -426,86 +357,6 @@ fn the_systemd_unit_passes_systemd_analyze() {
         "{}",
         text(&output)
     );
-}
-
-/// A base port with `count` free ports from it (bounded tries).
-fn free_ports(count: u16) -> u16 {
-    for _ in 0..50 {
-        let base = free_port();
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let all_free =
-            (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no run of {count} free ports found");
-}
-
-fn node(daemons: &[Option<Daemon>], i: usize) -> &Daemon {
-    daemons[i].as_ref().expect("running")
-}
-
-fn status(daemon: &Daemon) -> serde_json::Value {
-    let output = daemon.ctl(&["status"]);
-    assert!(output.status.success(), "{}", text(&output));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// Four `ledgerd run` processes on a fresh `ledgerd dev init --nodes 4` layout under
-/// `dir`: their config paths and the running daemons.
-fn start_cluster(dir: &Path) -> (Vec<PathBuf>, u16, Vec<Option<Daemon>>) {
-    let base = free_ports(8);
-    let output = run(
-        LEDGERD,
-        &[
-            "dev",
-            "init",
-            "--nodes",
-            "4",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--base-port",
-            &base.to_string(),
-            "--difficulty",
-            "8",
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    let configs: Vec<PathBuf> = (0..4)
-        .map(|i| dir.join(format!("node{i}/ledgerd.toml")))
-        .collect();
-    let daemons = (0..4u16)
-        .map(|i| Some(Daemon::start(&configs[usize::from(i)], base + 2 * i)))
-        .collect();
-    (configs, base, daemons)
-}
-
-/// Waits (bounded) until every running node has the same tip at `height` or above.
-fn converge(daemons: &[Option<Daemon>], height: u64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let tips: Vec<serde_json::Value> = daemons
-            .iter()
-            .flatten()
-            .map(|daemon| status(daemon)["tip_hash"].clone())
-            .collect();
-        let heights: Vec<u64> = daemons
-            .iter()
-            .flatten()
-            .map(|daemon| status(daemon)["height"].as_u64().unwrap())
-            .collect();
-        if tips.iter().all(|tip| *tip == tips[0]) && heights.iter().all(|h| *h >= height) {
-            return tips[0].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no common tip: {heights:?} {tips:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `ledgerd dev init --nodes 4` and four `ledgerd run` processes form one cluster:

@@ -146,6 +146,18 @@ fn describe(output: &Output) -> String {
     }
 }
 
+/// A client's entry handed to `replica`.
+fn client_entry(replica: &mut Replica) -> Vec<String> {
+    let entry = testing::entries(9, 1, 32).remove(0);
+    feed(
+        replica,
+        Input::Entry {
+            entry,
+            forwarded: false,
+        },
+    )
+}
+
 fn vote(setup: &Setup, from: usize, commit: bool, view: u64, block: &Block) -> Message {
     let (height, hash) = (block.header.height, block.hash());
     setup.sign(
@@ -487,17 +499,7 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
 fn timers_and_the_f_plus_one_rule_start_view_changes() {
     let setup = Setup::new(4);
     let mut backup = setup.replica(1);
-    let entry = testing::entries(9, 1, 32).remove(0);
-    assert_eq!(
-        feed(
-            &mut backup,
-            Input::Entry {
-                entry,
-                forwarded: false
-            }
-        ),
-        ["forward 0"]
-    );
+    assert_eq!(client_entry(&mut backup), ["forward 0"]);
     // Half a timeout on, the entry goes to every member, which start their timers;
     // at the timeout it goes again (a retry, the first copies may be lost).
     let half = setup.now + TIMING.view_change_timeout_ms / 2;
@@ -924,18 +926,8 @@ fn catch_up_needs_no_traffic_and_holds_the_view_change_timer() {
         block: block.clone(),
         certificate: testing::certify(&setup.keys[..3], block),
     };
-    let entry = testing::entries(9, 1, 32).remove(0);
     let arrived = setup.now + 5 * TIMING.retransmit_ms;
-    assert_eq!(
-        feed(
-            &mut backup,
-            Input::Entry {
-                entry,
-                forwarded: false
-            }
-        ),
-        ["forward 0"]
-    );
+    assert_eq!(client_entry(&mut backup), ["forward 0"]);
     let timeout = TIMING.view_change_timeout_ms;
     let no_view_change = |outputs: Vec<String>| {
         assert!(

@@ -87,7 +87,10 @@ fn applied_blocks_are_readable_provable_and_survive_reopen() {
     for block in &blocks {
         let height = block.header.height;
         assert_eq!(store.block(height).unwrap().as_ref(), Some(block));
-        assert_eq!(store.height_of(&block.hash()).unwrap(), Some(height));
+        assert_eq!(
+            store.block_by_hash(&block.hash()).unwrap().as_ref(),
+            Some(block)
+        );
         let certificate = store.certificate(height).unwrap().unwrap();
         certificate
             .verify(&chain_hash, &spec.members, height, &block.hash())
@@ -115,15 +118,19 @@ fn applied_blocks_are_readable_provable_and_survive_reopen() {
                 .unwrap();
             }
         }
-        let proof = store
-            .consistency_proof(block.header.log_size, tip.log_size)
+        let consistency = store
+            .consistency(block.header.log_size, tip.log_size)
             .unwrap();
+        assert_eq!(
+            (consistency.from_root, consistency.to_root),
+            (block.header.log_root, tip.log_root)
+        );
         verify_consistency(
             block.header.log_size,
             tip.log_size,
             &block.header.log_root,
             &tip.log_root,
-            &proof,
+            &consistency.proof,
         )
         .unwrap();
         assert_eq!(
@@ -620,4 +627,227 @@ fn consensus_state_persists_as_the_records_fold() {
         store.stable_checkpoint().unwrap().map(|c| c.height),
         Some(1)
     );
+}
+
+/// A chain of three blocks of three entries under `path`, damaged by `damage`
+/// (writes straight into redb's tables, as flipped disk bytes would leave them),
+/// then opened again: the store, or why it refused to open.
+fn damaged(
+    path: &Path,
+    damage: impl FnOnce(&redb::WriteTransaction, &[Block]),
+) -> Result<Store, StoreError> {
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let blocks: Vec<Block> = {
+        let store = open(path, &spec);
+        (0..3)
+            .map(|round| append(&store, &keys, entries(round, 3, 40)))
+            .collect()
+    };
+    {
+        let database = redb::Database::open(path).unwrap();
+        let write = database.begin_write().unwrap();
+        damage(&write, &blocks);
+        write.commit().unwrap();
+    }
+    Store::open(path, &spec, StoreOptions::default())
+}
+
+/// `Store::check` (what `ledgerd check` runs) reads everything once and finds each
+/// kind of damage, naming where it is; an entry index that disagrees with the log's
+/// leaves is refused at open already, since a node could not find its entries.
+#[test]
+fn the_full_check_finds_every_kind_of_damage() {
+    use ledger_migrations::schema::{
+        BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
+    };
+    type Damage = fn(&redb::WriteTransaction, &[Block]);
+    let dir = tempfile::tempdir().unwrap();
+    let clean = damaged(&dir.path().join("clean.redb"), |_, _| {}).unwrap();
+    let report = clean.check(&mut |_| {}).unwrap();
+    assert_eq!(
+        (report.tip, report.entries, report.merkle_nodes),
+        (3, 9, 16)
+    );
+
+    let cases: [(&str, Damage, &str); 7] = [
+        (
+            "entry bytes",
+            |write, blocks| {
+                let mut block = blocks[1].clone();
+                block.entries[0].data[20] ^= 1;
+                let mut table = write.open_table(BLOCKS).unwrap();
+                table.insert(2, block.encode().as_slice()).unwrap();
+            },
+            "block 2",
+        ),
+        (
+            "a header",
+            |write, blocks| {
+                let mut block = blocks[0].clone();
+                block.header.nonce ^= 1 << 40;
+                let mut table = write.open_table(BLOCKS).unwrap();
+                table.insert(1, block.encode().as_slice()).unwrap();
+            },
+            "block 1",
+        ),
+        (
+            "the hash index",
+            |write, blocks| {
+                let mut table = write.open_table(BLOCK_HASHES).unwrap();
+                table.insert(blocks[1].hash().as_bytes(), 3).unwrap();
+            },
+            "block 2: its hash is not indexed",
+        ),
+        (
+            "a certificate",
+            |write, blocks| {
+                let mut certificate = certify(&members()[..3], &blocks[0]);
+                certificate.signatures[1].signature[9] ^= 1;
+                let mut table = write.open_table(CERTIFICATES).unwrap();
+                table.insert(1, certificate.encode().as_slice()).unwrap();
+            },
+            "block 1: its certificate",
+        ),
+        (
+            "an inner Merkle node",
+            |write, _| {
+                let mut table = write.open_table(MERKLE_NODES).unwrap();
+                table.insert((1u8, 1u64), &[7u8; 32]).unwrap();
+            },
+            "Merkle node (1, 1)",
+        ),
+        (
+            "the log start index",
+            |write, _| {
+                let mut table = write.open_table(LOG_STARTS).unwrap();
+                table.insert(3, 1).unwrap();
+            },
+            "block 2: the log index",
+        ),
+        (
+            "a Merkle node beyond the log",
+            |write, _| {
+                let mut table = write.open_table(MERKLE_NODES).unwrap();
+                table.insert((0u8, 99u64), &[7u8; 32]).unwrap();
+            },
+            "Merkle node table",
+        ),
+    ];
+    for (i, (what, damage, found)) in cases.into_iter().enumerate() {
+        let store = damaged(&dir.path().join(format!("{i}.redb")), damage)
+            .unwrap_or_else(|error| panic!("{what}: refused at open: {error}"));
+        let error = store.check(&mut |_| {}).unwrap_err();
+        assert!(error.damage().is_some(), "{what}: {error}");
+        assert!(error.to_string().contains(found), "{what}: {error}");
+        assert!(store.damage().is_some(), "{what}: not recorded");
+    }
+    let refused = damaged(&dir.path().join("ids.redb"), |write, blocks| {
+        let mut table = write.open_table(ENTRY_IDS).unwrap();
+        table
+            .insert(4, blocks[0].entries[0].id().as_bytes())
+            .unwrap();
+    })
+    .expect_err("a damaged entry index is refused at open");
+    assert!(refused.to_string().contains("entry index"), "{refused}");
+}
+
+/// A disk that takes no writes while `failing` is set, as a full disk or a dying
+/// one refuses them; reads still work.
+#[derive(Debug, Clone, Default)]
+struct FailingDisk {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl FailingDisk {
+    fn refuse(&self) -> std::io::Result<()> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.bytes.lock().unwrap().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let bytes = self.bytes.lock().unwrap();
+        let start = offset as usize;
+        let found = bytes.get(start..start + out.len()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end")
+        })?;
+        out.copy_from_slice(found);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.refuse()?;
+        self.bytes.lock().unwrap().resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.refuse()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.refuse()?;
+        let mut bytes = self.bytes.lock().unwrap();
+        let end = offset as usize + data.len();
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A write that fails puts the store in an I/O failure (reported, counted, every
+/// later call refused until cured); a reopen while the disk still fails fails too;
+/// once it takes writes, a reopen cures it, the block that failed applies, and the
+/// chain checks out from genesis.
+#[test]
+fn an_io_failure_is_reported_and_a_reopen_cures_it() {
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let disk = FailingDisk::default();
+    let database = redb::Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    let reopened = disk.clone();
+    let store = Store::from_database(database, "memory".into(), &spec, StoreOptions::default())
+        .unwrap()
+        .reopen_with(move || {
+            redb::Database::builder()
+                .create_with_backend(reopened.clone())
+                .map_err(|error| StoreError::Unavailable(error.to_string()))
+        });
+    append(&store, &keys, entries(1, 3, 40));
+    let (tip, log) = store.tip_with_log().unwrap();
+    let block = next_block(&tip, &log, entries(2, 3, 40), DIFFICULTY);
+    let certificate = certify(&keys[..3], &block);
+
+    disk.failing.store(true, Ordering::Relaxed);
+    let error = store.apply_block(&block, &certificate).unwrap_err();
+    assert!(error.is_io_failure(), "{error}");
+    assert!(store.failure().is_some());
+    assert_eq!(store.damage(), None);
+    assert!(store.health().failures >= 1);
+    assert!(store.apply_block(&block, &certificate).is_err());
+    assert!(
+        store.recover().is_err(),
+        "recovered while the disk still fails"
+    );
+
+    disk.failing.store(false, Ordering::Relaxed);
+    store.recover().unwrap();
+    assert_eq!(store.failure(), None);
+    assert_eq!(store.health().recoveries, 1);
+    assert_eq!(store.tip().unwrap(), tip);
+    store.apply_block(&block, &certificate).unwrap();
+    assert_eq!(store.verify_chain().unwrap(), 2);
 }

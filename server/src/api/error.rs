@@ -86,6 +86,16 @@ impl From<StoreError> for ApiError {
                 "rejected",
                 error.to_string(),
             ),
+            // The store logged it once with the height; the client learns what is
+            // damaged, and that this node will not serve it.
+            error if error.damage().is_some() => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "damaged_database",
+                format!("{error}; this node serves no data it cannot check"),
+            ),
+            error if error.is_io_failure() => {
+                ApiError::unavailable("store_unavailable", error.to_string())
+            }
             other => ApiError::internal(other),
         }
     }
@@ -102,6 +112,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
             SubmitError::PoolFull(_) => ApiError::unavailable("pool_full", message),
             SubmitError::NotReady => ApiError::unavailable("not_ready", message),
+            SubmitError::Unavailable(_) => ApiError::unavailable("store_unavailable", message),
             SubmitError::Store(error) => error.into(),
         }
     }

@@ -4,7 +4,6 @@
 mod error;
 pub mod types;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -426,16 +425,10 @@ async fn get_block(
     } else {
         None
     };
-    let block = read(&node, move |store| {
-        let height = match (by_height, by_hash) {
-            (Some(height), _) => Some(height),
-            (None, Some(hash)) => store.height_of(&hash)?,
-            (None, None) => None,
-        };
-        match height {
-            Some(height) => store.block(height),
-            None => Ok(None),
-        }
+    let block = read(&node, move |store| match (by_height, by_hash) {
+        (Some(height), _) => store.block(height),
+        (None, Some(hash)) => store.block_by_hash(&hash),
+        (None, None) => Ok(None),
     })
     .await?;
     block
@@ -480,16 +473,13 @@ async fn consistency(
                 "from ({from}) must not exceed to ({to})"
             ))));
         }
+        let proof = store.consistency(from, to)?;
         Ok(Ok(ConsistencyView {
             from,
             to,
-            from_root: store.log_root(from)?.to_hex(),
-            to_root: store.log_root(to)?.to_hex(),
-            proof: store
-                .consistency_proof(from, to)?
-                .iter()
-                .map(Hash::to_hex)
-                .collect(),
+            from_root: proof.from_root.to_hex(),
+            to_root: proof.to_root.to_hex(),
+            proof: proof.proof.iter().map(Hash::to_hex).collect(),
         }))
     })
     .await??;
@@ -503,11 +493,17 @@ async fn consistency(
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
 async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiError> {
-    let tip = read(&node, |store| store.tip()).await?;
+    // While the database is being reopened the status still answers, from the last
+    // tip read or applied.
+    let tip = match read(&node, |store| store.tip()).await {
+        Ok(tip) => tip,
+        Err(error) => node.store().last_tip().ok_or(error)?,
+    };
     let store = node.store();
     let spec = store.spec();
     let members = spec.members.as_slice();
     let self_id = node.node_id();
+    let not_ready = node.unready_reason();
     // Alone, this node is the whole quorum, always in view 0.
     let (view, primary, stable_checkpoint, peers) = match node.cluster() {
         Some(cluster) => {
@@ -558,28 +554,43 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         difficulty: spec.difficulty,
         pool_size: node.pool_size(),
         plugins: node.plugins().fingerprints(),
+        ready: not_ready.is_none(),
+        not_ready,
     }))
 }
 
 /// Every block, as one JSON array streamed a block at a time from a blocking reader
-/// (memory stays flat however long the chain).
+/// (memory stays flat however long the chain). The tip is read before the status
+/// line, so a node that cannot read its chain answers an error, not 200. A block
+/// that fails its checks midway aborts the response without its final chunk: the
+/// client sees a truncated transfer (curl exits 18), never a short array that looks
+/// complete.
 #[utoipa::path(get, path = "/chain", tag = "blocks",
-    responses((status = 200, description = "All blocks from genesis", body = Vec<BlockView>)))]
-async fn whole_chain(State(node): State<Arc<Node>>) -> Response {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+    responses(
+        (status = 200, description = "All blocks from genesis, streamed; a read that fails midway cuts the transfer short (no closing chunk)", body = Vec<BlockView>),
+        (status = 500, description = "The database is damaged", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ))]
+async fn whole_chain(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let tip = read(&node, |store| store.tip()).await?.height;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = Arc::clone(node.store());
     tokio::task::spawn_blocking(move || {
-        let tip = match store.tip() {
-            Ok(tip) => tip.height,
-            Err(error) => return tracing::error!(%error, "GET /chain"),
-        };
-        if sender.blocking_send(Bytes::from_static(b"[")).is_err() {
+        if sender.blocking_send(Ok(Bytes::from_static(b"["))).is_err() {
             return;
         }
         for height in 0..=tip {
             let block = match store.block(height) {
                 Ok(Some(block)) => block,
-                other => return tracing::error!(?other, height, "GET /chain stopped"),
+                // The store logged the damage or the failure.
+                failed => {
+                    let reason = match failed {
+                        Err(error) => error.to_string(),
+                        _ => format!("block {height} is missing"),
+                    };
+                    let _ = sender.blocking_send(Err(std::io::Error::other(reason)));
+                    return;
+                }
             };
             let mut bytes = if height == 0 {
                 Vec::new()
@@ -587,24 +598,21 @@ async fn whole_chain(State(node): State<Arc<Node>>) -> Response {
                 b",".to_vec()
             };
             if serde_json::to_writer(&mut bytes, &block_view(&block)).is_err()
-                || sender.blocking_send(bytes.into()).is_err()
+                || sender.blocking_send(Ok(bytes.into())).is_err()
             {
                 return; // the client went away
             }
         }
-        let _ = sender.blocking_send(Bytes::from_static(b"]"));
+        let _ = sender.blocking_send(Ok(Bytes::from_static(b"]")));
     });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|bytes| (Ok::<_, Infallible>(bytes), receiver))
+        receiver.recv().await.map(|item| (item, receiver))
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Cut a block now, even an empty one; answers once it is applied.
@@ -636,16 +644,12 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
 #[utoipa::path(get, path = "/readyz", tag = "node",
     responses(
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
-        (status = 503, description = "Starting or stopping", body = ErrorBody),
+        (status = 503, description = "Starting or stopping, the database failed or is damaged, or consensus stopped: the message says which", body = ErrorBody),
     ))]
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
-    if node.is_ready() {
-        Ok("ready\n")
-    } else {
-        Err(ApiError::unavailable(
-            "not_ready",
-            "starting up or shutting down",
-        ))
+    match node.unready_reason() {
+        None => Ok("ready\n"),
+        Some(reason) => Err(ApiError::unavailable("not_ready", reason)),
     }
 }
 
@@ -653,6 +657,12 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "node",
     responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let store = node.store();
+    node.metrics().record_store(
+        store.health(),
+        store.failure().is_some(),
+        store.damage().is_some(),
+    );
     if let Some(cluster) = node.cluster() {
         let connected = cluster.peers().iter().filter(|p| p.connected()).count();
         node.metrics()

@@ -476,6 +476,12 @@ pub struct StatusView {
     pub pool_size: usize,
     /// This node's plugins, in the order it calls them.
     pub plugins: Vec<Fingerprint>,
+    /// Whether the node serves submits (what `/readyz` answers).
+    pub ready: bool,
+    /// Why it does not, when it does not: starting or stopping, a database in an
+    /// I/O failure, damage found in the database, consensus stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 /// `POST /mine` answer: the block it produced.

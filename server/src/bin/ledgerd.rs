@@ -38,6 +38,18 @@ enum Command {
         /// The node's ledgerd.toml.
         #[arg(long)]
         config: PathBuf,
+        /// Check the whole database first (as `ledgerd check` does) and refuse to
+        /// start on damage.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Check a stopped node's database: redb's page checksums, then every block,
+    /// link, proof of work, certificate, entry, index row and Merkle node. Exit 0
+    /// when it checks out, 1 with what is damaged, 2 if it cannot run.
+    Check {
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Bring the database to this build's schema, or with --check only report.
     Migrate {
@@ -148,12 +160,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            check,
+        } => {
             let config = NodeConfig::load(&path)?;
             daemon::init_logging(config.log_format);
-            runtime()?.block_on(daemon::run(&path, config, daemon::stop_signal()))?;
+            runtime()?.block_on(daemon::run(&path, config, check, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { config } => check_database(&config),
         Command::Migrate { config, check } => migrate(&config, check),
         Command::Plugins(PluginsCommand::Check { file, config }) => check_plugin(&file, config),
         Command::Dev(Dev {
@@ -178,6 +194,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `ledgerd dev`: lays the cluster out if needed, then runs every node in this
 /// process until SIGINT or SIGTERM.
 fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
+    if layout.nodes == 0 {
+        anyhow::bail!("--nodes 0: a cluster needs at least one node (--nodes 1 runs one alone)");
+    }
     let paths: Vec<PathBuf> = (0..layout.nodes)
         .map(|i| layout.dir.join(format!("node{i}")).join("ledgerd.toml"))
         .collect();
@@ -241,7 +260,7 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
                 let stopped = async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 };
-                daemon::run(&path, config, stopped)
+                daemon::run(&path, config, false, stopped)
                     .await
                     .with_context(|| format!("node {}", path.display()))
             });
@@ -252,6 +271,55 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ledgerd check`: progress on stderr, the verdict on stdout.
+fn check_database(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(path)?;
+    let database = config.database_path();
+    let started = std::time::Instant::now();
+    let mut report_progress = |progress: &ledger::storage::CheckProgress| {
+        let percent = (progress.height as f64 + 1.0) * 100.0 / (progress.tip as f64 + 1.0);
+        eprintln!(
+            "checking {}: block {} of {} ({percent:.0}%), {} entries, {:.1} s",
+            database.display(),
+            progress.height,
+            progress.tip,
+            progress.entries,
+            started.elapsed().as_secs_f64()
+        );
+    };
+    match daemon::check_database(&config, &mut report_progress) {
+        Ok(daemon::Verdict::Clean { report, repaired }) => {
+            if repaired {
+                println!(
+                    "{}: redb found damage in its own page structures and repaired it",
+                    database.display()
+                );
+            }
+            println!(
+                "OK {}: {} blocks, {} entries and {} Merkle nodes check out ({:.1} s)",
+                database.display(),
+                report.tip + 1,
+                report.entries,
+                report.merkle_nodes,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(daemon::Verdict::Damaged(damage)) => {
+            println!("DAMAGED {}: {damage}", database.display());
+            println!(
+                "  recover: move the data directory aside and start the node again to \
+                 rejoin from its peers (README, \"Recovering a damaged database\")"
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => {
+            eprintln!("ledgerd: the check could not run: {error:#}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {

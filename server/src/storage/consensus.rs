@@ -39,6 +39,10 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
+        self.observe(self.write_records(records))
+    }
+
+    fn write_records(&self, records: &[Record]) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
             let mut views = txn.open_table(VIEW_STATE)?;
@@ -89,8 +93,12 @@ impl Store {
 
     /// The replica state persisted so far; the genesis state in a fresh database.
     pub fn durable(&self) -> Result<Durable, StoreError> {
+        self.observe(self.read_durable())
+    }
+
+    fn read_durable(&self) -> Result<Durable, StoreError> {
         let mut durable = Durable::genesis(self.genesis_hash());
-        let txn = self.database.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let views = txn.open_table(VIEW_STATE)?;
         if let Some(bytes) = views.get(VIEW)? {
             (durable.view, durable.active) = decode_view(bytes.value())?;
@@ -128,13 +136,15 @@ impl Store {
 
     /// The stable checkpoint certificate, if one was reached.
     pub fn stable_checkpoint(&self) -> Result<Option<CheckpointCertificate>, StoreError> {
-        let txn = self.database.begin_read()?;
-        let checkpoints = txn.open_table(CHECKPOINTS)?;
-        let Some((height, bytes)) = checkpoints.last()? else {
-            return Ok(None);
-        };
-        CheckpointCertificate::decode(bytes.value())
-            .map(Some)
-            .map_err(|e| corrupt(format!("checkpoint at {}: {e}", height.value())))
+        self.observe((|| {
+            let txn = self.db()?.begin_read()?;
+            let checkpoints = txn.open_table(CHECKPOINTS)?;
+            let Some((height, bytes)) = checkpoints.last()? else {
+                return Ok(None);
+            };
+            CheckpointCertificate::decode(bytes.value())
+                .map(Some)
+                .map_err(|e| corrupt(format!("checkpoint at {}: {e}", height.value())))
+        })())
     }
 }

@@ -10,30 +10,37 @@
 //! Entries are indexed append-only: `entry_ids` maps each log index to its entry id,
 //! so a block's index writes land on the table's last pages instead of one random
 //! B-tree page per entry (benches/README.md, "store"). Lookups by id go through
-//! [`IdMap`], an in-memory map from an id's first 8 bytes to log indices, rebuilt at
+//! `IdMap` (`ids.rs`), an in-memory map from an id's first 8 bytes to log indices, rebuilt at
 //! open and confirmed against `entry_ids` on every hit.
 //!
 //! Every call blocks on disk IO: async callers use `spawn_blocking`.
 
 mod consensus;
+mod health;
+mod ids;
+mod verify;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ledger_migrations::schema::{
     BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
 };
 use ledger_migrations::MigrationError;
+
+use health::Health;
+pub use health::HealthCounters;
+use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use verify::CertificateMemo;
+pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
     validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Entry,
     EntryIndex, Hash, Header, Receipt, ValidationContext, HEADER_LEN,
 };
-
-type MerkleTable = redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>;
 
 const META_CHAIN_HASH: &str = "chain_hash";
 const META_GENESIS_HASH: &str = "genesis_hash";
@@ -74,9 +81,13 @@ pub enum StoreError {
         /// The genesis file's chain id.
         chain_id: String,
     },
-    /// Stored data that does not decode or does not fit together.
-    #[error("corrupt database: {0}")]
+    /// Stored data that does not decode or does not fit together: the file was
+    /// damaged (README, "Recovering a damaged database").
+    #[error("damaged database: {0}")]
     Corrupt(String),
+    /// The database is closed after an I/O failure, until a reopen succeeds.
+    #[error("the database is unavailable: {0}; the node reopens it once writes succeed again")]
+    Unavailable(String),
     /// A store call that did not complete (its task panicked), or an error already
     /// logged and reported again to each caller it failed.
     #[error("store call failed: {0}")]
@@ -106,80 +117,27 @@ from_redb!(
     redb::CommitError
 );
 
+impl StoreError {
+    /// What is damaged, if this error found stored data that does not check out
+    /// (ours, or redb's own checks).
+    pub fn damage(&self) -> Option<String> {
+        match self {
+            StoreError::Corrupt(what) => Some(what.clone()),
+            StoreError::Database(redb::Error::Corrupted(what)) => Some(what.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the storage failed underneath (a full disk, a failed write or fsync,
+    /// a handle closed by such a failure): what closing and reopening may cure.
+    pub fn is_io_failure(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+            || matches!(self, StoreError::Database(error) if !matches!(error, redb::Error::Corrupted(_)))
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
-}
-
-/// Entry ids by their first 8 bytes → log index. About 20 bytes of memory per entry;
-/// a hit is only a candidate until `entry_ids` confirms the full id, so prefix
-/// collisions (and entries of a commit that failed) cost a read, never a wrong answer.
-#[derive(Debug, Default)]
-struct IdMap {
-    first: HashMap<u64, u64>,
-    /// Further log indices of prefixes that occur more than once.
-    more: HashMap<u64, Vec<u64>>,
-}
-
-impl IdMap {
-    fn prefix(id: &Hash) -> u64 {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&id.0[..8]);
-        u64::from_be_bytes(bytes)
-    }
-
-    fn insert(&mut self, id: &Hash, log_index: u64) {
-        let prefix = IdMap::prefix(id);
-        if let Some(&existing) = self.first.get(&prefix) {
-            if existing != log_index {
-                self.more.entry(prefix).or_default().push(log_index);
-            }
-        } else {
-            self.first.insert(prefix, log_index);
-        }
-    }
-
-    fn remove(&mut self, id: &Hash, log_index: u64) {
-        let prefix = IdMap::prefix(id);
-        if let Some(more) = self.more.get_mut(&prefix) {
-            more.retain(|&index| index != log_index);
-            if more.is_empty() {
-                self.more.remove(&prefix);
-            }
-        }
-        if self.first.get(&prefix) == Some(&log_index) {
-            match self.more.get_mut(&prefix).and_then(Vec::pop) {
-                Some(next) => {
-                    self.first.insert(prefix, next);
-                }
-                None => {
-                    self.first.remove(&prefix);
-                }
-            }
-        }
-    }
-
-    /// The log index holding `id`, confirmed in `ids` (a table of `entry_ids`).
-    fn locate(
-        &self,
-        ids: &impl ReadableTable<u64, &'static [u8; 32]>,
-        id: &Hash,
-    ) -> Result<Option<u64>, StoreError> {
-        let prefix = IdMap::prefix(id);
-        let candidates = self
-            .first
-            .get(&prefix)
-            .into_iter()
-            .chain(self.more.get(&prefix).into_iter().flatten());
-        for &log_index in candidates {
-            if ids
-                .get(log_index)?
-                .is_some_and(|stored| stored.value() == id.as_bytes())
-            {
-                return Ok(Some(log_index));
-            }
-        }
-        Ok(None)
-    }
 }
 
 /// Where an entry sits in the chain.
@@ -210,15 +168,27 @@ impl Default for StoreOptions {
     }
 }
 
+/// Opens the database file again after an I/O failure.
+type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
 /// The ledger database of one node.
 pub struct Store {
-    database: Database,
+    /// The open database; none while it is being reopened after a failure. Every
+    /// call holds a clone only for its own duration, so a reopen finds it unshared.
+    database: RwLock<Option<Arc<Database>>>,
+    /// How to open it again after an I/O failure (none: it cannot be).
+    reopen: Option<Reopen>,
     path: PathBuf,
     spec: ChainSpec,
     chain_hash: Hash,
     genesis_hash: Hash,
     options: StoreOptions,
     ids: RwLock<IdMap>,
+    health: Health,
+    /// Commit certificates already verified, so reads check each once.
+    certificates: CertificateMemo,
+    /// The last tip read or applied, for status while the database is unavailable.
+    last_tip: std::sync::Mutex<Option<Header>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -236,7 +206,24 @@ impl Store {
     /// another chain, a newer schema, or a file that is not a ledger database.
     pub fn open(path: &Path, spec: &ChainSpec, options: StoreOptions) -> Result<Store, StoreError> {
         let database = create_file(path)?;
-        Store::from_database(database, path.to_owned(), spec, options)
+        let reopen_path = path.to_owned();
+        let store = Store::from_database(database, path.to_owned(), spec, options)?;
+        Ok(store.reopen_with(move || {
+            // The file system must take writes again before the file is touched: a
+            // database reopened on a full disk fails its next commit at once.
+            health::probe_writes(&reopen_path)?;
+            create_file(&reopen_path)
+        }))
+    }
+
+    /// Lets [`Store::recover`] reopen the database with `reopen` after an I/O
+    /// failure (tests reopen on a fault-injecting backend this way).
+    pub fn reopen_with(
+        mut self,
+        reopen: impl Fn() -> Result<Database, StoreError> + Send + Sync + 'static,
+    ) -> Store {
+        self.reopen = Some(Box::new(reopen));
+        self
     }
 
     /// Like [`Store::open`] over a database already opened by the caller, on any redb
@@ -253,13 +240,17 @@ impl Store {
         })?;
         let genesis = spec.genesis_block();
         let store = Store {
-            database,
+            database: RwLock::new(Some(Arc::new(database))),
+            reopen: None,
             path,
             spec: spec.clone(),
             chain_hash: spec.chain_hash(),
             genesis_hash: genesis.hash(),
             options,
             ids: RwLock::new(IdMap::default()),
+            health: Health::default(),
+            certificates: CertificateMemo::default(),
+            last_tip: std::sync::Mutex::new(None),
         };
         store.initialise(&genesis)?;
         // Reading the tip now turns a damaged file into an error at start-up rather
@@ -269,15 +260,30 @@ impl Store {
         Ok(store)
     }
 
-    /// Rebuilds the id map from `entry_ids`: one sequential scan.
+    /// Rebuilds the id map from `entry_ids`: one sequential scan, beside one of the
+    /// Merkle log's leaves. Each id must hash to its stored leaf: a damaged row would
+    /// otherwise make its entry unfindable, and the node would answer 404 for an
+    /// entry it committed (and take it again if resubmitted).
     fn load_ids(&self, log_size: u64) -> Result<(), StoreError> {
-        let txn = self.database.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let ids = txn.open_table(ENTRY_IDS)?;
-        let mut map = IdMap::default();
-        map.first.reserve(usize::try_from(log_size).unwrap_or(0));
-        for row in ids.iter()? {
+        let nodes = txn.open_table(MERKLE_NODES)?;
+        let mut leaves = nodes.range((0u8, 0u64)..(1u8, 0u64))?;
+        let mut map = IdMap::with_capacity(usize::try_from(log_size).unwrap_or(0));
+        for (expected, row) in (0u64..).zip(ids.iter()?) {
             let (log_index, id) = row?;
-            map.insert(&Hash(*id.value()), log_index.value());
+            let (log_index, id) = (log_index.value(), Hash(*id.value()));
+            let leaf = leaves.next().transpose()?;
+            let leaf_matches = leaf.is_some_and(|(key, leaf)| {
+                key.value() == (0, log_index) && *leaf.value() == leaf_hash(id.as_bytes()).0
+            });
+            if log_index != expected || !leaf_matches {
+                return Err(corrupt(format!(
+                    "entry index: log index {log_index} holds {id}, which is not the leaf \
+                     the Merkle log stores there"
+                )));
+            }
+            map.insert(&id, log_index);
         }
         if ids.len()? != log_size {
             return Err(corrupt(format!(
@@ -289,13 +295,84 @@ impl Store {
         Ok(())
     }
 
+    /// The open database, or why there is none.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = self.database.read().unwrap_or_else(|p| p.into_inner());
+        slot.clone().ok_or_else(|| {
+            StoreError::Unavailable(
+                self.health
+                    .failure()
+                    .unwrap_or_else(|| "it is being reopened".into()),
+            )
+        })
+    }
+
+    /// Takes note of damage or an I/O failure in `result` before returning it: every
+    /// public call goes through here, so none can slip past `/readyz`.
+    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            self.health.saw(error);
+        }
+        result
+    }
+
+    /// The I/O failure the store is in (a full disk, a failed write), until
+    /// [`Store::recover`] cures it.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// The first damage any read found since the node started. Damage is not cured
+    /// by reopening: the node stays not ready until an operator repairs it.
+    pub fn damage(&self) -> Option<String> {
+        self.health.damage()
+    }
+
+    /// How often the store failed, found damage, and recovered.
+    pub fn health(&self) -> HealthCounters {
+        self.health.counters()
+    }
+
+    /// Recovers from an I/O failure: checks that the file system takes writes again,
+    /// closes the failed handle, reopens the file (redb repairs an interrupted
+    /// commit), and rebuilds the id map from what is durable. Nothing half-applied
+    /// survives: redb keeps the last commit that completed. The engine that writes
+    /// calls this with a back-off until it succeeds.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let Some(reopen) = &self.reopen else {
+            return Err(StoreError::Unavailable(
+                "this database cannot be reopened in place; restart the node".into(),
+            ));
+        };
+        {
+            let mut slot = self.database.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(database) = slot.take() {
+                match Arc::try_unwrap(database) {
+                    // Its errors are the failure being recovered from.
+                    Ok(database) => drop(database.close()),
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Unavailable(
+                            "a read still holds the failed database; retrying".into(),
+                        ));
+                    }
+                }
+            }
+            *slot = Some(Arc::new(self.observe(reopen())?));
+        }
+        let tip = self.tip()?;
+        self.observe(self.load_ids(tip.log_size))?;
+        self.health.recovered();
+        Ok(())
+    }
+
     fn id_map(&self) -> RwLockReadGuard<'_, IdMap> {
         // The map is only ever extended or trimmed whole-entry at a time.
         self.ids.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn initialise(&self, genesis: &Block) -> Result<(), StoreError> {
-        let read = self.database.begin_read()?;
+        let read = self.db()?.begin_read()?;
         let found = read
             .open_table(META)?
             .get(META_CHAIN_HASH)?
@@ -337,7 +414,7 @@ impl Store {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.database.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_two_phase_commit(self.options.two_phase_commit);
         Ok(txn)
     }
@@ -362,147 +439,206 @@ impl Store {
         &self.path
     }
 
-    /// Header of the highest applied block.
+    /// Header of the highest applied block, its certificate verified.
     pub fn tip(&self) -> Result<Header, StoreError> {
-        let txn = self.database.begin_read()?;
-        tip_in(&txn.open_table(BLOCKS)?)
+        let tip = self.observe(self.read(|store, tables| store.checked_tip(tables)))?;
+        self.remember_tip(tip);
+        Ok(tip)
+    }
+
+    /// The last tip this store read or applied, without reading: what status shows
+    /// while the database is unavailable.
+    pub fn last_tip(&self) -> Option<Header> {
+        *self.last_tip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_tip(&self, tip: Header) {
+        let mut last = self.last_tip.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|last| last.height <= tip.height) {
+            *last = Some(tip);
+        }
     }
 
     /// The tip's header and the log's right edge at the tip, from one snapshot: what
-    /// the next block is built on.
+    /// the next block is built on. The edge must give the tip's log root.
     pub fn tip_with_log(&self) -> Result<(Header, CompactRange), StoreError> {
-        tip_and_log_in(&self.database.begin_read()?)
+        self.observe(self.read(|store, tables| {
+            let tip = store.checked_tip(tables)?;
+            let log = CompactRange::load(&StoredNodes(&tables.nodes), tip.log_size)?;
+            if log.root() != tip.log_root {
+                return Err(corrupt(format!(
+                    "block {}: the stored log does not give its log root",
+                    tip.height
+                )));
+            }
+            Ok((tip, log))
+        }))
     }
 
-    /// The block at `height`.
-    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        self.decode_at(BLOCKS, height, "block", Block::decode)
-    }
-
-    /// [`decode_in`] in a read transaction of its own.
-    fn decode_at<T>(
+    /// Runs `read` over the tables of one read transaction.
+    fn read<T>(
         &self,
-        table: redb::TableDefinition<u64, &[u8]>,
-        height: u64,
-        what: &str,
-        decode: fn(&[u8]) -> Result<T, ChainError>,
-    ) -> Result<Option<T>, StoreError> {
-        let txn = self.database.begin_read()?;
-        decode_in(&txn.open_table(table)?, height, what, decode)
+        read: impl FnOnce(&Store, &verify::Tables) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let tables = verify::Tables::open(&txn)?;
+        read(self, &tables)
     }
 
-    /// Height of the block with `hash`.
-    pub fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        let txn = self.database.begin_read()?;
-        let height = txn
-            .open_table(BLOCK_HASHES)?
-            .get(hash.as_bytes())?
-            .map(|v| v.value());
-        Ok(height)
+    /// The block at `height`, checked against the chain around it.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        self.observe(self.read(|store, tables| store.checked_block(tables, height)))
+    }
+
+    /// The block with `hash`, checked against the chain around it.
+    pub fn block_by_hash(&self, hash: &Hash) -> Result<Option<Block>, StoreError> {
+        self.observe(self.read(|store, tables| {
+            let Some(height) = tables.hashes.get(hash.as_bytes())?.map(|h| h.value()) else {
+                return Ok(None);
+            };
+            let block = store.checked_block(tables, height)?.ok_or_else(|| {
+                corrupt(format!(
+                    "the hash index puts block {hash} at height {height}, which is empty"
+                ))
+            })?;
+            if block.hash() != *hash {
+                return Err(corrupt(format!(
+                    "the hash index puts block {hash} at height {height}, which holds \
+                     block {}",
+                    block.hash()
+                )));
+            }
+            Ok(Some(block))
+        }))
+    }
+
+    /// A committed block and its certificate, both checked: what a lagging peer is
+    /// sent.
+    pub fn committed_block(
+        &self,
+        height: u64,
+    ) -> Result<Option<(Block, CommitCertificate)>, StoreError> {
+        self.observe(self.read(|store, tables| {
+            let Some(block) = store.checked_block(tables, height)? else {
+                return Ok(None);
+            };
+            let certificate = store.checked_certificate(tables, &block.header)?;
+            Ok(Some((block, certificate)))
+        }))
     }
 
     /// Where the entry `id` was committed.
     pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
-        let txn = self.database.begin_read()?;
-        location_in(&txn, &self.id_map(), id)
+        self.observe((|| {
+            let txn = self.db()?.begin_read()?;
+            location_in(&txn, &self.id_map(), id)
+        })())
     }
 
-    /// The header of the block at `height`, without decoding its entries.
+    /// The header of the block at `height`, checked against the chain around it,
+    /// without decoding its entries.
     pub fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
-        self.decode_at(BLOCKS, height, "block header", |bytes| {
-            Header::decode(bytes.get(..HEADER_LEN).unwrap_or(bytes))
-        })
+        self.observe(
+            self.read(|store, tables| {
+                store.checked_header(tables, height, verify::Anchor::Successor)
+            }),
+        )
     }
 
     /// A committed entry and its receipt (its inclusion proof under the header of its
-    /// block, and that block's certificate), read from one snapshot.
+    /// block, and that block's certificate), read from one snapshot and checked as a
+    /// client would check it.
     pub fn entry_with_receipt(&self, id: &Hash) -> Result<Option<(Entry, Receipt)>, StoreError> {
-        let txn = self.database.begin_read()?;
-        let Some(location) = location_in(&txn, &self.id_map(), id)? else {
-            return Ok(None);
-        };
-        let EntryLocation {
-            height,
-            position,
-            log_index,
-        } = location;
-        // Blocks and the index are written in one transaction: a miss is damage.
-        let damaged = |what: &str| {
-            corrupt(format!(
-                "the entry index puts {id} at log index {log_index} in block {height}, {what}"
-            ))
-        };
-        let block = decode_in(&txn.open_table(BLOCKS)?, height, "block", Block::decode)?
-            .ok_or_else(|| damaged("which is missing"))?;
-        let certificate = decode_in(
-            &txn.open_table(CERTIFICATES)?,
-            height,
-            "certificate",
-            CommitCertificate::decode,
-        )?
-        .ok_or_else(|| damaged("whose certificate is missing"))?;
-        let entry = block
-            .entries
-            .get(position as usize)
-            .filter(|entry| entry.id() == *id)
-            .cloned()
-            .ok_or_else(|| damaged("which does not hold it"))?;
-        let nodes = txn.open_table(MERKLE_NODES)?;
-        let inclusion_proof =
-            merkle::inclusion_proof(&StoredNodes(&nodes), log_index, block.header.log_size)?;
-        let receipt = Receipt {
-            entry_id: *id,
-            log_index,
-            header: block.header,
-            inclusion_proof,
-            certificate,
-        };
-        Ok(Some((entry, receipt)))
+        self.observe((|| {
+            let txn = self.db()?.begin_read()?;
+            self.checked_receipt(&txn, id)
+        })())
     }
 
     /// For each id, whether it is committed, read in one transaction (the admission
     /// stage checks a batch of submits at once).
     pub fn committed(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.database.begin_read()?;
-        let table = txn.open_table(ENTRY_IDS)?;
-        let map = self.id_map();
-        ids.iter()
-            .map(|id| Ok(map.locate(&table, id)?.is_some()))
-            .collect()
+        self.observe((|| {
+            let txn = self.db()?.begin_read()?;
+            let table = txn.open_table(ENTRY_IDS)?;
+            let map = self.id_map();
+            ids.iter()
+                .map(|id| Ok(map.locate(&table, id)?.is_some()))
+                .collect()
+        })())
     }
 
-    /// The commit certificate of the block at `height` (none for genesis).
+    /// The commit certificate of the block at `height` (none for genesis), verified.
     pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
-        self.decode_at(
-            CERTIFICATES,
-            height,
-            "certificate",
-            CommitCertificate::decode,
-        )
+        self.observe(self.read(|store, tables| {
+            if height == 0 {
+                return Ok(None);
+            }
+            match store.checked_header(tables, height, verify::Anchor::Certificate)? {
+                Some(header) => store.checked_certificate(tables, &header).map(Some),
+                None => Ok(None),
+            }
+        }))
     }
 
-    /// Inclusion proof of log leaf `log_index` in the log of `log_size` leaves.
+    /// Inclusion proof of log leaf `log_index` in the log of `log_size` leaves,
+    /// checked against the certified root at that size.
     pub fn inclusion_proof(&self, log_index: u64, log_size: u64) -> Result<Vec<Hash>, StoreError> {
-        let nodes = self.nodes_at(log_size)?;
-        merkle::inclusion_proof(&StoredNodes(&nodes), log_index, log_size)
+        self.observe(self.read(|store, tables| {
+            store.within_log(tables, log_size)?;
+            let nodes = StoredNodes(&tables.nodes);
+            let proof = merkle::inclusion_proof(&nodes, log_index, log_size)?;
+            let root = store.checked_root(tables, log_size)?;
+            let leaf = nodes.node(0, log_index)?;
+            merkle::verify_inclusion(&leaf, log_index, log_size, &proof, &root).map_err(|_| {
+                corrupt(format!(
+                    "the stored log does not prove log index {log_index} at size {log_size}"
+                ))
+            })?;
+            Ok(proof)
+        }))
     }
 
-    /// Consistency proof between two log sizes.
-    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
-        let nodes = self.nodes_at(new_size)?;
-        merkle::consistency_proof(&StoredNodes(&nodes), old_size, new_size)
+    /// The roots of the log at two sizes and the consistency proof between them, each
+    /// checked against the certified headers above them.
+    pub fn consistency(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, StoreError> {
+        self.observe(self.read(|store, tables| {
+            store.within_log(tables, new_size)?;
+            let from_root = store.checked_root(tables, old_size)?;
+            let to_root = store.checked_root(tables, new_size)?;
+            let proof = merkle::consistency_proof(&StoredNodes(&tables.nodes), old_size, new_size)?;
+            merkle::verify_consistency(old_size, new_size, &from_root, &to_root, &proof).map_err(
+                |_| {
+                    corrupt(format!(
+                        "the stored log gives no valid consistency proof from {old_size} to \
+                         {new_size}"
+                    ))
+                },
+            )?;
+            Ok(ConsistencyProof {
+                from_root,
+                to_root,
+                proof,
+            })
+        }))
     }
 
-    /// Root of the log at `log_size` (any size up to the tip's, not only block ends).
+    /// Root of the log at `log_size` (any size up to the tip's, not only block ends),
+    /// checked against the certified header above it.
     pub fn log_root(&self, log_size: u64) -> Result<Hash, StoreError> {
-        let nodes = self.nodes_at(log_size)?;
-        merkle::root_at(&StoredNodes(&nodes), log_size)
+        self.observe(self.read(|store, tables| {
+            store.within_log(tables, log_size)?;
+            store.checked_root(tables, log_size)
+        }))
     }
 
-    /// The Merkle node table of one read transaction, refusing sizes beyond the log.
-    fn nodes_at(&self, log_size: u64) -> Result<MerkleTable, StoreError> {
-        let txn = self.database.begin_read()?;
-        let tip = tip_in(&txn.open_table(BLOCKS)?)?;
+    /// Refuses sizes beyond the committed log.
+    fn within_log(&self, tables: &verify::Tables, log_size: u64) -> Result<(), StoreError> {
+        let tip = self.checked_tip(tables)?;
         if log_size > tip.log_size {
             return Err(ChainError::TreeRange(format!(
                 "log size {log_size} is beyond the committed log ({})",
@@ -510,7 +646,7 @@ impl Store {
             ))
             .into());
         }
-        Ok(txn.open_table(MERKLE_NODES)?)
+        Ok(())
     }
 
     /// Validates `block` as the next block on the current tip (DESIGN.md,
@@ -522,18 +658,20 @@ impl Store {
         required_difficulty: u32,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.database.begin_read()?;
-        let (parent, range) = tip_and_log_in(&txn)?;
-        let context = ValidationContext {
-            chain_hash: &self.chain_hash,
-            params: &self.spec.params,
-            parent: &parent,
-            required_difficulty,
-            now_ms,
-        };
-        let ids = txn.open_table(ENTRY_IDS)?;
-        validate_block(&context, block, &range, &ReadIndex(&self.id_map(), &ids))?;
-        Ok(())
+        self.observe((|| {
+            let txn = self.db()?.begin_read()?;
+            let (parent, range) = tip_and_log_in(&txn)?;
+            let context = ValidationContext {
+                chain_hash: &self.chain_hash,
+                params: &self.spec.params,
+                parent: &parent,
+                required_difficulty,
+                now_ms,
+            };
+            let ids = txn.open_table(ENTRY_IDS)?;
+            validate_block(&context, block, &range, &ReadIndex(&self.id_map(), &ids))?;
+            Ok(())
+        })())
     }
 
     /// Appends `block` and its commit certificate in one durable write transaction.
@@ -544,6 +682,16 @@ impl Store {
     /// certificate must name this block. On any error nothing is written. Returns the
     /// log nodes the block's entries touched, which prove them without a read.
     pub fn apply_block(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<AppendedNodes, StoreError> {
+        let nodes = self.observe(self.append(block, certificate))?;
+        self.remember_tip(block.header);
+        Ok(nodes)
+    }
+
+    fn append(
         &self,
         block: &Block,
         certificate: &CommitCertificate,
@@ -655,86 +803,10 @@ impl Store {
         Ok(appended)
     }
 
-    /// Re-verifies the whole chain from genesis: every block decodes, links to its
-    /// parent, meets its own difficulty, advances time, rebuilds the stored log root,
-    /// has its entries indexed and a certificate for it that verifies against the
-    /// members. Returns the tip height. For audits and crash tests; reads everything.
+    /// [`Store::check`] without progress reports: the tip's height once everything
+    /// checked out. For tests and tools that only need the verdict.
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
-        let txn = self.database.begin_read()?;
-        let blocks = txn.open_table(BLOCKS)?;
-        let entry_ids = txn.open_table(ENTRY_IDS)?;
-        let map = self.id_map();
-        let certificates = txn.open_table(CERTIFICATES)?;
-        let nodes = txn.open_table(MERKLE_NODES)?;
-        let nodes = StoredNodes(&nodes);
-        let mut range = CompactRange::new();
-        let mut parent: Option<Header> = None;
-        for (expected_height, item) in (0u64..).zip(blocks.iter()?) {
-            let (height, bytes) = item?;
-            let height = height.value();
-            let fail = |reason: String| corrupt(format!("block {height}: {reason}"));
-            let block = Block::decode(bytes.value()).map_err(|error| fail(error.to_string()))?;
-            let header = &block.header;
-            if height != expected_height || header.height != height {
-                return Err(fail(format!(
-                    "stored out of order (expected {expected_height})"
-                )));
-            }
-            match &parent {
-                None if *header != self.spec.genesis_block().header => {
-                    return Err(fail("is not this chain's genesis block".into()));
-                }
-                None => {}
-                Some(parent) => {
-                    if header.prev_hash != parent.hash()
-                        || header.timestamp_ms <= parent.timestamp_ms
-                        || !header.meets_difficulty()
-                        || header.chain_hash != self.chain_hash
-                    {
-                        return Err(fail("does not extend its parent validly".into()));
-                    }
-                    let certificate = certificates
-                        .get(height)?
-                        .ok_or_else(|| fail("has no commit certificate".into()))?;
-                    CommitCertificate::decode(certificate.value())
-                        .and_then(|certificate| {
-                            certificate.verify(
-                                &self.chain_hash,
-                                &self.spec.members,
-                                height,
-                                &header.hash(),
-                            )
-                        })
-                        .map_err(|error| fail(error.to_string()))?;
-                }
-            }
-            for (position, entry) in block.entries.iter().enumerate() {
-                let id = entry.id();
-                let log_index = range.size();
-                let indexed = location_in(&txn, &map, &id)?;
-                let expected = EntryLocation {
-                    height,
-                    position: position as u32,
-                    log_index,
-                };
-                if indexed != Some(expected) {
-                    return Err(fail(format!("entry {id} is not indexed at its position")));
-                }
-                range.append(leaf_hash(id.as_bytes()), |_, _, _| {});
-            }
-            if range.root() != header.log_root || range.size() != header.log_size {
-                return Err(fail("log root does not match its entries".into()));
-            }
-            if merkle::root_at(&nodes, header.log_size)? != header.log_root {
-                return Err(fail("stored Merkle nodes do not match the log root".into()));
-            }
-            parent = Some(block.header);
-        }
-        let tip = parent.ok_or_else(|| corrupt("no genesis block"))?;
-        if entry_ids.len()? != tip.log_size {
-            return Err(corrupt("entry index holds entries outside the chain"));
-        }
-        Ok(tip.height)
+        self.check(&mut |_| {}).map(|report| report.tip)
     }
 }
 
@@ -798,22 +870,6 @@ impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
             .map(|found| found.is_some())
             .map_err(|error| ChainError::Lookup(error.to_string()))
     }
-}
-
-/// Reads and decodes the value at `height` of a height-keyed table; a value that does
-/// not decode is corruption, reported with `what` and the height.
-fn decode_in<T>(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    height: u64,
-    what: &str,
-    decode: fn(&[u8]) -> Result<T, ChainError>,
-) -> Result<Option<T>, StoreError> {
-    let Some(bytes) = table.get(height)? else {
-        return Ok(None);
-    };
-    decode(bytes.value())
-        .map(Some)
-        .map_err(|error| corrupt(format!("{what} {height}: {error}")))
 }
 
 /// Where `id` sits, read in `txn`.

@@ -1,0 +1,275 @@
+//! What the multi-process tests share: running `ledgerd` and `ledgerctl` as an
+//! operator does, on free loopback ports, every wait bounded, every process stopped.
+// Each test binary uses its own part of this.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
+pub const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+
+/// Where test nodes listen: below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection, of this test or another, takes a node's
+/// port while the node is down for a restart.
+const PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// The next candidate port; each test binary starts at its own offset.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A free port whose next one is free too: a one-node layout's API and peer ports.
+pub fn free_port() -> u16 {
+    free_ports(2)
+}
+
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap()
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `ledgerctl verify FILE --genesis GENESIS`.
+pub fn verify(file: &Path, genesis: &Path) -> Output {
+    Command::new(LEDGERCTL)
+        .arg("verify")
+        .arg(file)
+        .arg("--genesis")
+        .arg(genesis)
+        .output()
+        .unwrap()
+}
+
+/// A running `ledgerd`, killed if the test fails before stopping it.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Daemon {
+    /// `ledgerd run --config CONFIG` with `env` added, not waited for.
+    pub fn spawn(config: &Path, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        let child = Command::new(LEDGERD)
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Spawns the node and waits (bounded) until its API answers; if it does not,
+    /// the panic shows the node's log.
+    pub fn start(config: &Path, port: u16) -> Daemon {
+        let mut daemon = Daemon::spawn(config, port, &[]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = run(LEDGERCTL, &["--node", &daemon.url, "status"]);
+            if ready.status.success() {
+                return daemon;
+            }
+            let exited = daemon.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let _ = daemon.child.kill();
+                let mut log = String::new();
+                if let Some(mut stderr) = daemon.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = stderr.read_to_string(&mut log);
+                }
+                panic!(
+                    "ledgerd did not become ready ({exited:?}): {}\n{log}",
+                    text(&ready)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--node", &self.url];
+        all.extend_from_slice(args);
+        run(LEDGERCTL, &all)
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut log = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
+                assert!(status.success(), "ledgerd exited with {status}: {log}");
+                return log;
+            }
+            assert!(Instant::now() < deadline, "ledgerd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A base port with `count` free ports from it (bounded tries).
+pub fn free_ports(count: u16) -> u16 {
+    use std::sync::atomic::Ordering;
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7919) % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..500 {
+        let offset = NEXT_PORT.fetch_add(u32::from(count), Ordering::Relaxed) % span;
+        let base = PORTS.start + offset as u16;
+        if base + count > PORTS.end {
+            continue;
+        }
+        let all_free =
+            (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no run of {count} free ports found");
+}
+
+pub fn node(daemons: &[Option<Daemon>], i: usize) -> &Daemon {
+    daemons[i].as_ref().expect("running")
+}
+
+pub fn status(daemon: &Daemon) -> serde_json::Value {
+    let output = daemon.ctl(&["status"]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `ledgerd dev init --nodes N` under `dir` at difficulty 8, on free ports: the
+/// config paths and the base port (node i serves its API on base + 2i and its
+/// peers on base + 2i + 1).
+pub fn layout(dir: &Path, nodes: usize) -> (Vec<PathBuf>, u16) {
+    let base = free_ports(2 * nodes as u16);
+    let output = run(
+        LEDGERD,
+        &[
+            "dev",
+            "init",
+            "--nodes",
+            &nodes.to_string(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--base-port",
+            &base.to_string(),
+            "--difficulty",
+            "8",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let configs = (0..nodes)
+        .map(|i| dir.join(format!("node{i}/ledgerd.toml")))
+        .collect();
+    (configs, base)
+}
+
+/// `ledgerd run` on every config of a layout, each waited for until it answers.
+pub fn start_all(configs: &[PathBuf], base: u16) -> Vec<Option<Daemon>> {
+    (0..configs.len())
+        .map(|i| Some(Daemon::start(&configs[i], base + 2 * i as u16)))
+        .collect()
+}
+
+/// Stops every running node with SIGTERM, in order; their logs.
+pub fn stop_all(daemons: &mut [Option<Daemon>]) -> Vec<String> {
+    daemons
+        .iter_mut()
+        .filter_map(Option::take)
+        .map(Daemon::stop)
+        .collect()
+}
+
+/// Four `ledgerd run` processes on a fresh `ledgerd dev init --nodes 4` layout under
+/// `dir`: their config paths, the base port and the running daemons.
+pub fn start_cluster(dir: &Path) -> (Vec<PathBuf>, u16, Vec<Option<Daemon>>) {
+    let (configs, base) = layout(dir, 4);
+    let daemons = start_all(&configs, base);
+    (configs, base, daemons)
+}
+
+/// Waits (bounded) until every running node has the same tip at `height` or above.
+pub fn converge(daemons: &[Option<Daemon>], height: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tips: Vec<serde_json::Value> = daemons
+            .iter()
+            .flatten()
+            .map(|daemon| status(daemon)["tip_hash"].clone())
+            .collect();
+        let heights: Vec<u64> = daemons
+            .iter()
+            .flatten()
+            .map(|daemon| status(daemon)["height"].as_u64().unwrap())
+            .collect();
+        if tips.iter().all(|tip| *tip == tips[0]) && heights.iter().all(|h| *h >= height) {
+            return tips[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no common tip: {heights:?} {tips:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One HTTP request: the status (0 when no answer came) and the body as JSON (null
+/// when it is not JSON).
+pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let response = match method {
+        "POST" => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body.unwrap_or("")),
+        _ => agent.get(url).call(),
+    };
+    match response {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or_default())
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
