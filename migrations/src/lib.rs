@@ -158,7 +158,7 @@ fn db<E: Into<redb::Error>>(error: E) -> MigrationError {
 }
 
 /// The schema version of `database`: 0 for a new, empty file.
-pub fn schema_version(database: &Database) -> Result<u32, MigrationError> {
+pub fn schema_version(database: &impl ReadableDatabase) -> Result<u32, MigrationError> {
     let txn = database.begin_read().map_err(db)?;
     let tables: Vec<String> = txn
         .list_tables()

@@ -33,11 +33,11 @@ use crate::consensus::{
 };
 use crate::metrics::Metrics;
 use crate::net::{Inbound, PeerState, Transport, Wire};
-use crate::node::{hand_out_receipts, lock, now_ms, RECOVER_FIRST, RECOVER_LAST};
+use crate::node::{hand_out_receipts, lock, now_ms};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
-use crate::throttle::Throttle;
+use crate::throttle::{Backoff, Throttle};
 
 /// Events queued for the driver before submits are refused.
 const EVENT_CAPACITY: usize = 65_536;
@@ -199,6 +199,7 @@ impl Cluster {
             waiters: HashMap::new(),
             persist: Vec::new(),
             held: Vec::new(),
+            recovery: crate::storage::recovery_backoff(),
             mining: None,
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
@@ -301,6 +302,14 @@ impl Drop for Cluster {
 /// applied tip and the blocks applied above the stable checkpoint.
 fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
     let durable = store.durable()?;
+    // The stable checkpoint goes into every VIEW-CHANGE this replica sends: check it
+    // as the others will.
+    if let Err(invalid) = config.verifier.check_checkpoint(&durable.stable) {
+        return Err(StoreError::Corrupt(format!(
+            "the stable checkpoint at height {}: {invalid}",
+            durable.stable.height
+        )));
+    }
     let (header, log) = store.tip_with_log()?;
     let mut applied = Vec::new();
     for height in durable.stable.height + 1..=header.height {
@@ -335,6 +344,8 @@ struct Driver {
     persist: Vec<Record>,
     /// Entries submitted while the database was failing, for the rebuilt replica.
     held: Vec<Entry>,
+    /// Spaces the attempts to reopen a failed database.
+    recovery: Backoff,
     mining: Option<Arc<AtomicBool>>,
     /// The peer the next catch-up request goes to (rotating over members).
     next_peer: usize,
@@ -346,10 +357,17 @@ impl Driver {
     fn run(mut self, queue: Receiver<Event>) {
         while let Err(error) = self.drive(&queue) {
             self.cancel_mining();
+            let what = if error.is_io_failure() {
+                "the database failed"
+            } else if error.damage().is_some() {
+                "the database is damaged"
+            } else {
+                "the store refused a step"
+            };
             tracing::error!(
                 %error,
-                "consensus paused: the database failed; it is reopened and the replica \
-                 rebuilt from what is durable"
+                "consensus paused: {what}; the replica is rebuilt from what is durable \
+                 once the database serves again"
             );
             if !self.recover(&queue) {
                 break;
@@ -373,6 +391,12 @@ impl Driver {
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + self.settings.tick;
+                // A failure any read noticed (serving a peer, the API) stops the
+                // replica too: its next write would fail, and it must not speak
+                // on state it could not keep.
+                if let Some(failure) = self.store.failure() {
+                    return Err(StoreError::Unavailable(failure));
+                }
                 self.step(Input::Tick { now_ms: now_ms() })?;
             }
         }
@@ -389,9 +413,8 @@ impl Driver {
     /// Meanwhile frames are dropped (peers resend what matters) and new submits are
     /// refused by the node, which sees the store's failure.
     fn recover(&mut self, queue: &Receiver<Event>) -> bool {
-        let mut backoff = RECOVER_FIRST;
         loop {
-            let until = Instant::now() + backoff;
+            let until = Instant::now() + self.recovery.wait();
             while let Some(wait) = until.checked_duration_since(Instant::now()) {
                 if self.halt.load(Ordering::Relaxed) {
                     return false;
@@ -410,7 +433,6 @@ impl Driver {
                     Ok(Event::Cut | Event::Mined(_)) | Err(RecvTimeoutError::Timeout) => {}
                 }
             }
-            backoff = (backoff * 2).min(RECOVER_LAST);
             // Each failed attempt is logged by the store, at a bounded rate.
             if self.store.failure().is_some() && self.store.recover().is_err() {
                 continue;
@@ -444,6 +466,7 @@ impl Driver {
                 self.held = held.split_off(failed);
                 continue;
             }
+            self.recovery.succeeded();
             tracing::info!(
                 height = self.replica.height(),
                 view = self.replica.view(),
@@ -690,7 +713,7 @@ impl Driver {
         }
         if let Some(suppressed) = self.drop_warnings.allow((reason, from)) {
             let sender =
-                from.map_or_else(|| "a catch-up peer".to_owned(), |m| format!("member {m}"));
+                from.map_or_else(|| "an unnamed sender".to_owned(), |m| format!("member {m}"));
             match error {
                 Some(error) => tracing::warn!(
                     from = %sender, kind, reason = reason.name(), rule = %error, suppressed,

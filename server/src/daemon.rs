@@ -99,19 +99,15 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
 #[derive(Clone, Debug)]
 pub enum Verdict {
     /// Everything checked out.
-    Clean {
-        /// What was checked.
-        report: CheckReport,
-        /// redb found damage in its own page structures and repaired it first.
-        repaired: bool,
-    },
+    Clean(CheckReport),
     /// Damage, and what it is.
     Damaged(String),
 }
 
-/// Checks the database of `config` offline (the node must not be running): redb's
-/// own page checksums first, then everything the ledger stores ([`Store::check`]).
-/// An error means the check could not run (no database, a running node holds it).
+/// Checks the database of `config` offline, without changing a byte of it (the
+/// node must not be running, and the file must have been closed cleanly): every
+/// block, link, proof of work, certificate, entry, index row and Merkle node
+/// ([`Store::check`]). An error means the check could not run.
 pub fn check_database(
     config: &NodeConfig,
     progress: &mut dyn FnMut(&CheckProgress),
@@ -121,46 +117,33 @@ pub fn check_database(
     if !path.exists() {
         bail!("{}: no database here", path.display());
     }
-    let damaged = |error: &redb::DatabaseError| match error {
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
-            Some(Verdict::Damaged(format!("redb: {what}")))
+    let store = match Store::open_read_only(&path, &spec) {
+        Ok(store) => store,
+        Err(error) if error.damage().is_some() => return Ok(Verdict::Damaged(error.to_string())),
+        Err(error) => {
+            return Err(error).with_context(|| {
+                "the file must be closed cleanly to be checked as it is: stop the node \
+                 (or start it once, which lets redb recover an unclean shutdown), or \
+                 check a copy"
+            })
         }
-        _ => None,
     };
-    let mut database = match redb::Database::builder().open(&path) {
-        Ok(database) => database,
-        Err(error) => match damaged(&error) {
-            Some(verdict) => return Ok(verdict),
-            None => return Err(error).with_context(|| format!("opening {}", path.display())),
-        },
-    };
-    let clean = match database.check_integrity() {
-        Ok(clean) => clean,
-        Err(error) => match damaged(&error) {
-            Some(verdict) => return Ok(verdict),
-            None => return Err(error).with_context(|| format!("checking {}", path.display())),
-        },
-    };
-    let pending =
-        ledger_migrations::pending(&database).with_context(|| path.display().to_string())?;
-    if !pending.is_empty() {
-        bail!(
-            "{}: a schema upgrade is pending; run `ledgerd migrate` first",
-            path.display()
-        );
-    }
-    let options = StoreOptions {
-        two_phase_commit: config.two_phase_commit,
-    };
-    let checked = Store::from_database(database, path.clone(), &spec, options)
-        .and_then(|store| store.check(progress));
+    // redb makes no promise not to panic on pages damaged outside it.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.check(progress)));
     match checked {
-        Ok(report) => Ok(Verdict::Clean {
-            report,
-            repaired: !clean,
-        }),
-        Err(error) if error.damage().is_some() => Ok(Verdict::Damaged(error.to_string())),
-        Err(error) => Err(error.into()),
+        Ok(Ok(report)) => Ok(Verdict::Clean(report)),
+        Ok(Err(error)) if error.damage().is_some() => Ok(Verdict::Damaged(error.to_string())),
+        Ok(Err(error)) => Err(error.into()),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Ok(Verdict::Damaged(format!(
+                "redb could not read its own pages: {message}"
+            )))
+        }
     }
 }
 
@@ -261,10 +244,15 @@ pub async fn run(
     check: bool,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if check && config.database_path().exists() {
-        let checked = config.clone();
-        let verdict = tokio::task::spawn_blocking(move || {
-            check_database(&checked, &mut |progress| {
+    let (store, key) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || open(&config)
+    })
+    .await??;
+    if check {
+        let checked = Arc::clone(&store);
+        let report = tokio::task::spawn_blocking(move || {
+            checked.check(&mut |progress| {
                 tracing::info!(
                     height = progress.height,
                     tip = progress.tip,
@@ -274,27 +262,20 @@ pub async fn run(
             })
         })
         .await?
-        .with_context(|| format!("{}: the database check could not run", path.display()))?;
-        match verdict {
-            Verdict::Clean { report, repaired } => tracing::info!(
-                blocks = report.tip + 1,
-                entries = report.entries,
-                repaired,
-                "the database checked out"
+        .map_err(|error| match error.damage() {
+            Some(_) => anyhow::anyhow!(
+                "{}: {error}; move the data directory aside and start again to rejoin from \
+                 the peers (README, \"Recovering a damaged database\")",
+                store.path().display()
             ),
-            Verdict::Damaged(damage) => bail!(
-                "{}: the database is damaged: {damage}; move the data directory aside and \
-                 start again to rejoin from the peers (README, \"Recovering a damaged \
-                 database\")",
-                config.database_path().display()
-            ),
-        }
+            None => anyhow::Error::new(error),
+        })?;
+        tracing::info!(
+            blocks = report.tip + 1,
+            entries = report.entries,
+            "the database checked out"
+        );
     }
-    let (store, key) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || open(&config)
-    })
-    .await??;
     let tip = store.tip()?;
     let settings = NodeSettings {
         max_block_entries: config.max_block_entries as usize,

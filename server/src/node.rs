@@ -36,9 +36,9 @@ use crate::storage::{Store, StoreError};
 
 /// How long `POST /mine` in a cluster waits for the block.
 const CUT_WAIT: Duration = Duration::from_secs(30);
-/// The first and the longest wait between attempts to reopen a failed database.
-pub(crate) const RECOVER_FIRST: Duration = Duration::from_millis(100);
-pub(crate) const RECOVER_LAST: Duration = Duration::from_secs(5);
+/// How often an idle producer looks at the store, so a failure a read noticed is
+/// recovered from without waiting for a submit (submits are refused meanwhile).
+const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// Tuning of the pool and the block producer.
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +201,8 @@ pub struct Node {
     cluster: std::sync::OnceLock<Cluster>,
     /// Validation plugins, when the config lists any.
     plugins: std::sync::OnceLock<Arc<Plugins>>,
+    /// Spaces the producer's attempts to reopen a failed database.
+    recovery: Mutex<crate::throttle::Backoff>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -247,6 +249,7 @@ impl Node {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             metrics: Arc::default(),
+            recovery: Mutex::new(crate::storage::recovery_backoff()),
         }
     }
 
@@ -708,19 +711,19 @@ impl Node {
         &self,
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> bool {
-        let mut backoff = RECOVER_FIRST;
         loop {
+            let wait = lock(&self.recovery).wait();
             tokio::select! {
                 _ = shutdown.as_mut() => return false,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             let store = Arc::clone(&self.store);
             // Each failed attempt is logged by the store, at a bounded rate.
             if blocking(move || store.recover()).await.is_ok() {
+                lock(&self.recovery).succeeded();
                 tracing::info!("block production resumes");
                 return true;
             }
-            backoff = (backoff * 2).min(RECOVER_LAST);
         }
     }
 
@@ -762,7 +765,10 @@ impl Node {
                 }
             }
             None => {
-                self.wake.notified().await;
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_LOOK) => {}
+                }
                 false
             }
         }
@@ -964,15 +970,20 @@ impl Node {
             }
         };
         // Whoever still waits on a dropped entry (its block failed, or the entry was
-        // found committed already) is told by the channel closing.
+        // found committed already, as when a commit that reported an error reached
+        // the disk anyway) is told by the channel closing; the answer tells the client
+        // to look the entry up.
         for id in ids.iter().filter(|id| !kept.contains(id)) {
             pool.waiters.remove(id);
         }
-        if let Some(oldest) = requeue.iter().map(|pending| pending.accepted_at).min() {
-            for pending in requeue.into_iter().rev() {
-                pool.queue.push_front(pending);
-            }
-            pool.first_pending_at = Some(pool.first_pending_at.map_or(oldest, |t| t.min(oldest)));
+        if !requeue.is_empty() {
+            // Back in arrival order: a block mined on a failed one hands its entries
+            // back after its parent did.
+            let mut queue: Vec<Pending> = requeue;
+            queue.extend(pool.queue.drain(..));
+            queue.sort_by_key(|pending| pending.accepted_at);
+            pool.queue = queue.into();
+            pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
             self.metrics
                 .pool_size
                 .store(pool.queue.len() as u64, Ordering::Relaxed);

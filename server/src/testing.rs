@@ -1,9 +1,10 @@
 //! Builders of valid chains for tests, benches and the fixture generator: deterministic
 //! keys, a genesis spec over them, mined blocks and commit certificates signed by every
-//! member. Nothing here is used by a running node.
+//! member; and a disk that fails on demand. Nothing here is used by a running node.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signer, SigningKey};
 
@@ -112,4 +113,77 @@ pub fn entries(tag: u64, count: usize, size: usize) -> Vec<Entry> {
             Entry::new(data)
         })
         .collect()
+}
+
+/// An in-memory disk for redb that refuses writes while `failing_writes` is set (a
+/// full or dying disk) and reads while `failing_reads` is: clones share the bytes
+/// and the switches, so a test can reopen a database on it and fail it at will.
+#[derive(Debug, Clone, Default)]
+pub struct FailingDisk {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    /// Writes, resizes and syncs fail while set.
+    pub failing_writes: Arc<AtomicBool>,
+    /// Reads fail while set.
+    pub failing_reads: Arc<AtomicBool>,
+}
+
+impl FailingDisk {
+    fn refuse(switch: &AtomicBool) -> std::io::Result<()> {
+        if switch.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new redb database on this disk (a second one opens what the first wrote).
+    pub fn database(&self) -> Result<redb::Database, redb::DatabaseError> {
+        redb::Database::builder().create_with_backend(self.clone())
+    }
+}
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.bytes().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        FailingDisk::refuse(&self.failing_reads)?;
+        let bytes = self.bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let found = start
+            .checked_add(out.len())
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end")
+            })?;
+        out.copy_from_slice(found);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        FailingDisk::refuse(&self.failing_writes)?;
+        self.bytes()
+            .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        FailingDisk::refuse(&self.failing_writes)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        FailingDisk::refuse(&self.failing_writes)?;
+        let mut bytes = self.bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(data.len());
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[start..end].copy_from_slice(data);
+        Ok(())
+    }
 }

@@ -1,5 +1,7 @@
-//! Log lines that would repeat without end (a peer sending bad blocks, a disk that
-//! stays full), let through at a bounded rate with a count of what was held back.
+//! Things that would repeat without end (a peer sending bad blocks, a disk that stays
+//! full): log lines let through at a bounded rate with a count of what was held
+//! back, and retries spaced by a back-off that does not forget a failure that
+//! returns.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -28,6 +30,11 @@ impl<K: Hash + Eq> Throttle<K> {
         self.allow_at(key, Instant::now())
     }
 
+    /// Forgets every key: the next event of each is let through.
+    pub fn reset(&mut self) {
+        self.last.clear();
+    }
+
     fn allow_at(&mut self, key: K, now: Instant) -> Option<u64> {
         match self.last.get_mut(&key) {
             Some((at, held)) if now.duration_since(*at) < self.every => {
@@ -43,6 +50,51 @@ impl<K: Hash + Eq> Throttle<K> {
                 Some(0)
             }
         }
+    }
+}
+
+/// Waits between attempts that keep failing: doubling from `first` up to `last`,
+/// and back to `first` only once attempts have succeeded for `settled`.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    last: Duration,
+    settled: Duration,
+    next: Duration,
+    succeeded_at: Option<Instant>,
+}
+
+impl Backoff {
+    /// A back-off from `first` to `last`, reset after `settled` without failures.
+    pub fn new(first: Duration, last: Duration, settled: Duration) -> Backoff {
+        Backoff {
+            first,
+            last,
+            settled,
+            next: first,
+            succeeded_at: None,
+        }
+    }
+
+    /// How long to wait before the next attempt of a run of failures. A run that starts
+    /// soon after the last success takes up where the one before left off, so a
+    /// failure that comes back at once is not retried at the fastest rate forever.
+    pub fn wait(&mut self) -> Duration {
+        if self
+            .succeeded_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= self.settled)
+        {
+            self.next = self.first;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.last);
+        wait
+    }
+
+    /// An attempt succeeded.
+    pub fn succeeded(&mut self) {
+        self.succeeded_at = Some(Instant::now());
     }
 }
 
@@ -69,5 +121,20 @@ mod tests {
             throttle.allow_at("a", start + Duration::from_secs(11)),
             None
         );
+    }
+
+    #[test]
+    fn a_backoff_doubles_and_resumes_where_it_was_after_a_short_success() {
+        let ms = Duration::from_millis;
+        let mut backoff = Backoff::new(ms(100), ms(500), Duration::from_secs(3600));
+        let waits: Vec<_> = (0..5).map(|_| backoff.wait()).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        backoff.succeeded();
+        assert_eq!(backoff.wait(), ms(500));
+        let mut settled = Backoff::new(ms(100), ms(500), Duration::ZERO);
+        settled.wait();
+        settled.wait();
+        settled.succeeded();
+        assert_eq!(settled.wait(), ms(100));
     }
 }

@@ -839,3 +839,75 @@ async fn blocks_mined_while_their_parent_applies_chain_onto_it() {
     assert_eq!(test.node.store().verify_chain().unwrap(), tip);
     test.stop().await;
 }
+
+/// An empty block (`POST /mine`) that fails to apply hands nothing back to wake the
+/// producer, and submits are refused while the database fails: an idle producer
+/// still notices the failure, reopens the database once the disk takes writes, and
+/// serves again with nobody submitting.
+#[tokio::test]
+async fn an_idle_node_recovers_a_failed_database_by_itself() {
+    use ledger::testing::FailingDisk;
+    use std::sync::atomic::Ordering;
+
+    let disk = FailingDisk::default();
+    let reopened = disk.clone();
+    let spec = spec(&[key(1)], DIFFICULTY);
+    let store = Store::from_database(
+        disk.database().unwrap(),
+        "memory".into(),
+        &spec,
+        StoreOptions::default(),
+    )
+    .unwrap()
+    .reopen_with(move || {
+        reopened
+            .database()
+            .map_err(|error| ledger::storage::StoreError::Unavailable(error.to_string()))
+    });
+    let node = Arc::new(Node::new(
+        Arc::new(store),
+        key(1),
+        settings(10, Duration::from_millis(5), 100),
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let producer = tokio::spawn(Arc::clone(&node).run(async {
+        let _ = stopped.await;
+    }));
+    let test = TestNode {
+        _dir: tempfile::tempdir().unwrap(),
+        node,
+        stop: Some(stop),
+        producer: Some(producer),
+    };
+    let router = test.router();
+    assert_eq!(post(&router, "/mine", None).await.0, StatusCode::OK);
+
+    disk.failing_writes.store(true, Ordering::Relaxed);
+    let (status, body, _) = post(&router, "/mine", None).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "mine_failed")
+    );
+    let (status, body, _) = get(&router, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json::<ErrorBody>(&body).message.contains("database failed"));
+    let (status, body, _) = post(&router, "/v1/entries", Some(json!({"data": "now"}))).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+
+    disk.failing_writes.store(false, Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&router, "/readyz").await.0 != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body, _) = post(&router, "/mine", None).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(test.node.store().verify_chain().unwrap(), 2);
+    test.stop().await;
+}

@@ -119,6 +119,11 @@ fn route_through(configs: &[PathBuf], base: u16, address: impl Fn(usize, usize) 
     }
 }
 
+/// `ledgerd check --config CONFIG`.
+fn check_offline(config: &Path) -> std::process::Output {
+    run(LEDGERD, &["check", "--config", config.to_str().unwrap()])
+}
+
 fn height(daemon: &Daemon) -> u64 {
     status(daemon)["height"].as_u64().unwrap()
 }
@@ -336,12 +341,16 @@ fn a_damaged_database_is_refused_then_recovered_from_the_peers() {
     );
     let log = damaged.stop();
     assert_eq!(lines_with(&log, "the database is damaged"), 2, "{log}");
-    let check = run(
-        LEDGERD,
-        &["check", "--config", configs[3].to_str().unwrap()],
-    );
+    // The check reports the damage and leaves the file as it found it (the copy an
+    // operator keeps for a post-mortem).
+    let before = std::fs::read(&database).unwrap();
+    let check = check_offline(&configs[3]);
     assert_eq!(check.status.code(), Some(1), "{}", text(&check));
     assert!(text(&check).contains("DAMAGED"), "{}", text(&check));
+    assert!(
+        std::fs::read(&database).unwrap() == before,
+        "the check changed the file"
+    );
 
     // Then 200 bits flip at seeded places anywhere past the first pages: started on
     // that, if it starts at all, it serves nothing wrong.
@@ -387,10 +396,7 @@ fn a_damaged_database_is_refused_then_recovered_from_the_peers() {
         );
     }
     stop_all(&mut daemons);
-    let check = run(
-        LEDGERD,
-        &["check", "--config", configs[3].to_str().unwrap()],
-    );
+    let check = check_offline(&configs[3]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
 }
 
@@ -546,11 +552,8 @@ fn a_full_disk_is_refused_then_recovered_without_a_restart() {
         lines_with(&log, "the database is still failing") <= 2,
         "{log}"
     );
-    assert_eq!(lines_with(&log, "takes writes again"), 1, "{log}");
-    let check = run(
-        LEDGERD,
-        &["check", "--config", configs[0].to_str().unwrap()],
-    );
+    assert!(lines_with(&log, "takes writes again") >= 1, "{log}");
+    let check = check_offline(&configs[0]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
     drop(disk);
 }
@@ -591,7 +594,11 @@ fn a_cluster_member_with_a_full_disk_recovers_without_a_restart() {
         assert_eq!((code, entry["status"].as_str()), (200, Some("committed")));
     }
     let logs = stop_all(&mut daemons);
-    assert_eq!(lines_with(&logs[3], "consensus resumes"), 1, "{}", logs[3]);
+    assert!(
+        lines_with(&logs[3], "consensus resumes") >= 1,
+        "{}",
+        logs[3]
+    );
     drop(disk);
 }
 

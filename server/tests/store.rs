@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use ledger::chain::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use ledger::chain::{Block, ChainError, ChainSpec, Entry, Hash};
 use ledger::storage::{Store, StoreError, StoreOptions};
-use ledger::testing::{certify, entries, key, next_block, spec};
+use ledger::testing::{certify, entries, key, next_block, spec, FailingDisk};
 
 const DIFFICULTY: u32 = 4;
 
@@ -752,58 +752,21 @@ fn the_full_check_finds_every_kind_of_damage() {
     assert!(refused.to_string().contains("entry index"), "{refused}");
 }
 
-/// A disk that takes no writes while `failing` is set, as a full disk or a dying
-/// one refuses them; reads still work.
-#[derive(Debug, Clone, Default)]
-struct FailingDisk {
-    bytes: Arc<Mutex<Vec<u8>>>,
-    failing: Arc<AtomicBool>,
-}
-
-impl FailingDisk {
-    fn refuse(&self) -> std::io::Result<()> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for FailingDisk {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.bytes.lock().unwrap().len() as u64)
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let bytes = self.bytes.lock().unwrap();
-        let start = offset as usize;
-        let found = bytes.get(start..start + out.len()).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end")
-        })?;
-        out.copy_from_slice(found);
-        Ok(())
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.refuse()?;
-        self.bytes.lock().unwrap().resize(len as usize, 0);
-        Ok(())
-    }
-
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.refuse()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.refuse()?;
-        let mut bytes = self.bytes.lock().unwrap();
-        let end = offset as usize + data.len();
-        if bytes.len() < end {
-            bytes.resize(end, 0);
-        }
-        bytes[offset as usize..end].copy_from_slice(data);
-        Ok(())
-    }
+/// A store on `disk` that reopens on it.
+fn failing_store(disk: &FailingDisk, spec: &ChainSpec) -> Store {
+    let reopened = disk.clone();
+    Store::from_database(
+        disk.database().unwrap(),
+        "memory".into(),
+        spec,
+        StoreOptions::default(),
+    )
+    .unwrap()
+    .reopen_with(move || {
+        reopened
+            .database()
+            .map_err(|error| StoreError::Unavailable(error.to_string()))
+    })
 }
 
 /// A write that fails puts the store in an I/O failure (reported, counted, every
@@ -815,23 +778,13 @@ fn an_io_failure_is_reported_and_a_reopen_cures_it() {
     let keys = members();
     let spec = spec(&keys, DIFFICULTY);
     let disk = FailingDisk::default();
-    let database = redb::Database::builder()
-        .create_with_backend(disk.clone())
-        .unwrap();
-    let reopened = disk.clone();
-    let store = Store::from_database(database, "memory".into(), &spec, StoreOptions::default())
-        .unwrap()
-        .reopen_with(move || {
-            redb::Database::builder()
-                .create_with_backend(reopened.clone())
-                .map_err(|error| StoreError::Unavailable(error.to_string()))
-        });
+    let store = failing_store(&disk, &spec);
     append(&store, &keys, entries(1, 3, 40));
     let (tip, log) = store.tip_with_log().unwrap();
     let block = next_block(&tip, &log, entries(2, 3, 40), DIFFICULTY);
     let certificate = certify(&keys[..3], &block);
 
-    disk.failing.store(true, Ordering::Relaxed);
+    disk.failing_writes.store(true, Ordering::Relaxed);
     let error = store.apply_block(&block, &certificate).unwrap_err();
     assert!(error.is_io_failure(), "{error}");
     assert!(store.failure().is_some());
@@ -843,11 +796,42 @@ fn an_io_failure_is_reported_and_a_reopen_cures_it() {
         "recovered while the disk still fails"
     );
 
-    disk.failing.store(false, Ordering::Relaxed);
+    disk.failing_writes.store(false, Ordering::Relaxed);
     store.recover().unwrap();
     assert_eq!(store.failure(), None);
     assert_eq!(store.health().recoveries, 1);
     assert_eq!(store.tip().unwrap(), tip);
     store.apply_block(&block, &certificate).unwrap();
     assert_eq!(store.verify_chain().unwrap(), 2);
+}
+
+/// What a write builds on is checked like any read: a stored log that does not give
+/// the tip's root makes the next apply fail as damage, not as a block the caller
+/// got wrong.
+#[test]
+fn damage_under_the_tip_fails_the_next_apply_as_damage() {
+    use ledger_migrations::schema::MERKLE_NODES;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = members();
+    // Nine entries: the log's right edge is the nodes (3, 0) and (0, 8).
+    let store = damaged(&dir.path().join("edge.redb"), |write, _| {
+        let mut table = write.open_table(MERKLE_NODES).unwrap();
+        table.insert((3u8, 0u64), &[7u8; 32]).unwrap();
+    })
+    .unwrap();
+    let tip = store.tip().unwrap();
+    let error = store.tip_with_log().unwrap_err();
+    assert!(error.damage().is_some(), "{error}");
+    // The true log, rebuilt from the entries `damaged` committed.
+    let mut log = ledger::chain::CompactRange::new();
+    for round in 0..3 {
+        for entry in entries(round, 3, 40) {
+            log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+        }
+    }
+    let block = next_block(&tip, &log, entries(9, 1, 40), DIFFICULTY);
+    let error = store
+        .apply_block(&block, &certify(&keys[..3], &block))
+        .unwrap_err();
+    assert!(error.damage().is_some(), "{error}");
 }

@@ -43,9 +43,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Check a stopped node's database: redb's page checksums, then every block,
-    /// link, proof of work, certificate, entry, index row and Merkle node. Exit 0
-    /// when it checks out, 1 with what is damaged, 2 if it cannot run.
+    /// Check a stopped node's database, without changing it: every block, link,
+    /// proof of work, certificate, entry, index row and Merkle node. Exit 0 when it
+    /// checks out, 1 with what is damaged, 2 if it cannot run.
     Check {
         /// The node's ledgerd.toml.
         #[arg(long)]
@@ -290,13 +290,7 @@ fn check_database(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         );
     };
     match daemon::check_database(&config, &mut report_progress) {
-        Ok(daemon::Verdict::Clean { report, repaired }) => {
-            if repaired {
-                println!(
-                    "{}: redb found damage in its own page structures and repaired it",
-                    database.display()
-                );
-            }
+        Ok(daemon::Verdict::Clean(report)) => {
             println!(
                 "OK {}: {} blocks, {} entries and {} Merkle nodes check out ({:.1} s)",
                 database.display(),

@@ -135,11 +135,53 @@ impl CommitCertificate {
         }
         let quorum = members.quorum();
         if signers.len() < quorum {
+            let (n, f) = (members.len(), members.max_faulty());
+            // Before the quorum was fixed, ledgerd counted 2f + 1, which is too few
+            // where n is not 3f + 1: say so, rather than call such a chain damaged.
+            let legacy = if signers.len() > 2 * f && n != 3 * f + 1 {
+                format!(
+                    "; it was certified by a ledgerd that counted 2f + 1 = {}, unsafe for \
+                     {n} members (README, \"Upgrading\")",
+                    2 * f + 1
+                )
+            } else {
+                String::new()
+            };
             return Err(ChainError::Certificate(format!(
-                "{} signatures, a quorum is {quorum}",
+                "{} signatures, a quorum of {n} members is {quorum}{legacy}",
                 signers.len()
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::chain::CompactRange;
+    use crate::testing::{certify, entries, key, next_block, spec};
+
+    /// A certificate a ledgerd before the quorum fix made at n = 5 (2f + 1 = 3
+    /// signatures) is refused with the reason, not as an unexplained shortfall.
+    #[test]
+    fn too_few_signatures_name_the_quorum_and_an_old_rule() {
+        let keys: Vec<_> = (1..=5).map(key).collect();
+        let spec = spec(&keys, 4);
+        let genesis = spec.genesis_block();
+        let block = next_block(&genesis.header, &CompactRange::new(), entries(1, 1, 20), 4);
+        let hash = block.hash();
+        let verify = |signers: usize| {
+            certify(&keys[..signers], &block)
+                .verify(&spec.chain_hash(), &spec.members, 1, &hash)
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(verify(4), Ok(()));
+        let legacy = verify(3).unwrap_err();
+        assert!(
+            legacy.contains("a quorum of 5 members is 4") && legacy.contains("2f + 1 = 3"),
+            "{legacy}"
+        );
+        let short = verify(2).unwrap_err();
+        assert!(!short.contains("2f + 1"), "{short}");
     }
 }

@@ -12,7 +12,8 @@ pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 8] = b"LDGR-P2P";
 
-/// Longest chain id carried (genesis allows 64 bytes).
+/// Longest chain id a hello may carry: a bound on what a peer sends (genesis allows
+/// 64 bytes).
 const MAX_CHAIN_ID: usize = 1024;
 
 /// Longest plugin fingerprint line carried: every plugin's, about a hundred bytes

@@ -8,7 +8,7 @@
 //! records is one write transaction: durable before the replica's next send.
 
 use ledger_migrations::schema::{CHECKPOINTS, CONSENSUS_LOG, VIEW_STATE};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::{corrupt, Store, StoreError};
 use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Payload, Record};
@@ -98,7 +98,8 @@ impl Store {
 
     fn read_durable(&self) -> Result<Durable, StoreError> {
         let mut durable = Durable::genesis(self.genesis_hash());
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let views = txn.open_table(VIEW_STATE)?;
         if let Some(bytes) = views.get(VIEW)? {
             (durable.view, durable.active) = decode_view(bytes.value())?;
@@ -137,7 +138,8 @@ impl Store {
     /// The stable checkpoint certificate, if one was reached.
     pub fn stable_checkpoint(&self) -> Result<Option<CheckpointCertificate>, StoreError> {
         self.observe((|| {
-            let txn = self.db()?.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             let checkpoints = txn.open_table(CHECKPOINTS)?;
             let Some((height, bytes)) = checkpoints.last()? else {
                 return Ok(None);

@@ -9,27 +9,46 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::StoreError;
-use crate::throttle::Throttle;
+use crate::throttle::{Backoff, Throttle};
 
 /// Distinct damage reports logged before further ones are only counted.
 const DAMAGE_LOGGED: usize = 1024;
 /// Shortest interval between two log lines about a failure that persists.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
+/// A failure within this long of the last recovery continues the same episode (a
+/// disk with just enough room to reopen fills again): it is not logged as new.
+const EPISODE: Duration = Duration::from_secs(60);
 
 /// The store's condition, shared by every caller.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Health {
     /// The I/O failure the store is in, until a reopen cures it.
     failure: Mutex<Option<String>>,
     damage: Mutex<Damage>,
-    /// Failures logged at a bounded rate while they last.
-    failure_log: Mutex<Option<Throttle<()>>>,
+    /// Failures logged at a bounded rate while an episode lasts.
+    failure_log: Mutex<Throttle<()>>,
+    /// When the last failure was cured.
+    recovered_at: Mutex<Option<Instant>>,
     failures: AtomicU64,
     damage_found: AtomicU64,
     recoveries: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            failure: Mutex::default(),
+            damage: Mutex::default(),
+            failure_log: Mutex::new(Throttle::new(FAILURE_LOG_EVERY)),
+            recovered_at: Mutex::default(),
+            failures: AtomicU64::default(),
+            damage_found: AtomicU64::default(),
+            recoveries: AtomicU64::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +79,7 @@ impl Health {
     pub(super) fn saw(&self, error: &StoreError) {
         if let Some(reason) = error.damage() {
             self.damaged(reason);
-        } else if error.is_io_failure() {
+        } else if error.is_io_failure() && !error.is_closed_handle() {
             self.failed(&error.to_string());
         }
     }
@@ -81,16 +100,13 @@ impl Health {
 
     fn failed(&self, reason: &str) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let first = {
-            let mut failure = lock(&self.failure);
-            let first = failure.is_none();
-            failure.get_or_insert_with(|| reason.to_owned());
-            first
-        };
-        let mut log = lock(&self.failure_log);
-        let throttle = log.get_or_insert_with(|| Throttle::new(FAILURE_LOG_EVERY));
-        if first {
-            // The first failure of a spell is always logged; repeats at a bounded rate.
+        let new = lock(&self.failure).replace(reason.to_owned()).is_none();
+        let recently_cured = lock(&self.recovered_at).is_some_and(|at| at.elapsed() < EPISODE);
+        let mut throttle = lock(&self.failure_log);
+        if new && !recently_cured {
+            // The first failure of an episode is always logged; the rest of it, while
+            // it lasts and across reopens that do not hold, at a bounded rate.
+            throttle.reset();
             let _ = throttle.allow(());
             tracing::error!(
                 error = reason,
@@ -106,12 +122,17 @@ impl Health {
         }
     }
 
-    /// The failure is over: the file was reopened and takes writes.
+    /// The failure is over: the file was reopened and takes writes. A reopen soon
+    /// after an earlier one is still counted but logged only at the bounded rate.
     pub(super) fn recovered(&self) {
-        let cured = lock(&self.failure).take();
-        *lock(&self.failure_log) = None;
-        if let Some(failure) = cured {
-            self.recoveries.fetch_add(1, Ordering::Relaxed);
+        let Some(failure) = lock(&self.failure).take() else {
+            return;
+        };
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        let recently_cured = lock(&self.recovered_at)
+            .replace(Instant::now())
+            .is_some_and(|at| at.elapsed() < EPISODE);
+        if !recently_cured {
             tracing::info!(%failure, "the database was reopened and takes writes again");
         }
     }
@@ -160,4 +181,10 @@ pub(super) fn probe_writes(database: &Path) -> Result<(), StoreError> {
             dir.display()
         ))
     })
+}
+
+/// How an engine spaces its attempts to recover a failed store: 0.1 s doubling to
+/// 5 s, starting over only after a minute without a failure.
+pub fn recovery_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5), EPISODE)
 }

@@ -30,7 +30,7 @@ use ledger_migrations::schema::{
 use ledger_migrations::MigrationError;
 
 use health::Health;
-pub use health::HealthCounters;
+pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use verify::CertificateMemo;
@@ -129,10 +129,28 @@ impl StoreError {
     }
 
     /// Whether the storage failed underneath (a full disk, a failed write or fsync,
-    /// a handle closed by such a failure): what closing and reopening may cure.
+    /// a handle poisoned or closed by such a failure, a reopen that failed): what
+    /// closing and reopening may cure. A misused table or an oversized value is a
+    /// bug, not this.
     pub fn is_io_failure(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-            || matches!(self, StoreError::Database(error) if !matches!(error, redb::Error::Corrupted(_)))
+        match self {
+            StoreError::Unavailable(_) | StoreError::Open { .. } => true,
+            StoreError::Database(error) => matches!(
+                error,
+                redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::Backend(_)
+                    | redb::Error::DatabaseClosed
+                    | redb::Error::TransactionPoisoned
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether this error only follows from the store's own handle having been
+    /// closed for a reopen: a consequence of a failure already noted, not a new one.
+    fn is_closed_handle(&self) -> bool {
+        matches!(self, StoreError::Database(redb::Error::DatabaseClosed))
     }
 }
 
@@ -171,11 +189,46 @@ impl Default for StoreOptions {
 /// Opens the database file again after an I/O failure.
 type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
+/// The open database: writable for a node, read-only for `ledgerd check`, which
+/// must leave the file exactly as it found it.
+enum Handle {
+    Writable(Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl Handle {
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(match self {
+            Handle::Writable(database) => database.begin_read()?,
+            Handle::ReadOnly(database) => database.begin_read()?,
+        })
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        match self {
+            Handle::Writable(database) => Ok(database.begin_write()?),
+            Handle::ReadOnly(_) => Err(StoreError::Unavailable(
+                "the database is open read-only".into(),
+            )),
+        }
+    }
+
+    /// Closes the file now; reads still alive on it fail.
+    fn close(self) {
+        // Its errors belong to the failure being recovered from.
+        let _ = match self {
+            Handle::Writable(database) => database.close(),
+            Handle::ReadOnly(database) => database.close(),
+        };
+    }
+}
+
 /// The ledger database of one node.
 pub struct Store {
     /// The open database; none while it is being reopened after a failure. Every
-    /// call holds a clone only for its own duration, so a reopen finds it unshared.
-    database: RwLock<Option<Arc<Database>>>,
+    /// call holds a clone for as long as its transaction lives, so a reopen finds it
+    /// unshared once the calls in flight are done.
+    database: RwLock<Option<Arc<Handle>>>,
     /// How to open it again after an I/O failure (none: it cannot be).
     reopen: Option<Reopen>,
     path: PathBuf,
@@ -238,9 +291,52 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        Store::over(Handle::Writable(database), path, spec, options)
+    }
+
+    /// Opens the database at `path` without changing a byte of it, for checking:
+    /// no schema upgrade, no genesis written, no recovery of an unclean shutdown
+    /// (such a file is refused: start the node once, or check a copy). Writes fail.
+    pub fn open_read_only(path: &Path, spec: &ChainSpec) -> Result<Store, StoreError> {
+        let database =
+            redb::Builder::new()
+                .open_read_only(path)
+                .map_err(|error| StoreError::Open {
+                    path: path.to_owned(),
+                    reason: error.to_string(),
+                })?;
+        let version =
+            ledger_migrations::schema_version(&database).map_err(|source| StoreError::Schema {
+                path: path.to_owned(),
+                source,
+            })?;
+        if version != ledger_migrations::CURRENT_VERSION {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                reason: format!(
+                    "schema version {version}, not this build's {}; run `ledgerd migrate` \
+                     first",
+                    ledger_migrations::CURRENT_VERSION
+                ),
+            });
+        }
+        Store::over(
+            Handle::ReadOnly(database),
+            path.to_owned(),
+            spec,
+            StoreOptions::default(),
+        )
+    }
+
+    fn over(
+        handle: Handle,
+        path: PathBuf,
+        spec: &ChainSpec,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
         let genesis = spec.genesis_block();
         let store = Store {
-            database: RwLock::new(Some(Arc::new(database))),
+            database: RwLock::new(Some(Arc::new(handle))),
             reopen: None,
             path,
             spec: spec.clone(),
@@ -265,7 +361,8 @@ impl Store {
     /// otherwise make its entry unfindable, and the node would answer 404 for an
     /// entry it committed (and take it again if resubmitted).
     fn load_ids(&self, log_size: u64) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let ids = txn.open_table(ENTRY_IDS)?;
         let nodes = txn.open_table(MERKLE_NODES)?;
         let mut leaves = nodes.range((0u8, 0u64)..(1u8, 0u64))?;
@@ -295,8 +392,9 @@ impl Store {
         Ok(())
     }
 
-    /// The open database, or why there is none.
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
+    /// The open database, or why there is none. Hold it for as long as the
+    /// transaction begun on it lives.
+    fn db(&self) -> Result<Arc<Handle>, StoreError> {
         let slot = self.database.read().unwrap_or_else(|p| p.into_inner());
         slot.clone().ok_or_else(|| {
             StoreError::Unavailable(
@@ -348,8 +446,7 @@ impl Store {
             let mut slot = self.database.write().unwrap_or_else(|p| p.into_inner());
             if let Some(database) = slot.take() {
                 match Arc::try_unwrap(database) {
-                    // Its errors are the failure being recovered from.
-                    Ok(database) => drop(database.close()),
+                    Ok(database) => database.close(),
                     Err(shared) => {
                         *slot = Some(shared);
                         return Err(StoreError::Unavailable(
@@ -358,7 +455,7 @@ impl Store {
                     }
                 }
             }
-            *slot = Some(Arc::new(self.observe(reopen())?));
+            *slot = Some(Arc::new(Handle::Writable(self.observe(reopen())?)));
         }
         let tip = self.tip()?;
         self.observe(self.load_ids(tip.log_size))?;
@@ -372,7 +469,8 @@ impl Store {
     }
 
     fn initialise(&self, genesis: &Block) -> Result<(), StoreError> {
-        let read = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let read = db.begin_read()?;
         let found = read
             .open_table(META)?
             .get(META_CHAIN_HASH)?
@@ -395,6 +493,9 @@ impl Store {
                 }
                 Ok(())
             }
+            None if matches!(*db, Handle::ReadOnly(_)) => Err(corrupt(
+                "the database holds no chain: its meta table is empty",
+            )),
             None => {
                 let txn = self.begin_write()?;
                 {
@@ -480,7 +581,8 @@ impl Store {
         &self,
         read: impl FnOnce(&Store, &verify::Tables) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tables = verify::Tables::open(&txn)?;
         read(self, &tables)
     }
@@ -530,7 +632,8 @@ impl Store {
     /// Where the entry `id` was committed.
     pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
         self.observe((|| {
-            let txn = self.db()?.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             location_in(&txn, &self.id_map(), id)
         })())
     }
@@ -550,7 +653,8 @@ impl Store {
     /// client would check it.
     pub fn entry_with_receipt(&self, id: &Hash) -> Result<Option<(Entry, Receipt)>, StoreError> {
         self.observe((|| {
-            let txn = self.db()?.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             self.checked_receipt(&txn, id)
         })())
     }
@@ -559,7 +663,8 @@ impl Store {
     /// stage checks a batch of submits at once).
     pub fn committed(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
         self.observe((|| {
-            let txn = self.db()?.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             let table = txn.open_table(ENTRY_IDS)?;
             let map = self.id_map();
             ids.iter()
@@ -659,7 +764,8 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.observe((|| {
-            let txn = self.db()?.begin_read()?;
+            let db = self.db()?;
+            let txn = db.begin_read()?;
             let (parent, range) = tip_and_log_in(&txn)?;
             let context = ValidationContext {
                 chain_hash: &self.chain_hash,
@@ -718,6 +824,19 @@ impl Store {
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
+            let tip_hash = tip.hash();
+            // What the write builds on is checked like any read: a damaged tip is
+            // damage, not a block the caller got wrong.
+            let indexed = txn
+                .open_table(BLOCK_HASHES)?
+                .get(tip_hash.as_bytes())?
+                .map(|height| height.value());
+            if indexed != Some(tip.height) {
+                return Err(corrupt(format!(
+                    "block {}: its hash {tip_hash} is not indexed at its height",
+                    tip.height
+                )));
+            }
             if header.height != tip.height + 1 {
                 return Err(ChainError::WrongHeight {
                     expected: tip.height + 1,
@@ -725,7 +844,6 @@ impl Store {
                 }
                 .into());
             }
-            let tip_hash = tip.hash();
             if header.prev_hash != tip_hash {
                 return Err(ChainError::WrongParent {
                     expected: tip_hash,
@@ -744,6 +862,12 @@ impl Store {
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
             let mut range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+            if range.root() != tip.log_root {
+                return Err(corrupt(format!(
+                    "block {}: the stored log does not give its log root",
+                    tip.height
+                )));
+            }
             appended = AppendedNodes::new(&range);
             let mut ids = txn.open_table(ENTRY_IDS)?;
             let mut completed = Vec::new();

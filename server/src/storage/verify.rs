@@ -20,9 +20,7 @@ use std::sync::{Mutex, PoisonError};
 use ledger_migrations::schema::{
     BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
 };
-use redb::{
-    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::{corrupt, location_in, Store, StoreError, StoredNodes};
 use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion};
@@ -390,7 +388,8 @@ impl Store {
         &self,
         progress: &mut dyn FnMut(&CheckProgress),
     ) -> Result<CheckReport, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tables = Tables::open(&txn)?;
         let entry_ids = txn.open_table(ENTRY_IDS)?;
         let map = self.id_map();
@@ -542,7 +541,8 @@ impl Store {
                 stable.height, tip_header.height
             )));
         }
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tables = Tables::open(&txn)?;
         let at_checkpoint = self.checked_header(&tables, stable.height, Anchor::Successor)?;
         if at_checkpoint.map(|header| header.hash()) != Some(stable.hash) {
