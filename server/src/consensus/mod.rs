@@ -5,6 +5,8 @@
 //! deterministic simulator over a hostile virtual network.
 
 mod durable;
+#[cfg(test)]
+mod harness;
 mod message;
 mod replica;
 

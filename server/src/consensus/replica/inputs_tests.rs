@@ -1,0 +1,314 @@
+//! Inputs step by step: refusals, timers, retransmission and catch-up (C&L §4.2,
+//! §4.5, §5.2, §5.3), with exact outputs.
+
+use std::sync::Arc;
+
+use crate::chain::merkle::leaf_hash;
+use crate::chain::{Block, Header};
+use crate::consensus::harness::*;
+use crate::consensus::{Config, DropReason, Durable, Input, Message, Output, Payload, Replica};
+use crate::testing;
+
+/// §4.2: messages for another view, from a member who may not send them, outside the
+/// watermarks, or with a bad signature are dropped with a reason and nothing else.
+#[test]
+fn out_of_place_messages_are_dropped_with_a_reason() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+
+    let not_primary = setup.sign(
+        2,
+        Payload::PrePrepare {
+            view: 0,
+            block: block.clone(),
+        },
+    );
+    assert_eq!(message(&mut backup, not_primary), ["dropped NotPrimary"]);
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(2, &block)),
+        ["dropped WrongView"]
+    );
+    let far = Payload::Prepare {
+        view: 0,
+        height: 1_000,
+        hash: block.hash(),
+    };
+    assert_eq!(
+        message(&mut backup, setup.sign(2, far)),
+        ["dropped OutsideWindow"]
+    );
+    let mut forged = setup.pre_prepare(0, &block);
+    forged.signature[0] ^= 1;
+    assert_eq!(message(&mut backup, forged), ["dropped BadSignature"]);
+    let mut stranger = vote(&setup, 2, false, 0, &block);
+    stranger.from = 9;
+    assert_eq!(message(&mut backup, stranger), ["dropped NotMember"]);
+    // More prepared certificates than a window holds are refused before any
+    // signature is checked.
+    let oversized = crate::consensus::ViewChange {
+        new_view: 1,
+        checkpoint: other_checkpoint(&setup),
+        prepared: (1..=5)
+            .map(|height| crate::consensus::PreparedCertificate {
+                view: 0,
+                header: Header {
+                    height,
+                    ..genesis.header
+                },
+                votes: Vec::new(),
+            })
+            .collect(),
+    };
+    let change = setup.sign(2, Payload::ViewChange(oversized));
+    assert_eq!(message(&mut backup, change), ["dropped OutsideWindow"]);
+    assert_eq!(backup.drops().values().sum::<u64>(), 6);
+}
+
+/// §4.4: two signed pre-prepares for one height in one view prove the primary faulty;
+/// the backup leaves the view at once: persist, then VIEW-CHANGE.
+#[test]
+fn an_equivocating_primary_starts_a_view_change() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let one = setup.block(&genesis.header, &genesis.log, 1);
+    let other = setup.block(&genesis.header, &genesis.log, 2);
+    message(&mut backup, setup.pre_prepare(0, &one));
+    let outputs = message(&mut backup, setup.pre_prepare(0, &other));
+    assert_eq!(
+        outputs,
+        [
+            "dropped Conflicting",
+            "persist view-change v1",
+            "broadcast view-change v1 prepared 0"
+        ]
+    );
+    assert!(!backup.is_active());
+}
+
+/// §4.1, §4.5.2: an entry waiting half a timeout goes to every member (as a client
+/// retransmits to all); one not committed in time starts a view change; f + 1 view
+/// changes for a higher view pull a replica along.
+#[test]
+fn timers_and_the_f_plus_one_rule_start_view_changes() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    assert_eq!(client_entry(&mut backup), ["forward 0"]);
+    // Half a timeout on, the entry goes to every member, which start their timers;
+    // at the timeout it goes again (a retry, the first copies may be lost).
+    let half = setup.now + TIMING.view_change_timeout_ms / 2;
+    assert!(feed(&mut backup, Input::Tick { now_ms: half - 1 }).is_empty());
+    assert_eq!(
+        feed(&mut backup, Input::Tick { now_ms: half }),
+        ["forward 0", "forward 2", "forward 3"]
+    );
+    let later = setup.now + TIMING.view_change_timeout_ms;
+    let outputs = feed(&mut backup, Input::Tick { now_ms: later });
+    assert_eq!(
+        outputs,
+        [
+            "forward 0",
+            "forward 2",
+            "forward 3",
+            "persist view-change v1",
+            "broadcast view-change v1 prepared 0"
+        ]
+    );
+
+    let mut other = setup.replica(2);
+    let change = |from: usize, view: u64| empty_view_change(&setup, from, view);
+    assert!(message(&mut other, change(1, 3)).is_empty());
+    // The second (f + 1 = 2) pulls member 2 to the smaller of the two views.
+    let outputs = message(&mut other, change(3, 2));
+    assert_eq!(
+        outputs,
+        [
+            "persist view-change v2",
+            "broadcast view-change v2 prepared 0"
+        ]
+    );
+}
+
+/// §5.2: a replica re-proposed a block it never received asks for the body, and asks
+/// again at every retransmit until it arrives (the peer asked may lack it, or the
+/// answer may be lost); then it prepares and stops asking.
+#[test]
+fn a_missing_block_is_asked_for_until_it_arrives() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let (_, new_view) = prepared_in_view_0_then_new_view(&setup, &block);
+
+    // Member 0 missed view 0's pre-prepare.
+    let mut late = setup.replica(0);
+    assert_eq!(
+        message(&mut late, new_view),
+        ["persist new-view v1 proposals 1", "fetch block h1"]
+    );
+    let mut now = setup.now;
+    let mut retransmit = || {
+        now += TIMING.retransmit_ms;
+        now
+    };
+    // The first lagging check also probes a peer's chain (see
+    // `catch_up_needs_no_traffic_and_holds_the_view_change_timer`).
+    assert_eq!(
+        feed(
+            &mut late,
+            Input::Tick {
+                now_ms: retransmit()
+            }
+        ),
+        ["fetch block h1", "fetch committed after 0 (entered view 1)"]
+    );
+    assert_eq!(
+        feed(&mut late, Input::Block(block.clone())),
+        ["persist accepted v1 h1", "broadcast prepare v1 h1"]
+    );
+    assert_eq!(
+        feed(
+            &mut late,
+            Input::Tick {
+                now_ms: retransmit()
+            }
+        ),
+        ["broadcast prepare v1 h1"]
+    );
+}
+
+/// §6.1 (persist before send): a replica rebuilt from what it persisted signs the same
+/// PREPARE again, byte for byte, and cannot be made to prepare another block.
+#[test]
+fn a_restarted_replica_repeats_itself_and_nothing_else() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let other = setup.block(&genesis.header, &genesis.log, 2);
+    let mut backup = setup.replica(1);
+    let mut durable = Durable::genesis(setup.spec.genesis_block().hash());
+    let mut sent = None;
+    for output in backup.handle(Input::Message(setup.pre_prepare(0, &block)), &NoEntries) {
+        match output {
+            Output::Persist(record) => durable.apply(&record),
+            Output::Broadcast(m) => sent = Some(m),
+            _ => {}
+        }
+    }
+    let config = Config::new(&setup.spec, setup.keys[1].clone(), TIMING).expect("member");
+    let mut restarted = Replica::new(config, genesis, durable, [], setup.now);
+    let again: Vec<Message> = restarted
+        .handle(Input::Tick { now_ms: setup.now }, &NoEntries)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Broadcast(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, [sent.expect("a prepare was sent")]);
+    let outputs = message(&mut restarted, setup.pre_prepare(0, &other));
+    assert_eq!(
+        outputs,
+        [
+            "dropped Conflicting",
+            "persist view-change v1",
+            "broadcast view-change v1 prepared 0"
+        ]
+    );
+}
+
+/// §5.3 (state transfer): an idle cluster sends nothing that shows a restarted
+/// replica it is behind, so its first lagging check asks a peer, and it asks again
+/// every fourth quiet check; a fetch that brought a block goes on at once. While it
+/// applies fetched blocks its own entries wait without starting a view change: the
+/// others are making progress, and a view change it started alone would strand it
+/// in a view nobody else is in.
+#[test]
+fn catch_up_needs_no_traffic_and_holds_the_view_change_timer() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let mut now = setup.now;
+    let mut check = |replica: &mut Replica| {
+        now += TIMING.retransmit_ms;
+        feed(replica, Input::Tick { now_ms: now })
+    };
+    let probe = "fetch committed after 0 (entered view 0)";
+    assert_eq!(check(&mut backup), [probe]);
+    for _ in 0..3 {
+        assert!(check(&mut backup).is_empty());
+    }
+    assert_eq!(check(&mut backup), [probe]);
+
+    // A peer answers with the chain it committed while this replica was away.
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let mut log = genesis.log.clone();
+    for entry in &first.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    let second = setup.block(&first.header, &log, 2);
+    let committed = |block: &Arc<Block>| Input::Committed {
+        block: block.clone(),
+        certificate: testing::certify(&setup.keys[..3], block),
+    };
+    let arrived = setup.now + 5 * TIMING.retransmit_ms;
+    assert_eq!(client_entry(&mut backup), ["forward 0"]);
+    let timeout = TIMING.view_change_timeout_ms;
+    let no_view_change = |outputs: Vec<String>| {
+        assert!(
+            !outputs.iter().any(|o| o.contains("view-change")),
+            "{outputs:?}"
+        );
+    };
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + timeout - 1,
+        },
+    ));
+    assert_eq!(feed(&mut backup, committed(&first)), ["apply h1"]);
+    // The entry has now waited a whole timeout, but a block just came by catch-up.
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + timeout,
+        },
+    ));
+    assert_eq!(
+        feed(&mut backup, committed(&second)),
+        ["apply h2", "broadcast checkpoint h2"]
+    );
+    no_view_change(feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + 2 * timeout - 1,
+        },
+    ));
+    // The next lagging check fetches again at once, as the last one brought blocks;
+    // the last block fetched is a timeout old, so the timer is its own again.
+    let outputs = feed(
+        &mut backup,
+        Input::Tick {
+            now_ms: arrived + TIMING.retransmit_ms,
+        },
+    );
+    for expected in [
+        "fetch committed after 2 (entered view 0)",
+        "persist view-change v1",
+    ] {
+        assert!(outputs.contains(&expected.to_owned()), "{outputs:?}");
+    }
+}
+
+/// Refusals are counted by reason for metrics.
+#[test]
+fn drop_reasons_are_counted() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    message(&mut backup, setup.pre_prepare(2, &block));
+    message(&mut backup, setup.pre_prepare(2, &block));
+    assert_eq!(backup.drops().get(&DropReason::WrongView), Some(&2));
+}

@@ -1,0 +1,573 @@
+//! The normal case (C&L §4.2): accept a pre-prepare once its parent allows and it
+//! validates, prepare, commit, apply strictly in height order, and, as primary,
+//! cut, mine and propose the next block.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::super::durable::Record;
+use super::super::message::{Payload, PreparedCertificate, Vote};
+use super::{Accepted, Ancestry, Candidate, DropReason, Output, Parent, Replica, Tip};
+use crate::chain::merkle::leaf_hash;
+use crate::chain::{
+    validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange,
+    EntryIndex, Hash, Header, ValidationContext,
+};
+
+impl Replica {
+    /// Makes every step the state allows, lowest height first, until none does.
+    pub(super) fn advance(&mut self, index: &dyn EntryIndex) {
+        loop {
+            let mut progressed = false;
+            let heights: Vec<u64> = self.slots.keys().copied().collect();
+            for height in heights {
+                progressed |= self.try_accept(height, index);
+                progressed |= self.try_prepared(height);
+                progressed |= self.try_committed(height);
+            }
+            progressed |= self.try_apply(index);
+            progressed |= self.try_send_mined(index);
+            if !progressed {
+                break;
+            }
+        }
+        self.maybe_propose(index);
+    }
+
+    /// The parent a block at `height` must extend under the chaining rule: the applied
+    /// tip, or the block accepted and prepared at `height - 1` in this view.
+    pub(super) fn parent_for(&self, height: u64) -> Option<Parent> {
+        let tip = self.tip.header.height;
+        if height <= tip {
+            return None; // already decided: nothing may be built at this height
+        }
+        if height == tip + 1 {
+            return Some((
+                self.tip.header,
+                self.tip.log.clone(),
+                self.applied_now.clone(),
+            ));
+        }
+        let slot = self.slots.get(&(height - 1))?;
+        let accepted = slot.accepted.as_ref().filter(|a| a.view == self.view)?;
+        let prepared = slot
+            .prepared
+            .as_ref()
+            .is_some_and(|p| p.view == self.view && p.header.hash() == accepted.hash);
+        if !prepared && !self.config.flaws.skip_chaining {
+            return None;
+        }
+        let log = accepted.log.clone()?;
+        let ancestry = self
+            .slots
+            .range(tip + 1..height)
+            .filter_map(|(_, slot)| slot.accepted.as_ref().map(|a| a.ids.clone()))
+            .chain(self.applied_now.iter().cloned())
+            .collect();
+        Some((accepted.header, log, ancestry))
+    }
+
+    pub(super) fn validate(
+        &self,
+        block: &Block,
+        parent: &Header,
+        parent_log: &CompactRange,
+        in_flight: Vec<Arc<HashSet<Hash>>>,
+        index: &dyn EntryIndex,
+    ) -> Result<(HashSet<Hash>, CompactRange), ChainError> {
+        let chain_hash = self.chain_hash();
+        let context = ValidationContext {
+            chain_hash: &chain_hash,
+            params: &self.config.params,
+            parent,
+            required_difficulty: self.required_difficulty(parent, index)?,
+            now_ms: self.now_ms,
+        };
+        let ancestry = Ancestry {
+            committed: index,
+            in_flight,
+        };
+        let (ids, log) = validate_block(&context, block, parent_log, &ancestry)?;
+        if let Some(policy) = &self.config.policy {
+            policy.check_block(block).map_err(ChainError::Policy)?;
+        }
+        Ok((ids.into_iter().collect(), log))
+    }
+
+    pub(super) fn difficulty_window(&self) -> usize {
+        self.config
+            .policy
+            .as_ref()
+            .map_or(0, |policy| policy.difficulty_window())
+    }
+
+    /// The difficulty of the block after `parent`: the policy's verdict on the
+    /// headers up to `parent` (accepted above the tip, applied, then committed in
+    /// the index), or the genesis difficulty.
+    pub(super) fn required_difficulty(
+        &self,
+        parent: &Header,
+        index: &dyn EntryIndex,
+    ) -> Result<u32, ChainError> {
+        let (Some(policy), window) = (&self.config.policy, self.difficulty_window()) else {
+            return Ok(self.config.difficulty);
+        };
+        if window == 0 {
+            return Ok(self.config.difficulty);
+        }
+        let tip = self.tip.header.height;
+        // Newest first while collecting; each must be the parent of the one before.
+        let mut recent = vec![*parent];
+        while recent.len() < window {
+            let child = recent[recent.len() - 1];
+            let Some(height) = child.height.checked_sub(1) else {
+                break; // genesis
+            };
+            let found = if height > tip {
+                self.slots
+                    .get(&height)
+                    .and_then(|slot| slot.accepted.as_ref())
+                    .map(|accepted| accepted.header)
+            } else if height == tip {
+                Some(self.tip.header)
+            } else {
+                // `recent_applied` holds consecutive heights ending at the tip.
+                let back = (tip - height) as usize;
+                match self.recent_applied.len().checked_sub(back + 1) {
+                    Some(at) => self.recent_applied.get(at).copied(),
+                    None => index.header(height)?,
+                }
+            };
+            match found.filter(|header| header.hash() == child.prev_hash) {
+                Some(header) => recent.push(header),
+                None => {
+                    return Err(ChainError::Policy(format!(
+                        "the difficulty policy needs header {height}, which is not at hand"
+                    )))
+                }
+            }
+        }
+        recent.reverse();
+        let required = policy
+            .required_difficulty(&recent)
+            .map_err(ChainError::Policy)?;
+        Ok(required.unwrap_or(self.config.difficulty))
+    }
+
+    /// Accepts the current view's candidate at `height` once its parent allows and it
+    /// validates; a backup then sends PREPARE (C&L §4.2).
+    pub(super) fn try_accept(&mut self, height: u64, index: &dyn EntryIndex) -> bool {
+        if !self.active {
+            return false;
+        }
+        let Some(slot) = self.slots.get(&height) else {
+            return false;
+        };
+        let Some(candidate) = slot.candidate else {
+            return false;
+        };
+        let hash = candidate.header.hash();
+        let tip = self.tip.header.height;
+        let (ids, log) = if height <= tip {
+            // Re-proposed by a NEW-VIEW and already applied here: vote for it again
+            // so the others can commit it, but only if it is the block applied.
+            if slot.applied != Some(hash) {
+                self.forget_candidate(height);
+                self.drop_input(Some(self.primary()), "pre-prepare", DropReason::Conflicting);
+                return false;
+            }
+            (Arc::new(HashSet::new()), None)
+        } else {
+            let Some(block) = self.blocks.get(&hash).cloned() else {
+                let slot = self.slots.get_mut(&height).expect("slot exists");
+                if slot.fetching != Some(hash) {
+                    slot.fetching = Some(hash);
+                    self.out.push(Output::FetchBlock { height, hash });
+                }
+                return false;
+            };
+            let Some((parent, parent_log, in_flight)) = self.parent_for(height) else {
+                return false; // the chaining rule: wait until the parent is prepared
+            };
+            let parent_hash = parent.hash();
+            let verdict = if block.header.prev_hash != parent_hash {
+                Err(ChainError::WrongParent {
+                    expected: parent_hash,
+                    found: block.header.prev_hash,
+                })
+            } else {
+                self.validate(&block, &parent, &parent_log, in_flight, index)
+            };
+            match verdict {
+                Ok((ids, log)) => (Arc::new(ids), Some(log)),
+                Err(error) => {
+                    self.forget_candidate(height);
+                    self.drop_for(
+                        Some(self.primary()),
+                        "pre-prepare",
+                        DropReason::InvalidBlock,
+                        Some(error),
+                    );
+                    return false;
+                }
+            }
+        };
+        let view = self.view;
+        let block = self.blocks.get(&hash).cloned();
+        if let Some(block) = &block {
+            self.out.push(Output::Persist(Record::Accepted {
+                view,
+                block: block.clone(),
+                signature: candidate.signature,
+            }));
+        }
+        let prepare =
+            (!self.is_primary()).then(|| self.sign(Payload::Prepare { view, height, hash }));
+        let me = self.config.me;
+        let slot = self.slots.get_mut(&height).expect("slot exists");
+        slot.candidate = None;
+        slot.accepted = Some(Accepted {
+            view,
+            hash,
+            header: candidate.header,
+            signature: candidate.signature,
+            ids,
+            log,
+        });
+        if let Some(prepare) = prepare {
+            slot.prepares.insert(me, (hash, prepare.signature));
+            slot.sent.push(prepare.clone());
+            self.out.push(Output::Broadcast(prepare));
+        }
+        true
+    }
+
+    pub(super) fn forget_candidate(&mut self, height: u64) {
+        if let Some(slot) = self.slots.get_mut(&height) {
+            slot.candidate = None;
+        }
+    }
+
+    /// Prepared: the accepted block and q − 1 matching prepares from backups. The
+    /// certificate is persisted before COMMIT is sent (C&L §4.2, §6.1).
+    pub(super) fn try_prepared(&mut self, height: u64) -> bool {
+        let quorum = self.quorum();
+        let view = self.view;
+        let primary = self.primary();
+        let Some(slot) = self.slots.get(&height) else {
+            return false;
+        };
+        let Some(accepted) = slot.accepted.as_ref().filter(|a| a.view == view) else {
+            return false;
+        };
+        if slot.prepared.as_ref().is_some_and(|p| p.view == view) {
+            return false;
+        }
+        let mut votes = vec![Vote {
+            member: primary,
+            signature: accepted.signature,
+        }];
+        votes.extend(
+            slot.prepares
+                .iter()
+                .filter(|(member, (hash, _))| **member != primary && *hash == accepted.hash)
+                .map(|(member, (_, signature))| Vote {
+                    member: *member,
+                    signature: *signature,
+                }),
+        );
+        if votes.len() < quorum {
+            return false;
+        }
+        let certificate = PreparedCertificate {
+            view,
+            header: accepted.header,
+            votes,
+        };
+        let hash = accepted.hash;
+        let commit = self.sign(Payload::Commit { view, height, hash });
+        let me = self.config.me;
+        self.out
+            .push(Output::Persist(Record::Prepared(certificate.clone())));
+        let slot = self.slots.get_mut(&height).expect("slot exists");
+        slot.prepared = Some(certificate);
+        slot.commits.insert(me, (hash, commit.signature));
+        slot.sent.push(commit.clone());
+        self.out.push(Output::Broadcast(commit));
+        true
+    }
+
+    /// Committed: prepared here and q matching commits; their signatures are the
+    /// block's commit certificate (C&L §4.2).
+    pub(super) fn try_committed(&mut self, height: u64) -> bool {
+        let quorum = self.quorum();
+        let view = self.view;
+        let Some(slot) = self.slots.get(&height) else {
+            return false;
+        };
+        if slot.certificate.is_some() {
+            return false;
+        }
+        let Some(prepared) = slot.prepared.as_ref().filter(|p| p.view == view) else {
+            return false;
+        };
+        let hash = prepared.header.hash();
+        let signatures: Vec<CommitSignature> = slot
+            .commits
+            .iter()
+            .filter(|(_, (voted, _))| *voted == hash)
+            .filter_map(|(member, (_, signature))| {
+                Some(CommitSignature {
+                    node_id: self.config.verifier.node_id(*member)?,
+                    signature: *signature,
+                })
+            })
+            .collect();
+        if signatures.len() < quorum {
+            return false;
+        }
+        let certificate = CommitCertificate {
+            view,
+            height,
+            block_hash: hash,
+            signatures,
+        };
+        self.slots
+            .get_mut(&height)
+            .expect("slot exists")
+            .certificate = Some(certificate);
+        true
+    }
+
+    /// Applies committed blocks strictly in height order.
+    pub(super) fn try_apply(&mut self, index: &dyn EntryIndex) -> bool {
+        let height = self.tip.header.height + 1;
+        let Some(slot) = self.slots.get(&height) else {
+            return false;
+        };
+        let Some(certificate) = slot.certificate.clone() else {
+            return false;
+        };
+        let hash = certificate.block_hash;
+        let Some(block) = self.blocks.get(&hash).cloned() else {
+            let slot = self.slots.get_mut(&height).expect("slot exists");
+            if slot.fetching != Some(hash) {
+                slot.fetching = Some(hash);
+                self.out.push(Output::FetchBlock { height, hash });
+            }
+            return false;
+        };
+        let accepted = slot
+            .accepted
+            .as_ref()
+            .filter(|a| a.hash == hash)
+            .and_then(|a| Some((a.ids.as_ref().clone(), a.log.clone()?)));
+        let (ids, log) = match accepted {
+            Some(known) => known,
+            // Committed in an earlier view without being accepted here.
+            None => match self.validate(
+                &block,
+                &self.tip.header.clone(),
+                &self.tip.log.clone(),
+                Vec::new(),
+                index,
+            ) {
+                Ok(known) => known,
+                Err(_) => return false,
+            },
+        };
+        self.apply(block, certificate, ids, log);
+        true
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        block: Arc<Block>,
+        certificate: CommitCertificate,
+        ids: HashSet<Hash>,
+        log: CompactRange,
+    ) {
+        let height = block.header.height;
+        let hash = block.hash();
+        self.out.push(Output::Apply {
+            block: block.clone(),
+            certificate: certificate.clone(),
+        });
+        self.tip = Tip {
+            header: block.header,
+            log,
+        };
+        let window = self.difficulty_window();
+        if window > 0 {
+            self.recent_applied.push_back(block.header);
+            while self.recent_applied.len() > window {
+                self.recent_applied.pop_front();
+            }
+        }
+        self.consecutive_view_changes = 0;
+        for id in &ids {
+            self.pending.remove(id);
+        }
+        self.applied_now.push(Arc::new(ids));
+        // Removed ids leave `order` lazily, from the front; one long wait at the front
+        // must not let the rest pile up behind it.
+        if self.order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.order.retain(|id| pending.contains_key(id));
+            self.unshared.retain(|id| pending.contains_key(id));
+        }
+        if height > self.low() {
+            let slot = self.slots.entry(height).or_default();
+            slot.applied = Some(hash);
+            slot.certificate = Some(certificate);
+            slot.sent.clear();
+        }
+        let interval = self.config.params.checkpoint_interval.max(1);
+        if height.is_multiple_of(interval) && height > self.low() {
+            let checkpoint = self.sign(Payload::Checkpoint { height, hash });
+            let me = self.config.me;
+            self.claims[usize::from(me)] = height;
+            self.checkpoint_votes
+                .entry(height)
+                .or_default()
+                .insert(me, (hash, checkpoint.signature));
+            self.my_checkpoint = Some(checkpoint.clone());
+            self.out.push(Output::Broadcast(checkpoint));
+            self.try_stabilize(height);
+        }
+    }
+
+    /// The primary's mined block goes out once its parent is prepared (the chaining
+    /// rule binds the primary too: its pre-prepare counts in prepared certificates).
+    pub(super) fn try_send_mined(&mut self, index: &dyn EntryIndex) -> bool {
+        let Some(block) = self.mined.clone() else {
+            return false;
+        };
+        let height = block.header.height;
+        if !self.active || !self.is_primary() || height <= self.tip.header.height {
+            self.mined = None; // stale: the view or the tip moved while it was mined
+            return false;
+        }
+        let Some((parent, _, _)) = self.parent_for(height) else {
+            return false;
+        };
+        self.mined = None;
+        if block.header.prev_hash != parent.hash() || height > self.high() {
+            return false; // built on a block that is no longer the parent
+        }
+        let view = self.view;
+        let message = self.sign(Payload::PrePrepare {
+            view,
+            block: block.clone(),
+        });
+        let hash = block.hash();
+        self.blocks.insert(hash, block.clone());
+        let slot = self.slots.entry(height).or_default();
+        slot.candidate = Some(Candidate {
+            header: block.header,
+            signature: message.signature,
+        });
+        slot.sent.push(message.clone());
+        // Accepting its own block persists it; the pre-prepare leaves after that.
+        let before = self.out.len();
+        let accepted = self.try_accept(height, index);
+        if accepted {
+            self.out.push(Output::Broadcast(message));
+        } else {
+            self.out.truncate(before);
+            if let Some(slot) = self.slots.get_mut(&height) {
+                slot.candidate = None;
+                slot.sent.clear();
+            }
+        }
+        accepted
+    }
+
+    /// The primary cuts a block when enough entries wait, the oldest has waited
+    /// `max_block_delay`, nothing of its own is in flight (an idle pipeline gains
+    /// nothing from waiting; under load, entries gather while blocks are in flight),
+    /// or a cut was asked for. It mines on top of its last proposal.
+    pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
+        if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
+            return;
+        }
+        // An exact shortcut, taken on most inputs: fewer entries than a block holds,
+        // the oldest younger than the delay, something in flight and no cut asked
+        // for mean no block is due; the full scan below clones entries.
+        let limit = self.config.params.max_block_entries as usize;
+        let delay = self.config.timing.max_block_delay_ms;
+        let now = self.now_ms;
+        let tip = self.tip.header.height;
+        let idle = self.slots.range(tip + 1..).next().is_none();
+        let due = self
+            .oldest_pending()
+            .is_some_and(|pending| idle || now.saturating_sub(pending.arrived_ms) >= delay);
+        if !self.cut_requested && self.pending.len() < limit && !due {
+            return;
+        }
+        let mut parent_height = tip;
+        let mut parent = self.tip.header;
+        let mut log = self.tip.log.clone();
+        let mut in_flight = Vec::new();
+        for (height, slot) in self.slots.range(tip + 1..) {
+            if *height != parent_height + 1 {
+                break;
+            }
+            if slot.candidate.is_some() {
+                return; // a re-proposal still waits for its body or parent
+            }
+            match slot.accepted.as_ref().filter(|a| a.view == self.view) {
+                Some(accepted) => match &accepted.log {
+                    Some(accepted_log) => {
+                        parent_height = *height;
+                        parent = accepted.header;
+                        log = accepted_log.clone();
+                        in_flight.push(accepted.ids.clone());
+                    }
+                    None => return,
+                },
+                None => break,
+            }
+        }
+        let height = parent_height + 1;
+        if height > self.high() {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut oldest = None;
+        for id in &self.order {
+            if entries.len() >= limit {
+                break;
+            }
+            let Some(pending) = self.pending.get(id) else {
+                continue;
+            };
+            if in_flight.iter().any(|ids| ids.contains(id)) {
+                continue;
+            }
+            oldest = Some(oldest.unwrap_or(pending.arrived_ms).min(pending.arrived_ms));
+            entries.push(pending.entry.clone());
+        }
+        let due = entries.len() >= limit
+            || (idle && !entries.is_empty())
+            || oldest.is_some_and(|arrived| {
+                self.now_ms.saturating_sub(arrived) >= self.config.timing.max_block_delay_ms
+            });
+        if !(due || self.cut_requested) {
+            return;
+        }
+        self.cut_requested = false;
+        for entry in &entries {
+            log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+        }
+        let Ok(difficulty) = self.required_difficulty(&parent, index) else {
+            // The policy failed here; the others' timers will replace this primary.
+            return;
+        };
+        let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
+        let header = Header::child(&parent, &log, timestamp, difficulty);
+        self.mining = Some((height, header.prev_hash));
+        self.out
+            .push(Output::Mine(Arc::new(Block { header, entries })));
+    }
+}

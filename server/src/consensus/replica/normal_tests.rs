@@ -1,0 +1,326 @@
+//! The normal case step by step (C&L §4.2, §4.3): exact outputs for each input.
+
+use std::sync::Arc;
+
+use crate::chain::merkle::leaf_hash;
+use crate::chain::{Block, Entry, Hash, Header};
+use crate::consensus::harness::*;
+use crate::consensus::{Config, Durable, Input, Output, Payload, Replica, Tip};
+use crate::testing;
+
+/// A policy (the plugins) for the tests: one more bit of difficulty than the parent,
+/// and no entry whose data starts with "forbidden".
+#[derive(Debug)]
+struct StricterEachBlock;
+
+impl crate::chain::Policy for StricterEachBlock {
+    fn difficulty_window(&self) -> usize {
+        1
+    }
+
+    fn required_difficulty(&self, recent: &[Header]) -> Result<Option<u32>, String> {
+        Ok(recent.last().map(|parent| parent.difficulty + 1))
+    }
+
+    fn check_block(&self, block: &Block) -> Result<(), String> {
+        match block
+            .entries
+            .iter()
+            .any(|e| e.data.starts_with(b"forbidden"))
+        {
+            true => Err("forbidden entry".into()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// §4.2: a backup accepts a valid pre-prepare, persists it, then sends PREPARE; with
+/// 2f matching prepares it is prepared, persists the certificate, then sends COMMIT;
+/// with 2f + 1 matching commits it applies the block with their certificate.
+#[test]
+fn normal_case_prepare_commit_apply() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+
+    let outputs = message(&mut backup, setup.pre_prepare(0, &block));
+    assert_eq!(
+        outputs,
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+
+    // Its own prepare and member 2's make 2f = 2: prepared.
+    let outputs = message(&mut backup, vote(&setup, 2, false, 0, &block));
+    assert_eq!(
+        outputs,
+        ["persist prepared v0 h1", "broadcast commit v0 h1"]
+    );
+    assert_eq!(
+        message(&mut backup, vote(&setup, 3, false, 0, &block)),
+        Vec::<String>::new()
+    );
+
+    // Its own commit and member 2's are 2 of the 2f + 1 = 3 needed.
+    assert!(message(&mut backup, vote(&setup, 2, true, 0, &block)).is_empty());
+    let mut applied = backup.handle(Input::Message(vote(&setup, 0, true, 0, &block)), &NoEntries);
+    assert_eq!(applied.len(), 1);
+    let Some(Output::Apply {
+        block: got,
+        certificate,
+    }) = applied.pop()
+    else {
+        panic!("expected an apply");
+    };
+    assert_eq!(got.hash(), block.hash());
+    certificate
+        .verify(
+            &setup.spec.chain_hash(),
+            &setup.spec.members,
+            1,
+            &block.hash(),
+        )
+        .expect("the commits form a client-checkable certificate");
+    assert_eq!(backup.height(), 1);
+}
+
+/// DESIGN.md, validation: a block that fails validation is never prepared.
+#[test]
+fn invalid_blocks_are_not_prepared() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let good = setup.block(&genesis.header, &genesis.log, 1);
+    let mut bad_root = (*good).clone();
+    bad_root.entries.pop();
+    let mut wrong_parent = (*good).clone();
+    wrong_parent.header.prev_hash = Hash([7; 32]);
+    for bad in [bad_root, wrong_parent] {
+        let mut backup = setup.replica(1);
+        let outputs = message(&mut backup, setup.pre_prepare(0, &Arc::new(bad)));
+        assert_eq!(outputs, ["dropped InvalidBlock"]);
+    }
+}
+
+/// The chain's policy (its plugins) is part of validation before a backup prepares
+/// (C&L §4.2 leaves "valid" to the service): a block below the policy's difficulty
+/// or with an entry it refuses is dropped; the primary mines at that difficulty.
+#[test]
+fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let with_policy = |member: usize| {
+        let config = Config::new(&setup.spec, setup.keys[member].clone(), TIMING)
+            .expect("member")
+            .with_policy(Arc::new(StricterEachBlock));
+        let durable = Durable::genesis(setup.spec.genesis_block().hash());
+        Replica::new(config, setup.genesis(), durable, [], setup.now)
+    };
+    let required = genesis.header.difficulty + 1;
+    let easy = setup.block(&genesis.header, &genesis.log, 1);
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &easy)),
+        ["dropped InvalidBlock"]
+    );
+    let forbidden = Entry::new(&b"forbidden fruit"[..]);
+    let refused = Arc::new(testing::next_block(
+        &genesis.header,
+        &genesis.log,
+        vec![forbidden],
+        required,
+    ));
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &refused)),
+        ["dropped InvalidBlock"]
+    );
+    let fine = Arc::new(testing::next_block(
+        &genesis.header,
+        &genesis.log,
+        testing::entries(2, 2, 32),
+        required,
+    ));
+    assert_eq!(
+        message(&mut with_policy(1), setup.pre_prepare(0, &fine)),
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+
+    let mut primary = with_policy(0);
+    let outputs = primary.handle(
+        Input::Entry {
+            entry: testing::entries(3, 1, 32).remove(0),
+            forwarded: false,
+        },
+        &NoEntries,
+    );
+    let Some(Output::Mine(template)) = outputs.last() else {
+        panic!("expected a template: {outputs:?}");
+    };
+    assert_eq!(template.header.difficulty, required);
+}
+
+/// The chaining rule: a block at h + 1 is prepared only on top of the block prepared
+/// at h, so it waits; once h is prepared it is accepted at once.
+#[test]
+fn chaining_rule_waits_for_the_parent_to_be_prepared() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let mut log = genesis.log.clone();
+    for entry in &first.entries {
+        log.append(
+            crate::chain::merkle::leaf_hash(entry.id().as_bytes()),
+            |_, _, _| {},
+        );
+    }
+    let second = setup.block(&first.header, &log, 2);
+
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &first)),
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+    // Height 2 arrives before height 1 is prepared: nothing yet.
+    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    let outputs = message(&mut backup, vote(&setup, 2, false, 0, &first));
+    assert_eq!(
+        outputs,
+        [
+            "persist prepared v0 h1",
+            "broadcast commit v0 h1",
+            "persist accepted v0 h2",
+            "broadcast prepare v0 h2"
+        ]
+    );
+}
+
+/// Batching is the primary's choice (C&L §5.1.4 batches while requests are in
+/// flight): with nothing in flight it cuts a block at once; while a block is in
+/// flight, entries gather until `max_block_delay`.
+#[test]
+fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica(0);
+    let mut entries = testing::entries(5, 2, 32).into_iter();
+    let mut submit = |replica: &mut Replica| {
+        let entry = entries.next().expect("two entries");
+        replica.handle(
+            Input::Entry {
+                entry,
+                forwarded: false,
+            },
+            &NoEntries,
+        )
+    };
+    let mut outputs = submit(&mut primary);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["mine h1"]
+    );
+    let Some(Output::Mine(template)) = outputs.pop() else {
+        unreachable!()
+    };
+    assert_eq!(template.entries.len(), 1);
+    assert!(
+        submit(&mut primary).is_empty(),
+        "one block is mined at a time"
+    );
+
+    let mut mined = Block::clone(&template);
+    while !mined.header.meets_difficulty() {
+        mined.header.nonce += 1;
+    }
+    assert_eq!(
+        feed(&mut primary, Input::Mined(Arc::new(mined))),
+        ["persist accepted v0 h1", "broadcast pre-prepare v0 h1"]
+    );
+    let delay = TIMING.max_block_delay_ms;
+    assert!(feed(
+        &mut primary,
+        Input::Tick {
+            now_ms: setup.now + delay - 1
+        }
+    )
+    .is_empty());
+    assert_eq!(
+        feed(
+            &mut primary,
+            Input::Tick {
+                now_ms: setup.now + delay
+            }
+        ),
+        ["mine h2"]
+    );
+}
+
+/// §4.3: at a checkpoint height the replica announces its state; a quorum of matching
+/// announcements make it stable, and the consensus log at or below it is discarded.
+#[test]
+fn checkpoints_become_stable_and_truncate_the_log() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let mut parent = setup.genesis();
+    for height in 1..=2u64 {
+        let block = setup.block(&parent.header, &parent.log, height);
+        message(&mut backup, setup.pre_prepare(0, &block));
+        message(&mut backup, vote(&setup, 2, false, 0, &block));
+        message(&mut backup, vote(&setup, 2, true, 0, &block));
+        let outputs = message(&mut backup, vote(&setup, 3, true, 0, &block));
+        let expected: Vec<&str> = if height == 2 {
+            vec!["apply h2", "broadcast checkpoint h2"]
+        } else {
+            vec!["apply h1"]
+        };
+        assert_eq!(outputs, expected);
+        let mut log = parent.log.clone();
+        for entry in &block.entries {
+            log.append(
+                crate::chain::merkle::leaf_hash(entry.id().as_bytes()),
+                |_, _, _| {},
+            );
+        }
+        parent = Tip {
+            header: block.header,
+            log,
+        };
+    }
+    assert!(backup.footprint().slots >= 2);
+    let hash = parent.header.hash();
+    let checkpoint = |from: usize| setup.sign(from, Payload::Checkpoint { height: 2, hash });
+    assert!(message(&mut backup, checkpoint(2)).is_empty());
+    assert_eq!(message(&mut backup, checkpoint(3)), ["persist stable h2"]);
+    assert_eq!(backup.stable_checkpoint().height, 2);
+    assert_eq!(backup.footprint().slots, 0);
+    assert_eq!(backup.footprint().blocks, 0);
+}
+
+/// §4.2 (a request executes once): a block validated in the same step that applied
+/// its parent must not repeat the parent's entries, although the driver's index
+/// learns of the parent only after the step.
+#[test]
+fn a_block_repeating_an_entry_of_a_parent_applied_in_the_same_step_is_refused() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let mut log = genesis.log.clone();
+    for entry in &first.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    let repeat = vec![first.entries[0].clone()];
+    let second = Arc::new(testing::next_block(
+        &first.header,
+        &log,
+        repeat,
+        setup.spec.difficulty,
+    ));
+    let mut backup = setup.replica(1);
+    // The second block arrives first and waits for its parent.
+    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    // Catch-up delivers the parent with its certificate; the wait ends in this step.
+    let outputs = feed(
+        &mut backup,
+        Input::Committed {
+            block: first.clone(),
+            certificate: testing::certify(&setup.keys[..3], &first),
+        },
+    );
+    assert_eq!(outputs, ["apply h1", "dropped InvalidBlock"]);
+}

@@ -1,0 +1,303 @@
+//! What a replica is configured with, what it is fed and what it asks for: the
+//! types a driver and the simulator speak to it in.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use super::super::durable::Record;
+use super::super::message::{MemberIndex, Message, Verifier};
+use crate::chain::{
+    Block, ChainError, ChainParams, ChainSpec, CommitCertificate, CompactRange, Entry, Hash,
+    Header, Members, Policy,
+};
+
+/// Timers of one replica, in milliseconds of the time its ticks carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// The primary cuts a block this long after the first pending entry arrived.
+    pub max_block_delay_ms: u64,
+    /// An entry not committed after this long (doubled per consecutive view change)
+    /// starts a view change; a view change not completed after it starts the next.
+    pub view_change_timeout_ms: u64,
+    /// Unanswered protocol messages are sent again this often.
+    pub retransmit_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            max_block_delay_ms: 10,
+            view_change_timeout_ms: 2_000,
+            retransmit_ms: 250,
+        }
+    }
+}
+
+/// Deliberate protocol breaks, for proving that the simulator's checker can fail.
+/// Never set outside tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flaws {
+    /// Count 2f matching votes as a quorum.
+    pub weak_quorum: bool,
+    /// Count 2f + 1 matching votes as a quorum at every n, as PBFT's paper does for
+    /// n = 3f + 1: at n = 5 two such quorums meet in one member, at n = 6 in none.
+    pub classic_quorum: bool,
+    /// Accept a block at h + 1 when the block at h is merely accepted, not prepared.
+    pub skip_chaining: bool,
+    /// Take a NEW-VIEW's re-proposals as given instead of recomputing them.
+    pub trust_new_view: bool,
+}
+
+/// Everything a replica is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The membership's keys and the quorum.
+    pub verifier: Verifier,
+    /// The membership (for commit certificates, which name signers by node id).
+    pub members: Members,
+    /// This replica's position in the membership.
+    pub me: MemberIndex,
+    /// This replica's signing key.
+    pub key: SigningKey,
+    /// The chain's limits.
+    pub params: ChainParams,
+    /// The genesis difficulty, which blocks meet unless the policy asks for another.
+    pub difficulty: u32,
+    /// The chain's validation plugins, if any: a difficulty policy and block rules.
+    pub policy: Option<Arc<dyn Policy>>,
+    /// Heights accepted above the stable checkpoint: the high watermark is
+    /// `stable + window` (C&L §4.2). At least twice the checkpoint interval.
+    pub window: u64,
+    /// The timers.
+    pub timing: Timing,
+    /// Entries a replica holds while they wait to be committed.
+    pub max_pending: usize,
+    /// Deliberate breaks (tests only).
+    pub flaws: Flaws,
+}
+
+/// Why a replica cannot be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The key is not a member of the chain.
+    #[error("this node's key is not a member of the chain")]
+    NotMember,
+}
+
+impl Config {
+    /// The configuration of the member holding `key` in `spec`'s chain.
+    pub fn new(spec: &ChainSpec, key: SigningKey, timing: Timing) -> Result<Config, ConfigError> {
+        let public = key.verifying_key();
+        let me = spec
+            .members
+            .as_slice()
+            .iter()
+            .position(|member| member.public_key == public)
+            .ok_or(ConfigError::NotMember)?;
+        let genesis_hash = spec.genesis_block().hash();
+        Ok(Config {
+            verifier: Verifier::new(spec.chain_hash(), genesis_hash, &spec.members),
+            members: spec.members.clone(),
+            // Genesis caps the member count well below u16::MAX.
+            me: me as MemberIndex,
+            key,
+            params: spec.params,
+            difficulty: spec.difficulty,
+            policy: None,
+            window: spec.params.checkpoint_interval.saturating_mul(2).max(2),
+            timing,
+            max_pending: 100_000,
+            flaws: Flaws::default(),
+        })
+    }
+
+    /// Validates and mines under `policy` (the node's plugins).
+    pub fn with_policy(mut self, policy: Arc<dyn Policy>) -> Config {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Applies `flaws` (tests only).
+    pub fn with_flaws(mut self, flaws: Flaws) -> Config {
+        if flaws.weak_quorum {
+            self.verifier.quorum = 2 * self.verifier.max_faulty();
+        }
+        if flaws.classic_quorum {
+            self.verifier.quorum = 2 * self.verifier.max_faulty() + 1;
+        }
+        self.flaws = flaws;
+        self
+    }
+}
+
+/// The last applied block and the Merkle log after it.
+#[derive(Clone, Debug)]
+pub struct Tip {
+    /// Its header.
+    pub header: Header,
+    /// The log after it.
+    pub log: CompactRange,
+}
+
+/// What happens to a replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A message from a peer, not yet verified.
+    Message(Message),
+    /// The current time, ms since the Unix epoch.
+    Tick {
+        /// The time.
+        now_ms: u64,
+    },
+    /// An entry submitted by a client (`forwarded` if another member sent it on).
+    Entry {
+        /// The entry.
+        entry: Entry,
+        /// Whether a member forwarded it (it is then verified here).
+        forwarded: bool,
+    },
+    /// Cut a block now, even an empty one (`POST /mine`); primary only.
+    Cut,
+    /// The block the primary asked to be mined, with its nonce.
+    Mined(Arc<Block>),
+    /// A block body this replica asked for with [`Output::FetchBlock`].
+    Block(Arc<Block>),
+    /// A committed block from a peer's chain, for catch-up.
+    Committed {
+        /// The block.
+        block: Arc<Block>,
+        /// Its commit certificate.
+        certificate: CommitCertificate,
+    },
+}
+
+/// What a replica asks its driver to do, in order. A [`Output::Persist`] must be
+/// durable before any later output is performed.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send to one member.
+    Send {
+        /// The member.
+        to: MemberIndex,
+        /// The message.
+        message: Message,
+    },
+    /// Send to every other member.
+    Broadcast(Message),
+    /// Make this durable before performing anything after it.
+    Persist(Record),
+    /// Apply a committed block (the next height) with its certificate.
+    Apply {
+        /// The block.
+        block: Arc<Block>,
+        /// Its commit certificate.
+        certificate: CommitCertificate,
+    },
+    /// Mine this template (nonce 0) and answer with [`Input::Mined`].
+    Mine(Arc<Block>),
+    /// Stop mining: the template is stale.
+    CancelMining,
+    /// Pass a client's entry to the primary.
+    Forward {
+        /// The primary.
+        to: MemberIndex,
+        /// The entry.
+        entry: Entry,
+    },
+    /// Find the block with `hash` at `height` and answer with [`Input::Block`].
+    FetchBlock {
+        /// Its height.
+        height: u64,
+        /// Its hash.
+        hash: Hash,
+    },
+    /// Find committed blocks above `after` with their certificates and answer with
+    /// [`Input::Committed`], in height order. A peer active in a view above
+    /// `entered_view` also sends the NEW-VIEW that started it
+    /// ([`Replica::new_view_since`]), so a replica that missed it joins.
+    FetchCommitted {
+        /// The last height this replica applied.
+        after: u64,
+        /// The last view this replica entered.
+        entered_view: u64,
+    },
+    /// An input was refused; counted for metrics.
+    Dropped {
+        /// The sender, when a member sent it.
+        from: Option<MemberIndex>,
+        /// What was refused.
+        kind: &'static str,
+        /// Why.
+        reason: DropReason,
+        /// The rule a refused block or entry broke, when one was checked.
+        error: Option<ChainError>,
+    },
+}
+
+/// Why an input was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// The sender is not a member.
+    NotMember,
+    /// A signature or certificate does not verify.
+    BadSignature,
+    /// A message for another view than the one this replica is in.
+    WrongView,
+    /// A message only the primary may send, from someone else.
+    NotPrimary,
+    /// A height outside the watermarks.
+    OutsideWindow,
+    /// Already settled (at or below the stable checkpoint, or an older view).
+    Stale,
+    /// Seen before.
+    Duplicate,
+    /// Contradicts what the same sender said before (equivocation).
+    Conflicting,
+    /// A block that fails validation.
+    InvalidBlock,
+    /// A NEW-VIEW whose re-proposals do not follow from its view changes.
+    InvalidNewView,
+    /// A block or entry nobody asked for, or one that does not fit.
+    Unsolicited,
+    /// An entry that fails validation.
+    InvalidEntry,
+    /// The entry pool is full.
+    PoolFull,
+}
+
+impl DropReason {
+    /// The reason's name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotMember => "not_member",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::WrongView => "wrong_view",
+            DropReason::NotPrimary => "not_primary",
+            DropReason::OutsideWindow => "outside_window",
+            DropReason::Stale => "stale",
+            DropReason::Duplicate => "duplicate",
+            DropReason::Conflicting => "conflicting",
+            DropReason::InvalidBlock => "invalid_block",
+            DropReason::InvalidNewView => "invalid_new_view",
+            DropReason::Unsolicited => "unsolicited",
+            DropReason::InvalidEntry => "invalid_entry",
+            DropReason::PoolFull => "pool_full",
+        }
+    }
+}
+
+/// Sizes of the replica's state, for the boundedness check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Heights with consensus state.
+    pub slots: usize,
+    /// Block bodies held.
+    pub blocks: usize,
+    /// Checkpoint votes held.
+    pub checkpoint_votes: usize,
+    /// View changes held.
+    pub view_changes: usize,
+    /// Entries waiting to be committed.
+    pub pending: usize,
+}
