@@ -1,0 +1,124 @@
+//! The scenarios: a hostile network, targeted losses and Byzantine members, and the
+//! catalogue that CI runs and the sweep covers.
+
+use super::Behaviour;
+use crate::consensus::{Flaws, MemberIndex};
+
+/// The hostile network.
+#[derive(Clone, Copy, Debug)]
+pub struct Network {
+    /// Probability a message is lost before the network heals.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Delivery delay range (reordering follows from it), ms.
+    pub delay_ms: (u64, u64),
+    /// Whether partitions come and go before the network heals.
+    pub partitions: bool,
+    /// Whether honest replicas crash and restart from what they persisted.
+    pub crashes: bool,
+}
+
+/// A targeted fault: messages of one kind to one member are lost for a while.
+#[derive(Clone, Copy, Debug)]
+pub struct Cut {
+    /// The message kind ([`Message::kind`]), or `"committed-blocks"` for catch-up
+    /// answers.
+    pub kind: &'static str,
+    /// Only messages about this height, if set.
+    pub height: Option<u64>,
+    /// The receiver, or every member if unset.
+    pub to: Option<MemberIndex>,
+    /// When the cut starts and ends, virtual ms after the start.
+    pub from_ms: u64,
+    /// See `from_ms`.
+    pub until_ms: u64,
+}
+
+/// One adversarial setting; a seed fills in the details.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name, for reports and `--scenario`.
+    pub name: String,
+    /// Members, n (any size; f = ⌊(n − 1) / 3⌋ of them may be Byzantine).
+    pub members: usize,
+    /// Byzantine members and what each does.
+    pub byzantine: Vec<(MemberIndex, Behaviour)>,
+    /// The network.
+    pub network: Network,
+    /// Deliberate protocol breaks in every honest replica.
+    pub flaws: Flaws,
+    /// How long faults last before the network heals, virtual ms.
+    pub faulty_ms: u64,
+    /// How long after healing liveness must be reached, virtual ms.
+    pub settle_ms: u64,
+    /// Client entries submitted, spread over the run.
+    pub entries: usize,
+    /// Targeted losses.
+    pub cuts: Vec<Cut>,
+}
+
+impl Scenario {
+    /// A scenario with `members` replicas, a lossy, reordering network, no Byzantine
+    /// member and no flaw.
+    pub fn new(name: &str, members: usize) -> Scenario {
+        Scenario {
+            name: name.to_owned(),
+            members,
+            byzantine: Vec::new(),
+            network: Network {
+                drop: 0.05,
+                duplicate: 0.02,
+                delay_ms: (1, 30),
+                partitions: false,
+                crashes: false,
+            },
+            flaws: Flaws::default(),
+            faulty_ms: 4_000,
+            settle_ms: 30_000,
+            entries: 40,
+            cuts: Vec::new(),
+        }
+    }
+
+    /// The named scenarios CI runs and the sweep covers: every n from 1 to 10 under
+    /// each network fault, and each Byzantine behaviour by f members wherever f ≥ 1
+    /// (below n = 4 no member may lie).
+    pub fn catalogue() -> Vec<Scenario> {
+        let mut all = Vec::new();
+        for members in 1..=10 {
+            let f = (members - 1) / 3;
+            all.push(Scenario::new(&format!("lossy-{members}"), members));
+            let mut partitions = Scenario::new(&format!("partitions-{members}"), members);
+            partitions.network.partitions = true;
+            all.push(partitions);
+            let mut crashes = Scenario::new(&format!("crashes-{members}"), members);
+            crashes.network.crashes = true;
+            all.push(crashes);
+            if f == 0 {
+                continue;
+            }
+            for behaviour in Behaviour::ALL {
+                let mut scenario =
+                    Scenario::new(&format!("{}-{members}", behaviour.name()), members);
+                // Member 0 is view 0's primary and member 1 view 1's, the first to
+                // send a NEW-VIEW; primaries rotate, so each Byzantine member gets
+                // its turn as views change.
+                let first = MemberIndex::from(behaviour == Behaviour::BogusNewView);
+                scenario.byzantine = (first..first + f as MemberIndex)
+                    .map(|m| (m, behaviour))
+                    .collect();
+                // Partitions with liars where quorums are tightest: at n = 4 the
+                // paper's size, at 5 and 6 the sizes where 2f + 1 would be unsafe.
+                scenario.network.partitions = (4..=6).contains(&members);
+                all.push(scenario);
+            }
+        }
+        all
+    }
+
+    /// The catalogue scenario called `name`.
+    pub fn named(name: &str) -> Option<Scenario> {
+        Scenario::catalogue().into_iter().find(|s| s.name == name)
+    }
+}
