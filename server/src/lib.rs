@@ -33,8 +33,10 @@ pub mod net;
 pub mod node;
 pub mod plugin_host;
 pub mod pow;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod storage;
 pub mod systemd;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod throttle;

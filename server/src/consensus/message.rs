@@ -214,7 +214,7 @@ pub struct Verifier {
     node_ids: Vec<Hash>,
     /// Matching votes that make a certificate, q = ⌈(n + f + 1) / 2⌉ (unless a test
     /// breaks it).
-    pub quorum: usize,
+    pub(crate) quorum: usize,
     memo: Option<SignatureMemo>,
     /// Curve verifications performed (memo hits excluded), shared by clones.
     checked: Arc<AtomicU64>,
@@ -277,6 +277,11 @@ impl Verifier {
     pub fn with_memo(mut self, memo: SignatureMemo) -> Verifier {
         self.memo = Some(memo);
         self
+    }
+
+    /// Matching votes that make a certificate.
+    pub fn quorum(&self) -> usize {
+        self.quorum
     }
 
     /// The number of members, n.

@@ -16,6 +16,6 @@ pub use message::{
     MemberIndex, Message, NewView, Payload, PreparedCertificate, Proposal, SignatureMemo, Verifier,
     ViewChange, Vote,
 };
-pub use replica::{
-    Config, ConfigError, DropReason, Flaws, Footprint, Input, Output, Replica, Timing, Tip,
-};
+#[cfg(feature = "testing")]
+pub use replica::Flaws;
+pub use replica::{Config, ConfigError, DropReason, Footprint, Input, Output, Replica, Timing, Tip};

@@ -111,7 +111,7 @@ impl Report {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p ledger --bin ledger-sim -- --scenario {} --seed {}",
+            "cargo run --release -p ledger --features testing --bin ledger-sim -- --scenario {} --seed {}",
             self.scenario, self.seed
         )
     }

@@ -207,7 +207,7 @@ impl Sim {
         let heal_at = start + scenario.faulty_ms;
         let quorum = replica_config(&spec, &keys[0], timing, scenario.flaws, &memo)
             .verifier
-            .quorum;
+            .quorum();
         let mut sim = Sim {
             rng,
             spec,

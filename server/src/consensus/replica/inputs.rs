@@ -340,7 +340,7 @@ impl Replica {
         let Payload::NewView(new_view) = &message.payload else {
             return;
         };
-        let checkpoint = if self.config.flaws.trust_new_view {
+        let checkpoint = if self.flaws().trust_new_view {
             highest_checkpoint(&new_view.view_changes)
         } else {
             let (checkpoint, headers) = self.compute_new_view(&new_view.view_changes);

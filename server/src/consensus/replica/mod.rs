@@ -42,7 +42,17 @@ mod view_change;
 #[cfg(test)]
 mod view_change_tests;
 
-pub use types::{Config, ConfigError, DropReason, Flaws, Footprint, Input, Output, Timing, Tip};
+#[cfg(feature = "testing")]
+pub use types::Flaws;
+pub use types::{Config, ConfigError, DropReason, Footprint, Input, Output, Timing, Tip};
+
+/// What a build without the `testing` feature has of the deliberate breaks: none.
+#[cfg(not(feature = "testing"))]
+#[derive(Clone, Copy, Default)]
+struct Flaws {
+    skip_chaining: bool,
+    trust_new_view: bool,
+}
 
 /// Lagging checks (one per retransmit interval) with an unmoved tip between probes
 /// of a peer's chain.
@@ -403,6 +413,14 @@ impl Replica {
             self.blocks.keys().map(short).collect::<Vec<_>>().join(" "),
         );
         text
+    }
+
+    /// The deliberate breaks this replica runs with: none outside `testing` builds.
+    fn flaws(&self) -> Flaws {
+        #[cfg(feature = "testing")]
+        return self.config.flaws;
+        #[cfg(not(feature = "testing"))]
+        Flaws::default()
     }
 
     fn quorum(&self) -> usize {

@@ -54,7 +54,7 @@ impl Replica {
             .prepared
             .as_ref()
             .is_some_and(|p| p.view == self.view && p.header.hash() == accepted.hash);
-        if !prepared && !self.config.flaws.skip_chaining {
+        if !prepared && !self.flaws().skip_chaining {
             return None;
         }
         let log = accepted.log.clone()?;

@@ -35,7 +35,8 @@ impl Default for Timing {
 }
 
 /// Deliberate protocol breaks, for proving that the simulator's checker can fail.
-/// Never set outside tests.
+/// Only in builds with the `testing` feature.
+#[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flaws {
     /// Count 2f matching votes as a quorum.
@@ -74,6 +75,7 @@ pub struct Config {
     /// Entries a replica holds while they wait to be committed.
     pub max_pending: usize,
     /// Deliberate breaks (tests only).
+    #[cfg(feature = "testing")]
     pub flaws: Flaws,
 }
 
@@ -108,6 +110,7 @@ impl Config {
             window: spec.params.checkpoint_interval.saturating_mul(2).max(2),
             timing,
             max_pending: 100_000,
+            #[cfg(feature = "testing")]
             flaws: Flaws::default(),
         })
     }
@@ -119,6 +122,7 @@ impl Config {
     }
 
     /// Applies `flaws` (tests only).
+    #[cfg(feature = "testing")]
     pub fn with_flaws(mut self, flaws: Flaws) -> Config {
         if flaws.weak_quorum {
             self.verifier.quorum = 2 * self.verifier.max_faulty();
