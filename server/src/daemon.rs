@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{LogFormat, NodeConfig};
-use crate::consensus::{MemberIndex, Timing};
+use crate::consensus::MemberIndex;
+use crate::engine::{Cluster, ClusterSettings};
 use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
@@ -161,12 +161,14 @@ async fn bind_peers(path: &Path, config: &NodeConfig) -> anyhow::Result<tokio::n
 }
 
 /// Starts the member transport on `listener` and the PBFT replica over `store`.
+#[allow(clippy::too_many_arguments)]
 async fn start_cluster(
     path: &Path,
     config: &NodeConfig,
     listener: tokio::net::TcpListener,
     store: &Arc<Store>,
     key: ed25519_dalek::SigningKey,
+    node_settings: NodeSettings,
     metrics: Arc<crate::metrics::Metrics>,
     plugins: Arc<Plugins>,
 ) -> anyhow::Result<Cluster> {
@@ -209,21 +211,19 @@ async fn start_cluster(
         inbound_capacity: PEER_QUEUE,
     };
     let (transport, inbound) = Transport::start(listener, transport_config)?;
-    let settings = ClusterSettings {
-        timing: Timing {
-            max_block_delay_ms: config.max_block_delay_ms,
-            ..Timing::default()
-        },
-        mining_threads: config
-            .mining_threads
-            .and_then(NonZeroUsize::new)
-            .unwrap_or_else(crate::pow::default_threads),
-        ..ClusterSettings::default()
-    };
     let store = Arc::clone(store);
     let transport = Arc::new(transport);
     let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(store, key, transport, inbound, settings, metrics, plugins)
+        Cluster::start(
+            store,
+            key,
+            transport,
+            inbound,
+            node_settings,
+            ClusterSettings::default(),
+            metrics,
+            plugins,
+        )
     })
     .await??;
     tracing::info!(
@@ -286,11 +286,10 @@ pub async fn run(
             .and_then(NonZeroUsize::new)
             .unwrap_or_else(crate::pow::default_threads),
     };
-    let node = Arc::new(Node::new(Arc::clone(&store), key.clone(), settings));
-    let plugins = Plugins::load(&config.plugins, node.metrics().clone())
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let plugins = Plugins::load(&config.plugins, Arc::clone(&metrics))
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
-    node.attach_plugins(Arc::clone(&plugins));
     // Every listener is bound before consensus starts: a busy port stops start-up
     // at once, not after the peers have connected.
     let listener = listen(config.api_listen, API_BACKLOG).with_context(|| {
@@ -300,12 +299,26 @@ pub async fn run(
             config.api_listen
         )
     })?;
-    if store.spec().members.len() > 1 {
+    // The engine is chosen once, here, for the node's whole life.
+    let node = if store.spec().members.len() > 1 {
         let peers = bind_peers(path, &config).await?;
-        let metrics = node.metrics().clone();
-        let cluster = start_cluster(path, &config, peers, &store, key, metrics, plugins).await?;
-        node.attach_cluster(cluster);
-    }
+        let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
+        let cluster = start_cluster(
+            path,
+            &config,
+            peers,
+            &store,
+            key,
+            settings,
+            Arc::clone(&metrics),
+            Arc::clone(&plugins),
+        )
+        .await?;
+        Node::member(Arc::clone(&store), node_id, cluster, plugins, metrics)
+    } else {
+        Node::alone(Arc::clone(&store), key, settings, plugins, metrics)
+    };
+    let node = Arc::new(node);
     node.metrics()
         .height
         .store(tip.height, std::sync::atomic::Ordering::Relaxed);

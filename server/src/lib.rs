@@ -8,26 +8,32 @@
 //! - [`storage`]: the redb database behind one [`storage::Store`] type; one write
 //!   transaction per applied block.
 //! - [`consensus`]: the PBFT replica as a pure state machine. No IO, no clock.
-//! - [`node`]: the entry pool and the block producer (cut, mine, certify, apply).
+//! - [`net`]: member connections: mutual TLS, the hello, frames and their contents.
+//! - [`engine`]: what produces blocks, one of two behind one seam: [`engine::Alone`]
+//!   (the chain's only member cuts, mines and certifies its own blocks) or
+//!   [`engine::Cluster`] (the PBFT replica's driver over the store and the network).
+//! - [`node`]: what the API talks to: the store, the plugins, the metrics and the one
+//!   engine a node was built with; readiness.
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
+//! - [`plugin_host`]: validation plugins loaded from shared libraries, and their hooks.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
 //! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
 //! - [`systemd`]: telling systemd (`Type=notify`) when the node is ready, alive, stopping.
-//! - [`net`]: node-to-node framing (the transport grows here).
 //! - [`metrics`]: Prometheus text metrics.
-//! - [`sim`]: the deterministic simulator that runs replicas over a hostile network.
-//! - [`testing`]: builders of valid chains for tests, benches and fixture tools.
-//! - [`throttle`]: log lines that would repeat, let through at a bounded rate.
+//! - [`throttle`]: log lines at a bounded rate, retries with a back-off.
+//! - [`sim`] (feature `testing`): the deterministic simulator that runs replicas over
+//!   a hostile network.
+//! - [`testing`] (feature `testing`): builders of valid chains, a failing disk.
 //!
 //! Byte formats are specified in `docs/FORMAT.md`; every encoding is big-endian and
 //! fixed-width except where a length prefix says otherwise.
 
 pub mod api;
 pub mod chain;
-pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod daemon;
+pub mod engine;
 pub mod metrics;
 pub mod net;
 pub mod node;

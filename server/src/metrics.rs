@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::chain::Header;
 use crate::storage::HealthCounters;
 
 /// Upper bounds of the commit latency histogram, in seconds.
@@ -146,6 +147,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records a block applied to the store: the one place either engine reports it.
+    pub fn block_applied(&self, header: &Header, entries: usize, elapsed: Duration) {
+        self.apply_latency.observe(elapsed);
+        self.height.store(header.height, Ordering::Relaxed);
+        self.blocks_applied.fetch_add(1, Ordering::Relaxed);
+        self.entries_committed
+            .fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
     /// Records a finished mining run.
     pub fn record_mining(&self, hashes: u64, elapsed: Duration) {
         self.pow_hashes.fetch_add(hashes, Ordering::Relaxed);

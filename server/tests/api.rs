@@ -67,7 +67,13 @@ fn node_with(settings: NodeSettings, start: bool) -> TestNode {
         StoreOptions::default(),
     )
     .unwrap();
-    let node = Arc::new(Node::new(Arc::new(store), key(1), settings));
+    let node = Arc::new(Node::alone(
+        Arc::new(store),
+        key(1),
+        settings,
+        Arc::default(),
+        Arc::default(),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     let producer = start.then(|| {
         let node = Arc::clone(&node);
@@ -231,10 +237,12 @@ fn damaged_node(
 ) -> (TestNode, Vec<ledger::chain::Block>) {
     let (dir, path, spec, blocks) = damaged_database(damage);
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
-    let node = Arc::new(Node::new(
+    let node = Arc::new(Node::alone(
         Arc::new(store),
         key(1),
         settings(10, Duration::from_millis(5), 100),
+        Arc::default(),
+        Arc::default(),
     ));
     let (stop, stopped) = oneshot::channel::<()>();
     let producer = tokio::spawn(Arc::clone(&node).run(async {
@@ -864,10 +872,12 @@ async fn an_idle_node_recovers_a_failed_database_by_itself() {
             .database()
             .map_err(|error| ledger::storage::StoreError::Unavailable(error.to_string()))
     });
-    let node = Arc::new(Node::new(
+    let node = Arc::new(Node::alone(
         Arc::new(store),
         key(1),
         settings(10, Duration::from_millis(5), 100),
+        Arc::default(),
+        Arc::default(),
     ));
     let (stop, stopped) = oneshot::channel::<()>();
     let producer = tokio::spawn(Arc::clone(&node).run(async {

@@ -82,7 +82,13 @@ async fn every_documented_operation_is_routed() {
         pool_capacity: 10,
         mining_threads: NonZeroUsize::MIN,
     };
-    let node = Arc::new(Node::new(Arc::new(store), key(1), settings));
+    let node = Arc::new(Node::alone(
+        Arc::new(store),
+        key(1),
+        settings,
+        Arc::default(),
+        Arc::default(),
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let producer = tokio::spawn(Arc::clone(&node).run(async {
         let _ = stopped.await;

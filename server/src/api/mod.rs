@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ErrorBody};
 use types::{
     Accepted, BlockView, CommittedView, ConsistencyView, EntryView, HeaderView, MemberView,
-    MinedView, ReceiptView, StatusView, SubmitRequest,
+    MinedView, ReceiptView, SettingsView, StatusView, SubmitRequest,
 };
 
 use crate::chain::{Block, Hash, Receipt};
@@ -147,7 +147,7 @@ async fn read<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(node.store());
-    crate::node::blocking(move || work(&store))
+    crate::engine::blocking(move || work(&store))
         .await
         .map_err(ApiError::from)
 }
@@ -504,35 +504,24 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     let members = spec.members.as_slice();
     let self_id = node.node_id();
     let not_ready = node.unready_reason();
-    // Alone, this node is the whole quorum, always in view 0.
-    let (view, primary, stable_checkpoint, peers) = match node.cluster() {
-        Some(cluster) => {
-            let status = cluster.status();
-            let stable = (status.stable_checkpoint > 0).then_some(status.stable_checkpoint);
-            (
-                status.view,
-                usize::from(status.primary),
-                stable,
-                cluster.peers(),
-            )
-        }
-        None => (0, 0, None, Vec::new()),
-    };
+    let engine = node.status();
+    let peers = &engine.peers;
     Ok(Json(StatusView {
         node_id: self_id.to_hex(),
         chain_id: spec.chain_id.clone(),
         chain_hash: store.chain_hash().to_hex(),
         genesis_hash: store.genesis_hash().to_hex(),
-        view,
+        view: engine.view,
         primary: members
-            .get(primary)
+            .get(usize::from(engine.primary))
             .map(|m| m.node_id.to_hex())
             .unwrap_or_default(),
         height: tip.height,
         tip_hash: tip.hash().to_hex(),
         log_size: tip.log_size,
-        stable_checkpoint,
+        stable_checkpoint: engine.stable_checkpoint,
         f: spec.members.max_faulty(),
+        quorum: spec.members.quorum(),
         members: members
             .iter()
             .enumerate()
@@ -551,8 +540,15 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
                 },
             })
             .collect(),
-        difficulty: spec.difficulty,
-        pool_size: node.pool_size(),
+        difficulty: engine.next_difficulty,
+        pool_size: engine.pending,
+        settings: SettingsView {
+            max_block_entries: engine.settings.max_block_entries,
+            max_block_delay_ms: u64::try_from(engine.settings.max_block_delay.as_millis())
+                .unwrap_or(u64::MAX),
+            pool_capacity: engine.settings.pool_capacity,
+            mining_threads: engine.settings.mining_threads.get(),
+        },
         plugins: node.plugins().fingerprints(),
         ready: not_ready.is_none(),
         not_ready,
@@ -632,7 +628,7 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
         Ok(Ok(header)) => Ok(Json(MinedView {
             header: HeaderView::from(&header),
         })),
-        Ok(Err(reason)) => Err(ApiError::unavailable("mine_failed", reason)),
+        Ok(Err(error)) => Err(ApiError::unavailable("mine_failed", error.to_string())),
         Err(_) => Err(ApiError::unavailable(
             "not_ready",
             "the node stopped before mining",
@@ -663,12 +659,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         store.failure().is_some(),
         store.damage().is_some(),
     );
-    if let Some(cluster) = node.cluster() {
-        let connected = cluster.peers().iter().filter(|p| p.connected()).count();
-        node.metrics()
-            .peers_connected
-            .store(connected as u64, std::sync::atomic::Ordering::Relaxed);
-    }
+    let connected = node.status().peers.iter().filter(|p| p.connected()).count();
+    node.metrics()
+        .peers_connected
+        .store(connected as u64, std::sync::atomic::Ordering::Relaxed);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),

@@ -443,6 +443,19 @@ pub struct MemberView {
     pub plugins: Option<String>,
 }
 
+/// The settings a node runs with, as `/v1/status` shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SettingsView {
+    /// Most entries per block (at most the genesis limit).
+    pub max_block_entries: usize,
+    /// Longest an entry waits for others to join its block, ms.
+    pub max_block_delay_ms: u64,
+    /// Most entries waiting to be committed.
+    pub pool_capacity: usize,
+    /// Threads the miner uses.
+    pub mining_threads: usize,
+}
+
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
@@ -468,12 +481,17 @@ pub struct StatusView {
     pub stable_checkpoint: Option<u64>,
     /// Faults tolerated.
     pub f: usize,
+    /// Matching votes that make a certificate: ⌈(n + f + 1) / 2⌉.
+    pub quorum: usize,
     /// The members.
     pub members: Vec<MemberView>,
-    /// Difficulty the next block needs.
+    /// Difficulty the next block needs: the difficulty plugin's verdict, or the
+    /// genesis difficulty.
     pub difficulty: u32,
-    /// Entries waiting for a block.
+    /// Entries waiting to be committed.
     pub pool_size: usize,
+    /// The settings in force (ledgerd.toml, as this node applies them).
+    pub settings: SettingsView,
     /// This node's plugins, in the order it calls them.
     pub plugins: Vec<Fingerprint>,
     /// Whether the node serves submits (what `/readyz` answers).

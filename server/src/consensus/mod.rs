@@ -18,4 +18,4 @@ pub use message::{
 };
 #[cfg(feature = "testing")]
 pub use replica::Flaws;
-pub use replica::{Config, ConfigError, DropReason, Footprint, Input, Output, Replica, Timing, Tip};
+pub use replica::{Config, DropReason, Footprint, Input, NotAMember, Output, Replica, Timing, Tip};

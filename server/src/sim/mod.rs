@@ -44,7 +44,7 @@ impl EntryIndex for Ids<'_> {
 }
 
 /// One simulated process: a replica (none while crashed) and what it persisted.
-struct Node {
+struct Process {
     member: MemberIndex,
     replica: Option<Replica>,
     durable: Durable,
@@ -128,7 +128,7 @@ pub struct Sim {
     spec: ChainSpec,
     keys: Vec<SigningKey>,
     timing: Timing,
-    nodes: Vec<Node>,
+    nodes: Vec<Process>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     now: u64,
@@ -191,7 +191,7 @@ impl Sim {
                 let silent = behaviour == Some(Behaviour::Silent);
                 let replica = (!silent)
                     .then(|| Replica::new(config, tip.clone(), durable.clone(), [], start));
-                nodes.push(Node {
+                nodes.push(Process {
                     member,
                     replica,
                     durable,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::super::durable::Record;
 use super::super::message::{CheckpointCertificate, Invalid, MemberIndex, Message, Payload, Vote};
 use super::view_change::highest_checkpoint;
-use super::{Candidate, DropReason, Output, Pending, Replica, PROBE_CHECKS};
+use super::{Candidate, DropReason, Output, Replica, Waiting, PROBE_CHECKS};
 use crate::chain::{Block, CommitCertificate, Entry, EntryIndex, Hash, Header};
 
 impl Replica {
@@ -392,7 +392,7 @@ impl Replica {
         }
         self.pending.insert(
             id,
-            Pending {
+            Waiting {
                 entry,
                 since_ms: self.now_ms,
                 arrived_ms: self.now_ms,
@@ -506,7 +506,7 @@ impl Replica {
     /// sends a late request to all replicas (C&L §4.1): each then runs its own timer,
     /// so a primary that censors them faces f + 1 view changes, not one.
     pub(super) fn share_overdue(&mut self, since: u64) {
-        let limit = self.config.params.max_block_entries as usize;
+        let limit = self.config.max_block_entries;
         let overdue: Vec<Entry> = self
             .order
             .iter()
@@ -548,7 +548,7 @@ impl Replica {
         }
     }
 
-    pub(super) fn oldest_pending(&mut self) -> Option<&Pending> {
+    pub(super) fn oldest_pending(&mut self) -> Option<&Waiting> {
         while let Some(id) = self.order.front() {
             if self.pending.contains_key(id) {
                 break;

@@ -44,7 +44,7 @@ mod view_change_tests;
 
 #[cfg(feature = "testing")]
 pub use types::Flaws;
-pub use types::{Config, ConfigError, DropReason, Footprint, Input, Output, Timing, Tip};
+pub use types::{Config, DropReason, Footprint, Input, NotAMember, Output, Timing, Tip};
 
 /// What a build without the `testing` feature has of the deliberate breaks: none.
 #[cfg(not(feature = "testing"))]
@@ -97,7 +97,7 @@ struct Slot {
 }
 
 #[derive(Clone, Debug)]
-struct Pending {
+struct Waiting {
     entry: Entry,
     /// When the view-change timer for this entry started.
     since_ms: u64,
@@ -129,7 +129,7 @@ pub struct Replica {
     answered: Vec<Option<u64>>,
     view_change_deadline: Option<u64>,
     consecutive_view_changes: u32,
-    pending: HashMap<Hash, Pending>,
+    pending: HashMap<Hash, Waiting>,
     order: VecDeque<Hash>,
     /// Entries from this replica's own clients not yet sent to every member, in
     /// arrival order.
@@ -331,6 +331,12 @@ impl Replica {
         self.new_view
             .as_ref()
             .filter(|_| self.entered() == self.view)
+    }
+
+    /// The difficulty the block after the applied tip needs: the policy's verdict, or
+    /// the genesis difficulty.
+    pub fn next_difficulty(&self, index: &dyn EntryIndex) -> Result<u32, ChainError> {
+        self.required_difficulty(&self.tip.header, index)
     }
 
     /// A block body this replica holds in its consensus log, for peers that ask.

@@ -494,7 +494,7 @@ impl Replica {
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,
         // the oldest younger than the delay, something in flight and no cut asked
         // for mean no block is due; the full scan below clones entries.
-        let limit = self.config.params.max_block_entries as usize;
+        let limit = self.config.max_block_entries;
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
         let tip = self.tip.header.height;

@@ -72,31 +72,32 @@ pub struct Config {
     pub window: u64,
     /// The timers.
     pub timing: Timing,
-    /// Entries a replica holds while they wait to be committed.
+    /// Entries a replica holds while they wait to be committed: beyond it a client's
+    /// entry is refused (`pool_capacity`).
     pub max_pending: usize,
+    /// Most entries the primary puts in a block (`max_block_entries`, at most the
+    /// genesis limit, which is what it defaults to).
+    pub max_block_entries: usize,
     /// Deliberate breaks (tests only).
     #[cfg(feature = "testing")]
     pub flaws: Flaws,
 }
 
-/// Why a replica cannot be configured.
+/// Why a replica cannot be configured: its key is not one of the chain's members.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The key is not a member of the chain.
-    #[error("this node's key is not a member of the chain")]
-    NotMember,
-}
+#[error("this node's key is not a member of the chain")]
+pub struct NotAMember;
 
 impl Config {
     /// The configuration of the member holding `key` in `spec`'s chain.
-    pub fn new(spec: &ChainSpec, key: SigningKey, timing: Timing) -> Result<Config, ConfigError> {
+    pub fn new(spec: &ChainSpec, key: SigningKey, timing: Timing) -> Result<Config, NotAMember> {
         let public = key.verifying_key();
         let me = spec
             .members
             .as_slice()
             .iter()
             .position(|member| member.public_key == public)
-            .ok_or(ConfigError::NotMember)?;
+            .ok_or(NotAMember)?;
         let genesis_hash = spec.genesis_block().hash();
         Ok(Config {
             verifier: Verifier::new(spec.chain_hash(), genesis_hash, &spec.members),
@@ -110,6 +111,7 @@ impl Config {
             window: spec.params.checkpoint_interval.saturating_mul(2).max(2),
             timing,
             max_pending: 100_000,
+            max_block_entries: spec.params.max_block_entries as usize,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
         })

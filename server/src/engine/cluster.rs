@@ -1,5 +1,5 @@
-//! The cluster driver: one PBFT replica run against the store and the member
-//! transport.
+//! The engine of one member of several: one PBFT replica run against the store and
+//! the member transport.
 //!
 //! One thread owns the replica, which is pure and synchronous, and performs its
 //! outputs in order. Persist records are gathered and written in one transaction
@@ -14,7 +14,6 @@
 //! them are kept.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -24,16 +23,19 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use super::{
+    blocking, hand_out_receipts, lock, now_ms, EngineStatus, MineError, NodeSettings, SubmitError,
+    Submitted,
+};
 use crate::chain::merkle::AppendedNodes;
 use crate::chain::{
     Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header, Policy, Receipt,
 };
 use crate::consensus::{
-    Config, ConfigError, DropReason, Input, MemberIndex, Output, Record, Replica, Timing, Tip,
+    Config, DropReason, Input, MemberIndex, NotAMember, Output, Record, Replica, Timing, Tip,
 };
 use crate::metrics::Metrics;
-use crate::net::{Inbound, PeerState, Transport, Wire};
-use crate::node::{hand_out_receipts, lock, now_ms};
+use crate::net::{Inbound, Transport, Wire};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -41,18 +43,18 @@ use crate::throttle::{Backoff, Throttle};
 
 /// Events queued for the driver before submits are refused.
 const EVENT_CAPACITY: usize = 65_536;
+/// How long `POST /mine` waits for the block.
+const CUT_WAIT: Duration = Duration::from_secs(30);
 /// Shortest interval between two warnings about one sender's refused inputs.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// How the driver runs.
+/// How the driver runs, beyond the [`NodeSettings`] every engine honours.
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterSettings {
-    /// The replica's timers.
+    /// The replica's timers; `max_block_delay_ms` comes from the node's settings.
     pub timing: Timing,
     /// How often the replica is told the time.
     pub tick: Duration,
-    /// Mining threads on the primary.
-    pub mining_threads: NonZeroUsize,
     /// Committed blocks sent per catch-up request.
     pub catch_up_batch: u64,
 }
@@ -62,7 +64,6 @@ impl Default for ClusterSettings {
         ClusterSettings {
             timing: Timing::default(),
             tick: Duration::from_millis(10),
-            mining_threads: pow::default_threads(),
             catch_up_batch: 32,
         }
     }
@@ -73,7 +74,7 @@ impl Default for ClusterSettings {
 pub enum ClusterError {
     /// The key is not a member.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] NotAMember),
     /// The store could not be read at start.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -105,31 +106,69 @@ pub struct ClusterStatus {
     pub stable_checkpoint: u64,
     /// Entries waiting in the replica to be committed.
     pub pending: usize,
+    /// The difficulty the block after the tip needs.
+    pub next_difficulty: u32,
     /// Why the driver stopped for good (it panicked), if it did.
     pub failure: Option<String>,
 }
 
-enum Event {
+enum DriverEvent {
     Frame(Inbound),
     Submit {
         entry: Entry,
         waiter: Option<oneshot::Sender<Receipt>>,
+        /// Told whether the replica took the entry.
+        verdict: oneshot::Sender<Result<(), SubmitError>>,
     },
     Cut,
     Mined(Block),
     Stop,
 }
 
-/// A running replica; [`Cluster::stop`] or dropping it stops the driver.
-pub struct Cluster {
-    events: SyncSender<Event>,
-    status: Arc<Mutex<ClusterStatus>>,
-    /// Ids submitted through this node and not yet applied or refused, with when.
-    submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
-    transport: Arc<Transport>,
-    /// Raised to stop the driver, which looks at it at least every tick.
+/// An entry the replica holds: since when, and whether a client of this node gave
+/// it (its commit latency is this node's to report).
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    since: Instant,
+    own: bool,
+}
+
+/// What stops the driver: its halt flag, its queue and its thread.
+#[derive(Clone)]
+struct Stopper {
+    events: SyncSender<DriverEvent>,
     halt: Arc<AtomicBool>,
-    driver: Mutex<Option<JoinHandle<()>>>,
+    driver: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Stopper {
+    /// Stops the driver after the step in hand (mining is cancelled) and waits for
+    /// it. Blocks.
+    fn stop(&self) {
+        self.halt.store(true, Ordering::Relaxed);
+        // Wakes the driver at once when the queue has room; else it sees the flag
+        // within a tick.
+        let _ = self.events.try_send(DriverEvent::Stop);
+        let driver = lock(&self.driver).take();
+        if let Some(driver) = driver {
+            if driver.join().is_err() {
+                tracing::error!("the consensus driver panicked");
+            }
+        }
+    }
+}
+
+/// A running replica; [`Cluster::run`] returning, or dropping it, stops the driver.
+pub struct Cluster {
+    store: Arc<Store>,
+    plugins: Arc<Plugins>,
+    settings: NodeSettings,
+    status: Arc<Mutex<ClusterStatus>>,
+    /// Every entry the replica holds, mirrored at the two moments it changes (taken,
+    /// applied): the one answer to "is it pending?".
+    pending: Arc<Mutex<HashMap<Hash, Held>>>,
+    transport: Arc<Transport>,
+    stopper: Stopper,
 }
 
 /// The store as the replica's index of committed entries.
@@ -154,16 +193,23 @@ impl EntryIndex for Committed<'_> {
 impl Cluster {
     /// Starts the replica of the member holding `key` over `store`, resuming from
     /// what it persisted, talking through `transport` and hearing from `inbound`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         store: Arc<Store>,
         key: SigningKey,
         transport: Arc<Transport>,
         mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
-        settings: ClusterSettings,
+        node_settings: NodeSettings,
+        mut settings: ClusterSettings,
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
     ) -> Result<Cluster, ClusterError> {
+        let node_settings = node_settings.capped(store.spec().params.max_block_entries);
+        settings.timing.max_block_delay_ms =
+            u64::try_from(node_settings.max_block_delay.as_millis()).unwrap_or(u64::MAX);
         let mut config = Config::new(store.spec(), key, settings.timing)?;
+        config.max_pending = node_settings.pool_capacity;
+        config.max_block_entries = node_settings.max_block_entries;
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
         }
@@ -176,26 +222,29 @@ impl Cluster {
             .spawn(move || {
                 // Ends when the transport is dropped or the driver is gone.
                 while let Some(frame) = inbound.blocking_recv() {
-                    if forward.send(Event::Frame(frame)).is_err() {
+                    if forward.send(DriverEvent::Frame(frame)).is_err() {
                         break;
                     }
                 }
             })
             .map_err(|error| ClusterError::Thread("peer-frames", error))?;
-        let submitted = Arc::new(Mutex::new(HashMap::new()));
+        let pending = Arc::new(Mutex::new(HashMap::new()));
         let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             halt: halt.clone(),
             config,
             replica,
-            store,
+            store: Arc::clone(&store),
             transport: transport.clone(),
             events: events.clone(),
             status: status.clone(),
-            submitted: submitted.clone(),
+            pending: pending.clone(),
             metrics,
-            plugins,
+            plugins: Arc::clone(&plugins),
             settings,
+            mining_threads: node_settings.mining_threads,
+            last_refusal: None,
+            published_height: None,
             waiters: HashMap::new(),
             persist: Vec::new(),
             held: Vec::new(),
@@ -204,6 +253,7 @@ impl Cluster {
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
         };
+        let mut driver = driver;
         driver.publish();
         let panicked = status.clone();
         let driver = std::thread::Builder::new()
@@ -223,78 +273,157 @@ impl Cluster {
             })
             .map_err(|error| ClusterError::Thread("consensus", error))?;
         Ok(Cluster {
-            events,
+            store,
+            plugins,
+            settings: node_settings,
             status,
-            submitted,
+            pending,
             transport,
-            halt,
-            driver: Mutex::new(Some(driver)),
+            stopper: Stopper {
+                events,
+                halt,
+                driver: Arc::new(Mutex::new(Some(driver))),
+            },
         })
     }
 
-    fn post(&self, event: Event) -> Result<(), ClusterError> {
-        self.events.try_send(event).map_err(|error| match error {
-            TrySendError::Full(_) => ClusterError::Busy,
-            TrySendError::Disconnected(_) => ClusterError::Stopped,
-        })
+    fn post(&self, event: DriverEvent) -> Result<(), ClusterError> {
+        self.stopper
+            .events
+            .try_send(event)
+            .map_err(|error| match error {
+                TrySendError::Full(_) => ClusterError::Busy,
+                TrySendError::Disconnected(_) => ClusterError::Stopped,
+            })
     }
 
-    /// Hands a client's entry to the replica; with `wait`, the receiver gets its
-    /// receipt once it is committed and applied here.
-    pub fn submit(
-        &self,
-        entry: Entry,
-        wait: bool,
-    ) -> Result<Option<oneshot::Receiver<Receipt>>, ClusterError> {
+    /// Checks a client's entry as a replica would (signature, plugins, not committed,
+    /// not pending), then hands it to the replica and waits for its verdict: `Ok`
+    /// only once the replica holds it, so nothing answered 202 is dropped. With
+    /// `wait`, the receiver gets its receipt once it is committed and applied here.
+    pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
+        let id = entry.id();
+        let store = Arc::clone(&self.store);
+        let limit = store.spec().params.max_entry_bytes;
+        let check = entry.clone();
+        let plugins = Arc::clone(&self.plugins);
+        let committed = blocking(move || {
+            if let Err(error) = check.verify(&store.chain_hash(), limit) {
+                return Ok(Err(SubmitError::Invalid(error)));
+            }
+            if let Err(rejection) = plugins.validate_entry(&check) {
+                return Ok(Err(SubmitError::Rejected(rejection)));
+            }
+            Ok(Ok(store.committed(&[id])?))
+        })
+        .await??;
+        if committed.first().copied().unwrap_or(false) || self.is_pending(&id) {
+            return Err(SubmitError::Duplicate(id));
+        }
         let (waiter, receiver) = if wait {
             let (sender, receiver) = oneshot::channel();
             (Some(sender), Some(receiver))
         } else {
             (None, None)
         };
-        self.post(Event::Submit { entry, waiter })?;
-        Ok(receiver)
+        let (verdict, answer) = oneshot::channel();
+        self.post(DriverEvent::Submit {
+            entry,
+            waiter,
+            verdict,
+        })
+        .map_err(|error| match error {
+            ClusterError::Busy => SubmitError::PoolFull(self.settings.pool_capacity),
+            _ => SubmitError::NotReady,
+        })?;
+        answer.await.unwrap_or(Err(SubmitError::NotReady))?;
+        Ok((id, receiver))
     }
 
-    /// Asks the primary to cut a block now (only the primary's request counts).
-    pub fn cut(&self) -> Result<(), ClusterError> {
-        self.post(Event::Cut)
-    }
-
-    /// The replica's state as last reported.
-    pub fn status(&self) -> ClusterStatus {
-        lock(&self.status).clone()
-    }
-
-    /// Whether `id` was submitted here and waits to be committed.
-    pub fn is_pending(&self, id: &Hash) -> bool {
-        lock(&self.submitted).contains_key(id)
-    }
-
-    /// Each member's connection state, by member index.
-    pub fn peers(&self) -> Vec<PeerState> {
-        self.transport.peers()
-    }
-
-    /// Stops the driver after the step in hand (mining is cancelled) and waits for it.
-    /// Blocks: async callers use `spawn_blocking`.
-    pub fn stop(&self) {
-        self.halt.store(true, Ordering::Relaxed);
-        // Wakes the driver at once when the queue has room; else it sees the flag
-        // within a tick.
-        let _ = self.events.try_send(Event::Stop);
-        let driver = lock(&self.driver).take();
-        if let Some(driver) = driver {
-            if driver.join().is_err() {
-                tracing::error!("the consensus driver panicked");
-            }
+    /// `POST /mine`: only the primary cuts blocks; the answer is the next block
+    /// applied here.
+    pub fn cut(&self) -> oneshot::Receiver<Result<Header, MineError>> {
+        let (answer, receiver) = oneshot::channel();
+        let status = lock(&self.status).clone();
+        if !status.active || status.primary != status.me {
+            let _ = answer.send(Err(MineError::NotPrimary {
+                view: status.view,
+                primary: status.primary,
+            }));
+            return receiver;
         }
+        if self.post(DriverEvent::Cut).is_err() {
+            let _ = answer.send(Err(MineError::Stopped));
+            return receiver;
+        }
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + CUT_WAIT;
+            while Instant::now() < deadline {
+                let store = Arc::clone(&store);
+                match blocking(move || store.tip()).await {
+                    Ok(tip) if tip.height > status.height => {
+                        let _ = answer.send(Ok(tip));
+                        return;
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(error) => {
+                        let _ = answer.send(Err(MineError::Failed(error.to_string())));
+                        return;
+                    }
+                }
+            }
+            let _ = answer.send(Err(MineError::Timeout(CUT_WAIT)));
+        });
+        receiver
+    }
+
+    /// The replica's state as last reported, with each member's connection.
+    pub fn status(&self) -> EngineStatus {
+        let status = lock(&self.status).clone();
+        EngineStatus {
+            view: status.view,
+            active: status.active,
+            primary: status.primary,
+            stable_checkpoint: (status.stable_checkpoint > 0).then_some(status.stable_checkpoint),
+            pending: status.pending,
+            next_difficulty: status.next_difficulty,
+            peers: self.transport.peers(),
+            settings: self.settings,
+            failure: status.failure,
+        }
+    }
+
+    /// Whether the replica holds `id`, waiting to be committed (from a client of
+    /// this node or another member's).
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        lock(&self.pending).contains_key(id)
+    }
+
+    /// Stops the driver after the step in hand (mining is cancelled) and waits for
+    /// it. Blocks: async callers use [`Cluster::run`]'s shutdown, or
+    /// `spawn_blocking`.
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Waits for `shutdown`, then stops the driver after the step in hand.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        shutdown.await;
+        let stopper = self.stopper.clone();
+        if tokio::task::spawn_blocking(move || stopper.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the consensus driver did not stop cleanly");
+        }
+        tracing::info!("consensus stopped");
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.stop();
+        self.stopper.stop();
     }
 }
 
@@ -333,12 +462,17 @@ struct Driver {
     replica: Replica,
     store: Arc<Store>,
     transport: Arc<Transport>,
-    events: SyncSender<Event>,
+    events: SyncSender<DriverEvent>,
     status: Arc<Mutex<ClusterStatus>>,
-    submitted: Arc<Mutex<HashMap<Hash, Instant>>>,
+    pending: Arc<Mutex<HashMap<Hash, Held>>>,
     metrics: Arc<Metrics>,
     plugins: Arc<Plugins>,
     settings: ClusterSettings,
+    mining_threads: std::num::NonZeroUsize,
+    /// Why the replica refused the last entry it was given, when it did.
+    last_refusal: Option<DropReason>,
+    /// The height the next difficulty was last worked out for.
+    published_height: Option<u64>,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
@@ -354,7 +488,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn run(mut self, queue: Receiver<Event>) {
+    fn run(mut self, queue: Receiver<DriverEvent>) {
         while let Err(error) = self.drive(&queue) {
             self.cancel_mining();
             let what = if error.is_io_failure() {
@@ -377,7 +511,7 @@ impl Driver {
     }
 
     /// Runs the replica until a stop (`Ok`) or a store failure (`Err`).
-    fn drive(&mut self, queue: &Receiver<Event>) -> Result<(), StoreError> {
+    fn drive(&mut self, queue: &Receiver<DriverEvent>) -> Result<(), StoreError> {
         let mut next_tick = Instant::now();
         loop {
             if self.halt.load(Ordering::Relaxed) {
@@ -385,7 +519,7 @@ impl Driver {
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
             match queue.recv_timeout(wait) {
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 Ok(event) => self.on_event(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -412,7 +546,7 @@ impl Driver {
     /// from it, handing it the entries the old one held; false if stopped first.
     /// Meanwhile frames are dropped (peers resend what matters) and new submits are
     /// refused by the node, which sees the store's failure.
-    fn recover(&mut self, queue: &Receiver<Event>) -> bool {
+    fn recover(&mut self, queue: &Receiver<DriverEvent>) -> bool {
         loop {
             let until = Instant::now() + self.recovery.wait();
             while let Some(wait) = until.checked_duration_since(Instant::now()) {
@@ -420,17 +554,20 @@ impl Driver {
                     return false;
                 }
                 match queue.recv_timeout(wait) {
-                    Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-                    Ok(Event::Submit { entry, waiter }) => {
-                        // Accepted before the failure was seen: kept for the rebuilt
-                        // replica like the entries the old one held.
-                        if let Some(waiter) = waiter {
-                            self.waiters.entry(entry.id()).or_default().push(waiter);
-                        }
-                        self.held.push(entry);
+                    Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+                    Ok(DriverEvent::Submit { verdict, .. }) => {
+                        // Checked before the failure was seen: refused now, with
+                        // the reason, rather than taken and perhaps lost.
+                        let reason = self.store.failure().unwrap_or_default();
+                        let _ = verdict.send(Err(SubmitError::Unavailable(format!(
+                            "the database failed ({reason}); retry later"
+                        ))));
                     }
-                    Ok(Event::Frame(_)) => self.metrics.messages_dropped.add("store_failed", 1),
-                    Ok(Event::Cut | Event::Mined(_)) | Err(RecvTimeoutError::Timeout) => {}
+                    Ok(DriverEvent::Frame(_)) => {
+                        self.metrics.messages_dropped.add("store_failed", 1)
+                    }
+                    Ok(DriverEvent::Cut | DriverEvent::Mined(_))
+                    | Err(RecvTimeoutError::Timeout) => {}
                 }
             }
             // Each failed attempt is logged by the store, at a bounded rate.
@@ -456,13 +593,10 @@ impl Driver {
                 senders.retain(|sender| !sender.is_closed());
                 !senders.is_empty()
             });
-            if let Some(failed) = held.iter().position(|entry| {
-                self.step(Input::Entry {
-                    entry: entry.clone(),
-                    forwarded: false,
-                })
-                .is_err()
-            }) {
+            if let Some(failed) = held
+                .iter()
+                .position(|entry| self.take_entry(entry.clone(), false).is_err())
+            {
                 self.held = held.split_off(failed);
                 continue;
             }
@@ -476,9 +610,9 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, event: Event) -> Result<(), StoreError> {
+    fn on_event(&mut self, event: DriverEvent) -> Result<(), StoreError> {
         match event {
-            Event::Frame(Inbound { from, frame }) => match Wire::decode(&frame) {
+            DriverEvent::Frame(Inbound { from, frame }) => match Wire::decode(&frame) {
                 Ok(wire) => {
                     self.metrics.messages_in.add(wire.kind(), 1);
                     self.on_wire(from, wire)
@@ -492,36 +626,64 @@ impl Driver {
                     Ok(())
                 }
             },
-            Event::Submit { entry, waiter } => {
+            DriverEvent::Submit {
+                entry,
+                waiter,
+                verdict,
+            } => {
                 let id = entry.id();
-                if let Some(waiter) = waiter {
-                    self.waiters.entry(id).or_default().push(waiter);
-                }
-                self.step(Input::Entry {
-                    entry,
-                    forwarded: false,
-                })?;
-                // Refused (a duplicate, a full pool): its waiter hears the channel close.
-                if self.replica.is_pending(&id) {
-                    lock(&self.submitted).insert(id, Instant::now());
-                } else {
-                    self.waiters.remove(&id);
-                }
+                let taken = self.take_entry(entry, false)?;
+                let answer = match taken {
+                    Ok(()) => {
+                        if let Some(waiter) = waiter {
+                            self.waiters.entry(id).or_default().push(waiter);
+                        }
+                        Ok(())
+                    }
+                    Err(reason) => Err(match reason {
+                        Some(DropReason::PoolFull) => {
+                            SubmitError::PoolFull(self.config.max_pending)
+                        }
+                        // The replica's lookup of committed ids failed: a store fault.
+                        Some(DropReason::InvalidEntry) => SubmitError::Unavailable(
+                            "the entry index could not be read; see the node's log".into(),
+                        ),
+                        _ => SubmitError::Duplicate(id),
+                    }),
+                };
+                let _ = verdict.send(answer);
                 Ok(())
             }
-            Event::Cut => self.step(Input::Cut),
-            Event::Mined(block) => self.step(Input::Mined(Arc::new(block))),
-            Event::Stop => Ok(()),
+            DriverEvent::Cut => self.step(Input::Cut),
+            DriverEvent::Mined(block) => self.step(Input::Mined(Arc::new(block))),
+            DriverEvent::Stop => Ok(()),
         }
+    }
+
+    /// Gives the replica an entry (a client's here, or one another member
+    /// forwarded) and mirrors whether it took it: `Ok(Err(reason))` when it refused.
+    fn take_entry(
+        &mut self,
+        entry: Entry,
+        forwarded: bool,
+    ) -> Result<Result<(), Option<DropReason>>, StoreError> {
+        let id = entry.id();
+        self.last_refusal = None;
+        self.step(Input::Entry { entry, forwarded })?;
+        if !self.replica.is_pending(&id) {
+            return Ok(Err(self.last_refusal.take()));
+        }
+        lock(&self.pending).entry(id).or_insert(Held {
+            since: Instant::now(),
+            own: !forwarded,
+        });
+        Ok(Ok(()))
     }
 
     fn on_wire(&mut self, from: MemberIndex, wire: Wire) -> Result<(), StoreError> {
         match wire {
             Wire::Consensus(message) => self.step(Input::Message(message)),
-            Wire::Entry(entry) => self.step(Input::Entry {
-                entry,
-                forwarded: true,
-            }),
+            Wire::Entry(entry) => self.take_entry(entry, true).map(|_| ()),
             Wire::Committed { block, certificate } => self.step(Input::Committed {
                 block: Arc::new(block),
                 certificate,
@@ -625,18 +787,16 @@ impl Driver {
                 let started = Instant::now();
                 let nodes = self.store.apply_block(&block, &certificate)?;
                 let metrics = &self.metrics;
-                metrics.apply_latency.observe(started.elapsed());
-                metrics.height.store(block.header.height, Ordering::Relaxed);
-                metrics.blocks_applied.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .entries_committed
-                    .fetch_add(block.entries.len() as u64, Ordering::Relaxed);
+                metrics.block_applied(&block.header, block.entries.len(), started.elapsed());
                 {
-                    let mut submitted = lock(&self.submitted);
-                    if !submitted.is_empty() {
+                    let mut pending = lock(&self.pending);
+                    if !pending.is_empty() {
                         for entry in &block.entries {
-                            if let Some(since) = submitted.remove(&entry.id()) {
-                                metrics.commit_latency.observe(since.elapsed());
+                            match pending.remove(&entry.id()) {
+                                Some(held) if held.own => {
+                                    metrics.commit_latency.observe(held.since.elapsed())
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -700,6 +860,9 @@ impl Driver {
         error: Option<ChainError>,
     ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
+        if kind == "entry" {
+            self.last_refusal = Some(reason);
+        }
         let faulty = matches!(
             reason,
             DropReason::InvalidBlock
@@ -734,7 +897,7 @@ impl Driver {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         self.mining = Some(cancel.clone());
-        let threads = self.settings.mining_threads;
+        let threads = self.mining_threads;
         let events = self.events.clone();
         let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new()
@@ -746,7 +909,7 @@ impl Driver {
                 metrics.record_mining(report.hashes, started.elapsed());
                 if let Outcome::Found { nonce, .. } = report.outcome {
                     block.header.nonce = nonce;
-                    let _ = events.send(Event::Mined(block));
+                    let _ = events.send(DriverEvent::Mined(block));
                 }
             });
         if let Err(error) = spawned {
@@ -777,7 +940,15 @@ impl Driver {
         hand_out_receipts(&block.header, certificate, nodes, waiting);
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let height = self.replica.height();
+        let next_difficulty = (self.published_height != Some(height)).then(|| {
+            self.published_height = Some(height);
+            // A policy that cannot answer now is asked again at the next block.
+            self.replica
+                .next_difficulty(&Committed(&self.store))
+                .unwrap_or(self.store.spec().difficulty)
+        });
         let view = self.replica.view();
         let pending = self.replica.footprint().pending;
         let previous = self.metrics.view.swap(view, Ordering::Relaxed);
@@ -797,5 +968,8 @@ impl Driver {
         status.height = self.replica.height();
         status.stable_checkpoint = self.replica.stable_checkpoint().height;
         status.pending = pending;
+        if let Some(next) = next_difficulty {
+            status.next_difficulty = next;
+        }
     }
 }

@@ -1,0 +1,262 @@
+//! The seam between a node and its engine. A node runs one engine for its whole
+//! life, chosen when it is built: [`Alone`] when it is the chain's only member (it
+//! cuts, mines and certifies its own blocks), [`Cluster`] when it is one member of
+//! several (the PBFT replica's driver). Both answer the same small set of
+//! operations through [`Engine`] (submit, whether an entry is pending, status, cut
+//! a block now, run), and honour the same [`NodeSettings`], so neither the node nor
+//! the API asks which one it has. What both engines share lives here: the errors
+//! they answer with, the receipts handed to waiting clients, the wall clock.
+
+mod alone;
+mod cluster;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+pub use alone::Alone;
+pub use cluster::{Cluster, ClusterError, ClusterSettings};
+
+use crate::chain::merkle::AppendedNodes;
+use crate::chain::{ChainError, CommitCertificate, Entry, Hash, Header, Receipt};
+use crate::consensus::MemberIndex;
+use crate::net::PeerState;
+use crate::plugin_host::Rejection;
+use crate::storage::StoreError;
+
+/// What every engine is tuned with: each means the same alone and in a cluster
+/// (README, "ledgerd.toml").
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSettings {
+    /// Most entries per block (capped by the genesis limit).
+    pub max_block_entries: usize,
+    /// Longest an entry waits for others to join its block.
+    pub max_block_delay: Duration,
+    /// Most entries waiting to be committed; beyond it submits are refused with 503.
+    pub pool_capacity: usize,
+    /// Mining threads.
+    pub mining_threads: NonZeroUsize,
+}
+
+impl NodeSettings {
+    /// These settings with `max_block_entries` within 1 and the genesis `limit`.
+    pub fn capped(mut self, limit: u32) -> NodeSettings {
+        self.max_block_entries = self.max_block_entries.clamp(1, limit as usize);
+        self
+    }
+}
+
+/// Why an entry was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Above the chain's entry size limit.
+    #[error("entry data is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Data size.
+        size: usize,
+        /// The genesis limit.
+        limit: u32,
+    },
+    /// Refused by validation (a bad signature or key).
+    #[error("{0}")]
+    Invalid(ChainError),
+    /// Refused by a plugin.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// Already committed or already pending.
+    #[error("entry {0} was already submitted")]
+    Duplicate(Hash),
+    /// The pool is at capacity.
+    #[error("{0} entries wait to be committed, the pool's capacity; retry later")]
+    PoolFull(usize),
+    /// Starting or stopping.
+    #[error("the node is not accepting entries now")]
+    NotReady,
+    /// The database failed (a full disk) or is damaged; the reason says which.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An accepted entry's id, and with `wait` the receiver of its receipt once committed.
+pub type Submitted = (Hash, Option<oneshot::Receiver<Receipt>>);
+
+/// Why `POST /mine` produced no block.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MineError {
+    /// In a cluster only the primary cuts blocks.
+    #[error("this node is not the primary of view {view} (member {primary} is); ask it")]
+    NotPrimary {
+        /// The view.
+        view: u64,
+        /// Its primary.
+        primary: MemberIndex,
+    },
+    /// The block was built on one that failed to apply, and was dropped with it.
+    #[error("block {height} was dropped: its parent failed to apply")]
+    ParentFailed {
+        /// The dropped block's height.
+        height: u64,
+    },
+    /// Mining stopped because the node is stopping.
+    #[error("mining cancelled: the node is stopping")]
+    Cancelled,
+    /// No nonce met the difficulty (the next block gets a new timestamp).
+    #[error("every nonce tried; the next block gets a new timestamp")]
+    Exhausted,
+    /// The block could not be built or applied; the node's log says more.
+    #[error("{0}")]
+    Failed(String),
+    /// No block was committed in time.
+    #[error("no block committed within {0:?}; see /v1/status")]
+    Timeout(Duration),
+    /// The engine is not running.
+    #[error("the node stopped before the block was cut")]
+    Stopped,
+}
+
+/// What the API shows of the engine (`/v1/status`).
+#[derive(Clone, Debug)]
+pub struct EngineStatus {
+    /// The PBFT view (0 alone).
+    pub view: u64,
+    /// Whether the view was entered (false while views change).
+    pub active: bool,
+    /// Its primary (this node alone).
+    pub primary: MemberIndex,
+    /// The stable checkpoint's height, once there is one.
+    pub stable_checkpoint: Option<u64>,
+    /// Entries waiting to be committed.
+    pub pending: usize,
+    /// The difficulty the next block needs (the plugins' verdict, or genesis').
+    pub next_difficulty: u32,
+    /// Each member's connection state, by member index (none alone).
+    pub peers: Vec<PeerState>,
+    /// The settings in force.
+    pub settings: NodeSettings,
+    /// Why the engine stopped for good, if it did (its thread panicked).
+    pub failure: Option<String>,
+}
+
+/// The engine a node runs.
+pub enum Engine {
+    /// The only member: the node cuts, mines and certifies its own blocks.
+    Alone(Arc<Alone>),
+    /// One member of several: the PBFT replica's driver.
+    Cluster(Cluster),
+}
+
+impl Engine {
+    /// Checks `entry` and takes it; with `wait`, also returns a receiver told when the
+    /// entry commits. `Ok` means the entry is pending and will not be dropped unless
+    /// the engine stops.
+    pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
+        match self {
+            Engine::Alone(alone) => alone.submit(entry, wait).await,
+            Engine::Cluster(cluster) => cluster.submit(entry, wait).await,
+        }
+    }
+
+    /// Whether `id` waits here to be committed.
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        match self {
+            Engine::Alone(alone) => alone.is_pending(id),
+            Engine::Cluster(cluster) => cluster.is_pending(id),
+        }
+    }
+
+    /// The engine's state.
+    pub fn status(&self) -> EngineStatus {
+        match self {
+            Engine::Alone(alone) => alone.status(),
+            Engine::Cluster(cluster) => cluster.status(),
+        }
+    }
+
+    /// Asks for a block now, even an empty one; resolves once one is applied.
+    pub fn cut(&self) -> oneshot::Receiver<Result<Header, MineError>> {
+        match self {
+            Engine::Alone(alone) => alone.cut(),
+            Engine::Cluster(cluster) => cluster.cut(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then stops after the step in hand.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        match self {
+            Engine::Alone(alone) => Arc::clone(alone).run(shutdown).await,
+            Engine::Cluster(cluster) => cluster.run(shutdown).await,
+        }
+    }
+}
+
+/// Runs blocking store work off the async workers; a task that panicked is a failed
+/// store call.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Failed(format!("store task: {error}"))))
+}
+
+/// The wall clock, ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Locks `mutex`, also after a panic elsewhere: the engines' mutexes guard state
+/// changed in single statements, so a panicking holder leaves nothing half-done.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Gives each waiter `(entry id, log index, senders)` for an entry of the block with
+/// `header` its receipt, proved from `nodes` (no store read).
+pub(crate) fn hand_out_receipts(
+    header: &Header,
+    certificate: &CommitCertificate,
+    nodes: &AppendedNodes,
+    waiting: impl IntoIterator<Item = (Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+) {
+    for (entry_id, log_index, senders) in waiting {
+        let inclusion_proof = match nodes.inclusion_proof(log_index) {
+            Ok(proof) => proof,
+            // Cannot happen for an entry of this block; its waiters see the channel
+            // close and can read the receipt with GET /v1/entries/{id}.
+            Err(error) => {
+                tracing::error!(%error, %entry_id, "building a receipt failed");
+                continue;
+            }
+        };
+        let receipt = Receipt {
+            entry_id,
+            log_index,
+            header: *header,
+            inclusion_proof,
+            certificate: certificate.clone(),
+        };
+        for sender in senders {
+            let _ = sender.send(receipt.clone());
+        }
+    }
+}
+
+/// [`hand_out_receipts`] on a blocking thread; the caller does not wait for it.
+pub(crate) fn send_receipts(
+    header: Header,
+    certificate: CommitCertificate,
+    nodes: AppendedNodes,
+    waiting: Vec<(Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+) {
+    tokio::task::spawn_blocking(move || {
+        hand_out_receipts(&header, &certificate, &nodes, waiting);
+    });
+}
