@@ -10,7 +10,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::codec::Reader;
 use super::genesis::Members;
-use super::{ChainError, Hash};
+use super::{CertificateError, ChainError, Hash};
 
 const CERTIFICATE_VERSION: u8 = 1;
 const COMMIT_DOMAIN: &[u8] = b"ledger/v1/commit";
@@ -111,46 +111,38 @@ impl CommitCertificate {
         block_hash: &Hash,
     ) -> Result<(), ChainError> {
         if self.height != height || self.block_hash != *block_hash {
-            return Err(ChainError::Certificate(format!(
-                "certifies block {} at height {}, not {} at {}",
-                self.block_hash, self.height, block_hash, height
-            )));
+            return Err(CertificateError::OtherBlock {
+                certified: self.block_hash,
+                certified_height: self.height,
+                block: *block_hash,
+                height,
+            }
+            .into());
         }
         let digest = commit_digest(chain_hash, self.view, self.height, &self.block_hash);
         let mut signers = HashSet::new();
         for entry in &self.signatures {
-            let key: &VerifyingKey = members.key_of(&entry.node_id).ok_or_else(|| {
-                ChainError::Certificate(format!("signer {} is not a member", entry.node_id))
-            })?;
+            let key: &VerifyingKey = members
+                .key_of(&entry.node_id)
+                .ok_or_else(|| ChainError::from(CertificateError::NotMember(entry.node_id)))?;
             if !signers.insert(entry.node_id) {
-                return Err(ChainError::Certificate(format!(
-                    "signer {} appears twice",
-                    entry.node_id
-                )));
+                return Err(CertificateError::SignedTwice(entry.node_id).into());
             }
             key.verify_strict(digest.as_bytes(), &Signature::from_bytes(&entry.signature))
-                .map_err(|_| {
-                    ChainError::Certificate(format!("bad signature from {}", entry.node_id))
-                })?;
+                .map_err(|_| ChainError::from(CertificateError::BadSignature(entry.node_id)))?;
         }
         let quorum = members.quorum();
         if signers.len() < quorum {
             let (n, f) = (members.len(), members.max_faulty());
             // Before the quorum was fixed, ledgerd counted 2f + 1, which is too few
             // where n is not 3f + 1: say so, rather than call such a chain damaged.
-            let legacy = if signers.len() > 2 * f && n != 3 * f + 1 {
-                format!(
-                    "; it was certified by a ledgerd that counted 2f + 1 = {}, unsafe for \
-                     {n} members (README, \"Upgrading\")",
-                    2 * f + 1
-                )
-            } else {
-                String::new()
-            };
-            return Err(ChainError::Certificate(format!(
-                "{} signatures, a quorum of {n} members is {quorum}{legacy}",
-                signers.len()
-            )));
+            return Err(CertificateError::TooFew {
+                found: signers.len(),
+                quorum,
+                members: n,
+                legacy: signers.len() > 2 * f && n != 3 * f + 1,
+            }
+            .into());
         }
         Ok(())
     }

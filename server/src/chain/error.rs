@@ -145,23 +145,175 @@ pub enum ChainError {
         /// The entry id.
         id: Hash,
     },
-    /// Looking up existing entries failed (storage error, reported as text to keep the
-    /// chain layer free of IO types).
+    /// Looking up existing entries failed: the storage error's text, which stays text
+    /// so that the pure chain layer holds no IO types.
     #[error("entry index lookup failed: {0}")]
     Lookup(String),
-    /// Refused by the chain's policy (a validation plugin).
+    /// Refused by the chain's policy (a validation plugin), in the plugin's own words.
     #[error("refused by policy: {0}")]
     Policy(String),
+    /// The difficulty policy needs a header the caller does not have at hand.
+    #[error("the difficulty policy needs header {height}, which is not at hand")]
+    PolicyHeaderMissing {
+        /// The header's height.
+        height: u64,
+    },
     /// A genesis file that cannot define a chain.
     #[error("invalid genesis: {0}")]
-    Genesis(String),
+    Genesis(#[from] GenesisError),
     /// A commit certificate that does not prove its block.
     #[error("invalid commit certificate: {0}")]
-    Certificate(String),
+    Certificate(#[from] CertificateError),
     /// A Merkle proof request outside the tree.
     #[error("invalid Merkle tree range: {0}")]
-    TreeRange(String),
+    TreeRange(#[from] TreeRangeError),
     /// A Merkle proof that does not verify.
     #[error("Merkle proof does not verify: {0}")]
     Proof(&'static str),
+}
+
+/// Why a genesis file cannot define a chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenesisError {
+    /// Not TOML of the genesis file's shape (the parser's words).
+    #[error("{0}")]
+    Toml(String),
+    /// Too few or too many members.
+    #[error("between 1 and {max} members required, found {found}")]
+    MemberCount {
+        /// Members listed.
+        found: usize,
+        /// The most a chain takes.
+        max: usize,
+    },
+    /// One key listed twice.
+    #[error("member {0} listed twice")]
+    DuplicateMember(String),
+    /// A key that is not 64 hex characters.
+    #[error("member public_key {0:?} is not 64 hex characters")]
+    KeyNotHex(String),
+    /// A key that is not a valid ed25519 point.
+    #[error("member key {0} is not a valid ed25519 public key")]
+    KeyInvalid(String),
+    /// A key of small order, which anyone could sign for.
+    #[error("member key {0} is a small-order point")]
+    KeyWeak(String),
+    /// A chain id that is empty, too long, or holds control characters.
+    #[error("chain_id must be 1 to {max} bytes without control characters")]
+    ChainId {
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A difficulty no hash can meet.
+    #[error("difficulty {0} exceeds 256 bits")]
+    Difficulty(u32),
+    /// An entry size limit out of range.
+    #[error("max_entry_bytes must be between 1 and {max}")]
+    MaxEntryBytes {
+        /// The largest allowed.
+        max: u32,
+    },
+    /// A block size limit out of range.
+    #[error("max_block_entries must be between 1 and {max}")]
+    MaxBlockEntries {
+        /// The largest allowed.
+        max: u32,
+    },
+    /// A checkpoint interval of zero.
+    #[error("checkpoint_interval must be at least 1")]
+    CheckpointInterval,
+}
+
+/// Why a commit certificate does not prove its block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// It names another block or height.
+    #[error("certifies block {certified} at height {certified_height}, not {block} at {height}")]
+    OtherBlock {
+        /// The block it names.
+        certified: Hash,
+        /// The height it names.
+        certified_height: u64,
+        /// The block it was checked for.
+        block: Hash,
+        /// That block's height.
+        height: u64,
+    },
+    /// A signer that is not a member.
+    #[error("signer {0} is not a member")]
+    NotMember(Hash),
+    /// A signer listed twice.
+    #[error("signer {0} appears twice")]
+    SignedTwice(Hash),
+    /// A signature that does not verify.
+    #[error("bad signature from {0}")]
+    BadSignature(Hash),
+    /// Fewer signers than a quorum.
+    #[error(
+        "{found} signatures, a quorum of {members} members is {quorum}{}",
+        if *legacy {
+            format!(
+                "; it was certified by a ledgerd that counted 2f + 1 = {found}, unsafe for \
+                 {members} members (README, \"Upgrading\")"
+            )
+        } else {
+            String::new()
+        }
+    )]
+    TooFew {
+        /// Distinct valid signers.
+        found: usize,
+        /// The quorum.
+        quorum: usize,
+        /// The members.
+        members: usize,
+        /// Whether `found` meets the 2f + 1 an older ledgerd counted where n is not
+        /// 3f + 1: such a chain was certified under an unsafe rule.
+        legacy: bool,
+    },
+}
+
+/// A Merkle request outside the tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeRangeError {
+    /// A leaf beyond the log.
+    #[error("leaf {index} is not in a log of size {size}")]
+    LeafBeyond {
+        /// The leaf.
+        index: u64,
+        /// The log's size.
+        size: u64,
+    },
+    /// A consistency proof asked from a larger log to a smaller one.
+    #[error("old size {old} is larger than new size {new}")]
+    Shrinking {
+        /// The old size.
+        old: u64,
+        /// The new size.
+        new: u64,
+    },
+    /// A size beyond the committed log.
+    #[error("log size {size} is beyond the committed log ({committed})")]
+    BeyondLog {
+        /// The size asked for.
+        size: u64,
+        /// The committed log's size.
+        committed: u64,
+    },
+    /// A leaf appended before the run a set of appended nodes covers.
+    #[error("leaf {index} was appended before this run, which starts at {first}")]
+    BeforeRun {
+        /// The leaf.
+        index: u64,
+        /// The run's first leaf.
+        first: u64,
+    },
+    /// A node the nodes at hand do not hold.
+    #[error("no node at level {level} index {index} is at hand")]
+    MissingNode {
+        /// Its level.
+        level: u8,
+        /// Its index at that level.
+        index: u64,
+    },
 }

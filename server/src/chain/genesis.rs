@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::Reader;
 use super::merkle::empty_root;
-use super::{Block, ChainError, Hash, Header, HEADER_VERSION};
+use super::{Block, ChainError, GenesisError, Hash, Header, HEADER_VERSION};
 
 const SPEC_MAGIC: &[u8; 8] = b"LDGRSPEC";
 const SPEC_VERSION: u16 = 1;
@@ -116,18 +116,19 @@ impl Members {
     /// Builds a member set from keys, refusing duplicates and an empty set.
     pub fn new(members: Vec<Member>) -> Result<Members, ChainError> {
         if members.is_empty() || members.len() > MAX_MEMBERS {
-            return Err(ChainError::Genesis(format!(
-                "between 1 and {MAX_MEMBERS} members required, found {}",
-                members.len()
-            )));
+            return Err(GenesisError::MemberCount {
+                found: members.len(),
+                max: MAX_MEMBERS,
+            }
+            .into());
         }
         let mut seen = HashSet::new();
         for member in &members {
             if !seen.insert(member.node_id) {
-                return Err(ChainError::Genesis(format!(
-                    "member {} listed twice",
-                    hex::encode(member.public_key.as_bytes())
-                )));
+                return Err(GenesisError::DuplicateMember(hex::encode(
+                    member.public_key.as_bytes(),
+                ))
+                .into());
             }
         }
         Ok(Members(members))
@@ -186,17 +187,10 @@ pub struct ChainSpec {
 }
 
 fn member_from_key(public_key: [u8; 32]) -> Result<Member, ChainError> {
-    let key = VerifyingKey::from_bytes(&public_key).map_err(|_| {
-        ChainError::Genesis(format!(
-            "member key {} is not a valid ed25519 public key",
-            hex::encode(public_key)
-        ))
-    })?;
+    let key = VerifyingKey::from_bytes(&public_key)
+        .map_err(|_| ChainError::from(GenesisError::KeyInvalid(hex::encode(public_key))))?;
     if key.is_weak() {
-        return Err(ChainError::Genesis(format!(
-            "member key {} is a small-order point",
-            hex::encode(public_key)
-        )));
+        return Err(GenesisError::KeyWeak(hex::encode(public_key)).into());
     }
     Ok(Member {
         public_key: key,
@@ -210,7 +204,7 @@ impl ChainSpec {
     /// Parses and validates a genesis file's text.
     pub fn from_toml(text: &str) -> Result<ChainSpec, ChainError> {
         let file: GenesisFile =
-            toml::from_str(text).map_err(|error| ChainError::Genesis(error.to_string()))?;
+            toml::from_str(text).map_err(|error| GenesisError::Toml(error.to_string()))?;
         ChainSpec::from_file(file)
     }
 
@@ -219,12 +213,8 @@ impl ChainSpec {
         let mut members = Vec::with_capacity(file.members.len());
         for entry in file.members {
             let mut key = [0u8; 32];
-            hex::decode_to_slice(&entry.public_key, &mut key).map_err(|_| {
-                ChainError::Genesis(format!(
-                    "member public_key {:?} is not 64 hex characters",
-                    entry.public_key
-                ))
-            })?;
+            hex::decode_to_slice(&entry.public_key, &mut key)
+                .map_err(|_| ChainError::from(GenesisError::KeyNotHex(entry.public_key.clone())))?;
             let mut member = member_from_key(key)?;
             member.p2p_addr = entry.p2p_addr;
             member.api_addr = entry.api_addr;
@@ -247,29 +237,30 @@ impl ChainSpec {
     }
 
     fn check(&self) -> Result<(), ChainError> {
-        let fail = |reason: String| Err(ChainError::Genesis(reason));
         if self.chain_id.is_empty()
             || self.chain_id.len() > MAX_CHAIN_ID_BYTES
             || self.chain_id.chars().any(char::is_control)
         {
-            return fail(format!(
-                "chain_id must be 1 to {MAX_CHAIN_ID_BYTES} bytes without control characters"
-            ));
+            return Err(GenesisError::ChainId {
+                max: MAX_CHAIN_ID_BYTES,
+            }
+            .into());
         }
         if self.difficulty > 256 {
-            return fail(format!("difficulty {} exceeds 256 bits", self.difficulty));
+            return Err(GenesisError::Difficulty(self.difficulty).into());
         }
         if self.params.max_entry_bytes == 0 || self.params.max_entry_bytes > MAX_ENTRY_BYTES_CEILING
         {
-            return fail(format!(
-                "max_entry_bytes must be between 1 and {MAX_ENTRY_BYTES_CEILING}"
-            ));
+            return Err(GenesisError::MaxEntryBytes {
+                max: MAX_ENTRY_BYTES_CEILING,
+            }
+            .into());
         }
         if self.params.max_block_entries == 0 || self.params.max_block_entries > 1_000_000 {
-            return fail("max_block_entries must be between 1 and 1000000".into());
+            return Err(GenesisError::MaxBlockEntries { max: 1_000_000 }.into());
         }
         if self.params.checkpoint_interval == 0 {
-            return fail("checkpoint_interval must be at least 1".into());
+            return Err(GenesisError::CheckpointInterval.into());
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::{ChainError, Hash};
+use super::{ChainError, Hash, TreeRangeError};
 
 /// The hash of the empty log.
 pub fn empty_root() -> Hash {
@@ -144,10 +144,11 @@ impl AppendedNodes {
     /// log of every leaf recorded.
     pub fn inclusion_proof(&self, index: u64) -> Result<Vec<Hash>, ChainError> {
         if index < self.first {
-            return Err(ChainError::TreeRange(format!(
-                "leaf {index} was appended before this run, which starts at {}",
-                self.first
-            )));
+            return Err(TreeRangeError::BeforeRun {
+                index,
+                first: self.first,
+            }
+            .into());
         }
         inclusion_proof(self, index, self.size)
     }
@@ -157,11 +158,10 @@ impl NodeSource for AppendedNodes {
     type Error = ChainError;
 
     fn node(&self, level: u8, index: u64) -> Result<Hash, ChainError> {
-        self.nodes.get(&(level, index)).copied().ok_or_else(|| {
-            ChainError::TreeRange(format!(
-                "node at level {level} index {index} is not one the appends touched"
-            ))
-        })
+        self.nodes
+            .get(&(level, index))
+            .copied()
+            .ok_or_else(|| ChainError::from(TreeRangeError::MissingNode { level, index }))
     }
 }
 
@@ -205,9 +205,7 @@ pub fn inclusion_proof<S: NodeSource>(
     size: u64,
 ) -> Result<Vec<Hash>, S::Error> {
     if index >= size {
-        return Err(
-            ChainError::TreeRange(format!("leaf {index} is not in a log of size {size}")).into(),
-        );
+        return Err(ChainError::from(TreeRangeError::LeafBeyond { index, size }).into());
     }
     let mut proof = Vec::new();
     let (mut start, mut len, mut target) = (0u64, size, index);
@@ -236,9 +234,10 @@ pub fn consistency_proof<S: NodeSource>(
     new_size: u64,
 ) -> Result<Vec<Hash>, S::Error> {
     if old_size > new_size {
-        return Err(ChainError::TreeRange(format!(
-            "old size {old_size} is larger than new size {new_size}"
-        ))
+        return Err(ChainError::from(TreeRangeError::Shrinking {
+            old: old_size,
+            new: new_size,
+        })
         .into());
     }
     let mut proof = Vec::new();
@@ -422,7 +421,7 @@ impl NodeSource for MemoryLog {
             .get(usize::from(level))
             .and_then(|nodes| nodes.get(usize::try_from(index).ok()?))
             .copied()
-            .ok_or_else(|| ChainError::TreeRange(format!("no node at level {level} index {index}")))
+            .ok_or_else(|| ChainError::from(TreeRangeError::MissingNode { level, index }))
     }
 }
 

@@ -16,7 +16,7 @@ mod validate;
 pub use block::Block;
 pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
 pub use entry::{Author, Entry, ENTRY_OVERHEAD};
-pub use error::ChainError;
+pub use error::{CertificateError, ChainError, GenesisError, TreeRangeError};
 pub use genesis::{quorum, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};

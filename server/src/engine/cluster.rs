@@ -24,8 +24,8 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
 use super::{
-    blocking, hand_out_receipts, lock, now_ms, EngineStatus, MineError, NodeSettings, SubmitError,
-    Submitted,
+    blocking, hand_out_receipts, lock, now_ms, EngineFailure, EngineStatus, MineError,
+    NodeSettings, SubmitError, Submitted,
 };
 use crate::chain::merkle::AppendedNodes;
 use crate::chain::{
@@ -91,7 +91,7 @@ pub enum ClusterError {
 
 /// What the driver reports of its replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterStatus {
+struct ClusterStatus {
     /// This node's member index.
     pub me: MemberIndex,
     /// The current view.
@@ -109,7 +109,7 @@ pub struct ClusterStatus {
     /// The difficulty the block after the tip needs.
     pub next_difficulty: u32,
     /// Why the driver stopped for good (it panicked), if it did.
-    pub failure: Option<String>,
+    pub failure: Option<EngineFailure>,
 }
 
 enum DriverEvent {
@@ -268,7 +268,7 @@ impl Cluster {
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                         .unwrap_or_default();
                     tracing::error!(%message, "the consensus driver panicked");
-                    lock(&panicked).failure = Some(format!("the driver panicked: {message}"));
+                    lock(&panicked).failure = Some(EngineFailure::Panicked(message));
                 }
             })
             .map_err(|error| ClusterError::Thread("consensus", error))?;

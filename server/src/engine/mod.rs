@@ -138,8 +138,16 @@ pub struct EngineStatus {
     pub peers: Vec<PeerState>,
     /// The settings in force.
     pub settings: NodeSettings,
-    /// Why the engine stopped for good, if it did (its thread panicked).
-    pub failure: Option<String>,
+    /// Why the engine stopped for good, if it did.
+    pub failure: Option<EngineFailure>,
+}
+
+/// Why an engine stopped for good: restarting the process is what helps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineFailure {
+    /// Its thread panicked, with this message.
+    #[error("the consensus driver panicked: {0}")]
+    Panicked(String),
 }
 
 /// The engine a node runs.

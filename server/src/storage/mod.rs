@@ -38,8 +38,9 @@ pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
-    validate_block, Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Entry,
-    EntryIndex, Hash, Header, Receipt, ValidationContext, HEADER_LEN,
+    validate_block, Block, CertificateError, ChainError, ChainSpec, CommitCertificate,
+    CompactRange, Entry, EntryIndex, Hash, Header, Receipt, TreeRangeError, ValidationContext,
+    HEADER_LEN,
 };
 
 const META_CHAIN_HASH: &str = "chain_hash";
@@ -745,10 +746,10 @@ impl Store {
     fn within_log(&self, tables: &verify::Tables, log_size: u64) -> Result<(), StoreError> {
         let tip = self.checked_tip(tables)?;
         if log_size > tip.log_size {
-            return Err(ChainError::TreeRange(format!(
-                "log size {log_size} is beyond the committed log ({})",
-                tip.log_size
-            ))
+            return Err(ChainError::from(TreeRangeError::BeyondLog {
+                size: log_size,
+                committed: tip.log_size,
+            })
             .into());
         }
         Ok(())
@@ -805,10 +806,12 @@ impl Store {
         let header = &block.header;
         let hash = header.hash();
         if certificate.height != header.height || certificate.block_hash != hash {
-            return Err(ChainError::Certificate(format!(
-                "certifies block {} at height {}, not {hash} at {}",
-                certificate.block_hash, certificate.height, header.height
-            ))
+            return Err(ChainError::from(CertificateError::OtherBlock {
+                certified: certificate.block_hash,
+                certified_height: certificate.height,
+                block: hash,
+                height: header.height,
+            })
             .into());
         }
         if header.chain_hash != self.chain_hash {

@@ -140,11 +140,7 @@ impl Replica {
             };
             match found.filter(|header| header.hash() == child.prev_hash) {
                 Some(header) => recent.push(header),
-                None => {
-                    return Err(ChainError::Policy(format!(
-                        "the difficulty policy needs header {height}, which is not at hand"
-                    )))
-                }
+                None => return Err(ChainError::PolicyHeaderMissing { height }),
             }
         }
         recent.reverse();
