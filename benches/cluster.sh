@@ -19,7 +19,7 @@ seconds=${2:-10}
 clients=${CLIENTS:-64}
 many=${MANY:-256}
 paced=${PACED:-512}  # enough waiting clients that the pacing, not their number, sets the rate
-bin=target/release
+bin=${BIN:-target/release}  # BIN=DIR compares another build
 base=27400
 rm -rf "$work"
 mkdir -p "$work"
@@ -78,6 +78,9 @@ print(f"first commit {time.monotonic() - killed:.2f} s after SIGKILL of the prim
 PY
 wait $! || true  # the load
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+if [ "${ETCD:-1}" = 0 ]; then  # ETCD=0: the ledger alone, to compare two builds
+    exit 0
+fi
 
 benches/etcd.sh start "$work/etcd" >/dev/null
 etcd=(--etcd --addr 127.0.0.1:23792)

@@ -445,6 +445,9 @@ fn difficulty_retarget_raises_the_difficulty_of_fast_blocks() {
     // Heights 4 and 6 retarget (2 would lack a whole span); each span of two
     // blocks took far less than the two minutes wanted.
     assert_eq!(difficulties, [8, 8, 8, 10, 10, 12], "{blocks}");
+    // The status tells what the next block needs: the plugin's 12, not genesis' 8.
+    let status: serde_json::Value = serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
+    assert_eq!(status["difficulty"], 12, "{status}");
 }
 
 /// A panicking `on_commit` is logged and counted; the caller never waits for it.
@@ -533,5 +536,11 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
             assert!(std::time::Instant::now() < deadline, "members disagree");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+    // Each member's status tells what the next block needs, as the plugin says.
+    for node in &nodes {
+        let status: serde_json::Value =
+            serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
+        assert_eq!(status["difficulty"], 12, "{status}");
     }
 }

@@ -232,6 +232,19 @@ impl Alone {
     /// then finishes the block in hand (mining is cancelled; a mined block is still
     /// applied).
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if !self.plugins.is_empty() {
+            // What the plugins ask of the block after the stored tip, for /v1/status
+            // until the first block is applied.
+            let (store, plugins) = (Arc::clone(&self.store), Arc::clone(&self.plugins));
+            let next = blocking(move || {
+                let tip = store.tip()?;
+                required_difficulty(&store, plugins.as_ref(), &tip)
+            })
+            .await;
+            if let Ok(next) = next {
+                self.next_difficulty.store(next, Ordering::Relaxed);
+            }
+        }
         let queue = lock(&self.admission_rx).take();
         if let Some(queue) = queue {
             let alone = Arc::clone(&self);
