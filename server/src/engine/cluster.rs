@@ -45,6 +45,8 @@ use crate::throttle::{Backoff, Throttle};
 const EVENT_CAPACITY: usize = 65_536;
 /// How long `POST /mine` waits for the block.
 const CUT_WAIT: Duration = Duration::from_secs(30);
+/// Most client submits queued back to back that the replica takes in one step.
+const SUBMIT_BATCH: usize = 512;
 /// Shortest interval between two warnings about one sender's refused inputs.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -114,16 +116,19 @@ struct ClusterStatus {
 
 enum DriverEvent {
     Frame(Inbound),
+    /// A client's entry, its place in the pool already taken.
     Submit {
         entry: Entry,
         waiter: Option<oneshot::Sender<Receipt>>,
-        /// Told whether the replica took the entry.
-        verdict: oneshot::Sender<Result<(), SubmitError>>,
     },
     Cut,
     Mined(Block),
     Stop,
 }
+
+/// A client's submit on its way to the replica: the entry and who waits for its
+/// receipt.
+type Submission = (Entry, Option<oneshot::Sender<Receipt>>);
 
 /// An entry the replica holds: since when, and whether a client of this node gave
 /// it (its commit latency is this node's to report).
@@ -244,6 +249,7 @@ impl Cluster {
             settings,
             mining_threads: node_settings.mining_threads,
             last_refusal: None,
+            deferred: None,
             published_height: None,
             waiters: HashMap::new(),
             persist: Vec::new(),
@@ -298,9 +304,10 @@ impl Cluster {
     }
 
     /// Checks a client's entry as a replica would (signature, plugins, not committed,
-    /// not pending), then hands it to the replica and waits for its verdict: `Ok`
-    /// only once the replica holds it, so nothing answered 202 is dropped. With
-    /// `wait`, the receiver gets its receipt once it is committed and applied here.
+    /// not pending), takes its place in the pool and hands it to the driver without
+    /// waiting for the replica: an admitted entry is held until the replica takes
+    /// it, so nothing answered 202 is dropped while the node runs. With `wait`, the
+    /// receiver gets its receipt once it is committed and applied here.
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
         let id = entry.id();
         let store = Arc::clone(&self.store);
@@ -317,8 +324,27 @@ impl Cluster {
             Ok(Ok(store.committed(&[id])?))
         })
         .await??;
-        if committed.first().copied().unwrap_or(false) || self.is_pending(&id) {
+        if committed.first().copied().unwrap_or(false) {
             return Err(SubmitError::Duplicate(id));
+        }
+        // The entry's place is taken here, under the pool's one lock: what is
+        // admitted is what the capacity allows, and the driver keeps retrying one
+        // its replica could not take at once rather than drop it.
+        {
+            let mut pending = lock(&self.pending);
+            if pending.contains_key(&id) {
+                return Err(SubmitError::Duplicate(id));
+            }
+            if pending.len() >= self.settings.pool_capacity {
+                return Err(SubmitError::PoolFull(self.settings.pool_capacity));
+            }
+            pending.insert(
+                id,
+                Held {
+                    since: Instant::now(),
+                    own: true,
+                },
+            );
         }
         let (waiter, receiver) = if wait {
             let (sender, receiver) = oneshot::channel();
@@ -326,17 +352,13 @@ impl Cluster {
         } else {
             (None, None)
         };
-        let (verdict, answer) = oneshot::channel();
-        self.post(DriverEvent::Submit {
-            entry,
-            waiter,
-            verdict,
-        })
-        .map_err(|error| match error {
-            ClusterError::Busy => SubmitError::PoolFull(self.settings.pool_capacity),
-            _ => SubmitError::NotReady,
-        })?;
-        answer.await.unwrap_or(Err(SubmitError::NotReady))?;
+        if let Err(error) = self.post(DriverEvent::Submit { entry, waiter }) {
+            lock(&self.pending).remove(&id);
+            return Err(match error {
+                ClusterError::Busy => SubmitError::PoolFull(self.settings.pool_capacity),
+                _ => SubmitError::NotReady,
+            });
+        }
         Ok((id, receiver))
     }
 
@@ -471,12 +493,15 @@ struct Driver {
     mining_threads: std::num::NonZeroUsize,
     /// Why the replica refused the last entry it was given, when it did.
     last_refusal: Option<DropReason>,
+    /// An event taken from the queue while gathering submits, handled next.
+    deferred: Option<DriverEvent>,
     /// The height the next difficulty was last worked out for.
     published_height: Option<u64>,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
-    /// Entries submitted while the database was failing, for the rebuilt replica.
+    /// Client entries admitted to the pool that the replica has not taken yet: its
+    /// pool was full, or the database was failing. Offered again at every tick.
     held: Vec<Entry>,
     /// Spaces the attempts to reopen a failed database.
     recovery: Backoff,
@@ -518,8 +543,30 @@ impl Driver {
                 return Ok(());
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match queue.recv_timeout(wait) {
+            let next = match self.deferred.take() {
+                Some(event) => Ok(event),
+                None => queue.recv_timeout(wait),
+            };
+            match next {
                 Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Ok(DriverEvent::Submit { entry, waiter }) => {
+                    // The submits queued behind this one go into the same step; the
+                    // first other event waits for the next turn.
+                    let mut batch = vec![(entry, waiter)];
+                    while batch.len() < SUBMIT_BATCH {
+                        match queue.try_recv() {
+                            Ok(DriverEvent::Submit { entry, waiter }) => {
+                                batch.push((entry, waiter))
+                            }
+                            Ok(other) => {
+                                self.deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.submit_batch(batch)?;
+                }
                 Ok(event) => self.on_event(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -532,6 +579,19 @@ impl Driver {
                     return Err(StoreError::Unavailable(failure));
                 }
                 self.step(Input::Tick { now_ms: now_ms() })?;
+                // Only as many as the replica has room for: the rest would be
+                // refused again, and counted as refused.
+                let room = self
+                    .config
+                    .max_pending
+                    .saturating_sub(self.replica.footprint().pending);
+                if room > 0 && !self.held.is_empty() {
+                    let rest = self.held.split_off(room.min(self.held.len()));
+                    let offered = std::mem::replace(&mut self.held, rest);
+                    let mut again = self.offer(offered)?;
+                    again.append(&mut self.held);
+                    self.held = again;
+                }
             }
         }
     }
@@ -555,13 +615,13 @@ impl Driver {
                 }
                 match queue.recv_timeout(wait) {
                     Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-                    Ok(DriverEvent::Submit { verdict, .. }) => {
-                        // Checked before the failure was seen: refused now, with
-                        // the reason, rather than taken and perhaps lost.
-                        let reason = self.store.failure().unwrap_or_default();
-                        let _ = verdict.send(Err(SubmitError::Unavailable(format!(
-                            "the database failed ({reason}); retry later"
-                        ))));
+                    Ok(DriverEvent::Submit { entry, waiter }) => {
+                        // Admitted before the failure was seen: kept for the rebuilt
+                        // replica, like the entries the old one held.
+                        if let Some(waiter) = waiter {
+                            self.waiters.entry(entry.id()).or_default().push(waiter);
+                        }
+                        self.held.push(entry);
                     }
                     Ok(DriverEvent::Frame(_)) => {
                         self.metrics.messages_dropped.add("store_failed", 1)
@@ -626,38 +686,60 @@ impl Driver {
                     Ok(())
                 }
             },
-            DriverEvent::Submit {
-                entry,
-                waiter,
-                verdict,
-            } => {
-                let id = entry.id();
-                let taken = self.take_entry(entry, false)?;
-                let answer = match taken {
-                    Ok(()) => {
-                        if let Some(waiter) = waiter {
-                            self.waiters.entry(id).or_default().push(waiter);
-                        }
-                        Ok(())
-                    }
-                    Err(reason) => Err(match reason {
-                        Some(DropReason::PoolFull) => {
-                            SubmitError::PoolFull(self.config.max_pending)
-                        }
-                        // The replica's lookup of committed ids failed: a store fault.
-                        Some(DropReason::InvalidEntry) => SubmitError::Unavailable(
-                            "the entry index could not be read; see the node's log".into(),
-                        ),
-                        _ => SubmitError::Duplicate(id),
-                    }),
-                };
-                let _ = verdict.send(answer);
-                Ok(())
-            }
+            DriverEvent::Submit { entry, waiter } => self.submit_batch(vec![(entry, waiter)]),
             DriverEvent::Cut => self.step(Input::Cut),
             DriverEvent::Mined(block) => self.step(Input::Mined(Arc::new(block))),
             DriverEvent::Stop => Ok(()),
         }
+    }
+
+    /// Gives the replica a batch of client submits in one step.
+    fn submit_batch(&mut self, batch: Vec<Submission>) -> Result<(), StoreError> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for (entry, waiter) in batch {
+            if let Some(waiter) = waiter {
+                self.waiters.entry(entry.id()).or_default().push(waiter);
+            }
+            entries.push(entry);
+        }
+        let mut refused = self.offer(entries)?;
+        self.held.append(&mut refused);
+        Ok(())
+    }
+
+    /// Offers the replica client entries admitted to the pool. The replica refuses
+    /// a client's entry only when its pool is full (entries other members forwarded
+    /// filled it since this one was admitted), when its index cannot be read, or
+    /// when the entry is committed already (another member's client gave it too).
+    /// The first two pass: such an entry is returned, for the caller to hold and
+    /// offer again at a tick, never dropped. A committed one leaves the pool and
+    /// its waiters get the receipt from the store.
+    fn offer(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
+        let ids: Vec<Hash> = entries.iter().map(Entry::id).collect();
+        self.step(Input::Entries(entries.clone()))?;
+        let full = self.replica.footprint().pending >= self.config.max_pending;
+        let mut refused = Vec::new();
+        for (entry, id) in entries.into_iter().zip(ids) {
+            if self.replica.is_pending(&id) {
+                continue;
+            }
+            if full {
+                refused.push(entry);
+                continue;
+            }
+            match self.store.entry_with_receipt(&id) {
+                Ok(Some((_, receipt))) => {
+                    lock(&self.pending).remove(&id);
+                    for waiter in self.waiters.remove(&id).unwrap_or_default() {
+                        let _ = waiter.send(receipt.clone());
+                    }
+                }
+                // Not committed, so the index read failed: the store is failing and
+                // the next tick starts its recovery.
+                Ok(None) | Err(_) => refused.push(entry),
+            }
+        }
+        Ok(refused)
     }
 
     /// Gives the replica an entry (a client's here, or one another member

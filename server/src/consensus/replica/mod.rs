@@ -283,6 +283,11 @@ impl Replica {
             Input::Message(message) => self.on_message(message),
             Input::Tick { now_ms } => self.on_tick(now_ms),
             Input::Entry { entry, forwarded } => self.on_entry(entry, forwarded, index),
+            Input::Entries(entries) => {
+                for entry in entries {
+                    self.on_entry(entry, false, index);
+                }
+            }
             Input::Cut => self.cut_requested = true,
             Input::Mined(block) => self.on_mined(block),
             Input::Block(block) => self.on_block(block),

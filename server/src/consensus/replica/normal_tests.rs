@@ -324,3 +324,30 @@ fn a_block_repeating_an_entry_of_a_parent_applied_in_the_same_step_is_refused() 
     );
     assert_eq!(outputs, ["apply h1", "dropped InvalidBlock"]);
 }
+
+/// Client entries that arrive together are taken in one step: an idle primary cuts
+/// one block holding all of them, where one entry at a time would have cut a block
+/// for the first alone.
+#[test]
+fn client_entries_taken_together_fill_one_block() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica(0);
+    let entries = testing::entries(7, 3, 32);
+    let mut outputs = primary.handle(Input::Entries(entries.clone()), &NoEntries);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["mine h1"]
+    );
+    let Some(Output::Mine(template)) = outputs.pop() else {
+        unreachable!()
+    };
+    assert_eq!(template.entries, entries);
+    // A backup takes them the same way and passes them to the primary.
+    let mut backup = setup.replica(1);
+    let outputs = backup.handle(Input::Entries(entries), &NoEntries);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["forward 0", "forward 0", "forward 0"]
+    );
+    assert_eq!(backup.footprint().pending, 3);
+}

@@ -163,6 +163,10 @@ pub enum Input {
         /// Whether a member forwarded it (it is then verified here).
         forwarded: bool,
     },
+    /// Entries this replica's clients submitted, taken in one step: each as an
+    /// [`Input::Entry`] that is not forwarded, then one pass over the state instead
+    /// of one per entry.
+    Entries(Vec<Entry>),
     /// Cut a block now, even an empty one (`POST /mine`); primary only.
     Cut,
     /// The block the primary asked to be mined, with its nonce.
