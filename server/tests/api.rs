@@ -31,6 +31,29 @@ struct TestNode {
 }
 
 impl TestNode {
+    /// A one-member node over `store`; its producer runs unless `start` is false.
+    fn serving(dir: tempfile::TempDir, store: Store, settings: NodeSettings, start: bool) -> Self {
+        let node = Arc::new(Node::alone(
+            Arc::new(store),
+            key(1),
+            settings,
+            Arc::default(),
+            Arc::default(),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let producer = start.then(|| {
+            tokio::spawn(Arc::clone(&node).run(async {
+                let _ = stopped.await;
+            }))
+        });
+        TestNode {
+            _dir: dir,
+            node,
+            stop: Some(stop),
+            producer,
+        }
+    }
+
     fn router(&self) -> Router {
         router(Arc::clone(&self.node))
     }
@@ -67,26 +90,7 @@ fn node_with(settings: NodeSettings, start: bool) -> TestNode {
         StoreOptions::default(),
     )
     .unwrap();
-    let node = Arc::new(Node::alone(
-        Arc::new(store),
-        key(1),
-        settings,
-        Arc::default(),
-        Arc::default(),
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let producer = start.then(|| {
-        let node = Arc::clone(&node);
-        tokio::spawn(node.run(async {
-            let _ = stopped.await;
-        }))
-    });
-    TestNode {
-        _dir: dir,
-        node,
-        stop: Some(stop),
-        producer,
-    }
+    TestNode::serving(dir, store, settings, start)
 }
 
 fn quick_node() -> TestNode {
@@ -237,24 +241,8 @@ fn damaged_node(
 ) -> (TestNode, Vec<ledger::chain::Block>) {
     let (dir, path, spec, blocks) = damaged_database(damage);
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
-    let node = Arc::new(Node::alone(
-        Arc::new(store),
-        key(1),
-        settings(10, Duration::from_millis(5), 100),
-        Arc::default(),
-        Arc::default(),
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let producer = tokio::spawn(Arc::clone(&node).run(async {
-        let _ = stopped.await;
-    }));
-    let test = TestNode {
-        _dir: dir,
-        node,
-        stop: Some(stop),
-        producer: Some(producer),
-    };
-    (test, blocks)
+    let settings = settings(10, Duration::from_millis(5), 100);
+    (TestNode::serving(dir, store, settings, true), blocks)
 }
 
 /// The database `damaged_node` serves: its directory, file, chain and blocks.
@@ -872,23 +860,8 @@ async fn an_idle_node_recovers_a_failed_database_by_itself() {
             .database()
             .map_err(|error| ledger::storage::StoreError::Unavailable(error.to_string()))
     });
-    let node = Arc::new(Node::alone(
-        Arc::new(store),
-        key(1),
-        settings(10, Duration::from_millis(5), 100),
-        Arc::default(),
-        Arc::default(),
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let producer = tokio::spawn(Arc::clone(&node).run(async {
-        let _ = stopped.await;
-    }));
-    let test = TestNode {
-        _dir: tempfile::tempdir().unwrap(),
-        node,
-        stop: Some(stop),
-        producer: Some(producer),
-    };
+    let settings = settings(10, Duration::from_millis(5), 100);
+    let test = TestNode::serving(tempfile::tempdir().unwrap(), store, settings, true);
     let router = test.router();
     assert_eq!(post(&router, "/mine", None).await.0, StatusCode::OK);
 

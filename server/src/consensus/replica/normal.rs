@@ -174,12 +174,7 @@ impl Replica {
             }
             (Arc::new(HashSet::new()), None)
         } else {
-            let Some(block) = self.blocks.get(&hash).cloned() else {
-                let slot = self.slots.get_mut(&height).expect("slot exists");
-                if slot.fetching != Some(hash) {
-                    slot.fetching = Some(hash);
-                    self.out.push(Output::FetchBlock { height, hash });
-                }
+            let Some(block) = self.block_or_fetch(height, hash) else {
                 return false;
             };
             let Some((parent, parent_log, in_flight)) = self.parent_for(height) else {
@@ -236,6 +231,20 @@ impl Replica {
             self.out.push(Output::Broadcast(prepare));
         }
         true
+    }
+
+    /// The block with `hash` if it is here; otherwise asks for it (once per slot)
+    /// and returns `None`.
+    fn block_or_fetch(&mut self, height: u64, hash: Hash) -> Option<Arc<Block>> {
+        if let Some(block) = self.blocks.get(&hash) {
+            return Some(Arc::clone(block));
+        }
+        let slot = self.slots.get_mut(&height)?;
+        if slot.fetching != Some(hash) {
+            slot.fetching = Some(hash);
+            self.out.push(Output::FetchBlock { height, hash });
+        }
+        None
     }
 
     pub(super) fn forget_candidate(&mut self, height: u64) {
@@ -345,19 +354,14 @@ impl Replica {
             return false;
         };
         let hash = certificate.block_hash;
-        let Some(block) = self.blocks.get(&hash).cloned() else {
-            let slot = self.slots.get_mut(&height).expect("slot exists");
-            if slot.fetching != Some(hash) {
-                slot.fetching = Some(hash);
-                self.out.push(Output::FetchBlock { height, hash });
-            }
-            return false;
-        };
         let accepted = slot
             .accepted
             .as_ref()
             .filter(|a| a.hash == hash)
             .and_then(|a| Some((a.ids.as_ref().clone(), a.log.clone()?)));
+        let Some(block) = self.block_or_fetch(height, hash) else {
+            return false;
+        };
         let (ids, log) = match accepted {
             Some(known) => known,
             // Committed in an earlier view without being accepted here.

@@ -22,17 +22,7 @@ impl Replica {
         }
         self.view = target;
         self.active = false;
-        self.mined = None;
-        if self.mining.take().is_some() {
-            self.out.push(Output::CancelMining);
-        }
-        for slot in self.slots.values_mut() {
-            slot.candidate = None;
-            slot.prepares.clear();
-            slot.commits.clear();
-            slot.sent.clear();
-            slot.fetching = None;
-        }
+        self.forget_view_work();
         self.view_changes = self.view_changes.split_off(&(target, 0));
         self.view_change_deadline = None;
         self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
@@ -205,6 +195,22 @@ impl Replica {
         (checkpoint, headers)
     }
 
+    /// Forgets what belonged to the view being left: the block being mined, and every
+    /// slot's candidate, votes, sent messages and pending fetch.
+    fn forget_view_work(&mut self) {
+        self.mined = None;
+        if self.mining.take().is_some() {
+            self.out.push(Output::CancelMining);
+        }
+        for slot in self.slots.values_mut() {
+            slot.candidate = None;
+            slot.prepares.clear();
+            slot.commits.clear();
+            slot.sent.clear();
+            slot.fetching = None;
+        }
+    }
+
     /// Enters the view a NEW-VIEW starts: persist it, adopt its checkpoint, take its
     /// re-proposals as this view's pre-prepares, and restart the entry timers.
     pub(super) fn enter_view(&mut self, message: Message, checkpoint: CheckpointCertificate) {
@@ -216,17 +222,7 @@ impl Replica {
         self.out
             .push(Output::Persist(Record::NewView(message.clone())));
         if view > self.view {
-            for slot in self.slots.values_mut() {
-                slot.candidate = None;
-                slot.prepares.clear();
-                slot.commits.clear();
-                slot.sent.clear();
-                slot.fetching = None;
-            }
-            if self.mining.take().is_some() {
-                self.out.push(Output::CancelMining);
-            }
-            self.mined = None;
+            self.forget_view_work();
         }
         self.view = view;
         self.active = true;
