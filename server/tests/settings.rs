@@ -148,6 +148,14 @@ fn a_full_pool_answers_503_on_every_member_and_drops_nothing() {
         }
         let refused = refused.unwrap_or_else(|| panic!("member {member} never filled"));
         assert_eq!(refused["error"], "pool_full", "{refused}");
+        let again = serde_json::json!({ "data": format!("member {member} once more") });
+        assert_eq!(
+            post_retry_after(
+                &format!("{}/v1/entries", node(&daemons, member).url),
+                &again.to_string()
+            ),
+            (503, Some("1".to_owned()))
+        );
     }
     assert!(accepted.len() >= 4, "{accepted:?}");
     daemons[2] = Some(Daemon::start(&configs[2], base + 4));

@@ -233,6 +233,14 @@ impl Cluster {
                 }
             })
             .map_err(|error| ClusterError::Thread("peer-frames", error))?;
+        // What status reports is read back from the replica's configuration, so a
+        // setting that did not reach the replica shows.
+        let in_force = NodeSettings {
+            max_block_entries: config.max_block_entries,
+            max_block_delay: Duration::from_millis(config.timing.max_block_delay_ms),
+            pool_capacity: config.max_pending,
+            mining_threads: node_settings.mining_threads,
+        };
         let pending = Arc::new(Mutex::new(HashMap::new()));
         let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
@@ -281,7 +289,7 @@ impl Cluster {
         Ok(Cluster {
             store,
             plugins,
-            settings: node_settings,
+            settings: in_force,
             status,
             pending,
             transport,

@@ -249,14 +249,19 @@ pub fn converge(daemons: &[Option<Daemon>], height: u64) -> serde_json::Value {
     }
 }
 
-/// One HTTP request: the status (0 when no answer came) and the body as JSON (null
-/// when it is not JSON).
-pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// A client that reads error statuses as answers, each request bounded.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
-        .into();
+        .into()
+}
+
+/// One HTTP request: the status (0 when no answer came) and the body as JSON (null
+/// when it is not JSON).
+pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let agent = agent();
     let response = match method {
         "POST" => agent
             .post(url)
@@ -271,5 +276,25 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Va
             (status, serde_json::from_str(&text).unwrap_or_default())
         }
         Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// POSTs `body` and returns the status and the `Retry-After` header, if any.
+pub fn post_retry_after(url: &str, body: &str) -> (u16, Option<String>) {
+    let agent = agent();
+    match agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+    {
+        Ok(response) => (
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+        ),
+        Err(_) => (0, None),
     }
 }
