@@ -96,7 +96,7 @@ enum Value<'a> {
 pub struct Metrics {
     /// Height of the last applied block.
     pub height: AtomicU64,
-    /// Entries waiting for a block.
+    /// Entries waiting to be committed (what `pool_capacity` bounds).
     pub pool_size: AtomicU64,
     /// Entries accepted into the pool.
     pub entries_accepted: AtomicU64,
@@ -193,7 +193,7 @@ impl Metrics {
             (
                 "ledger_pool_size",
                 "gauge",
-                "Entries waiting for a block.",
+                "Entries waiting to be committed, what pool_capacity bounds.",
                 Value::Count(&self.pool_size),
             ),
             (

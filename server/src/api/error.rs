@@ -112,6 +112,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
             SubmitError::PoolFull(_) => ApiError::unavailable("pool_full", message),
             SubmitError::NotReady => ApiError::unavailable("not_ready", message),
+            SubmitError::Busy => ApiError::unavailable("busy", message),
             SubmitError::Unavailable(_) => ApiError::unavailable("store_unavailable", message),
             SubmitError::Store(error) => error.into(),
         }

@@ -184,7 +184,7 @@ struct SubmitQuery {
         (status = 413, description = "Body or entry too large", body = ErrorBody),
         (status = 422, description = "Refused by validation, with the reason", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "Pool full or node not ready; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Pool full, node not ready or busy, or database failing; see Retry-After", body = ErrorBody),
     ))]
 async fn submit(
     State(node): State<Arc<Node>>,

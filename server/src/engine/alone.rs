@@ -212,7 +212,7 @@ impl Alone {
             active: true,
             primary: 0,
             stable_checkpoint: None,
-            pending: self.lock_pool().queue.len(),
+            pending: self.lock_pool().ids.len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),
             settings: self.settings,
@@ -338,8 +338,8 @@ impl Alone {
             for ((id, admission), committed) in checked.into_iter().zip(committed) {
                 let answer = if committed || pool.ids.contains(&id) {
                     Err(SubmitError::Duplicate(id))
-                } else if pool.queue.len() >= self.settings.pool_capacity {
-                    Err(SubmitError::PoolFull(pool.queue.len()))
+                } else if pool.ids.len() >= self.settings.pool_capacity {
+                    Err(SubmitError::PoolFull(pool.ids.len()))
                 } else {
                     pool.ids.insert(id);
                     let accepted_at = Instant::now();
@@ -363,7 +363,7 @@ impl Alone {
             }
             self.metrics
                 .pool_size
-                .store(pool.queue.len() as u64, Ordering::Relaxed);
+                .store(pool.ids.len() as u64, Ordering::Relaxed);
             drop(pool);
             // The node counts the accepted ones as it answers them.
             if accepted > 0 {
@@ -523,9 +523,6 @@ impl Alone {
         let take = pool.queue.len().min(self.settings.max_block_entries);
         let batch: Vec<Pending> = pool.queue.drain(..take).collect();
         pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
-        self.metrics
-            .pool_size
-            .store(pool.queue.len() as u64, Ordering::Relaxed);
         Cut {
             ids: batch.iter().map(|pending| pending.id).collect(),
             batch,
@@ -670,6 +667,9 @@ impl Alone {
         for id in ids.iter().filter(|id| !kept.contains(id)) {
             pool.ids.remove(id);
         }
+        self.metrics
+            .pool_size
+            .store(pool.ids.len() as u64, Ordering::Relaxed);
         // Admission checks the store before it takes this lock; a new generation
         // tells it that ids it saw pending may have been committed meanwhile.
         pool.generation += 1;
@@ -721,9 +721,6 @@ impl Alone {
             queue.sort_by_key(|pending| pending.accepted_at);
             pool.queue = queue.into();
             pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
-            self.metrics
-                .pool_size
-                .store(pool.queue.len() as u64, Ordering::Relaxed);
             // The producer looks again: at the failure first, then at the pool.
             self.wake.notify_one();
         }

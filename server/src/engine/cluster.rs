@@ -13,7 +13,7 @@
 //! process would, and carries on; the entries it held and the clients waiting on
 //! them are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -106,7 +106,7 @@ struct ClusterStatus {
     pub height: u64,
     /// The stable checkpoint's height.
     pub stable_checkpoint: u64,
-    /// Entries waiting in the replica to be committed.
+    /// Entries waiting here to be committed, admitted ones included.
     pub pending: usize,
     /// The difficulty the block after the tip needs.
     pub next_difficulty: u32,
@@ -169,8 +169,9 @@ pub struct Cluster {
     plugins: Arc<Plugins>,
     settings: NodeSettings,
     status: Arc<Mutex<ClusterStatus>>,
-    /// Every entry the replica holds, mirrored at the two moments it changes (taken,
-    /// applied): the one answer to "is it pending?".
+    /// Every entry this member is to commit: those the replica holds, and the
+    /// client entries admitted but not yet taken (queued for the driver or held).
+    /// The one answer to "is it pending?", and what `pool_capacity` bounds.
     pending: Arc<Mutex<HashMap<Hash, Held>>>,
     transport: Arc<Transport>,
     stopper: Stopper,
@@ -256,7 +257,6 @@ impl Cluster {
             plugins: Arc::clone(&plugins),
             settings,
             mining_threads: node_settings.mining_threads,
-            last_refusal: None,
             deferred: None,
             published_height: None,
             waiters: HashMap::new(),
@@ -363,7 +363,7 @@ impl Cluster {
         if let Err(error) = self.post(DriverEvent::Submit { entry, waiter }) {
             lock(&self.pending).remove(&id);
             return Err(match error {
-                ClusterError::Busy => SubmitError::PoolFull(self.settings.pool_capacity),
+                ClusterError::Busy => SubmitError::Busy,
                 _ => SubmitError::NotReady,
             });
         }
@@ -424,8 +424,8 @@ impl Cluster {
         }
     }
 
-    /// Whether the replica holds `id`, waiting to be committed (from a client of
-    /// this node or another member's).
+    /// Whether `id` waits here to be committed (from a client of this node or
+    /// another member's).
     pub fn is_pending(&self, id: &Hash) -> bool {
         lock(&self.pending).contains_key(id)
     }
@@ -499,8 +499,6 @@ struct Driver {
     plugins: Arc<Plugins>,
     settings: ClusterSettings,
     mining_threads: std::num::NonZeroUsize,
-    /// Why the replica refused the last entry it was given, when it did.
-    last_refusal: Option<DropReason>,
     /// An event taken from the queue while gathering submits, handled next.
     deferred: Option<DriverEvent>,
     /// The height the next difficulty was last worked out for.
@@ -587,18 +585,8 @@ impl Driver {
                     return Err(StoreError::Unavailable(failure));
                 }
                 self.step(Input::Tick { now_ms: now_ms() })?;
-                // Only as many as the replica has room for: the rest would be
-                // refused again, and counted as refused.
-                let room = self
-                    .config
-                    .max_pending
-                    .saturating_sub(self.replica.footprint().pending);
-                if room > 0 && !self.held.is_empty() {
-                    let rest = self.held.split_off(room.min(self.held.len()));
-                    let offered = std::mem::replace(&mut self.held, rest);
-                    let mut again = self.offer(offered)?;
-                    again.append(&mut self.held);
-                    self.held = again;
+                if !self.held.is_empty() {
+                    self.offer(Vec::new())?;
                 }
             }
         }
@@ -661,13 +649,11 @@ impl Driver {
                 senders.retain(|sender| !sender.is_closed());
                 !senders.is_empty()
             });
-            if let Some(failed) = held
-                .iter()
-                .position(|entry| self.take_entry(entry.clone(), false).is_err())
-            {
-                self.held = held.split_off(failed);
+            self.held = held;
+            if self.offer(Vec::new()).is_err() {
                 continue;
             }
+            self.settle_applied_elsewhere();
             self.recovery.succeeded();
             tracing::info!(
                 height = self.replica.height(),
@@ -710,70 +696,108 @@ impl Driver {
             }
             entries.push(entry);
         }
-        let mut refused = self.offer(entries)?;
-        self.held.append(&mut refused);
-        Ok(())
+        self.offer(entries)
     }
 
-    /// Offers the replica client entries admitted to the pool. The replica refuses
-    /// a client's entry only when its pool is full (entries other members forwarded
-    /// filled it since this one was admitted), when its index cannot be read, or
-    /// when the entry is committed already (another member's client gave it too).
-    /// The first two pass: such an entry is returned, for the caller to hold and
-    /// offer again at a tick, never dropped. A committed one leaves the pool and
-    /// its waiters get the receipt from the store.
-    fn offer(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
+    /// Offers the replica, in one step, the held entries it has room for (oldest
+    /// first), then `fresh` client entries as far as room remains; the rest are
+    /// held, in arrival order, and offered again at the next tick. Admission
+    /// reserved their places, so none is ever dropped. The replica refuses one it
+    /// has room for only when it is committed already (another member's client gave
+    /// it too: it leaves the pool, its waiters get the receipt from the store) or
+    /// when its index cannot be read (held: the store is failing, and recovery
+    /// offers it to the rebuilt replica). When the step fails, whatever the replica
+    /// did not take is held too.
+    fn offer(&mut self, fresh: Vec<Entry>) -> Result<(), StoreError> {
+        let mut room = self
+            .config
+            .max_pending
+            .saturating_sub(self.replica.footprint().pending);
+        let older = room.min(self.held.len());
+        room -= older;
+        let mut entries: Vec<Entry> = self.held.drain(..older).collect();
+        let mut fresh = fresh.into_iter();
+        entries.extend(fresh.by_ref().take(room));
+        let mut later: Vec<Entry> = std::mem::take(&mut self.held);
+        later.extend(fresh);
+        if entries.is_empty() {
+            self.held = later;
+            return Ok(());
+        }
         let ids: Vec<Hash> = entries.iter().map(Entry::id).collect();
-        self.step(Input::Entries(entries.clone()))?;
-        let full = self.replica.footprint().pending >= self.config.max_pending;
-        let mut refused = Vec::new();
-        for (entry, id) in entries.into_iter().zip(ids) {
+        let stepped = self.step(Input::Entries(entries.clone()));
+        let mut again = Vec::new();
+        for (position, (entry, id)) in entries.into_iter().zip(ids).enumerate() {
             if self.replica.is_pending(&id) {
                 continue;
             }
-            if full {
-                refused.push(entry);
+            if stepped.is_ok() && self.settle_if_committed(&id) {
                 continue;
             }
-            match self.store.entry_with_receipt(&id) {
-                Ok(Some((_, receipt))) => {
-                    lock(&self.pending).remove(&id);
-                    for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                        let _ = waiter.send(receipt.clone());
-                    }
-                }
-                // Not committed, so the index read failed: the store is failing and
-                // the next tick starts its recovery.
-                Ok(None) | Err(_) => refused.push(entry),
+            // Held entries offered again keep their place ahead of what waited
+            // behind them; fresh ones go after.
+            if position < older {
+                again.push(entry);
+            } else {
+                later.push(entry);
             }
         }
-        Ok(refused)
+        again.append(&mut later);
+        self.held = again;
+        stepped
     }
 
-    /// Gives the replica an entry (a client's here, or one another member
-    /// forwarded) and mirrors whether it took it: `Ok(Err(reason))` when it refused.
-    fn take_entry(
-        &mut self,
-        entry: Entry,
-        forwarded: bool,
-    ) -> Result<Result<(), Option<DropReason>>, StoreError> {
-        let id = entry.id();
-        self.last_refusal = None;
-        self.step(Input::Entry { entry, forwarded })?;
-        if !self.replica.is_pending(&id) {
-            return Ok(Err(self.last_refusal.take()));
+    /// After a rebuild: entries in the pool that neither the new replica nor the
+    /// held list has are in blocks the old replica applied. Those the store has
+    /// (their apply reported an error after the block reached the disk) leave the
+    /// pool and their waiters get receipts; the others are in blocks a quorum
+    /// certified, which catch-up brings back and applies.
+    fn settle_applied_elsewhere(&mut self) {
+        let held: HashSet<Hash> = self.held.iter().map(Entry::id).collect();
+        let unaccounted: Vec<Hash> = lock(&self.pending)
+            .keys()
+            .filter(|id| !held.contains(*id) && !self.replica.is_pending(id))
+            .copied()
+            .collect();
+        for id in unaccounted {
+            self.settle_if_committed(&id);
         }
-        lock(&self.pending).entry(id).or_insert(Held {
-            since: Instant::now(),
-            own: !forwarded,
-        });
-        Ok(Ok(()))
+    }
+
+    /// If the store has `id` committed: it leaves the pool and its waiters get the
+    /// receipt. False when it is not committed or cannot be read.
+    fn settle_if_committed(&mut self, id: &Hash) -> bool {
+        let Ok(Some((_, receipt))) = self.store.entry_with_receipt(id) else {
+            return false;
+        };
+        lock(&self.pending).remove(id);
+        for waiter in self.waiters.remove(id).unwrap_or_default() {
+            let _ = waiter.send(receipt.clone());
+        }
+        true
+    }
+
+    /// Gives the replica an entry another member forwarded, and mirrors it if
+    /// taken (the replica counts what it refuses).
+    fn take_forwarded(&mut self, entry: Entry) -> Result<(), StoreError> {
+        let id = entry.id();
+        self.step(Input::Entry {
+            entry,
+            forwarded: true,
+        })?;
+        if self.replica.is_pending(&id) {
+            lock(&self.pending).entry(id).or_insert(Held {
+                since: Instant::now(),
+                own: false,
+            });
+        }
+        Ok(())
     }
 
     fn on_wire(&mut self, from: MemberIndex, wire: Wire) -> Result<(), StoreError> {
         match wire {
             Wire::Consensus(message) => self.step(Input::Message(message)),
-            Wire::Entry(entry) => self.take_entry(entry, true).map(|_| ()),
+            Wire::Entry(entry) => self.take_forwarded(entry),
             Wire::Committed { block, certificate } => self.step(Input::Committed {
                 block: Arc::new(block),
                 certificate,
@@ -950,9 +974,6 @@ impl Driver {
         error: Option<ChainError>,
     ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
-        if kind == "entry" {
-            self.last_refusal = Some(reason);
-        }
         let faulty = matches!(
             reason,
             DropReason::InvalidBlock
@@ -1040,7 +1061,8 @@ impl Driver {
                 .unwrap_or(self.store.spec().difficulty)
         });
         let view = self.replica.view();
-        let pending = self.replica.footprint().pending;
+        // The pool as admission counts it, reservations included.
+        let pending = lock(&self.pending).len();
         let previous = self.metrics.view.swap(view, Ordering::Relaxed);
         if view > previous {
             self.metrics

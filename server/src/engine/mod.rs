@@ -74,6 +74,9 @@ pub enum SubmitError {
     /// Starting or stopping.
     #[error("the node is not accepting entries now")]
     NotReady,
+    /// The consensus thread is behind on its queue of inputs.
+    #[error("the node is behind on its work; retry shortly")]
+    Busy,
     /// The database failed (a full disk) or is damaged; the reason says which.
     #[error("{0}")]
     Unavailable(String),
@@ -160,8 +163,8 @@ pub enum Engine {
 
 impl Engine {
     /// Checks `entry` and takes it; with `wait`, also returns a receiver told when the
-    /// entry commits. `Ok` means the entry is pending and will not be dropped unless
-    /// the engine stops.
+    /// entry commits. `Ok` means the entry is pending and will not be dropped while
+    /// the engine runs.
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
         match self {
             Engine::Alone(alone) => alone.submit(entry, wait).await,
