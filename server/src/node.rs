@@ -118,7 +118,7 @@ impl Node {
     /// database, or waiting for an operator) but not ready: restarting it would not
     /// help.
     pub fn is_alive(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed) && self.engine.status().failure.is_none()
+        !self.stopping.load(Ordering::Relaxed) && self.engine.failure().is_none()
     }
 
     /// Why the node is not ready, if it is not: starting or stopping, a database
@@ -142,7 +142,7 @@ impl Node {
                  \"Recovering a damaged database\""
             ));
         }
-        let failure = self.engine.status().failure;
+        let failure = self.engine.failure();
         failure.map(|failure| format!("consensus stopped: {failure}"))
     }
 

@@ -424,6 +424,11 @@ impl Cluster {
         }
     }
 
+    /// Why the driver stopped, if it did.
+    pub fn failure(&self) -> Option<EngineFailure> {
+        lock(&self.status).failure.clone()
+    }
+
     /// Whether `id` waits here to be committed (from a client of this node or
     /// another member's).
     pub fn is_pending(&self, id: &Hash) -> bool {

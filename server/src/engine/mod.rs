@@ -188,6 +188,14 @@ impl Engine {
         }
     }
 
+    /// Why the engine stopped, if it did; cheap enough for every request.
+    pub fn failure(&self) -> Option<EngineFailure> {
+        match self {
+            Engine::Alone(_) => None,
+            Engine::Cluster(cluster) => cluster.failure(),
+        }
+    }
+
     /// Asks for a block now, even an empty one; resolves once one is applied.
     pub fn cut(&self) -> oneshot::Receiver<Result<Header, MineError>> {
         match self {
