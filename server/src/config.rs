@@ -83,6 +83,9 @@ pub struct NodeConfig {
     /// Most entries waiting for a block; beyond it submits get 503.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
+    /// Most snapshot chunks served to joining nodes at once; more are told to retry.
+    #[serde(default = "default_snapshot_transfers")]
+    pub snapshot_transfers: usize,
     /// Mining threads; every core when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mining_threads: Option<usize>,
@@ -111,6 +114,9 @@ fn default_max_block_delay_ms() -> u64 {
 }
 fn default_pool_capacity() -> usize {
     100_000
+}
+fn default_snapshot_transfers() -> usize {
+    crate::snapshots::DEFAULT_TRANSFERS
 }
 fn default_true() -> bool {
     true
@@ -161,6 +167,7 @@ impl NodeConfig {
             max_block_entries: default_max_block_entries(),
             max_block_delay_ms: default_max_block_delay_ms(),
             pool_capacity: default_pool_capacity(),
+            snapshot_transfers: default_snapshot_transfers(),
             mining_threads: None,
             two_phase_commit: true,
             log_format: LogFormat::Text,

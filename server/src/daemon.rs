@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
+use crate::chain::snapshot::DEFAULT_TILE_LEVEL;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
@@ -318,7 +319,7 @@ pub async fn run(
     } else {
         Node::alone(Arc::clone(&store), key, settings, plugins, metrics)
     };
-    let node = Arc::new(node);
+    let node = Arc::new(node.with_snapshots(config.snapshot_transfers, DEFAULT_TILE_LEVEL));
     node.metrics()
         .height
         .store(tip.height, std::sync::atomic::Ordering::Relaxed);

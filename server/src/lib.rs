@@ -14,6 +14,7 @@
 //!   [`engine::Cluster`] (the PBFT replica's driver over the store and the network).
 //! - [`node`]: what the API talks to: the store, the plugins, the metrics and the one
 //!   engine a node was built with; readiness.
+//! - [`snapshots`]: which snapshots a node serves to joiners, and how many chunks at once.
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`plugin_host`]: validation plugins loaded from shared libraries, and their hooks.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
@@ -41,6 +42,7 @@ pub mod plugin_host;
 pub mod pow;
 #[cfg(feature = "testing")]
 pub mod sim;
+pub mod snapshots;
 pub mod storage;
 pub mod systemd;
 #[cfg(feature = "testing")]

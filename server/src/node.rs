@@ -9,11 +9,14 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
+use crate::chain::Policy;
 use crate::chain::{Entry, Hash, Header};
 use crate::engine::{Alone, Cluster, Engine};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::plugin_host::Plugins;
+use crate::snapshots::{SnapshotServeError, Snapshots, DEFAULT_TRANSFERS};
 use crate::storage::Store;
 
 /// One node: its store, its plugins, its metrics and its engine.
@@ -23,6 +26,7 @@ pub struct Node {
     plugins: Arc<Plugins>,
     metrics: Arc<Metrics>,
     engine: Engine,
+    snapshots: Snapshots,
     ready: AtomicBool,
     stopping: AtomicBool,
 }
@@ -72,7 +76,14 @@ impl Node {
         plugins: Arc<Plugins>,
         metrics: Arc<Metrics>,
     ) -> Node {
+        let window = plugins.difficulty_window() as u64;
         Node {
+            snapshots: Snapshots::new(
+                Arc::clone(&store),
+                window,
+                DEFAULT_TRANSFERS,
+                DEFAULT_TILE_LEVEL,
+            ),
             store,
             node_id,
             plugins,
@@ -81,6 +92,14 @@ impl Node {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// This node serving at most `transfers` snapshot chunks at once, in tiles of
+    /// `2^tile_level` ids (`DEFAULT_TILE_LEVEL` but in tests of short chains).
+    pub fn with_snapshots(mut self, transfers: usize, tile_level: u8) -> Node {
+        let window = self.plugins.difficulty_window() as u64;
+        self.snapshots = Snapshots::new(Arc::clone(&self.store), window, transfers, tile_level);
+        self
     }
 
     /// The store.
@@ -174,6 +193,37 @@ impl Node {
             .entries_accepted
             .fetch_add(1, Ordering::Relaxed);
         Ok(submitted)
+    }
+
+    /// The manifest of the snapshot at `height`, or of the latest one this node serves.
+    pub async fn snapshot_manifest(
+        &self,
+        height: Option<u64>,
+    ) -> Result<Arc<Manifest>, SnapshotServeError> {
+        self.snapshots
+            .manifest(self.snapshot_ceiling(), height)
+            .await
+    }
+
+    /// Chunk `index` of the snapshot at `height`.
+    pub async fn snapshot_chunk(
+        &self,
+        height: u64,
+        index: u64,
+    ) -> Result<Vec<u8>, SnapshotServeError> {
+        self.snapshots
+            .chunk(self.snapshot_ceiling(), height, index)
+            .await
+    }
+
+    /// The highest height a snapshot may be taken at: in a cluster the stable
+    /// checkpoint (as far as this node has applied), alone the tip.
+    fn snapshot_ceiling(&self) -> u64 {
+        let tip = self.store.last_tip().map_or(0, |tip| tip.height);
+        match &self.engine {
+            Engine::Alone(_) => tip,
+            Engine::Cluster(_) => self.engine.status().stable_checkpoint.unwrap_or(0).min(tip),
+        }
     }
 
     /// Asks for a block now, even an empty one; resolves once one is applied.

@@ -26,6 +26,11 @@ pub fn key(seed: u8) -> SigningKey {
 
 /// A spec over `members` with the given difficulty and default limits.
 pub fn spec(members: &[SigningKey], difficulty: u32) -> ChainSpec {
+    spec_checkpointing(members, difficulty, default_checkpoint_interval())
+}
+
+/// Like [`spec`], with checkpoints (and snapshots) every `interval` blocks.
+pub fn spec_checkpointing(members: &[SigningKey], difficulty: u32, interval: u64) -> ChainSpec {
     let file = GenesisFile {
         chain_id: "test-chain".into(),
         timestamp_ms: 1_767_225_600_000,
@@ -33,7 +38,7 @@ pub fn spec(members: &[SigningKey], difficulty: u32) -> ChainSpec {
         max_entry_bytes: default_max_entry_bytes(),
         max_block_entries: default_max_block_entries(),
         max_future_drift_ms: default_max_future_drift_ms(),
-        checkpoint_interval: default_checkpoint_interval(),
+        checkpoint_interval: interval,
         members: members
             .iter()
             .map(|key| GenesisMember {

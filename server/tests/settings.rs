@@ -39,6 +39,30 @@ fn committed(daemon: &Daemon, id: &str) {
     }
 }
 
+/// Submits `count` entries tagged `tag` in one batch through `daemon` and waits
+/// (bounded) until each is committed; their ids.
+fn commit_batch(daemon: &Daemon, tag: &str, count: usize) -> Vec<String> {
+    let batch: Vec<serde_json::Value> = (0..count)
+        .map(|i| serde_json::json!({ "data": format!("{tag} {i}") }))
+        .collect();
+    let (code, answers) = http(
+        "POST",
+        &format!("{}/v1/entries/batch", daemon.url),
+        Some(&serde_json::Value::Array(batch).to_string()),
+    );
+    assert_eq!(code, 202, "{answers}");
+    let ids: Vec<String> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|answer| answer["id"].as_str().expect("accepted").to_owned())
+        .collect();
+    for id in &ids {
+        committed(daemon, id);
+    }
+    ids
+}
+
 /// `/v1/status` shows the settings each member runs with, as it applies them (the
 /// block limit within the genesis', the delay, the capacity, the miner's threads):
 /// the cluster's engine takes every one of them, as a node alone does.
@@ -77,24 +101,7 @@ fn blocks_hold_at_most_max_block_entries() {
     let (configs, base) = layout(&dir.path().join("cluster"), 4);
     set(&configs, "max_block_entries", "3");
     let mut daemons = start_all(&configs, base);
-    let batch: Vec<serde_json::Value> = (0..30)
-        .map(|i| serde_json::json!({ "data": format!("batched {i}") }))
-        .collect();
-    let (code, answers) = http(
-        "POST",
-        &format!("{}/v1/entries/batch", node(&daemons, 1).url),
-        Some(&serde_json::Value::Array(batch).to_string()),
-    );
-    assert_eq!(code, 202, "{answers}");
-    let ids: Vec<String> = answers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|answer| answer["id"].as_str().expect("accepted").to_owned())
-        .collect();
-    for id in &ids {
-        committed(node(&daemons, 1), id);
-    }
+    commit_batch(node(&daemons, 1), "batched", 30);
     let tip = status(node(&daemons, 1))["height"].as_u64().unwrap();
     let mut seen = 0;
     let mut fullest = 0;
@@ -165,5 +172,82 @@ fn a_full_pool_answers_503_on_every_member_and_drops_nothing() {
             committed(daemon, id);
         }
     }
+    stop_all(&mut daemons);
+}
+
+/// Every member of a cluster offers the snapshot of the stable checkpoint it reached:
+/// the same block and tiles on each (each with the commit certificate it collected,
+/// so the signer sets may differ), each verifying against the genesis file alone; its
+/// one chunk rebuilds the log at that height. A member with `snapshot_transfers = 0` serves the
+/// manifest but no chunk, and says to retry.
+#[test]
+fn members_serve_one_snapshot_of_their_stable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 4);
+    let genesis_path = chain.join("genesis.toml");
+    let genesis = std::fs::read_to_string(&genesis_path).unwrap();
+    assert!(genesis.contains("checkpoint_interval = 100"), "{genesis}");
+    let genesis = genesis.replace("checkpoint_interval = 100", "checkpoint_interval = 5");
+    std::fs::write(&genesis_path, &genesis).unwrap();
+    let spec = ledger::chain::ChainSpec::from_toml(&genesis).unwrap();
+    set(&configs, "max_block_entries", "4");
+    set(&configs[3..], "snapshot_transfers", "0");
+    let mut daemons = start_all(&configs, base);
+
+    let ids = commit_batch(node(&daemons, 1), "snapshotted", 40);
+
+    // Checkpoint votes travel after the blocks: wait until all four offer a snapshot
+    // of the same block at 10 or above (forty entries in blocks of four make ten).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let views = loop {
+        let views: Vec<(u16, serde_json::Value)> = (0..4)
+            .map(|i| {
+                let url = format!("{}/v1/snapshots/latest", node(&daemons, i).url);
+                http("GET", &url, None)
+            })
+            .collect();
+        let same = views
+            .iter()
+            .all(|(code, view)| *code == 200 && view["block_hash"] == views[0].1["block_hash"]);
+        if same && views[0].1["height"].as_u64().unwrap() >= 10 {
+            break views;
+        }
+        assert!(Instant::now() < deadline, "no common snapshot: {views:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let manifests: Vec<_> = views
+        .iter()
+        .map(|(_, view)| {
+            let bytes = hex::decode(view["manifest"].as_str().unwrap()).unwrap();
+            let manifest = ledger::chain::snapshot::Manifest::decode(&bytes).unwrap();
+            manifest
+                .verify(&spec.chain_hash(), &spec.members)
+                .expect("verifies against the genesis file");
+            manifest
+        })
+        .collect();
+    let manifest = &manifests[0];
+    let height = manifest.height();
+    assert_eq!(height % 5, 0);
+    assert_eq!(manifest.chunks(), 1);
+    for other in &manifests {
+        assert_eq!(
+            (other.header, &other.tile_roots),
+            (manifest.header, &manifest.tile_roots)
+        );
+    }
+
+    let url = |i: usize| format!("{}/v1/snapshots/{height}/chunks/0", node(&daemons, i).url);
+    let (code, chunk) = get_bytes(&url(0));
+    assert_eq!(code, 200);
+    let rebuilt = manifest.check_chunk(0, &chunk).expect("the chunk checks");
+    assert_eq!(rebuilt.len() as u64, manifest.header.log_size);
+    for id in &rebuilt {
+        assert!(ids.contains(&id.to_hex()), "{id} was never submitted");
+    }
+    let (code, body) = get_bytes(&url(3));
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("busy"));
     stop_all(&mut daemons);
 }

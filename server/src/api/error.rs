@@ -6,6 +6,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::node::SubmitError;
+use crate::snapshots::SnapshotServeError;
 use crate::storage::StoreError;
 
 /// The JSON body of every error response.
@@ -115,6 +116,19 @@ impl From<SubmitError> for ApiError {
             SubmitError::Busy => ApiError::unavailable("busy", message),
             SubmitError::Unavailable(_) => ApiError::unavailable("store_unavailable", message),
             SubmitError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<SnapshotServeError> for ApiError {
+    fn from(error: SnapshotServeError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            SnapshotServeError::NoneYet { .. }
+            | SnapshotServeError::NotServed { .. }
+            | SnapshotServeError::NoChunk { .. } => ApiError::not_found(message),
+            SnapshotServeError::Busy(_) => ApiError::unavailable("busy", message),
+            SnapshotServeError::Store(error) => error.into(),
         }
     }
 }

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ErrorBody};
 use types::{
     Accepted, BlockView, CommittedView, ConsistencyView, EntryView, HeaderView, MemberView,
-    MinedView, ReceiptView, SettingsView, StatusView, SubmitRequest,
+    MinedView, ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
 };
 
 use crate::chain::{Block, Hash, Receipt};
@@ -88,6 +88,9 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(get_block))
         .routes(routes!(consistency))
         .routes(routes!(status))
+        .routes(routes!(latest_snapshot))
+        .routes(routes!(snapshot))
+        .routes(routes!(snapshot_chunk))
         .routes(routes!(whole_chain))
         .routes(routes!(mine))
         .routes(routes!(healthz))
@@ -316,6 +319,11 @@ fn parse_hash(text: &str) -> Result<Hash, ApiError> {
         .map_err(|_| ApiError::malformed(format!("{text:?} is not a 64-character hex hash")))
 }
 
+fn parse_number(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::malformed(format!("{text:?} is not a whole number")))
+}
+
 /// An entry, with its receipt once committed.
 #[utoipa::path(get, path = "/v1/entries/{id}", tag = "entries",
     params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{64}$", description = "Entry id, 64 hex characters")),
@@ -434,6 +442,71 @@ async fn get_block(
     block
         .map(|block| Json(block_view(&block)))
         .ok_or_else(|| ApiError::not_found(format!("no block {id}")))
+}
+
+/// The manifest of the newest snapshot this node serves.
+#[utoipa::path(get, path = "/v1/snapshots/latest", tag = "snapshots",
+    responses(
+        (status = 200, description = "The manifest", body = SnapshotView),
+        (status = 404, description = "No snapshot yet (the chain is younger than one checkpoint interval)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
+async fn latest_snapshot(State(node): State<Arc<Node>>) -> Result<Json<SnapshotView>, ApiError> {
+    let manifest = node.snapshot_manifest(None).await?;
+    Ok(Json(snapshot_view(&manifest)))
+}
+
+/// The manifest of the snapshot at a height this node serves (the latest and the
+/// one a checkpoint interval below it).
+#[utoipa::path(get, path = "/v1/snapshots/{height}", tag = "snapshots",
+    params(("height" = u64, Path, description = "A checkpoint height")),
+    responses(
+        (status = 200, description = "The manifest", body = SnapshotView),
+        (status = 400, description = "Not a number", body = ErrorBody),
+        (status = 404, description = "Not served here; the message names the heights that are", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
+async fn snapshot(
+    State(node): State<Arc<Node>>,
+    Path(height): Path<String>,
+) -> Result<Json<SnapshotView>, ApiError> {
+    let manifest = node.snapshot_manifest(Some(parse_number(&height)?)).await?;
+    Ok(Json(snapshot_view(&manifest)))
+}
+
+fn snapshot_view(manifest: &crate::chain::snapshot::Manifest) -> SnapshotView {
+    SnapshotView {
+        height: manifest.height(),
+        block_hash: manifest.header.hash().to_hex(),
+        log_size: manifest.header.log_size,
+        tile_ids: manifest.tile_ids(),
+        chunks: manifest.chunks(),
+        manifest: hex::encode(manifest.encode()),
+    }
+}
+
+/// One chunk of a snapshot: the entry ids of one tile of the log, 32 bytes each, in
+/// log order. Check it against the manifest's tile root before using it.
+#[utoipa::path(get, path = "/v1/snapshots/{height}/chunks/{index}", tag = "snapshots",
+    params(
+        ("height" = u64, Path, description = "The snapshot's height"),
+        ("index" = u64, Path, description = "The chunk, from 0"),
+    ),
+    responses(
+        (status = 200, description = "The ids", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a number", body = ErrorBody),
+        (status = 404, description = "No such snapshot or chunk here", body = ErrorBody),
+        (status = 503, description = "Every transfer slot is taken; see Retry-After", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
+async fn snapshot_chunk(
+    State(node): State<Arc<Node>>,
+    Path((height, index)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let chunk = node
+        .snapshot_chunk(parse_number(&height)?, parse_number(&index)?)
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], chunk).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -510,6 +510,24 @@ pub struct MinedView {
     pub header: HeaderView,
 }
 
+/// `GET /v1/snapshots/latest` and `/v1/snapshots/{height}`: a snapshot's manifest
+/// (docs/FORMAT.md, "Snapshot") with the figures a joiner plans its transfer by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotView {
+    /// The height the snapshot is taken at.
+    pub height: u64,
+    /// Block `height`'s hash.
+    pub block_hash: String,
+    /// Entries in the log at that height.
+    pub log_size: u64,
+    /// Ids per chunk (the last one may hold fewer).
+    pub tile_ids: u64,
+    /// How many chunks: `GET /v1/snapshots/{height}/chunks/{i}` for i below it.
+    pub chunks: u64,
+    /// The binary manifest, hex. Check it before trusting any field above.
+    pub manifest: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

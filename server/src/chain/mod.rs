@@ -11,6 +11,7 @@ mod hash;
 mod header;
 pub mod merkle;
 mod receipt;
+pub mod snapshot;
 mod validate;
 
 pub use block::Block;

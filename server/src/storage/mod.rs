@@ -18,6 +18,7 @@
 mod consensus;
 mod health;
 mod ids;
+mod snapshot;
 mod verify;
 
 use std::collections::HashSet;

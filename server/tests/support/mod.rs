@@ -279,6 +279,24 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Va
     }
 }
 
+/// GETs `url` and returns the status and the body's bytes (status 0 when it failed).
+#[allow(dead_code)] // Not every test binary that shares this module reads bytes.
+pub fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+    match agent().get(url).call() {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(8 << 20)
+                .read_to_vec()
+                .unwrap_or_default();
+            (status, body)
+        }
+        Err(_) => (0, Vec::new()),
+    }
+}
+
 /// POSTs `body` and returns the status and the `Retry-After` header, if any.
 pub fn post_retry_after(url: &str, body: &str) -> (u16, Option<String>) {
     let agent = agent();

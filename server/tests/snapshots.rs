@@ -1,0 +1,198 @@
+//! Serving snapshots through the HTTP API (`router(node).oneshot(..)`): the manifest a
+//! node offers verifies against the genesis members alone, every chunk checks against
+//! its tile root and together they rebuild the log; the heights served, the chunk
+//! bound and damage underneath are answered as the API promises.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use ledger::api::router;
+use ledger::api::types::SnapshotView;
+use ledger::chain::snapshot::Manifest;
+use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
+use ledger::node::{Node, NodeSettings};
+use ledger::storage::{Store, StoreOptions};
+use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
+use tower::ServiceExt;
+
+/// Checkpoints (and snapshots) every 10 blocks.
+const INTERVAL: u64 = 10;
+/// Tiles of 16 ids, so a short chain has several chunks.
+const TILE_LEVEL: u8 = 4;
+const PER_BLOCK: usize = 7;
+
+fn settings() -> NodeSettings {
+    NodeSettings {
+        max_block_entries: 100,
+        max_block_delay: Duration::from_millis(5),
+        pool_capacity: 1000,
+        mining_threads: NonZeroUsize::MIN,
+    }
+}
+
+/// A one-member chain of `blocks` blocks of [`PER_BLOCK`] entries in `dir`, and the
+/// ids of its log in order.
+fn chain(dir: &std::path::Path, blocks: u64) -> (ChainSpec, Store, Vec<Hash>) {
+    let keys = [key(1)];
+    let spec = spec_checkpointing(&keys, 1, INTERVAL);
+    let store = Store::open(&dir.join("ledger.redb"), &spec, StoreOptions::default()).unwrap();
+    let (mut tip, mut log) = (spec.genesis_block().header, CompactRange::new());
+    let mut ids = Vec::new();
+    for round in 0..blocks {
+        let block: Block = next_block(&tip, &log, entries(round, PER_BLOCK, 24), 1);
+        store.apply_block(&block, &certify(&keys, &block)).unwrap();
+        for entry in &block.entries {
+            log.append(
+                ledger::chain::merkle::leaf_hash(entry.id().as_bytes()),
+                |_, _, _| {},
+            );
+            ids.push(entry.id());
+        }
+        tip = block.header;
+    }
+    (spec, store, ids)
+}
+
+/// A node alone over `store` (not producing: the chain stays as built) serving
+/// snapshots in small tiles with `transfers` chunk slots.
+fn serve(store: Store, transfers: usize) -> Router {
+    let node = Node::alone(
+        Arc::new(store),
+        key(1),
+        settings(),
+        Arc::default(),
+        Arc::default(),
+    )
+    .with_snapshots(transfers, TILE_LEVEL);
+    router(Arc::new(node))
+}
+
+async fn get(router: &Router, uri: &str) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+    let request = Request::get(uri).body(Body::empty()).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = to_bytes(response.into_body(), 8 << 20).await.unwrap();
+    (status, body.to_vec(), headers)
+}
+
+fn error_text(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    format!("{} {}", value["error"], value["message"])
+}
+
+#[tokio::test]
+async fn a_joiner_verifies_the_latest_snapshot_and_rebuilds_the_log_from_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, ids) = chain(dir.path(), 25);
+    let router = serve(store, 4);
+
+    let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let view: SnapshotView = serde_json::from_slice(&body).unwrap();
+    // The tip is 25: the latest checkpoint is 20, with 140 ids in 9 tiles of 16.
+    assert_eq!((view.height, view.log_size, view.tile_ids), (20, 140, 16));
+    assert_eq!(view.chunks, 9);
+    let manifest = Manifest::decode(&hex::decode(&view.manifest).unwrap()).unwrap();
+    manifest
+        .verify(&spec.chain_hash(), &spec.members)
+        .expect("the manifest verifies against the genesis members");
+    assert_eq!(manifest.header.hash().to_hex(), view.block_hash);
+
+    let mut rebuilt = Vec::new();
+    for index in 0..view.chunks {
+        let (status, chunk, headers) =
+            get(&router, &format!("/v1/snapshots/20/chunks/{index}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+        rebuilt.extend(manifest.check_chunk(index, &chunk).expect("chunk checks"));
+    }
+    assert_eq!(rebuilt, ids[..140]);
+
+    // The checkpoint below is served too; nothing else is.
+    let (status, body, _) = get(&router, "/v1/snapshots/10").await;
+    assert_eq!(status, StatusCode::OK);
+    let older: SnapshotView = serde_json::from_slice(&body).unwrap();
+    assert_eq!((older.height, older.log_size, older.chunks), (10, 70, 5));
+    for (uri, expected) in [
+        ("/v1/snapshots/30", "serves [20, 10]"),
+        ("/v1/snapshots/15", "serves [20, 10]"),
+        ("/v1/snapshots/20/chunks/9", "has 9 chunks, not 9"),
+        ("/v1/snapshots/40/chunks/0", "no snapshot at height 40"),
+    ] {
+        let (status, body, _) = get(&router, uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(
+            error_text(&body).contains(expected),
+            "{uri}: {}",
+            error_text(&body)
+        );
+    }
+    for uri in ["/v1/snapshots/x", "/v1/snapshots/20/chunks/-1"] {
+        let (status, body, _) = get(&router, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(error_text(&body).contains("malformed"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn a_chain_younger_than_one_checkpoint_has_no_snapshot_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store, _) = chain(dir.path(), 9);
+    let router = serve(store, 4);
+    let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        error_text(&body).contains("no snapshot yet") && error_text(&body).contains("blocks"),
+        "{}",
+        error_text(&body)
+    );
+}
+
+#[tokio::test]
+async fn chunk_transfers_beyond_the_bound_are_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store, _) = chain(dir.path(), 10);
+    let router = serve(store, 0);
+    // The manifest costs no slot; a chunk does.
+    let (status, _, _) = get(&router, "/v1/snapshots/latest").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, headers) = get(&router, "/v1/snapshots/10/chunks/0").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(error_text(&body).contains("busy"), "{}", error_text(&body));
+}
+
+/// A tile's node altered on disk (as flipped bytes would leave it): the tile roots no
+/// longer fold into the certified log root, and the node refuses to offer the
+/// snapshot rather than send a joiner something that cannot verify.
+#[tokio::test]
+async fn a_damaged_log_is_not_offered_as_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, _) = chain(dir.path(), 10);
+    drop(store);
+    let path = dir.path().join("ledger.redb");
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let write = database.begin_write().unwrap();
+        write
+            .open_table(ledger_migrations::schema::MERKLE_NODES)
+            .unwrap()
+            .insert((TILE_LEVEL, 1u64), &[7u8; 32])
+            .unwrap();
+        write.commit().unwrap();
+    }
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    let router = serve(store, 4);
+    let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = error_text(&body);
+    assert!(
+        text.contains("damaged_database") && text.contains("do not fold"),
+        "{text}"
+    );
+}
