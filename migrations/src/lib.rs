@@ -13,6 +13,11 @@
 //! 3. the entry index becomes append-only: `entry_ids` (log index → id) and
 //!    `log_starts` (a block's first log index → height) replace the id-keyed
 //!    `entries`, whose random keys cost a page write per committed entry.
+//! 4. history may start at a snapshot: a database restored from one holds no blocks
+//!    between genesis and the snapshot's height (`meta` `history_from` says where its
+//!    blocks start) until they are fetched, and keeps the headers just below it that
+//!    the difficulty policy reads in `base_headers`. A build that knew only version 3
+//!    would call the missing blocks damage, so it must refuse such a file.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
@@ -45,11 +50,17 @@ pub mod schema {
     pub const VIEW_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("view_state");
     /// Height a membership takes effect → encoded member set.
     pub const MEMBERSHIP: TableDefinition<u64, &[u8]> = TableDefinition::new("membership");
+    /// Height → header, for the headers below `history_from` that the difficulty
+    /// policy reads (empty unless the database was restored from a snapshot).
+    pub const BASE_HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("base_headers");
 
     /// `meta` key of the format marker.
     pub const META_FORMAT: &str = "format";
     /// `meta` key of the schema version (u32, big-endian).
     pub const META_SCHEMA_VERSION: &str = "schema_version";
+    /// `meta` key of the lowest height above genesis whose block is held (u64,
+    /// big-endian); absent when every block is.
+    pub const META_HISTORY_FROM: &str = "history_from";
     /// The format marker's value: tells a ledger database from any other redb file.
     pub const FORMAT_MARKER: &[u8] = b"ledger-db";
 }
@@ -64,7 +75,7 @@ pub mod retired {
 }
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 3;
+pub const CURRENT_VERSION: u32 = 4;
 
 /// One upgrade step.
 pub struct Migration {
@@ -120,6 +131,14 @@ pub const MIGRATIONS: &[Migration] = &[
             }
             drop((ids, starts));
             txn.delete_table(retired::ENTRIES)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 4,
+        description: "history may start at a snapshot: base_headers",
+        apply: |txn| {
+            txn.open_table(schema::BASE_HEADERS)?;
             Ok(())
         },
     },

@@ -15,7 +15,7 @@ use ledger::api::types::SnapshotView;
 use ledger::chain::snapshot::Manifest;
 use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
 use ledger::node::{Node, NodeSettings};
-use ledger::storage::{Store, StoreOptions};
+use ledger::storage::{Restore, Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
 use tower::ServiceExt;
 
@@ -39,6 +39,7 @@ fn settings() -> NodeSettings {
 fn chain(dir: &std::path::Path, blocks: u64) -> (ChainSpec, Store, Vec<Hash>) {
     let keys = [key(1)];
     let spec = spec_checkpointing(&keys, 1, INTERVAL);
+    std::fs::create_dir_all(dir).unwrap();
     let store = Store::open(&dir.join("ledger.redb"), &spec, StoreOptions::default()).unwrap();
     let (mut tip, mut log) = (spec.genesis_block().header, CompactRange::new());
     let mut ids = Vec::new();
@@ -195,4 +196,129 @@ async fn a_damaged_log_is_not_offered_as_a_snapshot() {
         text.contains("damaged_database") && text.contains("do not fold"),
         "{text}"
     );
+}
+
+/// The manifest and chunks of the snapshot at `height` of `store`, in small tiles.
+fn snapshot_of(store: &Store, height: u64) -> (Manifest, Vec<Vec<u8>>) {
+    let manifest = store
+        .snapshot_manifest(height, TILE_LEVEL, 3)
+        .unwrap()
+        .unwrap();
+    let chunks = (0..manifest.chunks())
+        .map(|index| store.snapshot_chunk(&manifest, index).unwrap())
+        .collect();
+    (manifest, chunks)
+}
+
+/// A database restored from the snapshot at 20 of a 25-block chain, in two sittings
+/// (the first stops after three tiles, as a killed joiner would): it holds every id
+/// and proves every entry, serves what it holds and says what it does not, passes the
+/// full check, and takes blocks 21 to 25 to end with the same chain.
+#[test]
+fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, source, ids) = chain(&dir.path().join("source"), 25);
+    let (manifest, chunks) = snapshot_of(&source, 20);
+    manifest.verify(&spec.chain_hash(), &spec.members).unwrap();
+    let staging = dir.path().join("ledger.redb.restoring");
+    let path = dir.path().join("ledger.redb");
+
+    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    assert_eq!(restore.missing(), (0..9).collect::<Vec<_>>());
+    for index in [0, 4, 8] {
+        let checked = manifest
+            .check_chunk(index, &chunks[index as usize])
+            .unwrap();
+        restore.write_tile(index, &checked).unwrap();
+    }
+    drop(restore);
+    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    assert_eq!(restore.missing(), [1, 2, 3, 5, 6, 7]);
+    for index in restore.missing() {
+        let checked = manifest
+            .check_chunk(index, &chunks[index as usize])
+            .unwrap();
+        restore.write_tile(index, &checked).unwrap();
+    }
+    let (block, _) = source.committed_block(20).unwrap().unwrap();
+    restore.finish(&spec, &block, &path).unwrap();
+    assert!(!staging.exists());
+
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    assert_eq!(store.history_from(), 20);
+    assert_eq!(store.tip().unwrap(), manifest.header);
+    assert!(store.committed(&ids[..140]).unwrap().iter().all(|c| *c));
+    assert!(!store.committed(&ids[140..]).unwrap().iter().any(|c| *c));
+    // An entry of block 20 has its receipt; an older one is committed and provable,
+    // but its block is not held.
+    let (_, receipt) = store.entry_with_receipt(&ids[139]).unwrap().unwrap();
+    assert_eq!(receipt.header.height, 20);
+    let old = store.entry_with_receipt(&ids[3]).unwrap_err().to_string();
+    assert!(
+        old.contains("below this node's history, which starts at block 20"),
+        "{old}"
+    );
+    assert_eq!(
+        store.log_root(5).unwrap(),
+        source.log_root(5).unwrap(),
+        "a root below the history"
+    );
+    assert_eq!(
+        store.inclusion_proof(3, 100).unwrap(),
+        source.inclusion_proof(3, 100).unwrap()
+    );
+    assert!(matches!(
+        store.block(7),
+        Err(ledger::storage::StoreError::NotHeld { from: 20, .. })
+    ));
+    // The kept headers below: what the difficulty policy reads.
+    assert_eq!(store.header(19).unwrap(), source.header(19).unwrap());
+    assert_eq!(store.header(18).unwrap(), source.header(18).unwrap());
+    assert!(store.header(17).is_err());
+    assert_eq!(store.verify_chain().unwrap(), 20);
+
+    for height in 21..=25 {
+        let (block, certificate) = source.committed_block(height).unwrap().unwrap();
+        store.apply_block(&block, &certificate).unwrap();
+    }
+    assert_eq!(store.tip().unwrap(), source.tip().unwrap());
+    assert_eq!(store.verify_chain().unwrap(), 25);
+    drop(store);
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    assert!(store.committed(&ids).unwrap().iter().all(|c| *c));
+}
+
+/// A joiner that had begun the snapshot at 10 moves to the one at 20: the full tiles
+/// it wrote are tiles of the newer snapshot too and stay; the partial one goes.
+#[test]
+fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, source, _) = chain(&dir.path().join("source"), 25);
+    let (older, older_chunks) = snapshot_of(&source, 10);
+    let (newer, newer_chunks) = snapshot_of(&source, 20);
+    let staging = dir.path().join("ledger.redb.restoring");
+    let mut restore = Restore::begin(&staging, &spec, older.clone()).unwrap();
+    // 70 ids: tiles 0 to 3 full, tile 4 holds 6.
+    for index in 0..older.chunks() {
+        let checked = older
+            .check_chunk(index, &older_chunks[index as usize])
+            .unwrap();
+        restore.write_tile(index, &checked).unwrap();
+    }
+    drop(restore);
+    let mut restore = Restore::begin(&staging, &spec, newer.clone()).unwrap();
+    assert_eq!(restore.missing(), [4, 5, 6, 7, 8]);
+    for index in restore.missing() {
+        let checked = newer
+            .check_chunk(index, &newer_chunks[index as usize])
+            .unwrap();
+        restore.write_tile(index, &checked).unwrap();
+    }
+    let (block, _) = source.committed_block(20).unwrap().unwrap();
+    let path = dir.path().join("ledger.redb");
+    restore.finish(&spec, &block, &path).unwrap();
+    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    assert_eq!(store.verify_chain().unwrap(), 20);
+    // Nothing was left of the old partial tile: the node map and the log agree.
+    assert_eq!(store.log_root(70).unwrap(), source.log_root(70).unwrap());
 }

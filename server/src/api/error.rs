@@ -82,6 +82,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
+            StoreError::NotHeld { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_held", error.to_string())
+            }
             StoreError::Chain(error) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "rejected",

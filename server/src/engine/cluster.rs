@@ -476,7 +476,9 @@ fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
     }
     let (header, log) = store.tip_with_log()?;
     let mut applied = Vec::new();
-    for height in durable.stable.height + 1..=header.height {
+    // A database restored from a snapshot holds no blocks below its history.
+    let first = (durable.stable.height + 1).max(store.history_from());
+    for height in first..=header.height {
         if let Some(header) = store.header(height)? {
             applied.push((height, header.hash()));
         }

@@ -18,6 +18,7 @@
 mod consensus;
 mod health;
 mod ids;
+mod restore;
 mod snapshot;
 mod verify;
 
@@ -27,6 +28,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ledger_migrations::schema::{
     BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
+    META_HISTORY_FROM,
 };
 use ledger_migrations::MigrationError;
 
@@ -34,6 +36,7 @@ use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+pub use restore::Restore;
 use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 
@@ -94,6 +97,18 @@ pub enum StoreError {
     /// logged and reported again to each caller it failed.
     #[error("store call failed: {0}")]
     Failed(String),
+    /// Something below where this node's history starts: it was restored from a
+    /// snapshot at `from` and has not fetched what lies below.
+    #[error(
+        "{what} lies below this node's history, which starts at block {from} (it was \
+         restored from a snapshot); another member that holds it can serve it"
+    )]
+    NotHeld {
+        /// What was asked for.
+        what: String,
+        /// The lowest height above genesis whose block is held.
+        from: u64,
+    },
     /// A block refused by the chain rules.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -244,6 +259,9 @@ pub struct Store {
     certificates: CertificateMemo,
     /// The last tip read or applied, for status while the database is unavailable.
     last_tip: std::sync::Mutex<Option<Header>>,
+    /// The lowest height above genesis whose block is held: 1 unless the database
+    /// was restored from a snapshot.
+    history_from: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -349,8 +367,11 @@ impl Store {
             health: Health::default(),
             certificates: CertificateMemo::default(),
             last_tip: std::sync::Mutex::new(None),
+            history_from: 1,
         };
+        let mut store = store;
         store.initialise(&genesis)?;
+        store.history_from = store.read_history_from()?;
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
         let tip = store.tip()?;
@@ -500,20 +521,34 @@ impl Store {
             )),
             None => {
                 let txn = self.begin_write()?;
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert(META_CHAIN_HASH, self.chain_hash.as_bytes().as_slice())?;
-                    meta.insert(META_GENESIS_HASH, self.genesis_hash.as_bytes().as_slice())?;
-                    meta.insert(META_CHAIN_SPEC, self.spec.encode().as_slice())?;
-                    txn.open_table(BLOCKS)?
-                        .insert(0, genesis.encode().as_slice())?;
-                    txn.open_table(BLOCK_HASHES)?
-                        .insert(self.genesis_hash.as_bytes(), 0)?;
-                }
+                write_identity(&txn, &self.spec, genesis)?;
                 txn.commit()?;
                 Ok(())
             }
         }
+    }
+
+    fn read_history_from(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let Some(value) = meta.get(META_HISTORY_FROM)? else {
+            return Ok(1);
+        };
+        let bytes: [u8; 8] = value
+            .value()
+            .try_into()
+            .map_err(|_| corrupt("meta history_from is not 8 bytes"))?;
+        match u64::from_be_bytes(bytes) {
+            0 => Err(corrupt("meta history_from is 0")),
+            from => Ok(from),
+        }
+    }
+
+    /// The lowest height above genesis whose block this database holds: 1, unless
+    /// it was restored from a snapshot at a later height.
+    pub fn history_from(&self) -> u64 {
+        self.history_from
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
@@ -636,18 +671,21 @@ impl Store {
         self.observe((|| {
             let db = self.db()?;
             let txn = db.begin_read()?;
-            location_in(&txn, &self.id_map(), id)
+            location_in(&txn, &self.id_map(), id, self.history_from)
         })())
     }
 
     /// The header of the block at `height`, checked against the chain around it,
     /// without decoding its entries.
+    /// Below the held history (a database restored from a snapshot), the headers
+    /// the difficulty policy reads are kept; others are [`StoreError::NotHeld`].
     pub fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
-        self.observe(
-            self.read(|store, tables| {
-                store.checked_header(tables, height, verify::Anchor::Successor)
-            }),
-        )
+        self.observe(self.read(|store, tables| {
+            if height > 0 && height < store.history_from {
+                return store.checked_base_header(tables, height).map(Some);
+            }
+            store.checked_header(tables, height, verify::Anchor::Successor)
+        }))
     }
 
     /// A committed entry and its receipt (its inclusion proof under the header of its
@@ -956,6 +994,24 @@ fn tip_in(blocks: &impl ReadableTable<u64, &'static [u8]>) -> Result<Header, Sto
     Ok(header)
 }
 
+/// Writes what makes a database this chain's: its identity in `meta` and the genesis
+/// block.
+fn write_identity(
+    txn: &redb::WriteTransaction,
+    spec: &ChainSpec,
+    genesis: &Block,
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert(META_CHAIN_HASH, spec.chain_hash().as_bytes().as_slice())?;
+    meta.insert(META_GENESIS_HASH, genesis.hash().as_bytes().as_slice())?;
+    meta.insert(META_CHAIN_SPEC, spec.encode().as_slice())?;
+    txn.open_table(BLOCKS)?
+        .insert(0, genesis.encode().as_slice())?;
+    txn.open_table(BLOCK_HASHES)?
+        .insert(genesis.hash().as_bytes(), 0)?;
+    Ok(())
+}
+
 /// Opens or creates the redb file at `path`; redb's reason (not a database, truncated,
 /// locked by another process) is kept for the operator.
 fn create_file(path: &Path) -> Result<Database, StoreError> {
@@ -1000,27 +1056,33 @@ impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
     }
 }
 
-/// Where `id` sits, read in `txn`.
+/// Where `id` sits, read in `txn`; an entry committed below `history_from` (the
+/// first held block) is [`StoreError::NotHeld`]: its block is not known.
 fn location_in(
     txn: &ReadTransaction,
     map: &IdMap,
     id: &Hash,
+    history_from: u64,
 ) -> Result<Option<EntryLocation>, StoreError> {
     let ids = txn.open_table(ENTRY_IDS)?;
     let Some(log_index) = map.locate(&ids, id)? else {
         return Ok(None);
     };
     let starts = txn.open_table(LOG_STARTS)?;
-    let (start, height) = starts
-        .range(..=log_index)?
-        .next_back()
-        .transpose()?
-        .map(|(start, height)| (start.value(), height.value()))
-        .ok_or_else(|| {
-            corrupt(format!(
+    let (start, height) = match starts.range(..=log_index)?.next_back().transpose()? {
+        Some((start, height)) => (start.value(), height.value()),
+        None if history_from > 1 => {
+            return Err(StoreError::NotHeld {
+                what: format!("the block of entry {id} (log index {log_index})"),
+                from: history_from,
+            })
+        }
+        None => {
+            return Err(corrupt(format!(
                 "no block starts at or before log index {log_index}"
-            ))
-        })?;
+            )))
+        }
+    };
     let position = u32::try_from(log_index - start).map_err(|_| {
         corrupt(format!(
             "log index {log_index} is far beyond its block start {start}"

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use ledger_migrations::schema::{
-    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
+    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
 };
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
@@ -63,6 +63,7 @@ pub(super) struct Tables {
     pub(super) certificates: ReadOnlyTable<u64, &'static [u8]>,
     pub(super) nodes: ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
     pub(super) starts: ReadOnlyTable<u64, u64>,
+    pub(super) base_headers: ReadOnlyTable<u64, &'static [u8]>,
 }
 
 impl Tables {
@@ -73,6 +74,7 @@ impl Tables {
             certificates: txn.open_table(CERTIFICATES)?,
             nodes: txn.open_table(MERKLE_NODES)?,
             starts: txn.open_table(LOG_STARTS)?,
+            base_headers: txn.open_table(BASE_HEADERS)?,
         })
     }
 }
@@ -136,6 +138,12 @@ impl Store {
         anchor: Anchor,
     ) -> Result<Option<Header>, StoreError> {
         let Some(bytes) = tables.blocks.get(height)? else {
+            if height > 0 && height < self.history_from {
+                return Err(StoreError::NotHeld {
+                    what: format!("block {height}"),
+                    from: self.history_from,
+                });
+            }
             return Ok(None);
         };
         let header = decode_header(height, bytes.value())?;
@@ -190,6 +198,41 @@ impl Store {
             }
         }
         Ok(Some(header))
+    }
+
+    /// A header below the held history, kept for the difficulty policy, tied to the
+    /// chain by the next header's link (the next base header, or the first held
+    /// block's).
+    pub(super) fn checked_base_header(
+        &self,
+        tables: &Tables,
+        height: u64,
+    ) -> Result<Header, StoreError> {
+        let not_held = || StoreError::NotHeld {
+            what: format!("block {height}"),
+            from: self.history_from,
+        };
+        let bytes = tables.base_headers.get(height)?.ok_or_else(not_held)?;
+        let header = decode_header(height, bytes.value())?;
+        drop(bytes);
+        let next = match tables.base_headers.get(height + 1)? {
+            Some(bytes) => decode_header(height + 1, bytes.value())?,
+            None if height + 1 == self.history_from => self
+                .checked_header(tables, height + 1, Anchor::Successor)?
+                .ok_or_else(|| damage_at(height + 1, "the first held block is missing"))?,
+            None => {
+                return Err(damage_at(
+                    height + 1,
+                    "a kept header below the history is missing",
+                ))
+            }
+        };
+        if next.prev_hash != header.hash() {
+            return Err(corrupt(format!(
+                "kept header {height} does not link to the header above it"
+            )));
+        }
+        Ok(header)
     }
 
     /// The commit certificate of `header`'s block, verified against the members.
@@ -278,13 +321,13 @@ impl Store {
         if size == 0 {
             return Ok(merkle::empty_root());
         }
-        let height = tables
-            .starts
-            .range(..size)?
-            .next_back()
-            .transpose()?
-            .map(|(_, height)| height.value())
-            .ok_or_else(|| corrupt(format!("no block holds log index {}", size - 1)))?;
+        // Below the held history no block start is indexed: the first held block's
+        // certified header, whose log holds every older leaf, anchors the root.
+        let height = match tables.starts.range(..size)?.next_back().transpose()? {
+            Some((_, height)) => height.value(),
+            None if self.history_from > 1 => self.history_from,
+            None => return Err(corrupt(format!("no block holds log index {}", size - 1))),
+        };
         let header = self
             .checked_header(tables, height, Anchor::Certificate)?
             .ok_or_else(|| {
@@ -321,7 +364,7 @@ impl Store {
         txn: &ReadTransaction,
         id: &Hash,
     ) -> Result<Option<(Entry, Receipt)>, StoreError> {
-        let Some(location) = location_in(txn, &self.id_map(), id)? else {
+        let Some(location) = location_in(txn, &self.id_map(), id, self.history_from)? else {
             return Ok(None);
         };
         let (height, position, log_index) =
@@ -403,7 +446,48 @@ impl Store {
         let mut starts = 0u64;
         let mut parent: Option<Header> = None;
         let mut completed = Vec::new();
-        for (expected, row) in (0u64..).zip(tables.blocks.iter()?) {
+        // Every leaf appended to `log` is checked against the entry index, the id map
+        // and the stored Merkle nodes.
+        let mut append = |log: &mut CompactRange, id: Hash, height: u64| {
+            let log_index = log.size();
+            if entry_ids
+                .get(log_index)?
+                .map(|stored| Hash(*stored.value()))
+                != Some(id)
+            {
+                return Err(damage_at(
+                    height,
+                    format!("entry {id} is not in the entry index at {log_index}"),
+                ));
+            }
+            if map.locate(&entry_ids, &id)? != Some(log_index) {
+                return Err(damage_at(
+                    height,
+                    format!("entry {id} is found elsewhere than at log index {log_index}"),
+                ));
+            }
+            completed.clear();
+            log.append(leaf_hash(id.as_bytes()), |level, index, node| {
+                completed.push((level, index, *node));
+            });
+            for &(level, index, node) in &completed {
+                merkle_nodes += 1;
+                let stored = tables.nodes.get((level, index))?.map(|v| Hash(*v.value()));
+                if stored != Some(node) {
+                    return Err(damage_at(
+                        height,
+                        format!(
+                            "stored Merkle node ({level}, {index}) is not the one its entries \
+                             give"
+                        ),
+                    ));
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        let mut expected = 0;
+        let mut held = 0u64;
+        for row in tables.blocks.iter()? {
             let (height, bytes) = row?;
             let height = height.value();
             let block = Block::decode(bytes.value()).map_err(|error| damage_at(height, error))?;
@@ -425,10 +509,26 @@ impl Store {
                     }
                 }
                 Some(parent) => {
-                    if header.prev_hash != parent.hash() {
+                    if height == self.history_from && height > 1 {
+                        // Restored from a snapshot: the kept headers link up to it, and
+                        // the log below it is rebuilt from the entry index alone.
+                        self.check_base_headers(&tables, header)?;
+                        let start = header
+                            .log_size
+                            .checked_sub(block.entries.len() as u64)
+                            .ok_or_else(|| damage_at(height, "holds more entries than its log"))?;
+                        for log_index in 0..start {
+                            let id = entry_ids
+                                .get(log_index)?
+                                .map(|stored| Hash(*stored.value()))
+                                .ok_or_else(|| {
+                                    corrupt(format!("the entry index misses log index {log_index}"))
+                                })?;
+                            append(&mut log, id, height)?;
+                        }
+                    } else if header.prev_hash != parent.hash() {
                         return Err(damage_at(height, "does not link to its parent"));
-                    }
-                    if header.timestamp_ms <= parent.timestamp_ms {
+                    } else if header.timestamp_ms <= parent.timestamp_ms {
                         return Err(damage_at(height, "is not later than its parent"));
                     }
                     if header.chain_hash != self.chain_hash {
@@ -459,41 +559,7 @@ impl Store {
                 }
             }
             for entry in &block.entries {
-                let id = entry.id();
-                let log_index = log.size();
-                if entry_ids
-                    .get(log_index)?
-                    .map(|stored| Hash(*stored.value()))
-                    != Some(id)
-                {
-                    return Err(damage_at(
-                        height,
-                        format!("entry {id} is not in the entry index at {log_index}"),
-                    ));
-                }
-                if map.locate(&entry_ids, &id)? != Some(log_index) {
-                    return Err(damage_at(
-                        height,
-                        format!("entry {id} is found elsewhere than at log index {log_index}"),
-                    ));
-                }
-                completed.clear();
-                log.append(leaf_hash(id.as_bytes()), |level, index, node| {
-                    completed.push((level, index, *node));
-                });
-                for &(level, index, node) in &completed {
-                    merkle_nodes += 1;
-                    let stored = tables.nodes.get((level, index))?.map(|v| Hash(*v.value()));
-                    if stored != Some(node) {
-                        return Err(damage_at(
-                            height,
-                            format!(
-                                "stored Merkle node ({level}, {index}) is not the one its \
-                                 entries give"
-                            ),
-                        ));
-                    }
-                }
+                append(&mut log, entry.id(), height)?;
             }
             if log.root() != header.log_root || log.size() != header.log_size {
                 return Err(damage_at(height, "its entries do not rebuild its log root"));
@@ -506,19 +572,21 @@ impl Store {
                 });
             }
             parent = Some(block.header);
+            held += 1;
+            expected = match height {
+                0 => self.history_from,
+                _ => height + 1,
+            };
+        }
+        if self.history_from == 1 && !tables.base_headers.is_empty()? {
+            return Err(corrupt(
+                "headers are kept below the history, but the database holds every block",
+            ));
         }
         let tip_header = parent.ok_or_else(|| corrupt("no genesis block"))?;
         let counts = [
-            (
-                "block hash index",
-                tables.hashes.len()?,
-                tip_header.height + 1,
-            ),
-            (
-                "certificate table",
-                tables.certificates.len()?,
-                tip_header.height,
-            ),
+            ("block hash index", tables.hashes.len()?, held),
+            ("certificate table", tables.certificates.len()?, held - 1),
             ("entry index", entry_ids.len()?, tip_header.log_size),
             ("log start index", tables.starts.len()?, starts),
             ("Merkle node table", tables.nodes.len()?, merkle_nodes),
@@ -556,6 +624,29 @@ impl Store {
             entries: tip_header.log_size,
             merkle_nodes,
         })
+    }
+}
+
+impl Store {
+    /// The headers kept below the first held block `first` are consecutive, name
+    /// this chain and link up to it.
+    fn check_base_headers(&self, tables: &Tables, first: &Header) -> Result<(), StoreError> {
+        let mut above = *first;
+        for row in tables.base_headers.iter()?.rev() {
+            let (height, bytes) = row?;
+            let header = decode_header(height.value(), bytes.value())?;
+            if header.height + 1 != above.height
+                || header.hash() != above.prev_hash
+                || header.chain_hash != self.chain_hash
+            {
+                return Err(corrupt(format!(
+                    "kept header {} does not link to the header above it",
+                    header.height
+                )));
+            }
+            above = header;
+        }
+        Ok(())
     }
 }
 

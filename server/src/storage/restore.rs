@@ -1,0 +1,285 @@
+//! Building a database from a snapshot, in a staging file beside the node's database
+//! that becomes it only when complete (a rename), so a crash at any moment leaves
+//! either no database or a whole one, never half of one.
+//!
+//! Each verified chunk is one write transaction into the staging file: its ids, the
+//! Merkle nodes within its tile, and a row saying the tile is done with its root. A
+//! restarted join reopens the staging file and fetches only the tiles not done; a
+//! newer snapshot keeps every done tile whose root it shares (the log only grows, so
+//! every full tile is the same in every later snapshot). [`Restore::finish`] adds the
+//! nodes above the tiles, checks the whole log against the certified root, and writes
+//! the chain's identity, genesis, block `h` with its certificate and the kept headers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ledger_migrations::schema::{
+    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
+    META_HISTORY_FROM,
+};
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{corrupt, create_file, write_identity, StoreError, StoredNodes};
+use crate::chain::merkle::leaf_hash;
+use crate::chain::snapshot::Manifest;
+use crate::chain::{Block, ChainSpec, CompactRange, Hash};
+
+/// Tile index → its root, for the tiles written so far (staging file only).
+const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
+/// `meta` key of the manifest being restored (staging file only).
+const META_RESTORING: &str = "restoring";
+
+/// A database being restored from one snapshot.
+pub struct Restore {
+    database: Database,
+    staging: PathBuf,
+    manifest: Manifest,
+    /// The tiles written, with their roots.
+    done: BTreeMap<u64, Hash>,
+}
+
+impl Restore {
+    /// Opens the staging file `staging` (creating it) to restore `manifest`, a
+    /// manifest already verified against `spec`. Tiles a previous attempt wrote are
+    /// kept where `manifest` has the same tile; the others are removed.
+    pub fn begin(
+        staging: &Path,
+        spec: &ChainSpec,
+        manifest: Manifest,
+    ) -> Result<Restore, StoreError> {
+        let database = create_file(staging)?;
+        ledger_migrations::migrate(&database).map_err(|source| StoreError::Schema {
+            path: staging.to_owned(),
+            source,
+        })?;
+        let chain_hash = spec.chain_hash();
+        if manifest.chain_hash != chain_hash {
+            return Err(corrupt("the snapshot to restore is of another chain"));
+        }
+        let mut done = BTreeMap::new();
+        let mut stale = Vec::new();
+        {
+            let txn = database.begin_write()?;
+            {
+                let mut tiles = txn.open_table(TILES_DONE)?;
+                let previous = txn
+                    .open_table(META)?
+                    .get(META_RESTORING)?
+                    .and_then(|bytes| Manifest::decode(bytes.value()).ok());
+                for row in tiles.iter()? {
+                    let (index, root) = row?;
+                    let (index, root) = (index.value(), Hash(*root.value()));
+                    let same_tile = previous.as_ref().is_some_and(|previous| {
+                        previous.tile_level == manifest.tile_level
+                            && previous.chunk_range(index) == manifest.chunk_range(index)
+                    });
+                    match same_tile && manifest.tile_roots.get(index as usize) == Some(&root) {
+                        true => {
+                            done.insert(index, root);
+                        }
+                        false => {
+                            stale.push((index, previous.as_ref().map(|p| p.chunk_range(index))))
+                        }
+                    }
+                }
+                for (index, range) in &stale {
+                    tiles.remove(index)?;
+                    if let Some(range) = range {
+                        remove_range(&txn, range.clone())?;
+                    }
+                }
+                txn.open_table(META)?
+                    .insert(META_RESTORING, manifest.encode().as_slice())?;
+            }
+            txn.commit()?;
+        }
+        Ok(Restore {
+            database,
+            staging: staging.to_owned(),
+            manifest,
+            done,
+        })
+    }
+
+    /// The snapshot being restored.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The tiles still to fetch, in order.
+    pub fn missing(&self) -> Vec<u64> {
+        (0..self.manifest.chunks())
+            .filter(|index| !self.done.contains_key(index))
+            .collect()
+    }
+
+    /// Writes chunk `index`, whose bytes [`Manifest::check_chunk`] turned into `ids`,
+    /// durably in one transaction.
+    pub fn write_tile(&mut self, index: u64, ids: &[Hash]) -> Result<(), StoreError> {
+        let range = self.manifest.chunk_range(index);
+        if ids.len() as u64 != range.end - range.start {
+            return Err(corrupt(format!("tile {index} holds {} ids", ids.len())));
+        }
+        let mut log = CompactRange::new();
+        let mut nodes = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            // Tiles start at a multiple of their size, so a node `index` places into
+            // the tile's own tree sits at `start >> level` plus that in the log's.
+            log.append(leaf_hash(id.as_bytes()), |level, local, hash| {
+                nodes.push(((level, (range.start >> level) + local), *hash));
+            });
+        }
+        let root = log.root();
+        if self.manifest.tile_roots.get(index as usize) != Some(&root) {
+            return Err(corrupt(format!("tile {index} does not give its root")));
+        }
+        let txn = self.database.begin_write()?;
+        {
+            let mut table = txn.open_table(ENTRY_IDS)?;
+            for (log_index, id) in range.clone().zip(ids) {
+                table.insert(log_index, id.as_bytes())?;
+            }
+            let mut table = txn.open_table(MERKLE_NODES)?;
+            for (key, hash) in &nodes {
+                table.insert(*key, hash.as_bytes())?;
+            }
+            txn.open_table(TILES_DONE)?.insert(index, root.as_bytes())?;
+        }
+        txn.commit()?;
+        self.done.insert(index, root);
+        Ok(())
+    }
+
+    /// Completes the database with block `h` (whose hash must be the snapshot's) and
+    /// moves it to `path`, which must not exist. Every tile must be written.
+    pub fn finish(self, spec: &ChainSpec, block: &Block, path: &Path) -> Result<(), StoreError> {
+        let manifest = &self.manifest;
+        let header = &manifest.header;
+        if let Some(index) = self.missing().first() {
+            return Err(corrupt(format!("tile {index} is still missing")));
+        }
+        if block.hash() != header.hash() {
+            return Err(corrupt(format!(
+                "block {} is not the snapshot's block",
+                header.height
+            )));
+        }
+        let size = header.log_size;
+        let start = size
+            .checked_sub(block.entries.len() as u64)
+            .ok_or_else(|| corrupt("the snapshot's block holds more entries than its log"))?;
+        let txn = self.database.begin_write()?;
+        {
+            let ids = txn.open_table(ENTRY_IDS)?;
+            for (log_index, entry) in (start..).zip(&block.entries) {
+                let stored = ids.get(log_index)?.map(|id| Hash(*id.value()));
+                if stored != Some(entry.id()) {
+                    return Err(corrupt(format!(
+                        "the snapshot's block holds entry {} where its log has another",
+                        entry.id()
+                    )));
+                }
+            }
+            // The nodes above the tiles: complete subtrees of complete subtrees.
+            let mut nodes = txn.open_table(MERKLE_NODES)?;
+            for level in manifest.tile_level + 1..64 {
+                let count = size >> level;
+                if count == 0 {
+                    break;
+                }
+                for index in 0..count {
+                    let child = |i: u64| {
+                        nodes
+                            .get((level - 1, i))
+                            .map(|node| node.map(|node| Hash(*node.value())))
+                    };
+                    let (left, right) = match (child(2 * index)?, child(2 * index + 1)?) {
+                        (Some(left), Some(right)) => (left, right),
+                        _ => {
+                            return Err(corrupt(format!(
+                                "Merkle node below ({level}, {index}) missing"
+                            )))
+                        }
+                    };
+                    let node = crate::chain::merkle::node_hash(&left, &right);
+                    nodes.insert((level, index), node.as_bytes())?;
+                }
+            }
+            let log = CompactRange::load(&StoredNodes(&nodes), size)?;
+            if log.root() != header.log_root {
+                return Err(corrupt(
+                    "the restored log does not give the snapshot's root",
+                ));
+            }
+            drop(nodes);
+            let genesis = spec.genesis_block();
+            write_identity(&txn, spec, &genesis)?;
+            let hash = block.hash();
+            let height = header.height;
+            txn.open_table(BLOCKS)?
+                .insert(height, block.encode().as_slice())?;
+            txn.open_table(BLOCK_HASHES)?
+                .insert(hash.as_bytes(), height)?;
+            txn.open_table(CERTIFICATES)?
+                .insert(height, manifest.certificate.encode().as_slice())?;
+            if !block.entries.is_empty() {
+                txn.open_table(LOG_STARTS)?.insert(start, height)?;
+            }
+            let mut kept = txn.open_table(BASE_HEADERS)?;
+            for header in &manifest.recent {
+                kept.insert(header.height, header.encode().as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_HISTORY_FROM, height.to_be_bytes().as_slice())?;
+            meta.remove(META_RESTORING)?;
+        }
+        txn.delete_table(TILES_DONE)?;
+        txn.commit()?;
+        drop(self.database);
+        if path.exists() {
+            return Err(corrupt(format!(
+                "{} appeared while the snapshot was restored; the restored database is \
+                 left at {}",
+                path.display(),
+                self.staging.display()
+            )));
+        }
+        std::fs::rename(&self.staging, path)
+            .and_then(|()| sync_parent(path))
+            .map_err(|error| StoreError::Open {
+                path: path.to_owned(),
+                reason: format!("moving the restored database into place: {error}"),
+            })
+    }
+}
+
+/// Removes the ids and the Merkle nodes within `range` (a tile that no longer
+/// belongs to the snapshot being restored).
+fn remove_range(
+    txn: &redb::WriteTransaction,
+    range: std::ops::Range<u64>,
+) -> Result<(), StoreError> {
+    let mut ids = txn.open_table(ENTRY_IDS)?;
+    for log_index in range.clone() {
+        ids.remove(log_index)?;
+    }
+    let mut nodes = txn.open_table(MERKLE_NODES)?;
+    for level in 0..64u8 {
+        let (first, end) = (range.start >> level, range.end >> level);
+        if first >= end {
+            break;
+        }
+        for index in first..end {
+            nodes.remove((level, index))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
