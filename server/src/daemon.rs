@@ -16,6 +16,7 @@ use crate::chain::snapshot::DEFAULT_TILE_LEVEL;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
+use crate::join::{JoinConfig, Joined};
 use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
@@ -94,6 +95,61 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     };
     let store = Store::open(&config.database_path(), &spec, options)?;
     Ok((Arc::new(store), key))
+}
+
+/// Restores the database of a cluster member that has none from a snapshot the
+/// other members serve (their API addresses in the genesis file). Unless `required`,
+/// a chain with no snapshot yet, or a join that fails, leaves the node to replay the
+/// chain from its peers, as it always could.
+fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
+    let path = config.database_path();
+    if path.exists() {
+        if required {
+            bail!(
+                "{} exists: `ledgerd join` builds a new database; move the data directory \
+                 aside first",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    let spec = config.chain_spec()?;
+    let me = crate::chain::Hash::digest(config.signing_key()?.verifying_key().as_bytes());
+    let sources: Vec<String> = spec
+        .members
+        .as_slice()
+        .iter()
+        .filter(|member| member.node_id != me)
+        .filter_map(|member| member.api_addr.as_ref())
+        .map(|addr| format!("http://{addr}"))
+        .collect();
+    if sources.is_empty() {
+        if required {
+            bail!("the genesis file names no other member's api_addr to join from");
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let join = JoinConfig {
+        sources,
+        staging: config.data_dir.join("ledger.redb.restoring"),
+        path,
+        timeout: Duration::from_secs(30),
+        progress_every: Duration::from_secs(5),
+    };
+    match crate::join::join(&spec, &join) {
+        Ok(Joined::Restored { .. }) => Ok(()),
+        Ok(Joined::NoSnapshot) => {
+            tracing::info!("no member offers a snapshot yet: the chain is replayed from the peers");
+            Ok(())
+        }
+        Err(error) if required => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(%error, "joining from a snapshot failed: the chain is replayed from the peers instead");
+            Ok(())
+        }
+    }
 }
 
 /// What a full database check found.
@@ -236,15 +292,34 @@ async fn start_cluster(
     Ok(cluster)
 }
 
+/// How a node starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// From its database; a cluster member without one joins from a snapshot if a
+    /// member offers one, and replays the chain from its peers otherwise.
+    #[default]
+    Run,
+    /// As `Run`, after checking the whole database; damage refuses the start.
+    Check,
+    /// From a snapshot, which must succeed (`ledgerd join`): the database must not
+    /// exist yet.
+    Join,
+}
+
 /// Runs the node of `config` (read from `path`, which names it in messages) until
-/// `stop` resolves; with `check`, checks the whole database first and refuses to
-/// start on damage.
+/// `stop` resolves, starting as `start` says.
 pub async fn run(
     path: &Path,
     config: NodeConfig,
-    check: bool,
+    start: Start,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let check = start == Start::Check;
+    tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || join_if_new(&config, start == Start::Join)
+    })
+    .await??;
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)

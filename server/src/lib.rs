@@ -14,6 +14,8 @@
 //!   [`engine::Cluster`] (the PBFT replica's driver over the store and the network).
 //! - [`node`]: what the API talks to: the store, the plugins, the metrics and the one
 //!   engine a node was built with; readiness.
+//! - [`join`]: a new or wiped node takes over the chain from a snapshot the members
+//!   serve, resumably.
 //! - [`snapshots`]: which snapshots a node serves to joiners, and how many chunks at once.
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`plugin_host`]: validation plugins loaded from shared libraries, and their hooks.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod consensus;
 pub mod daemon;
 pub mod engine;
+pub mod join;
 pub mod metrics;
 pub mod net;
 pub mod node;

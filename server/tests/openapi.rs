@@ -22,6 +22,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/blocks"),
     ("get", "/v1/blocks/latest"),
     ("get", "/v1/blocks/{id}"),
+    ("get", "/v1/blocks/{height}/committed"),
     ("get", "/v1/proofs/consistency"),
     ("get", "/v1/status"),
     ("get", "/v1/snapshots/latest"),

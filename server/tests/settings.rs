@@ -4,64 +4,9 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// Sets `key = value` in each config (the generated files list every key).
-fn set(configs: &[PathBuf], key: &str, value: &str) {
-    for config in configs {
-        let text = std::fs::read_to_string(config).unwrap();
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|line| !line.starts_with(&format!("{key} =")))
-            .map(str::to_owned)
-            .collect();
-        lines.push(format!("{key} = {value}"));
-        std::fs::write(config, lines.join("\n") + "\n").unwrap();
-    }
-}
-
-/// Waits (bounded) until `id` is committed on `daemon`.
-fn committed(daemon: &Daemon, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, entry) = http("GET", &format!("{}/v1/entries/{id}", daemon.url), None);
-        if code == 200 && entry["status"] == "committed" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} not committed: {code} {entry}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Submits `count` entries tagged `tag` in one batch through `daemon` and waits
-/// (bounded) until each is committed; their ids.
-fn commit_batch(daemon: &Daemon, tag: &str, count: usize) -> Vec<String> {
-    let batch: Vec<serde_json::Value> = (0..count)
-        .map(|i| serde_json::json!({ "data": format!("{tag} {i}") }))
-        .collect();
-    let (code, answers) = http(
-        "POST",
-        &format!("{}/v1/entries/batch", daemon.url),
-        Some(&serde_json::Value::Array(batch).to_string()),
-    );
-    assert_eq!(code, 202, "{answers}");
-    let ids: Vec<String> = answers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|answer| answer["id"].as_str().expect("accepted").to_owned())
-        .collect();
-    for id in &ids {
-        committed(daemon, id);
-    }
-    ids
-}
 
 /// `/v1/status` shows the settings each member runs with, as it applies them (the
 /// block limit within the genesis', the delay, the capacity, the miner's threads):
@@ -185,12 +130,7 @@ fn members_serve_one_snapshot_of_their_stable_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let chain = dir.path().join("cluster");
     let (configs, base) = layout(&chain, 4);
-    let genesis_path = chain.join("genesis.toml");
-    let genesis = std::fs::read_to_string(&genesis_path).unwrap();
-    assert!(genesis.contains("checkpoint_interval = 100"), "{genesis}");
-    let genesis = genesis.replace("checkpoint_interval = 100", "checkpoint_interval = 5");
-    std::fs::write(&genesis_path, &genesis).unwrap();
-    let spec = ledger::chain::ChainSpec::from_toml(&genesis).unwrap();
+    let spec = checkpoint_every(&chain.join("genesis.toml"), 5);
     set(&configs, "max_block_entries", "4");
     set(&configs[3..], "snapshot_transfers", "0");
     let mut daemons = start_all(&configs, base);

@@ -86,6 +86,7 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(list_blocks))
         .routes(routes!(latest_block))
         .routes(routes!(get_block))
+        .routes(routes!(committed_block))
         .routes(routes!(consistency))
         .routes(routes!(status))
         .routes(routes!(latest_snapshot))
@@ -509,6 +510,29 @@ async fn snapshot_chunk(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], chunk).into_response())
 }
 
+/// A committed block with its commit certificate, in the canonical binary encoding
+/// (docs/FORMAT.md: the peer protocol's `committed` frame), for a node that catches up
+/// or joins through the client API.
+#[utoipa::path(get, path = "/v1/blocks/{height}/committed", tag = "blocks",
+    params(("height" = u64, Path, description = "The block's height")),
+    responses(
+        (status = 200, description = "Tag 4, u64 block length, block, certificate", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a number", body = ErrorBody),
+        (status = 404, description = "No such block, or not held here", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
+async fn committed_block(
+    State(node): State<Arc<Node>>,
+    Path(height): Path<String>,
+) -> Result<Response, ApiError> {
+    let height = parse_number(&height)?;
+    let (block, certificate) = read(&node, move |store| store.committed_block(height))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no block {height}")))?;
+    let frame = crate::net::Wire::Committed { block, certificate }.encode();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsistencyQuery {
@@ -592,6 +616,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         height: tip.height,
         tip_hash: tip.hash().to_hex(),
         log_size: tip.log_size,
+        history_from: store.history_from(),
         stable_checkpoint: engine.stable_checkpoint,
         f: spec.members.max_faulty(),
         quorum: spec.members.quorum(),

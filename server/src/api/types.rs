@@ -477,6 +477,9 @@ pub struct StatusView {
     pub tip_hash: String,
     /// Entries in the log.
     pub log_size: u64,
+    /// The lowest height above genesis whose block this node holds: 1, or the height
+    /// of the snapshot it was restored from (every entry is provable either way).
+    pub history_from: u64,
     /// Height of the stable checkpoint, when there is one.
     pub stable_checkpoint: Option<u64>,
     /// Faults tolerated.

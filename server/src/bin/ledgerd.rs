@@ -43,6 +43,15 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run a cluster member that has no database yet from a snapshot the other
+    /// members serve: its manifest checked against the genesis file, its chunks
+    /// fetched from every member at once and checked on arrival; resumes after an
+    /// interruption. Then it runs as `run` does.
+    Join {
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check a stopped node's database, without changing it: every block, link,
     /// proof of work, certificate, entry, index row and Merkle node. Exit 0 when it
     /// checks out, 1 with what is damaged, 2 if it cannot run.
@@ -166,7 +175,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = NodeConfig::load(&path)?;
             daemon::init_logging(config.log_format);
-            runtime()?.block_on(daemon::run(&path, config, check, daemon::stop_signal()))?;
+            let start = match check {
+                true => daemon::Start::Check,
+                false => daemon::Start::Run,
+            };
+            runtime()?.block_on(daemon::run(&path, config, start, daemon::stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Join { config: path } => {
+            let config = NodeConfig::load(&path)?;
+            daemon::init_logging(config.log_format);
+            let start = daemon::Start::Join;
+            runtime()?.block_on(daemon::run(&path, config, start, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check_database(&config),
@@ -260,7 +280,7 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
                 let stopped = async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 };
-                daemon::run(&path, config, false, stopped)
+                daemon::run(&path, config, daemon::Start::Run, stopped)
                     .await
                     .with_context(|| format!("node {}", path.display()))
             });

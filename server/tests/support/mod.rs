@@ -280,7 +280,6 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Va
 }
 
 /// GETs `url` and returns the status and the body's bytes (status 0 when it failed).
-#[allow(dead_code)] // Not every test binary that shares this module reads bytes.
 pub fn get_bytes(url: &str) -> (u16, Vec<u8>) {
     match agent().get(url).call() {
         Ok(mut response) => {
@@ -315,4 +314,71 @@ pub fn post_retry_after(url: &str, body: &str) -> (u16, Option<String>) {
         ),
         Err(_) => (0, None),
     }
+}
+
+/// Sets `key = value` in each config (the generated files list every key).
+pub fn set(configs: &[PathBuf], key: &str, value: &str) {
+    for config in configs {
+        let text = std::fs::read_to_string(config).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|line| !line.starts_with(&format!("{key} =")))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{key} = {value}"));
+        std::fs::write(config, lines.join("\n") + "\n").unwrap();
+    }
+}
+
+/// Waits (bounded) until `id` is committed on `daemon`.
+pub fn committed(daemon: &Daemon, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, entry) = http("GET", &format!("{}/v1/entries/{id}", daemon.url), None);
+        if code == 200 && entry["status"] == "committed" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not committed: {code} {entry}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Submits `count` entries tagged `tag` in one batch through `daemon` and waits
+/// (bounded) until each is committed; their ids.
+pub fn commit_batch(daemon: &Daemon, tag: &str, count: usize) -> Vec<String> {
+    let batch: Vec<serde_json::Value> = (0..count)
+        .map(|i| serde_json::json!({ "data": format!("{tag} {i}") }))
+        .collect();
+    let (code, answers) = http(
+        "POST",
+        &format!("{}/v1/entries/batch", daemon.url),
+        Some(&serde_json::Value::Array(batch).to_string()),
+    );
+    assert_eq!(code, 202, "{answers}");
+    let ids: Vec<String> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|answer| answer["id"].as_str().expect("accepted").to_owned())
+        .collect();
+    for id in &ids {
+        committed(daemon, id);
+    }
+    ids
+}
+
+/// Sets the genesis file's checkpoint interval (and so how often snapshots are
+/// taken) before any node has started; the chain it now describes.
+pub fn checkpoint_every(genesis_path: &Path, interval: u64) -> ledger::chain::ChainSpec {
+    let genesis = std::fs::read_to_string(genesis_path).unwrap();
+    assert!(genesis.contains("checkpoint_interval = 100"), "{genesis}");
+    let genesis = genesis.replace(
+        "checkpoint_interval = 100",
+        &format!("checkpoint_interval = {interval}"),
+    );
+    std::fs::write(genesis_path, &genesis).unwrap();
+    ledger::chain::ChainSpec::from_toml(&genesis).unwrap()
 }

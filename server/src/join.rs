@@ -1,0 +1,386 @@
+//! Joining a running chain from a snapshot: the node asks every member it knows of
+//! (the genesis file's API addresses) for its latest snapshot, keeps the highest one
+//! that verifies against the genesis members, fetches its chunks from every member
+//! that offers it at once, checks each chunk on arrival against its tile root, and
+//! writes each into a staging database ([`Restore`]) that becomes the node's only
+//! when complete. A chunk that fails is fetched again, from whoever is free; a member
+//! that fails [`STRIKES`] times is dropped and named in the log. A restart resumes
+//! with the chunks already written.
+//!
+//! Everything here blocks (HTTP with `ureq`, redb writes): callers run it on a
+//! blocking thread, before the node starts.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::api::types::SnapshotView;
+use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
+use crate::chain::{Block, ChainError, ChainSpec};
+use crate::engine::lock;
+use crate::net::Wire;
+use crate::storage::{Restore, StoreError};
+
+/// Failures after which a member is no longer asked for chunks.
+pub const STRIKES: u32 = 3;
+
+/// Where to join from and how patiently.
+#[derive(Clone, Debug)]
+pub struct JoinConfig {
+    /// Base URLs of the members' client APIs (`http://host:port`).
+    pub sources: Vec<String>,
+    /// The node's database, which must not exist yet.
+    pub path: PathBuf,
+    /// The staging file the snapshot is restored into.
+    pub staging: PathBuf,
+    /// Longest wait for one answer.
+    pub timeout: Duration,
+    /// How often a progress line is logged.
+    pub progress_every: Duration,
+}
+
+/// How a join ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// The database was restored from the snapshot at `height`.
+    Restored {
+        /// The snapshot's height.
+        height: u64,
+        /// Chunks fetched in this run (a resumed join fetches fewer).
+        chunks: u64,
+        /// Bytes of chunks fetched in this run.
+        bytes: u64,
+    },
+    /// No member offers a verifiable snapshot (a young chain, or none reachable):
+    /// the node replays the chain from its peers instead.
+    NoSnapshot,
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// Every member that offered the snapshot failed before it was complete.
+    #[error(
+        "no member could serve the rest of the snapshot at height {height} ({missing} of its \
+         chunks missing); what was fetched is kept for the next attempt"
+    )]
+    NoSource {
+        /// The snapshot's height.
+        height: u64,
+        /// Chunks still missing.
+        missing: usize,
+    },
+    /// No member served block `h` itself.
+    #[error("no member served block {0}, the snapshot's block")]
+    NoBlock(u64),
+    /// The staging database failed.
+    #[error("restoring the snapshot: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What went wrong with one request to one member.
+#[derive(Debug, thiserror::Error)]
+enum Fetch {
+    #[error("{0}")]
+    Failed(String),
+    #[error("busy")]
+    Busy,
+    #[error("not served there (404)")]
+    Gone,
+}
+
+/// Joins from the snapshot the members offer (see the module docs).
+pub fn join(spec: &ChainSpec, config: &JoinConfig) -> Result<Joined, JoinError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(config.timeout))
+        .build()
+        .into();
+    let offers = offers(&agent, spec, &config.sources);
+    let Some(best) = offers
+        .iter()
+        .map(|(_, manifest)| manifest)
+        .max_by_key(|m| m.height())
+    else {
+        return Ok(Joined::NoSnapshot);
+    };
+    let hash = best.header.hash();
+    let height = best.height();
+    let sources: Vec<&str> = offers
+        .iter()
+        .filter(|(_, manifest)| manifest.header.hash() == hash)
+        .map(|(source, _)| source.as_str())
+        .collect();
+    tracing::info!(
+        height,
+        entries = best.header.log_size,
+        chunks = best.chunks(),
+        members = sources.len(),
+        "joining from a snapshot"
+    );
+    let restore = Restore::begin(&config.staging, spec, best.clone())?;
+    let (restore, chunks, bytes) = fetch_chunks(&agent, &sources, restore, config)?;
+    let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
+    restore.finish(spec, &block, &config.path)?;
+    tracing::info!(height, chunks, bytes, "restored from a snapshot");
+    Ok(Joined::Restored {
+        height,
+        chunks,
+        bytes,
+    })
+}
+
+/// Every verifiable manifest the `sources` offer, with who offered it.
+fn offers(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> Vec<(String, Manifest)> {
+    let chain_hash = spec.chain_hash();
+    let mut offers = Vec::new();
+    for source in sources {
+        let url = format!("{source}/v1/snapshots/latest");
+        // The JSON around a manifest in hex, with room for its other fields.
+        let limit = 2 * MAX_MANIFEST_BYTES as u64 + 4096;
+        let manifest = get(agent, &url, limit).and_then(|body| {
+            let view: SnapshotView =
+                serde_json::from_slice(&body).map_err(|error| Fetch::Failed(error.to_string()))?;
+            let bytes =
+                hex::decode(&view.manifest).map_err(|error| Fetch::Failed(error.to_string()))?;
+            let manifest =
+                Manifest::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?;
+            manifest
+                .verify(&chain_hash, &spec.members)
+                .map_err(|error| Fetch::Failed(error.to_string()))?;
+            Ok(manifest)
+        });
+        match manifest {
+            Ok(manifest) => offers.push((source.clone(), manifest)),
+            Err(Fetch::Gone) => {
+                tracing::info!(%source, "no snapshot offered there yet")
+            }
+            Err(error) => {
+                tracing::warn!(%source, %error, "a snapshot manifest was refused or not served")
+            }
+        }
+    }
+    offers
+}
+
+/// The chunks to fetch and what has been fetched, shared by the workers.
+struct Transfer {
+    queue: VecDeque<u64>,
+    in_flight: usize,
+    /// Workers still running.
+    workers: usize,
+    restore: Restore,
+    chunks: u64,
+    bytes: u64,
+    failure: Option<StoreError>,
+}
+
+/// Fetches every missing chunk, one worker per source; the restore, and the chunks
+/// and bytes fetched.
+fn fetch_chunks(
+    agent: &ureq::Agent,
+    sources: &[&str],
+    restore: Restore,
+    config: &JoinConfig,
+) -> Result<(Restore, u64, u64), JoinError> {
+    let manifest = restore.manifest().clone();
+    let total = manifest.chunks();
+    let queue: VecDeque<u64> = restore.missing().into();
+    let already = total - queue.len() as u64;
+    if already > 0 {
+        tracing::info!(already, total, "resuming a snapshot transfer");
+    }
+    let transfer = Mutex::new(Transfer {
+        queue,
+        in_flight: 0,
+        workers: sources.len(),
+        restore,
+        chunks: 0,
+        bytes: 0,
+        failure: None,
+    });
+    let changed = Condvar::new();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for &source in sources {
+            let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
+            scope.spawn(move || {
+                worker(agent, source, manifest, transfer, changed);
+                lock(transfer).workers -= 1;
+                changed.notify_all();
+            });
+        }
+        // Progress at a fixed interval until the workers are done.
+        let mut next = Instant::now() + config.progress_every;
+        loop {
+            let state = lock(&transfer);
+            if state.workers == 0 {
+                break;
+            }
+            let (state, _) = changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner());
+            if Instant::now() >= next {
+                next += config.progress_every;
+                let done = total - state.queue.len() as u64 - state.in_flight as u64;
+                let seconds = started.elapsed().as_secs_f64().max(0.001);
+                let rate = state.bytes as f64 / seconds;
+                let fetched = done.saturating_sub(already).max(1);
+                let eta = seconds / fetched as f64 * (total - done) as f64;
+                tracing::info!(
+                    chunks = done,
+                    total,
+                    mib = format!("{:.1}", state.bytes as f64 / 1048576.0),
+                    mib_per_s = format!("{:.1}", rate / 1048576.0),
+                    eta_s = format!("{eta:.0}"),
+                    "fetching the snapshot"
+                );
+            }
+            drop(state);
+        }
+    });
+    let state = transfer.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(error) = state.failure {
+        return Err(error.into());
+    }
+    let missing = state.restore.missing().len();
+    if missing > 0 {
+        return Err(JoinError::NoSource {
+            height: manifest.height(),
+            missing,
+        });
+    }
+    Ok((state.restore, state.chunks, state.bytes))
+}
+
+/// Fetches chunks from `source` until none are left, the source has failed
+/// [`STRIKES`] times, or the store failed.
+fn worker(
+    agent: &ureq::Agent,
+    source: &str,
+    manifest: &Manifest,
+    transfer: &Mutex<Transfer>,
+    changed: &Condvar,
+) {
+    let height = manifest.height();
+    let limit = 32u64 << MAX_TILE_LEVEL;
+    let mut strikes = 0;
+    loop {
+        let index = {
+            let mut state = lock(transfer);
+            loop {
+                if state.failure.is_some() {
+                    return;
+                }
+                if let Some(index) = state.queue.pop_front() {
+                    state.in_flight += 1;
+                    break index;
+                }
+                if state.in_flight == 0 {
+                    changed.notify_all();
+                    return;
+                }
+                // Another worker's chunk may still come back to the queue.
+                state = changed
+                    .wait_timeout(state, Duration::from_millis(100))
+                    .map(|(state, _)| state)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        };
+        let url = format!("{source}/v1/snapshots/{height}/chunks/{index}");
+        let fetched = get(agent, &url, limit).and_then(|bytes| {
+            let ids = manifest
+                .check_chunk(index, &bytes)
+                .map_err(|error| Fetch::Failed(error.to_string()))?;
+            Ok((ids, bytes.len() as u64))
+        });
+        let mut state = lock(transfer);
+        state.in_flight -= 1;
+        match fetched {
+            Ok((ids, bytes)) => {
+                if let Err(error) = state.restore.write_tile(index, &ids) {
+                    state.failure = Some(error);
+                } else {
+                    state.chunks += 1;
+                    state.bytes += bytes;
+                }
+                changed.notify_all();
+                continue;
+            }
+            Err(Fetch::Busy) => {
+                state.queue.push_back(index);
+                changed.notify_all();
+                drop(state);
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(Fetch::Gone) => {
+                state.queue.push_front(index);
+                changed.notify_all();
+                tracing::warn!(%source, height, "the member no longer serves this snapshot");
+                return;
+            }
+            Err(Fetch::Failed(reason)) => {
+                state.queue.push_front(index);
+                changed.notify_all();
+                strikes += 1;
+                tracing::warn!(
+                    %source, index, %reason, strikes,
+                    "a snapshot chunk failed; it is fetched again, from another member if one is free"
+                );
+            }
+        }
+        drop(state);
+        if strikes >= STRIKES {
+            tracing::warn!(%source, strikes, "no more snapshot chunks are asked of this member");
+            return;
+        }
+        // Leave the chunk to another member for a moment.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Block `h` of `manifest` from the first source that serves it whole.
+fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Option<Block> {
+    let height = manifest.height();
+    let hash = manifest.header.hash();
+    for source in sources {
+        let url = format!("{source}/v1/blocks/{height}/committed");
+        // A block is at most the chain's limits; 64 MiB bounds any honest one.
+        let block = get(agent, &url, 64 << 20).and_then(|bytes| {
+            match Wire::decode(&bytes)
+                .map_err(|error: ChainError| Fetch::Failed(error.to_string()))?
+            {
+                Wire::Committed { block, .. } if block.hash() == hash => Ok(block),
+                _ => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
+            }
+        });
+        match block {
+            Ok(block) => return Some(block),
+            Err(error) => {
+                tracing::warn!(%source, %error, height, "the snapshot's block was not served")
+            }
+        }
+    }
+    None
+}
+
+/// GETs `url`, reading at most `limit` bytes of body.
+fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|error| Fetch::Failed(error.to_string()))?;
+    match response.status().as_u16() {
+        200 => response
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|error| Fetch::Failed(error.to_string())),
+        404 => Err(Fetch::Gone),
+        503 => Err(Fetch::Busy),
+        status => Err(Fetch::Failed(format!("HTTP {status}"))),
+    }
+}
