@@ -51,6 +51,10 @@ pub enum Joined {
         chunks: u64,
         /// Bytes of chunks fetched in this run.
         bytes: u64,
+        /// Members whose manifest was refused.
+        refused: Vec<String>,
+        /// Members that failed to serve chunks, with how often.
+        strikes: Vec<(String, u32)>,
     },
     /// No member offers a verifiable snapshot (a young chain, or none reachable):
     /// the node replays the chain from its peers instead.
@@ -97,7 +101,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig) -> Result<Joined, JoinError> 
         .timeout_global(Some(config.timeout))
         .build()
         .into();
-    let offers = offers(&agent, spec, &config.sources);
+    let (offers, refused) = offers(&agent, spec, &config.sources);
     let Some(best) = offers
         .iter()
         .map(|(_, manifest)| manifest)
@@ -120,21 +124,30 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig) -> Result<Joined, JoinError> 
         "joining from a snapshot"
     );
     let restore = Restore::begin(&config.staging, spec, best.clone())?;
-    let (restore, chunks, bytes) = fetch_chunks(&agent, &sources, restore, config)?;
+    let fetched = fetch_chunks(&agent, &sources, restore, config)?;
     let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
-    restore.finish(spec, &block, &config.path)?;
+    fetched.restore.finish(spec, &block, &config.path)?;
+    let (chunks, bytes) = (fetched.chunks, fetched.bytes);
     tracing::info!(height, chunks, bytes, "restored from a snapshot");
     Ok(Joined::Restored {
         height,
         chunks,
         bytes,
+        refused,
+        strikes: fetched.strikes.into_iter().collect(),
     })
 }
 
-/// Every verifiable manifest the `sources` offer, with who offered it.
-fn offers(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> Vec<(String, Manifest)> {
+/// Every verifiable manifest the `sources` offer, with who offered it; and the
+/// sources whose manifest was refused.
+fn offers(
+    agent: &ureq::Agent,
+    spec: &ChainSpec,
+    sources: &[String],
+) -> (Vec<(String, Manifest)>, Vec<String>) {
     let chain_hash = spec.chain_hash();
     let mut offers = Vec::new();
+    let mut refused = Vec::new();
     for source in sources {
         let url = format!("{source}/v1/snapshots/latest");
         // The JSON around a manifest in hex, with room for its other fields.
@@ -157,11 +170,12 @@ fn offers(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> Vec<(Str
                 tracing::info!(%source, "no snapshot offered there yet")
             }
             Err(error) => {
-                tracing::warn!(%source, %error, "a snapshot manifest was refused or not served")
+                tracing::warn!(%source, %error, "a snapshot manifest was refused or not served");
+                refused.push(source.clone());
             }
         }
     }
-    offers
+    (offers, refused)
 }
 
 /// The chunks to fetch and what has been fetched, shared by the workers.
@@ -173,7 +187,16 @@ struct Transfer {
     restore: Restore,
     chunks: u64,
     bytes: u64,
+    strikes: std::collections::BTreeMap<String, u32>,
     failure: Option<StoreError>,
+}
+
+/// What [`fetch_chunks`] fetched.
+struct Fetched {
+    restore: Restore,
+    chunks: u64,
+    bytes: u64,
+    strikes: std::collections::BTreeMap<String, u32>,
 }
 
 /// Fetches every missing chunk, one worker per source; the restore, and the chunks
@@ -183,7 +206,7 @@ fn fetch_chunks(
     sources: &[&str],
     restore: Restore,
     config: &JoinConfig,
-) -> Result<(Restore, u64, u64), JoinError> {
+) -> Result<Fetched, JoinError> {
     let manifest = restore.manifest().clone();
     let total = manifest.chunks();
     let queue: VecDeque<u64> = restore.missing().into();
@@ -198,6 +221,7 @@ fn fetch_chunks(
         restore,
         chunks: 0,
         bytes: 0,
+        strikes: Default::default(),
         failure: None,
     });
     let changed = Condvar::new();
@@ -251,7 +275,12 @@ fn fetch_chunks(
             missing,
         });
     }
-    Ok((state.restore, state.chunks, state.bytes))
+    Ok(Fetched {
+        restore: state.restore,
+        chunks: state.chunks,
+        bytes: state.bytes,
+        strikes: state.strikes,
+    })
 }
 
 /// Fetches chunks from `source` until none are left, the source has failed
@@ -325,6 +354,7 @@ fn worker(
                 state.queue.push_front(index);
                 changed.notify_all();
                 strikes += 1;
+                state.strikes.insert(source.to_owned(), strikes);
                 tracing::warn!(
                     %source, index, %reason, strikes,
                     "a snapshot chunk failed; it is fetched again, from another member if one is free"

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Request, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
 use ledger::api::router;
 use ledger::api::types::SnapshotView;
 use ledger::chain::snapshot::Manifest;
 use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
+use ledger::join::{JoinConfig, Joined};
 use ledger::node::{Node, NodeSettings};
 use ledger::storage::{Restore, Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
@@ -60,15 +62,9 @@ fn chain(dir: &std::path::Path, blocks: u64) -> (ChainSpec, Store, Vec<Hash>) {
 
 /// A node alone over `store` (not producing: the chain stays as built) serving
 /// snapshots in small tiles with `transfers` chunk slots.
-fn serve(store: Store, transfers: usize) -> Router {
-    let node = Node::alone(
-        Arc::new(store),
-        key(1),
-        settings(),
-        Arc::default(),
-        Arc::default(),
-    )
-    .with_snapshots(transfers, TILE_LEVEL);
+fn serve(store: Arc<Store>, transfers: usize) -> Router {
+    let node = Node::alone(store, key(1), settings(), Arc::default(), Arc::default())
+        .with_snapshots(transfers, TILE_LEVEL);
     router(Arc::new(node))
 }
 
@@ -90,7 +86,7 @@ fn error_text(body: &[u8]) -> String {
 async fn a_joiner_verifies_the_latest_snapshot_and_rebuilds_the_log_from_its_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, store, ids) = chain(dir.path(), 25);
-    let router = serve(store, 4);
+    let router = serve(Arc::new(store), 4);
 
     let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
@@ -144,7 +140,7 @@ async fn a_joiner_verifies_the_latest_snapshot_and_rebuilds_the_log_from_its_chu
 async fn a_chain_younger_than_one_checkpoint_has_no_snapshot_yet() {
     let dir = tempfile::tempdir().unwrap();
     let (_, store, _) = chain(dir.path(), 9);
-    let router = serve(store, 4);
+    let router = serve(Arc::new(store), 4);
     let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
@@ -158,7 +154,7 @@ async fn a_chain_younger_than_one_checkpoint_has_no_snapshot_yet() {
 async fn chunk_transfers_beyond_the_bound_are_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (_, store, _) = chain(dir.path(), 10);
-    let router = serve(store, 0);
+    let router = serve(Arc::new(store), 0);
     // The manifest costs no slot; a chunk does.
     let (status, _, _) = get(&router, "/v1/snapshots/latest").await;
     assert_eq!(status, StatusCode::OK);
@@ -188,7 +184,7 @@ async fn a_damaged_log_is_not_offered_as_a_snapshot() {
         write.commit().unwrap();
     }
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
-    let router = serve(store, 4);
+    let router = serve(Arc::new(store), 4);
     let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let text = error_text(&body);
@@ -321,4 +317,194 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     assert_eq!(store.verify_chain().unwrap(), 20);
     // Nothing was left of the old partial tile: the node map and the log agree.
     assert_eq!(store.log_root(70).unwrap(), source.log_root(70).unwrap());
+}
+
+/// How a member lies to a joiner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lie {
+    /// Every chunk with one byte changed.
+    WrongChunks,
+    /// A manifest whose certificate carries a forged signature.
+    ForgedCertificate,
+    /// A manifest whose tile roots do not fold into the certified root.
+    UnfoldingRoots,
+    /// The first three chunks asked of it, then 500 for everything: a member that
+    /// goes away in the middle of a transfer.
+    DiesAfterThree,
+    /// Offers the snapshot, then takes every chunk request and never answers it.
+    SilentOnChunks,
+}
+
+/// `honest`'s API as a lying member serves it.
+fn liar(honest: Router, lie: Lie) -> Router {
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Router::new().fallback(move |request: Request<Body>| {
+        let (honest, served) = (honest.clone(), Arc::clone(&served));
+        async move {
+            let path = request.uri().path().to_owned();
+            if lie == Lie::SilentOnChunks && path.contains("/chunks/") {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let response = honest.oneshot(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let mut bytes = to_bytes(body, 8 << 20).await.unwrap().to_vec();
+            let chunk = path.contains("/chunks/");
+            match lie {
+                Lie::WrongChunks if chunk => bytes[5] ^= 1,
+                Lie::DiesAfterThree
+                    if chunk && served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3 =>
+                {
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                Lie::ForgedCertificate | Lie::UnfoldingRoots if path.ends_with("/latest") => {
+                    let mut view: SnapshotView = serde_json::from_slice(&bytes).unwrap();
+                    let mut manifest =
+                        Manifest::decode(&hex::decode(&view.manifest).unwrap()).unwrap();
+                    match lie {
+                        Lie::ForgedCertificate => {
+                            manifest.certificate.signatures[0].signature[9] ^= 1
+                        }
+                        _ => manifest.tile_roots[2] = Hash([2; 32]),
+                    }
+                    view.manifest = hex::encode(manifest.encode());
+                    bytes = serde_json::to_vec(&view).unwrap();
+                }
+                _ => {}
+            }
+            let mut response = axum::response::Response::from_parts(parts, Body::from(bytes));
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+            response
+        }
+    })
+}
+
+/// Serves `router` on a free port of 127.0.0.1 until the test ends; its base URL.
+async fn listen(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
+/// Joins from `sources` into `dir/joiner`, on a blocking thread.
+async fn join_from(
+    spec: &ChainSpec,
+    dir: &std::path::Path,
+    sources: Vec<String>,
+) -> Result<Joined, ledger::join::JoinError> {
+    let joiner = dir.join("joiner");
+    std::fs::create_dir_all(&joiner).unwrap();
+    let config = JoinConfig {
+        sources,
+        path: joiner.join("ledger.redb"),
+        staging: joiner.join("ledger.redb.restoring"),
+        timeout: Duration::from_secs(2),
+        progress_every: Duration::from_secs(1),
+    };
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || ledger::join::join(&spec, &config))
+        .await
+        .unwrap()
+}
+
+/// The joiner's database holds the source's chain up to the snapshot at 20.
+fn assert_restored(spec: &ChainSpec, dir: &std::path::Path, source: &Store) {
+    let path = dir.join("joiner/ledger.redb");
+    let store = Store::open(&path, spec, StoreOptions::default()).unwrap();
+    assert_eq!(store.history_from(), 20);
+    assert_eq!(store.verify_chain().unwrap(), 20);
+    assert_eq!(store.log_root(140).unwrap(), source.log_root(140).unwrap());
+}
+
+/// A member serving a byte wrong in every chunk, one forging its certificate and
+/// one whose tile roots do not fold: the joiner refuses the two manifests, gives the
+/// chunk liar its strikes, takes every chunk from the honest member and ends with
+/// its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_refuses_lying_members_and_fetches_from_the_honest_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, _) = chain(&dir.path().join("source"), 25);
+    let store = Arc::new(store);
+    let honest = serve(Arc::clone(&store), 4);
+    let mut sources = Vec::new();
+    for lie in [
+        Lie::WrongChunks,
+        Lie::ForgedCertificate,
+        Lie::UnfoldingRoots,
+    ] {
+        sources.push(listen(liar(honest.clone(), lie)).await);
+    }
+    sources.push(listen(honest).await);
+    let joined = join_from(&spec, dir.path(), sources.clone()).await.unwrap();
+    let Joined::Restored {
+        height,
+        chunks,
+        refused,
+        strikes,
+        ..
+    } = joined
+    else {
+        panic!("no snapshot: {joined:?}")
+    };
+    assert_eq!((height, chunks), (20, 9));
+    assert_eq!(refused, sources[1..3]);
+    assert!(
+        strikes
+            .iter()
+            .any(|(who, count)| *who == sources[0] && *count >= 1),
+        "{strikes:?}"
+    );
+    assert!(
+        strikes.iter().all(|(who, _)| *who == sources[0]),
+        "{strikes:?}"
+    );
+    assert_restored(&spec, dir.path(), &store);
+}
+
+/// The only member offering the snapshot goes away after three chunks: the join
+/// fails saying so and keeps what it fetched; the next attempt, with a member that
+/// answers, fetches only the six chunks left. A member that never answers a chunk
+/// request costs the joiner its timeouts, not its progress: the chunk is fetched
+/// from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_join_resumes_and_a_silent_member_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, _) = chain(&dir.path().join("source"), 25);
+    let store = Arc::new(store);
+    let honest = serve(Arc::clone(&store), 4);
+    let dying = listen(liar(honest.clone(), Lie::DiesAfterThree)).await;
+    let error = join_from(&spec, dir.path(), vec![dying])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no member could serve the rest of the snapshot at height 20")
+            && error.contains("6 of its chunks missing"),
+        "{error}"
+    );
+    assert!(dir.path().join("joiner/ledger.redb.restoring").exists());
+    assert!(!dir.path().join("joiner/ledger.redb").exists());
+
+    let silent = listen(liar(honest.clone(), Lie::SilentOnChunks)).await;
+    let honest = listen(honest).await;
+    let joined = join_from(&spec, dir.path(), vec![silent.clone(), honest])
+        .await
+        .unwrap();
+    let Joined::Restored {
+        chunks, strikes, ..
+    } = joined
+    else {
+        panic!("no snapshot: {joined:?}")
+    };
+    assert_eq!(chunks, 6, "only the missing chunks are fetched again");
+    assert!(
+        strikes
+            .iter()
+            .any(|(who, count)| *who == silent && *count >= 1),
+        "{strikes:?}"
+    );
+    assert_restored(&spec, dir.path(), &store);
+    assert!(!dir.path().join("joiner/ledger.redb.restoring").exists());
 }
