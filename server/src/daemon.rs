@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,16 +115,8 @@ fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let spec = config.chain_spec()?;
-    let me = crate::chain::Hash::digest(config.signing_key()?.verifying_key().as_bytes());
-    let sources: Vec<String> = spec
-        .members
-        .as_slice()
-        .iter()
-        .filter(|member| member.node_id != me)
-        .filter_map(|member| member.api_addr.as_ref())
-        .map(|addr| format!("http://{addr}"))
-        .collect();
-    if sources.is_empty() {
+    let join = join_config(config, &spec)?;
+    if join.sources.is_empty() {
         if required {
             bail!("the genesis file names no other member's api_addr to join from");
         }
@@ -131,13 +124,6 @@ fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let join = JoinConfig {
-        sources,
-        staging: config.data_dir.join("ledger.redb.restoring"),
-        path,
-        timeout: Duration::from_secs(30),
-        progress_every: Duration::from_secs(5),
-    };
     match crate::join::join(&spec, &join) {
         Ok(Joined::Restored { .. }) => Ok(()),
         Ok(Joined::NoSnapshot) => {
@@ -150,6 +136,27 @@ fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where a node joins from: the other members' client APIs named in the genesis
+/// file, and its data directory.
+fn join_config(config: &NodeConfig, spec: &crate::chain::ChainSpec) -> anyhow::Result<JoinConfig> {
+    let me = crate::chain::Hash::digest(config.signing_key()?.verifying_key().as_bytes());
+    let sources = spec
+        .members
+        .as_slice()
+        .iter()
+        .filter(|member| member.node_id != me)
+        .filter_map(|member| member.api_addr.as_ref())
+        .map(|addr| format!("http://{addr}"))
+        .collect();
+    Ok(JoinConfig {
+        sources,
+        path: config.database_path(),
+        staging: config.data_dir.join("ledger.redb.restoring"),
+        timeout: Duration::from_secs(30),
+        progress_every: Duration::from_secs(5),
+    })
 }
 
 /// What a full database check found.
@@ -424,6 +431,20 @@ pub async fn run(
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
+    // A node restored from a snapshot fetches the blocks below it meanwhile.
+    let history = Arc::new(AtomicBool::new(false));
+    let backfill = (store.history_from() > 1)
+        .then(|| -> anyhow::Result<_> {
+            let join = JoinConfig {
+                timeout: Duration::from_secs(10),
+                ..join_config(&config, store.spec())?
+            };
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&history));
+            Ok(tokio::task::spawn_blocking(move || {
+                crate::join::backfill(&store, &join.sources, &stop, &join)
+            }))
+        })
+        .transpose()?;
     // The database is open and checked, consensus started, the API listening.
     if let Some(notifier) = notifier {
         notifier.notify(&format!("READY=1\nSTATUS=serving at height {}", tip.height));
@@ -439,9 +460,15 @@ pub async fn run(
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     server.await.context("API server failed")?;
     tracing::info!("API closed; finishing the block in hand");
+    history.store(true, std::sync::atomic::Ordering::Relaxed);
     match tokio::time::timeout(STOP_GRACE, producer).await {
         Ok(result) => result.context("block producer failed")?,
         Err(_) => tracing::warn!("block producer did not stop within {STOP_GRACE:?}"),
+    }
+    if let Some(backfill) = backfill {
+        if tokio::time::timeout(STOP_GRACE, backfill).await.is_err() {
+            tracing::warn!("fetching the history did not stop within {STOP_GRACE:?}");
+        }
     }
     drop(node);
     match Arc::try_unwrap(store) {

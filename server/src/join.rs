@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainError, ChainSpec};
 use crate::engine::lock;
 use crate::net::Wire;
-use crate::storage::{Restore, StoreError};
+use crate::storage::{Restore, Store, StoreError};
 
 /// Failures after which a member is no longer asked for chunks.
 pub const STRIKES: u32 = 3;
@@ -412,5 +413,77 @@ fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
         404 => Err(Fetch::Gone),
         503 => Err(Fetch::Busy),
         status => Err(Fetch::Failed(format!("HTTP {status}"))),
+    }
+}
+
+/// Fetches the blocks below a restored database's history (newest first, each
+/// checked by [`Store::backfill`]: the hash link to the block above, its certificate,
+/// its entries against the ids the log holds) from `sources` in turn, until the
+/// store holds the whole chain or `stop` is set. A member whose block fails is passed
+/// over for the next; when none has it, the next round waits a few seconds.
+pub fn backfill(store: &Store, sources: &[String], stop: &AtomicBool, config: &JoinConfig) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(config.timeout))
+        .build()
+        .into();
+    let started = Instant::now();
+    let first = store.history_from();
+    let mut next_progress = Instant::now() + config.progress_every;
+    let mut turn = 0;
+    if first > 1 {
+        tracing::info!(
+            history_from = first,
+            "fetching the history below the snapshot"
+        );
+    }
+    while store.history_from() > 1 && !stop.load(Ordering::Relaxed) {
+        let height = store.history_from() - 1;
+        let mut held = false;
+        for _ in 0..sources.len() {
+            let source = &sources[turn % sources.len()];
+            turn += 1;
+            let url = format!("{source}/v1/blocks/{height}/committed");
+            let outcome =
+                get(&agent, &url, 64 << 20).and_then(|bytes| match Wire::decode(&bytes) {
+                    Ok(Wire::Committed { block, certificate }) => store
+                        .backfill(&block, &certificate)
+                        .map_err(|error| Fetch::Failed(error.to_string())),
+                    Ok(_) => Err(Fetch::Failed("not a committed block".into())),
+                    Err(error) => Err(Fetch::Failed(error.to_string())),
+                });
+            match outcome {
+                Ok(()) => {
+                    held = true;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%source, height, %error, "a block of the history was not served or failed its check")
+                }
+            }
+        }
+        if !held {
+            for _ in 0..50 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if Instant::now() >= next_progress {
+            next_progress += config.progress_every;
+            let done = first - store.history_from();
+            let seconds = started.elapsed().as_secs_f64().max(0.001);
+            let left = store.history_from() - 1;
+            tracing::info!(
+                history_from = store.history_from(),
+                blocks_per_s = format!("{:.0}", done as f64 / seconds),
+                eta_s = format!("{:.0}", seconds / done.max(1) as f64 * left as f64),
+                "fetching the history below the snapshot"
+            );
+        }
+    }
+    if store.history_from() == 1 && first > 1 {
+        tracing::info!(blocks = first - 1, "the whole history is held");
     }
 }

@@ -1,7 +1,7 @@
 //! Joining a running cluster from a snapshot, through real `ledgerd` processes on
 //! loopback: a member whose disk was lost starts with an empty data directory, takes
 //! the chain over from the snapshot the others serve, catches up the blocks after
-//! it, and commits with them again. Every wait is bounded; every process is stopped.
+//! it, commits with them again, and fetches the history below it. Every wait is bounded; every process is stopped.
 
 mod support;
 
@@ -41,35 +41,27 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert!(!log.contains("restored from a snapshot"), "{log}");
     std::fs::remove_dir_all(chain.join("node3/data")).unwrap();
     daemons[3] = Some(Daemon::start(&configs[3], base + 6));
-    let rejoined = status(node(&daemons, 3));
-    let from = rejoined["history_from"].as_u64().unwrap();
-    assert!(from >= height, "{rejoined}");
 
     // It orders and commits with the others again, and catches up what it missed.
     let after = commit_batch(node(&daemons, 3), "after", 8);
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
 
-    // What lies below its history it says it does not hold; every entry is known.
+    // Meanwhile it fetched the blocks below the snapshot: it holds the whole chain,
+    // and an entry committed before it joined has its receipt there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(node(&daemons, 3))["history_from"] != 1 {
+        assert!(Instant::now() < deadline, "{}", status(node(&daemons, 3)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let url = &node(&daemons, 3).url;
-    let (code, body) = http("GET", &format!("{url}/v1/blocks/2"), None);
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (404, Some("not_held")),
-        "{body}"
-    );
-    let (code, body) = http("GET", &format!("{url}/v1/entries/{}", before[0]), None);
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (404, Some("not_held")),
-        "{body}"
-    );
-    let (code, body) = http("GET", &format!("{url}/v1/entries/{}", after[0]), None);
-    assert_eq!(
-        (code, body["status"].as_str()),
-        (200, Some("committed")),
-        "{body}"
-    );
+    let (code, block) = http("GET", &format!("{url}/v1/blocks/2"), None);
+    assert_eq!(code, 200, "{block}");
+    for id in [&before[0], &after[0]] {
+        let (code, entry) = http("GET", &format!("{url}/v1/entries/{id}"), None);
+        assert_eq!((code, entry["status"].as_str()), (200, Some("committed")));
+        assert!(entry["receipt"].is_object(), "{entry}");
+    }
     // A resubmitted old entry is a duplicate there too: its id came with the snapshot.
     let (code, _) = http(
         "POST",
@@ -79,11 +71,12 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert_eq!(code, 409);
 
     let logs = stop_all(&mut daemons);
-    assert!(
-        logs[3].contains("joining from a snapshot") && logs[3].contains("restored from a snapshot"),
-        "{}",
-        logs[3]
-    );
+    let restored = logs[3]
+        .lines()
+        .find(|line| line.contains("restored from a snapshot"))
+        .unwrap_or_else(|| panic!("{}", logs[3]));
+    assert!(restored.contains(&format!("height={height}")), "{restored}");
+    assert!(logs[3].contains("the whole history is held"), "{}", logs[3]);
     let checked = run(
         LEDGERD,
         &["check", "--config", configs[3].to_str().unwrap()],

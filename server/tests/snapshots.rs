@@ -209,7 +209,8 @@ fn snapshot_of(store: &Store, height: u64) -> (Manifest, Vec<Vec<u8>>) {
 /// A database restored from the snapshot at 20 of a 25-block chain, in two sittings
 /// (the first stops after three tiles, as a killed joiner would): it holds every id
 /// and proves every entry, serves what it holds and says what it does not, passes the
-/// full check, and takes blocks 21 to 25 to end with the same chain.
+/// full check, takes blocks 21 to 25, and takes back the blocks below 20 to end with
+/// the same chain.
 #[test]
 fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,8 +280,26 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
     }
     assert_eq!(store.tip().unwrap(), source.tip().unwrap());
     assert_eq!(store.verify_chain().unwrap(), 25);
+
+    // The history below fills in from the top, each block checked: one that does
+    // not link to the lowest held block, or whose entries were altered, is refused.
+    let (skipped, certificate) = source.committed_block(18).unwrap().unwrap();
+    assert!(store.backfill(&skipped, &certificate).is_err());
+    let (mut altered, certificate) = source.committed_block(19).unwrap().unwrap();
+    altered.entries.swap(0, 1);
+    assert!(store.backfill(&altered, &certificate).is_err());
+    for height in (1..20).rev() {
+        let (block, certificate) = source.committed_block(height).unwrap().unwrap();
+        store.backfill(&block, &certificate).unwrap();
+        assert_eq!(store.history_from(), height);
+    }
+    let (entry, receipt) = store.entry_with_receipt(&ids[3]).unwrap().unwrap();
+    assert_eq!((entry.id(), receipt.header.height), (ids[3], 1));
+    assert_eq!(store.verify_chain().unwrap(), 25);
     drop(store);
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    assert_eq!(store.history_from(), 1);
+    assert_eq!(store.block(7).unwrap(), source.block(7).unwrap());
     assert!(store.committed(&ids).unwrap().iter().all(|c| *c));
 }
 

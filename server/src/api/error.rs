@@ -82,9 +82,8 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::NotHeld { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_held", error.to_string())
-            }
+            // A restored node fetches its history meanwhile: later, or elsewhere.
+            StoreError::NotHeld { .. } => ApiError::unavailable("not_held", error.to_string()),
             StoreError::Chain(error) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "rejected",

@@ -101,7 +101,8 @@ pub enum StoreError {
     /// snapshot at `from` and has not fetched what lies below.
     #[error(
         "{what} lies below this node's history, which starts at block {from} (it was \
-         restored from a snapshot); another member that holds it can serve it"
+         restored from a snapshot and is fetching the blocks below); retry later, or ask \
+         another member"
     )]
     NotHeld {
         /// What was asked for.
@@ -261,7 +262,7 @@ pub struct Store {
     last_tip: std::sync::Mutex<Option<Header>>,
     /// The lowest height above genesis whose block is held: 1 unless the database
     /// was restored from a snapshot.
-    history_from: u64,
+    history_from: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -367,11 +368,13 @@ impl Store {
             health: Health::default(),
             certificates: CertificateMemo::default(),
             last_tip: std::sync::Mutex::new(None),
-            history_from: 1,
+            history_from: std::sync::atomic::AtomicU64::new(1),
         };
-        let mut store = store;
         store.initialise(&genesis)?;
-        store.history_from = store.read_history_from()?;
+        store.history_from.store(
+            store.read_history_from()?,
+            std::sync::atomic::Ordering::Release,
+        );
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
         let tip = store.tip()?;
@@ -548,7 +551,7 @@ impl Store {
     /// The lowest height above genesis whose block this database holds: 1, unless
     /// it was restored from a snapshot at a later height.
     pub fn history_from(&self) -> u64 {
-        self.history_from
+        self.history_from.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
@@ -618,9 +621,11 @@ impl Store {
         &self,
         read: impl FnOnce(&Store, &verify::Tables) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Read before the transaction begins: it then holds every block from there.
+        let history_from = self.history_from();
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let tables = verify::Tables::open(&txn)?;
+        let tables = verify::Tables::open(&txn, history_from)?;
         read(self, &tables)
     }
 
@@ -669,9 +674,10 @@ impl Store {
     /// Where the entry `id` was committed.
     pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
         self.observe((|| {
+            let history_from = self.history_from();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            location_in(&txn, &self.id_map(), id, self.history_from)
+            location_in(&txn, &self.id_map(), id, history_from)
         })())
     }
 
@@ -681,7 +687,7 @@ impl Store {
     /// the difficulty policy reads are kept; others are [`StoreError::NotHeld`].
     pub fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
         self.observe(self.read(|store, tables| {
-            if height > 0 && height < store.history_from {
+            if height > 0 && height < tables.history_from {
                 return store.checked_base_header(tables, height).map(Some);
             }
             store.checked_header(tables, height, verify::Anchor::Successor)
@@ -693,9 +699,10 @@ impl Store {
     /// client would check it.
     pub fn entry_with_receipt(&self, id: &Hash) -> Result<Option<(Entry, Receipt)>, StoreError> {
         self.observe((|| {
+            let history_from = self.history_from();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            self.checked_receipt(&txn, id)
+            self.checked_receipt(&txn, id, history_from)
         })())
     }
 

@@ -22,7 +22,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use super::{corrupt, create_file, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::Manifest;
-use crate::chain::{Block, ChainSpec, CompactRange, Hash};
+use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash};
 
 /// Tile index → its root, for the tiles written so far (staging file only).
 const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
@@ -281,5 +281,98 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
         _ => Ok(()),
+    }
+}
+
+impl super::Store {
+    /// Adds the block just below the held history (a database restored from a
+    /// snapshot), with its commit certificate, in one durable write transaction. It
+    /// must be the block the lowest held one links to, with a valid certificate, and
+    /// hold exactly the entry ids the log already has at its place.
+    pub fn backfill(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<(), StoreError> {
+        self.observe(self.backfill_one(block, certificate))
+    }
+
+    fn backfill_one(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<(), StoreError> {
+        let above = self.history_from();
+        let header = &block.header;
+        let height = header.height;
+        if above <= 1 || height + 1 != above {
+            return Err(ChainError::WrongHeight {
+                expected: above.saturating_sub(1),
+                found: height,
+            }
+            .into());
+        }
+        let hash = block.hash();
+        certificate.verify(&self.chain_hash, &self.spec.members, height, &hash)?;
+        let txn = self.begin_write()?;
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let upper = blocks
+                .get(above)?
+                .map(|bytes| Block::decode(bytes.value()))
+                .transpose()
+                .map_err(|error| corrupt(format!("block {above}: {error}")))?
+                .ok_or_else(|| corrupt(format!("block {above}, the lowest held, is missing")))?;
+            if upper.header.prev_hash != hash {
+                return Err(ChainError::WrongParent {
+                    expected: upper.header.prev_hash,
+                    found: hash,
+                }
+                .into());
+            }
+            let end = upper.header.log_size - upper.entries.len() as u64;
+            if header.log_size != end {
+                return Err(ChainError::LogSizeMismatch {
+                    expected: end,
+                    found: header.log_size,
+                }
+                .into());
+            }
+            let start =
+                end.checked_sub(block.entries.len() as u64)
+                    .ok_or(ChainError::LogSizeMismatch {
+                        expected: end,
+                        found: block.entries.len() as u64,
+                    })?;
+            let ids = txn.open_table(ENTRY_IDS)?;
+            for (log_index, entry) in (start..).zip(&block.entries) {
+                if ids.get(log_index)?.map(|id| Hash(*id.value())) != Some(entry.id()) {
+                    return Err(ChainError::Malformed {
+                        what: "backfilled block",
+                        reason: "its entries are not the ones the log holds at its place",
+                    }
+                    .into());
+                }
+            }
+            blocks.insert(height, block.encode().as_slice())?;
+            txn.open_table(BLOCK_HASHES)?
+                .insert(hash.as_bytes(), height)?;
+            txn.open_table(CERTIFICATES)?
+                .insert(height, certificate.encode().as_slice())?;
+            if !block.entries.is_empty() {
+                txn.open_table(LOG_STARTS)?.insert(start, height)?;
+            }
+            txn.open_table(BASE_HEADERS)?.remove(height)?;
+            let mut meta = txn.open_table(META)?;
+            match height {
+                1 => meta.remove(META_HISTORY_FROM)?,
+                _ => meta.insert(META_HISTORY_FROM, height.to_be_bytes().as_slice())?,
+            };
+        }
+        txn.commit()?;
+        // After the commit: a reader that sees the lower bound sees the block.
+        self.history_from
+            .store(height, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }

@@ -64,10 +64,13 @@ pub(super) struct Tables {
     pub(super) nodes: ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
     pub(super) starts: ReadOnlyTable<u64, u64>,
     pub(super) base_headers: ReadOnlyTable<u64, &'static [u8]>,
+    /// The store's `history_from`, read before the transaction began: the
+    /// transaction holds every block from there up.
+    pub(super) history_from: u64,
 }
 
 impl Tables {
-    pub(super) fn open(txn: &ReadTransaction) -> Result<Tables, StoreError> {
+    pub(super) fn open(txn: &ReadTransaction, history_from: u64) -> Result<Tables, StoreError> {
         Ok(Tables {
             blocks: txn.open_table(BLOCKS)?,
             hashes: txn.open_table(BLOCK_HASHES)?,
@@ -75,6 +78,7 @@ impl Tables {
             nodes: txn.open_table(MERKLE_NODES)?,
             starts: txn.open_table(LOG_STARTS)?,
             base_headers: txn.open_table(BASE_HEADERS)?,
+            history_from,
         })
     }
 }
@@ -138,10 +142,10 @@ impl Store {
         anchor: Anchor,
     ) -> Result<Option<Header>, StoreError> {
         let Some(bytes) = tables.blocks.get(height)? else {
-            if height > 0 && height < self.history_from {
+            if height > 0 && height < tables.history_from {
                 return Err(StoreError::NotHeld {
                     what: format!("block {height}"),
-                    from: self.history_from,
+                    from: tables.history_from,
                 });
             }
             return Ok(None);
@@ -210,14 +214,14 @@ impl Store {
     ) -> Result<Header, StoreError> {
         let not_held = || StoreError::NotHeld {
             what: format!("block {height}"),
-            from: self.history_from,
+            from: tables.history_from,
         };
         let bytes = tables.base_headers.get(height)?.ok_or_else(not_held)?;
         let header = decode_header(height, bytes.value())?;
         drop(bytes);
         let next = match tables.base_headers.get(height + 1)? {
             Some(bytes) => decode_header(height + 1, bytes.value())?,
-            None if height + 1 == self.history_from => self
+            None if height + 1 == tables.history_from => self
                 .checked_header(tables, height + 1, Anchor::Successor)?
                 .ok_or_else(|| damage_at(height + 1, "the first held block is missing"))?,
             None => {
@@ -325,7 +329,7 @@ impl Store {
         // certified header, whose log holds every older leaf, anchors the root.
         let height = match tables.starts.range(..size)?.next_back().transpose()? {
             Some((_, height)) => height.value(),
-            None if self.history_from > 1 => self.history_from,
+            None if tables.history_from > 1 => tables.history_from,
             None => return Err(corrupt(format!("no block holds log index {}", size - 1))),
         };
         let header = self
@@ -363,13 +367,14 @@ impl Store {
         &self,
         txn: &ReadTransaction,
         id: &Hash,
+        history_from: u64,
     ) -> Result<Option<(Entry, Receipt)>, StoreError> {
-        let Some(location) = location_in(txn, &self.id_map(), id, self.history_from)? else {
+        let Some(location) = location_in(txn, &self.id_map(), id, history_from)? else {
             return Ok(None);
         };
         let (height, position, log_index) =
             (location.height, location.position, location.log_index);
-        let tables = Tables::open(txn)?;
+        let tables = Tables::open(txn, history_from)?;
         // Blocks and the index are written in one transaction: a miss is damage.
         let damaged = |what: &str| {
             corrupt(format!(
@@ -431,9 +436,10 @@ impl Store {
         &self,
         progress: &mut dyn FnMut(&CheckProgress),
     ) -> Result<CheckReport, StoreError> {
+        let history_from = self.history_from();
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let tables = Tables::open(&txn)?;
+        let tables = Tables::open(&txn, history_from)?;
         let entry_ids = txn.open_table(ENTRY_IDS)?;
         let map = self.id_map();
         let tip = tables
@@ -509,7 +515,7 @@ impl Store {
                     }
                 }
                 Some(parent) => {
-                    if height == self.history_from && height > 1 {
+                    if height == tables.history_from && height > 1 {
                         // Restored from a snapshot: the kept headers link up to it, and
                         // the log below it is rebuilt from the entry index alone.
                         self.check_base_headers(&tables, header)?;
@@ -574,11 +580,11 @@ impl Store {
             parent = Some(block.header);
             held += 1;
             expected = match height {
-                0 => self.history_from,
+                0 => tables.history_from,
                 _ => height + 1,
             };
         }
-        if self.history_from == 1 && !tables.base_headers.is_empty()? {
+        if tables.history_from == 1 && !tables.base_headers.is_empty()? {
             return Err(corrupt(
                 "headers are kept below the history, but the database holds every block",
             ));
@@ -609,9 +615,10 @@ impl Store {
                 stable.height, tip_header.height
             )));
         }
+        let history_from = self.history_from();
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let tables = Tables::open(&txn)?;
+        let tables = Tables::open(&txn, history_from)?;
         let at_checkpoint = self.checked_header(&tables, stable.height, Anchor::Successor)?;
         if at_checkpoint.map(|header| header.hash()) != Some(stable.hash) {
             return Err(corrupt(format!(
