@@ -14,6 +14,7 @@
 //!   [`engine::Cluster`] (the PBFT replica's driver over the store and the network).
 //! - [`node`]: what the API talks to: the store, the plugins, the metrics and the one
 //!   engine a node was built with; readiness.
+//! - [`backup`]: snapshot files: a backup of a node, checked whole when restored.
 //! - [`join`]: a new or wiped node takes over the chain from a snapshot the members
 //!   serve, resumably.
 //! - [`snapshots`]: which snapshots a node serves to joiners, and how many chunks at once.
@@ -32,6 +33,7 @@
 //! fixed-width except where a length prefix says otherwise.
 
 pub mod api;
+pub mod backup;
 pub mod chain;
 pub mod config;
 pub mod consensus;

@@ -25,14 +25,22 @@ fn snapshot_at_least(daemon: &Daemon, height: u64) -> u64 {
     }
 }
 
+/// Four members under `chain` taking a snapshot every 5 blocks of at most 4 entries.
+fn snapshotting_cluster(
+    chain: &std::path::Path,
+) -> (Vec<std::path::PathBuf>, u16, Vec<Option<Daemon>>) {
+    let (configs, base) = layout(chain, 4);
+    checkpoint_every(&chain.join("genesis.toml"), 5);
+    set(&configs, "max_block_entries", "4");
+    let daemons = start_all(&configs, base);
+    (configs, base, daemons)
+}
+
 #[test]
 fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let chain = dir.path().join("cluster");
-    let (configs, base) = layout(&chain, 4);
-    checkpoint_every(&chain.join("genesis.toml"), 5);
-    set(&configs, "max_block_entries", "4");
-    let mut daemons = start_all(&configs, base);
+    let (configs, base, mut daemons) = snapshotting_cluster(&chain);
     let before = commit_batch(node(&daemons, 1), "before", 60);
     let height = snapshot_at_least(node(&daemons, 0), 15);
 
@@ -82,4 +90,79 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
         &["check", "--config", configs[3].to_str().unwrap()],
     );
     assert!(checked.status.success(), "{}", text(&checked));
+}
+
+/// `ledgerd snapshot save` on a running member (through its API), `inspect` against
+/// the genesis file, then `restore` into a member whose disk was lost: it starts
+/// with the whole chain and commits with the others.
+#[test]
+fn a_backup_of_a_running_member_restores_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base, mut daemons) = snapshotting_cluster(&chain);
+    let before = commit_batch(node(&daemons, 1), "before", 30);
+    snapshot_at_least(node(&daemons, 0), 5);
+
+    let file = dir.path().join("backup.snap");
+    let config = |i: usize| configs[i].to_str().unwrap().to_owned();
+    let saved = run(
+        LEDGERD,
+        &[
+            "snapshot",
+            "save",
+            "--config",
+            &config(0),
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(saved.status.success(), "{}", text(&saved));
+    assert!(
+        text(&saved).contains("snapshot at height"),
+        "{}",
+        text(&saved)
+    );
+    let genesis = chain.join("genesis.toml");
+    let inspected = run(
+        LEDGERD,
+        &[
+            "snapshot",
+            "inspect",
+            file.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+    );
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    assert!(text(&inspected).contains("checked against the genesis file"));
+
+    daemons[3].take().unwrap().stop();
+    std::fs::remove_dir_all(chain.join("node3/data")).unwrap();
+    let restore = || {
+        let file = file.to_str().unwrap();
+        run(
+            LEDGERD,
+            &["snapshot", "restore", file, "--config", &config(3)],
+        )
+    };
+    let restored = restore();
+    assert!(restored.status.success(), "{}", text(&restored));
+    let again = restore();
+    assert!(
+        !again.status.success(),
+        "a second restore must refuse: {}",
+        text(&again)
+    );
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    assert_eq!(status(node(&daemons, 3))["history_from"], 1);
+    let url = &node(&daemons, 3).url;
+    let (code, entry) = http("GET", &format!("{url}/v1/entries/{}", before[0]), None);
+    assert_eq!(
+        (code, entry["status"].as_str()),
+        (200, Some("committed")),
+        "{entry}"
+    );
+    commit_batch(node(&daemons, 3), "after", 4);
+    let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    converge(&daemons, tip);
+    stop_all(&mut daemons);
 }

@@ -71,9 +71,44 @@ enum Command {
     },
     /// A local cluster on loopback under one directory, for trying the ledger out.
     Dev(Dev),
+    /// Backups: snapshot files that rebuild a node's database, checked whole.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Validation plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Write a snapshot file of the node: from its database when it is stopped (at
+    /// its tip), else through its client API (its latest snapshot and every block up
+    /// to its tip).
+    Save {
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// The file to write.
+        out: PathBuf,
+    },
+    /// Build the node's database from a snapshot file, checking everything in it
+    /// against the genesis file; the database must not exist.
+    Restore {
+        /// The snapshot file.
+        input: PathBuf,
+        /// The node's ledgerd.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Say what a snapshot file holds; with --genesis, check all of it as a restore
+    /// would. Exit 1 when it fails a check.
+    Inspect {
+        /// The snapshot file.
+        input: PathBuf,
+        /// The chain's genesis file.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check_database(&config),
+        Command::Snapshot(command) => snapshot(command),
         Command::Migrate { config, check } => migrate(&config, check),
         Command::Plugins(PluginsCommand::Check { file, config }) => check_plugin(&file, config),
         Command::Dev(Dev {
@@ -294,6 +330,123 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
 }
 
 /// `ledgerd check`: progress on stderr, the verdict on stdout.
+fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    use ledger::backup;
+    let describe = |contents: &backup::Contents| {
+        let manifest = &contents.manifest;
+        format!(
+            "snapshot at height {} (block {}), {} entries in {} chunks, blocks 1 to {}, \
+             {} signatures on its certificate, {} bytes",
+            manifest.height(),
+            manifest.header.hash(),
+            manifest.header.log_size,
+            manifest.chunks(),
+            contents.tip,
+            manifest.certificate.signatures.len(),
+            contents.bytes
+        )
+    };
+    match command {
+        SnapshotCommand::Save { config: path, out } => {
+            let config = NodeConfig::load(&path)?;
+            let spec = config.chain_spec()?;
+            let temporary = out.with_extension("partial");
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&temporary)
+                    .with_context(|| format!("creating {}", temporary.display()))?,
+            );
+            let database = config.database_path();
+            let saved = match ledger::storage::Store::open_read_only(&database, &spec) {
+                Ok(store) => {
+                    let metrics = std::sync::Arc::default();
+                    let plugins = ledger::plugin_host::Plugins::load(&config.plugins, metrics)?;
+                    let window = ledger::chain::Policy::difficulty_window(&plugins) as u64;
+                    backup::save_from_store(&store, window, &mut file).map_err(anyhow::Error::from)
+                }
+                // Held by a running node: through its API.
+                Err(stopped) => {
+                    let url = format!("http://{}", config.api_listen);
+                    backup::save_from_api(&spec, &url, &mut file).with_context(|| {
+                        format!("the database cannot be read ({stopped}), nor the node asked")
+                    })
+                }
+            };
+            let contents = match saved {
+                Ok(contents) => contents,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&temporary);
+                    return Err(error);
+                }
+            };
+            file.into_inner()
+                .map_err(|error| error.into_error())
+                .and_then(|file| file.sync_all())
+                .and_then(|()| std::fs::rename(&temporary, &out))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}: {}", out.display(), describe(&contents));
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Restore {
+            input,
+            config: path,
+        } => {
+            let config = NodeConfig::load(&path)?;
+            let spec = config.chain_spec()?;
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
+            let file = std::io::BufReader::new(
+                std::fs::File::open(&input)
+                    .with_context(|| format!("opening {}", input.display()))?,
+            );
+            let options = ledger::storage::StoreOptions {
+                two_phase_commit: config.two_phase_commit,
+            };
+            let contents = backup::restore(
+                &spec,
+                file,
+                &config.database_path(),
+                &config.data_dir.join("ledger.redb.restoring"),
+                options,
+            )
+            .with_context(|| format!("restoring {}", input.display()))?;
+            println!(
+                "restored {} from {}: {}",
+                config.database_path().display(),
+                input.display(),
+                describe(&contents)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Inspect { input, genesis } => {
+            let spec = genesis
+                .map(|genesis| {
+                    std::fs::read_to_string(&genesis)
+                        .with_context(|| format!("reading {}", genesis.display()))
+                        .and_then(|text| Ok(ledger::chain::ChainSpec::from_toml(&text)?))
+                })
+                .transpose()?;
+            let file = std::io::BufReader::new(
+                std::fs::File::open(&input)
+                    .with_context(|| format!("opening {}", input.display()))?,
+            );
+            match backup::inspect(file, spec.as_ref()) {
+                Ok(contents) => {
+                    let checked = match spec {
+                        Some(_) => "checked against the genesis file",
+                        None => "decoded, not checked (pass --genesis)",
+                    };
+                    println!("{}: {}; {checked}", input.display(), describe(&contents));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    println!("{}: {error}", input.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
 fn check_database(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(path)?;
     let database = config.database_path();
