@@ -286,17 +286,18 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 3);
+        assert_eq!(pending(&database).unwrap().len(), 4);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 3 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 3, to: 3 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 4 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 4, to: 4 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
+        txn.open_table(schema::BASE_HEADERS).unwrap();
     }
 
     #[test]
@@ -314,7 +315,7 @@ mod tests {
             error,
             MigrationError::TooNew {
                 found: 7,
-                supported: 3
+                supported: CURRENT_VERSION
             }
         ));
         assert!(error.to_string().contains("newer than this build"));
@@ -340,7 +341,10 @@ mod tests {
         }
         txn.commit().unwrap();
 
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 2, to: 3 });
+        assert_eq!(
+            migrate_to(&database, 3).unwrap(),
+            Upgrade { from: 2, to: 3 }
+        );
         let txn = database.begin_read().unwrap();
         let ids = txn.open_table(schema::ENTRY_IDS).unwrap();
         for (id, (_, _, log_index)) in &rows {
