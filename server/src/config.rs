@@ -83,6 +83,10 @@ pub struct NodeConfig {
     /// Most entries waiting for a block; beyond it submits get 503.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
+    /// Whether a cluster member that starts without a database joins from a
+    /// snapshot (else it replays the chain from its peers).
+    #[serde(default = "default_true")]
+    pub join_from_snapshot: bool,
     /// Most snapshot chunks served to joining nodes at once; more are told to retry.
     #[serde(default = "default_snapshot_transfers")]
     pub snapshot_transfers: usize,
@@ -167,6 +171,7 @@ impl NodeConfig {
             max_block_entries: default_max_block_entries(),
             max_block_delay_ms: default_max_block_delay_ms(),
             pool_capacity: default_pool_capacity(),
+            join_from_snapshot: true,
             snapshot_transfers: default_snapshot_transfers(),
             mining_threads: None,
             two_phase_commit: true,

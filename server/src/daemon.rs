@@ -102,8 +102,15 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
 /// other members serve (their API addresses in the genesis file). Unless `required`,
 /// a chain with no snapshot yet, or a join that fails, leaves the node to replay the
 /// chain from its peers, as it always could.
-fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
+fn join_if_new(
+    config: &NodeConfig,
+    required: bool,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
     let path = config.database_path();
+    if !required && !config.join_from_snapshot {
+        return Ok(());
+    }
     if path.exists() {
         if required {
             bail!(
@@ -124,7 +131,7 @@ fn join_if_new(config: &NodeConfig, required: bool) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    match crate::join::join(&spec, &join) {
+    match crate::join::join(&spec, &join, metrics) {
         Ok(Joined::Restored { .. }) => Ok(()),
         Ok(Joined::NoSnapshot) => {
             tracing::info!("no member offers a snapshot yet: the chain is replayed from the peers");
@@ -322,9 +329,11 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let check = start == Start::Check;
+    // Made first: a join counts what it fetched, and /metrics shows it once serving.
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || join_if_new(&config, start == Start::Join)
+        let (config, metrics) = (config.clone(), Arc::clone(&metrics));
+        move || join_if_new(&config, start == Start::Join, &metrics)
     })
     .await??;
     let (store, key) = tokio::task::spawn_blocking({
@@ -369,7 +378,6 @@ pub async fn run(
             .and_then(NonZeroUsize::new)
             .unwrap_or_else(crate::pow::default_threads),
     };
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let plugins = Plugins::load(&config.plugins, Arc::clone(&metrics))
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
@@ -440,8 +448,9 @@ pub async fn run(
                 ..join_config(&config, store.spec())?
             };
             let (store, stop) = (Arc::clone(&store), Arc::clone(&history));
+            let metrics = Arc::clone(node.metrics());
             Ok(tokio::task::spawn_blocking(move || {
-                crate::join::backfill(&store, &join.sources, &stop, &join)
+                crate::join::backfill(&store, &join.sources, &stop, &join, &metrics)
             }))
         })
         .transpose()?;

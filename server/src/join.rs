@@ -20,6 +20,7 @@ use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainError, ChainSpec};
 use crate::engine::lock;
+use crate::metrics::Metrics;
 use crate::net::Wire;
 use crate::storage::{Restore, Store, StoreError};
 
@@ -95,8 +96,9 @@ enum Fetch {
     Gone,
 }
 
-/// Joins from the snapshot the members offer (see the module docs).
-pub fn join(spec: &ChainSpec, config: &JoinConfig) -> Result<Joined, JoinError> {
+/// Joins from the snapshot the members offer (see the module docs), counting what
+/// it fetches in `metrics`.
+pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(config.timeout))
@@ -125,7 +127,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig) -> Result<Joined, JoinError> 
         "joining from a snapshot"
     );
     let restore = Restore::begin(&config.staging, spec, best.clone())?;
-    let fetched = fetch_chunks(&agent, &sources, restore, config)?;
+    let fetched = fetch_chunks(&agent, &sources, restore, config, metrics)?;
     let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
     fetched.restore.finish(spec, &block, &config.path)?;
     let (chunks, bytes) = (fetched.chunks, fetched.bytes);
@@ -207,6 +209,7 @@ fn fetch_chunks(
     sources: &[&str],
     restore: Restore,
     config: &JoinConfig,
+    metrics: &Metrics,
 ) -> Result<Fetched, JoinError> {
     let manifest = restore.manifest().clone();
     let total = manifest.chunks();
@@ -231,7 +234,7 @@ fn fetch_chunks(
         for &source in sources {
             let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
             scope.spawn(move || {
-                worker(agent, source, manifest, transfer, changed);
+                worker(agent, source, manifest, transfer, changed, metrics);
                 lock(transfer).workers -= 1;
                 changed.notify_all();
             });
@@ -292,6 +295,7 @@ fn worker(
     manifest: &Manifest,
     transfer: &Mutex<Transfer>,
     changed: &Condvar,
+    metrics: &Metrics,
 ) {
     let height = manifest.height();
     let limit = 32u64 << MAX_TILE_LEVEL;
@@ -334,6 +338,12 @@ fn worker(
                 } else {
                     state.chunks += 1;
                     state.bytes += bytes;
+                    metrics
+                        .snapshot_chunks_fetched
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .snapshot_bytes_fetched
+                        .fetch_add(bytes, Ordering::Relaxed);
                 }
                 changed.notify_all();
                 continue;
@@ -421,7 +431,13 @@ fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
 /// its entries against the ids the log holds) from `sources` in turn, until the
 /// store holds the whole chain or `stop` is set. A member whose block fails is passed
 /// over for the next; when none has it, the next round waits a few seconds.
-pub fn backfill(store: &Store, sources: &[String], stop: &AtomicBool, config: &JoinConfig) {
+pub fn backfill(
+    store: &Store,
+    sources: &[String],
+    stop: &AtomicBool,
+    config: &JoinConfig,
+    metrics: &Metrics,
+) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(config.timeout))
@@ -454,6 +470,9 @@ pub fn backfill(store: &Store, sources: &[String], stop: &AtomicBool, config: &J
                 });
             match outcome {
                 Ok(()) => {
+                    metrics
+                        .history_blocks_fetched
+                        .fetch_add(1, Ordering::Relaxed);
                     held = true;
                     break;
                 }

@@ -144,6 +144,18 @@ pub struct Metrics {
     pub store_failed: AtomicU64,
     /// 1 once damage was found (until the node restarts on a repaired database).
     pub store_damaged: AtomicU64,
+    /// Snapshot chunks served to joining nodes.
+    pub snapshot_chunks_served: AtomicU64,
+    /// Bytes of snapshot chunks served.
+    pub snapshot_bytes_served: AtomicU64,
+    /// Snapshot chunks this node fetched and checked when it joined.
+    pub snapshot_chunks_fetched: AtomicU64,
+    /// Bytes of snapshot chunks fetched.
+    pub snapshot_bytes_fetched: AtomicU64,
+    /// Blocks below a snapshot fetched and checked since start.
+    pub history_blocks_fetched: AtomicU64,
+    /// The lowest height above genesis whose block is held (1 once it holds all).
+    pub history_from: AtomicU64,
 }
 
 impl Metrics {
@@ -183,7 +195,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let metrics: [(&str, &str, &str, Value); 17] = [
+        let metrics: [(&str, &str, &str, Value); 23] = [
             (
                 "ledger_height",
                 "gauge",
@@ -285,6 +297,42 @@ impl Metrics {
                 "gauge",
                 "1 once damage was found in the database: the node is not ready until repaired.",
                 Value::Count(&self.store_damaged),
+            ),
+            (
+                "ledger_snapshot_chunks_served_total",
+                "counter",
+                "Snapshot chunks served to joining nodes.",
+                Value::Count(&self.snapshot_chunks_served),
+            ),
+            (
+                "ledger_snapshot_bytes_served_total",
+                "counter",
+                "Bytes of snapshot chunks served to joining nodes.",
+                Value::Count(&self.snapshot_bytes_served),
+            ),
+            (
+                "ledger_snapshot_chunks_fetched_total",
+                "counter",
+                "Snapshot chunks fetched and checked when this node joined.",
+                Value::Count(&self.snapshot_chunks_fetched),
+            ),
+            (
+                "ledger_snapshot_bytes_fetched_total",
+                "counter",
+                "Bytes of snapshot chunks fetched when this node joined.",
+                Value::Count(&self.snapshot_bytes_fetched),
+            ),
+            (
+                "ledger_history_blocks_fetched_total",
+                "counter",
+                "Blocks below the snapshot this node joined from, fetched and checked.",
+                Value::Count(&self.history_blocks_fetched),
+            ),
+            (
+                "ledger_history_from",
+                "gauge",
+                "Lowest height above genesis whose block this node holds (1: the whole chain).",
+                Value::Count(&self.history_from),
             ),
         ];
         for (name, kind, help, value) in metrics {

@@ -80,6 +80,7 @@ impl Node {
         Node {
             snapshots: Snapshots::new(
                 Arc::clone(&store),
+                Arc::clone(&metrics),
                 window,
                 DEFAULT_TRANSFERS,
                 DEFAULT_TILE_LEVEL,
@@ -98,7 +99,13 @@ impl Node {
     /// `2^tile_level` ids (`DEFAULT_TILE_LEVEL` but in tests of short chains).
     pub fn with_snapshots(mut self, transfers: usize, tile_level: u8) -> Node {
         let window = self.plugins.difficulty_window() as u64;
-        self.snapshots = Snapshots::new(Arc::clone(&self.store), window, transfers, tile_level);
+        self.snapshots = Snapshots::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+            window,
+            transfers,
+            tile_level,
+        );
         self
     }
 

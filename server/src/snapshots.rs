@@ -10,12 +10,14 @@
 //! and since the log only grows, every full tile a joiner already checked is a full
 //! tile of the newer snapshot too.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
 use crate::chain::snapshot::Manifest;
 use crate::engine::{blocking, lock};
+use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError};
 
 /// Chunk reads a member serves at once unless `snapshot_transfers` says otherwise.
@@ -62,6 +64,7 @@ pub enum SnapshotServeError {
 /// The snapshots a node serves.
 pub struct Snapshots {
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     /// How many headers below a snapshot the difficulty policy reads, plus one.
     window: u64,
     tile_level: u8,
@@ -75,9 +78,16 @@ impl Snapshots {
     /// Snapshots of `store`'s chain in tiles of `2^tile_level` ids, carrying the
     /// `window` headers the difficulty policy reads, serving at most `max_transfers`
     /// chunks at once.
-    pub fn new(store: Arc<Store>, window: u64, max_transfers: usize, tile_level: u8) -> Snapshots {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        window: u64,
+        max_transfers: usize,
+        tile_level: u8,
+    ) -> Snapshots {
         Snapshots {
             store,
+            metrics,
             window,
             tile_level,
             manifests: Mutex::new(Vec::new()),
@@ -156,6 +166,13 @@ impl Snapshots {
             .try_acquire()
             .map_err(|_| SnapshotServeError::Busy(self.max_transfers))?;
         let store = Arc::clone(&self.store);
-        Ok(blocking(move || store.snapshot_chunk(&manifest, index)).await?)
+        let chunk = blocking(move || store.snapshot_chunk(&manifest, index)).await?;
+        self.metrics
+            .snapshot_chunks_served
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .snapshot_bytes_served
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(chunk)
     }
 }

@@ -78,6 +78,26 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     );
     assert_eq!(code, 409);
 
+    // What the join fetched and served is counted.
+    let metric = |i: usize, name: &str| -> u64 {
+        let (code, text) = get_bytes(&format!("{}/metrics", node(&daemons, i).url));
+        assert_eq!(code, 200);
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric(3, "ledger_snapshot_chunks_fetched_total"), 1);
+    assert_eq!(metric(3, "ledger_history_from"), 1);
+    assert_eq!(metric(3, "ledger_history_blocks_fetched_total"), height - 1);
+    let served: u64 = (0..3)
+        .map(|i| metric(i, "ledger_snapshot_chunks_served_total"))
+        .sum();
+    assert_eq!(served, 1);
+
     let logs = stop_all(&mut daemons);
     let restored = logs[3]
         .lines()
@@ -165,4 +185,24 @@ fn a_backup_of_a_running_member_restores_another() {
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
     stop_all(&mut daemons);
+}
+
+/// With `join_from_snapshot = false` a member whose disk was lost replays every
+/// block from its peers, as before snapshots existed.
+#[test]
+fn a_member_told_not_to_join_from_a_snapshot_replays_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base, mut daemons) = snapshotting_cluster(&chain);
+    commit_batch(node(&daemons, 1), "before", 30);
+    snapshot_at_least(node(&daemons, 0), 5);
+    daemons[3].take().unwrap().stop();
+    std::fs::remove_dir_all(chain.join("node3/data")).unwrap();
+    set(&configs[3..], "join_from_snapshot", "false");
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    converge(&daemons, tip);
+    assert_eq!(status(node(&daemons, 3))["history_from"], 1);
+    let logs = stop_all(&mut daemons);
+    assert!(!logs[3].contains("joining from a snapshot"), "{}", logs[3]);
 }

@@ -423,7 +423,7 @@ async fn join_from(
         progress_every: Duration::from_secs(1),
     };
     let spec = spec.clone();
-    tokio::task::spawn_blocking(move || ledger::join::join(&spec, &config))
+    tokio::task::spawn_blocking(move || ledger::join::join(&spec, &config, &Default::default()))
         .await
         .unwrap()
 }

@@ -752,6 +752,9 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
     responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let store = node.store();
+    node.metrics()
+        .history_from
+        .store(store.history_from(), std::sync::atomic::Ordering::Relaxed);
     node.metrics().record_store(
         store.health(),
         store.failure().is_some(),
