@@ -131,7 +131,17 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
     fetched.restore.finish(spec, &block, &config.path)?;
     let (chunks, bytes) = (fetched.chunks, fetched.bytes);
-    tracing::info!(height, chunks, bytes, "restored from a snapshot");
+    // What the join itself cost in memory, before the node loads its id map.
+    let peak_rss_mib = peak_rss_mib().unwrap_or(0);
+    let manifest_bytes = best.encode().len();
+    tracing::info!(
+        height,
+        chunks,
+        bytes,
+        manifest_bytes,
+        peak_rss_mib,
+        "restored from a snapshot"
+    );
     Ok(Joined::Restored {
         height,
         chunks,
@@ -405,6 +415,14 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
         }
     }
     None
+}
+
+/// This process's peak resident set so far, where /proc tells it.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// GETs `url`, reading at most `limit` bytes of body.

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The joining benchmark (issue 17): a 4-member cluster filled with $ENTRIES entries
+# of 100 bytes; then member 3 loses its data directory and rejoins, (a) replaying
+# every block from its peers (join_from_snapshot = false), (b) from a snapshot, one
+# after the other in the same run, each while a paced load of waiting clients
+# commits through member 1.
+#
+#   cargo build --release -p ledger --bins -p ledger-benches
+#   benches/join.sh [WORKDIR] [ENTRIES]
+#
+# Prints per way: seconds from the start of the process until it validates new
+# blocks (its height reaches the others' tip), until it holds the whole history
+# (history_from = 1), the snapshot bytes it fetched against the size of the entry
+# ids (32 bytes each), its peak RSS, and the cluster's committed rate during the
+# join against the same load without one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/ledger-join-bench}
+entries=${2:-1000000}
+rate=${RATE:-400}          # the paced load during each join, entries/s
+load_seconds=${LOAD:-40}   # how long that load runs
+bin=${BIN:-target/release}
+base=27500
+rm -rf "$work"
+mkdir -p "$work"
+
+"$bin/ledgerd" dev init --nodes 4 --dir "$work/ledger" --base-port $base >/dev/null
+pids=()
+start_node() {
+    local level=warn
+    [ "$1" = 3 ] && level=info  # the joiner's progress lines
+    RUST_LOG=$level "$bin/ledgerd" run --config "$work/ledger/node$1/ledgerd.toml" \
+        2>>"$work/node$1.log" &
+    pids[$1]=$!
+}
+stop_all() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+for i in 0 1 2 3; do start_node $i; done
+member() { echo "http://127.0.0.1:$((base + 2 * $1))"; }
+for _ in $(seq 100); do
+    "$bin/ledgerctl" --node "$(member 1)" status >/dev/null 2>&1 && break
+    sleep 0.1
+done
+"$bin/ledgerctl" --node "$(member 1)" submit warm-up --wait >/dev/null
+log_size() { curl -sf "$(member 1)/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_size"])'; }
+
+echo "== filling the cluster with $entries entries of 100 bytes"
+started=$(date +%s)
+while [ "$(log_size)" -lt "$entries" ]; do
+    "$bin/ledger-loadgen" --addr "127.0.0.1:$((base + 2))" --clients 64 --duration 10 \
+        >/dev/null
+done
+echo "   $(log_size) entries in $(( $(date +%s) - started )) s"
+
+loadgen() {
+    "$bin/ledger-loadgen" --addr "127.0.0.1:$((base + 2))" --clients 256 --wait \
+        --rate "$rate" --duration "$load_seconds"
+}
+rate_of() { awk '/node committed/ { print $(NF-1) }' "$1"; }
+echo "== the load alone: $rate/s paced over 256 waiting clients for $load_seconds s"
+loadgen | tee "$work/load-alone.txt"
+
+for way in replay snapshot; do
+    echo "== member 3 loses its data directory and rejoins by $way, under the same load"
+    kill "${pids[3]}"
+    wait "${pids[3]}" 2>/dev/null || true
+    rm -rf "$work/ledger/node3/data"
+    config="$work/ledger/node3/ledgerd.toml"
+    sed -i '/^join_from_snapshot = /d' "$config"
+    [ "$way" = replay ] && echo 'join_from_snapshot = false' >>"$config"
+    loadgen >"$work/load-$way.txt" &
+    load=$!
+    sleep 1
+    start_node 3
+    python3 - "$(member 0)" "$(member 3)" "${pids[3]}" "$work/node3.log" <<'PY'
+import json, re, sys, time, urllib.request
+others, joiner, pid, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def get(url, raw=False):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = r.read()
+            return body if raw else body.decode()
+    except Exception:
+        return None
+def status(url):
+    text = get(url + "/v1/status")
+    return json.loads(text) if text else None
+def peak_rss():
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) // 1024
+started = time.monotonic()
+deadline = started + 3600
+validating = history = None
+rss = 0
+while time.monotonic() < deadline and history is None:
+    rss = max(rss, peak_rss())
+    mine, theirs = status(joiner), status(others)
+    now = time.monotonic() - started
+    if mine and theirs:
+        if validating is None and mine["height"] >= theirs["height"]:
+            validating = now
+        if validating is not None and mine["history_from"] == 1:
+            history = now
+    time.sleep(0.2)
+metrics = get(joiner + "/metrics") or ""
+def metric(name):
+    found = re.search(rf"^{name} (\d+)$", metrics, re.M)
+    return int(found.group(1)) if found else 0
+fetched = metric("ledger_snapshot_bytes_fetched_total")
+print(f"   validating new blocks after {validating:.1f} s; whole history after {history:.1f} s")
+restored = re.findall(r"restored from a snapshot.*?height=(\d+).*?manifest_bytes=(\d+) "
+                      r"peak_rss_mib=(\d+)", open(log).read())
+if restored:
+    # What a join transfers before it validates: the manifest, the chunks (the ids,
+    # 32 bytes each) and block h, against the ids alone.
+    h, manifest, join_rss = (int(x) for x in restored[-1])
+    ids = json.loads(get(f"{others}/v1/blocks/{h}"))["log_size"]
+    block = len(get(f"{others}/v1/blocks/{h}/committed", raw=True) or b"")
+    total = fetched + manifest + block
+    print(f"   snapshot at {h}: {ids} ids; fetched {fetched} B of chunks, {manifest} B of "
+          f"manifest, {block} B of block {h}: {total / (32 * ids):.3f}x the ids' {32 * ids} B")
+    print(f"   peak RSS of the join itself (before the node loads its id map) {join_rss} MiB")
+print(f"   history blocks fetched {metric('ledger_history_blocks_fetched_total')}")
+print(f"   peak RSS of the joiner process, running node included {rss} MiB")
+PY
+    wait $load || true
+    echo "   the load meanwhile: $(rate_of "$work/load-$way.txt") committed entries/s, alone $(rate_of "$work/load-alone.txt")"
+    grep -E "latency" "$work/load-$way.txt" | sed 's/^/   /' || true
+done
