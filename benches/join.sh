@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/ledger-join-bench}
 entries=${2:-1000000}
-rate=${RATE:-400}          # the paced load during each join, entries/s
+rate=${RATE:-}             # the paced load during each join; half the fill rate if unset
 load_seconds=${LOAD:-40}   # how long that load runs
 bin=${BIN:-target/release}
 base=27500
@@ -52,7 +52,19 @@ while [ "$(log_size)" -lt "$entries" ]; do
     "$bin/ledger-loadgen" --addr "127.0.0.1:$((base + 2))" --clients 64 --duration 10 \
         >/dev/null
 done
-echo "   $(log_size) entries in $(( $(date +%s) - started )) s"
+filled=$(log_size)
+elapsed=$(( $(date +%s) - started ))
+echo "   $filled entries in $elapsed s"
+# Half of what the cluster committed while filling: the half load of the issue.
+[ -n "$rate" ] || rate=$(( filled / (elapsed > 0 ? elapsed : 1) / 2 ))
+
+# What the fill left in the pools commits first, so the loads below measure only
+# themselves.
+pool() { curl -sf "$(member 1)/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool_size"])'; }
+for _ in $(seq 600); do
+    [ "$(pool)" -eq 0 ] && break
+    sleep 1
+done
 
 loadgen() {
     "$bin/ledger-loadgen" --addr "127.0.0.1:$((base + 2))" --clients 256 --wait \

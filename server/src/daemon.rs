@@ -133,6 +133,10 @@ fn join_if_new(
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     match crate::join::join(&spec, &join, metrics) {
         Ok(Joined::Restored { .. }) => Ok(()),
+        Ok(Joined::NoSnapshot) if required => bail!(
+            "no member offers a snapshot (the chain is younger than one checkpoint interval, \
+             or no member answered); `ledgerd run` replays the chain from the peers instead"
+        ),
         Ok(Joined::NoSnapshot) => {
             tracing::info!("no member offers a snapshot yet: the chain is replayed from the peers");
             Ok(())

@@ -26,6 +26,8 @@ use crate::storage::{Restore, Store, StoreError};
 
 /// Failures after which a member is no longer asked for chunks.
 pub const STRIKES: u32 = 3;
+/// "Busy" answers in a row (one a second) after which a member counts as failing.
+const BUSY_PATIENCE: u32 = 30;
 
 /// Where to join from and how patiently.
 #[derive(Clone, Debug)]
@@ -309,7 +311,7 @@ fn worker(
 ) {
     let height = manifest.height();
     let limit = 32u64 << MAX_TILE_LEVEL;
-    let mut strikes = 0;
+    let (mut strikes, mut busy) = (0, 0);
     loop {
         let index = {
             let mut state = lock(transfer);
@@ -343,6 +345,7 @@ fn worker(
         state.in_flight -= 1;
         match fetched {
             Ok((ids, bytes)) => {
+                busy = 0;
                 if let Err(error) = state.restore.write_tile(index, &ids) {
                     state.failure = Some(error);
                 } else {
@@ -358,12 +361,23 @@ fn worker(
                 changed.notify_all();
                 continue;
             }
-            Err(Fetch::Busy) => {
+            // A member busy serving others is asked again, but one that stays busy
+            // for BUSY_PATIENCE answers in a row counts as failing.
+            Err(Fetch::Busy) if busy < BUSY_PATIENCE => {
+                busy += 1;
                 state.queue.push_back(index);
                 changed.notify_all();
                 drop(state);
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
+            }
+            Err(Fetch::Busy) => {
+                busy = 0;
+                state.queue.push_front(index);
+                changed.notify_all();
+                strikes += 1;
+                state.strikes.insert(source.to_owned(), strikes);
+                tracing::warn!(%source, strikes, "a member stayed too busy to serve snapshot chunks");
             }
             Err(Fetch::Gone) => {
                 state.queue.push_front(index);

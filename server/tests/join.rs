@@ -206,3 +206,20 @@ fn a_member_told_not_to_join_from_a_snapshot_replays_the_chain() {
     let logs = stop_all(&mut daemons);
     assert!(!logs[3].contains("joining from a snapshot"), "{}", logs[3]);
 }
+
+/// `ledgerd join` must join: with no member answering it fails at once, saying so,
+/// and leaves no database behind.
+#[test]
+fn ledgerd_join_fails_when_no_member_offers_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, _) = layout(&chain, 4);
+    let joined = run(LEDGERD, &["join", "--config", configs[3].to_str().unwrap()]);
+    assert!(!joined.status.success());
+    assert!(
+        text(&joined).contains("no member offers a snapshot"),
+        "{}",
+        text(&joined)
+    );
+    assert!(!chain.join("node3/data/ledger.redb").exists());
+}

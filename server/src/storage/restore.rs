@@ -19,13 +19,15 @@ use ledger_migrations::schema::{
 };
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{corrupt, create_file, write_identity, StoreError, StoredNodes};
+use super::{corrupt, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::Manifest;
 use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash};
 
 /// Tile index → its root, for the tiles written so far (staging file only).
 const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
+/// The staging database's page cache.
+const RESTORE_CACHE_BYTES: usize = 32 << 20;
 /// `meta` key of the manifest being restored (staging file only).
 const META_RESTORING: &str = "restoring";
 
@@ -47,7 +49,15 @@ impl Restore {
         spec: &ChainSpec,
         manifest: Manifest,
     ) -> Result<Restore, StoreError> {
-        let database = create_file(staging)?;
+        // redb keeps what a transaction wrote in its cache; bounded, a join's memory
+        // does not grow with the history it restores.
+        let database = Database::builder()
+            .set_cache_size(RESTORE_CACHE_BYTES)
+            .create(staging)
+            .map_err(|error| StoreError::Open {
+                path: staging.to_owned(),
+                reason: error.to_string(),
+            })?;
         ledger_migrations::migrate(&database).map_err(|source| StoreError::Schema {
             path: staging.to_owned(),
             source,
