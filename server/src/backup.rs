@@ -437,6 +437,7 @@ pub fn restore(
         return Err(error);
     }
     std::fs::rename(&built, path)?;
+    crate::storage::sync_parent(path)?;
     Ok(Contents {
         manifest,
         tip,
@@ -463,9 +464,21 @@ fn fill(
             .map_err(|error: ChainError| BackupError::Invalid(format!("block {at}: {error}")))?;
         store.apply_block(&block, &certificate)?;
     }
-    for at in (1..height).rev() {
-        let (block, certificate) = reader.committed(at)?;
-        store.backfill(&block, &certificate)?;
+    // Each block below h needs the header of the one below it, the next record.
+    let mut pending = match height {
+        1 => None,
+        _ => Some(reader.committed(height - 1)?),
+    };
+    while let Some((block, certificate)) = pending.take() {
+        let at = block.header.height;
+        pending = match at {
+            1 => None,
+            _ => Some(reader.committed(at - 1)?),
+        };
+        let parent = pending
+            .as_ref()
+            .map_or(spec.genesis_block().header, |(below, _)| below.header);
+        store.backfill(&block, &certificate, &parent)?;
     }
     let mut rest = [0u8; 1];
     if reader.input.read(&mut rest)? != 0 {

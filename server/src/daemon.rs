@@ -443,8 +443,10 @@ pub async fn run(
         let _ = receiver.wait_for(|stop| *stop).await;
     };
     let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
-    // A node restored from a snapshot fetches the blocks below it meanwhile.
+    // A node restored from a snapshot fetches the blocks below it meanwhile, until
+    // the node stops, on any path out of here.
     let history = Arc::new(AtomicBool::new(false));
+    let _stop_history = SetOnDrop(Arc::clone(&history));
     let backfill = (store.history_from() > 1)
         .then(|| -> anyhow::Result<_> {
             let join = JoinConfig {
@@ -490,6 +492,15 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A listening socket with room for `backlog` connections not yet accepted.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
-use crate::chain::{Block, ChainError, ChainSpec};
+use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate};
 use crate::engine::lock;
 use crate::metrics::Metrics;
 use crate::net::Wire;
@@ -107,18 +107,33 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         .build()
         .into();
     let (offers, refused) = offers(&agent, spec, &config.sources);
+    // The same snapshot (block, tiles, headers; certificates may differ) offered by
+    // f + 1 members has an honest one behind it: the highest such is preferred, so
+    // one member offering a snapshot only it serves cannot stall the join.
+    let same = |a: &Manifest, b: &Manifest| {
+        a.header == b.header
+            && a.tile_level == b.tile_level
+            && a.tile_roots == b.tile_roots
+            && a.recent == b.recent
+    };
+    let support = |manifest: &Manifest| {
+        offers
+            .iter()
+            .filter(|(_, other)| same(manifest, other))
+            .count()
+    };
+    let backed = spec.members.max_faulty() + 1;
     let Some(best) = offers
         .iter()
         .map(|(_, manifest)| manifest)
-        .max_by_key(|m| m.height())
+        .max_by_key(|manifest| (support(manifest) >= backed, manifest.height()))
     else {
         return Ok(Joined::NoSnapshot);
     };
-    let hash = best.header.hash();
     let height = best.height();
     let sources: Vec<&str> = offers
         .iter()
-        .filter(|(_, manifest)| manifest.header.hash() == hash)
+        .filter(|(_, manifest)| same(manifest, best))
         .map(|(source, _)| source.as_str())
         .collect();
     tracing::info!(
@@ -485,23 +500,44 @@ pub fn backfill(
             "fetching the history below the snapshot"
         );
     }
+    let genesis = store.spec().genesis_block().header;
+    // The block below the one being added: its header says where the added block's
+    // entries start, and it is the next one added.
+    let mut below: Option<(Block, CommitCertificate)> = None;
     while store.history_from() > 1 && !stop.load(Ordering::Relaxed) {
         let height = store.history_from() - 1;
         let mut held = false;
         for _ in 0..sources.len() {
             let source = &sources[turn % sources.len()];
             turn += 1;
-            let url = format!("{source}/v1/blocks/{height}/committed");
-            let outcome =
+            let fetch = |height: u64| {
+                let url = format!("{source}/v1/blocks/{height}/committed");
                 get(&agent, &url, 64 << 20).and_then(|bytes| match Wire::decode(&bytes) {
-                    Ok(Wire::Committed { block, certificate }) => store
-                        .backfill(&block, &certificate)
-                        .map_err(|error| Fetch::Failed(error.to_string())),
-                    Ok(_) => Err(Fetch::Failed("not a committed block".into())),
+                    Ok(Wire::Committed { block, certificate }) if block.header.height == height => {
+                        Ok((block, certificate))
+                    }
+                    Ok(_) => Err(Fetch::Failed(format!("not committed block {height}"))),
                     Err(error) => Err(Fetch::Failed(error.to_string())),
+                })
+            };
+            let outcome = below
+                .take()
+                .filter(|(block, _)| block.header.height == height)
+                .map_or_else(|| fetch(height), Ok)
+                .and_then(|(block, certificate)| {
+                    let parent = match height {
+                        1 => None,
+                        _ => Some(fetch(height - 1)?),
+                    };
+                    let parent_header = parent.as_ref().map_or(genesis, |(block, _)| block.header);
+                    store
+                        .backfill(&block, &certificate, &parent_header)
+                        .map_err(|error| Fetch::Failed(error.to_string()))?;
+                    Ok(parent)
                 });
             match outcome {
-                Ok(()) => {
+                Ok(parent) => {
+                    below = parent;
                     metrics
                         .history_blocks_fetched
                         .fetch_add(1, Ordering::Relaxed);

@@ -283,14 +283,32 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
 
     // The history below fills in from the top, each block checked: one that does
     // not link to the lowest held block, or whose entries were altered, is refused.
+    let parent_of = |height: u64| source.header(height - 1).unwrap().unwrap();
     let (skipped, certificate) = source.committed_block(18).unwrap().unwrap();
-    assert!(store.backfill(&skipped, &certificate).is_err());
+    assert!(store
+        .backfill(&skipped, &certificate, &parent_of(18))
+        .is_err());
     let (mut altered, certificate) = source.committed_block(19).unwrap().unwrap();
     altered.entries.swap(0, 1);
-    assert!(store.backfill(&altered, &certificate).is_err());
+    assert!(store
+        .backfill(&altered, &certificate, &parent_of(19))
+        .is_err());
+    // The right header with its first entry left out: the parent's log size shows
+    // the block no longer starts where its log does.
+    let (mut short, certificate) = source.committed_block(19).unwrap().unwrap();
+    short.entries.remove(0);
+    let refused = store.backfill(&short, &certificate, &parent_of(19));
+    assert!(refused.is_err(), "a block missing an entry was taken");
+    // A parent that is not the block's own.
+    let (block, certificate) = source.committed_block(19).unwrap().unwrap();
+    assert!(store
+        .backfill(&block, &certificate, &parent_of(18))
+        .is_err());
     for height in (1..20).rev() {
         let (block, certificate) = source.committed_block(height).unwrap().unwrap();
-        store.backfill(&block, &certificate).unwrap();
+        store
+            .backfill(&block, &certificate, &parent_of(height))
+            .unwrap();
         assert_eq!(store.history_from(), height);
     }
     let (entry, receipt) = store.entry_with_receipt(&ids[3]).unwrap().unwrap();

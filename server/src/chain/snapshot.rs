@@ -293,9 +293,13 @@ impl Manifest {
         self.certificate
             .verify(chain_hash, members, height, &hash)
             .map_err(|source| SnapshotError::Certificate { height, source })?;
+        if self.recent.is_empty() {
+            // Without the header below h, block h's first entry is unknown.
+            return Err(refuse("it carries no header below its own"));
+        }
         let mut above = self.header;
         for header in self.recent.iter().rev() {
-            if header.height + 1 != above.height
+            if header.height.checked_add(1) != Some(above.height)
                 || header.hash() != above.prev_hash
                 || header.chain_hash != *chain_hash
             {
@@ -515,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_wrong_chunk_is_refused() {
-        let (_, manifest) = chain_manifest(5, 0);
+        let (_, manifest) = chain_manifest(5, 1);
         let all = chain_ids(5);
         let mut bytes = chunk_bytes(&manifest, 1, &all);
         bytes[40] ^= 1;
@@ -532,7 +536,7 @@ mod tests {
 
     #[test]
     fn a_forged_or_short_certificate_is_refused() {
-        let (spec, manifest) = chain_manifest(2, 0);
+        let (spec, manifest) = chain_manifest(2, 1);
         let verify = |manifest: &Manifest| manifest.verify(&spec.chain_hash(), &spec.members);
         let mut short = manifest.clone();
         short.certificate.signatures.truncate(2);
@@ -560,7 +564,7 @@ mod tests {
 
     #[test]
     fn tile_roots_that_do_not_fold_are_refused() {
-        let (spec, manifest) = chain_manifest(5, 0);
+        let (spec, manifest) = chain_manifest(5, 1);
         let mut lying = manifest.clone();
         lying.tile_roots[1] = Hash([1; 32]);
         assert!(matches!(
@@ -588,7 +592,7 @@ mod tests {
 
     #[test]
     fn sizes_beyond_the_caps_are_refused_before_reading() {
-        let (_, manifest) = chain_manifest(2, 0);
+        let (_, manifest) = chain_manifest(2, 1);
         let bytes = manifest.encode();
         let over = vec![0u8; MAX_MANIFEST_BYTES + 1];
         assert!(matches!(

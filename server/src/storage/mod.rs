@@ -36,6 +36,7 @@ use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+pub(crate) use restore::sync_parent;
 pub use restore::Restore;
 use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
@@ -687,7 +688,9 @@ impl Store {
     /// the difficulty policy reads are kept; others are [`StoreError::NotHeld`].
     pub fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
         self.observe(self.read(|store, tables| {
-            if height > 0 && height < tables.history_from {
+            // Below the history a kept header, unless the block was added since this
+            // read's `history_from` was taken.
+            if height > 0 && height < tables.history_from && tables.blocks.get(height)?.is_none() {
                 return store.checked_base_header(tables, height).map(Some);
             }
             store.checked_header(tables, height, verify::Anchor::Successor)

@@ -22,7 +22,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use super::{corrupt, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::Manifest;
-use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash};
+use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header};
 
 /// Tile index → its root, for the tiles written so far (staging file only).
 const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
@@ -51,13 +51,26 @@ impl Restore {
     ) -> Result<Restore, StoreError> {
         // redb keeps what a transaction wrote in its cache; bounded, a join's memory
         // does not grow with the history it restores.
-        let database = Database::builder()
-            .set_cache_size(RESTORE_CACHE_BYTES)
-            .create(staging)
-            .map_err(|error| StoreError::Open {
+        let open = || {
+            Database::builder()
+                .set_cache_size(RESTORE_CACHE_BYTES)
+                .create(staging)
+                .map_err(|error| StoreError::Open {
+                    path: staging.to_owned(),
+                    reason: error.to_string(),
+                })
+        };
+        let mut database = open()?;
+        if finished(&database)? {
+            // A restore that completed but was not moved into place (a crash in
+            // between): of an unknown snapshot, so it is started again.
+            drop(database);
+            std::fs::remove_file(staging).map_err(|error| StoreError::Open {
                 path: staging.to_owned(),
-                reason: error.to_string(),
+                reason: format!("removing a finished restore: {error}"),
             })?;
+            database = open()?;
+        }
         ledger_migrations::migrate(&database).map_err(|source| StoreError::Schema {
             path: staging.to_owned(),
             source,
@@ -175,9 +188,20 @@ impl Restore {
             )));
         }
         let size = header.log_size;
-        let start = size
-            .checked_sub(block.entries.len() as u64)
-            .ok_or_else(|| corrupt("the snapshot's block holds more entries than its log"))?;
+        // The header below h (verified with the manifest) says where h's entries
+        // start: a block with entries left out or added would not end there.
+        let parent = manifest
+            .recent
+            .last()
+            .ok_or_else(|| corrupt("the snapshot carries no header below its own"))?;
+        let start = parent.log_size;
+        if size.checked_sub(start) != Some(block.entries.len() as u64) {
+            return Err(corrupt(format!(
+                "block {} holds {} entries, where its log grows from {start} to {size}",
+                header.height,
+                block.entries.len()
+            )));
+        }
         let txn = self.database.begin_write()?;
         {
             let ids = txn.open_table(ENTRY_IDS)?;
@@ -236,7 +260,8 @@ impl Restore {
                 txn.open_table(LOG_STARTS)?.insert(start, height)?;
             }
             let mut kept = txn.open_table(BASE_HEADERS)?;
-            for header in &manifest.recent {
+            // Genesis is a block of its own; only the headers above it are kept.
+            for header in manifest.recent.iter().filter(|header| header.height > 0) {
                 kept.insert(header.height, header.encode().as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
@@ -263,6 +288,18 @@ impl Restore {
     }
 }
 
+/// Whether the staging file holds a finished restore (its `history_from` is set).
+fn finished(database: &Database) -> Result<bool, StoreError> {
+    use redb::ReadableDatabase;
+    let txn = database.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(meta.get(META_HISTORY_FROM)?.is_some())
+}
+
 /// Removes the ids and the Merkle nodes within `range` (a tile that no longer
 /// belongs to the snapshot being restored).
 fn remove_range(
@@ -287,7 +324,7 @@ fn remove_range(
 }
 
 /// Makes a rename in `path`'s directory durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
         _ => Ok(()),
@@ -299,26 +336,37 @@ impl super::Store {
     /// snapshot), with its commit certificate, in one durable write transaction. It
     /// must be the block the lowest held one links to, with a valid certificate, and
     /// hold exactly the entry ids the log already has at its place.
+    /// `parent` is the header of the block below it (whose hash it links to): its log
+    /// size says where the block's entries start, which its own header does not.
     pub fn backfill(
         &self,
         block: &Block,
         certificate: &CommitCertificate,
+        parent: &Header,
     ) -> Result<(), StoreError> {
-        self.observe(self.backfill_one(block, certificate))
+        self.observe(self.backfill_one(block, certificate, parent))
     }
 
     fn backfill_one(
         &self,
         block: &Block,
         certificate: &CommitCertificate,
+        parent: &Header,
     ) -> Result<(), StoreError> {
         let above = self.history_from();
         let header = &block.header;
         let height = header.height;
-        if above <= 1 || height + 1 != above {
+        if above <= 1 || height.checked_add(1) != Some(above) {
             return Err(ChainError::WrongHeight {
                 expected: above.saturating_sub(1),
                 found: height,
+            }
+            .into());
+        }
+        if parent.height.checked_add(1) != Some(height) || parent.hash() != header.prev_hash {
+            return Err(ChainError::WrongParent {
+                expected: header.prev_hash,
+                found: parent.hash(),
             }
             .into());
         }
@@ -340,20 +388,20 @@ impl super::Store {
                 }
                 .into());
             }
-            let end = upper.header.log_size - upper.entries.len() as u64;
-            if header.log_size != end {
+            let end = upper
+                .header
+                .log_size
+                .checked_sub(upper.entries.len() as u64)
+                .ok_or_else(|| corrupt(format!("block {above} holds more entries than its log")))?;
+            let start = parent.log_size;
+            if header.log_size != end || end.checked_sub(start) != Some(block.entries.len() as u64)
+            {
                 return Err(ChainError::LogSizeMismatch {
-                    expected: end,
-                    found: header.log_size,
+                    expected: end.saturating_sub(start),
+                    found: block.entries.len() as u64,
                 }
                 .into());
             }
-            let start =
-                end.checked_sub(block.entries.len() as u64)
-                    .ok_or(ChainError::LogSizeMismatch {
-                        expected: end,
-                        found: block.entries.len() as u64,
-                    })?;
             let ids = txn.open_table(ENTRY_IDS)?;
             for (log_index, entry) in (start..).zip(&block.entries) {
                 if ids.get(log_index)?.map(|id| Hash(*id.value())) != Some(entry.id()) {

@@ -27,7 +27,9 @@ impl Store {
                 return Ok(None);
             };
             let certificate = store.checked_certificate(tables, &header)?;
-            let below = window.saturating_sub(1).min(MAX_RECENT_HEADERS.into());
+            // At least the header below h: its log size says where block h's
+            // entries start, which h's own header does not.
+            let below = window.saturating_sub(1).clamp(1, MAX_RECENT_HEADERS.into());
             let mut recent = Vec::with_capacity(below as usize);
             for at in height.saturating_sub(below)..height {
                 let header = store

@@ -219,11 +219,13 @@ impl Store {
         let bytes = tables.base_headers.get(height)?.ok_or_else(not_held)?;
         let header = decode_header(height, bytes.value())?;
         drop(bytes);
+        // The next kept header, or the block above (the first held one, or one added
+        // since this read's `history_from` was taken).
         let next = match tables.base_headers.get(height + 1)? {
             Some(bytes) => decode_header(height + 1, bytes.value())?,
-            None if height + 1 == tables.history_from => self
+            None if tables.blocks.get(height + 1)?.is_some() => self
                 .checked_header(tables, height + 1, Anchor::Successor)?
-                .ok_or_else(|| damage_at(height + 1, "the first held block is missing"))?,
+                .ok_or_else(|| damage_at(height + 1, "vanished while it was read"))?,
             None => {
                 return Err(damage_at(
                     height + 1,
