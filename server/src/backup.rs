@@ -135,14 +135,7 @@ impl Source for Api {
             &format!("/v1/blocks/{height}/committed"),
             MAX_BLOCK_RECORD.into(),
         )?;
-        match Wire::decode(&bytes) {
-            Ok(Wire::Committed { block, certificate }) if block.header.height == height => {
-                Ok((block, certificate))
-            }
-            _ => Err(BackupError::Invalid(format!(
-                "block {height} as served does not decode"
-            ))),
-        }
+        Wire::committed_at(&bytes, height).map_err(BackupError::Invalid)
     }
 }
 
@@ -179,13 +172,8 @@ pub fn save_from_api(
     base: &str,
     out: &mut impl Write,
 ) -> Result<Contents, BackupError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .build()
-        .into();
     let api = Api {
-        agent,
+        agent: crate::join::agent(std::time::Duration::from_secs(60)),
         base: base.trim_end_matches('/').to_owned(),
     };
     let json = |bytes: Vec<u8>| -> Result<serde_json::Value, BackupError> {
@@ -324,15 +312,7 @@ impl<R: Read> Reader<R> {
     /// One block record.
     fn committed(&mut self, height: u64) -> Result<(Block, CommitCertificate), BackupError> {
         let record = self.part("a block record", MAX_BLOCK_RECORD)?;
-        match Wire::decode(&record) {
-            Ok(Wire::Committed { block, certificate }) if block.header.height == height => {
-                Ok((block, certificate))
-            }
-            Ok(_) => Err(BackupError::Invalid(format!(
-                "the record where block {height} belongs holds another"
-            ))),
-            Err(error) => Err(BackupError::Invalid(format!("block {height}: {error}"))),
-        }
+        Wire::committed_at(&record, height).map_err(BackupError::Invalid)
     }
 }
 

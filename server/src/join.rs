@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
-use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate};
+use crate::chain::{Block, ChainSpec, CommitCertificate};
 use crate::engine::lock;
 use crate::metrics::Metrics;
 use crate::net::Wire;
@@ -101,11 +101,7 @@ enum Fetch {
 /// Joins from the snapshot the members offer (see the module docs), counting what
 /// it fetches in `metrics`.
 pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(config.timeout))
-        .build()
-        .into();
+    let agent = agent(config.timeout);
     let (offers, refused) = offers(&agent, spec, &config.sources);
     // The same snapshot (block, tiles, headers; certificates may differ) offered by
     // f + 1 members has an honest one behind it: the highest such is preferred, so
@@ -429,10 +425,8 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
         let url = format!("{source}/v1/blocks/{height}/committed");
         // A block is at most the chain's limits; 64 MiB bounds any honest one.
         let block = get(agent, &url, 64 << 20).and_then(|bytes| {
-            match Wire::decode(&bytes)
-                .map_err(|error: ChainError| Fetch::Failed(error.to_string()))?
-            {
-                Wire::Committed { block, .. } if block.hash() == hash => Ok(block),
+            match Wire::committed_at(&bytes, height).map_err(Fetch::Failed)? {
+                (block, _) if block.hash() == hash => Ok(block),
                 _ => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
             }
         });
@@ -452,6 +446,16 @@ fn peak_rss_mib() -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
+}
+
+/// An HTTP client that reads error statuses as answers, each request bounded by
+/// `timeout`.
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
 }
 
 /// GETs `url`, reading at most `limit` bytes of body.
@@ -485,11 +489,7 @@ pub fn backfill(
     config: &JoinConfig,
     metrics: &Metrics,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(config.timeout))
-        .build()
-        .into();
+    let agent = agent(config.timeout);
     let started = Instant::now();
     let first = store.history_from();
     let mut next_progress = Instant::now() + config.progress_every;
@@ -512,13 +512,8 @@ pub fn backfill(
             turn += 1;
             let fetch = |height: u64| {
                 let url = format!("{source}/v1/blocks/{height}/committed");
-                get(&agent, &url, 64 << 20).and_then(|bytes| match Wire::decode(&bytes) {
-                    Ok(Wire::Committed { block, certificate }) if block.header.height == height => {
-                        Ok((block, certificate))
-                    }
-                    Ok(_) => Err(Fetch::Failed(format!("not committed block {height}"))),
-                    Err(error) => Err(Fetch::Failed(error.to_string())),
-                })
+                get(&agent, &url, 64 << 20)
+                    .and_then(|bytes| Wire::committed_at(&bytes, height).map_err(Fetch::Failed))
             };
             let outcome = below
                 .take()

@@ -111,6 +111,19 @@ impl Wire {
         out
     }
 
+    /// The block and certificate of a `committed` frame that must hold block
+    /// `height` (what `GET /v1/blocks/{h}/committed` serves and snapshot files hold);
+    /// otherwise why not.
+    pub fn committed_at(frame: &[u8], height: u64) -> Result<(Block, CommitCertificate), String> {
+        match Wire::decode(frame) {
+            Ok(Wire::Committed { block, certificate }) if block.header.height == height => {
+                Ok((block, certificate))
+            }
+            Ok(_) => Err(format!("not committed block {height}")),
+            Err(error) => Err(format!("block {height}: {error}")),
+        }
+    }
+
     /// Parses a frame; anything else than exactly one item is an error.
     pub fn decode(frame: &[u8]) -> Result<Wire, ChainError> {
         let (&tag, rest) = frame.split_first().ok_or(ChainError::Malformed {
