@@ -70,13 +70,15 @@ fn ten_members_survive_every_scenario() {
 /// replica that timed out to the next view alone, the others short of its
 /// VIEW-CHANGE (or of the NEW-VIEW) for the view before (silent-4); members whose one
 /// request for a re-proposed block body went to a peer without it, never asking
-/// again (equivocate-10).
+/// again (equivocate-10); a restarted member of two whose CHECKPOINT was lost and
+/// never announced again, leaving both stuck at the window (crashes-2).
 #[test]
 fn past_sweep_failures_stay_fixed() {
     let failures = [
         ("silent-4", 13294),
         ("silent-4", 26903),
         ("equivocate-10", 95355),
+        ("crashes-2", 66593),
     ];
     for (name, seed) in failures {
         let scenario = Scenario::named(name).expect("catalogue scenario");

@@ -229,9 +229,14 @@ impl Replica {
             config,
         };
         let low = replica.stable.height;
+        let interval = replica.config.params.checkpoint_interval.max(1);
+        let mut last_checkpoint = None;
         for (height, hash) in applied {
             if height > low && height <= replica.tip.header.height {
                 replica.slots.entry(height).or_default().applied = Some(hash);
+                if height.is_multiple_of(interval) {
+                    last_checkpoint = last_checkpoint.max(Some((height, hash)));
+                }
             }
         }
         for (height, slot) in durable.slots.range(low + 1..) {
@@ -271,6 +276,11 @@ impl Replica {
         } else {
             // Sign the same VIEW-CHANGE again: nothing prepared since it was sent.
             replica.send_view_change();
+        }
+        // The CHECKPOINT signed before the restart may never have left: without it
+        // again, a cluster that needs this vote for its quorum stops at the window.
+        if let Some((height, hash)) = last_checkpoint {
+            replica.vote_checkpoint(height, hash);
         }
         replica
     }

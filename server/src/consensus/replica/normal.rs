@@ -422,19 +422,27 @@ impl Replica {
             slot.certificate = Some(certificate);
             slot.sent.clear();
         }
-        let interval = self.config.params.checkpoint_interval.max(1);
-        if height.is_multiple_of(interval) && height > self.low() {
-            let checkpoint = self.sign(Payload::Checkpoint { height, hash });
-            let me = self.config.me;
-            self.claims[usize::from(me)] = height;
-            self.checkpoint_votes
-                .entry(height)
-                .or_default()
-                .insert(me, (hash, checkpoint.signature));
-            self.my_checkpoint = Some(checkpoint.clone());
-            self.out.push(Output::Broadcast(checkpoint));
-            self.try_stabilize(height);
+        if height.is_multiple_of(self.config.params.checkpoint_interval.max(1)) {
+            self.vote_checkpoint(height, hash);
         }
+    }
+
+    /// Signs and sends this replica's CHECKPOINT for an applied block; it is sent
+    /// again at every retransmit until a newer one replaces it.
+    pub(super) fn vote_checkpoint(&mut self, height: u64, hash: Hash) {
+        if height <= self.low() {
+            return;
+        }
+        let checkpoint = self.sign(Payload::Checkpoint { height, hash });
+        let me = self.config.me;
+        self.claims[usize::from(me)] = height;
+        self.checkpoint_votes
+            .entry(height)
+            .or_default()
+            .insert(me, (hash, checkpoint.signature));
+        self.my_checkpoint = Some(checkpoint.clone());
+        self.out.push(Output::Broadcast(checkpoint));
+        self.try_stabilize(height);
     }
 
     /// The primary's mined block goes out once its parent is prepared (the chaining

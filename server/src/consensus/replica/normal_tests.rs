@@ -270,17 +270,7 @@ fn checkpoints_become_stable_and_truncate_the_log() {
             vec!["apply h1"]
         };
         assert_eq!(outputs, expected);
-        let mut log = parent.log.clone();
-        for entry in &block.entries {
-            log.append(
-                crate::chain::merkle::leaf_hash(entry.id().as_bytes()),
-                |_, _, _| {},
-            );
-        }
-        parent = Tip {
-            header: block.header,
-            log,
-        };
+        parent = after(&parent, &block);
     }
     assert!(backup.footprint().slots >= 2);
     let hash = parent.header.hash();
@@ -290,6 +280,41 @@ fn checkpoints_become_stable_and_truncate_the_log() {
     assert_eq!(backup.stable_checkpoint().height, 2);
     assert_eq!(backup.footprint().slots, 0);
     assert_eq!(backup.footprint().blocks, 0);
+}
+
+/// §4.3 with §6.1: a replica restarted with a checkpoint block applied above its
+/// stable checkpoint announces it again. Its first announcement may never have left,
+/// and at n = 2 (q = 2) the cluster cannot move past the window without it.
+#[test]
+fn a_restarted_replica_announces_its_last_checkpoint_again() {
+    let setup = Setup::new(2);
+    let mut tip = setup.genesis();
+    let mut applied = Vec::new();
+    for height in 1..=3u64 {
+        let block = setup.block(&tip.header, &tip.log, height);
+        applied.push((height, block.hash()));
+        tip = after(&tip, &block);
+    }
+    let config = Config::new(&setup.spec, setup.keys[1].clone(), TIMING).expect("member");
+    let durable = Durable::genesis(setup.spec.genesis_block().hash());
+    let mut restarted = Replica::new(config, tip, durable, applied.clone(), setup.now);
+    let outputs = feed(&mut restarted, Input::Tick { now_ms: setup.now });
+    assert_eq!(outputs, ["broadcast checkpoint h2"]);
+    let (height, hash) = applied[1];
+    let other = setup.sign(0, Payload::Checkpoint { height, hash });
+    assert_eq!(message(&mut restarted, other), ["persist stable h2"]);
+}
+
+/// The tip after `block` is applied on `parent`.
+fn after(parent: &Tip, block: &Block) -> Tip {
+    let mut log = parent.log.clone();
+    for entry in &block.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    Tip {
+        header: block.header,
+        log,
+    }
 }
 
 /// §4.2 (a request executes once): a block validated in the same step that applied
