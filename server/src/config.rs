@@ -87,6 +87,11 @@ pub struct NodeConfig {
     /// snapshot (else it replays the chain from its peers).
     #[serde(default = "default_true")]
     pub join_from_snapshot: bool,
+    /// Run as a follower: the key is not a member's; the node checks and applies the
+    /// blocks the members commit (read through their client APIs), serves reads,
+    /// proofs and snapshots, forwards submits, and never votes.
+    #[serde(default)]
+    pub follower: bool,
     /// Most snapshot chunks served to joining nodes at once; more are told to retry.
     #[serde(default = "default_snapshot_transfers")]
     pub snapshot_transfers: usize,
@@ -172,6 +177,7 @@ impl NodeConfig {
             max_block_delay_ms: default_max_block_delay_ms(),
             pool_capacity: default_pool_capacity(),
             join_from_snapshot: true,
+            follower: false,
             snapshot_transfers: default_snapshot_transfers(),
             mining_threads: None,
             two_phase_commit: true,

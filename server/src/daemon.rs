@@ -75,20 +75,11 @@ pub async fn stop_signal() {
     let _ = interrupt.await;
 }
 
-/// Opens the store of `config`, checking that its key is a member.
+/// Opens the store of `config`, checking that its key is a member (or, on a
+/// follower, that it is not).
 pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
     let spec = config.chain_spec()?;
-    let key = config.signing_key()?;
-    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
-    if spec.members.key_of(&node_id).is_none() {
-        bail!(
-            "{}: key {} is not a member of chain {:?} ({})",
-            config.key_file.display(),
-            hex::encode(key.verifying_key().as_bytes()),
-            spec.chain_id,
-            config.genesis.display()
-        );
-    }
+    let key = check_key(config, &spec)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let options = StoreOptions {
@@ -98,7 +89,37 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     Ok((Arc::new(store), key))
 }
 
-/// Restores the database of a cluster member that has none from a snapshot the
+/// The key of `config`, checked to be a member's, or on a follower not to be.
+fn check_key(
+    config: &NodeConfig,
+    spec: &crate::chain::ChainSpec,
+) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let key = config.signing_key()?;
+    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
+    let member = spec.members.key_of(&node_id).is_some();
+    if !member && !config.follower {
+        bail!(
+            "{}: key {} is not a member of chain {:?} ({}); to follow the chain without \
+             voting, set `follower = true` in ledgerd.toml",
+            config.key_file.display(),
+            hex::encode(key.verifying_key().as_bytes()),
+            spec.chain_id,
+            config.genesis.display()
+        );
+    }
+    if member && config.follower {
+        bail!(
+            "{}: key {} is a member of chain {:?}: a member votes, it cannot be a follower; \
+             remove `follower = true` or give the follower a key of its own",
+            config.key_file.display(),
+            hex::encode(key.verifying_key().as_bytes()),
+            spec.chain_id
+        );
+    }
+    Ok(key)
+}
+
+/// Restores the database of a cluster member or a follower that has none from a snapshot the
 /// other members serve (their API addresses in the genesis file). Unless `required`,
 /// a chain with no snapshot yet, or a join that fails, leaves the node to replay the
 /// chain from its peers, as it always could.
@@ -333,6 +354,8 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let check = start == Start::Check;
+    // A key in the wrong role is refused before anything is fetched or written.
+    check_key(&config, &config.chain_spec()?)?;
     // Made first: a join counts what it fetched, and /metrics shows it once serving.
     let metrics = Arc::new(crate::metrics::Metrics::default());
     tokio::task::spawn_blocking({
@@ -395,7 +418,24 @@ pub async fn run(
         )
     })?;
     // The engine is chosen once, here, for the node's whole life.
-    let node = if store.spec().members.len() > 1 {
+    let node = if config.follower {
+        let sources = join_config(&config, store.spec())?.sources;
+        if sources.is_empty() {
+            bail!(
+                "{}: no member has an api_addr to follow the chain from",
+                config.genesis.display()
+            );
+        }
+        tracing::info!(members = sources.len(), "following the chain");
+        Node::follower(
+            Arc::clone(&store),
+            &key,
+            sources,
+            settings,
+            plugins,
+            metrics,
+        )
+    } else if store.spec().members.len() > 1 {
         let peers = bind_peers(path, &config).await?;
         let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
         let cluster = start_cluster(

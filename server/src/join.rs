@@ -89,7 +89,7 @@ pub enum JoinError {
 
 /// What went wrong with one request to one member.
 #[derive(Debug, thiserror::Error)]
-enum Fetch {
+pub(crate) enum Fetch {
     #[error("{0}")]
     Failed(String),
     #[error("busy")]
@@ -459,7 +459,7 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// GETs `url`, reading at most `limit` bytes of body.
-fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
+pub(crate) fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
     let mut response = agent
         .get(url)
         .call()

@@ -1,5 +1,6 @@
 //! The node: what the API talks to. It holds the store, the plugins, the metrics and
-//! the one engine it was built with ([`Engine`]: alone, or one member of a cluster),
+//! the one engine it was built with ([`Engine`]: alone, one member of a cluster, or
+//! a follower),
 //! and answers for the node as a whole: whether it is ready or alive, what it runs
 //! with. Everything about producing blocks is the engine's.
 
@@ -12,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
 use crate::chain::Policy;
 use crate::chain::{Entry, Hash, Header};
-use crate::engine::{Alone, Cluster, Engine};
+use crate::engine::{Alone, Cluster, Engine, Follower};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
 use crate::metrics::Metrics;
 use crate::plugin_host::Plugins;
@@ -67,6 +68,28 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Node {
         Node::with_engine(store, node_id, Engine::Cluster(cluster), plugins, metrics)
+    }
+
+    /// The node of a follower (not a member) reading the chain from the members at
+    /// `sources` (their client API base URLs), identified by `key`'s public half.
+    pub fn follower(
+        store: Arc<Store>,
+        key: &SigningKey,
+        sources: Vec<String>,
+        settings: NodeSettings,
+        plugins: Arc<Plugins>,
+        metrics: Arc<Metrics>,
+    ) -> Node {
+        let node_id = Hash::digest(key.verifying_key().as_bytes());
+        let follower = Follower::new(
+            Arc::clone(&store),
+            sources,
+            settings,
+            Arc::clone(&plugins),
+            Arc::clone(&metrics),
+        );
+        let engine = Engine::Follower(Arc::new(follower));
+        Node::with_engine(store, node_id, engine, plugins, metrics)
     }
 
     fn with_engine(
@@ -132,6 +155,15 @@ impl Node {
     /// The engine's state.
     pub fn status(&self) -> EngineStatus {
         self.engine.status()
+    }
+
+    /// What this node is to its chain: `alone`, `member` or `follower`.
+    pub fn role(&self) -> &'static str {
+        match self.engine {
+            Engine::Alone(_) => "alone",
+            Engine::Cluster(_) => "member",
+            Engine::Follower(_) => "follower",
+        }
     }
 
     /// Whether the node serves submits (running, its database healthy).
@@ -224,11 +256,12 @@ impl Node {
     }
 
     /// The highest height a snapshot may be taken at: in a cluster the stable
-    /// checkpoint (as far as this node has applied), alone the tip.
+    /// checkpoint (as far as this node has applied); alone, and on a follower (whose
+    /// every block came with its certificate), the tip.
     fn snapshot_ceiling(&self) -> u64 {
         let tip = self.store.last_tip().map_or(0, |tip| tip.height);
         match &self.engine {
-            Engine::Alone(_) => tip,
+            Engine::Alone(_) | Engine::Follower(_) => tip,
             Engine::Cluster(_) => self.engine.status().stable_checkpoint.unwrap_or(0).min(tip),
         }
     }

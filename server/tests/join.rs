@@ -223,3 +223,108 @@ fn ledgerd_join_fails_when_no_member_offers_a_snapshot() {
     );
     assert!(!chain.join("node3/data/ledger.redb").exists());
 }
+
+/// A follower: a node with a key of its own, not in the genesis file, and no change
+/// to the members. It joins from their snapshot, then checks and applies every
+/// block they commit, serves reads, proofs and snapshots, and forwards submits,
+/// answering `wait=commit` once it has applied the entry's block itself.
+#[test]
+fn a_follower_joins_follows_and_forwards_submits() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (_, _, mut daemons) = snapshotting_cluster(&chain);
+    let before = commit_batch(node(&daemons, 1), "before", 40);
+    snapshot_at_least(node(&daemons, 0), 10);
+
+    let port = free_ports(2);
+    let home = dir.path().join("follower");
+    let initialised = run(
+        LEDGERD,
+        &[
+            "init",
+            "--dir",
+            home.to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{port}"),
+            "--p2p-listen",
+            &format!("127.0.0.1:{}", port + 1),
+        ],
+    );
+    assert!(initialised.status.success(), "{}", text(&initialised));
+    let config = home.join("ledgerd.toml");
+    let genesis = chain.join("genesis.toml");
+    set(
+        std::slice::from_ref(&config),
+        "genesis",
+        &format!("{:?}", genesis.to_str().unwrap()),
+    );
+    // Without saying it follows, a key that is not a member's is refused, with the fix.
+    let refused = run(LEDGERD, &["run", "--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("follower = true"),
+        "{}",
+        text(&refused)
+    );
+    set(std::slice::from_ref(&config), "follower", "true");
+    let follower = Daemon::start(&config, port);
+
+    let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = status(&follower);
+        if seen["height"].as_u64().unwrap() >= tip && seen["history_from"] == 1 {
+            assert_eq!(seen["role"], "follower");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A submit through it is ordered by the members; its receipt comes from the
+    // follower's own copy of the block, and the members hold the entry too.
+    let (code, receipt) = http(
+        "POST",
+        &format!("{}/v1/entries?wait=commit", follower.url),
+        Some(r#"{"data":"through the follower"}"#),
+    );
+    assert_eq!(code, 200, "{receipt}");
+    let id = receipt["id"].as_str().unwrap();
+    committed(node(&daemons, 2), id);
+    let (code, _) = http(
+        "POST",
+        &format!("{}/v1/entries", follower.url),
+        Some(r#"{"data":"before 0"}"#),
+    );
+    assert_eq!(code, 409);
+    for id in [&before[0], id] {
+        let (code, entry) = http("GET", &format!("{}/v1/entries/{id}", follower.url), None);
+        assert_eq!((code, entry["status"].as_str()), (200, Some("committed")));
+    }
+    // It proves what it holds to an auditor who trusts only the genesis file.
+    let file = dir.path().join("receipt.json");
+    let (_, entry) = http("GET", &format!("{}/v1/entries/{id}", follower.url), None);
+    std::fs::write(&file, entry.to_string()).unwrap();
+    let verified = verify(&file, &genesis);
+    assert!(verified.status.success(), "{}", text(&verified));
+    // It serves snapshots, never cuts a block, and the members did not change.
+    let (code, view) = http(
+        "GET",
+        &format!("{}/v1/snapshots/latest", follower.url),
+        None,
+    );
+    assert_eq!(code, 200, "{view}");
+    let (code, answer) = http("POST", &format!("{}/mine", follower.url), None);
+    assert_eq!((code, answer["error"].as_str()), (503, Some("mine_failed")));
+    assert_eq!(
+        status(node(&daemons, 0))["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    let log = follower.stop();
+    assert!(log.contains("restored from a snapshot"), "{log}");
+    stop_all(&mut daemons);
+}

@@ -117,6 +117,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::NotReady => ApiError::unavailable("not_ready", message),
             SubmitError::Busy => ApiError::unavailable("busy", message),
             SubmitError::Unavailable(_) => ApiError::unavailable("store_unavailable", message),
+            SubmitError::NoMember(_) => ApiError::unavailable("no_member", message),
+            SubmitError::RefusedByMember(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused_by_member",
+                message,
+            ),
             SubmitError::Store(error) => error.into(),
         }
     }

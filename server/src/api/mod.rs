@@ -608,6 +608,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         chain_id: spec.chain_id.clone(),
         chain_hash: store.chain_hash().to_hex(),
         genesis_hash: store.genesis_hash().to_hex(),
+        role: node.role().into(),
         view: engine.view,
         primary: members
             .get(usize::from(engine.primary))

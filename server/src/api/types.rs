@@ -467,9 +467,13 @@ pub struct StatusView {
     pub chain_hash: String,
     /// Genesis block hash.
     pub genesis_hash: String,
-    /// Current PBFT view.
+    /// What this node is to its chain: `alone` (the only member), `member` (one of
+    /// several) or `follower` (not a member: it checks and applies the members'
+    /// committed blocks, never votes, and forwards submits to them).
+    pub role: String,
+    /// Current PBFT view (0 on a follower, which takes no part in views).
     pub view: u64,
-    /// Primary of the view.
+    /// Primary of the view (empty on a follower).
     pub primary: String,
     /// Height of the last applied block.
     pub height: u64,

@@ -20,8 +20,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use tokio::sync::{oneshot, Notify};
 
 use super::{
-    blocking, lock, now_ms, send_receipts, EngineStatus, MineError, NodeSettings, SubmitError,
-    Submitted,
+    blocking, lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError,
+    NodeSettings, SubmitError, Submitted,
 };
 use crate::chain::merkle::{leaf_hash, AppendedNodes, CompactRange};
 use crate::chain::{
@@ -768,31 +768,4 @@ impl Alone {
             }],
         }
     }
-}
-
-/// The difficulty of the block after `tip` under `policy`, reading the headers it
-/// wants from the store.
-fn required_difficulty(
-    store: &Store,
-    policy: &dyn Policy,
-    tip: &Header,
-) -> Result<u32, StoreError> {
-    let genesis = store.spec().difficulty;
-    let window = policy.difficulty_window() as u64;
-    if window == 0 {
-        return Ok(genesis);
-    }
-    let first = (tip.height + 1).saturating_sub(window);
-    let mut recent = Vec::with_capacity(window as usize);
-    for height in first..tip.height {
-        let header = store
-            .header(height)?
-            .ok_or_else(|| StoreError::Corrupt(format!("header {height} missing below the tip")))?;
-        recent.push(header);
-    }
-    recent.push(*tip);
-    let required = policy
-        .required_difficulty(&recent)
-        .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
-    Ok(required.unwrap_or(genesis))
 }

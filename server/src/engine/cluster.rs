@@ -317,24 +317,7 @@ impl Cluster {
     /// it, so nothing answered 202 is dropped while the node runs. With `wait`, the
     /// receiver gets its receipt once it is committed and applied here.
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
-        let id = entry.id();
-        let store = Arc::clone(&self.store);
-        let limit = store.spec().params.max_entry_bytes;
-        let check = entry.clone();
-        let plugins = Arc::clone(&self.plugins);
-        let committed = blocking(move || {
-            if let Err(error) = check.verify(&store.chain_hash(), limit) {
-                return Ok(Err(SubmitError::Invalid(error)));
-            }
-            if let Err(rejection) = plugins.validate_entry(&check) {
-                return Ok(Err(SubmitError::Rejected(rejection)));
-            }
-            Ok(Ok(store.committed(&[id])?))
-        })
-        .await??;
-        if committed.first().copied().unwrap_or(false) {
-            return Err(SubmitError::Duplicate(id));
-        }
+        let id = super::check_entry(&self.store, &self.plugins, &entry).await?;
         // The entry's place is taken here, under the pool's one lock: what is
         // admitted is what the capacity allows, and the driver keeps retrying one
         // its replica could not take at once rather than drop it.

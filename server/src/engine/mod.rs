@@ -1,7 +1,8 @@
 //! The seam between a node and its engine. A node runs one engine for its whole
 //! life, chosen when it is built: [`Alone`] when it is the chain's only member (it
 //! cuts, mines and certifies its own blocks), [`Cluster`] when it is one member of
-//! several (the PBFT replica's driver). Both answer the same small set of
+//! several (the PBFT replica's driver), [`Follower`] when it is not a member (it
+//! reads and checks the members' committed blocks). All answer the same small set of
 //! operations through [`Engine`] (submit, whether an entry is pending, status, cut
 //! a block now, run), and honour the same [`NodeSettings`], so neither the node nor
 //! the API asks which one it has. What both engines share lives here: the errors
@@ -9,6 +10,7 @@
 
 mod alone;
 mod cluster;
+mod follower;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,13 +20,14 @@ use tokio::sync::oneshot;
 
 pub use alone::Alone;
 pub use cluster::{Cluster, ClusterError, ClusterSettings};
+pub use follower::Follower;
 
 use crate::chain::merkle::AppendedNodes;
-use crate::chain::{ChainError, CommitCertificate, Entry, Hash, Header, Receipt};
+use crate::chain::{ChainError, CommitCertificate, Entry, Hash, Header, Policy, Receipt};
 use crate::consensus::MemberIndex;
 use crate::net::PeerState;
-use crate::plugin_host::Rejection;
-use crate::storage::StoreError;
+use crate::plugin_host::{Plugins, Rejection};
+use crate::storage::{Store, StoreError};
 
 /// What every engine is tuned with: each means the same alone and in a cluster
 /// (README, "ledgerd.toml").
@@ -80,6 +83,12 @@ pub enum SubmitError {
     /// The database failed (a full disk) or is damaged; the reason says which.
     #[error("{0}")]
     Unavailable(String),
+    /// A follower could hand the entry to no member; the reasons, member by member.
+    #[error("no member took the entry: {0}")]
+    NoMember(String),
+    /// A follower's member refused the entry (its plugins differ from the follower's).
+    #[error("{0}")]
+    RefusedByMember(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -120,6 +129,9 @@ pub enum MineError {
     /// The engine is not running.
     #[error("the node stopped before the block was cut")]
     Stopped,
+    /// A follower never cuts blocks.
+    #[error("this node is a follower: it cuts no blocks; ask the primary")]
+    Follower,
 }
 
 /// What the API shows of the engine (`/v1/status`).
@@ -159,6 +171,8 @@ pub enum Engine {
     Alone(Arc<Alone>),
     /// One member of several: the PBFT replica's driver.
     Cluster(Cluster),
+    /// Not a member: it follows the chain the members commit.
+    Follower(Arc<Follower>),
 }
 
 impl Engine {
@@ -169,6 +183,7 @@ impl Engine {
         match self {
             Engine::Alone(alone) => alone.submit(entry, wait).await,
             Engine::Cluster(cluster) => cluster.submit(entry, wait).await,
+            Engine::Follower(follower) => follower.submit(entry, wait).await,
         }
     }
 
@@ -177,6 +192,7 @@ impl Engine {
         match self {
             Engine::Alone(alone) => alone.is_pending(id),
             Engine::Cluster(cluster) => cluster.is_pending(id),
+            Engine::Follower(follower) => follower.is_pending(id),
         }
     }
 
@@ -185,13 +201,14 @@ impl Engine {
         match self {
             Engine::Alone(alone) => alone.status(),
             Engine::Cluster(cluster) => cluster.status(),
+            Engine::Follower(follower) => follower.status(),
         }
     }
 
     /// Why the engine stopped, if it did; cheap enough for every request.
     pub fn failure(&self) -> Option<EngineFailure> {
         match self {
-            Engine::Alone(_) => None,
+            Engine::Alone(_) | Engine::Follower(_) => None,
             Engine::Cluster(cluster) => cluster.failure(),
         }
     }
@@ -201,6 +218,7 @@ impl Engine {
         match self {
             Engine::Alone(alone) => alone.cut(),
             Engine::Cluster(cluster) => cluster.cut(),
+            Engine::Follower(follower) => follower.cut(),
         }
     }
 
@@ -209,8 +227,62 @@ impl Engine {
         match self {
             Engine::Alone(alone) => Arc::clone(alone).run(shutdown).await,
             Engine::Cluster(cluster) => cluster.run(shutdown).await,
+            Engine::Follower(follower) => Arc::clone(follower).run(shutdown).await,
         }
     }
+}
+
+/// Checks a submitted entry as every member will (its signature and size, the
+/// plugins' entry rules) and that it is not committed yet; its id.
+pub(crate) async fn check_entry(
+    store: &Arc<Store>,
+    plugins: &Arc<Plugins>,
+    entry: &Entry,
+) -> Result<Hash, SubmitError> {
+    let id = entry.id();
+    let (store, plugins, entry) = (Arc::clone(store), Arc::clone(plugins), entry.clone());
+    let committed = blocking(move || {
+        let limit = store.spec().params.max_entry_bytes;
+        if let Err(error) = entry.verify(&store.chain_hash(), limit) {
+            return Ok(Err(SubmitError::Invalid(error)));
+        }
+        if let Err(rejection) = plugins.validate_entry(&entry) {
+            return Ok(Err(SubmitError::Rejected(rejection)));
+        }
+        Ok(Ok(store.committed(&[id])?))
+    })
+    .await??;
+    if committed.first().copied().unwrap_or(false) {
+        return Err(SubmitError::Duplicate(id));
+    }
+    Ok(id)
+}
+
+/// The difficulty of the block after `tip` under `policy`, reading the headers it
+/// wants from the store.
+pub(crate) fn required_difficulty(
+    store: &Store,
+    policy: &dyn Policy,
+    tip: &Header,
+) -> Result<u32, StoreError> {
+    let genesis = store.spec().difficulty;
+    let window = policy.difficulty_window() as u64;
+    if window == 0 {
+        return Ok(genesis);
+    }
+    let first = (tip.height + 1).saturating_sub(window);
+    let mut recent = Vec::with_capacity(window as usize);
+    for height in first..tip.height {
+        let header = store
+            .header(height)?
+            .ok_or_else(|| StoreError::Corrupt(format!("header {height} missing below the tip")))?;
+        recent.push(header);
+    }
+    recent.push(*tip);
+    let required = policy
+        .required_difficulty(&recent)
+        .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+    Ok(required.unwrap_or(genesis))
 }
 
 /// Runs blocking store work off the async workers; a task that panicked is a failed

@@ -1,0 +1,478 @@
+//! The engine of a follower: a node with its own key that is not a member. It reads
+//! the chain through the members' client APIs (`GET /v1/blocks/{h}/committed`, the
+//! genesis file's `api_addr`s), so the members need no change to serve it. Every
+//! block is checked as a replica checks a committed block it fetched: a commit
+//! certificate of a quorum of the genesis members, then the chain rules and the
+//! plugins' policy, then applied. It never votes and never cuts a block; entries
+//! submitted to it are checked here, then forwarded to a member, and their waiters
+//! get their receipts once the follower applies the block that holds them.
+//!
+//! One member is read from at a time; it is left for the next when it fails, serves
+//! a block that fails its checks (named in the log), or says it has no next block
+//! while another has it (a member that lags or withholds blocks costs at most one
+//! probe interval).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{
+    lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError, NodeSettings,
+    SubmitError, Submitted,
+};
+use crate::api::types::SubmitRequest;
+use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy, Receipt};
+use crate::consensus::MemberIndex;
+use crate::join::{self, Fetch};
+use crate::metrics::Metrics;
+use crate::net::Wire;
+use crate::plugin_host::Plugins;
+use crate::storage::{Store, StoreError};
+
+/// How long a caught-up follower waits before asking for the next block again.
+const POLL: Duration = Duration::from_millis(50);
+/// How often a caught-up follower asks the other members whether they are ahead of
+/// the one it reads from.
+const PROBE_OTHERS: Duration = Duration::from_secs(1);
+/// Longest wait for one member's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded entry is tracked for its receipt. A member that lost it
+/// (it crashed before ordering it) never commits it: its waiter is told after this.
+const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
+/// A committed block is at most the chain's limits; this bounds any honest one.
+const MAX_BLOCK_BYTES: u64 = 64 << 20;
+
+/// A forwarded entry waiting to be committed.
+struct Forwarded {
+    since: Instant,
+    waiters: Vec<oneshot::Sender<Receipt>>,
+}
+
+/// The engine of a follower (see the module docs).
+pub struct Follower {
+    store: Arc<Store>,
+    plugins: Arc<Plugins>,
+    metrics: Arc<Metrics>,
+    settings: NodeSettings,
+    /// The members' client API base URLs, in genesis order.
+    sources: Vec<String>,
+    agent: ureq::Agent,
+    /// The member read from and forwarded to first.
+    preferred: AtomicU64,
+    forwarded: Mutex<HashMap<Hash, Forwarded>>,
+    next_difficulty: AtomicU32,
+}
+
+impl Follower {
+    /// A follower of `store`'s chain reading from the members at `sources`.
+    pub fn new(
+        store: Arc<Store>,
+        sources: Vec<String>,
+        settings: NodeSettings,
+        plugins: Arc<Plugins>,
+        metrics: Arc<Metrics>,
+    ) -> Follower {
+        let next_difficulty = AtomicU32::new(store.spec().difficulty);
+        Follower {
+            store,
+            plugins,
+            metrics,
+            settings,
+            sources,
+            agent: join::agent(REQUEST_TIMEOUT),
+            preferred: AtomicU64::new(0),
+            forwarded: Mutex::new(HashMap::new()),
+            next_difficulty,
+        }
+    }
+
+    /// Checks `entry` as a member would, then hands it to a member; with `wait`, the
+    /// receiver is told once this follower applies the block that holds it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        entry: Entry,
+        wait: bool,
+    ) -> Result<Submitted, SubmitError> {
+        let id = super::check_entry(&self.store, &self.plugins, &entry).await?;
+        let (waiter, receiver) = match wait {
+            true => {
+                let (sender, receiver) = oneshot::channel();
+                (Some(sender), Some(receiver))
+            }
+            false => (None, None),
+        };
+        // Held before it is forwarded: the block that holds it may be applied here
+        // before the member's answer arrives.
+        {
+            let mut forwarded = lock(&self.forwarded);
+            if forwarded.contains_key(&id) {
+                return Err(SubmitError::Duplicate(id));
+            }
+            if forwarded.len() >= self.settings.pool_capacity {
+                return Err(SubmitError::PoolFull(self.settings.pool_capacity));
+            }
+            let since = Instant::now();
+            let waiters = waiter.into_iter().collect();
+            forwarded.insert(id, Forwarded { since, waiters });
+        }
+        let follower = Arc::clone(self);
+        let outcome = tokio::task::spawn_blocking(move || follower.forward(&entry))
+            .await
+            .unwrap_or_else(|error| Err(SubmitError::NoMember(format!("forwarding: {error}"))));
+        if let Err(error) = outcome {
+            lock(&self.forwarded).remove(&id);
+            return Err(error);
+        }
+        Ok((id, receiver))
+    }
+
+    /// Posts `entry` to the members in turn, from the preferred one, until one takes
+    /// it or refuses it for a reason another would share.
+    fn forward(&self, entry: &Entry) -> Result<(), SubmitError> {
+        let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
+            .map_err(|error| SubmitError::NoMember(error.to_string()))?;
+        let mut failures = Vec::new();
+        let first = self.preferred.load(Ordering::Relaxed) as usize;
+        for turn in 0..self.sources.len() {
+            let source = &self.sources[(first + turn) % self.sources.len()];
+            let answer = self
+                .agent
+                .post(&format!("{source}/v1/entries"))
+                .header("content-type", "application/json")
+                .send(body.as_str());
+            let mut response = match answer {
+                Ok(response) => response,
+                Err(error) => {
+                    failures.push(format!("{source}: {error}"));
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let message = response
+                .body_mut()
+                .with_config()
+                .limit(64 << 10)
+                .read_to_string()
+                .ok()
+                .and_then(|body| serde_json::from_str::<crate::api::ErrorBody>(&body).ok())
+                .map(|body| body.message)
+                .unwrap_or_default();
+            match status {
+                200 | 202 => return Ok(()),
+                409 => return Err(SubmitError::Duplicate(entry.id())),
+                413 | 422 => {
+                    return Err(SubmitError::RefusedByMember(format!(
+                        "{source} refused the entry: {message}"
+                    )))
+                }
+                _ => failures.push(format!("{source}: HTTP {status} {message}")),
+            }
+        }
+        Err(SubmitError::NoMember(failures.join("; ")))
+    }
+
+    /// Whether `id` was forwarded from here and is not committed yet.
+    pub fn is_pending(&self, id: &Hash) -> bool {
+        lock(&self.forwarded).contains_key(id)
+    }
+
+    /// The follower's state: no view, no primary, no peers of its own.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            view: 0,
+            active: false,
+            primary: MemberIndex::MAX,
+            stable_checkpoint: None,
+            pending: lock(&self.forwarded).len(),
+            next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
+            peers: Vec::new(),
+            settings: self.settings,
+            failure: None,
+        }
+    }
+
+    /// A follower cuts no blocks.
+    pub fn cut(&self) -> oneshot::Receiver<Result<Header, MineError>> {
+        let (answer, receiver) = oneshot::channel();
+        let _ = answer.send(Err(MineError::Follower));
+        receiver
+    }
+
+    /// Follows the chain until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = Arc::clone(&self);
+        let stopping = Arc::clone(&stop);
+        let follow = tokio::task::spawn_blocking(move || follower.follow(&stopping));
+        shutdown.await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = follow.await;
+    }
+
+    /// The loop of [`Follower::run`], on a blocking thread.
+    fn follow(&self, stop: &AtomicBool) {
+        let mut last_probe = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(failure) = self.store.failure() {
+                tracing::warn!(%failure, "the database failed; reopening it before following on");
+                if self.store.recover().is_err() {
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            if self.store.damage().is_some() {
+                // Nothing more is applied to a damaged database; /readyz says why.
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            let applied = match self.next_block() {
+                Ok(applied) => applied,
+                Err(error) => {
+                    tracing::warn!(%error, "following the chain failed; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if !applied {
+                if last_probe.elapsed() >= PROBE_OTHERS {
+                    last_probe = Instant::now();
+                    self.expire_forwarded();
+                    if self.probe_others() {
+                        continue;
+                    }
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// Fetches, checks and applies the block after the tip from the preferred
+    /// member; whether one was applied. A member that fails is left for the next.
+    fn next_block(&self) -> Result<bool, StoreError> {
+        let height = self.store.tip()?.height + 1;
+        let index = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
+        let source = &self.sources[index];
+        match self.fetch(source, height) {
+            Ok((block, certificate)) => match self.check(&block, &certificate) {
+                Ok(()) => {
+                    self.apply(block, certificate)?;
+                    Ok(true)
+                }
+                Err(CheckFailed::Store(error)) => Err(error),
+                Err(CheckFailed::Block(error)) => {
+                    tracing::warn!(%source, height, %error, "a member served a block that fails its checks; reading from the next member");
+                    self.next_source(index);
+                    Ok(false)
+                }
+            },
+            Err(Fetch::Gone) => Ok(false),
+            Err(error) => {
+                tracing::debug!(%source, height, %error, "a member did not serve the next block");
+                self.next_source(index);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Asks the other members for the block after the tip; whether one has it (it
+    /// becomes the preferred member).
+    fn probe_others(&self) -> bool {
+        let Ok(tip) = self.store.tip() else {
+            return false;
+        };
+        let current = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
+        for (index, source) in self.sources.iter().enumerate() {
+            if index != current && self.fetch(source, tip.height + 1).is_ok() {
+                self.preferred.store(index as u64, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn next_source(&self, after: usize) {
+        let next = (after + 1) % self.sources.len();
+        self.preferred.store(next as u64, Ordering::Relaxed);
+    }
+
+    fn fetch(&self, source: &str, height: u64) -> Result<(Block, CommitCertificate), Fetch> {
+        let url = format!("{source}/v1/blocks/{height}/committed");
+        join::get(&self.agent, &url, MAX_BLOCK_BYTES)
+            .and_then(|bytes| Wire::committed_at(&bytes, height).map_err(Fetch::Failed))
+    }
+
+    /// A committed block's checks, as a replica makes them on a fetched block: its
+    /// certificate, then the chain rules and the plugins' policy on the tip.
+    fn check(&self, block: &Block, certificate: &CommitCertificate) -> Result<(), CheckFailed> {
+        let spec = self.store.spec();
+        certificate
+            .verify(
+                &spec.chain_hash(),
+                &spec.members,
+                block.header.height,
+                &block.hash(),
+            )
+            .map_err(|error| CheckFailed::Block(error.to_string()))?;
+        let tip = self.store.tip()?;
+        let difficulty = match self.plugins.is_empty() {
+            true => spec.difficulty,
+            false => required_difficulty(&self.store, self.plugins.as_ref(), &tip)?,
+        };
+        self.store
+            .validate_next(block, difficulty, now_ms())
+            .map_err(|error| match error {
+                StoreError::Chain(error) => CheckFailed::Block(error.to_string()),
+                error => CheckFailed::Store(error),
+            })?;
+        self.plugins
+            .check_block(block)
+            .map_err(|reason| CheckFailed::Block(ChainError::Policy(reason).to_string()))
+    }
+
+    /// Applies a checked block and hands its forwarded entries their receipts.
+    fn apply(&self, block: Block, certificate: CommitCertificate) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let nodes = self.store.apply_block(&block, &certificate)?;
+        let header = block.header;
+        let first = header.log_size - block.entries.len() as u64;
+        let waiting: Vec<_> = {
+            let mut forwarded = lock(&self.forwarded);
+            (first..)
+                .zip(&block.entries)
+                .filter_map(|(log_index, entry)| {
+                    let id = entry.id();
+                    let held = forwarded.remove(&id)?;
+                    Some((id, log_index, held.waiters))
+                })
+                .collect()
+        };
+        if !self.plugins.is_empty() {
+            let next = required_difficulty(&self.store, self.plugins.as_ref(), &header)?;
+            self.next_difficulty.store(next, Ordering::Relaxed);
+        }
+        self.metrics
+            .block_applied(&header, block.entries.len(), started.elapsed());
+        self.plugins.committed(&Arc::new(block));
+        send_receipts(header, certificate, nodes, waiting);
+        Ok(())
+    }
+
+    /// Forgets entries forwarded longer ago than [`FORWARD_PATIENCE`]; their waiters
+    /// see their channels close.
+    fn expire_forwarded(&self) {
+        lock(&self.forwarded).retain(|_, held| held.since.elapsed() < FORWARD_PATIENCE);
+    }
+}
+
+/// Why a fetched block was not applied.
+enum CheckFailed {
+    /// The block (or its certificate) is not the chain's next block.
+    Block(String),
+    /// The store could not say.
+    Store(StoreError),
+}
+
+impl From<StoreError> for CheckFailed {
+    fn from(error: StoreError) -> CheckFailed {
+        CheckFailed::Store(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::CompactRange;
+    use crate::storage::StoreOptions;
+    use crate::testing;
+
+    /// A follower applies a fetched block only with a certificate from a quorum of
+    /// the genesis members, for exactly that block, and only if the block is the
+    /// chain's next; a waiter on one of its entries gets its receipt.
+    #[tokio::test]
+    async fn only_a_certified_next_block_is_applied() {
+        let keys: Vec<_> = (1..=4).map(testing::key).collect();
+        let spec = testing::spec(&keys, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let store = Arc::new(Store::open(&path, &spec, StoreOptions::default()).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let plugins = Arc::new(Plugins::load(&[], Arc::clone(&metrics)).unwrap());
+        let settings = NodeSettings {
+            max_block_entries: 10,
+            max_block_delay: Duration::from_millis(10),
+            pool_capacity: 10,
+            mining_threads: std::num::NonZeroUsize::MIN,
+        };
+        let sources = vec!["http://127.0.0.1:9".to_owned()];
+        let follower = Follower::new(Arc::clone(&store), sources, settings, plugins, metrics);
+
+        let genesis = spec.genesis_block().header;
+        let block = testing::next_block(
+            &genesis,
+            &CompactRange::new(),
+            testing::entries(1, 3, 32),
+            4,
+        );
+        let other = testing::next_block(
+            &genesis,
+            &CompactRange::new(),
+            testing::entries(2, 3, 32),
+            4,
+        );
+        let refused = |certificate: &CommitCertificate, block: &Block| match follower
+            .check(block, certificate)
+        {
+            Err(CheckFailed::Block(reason)) => reason,
+            Err(CheckFailed::Store(error)) => panic!("store: {error}"),
+            Ok(()) => panic!("accepted"),
+        };
+        // Two of four signatures: short of the quorum of three.
+        let short = testing::certify(&keys[..2], &block);
+        assert!(
+            refused(&short, &block).contains("quorum"),
+            "{}",
+            refused(&short, &block)
+        );
+        // A quorum's certificate for another block.
+        let elsewhere = testing::certify(&keys[..3], &other);
+        refused(&elsewhere, &block);
+        // Signatures by keys that are not members.
+        let strangers: Vec<_> = (11..=14).map(testing::key).collect();
+        refused(&testing::certify(&strangers, &block), &block);
+        // The certified block two heights up is not the next one.
+        let certificate = testing::certify(&keys[..3], &block);
+        let (_, log) = store.tip_with_log().unwrap();
+        let mut after = log.clone();
+        for entry in &block.entries {
+            after.append(
+                crate::chain::merkle::leaf_hash(entry.id().as_bytes()),
+                |_, _, _| {},
+            );
+        }
+        let grandchild = testing::next_block(&block.header, &after, Vec::new(), 4);
+        refused(&testing::certify(&keys[..3], &grandchild), &grandchild);
+
+        let (sender, receiver) = oneshot::channel();
+        let id = block.entries[1].id();
+        lock(&follower.forwarded).insert(
+            id,
+            Forwarded {
+                since: Instant::now(),
+                waiters: vec![sender],
+            },
+        );
+        follower
+            .check(&block, &certificate)
+            .map_err(|_| ())
+            .unwrap();
+        follower.apply(block, certificate).unwrap();
+        assert_eq!(store.tip().unwrap().height, 1);
+        let receipt = receiver.await.unwrap();
+        assert_eq!((receipt.entry_id, receipt.log_index), (id, 1));
+        receipt.verify(&spec).unwrap();
+        assert!(!follower.is_pending(&id));
+    }
+}
