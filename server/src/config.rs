@@ -95,6 +95,10 @@ pub struct NodeConfig {
     /// Most snapshot chunks served to joining nodes at once; more are told to retry.
     #[serde(default = "default_snapshot_transfers")]
     pub snapshot_transfers: usize,
+    /// Entry ids per snapshot chunk this node serves: a power of two from 16 to
+    /// 65,536 (fewer make smaller, more numerous chunks, for slow links).
+    #[serde(default = "default_snapshot_chunk_ids")]
+    pub snapshot_chunk_ids: u32,
     /// Mining threads; every core when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mining_threads: Option<usize>,
@@ -123,6 +127,9 @@ fn default_max_block_delay_ms() -> u64 {
 }
 fn default_pool_capacity() -> usize {
     100_000
+}
+fn default_snapshot_chunk_ids() -> u32 {
+    1 << crate::chain::snapshot::DEFAULT_TILE_LEVEL
 }
 fn default_snapshot_transfers() -> usize {
     crate::snapshots::DEFAULT_TRANSFERS
@@ -162,7 +169,25 @@ impl NodeConfig {
                 "mining_threads must be at least 1 (or absent for every core)",
             ));
         }
+        config
+            .snapshot_tile_level()
+            .map_err(|reason| invalid(path, reason))?;
         Ok(config)
+    }
+
+    /// The tile level of the snapshots this node serves: log2 of `snapshot_chunk_ids`.
+    pub fn snapshot_tile_level(&self) -> Result<u8, String> {
+        use crate::chain::snapshot::{MAX_TILE_LEVEL, MIN_TILE_LEVEL};
+        let ids = self.snapshot_chunk_ids;
+        let level = ids.trailing_zeros() as u8;
+        if !ids.is_power_of_two() || !(MIN_TILE_LEVEL..=MAX_TILE_LEVEL).contains(&level) {
+            return Err(format!(
+                "snapshot_chunk_ids is {ids}; it must be a power of two from {} to {}",
+                1u32 << MIN_TILE_LEVEL,
+                1u32 << MAX_TILE_LEVEL
+            ));
+        }
+        Ok(level)
     }
 
     /// A config with every default, for `ledgerd init`.
@@ -179,6 +204,7 @@ impl NodeConfig {
             join_from_snapshot: true,
             follower: false,
             snapshot_transfers: default_snapshot_transfers(),
+            snapshot_chunk_ids: default_snapshot_chunk_ids(),
             mining_threads: None,
             two_phase_commit: true,
             log_format: LogFormat::Text,

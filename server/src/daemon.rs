@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
-use crate::chain::snapshot::DEFAULT_TILE_LEVEL;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
@@ -453,7 +452,10 @@ pub async fn run(
     } else {
         Node::alone(Arc::clone(&store), key, settings, plugins, metrics)
     };
-    let node = Arc::new(node.with_snapshots(config.snapshot_transfers, DEFAULT_TILE_LEVEL));
+    let tile_level = config
+        .snapshot_tile_level()
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+    let node = Arc::new(node.with_snapshots(config.snapshot_transfers, tile_level));
     node.metrics()
         .height
         .store(tip.height, std::sync::atomic::Ordering::Relaxed);

@@ -17,17 +17,9 @@ const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
 const KILLS: u64 = 12;
 const WRITERS: usize = 4;
 
-/// xorshift64*: enough randomness for kill moments, and replayable from the seed.
-struct Rng(u64);
+mod support;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use support::Rng;
 
 fn start(config: &Path) -> Child {
     Command::new(LEDGERD)

@@ -382,3 +382,15 @@ pub fn checkpoint_every(genesis_path: &Path, interval: u64) -> ledger::chain::Ch
     std::fs::write(genesis_path, &genesis).unwrap();
     ledger::chain::ChainSpec::from_toml(&genesis).unwrap()
 }
+
+/// xorshift64*: enough randomness for kill moments, and replayable from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
