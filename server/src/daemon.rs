@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
+use crate::api::starting::Starting;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
@@ -126,6 +127,7 @@ fn join_if_new(
     config: &NodeConfig,
     required: bool,
     metrics: &crate::metrics::Metrics,
+    starting: &Starting,
 ) -> anyhow::Result<()> {
     let path = config.database_path();
     if !required && !config.join_from_snapshot {
@@ -151,6 +153,7 @@ fn join_if_new(
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    starting.set_phase("joining from a snapshot");
     match crate::join::join(&spec, &join, metrics) {
         Ok(Joined::Restored { .. }) => Ok(()),
         Ok(Joined::NoSnapshot) if required => bail!(
@@ -357,17 +360,35 @@ pub async fn run(
     check_key(&config, &config.chain_spec()?)?;
     // Made first: a join counts what it fetched, and /metrics shows it once serving.
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Every listener is bound before consensus starts: a busy port stops start-up at
+    // once, not after the peers have connected. Until the node serves, its address
+    // answers why it does not yet (a join's progress among it).
+    let listener = listen(config.api_listen, API_BACKLOG)
+        .and_then(tokio::net::TcpListener::into_std)
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on api_listen {}",
+                path.display(),
+                config.api_listen
+            )
+        })?;
+    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
+    let starting = Starting::new(Arc::clone(&metrics));
+    let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
     tokio::task::spawn_blocking({
-        let (config, metrics) = (config.clone(), Arc::clone(&metrics));
-        move || join_if_new(&config, start == Start::Join, &metrics)
+        let (config, metrics, starting) =
+            (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
+        move || join_if_new(&config, start == Start::Join, &metrics, &starting)
     })
     .await??;
+    starting.set_phase("opening the database");
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)
     })
     .await??;
     if check {
+        starting.set_phase("checking the database");
         let checked = Arc::clone(&store);
         let report = tokio::task::spawn_blocking(move || {
             checked.check(&mut |progress| {
@@ -404,18 +425,11 @@ pub async fn run(
             .and_then(NonZeroUsize::new)
             .unwrap_or_else(crate::pow::default_threads),
     };
+    starting.set_phase("loading the plugins");
     let plugins = Plugins::load(&config.plugins, Arc::clone(&metrics))
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
-    // Every listener is bound before consensus starts: a busy port stops start-up
-    // at once, not after the peers have connected.
-    let listener = listen(config.api_listen, API_BACKLOG).with_context(|| {
-        format!(
-            "{}: cannot listen on api_listen {}",
-            path.display(),
-            config.api_listen
-        )
-    })?;
+    starting.set_phase("starting the engine");
     // The engine is chosen once, here, for the node's whole life.
     let node = if config.follower {
         let sources = join_config(&config, store.spec())?.sources;
@@ -456,6 +470,8 @@ pub async fn run(
         .snapshot_tile_level()
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
     let node = Arc::new(node.with_snapshots(config.snapshot_transfers, tile_level));
+    starting_api.finish().await;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     node.metrics()
         .height
         .store(tip.height, std::sync::atomic::Ordering::Relaxed);
@@ -468,7 +484,6 @@ pub async fn run(
         "node ready"
     );
 
-    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     // One stop signal, fanned out to the server and the producer.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn({
@@ -534,6 +549,81 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a starting node tells systemd what it is doing, and the start timeout
+/// it asks for each time: a join of a long chain may outlast `TimeoutStartSec`, but
+/// not a minute without progress.
+const STARTING_REPORT: Duration = Duration::from_secs(5);
+const STARTING_EXTEND: Duration = Duration::from_secs(60);
+
+/// The API of a starting node ([`crate::api::starting`]) on a clone of the node's
+/// listener, and its reports to systemd; both end at [`StartingApi::finish`] or
+/// when dropped on a failed start.
+struct StartingApi {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    reports: tokio::task::JoinHandle<()>,
+}
+
+impl StartingApi {
+    fn serve(
+        listener: &std::net::TcpListener,
+        starting: &Arc<Starting>,
+        notifier: Option<Arc<crate::systemd::Notifier>>,
+    ) -> anyhow::Result<StartingApi> {
+        let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = crate::api::starting::router(Arc::clone(starting));
+        let server = tokio::spawn(async move {
+            let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(error) = serving.await {
+                tracing::warn!(%error, "the API of the starting node failed");
+            }
+        });
+        let starting = Arc::clone(starting);
+        let reports = tokio::spawn(async move {
+            let Some(notifier) = notifier else {
+                return;
+            };
+            // A quick start says nothing before READY=1.
+            let first = tokio::time::Instant::now() + STARTING_REPORT;
+            let mut ticks = tokio::time::interval_at(first, STARTING_REPORT);
+            loop {
+                ticks.tick().await;
+                notifier.notify(&format!(
+                    "STATUS={}\nEXTEND_TIMEOUT_USEC={}\nWATCHDOG=1",
+                    starting.view().message,
+                    STARTING_EXTEND.as_micros()
+                ));
+            }
+        });
+        Ok(StartingApi {
+            stop: Some(stop),
+            server: Some(server),
+            reports,
+        })
+    }
+
+    /// Stops the starting API (requests in flight finish) before the node's own takes
+    /// the listener over; connections waiting to be accepted wait for the new one.
+    async fn finish(mut self) {
+        drop(self.stop.take());
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+    }
+}
+
+impl Drop for StartingApi {
+    fn drop(&mut self) {
+        self.reports.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
 }
 
 /// Sets its flag when dropped.

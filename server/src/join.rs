@@ -238,6 +238,11 @@ fn fetch_chunks(
     let total = manifest.chunks();
     let queue: VecDeque<u64> = restore.missing().into();
     let already = total - queue.len() as u64;
+    metrics
+        .join_height
+        .store(manifest.height(), Ordering::Relaxed);
+    metrics.join_chunks.store(total, Ordering::Relaxed);
+    metrics.join_chunks_held.store(already, Ordering::Relaxed);
     if already > 0 {
         tracing::info!(already, total, "resuming a snapshot transfer");
     }
@@ -365,6 +370,7 @@ fn worker(
                     metrics
                         .snapshot_chunks_fetched
                         .fetch_add(1, Ordering::Relaxed);
+                    metrics.join_chunks_held.fetch_add(1, Ordering::Relaxed);
                     metrics
                         .snapshot_bytes_fetched
                         .fetch_add(bytes, Ordering::Relaxed);

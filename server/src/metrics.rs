@@ -156,6 +156,12 @@ pub struct Metrics {
     pub history_blocks_fetched: AtomicU64,
     /// The lowest height above genesis whose block is held (1 once it holds all).
     pub history_from: AtomicU64,
+    /// The height of the snapshot this node is joining from (0 before one is chosen).
+    pub join_height: AtomicU64,
+    /// Chunks of that snapshot.
+    pub join_chunks: AtomicU64,
+    /// Chunks of it checked and written so far, a resumed join's earlier ones included.
+    pub join_chunks_held: AtomicU64,
 }
 
 impl Metrics {
@@ -195,7 +201,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let metrics: [(&str, &str, &str, Value); 23] = [
+        let metrics: [(&str, &str, &str, Value); 26] = [
             (
                 "ledger_height",
                 "gauge",
@@ -333,6 +339,24 @@ impl Metrics {
                 "gauge",
                 "Lowest height above genesis whose block this node holds (1: the whole chain).",
                 Value::Count(&self.history_from),
+            ),
+            (
+                "ledger_join_height",
+                "gauge",
+                "Height of the snapshot this node joined, or is joining, from (0: none).",
+                Value::Count(&self.join_height),
+            ),
+            (
+                "ledger_join_chunks",
+                "gauge",
+                "Chunks of the snapshot this node joined, or is joining, from.",
+                Value::Count(&self.join_chunks),
+            ),
+            (
+                "ledger_join_chunks_held",
+                "gauge",
+                "Chunks of that snapshot checked and written so far.",
+                Value::Count(&self.join_chunks_held),
             ),
         ];
         for (name, kind, help, value) in metrics {

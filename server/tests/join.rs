@@ -373,7 +373,8 @@ fn a_joiner_killed_at_seeded_moments_resumes_and_ends_identical() {
     std::fs::remove_dir_all(&data).unwrap();
 
     let (database, staging) = (data.join("ledger.redb"), data.join("ledger.redb.restoring"));
-    let (mut kills, mut resumed) = (0, 0);
+    let (mut kills, mut resumed, mut progress_seen) = (0, 0, 0);
+    let url = format!("http://127.0.0.1:{}", base + 6);
     for _ in 0..8 {
         let mut joiner = std::process::Command::new(LEDGERD)
             .args(["join", "--config", configs[3].to_str().unwrap()])
@@ -382,8 +383,22 @@ fn a_joiner_killed_at_seeded_moments_resumes_and_ends_identical() {
             .spawn()
             .unwrap();
         // The transfer takes under a second here: the moments fall across it.
-        let moment = Duration::from_millis(30 + rng.next() % 600);
-        std::thread::sleep(moment);
+        let moment = Instant::now() + Duration::from_millis(30 + rng.next() % 600);
+        // Meanwhile its address answers why it is not ready, with the progress.
+        while Instant::now() < moment {
+            let (code, view) = http("GET", &format!("{url}/v1/status"), None);
+            if code == 503 && view["joining"].is_object() {
+                let joining = &view["joining"];
+                assert_eq!(view["error"], "not_ready", "{view}");
+                assert!(joining["chunks_held"].as_u64() <= joining["chunks"].as_u64());
+                assert!(
+                    view["message"].as_str().unwrap().contains("chunks"),
+                    "{view}"
+                );
+                progress_seen += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(joiner.try_wait().unwrap().is_none(), "ledgerd join exited");
         joiner.kill().unwrap();
         joiner.wait().unwrap();
@@ -407,8 +422,12 @@ fn a_joiner_killed_at_seeded_moments_resumes_and_ends_identical() {
             std::fs::remove_dir_all(&data).unwrap();
         }
     }
-    eprintln!("{kills} kills, {resumed} resumed transfers");
+    eprintln!("{kills} kills, {resumed} resumed transfers, progress seen {progress_seen} times");
     assert!(resumed > 0, "no kill landed mid-transfer in {kills} tries");
+    assert!(
+        progress_seen > 0,
+        "/v1/status never showed the join's progress"
+    );
     // Whatever state the last kill left, a plain start finishes the job.
     daemons[3] = Some(Daemon::start(&configs[3], base + 6));
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();

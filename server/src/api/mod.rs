@@ -2,6 +2,7 @@
 //! with `oneshot` and no socket. Errors are rendered in one place ([`ApiError`]).
 
 mod error;
+pub mod starting;
 pub mod types;
 
 use std::sync::Arc;
