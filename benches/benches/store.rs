@@ -1,7 +1,7 @@
 //! The redb store: blocks applied per second (1, 100 and 1000 entries of 100 bytes,
 //! two-phase commit on and off, every commit durable), Merkle proofs generated per
-//! second from a log of one million entries, and what checking every read costs
-//! against reading the same bytes unchecked.
+//! second from a log of one million entries, what checking every read costs
+//! against reading the same bytes unchecked, and the steps of a snapshot chunk.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use ledger::chain::{Block, CommitCertificate, CompactRange, Hash, Header};
-use ledger::storage::{Store, StoreOptions};
+use ledger::storage::{Restore, Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec};
 
 const ENTRY_BYTES: usize = 100;
@@ -359,10 +359,58 @@ fn read_cost_report() {
     }
 }
 
+/// One snapshot chunk of 65,536 ids (the default tile) through each step a join
+/// takes: a member reads and checks it, the joiner checks it again on arrival and
+/// writes it into the staging database with its Merkle nodes.
+fn snapshot_suites(c: &mut Criterion) {
+    const TILE_LEVEL: u8 = 16;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let built = OnceLock::new();
+    let fixture = || {
+        built.get_or_init(|| {
+            let store = store_with_log(dir.path(), 2 << TILE_LEVEL);
+            let tip = store.tip().expect("tip").height;
+            let manifest = store
+                .snapshot_manifest(tip, TILE_LEVEL, 1)
+                .expect("read")
+                .expect("a manifest at the tip");
+            let chunk = store.snapshot_chunk(&manifest, 0).expect("chunk");
+            (store, manifest, chunk)
+        })
+    };
+    let mut group = c.benchmark_group("snapshot_chunk");
+    group.throughput(Throughput::Elements(1 << TILE_LEVEL));
+    group.sample_size(10);
+    group.bench_function("serve", |b| {
+        let (store, manifest, _) = fixture();
+        b.iter(|| black_box(store.snapshot_chunk(manifest, 0).expect("chunk")));
+    });
+    group.bench_function("check", |b| {
+        let (_, manifest, chunk) = fixture();
+        b.iter(|| black_box(manifest.check_chunk(0, chunk).expect("checks")));
+    });
+    group.bench_function("write", |b| {
+        let (store, manifest, chunk) = fixture();
+        let ids = manifest.check_chunk(0, chunk).expect("checks");
+        let mut run = 0;
+        b.iter_batched(
+            || {
+                run += 1;
+                let staging = dir.path().join(format!("staging-{run}.redb"));
+                Restore::begin(&staging, store.spec(), manifest.clone()).expect("begin")
+            },
+            |mut restore| restore.write_tile(0, &ids).expect("write"),
+            criterion::BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     apply_suites(&mut criterion);
     proof_suites(&mut criterion);
+    snapshot_suites(&mut criterion);
     criterion.final_summary();
     if !std::env::args().any(|arg| arg == "--test") {
         commit_cost_report();

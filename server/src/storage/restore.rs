@@ -156,6 +156,9 @@ impl Restore {
         if self.manifest.tile_roots.get(index as usize) != Some(&root) {
             return Err(corrupt(format!("tile {index} does not give its root")));
         }
+        // Nodes complete level by level interleaved; in key order each level's rows
+        // append to the end of its run of the table instead of splitting pages.
+        nodes.sort_unstable_by_key(|(key, _)| *key);
         let txn = self.database.begin_write()?;
         {
             let mut table = txn.open_table(ENTRY_IDS)?;
