@@ -87,6 +87,30 @@ fn past_sweep_failures_stay_fixed() {
     }
 }
 
+/// The joiner's checks are what keep a liar's snapshot out: with them off, a member
+/// restored from a forged manifest or chunk is caught by the checker.
+#[test]
+fn a_joiner_that_trusts_snapshots_unchecked_is_caught() {
+    let mut scenario = Scenario::named("lying-snapshots-4").expect("catalogue scenario");
+    scenario.unchecked_snapshots = true;
+    let report = first_violation(&scenario, 400);
+    assert!(
+        matches!(
+            report.violation,
+            Some(Violation::ForgedSnapshot { .. } | Violation::NoProgress { .. })
+        ),
+        "{report}"
+    );
+    // With the checks, the same seed joins and commits.
+    let scenario = Scenario::named("lying-snapshots-4").expect("catalogue scenario");
+    let again = Sim::new(scenario, report.seed).run();
+    assert!(again.violation.is_none(), "{again}");
+    assert!(
+        again.snapshots.restores + again.snapshots.refused > 0,
+        "{again:?}"
+    );
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let scenario = Scenario::named("partitions-4").expect("catalogue scenario");

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     let failures = Mutex::new(Vec::new());
     let done = AtomicU64::new(0);
     let events = AtomicU64::new(0);
+    let (restores, refused) = (AtomicU64::new(0), AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -100,6 +101,8 @@ fn main() -> ExitCode {
                 let scenario = scenarios[(seed % scenarios.len() as u64) as usize].clone();
                 let report = run(scenario, seed);
                 events.fetch_add(report.events, Ordering::Relaxed);
+                restores.fetch_add(report.snapshots.restores, Ordering::Relaxed);
+                refused.fetch_add(report.snapshots.refused, Ordering::Relaxed);
                 if report.violation.is_some() {
                     eprintln!("{report}");
                     failures
@@ -122,6 +125,11 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64(),
         events.load(Ordering::Relaxed),
         failures.len()
+    );
+    println!(
+        "snapshot joins: {} members restored, {} forged manifests or chunks refused",
+        restores.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
     );
     for report in &failures {
         println!("  {report}");

@@ -34,11 +34,15 @@ pub enum Behaviour {
     Twin,
     /// Never runs.
     Silent,
+    /// Votes honestly but serves forged snapshots to members that join: a certificate
+    /// short of a quorum, tile roots that do not fold into the log root, a header of
+    /// its own making, or a good manifest with a corrupted chunk.
+    LyingSnapshots,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 9] = [
+    pub const ALL: [Behaviour; 10] = [
         Behaviour::Equivocate,
         Behaviour::ConflictingVotes,
         Behaviour::ForgeSignatures,
@@ -48,6 +52,7 @@ impl Behaviour {
         Behaviour::BogusNewView,
         Behaviour::Twin,
         Behaviour::Silent,
+        Behaviour::LyingSnapshots,
     ];
 
     /// Its name in scenario names.
@@ -62,6 +67,7 @@ impl Behaviour {
             Behaviour::BogusNewView => "bogus-new-view",
             Behaviour::Twin => "twin",
             Behaviour::Silent => "silent",
+            Behaviour::LyingSnapshots => "lying-snapshots",
         }
     }
 }

@@ -60,6 +60,14 @@ pub enum Violation {
         /// The panic message.
         message: String,
     },
+    /// An honest replica restored from a snapshot a block no honest replica applied
+    /// at that height.
+    ForgedSnapshot {
+        /// The replica.
+        node: usize,
+        /// The snapshot's height.
+        height: u64,
+    },
     /// Views kept changing after the network healed.
     ViewChangeStorm {
         /// View changes after healing.
@@ -92,6 +100,17 @@ pub struct Report {
     pub view: u64,
     /// The first violation, if any.
     pub violation: Option<Violation>,
+    /// What snapshot joins did.
+    pub snapshots: SnapshotCounts,
+}
+
+/// What the snapshot joins of a run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotCounts {
+    /// Members restored from a snapshot.
+    pub restores: u64,
+    /// Forged manifests and chunks refused.
+    pub refused: u64,
 }
 
 impl Report {
@@ -105,6 +124,7 @@ impl Report {
             height: 0,
             view: 0,
             violation: Some(Violation::Panic { message }),
+            snapshots: SnapshotCounts::default(),
         }
     }
 
@@ -151,13 +171,14 @@ impl Sim {
         for entry in &block.entries {
             let id = entry.id();
             state.ids.insert(id);
+            state.log_ids.push(id);
             log.append(crate::chain::merkle::leaf_hash(id.as_bytes()), |_, _, _| {});
         }
         state.tip = Tip {
             header: block.header,
             log,
         };
-        state.chain.push((block, certificate.clone()));
+        state.chain.insert(height, (block, certificate.clone()));
         if !honest {
             return;
         }

@@ -12,6 +12,7 @@ mod byzantine;
 mod checker;
 mod rng;
 mod scenario;
+mod snapshot;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -21,7 +22,7 @@ use ed25519_dalek::SigningKey;
 
 pub use byzantine::Behaviour;
 use byzantine::{Adversary, Collusion};
-pub use checker::{Report, Violation};
+pub use checker::{Report, SnapshotCounts, Violation};
 pub use rng::Rng;
 pub use scenario::{Cut, Network, Scenario};
 
@@ -48,12 +49,21 @@ struct Process {
     member: MemberIndex,
     replica: Option<Replica>,
     durable: Durable,
-    chain: Vec<(Arc<Block>, CommitCertificate)>,
+    /// The blocks held, by height: from 1, or from the snapshot it was restored from.
+    chain: BTreeMap<u64, (Arc<Block>, CommitCertificate)>,
+    /// The header below a snapshot it was restored from (a real store keeps it).
+    base: Option<Header>,
+    /// Every entry id of the log, in log order.
+    log_ids: Vec<Hash>,
     tip: Tip,
     ids: HashSet<Hash>,
     honest: bool,
     adversary: Option<Adversary>,
     mining_token: u64,
+    /// Whether its disk was lost: on restart it joins from a snapshot.
+    wiped: bool,
+    /// Bumped at each crash, so a restore that finishes after one is dropped.
+    lives: u64,
 }
 
 enum Event {
@@ -87,6 +97,12 @@ enum Event {
     },
     Restart {
         node: usize,
+    },
+    /// A join's transfer is over: the node starts from the restored state.
+    Restored {
+        node: usize,
+        life: u64,
+        restored: Box<snapshot::Restored>,
     },
     Partition {
         groups: Vec<u8>,
@@ -146,6 +162,9 @@ pub struct Sim {
     genesis_hash: Hash,
     events: u64,
     violation: Option<Violation>,
+    /// Whether a member lost its disk in this run.
+    disk_lost: bool,
+    snapshots: SnapshotCounts,
 }
 
 impl Sim {
@@ -195,12 +214,16 @@ impl Sim {
                     member,
                     replica,
                     durable,
-                    chain: Vec::new(),
+                    chain: BTreeMap::new(),
+                    base: None,
+                    log_ids: Vec::new(),
                     tip,
                     ids: HashSet::new(),
                     honest: behaviour.is_none(),
                     adversary: behaviour.map(|b| Adversary::new(b, key.clone())),
                     mining_token: 0,
+                    wiped: false,
+                    lives: 0,
                 });
             }
         }
@@ -229,6 +252,8 @@ impl Sim {
             genesis_hash: genesis.hash(),
             events: 0,
             violation: None,
+            disk_lost: false,
+            snapshots: SnapshotCounts::default(),
             seed,
             scenario,
         };
@@ -346,6 +371,7 @@ impl Sim {
                 .unwrap_or(0),
             view: self.max_view(),
             violation: self.violation,
+            snapshots: self.snapshots,
         }
     }
 
@@ -413,12 +439,30 @@ impl Sim {
                     self.input(node, Input::Committed { block, certificate });
                 }
             }
-            Event::Crash { node } => {
-                self.nodes[node].replica = None;
-                self.nodes[node].mining_token += 1;
-            }
+            Event::Crash { node } => self.crash(node),
             Event::Restart { node } => self.restart(node),
+            Event::Restored {
+                node,
+                life,
+                restored,
+            } => self.restored(node, life, *restored),
             Event::Partition { groups, until_ms } => self.partition = Some((groups, until_ms)),
+        }
+    }
+
+    /// Stops `node` where it stands; with disk loss in the scenario, its disk may go
+    /// with it.
+    fn crash(&mut self, node: usize) {
+        let state = &mut self.nodes[node];
+        state.replica = None;
+        state.mining_token += 1;
+        state.lives += 1;
+        // One disk per run: a member that lost what it signed counts as one of the f
+        // faults until the heights it may have voted at are decided (README,
+        // "Joining from a snapshot"), so a second loss could exceed f.
+        if self.scenario.network.disk_loss && !self.disk_lost && self.rng.chance(0.5) {
+            self.disk_lost = true;
+            self.wipe(node);
         }
     }
 
@@ -426,6 +470,9 @@ impl Sim {
         let state = &self.nodes[node];
         if state.replica.is_some() {
             return;
+        }
+        if state.wiped {
+            return self.join(node);
         }
         let key = self.keys[usize::from(state.member)].clone();
         let config = replica_config(
@@ -438,9 +485,8 @@ impl Sim {
         let low = state.durable.stable.height;
         let applied: Vec<(u64, Hash)> = state
             .chain
-            .iter()
-            .map(|(block, _)| (block.header.height, block.hash()))
-            .filter(|(height, _)| *height > low)
+            .range(low + 1..)
+            .map(|(height, (block, _))| (*height, block.hash()))
             .collect();
         let replica = Replica::new(
             config,
@@ -477,8 +523,7 @@ impl Sim {
         .then(|| self.rng.below(outputs.len() as u64 + 1) as usize);
         for (position, output) in outputs.into_iter().enumerate() {
             if crash_at == Some(position) {
-                self.nodes[node].replica = None;
-                self.nodes[node].mining_token += 1;
+                self.crash(node);
                 let back = self.now + 50 + self.rng.below(500);
                 self.schedule(back.min(self.heal_at), Event::Restart { node });
                 return;
@@ -536,7 +581,7 @@ impl Sim {
                     .or_else(|| {
                         let chain = &self.nodes[peer].chain;
                         chain
-                            .get(height.checked_sub(1)? as usize)
+                            .get(&height)
                             .filter(|(block, _)| block.hash() == hash)
                             .map(|(block, _)| block.clone())
                     });
@@ -565,12 +610,11 @@ impl Sim {
                 if let (Some(message), Some(delay)) = (new_view, self.round_trip(node, peer)) {
                     self.schedule(self.now + delay, Event::Deliver { node, message });
                 }
-                let blocks: Vec<_> = self.nodes[peer]
-                    .chain
-                    .iter()
-                    .skip(after as usize)
-                    .take(16)
-                    .cloned()
+                // Consecutive blocks after `after`: none from a peer whose history
+                // starts above it (restored from a snapshot).
+                let chain = &self.nodes[peer].chain;
+                let blocks: Vec<_> = (after + 1..after + 17)
+                    .map_while(|height| chain.get(&height).cloned())
                     .collect();
                 if self.cut("committed-blocks", None, node) {
                     return;

@@ -17,6 +17,9 @@ pub struct Network {
     pub partitions: bool,
     /// Whether honest replicas crash and restart from what they persisted.
     pub crashes: bool,
+    /// Whether a crash may take the disk with it: the replica then joins again from
+    /// a snapshot the others serve, checked as `ledgerd join` checks it.
+    pub disk_loss: bool,
 }
 
 /// A targeted fault: messages of one kind to one member are lost for a while.
@@ -56,6 +59,8 @@ pub struct Scenario {
     pub entries: usize,
     /// Targeted losses.
     pub cuts: Vec<Cut>,
+    /// A deliberate flaw: joining members trust snapshots without checking them.
+    pub unchecked_snapshots: bool,
 }
 
 impl Scenario {
@@ -72,12 +77,14 @@ impl Scenario {
                 delay_ms: (1, 30),
                 partitions: false,
                 crashes: false,
+                disk_loss: false,
             },
             flaws: Flaws::default(),
             faulty_ms: 4_000,
             settle_ms: 30_000,
             entries: 40,
             cuts: Vec::new(),
+            unchecked_snapshots: false,
         }
     }
 
@@ -98,6 +105,11 @@ impl Scenario {
             if f == 0 {
                 continue;
             }
+            // A member that lost its disk forgot what it signed: one of the f faults.
+            let mut disk_loss = Scenario::new(&format!("disk-loss-{members}"), members);
+            disk_loss.network.crashes = true;
+            disk_loss.network.disk_loss = true;
+            all.push(disk_loss);
             for behaviour in Behaviour::ALL {
                 let mut scenario =
                     Scenario::new(&format!("{}-{members}", behaviour.name()), members);
@@ -111,6 +123,11 @@ impl Scenario {
                 // Partitions with liars where quorums are tightest: at n = 4 the
                 // paper's size, at 5 and 6 the sizes where 2f + 1 would be unsafe.
                 scenario.network.partitions = (4..=6).contains(&members);
+                // A liar about snapshots needs members that lose their disks to lie to.
+                if behaviour == Behaviour::LyingSnapshots {
+                    scenario.network.crashes = true;
+                    scenario.network.disk_loss = true;
+                }
                 all.push(scenario);
             }
         }

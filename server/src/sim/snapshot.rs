@@ -1,0 +1,286 @@
+//! Snapshot transfer in the simulator: a replica whose disk was lost joins again as
+//! `ledgerd join` does. Every running member it reaches offers the snapshot of its
+//! stable checkpoint (a Byzantine [`Behaviour::LyingSnapshots`] member a forged
+//! one); the joiner keeps the manifests that verify against the genesis members
+//! (the real [`Manifest::verify`]), takes the highest one f + 1 members offer alike
+//! (else the highest), checks each chunk with [`Manifest::check_chunk`] and takes a
+//! failed one from the next member offering the snapshot. The transfer takes virtual
+//! time and a crash may cut it short; then the node starts from the restored state:
+//! block `h` and its certificate, the header below, every id, no consensus state.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::{Behaviour, Sim, Violation};
+use crate::chain::merkle::leaf_hash;
+use crate::chain::snapshot::{self, Manifest, MIN_TILE_LEVEL};
+use crate::chain::{Block, CommitCertificate, CompactRange, Hash};
+use crate::consensus::{Durable, Tip};
+
+/// What a finished join hands the node.
+pub(super) struct Restored {
+    block: Arc<Block>,
+    certificate: CommitCertificate,
+    below: crate::chain::Header,
+    ids: Vec<Hash>,
+}
+
+/// A snapshot as one member offers it: its manifest and its chunks.
+struct Offer {
+    source: usize,
+    manifest: Manifest,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Sim {
+    /// Forgets everything `node` persisted.
+    pub(super) fn wipe(&mut self, node: usize) {
+        let genesis = self.spec.genesis_block();
+        let state = &mut self.nodes[node];
+        state.durable = Durable::genesis(genesis.hash());
+        state.chain.clear();
+        state.base = None;
+        state.log_ids.clear();
+        state.ids.clear();
+        state.tip = Tip {
+            header: genesis.header,
+            log: CompactRange::new(),
+        };
+        state.wiped = true;
+    }
+
+    /// Joins `node` (down, its disk lost) from the snapshots the others offer; with
+    /// none to be had it starts from genesis and replays, as a real node does.
+    pub(super) fn join(&mut self, node: usize) {
+        let member = self.nodes[node].member;
+        let mut offers = Vec::new();
+        for source in 0..self.nodes.len() {
+            if self.nodes[source].member == member || self.nodes[source].replica.is_none() {
+                continue;
+            }
+            if self.round_trip(node, source).is_none() {
+                continue;
+            }
+            if let Some(offer) = self.offer(source) {
+                offers.push(offer);
+            }
+        }
+        let chain_hash = self.spec.chain_hash();
+        let offered = offers.len();
+        let unchecked = self.scenario.unchecked_snapshots;
+        offers.retain(|offer| {
+            unchecked
+                || offer
+                    .manifest
+                    .verify(&chain_hash, &self.spec.members)
+                    .is_ok()
+        });
+        self.snapshots.refused += (offered - offers.len()) as u64;
+        let same = |a: &Manifest, b: &Manifest| {
+            a.header == b.header && a.tile_roots == b.tile_roots && a.recent == b.recent
+        };
+        let backed = self.spec.members.max_faulty() + 1;
+        let support =
+            |m: &Manifest| offers.iter().filter(|o| same(m, &o.manifest)).count() >= backed;
+        let Some(best) = offers
+            .iter()
+            .max_by_key(|offer| (support(&offer.manifest), offer.manifest.height()))
+            .map(|offer| offer.manifest.clone())
+        else {
+            self.nodes[node].wiped = false;
+            return self.restart(node);
+        };
+        let sources: Vec<&Offer> = offers
+            .iter()
+            .filter(|offer| same(&offer.manifest, &best))
+            .collect();
+        let mut ids = Vec::with_capacity(best.header.log_size as usize);
+        let (mut trips, mut refused) = (0, 0);
+        for index in 0..best.chunks() {
+            let start = self.rng.below(sources.len() as u64) as usize;
+            let checked = (0..sources.len()).find_map(|turn| {
+                trips += 1;
+                let offer = sources[(start + turn) % sources.len()];
+                let bytes = &offer.chunks[index as usize];
+                let checked = match unchecked {
+                    true => bytes
+                        .chunks(32)
+                        .map(|id| id.try_into().ok().map(Hash))
+                        .collect::<Option<Vec<_>>>(),
+                    false => best.check_chunk(index, bytes).ok(),
+                };
+                refused += u64::from(checked.is_none());
+                checked
+            });
+            self.snapshots.refused += std::mem::take(&mut refused);
+            match checked {
+                Some(chunk) => ids.extend(chunk),
+                // No member served this chunk whole: the join fails and is tried
+                // again at the next start.
+                None => return self.retry_join(node),
+            }
+        }
+        // Block h from a source offering the snapshot; the ids must hold its entries.
+        let Some((block, _)) = sources
+            .iter()
+            .find_map(|offer| self.nodes[offer.source].chain.get(&best.height()).cloned())
+            .filter(|(block, _)| block.hash() == best.header.hash())
+        else {
+            return self.retry_join(node);
+        };
+        let below = best.recent[best.recent.len() - 1];
+        let start = below.log_size as usize;
+        let holds = ids.get(start..).is_some_and(|tail| {
+            tail.len() == block.entries.len()
+                && tail
+                    .iter()
+                    .zip(&block.entries)
+                    .all(|(id, entry)| *id == entry.id())
+        });
+        if !holds {
+            return self.retry_join(node);
+        }
+        // A crash during the transfer leaves the node to try again later.
+        if self.rng.chance(0.2) {
+            return self.retry_join(node);
+        }
+        let (low, high) = self.scenario.network.delay_ms;
+        let took = trips * (low + high) + self.rng.below(100);
+        let life = self.nodes[node].lives;
+        let restored = Box::new(Restored {
+            block,
+            certificate: best.certificate.clone(),
+            below,
+            ids,
+        });
+        self.schedule(
+            self.now + took,
+            super::Event::Restored {
+                node,
+                life,
+                restored,
+            },
+        );
+    }
+
+    fn retry_join(&mut self, node: usize) {
+        let back = self.now + 100 + self.rng.below(500);
+        self.schedule(back.min(self.heal_at), super::Event::Restart { node });
+    }
+
+    /// Starts `node` from a finished join, unless it crashed meanwhile.
+    pub(super) fn restored(&mut self, node: usize, life: u64, restored: Restored) {
+        if self.nodes[node].lives != life || self.nodes[node].replica.is_some() {
+            return;
+        }
+        let Restored {
+            block,
+            certificate,
+            below,
+            ids,
+        } = restored;
+        let height = block.header.height;
+        let hash = block.hash();
+        match self.applied.get(&height) {
+            Some((known, _)) if *known != hash => {
+                self.violation = Some(Violation::ForgedSnapshot { node, height });
+                return;
+            }
+            Some(_) => {}
+            None => {
+                self.applied.insert(height, (hash, node));
+            }
+        }
+        self.snapshots.restores += 1;
+        let mut log = CompactRange::new();
+        for id in &ids {
+            log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
+        }
+        let state = &mut self.nodes[node];
+        state.tip = Tip {
+            header: block.header,
+            log,
+        };
+        state.ids = ids.iter().copied().collect::<HashSet<_>>();
+        state.log_ids = ids;
+        state.base = Some(below);
+        state.chain = BTreeMap::from([(height, (block, certificate))]);
+        state.wiped = false;
+        self.restart(node);
+    }
+
+    /// The snapshot `source` offers: that of its stable checkpoint, if it holds the
+    /// block there and the header below; a liar forges one.
+    fn offer(&mut self, source: usize) -> Option<Offer> {
+        let state = &self.nodes[source];
+        let liar = self.scenario.byzantine.iter().any(|(member, behaviour)| {
+            *member == state.member && *behaviour == Behaviour::LyingSnapshots
+        });
+        let height = state.replica.as_ref()?.stable_checkpoint().height;
+        let (block, certificate) = state.chain.get(&height)?;
+        let below = match state.chain.get(&(height - 1)) {
+            Some((block, _)) => block.header,
+            None => state.base.filter(|header| header.height == height - 1)?,
+        };
+        let log_size = block.header.log_size;
+        let ids = &state.log_ids[..log_size as usize];
+        let level = MIN_TILE_LEVEL;
+        let tile = |index: u64| {
+            let range = snapshot::tile_range(log_size, level, index);
+            &ids[range.start as usize..range.end as usize]
+        };
+        let tiles = snapshot::tile_count(log_size, level);
+        let mut offer = Offer {
+            source,
+            manifest: Manifest {
+                chain_hash: self.spec.chain_hash(),
+                header: block.header,
+                certificate: certificate.clone(),
+                recent: vec![below],
+                tile_level: level,
+                tile_roots: (0..tiles).map(|i| snapshot::tile_root(tile(i))).collect(),
+            },
+            chunks: (0..tiles)
+                .map(|i| tile(i).iter().flat_map(|id| id.0).collect())
+                .collect(),
+        };
+        if liar {
+            self.forge(&mut offer);
+        }
+        Some(offer)
+    }
+
+    /// Turns an honest offer into one of the lies a Byzantine server can tell.
+    fn forge(&mut self, offer: &mut Offer) {
+        let manifest = &mut offer.manifest;
+        match self.rng.below(4) {
+            // A certificate short of a quorum.
+            0 => {
+                let keep = self.quorum.saturating_sub(1);
+                manifest.certificate.signatures.truncate(keep);
+            }
+            // A tile root that does not fold into the log root.
+            1 => {
+                if let Some(root) = manifest.tile_roots.first_mut() {
+                    root.0[0] ^= 1;
+                }
+            }
+            // A header of its own making, further on, certified by itself alone.
+            2 => {
+                let key = &self.keys[usize::from(self.nodes[offer.source].member)];
+                manifest.header.height += self.spec.params.checkpoint_interval;
+                let block = Block {
+                    header: manifest.header,
+                    entries: Vec::new(),
+                };
+                manifest.certificate = crate::testing::certify(std::slice::from_ref(key), &block);
+            }
+            // A good manifest whose chunk is corrupted.
+            _ => {
+                if let Some(byte) = offer.chunks.first_mut().and_then(|chunk| chunk.first_mut()) {
+                    *byte ^= 1;
+                }
+            }
+        }
+    }
+}
