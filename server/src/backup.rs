@@ -20,6 +20,7 @@ use std::path::Path;
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate};
+use crate::consensus::ABSTAIN_UNKNOWN;
 use crate::net::Wire;
 use crate::storage::{Restore, Store, StoreError, StoreOptions};
 
@@ -410,7 +411,8 @@ pub fn restore(
     // The blocks go into a database beside `path`, moved there only once whole.
     let built = staging.with_extension("built");
     let _ = std::fs::remove_file(&built);
-    restore.finish(spec, &block, &built)?;
+    // Nothing here says where the member last voted: its first start asks the others.
+    restore.finish(spec, &block, &built, ABSTAIN_UNKNOWN)?;
     let filled = fill(spec, &mut reader, &built, options, height, tip);
     if let Err(error) = filled {
         let _ = std::fs::remove_file(&built);

@@ -172,6 +172,38 @@ fn join_if_new(
     }
 }
 
+/// A member that starts without its own database (replaying the chain, or restored
+/// from a backup file into `store`) lost what it signed: if the chain has come
+/// anywhere, it abstains from voting until it has caught up past where it may have
+/// voted ([`crate::consensus::Durable::abstain_through`]). A replaying member's
+/// database is created here for that record, before the replica can run.
+fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
+    let spec = config.chain_spec()?;
+    let join = join_config(config, &spec)?;
+    let agent = crate::join::agent(Duration::from_secs(10));
+    let mut seen = crate::join::highest_certified(&agent, &spec, &join.sources);
+    if let Some(store) = store {
+        seen = seen.max(store.tip()?.height);
+    }
+    let bound = crate::consensus::Config::abstain_bound(&spec, seen);
+    if let Some(store) = store {
+        // Restored from a backup: the mark says to ask, and asking settles it.
+        store.set_abstain_through(bound)?;
+    } else if bound > 0 {
+        let (store, _) = open(config)?;
+        store.set_abstain_through(bound)?;
+    }
+    if bound > 0 {
+        tracing::warn!(
+            chain_height = seen,
+            abstaining_until = bound,
+            "this member lost the record of what it signed (it started without its own \
+             database): it follows the chain and votes again from height {bound} on"
+        );
+    }
+    Ok(())
+}
+
 /// Where a node joins from: the other members' client APIs named in the genesis
 /// file, and its data directory.
 fn join_config(config: &NodeConfig, spec: &crate::chain::ChainSpec) -> anyhow::Result<JoinConfig> {
@@ -375,18 +407,31 @@ pub async fn run(
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     let starting = Starting::new(Arc::clone(&metrics));
     let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
+    // A member without a database lost what it signed, unless the chain is new.
+    let empty = !config.database_path().exists();
     tokio::task::spawn_blocking({
         let (config, metrics, starting) =
             (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
         move || join_if_new(&config, start == Start::Join, &metrics, &starting)
     })
     .await??;
+    if empty && !config.database_path().exists() && !config.follower {
+        starting.set_phase("asking the other members how far the chain has come");
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, None)).await??;
+    }
     starting.set_phase("opening the database");
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)
     })
     .await??;
+    if store.durable()?.abstain_through == crate::consensus::ABSTAIN_UNKNOWN && !config.follower {
+        starting.set_phase("asking the other members how far the chain has come");
+        let (config, restored) = (config.clone(), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, Some(&restored)))
+            .await??;
+    }
     if check {
         starting.set_phase("checking the database");
         let checked = Arc::clone(&store);

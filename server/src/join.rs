@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainSpec, CommitCertificate};
+use crate::consensus::Config;
 use crate::engine::lock;
 use crate::metrics::Metrics;
 use crate::net::Wire;
@@ -142,7 +143,21 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let restore = Restore::begin(&config.staging, spec, best.clone())?;
     let fetched = fetch_chunks(&agent, &sources, restore, config, metrics)?;
     let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
-    fetched.restore.finish(spec, &block, &config.path)?;
+    // This member forgot what it signed; how far the others got bounds where it may
+    // have voted, and it abstains up to there (README, "Joining from a snapshot").
+    let seen = highest_certified(&agent, spec, &config.sources).max(height);
+    let abstain_through = Config::abstain_bound(spec, seen);
+    fetched
+        .restore
+        .finish(spec, &block, &config.path, abstain_through)?;
+    if abstain_through > 0 {
+        tracing::warn!(
+            chain_height = seen,
+            abstaining_until = abstain_through,
+            "this member lost the record of what it signed: it follows the chain and votes \
+             again from height {abstain_through} on"
+        );
+    }
     let (chunks, bytes) = (fetched.chunks, fetched.bytes);
     // What the join itself cost in memory, before the node loads its id map.
     let peak_rss_mib = peak_rss_mib().unwrap_or(0);
@@ -444,6 +459,27 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
         }
     }
     None
+}
+
+/// The highest height the `sources` show with a commit certificate that verifies
+/// against the genesis members (0 when none shows one): how far the chain has come,
+/// which bounds where a member that lost its disk may have voted. A source cannot
+/// raise it beyond the chain, only fail to answer.
+pub fn highest_certified(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> u64 {
+    let chain_hash = spec.chain_hash();
+    let certified = |source: &String| -> Option<u64> {
+        let status = get(agent, &format!("{source}/v1/status"), 1 << 20).ok()?;
+        let status: crate::api::types::StatusView = serde_json::from_slice(&status).ok()?;
+        let height = status.height;
+        let url = format!("{source}/v1/blocks/{height}/committed");
+        let bytes = get(agent, &url, 64 << 20).ok()?;
+        let (block, certificate) = Wire::committed_at(&bytes, height).ok()?;
+        certificate
+            .verify(&chain_hash, &spec.members, height, &block.hash())
+            .ok()?;
+        Some(height)
+    };
+    sources.iter().filter_map(certified).max().unwrap_or(0)
 }
 
 /// This process's peak resident set so far, where /proc tells it.

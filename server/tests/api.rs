@@ -200,6 +200,24 @@ async fn submit_wait_get_and_verify_a_receipt() {
     test.stop().await;
 }
 
+/// Genesis has no commit certificate: asking for it committed is a 404, and never
+/// makes the node take its own database for damaged (it once did).
+#[tokio::test]
+async fn genesis_is_no_committed_block() {
+    let test = quick_node();
+    let router = test.router();
+    let (status, body, _) = get(&router, "/v1/blocks/0/committed").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(test.node.is_ready(), "{:?}", test.node.unready_reason());
+    let (status, _, _) = get(&router, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_pending_entry_says_so() {
     let test = node_with(settings(100, Duration::from_secs(3600), 1000), true);

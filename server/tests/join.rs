@@ -49,11 +49,21 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert!(!log.contains("restored from a snapshot"), "{log}");
     std::fs::remove_dir_all(chain.join("node3/data")).unwrap();
     daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    // It forgot what it signed: it abstains until past where it may have voted, a
+    // window (two checkpoint intervals) above the chain's height when it came back.
+    let seen = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    let abstaining = status(node(&daemons, 3))["abstaining_until"].as_u64();
+    assert_eq!(abstaining, Some(seen + 10), "{}", status(node(&daemons, 3)));
 
-    // It orders and commits with the others again, and catches up what it missed.
+    // It takes entries and the others commit them; it catches up what it missed.
     let after = commit_batch(node(&daemons, 3), "after", 8);
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
+    // Once the chain has passed its bound, it votes again.
+    commit_batch(node(&daemons, 1), "more", 48);
+    let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    converge(&daemons, tip);
+    assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
 
     // Meanwhile it fetched the blocks below the snapshot: it holds the whole chain,
     // and an entry committed before it joined has its receipt there.
@@ -174,6 +184,10 @@ fn a_backup_of_a_running_member_restores_another() {
     );
     daemons[3] = Some(Daemon::start(&configs[3], base + 6));
     assert_eq!(status(node(&daemons, 3))["history_from"], 1);
+    // Its first start asked the others how far the chain has come, and it abstains.
+    let seen = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    let abstaining = status(node(&daemons, 3))["abstaining_until"].as_u64();
+    assert_eq!(abstaining, Some(seen + 10), "{}", status(node(&daemons, 3)));
     let url = &node(&daemons, 3).url;
     let (code, entry) = http("GET", &format!("{url}/v1/entries/{}", before[0]), None);
     assert_eq!(
@@ -201,6 +215,9 @@ fn a_member_told_not_to_join_from_a_snapshot_replays_the_chain() {
     set(&configs[3..], "join_from_snapshot", "false");
     daemons[3] = Some(Daemon::start(&configs[3], base + 6));
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    // Replaying or restored, a member that lost its disk abstains all the same.
+    let abstaining = status(node(&daemons, 3))["abstaining_until"].as_u64();
+    assert_eq!(abstaining, Some(tip + 10), "{}", status(node(&daemons, 3)));
     converge(&daemons, tip);
     assert_eq!(status(node(&daemons, 3))["history_from"], 1);
     let logs = stop_all(&mut daemons);

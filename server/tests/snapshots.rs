@@ -238,11 +238,13 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
         restore.write_tile(index, &checked).unwrap();
     }
     let (block, _) = source.committed_block(20).unwrap().unwrap();
-    restore.finish(&spec, &block, &path).unwrap();
+    restore.finish(&spec, &block, &path, 30).unwrap();
     assert!(!staging.exists());
 
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
     assert_eq!(store.history_from(), 20);
+    // The member forgot what it signed: its replica will abstain up to the bound.
+    assert_eq!(store.durable().unwrap().abstain_through, 30);
     assert_eq!(store.tip().unwrap(), manifest.header);
     assert!(store.committed(&ids[..140]).unwrap().iter().all(|c| *c));
     assert!(!store.committed(&ids[140..]).unwrap().iter().any(|c| *c));
@@ -349,7 +351,7 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     }
     let (block, _) = source.committed_block(20).unwrap().unwrap();
     let path = dir.path().join("ledger.redb");
-    restore.finish(&spec, &block, &path).unwrap();
+    restore.finish(&spec, &block, &path, 0).unwrap();
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
     assert_eq!(store.verify_chain().unwrap(), 20);
     // Nothing was left of the old partial tile: the node map and the log agree.

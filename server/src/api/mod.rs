@@ -620,6 +620,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         log_size: tip.log_size,
         history_from: store.history_from(),
         stable_checkpoint: engine.stable_checkpoint,
+        abstaining_until: engine.abstaining_until,
         f: spec.members.max_faulty(),
         quorum: spec.members.quorum(),
         members: members

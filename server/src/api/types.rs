@@ -486,6 +486,10 @@ pub struct StatusView {
     pub history_from: u64,
     /// Height of the stable checkpoint, when there is one.
     pub stable_checkpoint: Option<u64>,
+    /// On a member that lost its disk: it votes again once its height reaches this
+    /// (README, "Joining from a snapshot"); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abstaining_until: Option<u64>,
     /// Faults tolerated.
     pub f: usize,
     /// Matching votes that make a certificate: ⌈(n + f + 1) / 2⌉.

@@ -17,6 +17,10 @@ use super::message::{
 use crate::chain::codec::Reader;
 use crate::chain::{Block, ChainError, Hash};
 
+/// [`Durable::abstain_through`] of a member restored where nobody could say how far
+/// the chain had come (from a backup file): its node asks the others at start.
+pub const ABSTAIN_UNKNOWN: u64 = u64::MAX;
+
 /// One durable fact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -163,6 +167,10 @@ pub struct Durable {
     pub stable: CheckpointCertificate,
     /// Per-height state above the stable checkpoint.
     pub slots: BTreeMap<u64, DurableSlot>,
+    /// A replica restored from a snapshot after losing its disk forgot what it signed
+    /// at heights up to here: it signs no PRE-PREPARE, PREPARE, COMMIT, VIEW-CHANGE
+    /// or NEW-VIEW until its tip reaches this height (0: it forgot nothing).
+    pub abstain_through: u64,
 }
 
 impl Durable {
@@ -178,6 +186,7 @@ impl Durable {
                 votes: Vec::new(),
             },
             slots: BTreeMap::new(),
+            abstain_through: 0,
         }
     }
 

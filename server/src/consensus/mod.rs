@@ -10,7 +10,7 @@ mod harness;
 mod message;
 mod replica;
 
-pub use durable::{AcceptedBlock, Durable, DurableSlot, Record};
+pub use durable::{AcceptedBlock, Durable, DurableSlot, Record, ABSTAIN_UNKNOWN};
 pub use message::{
     checkpoint_digest, pre_prepare_digest, prepare_digest, CheckpointCertificate, Invalid,
     MemberIndex, Message, NewView, Payload, PreparedCertificate, Proposal, SignatureMemo, Verifier,

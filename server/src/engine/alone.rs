@@ -212,6 +212,7 @@ impl Alone {
             active: true,
             primary: 0,
             stable_checkpoint: None,
+            abstaining_until: None,
             pending: self.lock_pool().ids.len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),

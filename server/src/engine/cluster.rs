@@ -106,6 +106,8 @@ struct ClusterStatus {
     pub height: u64,
     /// The stable checkpoint's height.
     pub stable_checkpoint: u64,
+    /// While the replica abstains, the height it abstains up to.
+    pub abstaining_until: Option<u64>,
     /// Entries waiting here to be committed, admitted ones included.
     pub pending: usize,
     /// The difficulty the block after the tip needs.
@@ -399,6 +401,7 @@ impl Cluster {
             active: status.active,
             primary: status.primary,
             stable_checkpoint: (status.stable_checkpoint > 0).then_some(status.stable_checkpoint),
+            abstaining_until: status.abstaining_until,
             pending: status.pending,
             next_difficulty: status.next_difficulty,
             peers: self.transport.peers(),
@@ -1069,6 +1072,10 @@ impl Driver {
         status.active = self.replica.is_active();
         status.height = self.replica.height();
         status.stable_checkpoint = self.replica.stable_checkpoint().height;
+        status.abstaining_until = self
+            .replica
+            .abstaining()
+            .then(|| self.replica.abstain_through());
         status.pending = pending;
         if let Some(next) = next_difficulty {
             status.next_difficulty = next;

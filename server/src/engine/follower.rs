@@ -186,6 +186,7 @@ impl Follower {
             active: false,
             primary: MemberIndex::MAX,
             stable_checkpoint: None,
+            abstaining_until: None,
             pending: lock(&self.forwarded).len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),

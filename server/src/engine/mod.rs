@@ -145,6 +145,9 @@ pub struct EngineStatus {
     pub primary: MemberIndex,
     /// The stable checkpoint's height, once there is one.
     pub stable_checkpoint: Option<u64>,
+    /// On a member that lost its disk and still abstains from voting, the height its
+    /// tip must reach first.
+    pub abstaining_until: Option<u64>,
     /// Entries waiting to be committed.
     pub pending: usize,
     /// The difficulty the next block needs (the plugins' verdict, or genesis').

@@ -457,9 +457,8 @@ impl Sim {
         state.replica = None;
         state.mining_token += 1;
         state.lives += 1;
-        // One disk per run: a member that lost what it signed counts as one of the f
-        // faults until the heights it may have voted at are decided (README,
-        // "Joining from a snapshot"), so a second loss could exceed f.
+        // One disk per run: the members that restore it must hold the chain, and a
+        // member that forgot what it signed abstains only up to what the others show.
         if self.scenario.network.disk_loss && !self.disk_lost && self.rng.chance(0.5) {
             self.disk_lost = true;
             self.wipe(node);

@@ -102,14 +102,15 @@ impl Scenario {
             let mut crashes = Scenario::new(&format!("crashes-{members}"), members);
             crashes.network.crashes = true;
             all.push(crashes);
+            if members >= 2 {
+                let mut disk_loss = Scenario::new(&format!("disk-loss-{members}"), members);
+                disk_loss.network.crashes = true;
+                disk_loss.network.disk_loss = true;
+                all.push(disk_loss);
+            }
             if f == 0 {
                 continue;
             }
-            // A member that lost its disk forgot what it signed: one of the f faults.
-            let mut disk_loss = Scenario::new(&format!("disk-loss-{members}"), members);
-            disk_loss.network.crashes = true;
-            disk_loss.network.disk_loss = true;
-            all.push(disk_loss);
             for behaviour in Behaviour::ALL {
                 let mut scenario =
                     Scenario::new(&format!("{}-{members}", behaviour.name()), members);

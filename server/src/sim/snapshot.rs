@@ -23,6 +23,7 @@ pub(super) struct Restored {
     certificate: CommitCertificate,
     below: crate::chain::Header,
     ids: Vec<Hash>,
+    abstain_through: u64,
 }
 
 /// A snapshot as one member offers it: its manifest and its chunks.
@@ -54,6 +55,9 @@ impl Sim {
     pub(super) fn join(&mut self, node: usize) {
         let member = self.nodes[node].member;
         let mut offers = Vec::new();
+        // The highest tip the others show, each with its certificate: a bound on the
+        // heights this member may have voted at before it lost its disk.
+        let mut seen = 0;
         for source in 0..self.nodes.len() {
             if self.nodes[source].member == member || self.nodes[source].replica.is_none() {
                 continue;
@@ -61,10 +65,12 @@ impl Sim {
             if self.round_trip(node, source).is_none() {
                 continue;
             }
+            seen = seen.max(self.nodes[source].tip.header.height);
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
         }
+        let abstain_through = crate::consensus::Config::abstain_bound(&self.spec, seen);
         let chain_hash = self.spec.chain_hash();
         let offered = offers.len();
         let unchecked = self.scenario.unchecked_snapshots;
@@ -87,7 +93,10 @@ impl Sim {
             .max_by_key(|offer| (support(&offer.manifest), offer.manifest.height()))
             .map(|offer| offer.manifest.clone())
         else {
-            self.nodes[node].wiped = false;
+            // No snapshot: it replays the chain from genesis, abstaining all the same.
+            let state = &mut self.nodes[node];
+            state.wiped = false;
+            state.durable.abstain_through = abstain_through;
             return self.restart(node);
         };
         let sources: Vec<&Offer> = offers
@@ -152,6 +161,7 @@ impl Sim {
             certificate: best.certificate.clone(),
             below,
             ids,
+            abstain_through,
         });
         self.schedule(
             self.now + took,
@@ -178,6 +188,7 @@ impl Sim {
             certificate,
             below,
             ids,
+            abstain_through,
         } = restored;
         let height = block.header.height;
         let hash = block.hash();
@@ -206,6 +217,7 @@ impl Sim {
         state.base = Some(below);
         state.chain = BTreeMap::from([(height, (block, certificate))]);
         state.wiped = false;
+        state.durable.abstain_through = abstain_through;
         self.restart(node);
     }
 

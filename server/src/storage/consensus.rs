@@ -1,8 +1,9 @@
 //! The replica's durable state in redb: what it must not forget across a crash so
 //! that it never contradicts what it signed (`consensus::durable`).
 //!
-//! `view_state` holds the view and whether it was entered, and the NEW-VIEW of the
-//! last view entered; `consensus_log` one slot per height above the stable checkpoint
+//! `view_state` holds the view and whether it was entered, the NEW-VIEW of the
+//! last view entered, and on a member restored after losing its disk the height up
+//! to which it abstains; `consensus_log` one slot per height above the stable checkpoint
 //! (the block accepted there and the best prepared certificate); `checkpoints` every
 //! stable checkpoint certificate, the highest being the current one. A batch of
 //! records is one write transaction: durable before the replica's next send.
@@ -15,6 +16,19 @@ use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Pay
 
 const VIEW: &str = "view";
 const NEW_VIEW: &str = "new_view";
+/// `Durable::abstain_through`, 8 bytes big-endian; absent means 0.
+const ABSTAIN_THROUGH: &str = "abstain_through";
+
+/// Records in `txn` that the replica forgot what it signed up to `height`
+/// ([`Durable::abstain_through`]).
+pub(super) fn write_abstain_through(
+    txn: &redb::WriteTransaction,
+    height: u64,
+) -> Result<(), StoreError> {
+    txn.open_table(VIEW_STATE)?
+        .insert(ABSTAIN_THROUGH, height.to_be_bytes().as_slice())?;
+    Ok(())
+}
 
 fn encode_view(view: u64, active: bool) -> [u8; 9] {
     let mut out = [0; 9];
@@ -34,6 +48,17 @@ fn decode_view(bytes: &[u8]) -> Result<(u64, bool), StoreError> {
 }
 
 impl Store {
+    /// Records that this member forgot what it signed up to `height`: its replica
+    /// abstains until its tip gets there ([`Durable::abstain_through`]).
+    pub fn set_abstain_through(&self, height: u64) -> Result<(), StoreError> {
+        self.observe((|| {
+            let txn = self.begin_write()?;
+            write_abstain_through(&txn, height)?;
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
     /// Makes `records` durable, in order, in one write transaction.
     pub fn persist(&self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
@@ -103,6 +128,13 @@ impl Store {
         let views = txn.open_table(VIEW_STATE)?;
         if let Some(bytes) = views.get(VIEW)? {
             (durable.view, durable.active) = decode_view(bytes.value())?;
+        }
+        if let Some(bytes) = views.get(ABSTAIN_THROUGH)? {
+            let bytes: [u8; 8] = bytes
+                .value()
+                .try_into()
+                .map_err(|_| corrupt("abstain_through is not 8 bytes"))?;
+            durable.abstain_through = u64::from_be_bytes(bytes);
         }
         if let Some(bytes) = views.get(NEW_VIEW)? {
             let message = Message::decode(bytes.value())

@@ -658,12 +658,15 @@ impl Store {
     }
 
     /// A committed block and its certificate, both checked: what a lagging peer is
-    /// sent.
+    /// sent. Genesis is no committed block: it has no certificate.
     pub fn committed_block(
         &self,
         height: u64,
     ) -> Result<Option<(Block, CommitCertificate)>, StoreError> {
         self.observe(self.read(|store, tables| {
+            if height == 0 {
+                return Ok(None);
+            }
             let Some(block) = store.checked_block(tables, height)? else {
                 return Ok(None);
             };

@@ -177,8 +177,16 @@ impl Restore {
     }
 
     /// Completes the database with block `h` (whose hash must be the snapshot's) and
-    /// moves it to `path`, which must not exist. Every tile must be written.
-    pub fn finish(self, spec: &ChainSpec, block: &Block, path: &Path) -> Result<(), StoreError> {
+    /// moves it to `path`, which must not exist. Every tile must be written. A member
+    /// restored this way forgot what it signed: its replica abstains until its tip
+    /// reaches `abstain_through` ([`crate::consensus::Durable::abstain_through`]).
+    pub fn finish(
+        self,
+        spec: &ChainSpec,
+        block: &Block,
+        path: &Path,
+        abstain_through: u64,
+    ) -> Result<(), StoreError> {
         let manifest = &self.manifest;
         let header = &manifest.header;
         if let Some(index) = self.missing().first() {
@@ -267,6 +275,7 @@ impl Restore {
             for header in manifest.recent.iter().filter(|header| header.height > 0) {
                 kept.insert(header.height, header.encode().as_slice())?;
             }
+            super::consensus::write_abstain_through(&txn, abstain_through)?;
             let mut meta = txn.open_table(META)?;
             meta.insert(META_HISTORY_FROM, height.to_be_bytes().as_slice())?;
             meta.remove(META_RESTORING)?;

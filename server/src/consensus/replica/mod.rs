@@ -120,6 +120,8 @@ pub struct Replica {
     /// The highest checkpoint each member claimed (signature checked).
     claims: Vec<u64>,
     my_checkpoint: Option<Message>,
+    /// See [`Durable::abstain_through`].
+    abstain_through: u64,
     /// VIEW-CHANGE messages by (view, sender): per member at most one for the current
     /// view and its latest for a higher view.
     view_changes: BTreeMap<(u64, MemberIndex), Message>,
@@ -202,6 +204,7 @@ impl Replica {
             checkpoint_votes: BTreeMap::new(),
             claims: vec![0; n],
             my_checkpoint: None,
+            abstain_through: durable.abstain_through,
             view_changes: BTreeMap::new(),
             new_view: durable.new_view.clone(),
             answered: vec![None; n],
@@ -446,6 +449,17 @@ impl Replica {
 
     fn quorum(&self) -> usize {
         self.config.verifier.quorum
+    }
+
+    /// Whether this replica may have signed, before it lost its disk, votes at
+    /// heights it has not applied yet: it then only follows what the others commit.
+    pub fn abstaining(&self) -> bool {
+        self.tip.header.height < self.abstain_through
+    }
+
+    /// The height this replica abstains up to while [`Replica::abstaining`].
+    pub fn abstain_through(&self) -> u64 {
+        self.abstain_through
     }
 
     fn low(&self) -> u64 {

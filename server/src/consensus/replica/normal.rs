@@ -212,8 +212,8 @@ impl Replica {
                 signature: candidate.signature,
             }));
         }
-        let prepare =
-            (!self.is_primary()).then(|| self.sign(Payload::Prepare { view, height, hash }));
+        let votes = !self.is_primary() && !self.abstaining();
+        let prepare = votes.then(|| self.sign(Payload::Prepare { view, height, hash }));
         let me = self.config.me;
         let slot = self.slots.get_mut(&height).expect("slot exists");
         slot.candidate = None;
@@ -256,6 +256,9 @@ impl Replica {
     /// Prepared: the accepted block and q − 1 matching prepares from backups. The
     /// certificate is persisted before COMMIT is sent (C&L §4.2, §6.1).
     pub(super) fn try_prepared(&mut self, height: u64) -> bool {
+        if self.abstaining() {
+            return false;
+        }
         let quorum = self.quorum();
         let view = self.view;
         let primary = self.primary();
@@ -496,7 +499,12 @@ impl Replica {
     /// nothing from waiting; under load, entries gather while blocks are in flight),
     /// or a cut was asked for. It mines on top of its last proposal.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
-        if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
+        if !self.active
+            || !self.is_primary()
+            || self.abstaining()
+            || self.mining.is_some()
+            || self.mined.is_some()
+        {
             return;
         }
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,

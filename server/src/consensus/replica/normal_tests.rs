@@ -305,6 +305,54 @@ fn a_restarted_replica_announces_its_last_checkpoint_again() {
     assert_eq!(message(&mut restarted, other), ["persist stable h2"]);
 }
 
+/// A member that lost its disk forgot what it signed: up to its bound it signs no
+/// PREPARE, COMMIT or VIEW-CHANGE, proposes nothing as primary and only applies what
+/// the others committed; once its tip reaches the bound it votes again.
+#[test]
+fn a_member_that_forgot_its_votes_abstains_until_past_them() {
+    let setup = Setup::new(4);
+    let config = Config::new(&setup.spec, setup.keys[1].clone(), TIMING).expect("member");
+    let mut durable = Durable::genesis(setup.spec.genesis_block().hash());
+    durable.abstain_through = 2;
+    let mut backup = Replica::new(config, setup.genesis(), durable, [], setup.now);
+    assert!(backup.abstaining());
+    let mut tip = setup.genesis();
+    let mut blocks = Vec::new();
+    for height in 1..=3u64 {
+        let block = setup.block(&tip.header, &tip.log, height);
+        tip = after(&tip, &block);
+        blocks.push(block);
+    }
+    // A pre-prepare is accepted but not voted for; others' votes make nothing here.
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &blocks[0])),
+        ["persist accepted v0 h1"]
+    );
+    assert!(message(&mut backup, vote(&setup, 2, false, 0, &blocks[0])).is_empty());
+    assert!(message(&mut backup, vote(&setup, 3, false, 0, &blocks[0])).is_empty());
+    // Its timer runs out on a waiting entry: it starts no view change.
+    client_entry(&mut backup);
+    let late = setup.now + 10 * TIMING.view_change_timeout_ms;
+    let outputs = feed(&mut backup, Input::Tick { now_ms: late });
+    assert!(
+        !outputs.iter().any(|o| o.contains("view-change")),
+        "{outputs:?}"
+    );
+    // What the others committed it applies, and from its bound on it votes.
+    for block in &blocks[..2] {
+        let committed = Input::Committed {
+            block: block.clone(),
+            certificate: testing::certify(&setup.keys[..3], block),
+        };
+        assert!(feed(&mut backup, committed).contains(&format!("apply h{}", block.header.height)));
+    }
+    assert!(!backup.abstaining());
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &blocks[2])),
+        ["persist accepted v0 h3", "broadcast prepare v0 h3"]
+    );
+}
+
 /// The tip after `block` is applied on `parent`.
 fn after(parent: &Tip, block: &Block) -> Tip {
     let mut log = parent.log.clone();

@@ -108,13 +108,33 @@ impl Config {
             params: spec.params,
             difficulty: spec.difficulty,
             policy: None,
-            window: spec.params.checkpoint_interval.saturating_mul(2).max(2),
+            window: Config::window_of(spec),
             timing,
             max_pending: 100_000,
             max_block_entries: spec.params.max_block_entries as usize,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
         })
+    }
+
+    /// The watermark window of `spec`'s replicas: two checkpoint intervals, so one
+    /// checkpoint can become stable while the next interval fills.
+    pub fn window_of(spec: &ChainSpec) -> u64 {
+        spec.params.checkpoint_interval.saturating_mul(2).max(2)
+    }
+
+    /// The height up to which a member that lost its disk may have signed votes it no
+    /// longer knows of, given `seen`, the highest height the others show certified:
+    /// its votes lay within a window above the checkpoint it last had stable, which
+    /// a quorum had applied, so which is at most `seen`.
+    pub fn abstain_bound(spec: &ChainSpec, seen: u64) -> u64 {
+        let members = spec.members.len();
+        // Nothing committed anywhere yet (a new chain: every member starts empty) leaves
+        // nothing to contradict; and at n = 2 the other member alone is no quorum.
+        if seen == 0 || members.saturating_sub(1) < spec.members.quorum() {
+            return 0;
+        }
+        seen.saturating_add(Config::window_of(spec))
     }
 
     /// Validates and mines under `policy` (the node's plugins).

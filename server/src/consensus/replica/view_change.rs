@@ -17,7 +17,8 @@ impl Replica {
     /// view, persist that, then send VIEW-CHANGE with the stable checkpoint and every
     /// prepared certificate above it.
     pub(super) fn start_view_change(&mut self, target: u64) {
-        if target <= self.view {
+        // An abstaining replica learns views from the others' NEW-VIEWs.
+        if target <= self.view || self.abstaining() {
             return;
         }
         self.view = target;
@@ -77,6 +78,9 @@ impl Replica {
     }
 
     pub(super) fn send_view_change(&mut self) {
+        if self.abstaining() {
+            return;
+        }
         let message = self.view_change(self.view);
         self.view_changes
             .insert((self.view, self.config.me), message.clone());
@@ -109,7 +113,7 @@ impl Replica {
         }
         let answer = if view <= self.entered() {
             self.new_view.clone()
-        } else if view < self.view {
+        } else if view < self.view && !self.abstaining() {
             Some(self.view_change(view))
         } else {
             None
@@ -126,7 +130,7 @@ impl Replica {
     /// The new primary, holding a quorum of view changes for its view, computes and sends
     /// NEW-VIEW (C&L §4.4).
     pub(super) fn try_send_new_view(&mut self) {
-        if self.active || !self.is_primary() {
+        if self.active || !self.is_primary() || self.abstaining() {
             return;
         }
         let view = self.view;
