@@ -464,22 +464,42 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
 /// The highest height the `sources` show with a commit certificate that verifies
 /// against the genesis members (0 when none shows one): how far the chain has come,
 /// which bounds where a member that lost its disk may have voted. A source cannot
-/// raise it beyond the chain, only fail to answer.
+/// raise it beyond the chain, only fail to answer; the bound holds when n − f of
+/// the others answer (a quorum applied the checkpoint the member last had stable,
+/// and n − f of the others include an honest one of them), so fewer is logged.
 pub fn highest_certified(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> u64 {
-    let chain_hash = spec.chain_hash();
-    let certified = |source: &String| -> Option<u64> {
-        let status = get(agent, &format!("{source}/v1/status"), 1 << 20).ok()?;
-        let status: crate::api::types::StatusView = serde_json::from_slice(&status).ok()?;
-        let height = status.height;
-        let url = format!("{source}/v1/blocks/{height}/committed");
-        let bytes = get(agent, &url, 64 << 20).ok()?;
-        let (block, certificate) = Wire::committed_at(&bytes, height).ok()?;
-        certificate
-            .verify(&chain_hash, &spec.members, height, &block.hash())
-            .ok()?;
-        Some(height)
-    };
-    sources.iter().filter_map(certified).max().unwrap_or(0)
+    let answers: Vec<u64> = sources
+        .iter()
+        .filter_map(|source| certified_height(agent, spec, source))
+        .collect();
+    let seen = answers.iter().copied().max().unwrap_or(0);
+    let needed = spec.members.len() - spec.members.max_faulty();
+    if seen > 0 && answers.len() < needed {
+        tracing::warn!(
+            answered = answers.len(),
+            needed,
+            "fewer members than n - f showed how far the chain has come; the height this \
+             member abstains up to may be too low"
+        );
+    }
+    seen
+}
+
+/// The height `source` shows, if it shows it with a commit certificate that verifies.
+fn certified_height(agent: &ureq::Agent, spec: &ChainSpec, source: &str) -> Option<u64> {
+    let status = get(agent, &format!("{source}/v1/status"), 1 << 20).ok()?;
+    let status: crate::api::types::StatusView = serde_json::from_slice(&status).ok()?;
+    let height = status.height;
+    if height == 0 {
+        return Some(0);
+    }
+    let url = format!("{source}/v1/blocks/{height}/committed");
+    let bytes = get(agent, &url, 64 << 20).ok()?;
+    let (block, certificate) = Wire::committed_at(&bytes, height).ok()?;
+    certificate
+        .verify(&spec.chain_hash(), &spec.members, height, &block.hash())
+        .ok()?;
+    Some(height)
 }
 
 /// This process's peak resident set so far, where /proc tells it.
