@@ -190,8 +190,18 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
         // Restored from a backup: the mark says to ask, and asking settles it.
         store.set_abstain_through(bound)?;
     } else if bound > 0 {
-        let (store, _) = open(config)?;
-        store.set_abstain_through(bound)?;
+        // Built beside its path and renamed into place: no crash leaves a database
+        // without the mark, which would let the replica vote at once on a restart.
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let building = config.data_dir.join("ledger.redb.creating");
+        let _ = std::fs::remove_file(&building);
+        let options = StoreOptions {
+            two_phase_commit: config.two_phase_commit,
+        };
+        Store::open(&building, &spec, options)?.set_abstain_through(bound)?;
+        std::fs::rename(&building, config.database_path())
+            .with_context(|| format!("moving {} into place", building.display()))?;
     }
     if bound > 0 {
         tracing::warn!(
@@ -636,13 +646,20 @@ impl StartingApi {
             // A quick start says nothing before READY=1.
             let first = tokio::time::Instant::now() + STARTING_REPORT;
             let mut ticks = tokio::time::interval_at(first, STARTING_REPORT);
+            // The start timeout is extended only while the start makes progress: a
+            // start stuck for STARTING_EXTEND is left to systemd's timeout.
+            let (mut last, mut moved) = (starting.progress(), tokio::time::Instant::now());
             loop {
                 ticks.tick().await;
-                notifier.notify(&format!(
-                    "STATUS={}\nEXTEND_TIMEOUT_USEC={}\nWATCHDOG=1",
-                    starting.view().message,
-                    STARTING_EXTEND.as_micros()
-                ));
+                let message = starting.view().message;
+                if starting.progress() != last {
+                    (last, moved) = (starting.progress(), tokio::time::Instant::now());
+                }
+                let extend = match moved.elapsed() < STARTING_EXTEND {
+                    true => format!("\nEXTEND_TIMEOUT_USEC={}", STARTING_EXTEND.as_micros()),
+                    false => String::new(),
+                };
+                notifier.notify(&format!("STATUS={message}{extend}\nWATCHDOG=1"));
             }
         });
         Ok(StartingApi {
@@ -656,8 +673,13 @@ impl StartingApi {
     /// the listener over; connections waiting to be accepted wait for the new one.
     async fn finish(mut self) {
         drop(self.stop.take());
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if let Some(mut server) = self.server.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
     }
 }

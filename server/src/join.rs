@@ -464,22 +464,27 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
 /// The highest height the `sources` show with a commit certificate that verifies
 /// against the genesis members (0 when none shows one): how far the chain has come,
 /// which bounds where a member that lost its disk may have voted. A source cannot
-/// raise it beyond the chain, only fail to answer; the bound holds when n − f of
-/// the others answer (a quorum applied the checkpoint the member last had stable,
-/// and n − f of the others include an honest one of them), so fewer is logged.
+/// raise it beyond the chain, only fail to answer; too few answers are logged.
 pub fn highest_certified(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> u64 {
     let answers: Vec<u64> = sources
         .iter()
         .filter_map(|source| certified_height(agent, spec, source))
         .collect();
     let seen = answers.iter().copied().max().unwrap_or(0);
-    let needed = spec.members.len() - spec.members.max_faulty();
+    // A quorum applied the checkpoint the member last had stable; counting the
+    // member as one of the f faults, q − 1 − (f − 1) honest others did, so this many
+    // answers from the others include one of them.
+    let n = spec.members.len();
+    let needed = (n + 1 + spec.members.max_faulty().saturating_sub(1))
+        .saturating_sub(spec.members.quorum())
+        .max(1)
+        .min(n.saturating_sub(1).max(1));
     if seen > 0 && answers.len() < needed {
         tracing::warn!(
             answered = answers.len(),
             needed,
-            "fewer members than n - f showed how far the chain has come; the height this \
-             member abstains up to may be too low"
+            "too few members showed how far the chain has come; the height this member \
+             abstains up to may be too low"
         );
     }
     seen

@@ -71,6 +71,13 @@ impl Starting {
         *lock(&self.phase) = (phase, Instant::now());
     }
 
+    /// What changes only when the start makes progress: its step, and a join's
+    /// chunks held.
+    pub fn progress(&self) -> (&'static str, u64) {
+        let phase = lock(&self.phase).0;
+        (phase, self.metrics.join_chunks_held.load(Ordering::Relaxed))
+    }
+
     /// What the start is doing, for `/v1/status`, `/readyz` and systemd.
     pub fn view(&self) -> StartingView {
         let (phase, since) = *lock(&self.phase);

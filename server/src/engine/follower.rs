@@ -118,6 +118,16 @@ impl Follower {
             let waiters = waiter.into_iter().collect();
             forwarded.insert(id, Forwarded { since, waiters });
         }
+        // Its block may have been applied here between the check and the insert: then
+        // no apply would ever hand its waiter a receipt.
+        let store = Arc::clone(&self.store);
+        let committed = super::blocking(move || store.committed(&[id])).await;
+        if committed.map_or(true, |committed| {
+            committed.first().copied().unwrap_or(false)
+        }) {
+            lock(&self.forwarded).remove(&id);
+            return Err(SubmitError::Duplicate(id));
+        }
         let follower = Arc::clone(self);
         let outcome = tokio::task::spawn_blocking(move || follower.forward(&entry))
             .await

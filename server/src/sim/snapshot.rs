@@ -55,9 +55,9 @@ impl Sim {
     pub(super) fn join(&mut self, node: usize) {
         let member = self.nodes[node].member;
         let mut offers = Vec::new();
-        // The highest tip the others show, each with its certificate: a bound on the
-        // heights this member may have voted at before it lost its disk.
-        let mut seen = 0;
+        // The tips the others show, each with its certificate: they bound the heights
+        // this member may have voted at before it lost its disk.
+        let mut heights = Vec::new();
         for source in 0..self.nodes.len() {
             if self.nodes[source].member == member || self.nodes[source].replica.is_none() {
                 continue;
@@ -65,11 +65,12 @@ impl Sim {
             if self.round_trip(node, source).is_none() {
                 continue;
             }
-            seen = seen.max(self.nodes[source].tip.header.height);
+            heights.push(self.nodes[source].tip.header.height);
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
         }
+        let seen = heights.iter().copied().max().unwrap_or(0);
         let abstain_through = crate::consensus::Config::abstain_bound(&self.spec, seen);
         let chain_hash = self.spec.chain_hash();
         let offered = offers.len();
@@ -175,7 +176,8 @@ impl Sim {
 
     fn retry_join(&mut self, node: usize) {
         let back = self.now + 100 + self.rng.below(500);
-        self.schedule(back.min(self.heal_at), super::Event::Restart { node });
+        let at = back.min(self.heal_at).max(self.now);
+        self.schedule(at, super::Event::Restart { node });
     }
 
     /// Starts `node` from a finished join, unless it crashed meanwhile.

@@ -462,6 +462,13 @@ impl Replica {
         self.abstain_through
     }
 
+    /// Whether this replica still keeps out of view changes: until a checkpoint
+    /// above what it forgot is stable, its VIEW-CHANGE could not show the prepared
+    /// certificates it forgot.
+    fn abstains_from_views(&self) -> bool {
+        self.stable.height < self.abstain_through
+    }
+
     fn low(&self) -> u64 {
         self.stable.height
     }

@@ -18,7 +18,7 @@ impl Replica {
     /// prepared certificate above it.
     pub(super) fn start_view_change(&mut self, target: u64) {
         // An abstaining replica learns views from the others' NEW-VIEWs.
-        if target <= self.view || self.abstaining() {
+        if target <= self.view || self.abstains_from_views() {
             return;
         }
         self.view = target;
@@ -78,7 +78,7 @@ impl Replica {
     }
 
     pub(super) fn send_view_change(&mut self) {
-        if self.abstaining() {
+        if self.abstains_from_views() {
             return;
         }
         let message = self.view_change(self.view);
@@ -113,7 +113,7 @@ impl Replica {
         }
         let answer = if view <= self.entered() {
             self.new_view.clone()
-        } else if view < self.view && !self.abstaining() {
+        } else if view < self.view && !self.abstains_from_views() {
             Some(self.view_change(view))
         } else {
             None
@@ -130,7 +130,7 @@ impl Replica {
     /// The new primary, holding a quorum of view changes for its view, computes and sends
     /// NEW-VIEW (C&L §4.4).
     pub(super) fn try_send_new_view(&mut self) {
-        if self.active || !self.is_primary() || self.abstaining() {
+        if self.active || !self.is_primary() || self.abstains_from_views() {
             return;
         }
         let view = self.view;
