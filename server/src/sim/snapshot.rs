@@ -65,7 +65,11 @@ impl Sim {
             if self.round_trip(node, source).is_none() {
                 continue;
             }
-            heights.push(self.nodes[source].tip.header.height);
+            // A liar cannot show a height beyond the chain (it needs a certificate),
+            // only hide how far it got.
+            if !self.lies_about_snapshots(source) {
+                heights.push(self.nodes[source].tip.header.height);
+            }
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
@@ -225,11 +229,17 @@ impl Sim {
 
     /// The snapshot `source` offers: that of its stable checkpoint, if it holds the
     /// block there and the header below; a liar forges one.
+    fn lies_about_snapshots(&self, source: usize) -> bool {
+        let member = self.nodes[source].member;
+        self.scenario
+            .byzantine
+            .iter()
+            .any(|(liar, behaviour)| *liar == member && *behaviour == Behaviour::LyingSnapshots)
+    }
+
     fn offer(&mut self, source: usize) -> Option<Offer> {
+        let liar = self.lies_about_snapshots(source);
         let state = &self.nodes[source];
-        let liar = self.scenario.byzantine.iter().any(|(member, behaviour)| {
-            *member == state.member && *behaviour == Behaviour::LyingSnapshots
-        });
         let height = state.replica.as_ref()?.stable_checkpoint().height;
         let (block, certificate) = state.chain.get(&height)?;
         let below = match state.chain.get(&(height - 1)) {
