@@ -121,12 +121,15 @@ impl Follower {
         // Its block may have been applied here between the check and the insert: then
         // no apply would ever hand its waiter a receipt.
         let store = Arc::clone(&self.store);
-        let committed = super::blocking(move || store.committed(&[id])).await;
-        if committed.map_or(true, |committed| {
-            committed.first().copied().unwrap_or(false)
-        }) {
-            lock(&self.forwarded).remove(&id);
-            return Err(SubmitError::Duplicate(id));
+        match super::blocking(move || store.committed(&[id])).await {
+            Ok(committed) if !committed.first().copied().unwrap_or(false) => {}
+            outcome => {
+                lock(&self.forwarded).remove(&id);
+                return Err(match outcome {
+                    Err(error) => error.into(),
+                    Ok(_) => SubmitError::Duplicate(id),
+                });
+            }
         }
         let follower = Arc::clone(self);
         let outcome = tokio::task::spawn_blocking(move || follower.forward(&entry))
