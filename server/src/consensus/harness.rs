@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
+use crate::chain::merkle::leaf_hash;
 use crate::chain::{Block, ChainError, ChainSpec, CompactRange, EntryIndex, Hash, Header};
 use crate::consensus::{
     Config, Durable, Input, MemberIndex, Message, Output, Payload, Record, Replica, Timing, Tip,
@@ -84,6 +85,18 @@ impl Setup {
                 block: block.clone(),
             },
         )
+    }
+}
+
+/// The tip after `block` is applied on `parent`.
+pub(super) fn after(parent: &Tip, block: &Block) -> Tip {
+    let mut log = parent.log.clone();
+    for entry in &block.entries {
+        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+    }
+    Tip {
+        header: block.header,
+        log,
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::chain::merkle::leaf_hash;
 use crate::chain::{Block, Header};
 use crate::consensus::harness::*;
 use crate::consensus::{Config, DropReason, Durable, Input, Message, Output, Payload, Replica};
@@ -243,11 +242,7 @@ fn catch_up_needs_no_traffic_and_holds_the_view_change_timer() {
     // A peer answers with the chain it committed while this replica was away.
     let genesis = setup.genesis();
     let first = setup.block(&genesis.header, &genesis.log, 1);
-    let mut log = genesis.log.clone();
-    for entry in &first.entries {
-        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
-    }
-    let second = setup.block(&first.header, &log, 2);
+    let second = setup.block(&first.header, &after(&genesis, &first).log, 2);
     let committed = |block: &Arc<Block>| Input::Committed {
         block: block.clone(),
         certificate: testing::certify(&setup.keys[..3], block),

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::chain::merkle::leaf_hash;
 use crate::chain::{Block, Entry, Hash, Header};
 use crate::consensus::harness::*;
-use crate::consensus::{Config, Durable, Input, Output, Payload, Replica, Tip};
+use crate::consensus::{Config, Durable, Input, Output, Payload, Replica};
 use crate::testing;
 
 /// A policy (the plugins) for the tests: one more bit of difficulty than the parent,
@@ -165,14 +164,7 @@ fn chaining_rule_waits_for_the_parent_to_be_prepared() {
     let mut backup = setup.replica(1);
     let genesis = setup.genesis();
     let first = setup.block(&genesis.header, &genesis.log, 1);
-    let mut log = genesis.log.clone();
-    for entry in &first.entries {
-        log.append(
-            crate::chain::merkle::leaf_hash(entry.id().as_bytes()),
-            |_, _, _| {},
-        );
-    }
-    let second = setup.block(&first.header, &log, 2);
+    let second = setup.block(&first.header, &after(&genesis, &first).log, 2);
 
     assert_eq!(
         message(&mut backup, setup.pre_prepare(0, &first)),
@@ -353,18 +345,6 @@ fn a_member_that_forgot_its_votes_abstains_until_past_them() {
     );
 }
 
-/// The tip after `block` is applied on `parent`.
-fn after(parent: &Tip, block: &Block) -> Tip {
-    let mut log = parent.log.clone();
-    for entry in &block.entries {
-        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
-    }
-    Tip {
-        header: block.header,
-        log,
-    }
-}
-
 /// §4.2 (a request executes once): a block validated in the same step that applied
 /// its parent must not repeat the parent's entries, although the driver's index
 /// learns of the parent only after the step.
@@ -373,14 +353,10 @@ fn a_block_repeating_an_entry_of_a_parent_applied_in_the_same_step_is_refused() 
     let setup = Setup::new(4);
     let genesis = setup.genesis();
     let first = setup.block(&genesis.header, &genesis.log, 1);
-    let mut log = genesis.log.clone();
-    for entry in &first.entries {
-        log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
-    }
     let repeat = vec![first.entries[0].clone()];
     let second = Arc::new(testing::next_block(
         &first.header,
-        &log,
+        &after(&genesis, &first).log,
         repeat,
         setup.spec.difficulty,
     ));
