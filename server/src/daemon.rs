@@ -80,13 +80,23 @@ pub async fn stop_signal() {
 pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
     let spec = config.chain_spec()?;
     let key = check_key(config, &spec)?;
+    let store = open_at(config, &spec, &config.database_path())?;
+    Ok((Arc::new(store), key))
+}
+
+/// Opens (creating if need be) a database of `config`'s chain at `path` in its data
+/// directory, with its store options.
+fn open_at(
+    config: &NodeConfig,
+    spec: &crate::chain::ChainSpec,
+    path: &Path,
+) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let options = StoreOptions {
         two_phase_commit: config.two_phase_commit,
     };
-    let store = Store::open(&config.database_path(), &spec, options)?;
-    Ok((Arc::new(store), key))
+    Ok(Store::open(path, spec, options)?)
 }
 
 /// The key of `config`, checked to be a member's, or on a follower not to be.
@@ -192,14 +202,9 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
     } else if bound > 0 {
         // Built beside its path and renamed into place: no crash leaves a database
         // without the mark, which would let the replica vote at once on a restart.
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let building = config.data_dir.join("ledger.redb.creating");
         let _ = std::fs::remove_file(&building);
-        let options = StoreOptions {
-            two_phase_commit: config.two_phase_commit,
-        };
-        Store::open(&building, &spec, options)?.set_abstain_through(bound)?;
+        open_at(config, &spec, &building)?.set_abstain_through(bound)?;
         std::fs::rename(&building, config.database_path())
             .with_context(|| format!("moving {} into place", building.display()))?;
     }
@@ -652,8 +657,9 @@ impl StartingApi {
             loop {
                 ticks.tick().await;
                 let message = starting.view().message;
-                if starting.progress() != last {
-                    (last, moved) = (starting.progress(), tokio::time::Instant::now());
+                let progress = starting.progress();
+                if progress != last {
+                    (last, moved) = (progress, tokio::time::Instant::now());
                 }
                 let extend = match moved.elapsed() < STARTING_EXTEND {
                     true => format!("\nEXTEND_TIMEOUT_USEC={}", STARTING_EXTEND.as_micros()),

@@ -107,16 +107,10 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     // The same snapshot (block, tiles, headers; certificates may differ) offered by
     // f + 1 members has an honest one behind it: the highest such is preferred, so
     // one member offering a snapshot only it serves cannot stall the join.
-    let same = |a: &Manifest, b: &Manifest| {
-        a.header == b.header
-            && a.tile_level == b.tile_level
-            && a.tile_roots == b.tile_roots
-            && a.recent == b.recent
-    };
     let support = |manifest: &Manifest| {
         offers
             .iter()
-            .filter(|(_, other)| same(manifest, other))
+            .filter(|(_, other)| manifest.same_snapshot(other))
             .count()
     };
     let backed = spec.members.max_faulty() + 1;
@@ -130,7 +124,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let height = best.height();
     let sources: Vec<&str> = offers
         .iter()
-        .filter(|(_, manifest)| same(manifest, best))
+        .filter(|(_, manifest)| manifest.same_snapshot(best))
         .map(|(source, _)| source.as_str())
         .collect();
     tracing::info!(
@@ -443,12 +437,10 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
     let height = manifest.height();
     let hash = manifest.header.hash();
     for source in sources {
-        let url = format!("{source}/v1/blocks/{height}/committed");
-        // A block is at most the chain's limits; 64 MiB bounds any honest one.
-        let block = get(agent, &url, 64 << 20).and_then(|bytes| {
-            match Wire::committed_at(&bytes, height).map_err(Fetch::Failed)? {
-                (block, _) if block.hash() == hash => Ok(block),
-                _ => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
+        let block = fetch_committed(agent, source, height).and_then(|(block, _)| {
+            match block.hash() == hash {
+                true => Ok(block),
+                false => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
             }
         });
         match block {
@@ -498,9 +490,7 @@ fn certified_height(agent: &ureq::Agent, spec: &ChainSpec, source: &str) -> Opti
     if height == 0 {
         return Some(0);
     }
-    let url = format!("{source}/v1/blocks/{height}/committed");
-    let bytes = get(agent, &url, 64 << 20).ok()?;
-    let (block, certificate) = Wire::committed_at(&bytes, height).ok()?;
+    let (block, certificate) = fetch_committed(agent, source, height).ok()?;
     certificate
         .verify(&spec.chain_hash(), &spec.members, height, &block.hash())
         .ok()?;
@@ -525,8 +515,24 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// A block is at most the chain's limits; 64 MiB bounds any honest one.
+const MAX_BLOCK_BYTES: u64 = 64 << 20;
+
+/// Block `height` with its commit certificate as `source` serves it
+/// (`GET /v1/blocks/{height}/committed`), decoded; its certificate is the caller's
+/// to check.
+pub(crate) fn fetch_committed(
+    agent: &ureq::Agent,
+    source: &str,
+    height: u64,
+) -> Result<(Block, CommitCertificate), Fetch> {
+    let url = format!("{source}/v1/blocks/{height}/committed");
+    get(agent, &url, MAX_BLOCK_BYTES)
+        .and_then(|bytes| Wire::committed_at(&bytes, height).map_err(Fetch::Failed))
+}
+
 /// GETs `url`, reading at most `limit` bytes of body.
-pub(crate) fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
+fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
     let mut response = agent
         .get(url)
         .call()
@@ -577,11 +583,7 @@ pub fn backfill(
         for _ in 0..sources.len() {
             let source = &sources[turn % sources.len()];
             turn += 1;
-            let fetch = |height: u64| {
-                let url = format!("{source}/v1/blocks/{height}/committed");
-                get(&agent, &url, 64 << 20)
-                    .and_then(|bytes| Wire::committed_at(&bytes, height).map_err(Fetch::Failed))
-            };
+            let fetch = |height: u64| fetch_committed(&agent, source, height);
             let outcome = below
                 .take()
                 .filter(|(block, _)| block.header.height == height)

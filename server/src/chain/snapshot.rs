@@ -142,6 +142,15 @@ impl Manifest {
         self.header.height
     }
 
+    /// Whether `other` offers the same snapshot: block, tiles and headers (the
+    /// certificates, any quorum's signatures, may differ).
+    pub fn same_snapshot(&self, other: &Manifest) -> bool {
+        self.header == other.header
+            && self.tile_level == other.tile_level
+            && self.tile_roots == other.tile_roots
+            && self.recent == other.recent
+    }
+
     /// How many chunks the snapshot has.
     pub fn chunks(&self) -> u64 {
         self.tile_roots.len() as u64

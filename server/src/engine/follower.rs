@@ -28,7 +28,6 @@ use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Po
 use crate::consensus::MemberIndex;
 use crate::join::{self, Fetch};
 use crate::metrics::Metrics;
-use crate::net::Wire;
 use crate::plugin_host::Plugins;
 use crate::storage::{Store, StoreError};
 
@@ -42,8 +41,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded entry is tracked for its receipt. A member that lost it
 /// (it crashed before ordering it) never commits it: its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
-/// A committed block is at most the chain's limits; this bounds any honest one.
-const MAX_BLOCK_BYTES: u64 = 64 << 20;
 
 /// A forwarded entry waiting to be committed.
 struct Forwarded {
@@ -313,9 +310,7 @@ impl Follower {
     }
 
     fn fetch(&self, source: &str, height: u64) -> Result<(Block, CommitCertificate), Fetch> {
-        let url = format!("{source}/v1/blocks/{height}/committed");
-        join::get(&self.agent, &url, MAX_BLOCK_BYTES)
-            .and_then(|bytes| Wire::committed_at(&bytes, height).map_err(Fetch::Failed))
+        join::fetch_committed(&self.agent, source, height)
     }
 
     /// A committed block's checks, as a replica makes them on a fetched block: its

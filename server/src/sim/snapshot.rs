@@ -87,12 +87,14 @@ impl Sim {
                     .is_ok()
         });
         self.snapshots.refused += (offered - offers.len()) as u64;
-        let same = |a: &Manifest, b: &Manifest| {
-            a.header == b.header && a.tile_roots == b.tile_roots && a.recent == b.recent
-        };
         let backed = self.spec.members.max_faulty() + 1;
-        let support =
-            |m: &Manifest| offers.iter().filter(|o| same(m, &o.manifest)).count() >= backed;
+        let support = |m: &Manifest| {
+            offers
+                .iter()
+                .filter(|o| m.same_snapshot(&o.manifest))
+                .count()
+                >= backed
+        };
         let Some(best) = offers
             .iter()
             .max_by_key(|offer| (support(&offer.manifest), offer.manifest.height()))
@@ -106,7 +108,7 @@ impl Sim {
         };
         let sources: Vec<&Offer> = offers
             .iter()
-            .filter(|offer| same(&offer.manifest, &best))
+            .filter(|offer| offer.manifest.same_snapshot(&best))
             .collect();
         let mut ids = Vec::with_capacity(best.header.log_size as usize);
         let (mut trips, mut refused) = (0, 0);
