@@ -17,8 +17,8 @@ use crate::api::starting::Starting;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
-use crate::join::{JoinConfig, Joined};
-use crate::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
+use crate::join::{JoinConfig, Joined, Source};
+use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
 use crate::storage::{CheckProgress, CheckReport, Store, StoreOptions};
@@ -154,7 +154,7 @@ fn join_if_new(
         return Ok(());
     }
     let spec = config.chain_spec()?;
-    let join = join_config(config, &spec)?;
+    let join = join_config(config, &spec, JOIN_TIMEOUT)?;
     if join.sources.is_empty() {
         if required {
             bail!("the genesis file names no other member's api_addr to join from");
@@ -189,9 +189,9 @@ fn join_if_new(
 /// database is created here for that record, before the replica can run.
 fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
     let spec = config.chain_spec()?;
-    let join = join_config(config, &spec)?;
-    let agent = crate::join::agent(Duration::from_secs(10));
-    let mut seen = crate::join::highest_certified(&agent, &spec, &join.sources);
+    let join = join_config(config, &spec, Duration::from_secs(10))?;
+    let client = crate::join::Client::new(&join);
+    let mut seen = crate::join::highest_certified(&client, &spec, &join.sources);
     if let Some(store) = store {
         seen = seen.max(store.tip()?.height);
     }
@@ -219,25 +219,71 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
     Ok(())
 }
 
-/// Where a node joins from: the other members' client APIs named in the genesis
-/// file, and its data directory.
-fn join_config(config: &NodeConfig, spec: &crate::chain::ChainSpec) -> anyhow::Result<JoinConfig> {
-    let me = crate::chain::Hash::digest(config.signing_key()?.verifying_key().as_bytes());
-    let sources = spec
+/// How long a joining node waits for one answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a node joins from, waiting `timeout` for each answer: a member (one that
+/// lost its disk) asks the other members over the peer protocol, with its key; a
+/// follower, whose key no member's transport admits, through their client APIs.
+fn join_config(
+    config: &NodeConfig,
+    spec: &crate::chain::ChainSpec,
+    timeout: Duration,
+) -> anyhow::Result<JoinConfig> {
+    let key = config.signing_key()?;
+    let public = key.verifying_key();
+    let me = spec
         .members
         .as_slice()
         .iter()
-        .filter(|member| member.node_id != me)
-        .filter_map(|member| member.api_addr.as_ref())
-        .map(|addr| format!("http://{addr}"))
-        .collect();
+        .position(|member| member.public_key == public)
+        .filter(|_| !config.follower);
+    let (sources, requester) = match me {
+        None => (api_sources(spec, &public).map(Source::Api).collect(), None),
+        Some(me) => {
+            let sources = spec
+                .members
+                .as_slice()
+                .iter()
+                .enumerate()
+                .filter(|&(index, _)| index != me)
+                .filter_map(|(index, member)| {
+                    let addr = member.p2p_addr.clone()?;
+                    Some(Source::Peer {
+                        member: index as MemberIndex,
+                        addr,
+                    })
+                })
+                .collect();
+            // Answering requests does not depend on plugins.
+            let hello = member_hello(spec, me, String::new());
+            let requester = Requester::new(&key, Roster::new(&spec.members), hello, timeout)
+                .context("setting up the peer protocol to join by")?;
+            (sources, Some(Arc::new(requester)))
+        }
+    };
     Ok(JoinConfig {
         sources,
+        requester,
         path: config.database_path(),
         staging: config.data_dir.join("ledger.redb.restoring"),
-        timeout: Duration::from_secs(30),
+        timeout,
         progress_every: Duration::from_secs(5),
     })
+}
+
+/// The client API base URLs of the members other than `me`, as the genesis file
+/// names them.
+fn api_sources<'a>(
+    spec: &'a crate::chain::ChainSpec,
+    me: &'a ed25519_dalek::VerifyingKey,
+) -> impl Iterator<Item = String> + 'a {
+    spec.members
+        .as_slice()
+        .iter()
+        .filter(move |member| member.public_key != *me)
+        .filter_map(|member| member.api_addr.as_ref())
+        .map(|addr| format!("http://{addr}"))
 }
 
 /// What a full database check found.
@@ -292,6 +338,17 @@ pub fn check_database(
     }
 }
 
+/// What member `me` of `spec`'s chain, running `plugins`, says when it connects.
+fn member_hello(spec: &crate::chain::ChainSpec, me: usize, plugins: String) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        chain_id: spec.chain_id.clone(),
+        genesis_hash: spec.genesis_block().hash(),
+        member: me as MemberIndex,
+        plugins,
+    }
+}
+
 /// Binds the peer listener on `p2p_listen`.
 async fn bind_peers(path: &Path, config: &NodeConfig) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(config.p2p_listen)
@@ -316,7 +373,7 @@ async fn start_cluster(
     node_settings: NodeSettings,
     metrics: Arc<crate::metrics::Metrics>,
     plugins: Arc<Plugins>,
-) -> anyhow::Result<Cluster> {
+) -> anyhow::Result<(Cluster, Arc<Transport>)> {
     let spec = store.spec();
     let public = key.verifying_key();
     let members = spec.members.as_slice();
@@ -336,13 +393,7 @@ async fn start_cluster(
         };
         peers.push((index as MemberIndex, addr.clone()));
     }
-    let hello = Hello {
-        protocol: PROTOCOL_VERSION,
-        chain_id: spec.chain_id.clone(),
-        genesis_hash: store.genesis_hash(),
-        member: me as MemberIndex,
-        plugins: plugins.fingerprint_line(),
-    };
+    let hello = member_hello(spec, me, plugins.fingerprint_line());
     hello
         .check_fits()
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
@@ -358,11 +409,12 @@ async fn start_cluster(
     let (transport, inbound) = Transport::start(listener, transport_config)?;
     let store = Arc::clone(store);
     let transport = Arc::new(transport);
+    let engine_transport = Arc::clone(&transport);
     let cluster = tokio::task::spawn_blocking(move || {
         Cluster::start(
             store,
             key,
-            transport,
+            engine_transport,
             inbound,
             node_settings,
             ClusterSettings::default(),
@@ -377,7 +429,7 @@ async fn start_cluster(
         p2p = %config.p2p_listen,
         "consensus started"
     );
-    Ok(cluster)
+    Ok((cluster, transport))
 }
 
 /// How a node starts.
@@ -491,8 +543,9 @@ pub async fn run(
     let plugins = Arc::new(plugins);
     starting.set_phase("starting the engine");
     // The engine is chosen once, here, for the node's whole life.
+    let mut transport = None;
     let node = if config.follower {
-        let sources = join_config(&config, store.spec())?.sources;
+        let sources: Vec<String> = api_sources(store.spec(), &key.verifying_key()).collect();
         if sources.is_empty() {
             bail!(
                 "{}: no member has an api_addr to follow the chain from",
@@ -511,7 +564,7 @@ pub async fn run(
     } else if store.spec().members.len() > 1 {
         let peers = bind_peers(path, &config).await?;
         let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
-        let cluster = start_cluster(
+        let (cluster, peer_transport) = start_cluster(
             path,
             &config,
             peers,
@@ -522,6 +575,7 @@ pub async fn run(
             Arc::clone(&plugins),
         )
         .await?;
+        transport = Some(peer_transport);
         Node::member(Arc::clone(&store), node_id, cluster, plugins, metrics)
     } else {
         Node::alone(Arc::clone(&store), key, settings, plugins, metrics)
@@ -530,6 +584,9 @@ pub async fn run(
         .snapshot_tile_level()
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
     let node = Arc::new(node.with_snapshots(config.snapshot_transfers, tile_level));
+    if let Some(transport) = transport {
+        transport.answer_with(Arc::new(crate::node::Answers(Arc::downgrade(&node))));
+    }
     starting_api.finish().await;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     node.metrics()
@@ -566,14 +623,11 @@ pub async fn run(
     let _stop_history = SetOnDrop(Arc::clone(&history));
     let backfill = (store.history_from() > 1)
         .then(|| -> anyhow::Result<_> {
-            let join = JoinConfig {
-                timeout: Duration::from_secs(10),
-                ..join_config(&config, store.spec())?
-            };
+            let join = join_config(&config, store.spec(), Duration::from_secs(10))?;
             let (store, stop) = (Arc::clone(&store), Arc::clone(&history));
             let metrics = Arc::clone(node.metrics());
             Ok(tokio::task::spawn_blocking(move || {
-                crate::join::backfill(&store, &join.sources, &stop, &join, &metrics)
+                crate::join::backfill(&store, &stop, &join, &metrics)
             }))
         })
         .transpose()?;

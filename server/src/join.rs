@@ -1,5 +1,6 @@
 //! Joining a running chain from a snapshot: the node asks every member it knows of
-//! (the genesis file's API addresses) for its latest snapshot, keeps the highest one
+//! for its latest snapshot (a member that lost its disk over the peer protocol, a
+//! follower through the members' client APIs: [`Source`]), keeps the highest one
 //! that verifies against the genesis members, fetches its chunks from every member
 //! that offers it at once, checks each chunk on arrival against its tile root, and
 //! writes each into a staging database ([`Restore`]) that becomes the node's only
@@ -7,10 +8,11 @@
 //! that fails [`STRIKES`] times is dropped and named in the log. A restart resumes
 //! with the chunks already written.
 //!
-//! Everything here blocks (HTTP with `ureq`, redb writes): callers run it on a
-//! blocking thread, before the node starts.
+//! Everything here blocks (HTTP with `ureq`, peer requests with a
+//! [`Requester`], redb writes): callers run it on a blocking thread.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -19,10 +21,10 @@ use std::time::{Duration, Instant};
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainSpec, CommitCertificate};
-use crate::consensus::Config;
+use crate::consensus::{Config, MemberIndex};
 use crate::engine::lock;
 use crate::metrics::Metrics;
-use crate::net::Wire;
+use crate::net::{Requester, Wire};
 use crate::storage::{Restore, Store, StoreError};
 
 /// Failures after which a member is no longer asked for chunks.
@@ -30,11 +32,37 @@ pub const STRIKES: u32 = 3;
 /// "Busy" answers in a row (one a second) after which a member counts as failing.
 const BUSY_PATIENCE: u32 = 30;
 
+/// A member to fetch from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Its client API at this base URL (`http://host:port`): how a follower fetches.
+    Api(String),
+    /// Its peer port, over a request connection: how a member fetches, with its own
+    /// key, whatever the client APIs require.
+    Peer {
+        /// Its member index.
+        member: MemberIndex,
+        /// Its peer address.
+        addr: String,
+    },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Api(url) => f.write_str(url),
+            Source::Peer { member, addr } => write!(f, "member {member} at {addr}"),
+        }
+    }
+}
+
 /// Where to join from and how patiently.
 #[derive(Clone, Debug)]
 pub struct JoinConfig {
-    /// Base URLs of the members' client APIs (`http://host:port`).
-    pub sources: Vec<String>,
+    /// The members to fetch from.
+    pub sources: Vec<Source>,
+    /// Asks members over the peer protocol: needed for [`Source::Peer`] sources.
+    pub requester: Option<std::sync::Arc<Requester>>,
     /// The node's database, which must not exist yet.
     pub path: PathBuf,
     /// The staging file the snapshot is restored into.
@@ -102,8 +130,8 @@ pub(crate) enum Fetch {
 /// Joins from the snapshot the members offer (see the module docs), counting what
 /// it fetches in `metrics`.
 pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
-    let agent = agent(config.timeout);
-    let (offers, refused) = offers(&agent, spec, &config.sources);
+    let client = Client::new(config);
+    let (offers, refused) = offers(&client, spec, &config.sources);
     // The same snapshot (block, tiles, headers; certificates may differ) offered by
     // f + 1 members has an honest one behind it: the highest such is preferred, so
     // one member offering a snapshot only it serves cannot stall the join.
@@ -122,24 +150,25 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         return Ok(Joined::NoSnapshot);
     };
     let height = best.height();
-    let sources: Vec<&str> = offers
+    let sources: Vec<&Source> = offers
         .iter()
         .filter(|(_, manifest)| manifest.same_snapshot(best))
-        .map(|(source, _)| source.as_str())
+        .map(|(source, _)| source)
         .collect();
+    let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
     tracing::info!(
         height,
         entries = best.header.log_size,
         chunks = best.chunks(),
-        members = sources.len(),
+        from = from.join(", "),
         "joining from a snapshot"
     );
     let restore = Restore::begin(&config.staging, spec, best.clone())?;
-    let fetched = fetch_chunks(&agent, &sources, restore, config, metrics)?;
-    let block = fetch_block(&agent, &sources, best).ok_or(JoinError::NoBlock(height))?;
+    let fetched = fetch_chunks(&client, &sources, restore, config, metrics)?;
+    let block = fetch_block(&client, &sources, best).ok_or(JoinError::NoBlock(height))?;
     // This member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
-    let seen = highest_certified(&agent, spec, &config.sources).max(height);
+    let seen = highest_certified(&client, spec, &config.sources).max(height);
     let abstain_through = Config::abstain_bound(spec, seen);
     fetched
         .restore
@@ -176,22 +205,15 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
 /// Every verifiable manifest the `sources` offer, with who offered it; and the
 /// sources whose manifest was refused.
 fn offers(
-    agent: &ureq::Agent,
+    client: &Client,
     spec: &ChainSpec,
-    sources: &[String],
-) -> (Vec<(String, Manifest)>, Vec<String>) {
+    sources: &[Source],
+) -> (Vec<(Source, Manifest)>, Vec<String>) {
     let chain_hash = spec.chain_hash();
     let mut offers = Vec::new();
     let mut refused = Vec::new();
     for source in sources {
-        let url = format!("{source}/v1/snapshots/latest");
-        // The JSON around a manifest in hex, with room for its other fields.
-        let limit = 2 * MAX_MANIFEST_BYTES as u64 + 4096;
-        let manifest = get(agent, &url, limit).and_then(|body| {
-            let view: SnapshotView =
-                serde_json::from_slice(&body).map_err(|error| Fetch::Failed(error.to_string()))?;
-            let bytes =
-                hex::decode(&view.manifest).map_err(|error| Fetch::Failed(error.to_string()))?;
+        let manifest = client.manifest(source).and_then(|bytes| {
             let manifest =
                 Manifest::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?;
             manifest
@@ -206,7 +228,7 @@ fn offers(
             }
             Err(error) => {
                 tracing::warn!(%source, %error, "a snapshot manifest was refused or not served");
-                refused.push(source.clone());
+                refused.push(source.to_string());
             }
         }
     }
@@ -237,8 +259,8 @@ struct Fetched {
 /// Fetches every missing chunk, one worker per source; the restore, and the chunks
 /// and bytes fetched.
 fn fetch_chunks(
-    agent: &ureq::Agent,
-    sources: &[&str],
+    client: &Client,
+    sources: &[&Source],
     restore: Restore,
     config: &JoinConfig,
     metrics: &Metrics,
@@ -271,7 +293,7 @@ fn fetch_chunks(
         for &source in sources {
             let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
             scope.spawn(move || {
-                worker(agent, source, manifest, transfer, changed, metrics);
+                worker(client, source, manifest, transfer, changed, metrics);
                 lock(transfer).workers -= 1;
                 changed.notify_all();
             });
@@ -327,15 +349,14 @@ fn fetch_chunks(
 /// Fetches chunks from `source` until none are left, the source has failed
 /// [`STRIKES`] times, or the store failed.
 fn worker(
-    agent: &ureq::Agent,
-    source: &str,
+    client: &Client,
+    source: &Source,
     manifest: &Manifest,
     transfer: &Mutex<Transfer>,
     changed: &Condvar,
     metrics: &Metrics,
 ) {
     let height = manifest.height();
-    let limit = 32u64 << MAX_TILE_LEVEL;
     let (mut strikes, mut busy) = (0, 0);
     loop {
         let index = {
@@ -359,8 +380,7 @@ fn worker(
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         };
-        let url = format!("{source}/v1/snapshots/{height}/chunks/{index}");
-        let fetched = get(agent, &url, limit).and_then(|bytes| {
+        let fetched = client.chunk(source, height, index).and_then(|bytes| {
             let ids = manifest
                 .check_chunk(index, &bytes)
                 .map_err(|error| Fetch::Failed(error.to_string()))?;
@@ -402,7 +422,7 @@ fn worker(
                 state.queue.push_front(index);
                 changed.notify_all();
                 strikes += 1;
-                state.strikes.insert(source.to_owned(), strikes);
+                state.strikes.insert(source.to_string(), strikes);
                 tracing::warn!(%source, strikes, "a member stayed too busy to serve snapshot chunks");
             }
             Err(Fetch::Gone) => {
@@ -415,7 +435,7 @@ fn worker(
                 state.queue.push_front(index);
                 changed.notify_all();
                 strikes += 1;
-                state.strikes.insert(source.to_owned(), strikes);
+                state.strikes.insert(source.to_string(), strikes);
                 tracing::warn!(
                     %source, index, %reason, strikes,
                     "a snapshot chunk failed; it is fetched again, from another member if one is free"
@@ -433,16 +453,17 @@ fn worker(
 }
 
 /// Block `h` of `manifest` from the first source that serves it whole.
-fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Option<Block> {
+fn fetch_block(client: &Client, sources: &[&Source], manifest: &Manifest) -> Option<Block> {
     let height = manifest.height();
     let hash = manifest.header.hash();
     for source in sources {
-        let block = fetch_committed(agent, source, height).and_then(|(block, _)| {
-            match block.hash() == hash {
-                true => Ok(block),
-                false => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
-            }
-        });
+        let block =
+            client
+                .committed(source, height)
+                .and_then(|(block, _)| match block.hash() == hash {
+                    true => Ok(block),
+                    false => Err(Fetch::Failed(format!("not block {height} of the snapshot"))),
+                });
         match block {
             Ok(block) => return Some(block),
             Err(error) => {
@@ -457,10 +478,10 @@ fn fetch_block(agent: &ureq::Agent, sources: &[&str], manifest: &Manifest) -> Op
 /// against the genesis members (0 when none shows one): how far the chain has come,
 /// which bounds where a member that lost its disk may have voted. A source cannot
 /// raise it beyond the chain, only fail to answer; too few answers are logged.
-pub fn highest_certified(agent: &ureq::Agent, spec: &ChainSpec, sources: &[String]) -> u64 {
+pub fn highest_certified(client: &Client, spec: &ChainSpec, sources: &[Source]) -> u64 {
     let answers: Vec<u64> = sources
         .iter()
-        .filter_map(|source| certified_height(agent, spec, source))
+        .filter_map(|source| certified_height(client, spec, source))
         .collect();
     let seen = answers.iter().copied().max().unwrap_or(0);
     // A quorum applied the checkpoint the member last had stable; counting the
@@ -483,14 +504,11 @@ pub fn highest_certified(agent: &ureq::Agent, spec: &ChainSpec, sources: &[Strin
 }
 
 /// The height `source` shows, if it shows it with a commit certificate that verifies.
-fn certified_height(agent: &ureq::Agent, spec: &ChainSpec, source: &str) -> Option<u64> {
-    let status = get(agent, &format!("{source}/v1/status"), 1 << 20).ok()?;
-    let status: crate::api::types::StatusView = serde_json::from_slice(&status).ok()?;
-    let height = status.height;
-    if height == 0 {
+fn certified_height(client: &Client, spec: &ChainSpec, source: &Source) -> Option<u64> {
+    let Some((block, certificate)) = client.latest_committed(source).ok()? else {
         return Some(0);
-    }
-    let (block, certificate) = fetch_committed(agent, source, height).ok()?;
+    };
+    let height = block.header.height;
     certificate
         .verify(&spec.chain_hash(), &spec.members, height, &block.hash())
         .ok()?;
@@ -517,6 +535,136 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
 
 /// A block is at most the chain's limits; 64 MiB bounds any honest one.
 const MAX_BLOCK_BYTES: u64 = 64 << 20;
+
+/// The largest chunk: a tile of the largest level.
+const MAX_CHUNK_BYTES: u64 = 32 << MAX_TILE_LEVEL;
+
+/// Fetches from [`Source`]s of either kind; what it returns is still to be checked.
+pub struct Client {
+    agent: ureq::Agent,
+    requester: Option<std::sync::Arc<Requester>>,
+}
+
+impl Client {
+    /// A client waiting `config.timeout` for each answer.
+    pub fn new(config: &JoinConfig) -> Client {
+        Client {
+            agent: agent(config.timeout),
+            requester: config.requester.clone(),
+        }
+    }
+
+    /// The encoded manifest of the latest snapshot `source` serves.
+    fn manifest(&self, source: &Source) -> Result<Vec<u8>, Fetch> {
+        match source {
+            Source::Api(url) => {
+                // The JSON around a manifest in hex, with room for its other fields.
+                let limit = 2 * MAX_MANIFEST_BYTES as u64 + 4096;
+                let body = get(&self.agent, &format!("{url}/v1/snapshots/latest"), limit)?;
+                let view: SnapshotView = serde_json::from_slice(&body)
+                    .map_err(|error| Fetch::Failed(error.to_string()))?;
+                hex::decode(&view.manifest).map_err(|error| Fetch::Failed(error.to_string()))
+            }
+            Source::Peer { .. } => {
+                match self.ask(
+                    source,
+                    Wire::FetchSnapshot { height: 0 },
+                    MAX_MANIFEST_BYTES as u64,
+                )? {
+                    Wire::Snapshot(bytes) => Ok(bytes),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// Chunk `index` of the snapshot at `height`.
+    fn chunk(&self, source: &Source, height: u64, index: u64) -> Result<Vec<u8>, Fetch> {
+        match source {
+            Source::Api(url) => {
+                let url = format!("{url}/v1/snapshots/{height}/chunks/{index}");
+                get(&self.agent, &url, MAX_CHUNK_BYTES)
+            }
+            Source::Peer { .. } => {
+                match self.ask(source, Wire::FetchChunk { height, index }, MAX_CHUNK_BYTES)? {
+                    Wire::Chunk(bytes) => Ok(bytes),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// Block `height` with its commit certificate, unchecked but for its height.
+    pub(crate) fn committed(
+        &self,
+        source: &Source,
+        height: u64,
+    ) -> Result<(Block, CommitCertificate), Fetch> {
+        match source {
+            Source::Api(url) => fetch_committed(&self.agent, url, height),
+            Source::Peer { .. } => {
+                match self.ask(source, Wire::FetchCommittedAt { height }, MAX_BLOCK_BYTES)? {
+                    Wire::Committed { block, certificate } if block.header.height == height => {
+                        Ok((block, certificate))
+                    }
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// The highest committed block `source` holds, with its certificate; `None` at
+    /// height 0.
+    fn latest_committed(
+        &self,
+        source: &Source,
+    ) -> Result<Option<(Block, CommitCertificate)>, Fetch> {
+        match source {
+            Source::Api(url) => {
+                let status = get(&self.agent, &format!("{url}/v1/status"), 1 << 20)?;
+                let status: crate::api::types::StatusView = serde_json::from_slice(&status)
+                    .map_err(|error| Fetch::Failed(error.to_string()))?;
+                match status.height {
+                    0 => Ok(None),
+                    height => self.committed(source, height).map(Some),
+                }
+            }
+            Source::Peer { .. } => match self.ask(
+                source,
+                Wire::FetchCommittedAt { height: 0 },
+                MAX_BLOCK_BYTES,
+            ) {
+                Ok(Wire::Committed { block, certificate }) => Ok(Some((block, certificate))),
+                Err(Fetch::Gone) => Ok(None),
+                Ok(other) => Err(unexpected(&other)),
+                Err(error) => Err(error),
+            },
+        }
+    }
+
+    /// Sends `request` to a [`Source::Peer`] and reads an answer of at most `limit`
+    /// bytes; an `unavailable` answer is [`Fetch::Busy`] or [`Fetch::Gone`].
+    fn ask(&self, source: &Source, request: Wire, limit: u64) -> Result<Wire, Fetch> {
+        let (Source::Peer { member, addr }, Some(requester)) = (source, &self.requester) else {
+            return Err(Fetch::Failed("no peer identity to ask members with".into()));
+        };
+        // The tag byte before the item.
+        let limit = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        match requester.request(*member, addr, &request, limit) {
+            Ok(Wire::Unavailable { busy: true, .. }) => Err(Fetch::Busy),
+            Ok(Wire::Unavailable { busy: false, .. }) => Err(Fetch::Gone),
+            Ok(answer) => Ok(answer),
+            Err(error) => Err(Fetch::Failed(error.to_string())),
+        }
+    }
+}
+
+/// A well-formed answer of the wrong kind.
+fn unexpected(answer: &Wire) -> Fetch {
+    Fetch::Failed(format!("answered with a {} frame", answer.kind()))
+}
 
 /// Block `height` with its commit certificate as `source` serves it
 /// (`GET /v1/blocks/{height}/committed`), decoded; its certificate is the caller's
@@ -555,14 +703,8 @@ fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
 /// its entries against the ids the log holds) from `sources` in turn, until the
 /// store holds the whole chain or `stop` is set. A member whose block fails is passed
 /// over for the next; when none has it, the next round waits a few seconds.
-pub fn backfill(
-    store: &Store,
-    sources: &[String],
-    stop: &AtomicBool,
-    config: &JoinConfig,
-    metrics: &Metrics,
-) {
-    let agent = agent(config.timeout);
+pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: &Metrics) {
+    let (client, sources) = (Client::new(config), &config.sources);
     let started = Instant::now();
     let first = store.history_from();
     let mut next_progress = Instant::now() + config.progress_every;
@@ -583,7 +725,7 @@ pub fn backfill(
         for _ in 0..sources.len() {
             let source = &sources[turn % sources.len()];
             turn += 1;
-            let fetch = |height: u64| fetch_committed(&agent, source, height);
+            let fetch = |height: u64| client.committed(source, height);
             let outcome = below
                 .take()
                 .filter(|(block, _)| block.header.height == height)

@@ -4,8 +4,10 @@
 //! and answers for the node as a whole: whether it is ready or alive, what it runs
 //! with. Everything about producing blocks is the engine's.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
@@ -13,9 +15,11 @@ use tokio::sync::oneshot;
 use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
 use crate::chain::Policy;
 use crate::chain::{Entry, Hash, Header};
-use crate::engine::{Alone, Cluster, Engine, Follower};
+use crate::consensus::MemberIndex;
+use crate::engine::{blocking, Alone, Cluster, Engine, Follower};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
 use crate::metrics::Metrics;
+use crate::net::{Answer, Wire};
 use crate::plugin_host::Plugins;
 use crate::snapshots::{SnapshotServeError, Snapshots, DEFAULT_TRANSFERS};
 use crate::storage::Store;
@@ -289,5 +293,67 @@ impl Node {
             self.engine.run(shutdown).await;
             self.stopping.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// Answers the request connections of members that join or fill in their history
+/// (net::Requester): snapshots, their chunks and committed blocks, as the client API
+/// serves them. Holds the node weakly, since the transport it answers for lives
+/// inside the node.
+#[derive(Debug)]
+pub struct Answers(pub Weak<Node>);
+
+impl Answer for Answers {
+    fn answer(
+        &self,
+        _from: MemberIndex,
+        request: Wire,
+    ) -> Pin<Box<dyn Future<Output = Wire> + Send + '_>> {
+        Box::pin(async move {
+            let Some(node) = self.0.upgrade() else {
+                return unavailable(false, "this node is stopping");
+            };
+            let refused = |error: SnapshotServeError| {
+                let busy = matches!(error, SnapshotServeError::Busy(_));
+                unavailable(busy, &error.to_string())
+            };
+            match request {
+                Wire::FetchSnapshot { height } => {
+                    match node.snapshot_manifest((height > 0).then_some(height)).await {
+                        Ok(manifest) => Wire::Snapshot(manifest.encode()),
+                        Err(error) => refused(error),
+                    }
+                }
+                Wire::FetchChunk { height, index } => {
+                    match node.snapshot_chunk(height, index).await {
+                        Ok(ids) => Wire::Chunk(ids),
+                        Err(error) => refused(error),
+                    }
+                }
+                Wire::FetchCommittedAt { height } => {
+                    let store = Arc::clone(&node.store);
+                    let read = blocking(move || {
+                        let height = match height {
+                            0 => store.last_tip().map_or(0, |tip| tip.height),
+                            height => height,
+                        };
+                        store.committed_block(height)
+                    });
+                    match read.await {
+                        Ok(Some((block, certificate))) => Wire::Committed { block, certificate },
+                        Ok(None) => unavailable(false, "no such committed block here"),
+                        Err(error) => unavailable(false, &error.to_string()),
+                    }
+                }
+                other => unavailable(false, &format!("a {} frame is not a request", other.kind())),
+            }
+        })
+    }
+}
+
+fn unavailable(busy: bool, reason: &str) -> Wire {
+    Wire::Unavailable {
+        busy,
+        reason: reason.to_owned(),
     }
 }

@@ -114,6 +114,13 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
         .find(|line| line.contains("restored from a snapshot"))
         .unwrap_or_else(|| panic!("{}", logs[3]));
     assert!(restored.contains(&format!("height={height}")), "{restored}");
+    // A member fetches over the peer protocol, not through the client APIs.
+    let joining = logs[3]
+        .lines()
+        .find(|line| line.contains("joining from a snapshot"))
+        .unwrap_or_else(|| panic!("{}", logs[3]));
+    assert!(joining.contains("member 0 at 127.0.0.1:"), "{joining}");
+    assert!(!joining.contains("http://"), "{joining}");
     assert!(logs[3].contains("the whole history is held"), "{}", logs[3]);
     let checked = run(
         LEDGERD,

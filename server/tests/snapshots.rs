@@ -15,7 +15,8 @@ use ledger::api::router;
 use ledger::api::types::SnapshotView;
 use ledger::chain::snapshot::Manifest;
 use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
-use ledger::join::{JoinConfig, Joined};
+use ledger::join::{JoinConfig, Joined, Source};
+use ledger::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use ledger::node::{Node, NodeSettings};
 use ledger::storage::{Restore, Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
@@ -39,15 +40,23 @@ fn settings() -> NodeSettings {
 /// A one-member chain of `blocks` blocks of [`PER_BLOCK`] entries in `dir`, and the
 /// ids of its log in order.
 fn chain(dir: &std::path::Path, blocks: u64) -> (ChainSpec, Store, Vec<Hash>) {
-    let keys = [key(1)];
-    let spec = spec_checkpointing(&keys, 1, INTERVAL);
+    chain_of(dir, blocks, &[key(1)])
+}
+
+/// As [`chain`], with `keys` as the members, every block certified by all.
+fn chain_of(
+    dir: &std::path::Path,
+    blocks: u64,
+    keys: &[ed25519_dalek::SigningKey],
+) -> (ChainSpec, Store, Vec<Hash>) {
+    let spec = spec_checkpointing(keys, 1, INTERVAL);
     std::fs::create_dir_all(dir).unwrap();
     let store = Store::open(&dir.join("ledger.redb"), &spec, StoreOptions::default()).unwrap();
     let (mut tip, mut log) = (spec.genesis_block().header, CompactRange::new());
     let mut ids = Vec::new();
     for round in 0..blocks {
         let block: Block = next_block(&tip, &log, entries(round, PER_BLOCK, 24), 1);
-        store.apply_block(&block, &certify(&keys, &block)).unwrap();
+        store.apply_block(&block, &certify(keys, &block)).unwrap();
         for entry in &block.entries {
             log.append(
                 ledger::chain::merkle::leaf_hash(entry.id().as_bytes()),
@@ -433,10 +442,22 @@ async fn join_from(
     dir: &std::path::Path,
     sources: Vec<String>,
 ) -> Result<Joined, ledger::join::JoinError> {
+    let sources = sources.into_iter().map(Source::Api).collect();
+    join_with(spec, dir, sources, None).await
+}
+
+/// Joins from `sources`, asking members with `requester`, into `dir/joiner`.
+async fn join_with(
+    spec: &ChainSpec,
+    dir: &std::path::Path,
+    sources: Vec<Source>,
+    requester: Option<Arc<Requester>>,
+) -> Result<Joined, ledger::join::JoinError> {
     let joiner = dir.join("joiner");
     std::fs::create_dir_all(&joiner).unwrap();
     let config = JoinConfig {
         sources,
+        requester,
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),
@@ -546,6 +567,157 @@ async fn an_interrupted_join_resumes_and_a_silent_member_is_passed_over() {
     );
     assert_restored(&spec, dir.path(), &store);
     assert!(!dir.path().join("joiner/ledger.redb.restoring").exists());
+}
+
+/// What member `member` of `spec`'s chain says when it connects.
+fn hello(spec: &ChainSpec, member: u16) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        chain_id: spec.chain_id.clone(),
+        genesis_hash: spec.genesis_block().hash(),
+        member,
+        plugins: String::new(),
+    }
+}
+
+/// A member that lost its disk joins over the peer protocol: member 0 serves its
+/// snapshot, chunks and blocks on a request connection of its transport, and the
+/// joiner (member 3) ends with the same chain, having seen the chain's height there.
+/// A key that is not a member's gets no answer; a member whose transfer slots are
+/// taken is told to come back; a request before the node serves is answered busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_over_the_peer_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<_> = (1..=4).map(key).collect();
+    let (spec, store, _) = chain_of(&dir.path().join("source"), 25, &keys);
+    let store = Arc::new(store);
+    let start = |transfers: usize| {
+        let node = Node::alone(
+            Arc::clone(&store),
+            key(1),
+            settings(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .with_snapshots(transfers, TILE_LEVEL);
+        Arc::new(node)
+    };
+    // Member 0's transport on a free port, and its address.
+    let transport = || async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = TransportConfig {
+            key: key(1),
+            roster: Roster::new(&spec.members),
+            hello: hello(&spec, 0),
+            peers: Vec::new(),
+            frame_limit: Wire::max_frame(&spec.params),
+            queue_capacity: 16,
+            inbound_capacity: 16,
+        };
+        (Transport::start(listener, config).unwrap().0, addr)
+    };
+    let (starting, addr) = transport().await;
+    let requester = |key: ed25519_dalek::SigningKey, member: u16| {
+        let roster = Roster::new(&spec.members);
+        Arc::new(
+            Requester::new(&key, roster, hello(&spec, member), Duration::from_secs(2)).unwrap(),
+        )
+    };
+    let ask = |requester: Arc<Requester>, addr: &str, request: Wire| {
+        let addr = addr.to_owned();
+        tokio::task::spawn_blocking(move || requester.request(0, &addr, &request, 1 << 20))
+    };
+    let joiner = requester(key(4), 3);
+    let answer = ask(
+        Arc::clone(&joiner),
+        &addr,
+        Wire::FetchSnapshot { height: 0 },
+    );
+    assert!(
+        matches!(
+            answer.await.unwrap(),
+            Ok(Wire::Unavailable { busy: true, .. })
+        ),
+        "a node not yet serving tells the asker to come back"
+    );
+
+    let busy = start(0);
+    starting.answer_with(Arc::new(ledger::node::Answers(Arc::downgrade(&busy))));
+    let chunk = Wire::FetchChunk {
+        height: 20,
+        index: 0,
+    };
+    let answer = ask(Arc::clone(&joiner), &addr, chunk.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Ok(Wire::Unavailable { busy: true, reason }) if reason.contains("retry")),
+        "{answer:?}"
+    );
+    // The node is gone: its answerer says so and is not kept alive by the transport.
+    drop(busy);
+    let answer = ask(Arc::clone(&joiner), &addr, chunk).await.unwrap();
+    assert!(
+        matches!(answer, Ok(Wire::Unavailable { busy: false, .. })),
+        "{answer:?}"
+    );
+
+    // Another transport, answering for a serving node.
+    let (serving, addr) = transport().await;
+    let node = start(4);
+    serving.answer_with(Arc::new(ledger::node::Answers(Arc::downgrade(&node))));
+    let stranger = ask(
+        requester(key(9), 3),
+        &addr,
+        Wire::FetchSnapshot { height: 0 },
+    );
+    assert!(
+        stranger.await.unwrap().is_err(),
+        "a non-member is not answered"
+    );
+
+    let source = Source::Peer {
+        member: 0,
+        addr: addr.clone(),
+    };
+    let joined = join_with(
+        &spec,
+        dir.path(),
+        vec![source.clone()],
+        Some(Arc::clone(&joiner)),
+    )
+    .await
+    .unwrap();
+    let Joined::Restored { height, chunks, .. } = joined else {
+        panic!("no snapshot: {joined:?}")
+    };
+    assert_eq!((height, chunks), (20, 9));
+    assert_restored(&spec, dir.path(), &store);
+    let client = ledger::join::Client::new(&JoinConfig {
+        sources: vec![source],
+        requester: Some(joiner),
+        path: dir.path().join("unused"),
+        staging: dir.path().join("unused"),
+        timeout: Duration::from_secs(2),
+        progress_every: Duration::from_secs(1),
+    });
+    let (spec_for_probe, sources) = (spec.clone(), client_sources(&addr));
+    let seen = tokio::task::spawn_blocking(move || {
+        ledger::join::highest_certified(&client, &spec_for_probe, &sources)
+    });
+    assert_eq!(
+        seen.await.unwrap(),
+        25,
+        "the chain's height, certified, over the peer protocol"
+    );
+}
+
+fn client_sources(addr: &str) -> Vec<Source> {
+    vec![Source::Peer {
+        member: 0,
+        addr: addr.to_owned(),
+    }]
 }
 
 /// A backup of a stopped node's database restores to the same chain, every part

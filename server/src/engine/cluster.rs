@@ -816,6 +816,16 @@ impl Driver {
                 }
                 Ok(())
             }
+            // These travel on request connections only (net::Requester).
+            Wire::FetchSnapshot { .. }
+            | Wire::Snapshot(_)
+            | Wire::FetchChunk { .. }
+            | Wire::Chunk(_)
+            | Wire::FetchCommittedAt { .. }
+            | Wire::Unavailable { .. } => {
+                self.metrics.messages_dropped.add("misplaced_request", 1);
+                Ok(())
+            }
         }
     }
 

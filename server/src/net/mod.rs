@@ -10,12 +10,14 @@
 
 mod frame;
 mod hello;
+mod requests;
 mod tls;
 mod transport;
 mod wire;
 
 pub use frame::{read_frame, write_frame, FrameError};
 pub use hello::{Hello, HelloError, MAX_HELLO_BYTES, PROTOCOL_VERSION};
+pub use requests::{Answer, RequestError, Requester, ALPN, MAX_CONNECTIONS};
 pub use tls::{certificate_key, configs, self_signed, Roster, TlsError, SERVER_NAME};
-pub use transport::{Inbound, PeerState, SendError, Transport, TransportConfig};
+pub use transport::{Inbound, LinkError, PeerState, SendError, Transport, TransportConfig};
 pub use wire::Wire;

@@ -187,10 +187,12 @@ pub fn configs(
         provider: provider.clone(),
     });
     let (certificate, private) = self_signed(key)?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![certificate.clone()], private.clone_key())?;
+    // A consensus link names no protocol; a request connection names this one.
+    server.alpn_protocols = vec![super::requests::ALPN.to_vec()];
     let client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

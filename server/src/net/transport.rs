@@ -8,18 +8,19 @@
 //! [`SendError::QueueFull`] (the replica retransmits what matters) while the others
 //! flow. A frame that is malformed or too large closes that one connection.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::frame::{read_frame, write_frame, FrameError};
 use super::hello::{Hello, HelloError, MAX_HELLO_BYTES};
+use super::requests::{self, Answer};
 use super::tls::{certificate_key, configs, Roster, TlsError, SERVER_NAME};
 use crate::consensus::MemberIndex;
 
@@ -127,6 +128,10 @@ struct Shared {
     hello: Hello,
     roster: Roster,
     frame_limit: usize,
+    /// Answers request connections once the node serves.
+    answer: OnceLock<Arc<dyn Answer>>,
+    /// Request connections served at once.
+    request_slots: Semaphore,
 }
 
 impl Shared {
@@ -152,19 +157,28 @@ pub struct Transport {
 
 /// Why a connection was not established or ended.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub enum LinkError {
+    /// The socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A frame could not be read or written.
     #[error("{0}")]
     Frame(#[from] FrameError),
+    /// The peer's hello was refused.
     #[error("{0}")]
     Hello(#[from] HelloError),
-    #[error("handshake timed out")]
+    /// The handshake or a read took too long.
+    #[error("timed out")]
     Timeout,
+    /// The peer's key is not a member's, or not the expected member's.
     #[error("the peer's key is not a member")]
     NotMember,
+    /// The peer closed the connection.
     #[error("the peer closed the connection")]
     Closed,
+    /// The peer sent a frame that has no place on this connection.
+    #[error("{0}")]
+    Malformed(String),
 }
 
 impl Transport {
@@ -188,6 +202,8 @@ impl Transport {
             hello: config.hello.clone(),
             roster: config.roster.clone(),
             frame_limit: config.frame_limit,
+            answer: OnceLock::new(),
+            request_slots: Semaphore::new(requests::MAX_CONNECTIONS),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
         let mut tasks = JoinSet::new();
@@ -255,6 +271,12 @@ impl Transport {
             s.inbound = false;
             s.last_error = Some(format!("cut off: {reason}"));
         });
+    }
+
+    /// Answers members' request connections with `answer` from now on; until then
+    /// they are told to come back. Only the first call counts.
+    pub fn answer_with(&self, answer: Arc<dyn Answer>) {
+        let _ = self.shared.answer.set(answer);
     }
 
     /// Each member's connection state, by member index (this node's own is empty).
@@ -331,6 +353,15 @@ async fn serve(
     let (mut tls, from, theirs) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| LinkError::Timeout)??;
+    if tls.get_ref().1.alpn_protocol() == Some(requests::ALPN) {
+        let Ok(_slot) = shared.request_slots.try_acquire() else {
+            let busy = requests::busy("too many members are fetching from this node");
+            write_frame(&mut tls, &busy.encode()).await?;
+            tls.flush().await?;
+            return Ok(());
+        };
+        return requests::serve(&mut tls, from, &shared.answer).await;
+    }
     let Some(generation) = shared.inbound.get(usize::from(from)) else {
         return Err(LinkError::NotMember);
     };
@@ -395,7 +426,8 @@ async fn dial_loop(
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial(member, &addr, &connector, &shared))
+        let dialing = dial(member, &addr, &connector, &shared.roster, &shared.hello);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialing)
             .await
             .unwrap_or(Err(LinkError::Timeout))
         {
@@ -436,11 +468,13 @@ async fn dial_loop(
     }
 }
 
-async fn dial(
+/// Connects to `member` at `addr`, checks it is that member, and exchanges hellos.
+pub(super) async fn dial(
     member: MemberIndex,
     addr: &str,
     connector: &TlsConnector,
-    shared: &Shared,
+    roster: &Roster,
+    hello: &Hello,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Hello), LinkError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -454,10 +488,10 @@ async fn dial(
         .and_then(|chain| chain.first())
         .and_then(certificate_key);
     // The verifier admitted a member; it must be the one this address should be.
-    if key.and_then(|key| shared.roster.index_of(&key)) != Some(member) {
+    if key.and_then(|key| roster.index_of(&key)) != Some(member) {
         return Err(LinkError::NotMember);
     }
-    let theirs = exchange_hellos(&mut tls, &shared.hello, member).await?;
+    let theirs = exchange_hellos(&mut tls, hello, member).await?;
     Ok((tls, theirs))
 }
 

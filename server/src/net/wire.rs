@@ -1,5 +1,7 @@
 //! What travels in a frame between members: consensus messages, forwarded entries,
-//! and catch-up requests and answers. A tag byte, then the item's canonical encoding.
+//! and catch-up requests and answers; on a request connection, the requests of a
+//! member that joins and their answers. A tag byte, then the item's canonical
+//! encoding.
 
 use crate::chain::codec::Reader;
 use crate::chain::{Block, ChainError, ChainParams, CommitCertificate, Entry, Hash, HEADER_LEN};
@@ -11,6 +13,15 @@ const TAG_FETCH_COMMITTED: u8 = 3;
 const TAG_COMMITTED: u8 = 4;
 const TAG_FETCH_BLOCK: u8 = 5;
 const TAG_BLOCK: u8 = 6;
+const TAG_FETCH_SNAPSHOT: u8 = 7;
+const TAG_SNAPSHOT: u8 = 8;
+const TAG_FETCH_CHUNK: u8 = 9;
+const TAG_CHUNK: u8 = 10;
+const TAG_FETCH_COMMITTED_AT: u8 = 11;
+const TAG_UNAVAILABLE: u8 = 12;
+
+/// Longest reason an `unavailable` answer carries.
+const MAX_REASON: usize = 1024;
 
 /// One frame's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +54,37 @@ pub enum Wire {
     },
     /// A block body.
     Block(Block),
+    /// Asks for the manifest of the snapshot at `height` (0: the latest served).
+    FetchSnapshot {
+        /// The snapshot's height, or 0.
+        height: u64,
+    },
+    /// A snapshot manifest, encoded (docs/FORMAT.md); the asker decodes and checks it
+    /// as it would one served by the client API.
+    Snapshot(Vec<u8>),
+    /// Asks for chunk `index` of the snapshot at `height`.
+    FetchChunk {
+        /// The snapshot's height.
+        height: u64,
+        /// The chunk's index.
+        index: u64,
+    },
+    /// A snapshot chunk: the entry ids of one tile.
+    Chunk(Vec<u8>),
+    /// Asks for the committed block at `height` with its certificate (0: the
+    /// answerer's highest); answered with [`Wire::Committed`].
+    FetchCommittedAt {
+        /// The block's height, or 0.
+        height: u64,
+    },
+    /// A request that is not answered: `busy` to ask again shortly, otherwise not
+    /// served here; with why.
+    Unavailable {
+        /// Every transfer slot is taken; the same request may succeed shortly.
+        busy: bool,
+        /// Why, for the asker's log.
+        reason: String,
+    },
 }
 
 impl Wire {
@@ -68,6 +110,12 @@ impl Wire {
             Wire::Committed { .. } => "committed",
             Wire::FetchBlock { .. } => "fetch-block",
             Wire::Block(_) => "block",
+            Wire::FetchSnapshot { .. } => "fetch-snapshot",
+            Wire::Snapshot(_) => "snapshot",
+            Wire::FetchChunk { .. } => "fetch-chunk",
+            Wire::Chunk(_) => "chunk",
+            Wire::FetchCommittedAt { .. } => "fetch-committed-at",
+            Wire::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -106,6 +154,36 @@ impl Wire {
             Wire::Block(block) => {
                 out.push(TAG_BLOCK);
                 out.extend(block.encode());
+            }
+            Wire::FetchSnapshot { height } => {
+                out.push(TAG_FETCH_SNAPSHOT);
+                out.extend_from_slice(&height.to_be_bytes());
+            }
+            Wire::Snapshot(manifest) => {
+                out.push(TAG_SNAPSHOT);
+                out.extend_from_slice(manifest);
+            }
+            Wire::FetchChunk { height, index } => {
+                out.push(TAG_FETCH_CHUNK);
+                out.extend_from_slice(&height.to_be_bytes());
+                out.extend_from_slice(&index.to_be_bytes());
+            }
+            Wire::Chunk(ids) => {
+                out.push(TAG_CHUNK);
+                out.extend_from_slice(ids);
+            }
+            Wire::FetchCommittedAt { height } => {
+                out.push(TAG_FETCH_COMMITTED_AT);
+                out.extend_from_slice(&height.to_be_bytes());
+            }
+            Wire::Unavailable { busy, reason } => {
+                out.push(TAG_UNAVAILABLE);
+                out.push(u8::from(*busy));
+                let mut cut = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.extend_from_slice(&reason.as_bytes()[..cut]);
             }
         }
         out
@@ -164,6 +242,36 @@ impl Wire {
                 Ok(Wire::FetchBlock { height, hash })
             }
             TAG_BLOCK => Block::decode(rest).map(Wire::Block),
+            TAG_FETCH_SNAPSHOT | TAG_FETCH_COMMITTED_AT => {
+                let mut reader = Reader::new(rest, "request");
+                let height = reader.u64()?;
+                reader.finish()?;
+                Ok(match tag {
+                    TAG_FETCH_SNAPSHOT => Wire::FetchSnapshot { height },
+                    _ => Wire::FetchCommittedAt { height },
+                })
+            }
+            TAG_SNAPSHOT => Ok(Wire::Snapshot(rest.to_vec())),
+            TAG_FETCH_CHUNK => {
+                let mut reader = Reader::new(rest, "chunk request");
+                let height = reader.u64()?;
+                let index = reader.u64()?;
+                reader.finish()?;
+                Ok(Wire::FetchChunk { height, index })
+            }
+            TAG_CHUNK => Ok(Wire::Chunk(rest.to_vec())),
+            TAG_UNAVAILABLE => match rest.split_first() {
+                Some((&busy @ (0 | 1), reason)) if reason.len() <= MAX_REASON => {
+                    Ok(Wire::Unavailable {
+                        busy: busy == 1,
+                        reason: String::from_utf8_lossy(reason).into_owned(),
+                    })
+                }
+                _ => Err(ChainError::Malformed {
+                    what: "unavailable answer",
+                    reason: "bad flag or reason too long",
+                }),
+            },
             _ => Err(ChainError::Malformed {
                 what: "peer frame",
                 reason: "unknown tag",
@@ -216,6 +324,16 @@ mod tests {
                 hash: block.hash(),
             },
             Wire::Block(block),
+            Wire::FetchSnapshot { height: 0 },
+            Wire::FetchChunk {
+                height: 64,
+                index: 3,
+            },
+            Wire::FetchCommittedAt { height: 9 },
+            Wire::Unavailable {
+                busy: true,
+                reason: "4 snapshot chunks are being served".into(),
+            },
         ];
         for wire in all {
             let bytes = wire.encode();
@@ -226,6 +344,19 @@ mod tests {
             longer.push(0);
             assert!(Wire::decode(&longer).is_err(), "{wire:?}");
         }
+        // Raw bytes, whose length says where they end, are checked by the asker.
+        for wire in [Wire::Snapshot(vec![1, 2, 3]), Wire::Chunk(vec![7; 64])] {
+            assert_eq!(Wire::decode(&wire.encode()), Ok(wire));
+        }
+        let long = Wire::Unavailable {
+            busy: false,
+            reason: "é".repeat(MAX_REASON),
+        };
+        let Ok(Wire::Unavailable { reason, .. }) = Wire::decode(&long.encode()) else {
+            panic!("a long reason is cut, not refused");
+        };
+        assert_eq!(reason.len(), MAX_REASON);
+        assert!(Wire::decode(&[TAG_UNAVAILABLE, 2]).is_err());
         assert!(Wire::decode(&[]).is_err());
         assert!(Wire::decode(&[99, 0]).is_err());
     }
