@@ -284,6 +284,28 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
     writeln!(file, "{}", hex::encode(key.to_bytes())).map_err(io(path))
 }
 
+/// The file beside a node key that says the key is new: the node holding it never
+/// had a database, so it never signed a vote. The node removes it when it creates
+/// its database; a member that later starts without one (its disk lost) finds no
+/// such file and learns from the others how far it may have voted.
+pub fn new_key_mark(key_file: &Path) -> PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Writes a new node key to `path`, with its [`new_key_mark`].
+pub fn write_node_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
+    write_key(path, key)?;
+    let mark = new_key_mark(path);
+    fs::write(
+        &mark,
+        "This node key has never voted: ledgerd removes this file when it creates its \
+         database. Never copy it back.\n",
+    )
+    .map_err(io(&mark))
+}
+
 /// What `ledgerd dev init` lays out.
 #[derive(Clone, Debug)]
 pub struct DevLayout {
@@ -323,7 +345,7 @@ pub fn dev_init(
         let node_dir = dir.join(format!("node{i}"));
         fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
         let key = generate_key()?;
-        write_key(&node_dir.join("node.key"), &key)?;
+        write_node_key(&node_dir.join("node.key"), &key)?;
         let config = NodeConfig {
             genesis: "../genesis.toml".into(),
             ..NodeConfig::example(

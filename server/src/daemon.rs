@@ -190,8 +190,8 @@ fn join_if_new(
 fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
     let spec = config.chain_spec()?;
     let join = join_config(config, &spec, Duration::from_secs(10))?;
-    let client = crate::join::Client::new(&join);
-    let mut seen = crate::join::highest_certified(&client, &spec, &join.sources);
+    let client = crate::join::Client::new(join.timeout, join.requester.clone());
+    let mut seen = crate::join::highest_certified(&client, &spec, &join.probe);
     if let Some(store) = store {
         seen = seen.max(store.tip()?.height);
     }
@@ -238,8 +238,14 @@ fn join_config(
         .iter()
         .position(|member| member.public_key == public)
         .filter(|_| !config.follower);
-    let (sources, requester) = match me {
-        None => (api_sources(spec, &public).map(Source::Api).collect(), None),
+    // A key that never voted has nothing to learn about its own votes.
+    let new_key = crate::config::new_key_mark(&config.key_file).exists();
+    let (sources, requester, probe) = match me {
+        None => (
+            api_sources(spec, &public).map(Source::Api).collect(),
+            None,
+            Vec::new(),
+        ),
         Some(me) => {
             let sources = spec
                 .members
@@ -259,12 +265,35 @@ fn join_config(
             let hello = member_hello(spec, me, String::new());
             let requester = Requester::new(&key, Roster::new(&spec.members), hello, timeout)
                 .context("setting up the peer protocol to join by")?;
-            (sources, Some(Arc::new(requester)))
+            // How far the chain has come is asked through the client APIs, which
+            // answer from a member's first instant: one still starting without a
+            // database says it holds nothing, so members that all start new count
+            // each other (a new chain) instead of waiting for each other.
+            let probe = spec
+                .members
+                .as_slice()
+                .iter()
+                .enumerate()
+                .filter(|&(index, _)| index != me)
+                .filter_map(
+                    |(index, member)| match (&member.api_addr, &member.p2p_addr) {
+                        (Some(api), _) => Some(Source::Api(format!("http://{api}"))),
+                        (None, Some(addr)) => Some(Source::Peer {
+                            member: index as MemberIndex,
+                            addr: addr.clone(),
+                        }),
+                        (None, None) => None,
+                    },
+                )
+                .collect();
+            let probe = if new_key { Vec::new() } else { probe };
+            (sources, Some(Arc::new(requester)), probe)
         }
     };
     Ok(JoinConfig {
         sources,
         requester,
+        probe,
         path: config.database_path(),
         staging: config.data_dir.join("ledger.redb.restoring"),
         timeout,
@@ -473,26 +502,43 @@ pub async fn run(
         })?;
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     let starting = Starting::new(Arc::clone(&metrics));
-    let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
     // A member without a database lost what it signed, unless the chain is new.
     let empty = !config.database_path().exists();
+    starting.set_holds_nothing(empty);
+    let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
     tokio::task::spawn_blocking({
         let (config, metrics, starting) =
             (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
         move || join_if_new(&config, start == Start::Join, &metrics, &starting)
     })
     .await??;
-    if empty && !config.database_path().exists() && !config.follower {
+    let new_key = crate::config::new_key_mark(&config.key_file).exists();
+    if empty && !config.database_path().exists() && !config.follower && !new_key {
         starting.set_phase("asking the other members how far the chain has come");
         let config = config.clone();
         tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, None)).await??;
     }
     starting.set_phase("opening the database");
+    starting.set_holds_nothing(false);
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open(&config)
     })
     .await??;
+    // From here on this key may vote: the mark that says it never did goes first.
+    let mark = crate::config::new_key_mark(&config.key_file);
+    match std::fs::remove_file(&mark) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| {
+                format!(
+                    "cannot remove {}, which says this key never voted: left in place, a \
+                     member that later lost its disk would take itself for new",
+                    mark.display()
+                )
+            });
+        }
+        _ => {}
+    }
     if store.durable()?.abstain_through == crate::consensus::ABSTAIN_UNKNOWN && !config.follower {
         starting.set_phase("asking the other members how far the chain has come");
         let (config, restored) = (config.clone(), Arc::clone(&store));

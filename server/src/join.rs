@@ -63,6 +63,9 @@ pub struct JoinConfig {
     pub sources: Vec<Source>,
     /// Asks members over the peer protocol: needed for [`Source::Peer`] sources.
     pub requester: Option<std::sync::Arc<Requester>>,
+    /// The members a joining member asks how far the chain has come
+    /// ([`highest_certified`]); empty for a follower, which never votes.
+    pub probe: Vec<Source>,
     /// The node's database, which must not exist yet.
     pub path: PathBuf,
     /// The staging file the snapshot is restored into.
@@ -130,7 +133,7 @@ pub(crate) enum Fetch {
 /// Joins from the snapshot the members offer (see the module docs), counting what
 /// it fetches in `metrics`.
 pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
-    let client = Client::new(config);
+    let client = Client::new(config.timeout, config.requester.clone());
     let (offers, refused) = offers(&client, spec, &config.sources);
     // The same snapshot (block, tiles, headers; certificates may differ) offered by
     // f + 1 members has an honest one behind it: the highest such is preferred, so
@@ -168,7 +171,10 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let block = fetch_block(&client, &sources, best).ok_or(JoinError::NoBlock(height))?;
     // This member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
-    let seen = highest_certified(&client, spec, &config.sources).max(height);
+    let seen = match config.probe.is_empty() {
+        true => 0,
+        false => highest_certified(&client, spec, &config.probe).max(height),
+    };
     let abstain_through = Config::abstain_bound(spec, seen);
     fetched
         .restore
@@ -475,35 +481,39 @@ fn fetch_block(client: &Client, sources: &[&Source], manifest: &Manifest) -> Opt
 }
 
 /// The highest height the `sources` show with a commit certificate that verifies
-/// against the genesis members (0 when none shows one): how far the chain has come,
-/// which bounds where a member that lost its disk may have voted. A source cannot
-/// raise it beyond the chain, only fail to answer; too few answers are logged.
+/// against the genesis members (0 when none shows one, or each holds nothing): how
+/// far the chain has come, which bounds where a member that lost its disk may have
+/// voted. A source cannot raise it beyond the chain, only hide how far it got. Asks
+/// again, once a second, until [`Config::abstain_answers`] of them have answered:
+/// fewer might all be members that never saw this member's votes.
 pub fn highest_certified(client: &Client, spec: &ChainSpec, sources: &[Source]) -> u64 {
-    let answers: Vec<u64> = sources
-        .iter()
-        .filter_map(|source| certified_height(client, spec, source))
-        .collect();
-    let seen = answers.iter().copied().max().unwrap_or(0);
-    // A quorum applied the checkpoint the member last had stable; counting the
-    // member as one of the f faults, q − 1 − (f − 1) honest others did, so this many
-    // answers from the others include one of them.
-    let n = spec.members.len();
-    let needed = (n + 1 + spec.members.max_faulty().saturating_sub(1))
-        .saturating_sub(spec.members.quorum())
-        .max(1)
-        .min(n.saturating_sub(1).max(1));
-    if seen > 0 && answers.len() < needed {
-        tracing::warn!(
-            answered = answers.len(),
-            needed,
-            "too few members showed how far the chain has come; the height this member \
-             abstains up to may be too low"
-        );
+    let needed = Config::abstain_answers(spec).min(sources.len());
+    let started = Instant::now();
+    let mut warned = Instant::now();
+    loop {
+        let answers: Vec<u64> = sources
+            .iter()
+            .filter_map(|source| certified_height(client, spec, source))
+            .collect();
+        if answers.len() >= needed {
+            return answers.iter().copied().max().unwrap_or(0);
+        }
+        if warned.elapsed() >= Duration::from_secs(10) {
+            warned = Instant::now();
+            tracing::warn!(
+                answered = answers.len(),
+                needed,
+                waiting_s = started.elapsed().as_secs(),
+                "waiting for more members to show how far the chain has come: this member \
+                 lost the record of what it signed and votes only once it knows"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
-    seen
 }
 
-/// The height `source` shows, if it shows it with a commit certificate that verifies.
+/// The height `source` shows, if it shows it with a commit certificate that verifies
+/// (0 if it holds no committed block, or no database yet).
 fn certified_height(client: &Client, spec: &ChainSpec, source: &Source) -> Option<u64> {
     let Some((block, certificate)) = client.latest_committed(source).ok()? else {
         return Some(0);
@@ -546,11 +556,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client waiting `config.timeout` for each answer.
-    pub fn new(config: &JoinConfig) -> Client {
+    /// A client waiting `timeout` for each answer, asking members with `requester`.
+    pub fn new(timeout: Duration, requester: Option<std::sync::Arc<Requester>>) -> Client {
         Client {
-            agent: agent(config.timeout),
-            requester: config.requester.clone(),
+            agent: agent(timeout),
+            requester,
         }
     }
 
@@ -621,12 +631,37 @@ impl Client {
     ) -> Result<Option<(Block, CommitCertificate)>, Fetch> {
         match source {
             Source::Api(url) => {
-                let status = get(&self.agent, &format!("{url}/v1/status"), 1 << 20)?;
-                let status: crate::api::types::StatusView = serde_json::from_slice(&status)
+                let mut response = self
+                    .agent
+                    .get(&format!("{url}/v1/status"))
+                    .call()
                     .map_err(|error| Fetch::Failed(error.to_string()))?;
-                match status.height {
-                    0 => Ok(None),
-                    height => self.committed(source, height).map(Some),
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_vec()
+                    .map_err(|error| Fetch::Failed(error.to_string()))?;
+                let failed = |error: serde_json::Error| Fetch::Failed(error.to_string());
+                match response.status().as_u16() {
+                    200 => {
+                        let status: crate::api::types::StatusView =
+                            serde_json::from_slice(&body).map_err(failed)?;
+                        match status.height {
+                            0 => Ok(None),
+                            height => self.committed(source, height).map(Some),
+                        }
+                    }
+                    // A member still starting says whether it holds a chain yet.
+                    503 => {
+                        let starting: crate::api::starting::StartingView =
+                            serde_json::from_slice(&body).map_err(failed)?;
+                        match starting.holds_nothing {
+                            true => Ok(None),
+                            false => Err(Fetch::Busy),
+                        }
+                    }
+                    status => Err(Fetch::Failed(format!("HTTP {status}"))),
                 }
             }
             Source::Peer { .. } => match self.ask(
@@ -704,7 +739,10 @@ fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
 /// store holds the whole chain or `stop` is set. A member whose block fails is passed
 /// over for the next; when none has it, the next round waits a few seconds.
 pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: &Metrics) {
-    let (client, sources) = (Client::new(config), &config.sources);
+    let (client, sources) = (
+        Client::new(config.timeout, config.requester.clone()),
+        &config.sources,
+    );
     let started = Instant::now();
     let first = store.history_from();
     let mut next_progress = Instant::now() + config.progress_every;

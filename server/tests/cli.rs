@@ -271,6 +271,8 @@ fn init_writes_a_key_and_a_config_once() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // A new key says it never voted, until the node creates its database.
+    assert!(etc.join("node.key.new").exists());
     // A second init refuses and leaves the node's key alone.
     let again = run(LEDGERD, &init);
     assert!(!again.status.success());

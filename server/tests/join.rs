@@ -44,7 +44,11 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     let before = commit_batch(node(&daemons, 1), "before", 60);
     let height = snapshot_at_least(node(&daemons, 0), 15);
 
-    // Member 3 loses its disk: same key and config, an empty data directory.
+    // Member 3 loses its disk: same key and config, an empty data directory. The
+    // mark that its key never voted went when it created its first database, so
+    // this time it asks the others how far it may have voted.
+    let mark = chain.join("node3/node.key.new");
+    assert!(!mark.exists(), "{}", mark.display());
     let log = daemons[3].take().unwrap().stop();
     assert!(!log.contains("restored from a snapshot"), "{log}");
     std::fs::remove_dir_all(chain.join("node3/data")).unwrap();

@@ -79,6 +79,9 @@ fn past_sweep_failures_stay_fixed() {
         ("silent-4", 26903),
         ("equivocate-10", 95355),
         ("crashes-2", 66593),
+        // A member that lost its disk heard from one member at height 0, took the
+        // chain for new and voted at once: it now waits for enough answers.
+        ("disk-loss-3", 8927),
     ];
     for (name, seed) in failures {
         let scenario = Scenario::named(name).expect("catalogue scenario");

@@ -458,6 +458,7 @@ async fn join_with(
     let config = JoinConfig {
         sources,
         requester,
+        probe: Vec::new(),
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),
@@ -694,30 +695,15 @@ async fn a_member_joins_over_the_peer_protocol() {
     };
     assert_eq!((height, chunks), (20, 9));
     assert_restored(&spec, dir.path(), &store);
-    let client = ledger::join::Client::new(&JoinConfig {
-        sources: vec![source],
-        requester: Some(joiner),
-        path: dir.path().join("unused"),
-        staging: dir.path().join("unused"),
-        timeout: Duration::from_secs(2),
-        progress_every: Duration::from_secs(1),
-    });
-    let (spec_for_probe, sources) = (spec.clone(), client_sources(&addr));
+    let client = ledger::join::Client::new(Duration::from_secs(2), Some(joiner));
     let seen = tokio::task::spawn_blocking(move || {
-        ledger::join::highest_certified(&client, &spec_for_probe, &sources)
+        ledger::join::highest_certified(&client, &spec, &[source])
     });
     assert_eq!(
         seen.await.unwrap(),
         25,
         "the chain's height, certified, over the peer protocol"
     );
-}
-
-fn client_sources(addr: &str) -> Vec<Source> {
-    vec![Source::Peer {
-        member: 0,
-        addr: addr.to_owned(),
-    }]
 }
 
 /// A backup of a stopped node's database restores to the same chain, every part
@@ -784,4 +770,48 @@ fn a_backup_restores_the_whole_chain_and_a_damaged_one_nothing() {
     }
     let foreign = ledger::testing::spec(&[key(9)], 1);
     assert!(backup::inspect(file.as_slice(), Some(&foreign)).is_err());
+}
+
+/// A member that lost its disk learns how far the chain has come before it votes,
+/// and waits until enough of the others (two of three at n = 4) have shown it: a
+/// member still starting without a database counts (it holds nothing), one that
+/// does not answer does not, and the height is the highest certified one shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<_> = (1..=4).map(key).collect();
+    let (spec, store, _) = chain_of(&dir.path().join("source"), 25, &keys);
+    assert_eq!(ledger::consensus::Config::abstain_answers(&spec), 2);
+    let starting = ledger::api::starting::Starting::new(Arc::default());
+    starting.set_holds_nothing(true);
+    let new_member = listen(ledger::api::starting::router(Arc::clone(&starting))).await;
+    // A port nobody listens on yet: the member that is down.
+    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late_addr = late.local_addr().unwrap();
+    drop(late);
+    let sources = vec![
+        Source::Api(new_member),
+        Source::Api(format!("http://{late_addr}")),
+    ];
+    let client = ledger::join::Client::new(Duration::from_secs(2), None);
+    let probe_spec = spec.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        ledger::join::highest_certified(&client, &probe_spec, &sources)
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !probe.is_finished(),
+        "one answer of the two needed is not enough"
+    );
+
+    let listener = tokio::net::TcpListener::bind(late_addr).await.unwrap();
+    let router = serve(Arc::new(store), 4);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let seen = tokio::time::timeout(Duration::from_secs(10), probe)
+        .await
+        .expect("the probe ends once the member is back")
+        .unwrap();
+    assert_eq!(seen, 25);
 }

@@ -26,6 +26,9 @@ pub struct Starting {
     metrics: Arc<Metrics>,
     /// The current step, in words, and when it began.
     phase: Mutex<(&'static str, Instant)>,
+    /// No database yet, so no chain: what a member that lost its disk asks of the
+    /// others (join::highest_certified).
+    holds_nothing: std::sync::atomic::AtomicBool,
 }
 
 /// `GET /v1/status` while a node starts: the error body of every 503, and a join's
@@ -39,6 +42,10 @@ pub struct StartingView {
     /// A join's progress, once a snapshot is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joining: Option<JoiningView>,
+    /// The node has no database yet: it holds no block and signed nothing it
+    /// remembers.
+    #[serde(default)]
+    pub holds_nothing: bool,
 }
 
 /// A join's progress.
@@ -63,7 +70,13 @@ impl Starting {
         Arc::new(Starting {
             metrics,
             phase: Mutex::new(("starting up", Instant::now())),
+            holds_nothing: Default::default(),
         })
+    }
+
+    /// Whether the node has no database (yet).
+    pub fn set_holds_nothing(&self, nothing: bool) {
+        self.holds_nothing.store(nothing, Ordering::Relaxed);
     }
 
     /// The step the start is at now.
@@ -113,6 +126,7 @@ impl Starting {
             error: "not_ready".into(),
             message,
             joining,
+            holds_nothing: self.holds_nothing.load(Ordering::Relaxed),
         }
     }
 }

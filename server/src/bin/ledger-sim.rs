@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     let failures = Mutex::new(Vec::new());
     let done = AtomicU64::new(0);
     let events = AtomicU64::new(0);
-    let (restores, refused) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (restores, refused, probes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -103,6 +103,7 @@ fn main() -> ExitCode {
                 events.fetch_add(report.events, Ordering::Relaxed);
                 restores.fetch_add(report.snapshots.restores, Ordering::Relaxed);
                 refused.fetch_add(report.snapshots.refused, Ordering::Relaxed);
+                probes.fetch_add(report.snapshots.probes_repeated, Ordering::Relaxed);
                 if report.violation.is_some() {
                     eprintln!("{report}");
                     failures
@@ -127,9 +128,11 @@ fn main() -> ExitCode {
         failures.len()
     );
     println!(
-        "snapshot joins: {} members restored, {} forged manifests or chunks refused",
+        "snapshot joins: {} members restored, {} forged manifests or chunks refused, {} \
+         probes of the chain's height repeated for too few answers",
         restores.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed)
+        refused.load(Ordering::Relaxed),
+        probes.load(Ordering::Relaxed)
     );
     for report in &failures {
         println!("  {report}");

@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = config::generate_key()?;
-            config::write_key(&dir.join("node.key"), &key)?;
+            config::write_node_key(&dir.join("node.key"), &key)?;
             let node = NodeConfig {
                 data_dir,
                 ..NodeConfig::example(api_listen, p2p_listen)

@@ -330,10 +330,6 @@ mod tests {
                 index: 3,
             },
             Wire::FetchCommittedAt { height: 9 },
-            Wire::Unavailable {
-                busy: true,
-                reason: "4 snapshot chunks are being served".into(),
-            },
         ];
         for wire in all {
             let bytes = wire.encode();
@@ -344,8 +340,16 @@ mod tests {
             longer.push(0);
             assert!(Wire::decode(&longer).is_err(), "{wire:?}");
         }
-        // Raw bytes, whose length says where they end, are checked by the asker.
-        for wire in [Wire::Snapshot(vec![1, 2, 3]), Wire::Chunk(vec![7; 64])] {
+        // Raw bytes and text, which end with the frame, are checked by the asker.
+        let unavailable = Wire::Unavailable {
+            busy: true,
+            reason: "4 snapshot chunks are being served".into(),
+        };
+        for wire in [
+            Wire::Snapshot(vec![1, 2, 3]),
+            Wire::Chunk(vec![7; 64]),
+            unavailable,
+        ] {
             assert_eq!(Wire::decode(&wire.encode()), Ok(wire));
         }
         let long = Wire::Unavailable {

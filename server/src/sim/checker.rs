@@ -111,6 +111,8 @@ pub struct SnapshotCounts {
     pub restores: u64,
     /// Forged manifests and chunks refused.
     pub refused: u64,
+    /// Times a member that lost its disk heard from too few others and asked again.
+    pub probes_repeated: u64,
 }
 
 impl Report {

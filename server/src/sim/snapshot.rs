@@ -66,13 +66,20 @@ impl Sim {
                 continue;
             }
             // A liar cannot show a height beyond the chain (it needs a certificate),
-            // only hide how far it got.
-            if !self.lies_about_snapshots(source) {
-                heights.push(self.nodes[source].tip.header.height);
-            }
+            // only hide how far it got: it says it holds nothing.
+            heights.push(match self.lies_about_snapshots(source) {
+                true => 0,
+                false => self.nodes[source].tip.header.height,
+            });
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
+        }
+        // Too few answers might all come from members that never saw its votes: it
+        // asks again a second later, as a real node does.
+        if heights.len() < crate::consensus::Config::abstain_answers(&self.spec) {
+            self.snapshots.probes_repeated += 1;
+            return self.schedule(self.now + 1000, super::Event::Restart { node });
         }
         let seen = heights.iter().copied().max().unwrap_or(0);
         let abstain_through = crate::consensus::Config::abstain_bound(&self.spec, seen);

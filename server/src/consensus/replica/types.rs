@@ -137,6 +137,19 @@ impl Config {
         seen.saturating_add(Config::window_of(spec))
     }
 
+    /// How many of the other members a member that lost its disk must hear from
+    /// (each showing its certified height, or that it holds nothing) before
+    /// [`Config::abstain_bound`] of the highest is safe: a quorum applied the
+    /// checkpoint it last had stable and, counting it as one of the f faults,
+    /// q − 1 − (f − 1) honest others did, so this many answers include one of them.
+    pub fn abstain_answers(spec: &ChainSpec) -> usize {
+        let n = spec.members.len();
+        let f = spec.members.max_faulty();
+        (n + 1 + f.saturating_sub(1))
+            .saturating_sub(spec.members.quorum())
+            .clamp(1, n.saturating_sub(1).max(1))
+    }
+
     /// Validates and mines under `policy` (the node's plugins).
     pub fn with_policy(mut self, policy: Arc<dyn Policy>) -> Config {
         self.policy = Some(policy);
