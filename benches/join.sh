@@ -141,3 +141,32 @@ PY
     echo "   the load meanwhile: $(rate_of "$work/load-$way.txt") committed entries/s, alone $(rate_of "$work/load-alone.txt")"
     grep -E "latency" "$work/load-$way.txt" | sed 's/^/   /' || true
 done
+
+echo "== once more by snapshot, the load started only once it validates: the backfill under load"
+kill "${pids[3]}"
+wait "${pids[3]}" 2>/dev/null || true
+rm -rf "$work/ledger/node3/data"
+start_node 3
+python3 - "$(member 0)" "$(member 3)" <<'PY'
+import json, sys, time, urllib.request
+others, joiner = sys.argv[1], sys.argv[2]
+def status(url):
+    try:
+        with urllib.request.urlopen(url + "/v1/status", timeout=5) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+deadline = time.monotonic() + 3600
+while time.monotonic() < deadline:
+    mine, theirs = status(joiner), status(others)
+    if mine and theirs and mine["height"] >= theirs["height"]:
+        print(f"   validating; history from block {mine['history_from']}")
+        break
+    time.sleep(0.2)
+PY
+loadgen >"$work/load-backfill.txt"
+left=$(curl -sf "$(member 3)/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["history_from"])')
+echo "   after the load, history from block $left (above 1: the backfill ran through the whole load)"
+echo "   the load during the backfill: $(rate_of "$work/load-backfill.txt") committed entries/s, alone $(rate_of "$work/load-alone.txt")"
+grep -E "latency" "$work/load-backfill.txt" | sed 's/^/   /' || true
+grep -E "latency" "$work/load-alone.txt" | sed 's/^/   alone: /' || true

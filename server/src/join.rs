@@ -490,18 +490,22 @@ pub fn highest_certified(client: &Client, spec: &ChainSpec, sources: &[Source]) 
     let needed = Config::abstain_answers(spec).min(sources.len());
     let started = Instant::now();
     let mut warned = Instant::now();
+    // An answer stays good: anything after this member stopped bounds its votes.
+    let mut answers: Vec<Option<u64>> = vec![None; sources.len()];
     loop {
-        let answers: Vec<u64> = sources
-            .iter()
-            .filter_map(|source| certified_height(client, spec, source))
-            .collect();
-        if answers.len() >= needed {
-            return answers.iter().copied().max().unwrap_or(0);
+        for (answer, source) in answers.iter_mut().zip(sources) {
+            if answer.is_none() {
+                *answer = certified_height(client, spec, source);
+            }
+        }
+        let heard: Vec<u64> = answers.iter().flatten().copied().collect();
+        if heard.len() >= needed {
+            return heard.into_iter().max().unwrap_or(0);
         }
         if warned.elapsed() >= Duration::from_secs(10) {
             warned = Instant::now();
             tracing::warn!(
-                answered = answers.len(),
+                answered = heard.len(),
                 needed,
                 waiting_s = started.elapsed().as_secs(),
                 "waiting for more members to show how far the chain has come: this member \

@@ -311,11 +311,11 @@ impl Answer for Answers {
     ) -> Pin<Box<dyn Future<Output = Wire> + Send + '_>> {
         Box::pin(async move {
             let Some(node) = self.0.upgrade() else {
-                return unavailable(false, "this node is stopping");
+                return Wire::unavailable(false, "this node is stopping");
             };
             let refused = |error: SnapshotServeError| {
                 let busy = matches!(error, SnapshotServeError::Busy(_));
-                unavailable(busy, &error.to_string())
+                Wire::unavailable(busy, error.to_string())
             };
             match request {
                 Wire::FetchSnapshot { height } => {
@@ -341,19 +341,14 @@ impl Answer for Answers {
                     });
                     match read.await {
                         Ok(Some((block, certificate))) => Wire::Committed { block, certificate },
-                        Ok(None) => unavailable(false, "no such committed block here"),
-                        Err(error) => unavailable(false, &error.to_string()),
+                        Ok(None) => Wire::unavailable(false, "no such committed block here"),
+                        Err(error) => Wire::unavailable(false, error.to_string()),
                     }
                 }
-                other => unavailable(false, &format!("a {} frame is not a request", other.kind())),
+                other => {
+                    Wire::unavailable(false, format!("a {} frame is not a request", other.kind()))
+                }
             }
         })
-    }
-}
-
-fn unavailable(busy: bool, reason: &str) -> Wire {
-    Wire::Unavailable {
-        busy,
-        reason: reason.to_owned(),
     }
 }

@@ -80,18 +80,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let reply = match answer.get() {
             Some(answer) => answer.answer(from, request).await,
-            None => busy("this node is still starting"),
+            None => Wire::unavailable(true, "this node is still starting"),
         };
         write_frame(stream, &reply.encode()).await?;
         stream.flush().await?;
-    }
-}
-
-/// Tells the asker to come back shortly.
-pub(super) fn busy(reason: &str) -> Wire {
-    Wire::Unavailable {
-        busy: true,
-        reason: reason.to_owned(),
     }
 }
 

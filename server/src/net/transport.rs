@@ -22,6 +22,7 @@ use super::frame::{read_frame, write_frame, FrameError};
 use super::hello::{Hello, HelloError, MAX_HELLO_BYTES};
 use super::requests::{self, Answer};
 use super::tls::{certificate_key, configs, Roster, TlsError, SERVER_NAME};
+use super::wire::Wire;
 use crate::consensus::MemberIndex;
 
 /// The first reconnection delay; it doubles per failure up to [`MAX_BACKOFF`].
@@ -355,7 +356,7 @@ async fn serve(
         .map_err(|_| LinkError::Timeout)??;
     if tls.get_ref().1.alpn_protocol() == Some(requests::ALPN) {
         let Ok(_slot) = shared.request_slots.try_acquire() else {
-            let busy = requests::busy("too many members are fetching from this node");
+            let busy = Wire::unavailable(true, "too many members are fetching from this node");
             write_frame(&mut tls, &busy.encode()).await?;
             tls.flush().await?;
             return Ok(());

@@ -101,6 +101,14 @@ impl Wire {
             .saturating_add(HEADER_LEN + AROUND)
     }
 
+    /// An answer saying why a request is not answered; `busy` to ask again shortly.
+    pub fn unavailable(busy: bool, reason: impl Into<String>) -> Wire {
+        Wire::Unavailable {
+            busy,
+            reason: reason.into(),
+        }
+    }
+
     /// The kind, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
