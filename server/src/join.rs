@@ -130,45 +130,54 @@ pub(crate) enum Fetch {
     Gone,
 }
 
+/// Snapshots a join takes in turn when the members move on to newer ones before it
+/// has every chunk.
+const MAX_ATTEMPTS: u32 = 5;
+
 /// Joins from the snapshot the members offer (see the module docs), counting what
 /// it fetches in `metrics`.
 pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
     let client = Client::new(config.timeout, config.requester.clone());
-    let (offers, refused) = offers(&client, spec, &config.sources);
-    // The same snapshot (block, tiles, headers; certificates may differ) offered by
-    // f + 1 members has an honest one behind it: the highest such is preferred, so
-    // one member offering a snapshot only it serves cannot stall the join.
-    let support = |manifest: &Manifest| {
-        offers
-            .iter()
-            .filter(|(_, other)| manifest.same_snapshot(other))
-            .count()
-    };
-    let backed = spec.members.max_faulty() + 1;
-    let Some(best) = offers
-        .iter()
-        .map(|(_, manifest)| manifest)
-        .max_by_key(|manifest| (support(manifest) >= backed, manifest.height()))
-    else {
-        return Ok(Joined::NoSnapshot);
+    let (mut attempt, mut chunks, mut bytes) = (0, 0, 0);
+    let (best, sources, fetched, refused) = loop {
+        attempt += 1;
+        let (offers, refused) = offers(&client, spec, &config.sources);
+        let Some((best, sources)) = choose(spec, &offers) else {
+            return Ok(Joined::NoSnapshot);
+        };
+        let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            height = best.height(),
+            entries = best.header.log_size,
+            chunks = best.chunks(),
+            from = from.join(", "),
+            "joining from a snapshot"
+        );
+        let restore = Restore::begin(&config.staging, spec, best.clone())?;
+        let fetched = fetch_chunks(&client, &sources, restore, config, metrics)?;
+        (chunks, bytes) = (chunks + fetched.chunks, bytes + fetched.bytes);
+        let missing = fetched.restore.missing().len();
+        if missing == 0 {
+            break (best, sources, fetched, refused);
+        }
+        // On a busy chain the members stop serving a snapshot two checkpoint
+        // intervals on; the newer one keeps every full tile already checked, so
+        // taking it costs only the tiles that grew.
+        if fetched.moved_on && attempt < MAX_ATTEMPTS {
+            tracing::info!(
+                height = best.height(),
+                missing,
+                "the members moved on to a newer snapshot: taking it, keeping the chunks held"
+            );
+            continue;
+        }
+        return Err(JoinError::NoSource {
+            height: best.height(),
+            missing,
+        });
     };
     let height = best.height();
-    let sources: Vec<&Source> = offers
-        .iter()
-        .filter(|(_, manifest)| manifest.same_snapshot(best))
-        .map(|(source, _)| source)
-        .collect();
-    let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
-    tracing::info!(
-        height,
-        entries = best.header.log_size,
-        chunks = best.chunks(),
-        from = from.join(", "),
-        "joining from a snapshot"
-    );
-    let restore = Restore::begin(&config.staging, spec, best.clone())?;
-    let fetched = fetch_chunks(&client, &sources, restore, config, metrics)?;
-    let block = fetch_block(&client, &sources, best).ok_or(JoinError::NoBlock(height))?;
+    let block = fetch_block(&client, &sources, &best).ok_or(JoinError::NoBlock(height))?;
     // This member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
     let seen = match config.probe.is_empty() {
@@ -187,7 +196,6 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
              again from height {abstain_through} on"
         );
     }
-    let (chunks, bytes) = (fetched.chunks, fetched.bytes);
     // What the join itself cost in memory, before the node loads its id map.
     let peak_rss_mib = peak_rss_mib().unwrap_or(0);
     let manifest_bytes = best.encode().len();
@@ -206,6 +214,31 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         refused,
         strikes: fetched.strikes.into_iter().collect(),
     })
+}
+
+/// The snapshot to join from among `offers`, with the members offering it; `None`
+/// when none is offered.
+fn choose(spec: &ChainSpec, offers: &[(Source, Manifest)]) -> Option<(Manifest, Vec<Source>)> {
+    // The same snapshot (block, tiles, headers; certificates may differ) offered by
+    // f + 1 members has an honest one behind it: the highest such is preferred, so
+    // one member offering a snapshot only it serves cannot stall the join.
+    let support = |manifest: &Manifest| {
+        offers
+            .iter()
+            .filter(|(_, other)| manifest.same_snapshot(other))
+            .count()
+    };
+    let backed = spec.members.max_faulty() + 1;
+    let best = offers
+        .iter()
+        .map(|(_, manifest)| manifest)
+        .max_by_key(|manifest| (support(manifest) >= backed, manifest.height()))?;
+    let sources = offers
+        .iter()
+        .filter(|(_, manifest)| manifest.same_snapshot(best))
+        .map(|(source, _)| source.clone())
+        .collect();
+    Some((best.clone(), sources))
 }
 
 /// Every verifiable manifest the `sources` offer, with who offered it; and the
@@ -252,6 +285,7 @@ struct Transfer {
     bytes: u64,
     strikes: std::collections::BTreeMap<String, u32>,
     failure: Option<StoreError>,
+    moved_on: bool,
 }
 
 /// What [`fetch_chunks`] fetched.
@@ -260,13 +294,15 @@ struct Fetched {
     chunks: u64,
     bytes: u64,
     strikes: std::collections::BTreeMap<String, u32>,
+    /// A member stopped serving the snapshot: the chain moved past it.
+    moved_on: bool,
 }
 
-/// Fetches every missing chunk, one worker per source; the restore, and the chunks
-/// and bytes fetched.
+/// Fetches missing chunks, one worker per source, until none is missing or no
+/// source is left; the restore, and what was fetched.
 fn fetch_chunks(
     client: &Client,
-    sources: &[&Source],
+    sources: &[Source],
     restore: Restore,
     config: &JoinConfig,
     metrics: &Metrics,
@@ -292,11 +328,12 @@ fn fetch_chunks(
         bytes: 0,
         strikes: Default::default(),
         failure: None,
+        moved_on: false,
     });
     let changed = Condvar::new();
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for &source in sources {
+        for source in sources {
             let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
             scope.spawn(move || {
                 worker(client, source, manifest, transfer, changed, metrics);
@@ -337,18 +374,12 @@ fn fetch_chunks(
     if let Some(error) = state.failure {
         return Err(error.into());
     }
-    let missing = state.restore.missing().len();
-    if missing > 0 {
-        return Err(JoinError::NoSource {
-            height: manifest.height(),
-            missing,
-        });
-    }
     Ok(Fetched {
         restore: state.restore,
         chunks: state.chunks,
         bytes: state.bytes,
         strikes: state.strikes,
+        moved_on: state.moved_on,
     })
 }
 
@@ -433,6 +464,7 @@ fn worker(
             }
             Err(Fetch::Gone) => {
                 state.queue.push_front(index);
+                state.moved_on = true;
                 changed.notify_all();
                 tracing::warn!(%source, height, "the member no longer serves this snapshot");
                 return;
@@ -459,7 +491,7 @@ fn worker(
 }
 
 /// Block `h` of `manifest` from the first source that serves it whole.
-fn fetch_block(client: &Client, sources: &[&Source], manifest: &Manifest) -> Option<Block> {
+fn fetch_block(client: &Client, sources: &[Source], manifest: &Manifest) -> Option<Block> {
     let height = manifest.height();
     let hash = manifest.header.hash();
     for source in sources {

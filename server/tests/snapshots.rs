@@ -815,3 +815,44 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
         .unwrap();
     assert_eq!(seen, 25);
 }
+
+/// A member whose chain moves on during a join: it offers the snapshot at 10, serves
+/// three of its chunks, then only the snapshot at 20 (members serve the last two
+/// checkpoints, and a busy chain passes two in seconds).
+fn moving_on(honest: Router) -> Router {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let served = Arc::new(AtomicUsize::new(0));
+    Router::new().fallback(move |request: Request<Body>| {
+        let (honest, served) = (honest.clone(), Arc::clone(&served));
+        async move {
+            let path = request.uri().path().to_owned();
+            if path.ends_with("/latest") && served.load(SeqCst) < 3 {
+                let older = Request::get("/v1/snapshots/10")
+                    .body(Body::empty())
+                    .unwrap();
+                return honest.oneshot(older).await.unwrap();
+            }
+            if path.starts_with("/v1/snapshots/10/chunks/") && served.fetch_add(1, SeqCst) >= 3 {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            honest.oneshot(request).await.unwrap()
+        }
+    })
+}
+
+/// The members stop serving the snapshot a join is fetching: the join takes the
+/// newer one instead of falling back to a replay, keeping the three full tiles it
+/// had checked, so it fetches six of the newer snapshot's nine chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_outpaced_by_the_chain_takes_the_newer_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, _) = chain(&dir.path().join("source"), 25);
+    let store = Arc::new(store);
+    let source = listen(moving_on(serve(Arc::clone(&store), 4))).await;
+    let joined = join_from(&spec, dir.path(), vec![source]).await.unwrap();
+    let Joined::Restored { height, chunks, .. } = joined else {
+        panic!("no snapshot: {joined:?}")
+    };
+    assert_eq!((height, chunks), (20, 3 + 6));
+    assert_restored(&spec, dir.path(), &store);
+}

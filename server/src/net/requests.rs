@@ -82,8 +82,15 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Some(answer) => answer.answer(from, request).await,
             None => Wire::unavailable(true, "this node is still starting"),
         };
-        write_frame(stream, &reply.encode()).await?;
-        stream.flush().await?;
+        // An asker that stops reading holds a slot no longer than an idle one.
+        let write = async {
+            write_frame(stream, &reply.encode()).await?;
+            stream.flush().await?;
+            Ok::<_, LinkError>(())
+        };
+        tokio::time::timeout(IDLE_TIMEOUT, write)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
     }
 }
 
@@ -170,8 +177,9 @@ impl Requester {
         request: &Wire,
         limit: usize,
     ) -> Result<Wire, RequestError> {
-        let kept = self.idle().remove(&(member, addr.to_owned()));
-        let exchange = async {
+        let key = (member, addr.to_owned());
+        let runtime = self.runtime.as_ref().ok_or(LinkError::Closed)?;
+        let exchange = |kept: Option<TlsStream<TcpStream>>| async {
             let mut stream = match kept {
                 Some(stream) => stream,
                 None => {
@@ -180,21 +188,27 @@ impl Requester {
                         .0
                 }
             };
-            write_frame(&mut stream, &request.encode())
-                .await
-                .map_err(LinkError::from)?;
-            stream.flush().await.map_err(LinkError::from)?;
+            write_frame(&mut stream, &request.encode()).await?;
+            stream.flush().await?;
             let frame = read_frame(&mut stream, limit)
-                .await
-                .map_err(LinkError::from)?
+                .await?
                 .ok_or(LinkError::Closed)?;
-            Ok::<_, RequestError>((stream, frame))
+            Ok::<_, LinkError>((stream, frame))
         };
-        let runtime = self.runtime.as_ref().ok_or(LinkError::Closed)?;
-        let (stream, frame) = runtime
-            .block_on(async { tokio::time::timeout(self.timeout, exchange).await })
-            .map_err(|_| RequestError::Timeout(self.timeout))??;
-        self.idle().insert((member, addr.to_owned()), stream);
+        let within = |kept| async {
+            tokio::time::timeout(self.timeout, exchange(kept))
+                .await
+                .map_err(|_| RequestError::Timeout(self.timeout))?
+                .map_err(RequestError::from)
+        };
+        let kept = self.idle().remove(&key);
+        let reused = kept.is_some();
+        let (stream, frame) = match runtime.block_on(within(kept)) {
+            // The member may have closed a connection idle for long: one new try.
+            Err(RequestError::Link(_)) if reused => runtime.block_on(within(None))?,
+            result => result?,
+        };
+        self.idle().insert(key, stream);
         Ok(Wire::decode(&frame)?)
     }
 
