@@ -157,7 +157,10 @@ fn join_if_new(
     let join = join_config(config, &spec, JOIN_TIMEOUT)?;
     if join.sources.is_empty() {
         if required {
-            bail!("the genesis file names no other member's api_addr to join from");
+            bail!(
+                "the genesis file names no other member to join from (a member joins from \
+                 the others' p2p_addr, a follower from their api_addr)"
+            );
         }
         return Ok(());
     }
@@ -247,19 +250,8 @@ fn join_config(
             Vec::new(),
         ),
         Some(me) => {
-            let sources = spec
-                .members
-                .as_slice()
-                .iter()
-                .enumerate()
-                .filter(|&(index, _)| index != me)
-                .filter_map(|(index, member)| {
-                    let addr = member.p2p_addr.clone()?;
-                    Some(Source::Peer {
-                        member: index as MemberIndex,
-                        addr,
-                    })
-                })
+            let sources = others(spec, me)
+                .filter_map(|(index, member)| peer_source(index, member))
                 .collect();
             // Answering requests does not depend on plugins.
             let hello = member_hello(spec, me, String::new());
@@ -269,24 +261,15 @@ fn join_config(
             // answer from a member's first instant: one still starting without a
             // database says it holds nothing, so members that all start new count
             // each other (a new chain) instead of waiting for each other.
-            let probe = spec
-                .members
-                .as_slice()
-                .iter()
-                .enumerate()
-                .filter(|&(index, _)| index != me)
-                .filter_map(
-                    |(index, member)| match (&member.api_addr, &member.p2p_addr) {
-                        (Some(api), _) => Some(Source::Api(format!("http://{api}"))),
-                        (None, Some(addr)) => Some(Source::Peer {
-                            member: index as MemberIndex,
-                            addr: addr.clone(),
-                        }),
-                        (None, None) => None,
-                    },
-                )
-                .collect();
-            let probe = if new_key { Vec::new() } else { probe };
+            let probe = match new_key {
+                true => Vec::new(),
+                false => others(spec, me)
+                    .filter_map(|(index, member)| match &member.api_addr {
+                        Some(api) => Some(Source::Api(format!("http://{api}"))),
+                        None => peer_source(index, member),
+                    })
+                    .collect(),
+            };
             (sources, Some(Arc::new(requester)), probe)
         }
     };
@@ -298,6 +281,26 @@ fn join_config(
         staging: config.data_dir.join("ledger.redb.restoring"),
         timeout,
         progress_every: Duration::from_secs(5),
+    })
+}
+
+/// The members other than member `me`, with their indexes.
+fn others(
+    spec: &crate::chain::ChainSpec,
+    me: usize,
+) -> impl Iterator<Item = (usize, &crate::chain::Member)> {
+    spec.members
+        .as_slice()
+        .iter()
+        .enumerate()
+        .filter(move |&(index, _)| index != me)
+}
+
+/// Member `index` at its peer port, if the genesis file names one.
+fn peer_source(index: usize, member: &crate::chain::Member) -> Option<Source> {
+    Some(Source::Peer {
+        member: index as MemberIndex,
+        addr: member.p2p_addr.clone()?,
     })
 }
 

@@ -466,7 +466,8 @@ fn worker(
                 state.queue.push_front(index);
                 state.moved_on = true;
                 changed.notify_all();
-                tracing::warn!(%source, height, "the member no longer serves this snapshot");
+                // The chain moved past it: ordinary on a busy chain (join() retargets).
+                tracing::info!(%source, height, "the member no longer serves this snapshot");
                 return;
             }
             Err(Fetch::Failed(reason)) => {
