@@ -19,6 +19,7 @@ work=${1:-/tmp/ledger-join-bench}
 entries=${2:-1000000}
 rate=${RATE:-}             # the paced load during each join; half the fill rate if unset
 load_seconds=${LOAD:-40}   # how long that load runs
+cache_mib=${CACHE_MIB:-}   # the joiner's database cache (cache_mib) in both ways; redb's default if unset
 bin=${BIN:-target/release}
 base=27500
 rm -rf "$work"
@@ -80,8 +81,9 @@ for way in replay snapshot; do
     wait "${pids[3]}" 2>/dev/null || true
     rm -rf "$work/ledger/node3/data"
     config="$work/ledger/node3/ledgerd.toml"
-    sed -i '/^join_from_snapshot = /d' "$config"
+    sed -i '/^join_from_snapshot = /d; /^cache_mib = /d' "$config"
     [ "$way" = replay ] && echo 'join_from_snapshot = false' >>"$config"
+    [ -n "$cache_mib" ] && echo "cache_mib = $cache_mib" >>"$config"
     loadgen >"$work/load-$way.txt" &
     load=$!
     sleep 1
@@ -146,6 +148,7 @@ echo "== once more by snapshot, the load started only once it validates: the bac
 kill "${pids[3]}"
 wait "${pids[3]}" 2>/dev/null || true
 rm -rf "$work/ledger/node3/data"
+sed -i '/^join_from_snapshot = /d' "$work/ledger/node3/ledgerd.toml"
 start_node 3
 python3 - "$(member 0)" "$(member 3)" <<'PY'
 import json, sys, time, urllib.request

@@ -63,7 +63,10 @@ fn open(path: &Path, two_phase_commit: bool) -> Store {
     Store::open(
         path,
         &spec(&members(), 0),
-        StoreOptions { two_phase_commit },
+        StoreOptions {
+            two_phase_commit,
+            ..StoreOptions::default()
+        },
     )
     .expect("open store")
 }

@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// redb two-phase commit (see the store's docs); on unless turned off.
     #[serde(default = "default_true")]
     pub two_phase_commit: bool,
+    /// MiB of the database's page cache; redb's default (1,024) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mib: Option<u32>,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -207,8 +210,17 @@ impl NodeConfig {
             snapshot_chunk_ids: default_snapshot_chunk_ids(),
             mining_threads: None,
             two_phase_commit: true,
+            cache_mib: None,
             log_format: LogFormat::Text,
             plugins: Vec::new(),
+        }
+    }
+
+    /// How the node's database is opened.
+    pub fn store_options(&self) -> crate::storage::StoreOptions {
+        crate::storage::StoreOptions {
+            two_phase_commit: self.two_phase_commit,
+            cache_bytes: self.cache_mib.map(|mib| (mib as usize) << 20),
         }
     }
 
@@ -403,6 +415,15 @@ mod tests {
         }
         keys.dedup();
         assert_eq!(keys.len(), 4, "every node has its own key");
+        // Each new key says it never voted; the cache is redb's unless set.
+        let config = NodeConfig::load(&layout.configs[0]).unwrap();
+        assert!(new_key_mark(&config.key_file).exists());
+        assert_eq!(config.store_options().cache_bytes, None);
+        let mut text = fs::read_to_string(&layout.configs[0]).unwrap();
+        text.push_str("cache_mib = 64\n");
+        fs::write(&layout.configs[0], text).unwrap();
+        let config = NodeConfig::load(&layout.configs[0]).unwrap();
+        assert_eq!(config.store_options().cache_bytes, Some(64 << 20));
         let again = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
     }

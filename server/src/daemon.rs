@@ -21,7 +21,7 @@ use crate::join::{JoinConfig, Joined, Source};
 use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
-use crate::storage::{CheckProgress, CheckReport, Store, StoreOptions};
+use crate::storage::{CheckProgress, CheckReport, Store};
 
 /// Frames queued per peer, each way.
 const PEER_QUEUE: usize = 8192;
@@ -93,10 +93,7 @@ fn open_at(
 ) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let options = StoreOptions {
-        two_phase_commit: config.two_phase_commit,
-    };
-    Ok(Store::open(path, spec, options)?)
+    Ok(Store::open(path, spec, config.store_options())?)
 }
 
 /// The key of `config`, checked to be a member's, or on a follower not to be.

@@ -490,7 +490,10 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
         }
     }
     for two_phase_commit in [true, false] {
-        let options = StoreOptions { two_phase_commit };
+        let options = StoreOptions {
+            two_phase_commit,
+            ..StoreOptions::default()
+        };
         let mut budget = 0;
         let mut completed_runs = 0;
         // Each run crashes one operation later than the last, until a run finishes.

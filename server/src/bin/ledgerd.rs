@@ -398,9 +398,7 @@ fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 std::fs::File::open(&input)
                     .with_context(|| format!("opening {}", input.display()))?,
             );
-            let options = ledger::storage::StoreOptions {
-                two_phase_commit: config.two_phase_commit,
-            };
+            let options = config.store_options();
             let contents = backup::restore(
                 &spec,
                 file,

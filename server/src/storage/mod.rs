@@ -195,12 +195,16 @@ pub struct StoreOptions {
     /// by its XXH3 checksum. Entries come from untrusted clients and XXH3 is not
     /// collision-resistant, so it is on by default (its cost: benches/README.md).
     pub two_phase_commit: bool,
+    /// Bytes of redb's page cache, the bulk of a node's memory on a long chain;
+    /// redb's default (1 GiB) when `None`.
+    pub cache_bytes: Option<usize>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             two_phase_commit: true,
+            cache_bytes: None,
         }
     }
 }
@@ -280,14 +284,15 @@ impl Store {
     /// schema, writes the genesis block into a new database, and refuses a database of
     /// another chain, a newer schema, or a file that is not a ledger database.
     pub fn open(path: &Path, spec: &ChainSpec, options: StoreOptions) -> Result<Store, StoreError> {
-        let database = create_file(path)?;
+        let cache = options.cache_bytes;
+        let database = create_file(path, cache)?;
         let reopen_path = path.to_owned();
         let store = Store::from_database(database, path.to_owned(), spec, options)?;
         Ok(store.reopen_with(move || {
             // The file system must take writes again before the file is touched: a
             // database reopened on a full disk fails its next commit at once.
             health::probe_writes(&reopen_path)?;
-            create_file(&reopen_path)
+            create_file(&reopen_path, cache)
         }))
     }
 
@@ -1027,13 +1032,15 @@ fn write_identity(
 
 /// Opens or creates the redb file at `path`; redb's reason (not a database, truncated,
 /// locked by another process) is kept for the operator.
-fn create_file(path: &Path) -> Result<Database, StoreError> {
-    Database::builder()
-        .create(path)
-        .map_err(|error| StoreError::Open {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })
+fn create_file(path: &Path, cache_bytes: Option<usize>) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    builder.create(path).map_err(|error| StoreError::Open {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })
 }
 
 /// The tip's header and the log's right edge, read in one transaction.
