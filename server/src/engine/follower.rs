@@ -278,6 +278,16 @@ impl Follower {
                     self.next_source(index);
                     Ok(false)
                 }
+                // Every member would serve this block: asking another changes nothing.
+                Err(CheckFailed::Here(error)) => {
+                    tracing::error!(
+                        height, %error,
+                        "the members certified a block this node refuses: its clock, plugins \
+                         or their settings differ from the members'; it follows on once they \
+                         agree"
+                    );
+                    Ok(false)
+                }
             },
             Err(Fetch::Gone) => Ok(false),
             Err(error) => {
@@ -326,6 +336,15 @@ impl Follower {
             )
             .map_err(|error| CheckFailed::Block(error.to_string()))?;
         let tip = self.store.tip()?;
+        if block.header.height != tip.height + 1 {
+            return Err(CheckFailed::Block(format!(
+                "block {} is not the next one, {}",
+                block.header.height,
+                tip.height + 1
+            )));
+        }
+        // A quorum certified this block as the chain's next: refusing it is this
+        // node's own doing.
         let difficulty = match self.plugins.is_empty() {
             true => spec.difficulty,
             false => required_difficulty(&self.store, self.plugins.as_ref(), &tip)?,
@@ -333,12 +352,12 @@ impl Follower {
         self.store
             .validate_next(block, difficulty, now_ms())
             .map_err(|error| match error {
-                StoreError::Chain(error) => CheckFailed::Block(error.to_string()),
+                StoreError::Chain(error) => CheckFailed::Here(error.to_string()),
                 error => CheckFailed::Store(error),
             })?;
         self.plugins
             .check_block(block)
-            .map_err(|reason| CheckFailed::Block(ChainError::Policy(reason).to_string()))
+            .map_err(|reason| CheckFailed::Here(ChainError::Policy(reason).to_string()))
     }
 
     /// Applies a checked block and hands its forwarded entries their receipts.
@@ -380,6 +399,8 @@ impl Follower {
 enum CheckFailed {
     /// The block (or its certificate) is not the chain's next block.
     Block(String),
+    /// A certified next block that this node's own rules refuse.
+    Here(String),
     /// The store could not say.
     Store(StoreError),
 }
@@ -435,6 +456,7 @@ mod tests {
             .check(block, certificate)
         {
             Err(CheckFailed::Block(reason)) => reason,
+            Err(CheckFailed::Here(reason)) => panic!("refused here: {reason}"),
             Err(CheckFailed::Store(error)) => panic!("store: {error}"),
             Ok(()) => panic!("accepted"),
         };
@@ -463,6 +485,15 @@ mod tests {
         }
         let grandchild = testing::next_block(&block.header, &after, Vec::new(), 4);
         refused(&testing::certify(&keys[..3], &grandchild), &grandchild);
+        // A certified next block that breaks this node's rules (its difficulty is not
+        // the one required) is refused here: no member is to blame.
+        let mut easier = block.clone();
+        easier.header.difficulty = 3;
+        let certified = testing::certify(&keys[..3], &easier);
+        assert!(matches!(
+            follower.check(&easier, &certified),
+            Err(CheckFailed::Here(reason)) if reason.contains("difficulty")
+        ));
 
         let (sender, receiver) = oneshot::channel();
         let id = block.entries[1].id();
