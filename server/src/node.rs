@@ -313,8 +313,13 @@ impl Answer for Answers {
             let Some(node) = self.0.upgrade() else {
                 return Wire::unavailable(false, "this node is stopping");
             };
+            // A store that failed says nothing of what is served: ask again later
+            // (an asker that keeps hearing it passes this member over).
             let refused = |error: SnapshotServeError| {
-                let busy = matches!(error, SnapshotServeError::Busy(_));
+                let busy = matches!(
+                    error,
+                    SnapshotServeError::Busy(_) | SnapshotServeError::Store(_)
+                );
                 Wire::unavailable(busy, error.to_string())
             };
             match request {
@@ -341,8 +346,10 @@ impl Answer for Answers {
                     });
                     match read.await {
                         Ok(Some((block, certificate))) => Wire::Committed { block, certificate },
+                        // At height 0: this member holds no committed block at all.
                         Ok(None) => Wire::unavailable(false, "no such committed block here"),
-                        Err(error) => Wire::unavailable(false, error.to_string()),
+                        // Not "none": a member whose store failed has not answered.
+                        Err(error) => Wire::unavailable(true, error.to_string()),
                     }
                 }
                 other => {
