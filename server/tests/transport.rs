@@ -351,3 +351,50 @@ async fn a_peer_that_stops_reading_stalls_only_itself() {
     }
     stuck.abort();
 }
+
+/// A member of an older build knows no request connections: its TLS names no
+/// application protocol, and a member asking it is told so at once instead of
+/// waiting out its timeout on a link that takes the request for consensus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_member_without_request_connections_fails_at_once() {
+    let mut cluster = Cluster::new(4).await;
+    let listener = cluster.listeners[0].take().expect("listener");
+    let (server, _) = configs(&cluster.keys[0], &Roster::new(&cluster.spec.members)).expect("tls");
+    let mut older = Arc::unwrap_or_clone(server);
+    older.alpn_protocols.clear();
+    let hello = cluster.hello(0);
+    let old_member = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut tls = TlsAcceptor::from(Arc::new(older))
+            .accept(stream)
+            .await
+            .expect("tls");
+        write_frame(&mut tls, &hello.encode()).await.expect("hello");
+        tls.flush().await.expect("flush");
+        read_frame(&mut tls, MAX_HELLO_BYTES)
+            .await
+            .expect("hello back");
+        tokio::time::sleep(LIMIT).await;
+    });
+    let requester = ledger::net::Requester::new(
+        &cluster.keys[3],
+        Roster::new(&cluster.spec.members),
+        cluster.hello(3),
+        LIMIT,
+    )
+    .expect("requester");
+    let addr = cluster.addrs[0].clone();
+    let started = Instant::now();
+    let asked = tokio::task::spawn_blocking(move || {
+        let request = ledger::net::Wire::FetchSnapshot { height: 0 };
+        requester.request(0, &addr, &request, 1 << 20)
+    })
+    .await
+    .expect("join");
+    let error = asked
+        .expect_err("no answer from an older build")
+        .to_string();
+    assert!(error.contains("predates request connections"), "{error}");
+    assert!(started.elapsed() < LIMIT, "it did not wait out its timeout");
+    old_member.abort();
+}

@@ -183,9 +183,15 @@ impl Requester {
             let mut stream = match kept {
                 Some(stream) => stream,
                 None => {
-                    dial(member, addr, &self.connector, &self.roster, &self.hello)
-                        .await?
-                        .0
+                    let (stream, _) =
+                        dial(member, addr, &self.connector, &self.roster, &self.hello).await?;
+                    // An older build takes the connection for a consensus link.
+                    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+                        return Err(LinkError::Malformed(
+                            "the member's ledgerd predates request connections".into(),
+                        ));
+                    }
+                    stream
                 }
             };
             write_frame(&mut stream, &request.encode()).await?;
