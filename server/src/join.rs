@@ -811,14 +811,9 @@ pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: 
                         _ => Some(fetch(height - 1)?),
                     };
                     let parent_header = parent.as_ref().map_or(genesis, |(block, _)| block.header);
-                    let writing = Instant::now();
                     store
                         .backfill(&block, &certificate, &parent_header)
                         .map_err(|error| Fetch::Failed(error.to_string()))?;
-                    // The history yields to consensus: the store has one writer,
-                    // and a block committing now waits for the history's write. At
-                    // most half the writer's time goes to the history.
-                    std::thread::sleep(writing.elapsed());
                     Ok(parent)
                 });
             match outcome {
