@@ -261,9 +261,10 @@ fn join_config(
             let probe = match new_key {
                 true => Vec::new(),
                 false => others(spec, me)
-                    .filter_map(|(index, member)| match &member.api_addr {
-                        Some(api) => Some(Source::Api(format!("http://{api}"))),
-                        None => peer_source(index, member),
+                    .map(|(index, member)| {
+                        let api = member.api_addr.as_ref();
+                        let api = api.map(|addr| Source::Api(format!("http://{addr}")));
+                        api.into_iter().chain(peer_source(index, member)).collect()
                     })
                     .collect(),
             };

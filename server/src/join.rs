@@ -64,8 +64,9 @@ pub struct JoinConfig {
     /// Asks members over the peer protocol: needed for [`Source::Peer`] sources.
     pub requester: Option<std::sync::Arc<Requester>>,
     /// The members a joining member asks how far the chain has come
-    /// ([`highest_certified`]); empty for a follower, which never votes.
-    pub probe: Vec<Source>,
+    /// ([`highest_certified`]), each by the ways to reach it, tried in order; empty
+    /// for a follower, which never votes, and for a key that never voted.
+    pub probe: Vec<Vec<Source>>,
     /// The node's database, which must not exist yet.
     pub path: PathBuf,
     /// The staging file the snapshot is restored into.
@@ -513,22 +514,25 @@ fn fetch_block(client: &Client, sources: &[Source], manifest: &Manifest) -> Opti
     None
 }
 
-/// The highest height the `sources` show with a commit certificate that verifies
+/// The highest height the `members` show with a commit certificate that verifies
 /// against the genesis members (0 when none shows one, or each holds nothing): how
 /// far the chain has come, which bounds where a member that lost its disk may have
-/// voted. A source cannot raise it beyond the chain, only hide how far it got. Asks
+/// voted. A member cannot raise it beyond the chain, only hide how far it got. Each
+/// is asked by its ways in turn (its client API, then its peer port), and asked
 /// again, once a second, until [`Config::abstain_answers`] of them have answered:
 /// fewer might all be members that never saw this member's votes.
-pub fn highest_certified(client: &Client, spec: &ChainSpec, sources: &[Source]) -> u64 {
-    let needed = Config::abstain_answers(spec).min(sources.len());
+pub fn highest_certified(client: &Client, spec: &ChainSpec, members: &[Vec<Source>]) -> u64 {
+    let needed = Config::abstain_answers(spec).min(members.len());
     let started = Instant::now();
     let mut warned = Instant::now();
     // An answer stays good: anything after this member stopped bounds its votes.
-    let mut answers: Vec<Option<u64>> = vec![None; sources.len()];
+    let mut answers: Vec<Option<u64>> = vec![None; members.len()];
     loop {
-        for (answer, source) in answers.iter_mut().zip(sources) {
+        for (answer, ways) in answers.iter_mut().zip(members) {
             if answer.is_none() {
-                *answer = certified_height(client, spec, source);
+                *answer = ways
+                    .iter()
+                    .find_map(|source| certified_height(client, spec, source));
             }
         }
         let heard: Vec<u64> = answers.iter().flatten().copied().collect();

@@ -310,8 +310,9 @@ impl Answer for Answers {
         request: Wire,
     ) -> Pin<Box<dyn Future<Output = Wire> + Send + '_>> {
         Box::pin(async move {
+            // Busy, not "not here": a stopping member has not said it holds nothing.
             let Some(node) = self.0.upgrade() else {
-                return Wire::unavailable(false, "this node is stopping");
+                return Wire::unavailable(true, "this node is stopping");
             };
             // A store that failed says nothing of what is served: ask again later
             // (an asker that keeps hearing it passes this member over).

@@ -656,11 +656,12 @@ async fn a_member_joins_over_the_peer_protocol() {
         matches!(&answer, Ok(Wire::Unavailable { busy: true, reason }) if reason.contains("retry")),
         "{answer:?}"
     );
-    // The node is gone: its answerer says so and is not kept alive by the transport.
+    // The node is gone: its answerer says so (busy: it has not said it holds
+    // nothing) and is not kept alive by the transport.
     drop(busy);
     let answer = ask(Arc::clone(&joiner), &addr, chunk).await.unwrap();
     assert!(
-        matches!(answer, Ok(Wire::Unavailable { busy: false, .. })),
+        matches!(&answer, Ok(Wire::Unavailable { busy: true, reason }) if reason.contains("stopping")),
         "{answer:?}"
     );
 
@@ -697,7 +698,7 @@ async fn a_member_joins_over_the_peer_protocol() {
     assert_restored(&spec, dir.path(), &store);
     let client = ledger::join::Client::new(Duration::from_secs(2), Some(joiner));
     let seen = tokio::task::spawn_blocking(move || {
-        ledger::join::highest_certified(&client, &spec, &[source])
+        ledger::join::highest_certified(&client, &spec, &[vec![source]])
     });
     assert_eq!(
         seen.await.unwrap(),
@@ -790,8 +791,8 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
     let late_addr = late.local_addr().unwrap();
     drop(late);
     let sources = vec![
-        Source::Api(new_member),
-        Source::Api(format!("http://{late_addr}")),
+        vec![Source::Api(new_member)],
+        vec![Source::Api(format!("http://{late_addr}"))],
     ];
     let client = ledger::join::Client::new(Duration::from_secs(2), None);
     let probe_spec = spec.clone();

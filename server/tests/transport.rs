@@ -369,11 +369,10 @@ async fn a_request_to_a_member_without_request_connections_fails_at_once() {
             .accept(stream)
             .await
             .expect("tls");
-        write_frame(&mut tls, &hello.encode()).await.expect("hello");
-        tls.flush().await.expect("flush");
-        read_frame(&mut tls, MAX_HELLO_BYTES)
-            .await
-            .expect("hello back");
+        // The asker leaves before the hellos: what follows may fail.
+        let _ = write_frame(&mut tls, &hello.encode()).await;
+        let _ = tls.flush().await;
+        let _ = read_frame(&mut tls, MAX_HELLO_BYTES).await;
         tokio::time::sleep(LIMIT).await;
     });
     let requester = ledger::net::Requester::new(

@@ -286,6 +286,8 @@ impl Follower {
                          or their settings differ from the members'; it follows on once they \
                          agree"
                     );
+                    // Asked again at once, the same block would be fetched and refused.
+                    std::thread::sleep(Duration::from_secs(5));
                     Ok(false)
                 }
             },

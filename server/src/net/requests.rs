@@ -183,15 +183,10 @@ impl Requester {
             let mut stream = match kept {
                 Some(stream) => stream,
                 None => {
-                    let (stream, _) =
-                        dial(member, addr, &self.connector, &self.roster, &self.hello).await?;
-                    // An older build takes the connection for a consensus link.
-                    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
-                        return Err(LinkError::Malformed(
-                            "the member's ledgerd predates request connections".into(),
-                        ));
-                    }
-                    stream
+                    let (roster, hello) = (&self.roster, &self.hello);
+                    dial(member, addr, &self.connector, roster, hello, Some(ALPN))
+                        .await?
+                        .0
                 }
             };
             write_frame(&mut stream, &request.encode()).await?;

@@ -427,7 +427,14 @@ async fn dial_loop(
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let dialing = dial(member, &addr, &connector, &shared.roster, &shared.hello);
+        let dialing = dial(
+            member,
+            &addr,
+            &connector,
+            &shared.roster,
+            &shared.hello,
+            None,
+        );
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialing)
             .await
             .unwrap_or(Err(LinkError::Timeout))
@@ -469,13 +476,15 @@ async fn dial_loop(
     }
 }
 
-/// Connects to `member` at `addr`, checks it is that member, and exchanges hellos.
+/// Connects to `member` at `addr`, checks it is that member (and, with `alpn`, that
+/// it speaks that application protocol), and exchanges hellos.
 pub(super) async fn dial(
     member: MemberIndex,
     addr: &str,
     connector: &TlsConnector,
     roster: &Roster,
     hello: &Hello,
+    alpn: Option<&[u8]>,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Hello), LinkError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -491,6 +500,13 @@ pub(super) async fn dial(
     // The verifier admitted a member; it must be the one this address should be.
     if key.and_then(|key| roster.index_of(&key)) != Some(member) {
         return Err(LinkError::NotMember);
+    }
+    // Checked before the hello: an older build would take this connection for a
+    // consensus link and drop this member's real one.
+    if alpn.is_some() && tls.get_ref().1.alpn_protocol() != alpn {
+        return Err(LinkError::Malformed(
+            "the member's ledgerd predates request connections".into(),
+        ));
     }
     let theirs = exchange_hellos(&mut tls, hello, member).await?;
     Ok((tls, theirs))
