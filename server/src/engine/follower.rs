@@ -145,6 +145,7 @@ impl Follower {
         let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
             .map_err(|error| SubmitError::NoMember(error.to_string()))?;
         let mut failures = Vec::new();
+        let mut timed_out = false;
         let first = self.preferred.load(Ordering::Relaxed) as usize;
         for turn in 0..self.sources.len() {
             let source = &self.sources[(first + turn) % self.sources.len()];
@@ -156,6 +157,7 @@ impl Follower {
             let mut response = match answer {
                 Ok(response) => response,
                 Err(error) => {
+                    timed_out |= matches!(error, ureq::Error::Timeout(_));
                     failures.push(format!("{source}: {error}"));
                     continue;
                 }
@@ -181,7 +183,15 @@ impl Follower {
                 _ => failures.push(format!("{source}: HTTP {status} {message}")),
             }
         }
-        Err(SubmitError::NoMember(failures.join("; ")))
+        let mut reason = failures.join("; ");
+        if timed_out {
+            // The entry may be on its way all the same: its id tells.
+            reason.push_str(
+                "; a member that timed out may have taken the entry: submit it again, or \
+                 ask for it by id, to learn what became of it",
+            );
+        }
+        Err(SubmitError::NoMember(reason))
     }
 
     /// Whether `id` was forwarded from here and is not committed yet.
@@ -516,5 +526,40 @@ mod tests {
         assert_eq!((receipt.entry_id, receipt.log_index), (id, 1));
         receipt.verify(&spec).unwrap();
         assert!(!follower.is_pending(&id));
+    }
+
+    /// A member that takes the forwarded entry and never answers: the submit fails
+    /// with `no_member`, saying the entry may have got through all the same.
+    #[test]
+    fn a_forward_that_times_out_says_the_entry_may_have_got_through() {
+        let keys: Vec<_> = (1..=4).map(testing::key).collect();
+        let spec = testing::spec(&keys, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        let metrics = Arc::new(Metrics::default());
+        let plugins = Arc::new(Plugins::load(&[], Arc::clone(&metrics)).unwrap());
+        let settings = NodeSettings {
+            max_block_entries: 10,
+            max_block_delay: Duration::from_millis(10),
+            pool_capacity: 10,
+            mining_threads: std::num::NonZeroUsize::MIN,
+        };
+        // Connections queue in its backlog; nothing ever answers them.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sources = vec![format!("http://{}", silent.local_addr().unwrap())];
+        let follower = Follower::new(
+            Arc::new(store.unwrap()),
+            sources,
+            settings,
+            plugins,
+            metrics,
+        );
+        let entry = testing::entries(7, 1, 16).remove(0);
+        match follower.forward(&entry) {
+            Err(SubmitError::NoMember(reason)) => {
+                assert!(reason.contains("may have taken the entry"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
