@@ -430,6 +430,19 @@ mod tests {
     use crate::storage::StoreOptions;
     use crate::testing;
 
+    /// A follower with no plugins over `store`, reading from `sources`.
+    fn follower(store: Arc<Store>, sources: Vec<String>) -> Follower {
+        let metrics = Arc::new(Metrics::default());
+        let plugins = Arc::new(Plugins::load(&[], Arc::clone(&metrics)).unwrap());
+        let settings = NodeSettings {
+            max_block_entries: 10,
+            max_block_delay: Duration::from_millis(10),
+            pool_capacity: 10,
+            mining_threads: std::num::NonZeroUsize::MIN,
+        };
+        Follower::new(store, sources, settings, plugins, metrics)
+    }
+
     /// A follower applies a fetched block only with a certificate from a quorum of
     /// the genesis members, for exactly that block, and only if the block is the
     /// chain's next; a waiter on one of its entries gets its receipt.
@@ -440,16 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
         let store = Arc::new(Store::open(&path, &spec, StoreOptions::default()).unwrap());
-        let metrics = Arc::new(Metrics::default());
-        let plugins = Arc::new(Plugins::load(&[], Arc::clone(&metrics)).unwrap());
-        let settings = NodeSettings {
-            max_block_entries: 10,
-            max_block_delay: Duration::from_millis(10),
-            pool_capacity: 10,
-            mining_threads: std::num::NonZeroUsize::MIN,
-        };
-        let sources = vec!["http://127.0.0.1:9".to_owned()];
-        let follower = Follower::new(Arc::clone(&store), sources, settings, plugins, metrics);
+        let follower = follower(Arc::clone(&store), vec!["http://127.0.0.1:9".to_owned()]);
 
         let genesis = spec.genesis_block().header;
         let block = testing::next_block(
@@ -536,24 +540,10 @@ mod tests {
         let spec = testing::spec(&keys, 4);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
-        let metrics = Arc::new(Metrics::default());
-        let plugins = Arc::new(Plugins::load(&[], Arc::clone(&metrics)).unwrap());
-        let settings = NodeSettings {
-            max_block_entries: 10,
-            max_block_delay: Duration::from_millis(10),
-            pool_capacity: 10,
-            mining_threads: std::num::NonZeroUsize::MIN,
-        };
         // Connections queue in its backlog; nothing ever answers them.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sources = vec![format!("http://{}", silent.local_addr().unwrap())];
-        let follower = Follower::new(
-            Arc::new(store.unwrap()),
-            sources,
-            settings,
-            plugins,
-            metrics,
-        );
+        let follower = follower(Arc::new(store.unwrap()), sources);
         let entry = testing::entries(7, 1, 16).remove(0);
         match follower.forward(&entry) {
             Err(SubmitError::NoMember(reason)) => {
