@@ -672,17 +672,8 @@ impl Client {
     ) -> Result<Option<(Block, CommitCertificate)>, Fetch> {
         match source {
             Source::Api(url) => {
-                let mut response = self
-                    .agent
-                    .get(&format!("{url}/v1/status"))
-                    .call()
-                    .map_err(|error| Fetch::Failed(error.to_string()))?;
-                let body = response
-                    .body_mut()
-                    .with_config()
-                    .limit(1 << 20)
-                    .read_to_vec()
-                    .map_err(|error| Fetch::Failed(error.to_string()))?;
+                let mut response = call(&self.agent, &format!("{url}/v1/status"))?;
+                let body = body(&mut response, 1 << 20)?;
                 let failed = |error: serde_json::Error| Fetch::Failed(error.to_string());
                 match response.status().as_u16() {
                     200 => {
@@ -757,21 +748,31 @@ pub(crate) fn fetch_committed(
 
 /// GETs `url`, reading at most `limit` bytes of body.
 fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|error| Fetch::Failed(error.to_string()))?;
+    let mut response = call(agent, url)?;
     match response.status().as_u16() {
-        200 => response
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|error| Fetch::Failed(error.to_string())),
+        200 => body(&mut response, limit),
         404 => Err(Fetch::Gone),
         503 => Err(Fetch::Busy),
         status => Err(Fetch::Failed(format!("HTTP {status}"))),
     }
+}
+
+/// GETs `url`, whatever the status of the answer.
+fn call(agent: &ureq::Agent, url: &str) -> Result<ureq::http::Response<ureq::Body>, Fetch> {
+    agent
+        .get(url)
+        .call()
+        .map_err(|error| Fetch::Failed(error.to_string()))
+}
+
+/// The body of `response`, of at most `limit` bytes.
+fn body(response: &mut ureq::http::Response<ureq::Body>, limit: u64) -> Result<Vec<u8>, Fetch> {
+    response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|error| Fetch::Failed(error.to_string()))
 }
 
 /// Fetches the blocks below a restored database's history (newest first, each
