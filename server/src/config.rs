@@ -83,8 +83,8 @@ pub struct NodeConfig {
     /// Most entries waiting for a block; beyond it submits get 503.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
-    /// Whether a cluster member that starts without a database joins from a
-    /// snapshot (else it replays the chain from its peers).
+    /// Whether a cluster member that starts without a database, or far below the
+    /// chain, joins from a snapshot (else it replays the chain from its peers).
     #[serde(default = "default_true")]
     pub join_from_snapshot: bool,
     /// Run as a follower: the key is not a member's; the node checks and applies the

@@ -129,8 +129,115 @@ fn check_key(
 /// Restores the database of a cluster member or a follower that has none from a snapshot the
 /// other members serve (their API addresses in the genesis file). Unless `required`,
 /// a chain with no snapshot yet, or a join that fails, leaves the node to replay the
-/// chain from its peers, as it always could.
+/// chain from its peers, as it always could: from the database it set aside to join
+/// ([`join_if_far_behind`]), put back, if it had one.
 fn join_if_new(
+    config: &NodeConfig,
+    required: bool,
+    metrics: &crate::metrics::Metrics,
+    starting: &Starting,
+) -> anyhow::Result<()> {
+    let joined = join_into_new(config, required, metrics, starting);
+    settle_set_aside(config)?;
+    joined
+}
+
+/// Where a database far below the members' snapshot waits while the node joins from
+/// the snapshot instead.
+fn set_aside_path(config: &NodeConfig) -> std::path::PathBuf {
+    config.data_dir.join("ledger.redb.behind")
+}
+
+/// Puts the database set aside for a join back if the join built none (it failed, was
+/// interrupted and then turned off, or no snapshot was offered after all). Beside a
+/// database the join built, it stays until the history below the snapshot is copied
+/// from it ([`crate::join::backfill`]).
+fn settle_set_aside(config: &NodeConfig) -> anyhow::Result<()> {
+    let (path, aside) = (config.database_path(), set_aside_path(config));
+    if aside.exists() && !path.exists() {
+        std::fs::rename(&aside, &path)
+            .with_context(|| format!("putting {} back as {}", aside.display(), path.display()))?;
+        tracing::warn!(
+            database = %path.display(),
+            "no snapshot join completed: the database set aside for it is back in place, \
+             and the node replays the blocks it lacks from its peers"
+        );
+    }
+    Ok(())
+}
+
+/// The database set aside for a join, to copy the history below the snapshot from;
+/// removed once `store` holds the whole history, or when it cannot be read.
+fn set_aside_history(config: &NodeConfig, store: &Store) -> Option<Store> {
+    let aside = set_aside_path(config);
+    if !aside.exists() {
+        return None;
+    }
+    let previous = match store.history_from() {
+        1 => None,
+        _ => Store::open_blocks_read_only(&aside, store.spec())
+            .inspect_err(|error| {
+                tracing::warn!(set_aside = %aside.display(), %error, "the database set aside for the join cannot be read: the history is fetched from the members")
+            })
+            .ok(),
+    };
+    if previous.is_none() {
+        remove_set_aside(&aside);
+    }
+    previous
+}
+
+/// Removes the database set aside for a join, no longer needed.
+fn remove_set_aside(aside: &Path) {
+    match std::fs::remove_file(aside) {
+        Ok(()) => {
+            tracing::info!(set_aside = %aside.display(), "the database set aside for the join is removed")
+        }
+        Err(error) => {
+            tracing::warn!(set_aside = %aside.display(), %error, "cannot remove the database set aside for the join")
+        }
+    }
+}
+
+/// Sets the database in `store` aside and joins from the members' snapshot instead,
+/// if it ends so far below that snapshot that joining is quicker than replaying up to
+/// it ([`crate::join::far_behind`]); the store to run with. Asking takes one round to
+/// the other members, each answer awaited a few seconds at most.
+fn join_if_far_behind(
+    config: &NodeConfig,
+    store: Arc<Store>,
+    metrics: &crate::metrics::Metrics,
+    starting: &Starting,
+) -> anyhow::Result<Arc<Store>> {
+    if !config.join_from_snapshot {
+        return Ok(store);
+    }
+    let tip = store.tip()?;
+    let spec = store.spec().clone();
+    let join = join_config(config, &spec, Duration::from_secs(5))?;
+    let client = crate::join::Client::new(join.timeout, join.requester.clone());
+    let snapshot = crate::join::offered(&client, &spec, &join.sources);
+    let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
+        return Ok(store);
+    };
+    tracing::warn!(
+        height = tip.height,
+        snapshot = snapshot.height(),
+        entries_missing = snapshot.header.log_size - tip.log_size,
+        "this node is far below the members' latest snapshot: it joins from the snapshot \
+         instead of replaying, its database set aside until the join is complete"
+    );
+    // The database closes before it moves: nothing else holds the store yet.
+    drop(store);
+    let (path, aside) = (config.database_path(), set_aside_path(config));
+    std::fs::rename(&path, &aside)
+        .with_context(|| format!("setting {} aside as {}", path.display(), aside.display()))?;
+    join_if_new(config, false, metrics, starting)?;
+    Ok(open(config)?.0)
+}
+
+/// [`join_if_new`] but for what becomes of a database set aside.
+fn join_into_new(
     config: &NodeConfig,
     required: bool,
     metrics: &crate::metrics::Metrics,
@@ -503,8 +610,9 @@ pub async fn run(
         })?;
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     let starting = Starting::new(Arc::clone(&metrics));
-    // A member without a database lost what it signed, unless the chain is new.
-    let empty = !config.database_path().exists();
+    // A member without a database lost what it signed, unless the chain is new (or
+    // it set its database aside to join from a snapshot).
+    let empty = !config.database_path().exists() && !set_aside_path(&config).exists();
     starting.set_holds_nothing(empty);
     let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
     tokio::task::spawn_blocking({
@@ -526,6 +634,18 @@ pub async fn run(
         move || open(&config)
     })
     .await??;
+    let store = match start {
+        Start::Run => {
+            starting.set_phase("asking the other members for their latest snapshot");
+            let (config, metrics, starting) =
+                (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
+            tokio::task::spawn_blocking(move || {
+                join_if_far_behind(&config, store, &metrics, &starting)
+            })
+            .await??
+        }
+        Start::Check | Start::Join => store,
+    };
     // From here on this key may vote: the mark that says it never did goes first.
     let mark = crate::config::new_key_mark(&config.key_file);
     match std::fs::remove_file(&mark) {
@@ -668,13 +788,19 @@ pub async fn run(
     // the node stops, on any path out of here.
     let history = Arc::new(AtomicBool::new(false));
     let _stop_history = SetOnDrop(Arc::clone(&history));
+    let previous = set_aside_history(&config, &store);
     let backfill = (store.history_from() > 1)
         .then(|| -> anyhow::Result<_> {
             let join = join_config(&config, store.spec(), Duration::from_secs(10))?;
             let (store, stop) = (Arc::clone(&store), Arc::clone(&history));
             let metrics = Arc::clone(node.metrics());
             Ok(tokio::task::spawn_blocking(move || {
-                crate::join::backfill(&store, &stop, &join, &metrics)
+                crate::join::backfill(&store, &stop, &join, &metrics, previous.as_ref());
+                if let Some(previous) = previous.filter(|_| store.history_from() == 1) {
+                    let aside = previous.path().to_owned();
+                    drop(previous);
+                    remove_set_aside(&aside);
+                }
             }))
         })
         .transpose()?;

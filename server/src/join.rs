@@ -142,7 +142,22 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let (mut attempt, mut chunks, mut bytes) = (0, 0, 0);
     let (best, sources, fetched, refused) = loop {
         attempt += 1;
-        let (offers, refused) = offers(&client, spec, &config.sources);
+        let mut refused = Vec::new();
+        let offers = offers(&client, spec, &config.sources)
+            .into_iter()
+            .filter_map(|(source, offer)| match offer {
+                Ok(manifest) => Some((source, manifest)),
+                Err(Fetch::Gone) => {
+                    tracing::info!(%source, "no snapshot offered there yet");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(%source, %error, "a snapshot manifest was refused or not served");
+                    refused.push(source.to_string());
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
         let Some((best, sources)) = choose(spec, &offers) else {
             return Ok(Joined::NoSnapshot);
         };
@@ -242,37 +257,45 @@ fn choose(spec: &ChainSpec, offers: &[(Source, Manifest)]) -> Option<(Manifest, 
     Some((best.clone(), sources))
 }
 
-/// Every verifiable manifest the `sources` offer, with who offered it; and the
-/// sources whose manifest was refused.
+/// What each of the `sources` offers: a manifest that verifies, or why not.
 fn offers(
     client: &Client,
     spec: &ChainSpec,
     sources: &[Source],
-) -> (Vec<(Source, Manifest)>, Vec<String>) {
+) -> Vec<(Source, Result<Manifest, Fetch>)> {
     let chain_hash = spec.chain_hash();
-    let mut offers = Vec::new();
-    let mut refused = Vec::new();
-    for source in sources {
-        let manifest = client.manifest(source).and_then(|bytes| {
-            let manifest =
-                Manifest::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?;
-            manifest
-                .verify(&chain_hash, &spec.members)
-                .map_err(|error| Fetch::Failed(error.to_string()))?;
-            Ok(manifest)
-        });
-        match manifest {
-            Ok(manifest) => offers.push((source.clone(), manifest)),
-            Err(Fetch::Gone) => {
-                tracing::info!(%source, "no snapshot offered there yet")
-            }
-            Err(error) => {
-                tracing::warn!(%source, %error, "a snapshot manifest was refused or not served");
-                refused.push(source.to_string());
-            }
-        }
-    }
-    (offers, refused)
+    let offer = |source: &Source| {
+        let bytes = client.manifest(source)?;
+        let manifest =
+            Manifest::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?;
+        manifest
+            .verify(&chain_hash, &spec.members)
+            .map_err(|error| Fetch::Failed(error.to_string()))?;
+        Ok(manifest)
+    };
+    sources
+        .iter()
+        .map(|source| (source.clone(), offer(source)))
+        .collect()
+}
+
+/// The snapshot a join from `sources` would take now, if any of them offers one;
+/// members that offer none, or cannot be reached, are passed over without a word.
+pub fn offered(client: &Client, spec: &ChainSpec, sources: &[Source]) -> Option<Manifest> {
+    let offers: Vec<(Source, Manifest)> = offers(client, spec, sources)
+        .into_iter()
+        .filter_map(|(source, offer)| offer.ok().map(|manifest| (source, manifest)))
+        .collect();
+    choose(spec, &offers).map(|(manifest, _)| manifest)
+}
+
+/// Whether a node whose database ends at `tip` gets to `snapshot` sooner by joining
+/// from it than by replaying the blocks up to it. Replaying costs about six times per
+/// entry what a snapshot costs per id (benches/README.md, `join.sh`): once the entries
+/// it lacks are a quarter of the snapshot's, the snapshot is the quicker way.
+pub fn far_behind(tip: &crate::chain::Header, snapshot: &Manifest) -> bool {
+    let total = snapshot.header.log_size;
+    snapshot.height() > tip.height && total.saturating_sub(tip.log_size) * 4 > total
 }
 
 /// The chunks to fetch and what has been fetched, shared by the workers.
@@ -779,8 +802,16 @@ fn body(response: &mut ureq::http::Response<ureq::Body>, limit: u64) -> Result<V
 /// checked by [`Store::backfill`]: the hash link to the block above, its certificate,
 /// its entries against the ids the log holds) from `sources` in turn, until the
 /// store holds the whole chain or `stop` is set. A member whose block fails is passed
-/// over for the next; when none has it, the next round waits a few seconds.
-pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: &Metrics) {
+/// over for the next; when none has it, the next round waits a few seconds. Blocks
+/// `previous` holds (the database a node far behind set aside to join) are taken
+/// from there instead, checked all the same.
+pub fn backfill(
+    store: &Store,
+    stop: &AtomicBool,
+    config: &JoinConfig,
+    metrics: &Metrics,
+    previous: Option<&Store>,
+) {
     let (client, sources) = (
         Client::new(config.timeout, config.requester.clone()),
         &config.sources,
@@ -795,40 +826,56 @@ pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: 
             "fetching the history below the snapshot"
         );
     }
-    let genesis = store.spec().genesis_block().header;
+    // The set-aside database's blocks (from the lowest it holds up to its tip),
+    // while they pass their checks.
+    let mut previous = previous.and_then(|previous| {
+        let held = previous.history_from()..=previous.tip().ok()?.height;
+        Some((previous, held))
+    });
+    let mut copied = 0u64;
     // The block below the one being added: its header says where the added block's
     // entries start, and it is the next one added.
     let mut below: Option<(Block, CommitCertificate)> = None;
     while store.history_from() > 1 && !stop.load(Ordering::Relaxed) {
         let height = store.history_from() - 1;
         let mut held = false;
+        if let Some((from, _)) = previous.clone().filter(|(_, held)| held.contains(&height)) {
+            let read = |height: u64| match from.committed_block(height) {
+                Ok(Some(found)) => Ok(found),
+                Ok(None) => Err(Fetch::Gone),
+                Err(error) => Err(Fetch::Failed(error.to_string())),
+            };
+            match add_below(store, &mut below, height, read) {
+                Ok(()) => {
+                    copied += 1;
+                    held = true;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        set_aside = %from.path().display(),
+                        height,
+                        %error,
+                        "a block of the database set aside failed its check: the rest of \
+                         the history is fetched from the members"
+                    );
+                    previous = None;
+                }
+            }
+        }
         for _ in 0..sources.len() {
+            if held {
+                break;
+            }
             let source = &sources[turn % sources.len()];
             turn += 1;
-            let fetch = |height: u64| client.committed(source, height);
-            let outcome = below
-                .take()
-                .filter(|(block, _)| block.header.height == height)
-                .map_or_else(|| fetch(height), Ok)
-                .and_then(|(block, certificate)| {
-                    let parent = match height {
-                        1 => None,
-                        _ => Some(fetch(height - 1)?),
-                    };
-                    let parent_header = parent.as_ref().map_or(genesis, |(block, _)| block.header);
-                    store
-                        .backfill(&block, &certificate, &parent_header)
-                        .map_err(|error| Fetch::Failed(error.to_string()))?;
-                    Ok(parent)
-                });
-            match outcome {
-                Ok(parent) => {
-                    below = parent;
+            match add_below(store, &mut below, height, |height| {
+                client.committed(source, height)
+            }) {
+                Ok(()) => {
                     metrics
                         .history_blocks_fetched
                         .fetch_add(1, Ordering::Relaxed);
                     held = true;
-                    break;
                 }
                 Err(error) => {
                     tracing::warn!(%source, height, %error, "a block of the history was not served or failed its check")
@@ -857,6 +904,38 @@ pub fn backfill(store: &Store, stop: &AtomicBool, config: &JoinConfig, metrics: 
         }
     }
     if store.history_from() == 1 && first > 1 {
-        tracing::info!(blocks = first - 1, "the whole history is held");
+        tracing::info!(
+            blocks = first - 1,
+            from_set_aside = copied,
+            "the whole history is held"
+        );
     }
+}
+
+/// Adds block `height` below the store's history, fetched with `fetch` (or taken
+/// from `below`, where the step before left it), checked against its parent, which
+/// is fetched too and left in `below` for the next step.
+fn add_below(
+    store: &Store,
+    below: &mut Option<(Block, CommitCertificate)>,
+    height: u64,
+    fetch: impl Fn(u64) -> Result<(Block, CommitCertificate), Fetch>,
+) -> Result<(), Fetch> {
+    let (block, certificate) = match below.take() {
+        Some(held) if held.0.header.height == height => held,
+        _ => fetch(height)?,
+    };
+    let parent = match height {
+        1 => None,
+        _ => Some(fetch(height - 1)?),
+    };
+    let parent_header = match &parent {
+        Some((block, _)) => block.header,
+        None => store.spec().genesis_block().header,
+    };
+    store
+        .backfill(&block, &certificate, &parent_header)
+        .map_err(|error| Fetch::Failed(error.to_string()))?;
+    *below = parent;
+    Ok(())
 }

@@ -133,6 +133,96 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert!(checked.status.success(), "{}", text(&checked));
 }
 
+/// A member that comes back a little behind replays the blocks it lacks; one that
+/// comes back far below the others' snapshot (a quarter of the entries or more)
+/// sets its database aside and joins from the snapshot, then fetches the history
+/// again; one whose switch was cut short, with joining turned off since, puts the
+/// database it set aside back and replays.
+#[test]
+fn a_member_far_behind_joins_from_a_snapshot_a_little_behind_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base, mut daemons) = snapshotting_cluster(&chain);
+    let first = commit_batch(node(&daemons, 1), "first", 40);
+    snapshot_at_least(node(&daemons, 0), 5);
+    // Stops member 3, commits meanwhile, starts it again and waits until it caught
+    // up; the log of the run it stopped.
+    let restart = |daemons: &mut Vec<Option<Daemon>>, commit: &dyn Fn(&[Option<Daemon>])| {
+        let log = daemons[3].take().unwrap().stop();
+        commit(daemons);
+        daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+        let tip = status(node(daemons, 0))["height"].as_u64().unwrap();
+        converge(daemons, tip);
+        log
+    };
+
+    // A block behind: replayed, nothing set aside, nothing fetched from a snapshot.
+    restart(&mut daemons, &|daemons| {
+        commit_batch(node(daemons, 1), "second", 4);
+    });
+    assert_eq!(status(node(&daemons, 3))["history_from"], 1);
+    assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
+
+    // Sixty entries behind of a hundred and four: past a newer snapshot, and far.
+    let log = restart(&mut daemons, &|daemons| {
+        let stopped_at = status(node(daemons, 0))["height"].as_u64().unwrap();
+        commit_batch(node(daemons, 1), "third", 60);
+        snapshot_at_least(node(daemons, 0), stopped_at + 5);
+    });
+    assert!(!log.contains("far below"), "the run a block behind: {log}");
+    // Like a member that lost its disk, it no longer has the record of its votes.
+    assert!(status(node(&daemons, 3))["abstaining_until"].is_u64());
+    // The history below the snapshot: what it missed from the members, the rest
+    // from the database it set aside, which goes once the history is whole.
+    let aside = chain.join("node3/data/ledger.redb.behind");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(node(&daemons, 3))["history_from"] != 1 || aside.exists() {
+        assert!(Instant::now() < deadline, "{}", status(node(&daemons, 3)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = node(&daemons, 3).url.clone();
+    let (_, metrics) = get_bytes(&format!("{url}/metrics"));
+    let fetched: u64 = String::from_utf8(metrics)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("ledger_history_blocks_fetched_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (code, entry) = http("GET", &format!("{url}/v1/entries/{}", first[0]), None);
+    assert_eq!((code, entry["status"].as_str()), (200, Some("committed")));
+
+    // A switch cut short (the database set aside, no new one yet), then joining
+    // turned off: the database goes back, and the node replays what it lacks.
+    let log = restart(&mut daemons, &|daemons| {
+        let path = chain.join("node3/data/ledger.redb");
+        std::fs::rename(&path, &aside).unwrap();
+        set(&configs[3..], "join_from_snapshot", "false");
+        commit_batch(node(daemons, 1), "fourth", 8);
+    });
+    assert!(log.contains("far below"), "the run far behind: {log}");
+    assert!(log.contains("restored from a snapshot"), "{log}");
+    let held = log
+        .lines()
+        .find(|line| line.contains("the whole history is held"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let field = |name: &str| -> u64 {
+        let value = held.split(&format!(" {name}=")).nth(1).unwrap();
+        value.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (blocks, copied) = (field("blocks"), field("from_set_aside"));
+    assert!(
+        copied >= 10 && copied + fetched == blocks,
+        "{copied} + {fetched} of {blocks}"
+    );
+    assert!(!aside.exists(), "{}", aside.display());
+    assert_eq!(status(node(&daemons, 3))["history_from"], 1);
+    let log = daemons[3].take().unwrap().stop();
+    assert!(log.contains("back in place"), "{log}");
+    assert!(!log.contains("joining from a snapshot"), "{log}");
+    stop_all(&mut daemons);
+}
+
 /// `ledgerd snapshot save` on a running member (through its API), `inspect` against
 /// the genesis file, then `restore` into a member whose disk was lost: it starts
 /// with the whole chain and commits with the others.

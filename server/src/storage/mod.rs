@@ -318,13 +318,24 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        Store::over(Handle::Writable(database), path, spec, options)
+        Store::over(Handle::Writable(database), path, spec, options, true)
     }
 
     /// Opens the database at `path` without changing a byte of it, for checking:
     /// no schema upgrade, no genesis written, no recovery of an unclean shutdown
     /// (such a file is refused: start the node once, or check a copy). Writes fail.
     pub fn open_read_only(path: &Path, spec: &ChainSpec) -> Result<Store, StoreError> {
+        Store::read_only(path, spec, true)
+    }
+
+    /// [`Store::open_read_only`] for reading blocks alone: the id map, which only
+    /// entry lookups and new blocks need, is not loaded (what a backfill copies
+    /// blocks from, beside the node's own store).
+    pub fn open_blocks_read_only(path: &Path, spec: &ChainSpec) -> Result<Store, StoreError> {
+        Store::read_only(path, spec, false)
+    }
+
+    fn read_only(path: &Path, spec: &ChainSpec, ids: bool) -> Result<Store, StoreError> {
         let database =
             redb::Builder::new()
                 .open_read_only(path)
@@ -352,6 +363,7 @@ impl Store {
             path.to_owned(),
             spec,
             StoreOptions::default(),
+            ids,
         )
     }
 
@@ -360,6 +372,7 @@ impl Store {
         path: PathBuf,
         spec: &ChainSpec,
         options: StoreOptions,
+        ids: bool,
     ) -> Result<Store, StoreError> {
         let genesis = spec.genesis_block();
         let store = Store {
@@ -384,7 +397,9 @@ impl Store {
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
         let tip = store.tip()?;
-        store.load_ids(tip.log_size)?;
+        if ids {
+            store.load_ids(tip.log_size)?;
+        }
         Ok(store)
     }
 
