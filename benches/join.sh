@@ -125,17 +125,18 @@ def metric(name):
 fetched = metric("ledger_snapshot_bytes_fetched_total")
 print(f"   validating new blocks after {validating:.1f} s; whole history after {history:.1f} s")
 restored = re.findall(r"restored from a snapshot.*?height=(\d+).*?manifest_bytes=(\d+) "
-                      r"peak_rss_mib=(\d+)", open(log).read())
+                      r"peak_rss_mib=(\d+) released_mib=(\d+)", open(log).read())
 if restored:
     # What a join transfers before it validates: the manifest, the chunks (the ids,
     # 32 bytes each) and block h, against the ids alone.
-    h, manifest, join_rss = (int(x) for x in restored[-1])
+    h, manifest, join_rss, released = (int(x) for x in restored[-1])
     ids = json.loads(get(f"{others}/v1/blocks/{h}"))["log_size"]
     block = len(get(f"{others}/v1/blocks/{h}/committed", raw=True) or b"")
     total = fetched + manifest + block
     print(f"   snapshot at {h}: {ids} ids; fetched {fetched} B of chunks, {manifest} B of "
           f"manifest, {block} B of block {h}: {total / (32 * ids):.3f}x the ids' {32 * ids} B")
-    print(f"   peak RSS of the join itself (before the node loads its id map) {join_rss} MiB")
+    print(f"   peak RSS of the join itself (before the node loads its id map) {join_rss} MiB, "
+          f"{released} MiB of it handed back once restored")
 print(f"   history blocks fetched {metric('ledger_history_blocks_fetched_total')}")
 print(f"   peak RSS of the joiner process, running node included {rss} MiB")
 PY

@@ -99,18 +99,11 @@ impl Api {
             url: url.clone(),
             reason,
         };
-        let mut response = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|error| failed(error.to_string()))?;
+        let mut response =
+            crate::join::call(&self.agent, &url).map_err(|error| failed(error.to_string()))?;
         let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|error| failed(error.to_string()))?;
+        let body =
+            crate::join::body(&mut response, limit).map_err(|error| failed(error.to_string()))?;
         match status {
             200 => Ok(body),
             _ => Err(failed(format!(
