@@ -51,7 +51,14 @@ impl Setup {
     }
 
     pub(super) fn replica(&self, member: usize) -> Replica {
-        let config = Config::new(&self.spec, self.keys[member].clone(), TIMING).expect("member");
+        self.replica_with(member, |_| {})
+    }
+
+    /// [`Setup::replica`] with its configuration changed by `change`.
+    pub(super) fn replica_with(&self, member: usize, change: impl FnOnce(&mut Config)) -> Replica {
+        let mut config =
+            Config::new(&self.spec, self.keys[member].clone(), TIMING).expect("member");
+        change(&mut config);
         let durable = Durable::genesis(self.spec.genesis_block().hash());
         Replica::new(config, self.genesis(), durable, [], self.now)
     }

@@ -218,6 +218,7 @@ impl Cluster {
         let mut config = Config::new(store.spec(), key, settings.timing)?;
         config.max_pending = node_settings.pool_capacity;
         config.max_block_entries = node_settings.max_block_entries;
+        config.catch_up_batch = settings.catch_up_batch;
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
         }

@@ -612,7 +612,7 @@ impl Sim {
                 // Consecutive blocks after `after`: none from a peer whose history
                 // starts above it (restored from a snapshot).
                 let chain = &self.nodes[peer].chain;
-                let blocks: Vec<_> = (after + 1..after + 17)
+                let blocks: Vec<_> = (after + 1..=after + SIM_CATCH_UP_BATCH)
                     .map_while(|height| chain.get(&height).cloned())
                     .collect();
                 if self.cut("committed-blocks", None, node) {
@@ -712,6 +712,9 @@ impl Sim {
 }
 
 /// A replica's configuration; every replica of one run shares one signature memo.
+/// Committed blocks a simulated peer sends per catch-up request.
+const SIM_CATCH_UP_BATCH: u64 = 16;
+
 fn replica_config(
     spec: &ChainSpec,
     key: &SigningKey,
@@ -723,6 +726,7 @@ fn replica_config(
         .expect("a member's key")
         .with_flaws(flaws);
     config.verifier = config.verifier.with_memo(memo.clone());
+    config.catch_up_batch = SIM_CATCH_UP_BATCH;
     config
 }
 

@@ -461,6 +461,14 @@ impl Replica {
                 self.apply(block, certificate, ids, log);
                 self.caught_up_since_check = true;
                 self.last_catch_up_ms = Some(self.now_ms);
+                // A whole batch arrived: the peer likely has more, and waiting for the
+                // next check would pace catch-up at a batch per check.
+                let batch_done = self.fetching_after.is_some_and(|after| {
+                    height >= after.saturating_add(self.config.catch_up_batch)
+                });
+                if batch_done {
+                    self.fetch_committed();
+                }
             }
             Err(error) => self.drop_for(
                 None,
@@ -638,6 +646,7 @@ impl Replica {
     }
 
     pub(super) fn fetch_committed(&mut self) {
+        self.fetching_after = Some(self.tip.header.height);
         self.out.push(Output::FetchCommitted {
             after: self.tip.header.height,
             entered_view: self.entered(),

@@ -296,6 +296,37 @@ fn catch_up_needs_no_traffic_and_holds_the_view_change_timer() {
     }
 }
 
+/// A catch-up answer that brought a whole batch is followed by the next request at
+/// once: waiting for the next lagging check would pace catch-up at a batch per
+/// check. One that brought less (the peer's tip) waits for the check.
+#[test]
+fn a_whole_catch_up_batch_asks_for_the_next_at_once() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica_with(1, |config| config.catch_up_batch = 2);
+    let probe = "fetch committed after 0 (entered view 0)";
+    let now = setup.now + TIMING.retransmit_ms;
+    assert_eq!(feed(&mut backup, Input::Tick { now_ms: now }), [probe]);
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let after_first = after(&genesis, &first);
+    let second = setup.block(&first.header, &after_first.log, 2);
+    let third = setup.block(&second.header, &after(&after_first, &second).log, 3);
+    let committed = |block: &Arc<Block>| Input::Committed {
+        block: block.clone(),
+        certificate: testing::certify(&setup.keys[..3], block),
+    };
+    assert_eq!(feed(&mut backup, committed(&first)), ["apply h1"]);
+    assert_eq!(
+        feed(&mut backup, committed(&second)),
+        [
+            "apply h2",
+            "broadcast checkpoint h2",
+            "fetch committed after 2 (entered view 0)"
+        ]
+    );
+    assert_eq!(feed(&mut backup, committed(&third)), ["apply h3"]);
+}
+
 /// Refusals are counted by reason for metrics.
 #[test]
 fn drop_reasons_are_counted() {

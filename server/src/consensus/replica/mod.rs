@@ -147,6 +147,8 @@ pub struct Replica {
     quiet_checks: u32,
     /// Whether a block fetched with its certificate was applied since the last check.
     caught_up_since_check: bool,
+    /// The height the last catch-up request asked for blocks after.
+    fetching_after: Option<u64>,
     /// When a block fetched with its certificate was last applied.
     last_catch_up_ms: Option<u64>,
     drops: BTreeMap<DropReason, u64>,
@@ -223,6 +225,7 @@ impl Replica {
             // the others got, even when nothing else is sent.
             quiet_checks: PROBE_CHECKS - 1,
             caught_up_since_check: false,
+            fetching_after: None,
             last_catch_up_ms: None,
             drops: BTreeMap::new(),
             applied_now: Vec::new(),

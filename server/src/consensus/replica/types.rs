@@ -78,6 +78,9 @@ pub struct Config {
     /// Most entries the primary puts in a block (`max_block_entries`, at most the
     /// genesis limit, which is what it defaults to).
     pub max_block_entries: usize,
+    /// Committed blocks a peer sends per catch-up request: once that many arrived, a
+    /// lagging replica asks for the next batch at once instead of at its next check.
+    pub catch_up_batch: u64,
     /// Deliberate breaks (tests only).
     #[cfg(feature = "testing")]
     pub flaws: Flaws,
@@ -112,6 +115,7 @@ impl Config {
             timing,
             max_pending: 100_000,
             max_block_entries: spec.params.max_block_entries as usize,
+            catch_up_batch: 32,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
         })
