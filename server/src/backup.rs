@@ -40,6 +40,9 @@ pub enum BackupError {
     /// The file is not a snapshot file, or is cut short or damaged.
     #[error("not a valid snapshot file: {0}")]
     Format(String),
+    /// Nothing to do it with: no whole chain to back up, or a database already there.
+    #[error("{0}")]
+    Cannot(String),
     /// What the file holds fails its checks.
     #[error("the snapshot file fails its checks: {0}")]
     Invalid(String),
@@ -142,12 +145,12 @@ pub fn save_from_store(
 ) -> Result<Contents, BackupError> {
     let tip = store.tip()?.height;
     if tip == 0 {
-        return Err(BackupError::Invalid(
+        return Err(BackupError::Cannot(
             "the chain holds only its genesis block; there is nothing to back up".into(),
         ));
     }
     if store.history_from() > 1 {
-        return Err(BackupError::Invalid(format!(
+        return Err(BackupError::Cannot(format!(
             "this database holds blocks from {} up only (it was restored from a snapshot \
              and has not fetched the rest); back up a member that holds them all",
             store.history_from()
@@ -190,7 +193,7 @@ pub fn save_from_api(
         .as_u64()
         .ok_or_else(|| BackupError::Format("status without a height".into()))?;
     if status["history_from"].as_u64() != Some(1) {
-        return Err(BackupError::Invalid(
+        return Err(BackupError::Cannot(
             "the node does not hold every block yet; back up a member that does".into(),
         ));
     }
@@ -373,7 +376,7 @@ pub fn restore(
     options: StoreOptions,
 ) -> Result<Contents, BackupError> {
     if path.exists() {
-        return Err(BackupError::Invalid(format!(
+        return Err(BackupError::Cannot(format!(
             "{} exists; restore builds a new database: move it aside first",
             path.display()
         )));

@@ -137,6 +137,13 @@ fn join_if_new(
     metrics: &crate::metrics::Metrics,
     starting: &Starting,
 ) -> anyhow::Result<()> {
+    if set_aside_path(config).exists() && !config.database_path().exists() {
+        tracing::info!(
+            set_aside = %set_aside_path(config).display(),
+            "a switch to a snapshot was interrupted: it goes on (the database set aside \
+             stays there until the join completes, and comes back if it does not)"
+        );
+    }
     let joined = join_into_new(config, required, metrics, starting);
     settle_set_aside(config)?;
     joined

@@ -88,7 +88,7 @@ pub enum Joined {
         chunks: u64,
         /// Bytes of chunks fetched in this run.
         bytes: u64,
-        /// Members whose manifest was refused.
+        /// Members whose manifest failed its checks.
         refused: Vec<String>,
         /// Members that failed to serve chunks, with how often.
         strikes: Vec<(String, u32)>,
@@ -125,6 +125,9 @@ pub enum JoinError {
 pub(crate) enum Fetch {
     #[error("{0}")]
     Failed(String),
+    /// An answer came, and fails its checks.
+    #[error("{0}")]
+    Refused(String),
     #[error("busy")]
     Busy,
     #[error("not served there (404)")]
@@ -151,9 +154,14 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
                     tracing::info!(%source, "no snapshot offered there yet");
                     None
                 }
-                Err(error) => {
-                    tracing::warn!(%source, %error, "a snapshot manifest was refused or not served");
+                Err(Fetch::Refused(reason)) => {
+                    tracing::warn!(%source, %reason, "a snapshot manifest was refused");
                     refused.push(source.to_string());
+                    None
+                }
+                // A member away or still starting (a new cluster starting together).
+                Err(error) => {
+                    tracing::info!(%source, %error, "no snapshot manifest from there");
                     None
                 }
             })
@@ -208,8 +216,8 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         tracing::warn!(
             chain_height = seen,
             abstaining_until = abstain_through,
-            "this member lost the record of what it signed: it follows the chain and votes \
-             again from height {abstain_through} on"
+            "this member joined without the record of what it signed: it follows the chain \
+             and votes again from height {abstain_through} on"
         );
     }
     // What the join itself cost in memory, before the node loads its id map.
@@ -270,10 +278,10 @@ fn offers(
     let offer = |source: &Source| {
         let bytes = client.manifest(source)?;
         let manifest =
-            Manifest::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?;
+            Manifest::decode(&bytes).map_err(|error| Fetch::Refused(error.to_string()))?;
         manifest
             .verify(&chain_hash, &spec.members)
-            .map_err(|error| Fetch::Failed(error.to_string()))?;
+            .map_err(|error| Fetch::Refused(error.to_string()))?;
         Ok(manifest)
     };
     let answers = at_once(sources, offer);
@@ -511,7 +519,7 @@ fn worker(
                 tracing::info!(%source, height, "the member no longer serves this snapshot");
                 return;
             }
-            Err(Fetch::Failed(reason)) => {
+            Err(Fetch::Failed(reason) | Fetch::Refused(reason)) => {
                 state.queue.push_front(index);
                 changed.notify_all();
                 strikes += 1;

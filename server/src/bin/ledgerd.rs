@@ -367,7 +367,11 @@ fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 Err(stopped) => {
                     let url = format!("http://{}", config.api_listen);
                     backup::save_from_api(&spec, &url, &mut file).with_context(|| {
-                        format!("the database cannot be read ({stopped}), nor the node asked")
+                        format!(
+                            "{} cannot be read ({stopped}); the running node at {url} was \
+                             asked instead",
+                            database.display()
+                        )
                     })
                 }
             };
