@@ -134,7 +134,7 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
 }
 
 /// A member that comes back a little behind replays the blocks it lacks; one that
-/// comes back far below the others' snapshot (a quarter of the entries or more)
+/// comes back far below the others' snapshot (a third of the entries or more)
 /// sets its database aside and joins from the snapshot, then fetches the history
 /// again; one whose switch was cut short, with joining turned off since, puts the
 /// database it set aside back and replays.
