@@ -895,11 +895,15 @@ pub fn backfill(
             "fetching the history below the snapshot"
         );
     }
-    // The set-aside database's blocks (from the lowest it holds up to its tip),
-    // while they pass their checks.
+    // The set-aside database's blocks whose parent it holds too (from the lowest up
+    // to its tip; itself restored from a snapshot, its lowest block has none), while
+    // they pass their checks.
     let mut previous = previous.and_then(|previous| {
-        let held = previous.history_from()..=previous.tip().ok()?.height;
-        Some((previous, held))
+        let lowest = match previous.history_from() {
+            1 => 1,
+            from => from + 1,
+        };
+        Some((previous, lowest..=previous.tip().ok()?.height))
     });
     let mut copied = 0u64;
     // The block below the one being added: its header says where the added block's
