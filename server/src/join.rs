@@ -991,26 +991,30 @@ pub fn backfill(
     }
 }
 
-/// Longest a backfill waits for the node to catch up with the chain first.
-const TIP_FIRST: Duration = Duration::from_secs(60);
+/// Longest a backfill waits for a node whose tip does not move to catch up first.
+const TIP_STILL: Duration = Duration::from_secs(3);
 
-/// Waits (at most [`TIP_FIRST`], or until `stop`) until the store's tip has caught up
-/// with the highest certified height the members of `sources` show, asked again each
-/// round: the blocks committed while the node joined, and those committed while it
-/// caught up, come before the history, as both write the one store and validating
-/// new blocks is what the node joined for (measured: with both at once, catching up
-/// took 5 s instead of 3; waiting only for the height shown at the start, the node
-/// then trailed the chain by a few blocks through the whole backfill).
+/// Waits (until `stop`, or while the tip stands still for [`TIP_STILL`]) until the
+/// store's tip has caught up with the highest certified height the members of
+/// `sources` show, asked again each round: the blocks committed while the node
+/// joined, and those committed while it caught up, come before the history, as both
+/// write the one store and validating new blocks is what the node joined for
+/// (measured: with both at once, catching up took 5 s instead of 3; waiting only for
+/// the height shown at the start, the node then trailed the chain by a few blocks
+/// through the whole backfill).
 fn wait_for_the_tip(store: &Store, stop: &AtomicBool, client: &Client, sources: &[Source]) {
     let spec = store.spec();
-    let deadline = Instant::now() + TIP_FIRST;
     let tip = || store.last_tip().map_or(0, |tip| tip.height);
+    let (mut last, mut moved) = (tip(), Instant::now());
     let mut told = false;
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    while moved.elapsed() < TIP_STILL && !stop.load(Ordering::Relaxed) {
         let heights = at_once(sources, |source| certified_height(client, spec, source));
         let chain = heights.into_iter().flatten().max().unwrap_or(0);
         if tip() >= chain {
             return;
+        }
+        if tip() > last {
+            (last, moved) = (tip(), Instant::now());
         }
         if !told {
             told = true;

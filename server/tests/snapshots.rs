@@ -857,3 +857,50 @@ async fn a_join_outpaced_by_the_chain_takes_the_newer_snapshot() {
     assert_eq!((height, chunks), (20, 3 + 6));
     assert_restored(&spec, dir.path(), &store);
 }
+
+/// The history below a snapshot comes from a set-aside database for the blocks it
+/// holds (a node far behind that switched to the snapshot) and from the members for
+/// the rest, each checked as it is added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_copies_what_the_set_aside_database_holds_and_fetches_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, store, _) = chain(&dir.path().join("source"), 25);
+    // The same chain, as a member that stopped at block 12 holds it.
+    let (_, behind, _) = chain(&dir.path().join("behind"), 12);
+    assert_eq!(behind.block(12).unwrap(), store.block(12).unwrap());
+    drop(behind);
+    let honest = listen(serve(Arc::new(store), 4)).await;
+    join_from(&spec, dir.path(), vec![honest.clone()])
+        .await
+        .unwrap();
+
+    let joiner = dir.path().join("joiner");
+    let config = JoinConfig {
+        sources: vec![Source::Api(honest)],
+        requester: None,
+        probe: Vec::new(),
+        path: joiner.join("ledger.redb"),
+        staging: joiner.join("ledger.redb.restoring"),
+        timeout: Duration::from_secs(2),
+        progress_every: Duration::from_secs(1),
+    };
+    let metrics = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&config.path, &spec, StoreOptions::default()).unwrap();
+        assert_eq!(store.history_from(), 20);
+        let previous =
+            Store::open_blocks_read_only(&dir.path().join("behind/ledger.redb"), &spec).unwrap();
+        let metrics = ledger::metrics::Metrics::default();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        ledger::join::backfill(&store, &stop, &config, &metrics, Some(&previous));
+        assert_eq!(store.history_from(), 1);
+        assert_eq!(store.verify_chain().unwrap(), 20);
+        metrics
+    })
+    .await
+    .unwrap();
+    // Blocks 13 to 19 from the member; 1 to 12 from the set-aside database.
+    let fetched = metrics
+        .history_blocks_fetched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fetched, 7);
+}
