@@ -93,17 +93,7 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert_eq!(code, 409);
 
     // What the join fetched and served is counted.
-    let metric = |i: usize, name: &str| -> u64 {
-        let (code, text) = get_bytes(&format!("{}/metrics", node(&daemons, i).url));
-        assert_eq!(code, 200);
-        String::from_utf8(text)
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name}"))
-            .parse()
-            .unwrap()
-    };
+    let metric = |i: usize, name: &str| metric(node(&daemons, i), name);
     assert_eq!(metric(3, "ledger_snapshot_chunks_fetched_total"), 1);
     assert_eq!(metric(3, "ledger_history_from"), 1);
     assert_eq!(metric(3, "ledger_history_blocks_fetched_total"), height - 1);
@@ -181,14 +171,7 @@ fn a_member_far_behind_joins_from_a_snapshot_a_little_behind_replays() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let url = node(&daemons, 3).url.clone();
-    let (_, metrics) = get_bytes(&format!("{url}/metrics"));
-    let fetched: u64 = String::from_utf8(metrics)
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("ledger_history_blocks_fetched_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let fetched = metric(node(&daemons, 3), "ledger_history_blocks_fetched_total");
     let (code, entry) = http("GET", &format!("{url}/v1/entries/{}", first[0]), None);
     assert_eq!((code, entry["status"].as_str()), (200, Some("committed")));
 

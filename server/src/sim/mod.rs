@@ -711,10 +711,10 @@ impl Sim {
     }
 }
 
-/// A replica's configuration; every replica of one run shares one signature memo.
 /// Committed blocks a simulated peer sends per catch-up request.
 const SIM_CATCH_UP_BATCH: u64 = 16;
 
+/// A replica's configuration; every replica of one run shares one signature memo.
 fn replica_config(
     spec: &ChainSpec,
     key: &SigningKey,

@@ -296,6 +296,19 @@ pub fn get_bytes(url: &str) -> (u16, Vec<u8>) {
     }
 }
 
+/// The value of the Prometheus metric `name` that `daemon` shows at `/metrics`.
+pub fn metric(daemon: &Daemon, name: &str) -> u64 {
+    let (code, text) = get_bytes(&format!("{}/metrics", daemon.url));
+    assert_eq!(code, 200);
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .unwrap()
+}
+
 /// POSTs `body` and returns the status and the `Retry-After` header, if any.
 pub fn post_retry_after(url: &str, body: &str) -> (u16, Option<String>) {
     let agent = agent();
