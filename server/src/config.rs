@@ -318,6 +318,56 @@ pub fn write_node_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> 
     .map_err(io(&mark))
 }
 
+/// A genesis file with the default limits and no admins.
+pub fn genesis_file(
+    chain_id: &str,
+    timestamp_ms: u64,
+    difficulty: u32,
+    members: Vec<GenesisMember>,
+) -> GenesisFile {
+    use crate::chain::genesis as defaults;
+    GenesisFile {
+        chain_id: chain_id.to_owned(),
+        timestamp_ms,
+        difficulty,
+        max_entry_bytes: defaults::default_max_entry_bytes(),
+        max_block_entries: defaults::default_max_block_entries(),
+        max_future_drift_ms: defaults::default_max_future_drift_ms(),
+        checkpoint_interval: defaults::default_checkpoint_interval(),
+        admins: Vec::new(),
+        admin_threshold: None,
+        members,
+    }
+}
+
+/// One `--member` of `ledgerd genesis`: a public key in hex, then optionally
+/// `,p2p=HOST:PORT` and `,api=HOST:PORT`.
+pub fn member_arg(text: &str) -> Result<GenesisMember, String> {
+    let mut parts = text.split(',');
+    let public_key = parts.next().unwrap_or_default().trim().to_owned();
+    let mut member = GenesisMember {
+        public_key,
+        p2p_addr: None,
+        api_addr: None,
+    };
+    for part in parts {
+        let (slot, value) = match part.trim().split_once('=') {
+            Some(("p2p", value)) => (&mut member.p2p_addr, value),
+            Some(("api", value)) => (&mut member.api_addr, value),
+            _ => {
+                return Err(format!(
+                    "{part:?}: expected p2p=HOST:PORT or api=HOST:PORT after the key"
+                ))
+            }
+        };
+        if value.is_empty() || slot.is_some() {
+            return Err(format!("{part:?}: an empty or repeated address"));
+        }
+        *slot = Some(value.to_owned());
+    }
+    Ok(member)
+}
+
 /// What `ledgerd dev init` lays out.
 #[derive(Clone, Debug)]
 pub struct DevLayout {
@@ -325,10 +375,13 @@ pub struct DevLayout {
     pub dir: PathBuf,
     /// Config file of each node, in member order.
     pub configs: Vec<PathBuf>,
+    /// The key file of the chain's one admin, which signs membership changes.
+    pub admin_key: PathBuf,
 }
 
 /// Writes keys, one genesis file and a config per node under `dir`:
-/// `dir/genesis.toml`, `dir/node<i>/{ledgerd.toml,node.key}`. Node i listens on
+/// `dir/genesis.toml`, `dir/admin.key` (the one admin, threshold 1, so the cluster can
+/// be reconfigured), `dir/node<i>/{ledgerd.toml,node.key}`. Node i listens on
 /// `base_port + 2i` (API) and `base_port + 2i + 1` (peers), on 127.0.0.1.
 pub fn dev_init(
     dir: &Path,
@@ -375,22 +428,21 @@ pub fn dev_init(
         fs::write(&config_path, text).map_err(io(&config_path))?;
         configs.push(config_path);
     }
+    let admin_path = dir.join("admin.key");
+    let admin = generate_key()?;
     let genesis = GenesisFile {
-        chain_id: "ledger-dev".into(),
-        timestamp_ms: 1_767_225_600_000,
-        difficulty,
-        max_entry_bytes: crate::chain::genesis::default_max_entry_bytes(),
-        max_block_entries: crate::chain::genesis::default_max_block_entries(),
-        max_future_drift_ms: crate::chain::genesis::default_max_future_drift_ms(),
-        checkpoint_interval: crate::chain::genesis::default_checkpoint_interval(),
-        members,
+        admins: vec![hex::encode(admin.verifying_key().as_bytes())],
+        admin_threshold: Some(1),
+        ..genesis_file("ledger-dev", 1_767_225_600_000, difficulty, members)
     };
     // Validate before writing, so a bad layout never reaches disk as a genesis file.
     let spec = ChainSpec::from_file(genesis).map_err(|error| invalid(&genesis_path, error))?;
+    write_key(&admin_path, &admin)?;
     fs::write(&genesis_path, spec.to_toml()).map_err(io(&genesis_path))?;
     Ok(DevLayout {
         dir: dir.to_owned(),
         configs,
+        admin_key: admin_path,
     })
 }
 
@@ -415,6 +467,15 @@ mod tests {
         }
         keys.dedup();
         assert_eq!(keys.len(), 4, "every node has its own key");
+        // One admin, enough alone, whose key is private to its owner like a node's.
+        let spec = NodeConfig::load(&layout.configs[0])
+            .unwrap()
+            .chain_spec()
+            .unwrap();
+        let admins = spec.admins.expect("a dev cluster can be reconfigured");
+        assert_eq!(admins.threshold(), 1);
+        let admin = read_key(&layout.admin_key).unwrap();
+        assert_eq!(admins.keys(), [admin.verifying_key()]);
         // Each new key says it never voted; the cache is redb's unless set.
         let config = NodeConfig::load(&layout.configs[0]).unwrap();
         assert!(new_key_mark(&config.key_file).exists());
@@ -426,6 +487,24 @@ mod tests {
         assert_eq!(config.store_options().cache_bytes, Some(64 << 20));
         let again = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
+    }
+
+    #[test]
+    fn member_arguments_take_a_key_and_optional_addresses() {
+        let key = "ab".repeat(32);
+        let member = member_arg(&format!("{key},p2p=10.0.0.1:7101,api=10.0.0.1:7100")).unwrap();
+        assert_eq!(member.public_key, key);
+        assert_eq!(member.p2p_addr.as_deref(), Some("10.0.0.1:7101"));
+        assert_eq!(member.api_addr.as_deref(), Some("10.0.0.1:7100"));
+        let bare = member_arg(&key).unwrap();
+        assert_eq!((bare.p2p_addr, bare.api_addr), (None, None));
+        for bad in [
+            format!("{key},p2p=a:1,p2p=b:2"),
+            format!("{key},peer=a:1"),
+            format!("{key},api="),
+        ] {
+            assert!(member_arg(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

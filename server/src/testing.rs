@@ -39,6 +39,8 @@ pub fn spec_checkpointing(members: &[SigningKey], difficulty: u32, interval: u64
         max_block_entries: default_max_block_entries(),
         max_future_drift_ms: default_max_future_drift_ms(),
         checkpoint_interval: interval,
+        admins: Vec::new(),
+        admin_threshold: None,
         members: members
             .iter()
             .map(|key| GenesisMember {

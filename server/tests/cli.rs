@@ -280,6 +280,141 @@ fn init_writes_a_key_and_a_config_once() {
     assert_eq!(std::fs::read(etc.join("node.key")).unwrap(), key);
 }
 
+#[test]
+fn genesis_writes_a_checked_file_from_the_keys_that_a_node_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let port = free_port();
+    let (api, p2p) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", port + 1),
+    );
+    let init = run(
+        LEDGERD,
+        &[
+            "init",
+            "--dir",
+            etc.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("var").to_str().unwrap(),
+            "--api-listen",
+            &api,
+            "--p2p-listen",
+            &p2p,
+        ],
+    );
+    assert!(init.status.success(), "{}", text(&init));
+    let member_key = text(&init)
+        .lines()
+        .find_map(|line| line.strip_prefix("public key (pass it to `ledgerd genesis --member`): "))
+        .expect("init prints the public key")
+        .to_owned();
+    let keygen = run(
+        LEDGERCTL,
+        &[
+            "keygen",
+            "--out",
+            dir.path().join("admin.key").to_str().unwrap(),
+        ],
+    );
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let admin_key = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+
+    let genesis = etc.join("genesis.toml");
+    let member = format!("{member_key},p2p={p2p},api={api}");
+    let args = [
+        "genesis",
+        "--chain-id",
+        "audit",
+        "--member",
+        &member,
+        "--admin",
+        &admin_key,
+        "--difficulty",
+        "8",
+        "--out",
+        genesis.to_str().unwrap(),
+    ];
+    let written = run(LEDGERD, &args);
+    assert!(written.status.success(), "{}", text(&written));
+    assert!(
+        text(&written).contains("1 member, 1 admin, 1 to sign a membership change"),
+        "{}",
+        text(&written)
+    );
+    let spec =
+        ledger::chain::ChainSpec::from_toml(&std::fs::read_to_string(&genesis).unwrap()).unwrap();
+    assert_eq!(
+        hex::encode(spec.members.as_slice()[0].public_key.as_bytes()),
+        member_key
+    );
+    assert_eq!(
+        spec.members.as_slice()[0].p2p_addr.as_deref(),
+        Some(p2p.as_str())
+    );
+    let admins = spec.admins.as_ref().unwrap();
+    assert_eq!(hex::encode(admins.keys()[0].as_bytes()), admin_key);
+    assert!(text(&written).contains(&spec.chain_hash().to_string()));
+
+    // The node `init` configured runs on it (the config names genesis.toml beside it).
+    let daemon = Daemon::start(&etc.join("ledgerd.toml"), port);
+    let committed = daemon.ctl(&["submit", "on a written genesis", "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    daemon.stop();
+
+    // Never over an existing file; refusals say what is wrong.
+    let again = run(LEDGERD, &args);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("exists"), "{}", text(&again));
+    let second = format!("{},api=127.0.0.1:1", "ab".repeat(32));
+    let misspelt = format!("{member_key},peer={p2p}");
+    let refusals = [
+        (
+            vec!["--member", member.as_str(), "--member", second.as_str()],
+            "p2p=HOST:PORT",
+        ),
+        (
+            vec!["--member", member.as_str(), "--admin", "beef"],
+            "admin public key",
+        ),
+        (
+            vec![
+                "--member",
+                member.as_str(),
+                "--admin",
+                &admin_key,
+                "--admin-threshold",
+                "2",
+            ],
+            "admin_threshold",
+        ),
+        (
+            vec!["--member", misspelt.as_str()],
+            "p2p=HOST:PORT or api=HOST:PORT",
+        ),
+    ];
+    for (extra, needle) in refusals {
+        let mut args = vec!["genesis", "--chain-id", "audit"];
+        args.extend(extra);
+        let refused = run(LEDGERD, &args);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            text(&refused).contains(needle),
+            "{needle}: {}",
+            text(&refused)
+        );
+    }
+    // Without --out the file goes to standard output, and without admins it has none.
+    let printed = run(
+        LEDGERD,
+        &["genesis", "--chain-id", "audit", "--member", &member],
+    );
+    assert!(printed.status.success(), "{}", text(&printed));
+    let fixed =
+        ledger::chain::ChainSpec::from_toml(std::str::from_utf8(&printed.stdout).unwrap()).unwrap();
+    assert_eq!(fixed.admins, None);
+}
+
 /// The next datagram on `socket` (its read timeout bounds the wait).
 fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
     let mut buffer = [0u8; 4096];

@@ -33,6 +33,10 @@ enum Command {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Write a genesis file from the members' public keys (as `init` prints them) and
+    /// the admins' (as `ledgerctl keygen` prints them), checked as every node will
+    /// read it.
+    Genesis(GenesisArgs),
     /// Run a node.
     Run {
         /// The node's ledgerd.toml.
@@ -77,6 +81,43 @@ enum Command {
     /// Validation plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+}
+
+#[derive(Args)]
+struct GenesisArgs {
+    /// The chain's name, 1 to 64 bytes.
+    #[arg(long)]
+    chain_id: String,
+    /// A member, in primary rotation order: its public key in hex, then
+    /// `,p2p=HOST:PORT` (where the others dial it; required with more than one
+    /// member) and optionally `,api=HOST:PORT`.
+    #[arg(long = "member", required = true, value_parser = config::member_arg)]
+    members: Vec<ledger::chain::GenesisMember>,
+    /// A public key (hex) that may sign membership changes. Without admins the
+    /// membership stays as listed for good.
+    #[arg(long = "admin")]
+    admins: Vec<String>,
+    /// Admin signatures a membership change needs [default: a majority of the admins].
+    #[arg(long)]
+    admin_threshold: Option<u32>,
+    /// Initial proof of work, leading zero bits of the block hash.
+    #[arg(long, default_value_t = 16)]
+    difficulty: u32,
+    /// Heights between checkpoints (and snapshots).
+    #[arg(long)]
+    checkpoint_interval: Option<u64>,
+    /// Largest entry data, bytes.
+    #[arg(long)]
+    max_entry_bytes: Option<u32>,
+    /// Most entries in a block.
+    #[arg(long)]
+    max_block_entries: Option<u32>,
+    /// Genesis time, ms since the Unix epoch [default: now].
+    #[arg(long)]
+    timestamp_ms: Option<u64>,
+    /// The file to write; it must not exist. Without it the file goes to standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -199,11 +240,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir.join("node.key").display()
             );
             println!(
-                "public key (list it under [[members]] in the genesis file): {}",
+                "public key (pass it to `ledgerd genesis --member`): {}",
                 hex::encode(key.verifying_key().as_bytes())
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Genesis(args) => genesis(args),
         Command::Run {
             config: path,
             check,
@@ -245,6 +287,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(Dev { init: None, layout }) => dev(&layout),
     }
+}
+
+/// `ledgerd genesis`: the file is checked as a node reads it before it is written.
+fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
+    if args.members.len() > 1 {
+        if let Some(member) = args.members.iter().find(|member| member.p2p_addr.is_none()) {
+            anyhow::bail!(
+                "member {} has no p2p=HOST:PORT: with more than one member each needs the \
+                 address the others dial it at",
+                member.public_key
+            );
+        }
+    }
+    let timestamp_ms = match args.timestamp_ms {
+        Some(timestamp_ms) => timestamp_ms,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_millis()
+            .try_into()
+            .context("the clock is beyond the year 500 million")?,
+    };
+    let base = config::genesis_file(&args.chain_id, timestamp_ms, args.difficulty, args.members);
+    let majority = u32::try_from(args.admins.len() / 2 + 1).unwrap_or(u32::MAX);
+    let file = ledger::chain::GenesisFile {
+        admin_threshold: match args.admins.is_empty() {
+            true => args.admin_threshold,
+            false => Some(args.admin_threshold.unwrap_or(majority)),
+        },
+        admins: args.admins,
+        checkpoint_interval: args.checkpoint_interval.unwrap_or(base.checkpoint_interval),
+        max_entry_bytes: args.max_entry_bytes.unwrap_or(base.max_entry_bytes),
+        max_block_entries: args.max_block_entries.unwrap_or(base.max_block_entries),
+        ..base
+    };
+    let spec = ledger::chain::ChainSpec::from_file(file).context("the genesis would be invalid")?;
+    let text = spec.to_toml();
+    let Some(out) = args.out else {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&out)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    let admins = match &spec.admins {
+        Some(admins) => format!(
+            "{} admin{}, {} to sign a membership change",
+            admins.keys().len(),
+            if admins.keys().len() == 1 { "" } else { "s" },
+            admins.threshold()
+        ),
+        None => "no admins: the membership is fixed".to_owned(),
+    };
+    eprintln!(
+        "wrote {}: chain {} ({}), {} member{}, {admins}; give every node this file",
+        out.display(),
+        spec.chain_hash(),
+        spec.chain_id,
+        spec.members.len(),
+        if spec.members.len() == 1 { "" } else { "s" },
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `ledgerd dev`: lays the cluster out if needed, then runs every node in this

@@ -186,18 +186,65 @@ pub enum GenesisError {
         /// The most a chain takes.
         max: usize,
     },
-    /// One key listed twice.
-    #[error("member {0} listed twice")]
-    DuplicateMember(String),
+    /// One key listed twice among the members, or among the admins.
+    #[error("{role} {key} listed twice")]
+    DuplicateKey {
+        /// `member` or `admin`.
+        role: &'static str,
+        /// The key, hex.
+        key: String,
+    },
     /// A key that is not 64 hex characters.
-    #[error("member public_key {0:?} is not 64 hex characters")]
-    KeyNotHex(String),
+    #[error("{role} public key {key:?} is not 64 hex characters")]
+    KeyNotHex {
+        /// `member` or `admin`.
+        role: &'static str,
+        /// What the file holds.
+        key: String,
+    },
     /// A key that is not a valid ed25519 point.
-    #[error("member key {0} is not a valid ed25519 public key")]
-    KeyInvalid(String),
+    #[error("{role} key {key} is not a valid ed25519 public key")]
+    KeyInvalid {
+        /// `member` or `admin`.
+        role: &'static str,
+        /// The key, hex.
+        key: String,
+    },
     /// A key of small order, which anyone could sign for.
-    #[error("member key {0} is a small-order point")]
-    KeyWeak(String),
+    #[error("{role} key {key} is a small-order point")]
+    KeyWeak {
+        /// `member` or `admin`.
+        role: &'static str,
+        /// The key, hex.
+        key: String,
+    },
+    /// More admin keys than a chain takes.
+    #[error("at most {max} admins, found {found}")]
+    AdminCount {
+        /// Admins listed.
+        found: usize,
+        /// The most a chain takes.
+        max: usize,
+    },
+    /// A threshold of no admins, or of more than are listed.
+    #[error(
+        "admin_threshold must be between 1 and the number of admins ({admins}), found {threshold}"
+    )]
+    AdminThreshold {
+        /// Admins listed.
+        admins: usize,
+        /// The threshold given.
+        threshold: u64,
+    },
+    /// Admins without a threshold.
+    #[error("admin_threshold is required with admins: how many of the {admins} must sign a membership change")]
+    AdminThresholdMissing {
+        /// Admins listed.
+        admins: usize,
+    },
+    /// A threshold without admins.
+    #[error("admin_threshold without admins; without admins leave it out (the membership is then fixed)")]
+    ThresholdWithoutAdmins,
     /// A chain id that is empty, too long, or holds control characters.
     #[error("chain_id must be 1 to {max} bytes without control characters")]
     ChainId {

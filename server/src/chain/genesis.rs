@@ -15,9 +15,13 @@ use super::merkle::empty_root;
 use super::{Block, ChainError, GenesisError, Hash, Header, HEADER_VERSION};
 
 const SPEC_MAGIC: &[u8; 8] = b"LDGRSPEC";
-const SPEC_VERSION: u16 = 1;
+/// A chain without admins: its membership is fixed at genesis.
+const SPEC_VERSION_FIXED: u16 = 1;
+/// A chain with admin keys, which can change its membership.
+const SPEC_VERSION_ADMINS: u16 = 2;
 const MAX_CHAIN_ID_BYTES: usize = 64;
 const MAX_MEMBERS: usize = 1024;
+const MAX_ADMINS: usize = 256;
 /// Entries above 16 MiB would not fit a network frame; refuse such a genesis outright.
 const MAX_ENTRY_BYTES_CEILING: u32 = 16 << 20;
 
@@ -43,6 +47,13 @@ pub struct GenesisFile {
     /// Heights between PBFT checkpoints (K).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: u64,
+    /// ed25519 public keys (hex) that may sign reconfigurations; none fixes the
+    /// membership for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// How many admin signatures a reconfiguration needs; required with `admins`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_threshold: Option<u32>,
     /// The members, in primary rotation order (primary of view v = member v mod n).
     pub members: Vec<GenesisMember>,
 }
@@ -125,9 +136,10 @@ impl Members {
         let mut seen = HashSet::new();
         for member in &members {
             if !seen.insert(member.node_id) {
-                return Err(GenesisError::DuplicateMember(hex::encode(
-                    member.public_key.as_bytes(),
-                ))
+                return Err(GenesisError::DuplicateKey {
+                    role: "member",
+                    key: hex::encode(member.public_key.as_bytes()),
+                }
                 .into());
             }
         }
@@ -171,6 +183,55 @@ impl Members {
     }
 }
 
+/// The keys that may change the membership, and how many of them must sign a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admins {
+    keys: Vec<VerifyingKey>,
+    threshold: usize,
+}
+
+impl Admins {
+    /// Builds an admin set, refusing duplicate keys and a threshold outside
+    /// `1..=keys.len()`.
+    pub fn new(keys: Vec<VerifyingKey>, threshold: usize) -> Result<Admins, ChainError> {
+        if keys.is_empty() || keys.len() > MAX_ADMINS {
+            return Err(GenesisError::AdminCount {
+                found: keys.len(),
+                max: MAX_ADMINS,
+            }
+            .into());
+        }
+        if threshold == 0 || threshold > keys.len() {
+            return Err(GenesisError::AdminThreshold {
+                admins: keys.len(),
+                threshold: threshold as u64,
+            }
+            .into());
+        }
+        let mut seen = HashSet::new();
+        for key in &keys {
+            if !seen.insert(key.to_bytes()) {
+                return Err(GenesisError::DuplicateKey {
+                    role: "admin",
+                    key: hex::encode(key.as_bytes()),
+                }
+                .into());
+            }
+        }
+        Ok(Admins { keys, threshold })
+    }
+
+    /// The admin keys, in genesis order.
+    pub fn keys(&self) -> &[VerifyingKey] {
+        &self.keys
+    }
+
+    /// Distinct admin signatures a reconfiguration needs.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+}
+
 /// A validated chain definition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainSpec {
@@ -184,14 +245,38 @@ pub struct ChainSpec {
     pub params: ChainParams,
     /// The members.
     pub members: Members,
+    /// Who may change the members; `None` fixes them at genesis.
+    pub admins: Option<Admins>,
+}
+
+/// An ed25519 key fit to sign for a chain: a valid point of large order.
+fn chain_key(role: &'static str, public_key: [u8; 32]) -> Result<VerifyingKey, ChainError> {
+    let key = VerifyingKey::from_bytes(&public_key).map_err(|_| GenesisError::KeyInvalid {
+        role,
+        key: hex::encode(public_key),
+    })?;
+    if key.is_weak() {
+        return Err(GenesisError::KeyWeak {
+            role,
+            key: hex::encode(public_key),
+        }
+        .into());
+    }
+    Ok(key)
+}
+
+/// A key the genesis file writes as 64 hex characters.
+fn hex_key(role: &'static str, text: &str) -> Result<VerifyingKey, ChainError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text, &mut key).map_err(|_| GenesisError::KeyNotHex {
+        role,
+        key: text.to_owned(),
+    })?;
+    chain_key(role, key)
 }
 
 fn member_from_key(public_key: [u8; 32]) -> Result<Member, ChainError> {
-    let key = VerifyingKey::from_bytes(&public_key)
-        .map_err(|_| ChainError::from(GenesisError::KeyInvalid(hex::encode(public_key))))?;
-    if key.is_weak() {
-        return Err(GenesisError::KeyWeak(hex::encode(public_key)).into());
-    }
+    let key = chain_key("member", public_key)?;
     Ok(Member {
         public_key: key,
         node_id: Hash::digest(&public_key),
@@ -212,14 +297,36 @@ impl ChainSpec {
     pub fn from_file(file: GenesisFile) -> Result<ChainSpec, ChainError> {
         let mut members = Vec::with_capacity(file.members.len());
         for entry in file.members {
-            let mut key = [0u8; 32];
-            hex::decode_to_slice(&entry.public_key, &mut key)
-                .map_err(|_| ChainError::from(GenesisError::KeyNotHex(entry.public_key.clone())))?;
-            let mut member = member_from_key(key)?;
-            member.p2p_addr = entry.p2p_addr;
-            member.api_addr = entry.api_addr;
-            members.push(member);
+            let public_key = hex_key("member", &entry.public_key)?;
+            members.push(Member {
+                public_key,
+                node_id: Hash::digest(public_key.as_bytes()),
+                p2p_addr: entry.p2p_addr,
+                api_addr: entry.api_addr,
+            });
         }
+        let admins = match (file.admins.is_empty(), file.admin_threshold) {
+            (true, None) => None,
+            (true, Some(_)) => return Err(GenesisError::ThresholdWithoutAdmins.into()),
+            (false, None) => {
+                return Err(GenesisError::AdminThresholdMissing {
+                    admins: file.admins.len(),
+                }
+                .into())
+            }
+            (false, Some(threshold)) => {
+                let keys = file
+                    .admins
+                    .iter()
+                    .map(|key| hex_key("admin", key))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // A threshold beyond usize is beyond any key count: refused by new().
+                Some(Admins::new(
+                    keys,
+                    usize::try_from(threshold).unwrap_or(usize::MAX),
+                )?)
+            }
+        };
         let spec = ChainSpec {
             chain_id: file.chain_id,
             timestamp_ms: file.timestamp_ms,
@@ -231,6 +338,7 @@ impl ChainSpec {
                 checkpoint_interval: file.checkpoint_interval,
             },
             members: Members::new(members)?,
+            admins,
         };
         spec.check()?;
         Ok(spec)
@@ -275,6 +383,14 @@ impl ChainSpec {
             max_block_entries: self.params.max_block_entries,
             max_future_drift_ms: self.params.max_future_drift_ms,
             checkpoint_interval: self.params.checkpoint_interval,
+            admins: self
+                .admins
+                .iter()
+                .flat_map(Admins::keys)
+                .map(|key| hex::encode(key.as_bytes()))
+                .collect(),
+            // new() bounds the threshold by the key count, at most 256.
+            admin_threshold: self.admins.as_ref().map(|admins| admins.threshold() as u32),
             members: self
                 .members
                 .as_slice()
@@ -298,7 +414,13 @@ impl ChainSpec {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + 32 * self.members.len());
         out.extend_from_slice(SPEC_MAGIC);
-        out.extend_from_slice(&SPEC_VERSION.to_be_bytes());
+        // A chain without admins keeps the encoding (and so the chain hash) it had
+        // before admins existed.
+        let version = match self.admins {
+            None => SPEC_VERSION_FIXED,
+            Some(_) => SPEC_VERSION_ADMINS,
+        };
+        out.extend_from_slice(&version.to_be_bytes());
         // check() bounds the id to 64 bytes and the members to 1024.
         out.push(self.chain_id.len() as u8);
         out.extend_from_slice(self.chain_id.as_bytes());
@@ -311,6 +433,14 @@ impl ChainSpec {
         out.extend_from_slice(&(self.members.len() as u16).to_be_bytes());
         for member in self.members.as_slice() {
             out.extend_from_slice(member.public_key.as_bytes());
+        }
+        if let Some(admins) = &self.admins {
+            // new() bounds both by 256.
+            out.extend_from_slice(&(admins.keys.len() as u16).to_be_bytes());
+            for key in &admins.keys {
+                out.extend_from_slice(key.as_bytes());
+            }
+            out.extend_from_slice(&(admins.threshold as u16).to_be_bytes());
         }
         out
     }
@@ -325,7 +455,7 @@ impl ChainSpec {
             });
         }
         let version = reader.u16()?;
-        if version != SPEC_VERSION {
+        if version != SPEC_VERSION_FIXED && version != SPEC_VERSION_ADMINS {
             return Err(ChainError::UnsupportedVersion {
                 what: "chain spec",
                 version: version.into(),
@@ -351,6 +481,17 @@ impl ChainSpec {
         for _ in 0..count {
             members.push(member_from_key(reader.array()?)?);
         }
+        let admins = match version {
+            SPEC_VERSION_ADMINS => {
+                let count = usize::from(reader.u16()?);
+                let mut keys = Vec::with_capacity(count.min(MAX_ADMINS));
+                for _ in 0..count {
+                    keys.push(chain_key("admin", reader.array()?)?);
+                }
+                Some(Admins::new(keys, usize::from(reader.u16()?))?)
+            }
+            _ => None,
+        };
         reader.finish()?;
         let spec = ChainSpec {
             chain_id,
@@ -358,6 +499,7 @@ impl ChainSpec {
             difficulty,
             params,
             members: Members::new(members)?,
+            admins,
         };
         spec.check()?;
         Ok(spec)
@@ -457,6 +599,97 @@ public_key = "{}"
         assert_eq!(ChainSpec::from_toml(&spec.to_toml()).unwrap(), spec);
         assert_eq!(spec.members.max_faulty(), 1);
         assert_eq!(spec.members.quorum(), 3);
+    }
+
+    fn with_admins(genesis: &str, admins: &[u8], threshold: Option<u32>) -> String {
+        let keys: Vec<String> = admins
+            .iter()
+            .map(|&seed| format!("{:?}", hex::encode(key(seed).verifying_key().as_bytes())))
+            .collect();
+        let threshold = threshold
+            .map(|threshold| format!("admin_threshold = {threshold}\n"))
+            .unwrap_or_default();
+        genesis.replacen(
+            "\n[[members]]",
+            &format!("admins = [{}]\n{threshold}\n[[members]]", keys.join(", ")),
+            1,
+        )
+    }
+
+    #[test]
+    fn admins_make_a_version_2_spec_and_a_chain_without_keeps_its_hash() {
+        let genesis = genesis_text();
+        let fixed = ChainSpec::from_toml(&genesis).unwrap();
+        assert_eq!(fixed.admins, None);
+        // Version 1, byte for byte as before admins existed: old chains keep their hash.
+        assert_eq!(&fixed.encode()[8..10], &[0, 1]);
+
+        let text = with_admins(&genesis, &[7, 8, 9], Some(2));
+        let spec = ChainSpec::from_toml(&text).unwrap();
+        let admins = spec.admins.as_ref().unwrap();
+        assert_eq!(admins.threshold(), 2);
+        assert_eq!(admins.keys()[2], key(9).verifying_key());
+        let encoded = spec.encode();
+        assert_eq!(&encoded[8..10], &[0, 2]);
+        assert_eq!(encoded.len(), fixed.encode().len() + 2 + 3 * 32 + 2);
+        assert_ne!(spec.chain_hash(), fixed.chain_hash());
+        let decoded = ChainSpec::decode(&encoded).unwrap();
+        assert_eq!(decoded.admins, spec.admins);
+        assert_eq!(decoded.chain_hash(), spec.chain_hash());
+        assert_eq!(ChainSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        // Another threshold is another chain.
+        let other = ChainSpec::from_toml(&with_admins(&genesis, &[7, 8, 9], Some(3))).unwrap();
+        assert_ne!(other.chain_hash(), spec.chain_hash());
+
+        // A version 2 spec without admins, or with a threshold of none, does not decode.
+        let mut forged = fixed.encode();
+        forged[9] = 2;
+        forged.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(ChainSpec::decode(&forged).is_err());
+        let mut zero = encoded.clone();
+        let last = zero.len() - 1;
+        zero[last] = 0;
+        assert!(ChainSpec::decode(&zero)
+            .unwrap_err()
+            .to_string()
+            .contains("admin_threshold"));
+    }
+
+    #[test]
+    fn bad_admin_lists_are_refused_with_reasons() {
+        let genesis = genesis_text();
+        let cases = [
+            (with_admins(&genesis, &[7, 8], None), "admin_threshold"),
+            (with_admins(&genesis, &[7, 8], Some(0)), "admin_threshold"),
+            (
+                with_admins(&genesis, &[7, 8], Some(3)),
+                "number of admins (2), found 3",
+            ),
+            (
+                with_admins(&genesis, &[], Some(1)),
+                "without admins leave it out",
+            ),
+            (with_admins(&genesis, &[7, 7], Some(1)), "admin"),
+            (
+                genesis.replacen(
+                    "\n[[members]]",
+                    "admins = [\"beef\"]\nadmin_threshold = 1\n\n[[members]]",
+                    1,
+                ),
+                "admin public key \"beef\"",
+            ),
+        ];
+        for (text, needle) in cases {
+            let error = ChainSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                error.contains(needle),
+                "{error:?} should mention {needle:?}"
+            );
+        }
+        let twice = ChainSpec::from_toml(&with_admins(&genesis, &[7, 7], Some(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("listed twice"), "{twice}");
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub use block::Block;
 pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
 pub use entry::{Author, Entry, ENTRY_OVERHEAD};
 pub use error::{CertificateError, ChainError, GenesisError, TreeRangeError};
-pub use genesis::{quorum, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members};
+pub use genesis::{
+    quorum, Admins, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members,
+};
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use merkle::CompactRange;
