@@ -54,6 +54,23 @@ pub fn spec_checkpointing(members: &[SigningKey], difficulty: u32, interval: u64
     ChainSpec::from_file(file).expect("valid test spec")
 }
 
+/// Like [`spec_checkpointing`], with `admins` of whom `threshold` sign a change.
+pub fn spec_with_admins(
+    members: &[SigningKey],
+    difficulty: u32,
+    interval: u64,
+    admins: &[SigningKey],
+    threshold: u32,
+) -> ChainSpec {
+    let mut file = spec_checkpointing(members, difficulty, interval).to_file();
+    file.admins = admins
+        .iter()
+        .map(|key| hex::encode(key.verifying_key().as_bytes()))
+        .collect();
+    file.admin_threshold = Some(threshold);
+    ChainSpec::from_file(file).expect("valid test spec")
+}
+
 /// A header of height 1 on an arbitrary chain, at `difficulty`, for miner tests and
 /// benches.
 pub fn header(difficulty: u32) -> Header {

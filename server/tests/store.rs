@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::SigningKey;
 use ledger::chain::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use ledger::chain::{Block, ChainError, ChainSpec, Entry, Hash};
+use ledger::chain::{Change, Membership, MembershipError, Reconfiguration};
 use ledger::storage::{Store, StoreError, StoreOptions};
-use ledger::testing::{certify, entries, key, next_block, spec, FailingDisk};
+use ledger::testing::{certify, entries, key, next_block, spec, spec_with_admins, FailingDisk};
 
 const DIFFICULTY: u32 = 4;
 
@@ -837,4 +838,126 @@ fn damage_under_the_tip_fails_the_next_apply_as_damage() {
         .apply_block(&block, &certify(&keys[..3], &block))
         .unwrap_err();
     assert!(error.damage().is_some(), "{error}");
+}
+
+/// The store follows the membership block by block (DESIGN.md, "Membership"): a
+/// change is recorded with the block that holds it, in force from the block after the
+/// next checkpoint, kept across a reopen; one the membership refuses refuses its block.
+/// Blocks are applied here as a replica applies what it committed.
+#[test]
+fn the_store_follows_membership_changes_block_by_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let admin = key(30);
+    let spec = spec_with_admins(&keys, DIFFICULTY, 4, std::slice::from_ref(&admin), 1);
+    let store = open(&path, &spec);
+    let apply = |store: &Store, entries: Vec<Entry>| -> Result<Block, StoreError> {
+        let (tip, log) = store.tip_with_log().unwrap();
+        let block = next_block(&tip, &log, entries, DIFFICULTY);
+        store.apply_block(&block, &certify(&keys[..3], &block))?;
+        Ok(block)
+    };
+    let change = |epoch: u64, change: Change| {
+        let mut reconfiguration = Reconfiguration::new(epoch, change).unwrap();
+        reconfiguration.sign(&admin, &spec.chain_hash());
+        reconfiguration.to_entry()
+    };
+    let learner = key(9).verifying_key();
+    let add = Change::AddLearner {
+        public_key: learner,
+        p2p_addr: "127.0.0.1:7109".into(),
+        api_addr: None,
+    };
+    assert_eq!(*store.membership(), Membership::genesis(&spec));
+
+    apply(&store, entries(1, 3, 50)).unwrap();
+    // Consensus orders no change yet: a block holding one fails validation.
+    let (tip, log) = store.tip_with_log().unwrap();
+    let proposal = next_block(&tip, &log, vec![change(0, add.clone())], DIFFICULTY);
+    let refused = store
+        .validate_next(&proposal, DIFFICULTY, tip.timestamp_ms + 1_000)
+        .unwrap_err();
+    assert!(refused.to_string().contains("cannot yet put"), "{refused}");
+
+    // Block 2 holds the change: on its way, in force from height 5 (checkpoint 4).
+    apply(
+        &store,
+        vec![change(0, add.clone()), entries(2, 1, 50).remove(0)],
+    )
+    .unwrap();
+    let pending = store.membership().pending.clone().unwrap();
+    assert_eq!((pending.height, pending.in_force_from), (2, 5));
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(store.membership().pending.as_ref(), Some(&pending));
+    // A second change while one is in flight refuses its block, which writes nothing.
+    let remove = Change::Remove {
+        public_key: keys[3].verifying_key(),
+    };
+    let busy = apply(&store, vec![change(0, remove.clone())]).unwrap_err();
+    assert!(
+        matches!(
+            busy,
+            StoreError::Chain(ChainError::Membership(MembershipError::InFlight { .. }))
+        ),
+        "{busy}"
+    );
+    assert_eq!(store.tip().unwrap().height, 2);
+    apply(&store, vec![]).unwrap();
+    apply(&store, vec![]).unwrap();
+    assert_eq!(store.membership().epoch, 0);
+    assert_eq!(
+        store.membership_at(5).unwrap().epoch,
+        1,
+        "due at the height above the tip"
+    );
+    apply(&store, vec![]).unwrap();
+    let membership = store.membership();
+    assert_eq!((membership.epoch, membership.since), (1, 5));
+    assert_eq!(membership.learners[0].public_key, learner);
+    assert_eq!(membership.members.len(), 4);
+
+    // After a reopen: the same membership, and the one in force at any height.
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(*store.membership(), *membership);
+    assert_eq!(store.membership_at(4).unwrap().epoch, 0);
+    assert!(store.membership_at(4).unwrap().pending.is_some());
+    assert_eq!(store.membership_at(1).unwrap(), Membership::genesis(&spec));
+    assert_eq!(store.membership_at(2).unwrap(), Membership::genesis(&spec));
+    assert_eq!(store.membership_at(3).unwrap().pending, Some(pending));
+    assert_eq!(store.membership_at(9).unwrap(), *membership);
+
+    // The change signed for epoch 0 is a replay now; signed for epoch 1 it is taken.
+    let replay = apply(&store, vec![change(0, remove.clone())]).unwrap_err();
+    assert!(
+        replay.to_string().contains("epoch 1 is in force"),
+        "{replay}"
+    );
+    apply(&store, vec![change(1, remove)]).unwrap();
+    for _ in 7..=9 {
+        apply(&store, vec![]).unwrap();
+    }
+    let membership = store.membership();
+    assert_eq!((membership.epoch, membership.since), (2, 9));
+    assert_eq!(membership.members.len(), 3);
+    assert_eq!(store.verify_chain().unwrap(), 9);
+
+    // A stored membership that the chain's changes do not give is damage.
+    drop(store);
+    let mut forged = (*membership).clone();
+    forged.learners.clear();
+    {
+        let database = redb::Database::open(&path).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(ledger_migrations::schema::MEMBERSHIP)
+            .unwrap()
+            .insert(9, forged.encode().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(&path, &spec);
+    let damage = store.verify_chain().unwrap_err().to_string();
+    assert!(damage.contains("stored membership"), "{damage}");
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::chain::{
-    to_hex, Author, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header, Receipt,
+    to_hex, Author, ChainError, CommitCertificate, CommitSignature, Entry, EntryKind, Hash, Header,
+    Receipt,
 };
 
 /// `POST /v1/entries` body: exactly one of `data` and `data_b64`; `author` and `sig`
@@ -121,7 +122,11 @@ impl SubmitRequest {
             }),
             _ => return Err("author and sig go together".into()),
         };
-        Ok(Entry { data, author })
+        Ok(Entry {
+            data,
+            author,
+            kind: EntryKind::Client,
+        })
     }
 
     /// The request for `entry`, with `data` when it is UTF-8.

@@ -7,6 +7,11 @@ use super::{ChainError, Hash};
 
 const ENTRY_VERSION: u8 = 1;
 const FLAG_AUTHORED: u8 = 0b0000_0001;
+/// The data is a membership change ([`super::membership::Reconfiguration`]), not a
+/// client's.
+const FLAG_RECONFIGURATION: u8 = 0b0000_0010;
+/// Largest reconfiguration entry data: a change and 256 admin signatures fit.
+const MAX_RECONFIGURATION_BYTES: usize = 32 << 10;
 /// Fixed bytes before the data: version, flags, data length.
 pub const ENTRY_OVERHEAD: usize = 1 + 1 + 4;
 /// Domain separator of entry signatures; never reused for another message kind.
@@ -21,13 +26,26 @@ pub struct Author {
     pub signature: [u8; 64],
 }
 
-/// A client entry: opaque data, optionally signed by its author.
+/// Whose data an entry holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A client's opaque data.
+    #[default]
+    Client,
+    /// A membership change signed by the chain's admins (never authored).
+    Reconfiguration,
+}
+
+/// An entry of the log: a client's opaque data, optionally signed by its author, or a
+/// membership change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The payload. Its size limit is a chain parameter (genesis `max_entry_bytes`).
     pub data: Vec<u8>,
     /// Who signed it, if anyone.
     pub author: Option<Author>,
+    /// What the data is.
+    pub kind: EntryKind,
 }
 
 impl Entry {
@@ -36,7 +54,23 @@ impl Entry {
         Entry {
             data: data.into(),
             author: None,
+            kind: EntryKind::Client,
         }
+    }
+
+    /// A reconfiguration entry holding `data`, an encoded
+    /// [`super::membership::Reconfiguration`].
+    pub fn reconfiguration(data: Vec<u8>) -> Entry {
+        Entry {
+            data,
+            author: None,
+            kind: EntryKind::Reconfiguration,
+        }
+    }
+
+    /// Whether the entry is a membership change.
+    pub fn is_reconfiguration(&self) -> bool {
+        self.kind == EntryKind::Reconfiguration
     }
 
     /// An entry signed by `key` for the chain `chain_hash`.
@@ -50,6 +84,7 @@ impl Entry {
                 public_key: key.verifying_key().to_bytes(),
                 signature,
             }),
+            kind: EntryKind::Client,
         }
     }
 
@@ -71,11 +106,15 @@ impl Entry {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
         out.push(ENTRY_VERSION);
-        out.push(if self.author.is_some() {
+        let mut flags = if self.author.is_some() {
             FLAG_AUTHORED
         } else {
             0
-        });
+        };
+        if self.is_reconfiguration() {
+            flags |= FLAG_RECONFIGURATION;
+        }
+        out.push(flags);
         let len = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&self.data);
@@ -114,12 +153,22 @@ impl Entry {
             });
         }
         let flags = reader.u8()?;
-        if flags & !FLAG_AUTHORED != 0 {
+        if flags & !(FLAG_AUTHORED | FLAG_RECONFIGURATION) != 0 {
             return Err(ChainError::Malformed {
                 what: "entry",
                 reason: "unknown flag bits set",
             });
         }
+        if flags == FLAG_AUTHORED | FLAG_RECONFIGURATION {
+            return Err(ChainError::Malformed {
+                what: "entry",
+                reason: "a reconfiguration has admin signatures, not an author",
+            });
+        }
+        let kind = match flags & FLAG_RECONFIGURATION {
+            0 => EntryKind::Client,
+            _ => EntryKind::Reconfiguration,
+        };
         let len = reader.u32()? as usize;
         let data = reader.take(len)?.to_vec();
         let author = if flags & FLAG_AUTHORED != 0 {
@@ -130,13 +179,26 @@ impl Entry {
         } else {
             None
         };
-        Ok(Entry { data, author })
+        Ok(Entry { data, author, kind })
     }
 
     /// Checks what an entry can be checked for on its own: the size limit and, when it
     /// has an author, the signature (strict verification: no malleable signatures, no
     /// small-order keys).
+    /// A reconfiguration's limit is its own (admin signatures are checked against the
+    /// membership in force, [`super::membership::Membership::check`]); until replicas
+    /// can switch memberships, every reconfiguration is refused here, where pools
+    /// admit entries and blocks are validated.
     pub fn verify(&self, chain_hash: &Hash, max_entry_bytes: u32) -> Result<(), ChainError> {
+        if self.is_reconfiguration() {
+            if self.data.len() > MAX_RECONFIGURATION_BYTES {
+                return Err(ChainError::Malformed {
+                    what: "reconfiguration",
+                    reason: "larger than a change and 256 admin signatures",
+                });
+            }
+            return Err(super::membership::MembershipError::NotOrdered.into());
+        }
         if self.data.len() > max_entry_bytes as usize {
             return Err(ChainError::EntryTooLarge {
                 size: self.data.len(),
@@ -188,8 +250,17 @@ mod tests {
         long.push(0);
         assert!(Entry::decode(&long).is_err());
         let mut flags = bytes.clone();
-        flags[1] = 0b10;
+        flags[1] = 0b100;
         assert!(Entry::decode(&flags).is_err());
+        // A reconfiguration carries no author.
+        let mut both = Entry::signed(b"abc".to_vec(), &key(1), &Hash::ZERO).encode();
+        both[1] = 0b11;
+        assert!(Entry::decode(&both).is_err());
+        // The kind is part of the id: client data that looks like a change is another entry.
+        let client = Entry::new(b"abc".to_vec());
+        let change = Entry::reconfiguration(b"abc".to_vec());
+        assert_ne!(client.id(), change.id());
+        assert_eq!(Entry::decode(&change.encode()).unwrap(), change);
         let mut version = bytes;
         version[0] = 9;
         assert!(matches!(

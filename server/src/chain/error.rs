@@ -30,6 +30,9 @@ pub enum ChainError {
         /// The version found.
         version: u32,
     },
+    /// A reconfiguration that may not be ordered where it is.
+    #[error("reconfiguration refused: {0}")]
+    Membership(#[from] super::membership::MembershipError),
     /// Entry data above the chain's limit.
     #[error("entry data is {size} bytes, the limit is {limit}")]
     EntryTooLarge {

@@ -20,7 +20,7 @@ const SPEC_VERSION_FIXED: u16 = 1;
 /// A chain with admin keys, which can change its membership.
 const SPEC_VERSION_ADMINS: u16 = 2;
 const MAX_CHAIN_ID_BYTES: usize = 64;
-const MAX_MEMBERS: usize = 1024;
+pub(super) const MAX_MEMBERS: usize = 1024;
 const MAX_ADMINS: usize = 256;
 /// Entries above 16 MiB would not fit a network frame; refuse such a genesis outright.
 const MAX_ENTRY_BYTES_CEILING: u32 = 16 << 20;
@@ -250,7 +250,10 @@ pub struct ChainSpec {
 }
 
 /// An ed25519 key fit to sign for a chain: a valid point of large order.
-fn chain_key(role: &'static str, public_key: [u8; 32]) -> Result<VerifyingKey, ChainError> {
+pub(super) fn chain_key(
+    role: &'static str,
+    public_key: [u8; 32],
+) -> Result<VerifyingKey, ChainError> {
     let key = VerifyingKey::from_bytes(&public_key).map_err(|_| GenesisError::KeyInvalid {
         role,
         key: hex::encode(public_key),

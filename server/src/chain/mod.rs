@@ -9,6 +9,7 @@ mod error;
 pub(crate) mod genesis;
 mod hash;
 mod header;
+pub mod membership;
 pub mod merkle;
 mod receipt;
 pub mod snapshot;
@@ -16,13 +17,14 @@ mod validate;
 
 pub use block::Block;
 pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
-pub use entry::{Author, Entry, ENTRY_OVERHEAD};
+pub use entry::{Author, Entry, EntryKind, ENTRY_OVERHEAD};
 pub use error::{CertificateError, ChainError, GenesisError, TreeRangeError};
 pub use genesis::{
     quorum, Admins, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members,
 };
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
+pub use membership::{Change, Membership, MembershipError, Reconfiguration};
 pub use merkle::CompactRange;
 pub use receipt::Receipt;
 pub use validate::{validate_block, validate_header, EntryIndex, Policy, ValidationContext};

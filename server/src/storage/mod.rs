@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ledger_migrations::schema::{
-    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
+    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP, MERKLE_NODES, META,
     META_HISTORY_FROM,
 };
 use ledger_migrations::MigrationError;
@@ -44,8 +44,8 @@ pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
     validate_block, Block, CertificateError, ChainError, ChainSpec, CommitCertificate,
-    CompactRange, Entry, EntryIndex, Hash, Header, Receipt, TreeRangeError, ValidationContext,
-    HEADER_LEN,
+    CompactRange, Entry, EntryIndex, Hash, Header, Membership, Receipt, TreeRangeError,
+    ValidationContext, HEADER_LEN,
 };
 
 const META_CHAIN_HASH: &str = "chain_hash";
@@ -268,6 +268,8 @@ pub struct Store {
     /// The lowest height above genesis whose block is held: 1 unless the database
     /// was restored from a snapshot.
     history_from: std::sync::atomic::AtomicU64,
+    /// The membership after the tip, as the `membership` table's last row says.
+    membership: RwLock<Arc<Membership>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -388,6 +390,7 @@ impl Store {
             certificates: CertificateMemo::default(),
             last_tip: std::sync::Mutex::new(None),
             history_from: std::sync::atomic::AtomicU64::new(1),
+            membership: RwLock::new(Arc::new(Membership::genesis(spec))),
         };
         store.initialise(&genesis)?;
         store.history_from.store(
@@ -397,6 +400,8 @@ impl Store {
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
         let tip = store.tip()?;
+        let membership = store.membership_row(u64::MAX)?;
+        *store.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
         if ids {
             store.load_ids(tip.log_size)?;
         }
@@ -827,6 +832,79 @@ impl Store {
         Ok(())
     }
 
+    /// The membership after the tip: the one in force, and a change ordered but not
+    /// yet in force.
+    pub fn membership(&self) -> Arc<Membership> {
+        Arc::clone(&self.membership.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The membership that orders and certifies the block at `height`, from the
+    /// `membership` table: its row of the epoch in force there, with a change that
+    /// is due by then put in force (for the height above the tip).
+    pub fn membership_at(&self, height: u64) -> Result<Membership, StoreError> {
+        let mut membership = self.membership_row(height)?;
+        // The row is the epoch's latest state: a change recorded at or above
+        // `height` was not known when that block was ordered.
+        if membership
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.height >= height)
+        {
+            membership.pending = None;
+        }
+        membership.advance_to(height);
+        Ok(membership)
+    }
+
+    /// The `membership` table's row of the epoch in force at `height`, as stored.
+    pub(super) fn membership_row(&self, height: u64) -> Result<Membership, StoreError> {
+        self.observe((|| {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(MEMBERSHIP) {
+                Ok(table) => table,
+                // A read-only database of a chain that never reconfigured, created
+                // before the table was.
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Ok(Membership::genesis(&self.spec))
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let row = table.range(..=height)?.next_back().transpose()?;
+            match row {
+                None => Ok(Membership::genesis(&self.spec)),
+                Some((since, bytes)) => {
+                    let membership = Membership::decode(bytes.value()).map_err(|error| {
+                        corrupt(format!(
+                            "the membership from height {}: {error}",
+                            since.value()
+                        ))
+                    })?;
+                    if membership.since != since.value() {
+                        return Err(corrupt(format!(
+                            "the membership stored at height {} says it starts at {}",
+                            since.value(),
+                            membership.since
+                        )));
+                    }
+                    Ok(membership)
+                }
+            }
+        })())
+    }
+
+    /// The membership after `block` on the current one, when the block changes it;
+    /// a reconfiguration the membership in force refuses refuses the block.
+    fn membership_after(&self, block: &Block) -> Result<Option<Membership>, ChainError> {
+        let current = self.membership();
+        if current.pending.is_none() && !block.entries.iter().any(Entry::is_reconfiguration) {
+            return Ok(None);
+        }
+        let mut next = (*current).clone();
+        next.apply_block(&self.spec, block.header.height, &block.entries)?;
+        Ok(Some(next).filter(|next| *next != *current))
+    }
+
     /// Validates `block` as the next block on the current tip (DESIGN.md,
     /// "Validation"), reading the tip, the log's right edge and the entry index from
     /// one consistent snapshot.
@@ -849,6 +927,7 @@ impl Store {
             };
             let ids = txn.open_table(ENTRY_IDS)?;
             validate_block(&context, block, &range, &ReadIndex(&self.id_map(), &ids))?;
+            self.membership_after(block)?;
             Ok(())
         })())
     }
@@ -893,6 +972,7 @@ impl Store {
             }
             .into());
         }
+        let membership = self.membership_after(block)?;
         let txn = self.begin_write()?;
         let mut new_ids = Vec::with_capacity(block.entries.len());
         let mut appended;
@@ -982,6 +1062,12 @@ impl Store {
                 .insert(hash.as_bytes(), header.height)?;
             txn.open_table(CERTIFICATES)?
                 .insert(header.height, certificate.encode().as_slice())?;
+            if let Some(membership) = &membership {
+                // One row per epoch, from where it is in force; a change recorded
+                // on its way rewrites the epoch's row.
+                txn.open_table(MEMBERSHIP)?
+                    .insert(membership.since, membership.encode().as_slice())?;
+            }
         }
         // The map learns the ids before the commit, under the write lock, so the next
         // writer cannot miss them; should the commit fail they are taken out again
@@ -998,6 +1084,9 @@ impl Store {
                 map.remove(id, *log_index);
             }
             return Err(error.into());
+        }
+        if let Some(membership) = membership {
+            *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
         }
         Ok(appended)
     }

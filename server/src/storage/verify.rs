@@ -25,7 +25,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata}
 use super::{corrupt, location_in, Store, StoreError, StoredNodes};
 use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion};
 use crate::chain::{
-    Block, CommitCertificate, CompactRange, Entry, Hash, Header, Receipt, HEADER_LEN,
+    Block, CommitCertificate, CompactRange, Entry, Hash, Header, Membership, Receipt, HEADER_LEN,
 };
 
 /// Certificates remembered as verified before the memo starts over (about 3 MB).
@@ -493,6 +493,12 @@ impl Store {
             }
             Ok::<(), StoreError>(())
         };
+        // The membership each block is certified by, derived from the chain's own
+        // reconfigurations (from the stored one where a restored history starts).
+        let mut membership = match tables.history_from {
+            1 => Membership::genesis(&self.spec),
+            from => self.membership_at(from)?,
+        };
         let mut expected = 0;
         let mut held = 0u64;
         for row in tables.blocks.iter()? {
@@ -549,11 +555,15 @@ impl Store {
                         .certificates
                         .get(height)?
                         .ok_or_else(|| damage_at(height, "has no commit certificate"))?;
+                    membership.advance_to(height);
                     CommitCertificate::decode(bytes.value())
                         .and_then(|certificate| {
-                            certificate.verify(&self.chain_hash, &self.spec.members, height, &hash)
+                            certificate.verify(&self.chain_hash, &membership.members, height, &hash)
                         })
                         .map_err(|error| damage_at(height, format!("its certificate: {error}")))?;
+                    membership
+                        .apply_block(&self.spec, height, &block.entries)
+                        .map_err(|error| damage_at(height, error))?;
                 }
             }
             let start = log.size();
@@ -592,6 +602,11 @@ impl Store {
             ));
         }
         let tip_header = parent.ok_or_else(|| corrupt("no genesis block"))?;
+        if self.membership_row(u64::MAX)? != membership {
+            return Err(corrupt(
+                "the stored membership is not the one the chain's reconfigurations give",
+            ));
+        }
         let counts = [
             ("block hash index", tables.hashes.len()?, held),
             ("certificate table", tables.certificates.len()?, held - 1),
