@@ -872,13 +872,18 @@ fn the_store_follows_membership_changes_block_by_block() {
     assert_eq!(*store.membership(), Membership::genesis(&spec));
 
     apply(&store, entries(1, 3, 50)).unwrap();
-    // Consensus orders no change yet: a block holding one fails validation.
+    // Validation checks a change against the membership in force.
     let (tip, log) = store.tip_with_log().unwrap();
-    let proposal = next_block(&tip, &log, vec![change(0, add.clone())], DIFFICULTY);
-    let refused = store
-        .validate_next(&proposal, DIFFICULTY, tip.timestamp_ms + 1_000)
-        .unwrap_err();
-    assert!(refused.to_string().contains("cannot yet put"), "{refused}");
+    let validate = |change: Entry| {
+        let proposal = next_block(&tip, &log, vec![change], DIFFICULTY);
+        store.validate_next(&proposal, DIFFICULTY, tip.timestamp_ms + 1_000)
+    };
+    validate(change(0, add.clone())).unwrap();
+    let refused = validate(change(3, add.clone())).unwrap_err();
+    assert!(
+        refused.to_string().contains("signed for epoch 3"),
+        "{refused}"
+    );
 
     // Block 2 holds the change: on its way, in force from height 5 (checkpoint 4).
     apply(

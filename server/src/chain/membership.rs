@@ -362,6 +362,19 @@ pub enum MembershipError {
     /// change (a block holding one is refused by every member).
     #[error("this build cannot yet put a membership change in force, so it orders none")]
     NotOrdered,
+    /// A block at a height another epoch orders than the replica's.
+    #[error(
+        "block {height} is ordered by membership epoch {in_force}, not by epoch {ordering} \
+         (its change is in force from there)"
+    )]
+    OtherEpoch {
+        /// The block's height.
+        height: u64,
+        /// The epoch in force at that height on the block's chain.
+        in_force: u64,
+        /// The epoch the replica orders.
+        ordering: u64,
+    },
     /// Two changes in one block.
     #[error("a block holds at most one reconfiguration")]
     TwoInOneBlock,

@@ -470,13 +470,10 @@ fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
             applied.push((height, header.hash()));
         }
     }
-    Ok(Replica::new(
-        config,
-        Tip { header, log },
-        durable,
-        applied,
-        now_ms(),
-    ))
+    Ok(
+        Replica::new(config, Tip { header, log }, durable, applied, now_ms())
+            .with_membership(store.membership()),
+    )
 }
 
 struct Driver {

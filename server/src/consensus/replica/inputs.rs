@@ -375,6 +375,15 @@ impl Replica {
                 return self.drop_input(None, "entry", DropReason::InvalidEntry);
             }
         }
+        if entry.is_reconfiguration() {
+            // Only a change the membership takes now waits in the pool: one that
+            // could never be ordered would hold its entry past every timer.
+            let mut membership = (*self.membership).clone();
+            membership.advance_to(self.tip.header.height + 1);
+            if !self.change_fits(&entry, &membership) {
+                return self.drop_input(None, "entry", DropReason::InvalidEntry);
+            }
+        }
         if self.pending.len() >= self.config.max_pending {
             return self.drop_input(None, "entry", DropReason::PoolFull);
         }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use super::durable::Durable;
 use super::message::{CheckpointCertificate, MemberIndex, Message, Payload, PreparedCertificate};
 use crate::chain::{
-    Block, ChainError, CommitCertificate, CompactRange, Entry, EntryIndex, Hash, Header,
+    Block, ChainError, CommitCertificate, CompactRange, Entry, EntryIndex, Hash, Header, Membership,
 };
 
 mod inputs;
@@ -75,6 +75,8 @@ struct Accepted {
     /// Entry ids and the log after the block; none for a re-proposal at or below the tip.
     ids: Arc<HashSet<Hash>>,
     log: Option<CompactRange>,
+    /// Whether the block holds a membership change.
+    reconfiguration: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -160,6 +162,8 @@ pub struct Replica {
     /// policy reads: like `applied_now`, the driver's index lags by one step.
     recent_applied: VecDeque<Header>,
     out: Vec<Output>,
+    /// The membership after the tip: the epoch in force, and a change on its way.
+    membership: Arc<Membership>,
 }
 
 /// The block a new block must extend: its header, the log after it, and the entry
@@ -231,6 +235,7 @@ impl Replica {
             applied_now: Vec::new(),
             recent_applied: VecDeque::new(),
             out: Vec::new(),
+            membership: Arc::new(Membership::genesis(&config.spec)),
             tip,
             config,
         };
@@ -476,8 +481,26 @@ impl Replica {
         self.stable.height
     }
 
+    /// The high watermark: a window above the stable checkpoint, and never past the
+    /// last height of this replica's epoch once the change that ends it committed.
     fn high(&self) -> u64 {
-        self.low().saturating_add(self.config.window)
+        let high = self.low().saturating_add(self.config.window);
+        match &self.membership.pending {
+            Some(pending) => high.min(pending.in_force_from - 1),
+            None => high,
+        }
+    }
+
+    /// Starts from `membership`, the one after the tip the driver resumes from (the
+    /// genesis membership unless the chain changed it).
+    pub fn with_membership(mut self, membership: Arc<Membership>) -> Replica {
+        self.membership = membership;
+        self
+    }
+
+    /// The membership after the tip.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
     fn is_primary(&self) -> bool {

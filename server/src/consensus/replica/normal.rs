@@ -10,8 +10,8 @@ use super::super::message::{Payload, PreparedCertificate, Vote};
 use super::{Accepted, Ancestry, Candidate, DropReason, Output, Parent, Replica, Tip};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
-    validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange,
-    EntryIndex, Hash, Header, ValidationContext,
+    validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange, Entry,
+    EntryIndex, Hash, Header, Membership, MembershipError, Reconfiguration, ValidationContext,
 };
 
 impl Replica {
@@ -88,10 +88,59 @@ impl Replica {
             in_flight,
         };
         let (ids, log) = validate_block(&context, block, parent_log, &ancestry)?;
+        self.check_membership(block)?;
         if let Some(policy) = &self.config.policy {
             policy.check_block(block).map_err(ChainError::Policy)?;
         }
         Ok((ids.into_iter().collect(), log))
+    }
+
+    /// A block belongs to this replica's epoch, and its change, if it holds one, is
+    /// one the membership on its chain takes.
+    fn check_membership(&self, block: &Block) -> Result<(), ChainError> {
+        let height = block.header.height;
+        if !self.config.reconfigurations && block.entries.iter().any(Entry::is_reconfiguration) {
+            return Err(MembershipError::NotOrdered.into());
+        }
+        let mut membership = self.membership_before(height)?;
+        membership.apply_block(&self.config.spec, height, &block.entries)?;
+        if membership.epoch != self.config.epoch {
+            return Err(MembershipError::OtherEpoch {
+                height,
+                in_force: membership.epoch,
+                ordering: self.config.epoch,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The membership after the blocks below `height` on the chain this replica
+    /// builds: the tip's, then each block of this view accepted above it that holds
+    /// a change.
+    pub(super) fn membership_before(&self, height: u64) -> Result<Membership, ChainError> {
+        let mut membership = (*self.membership).clone();
+        let above_tip = self.tip.header.height + 1;
+        for (at, slot) in self.slots.range(above_tip..height.max(above_tip)) {
+            let accepted = slot.accepted.as_ref();
+            let Some(accepted) = accepted.filter(|a| a.reconfiguration && a.view == self.view)
+            else {
+                continue;
+            };
+            if let Some(block) = self.blocks.get(&accepted.hash) {
+                membership.apply_block(&self.config.spec, *at, &block.entries)?;
+            }
+        }
+        Ok(membership)
+    }
+
+    /// Whether a pooled change may go into a block on `membership` (the membership
+    /// before it, advanced to the block's height). One that may not never will: once
+    /// another change is in force the epoch it was signed for has passed.
+    pub(super) fn change_fits(&self, entry: &Entry, membership: &Membership) -> bool {
+        self.config.reconfigurations
+            && Reconfiguration::decode(&entry.data)
+                .is_ok_and(|change| membership.check(&self.config.spec, &change).is_ok())
     }
 
     pub(super) fn difficulty_window(&self) -> usize {
@@ -205,6 +254,9 @@ impl Replica {
         };
         let view = self.view;
         let block = self.blocks.get(&hash).cloned();
+        let reconfiguration = block
+            .as_ref()
+            .is_some_and(|block| block.entries.iter().any(Entry::is_reconfiguration));
         if let Some(block) = &block {
             self.out.push(Output::Persist(Record::Accepted {
                 view,
@@ -224,6 +276,7 @@ impl Replica {
             signature: candidate.signature,
             ids,
             log,
+            reconfiguration,
         });
         if let Some(prepare) = prepare {
             slot.prepares.insert(me, (hash, prepare.signature));
@@ -396,6 +449,17 @@ impl Replica {
             block: block.clone(),
             certificate: certificate.clone(),
         });
+        if self.membership.pending.is_some() || block.entries.iter().any(Entry::is_reconfiguration)
+        {
+            // Validated on this chain already; a failure would leave it as it was.
+            let mut next = (*self.membership).clone();
+            if next
+                .apply_block(&self.config.spec, height, &block.entries)
+                .is_ok()
+            {
+                self.membership = Arc::new(next);
+            }
+        }
         self.tip = Tip {
             header: block.header,
             log,
@@ -549,8 +613,17 @@ impl Replica {
         if height > self.high() {
             return;
         }
+        let Ok(mut membership) = self.membership_before(height) else {
+            return;
+        };
+        membership.advance_to(height);
+        if membership.epoch != self.config.epoch {
+            return; // the next epoch's members order this height
+        }
         let mut entries = Vec::new();
         let mut oldest = None;
+        let mut change_taken = false;
+        let mut unfit = Vec::new();
         for id in &self.order {
             if entries.len() >= limit {
                 break;
@@ -561,8 +634,21 @@ impl Replica {
             if in_flight.iter().any(|ids| ids.contains(id)) {
                 continue;
             }
+            if pending.entry.is_reconfiguration() {
+                // One change per block, and only one the membership takes here.
+                if change_taken || !self.change_fits(&pending.entry, &membership) {
+                    if !change_taken {
+                        unfit.push(*id);
+                    }
+                    continue;
+                }
+                change_taken = true;
+            }
             oldest = Some(oldest.unwrap_or(pending.arrived_ms).min(pending.arrived_ms));
             entries.push(pending.entry.clone());
+        }
+        for id in unfit {
+            self.pending.remove(&id);
         }
         let due = entries.len() >= limit
             || (idle && !entries.is_empty())

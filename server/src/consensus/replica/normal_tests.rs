@@ -400,3 +400,105 @@ fn client_entries_taken_together_fill_one_block() {
     );
     assert_eq!(backup.footprint().pending, 3);
 }
+
+/// DESIGN.md, "Membership": a change goes into a block alone, and the replicas of its
+/// epoch order nothing from the height the next epoch starts (here 3: the change at
+/// height 1, a checkpoint every 2 blocks), neither as backups nor as primary; a
+/// replica that does not order changes refuses a block holding one.
+#[test]
+fn a_change_ends_its_epoch_at_the_next_checkpoint() {
+    let mut setup = Setup::new(4);
+    let admin = testing::key(30);
+    setup.spec.admins =
+        Some(crate::chain::Admins::new(vec![admin.verifying_key()], 1).expect("one admin"));
+    let genesis = setup.genesis();
+    let change = |epoch: u64, seed: u8| {
+        let mut change = crate::chain::Reconfiguration::new(
+            epoch,
+            crate::chain::Change::AddLearner {
+                public_key: testing::key(seed).verifying_key(),
+                p2p_addr: format!("127.0.0.1:{}", 7000 + u16::from(seed)),
+                api_addr: None,
+            },
+        )
+        .expect("valid change");
+        change.sign(&admin, &setup.spec.chain_hash());
+        change.to_entry()
+    };
+    let ordering = |config: &mut Config| config.reconfigurations = true;
+
+    // The primary takes one change in its pool and cuts it into a block; a second
+    // while the first is in flight, or one signed for another epoch, is dropped.
+    let mut primary = setup.replica_with(0, ordering);
+    let pool = |replica: &mut Replica, entry: Entry| {
+        feed(
+            replica,
+            Input::Entry {
+                entry,
+                forwarded: true,
+            },
+        )
+    };
+    assert_eq!(pool(&mut primary, change(1, 9)), ["dropped InvalidEntry"]);
+    let mut outputs = primary.handle(
+        Input::Entry {
+            entry: change(0, 9),
+            forwarded: true,
+        },
+        &NoEntries,
+    );
+    let Some(Output::Mine(template)) = outputs.pop() else {
+        panic!("an idle primary cuts at once");
+    };
+    assert_eq!(template.entries, [change(0, 9)]);
+
+    // Backups accept the block holding it, and prepare its successor at height 2.
+    let first = Arc::new(testing::next_block(
+        &genesis.header,
+        &genesis.log,
+        vec![change(0, 9)],
+        setup.spec.difficulty,
+    ));
+    let mut backup = setup.replica_with(1, ordering);
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &first)),
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+    let after_first = after(&genesis, &first);
+    let second = setup.block(&after_first.header, &after_first.log, 2);
+    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    assert_eq!(
+        message(&mut backup, vote(&setup, 2, false, 0, &first)),
+        [
+            "persist prepared v0 h1",
+            "broadcast commit v0 h1",
+            "persist accepted v0 h2",
+            "broadcast prepare v0 h2"
+        ]
+    );
+    // Height 3 belongs to epoch 1 on this chain: refused while height 1 is in flight.
+    let after_second = after(&after_first, &second);
+    let third = setup.block(&after_second.header, &after_second.log, 3);
+    assert_eq!(
+        message(&mut backup, vote(&setup, 2, false, 0, &second)),
+        ["persist prepared v0 h2", "broadcast commit v0 h2"]
+    );
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &third)),
+        ["dropped InvalidBlock"]
+    );
+    // Once height 1 commits the change is on its way, in force from height 3.
+    message(&mut backup, vote(&setup, 2, true, 0, &first));
+    let applied = message(&mut backup, vote(&setup, 0, true, 0, &first));
+    assert_eq!(applied, ["apply h1"]);
+    let pending = backup.membership().pending.clone().expect("on its way");
+    assert_eq!((pending.height, pending.in_force_from), (1, 3));
+
+    // A replica that does not order changes refuses the block outright.
+    let mut closed = setup.replica(1);
+    assert_eq!(
+        message(&mut closed, setup.pre_prepare(0, &first)),
+        ["dropped InvalidBlock"]
+    );
+    assert_eq!(pool(&mut closed, change(0, 9)), ["dropped InvalidEntry"]);
+}

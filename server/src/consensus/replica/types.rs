@@ -81,6 +81,17 @@ pub struct Config {
     /// Committed blocks a peer sends per catch-up request: once that many arrived, a
     /// lagging replica asks for the next batch at once instead of at its next check.
     pub catch_up_batch: u64,
+    /// The chain (its admins and checkpoint interval decide which membership changes
+    /// a block may hold).
+    pub spec: Arc<ChainSpec>,
+    /// The membership epoch this replica orders: it accepts and cuts no block at a
+    /// height another epoch orders.
+    pub epoch: u64,
+    /// Whether the replica orders membership changes. Off in nodes until their
+    /// drivers can switch to the next epoch's replica (docs/ARCHITECTURE.md,
+    /// "Membership changes"): a replica orders nothing past its epoch, so a node
+    /// that could not switch would stop there.
+    pub reconfigurations: bool,
     /// Deliberate breaks (tests only).
     #[cfg(feature = "testing")]
     pub flaws: Flaws,
@@ -116,6 +127,9 @@ impl Config {
             max_pending: 100_000,
             max_block_entries: spec.params.max_block_entries as usize,
             catch_up_batch: 32,
+            spec: Arc::new(spec.clone()),
+            epoch: 0,
+            reconfigurations: false,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
         })
