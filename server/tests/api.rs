@@ -9,7 +9,8 @@ use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use ledger::api::types::{
-    Accepted, BlockView, CommittedView, ConsistencyView, EntryView, StatusView, SubmitRequest,
+    Accepted, BlockView, CommittedView, ConsistencyView, EntryView, MembersView, StatusView,
+    SubmitRequest,
 };
 use ledger::api::{router, ErrorBody};
 use ledger::chain::merkle::verify_consistency;
@@ -911,4 +912,72 @@ async fn an_idle_node_recovers_a_failed_database_by_itself() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(test.node.store().verify_chain().unwrap(), 2);
     test.stop().await;
+}
+
+#[tokio::test]
+async fn members_shows_the_membership_its_admins_and_a_change_on_its_way() {
+    let fixed = quick_node();
+    let (status, body, _) = get(&fixed.router(), "/v1/members").await;
+    assert_eq!(status, StatusCode::OK);
+    let members: MembersView = json(&body);
+    assert_eq!(
+        (members.epoch, members.since, members.f, members.quorum),
+        (0, 1, 0, 1)
+    );
+    assert!(members.members[0].connected);
+    assert_eq!((members.admins, members.pending), (None, None));
+    fixed.stop().await;
+
+    // A chain with one admin, whose first block holds a change.
+    let dir = tempfile::tempdir().unwrap();
+    let admin = key(30);
+    let spec = ledger::testing::spec_with_admins(
+        &[key(1)],
+        DIFFICULTY,
+        4,
+        std::slice::from_ref(&admin),
+        1,
+    );
+    let store = Store::open(
+        &dir.path().join("ledger.redb"),
+        &spec,
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let mut change = ledger::chain::Reconfiguration::new(
+        0,
+        ledger::chain::Change::AddLearner {
+            public_key: key(9).verifying_key(),
+            p2p_addr: "127.0.0.1:7109".into(),
+            api_addr: None,
+        },
+    )
+    .unwrap();
+    change.sign(&admin, &spec.chain_hash());
+    let (tip, log) = store.tip_with_log().unwrap();
+    let block = next_block(&tip, &log, vec![change.to_entry()], DIFFICULTY);
+    store
+        .apply_block(&block, &certify(&[key(1)], &block))
+        .unwrap();
+    let test = TestNode::serving(
+        dir,
+        store,
+        settings(100, Duration::from_millis(5), 10),
+        false,
+    );
+    let (_, body, _) = get(&test.router(), "/v1/members").await;
+    let members: MembersView = json(&body);
+    let admins = members.admins.expect("the chain has admins");
+    assert_eq!(admins.keys, [hex::encode(admin.verifying_key().as_bytes())]);
+    assert_eq!(admins.threshold, 1);
+    let pending = members.pending.expect("the change is on its way");
+    assert_eq!(
+        (pending.kind.as_str(), pending.height, pending.in_force_from),
+        ("add_learner", 1, 5)
+    );
+    assert_eq!(
+        pending.public_key,
+        hex::encode(key(9).verifying_key().as_bytes())
+    );
+    assert!(members.learners.is_empty());
 }

@@ -25,6 +25,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/blocks/{height}/committed"),
     ("get", "/v1/proofs/consistency"),
     ("get", "/v1/status"),
+    ("get", "/v1/members"),
     ("get", "/v1/snapshots/latest"),
     ("get", "/v1/snapshots/{height}"),
     ("get", "/v1/snapshots/{height}/chunks/{index}"),

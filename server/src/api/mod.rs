@@ -21,8 +21,9 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 use types::{
-    Accepted, BlockView, CommittedView, ConsistencyView, EntryView, HeaderView, MemberView,
-    MinedView, ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
+    Accepted, AdminsView, BlockView, CommittedView, ConsistencyView, EntryView, HeaderView,
+    LearnerView, MemberView, MembersView, MinedView, PendingChangeView, ReceiptView, SettingsView,
+    SnapshotView, StatusView, SubmitRequest,
 };
 
 use crate::chain::{Block, Hash, Receipt};
@@ -90,6 +91,7 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(committed_block))
         .routes(routes!(consistency))
         .routes(routes!(status))
+        .routes(routes!(members))
         .routes(routes!(latest_snapshot))
         .routes(routes!(snapshot))
         .routes(routes!(snapshot_chunk))
@@ -599,13 +601,12 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     };
     let store = node.store();
     let spec = store.spec();
-    let members = spec.members.as_slice();
-    let self_id = node.node_id();
+    let membership = store.membership();
+    let members = membership.members.as_slice();
     let not_ready = node.unready_reason();
     let engine = node.status();
-    let peers = &engine.peers;
     Ok(Json(StatusView {
-        node_id: self_id.to_hex(),
+        node_id: node.node_id().to_hex(),
         chain_id: spec.chain_id.clone(),
         chain_hash: store.chain_hash().to_hex(),
         genesis_hash: store.genesis_hash().to_hex(),
@@ -621,26 +622,9 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         history_from: store.history_from(),
         stable_checkpoint: engine.stable_checkpoint,
         abstaining_until: engine.abstaining_until,
-        f: spec.members.max_faulty(),
-        quorum: spec.members.quorum(),
-        members: members
-            .iter()
-            .enumerate()
-            .map(|(index, member)| MemberView {
-                node_id: member.node_id.to_hex(),
-                public_key: hex::encode(member.public_key.as_bytes()),
-                p2p_addr: member.p2p_addr.clone(),
-                api_addr: member.api_addr.clone(),
-                connected: member.node_id == self_id
-                    || peers.get(index).is_some_and(|peer| peer.connected()),
-                last_error: peers.get(index).and_then(|peer| peer.last_error.clone()),
-                plugins: if member.node_id == self_id {
-                    Some(node.plugins().fingerprint_line())
-                } else {
-                    peers.get(index).and_then(|peer| peer.plugins.clone())
-                },
-            })
-            .collect(),
+        f: membership.members.max_faulty(),
+        quorum: membership.members.quorum(),
+        members: member_views(&node, &engine, members),
         difficulty: engine.next_difficulty,
         pool_size: engine.pending,
         settings: SettingsView {
@@ -654,6 +638,84 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         ready: not_ready.is_none(),
         not_ready,
     }))
+}
+
+/// The members as this node sees them: connected or not, and why.
+fn member_views(
+    node: &Node,
+    engine: &crate::engine::EngineStatus,
+    members: &[crate::chain::Member],
+) -> Vec<MemberView> {
+    let self_id = node.node_id();
+    let peers = &engine.peers;
+    members
+        .iter()
+        .enumerate()
+        .map(|(index, member)| MemberView {
+            node_id: member.node_id.to_hex(),
+            public_key: hex::encode(member.public_key.as_bytes()),
+            p2p_addr: member.p2p_addr.clone(),
+            api_addr: member.api_addr.clone(),
+            connected: member.node_id == self_id
+                || peers.get(index).is_some_and(|peer| peer.connected()),
+            last_error: peers.get(index).and_then(|peer| peer.last_error.clone()),
+            plugins: if member.node_id == self_id {
+                Some(node.plugins().fingerprint_line())
+            } else {
+                peers.get(index).and_then(|peer| peer.plugins.clone())
+            },
+        })
+        .collect()
+}
+
+/// The membership in force after the tip, its learners, a change on its way, and
+/// who may change it.
+#[utoipa::path(get, path = "/v1/members", tag = "node",
+    responses(
+        (status = 200, description = "The membership", body = MembersView),
+    ))]
+async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
+    use crate::chain::Change;
+    let store = node.store();
+    let membership = store.membership();
+    let engine = node.status();
+    let key = |key: &ed25519_dalek::VerifyingKey| hex::encode(key.as_bytes());
+    Json(MembersView {
+        epoch: membership.epoch,
+        since: membership.since,
+        f: membership.members.max_faulty(),
+        quorum: membership.members.quorum(),
+        members: member_views(&node, &engine, membership.members.as_slice()),
+        learners: membership
+            .learners
+            .iter()
+            .map(|learner| LearnerView {
+                node_id: learner.node_id.to_hex(),
+                public_key: key(&learner.public_key),
+                p2p_addr: learner.p2p_addr.clone(),
+                api_addr: learner.api_addr.clone(),
+            })
+            .collect(),
+        pending: membership
+            .pending
+            .as_ref()
+            .map(|pending| PendingChangeView {
+                kind: match pending.change {
+                    Change::AddLearner { .. } => "add_learner",
+                    Change::Promote { .. } => "promote",
+                    Change::Remove { .. } => "remove",
+                }
+                .into(),
+                public_key: key(pending.change.public_key()),
+                description: pending.change.to_string(),
+                height: pending.height,
+                in_force_from: pending.in_force_from,
+            }),
+        admins: store.spec().admins.as_ref().map(|admins| AdminsView {
+            keys: admins.keys().iter().map(key).collect(),
+            threshold: admins.threshold(),
+        }),
+    })
 }
 
 /// Every block, as one JSON array streamed a block at a time from a blocking reader

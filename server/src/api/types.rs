@@ -428,7 +428,66 @@ pub struct ConsistencyView {
     pub proof: Vec<String>,
 }
 
-/// A member in `/v1/status`.
+/// The membership in force, the nodes that follow it, and a change on its way
+/// (`/v1/members`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MembersView {
+    /// Changes in force since genesis.
+    pub epoch: u64,
+    /// The first height this membership orders.
+    pub since: u64,
+    /// Faults tolerated, f = ⌊(n − 1) / 3⌋.
+    pub f: usize,
+    /// Votes a certificate needs, q = ⌈(n + f + 1) / 2⌉.
+    pub quorum: usize,
+    /// The voting members, in primary rotation order.
+    pub members: Vec<MemberView>,
+    /// Nodes that receive blocks and do not vote.
+    pub learners: Vec<LearnerView>,
+    /// A change ordered and not yet in force.
+    pub pending: Option<PendingChangeView>,
+    /// Who may change the membership; absent, it is fixed at genesis.
+    pub admins: Option<AdminsView>,
+}
+
+/// A learner in `/v1/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LearnerView {
+    /// Node id.
+    pub node_id: String,
+    /// ed25519 public key.
+    pub public_key: String,
+    /// Peer address the change named.
+    pub p2p_addr: Option<String>,
+    /// API address the change named.
+    pub api_addr: Option<String>,
+}
+
+/// A membership change on its way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PendingChangeView {
+    /// `add_learner`, `promote` or `remove`.
+    pub kind: String,
+    /// The key it is about.
+    pub public_key: String,
+    /// What it does, in words.
+    pub description: String,
+    /// The block that holds it.
+    pub height: u64,
+    /// The first height ordered by the membership after it.
+    pub in_force_from: u64,
+}
+
+/// The genesis admins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminsView {
+    /// Their ed25519 public keys.
+    pub keys: Vec<String>,
+    /// Distinct admin signatures a change needs.
+    pub threshold: usize,
+}
+
+/// A member in `/v1/status` and `/v1/members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     /// Node id.
