@@ -236,7 +236,15 @@ impl NodeConfig {
 
     /// Reads the genesis file this config names.
     pub fn chain_spec(&self) -> Result<ChainSpec, ConfigError> {
-        let text = fs::read_to_string(&self.genesis).map_err(io(&self.genesis))?;
+        let text = fs::read_to_string(&self.genesis).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => invalid(
+                &self.genesis,
+                "no such file: write the chain's genesis file with `ledgerd genesis` \
+                     (or lay out a local cluster with `ledgerd dev init`), or point \
+                     `genesis` in ledgerd.toml at it",
+            ),
+            _ => io(&self.genesis)(error),
+        })?;
         ChainSpec::from_toml(&text).map_err(|error| invalid(&self.genesis, error))
     }
 

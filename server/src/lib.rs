@@ -21,6 +21,7 @@
 //! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
 //! - [`plugin_host`]: validation plugins loaded from shared libraries, and their hooks.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
+//! - [`cli`]: what the command-line tools share (errors told once, the version).
 //! - [`daemon`]: running a node as a process (logging, start-up, graceful stop).
 //! - [`systemd`]: telling systemd (`Type=notify`) when the node is ready, alive, stopping.
 //! - [`metrics`]: Prometheus text metrics.
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod backup;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod daemon;

@@ -39,6 +39,12 @@ fn submit_wait_verify_and_refuse_tampering() {
     let config = dev_init(&dir.path().join("dev"), port);
     let genesis = dir.path().join("dev/genesis.toml");
     let daemon = Daemon::start(&config, port);
+    // The node as HOST:PORT, as operators type it, is its plain HTTP API.
+    let bare = run(
+        LEDGERCTL,
+        &["--node", &format!("127.0.0.1:{port}"), "status"],
+    );
+    assert!(bare.status.success(), "{}", text(&bare));
 
     let committed = daemon.ctl(&["submit", "hello from the cli", "--wait"]);
     assert!(committed.status.success(), "{}", text(&committed));
@@ -413,6 +419,65 @@ fn genesis_writes_a_checked_file_from_the_keys_that_a_node_runs_on() {
     let fixed =
         ledger::chain::ChainSpec::from_toml(std::str::from_utf8(&printed.stdout).unwrap()).unwrap();
     assert_eq!(fixed.admins, None);
+}
+
+/// What the tools print: each cause once, a hint where a file is missing, distinct
+/// exit codes, the commit in the version, nothing broken by a reader that left.
+#[test]
+fn messages_exit_codes_and_versions_say_what_an_operator_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = run(LEDGERD, &["run", "--config", "/nonexistent/ledgerd.toml"]);
+    let message = text(&missing);
+    assert_eq!(
+        message.matches("No such file").count(),
+        1,
+        "each cause once: {message}"
+    );
+
+    let etc = dir.path().join("etc");
+    let init = run(
+        LEDGERD,
+        &[
+            "init",
+            "--dir",
+            etc.to_str().unwrap(),
+            "--api-listen",
+            "127.0.0.1:1",
+        ],
+    );
+    assert!(init.status.success(), "{}", text(&init));
+    let config = etc.join("ledgerd.toml");
+    let config = config.to_str().unwrap();
+    let no_genesis = run(LEDGERD, &["run", "--config", config]);
+    assert!(
+        text(&no_genesis).contains("ledgerd genesis"),
+        "{}",
+        text(&no_genesis)
+    );
+    // Pending is 1, cannot tell is 2.
+    let no_database = run(LEDGERD, &["migrate", "--check", "--config", config]);
+    assert_eq!(no_database.status.code(), Some(2), "{}", text(&no_database));
+
+    for (tool, name) in [(LEDGERD, "ledgerd"), (LEDGERCTL, "ledgerctl")] {
+        let version = run(tool, &["--version"]);
+        let version = String::from_utf8(version.stdout).unwrap();
+        assert!(
+            version.starts_with(&format!("{name} 0.")) && version.contains("(commit "),
+            "{version}"
+        );
+    }
+
+    // A reader that closed its end (`ledgerctl keygen ... | true`) is no crash.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = Command::new(LEDGERCTL)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("author.key"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(0), "{}", text(&closed));
+    assert!(closed.stderr.is_empty(), "{}", text(&closed));
 }
 
 /// The next datagram on `socket` (its read timeout bounds the wait).

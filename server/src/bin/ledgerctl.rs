@@ -14,9 +14,9 @@ use ledger::config;
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(version, about = "Client of a ledger node")]
+#[command(name = "ledgerctl", version = ledger::cli::VERSION, about = "Client of a ledger node")]
 struct Cli {
-    /// The node's API.
+    /// The node's API: a URL, or HOST:PORT for plain HTTP.
     #[arg(
         long,
         env = "LEDGER_NODE",
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ledgerctl: {error:#}");
+            eprintln!("ledgerctl: {}", ledger::cli::describe(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -100,10 +100,13 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(330)))
             .build()
             .into();
-        Client {
-            base: base.trim_end_matches('/').to_owned(),
-            agent,
-        }
+        let base = base.trim_end_matches('/');
+        // `--node 127.0.0.1:7100` means the node's plain HTTP API there.
+        let base = match base.contains("://") {
+            true => base.to_owned(),
+            false => format!("http://{base}"),
+        };
+        Client { base, agent }
     }
 
     fn answer(
@@ -142,8 +145,12 @@ impl Client {
 }
 
 fn print(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    out(&serde_json::to_string_pretty(value)?)
+}
+
+/// A line on standard output; a reader that went away ends the output quietly.
+fn out(text: &str) -> anyhow::Result<()> {
+    ledger::cli::print(text).context("writing to standard output")
 }
 
 fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -201,14 +208,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ChainSpec::from_toml(&text).with_context(|| genesis.display().to_string())?;
             let saved: Value = serde_json::from_slice(&read_input(&receipt)?)
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
-            println!("{}", verify(&saved, &spec)?);
-            Ok(())
+            out(&verify(&saved, &spec)?)
         }
-        Command::Keygen { out } => {
+        Command::Keygen { out: path } => {
             let key = config::generate_key()?;
-            config::write_key(&out, &key)?;
-            println!("{}", hex::encode(key.verifying_key().as_bytes()));
-            Ok(())
+            config::write_key(&path, &key)?;
+            out(&hex::encode(key.verifying_key().as_bytes()))
         }
     }
 }

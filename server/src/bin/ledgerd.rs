@@ -9,7 +9,7 @@ use ledger::config::{self, NodeConfig};
 use ledger::{daemon, plugin_host};
 
 #[derive(Parser)]
-#[command(version, about = "A permissioned BFT ledger node")]
+#[command(name = "ledgerd", version = ledger::cli::VERSION, about = "A permissioned BFT ledger node")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +64,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Bring the database to this build's schema, or with --check only report.
+    /// Bring the database to this build's schema, or with --check only report: exit 0
+    /// when it is up to date, 1 when an upgrade is pending, 2 when it cannot tell (no
+    /// database, a running node holding it, a damaged file).
     Migrate {
         /// The node's ledgerd.toml.
         #[arg(long)]
@@ -81,6 +83,8 @@ enum Command {
     /// Validation plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Print the version and the commit this build comes from.
+    Version,
 }
 
 #[derive(Args)]
@@ -200,7 +204,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("ledgerd: {error:#}");
+            eprintln!("ledgerd: {}", ledger::cli::describe(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -268,7 +272,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => check_database(&config),
         Command::Snapshot(command) => snapshot(command),
-        Command::Migrate { config, check } => migrate(&config, check),
+        Command::Migrate { config, check } => match migrate(&config, check) {
+            Err(error) if check => {
+                eprintln!("ledgerd: {}", ledger::cli::describe(error.as_ref()));
+                Ok(ExitCode::from(2))
+            }
+            result => result,
+        },
+        Command::Version => {
+            println!("ledgerd {}", ledger::cli::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(PluginsCommand::Check { file, config }) => check_plugin(&file, config),
         Command::Dev(Dev {
             init: Some(DevInit::Init(layout)),
@@ -592,7 +606,10 @@ fn check_database(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Err(error) => {
-            eprintln!("ledgerd: the check could not run: {error:#}");
+            eprintln!(
+                "ledgerd: the check could not run: {}",
+                ledger::cli::describe(error.as_ref())
+            );
             Ok(ExitCode::from(2))
         }
     }
