@@ -467,6 +467,24 @@ fn messages_exit_codes_and_versions_say_what_an_operator_needs() {
         );
     }
 
+    // Completion scripts name the subcommands; the config may come from the environment.
+    for (tool, subcommand) in [(LEDGERD, "genesis"), (LEDGERCTL, "verify")] {
+        let script = run(tool, &["completions", "bash"]);
+        assert!(script.status.success(), "{}", text(&script));
+        assert!(String::from_utf8_lossy(&script.stdout).contains(subcommand));
+    }
+    let from_env = Command::new(LEDGERD)
+        .args(["migrate", "--check"])
+        .env("LEDGERD_CONFIG", config)
+        .output()
+        .unwrap();
+    assert_eq!(from_env.status.code(), Some(2), "{}", text(&from_env));
+    assert!(
+        text(&from_env).contains("no database yet"),
+        "{}",
+        text(&from_env)
+    );
+
     // A reader that closed its end (`ledgerctl keygen ... | true`) is no crash.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
@@ -478,6 +496,47 @@ fn messages_exit_codes_and_versions_say_what_an_operator_needs() {
         .unwrap();
     assert_eq!(closed.status.code(), Some(0), "{}", text(&closed));
     assert!(closed.stderr.is_empty(), "{}", text(&closed));
+}
+
+/// The README's walkthrough, as a new user pastes it, against a node of its own: every
+/// command succeeds, the receipt verifies, and a second run does too (fresh entries).
+#[test]
+fn the_readme_walkthrough_runs_and_runs_again() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let marker = "## Walkthrough\n\n```sh\n";
+    let start = readme.find(marker).expect("the walkthrough") + marker.len();
+    let script = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(&dir.path().join("ledger-dev"), port);
+    let daemon = Daemon::start(&config, port);
+    let script = script
+        .replace("http://127.0.0.1:7100", &daemon.url)
+        .replace(
+            "cargo run --release -p ledger --bin ledgerctl --",
+            LEDGERCTL,
+        );
+    assert!(
+        !script.contains("cargo "),
+        "every command runs here: {script}"
+    );
+    for round in 0..2 {
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let printed = text(&output);
+        assert!(output.status.success(), "round {round}: {printed}");
+        assert!(printed.contains("ok: entry"), "round {round}: {printed}");
+        // An error answer is `{"error": CODE, ...}` (a 409 for a repeated entry).
+        assert!(
+            !printed.contains("{\"error\":\""),
+            "round {round}: {printed}"
+        );
+    }
+    daemon.stop();
 }
 
 /// The next datagram on `socket` (its read timeout bounds the wait).

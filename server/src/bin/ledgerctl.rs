@@ -75,6 +75,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a shell completion script (e.g. `ledgerctl completions bash >
+    /// /etc/bash_completion.d/ledgerctl`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -209,6 +215,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let saved: Value = serde_json::from_slice(&read_input(&receipt)?)
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
             out(&verify(&saved, &spec)?)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ledgerctl", &mut script);
+            out(String::from_utf8_lossy(&script).trim_end())
         }
         Command::Keygen { out: path } => {
             let key = config::generate_key()?;

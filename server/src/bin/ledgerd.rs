@@ -40,7 +40,7 @@ enum Command {
     /// Run a node.
     Run {
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
         /// Check the whole database first (as `ledgerd check` does) and refuse to
         /// start on damage.
@@ -53,7 +53,7 @@ enum Command {
     /// interruption. Then it runs as `run` does.
     Join {
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
     },
     /// Check a stopped node's database, without changing it: every block, link,
@@ -61,7 +61,7 @@ enum Command {
     /// checks out, 1 with what is damaged, 2 if it cannot run.
     Check {
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
     },
     /// Bring the database to this build's schema, or with --check only report: exit 0
@@ -69,7 +69,7 @@ enum Command {
     /// database, a running node holding it, a damaged file).
     Migrate {
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
         /// Report the schema version and pending steps; exit 1 if any are pending.
         #[arg(long)]
@@ -85,6 +85,12 @@ enum Command {
     Plugins(PluginsCommand),
     /// Print the version and the commit this build comes from.
     Version,
+    /// Print a shell completion script (e.g. `ledgerd completions bash >
+    /// /etc/bash_completion.d/ledgerd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -131,7 +137,7 @@ enum SnapshotCommand {
     /// to its tip).
     Save {
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
         /// The file to write.
         out: PathBuf,
@@ -142,7 +148,7 @@ enum SnapshotCommand {
         /// The snapshot file.
         input: PathBuf,
         /// The node's ledgerd.toml.
-        #[arg(long)]
+        #[arg(long, env = "LEDGERD_CONFIG")]
         config: PathBuf,
     },
     /// Say what a snapshot file holds; with --genesis, check all of it as a restore
@@ -279,6 +285,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             result => result,
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ledgerd", &mut script);
+            ledger::cli::print(String::from_utf8_lossy(&script).trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("ledgerd {}", ledger::cli::VERSION);
             Ok(ExitCode::SUCCESS)
