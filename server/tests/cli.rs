@@ -45,6 +45,14 @@ fn submit_wait_verify_and_refuse_tampering() {
         &["--node", &format!("127.0.0.1:{port}"), "status"],
     );
     assert!(bare.status.success(), "{}", text(&bare));
+    for variable in ["LEDGERCTL_NODE", "LEDGER_NODE"] {
+        let from_env = Command::new(LEDGERCTL)
+            .arg("status")
+            .env(variable, format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap();
+        assert!(from_env.status.success(), "{variable}: {}", text(&from_env));
+    }
 
     let committed = daemon.ctl(&["submit", "hello from the cli", "--wait"]);
     assert!(committed.status.success(), "{}", text(&committed));

@@ -16,14 +16,10 @@ use serde_json::Value;
 #[derive(Parser)]
 #[command(name = "ledgerctl", version = ledger::cli::VERSION, about = "Client of a ledger node")]
 struct Cli {
-    /// The node's API: a URL, or HOST:PORT for plain HTTP.
-    #[arg(
-        long,
-        env = "LEDGER_NODE",
-        default_value = "http://127.0.0.1:7100",
-        global = true
-    )]
-    node: String,
+    /// The node's API: a URL, or HOST:PORT for plain HTTP [default: LEDGER_NODE, else
+    /// http://127.0.0.1:7100].
+    #[arg(long, env = "LEDGERCTL_NODE", global = true)]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,7 +168,12 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.node);
+    // LEDGER_NODE is the older name of LEDGERCTL_NODE, still honoured.
+    let node = cli
+        .node
+        .or_else(|| std::env::var("LEDGER_NODE").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:7100".into());
+    let client = Client::new(&node);
     match cli.command {
         Command::Submit {
             data,
