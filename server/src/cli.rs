@@ -14,6 +14,9 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// The commit this build comes from (`unknown` outside a git checkout).
+pub const COMMIT: &str = env!("LEDGER_COMMIT");
+
 /// `error` and its causes on one line, each cause once: many errors already repeat
 /// their source in their own message, which `{:#}` would print again.
 pub fn describe(error: &(dyn Error + 'static)) -> String {

@@ -162,6 +162,10 @@ pub struct Metrics {
     pub join_chunks: AtomicU64,
     /// Chunks of it checked and written so far, a resumed join's earlier ones included.
     pub join_chunks_held: AtomicU64,
+    /// Voting members in the membership in force, n.
+    pub members: AtomicU64,
+    /// Votes a certificate needs, q.
+    pub quorum: AtomicU64,
 }
 
 impl Metrics {
@@ -201,7 +205,27 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let metrics: [(&str, &str, &str, Value); 26] = [
+        let _ = writeln!(
+            out,
+            "# HELP ledger_build_info The build: its version and commit.\n\
+             # TYPE ledger_build_info gauge\n\
+             ledger_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::cli::COMMIT
+        );
+        let metrics: [(&str, &str, &str, Value); 28] = [
+            (
+                "ledger_members",
+                "gauge",
+                "Voting members in the membership in force (n).",
+                Value::Count(&self.members),
+            ),
+            (
+                "ledger_quorum",
+                "gauge",
+                "Votes a certificate needs (q); fewer members reachable commit nothing.",
+                Value::Count(&self.quorum),
+            ),
             (
                 "ledger_height",
                 "gauge",
@@ -429,7 +453,100 @@ impl Metrics {
             );
         }
         drop(micros);
+        process_metrics(&mut out);
         out
+    }
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` (Linux; elsewhere none).
+fn process_metrics(out: &mut String) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    // In kB, the one unit /proc/self/status uses.
+    let kilobytes = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Field n of stat(5) is fields[n - 3]; times are in USER_HZ, 100 on Linux.
+    let ticks = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let cpu_seconds = ticks(14)
+        .zip(ticks(15))
+        .map(|(user, system)| (user + system) as f64 / 100.0);
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    });
+    let start_seconds = ticks(22)
+        .zip(boot_time)
+        .map(|(start, boot)| boot as f64 + start as f64 / 100.0);
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.count() as f64)
+        .ok();
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("Max open files"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|soft| soft.parse::<u64>().ok())
+        });
+    let gauges = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, seconds.",
+            cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size, bytes.",
+            kilobytes("VmRSS:").map(|b| b as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size, bytes.",
+            kilobytes("VmSize:").map(|b| b as f64),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            open_fds,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "The limit on open file descriptors.",
+            max_fds.map(|m| m as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process, seconds since the Unix epoch.",
+            start_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     }
 }
 
@@ -460,5 +577,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ledger_messages_dropped_total{reason=\"Stale\"} 1\n"));
+        assert!(text.contains("ledger_build_info{version=\""), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_come_from_proc() {
+        let text = Metrics::default().render();
+        let value = |name: &str| -> f64 {
+            let prefix = format!("\n{name} ");
+            let at = text
+                .find(&prefix)
+                .unwrap_or_else(|| panic!("{name}: {text}"));
+            let rest = &text[at + prefix.len()..];
+            rest[..rest.find('\n').unwrap()].parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} {now}"
+        );
+        assert!(value("process_cpu_seconds_total") >= 0.0);
     }
 }

@@ -825,14 +825,28 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         store.failure().is_some(),
         store.damage().is_some(),
     );
+    let membership = store.membership();
+    let metrics = node.metrics();
+    let count = |value: usize| value as u64;
+    metrics.members.store(
+        count(membership.members.len()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    metrics.quorum.store(
+        count(membership.members.quorum()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let connected = node.status().peers.iter().filter(|p| p.connected()).count();
     node.metrics()
         .peers_connected
         .store(connected as u64, std::sync::atomic::Ordering::Relaxed);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics().render(),
-    )
+    let mut text = node.metrics().render();
+    text.push_str(&format!(
+        "# HELP ledger_role What the node is: member, alone (the chain's only member) or \
+         follower.\n# TYPE ledger_role gauge\nledger_role{{role=\"{}\"}} 1\n",
+        node.role()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Liveness: 200 while the process serves requests.
