@@ -656,7 +656,11 @@ pub async fn run(
     // From here on this key may vote: the mark that says it never did goes first.
     let mark = crate::config::new_key_mark(&config.key_file);
     match std::fs::remove_file(&mark) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+        // A read-only directory (a mounted Secret) answers EROFS even for a file it
+        // does not hold: only a mark still there is a problem.
+        Err(error)
+            if error.kind() != std::io::ErrorKind::NotFound && mark.symlink_metadata().is_ok() =>
+        {
             return Err(error).with_context(|| {
                 format!(
                     "cannot remove {}, which says this key never voted: left in place, a \

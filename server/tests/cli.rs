@@ -45,6 +45,10 @@ fn submit_wait_verify_and_refuse_tampering() {
         &["--node", &format!("127.0.0.1:{port}"), "status"],
     );
     assert!(bare.status.success(), "{}", text(&bare));
+    for probe in [&["health"][..], &["health", "--ready"]] {
+        let answer = daemon.ctl(probe);
+        assert!(answer.status.success(), "{probe:?}: {}", text(&answer));
+    }
     for variable in ["LEDGERCTL_NODE", "LEDGER_NODE"] {
         let from_env = Command::new(LEDGERCTL)
             .arg("status")

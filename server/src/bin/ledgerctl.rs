@@ -56,6 +56,13 @@ enum Command {
     },
     /// Show the node's status.
     Status,
+    /// Probe the node as a health check does: exit 0 when it is alive (with --ready:
+    /// ready to serve), 1 with the reason when not. Gives up after 5 seconds.
+    Health {
+        /// Ask whether it is ready (`/readyz`), not only alive (`/healthz`).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Check a receipt offline against a genesis file: inclusion proof, header, proof
     /// of work, commit certificate. Exits non-zero with the reason if anything is off.
     Verify {
@@ -137,6 +144,28 @@ impl Client {
         self.answer(&format!("GET {path}"), self.agent.get(&url).call())
     }
 
+    /// A probe's answer: its text when 2xx.
+    fn probe(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call()
+            .with_context(|| format!("GET {path}: cannot reach {}", self.base))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        if !status.is_success() {
+            match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(error) => bail!("GET {path}: {status} {}: {}", error.error, error.message),
+                Err(_) => bail!("GET {path}: {status}: {}", text.trim()),
+            }
+        }
+        Ok(text.trim().to_owned())
+    }
+
     fn post(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         self.answer(
@@ -208,6 +237,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print(&client.get(&format!("/v1/blocks?from={from}&limit={limit}"))?)
         }
         Command::Status => print(&client.get("/v1/status")?),
+        Command::Health { ready } => out(&client.probe(match ready {
+            true => "/readyz",
+            false => "/healthz",
+        })?),
         Command::Verify { receipt, genesis } => {
             let text = std::fs::read_to_string(&genesis)
                 .with_context(|| format!("reading {}", genesis.display()))?;
