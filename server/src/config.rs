@@ -387,6 +387,26 @@ pub struct DevLayout {
     pub admin_key: PathBuf,
 }
 
+/// Where the nodes of a `ledgerd dev init` layout run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Processes on 127.0.0.1: node i's API on `base_port + 2i`, its peers on the next.
+    Loopback {
+        /// The first node's API port.
+        base_port: u16,
+    },
+    /// One container each (`compose.yaml`, the image of `ops/Dockerfile`): node i is
+    /// service `node<i>`, its API published on the host at `base_port + 2i`.
+    Containers {
+        /// The host port of the first node's API.
+        base_port: u16,
+    },
+}
+
+/// The container ports of [`Placement::Containers`].
+const CONTAINER_API: u16 = 7100;
+const CONTAINER_P2P: u16 = 7101;
+
 /// Writes keys, one genesis file and a config per node under `dir`:
 /// `dir/genesis.toml`, `dir/admin.key` (the one admin, threshold 1, so the cluster can
 /// be reconfigured), `dir/node<i>/{ledgerd.toml,node.key}`. Node i listens on
@@ -397,9 +417,22 @@ pub fn dev_init(
     base_port: u16,
     difficulty: u32,
 ) -> Result<DevLayout, ConfigError> {
+    lay_out(dir, nodes, difficulty, Placement::Loopback { base_port })
+}
+
+/// [`dev_init`] for `placement`; for containers it also writes `dir/compose.yaml`.
+pub fn lay_out(
+    dir: &Path,
+    nodes: usize,
+    difficulty: u32,
+    placement: Placement,
+) -> Result<DevLayout, ConfigError> {
     if nodes == 0 {
         return Err(invalid(dir, "a cluster needs at least one node"));
     }
+    let base_port = match placement {
+        Placement::Loopback { base_port } | Placement::Containers { base_port } => base_port,
+    };
     let port = |offset: usize| -> Result<u16, ConfigError> {
         u16::try_from(usize::from(base_port) + offset)
             .map_err(|_| invalid(dir, "base port too high for this many nodes"))
@@ -419,17 +452,36 @@ pub fn dev_init(
         fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
         let key = generate_key()?;
         write_node_key(&node_dir.join("node.key"), &key)?;
-        let config = NodeConfig {
-            genesis: "../genesis.toml".into(),
-            ..NodeConfig::example(
-                SocketAddr::from(([127, 0, 0, 1], port(2 * i)?)),
-                SocketAddr::from(([127, 0, 0, 1], port(2 * i + 1)?)),
-            )
+        let (config, p2p_addr, api_addr) = match placement {
+            Placement::Loopback { .. } => {
+                let config = NodeConfig {
+                    genesis: "../genesis.toml".into(),
+                    ..NodeConfig::example(
+                        SocketAddr::from(([127, 0, 0, 1], port(2 * i)?)),
+                        SocketAddr::from(([127, 0, 0, 1], port(2 * i + 1)?)),
+                    )
+                };
+                let addrs = (config.p2p_listen.to_string(), config.api_listen.to_string());
+                (config, addrs.0, addrs.1)
+            }
+            // Mounted at /etc/ledger with the genesis file beside it; the others
+            // dial a node by its service name.
+            Placement::Containers { .. } => (
+                NodeConfig {
+                    data_dir: "/var/lib/ledger".into(),
+                    ..NodeConfig::example(
+                        SocketAddr::from(([0, 0, 0, 0], CONTAINER_API)),
+                        SocketAddr::from(([0, 0, 0, 0], CONTAINER_P2P)),
+                    )
+                },
+                format!("node{i}:{CONTAINER_P2P}"),
+                format!("node{i}:{CONTAINER_API}"),
+            ),
         };
         members.push(GenesisMember {
             public_key: hex::encode(key.verifying_key().as_bytes()),
-            p2p_addr: Some(config.p2p_listen.to_string()),
-            api_addr: Some(config.api_listen.to_string()),
+            p2p_addr: Some(p2p_addr),
+            api_addr: Some(api_addr),
         });
         let text = toml::to_string(&config).map_err(|error| invalid(&node_dir, error))?;
         let config_path = node_dir.join("ledgerd.toml");
@@ -447,11 +499,52 @@ pub fn dev_init(
     let spec = ChainSpec::from_file(genesis).map_err(|error| invalid(&genesis_path, error))?;
     write_key(&admin_path, &admin)?;
     fs::write(&genesis_path, spec.to_toml()).map_err(io(&genesis_path))?;
+    if let Placement::Containers { .. } = placement {
+        write_compose(dir, nodes, &port)?;
+    }
     Ok(DevLayout {
         dir: dir.to_owned(),
         configs,
         admin_key: admin_path,
     })
+}
+
+/// `dir/compose.yaml` for [`Placement::Containers`]: the containers run as the user
+/// who owns the layout, so they can read its keys (mode 0600) and write its data.
+fn write_compose(
+    dir: &Path,
+    nodes: usize,
+    port: &dyn Fn(usize) -> Result<u16, ConfigError>,
+) -> Result<(), ConfigError> {
+    use std::fmt::Write as _;
+    #[cfg(unix)]
+    let user = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(dir).map_err(io(dir))?;
+        format!("{}:{}", meta.uid(), meta.gid())
+    };
+    #[cfg(not(unix))]
+    let user = String::from("65532:65532");
+    let mut text = String::from(
+        "# Written by `ledgerd dev init --compose`: one member per container, the image\n\
+         # of ops/Dockerfile. From the repository: podman build -f ops/Dockerfile -t ledger .\n\
+         # Then here: podman compose up -d  (or docker compose up -d)\n\
+         name: ledger-dev\nservices:\n",
+    );
+    for i in 0..nodes {
+        let data = dir.join("data").join(format!("node{i}"));
+        fs::create_dir_all(&data).map_err(io(&data))?;
+        let _ = write!(
+            text,
+            "  node{i}:\n    image: ledger:latest\n    user: \"{user}\"\n    \
+             ports: [\"127.0.0.1:{host}:{CONTAINER_API}\"]\n    volumes:\n      \
+             - ./node{i}:/etc/ledger\n      - ./genesis.toml:/etc/ledger/genesis.toml:ro\n      \
+             - ./data/node{i}:/var/lib/ledger\n    restart: unless-stopped\n",
+            host = port(2 * i)?
+        );
+    }
+    let path = dir.join("compose.yaml");
+    fs::write(&path, text).map_err(io(&path))
 }
 
 #[cfg(test)]
@@ -495,6 +588,40 @@ mod tests {
         assert_eq!(config.store_options().cache_bytes, Some(64 << 20));
         let again = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
+    }
+
+    #[test]
+    fn a_container_layout_names_services_and_writes_compose() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster");
+        let layout = lay_out(&cluster, 3, 8, Placement::Containers { base_port: 17000 }).unwrap();
+        let compose = fs::read_to_string(cluster.join("compose.yaml")).unwrap();
+        for (i, path) in layout.configs.iter().enumerate() {
+            let config = NodeConfig::load(path).unwrap();
+            assert_eq!(config.api_listen, "0.0.0.0:7100".parse().unwrap());
+            assert_eq!(config.data_dir, PathBuf::from("/var/lib/ledger"));
+            // The genesis file is mounted beside the config, where it names the others.
+            assert_eq!(
+                config.genesis,
+                cluster.join(format!("node{i}/genesis.toml"))
+            );
+            let spec =
+                ChainSpec::from_toml(&fs::read_to_string(cluster.join("genesis.toml")).unwrap())
+                    .unwrap();
+            let member = &spec.members.as_slice()[i];
+            assert_eq!(
+                member.p2p_addr.as_deref(),
+                Some(format!("node{i}:7101").as_str())
+            );
+            assert!(compose.contains(&format!("  node{i}:\n")), "{compose}");
+            let published = format!("127.0.0.1:{}:7100", 17000 + 2 * i);
+            assert!(compose.contains(&published), "{compose}");
+            assert!(
+                compose.contains(&format!("./node{i}:/etc/ledger\n")),
+                "{compose}"
+            );
+            assert!(cluster.join(format!("data/node{i}")).is_dir());
+        }
     }
 
     #[test]

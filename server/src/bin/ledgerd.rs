@@ -187,7 +187,15 @@ struct Dev {
 #[derive(Subcommand)]
 enum DevInit {
     /// Only write the keys, genesis and configs.
-    Init(DevLayout),
+    Init {
+        #[command(flatten)]
+        layout: DevLayout,
+        /// Lay the cluster out for containers instead (the image of ops/Dockerfile):
+        /// DIR/compose.yaml runs one member per container, node i's API published on
+        /// 127.0.0.1:BASE_PORT+2i.
+        #[arg(long)]
+        compose: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -298,17 +306,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugins(PluginsCommand::Check { file, config }) => check_plugin(&file, config),
         Command::Dev(Dev {
-            init: Some(DevInit::Init(layout)),
+            init: Some(DevInit::Init { layout, compose }),
             ..
         }) => {
-            let written = config::dev_init(
-                &layout.dir,
-                layout.nodes,
-                layout.base_port,
-                layout.difficulty,
-            )?;
+            let placement = match compose {
+                true => config::Placement::Containers {
+                    base_port: layout.base_port,
+                },
+                false => config::Placement::Loopback {
+                    base_port: layout.base_port,
+                },
+            };
+            let written = config::lay_out(&layout.dir, layout.nodes, layout.difficulty, placement)?;
             for path in &written.configs {
                 println!("{}", path.display());
+            }
+            if compose {
+                println!("{}", layout.dir.join("compose.yaml").display());
             }
             Ok(ExitCode::SUCCESS)
         }
