@@ -1,5 +1,6 @@
 //! What `ops/` ships checks out: the alert rules load and fire as their unit tests say
-//! (promtool), and every metric the rules and the dashboard read is one a node exports.
+//! (promtool), every metric the rules and the dashboard read is one a node exports, the
+//! Kubernetes manifests pass the API's schemas, and their node configs load.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -135,5 +136,38 @@ async fn the_rules_and_the_dashboard_read_only_metrics_a_node_exports() {
             unknown.is_empty(),
             "{file} reads {unknown:?}, which no node exports"
         );
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_the_api_schemas_and_their_configs_load() {
+    let output = Command::new("kubernetes-validate")
+        .args(["-k", "1.31.0", "--strict", "kubernetes/ledger.yaml"])
+        .current_dir(OPS)
+        .output()
+        .expect("kubernetes-validate not found: pip install kubernetes-validate");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    for resource in [
+        "service/ledger-peers",
+        "service/ledger-api",
+        "poddisruptionbudget/ledger-members",
+        "statefulset/ledger",
+        "statefulset/ledger-follower",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource}")),
+            "{text}"
+        );
+    }
+    for (file, follower) in [("ledgerd.toml", false), ("follower.toml", true)] {
+        let config = ledger::config::NodeConfig::load(std::path::Path::new(&format!(
+            "{OPS}/kubernetes/{file}"
+        )))
+        .unwrap();
+        assert_eq!(config.follower, follower, "{file}");
+        assert_eq!(config.data_dir, std::path::PathBuf::from("/var/lib/ledger"));
+        assert_eq!(config.api_listen.port(), 7100);
     }
 }
