@@ -166,6 +166,10 @@ pub struct Metrics {
     pub members: AtomicU64,
     /// Votes a certificate needs, q.
     pub quorum: AtomicU64,
+    /// 1 when this node reaches a quorum of members (itself included), else 0.
+    pub has_quorum: AtomicU64,
+    /// 1 while a member catches up with the others, else 0.
+    pub catching_up: AtomicU64,
 }
 
 impl Metrics {
@@ -213,7 +217,19 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
             crate::cli::COMMIT
         );
-        let metrics: [(&str, &str, &str, Value); 28] = [
+        let metrics: [(&str, &str, &str, Value); 30] = [
+            (
+                "ledger_has_quorum",
+                "gauge",
+                "1 when this node reaches a quorum of members, itself included (a node alone or a follower: always).",
+                Value::Count(&self.has_quorum),
+            ),
+            (
+                "ledger_catching_up",
+                "gauge",
+                "1 while this member fetches blocks the others committed ahead of it.",
+                Value::Count(&self.catching_up),
+            ),
             (
                 "ledger_members",
                 "gauge",

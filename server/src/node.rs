@@ -208,6 +208,39 @@ impl Node {
         failure.map(|failure| format!("consensus stopped: {failure}"))
     }
 
+    /// Why the node should not be sent traffic now, beyond [`Node::unready_reason`]
+    /// (what `/readyz` answers): a member that reaches fewer members than a quorum, or
+    /// one catching up with the others. Submits are still taken then: they wait.
+    pub fn readiness_reason(&self) -> Option<String> {
+        if let Some(reason) = self.unready_reason() {
+            return Some(reason);
+        }
+        let status = self.engine.status();
+        if let Some((reached, quorum)) = self.quorum_reach(&status) {
+            if reached < quorum {
+                return Some(format!(
+                    "this member reaches {reached} members, itself included, of the {quorum} \
+                     a quorum needs: nothing commits until more are back"
+                ));
+            }
+        }
+        status.catching_up.then(|| {
+            "catching up with the members, who are ahead; submits wait until it has".into()
+        })
+    }
+
+    /// For a member of several: the members it reaches (itself included) and the
+    /// quorum.
+    pub fn quorum_reach(&self, status: &EngineStatus) -> Option<(usize, usize)> {
+        match self.engine {
+            Engine::Cluster(_) => {
+                let reached = 1 + status.peers.iter().filter(|p| p.connected()).count();
+                Some((reached, self.store.membership().members.quorum()))
+            }
+            Engine::Alone(_) | Engine::Follower(_) => None,
+        }
+    }
+
     /// Whether `id` waits here to be committed.
     pub fn is_pending(&self, id: &Hash) -> bool {
         self.engine.is_pending(id)

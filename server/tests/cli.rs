@@ -686,8 +686,38 @@ fn without_a_quorum_nothing_commits_until_it_returns() {
     let before = status(node(&daemons, 1))["height"].as_u64().unwrap();
     assert_eq!(tip, status(node(&daemons, 2))["tip_hash"]);
 
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let readyz = |url: &str| match agent.get(format!("{url}/readyz")).call() {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(error) => (0, error.to_string()),
+    };
+    assert_eq!(readyz(&url).0, 200);
     drop(daemons[2].take());
     drop(daemons[3].take());
+    // Two of four reach no quorum of three: not ready, and the metrics say why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, reason) = loop {
+        let (code, reason) = readyz(&url);
+        if code == 503 || Instant::now() >= deadline {
+            break (code, reason);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 503, "{reason}");
+    assert!(reason.contains("a quorum needs"), "{reason}");
+    let metrics = ureq::get(format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("\nledger_has_quorum 0\n"), "{metrics}");
     let mut response = ureq::post(format!("{url}/v1/entries?wait=commit&timeout_ms=3000"))
         .send(r#"{"data":"waits for a quorum"}"#)
         .unwrap();
@@ -717,6 +747,15 @@ fn without_a_quorum_nothing_commits_until_it_returns() {
         std::thread::sleep(Duration::from_millis(100));
     }
     converge(&daemons, before + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while readyz(&url).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready again: {:?}",
+            readyz(&url)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for daemon in daemons.into_iter().flatten() {
         daemon.stop();
     }

@@ -603,7 +603,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     let spec = store.spec();
     let membership = store.membership();
     let members = membership.members.as_slice();
-    let not_ready = node.unready_reason();
+    let not_ready = node.readiness_reason();
     let engine = node.status();
     Ok(Json(StatusView {
         node_id: node.node_id().to_hex(),
@@ -799,14 +799,14 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
     }
 }
 
-/// Readiness: 200 once recovered and producing blocks.
+/// Readiness: 200 once recovered, reaching a quorum and caught up with the others.
 #[utoipa::path(get, path = "/readyz", tag = "node",
     responses(
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
-        (status = 503, description = "Starting or stopping, the database failed or is damaged, or consensus stopped: the message says which", body = ErrorBody),
+        (status = 503, description = "Starting or stopping, the database failed or is damaged, consensus stopped, fewer members reachable than a quorum, or catching up: the message says which", body = ErrorBody),
     ))]
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
-    match node.unready_reason() {
+    match node.readiness_reason() {
         None => Ok("ready\n"),
         Some(reason) => Err(ApiError::unavailable("not_ready", reason)),
     }
@@ -836,7 +836,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         count(membership.members.quorum()),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let connected = node.status().peers.iter().filter(|p| p.connected()).count();
+    let engine = node.status();
+    let has_quorum = node
+        .quorum_reach(&engine)
+        .is_none_or(|(reached, quorum)| reached >= quorum);
+    metrics
+        .has_quorum
+        .store(u64::from(has_quorum), std::sync::atomic::Ordering::Relaxed);
+    metrics.catching_up.store(
+        u64::from(engine.catching_up),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let connected = engine.peers.iter().filter(|p| p.connected()).count();
     node.metrics()
         .peers_connected
         .store(connected as u64, std::sync::atomic::Ordering::Relaxed);

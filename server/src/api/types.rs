@@ -569,10 +569,11 @@ pub struct StatusView {
     pub settings: SettingsView,
     /// This node's plugins, in the order it calls them.
     pub plugins: Vec<Fingerprint>,
-    /// Whether the node serves submits (what `/readyz` answers).
+    /// What `/readyz` answers: whether to send the node traffic.
     pub ready: bool,
-    /// Why it does not, when it does not: starting or stopping, a database in an
-    /// I/O failure, damage found in the database, consensus stopped.
+    /// Why not, when not: starting or stopping, a database in an I/O failure, damage
+    /// found in the database, consensus stopped, fewer members reachable than a
+    /// quorum, catching up with the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<String>,
 }

@@ -218,6 +218,7 @@ impl Alone {
             peers: Vec::new(),
             settings: self.settings,
             failure: None,
+            catching_up: false,
         }
     }
 

@@ -114,6 +114,8 @@ struct ClusterStatus {
     pub next_difficulty: u32,
     /// Why the driver stopped for good (it panicked), if it did.
     pub failure: Option<EngineFailure>,
+    /// Whether the replica knows the others are ahead and fetches their blocks.
+    pub catching_up: bool,
 }
 
 enum DriverEvent {
@@ -408,6 +410,7 @@ impl Cluster {
             peers: self.transport.peers(),
             settings: self.settings,
             failure: status.failure,
+            catching_up: status.catching_up,
         }
     }
 
@@ -1080,6 +1083,7 @@ impl Driver {
         status.active = self.replica.is_active();
         status.height = self.replica.height();
         status.stable_checkpoint = self.replica.stable_checkpoint().height;
+        status.catching_up = self.replica.catching_up();
         status.abstaining_until = self
             .replica
             .abstaining()

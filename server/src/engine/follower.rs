@@ -212,6 +212,7 @@ impl Follower {
             peers: Vec::new(),
             settings: self.settings,
             failure: None,
+            catching_up: false,
         }
     }
 

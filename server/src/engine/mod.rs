@@ -158,6 +158,9 @@ pub struct EngineStatus {
     pub settings: NodeSettings,
     /// Why the engine stopped for good, if it did.
     pub failure: Option<EngineFailure>,
+    /// Whether the node knows the others are ahead and is fetching what they
+    /// committed (a member's replica only).
+    pub catching_up: bool,
 }
 
 /// Why an engine stopped for good: restarting the process is what helps.

@@ -647,7 +647,7 @@ impl Replica {
     /// with its certificate within the last view-change timeout. Its own timers then
     /// wait: the others are making progress, and a view change it started alone
     /// would leave it in a view nobody else is in.
-    pub(super) fn catching_up(&self) -> bool {
+    pub fn catching_up(&self) -> bool {
         self.vouched_height() > self.tip.header.height
             || self.last_catch_up_ms.is_some_and(|at| {
                 self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms
