@@ -510,6 +510,111 @@ fn messages_exit_codes_and_versions_say_what_an_operator_needs() {
     assert!(closed.stderr.is_empty(), "{}", text(&closed));
 }
 
+/// The admins' offline ceremony for a membership change: prepared against the node's
+/// epoch, signed from an admin's key file, shown with each signer's verdict; a key that
+/// is no admin's cannot sign, and a change altered after signing shows its signature
+/// invalid.
+#[test]
+fn admins_prepare_sign_and_check_a_membership_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(&dir.path().join("dev"), port);
+    let genesis = dir.path().join("dev/genesis.toml");
+    let genesis = genesis.to_str().unwrap();
+    let admin = dir.path().join("dev/admin.key");
+    let daemon = Daemon::start(&config, port);
+    let learner = run(
+        LEDGERCTL,
+        &[
+            "keygen",
+            "--out",
+            dir.path().join("learner.key").to_str().unwrap(),
+        ],
+    );
+    let learner = String::from_utf8(learner.stdout).unwrap().trim().to_owned();
+    let file = dir.path().join("change.json");
+    let file = file.to_str().unwrap();
+
+    let made = daemon.ctl(&[
+        "change",
+        "new",
+        "add-learner",
+        "--key",
+        &learner,
+        "--p2p",
+        "10.0.0.9:7101",
+        "--out",
+        file,
+    ]);
+    assert!(made.status.success(), "{}", text(&made));
+    assert!(
+        text(&made).contains("in epoch 0, signed by nobody yet"),
+        "{}",
+        text(&made)
+    );
+    daemon.stop();
+    let unsigned = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    assert!(!unsigned.status.success());
+    assert!(
+        text(&unsigned).contains("0 admin signatures, the chain needs 1"),
+        "{}",
+        text(&unsigned)
+    );
+
+    let outsider = dir.path().join("dev/node0/node.key");
+    let refused = run(
+        LEDGERCTL,
+        &[
+            "change",
+            "sign",
+            file,
+            "--key",
+            outsider.to_str().unwrap(),
+            "--genesis",
+            genesis,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("is not an admin"),
+        "{}",
+        text(&refused)
+    );
+
+    let signed = run(
+        LEDGERCTL,
+        &[
+            "change",
+            "sign",
+            file,
+            "--key",
+            admin.to_str().unwrap(),
+            "--genesis",
+            genesis,
+        ],
+    );
+    assert!(signed.status.success(), "{}", text(&signed));
+    let shown = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(text(&shown).contains(&format!(
+        "add learner {learner} at 10.0.0.9:7101 in epoch 0"
+    )));
+    assert!(text(&shown).contains(": valid"), "{}", text(&shown));
+
+    // The same signature over another address: invalid.
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let bytes = saved["reconfiguration"]
+        .as_str()
+        .unwrap()
+        .replace(&hex::encode("10.0.0.9:7101"), &hex::encode("10.0.0.8:7101"));
+    saved["reconfiguration"] = bytes.into();
+    std::fs::write(file, saved.to_string()).unwrap();
+    let altered = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    assert!(!altered.status.success());
+    assert!(text(&altered).contains("INVALID"), "{}", text(&altered));
+}
+
 /// The README's walkthrough, as a new user pastes it, against a node of its own: every
 /// command succeeds, the receipt verifies, and a second run does too (fresh entries).
 #[test]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ledger::api::types::{EntryView, ReceiptView, StatusView, SubmitRequest};
 use ledger::api::ErrorBody;
-use ledger::chain::{ChainSpec, Entry, Hash, Receipt};
+use ledger::chain::{ChainSpec, Change, Entry, Hash, Receipt, Reconfiguration};
 use ledger::config;
 use serde_json::Value;
 
@@ -84,6 +84,223 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Membership changes, prepared and signed offline by the chain's admins: one file
+    /// per change, passed from admin to admin until enough signed.
+    #[command(subcommand)]
+    Change(ChangeCommand),
+}
+
+#[derive(Subcommand)]
+enum ChangeCommand {
+    /// Write an unsigned change to FILE.
+    New {
+        #[command(subcommand)]
+        change: NewChange,
+        /// The membership epoch it applies to [default: the node's, from /v1/members].
+        #[arg(long, global = true)]
+        epoch: Option<u64>,
+        /// The file to write; it must not exist.
+        #[arg(long, global = true)]
+        out: Option<PathBuf>,
+    },
+    /// Add this admin's signature to the change in FILE (replacing an earlier one).
+    Sign {
+        /// The change.
+        file: PathBuf,
+        /// The admin's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The chain's genesis file (its admins and its hash).
+        #[arg(long)]
+        genesis: PathBuf,
+    },
+    /// Say what the change in FILE does and who signed it; exit 1 unless enough admins
+    /// signed it validly.
+    Show {
+        /// The change.
+        file: PathBuf,
+        /// The chain's genesis file.
+        #[arg(long)]
+        genesis: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewChange {
+    /// A node that receives blocks and does not vote.
+    AddLearner {
+        /// Its public key (hex).
+        #[arg(long)]
+        key: String,
+        /// Where members dial it once it votes (HOST:PORT).
+        #[arg(long)]
+        p2p: String,
+        /// Where clients reach it (HOST:PORT).
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// A learner becomes a voting member.
+    Promote {
+        /// The learner's public key (hex).
+        #[arg(long)]
+        key: String,
+    },
+    /// A member or learner leaves.
+    Remove {
+        /// Its public key (hex).
+        #[arg(long)]
+        key: String,
+    },
+}
+
+/// A change as a file: the canonical encoding in hex is what counts; the rest is
+/// for the people passing it on.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChangeFile {
+    description: String,
+    epoch: u64,
+    reconfiguration: String,
+}
+
+fn read_change(path: &PathBuf) -> anyhow::Result<Reconfiguration> {
+    let file: ChangeFile = serde_json::from_slice(&read_input(path)?)
+        .with_context(|| format!("{}: not a change file", path.display()))?;
+    let bytes = hex::decode(file.reconfiguration.trim())
+        .with_context(|| format!("{}: the reconfiguration is not hex", path.display()))?;
+    Reconfiguration::decode(&bytes).with_context(|| path.display().to_string())
+}
+
+fn write_change(path: &PathBuf, change: &Reconfiguration, create: bool) -> anyhow::Result<()> {
+    let file = ChangeFile {
+        description: change.change.to_string(),
+        epoch: change.epoch,
+        reconfiguration: hex::encode(change.encode()),
+    };
+    let text = serde_json::to_string_pretty(&file)? + "\n";
+    let written = match create {
+        true => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut out| std::io::Write::write_all(&mut out, text.as_bytes())),
+        false => std::fs::write(path, text),
+    };
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_genesis(path: &PathBuf) -> anyhow::Result<ChainSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ChainSpec::from_toml(&text).with_context(|| path.display().to_string())
+}
+
+fn public_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes)
+        .with_context(|| format!("{text:?} is not a 64-hex-character public key"))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .with_context(|| format!("{text} is not an ed25519 public key"))
+}
+
+fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
+    match command {
+        ChangeCommand::New {
+            change,
+            epoch,
+            out: path,
+        } => {
+            let Some(path) = path else {
+                bail!("--out FILE: where to write the change");
+            };
+            let epoch = match epoch {
+                Some(epoch) => epoch,
+                None => client.get("/v1/members")?["epoch"]
+                    .as_u64()
+                    .context("/v1/members holds no epoch")?,
+            };
+            let change = match change {
+                NewChange::AddLearner { key, p2p, api } => Change::AddLearner {
+                    public_key: public_key(&key)?,
+                    p2p_addr: p2p,
+                    api_addr: api,
+                },
+                NewChange::Promote { key } => Change::Promote {
+                    public_key: public_key(&key)?,
+                },
+                NewChange::Remove { key } => Change::Remove {
+                    public_key: public_key(&key)?,
+                },
+            };
+            let change = Reconfiguration::new(epoch, change)?;
+            write_change(&path, &change, true)?;
+            out(&format!(
+                "wrote {}: {} in epoch {epoch}, signed by nobody yet",
+                path.display(),
+                change.change
+            ))
+        }
+        ChangeCommand::Sign { file, key, genesis } => {
+            let spec = read_genesis(&genesis)?;
+            let Some(admins) = &spec.admins else {
+                bail!(
+                    "{}: this chain has no admins; its membership is fixed",
+                    genesis.display()
+                );
+            };
+            let key = config::read_key(&key)?;
+            if !admins.keys().contains(&key.verifying_key()) {
+                bail!(
+                    "{} is not an admin of chain {}",
+                    hex::encode(key.verifying_key().as_bytes()),
+                    spec.chain_id
+                );
+            }
+            let mut change = read_change(&file)?;
+            change.sign(&key, &spec.chain_hash());
+            write_change(&file, &change, false)?;
+            out(&format!(
+                "signed {}: {} of the {} signatures the chain needs",
+                file.display(),
+                change.signatures.len(),
+                admins.threshold()
+            ))
+        }
+        ChangeCommand::Show { file, genesis } => {
+            let spec = read_genesis(&genesis)?;
+            let change = read_change(&file)?;
+            out(&format!("{} in epoch {}", change.change, change.epoch))?;
+            let Some(admins) = &spec.admins else {
+                bail!("this chain has no admins; its membership is fixed");
+            };
+            let digest = change.digest(&spec.chain_hash());
+            for signature in &change.signatures {
+                let signer = hex::encode(signature.public_key);
+                let admin = admins
+                    .keys()
+                    .iter()
+                    .find(|admin| admin.to_bytes() == signature.public_key);
+                let verdict = match admin {
+                    None => "not an admin of this chain",
+                    Some(key) => match key.verify_strict(
+                        digest.as_bytes(),
+                        &ed25519_dalek::Signature::from_bytes(&signature.signature),
+                    ) {
+                        Ok(()) => "valid",
+                        Err(_) => "INVALID for this change, chain and epoch",
+                    },
+                };
+                out(&format!("  signed by {signer}: {verdict}"))?;
+            }
+            change
+                .check_signatures(&spec.chain_hash(), admins)
+                .context("not ready to submit")?;
+            out(&format!(
+                "ready: {} valid admin signatures, {} needed",
+                change.signatures.len(),
+                admins.threshold()
+            ))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -250,6 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
             out(&verify(&saved, &spec)?)
         }
+        Command::Change(command) => change(&client, command),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();
