@@ -108,6 +108,18 @@ pub struct NodeConfig {
     /// MiB of the database's page cache; redb's default (1,024) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_mib: Option<u32>,
+    /// Client API connections open at once; beyond it new ones wait in the listen
+    /// backlog while the open ones are served.
+    #[serde(default = "default_api_max_connections")]
+    pub api_max_connections: usize,
+    /// Milliseconds a client has to send a request's headers (from when it connects or
+    /// got its previous answer); a slower or idle connection is closed.
+    #[serde(default = "default_api_header_timeout_ms")]
+    pub api_header_timeout_ms: u64,
+    /// Milliseconds an answer may wait for a client that reads nothing before the
+    /// connection is closed.
+    #[serde(default = "default_api_write_timeout_ms")]
+    pub api_write_timeout_ms: u64,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -116,6 +128,15 @@ pub struct NodeConfig {
     pub plugins: Vec<PluginConfig>,
 }
 
+fn default_api_max_connections() -> usize {
+    1024
+}
+fn default_api_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_api_write_timeout_ms() -> u64 {
+    30_000
+}
 fn default_genesis() -> PathBuf {
     "genesis.toml".into()
 }
@@ -211,6 +232,9 @@ impl NodeConfig {
             mining_threads: None,
             two_phase_commit: true,
             cache_mib: None,
+            api_max_connections: default_api_max_connections(),
+            api_header_timeout_ms: default_api_header_timeout_ms(),
+            api_write_timeout_ms: default_api_write_timeout_ms(),
             log_format: LogFormat::Text,
             plugins: Vec::new(),
         }
@@ -232,6 +256,15 @@ impl NodeConfig {
     /// The database file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("ledger.redb")
+    }
+
+    /// The client API's connection limits.
+    pub fn serve_limits(&self) -> crate::api::serve::ServeLimits {
+        crate::api::serve::ServeLimits {
+            max_connections: self.api_max_connections.max(1),
+            header_timeout: Duration::from_millis(self.api_header_timeout_ms.max(1)),
+            write_timeout: Duration::from_millis(self.api_write_timeout_ms.max(1)),
+        }
     }
 
     /// Reads the genesis file this config names.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 use crate::api::starting::Starting;
@@ -820,15 +819,13 @@ pub async fn run(
         notifier.notify(&format!("READY=1\nSTATUS=serving at height {}", tip.height));
         tokio::spawn(watchdog(notifier, Arc::clone(&node), stop_rx.clone()));
     }
-    // Answers go out as soon as they are written, not held for coalescing (Nagle).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an API connection");
-        }
-    });
-    let server = axum::serve(listener, crate::api::router(Arc::clone(&node)))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    server.await.context("API server failed")?;
+    crate::api::serve::serve(
+        listener,
+        crate::api::router(Arc::clone(&node)),
+        config.serve_limits(),
+        stopped(stop_rx.clone()),
+    )
+    .await;
     tracing::info!("API closed; finishing the block in hand");
     history.store(true, std::sync::atomic::Ordering::Relaxed);
     match tokio::time::timeout(STOP_GRACE, producer).await {

@@ -34,7 +34,13 @@ pub struct Node {
     snapshots: Snapshots,
     ready: AtomicBool,
     stopping: AtomicBool,
+    /// Places for `GET /chain` streams, each a task that reads the chain a batch at
+    /// a time as its client takes it.
+    chain_streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// `GET /chain` streams a node serves at once; more are told to retry.
+pub const CHAIN_STREAMS: usize = 16;
 
 impl Node {
     /// The node of a chain's only member: it cuts, mines and certifies its own
@@ -119,7 +125,13 @@ impl Node {
             engine,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            chain_streams: Arc::new(tokio::sync::Semaphore::new(CHAIN_STREAMS)),
         }
+    }
+
+    /// A place for one more `GET /chain` stream, if one is free.
+    pub fn chain_stream(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.chain_streams).try_acquire_owned().ok()
     }
 
     /// This node serving at most `transfers` snapshot chunks at once, in tiles of

@@ -2,6 +2,7 @@
 //! with `oneshot` and no socket. Errors are rendered in one place ([`ApiError`]).
 
 mod error;
+pub mod serve;
 pub mod starting;
 pub mod types;
 
@@ -103,6 +104,9 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(openapi_json))
 }
 
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A JSON body whose size limit and syntax errors become [`ApiError`]s, not plain text.
 struct JsonBody<T>(T);
 
@@ -110,8 +114,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
+        // A body that trickles in holds a connection and a handler: not for long.
+        let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state));
+        let bytes = body
             .await
+            .map_err(|_| {
+                ApiError::too_slow(format!(
+                    "the request body did not arrive within {BODY_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::too_large("request body exceeds the limit")
@@ -728,41 +739,64 @@ async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
     responses(
         (status = 200, description = "All blocks from genesis, streamed; a read that fails midway cuts the transfer short (no closing chunk)", body = Vec<BlockView>),
         (status = 500, description = "The database is damaged", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the node serves as many /chain streams as it takes (`busy`)", body = ErrorBody),
     ))]
 async fn whole_chain(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let Some(place) = node.chain_stream() else {
+        return Err(ApiError::unavailable(
+            "busy",
+            format!(
+                "{} /chain streams are running, the most this node serves at once; retry \
+                 later, or page through /v1/blocks",
+                crate::node::CHAIN_STREAMS
+            ),
+        ));
+    };
     let tip = read(&node, |store| store.tip()).await?.height;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = Arc::clone(node.store());
-    tokio::task::spawn_blocking(move || {
-        if sender.blocking_send(Ok(Bytes::from_static(b"["))).is_err() {
+    // A task, not a thread, waits for a slow reader: blocks are read a batch at a time
+    // on the blocking pool, each batch only once the client took the one before.
+    tokio::spawn(async move {
+        let _place = place;
+        if sender.send(Ok(Bytes::from_static(b"["))).await.is_err() {
             return;
         }
-        for height in 0..=tip {
-            let block = match store.block(height) {
-                Ok(Some(block)) => block,
-                // The store logged the damage or the failure.
-                failed => {
-                    let reason = match failed {
-                        Err(error) => error.to_string(),
-                        _ => format!("block {height} is missing"),
+        let mut height = 0;
+        while height <= tip {
+            let end = tip.min(height.saturating_add(CHAIN_BATCH - 1));
+            let store = Arc::clone(&store);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                for at in height..=end {
+                    let block = match store.block(at) {
+                        Ok(Some(block)) => block,
+                        // The store logged the damage or the failure.
+                        Ok(None) => return Err(format!("block {at} is missing")),
+                        Err(error) => return Err(error.to_string()),
                     };
-                    let _ = sender.blocking_send(Err(std::io::Error::other(reason)));
-                    return;
+                    if at > 0 {
+                        out.push(b',');
+                    }
+                    if let Err(error) = serde_json::to_writer(&mut out, &block_view(&block)) {
+                        return Err(error.to_string());
+                    }
                 }
+                Ok(out)
+            })
+            .await;
+            let chunk = match read {
+                Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                Ok(Err(reason)) => Err(std::io::Error::other(reason)),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
             };
-            let mut bytes = if height == 0 {
-                Vec::new()
-            } else {
-                b",".to_vec()
-            };
-            if serde_json::to_writer(&mut bytes, &block_view(&block)).is_err()
-                || sender.blocking_send(Ok(bytes.into())).is_err()
-            {
-                return; // the client went away
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                return; // the client went away, or the transfer is cut short
             }
+            height = end + 1;
         }
-        let _ = sender.blocking_send(Ok(Bytes::from_static(b"]")));
+        let _ = sender.send(Ok(Bytes::from_static(b"]"))).await;
     });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
@@ -773,6 +807,9 @@ async fn whole_chain(State(node): State<Arc<Node>>) -> Result<Response, ApiError
     )
         .into_response())
 }
+
+/// Blocks `GET /chain` reads from the store at once.
+const CHAIN_BATCH: u64 = 64;
 
 /// Cut a block now, even an empty one; answers once it is applied.
 #[utoipa::path(post, path = "/mine", tag = "node",
