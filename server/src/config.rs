@@ -109,9 +109,10 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_mib: Option<u32>,
     /// Client API connections open at once; beyond it new ones wait in the listen
-    /// backlog while the open ones are served.
-    #[serde(default = "default_api_max_connections")]
-    pub api_max_connections: usize,
+    /// backlog while the open ones are served. Half the process's descriptor limit
+    /// when absent, so the other half stays for members, the database and plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_max_connections: Option<usize>,
     /// Milliseconds a client has to send a request's headers (from when it connects or
     /// got its previous answer); a slower or idle connection is closed.
     #[serde(default = "default_api_header_timeout_ms")]
@@ -128,9 +129,6 @@ pub struct NodeConfig {
     pub plugins: Vec<PluginConfig>,
 }
 
-fn default_api_max_connections() -> usize {
-    1024
-}
 fn default_api_header_timeout_ms() -> u64 {
     10_000
 }
@@ -232,7 +230,7 @@ impl NodeConfig {
             mining_threads: None,
             two_phase_commit: true,
             cache_mib: None,
-            api_max_connections: default_api_max_connections(),
+            api_max_connections: None,
             api_header_timeout_ms: default_api_header_timeout_ms(),
             api_write_timeout_ms: default_api_write_timeout_ms(),
             log_format: LogFormat::Text,
@@ -261,7 +259,14 @@ impl NodeConfig {
     /// The client API's connection limits.
     pub fn serve_limits(&self) -> crate::api::serve::ServeLimits {
         crate::api::serve::ServeLimits {
-            max_connections: self.api_max_connections.max(1),
+            max_connections: self
+                .api_max_connections
+                .or_else(|| {
+                    crate::metrics::max_open_files()
+                        .map(|limit| usize::try_from(limit / 2).unwrap_or(usize::MAX))
+                })
+                .unwrap_or(1024)
+                .max(1),
             header_timeout: Duration::from_millis(self.api_header_timeout_ms.max(1)),
             write_timeout: Duration::from_millis(self.api_write_timeout_ms.max(1)),
         }
@@ -655,6 +660,17 @@ mod tests {
             );
             assert!(cluster.join(format!("data/node{i}")).is_dir());
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn api_connections_default_to_half_the_descriptor_limit() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut config = NodeConfig::example(any, any);
+        let limit = crate::metrics::max_open_files().expect("Linux says");
+        assert_eq!(config.serve_limits().max_connections as u64, limit / 2);
+        config.api_max_connections = Some(7);
+        assert_eq!(config.serve_limits().max_connections, 7);
     }
 
     #[test]

@@ -474,6 +474,16 @@ impl Metrics {
     }
 }
 
+/// The process's limit on open file descriptors (its soft `RLIMIT_NOFILE`), from
+/// `/proc/self/limits` (Linux; elsewhere unknown).
+pub fn max_open_files() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse::<u64>().ok())
+}
+
 /// The standard `process_*` metrics, read from `/proc/self` (Linux; elsewhere none).
 fn process_metrics(out: &mut String) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -510,14 +520,7 @@ fn process_metrics(out: &mut String) {
     let open_fds = std::fs::read_dir("/proc/self/fd")
         .map(|dir| dir.count() as f64)
         .ok();
-    let max_fds = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("Max open files"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|soft| soft.parse::<u64>().ok())
-        });
+    let max_fds = max_open_files();
     let gauges = [
         (
             "process_cpu_seconds_total",
