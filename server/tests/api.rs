@@ -981,3 +981,37 @@ async fn members_shows_the_membership_its_admins_and_a_change_on_its_way() {
     );
     assert!(members.learners.is_empty());
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let test = quick_node();
+    let router = test.router();
+    let id_of = |headers: &axum::http::HeaderMap| {
+        headers
+            .get("x-request-id")
+            .expect("x-request-id on every answer")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Made up when the client sent none: 16 hex characters, another each time.
+    let (_, _, first) = get(&router, "/v1/status").await;
+    let (_, _, second) = get(&router, "/no/such/route").await;
+    let (first, second) = (id_of(&first), id_of(&second));
+    assert_eq!(first.len(), 16);
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_ne!(first, second);
+    // The client's own comes back; one that is not a usable header value does not.
+    let ask = |id: &str| {
+        Request::get("/healthz")
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let echoed = router.clone().oneshot(ask("trace-42")).await.unwrap();
+    assert_eq!(id_of(echoed.headers()), "trace-42");
+    let long = "x".repeat(200);
+    let replaced = router.clone().oneshot(ask(&long)).await.unwrap();
+    assert_eq!(id_of(replaced.headers()).len(), 16);
+    test.stop().await;
+}

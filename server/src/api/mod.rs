@@ -54,6 +54,59 @@ pub fn router(node: Arc<Node>) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
         .with_state(node)
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The header a request's id travels in, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an id (the client's `x-request-id` when it sent a usable one,
+/// else a new one), sends it back on the response, names it in every log line the
+/// request causes, and logs the request at debug: method, route, status, time.
+async fn request_id(request: Request, next: axum::middleware::Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |path| path.as_str().to_owned(),
+        );
+    let span = tracing::info_span!("request", id = %id);
+    let started = std::time::Instant::now();
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            %method,
+            route,
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+    });
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// 16 random hex characters (a counter if the OS has no randomness to give).
+fn new_request_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = COUNTER
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
+    }
+    hex::encode(bytes)
 }
 
 /// The OpenAPI 3 document, generated from the same handler annotations that build the
