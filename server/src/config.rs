@@ -121,6 +121,10 @@ pub struct NodeConfig {
     /// connection is closed.
     #[serde(default = "default_api_write_timeout_ms")]
     pub api_write_timeout_ms: u64,
+    /// Origins whose browser pages may call the API (CORS), e.g.
+    /// `"https://explorer.example.com"`, or `"*"` for any; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -194,6 +198,7 @@ impl NodeConfig {
         config
             .snapshot_tile_level()
             .map_err(|reason| invalid(path, reason))?;
+        crate::api::cors(&config.cors_origins).map_err(|reason| invalid(path, reason))?;
         Ok(config)
     }
 
@@ -233,6 +238,7 @@ impl NodeConfig {
             api_max_connections: None,
             api_header_timeout_ms: default_api_header_timeout_ms(),
             api_write_timeout_ms: default_api_write_timeout_ms(),
+            cors_origins: Vec::new(),
             log_format: LogFormat::Text,
             plugins: Vec::new(),
         }

@@ -819,9 +819,16 @@ pub async fn run(
         notifier.notify(&format!("READY=1\nSTATUS=serving at height {}", tip.height));
         tokio::spawn(watchdog(notifier, Arc::clone(&node), stop_rx.clone()));
     }
+    let router = crate::api::router(Arc::clone(&node));
+    let router = match crate::api::cors(&config.cors_origins)
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?
+    {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     crate::api::serve::serve(
         listener,
-        crate::api::router(Arc::clone(&node)),
+        router,
         config.serve_limits(),
         stopped(stop_rx.clone()),
     )

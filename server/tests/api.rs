@@ -1015,3 +1015,53 @@ async fn every_answer_carries_a_request_id() {
     assert_eq!(id_of(replaced.headers()).len(), 16);
     test.stop().await;
 }
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let test = quick_node();
+    async fn preflight(router: Router, origin: &str) -> Option<String> {
+        let request = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/v1/entries")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        response
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .map(|value| value.to_str().unwrap().to_owned())
+    }
+    // Off by default: no CORS headers for anyone.
+    assert_eq!(preflight(test.router(), "https://app.example").await, None);
+    let layer = ledger::api::cors(&["https://app.example".into()])
+        .unwrap()
+        .expect("a layer");
+    let open = test.router().layer(layer);
+    assert_eq!(
+        preflight(open.clone(), "https://app.example")
+            .await
+            .as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(preflight(open.clone(), "https://evil.example").await, None);
+    // A plain GET from the origin may read the answer and its request id.
+    let request = Request::get("/v1/status")
+        .header(header::ORIGIN, "https://app.example")
+        .body(Body::empty())
+        .unwrap();
+    let response = open.oneshot(request).await.unwrap();
+    let headers = response.headers();
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
+    assert!(headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap()
+        .contains("x-request-id"));
+    assert!(ledger::api::cors(&["bad\norigin".into()]).is_err());
+    test.stop().await;
+}

@@ -57,6 +57,41 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(axum::middleware::from_fn(request_id))
 }
 
+/// The CORS layer for `origins` (`"*"`: any), none for none: browser pages of those
+/// origins may read answers, send JSON, and see `x-request-id` and `Retry-After`.
+pub fn cors(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, String> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = match origins.iter().any(|origin| origin == "*") {
+        true => AllowOrigin::any(),
+        false => AllowOrigin::list(
+            origins
+                .iter()
+                .map(|origin| {
+                    header::HeaderValue::from_str(origin)
+                        .map_err(|_| format!("cors_origins: {origin:?} is not an origin"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static(REQUEST_ID),
+            ])
+            .expose_headers([
+                header::HeaderName::from_static(REQUEST_ID),
+                header::RETRY_AFTER,
+            ]),
+    ))
+}
+
 /// The header a request's id travels in, both ways.
 const REQUEST_ID: &str = "x-request-id";
 
