@@ -27,25 +27,9 @@ fn open_fds(url: &str) -> u64 {
 #[test]
 fn idle_and_slow_clients_are_capped_and_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let output = run(
-        LEDGERD,
-        &[
-            "dev",
-            "init",
-            "--nodes",
-            "1",
-            "--dir",
-            dir.path().join("dev").to_str().unwrap(),
-            "--base-port",
-            &port.to_string(),
-            "--difficulty",
-            "8",
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    let config = dir.path().join("dev/node0/ledgerd.toml");
-    let settings = std::fs::read_to_string(&config).unwrap().replace(
+    let (configs, port) = layout(&dir.path().join("dev"), 1);
+    let config = &configs[0];
+    let settings = std::fs::read_to_string(config).unwrap().replace(
         "api_header_timeout_ms = 10000",
         "api_max_connections = 32\napi_header_timeout_ms = 1000",
     );
@@ -53,8 +37,8 @@ fn idle_and_slow_clients_are_capped_and_cut_off() {
         settings.contains("api_max_connections = 32\n"),
         "{settings}"
     );
-    std::fs::write(&config, settings).unwrap();
-    let daemon = Daemon::start(&config, port);
+    std::fs::write(config, settings).unwrap();
+    let daemon = Daemon::start(config, port);
     let baseline = open_fds(&daemon.url);
 
     // 200 connections that send nothing: at most 32 are taken in at once.

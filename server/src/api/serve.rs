@@ -44,7 +44,9 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     // HTTP/1 only: telling HTTP/1 from HTTP/2 waits for a client's first bytes with no
     // deadline, which would let a connection that sends nothing hold its place.
     let mut builder = http1::Builder::new();
@@ -97,7 +99,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("API connections still open {CLOSE_GRACE:?} after the stop; closing them");
+        tracing::warn!(
+            "API connections still open {CLOSE_GRACE:?} after the stop; they end with the process"
+        );
     }
 }
 

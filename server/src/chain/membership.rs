@@ -530,7 +530,26 @@ impl Membership {
     /// The height from which a change held by the block at `height` is in force: the
     /// one after the first checkpoint at or above it.
     pub fn in_force_from(height: u64, checkpoint_interval: u64) -> u64 {
-        height.div_ceil(checkpoint_interval) * checkpoint_interval + 1
+        // Saturating: a checkpoint interval near u64::MAX puts the change at the end
+        // of time rather than wrapping it to the start.
+        height
+            .div_ceil(checkpoint_interval.max(1))
+            .saturating_mul(checkpoint_interval.max(1))
+            .saturating_add(1)
+    }
+
+    /// Whether `other` orders and follows the same way: the same epoch, first height,
+    /// member and learner keys in order, and change on its way. Address hints, which
+    /// an operator may edit in the genesis file, do not count.
+    pub fn same_order(&self, other: &Membership) -> bool {
+        let keys = |members: &[Member]| -> Vec<[u8; 32]> {
+            members.iter().map(|m| m.public_key.to_bytes()).collect()
+        };
+        self.epoch == other.epoch
+            && self.since == other.since
+            && keys(self.members.as_slice()) == keys(other.members.as_slice())
+            && keys(&self.learners) == keys(&other.learners)
+            && self.pending == other.pending
     }
 
     /// Puts a pending change in force if the block at `height` is the first it orders.
@@ -799,6 +818,7 @@ mod tests {
         assert_eq!(Membership::in_force_from(1, 10), 11);
         assert_eq!(Membership::in_force_from(10, 10), 11);
         assert_eq!(Membership::in_force_from(11, 10), 21);
+        assert_eq!(Membership::in_force_from(5, u64::MAX), u64::MAX);
         let spec = admin_spec();
         let mut membership = Membership::genesis(&spec);
         let entry = |epoch, change| vec![signed(&spec, epoch, change, &[21, 22]).to_entry()];

@@ -483,11 +483,15 @@ impl Replica {
 
     /// The high watermark: a window above the stable checkpoint, and never past the
     /// last height of this replica's epoch once the change that ends it committed.
+    /// (The next epoch's replica starts with that change still pending after its tip:
+    /// the cap is not its own.)
     fn high(&self) -> u64 {
         let high = self.low().saturating_add(self.config.window);
         match &self.membership.pending {
-            Some(pending) => high.min(pending.in_force_from - 1),
-            None => high,
+            Some(pending) if self.membership.epoch == self.config.epoch => {
+                high.min(pending.in_force_from.saturating_sub(1))
+            }
+            _ => high,
         }
     }
 
