@@ -55,7 +55,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut refused_at = None;
+    let mut refusals = crate::throttle::Throttle::new(Duration::from_secs(60));
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -70,10 +70,8 @@ pub async fn serve(
                 Err(error) => {
                     // Out of descriptors, most likely: wait a little instead of spinning,
                     // and say so at most once a minute.
-                    let now = tokio::time::Instant::now();
-                    if refused_at.is_none_or(|at| now.duration_since(at) > Duration::from_secs(60)) {
-                        tracing::warn!(%error, "accepting an API connection failed");
-                        refused_at = Some(now);
+                    if let Some(held) = refusals.allow(()) {
+                        tracing::warn!(%error, held, "accepting an API connection failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
