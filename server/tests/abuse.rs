@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn open_fds(url: &str) -> u64 {
-    let metrics = ureq::get(format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let line = metrics
-        .lines()
-        .find(|line| line.starts_with("process_open_fds "))
-        .expect("process_open_fds");
-    line["process_open_fds ".len()..].parse::<f64>().unwrap() as u64
-}
-
 #[test]
 fn idle_and_slow_clients_are_capped_and_cut_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +25,7 @@ fn idle_and_slow_clients_are_capped_and_cut_off() {
     );
     std::fs::write(config, settings).unwrap();
     let daemon = Daemon::start(config, port);
-    let baseline = open_fds(&daemon.url);
+    let baseline = metric(&daemon, "process_open_fds");
 
     // 200 connections that send nothing: at most 32 are taken in at once.
     let idle: Vec<TcpStream> = (0..200)
@@ -59,7 +45,7 @@ fn idle_and_slow_clients_are_capped_and_cut_off() {
     // The metrics request itself waits for a place, behind the idle ones the deadline
     // closes; it takes one connection, itself.
     let started = Instant::now();
-    let holding = open_fds(&daemon.url);
+    let holding = metric(&daemon, "process_open_fds");
     assert!(
         holding <= baseline + 32 + 2,
         "{holding} descriptors open against {baseline} before: the cap did not hold"

@@ -816,13 +816,7 @@ fn without_a_quorum_nothing_commits_until_it_returns() {
     };
     assert_eq!(code, 503, "{reason}");
     assert!(reason.contains("a quorum needs"), "{reason}");
-    let metrics = ureq::get(format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    assert!(metrics.contains("\nledger_has_quorum 0\n"), "{metrics}");
+    assert_eq!(metric(node(&daemons, 1), "ledger_has_quorum"), 0);
     let mut response = ureq::post(format!("{url}/v1/entries?wait=commit&timeout_ms=3000"))
         .send(r#"{"data":"waits for a quorum"}"#)
         .unwrap();
