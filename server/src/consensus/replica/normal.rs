@@ -103,7 +103,12 @@ impl Replica {
             return Err(MembershipError::NotOrdered.into());
         }
         let mut membership = self.membership_before(height)?;
-        membership.apply_block(&self.config.spec, height, &block.entries)?;
+        // Most blocks: no change on its way and none in the block, nothing to apply.
+        if membership.pending.is_some() || block.entries.iter().any(Entry::is_reconfiguration) {
+            membership
+                .to_mut()
+                .apply_block(&self.config.spec, height, &block.entries)?;
+        }
         if membership.epoch != self.config.epoch {
             return Err(MembershipError::OtherEpoch {
                 height,
@@ -117,9 +122,12 @@ impl Replica {
 
     /// The membership after the blocks below `height` on the chain this replica
     /// builds: the tip's, then each block of this view accepted above it that holds
-    /// a change.
-    pub(super) fn membership_before(&self, height: u64) -> Result<Membership, ChainError> {
-        let mut membership = (*self.membership).clone();
+    /// a change (the tip's itself, not a copy, when none does).
+    pub(super) fn membership_before(
+        &self,
+        height: u64,
+    ) -> Result<std::borrow::Cow<'_, Membership>, ChainError> {
+        let mut membership = std::borrow::Cow::Borrowed(&*self.membership);
         let above_tip = self.tip.header.height + 1;
         for (at, slot) in self.slots.range(above_tip..height.max(above_tip)) {
             let accepted = slot.accepted.as_ref();
@@ -128,7 +136,9 @@ impl Replica {
                 continue;
             };
             if let Some(block) = self.blocks.get(&accepted.hash) {
-                membership.apply_block(&self.config.spec, *at, &block.entries)?;
+                membership
+                    .to_mut()
+                    .apply_block(&self.config.spec, *at, &block.entries)?;
             }
         }
         Ok(membership)
@@ -616,7 +626,9 @@ impl Replica {
         let Ok(mut membership) = self.membership_before(height) else {
             return;
         };
-        membership.advance_to(height);
+        if membership.pending.is_some() {
+            membership.to_mut().advance_to(height);
+        }
         if membership.epoch != self.config.epoch {
             return; // the next epoch's members order this height
         }
