@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ledger::api::types::{EntryView, ReceiptView, StatusView, SubmitRequest};
 use ledger::api::ErrorBody;
-use ledger::chain::{ChainSpec, Change, Entry, Hash, Receipt, Reconfiguration};
+use ledger::chain::{ChainSpec, Change, Entry, Hash, MembershipError, Receipt, Reconfiguration};
 use ledger::config;
 use serde_json::Value;
 
@@ -275,19 +275,10 @@ fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
             let digest = change.digest(&spec.chain_hash());
             for signature in &change.signatures {
                 let signer = hex::encode(signature.public_key);
-                let admin = admins
-                    .keys()
-                    .iter()
-                    .find(|admin| admin.to_bytes() == signature.public_key);
-                let verdict = match admin {
-                    None => "not an admin of this chain",
-                    Some(key) => match key.verify_strict(
-                        digest.as_bytes(),
-                        &ed25519_dalek::Signature::from_bytes(&signature.signature),
-                    ) {
-                        Ok(()) => "valid",
-                        Err(_) => "INVALID for this change, chain and epoch",
-                    },
+                let verdict = match Reconfiguration::check_signature(&digest, admins, signature) {
+                    Ok(()) => "valid",
+                    Err(MembershipError::NotAdmin(_)) => "not an admin of this chain",
+                    Err(_) => "INVALID for this change, chain and epoch",
                 };
                 out(&format!("  signed by {signer}: {verdict}"))?;
             }

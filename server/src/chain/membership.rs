@@ -201,6 +201,26 @@ impl Reconfiguration {
         });
     }
 
+    /// Checks one signature over `digest` ([`Reconfiguration::digest`]): by an admin,
+    /// and valid.
+    pub fn check_signature(
+        digest: &Hash,
+        admins: &Admins,
+        signature: &AdminSignature,
+    ) -> Result<(), MembershipError> {
+        let signer = || hex::encode(signature.public_key);
+        let key = admins
+            .keys()
+            .iter()
+            .find(|admin| admin.to_bytes() == signature.public_key)
+            .ok_or_else(|| MembershipError::NotAdmin(signer()))?;
+        key.verify_strict(
+            digest.as_bytes(),
+            &Signature::from_bytes(&signature.signature),
+        )
+        .map_err(|_| MembershipError::BadSignature(signer()))
+    }
+
     /// Checks that at least the threshold of distinct admins signed this change.
     pub fn check_signatures(
         &self,
@@ -210,21 +230,12 @@ impl Reconfiguration {
         let digest = self.digest(chain_hash);
         let mut signed: Vec<[u8; 32]> = Vec::with_capacity(self.signatures.len());
         for signature in &self.signatures {
-            let key = admins
-                .keys()
-                .iter()
-                .find(|admin| admin.to_bytes() == signature.public_key)
-                .ok_or_else(|| MembershipError::NotAdmin(hex::encode(signature.public_key)))?;
             if signed.contains(&signature.public_key) {
                 return Err(MembershipError::SignedTwice(hex::encode(
                     signature.public_key,
                 )));
             }
-            key.verify_strict(
-                digest.as_bytes(),
-                &Signature::from_bytes(&signature.signature),
-            )
-            .map_err(|_| MembershipError::BadSignature(hex::encode(signature.public_key)))?;
+            Reconfiguration::check_signature(&digest, admins, signature)?;
             signed.push(signature.public_key);
         }
         if signed.len() < admins.threshold() {
