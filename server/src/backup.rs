@@ -162,15 +162,16 @@ pub fn save_from_store(
     write(manifest, tip, store, out)
 }
 
-/// Writes a backup of the running node at `base` (`http://host:port`): its latest
-/// snapshot and every block up to its tip.
+/// Writes a backup of the running node at `base` (`http://host:port`), asked with
+/// `agent`: its latest snapshot and every block up to its tip.
 pub fn save_from_api(
     spec: &ChainSpec,
     base: &str,
+    agent: ureq::Agent,
     out: &mut impl Write,
 ) -> Result<Contents, BackupError> {
     let api = Api {
-        agent: crate::join::agent(std::time::Duration::from_secs(60)),
+        agent,
         base: base.trim_end_matches('/').to_owned(),
     };
     let json = |bytes: Vec<u8>| -> Result<serde_json::Value, BackupError> {

@@ -125,12 +125,115 @@ pub struct NodeConfig {
     /// `"https://explorer.example.com"`, or `"*"` for any; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
+    /// Serve the API on an address other than loopback with neither tokens nor TLS:
+    /// anyone who reaches it may then submit and cut blocks. Refused unless set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_insecure: bool,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// TLS, tokens and rate limit of the client API (`[api]`).
+    #[serde(default, skip_serializing_if = "ApiSecurity::is_open")]
+    pub api: ApiSecurity,
+    /// How this node calls other nodes' client APIs (`[upstream]`): a follower
+    /// following the members, a node fetching from them.
+    #[serde(default, skip_serializing_if = "Upstream::is_plain")]
+    pub upstream: Upstream,
     /// Validation plugins (`[[plugins]]`), called in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginConfig>,
+}
+
+/// `[api]` of ledgerd.toml: who may call the client API, and how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSecurity {
+    /// PEM certificate chain to serve the API over TLS with (with `tls_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate one of them issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Requests per second each caller may make (per token, or per address when
+    /// no token is configured); beyond it, 429 with `Retry-After`. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Requests a caller may make at once after a quiet spell; `rate_limit` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_burst: Option<u32>,
+    /// Bearer tokens (`[[api.tokens]]`, from `ledgerd token new`); the API is open
+    /// to anyone when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<crate::api::auth::TokenConfig>,
+}
+
+impl ApiSecurity {
+    fn is_open(&self) -> bool {
+        *self == ApiSecurity::default()
+    }
+
+    /// The TLS files, if the API is served over TLS.
+    pub fn tls(&self) -> Option<crate::api::tls::TlsFiles> {
+        Some(crate::api::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// The rate limit, if one is set.
+    pub fn rate(&self) -> Option<crate::api::auth::RateLimit> {
+        let per_second = std::num::NonZeroU32::new(self.rate_limit?)?;
+        let burst = self
+            .rate_burst
+            .and_then(std::num::NonZeroU32::new)
+            .unwrap_or(per_second);
+        Some(crate::api::auth::RateLimit { per_second, burst })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("[api]: tls_cert and tls_key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("[api]: tls_client_ca needs tls_cert and tls_key".into());
+        }
+        if self.rate_limit == Some(0) || self.rate_burst == Some(0) {
+            return Err("[api]: rate_limit and rate_burst must be at least 1".into());
+        }
+        if self.rate_burst.is_some() && self.rate_limit.is_none() {
+            return Err("[api]: rate_burst needs rate_limit".into());
+        }
+        crate::api::auth::Tokens::new(&self.tokens).map(drop)
+    }
+}
+
+/// `[upstream]` of ledgerd.toml: the credentials this node shows other nodes' client
+/// APIs when they ask for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// PEM CA certificates that issued their API certificates: talk https to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    /// A file holding a token secret (role `read` is enough), mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// PEM client certificate, for APIs that verify clients (with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl Upstream {
+    fn is_plain(&self) -> bool {
+        *self == Upstream::default()
+    }
 }
 
 fn default_api_header_timeout_ms() -> u64 {
@@ -171,6 +274,17 @@ impl NodeConfig {
         let mut config: NodeConfig = toml::from_str(&text).map_err(|error| invalid(path, error))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let plugins = config.plugins.iter_mut().map(|plugin| &mut plugin.path);
+        let api = &mut config.api;
+        let upstream = &mut config.upstream;
+        let optional = [
+            &mut api.tls_cert,
+            &mut api.tls_key,
+            &mut api.tls_client_ca,
+            &mut upstream.cacert,
+            &mut upstream.token_file,
+            &mut upstream.cert,
+            &mut upstream.key,
+        ];
         for file in [
             &mut config.data_dir,
             &mut config.genesis,
@@ -178,6 +292,7 @@ impl NodeConfig {
         ]
         .into_iter()
         .chain(plugins)
+        .chain(optional.into_iter().flatten())
         {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -199,6 +314,27 @@ impl NodeConfig {
             .snapshot_tile_level()
             .map_err(|reason| invalid(path, reason))?;
         crate::api::cors(&config.cors_origins).map_err(|reason| invalid(path, reason))?;
+        config.api.check().map_err(|reason| invalid(path, reason))?;
+        if config.upstream.cert.is_some() != config.upstream.key.is_some() {
+            return Err(invalid(path, "[upstream]: cert and key go together"));
+        }
+        if !config.api_listen.ip().is_loopback()
+            && config.api.tokens.is_empty()
+            && config.api.tls_cert.is_none()
+            && !config.api_insecure
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "api_listen {} is reachable from other machines, and the API has \
+                     neither tokens nor TLS: anyone could submit and cut blocks. Add a \
+                     token (`ledgerd token new --role admin --name NAME` prints the \
+                     lines), or TLS (`[api]` tls_cert and tls_key), or set \
+                     `api_insecure = true` if the network itself is trusted",
+                    config.api_listen
+                ),
+            ));
+        }
         Ok(config)
     }
 
@@ -239,7 +375,10 @@ impl NodeConfig {
             api_header_timeout_ms: default_api_header_timeout_ms(),
             api_write_timeout_ms: default_api_write_timeout_ms(),
             cors_origins: Vec::new(),
+            api_insecure: false,
             log_format: LogFormat::Text,
+            api: ApiSecurity::default(),
+            upstream: Upstream::default(),
             plugins: Vec::new(),
         }
     }
@@ -300,6 +439,15 @@ impl NodeConfig {
 
 /// Reads a key file: 64 hex characters of ed25519 secret key, whitespace ignored.
 pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
+    check_private(path)?;
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| invalid(path, "a key file holds 64 hex characters"))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+fn check_private(path: &Path) -> Result<(), ConfigError> {
     // As ssh does with private keys: a secret others can read is no longer secret,
     // so it is refused, not used with a warning nobody reads.
     #[cfg(unix)]
@@ -310,18 +458,14 @@ pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
             return Err(invalid(
                 path,
                 format!(
-                    "the key file has mode {mode:04o}, readable by group or others; \
+                    "the file has mode {mode:04o}, readable by group or others; \
                      make it private with `chmod 600 {}`",
                     path.display()
                 ),
             ));
         }
     }
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    let mut secret = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut secret)
-        .map_err(|_| invalid(path, "a key file holds 64 hex characters"))?;
-    Ok(SigningKey::from_bytes(&secret))
+    Ok(())
 }
 
 /// A new key from the OS's random source.
@@ -336,6 +480,12 @@ pub fn generate_key() -> Result<SigningKey, ConfigError> {
 
 /// Writes `key` to a new file readable only by its owner; never overwrites.
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
+    write_secret(path, &hex::encode(key.to_bytes()))
+}
+
+/// Writes `secret` and a newline to a new file readable only by its owner; never
+/// overwrites.
+pub fn write_secret(path: &Path, secret: &str) -> Result<(), ConfigError> {
     use std::io::Write;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -345,7 +495,17 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io(path))?;
-    writeln!(file, "{}", hex::encode(key.to_bytes())).map_err(io(path))
+    writeln!(file, "{secret}").map_err(io(path))
+}
+
+/// Reads a secret [`write_secret`] wrote, refusing a file others can read.
+pub fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    check_private(path)?;
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    match text.trim() {
+        "" => Err(invalid(path, "the file is empty")),
+        secret => Ok(secret.to_owned()),
+    }
 }
 
 /// The file beside a node key that says the key is new: the node holding it never
@@ -509,10 +669,12 @@ pub fn lay_out(
                 (config, addrs.0, addrs.1)
             }
             // Mounted at /etc/ledger with the genesis file beside it; the others
-            // dial a node by its service name.
+            // dial a node by its service name. The API listens on the containers'
+            // own network and is published on the host's loopback only.
             Placement::Containers { .. } => (
                 NodeConfig {
                     data_dir: "/var/lib/ledger".into(),
+                    api_insecure: true,
                     ..NodeConfig::example(
                         SocketAddr::from(([0, 0, 0, 0], CONTAINER_API)),
                         SocketAddr::from(([0, 0, 0, 0], CONTAINER_P2P)),
@@ -721,5 +883,51 @@ mod tests {
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert!(read_key(&key).unwrap_err().to_string().contains("64 hex"));
+    }
+
+    #[test]
+    fn api_security_settings_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledgerd.toml");
+        let load = |listen: &str, rest: &str| {
+            let text = format!(
+                "api_listen = \"{listen}\"\np2p_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n{rest}"
+            );
+            fs::write(&path, text).unwrap();
+            NodeConfig::load(&path).map_err(|error| error.to_string())
+        };
+        let token = crate::api::auth::TokenConfig::generate("ops", crate::api::auth::Role::Admin)
+            .unwrap()
+            .1
+            .to_toml();
+        // Reachable: tokens, TLS or an explicit insecure; loopback: open is fine.
+        assert!(load("0.0.0.0:1", "").unwrap_err().contains("api_insecure"));
+        assert!(load("0.0.0.0:1", "api_insecure = true\n").is_ok());
+        assert!(load("0.0.0.0:1", &token).is_ok());
+        let tls = "[api]\ntls_cert = \"a.crt\"\ntls_key = \"a.key\"\n";
+        let loaded = load("[::]:1", tls).unwrap();
+        assert_eq!(loaded.api.tls().unwrap().cert, dir.path().join("a.crt"));
+        assert!(load("127.0.0.1:1", "").is_ok());
+        // Halves and nonsense are refused with the fix.
+        for (rest, words) in [
+            ("[api]\ntls_cert = \"a.crt\"\n", "go together"),
+            ("[api]\ntls_client_ca = \"ca.pem\"\n", "needs tls_cert"),
+            ("[api]\nrate_limit = 0\n", "at least 1"),
+            ("[api]\nrate_burst = 5\n", "needs rate_limit"),
+            ("[upstream]\ncert = \"c.pem\"\n", "go together"),
+            (
+                "[[api.tokens]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"secret\"\n",
+                "64 hex",
+            ),
+            (
+                "[[api.tokens]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"00\"\n",
+                "root",
+            ),
+        ] {
+            let error = load("127.0.0.1:1", rest).unwrap_err();
+            assert!(error.contains(words), "{rest}: {error}");
+        }
+        let rate = load("127.0.0.1:1", "[api]\nrate_limit = 10\n").unwrap();
+        assert_eq!(rate.api.rate().unwrap().burst.get(), 10);
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 
+use crate::api::auth::{Access, Tokens};
 use crate::api::starting::Starting;
+use crate::api::tls::ApiTls;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
@@ -221,7 +223,7 @@ fn join_if_far_behind(
     let tip = store.tip()?;
     let spec = store.spec().clone();
     let join = join_config(config, &spec, Duration::from_secs(5))?;
-    let client = crate::join::Client::new(join.timeout, join.requester.clone());
+    let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources);
     let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
         return Ok(store);
@@ -303,7 +305,7 @@ fn join_into_new(
 fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
     let spec = config.chain_spec()?;
     let join = join_config(config, &spec, Duration::from_secs(10))?;
-    let client = crate::join::Client::new(join.timeout, join.requester.clone());
+    let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let mut seen = crate::join::highest_certified(&client, &spec, &join.probe);
     if let Some(store) = store {
         seen = seen.max(store.tip()?.height);
@@ -351,11 +353,14 @@ fn join_config(
         .iter()
         .position(|member| member.public_key == public)
         .filter(|_| !config.follower);
+    let credentials = crate::http::Credentials::upstream(&config.upstream)?;
     // A key that never voted has nothing to learn about its own votes.
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     let (sources, requester, probe) = match me {
         None => (
-            api_sources(spec, &public).map(Source::Api).collect(),
+            api_sources(spec, &public, &credentials)
+                .map(Source::Api)
+                .collect(),
             None,
             Vec::new(),
         ),
@@ -376,7 +381,7 @@ fn join_config(
                 false => others(spec, me)
                     .map(|(index, member)| {
                         let api = member.api_addr.as_ref();
-                        let api = api.map(|addr| Source::Api(format!("http://{addr}")));
+                        let api = api.map(|addr| Source::Api(credentials.base_url(addr)));
                         api.into_iter().chain(peer_source(index, member)).collect()
                     })
                     .collect(),
@@ -391,6 +396,7 @@ fn join_config(
         path: config.database_path(),
         staging: config.data_dir.join("ledger.redb.restoring"),
         timeout,
+        agent: credentials.agent(timeout)?,
         progress_every: Duration::from_secs(5),
     })
 }
@@ -420,13 +426,14 @@ fn peer_source(index: usize, member: &crate::chain::Member) -> Option<Source> {
 fn api_sources<'a>(
     spec: &'a crate::chain::ChainSpec,
     me: &'a ed25519_dalek::VerifyingKey,
+    credentials: &'a crate::http::Credentials,
 ) -> impl Iterator<Item = String> + 'a {
     spec.members
         .as_slice()
         .iter()
         .filter(move |member| member.public_key != *me)
         .filter_map(|member| member.api_addr.as_ref())
-        .map(|addr| format!("http://{addr}"))
+        .map(|addr| credentials.base_url(addr))
 }
 
 /// What a full database check found.
@@ -602,6 +609,14 @@ pub async fn run(
     check_key(&config, &config.chain_spec()?)?;
     // Made first: a join counts what it fetched, and /metrics shows it once serving.
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    // A certificate or token that cannot be used stops the start before anything else.
+    let (tls, access) = api_security(path, &config, &metrics)?;
+    // From here on SIGHUP reloads them (and no longer ends the process).
+    let _reloads = AbortOnDrop(tokio::spawn(reload_on_hangup(
+        path.to_owned(),
+        tls.clone(),
+        Arc::clone(&access),
+    )));
     // Every listener is bound before consensus starts: a busy port stops start-up at
     // once, not after the peers have connected. Until the node serves, its address
     // answers why it does not yet (a join's progress among it).
@@ -620,7 +635,12 @@ pub async fn run(
     // it set its database aside to join from a snapshot).
     let empty = !config.database_path().exists() && !set_aside_path(&config).exists();
     starting.set_holds_nothing(empty);
-    let starting_api = StartingApi::serve(&listener, &starting, notifier.clone())?;
+    let starting_api = StartingApi::serve(
+        &listener,
+        &starting,
+        (config.serve_limits(), tls.clone()),
+        notifier.clone(),
+    )?;
     tokio::task::spawn_blocking({
         let (config, metrics, starting) =
             (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
@@ -722,7 +742,9 @@ pub async fn run(
     // The engine is chosen once, here, for the node's whole life.
     let mut transport = None;
     let node = if config.follower {
-        let sources: Vec<String> = api_sources(store.spec(), &key.verifying_key()).collect();
+        let credentials = crate::http::Credentials::upstream(&config.upstream)?;
+        let sources: Vec<String> =
+            api_sources(store.spec(), &key.verifying_key(), &credentials).collect();
         if sources.is_empty() {
             bail!(
                 "{}: no member has an api_addr to follow the chain from",
@@ -734,6 +756,7 @@ pub async fn run(
             Arc::clone(&store),
             &key,
             sources,
+            credentials.agent(crate::engine::FOLLOWER_TIMEOUT)?,
             settings,
             plugins,
             metrics,
@@ -819,7 +842,14 @@ pub async fn run(
         notifier.notify(&format!("READY=1\nSTATUS=serving at height {}", tip.height));
         tokio::spawn(watchdog(notifier, Arc::clone(&node), stop_rx.clone()));
     }
-    let router = crate::api::router(Arc::clone(&node));
+    if access.is_open() {
+        tracing::warn!(
+            api = %config.api_listen,
+            "the client API is open: with no [[api.tokens]] configured, anyone who reaches \
+             it may submit entries and cut blocks"
+        );
+    }
+    let router = crate::api::guarded_router(Arc::clone(&node), access);
     let router = match crate::api::cors(&config.cors_origins)
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?
     {
@@ -830,6 +860,7 @@ pub async fn run(
         listener,
         router,
         config.serve_limits(),
+        tls,
         stopped(stop_rx.clone()),
     )
     .await;
@@ -872,19 +903,21 @@ impl StartingApi {
     fn serve(
         listener: &std::net::TcpListener,
         starting: &Arc<Starting>,
+        (limits, tls): (crate::api::serve::ServeLimits, Option<Arc<ApiTls>>),
         notifier: Option<Arc<crate::systemd::Notifier>>,
     ) -> anyhow::Result<StartingApi> {
         let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = crate::api::starting::router(Arc::clone(starting));
-        let server = tokio::spawn(async move {
-            let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let server = tokio::spawn(crate::api::serve::serve(
+            listener,
+            router,
+            limits,
+            tls,
+            async move {
                 let _ = stopped.await;
-            });
-            if let Err(error) = serving.await {
-                tracing::warn!(%error, "the API of the starting node failed");
-            }
-        });
+            },
+        ));
         let starting = Arc::clone(starting);
         let reports = tokio::spawn(async move {
             let Some(notifier) = notifier else {
@@ -938,6 +971,85 @@ impl Drop for StartingApi {
         if let Some(server) = &self.server {
             server.abort();
         }
+    }
+}
+
+/// The API's TLS (if configured) and access rules, from `config` read at `path`.
+fn api_security(
+    path: &Path,
+    config: &NodeConfig,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<(Option<Arc<ApiTls>>, Arc<Access>)> {
+    let tls = config
+        .api
+        .tls()
+        .map(|files| ApiTls::load(files).map(Arc::new))
+        .transpose()
+        .with_context(|| format!("{}: [api] TLS cannot be used", path.display()))?;
+    let tokens = Tokens::new(&config.api.tokens)
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+    let access = Access::new(
+        &crate::api::openapi(),
+        tokens,
+        config.api.rate(),
+        Arc::clone(metrics),
+    );
+    Ok((tls, Arc::new(access)))
+}
+
+/// On each SIGHUP, reads the config at `path` again and puts its tokens and the TLS
+/// files' current content in force for new requests and connections; a file that
+/// cannot be used is logged and what was in force stays. Other settings need a
+/// restart.
+async fn reload_on_hangup(path: std::path::PathBuf, tls: Option<Arc<ApiTls>>, access: Arc<Access>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; tokens and certificates reload only with a restart");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let config = match NodeConfig::load(&path) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the config cannot be read; nothing reloaded");
+                    continue;
+                }
+            };
+            match Tokens::new(&config.api.tokens) {
+                Ok(tokens) => {
+                    let count = config.api.tokens.len();
+                    access.replace_tokens(tokens);
+                    tracing::info!(tokens = count, "SIGHUP: API tokens reloaded");
+                }
+                Err(reason) => tracing::error!(%reason, "SIGHUP: tokens kept as they were"),
+            }
+            match (&tls, config.api.tls()) {
+                (Some(tls), Some(_)) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: API certificate reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: the certificate in force stays")
+                    }
+                },
+                (None, None) => {}
+                _ => tracing::warn!("SIGHUP: turning the API's TLS on or off takes a restart"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, tls, access);
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

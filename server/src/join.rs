@@ -73,6 +73,9 @@ pub struct JoinConfig {
     pub staging: PathBuf,
     /// Longest wait for one answer.
     pub timeout: Duration,
+    /// The client of [`Source::Api`] sources, with the node's `[upstream]`
+    /// credentials and `timeout`.
+    pub agent: ureq::Agent,
     /// How often a progress line is logged.
     pub progress_every: Duration,
 }
@@ -141,7 +144,7 @@ const MAX_ATTEMPTS: u32 = 5;
 /// Joins from the snapshot the members offer (see the module docs), counting what
 /// it fetches in `metrics`.
 pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<Joined, JoinError> {
-    let client = Client::new(config.timeout, config.requester.clone());
+    let client = Client::new(config.agent.clone(), config.requester.clone());
     let (mut attempt, mut chunks, mut bytes) = (0, 0, 0);
     let (best, sources, fetched, refused) = loop {
         attempt += 1;
@@ -652,16 +655,6 @@ fn release_freed_memory() -> u64 {
     before.saturating_sub(rss_mib("VmRSS").unwrap_or(before))
 }
 
-/// An HTTP client that reads error statuses as answers, each request bounded by
-/// `timeout`.
-pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
 /// A block is at most the chain's limits; 64 MiB bounds any honest one.
 const MAX_BLOCK_BYTES: u64 = 64 << 20;
 
@@ -675,12 +668,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client waiting `timeout` for each answer, asking members with `requester`.
-    pub fn new(timeout: Duration, requester: Option<std::sync::Arc<Requester>>) -> Client {
-        Client {
-            agent: agent(timeout),
-            requester,
-        }
+    /// A client calling client APIs with `agent`, asking members with `requester`.
+    pub fn new(agent: ureq::Agent, requester: Option<std::sync::Arc<Requester>>) -> Client {
+        Client { agent, requester }
     }
 
     /// The encoded manifest of the latest snapshot `source` serves.
@@ -874,7 +864,7 @@ pub fn backfill(
     previous: Option<&Store>,
 ) {
     let (client, sources) = (
-        Client::new(config.timeout, config.requester.clone()),
+        Client::new(config.agent.clone(), config.requester.clone()),
         &config.sources,
     );
     let first = store.history_from();

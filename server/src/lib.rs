@@ -18,7 +18,10 @@
 //! - [`join`]: a new or wiped node takes over the chain from a snapshot the members
 //!   serve, resumably.
 //! - [`snapshots`]: which snapshots a node serves to joiners, and how many chunks at once.
-//! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place.
+//! - [`api`]: the axum HTTP API, with one error type mapped to responses in one place;
+//!   its TLS, tokens and rate limits.
+//! - [`http`]: the client of a node's API every tool shares (https, client
+//!   certificates, tokens).
 //! - [`plugin_host`]: validation plugins loaded from shared libraries, and their hooks.
 //! - [`config`]: `ledgerd.toml`, key files, and the `ledgerd dev` layout.
 //! - [`cli`]: what the command-line tools share (errors told once, the version).
@@ -41,6 +44,7 @@ pub mod config;
 pub mod consensus;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod join;
 pub mod metrics;
 pub mod net;

@@ -128,6 +128,8 @@ pub struct Metrics {
     pub messages_out: Labelled,
     /// Inputs refused, by reason.
     pub messages_dropped: Labelled,
+    /// Client API requests refused before their handler, by reason.
+    pub api_refused: Labelled,
     /// Plugin hook calls, by hook.
     pub plugin_calls: Labelled,
     /// Time in plugin hooks, by hook, in microseconds.
@@ -438,6 +440,13 @@ impl Metrics {
             "ledger_messages_dropped_total",
             "reason",
             "Inputs refused: frames, messages, entries and blocks.",
+        );
+        self.api_refused.render(
+            &mut out,
+            "ledger_api_refused_total",
+            "reason",
+            "Client API requests refused before their handler: unauthorized (no or an \
+             unknown token), forbidden (a role too low), rate_limited.",
         );
         self.plugin_calls.render(
             &mut out,

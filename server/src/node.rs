@@ -86,6 +86,7 @@ impl Node {
         store: Arc<Store>,
         key: &SigningKey,
         sources: Vec<String>,
+        agent: ureq::Agent,
         settings: NodeSettings,
         plugins: Arc<Plugins>,
         metrics: Arc<Metrics>,
@@ -94,6 +95,7 @@ impl Node {
         let follower = Follower::new(
             Arc::clone(&store),
             sources,
+            agent,
             settings,
             Arc::clone(&plugins),
             Arc::clone(&metrics),

@@ -337,28 +337,8 @@ fn a_follower_joins_follows_and_forwards_submits() {
     let before = commit_batch(node(&daemons, 1), "before", 40);
     snapshot_at_least(node(&daemons, 0), 10);
 
-    let port = free_ports(2);
-    let home = dir.path().join("follower");
-    let initialised = run(
-        LEDGERD,
-        &[
-            "init",
-            "--dir",
-            home.to_str().unwrap(),
-            "--api-listen",
-            &format!("127.0.0.1:{port}"),
-            "--p2p-listen",
-            &format!("127.0.0.1:{}", port + 1),
-        ],
-    );
-    assert!(initialised.status.success(), "{}", text(&initialised));
-    let config = home.join("ledgerd.toml");
     let genesis = chain.join("genesis.toml");
-    set(
-        std::slice::from_ref(&config),
-        "genesis",
-        &format!("{:?}", genesis.to_str().unwrap()),
-    );
+    let (config, port) = init_outsider(&dir.path().join("follower"), &genesis);
     // Without saying it follows, a key that is not a member's is refused, with the fix.
     let refused = run(LEDGERD, &["run", "--config", config.to_str().unwrap()]);
     assert!(!refused.status.success());

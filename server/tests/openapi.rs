@@ -8,33 +8,35 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use ledger::api::{openapi, router};
+use ledger::api::auth::{secret_hash, Access, TokenConfig, Tokens};
+use ledger::api::{guarded_router, openapi, router};
 use ledger::node::{Node, NodeSettings};
 use ledger::storage::{Store, StoreOptions};
 use ledger::testing::{key, spec};
 use tower::ServiceExt;
 
-/// Every operation the single-node API serves.
-const OPERATIONS: &[(&str, &str)] = &[
-    ("post", "/v1/entries"),
-    ("post", "/v1/entries/batch"),
-    ("get", "/v1/entries/{id}"),
-    ("get", "/v1/blocks"),
-    ("get", "/v1/blocks/latest"),
-    ("get", "/v1/blocks/{id}"),
-    ("get", "/v1/blocks/{height}/committed"),
-    ("get", "/v1/proofs/consistency"),
-    ("get", "/v1/status"),
-    ("get", "/v1/members"),
-    ("get", "/v1/snapshots/latest"),
-    ("get", "/v1/snapshots/{height}"),
-    ("get", "/v1/snapshots/{height}/chunks/{index}"),
-    ("get", "/v1/openapi.json"),
-    ("get", "/chain"),
-    ("post", "/mine"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
+/// Every operation the single-node API serves, and the least role it needs (none:
+/// open to anyone, as probes and scrapers are).
+const OPERATIONS: &[(&str, &str, Option<&str>)] = &[
+    ("post", "/v1/entries", Some("submit")),
+    ("post", "/v1/entries/batch", Some("submit")),
+    ("get", "/v1/entries/{id}", Some("read")),
+    ("get", "/v1/blocks", Some("read")),
+    ("get", "/v1/blocks/latest", Some("read")),
+    ("get", "/v1/blocks/{id}", Some("read")),
+    ("get", "/v1/blocks/{height}/committed", Some("read")),
+    ("get", "/v1/proofs/consistency", Some("read")),
+    ("get", "/v1/status", Some("read")),
+    ("get", "/v1/members", Some("read")),
+    ("get", "/v1/snapshots/latest", Some("read")),
+    ("get", "/v1/snapshots/{height}", Some("read")),
+    ("get", "/v1/snapshots/{height}/chunks/{index}", Some("read")),
+    ("get", "/v1/openapi.json", None),
+    ("get", "/chain", Some("read")),
+    ("post", "/mine", Some("admin")),
+    ("get", "/healthz", None),
+    ("get", "/readyz", None),
+    ("get", "/metrics", None),
 ];
 
 fn documented() -> Vec<(String, String)> {
@@ -55,11 +57,31 @@ fn documented() -> Vec<(String, String)> {
 fn the_document_lists_exactly_the_served_operations() {
     let mut expected: Vec<(String, String)> = OPERATIONS
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
     expected.sort();
     assert_eq!(documented(), expected);
     let document = serde_json::to_value(openapi()).unwrap();
+    // Each operation names the role it needs, and the answers a guard may give.
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (method, path, role) in OPERATIONS {
+        let operation = &document["paths"][path][method];
+        let security = serde_json::json!(match role {
+            Some(role) => serde_json::json!([{ "bearer": [role] }]),
+            None => serde_json::json!([{}]),
+        });
+        assert_eq!(operation["security"], security, "{method} {path}");
+        let responses = &operation["responses"];
+        assert!(responses["429"].is_object(), "{method} {path}");
+        assert_eq!(
+            responses["401"].is_object() && responses["403"].is_object(),
+            role.is_some(),
+            "{method} {path}"
+        );
+    }
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     for name in [
         "SubmitRequest",
@@ -98,7 +120,62 @@ async fn every_documented_operation_is_routed() {
     let producer = tokio::spawn(Arc::clone(&node).run(async {
         let _ = stopped.await;
     }));
-    let router = router(node);
+    let router = router(node.clone());
+    // The same routes behind tokens: the guard asks exactly the documented role.
+    let secret = |name: &str| format!("ledger_{name}");
+    let tokens: Vec<TokenConfig> = ["read", "submit", "admin"]
+        .into_iter()
+        .map(|role| TokenConfig {
+            name: role.into(),
+            role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+            sha256: secret_hash(&secret(role)),
+        })
+        .collect();
+    let access = Access::new(
+        &openapi(),
+        Tokens::new(&tokens).unwrap(),
+        None,
+        Arc::default(),
+    );
+    let guarded = guarded_router(node, Arc::new(access));
+    let roles = ["read", "submit", "admin"];
+    for (method, path, role) in OPERATIONS {
+        let uri = path
+            .replace("{id}", "0")
+            .replace("{height}", "0")
+            .replace("{index}", "0");
+        for presented in [None, Some("read"), Some("submit"), Some("admin")] {
+            let mut request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri);
+            if let Some(name) = presented {
+                request = request.header("authorization", format!("Bearer {}", secret(name)));
+            }
+            // An empty body: the guard answers before any handler reads it.
+            let response = guarded
+                .clone()
+                .oneshot(request.body(Body::from("{")).unwrap())
+                .await
+                .unwrap();
+            let rank = |name: &str| roles.iter().position(|r| *r == name);
+            let expected = match (role, presented) {
+                (None, _) => None,
+                (Some(_), None) => Some(StatusCode::UNAUTHORIZED),
+                (Some(needed), Some(held)) if rank(held) < rank(needed) => {
+                    Some(StatusCode::FORBIDDEN)
+                }
+                (Some(_), Some(_)) => None,
+            };
+            let status = response.status();
+            match expected {
+                Some(expected) => assert_eq!(status, expected, "{method} {path} as {presented:?}"),
+                None => assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {path} as {presented:?}: {status}"
+                ),
+            }
+        }
+    }
 
     for (method, path) in documented() {
         let uri = path

@@ -462,6 +462,7 @@ async fn join_with(
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),
+        agent: plain_agent(),
         progress_every: Duration::from_secs(1),
     };
     let spec = spec.clone();
@@ -696,7 +697,7 @@ async fn a_member_joins_over_the_peer_protocol() {
     };
     assert_eq!((height, chunks), (20, 9));
     assert_restored(&spec, dir.path(), &store);
-    let client = ledger::join::Client::new(Duration::from_secs(2), Some(joiner));
+    let client = ledger::join::Client::new(plain_agent(), Some(joiner));
     let seen = tokio::task::spawn_blocking(move || {
         ledger::join::highest_certified(&client, &spec, &[vec![source]])
     });
@@ -794,7 +795,7 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
         vec![Source::Api(new_member)],
         vec![Source::Api(format!("http://{late_addr}"))],
     ];
-    let client = ledger::join::Client::new(Duration::from_secs(2), None);
+    let client = ledger::join::Client::new(plain_agent(), None);
     let probe_spec = spec.clone();
     let probe = tokio::task::spawn_blocking(move || {
         ledger::join::highest_certified(&client, &probe_spec, &sources)
@@ -882,6 +883,7 @@ async fn a_backfill_copies_what_the_set_aside_database_holds_and_fetches_the_res
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),
+        agent: plain_agent(),
         progress_every: Duration::from_secs(1),
     };
     let metrics = tokio::task::spawn_blocking(move || {
@@ -903,4 +905,11 @@ async fn a_backfill_copies_what_the_set_aside_database_holds_and_fetches_the_res
         .history_blocks_fetched
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(fetched, 7);
+}
+
+/// A client of plain-HTTP APIs waiting 2 s for each answer.
+fn plain_agent() -> ureq::Agent {
+    ledger::http::Credentials::default()
+        .agent(Duration::from_secs(2))
+        .unwrap()
 }

@@ -12,6 +12,9 @@
 //! the same size instead, for a side-by-side figure: a put answered 200 is committed
 //! by etcd's Raft quorum, so every answer is a commit latency.
 //!
+//! `--cacert` speaks TLS to a node that serves its API over TLS, and `--token` sends a
+//! bearer token, so the cost of both can be measured.
+//!
 //! The HTTP/1.1 client is deliberately minimal (one request shape, Content-Length
 //! bodies) so the generator costs the shared CPU as little as possible.
 
@@ -30,9 +33,9 @@ use tokio::sync::Barrier;
 #[derive(Parser, Clone)]
 #[command(about = "Load generator for a ledger node")]
 struct Args {
-    /// The node's API address.
-    #[arg(long, default_value = "127.0.0.1:7100")]
-    addr: SocketAddr,
+    /// The node's API: HOST:PORT, or a URL (`https://` needs --cacert).
+    #[arg(long, env = "LEDGER_NODE", default_value = "127.0.0.1:7100")]
+    addr: String,
     /// Concurrent keep-alive clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -54,7 +57,77 @@ struct Args {
     /// The target is an etcd 3 member, not a ledger node.
     #[arg(long)]
     etcd: bool,
+    /// Speak TLS, trusting the CA certificates in this PEM file (whatever the scheme
+    /// of --addr).
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// The name the node's certificate must carry [default: the address's IP].
+    #[arg(long, requires = "cacert")]
+    server_name: Option<String>,
+    /// Send this API token (`Authorization: Bearer`).
+    #[arg(long, env = "LEDGER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
+
+/// Where the clients connect, and how.
+struct Target {
+    addr: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Extra header lines of every request.
+    headers: String,
+}
+
+impl Target {
+    fn new(args: &Args) -> anyhow::Result<Target> {
+        use rustls::pki_types::pem::PemObject;
+        let (https, address) = match args.addr.split_once("://") {
+            Some(("https", address)) => (true, address),
+            Some(("http", address)) => (false, address),
+            Some((scheme, _)) => bail!("--addr: {scheme}:// is neither http nor https"),
+            None => (false, args.addr.as_str()),
+        };
+        let addr: SocketAddr = address
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("--addr {}: not IP:PORT", args.addr))?;
+        if https && args.cacert.is_none() {
+            bail!("--addr {}: https needs --cacert", args.addr);
+        }
+        let tls = match &args.cacert {
+            None => None,
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                {
+                    roots.add(certificate.with_context(|| path.display().to_string())?)?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_protocol_versions(&[&rustls::version::TLS13])?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = match &args.server_name {
+                    Some(name) => rustls::pki_types::ServerName::try_from(name.clone())?,
+                    None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                };
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        let headers = match &args.token {
+            Some(token) => format!("authorization: Bearer {token}\r\n"),
+            None => String::new(),
+        };
+        Ok(Target { addr, tls, headers })
+    }
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 #[derive(Default)]
 struct Tally {
@@ -81,17 +154,29 @@ impl Tally {
 
 /// One keep-alive HTTP/1.1 connection.
 struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
+    headers: String,
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
+    async fn open(target: &Target) -> anyhow::Result<Connection> {
+        let addr = target.addr;
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &target.tls {
+            None => Box::new(stream),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .with_context(|| format!("TLS with {addr}"))?,
+            ),
+        };
         Ok(Connection {
             reader: BufReader::new(stream),
+            headers: target.headers.clone(),
         })
     }
 
@@ -102,13 +187,17 @@ impl Connection {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: ledger\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        // One write per request: one TCP segment, and over TLS one record.
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: ledger\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.headers,
             body.len()
-        );
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
         let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
+        stream.write_all(&request).await?;
+        stream.flush().await?;
         let mut line = String::new();
         self.reader.read_line(&mut line).await?;
         let status: u16 = line
@@ -157,8 +246,8 @@ fn entry_body(run: u64, client: usize, sequence: u64, size: usize, etcd: bool) -
     format!("{{\"data\":\"{data}\"}}").into_bytes()
 }
 
-async fn committed_total(addr: SocketAddr) -> anyhow::Result<u64> {
-    let mut connection = Connection::open(addr).await?;
+async fn committed_total(target: &Target) -> anyhow::Result<u64> {
+    let mut connection = Connection::open(target).await?;
     let (status, body) = connection.request("GET", "/metrics", b"").await?;
     if status != 200 {
         bail!("GET /metrics answered {status}");
@@ -172,13 +261,14 @@ async fn committed_total(addr: SocketAddr) -> anyhow::Result<u64> {
 
 async fn client(
     args: Args,
+    target: Arc<Target>,
     run: u64,
     index: usize,
     connected: Arc<Barrier>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) -> anyhow::Result<()> {
-    let opened = Connection::open(args.addr).await;
+    let opened = Connection::open(&target).await;
     // Everyone meets here even on failure, so the run starts (and then ends) either way.
     connected.wait().await;
     let mut connection = opened?;
@@ -224,11 +314,11 @@ async fn client(
                     "HTTP {status}: {}",
                     body.chars().take(200).collect::<String>()
                 ));
-                connection = Connection::open(args.addr).await?;
+                connection = Connection::open(&target).await?;
             }
             Err(error) => {
                 tally.fail(format!("{error:#}"));
-                connection = Connection::open(args.addr).await?;
+                connection = Connection::open(&target).await?;
             }
         }
     }
@@ -252,10 +342,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
+    let target = Arc::new(Target::new(&args)?);
     let before = if args.etcd {
         0
     } else {
-        committed_total(args.addr).await?
+        committed_total(&target).await?
     };
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -266,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|index| {
             tokio::spawn(client(
                 args.clone(),
+                Arc::clone(&target),
                 run,
                 index,
                 Arc::clone(&connected),
@@ -285,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
     let after = if args.etcd {
         tally.committed.load(Ordering::Relaxed)
     } else {
-        committed_total(args.addr).await?
+        committed_total(&target).await?
     };
 
     let seconds = elapsed.as_secs_f64();

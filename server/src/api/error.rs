@@ -24,14 +24,18 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
         ApiError {
             status,
             code,
             message: message.into(),
+            retry_after,
         }
     }
 
@@ -53,6 +57,28 @@ impl ApiError {
     /// 408: the request's body did not arrive in time.
     pub fn too_slow(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "too_slow", message)
+    }
+
+    /// 401 with `WWW-Authenticate`: no token, or one this node does not know.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the token's role is below the route's.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429 with `Retry-After`: over the caller's rate limit.
+    pub fn too_many(retry_after_seconds: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after_seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("over this caller's rate limit; retry in {retry_after_seconds} s"),
+            )
+        }
     }
 
     /// 503 with `Retry-After`: try again shortly.
@@ -148,11 +174,17 @@ impl From<SnapshotServeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(self.body());
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            (self.status, [(header::RETRY_AFTER, "1")], body).into_response()
-        } else {
-            (self.status, body).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"ledger\""),
+            );
+        }
+        response
     }
 }

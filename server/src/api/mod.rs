@@ -1,9 +1,11 @@
 //! The client HTTP API (axum). [`router`] builds it over a [`Node`]; tests drive it
 //! with `oneshot` and no socket. Errors are rendered in one place ([`ApiError`]).
 
+pub mod auth;
 mod error;
 pub mod serve;
 pub mod starting;
+pub mod tls;
 pub mod types;
 
 use std::sync::Arc;
@@ -39,9 +41,20 @@ pub const MAX_PAGE: u64 = 100;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// The API over `node`: every route of the OpenAPI document, `/v1/openapi.json`, and
-/// JSON 404/405 answers for everything else.
+/// The API over `node`, open to anyone: every route of the OpenAPI document,
+/// `/v1/openapi.json`, and JSON 404/405 answers for everything else.
 pub fn router(node: Arc<Node>) -> Router {
+    routes(node).layer(axum::middleware::from_fn(request_id))
+}
+
+/// The API over `node` behind `access`: tokens, roles and rate limits.
+pub fn guarded_router(node: Arc<Node>, access: Arc<auth::Access>) -> Router {
+    routes(node)
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+fn routes(node: Arc<Node>) -> Router {
     let max_entry = node.store().spec().params.max_entry_bytes as usize;
     let (router, _) = documented_routes(max_entry).split_for_parts();
     router
@@ -54,7 +67,6 @@ pub fn router(node: Arc<Node>) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
         .with_state(node)
-        .layer(axum::middleware::from_fn(request_id))
 }
 
 /// The CORS layer for `origins` (`"*"`: any), none for none: browser pages of those
@@ -97,7 +109,8 @@ const REQUEST_ID: &str = "x-request-id";
 
 /// Gives every request an id (the client's `x-request-id` when it sent a usable one,
 /// else a new one), sends it back on the response, names it in every log line the
-/// request causes, and logs the request at debug: method, route, status, time.
+/// request causes, and logs the request at debug: method, route, status, time, and
+/// the caller's token name.
 async fn request_id(request: Request, next: axum::middleware::Next) -> Response {
     let id = request
         .headers()
@@ -118,9 +131,11 @@ async fn request_id(request: Request, next: axum::middleware::Next) -> Response 
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     span.in_scope(|| {
+        let caller = response.extensions().get::<auth::Caller>();
         tracing::debug!(
             %method,
             route,
+            token = caller.map(|caller| &*caller.name),
             status = response.status().as_u16(),
             micros = started.elapsed().as_micros() as u64,
             "answered"
@@ -147,8 +162,64 @@ fn new_request_id() -> String {
 /// The OpenAPI 3 document, generated from the same handler annotations that build the
 /// router, so the two cannot drift.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = documented_routes(64 * 1024).split_for_parts();
+    let (_, mut api) = documented_routes(64 * 1024).split_for_parts();
+    document_security(&mut api);
     api
+}
+
+/// Adds the bearer scheme the routes' `security` names, and to every operation the
+/// answers [`auth::guard`] may give before its handler runs: 429 to all, 401 and 403
+/// to those that need a role.
+fn document_security(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement};
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            utoipa::openapi::security::SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token of `[[api.tokens]]` (`ledgerd token new`). Roles: read < \
+                     submit < admin; each route's scope is the least role it needs. \
+                     With no tokens configured the API is open.",
+                    ))
+                    .build(),
+            ),
+        );
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    for item in api.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let open = operation
+                .security
+                .as_ref()
+                .is_some_and(|all| all.iter().any(|r| *r == SecurityRequirement::default()));
+            let responses = &mut operation.responses.responses;
+            if !open {
+                responses.insert(
+                    "401".into(),
+                    error("No token, or one this node does not know").into(),
+                );
+                responses.insert(
+                    "403".into(),
+                    error("The token's role is below the route's").into(),
+                );
+            }
+            responses.insert(
+                "429".into(),
+                error("Over the caller's rate limit; see Retry-After").into(),
+            );
+        }
+    }
 }
 
 #[derive(utoipa::OpenApi)]
@@ -277,6 +348,7 @@ struct SubmitQuery {
 
 /// Submit an entry; with `wait=commit`, answer once it is committed.
 #[utoipa::path(post, path = "/v1/entries", tag = "entries",
+    security(("bearer" = ["submit"])),
     params(
         ("wait" = Option<Wait>, Query, description = "`commit`: answer with the receipt once committed"),
         ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "How long to wait for the commit (default 30000, at most 300000)"),
@@ -366,6 +438,7 @@ pub struct BatchItem {
 
 /// Submit many entries at once; each gets its own result.
 #[utoipa::path(post, path = "/v1/entries/batch", tag = "entries",
+    security(("bearer" = ["submit"])),
     request_body = Vec<SubmitRequest>,
     responses(
         (status = 202, description = "One result per entry, in order", body = Vec<BatchItem>),
@@ -429,6 +502,7 @@ fn parse_number(text: &str) -> Result<u64, ApiError> {
 
 /// An entry, with its receipt once committed.
 #[utoipa::path(get, path = "/v1/entries/{id}", tag = "entries",
+    security(("bearer" = ["read"])),
     params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{64}$", description = "Entry id, 64 hex characters")),
     responses(
         (status = 200, description = "The entry; `status` is pending or committed", body = EntryView),
@@ -465,6 +539,7 @@ struct PageQuery {
 
 /// Blocks from a height, in order.
 #[utoipa::path(get, path = "/v1/blocks", tag = "blocks",
+    security(("bearer" = ["read"])),
     params(
         ("from" = Option<u64>, Query, description = "First height (default 0)"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "Most blocks (default 20)"),
@@ -502,6 +577,7 @@ async fn list_blocks(
 
 /// The highest block.
 #[utoipa::path(get, path = "/v1/blocks/latest", tag = "blocks",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The tip", body = BlockView),
         (status = 500, description = "Internal error", body = ErrorBody),
@@ -519,6 +595,7 @@ async fn latest_block(State(node): State<Arc<Node>>) -> Result<Json<BlockView>, 
 
 /// A block by height or hash.
 #[utoipa::path(get, path = "/v1/blocks/{id}", tag = "blocks",
+    security(("bearer" = ["read"])),
     params(("id" = String, Path, pattern = r"^([0-9]{1,20}|[0-9a-fA-F]{64})$", description = "A height, or a block hash in hex")),
     responses(
         (status = 200, description = "The block", body = BlockView),
@@ -549,6 +626,7 @@ async fn get_block(
 
 /// The manifest of the newest snapshot this node serves.
 #[utoipa::path(get, path = "/v1/snapshots/latest", tag = "snapshots",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The manifest", body = SnapshotView),
         (status = 404, description = "No snapshot yet (the chain is younger than one checkpoint interval)", body = ErrorBody),
@@ -562,6 +640,7 @@ async fn latest_snapshot(State(node): State<Arc<Node>>) -> Result<Json<SnapshotV
 /// The manifest of the snapshot at a height this node serves (the latest and the
 /// one a checkpoint interval below it).
 #[utoipa::path(get, path = "/v1/snapshots/{height}", tag = "snapshots",
+    security(("bearer" = ["read"])),
     params(("height" = u64, Path, description = "A checkpoint height")),
     responses(
         (status = 200, description = "The manifest", body = SnapshotView),
@@ -591,6 +670,7 @@ fn snapshot_view(manifest: &crate::chain::snapshot::Manifest) -> SnapshotView {
 /// One chunk of a snapshot: the entry ids of one tile of the log, 32 bytes each, in
 /// log order. Check it against the manifest's tile root before using it.
 #[utoipa::path(get, path = "/v1/snapshots/{height}/chunks/{index}", tag = "snapshots",
+    security(("bearer" = ["read"])),
     params(
         ("height" = u64, Path, description = "The snapshot's height"),
         ("index" = u64, Path, description = "The chunk, from 0"),
@@ -616,6 +696,7 @@ async fn snapshot_chunk(
 /// (docs/FORMAT.md: the peer protocol's `committed` frame), for a node that catches up
 /// or joins through the client API.
 #[utoipa::path(get, path = "/v1/blocks/{height}/committed", tag = "blocks",
+    security(("bearer" = ["read"])),
     params(("height" = u64, Path, description = "The block's height")),
     responses(
         (status = 200, description = "Tag 4, u64 block length, block, certificate", content_type = "application/octet-stream", body = Vec<u8>),
@@ -644,6 +725,7 @@ struct ConsistencyQuery {
 
 /// RFC 9162 consistency proof between two log sizes.
 #[utoipa::path(get, path = "/v1/proofs/consistency", tag = "proofs",
+    security(("bearer" = ["read"])),
     params(
         ("from" = u64, Query, description = "Old log size"),
         ("to" = u64, Query, description = "New log size, at most the current one"),
@@ -687,6 +769,7 @@ async fn consistency(
 
 /// The node, its chain and its members.
 #[utoipa::path(get, path = "/v1/status", tag = "node",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "Status", body = StatusView),
         (status = 500, description = "Internal error", body = ErrorBody),
@@ -770,6 +853,7 @@ fn member_views(
 /// The membership in force after the tip, its learners, a change on its way, and
 /// who may change it.
 #[utoipa::path(get, path = "/v1/members", tag = "node",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The membership", body = MembersView),
     ))]
@@ -824,6 +908,7 @@ async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
 /// client sees a truncated transfer (curl exits 18), never a short array that looks
 /// complete.
 #[utoipa::path(get, path = "/chain", tag = "blocks",
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "All blocks from genesis, streamed; a read that fails midway cuts the transfer short (no closing chunk)", body = Vec<BlockView>),
         (status = 500, description = "The database is damaged", body = ErrorBody),
@@ -901,6 +986,7 @@ const CHAIN_BATCH: u64 = 64;
 
 /// Cut a block now, even an empty one; answers once it is applied.
 #[utoipa::path(post, path = "/mine", tag = "node",
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The new block's header", body = MinedView),
         (status = 503, description = "Not producing blocks now, or the block failed", body = ErrorBody),
@@ -926,6 +1012,7 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
 
 /// Readiness: 200 once recovered, reaching a quorum and caught up with the others.
 #[utoipa::path(get, path = "/readyz", tag = "node",
+    security(()),
     responses(
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
         (status = 503, description = "Starting or stopping, the database failed or is damaged, consensus stopped, fewer members reachable than a quorum, or catching up: the message says which", body = ErrorBody),
@@ -939,6 +1026,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "node",
+    security(()),
     responses((status = 200, description = "Text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let store = node.store();
@@ -987,6 +1075,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 /// Liveness: 200 while the process serves requests.
 #[utoipa::path(get, path = "/healthz", tag = "node",
+    security(()),
     responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
@@ -994,6 +1083,7 @@ async fn healthz() -> &'static str {
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "node",
+    security(()),
     responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
 async fn openapi_json() -> Response {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -4,6 +4,12 @@
 //! requests), and one for a write that makes no progress (a reader that never reads).
 //! The peer port has its own listener and limits, so whatever clients do here, the
 //! members keep reaching each other.
+//!
+//! Near the cap, a connection taken in gets a tenth of the header deadline (half a
+//! second at least), as nginx reclaims idle keep-alive connections when it runs out:
+//! a client with a request to make sends it at once, while connections that only
+//! hold a place are let go ten times faster, so those waiting behind them in the
+//! backlog get in.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +26,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
+
+pub use super::auth::Peer;
+use super::tls::ApiTls;
+
+/// The shortest header deadline near the connection cap.
+const PRESSED_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long open connections get to finish once the server stops.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -36,23 +49,31 @@ pub struct ServeLimits {
     pub write_timeout: Duration,
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then
-/// lets open requests finish (10 s at most).
+/// Serves `router` on `listener` within `limits`, over TLS when `tls` is given, until
+/// `shutdown` resolves, then lets open requests finish (10 s at most). Each request
+/// carries the [`Peer`] address it came from.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Arc<ApiTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(
-        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-    ));
     // HTTP/1 only: telling HTTP/1 from HTTP/2 waits for a client's first bytes with no
     // deadline, which would let a connection that sends nothing hold its place.
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    let builder = |header_timeout| {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder
+    };
+    let pressed_timeout = (limits.header_timeout / 10)
+        .max(PRESSED_HEADER_TIMEOUT)
+        .min(limits.header_timeout);
+    let (relaxed, pressed) = (builder(limits.header_timeout), builder(pressed_timeout));
+    let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refusals = crate::throttle::Throttle::new(Duration::from_secs(60));
@@ -64,9 +85,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of descriptors, most likely: wait a little instead of spinning,
                     // and say so at most once a minute.
@@ -83,13 +104,41 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on an API connection");
         }
-        let io = TokioIo::new(Guarded::new(stream, permit, limits.write_timeout));
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        // Seven eighths of the places taken: pressed.
+        let (builder, header_timeout) = match permits.available_permits() < max_connections / 8 {
+            true => (&pressed, pressed_timeout),
+            false => (&relaxed, limits.header_timeout),
+        };
+        let stream = Guarded::new(stream, permit, limits.write_timeout);
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
+                request
+            },
+        ));
+        let Some(tls) = &tls else {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(finish(graceful.watch(connection)));
+            continue;
+        };
+        // The handshake runs in the connection's task, within the header deadline, so
+        // a client that stalls in it holds only its own place.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "API connection ended");
-            }
+            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake with an API client failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake with an API client timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            finish(watcher.watch(connection)).await;
         });
     }
     drop(listener);
@@ -100,6 +149,13 @@ pub async fn serve(
         tracing::warn!(
             "API connections still open {CLOSE_GRACE:?} after the stop; they end with the process"
         );
+    }
+}
+
+/// Serves a connection to its end.
+async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "API connection ended");
     }
 }
 

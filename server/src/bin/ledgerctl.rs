@@ -16,10 +16,41 @@ use serde_json::Value;
 #[derive(Parser)]
 #[command(name = "ledgerctl", version = ledger::cli::VERSION, about = "Client of a ledger node")]
 struct Cli {
-    /// The node's API: a URL, or HOST:PORT for plain HTTP [default: LEDGER_NODE, else
-    /// http://127.0.0.1:7100].
+    /// The node's API: a URL, or HOST:PORT (https with --cacert, else plain HTTP)
+    /// [default: LEDGER_NODE, else http://127.0.0.1:7100].
     #[arg(long, env = "LEDGERCTL_NODE", global = true)]
     node: Option<String>,
+    /// PEM CA certificates that issued the node's API certificate [default: the
+    /// web's public roots, for https URLs].
+    #[arg(long, env = "LEDGERCTL_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate, for a node that verifies clients (with --client-key).
+    #[arg(
+        long,
+        env = "LEDGERCTL_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LEDGERCTL_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+    /// The API token's secret (`ledgerd token new` prints one).
+    #[arg(long, env = "LEDGERCTL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the API token's secret (mode 0600).
+    #[arg(
+        long,
+        env = "LEDGERCTL_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -311,19 +342,11 @@ struct Client {
 }
 
 impl Client {
-    fn new(base: &str) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(330)))
-            .build()
-            .into();
-        let base = base.trim_end_matches('/');
-        // `--node 127.0.0.1:7100` means the node's plain HTTP API there.
-        let base = match base.contains("://") {
-            true => base.to_owned(),
-            false => format!("http://{base}"),
-        };
-        Client { base, agent }
+    fn new(base: &str, credentials: &ledger::http::Credentials) -> anyhow::Result<Client> {
+        // Longer than the longest wait for a commit.
+        let agent = credentials.agent(Duration::from_secs(330))?;
+        let base = credentials.base_url(base);
+        Ok(Client { base, agent })
     }
 
     fn answer(
@@ -410,7 +433,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .node
         .or_else(|| std::env::var("LEDGER_NODE").ok())
         .unwrap_or_else(|| "http://127.0.0.1:7100".into());
-    let client = Client::new(&node);
+    let token = match (cli.token, cli.token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(config::read_secret(&path)?),
+        (None, None) => None,
+    };
+    let credentials = ledger::http::Credentials {
+        cacert: cli.cacert,
+        client_cert: cli.client_cert.zip(cli.client_key),
+        token,
+    };
+    let client = Client::new(&node, &credentials)?;
     match cli.command {
         Command::Submit {
             data,

@@ -77,6 +77,9 @@ enum Command {
     },
     /// A local cluster on loopback under one directory, for trying the ledger out.
     Dev(Dev),
+    /// Tokens of the client API.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Backups: snapshot files that rebuild a node's database, checked whole.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -128,6 +131,25 @@ struct GenesisArgs {
     /// The file to write; it must not exist. Without it the file goes to standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token: prints its secret once (only its hash is kept anywhere) and the
+    /// lines to add to ledgerd.toml; a running node takes them on SIGHUP
+    /// (`systemctl reload ledgerd`).
+    New {
+        /// What the token may do: read (every GET), submit (also POST entries) or
+        /// admin (also POST /mine and membership changes).
+        #[arg(long)]
+        role: ledger::api::auth::Role,
+        /// Who holds it, as the access log and the rate limit name it.
+        #[arg(long)]
+        name: String,
+        /// Write the secret to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,10 +268,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = config::generate_key()?;
             config::write_node_key(&dir.join("node.key"), &key)?;
-            let node = NodeConfig {
+            let mut node = NodeConfig {
                 data_dir,
                 ..NodeConfig::example(api_listen, p2p_listen)
             };
+            // An API other machines can reach is never left open: it gets an admin
+            // token, whose secret only the operator can read.
+            let token_path = dir.join("api.token");
+            if !api_listen.ip().is_loopback() {
+                let (secret, token) = ledger::api::auth::TokenConfig::generate(
+                    "operator",
+                    ledger::api::auth::Role::Admin,
+                )
+                .map_err(|error| anyhow::anyhow!("the OS has no randomness to give: {error}"))?;
+                config::write_secret(&token_path, &secret)?;
+                node.api.tokens.push(token);
+            }
             std::fs::write(&path, toml::to_string(&node)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!(
@@ -261,9 +295,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "public key (pass it to `ledgerd genesis --member`): {}",
                 hex::encode(key.verifying_key().as_bytes())
             );
+            if !node.api.tokens.is_empty() {
+                println!(
+                    "the API on {api_listen} needs a token: an admin one is in {} \
+                     (`ledgerctl --token-file {}`); make more with `ledgerd token new`",
+                    token_path.display(),
+                    token_path.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Genesis(args) => genesis(args),
+        Command::Token(TokenCommand::New { role, name, out }) => {
+            let (secret, token) = ledger::api::auth::TokenConfig::generate(&name, role)
+                .map_err(|error| anyhow::anyhow!("the OS has no randomness to give: {error}"))?;
+            match out {
+                Some(out) => {
+                    config::write_secret(&out, &secret)?;
+                    eprintln!("wrote the secret to {}", out.display());
+                }
+                None => eprintln!(
+                    "the secret, shown once (clients send it as `Authorization: Bearer`; \
+                     ledgerctl reads it from LEDGERCTL_TOKEN):\n{secret}\n"
+                ),
+            }
+            eprintln!("add to ledgerd.toml, then reload the node (SIGHUP):");
+            ledger::cli::print(token.to_toml().trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             config: path,
             check,
@@ -513,8 +572,10 @@ fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 }
                 // Held by a running node: through its API.
                 Err(stopped) => {
-                    let url = format!("http://{}", config.api_listen);
-                    backup::save_from_api(&spec, &url, &mut file).with_context(|| {
+                    let credentials = ledger::http::Credentials::upstream(&config.upstream)?;
+                    let url = credentials.base_url(&local_address(config.api_listen));
+                    let agent = credentials.agent(std::time::Duration::from_secs(60))?;
+                    backup::save_from_api(&spec, &url, agent, &mut file).with_context(|| {
                         format!(
                             "{} cannot be read ({stopped}); the running node at {url} was \
                              asked instead",
@@ -710,4 +771,15 @@ fn check_plugin(file: &std::path::Path, config: Option<PathBuf>) -> anyhow::Resu
         println!("  init accepted {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The address a tool on the node's own machine calls its API at: loopback when the
+/// node listens on every address.
+fn local_address(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port()).to_string()
 }

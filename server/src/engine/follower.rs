@@ -37,7 +37,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// the one it reads from.
 const PROBE_OTHERS: Duration = Duration::from_secs(1);
 /// Longest wait for one member's answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded entry is tracked for its receipt. A member that lost it
 /// (it crashed before ordering it) never commits it: its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
@@ -64,10 +64,12 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower of `store`'s chain reading from the members at `sources`.
+    /// A follower of `store`'s chain reading from the members at `sources` with
+    /// `agent` (whose timeout should be [`REQUEST_TIMEOUT`]).
     pub fn new(
         store: Arc<Store>,
         sources: Vec<String>,
+        agent: ureq::Agent,
         settings: NodeSettings,
         plugins: Arc<Plugins>,
         metrics: Arc<Metrics>,
@@ -79,7 +81,7 @@ impl Follower {
             metrics,
             settings,
             sources,
-            agent: join::agent(REQUEST_TIMEOUT),
+            agent,
             preferred: AtomicU64::new(0),
             forwarded: Mutex::new(HashMap::new()),
             next_difficulty,
@@ -441,7 +443,10 @@ mod tests {
             pool_capacity: 10,
             mining_threads: std::num::NonZeroUsize::MIN,
         };
-        Follower::new(store, sources, settings, plugins, metrics)
+        let agent = crate::http::Credentials::default()
+            .agent(REQUEST_TIMEOUT)
+            .unwrap();
+        Follower::new(store, sources, agent, settings, plugins, metrics)
     }
 
     /// A follower applies a fetched block only with a certificate from a quorum of

@@ -51,6 +51,9 @@ pub fn verify(file: &Path, genesis: &Path) -> Output {
 pub struct Daemon {
     pub child: Child,
     pub url: String,
+    /// What `ctl` passes before its own arguments, after `--node URL`: how to reach
+    /// an API with TLS or tokens.
+    pub ctl_args: Vec<String>,
 }
 
 impl Daemon {
@@ -67,16 +70,25 @@ impl Daemon {
         Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            ctl_args: Vec::new(),
         }
     }
 
     /// Spawns the node and waits (bounded) until its API answers; if it does not,
     /// the panic shows the node's log.
     pub fn start(config: &Path, port: u16) -> Daemon {
+        Daemon::start_as(config, port, "http", &[])
+    }
+
+    /// [`Daemon::start`] for an API reached at `scheme://127.0.0.1:port` with
+    /// `ctl_args` given to every `ledgerctl`.
+    pub fn start_as(config: &Path, port: u16, scheme: &str, ctl_args: &[&str]) -> Daemon {
         let mut daemon = Daemon::spawn(config, port, &[]);
+        daemon.url = format!("{scheme}://127.0.0.1:{port}");
+        daemon.ctl_args = ctl_args.iter().map(|arg| arg.to_string()).collect();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = run(LEDGERCTL, &["--node", &daemon.url, "status"]);
+            let ready = daemon.ctl(&["status"]);
             if ready.status.success() {
                 return daemon;
             }
@@ -99,18 +111,24 @@ impl Daemon {
 
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut all = vec!["--node", &self.url];
+        all.extend(self.ctl_args.iter().map(String::as_str));
         all.extend_from_slice(args);
         run(LEDGERCTL, &all)
     }
 
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    pub fn stop(mut self) -> String {
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the node.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap()
             .success());
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn stop(mut self) -> String {
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -327,6 +345,32 @@ pub fn post_retry_after(url: &str, body: &str) -> (u16, Option<String>) {
         ),
         Err(_) => (0, None),
     }
+}
+
+/// `ledgerd init` of a node that is no member under `home`, on free ports, reading
+/// the chain of `genesis`: its config (not yet a follower) and API port.
+pub fn init_outsider(home: &Path, genesis: &Path) -> (PathBuf, u16) {
+    let port = free_ports(2);
+    let initialised = run(
+        LEDGERD,
+        &[
+            "init",
+            "--dir",
+            home.to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{port}"),
+            "--p2p-listen",
+            &format!("127.0.0.1:{}", port + 1),
+        ],
+    );
+    assert!(initialised.status.success(), "{}", text(&initialised));
+    let config = home.join("ledgerd.toml");
+    set(
+        std::slice::from_ref(&config),
+        "genesis",
+        &format!("{:?}", genesis.to_str().unwrap()),
+    );
+    (config, port)
 }
 
 /// Sets `key = value` in each config (the generated files list every key).
