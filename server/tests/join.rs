@@ -553,3 +553,46 @@ fn a_joiner_killed_at_seeded_moments_resumes_and_ends_identical() {
     );
     assert!(checked.status.success(), "{}", text(&checked));
 }
+
+/// A follower far behind says so: `/readyz` answers 503 "catching up" while it
+/// applies the members' blocks back to back, and 200 once it has their tip.
+#[test]
+fn a_follower_is_not_ready_while_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, port) = layout(&dir.path().join("dev"), 1);
+    set(&configs, "max_block_entries", "5");
+    let member = Daemon::start(&configs[0], port);
+    commit_batch(&member, "far ahead", 1500);
+    let tip = status(&member)["height"].as_u64().unwrap();
+    assert!(tip >= 300, "{tip}");
+
+    let (config, port) = init_outsider(
+        &dir.path().join("follower"),
+        &dir.path().join("dev/genesis.toml"),
+    );
+    let config_list = std::slice::from_ref(&config);
+    set(config_list, "follower", "true");
+    // Replaying every block keeps it behind long enough to be seen.
+    set(config_list, "join_from_snapshot", "false");
+    let follower = Daemon::spawn(&config, port, &[]);
+    let mut reasons = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, answer) = http("GET", &format!("{}/readyz", follower.url), None);
+        if code == 200 {
+            break;
+        }
+        if code == 503 {
+            reasons.insert(answer["message"].as_str().unwrap_or_default().to_owned());
+        }
+        assert!(Instant::now() < deadline, "never ready: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        reasons.iter().any(|reason| reason.contains("catching up")),
+        "{reasons:?}"
+    );
+    assert!(status(&follower)["height"].as_u64().unwrap() >= tip);
+    follower.stop();
+    member.stop();
+}

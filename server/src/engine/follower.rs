@@ -41,6 +41,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded entry is tracked for its receipt. A member that lost it
 /// (it crashed before ordering it) never commits it: its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
+/// Blocks applied back to back, with never a poll finding nothing new, that make a
+/// follower one catching up: more than the members commit between two polls.
+const CATCHING_UP_BLOCKS: u64 = 16;
 
 /// A forwarded entry waiting to be committed.
 struct Forwarded {
@@ -61,6 +64,9 @@ pub struct Follower {
     preferred: AtomicU64,
     forwarded: Mutex<HashMap<Hash, Forwarded>>,
     next_difficulty: AtomicU32,
+    /// From the start until a poll first finds nothing new, and again after
+    /// [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
+    catching_up: AtomicBool,
 }
 
 impl Follower {
@@ -85,6 +91,7 @@ impl Follower {
             preferred: AtomicU64::new(0),
             forwarded: Mutex::new(HashMap::new()),
             next_difficulty,
+            catching_up: AtomicBool::new(true),
         }
     }
 
@@ -214,7 +221,7 @@ impl Follower {
             peers: Vec::new(),
             settings: self.settings,
             failure: None,
-            catching_up: false,
+            catching_up: self.catching_up.load(Ordering::Relaxed),
         }
     }
 
@@ -239,6 +246,7 @@ impl Follower {
     /// The loop of [`Follower::run`], on a blocking thread.
     fn follow(&self, stop: &AtomicBool) {
         let mut last_probe = Instant::now();
+        let mut back_to_back = 0;
         while !stop.load(Ordering::Relaxed) {
             if let Some(failure) = self.store.failure() {
                 tracing::warn!(%failure, "the database failed; reopening it before following on");
@@ -260,7 +268,14 @@ impl Follower {
                     continue;
                 }
             };
-            if !applied {
+            if applied {
+                back_to_back += 1;
+                if back_to_back >= CATCHING_UP_BLOCKS {
+                    self.catching_up.store(true, Ordering::Relaxed);
+                }
+            } else {
+                back_to_back = 0;
+                self.catching_up.store(false, Ordering::Relaxed);
                 if last_probe.elapsed() >= PROBE_OTHERS {
                     last_probe = Instant::now();
                     self.expire_forwarded();
