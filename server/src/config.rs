@@ -318,19 +318,22 @@ impl NodeConfig {
         if config.upstream.cert.is_some() != config.upstream.key.is_some() {
             return Err(invalid(path, "[upstream]: cert and key go together"));
         }
+        // TLS alone hides the traffic but lets anyone in: tokens or client
+        // certificates say who may call.
         if !config.api_listen.ip().is_loopback()
             && config.api.tokens.is_empty()
-            && config.api.tls_cert.is_none()
+            && config.api.tls_client_ca.is_none()
             && !config.api_insecure
         {
             return Err(invalid(
                 path,
                 format!(
-                    "api_listen {} is reachable from other machines, and the API has \
-                     neither tokens nor TLS: anyone could submit and cut blocks. Add a \
-                     token (`ledgerd token new --role admin --name NAME` prints the \
-                     lines), or TLS (`[api]` tls_cert and tls_key), or set \
-                     `api_insecure = true` if the network itself is trusted",
+                    "api_listen {} is reachable from other machines, and the API checks \
+                     no caller (no tokens, no client certificates): anyone could submit \
+                     and cut blocks. Add a token (`ledgerd token new --role admin --name \
+                     NAME` prints the lines), or client certificates (`[api]` \
+                     tls_client_ca), or set `api_insecure = true` if the network itself \
+                     is trusted",
                     config.api_listen
                 ),
             ));
@@ -904,8 +907,11 @@ mod tests {
         assert!(load("0.0.0.0:1", "").unwrap_err().contains("api_insecure"));
         assert!(load("0.0.0.0:1", "api_insecure = true\n").is_ok());
         assert!(load("0.0.0.0:1", &token).is_ok());
+        // TLS alone lets anyone in; with client certificates it does not.
         let tls = "[api]\ntls_cert = \"a.crt\"\ntls_key = \"a.key\"\n";
-        let loaded = load("[::]:1", tls).unwrap();
+        assert!(load("[::]:1", tls).unwrap_err().contains("tls_client_ca"));
+        let clients = format!("{tls}tls_client_ca = \"ca.pem\"\n");
+        let loaded = load("[::]:1", &clients).unwrap();
         assert_eq!(loaded.api.tls().unwrap().cert, dir.path().join("a.crt"));
         assert!(load("127.0.0.1:1", "").is_ok());
         // Halves and nonsense are refused with the fix.

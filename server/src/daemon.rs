@@ -358,7 +358,8 @@ fn join_config(
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     let (sources, requester, probe) = match me {
         None => (
-            api_sources(spec, &public, &credentials)
+            api_sources(spec, &public, &credentials)?
+                .into_iter()
                 .map(Source::Api)
                 .collect(),
             None,
@@ -379,12 +380,13 @@ fn join_config(
             let probe = match new_key {
                 true => Vec::new(),
                 false => others(spec, me)
-                    .map(|(index, member)| {
-                        let api = member.api_addr.as_ref();
-                        let api = api.map(|addr| Source::Api(credentials.base_url(addr)));
-                        api.into_iter().chain(peer_source(index, member)).collect()
+                    .map(|(index, member)| -> anyhow::Result<Vec<Source>> {
+                        let api = member.api_addr.as_deref();
+                        let api = api.map(|addr| credentials.base_url(addr)).transpose()?;
+                        let api = api.map(Source::Api);
+                        Ok(api.into_iter().chain(peer_source(index, member)).collect())
                     })
-                    .collect(),
+                    .collect::<anyhow::Result<_>>()?,
             };
             (sources, Some(Arc::new(requester)), probe)
         }
@@ -422,18 +424,22 @@ fn peer_source(index: usize, member: &crate::chain::Member) -> Option<Source> {
 }
 
 /// The client API base URLs of the members other than `me`, as the genesis file
-/// names them.
-fn api_sources<'a>(
-    spec: &'a crate::chain::ChainSpec,
-    me: &'a ed25519_dalek::VerifyingKey,
-    credentials: &'a crate::http::Credentials,
-) -> impl Iterator<Item = String> + 'a {
-    spec.members
+/// names them; refused if one would carry the `[upstream]` token in clear.
+fn api_sources(
+    spec: &crate::chain::ChainSpec,
+    me: &ed25519_dalek::VerifyingKey,
+    credentials: &crate::http::Credentials,
+) -> anyhow::Result<Vec<String>> {
+    let urls = spec
+        .members
         .as_slice()
         .iter()
         .filter(move |member| member.public_key != *me)
         .filter_map(|member| member.api_addr.as_ref())
         .map(|addr| credentials.base_url(addr))
+        .collect::<Result<_, _>>()
+        .context("[upstream]: token_file needs cacert")?;
+    Ok(urls)
 }
 
 /// What a full database check found.
@@ -743,8 +749,7 @@ pub async fn run(
     let mut transport = None;
     let node = if config.follower {
         let credentials = crate::http::Credentials::upstream(&config.upstream)?;
-        let sources: Vec<String> =
-            api_sources(store.spec(), &key.verifying_key(), &credentials).collect();
+        let sources = api_sources(store.spec(), &key.verifying_key(), &credentials)?;
         if sources.is_empty() {
             bail!(
                 "{}: no member has an api_addr to follow the chain from",
@@ -843,11 +848,13 @@ pub async fn run(
         tokio::spawn(watchdog(notifier, Arc::clone(&node), stop_rx.clone()));
     }
     if access.is_open() {
-        tracing::warn!(
-            api = %config.api_listen,
-            "the client API is open: with no [[api.tokens]] configured, anyone who reaches \
-             it may submit entries and cut blocks"
-        );
+        // On loopback (ledgerd dev) that is the point; elsewhere an operator must know.
+        let open = "the client API is open: with no [[api.tokens]] configured, anyone who \
+                    reaches it may submit entries and cut blocks";
+        match config.api_listen.ip().is_loopback() {
+            true => tracing::info!(api = %config.api_listen, "{open}"),
+            false => tracing::warn!(api = %config.api_listen, "{open}"),
+        }
     }
     let router = crate::api::guarded_router(Arc::clone(&node), access);
     let router = match crate::api::cors(&config.cors_origins)
@@ -983,7 +990,7 @@ fn api_security(
     let tls = config
         .api
         .tls()
-        .map(|files| ApiTls::load(files).map(Arc::new))
+        .map(|files| ApiTls::load(&files).map(Arc::new))
         .transpose()
         .with_context(|| format!("{}: [api] TLS cannot be used", path.display()))?;
     let tokens = Tokens::new(&config.api.tokens)
@@ -1021,6 +1028,12 @@ async fn reload_on_hangup(path: std::path::PathBuf, tls: Option<Arc<ApiTls>>, ac
                 }
             };
             match Tokens::new(&config.api.tokens) {
+                // Withdrawing a leaked last token must not open the API to everyone.
+                Ok(tokens) if tokens.is_empty() && !access.is_open() => tracing::error!(
+                    "SIGHUP: the config lists no tokens any more, which would open the API \
+                     to anyone; the tokens in force stay (restart to run open, or add a \
+                     token before removing the last one)"
+                ),
                 Ok(tokens) => {
                     let count = config.api.tokens.len();
                     access.replace_tokens(tokens);
@@ -1029,7 +1042,7 @@ async fn reload_on_hangup(path: std::path::PathBuf, tls: Option<Arc<ApiTls>>, ac
                 Err(reason) => tracing::error!(%reason, "SIGHUP: tokens kept as they were"),
             }
             match (&tls, config.api.tls()) {
-                (Some(tls), Some(_)) => match tls.reload() {
+                (Some(tls), Some(files)) => match tls.reload(&files) {
                     Ok(()) => tracing::info!("SIGHUP: API certificate reloaded"),
                     Err(error) => {
                         tracing::error!(%error, "SIGHUP: the certificate in force stays")

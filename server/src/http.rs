@@ -56,13 +56,25 @@ impl Credentials {
         }
     }
 
-    /// The base URL of the API at `address` (`host:port`, or a URL kept as it is).
-    pub fn base_url(&self, address: &str) -> String {
+    /// The base URL of the API at `address` (`host:port`, or a URL kept as it is);
+    /// refused when it would carry the token in clear to another machine.
+    pub fn base_url(&self, address: &str) -> Result<String, CredentialsError> {
         let address = address.trim_end_matches('/');
-        match address.contains("://") {
+        let url = match address.contains("://") {
             true => address.to_owned(),
             false => format!("{}://{address}", self.scheme()),
+        };
+        if let Some(rest) = url.strip_prefix("http://") {
+            if self.token.is_some() && !is_loopback(rest) {
+                return Err(CredentialsError {
+                    path: url.clone().into(),
+                    reason: "a token is never sent in clear to another machine: reach the \
+                             node over https (an https:// URL, or a CA file)"
+                        .into(),
+                });
+            }
         }
+        Ok(url)
     }
 
     /// A client that reads error statuses as answers, each request bounded by
@@ -105,6 +117,21 @@ impl Credentials {
     }
 }
 
+/// Whether the authority at the start of `rest` (`host[:port][/...]`) is this machine.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        // `[::1]:7100`, `127.0.0.1:7100`, `localhost:7100`; a bare `::1` has colons.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, CredentialsError> {
     std::fs::read(path).map_err(|error| CredentialsError {
         path: path.to_owned(),
@@ -127,4 +154,49 @@ fn certificates(path: &Path) -> Result<Vec<Certificate<'static>>, CredentialsErr
         });
     }
     Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_this_machine() {
+        let with_token = Credentials {
+            token: Some("ledger_x".into()),
+            ..Credentials::default()
+        };
+        for local in [
+            "127.0.0.1:7100",
+            "http://localhost:7100/",
+            "http://[::1]:7100",
+        ] {
+            assert!(with_token.base_url(local).is_ok(), "{local}");
+        }
+        for remote in [
+            "10.0.0.1:7100",
+            "http://ledger.example.com",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(with_token.base_url(remote).is_err(), "{remote}");
+        }
+        assert_eq!(
+            with_token
+                .base_url("https://ledger.example.com:7100/")
+                .unwrap(),
+            "https://ledger.example.com:7100"
+        );
+        let tls = Credentials {
+            cacert: Some("ca.pem".into()),
+            ..with_token
+        };
+        assert_eq!(
+            tls.base_url("10.0.0.1:7100").unwrap(),
+            "https://10.0.0.1:7100"
+        );
+        assert_eq!(
+            Credentials::default().base_url("10.0.0.1:7100").unwrap(),
+            "http://10.0.0.1:7100"
+        );
+    }
 }

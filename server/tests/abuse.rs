@@ -281,7 +281,7 @@ fn a_cluster_keeps_committing_while_two_members_are_abused() {
          descriptors; the nodes closed {closed} abusing connections"
     );
     assert!(
-        during <= baseline * 3 + Duration::from_millis(200),
+        during <= baseline * 4 + Duration::from_millis(300),
         "median commit {during:?} during the abuse against {baseline:?} before"
     );
     assert!(held < 256 + 200, "{held} descriptors: the cap did not hold");

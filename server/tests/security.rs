@@ -236,9 +236,36 @@ fn tls_and_tokens_guard_the_api_and_reload_on_sighup() {
     daemon.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));
     assert!(with_other("writer").status.success());
+
+    // Every token withdrawn at once would open the API: refused, the tokens stay.
+    let settings = std::fs::read_to_string(config).unwrap();
+    let first = settings.find("[[api.tokens]]").unwrap();
+    std::fs::write(config, &settings[..first]).unwrap();
+    other.issue("api", &["localhost", "127.0.0.1"]);
+    daemon.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let anonymous = run(
+        LEDGERCTL,
+        &[
+            "--node",
+            &daemon.url,
+            "--cacert",
+            &other_ca,
+            "submit",
+            "anyone",
+        ],
+    );
+    assert!(
+        refused_with(&anonymous, "unauthorized:"),
+        "{}",
+        text(&anonymous)
+    );
+    assert!(with_other("writer").status.success());
     let log = daemon.stop();
+    assert!(log.contains("nothing reloaded"), "{log}");
     assert!(log.contains("the certificate in force stays"), "{log}");
     assert!(log.contains("API tokens reloaded"), "{log}");
+    assert!(log.contains("would open the API"), "{log}");
     assert!(!log.contains("the client API is open"), "{log}");
 }
 

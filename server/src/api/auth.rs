@@ -37,7 +37,8 @@ pub enum Role {
     Read,
     /// Also submit entries.
     Submit,
-    /// Also cut blocks (`POST /mine`) and change the membership.
+    /// Also cut blocks (`POST /mine`), and every administrative route to come
+    /// (membership changes).
     Admin,
 }
 
@@ -258,8 +259,12 @@ impl Access {
     }
 
     /// The role `method` on the route `path` needs (`None`: open); `admin` for a
-    /// route the document does not know.
+    /// route the document does not know. HEAD is a GET without the body.
     pub fn role_for(&self, method: &Method, path: &str) -> Option<Role> {
+        let method = match *method {
+            Method::HEAD => &Method::GET,
+            ref method => method,
+        };
         self.routes
             .get(method)
             .and_then(|paths| paths.get(path))
@@ -267,18 +272,21 @@ impl Access {
             .unwrap_or(Some(Role::Admin))
     }
 
-    /// Who sent `request` and whether it may: the caller (none when the API is open
-    /// or the route open and no token sent), or the error to answer with.
-    fn admit(&self, request: &Request) -> Result<Option<Caller>, ApiError> {
+    /// The role `request`'s route needs; `None` for an open route, and for no route
+    /// (the 404 or 405 that follows says nothing worth guarding).
+    fn needed(&self, request: &Request) -> Option<Role> {
+        let path = request.extensions().get::<MatchedPath>()?;
+        self.role_for(request.method(), path.as_str())
+    }
+
+    /// Who sent `request` and whether it may, given the role its route `needed`: the
+    /// caller (none when the API is open or the route open and no token sent), or
+    /// the error to answer with.
+    fn admit(&self, request: &Request, needed: Option<Role>) -> Result<Option<Caller>, ApiError> {
         let tokens = self.tokens();
         if tokens.is_empty() {
             return Ok(None);
         }
-        let needed = match request.extensions().get::<MatchedPath>() {
-            Some(path) => self.role_for(request.method(), path.as_str()),
-            // No route: the 404 or 405 that follows says nothing worth guarding.
-            None => None,
-        };
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -351,11 +359,15 @@ pub struct Peer(pub SocketAddr);
 /// The middleware: admits or refuses each request, counts it against its caller's
 /// rate, and hands the caller's name on to the access log.
 pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
-    let admitted = access.admit(&request);
-    // Refused requests count against their address too, so guessing costs the
-    // guesser its rate.
+    let needed = access.needed(&request);
+    let admitted = access.admit(&request, needed);
+    // Probes, scrapes and the document (open routes, no token) are not counted: a
+    // load balancer behind the same address as a busy client must still get in.
+    // Refused requests count against their address, so guessing costs the guesser
+    // its rate.
     let key = match (&admitted, request.extensions().get::<Peer>()) {
         (Ok(Some(caller)), _) => Some(Key::Token(Arc::clone(&caller.name))),
+        (Ok(None), _) if needed.is_none() => None,
         (_, Some(peer)) => Some(Key::Address(peer.0.ip())),
         // In-process callers (tests) have no address and no token: nothing to count.
         (_, None) => None,

@@ -6,10 +6,11 @@
 //! members keep reaching each other.
 //!
 //! Near the cap, a connection taken in gets a tenth of the header deadline (half a
-//! second at least), as nginx reclaims idle keep-alive connections when it runs out:
-//! a client with a request to make sends it at once, while connections that only
-//! hold a place are let go ten times faster, so those waiting behind them in the
-//! backlog get in.
+//! second at least) for each of its requests: a client with a request to make sends
+//! it at once, while connections that only hold a place are let go ten times faster,
+//! so those waiting behind them in the backlog get in. (Connections taken in before
+//! the pressure keep their deadline.) Over TLS the handshake has the same deadline,
+//! before the first request's.
 
 use std::future::Future;
 use std::io;
@@ -105,10 +106,11 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY on an API connection");
         }
         // Seven eighths of the places taken: pressed.
-        let (builder, header_timeout) = match permits.available_permits() < max_connections / 8 {
-            true => (&pressed, pressed_timeout),
-            false => (&relaxed, limits.header_timeout),
-        };
+        let (builder, header_timeout) =
+            match permits.available_permits() < max_connections.div_ceil(8) {
+                true => (&pressed, pressed_timeout),
+                false => (&relaxed, limits.header_timeout),
+            };
         let stream = Guarded::new(stream, permit, limits.write_timeout);
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {

@@ -1,7 +1,8 @@
 //! TLS on the client API: a certificate chain and key from PEM files (any issuer the
 //! clients trust), optionally client certificates checked against a CA. The files are
-//! read again on [`ApiTls::reload`] (SIGHUP), so a renewed certificate is served to
-//! new connections without stopping the node; open connections keep theirs.
+//! read again on [`ApiTls::reload`] (SIGHUP, with the paths the config names then),
+//! so a renewed certificate is served to new connections without stopping the node;
+//! open connections keep theirs.
 //!
 //! TLS 1.3 only, as between members.
 
@@ -50,22 +51,22 @@ fn file_error(path: &Path, reason: impl ToString) -> ApiTlsError {
     }
 }
 
-/// The API's TLS: the configuration new connections get, and the files it came from.
+/// The API's TLS: the configuration new connections get.
 pub struct ApiTls {
-    files: TlsFiles,
     config: RwLock<Arc<ServerConfig>>,
 }
 
 impl ApiTls {
     /// Reads and checks `files`.
-    pub fn load(files: TlsFiles) -> Result<ApiTls, ApiTlsError> {
-        let config = RwLock::new(server_config(&files)?);
-        Ok(ApiTls { files, config })
+    pub fn load(files: &TlsFiles) -> Result<ApiTls, ApiTlsError> {
+        let config = RwLock::new(server_config(files)?);
+        Ok(ApiTls { config })
     }
 
-    /// Reads the files again; on failure the configuration in force stays.
-    pub fn reload(&self) -> Result<(), ApiTlsError> {
-        let config = server_config(&self.files)?;
+    /// Reads `files` (the same or new paths) and puts them in force for new
+    /// connections; on failure the configuration in force stays.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), ApiTlsError> {
+        let config = server_config(files)?;
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
         Ok(())
     }
@@ -73,11 +74,6 @@ impl ApiTls {
     /// The configuration for a connection accepted now.
     pub fn current(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Whether clients must present a certificate.
-    pub fn verifies_clients(&self) -> bool {
-        self.files.client_ca.is_some()
     }
 }
 

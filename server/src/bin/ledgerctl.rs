@@ -345,7 +345,7 @@ impl Client {
     fn new(base: &str, credentials: &ledger::http::Credentials) -> anyhow::Result<Client> {
         // Longer than the longest wait for a commit.
         let agent = credentials.agent(Duration::from_secs(330))?;
-        let base = credentials.base_url(base);
+        let base = credentials.base_url(base)?;
         Ok(Client { base, agent })
     }
 

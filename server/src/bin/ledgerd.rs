@@ -573,7 +573,7 @@ fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 // Held by a running node: through its API.
                 Err(stopped) => {
                     let credentials = ledger::http::Credentials::upstream(&config.upstream)?;
-                    let url = credentials.base_url(&local_address(config.api_listen));
+                    let url = credentials.base_url(&local_address(config.api_listen))?;
                     let agent = credentials.agent(std::time::Duration::from_secs(60))?;
                     backup::save_from_api(&spec, &url, agent, &mut file).with_context(|| {
                         format!(

@@ -64,8 +64,9 @@ pub struct Follower {
     preferred: AtomicU64,
     forwarded: Mutex<HashMap<Hash, Forwarded>>,
     next_difficulty: AtomicU32,
-    /// From the start until a poll first finds nothing new, and again after
-    /// [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
+    /// From the start until a member first says it has no block after the tip, and
+    /// again after [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
+    /// A follower that reaches no member, or is refused, stays so.
     catching_up: AtomicBool,
 }
 
@@ -275,7 +276,6 @@ impl Follower {
                 }
             } else {
                 back_to_back = 0;
-                self.catching_up.store(false, Ordering::Relaxed);
                 if last_probe.elapsed() >= PROBE_OTHERS {
                     last_probe = Instant::now();
                     self.expire_forwarded();
@@ -319,7 +319,12 @@ impl Follower {
                     Ok(false)
                 }
             },
-            Err(Fetch::Gone) => Ok(false),
+            // The member has nothing after the tip: caught up (with it, at least; the
+            // probe of the others finds one that is ahead).
+            Err(Fetch::Gone) => {
+                self.catching_up.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
             Err(error) => {
                 tracing::debug!(%source, height, %error, "a member did not serve the next block");
                 self.next_source(index);
