@@ -551,13 +551,16 @@ pub struct Author<'a> {
     pub signature: &'a [u8; 64],
 }
 
-/// A client's entry.
+/// An entry: a client's, or a membership change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry<'a> {
     /// The payload.
     pub data: &'a [u8],
     /// Present when the entry is signed.
     pub author: Option<Author<'a>>,
+    /// A membership change signed by the chain's admins (its data is the
+    /// reconfiguration, docs/FORMAT.md), not a client's entry; never authored.
+    pub reconfiguration: bool,
 }
 
 impl<'a> Entry<'a> {
@@ -634,8 +637,12 @@ impl<'a> Reader<'a> {
         if version != 1 {
             return Err(format!("entry format version {version} is unknown"));
         }
-        if flags & !1 != 0 {
+        // Bit 0: authored; bit 1: a reconfiguration, which has no author.
+        if flags & !0b11 != 0 {
             return Err("unknown entry flags".into());
+        }
+        if flags == 0b11 {
+            return Err("a reconfiguration has no author".into());
         }
         let len = self.u32()? as usize;
         let data = self.take(len)?;
@@ -647,7 +654,11 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        Ok(Entry { data, author })
+        Ok(Entry {
+            data,
+            author,
+            reconfiguration: flags & 0b10 != 0,
+        })
     }
 
     fn entries(&mut self) -> Result<Vec<Entry<'a>>, String> {

@@ -117,6 +117,7 @@ mod tests {
             Entry {
                 data: b"hi",
                 author: None,
+                reconfiguration: false,
             },
             Entry {
                 data: b"yo",
@@ -124,6 +125,7 @@ mod tests {
                     public_key: &key,
                     signature: &sig,
                 }),
+                reconfiguration: false,
             },
         ];
         export

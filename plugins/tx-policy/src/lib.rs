@@ -89,7 +89,11 @@ mod tests {
     use super::*;
 
     fn entry(data: &[u8]) -> Entry<'_> {
-        Entry { data, author: None }
+        Entry {
+            data,
+            author: None,
+            reconfiguration: false,
+        }
     }
 
     #[test]
@@ -116,6 +120,7 @@ mod tests {
         let not_json = Entry {
             data: b"{nope",
             author,
+            reconfiguration: false,
         };
         assert!(policy
             .validate_entry(&not_json)
@@ -124,6 +129,7 @@ mod tests {
         let fine = Entry {
             data: br#"{"a":1}"#,
             author,
+            reconfiguration: false,
         };
         assert!(policy.validate_entry(&fine).is_ok());
     }

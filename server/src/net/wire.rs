@@ -269,11 +269,19 @@ impl Wire {
             }
             TAG_CHUNK => Ok(Wire::Chunk(rest.to_vec())),
             TAG_UNAVAILABLE => match rest.split_first() {
+                // Refused rather than repaired: one encoding per answer (found by
+                // the `wire` fuzz target).
                 Some((&busy @ (0 | 1), reason)) if reason.len() <= MAX_REASON => {
-                    Ok(Wire::Unavailable {
-                        busy: busy == 1,
-                        reason: String::from_utf8_lossy(reason).into_owned(),
-                    })
+                    match std::str::from_utf8(reason) {
+                        Ok(reason) => Ok(Wire::Unavailable {
+                            busy: busy == 1,
+                            reason: reason.to_owned(),
+                        }),
+                        Err(_) => Err(ChainError::Malformed {
+                            what: "unavailable answer",
+                            reason: "the reason is not UTF-8",
+                        }),
+                    }
                 }
                 _ => Err(ChainError::Malformed {
                     what: "unavailable answer",
@@ -369,6 +377,8 @@ mod tests {
         };
         assert_eq!(reason.len(), MAX_REASON);
         assert!(Wire::decode(&[TAG_UNAVAILABLE, 2]).is_err());
+        // Bytes that are not UTF-8 would come back other bytes: refused.
+        assert!(Wire::decode(&[TAG_UNAVAILABLE, 1, b'o', 0xff, b'k']).is_err());
         assert!(Wire::decode(&[]).is_err());
         assert!(Wire::decode(&[99, 0]).is_err());
     }

@@ -533,9 +533,10 @@ impl Plugins {
             .join(",")
     }
 
-    /// Asks every plugin's `validate_entry`; the first refusal wins.
+    /// Asks every plugin's `validate_entry`; the first refusal wins. Membership
+    /// changes are the admins' to sign, not the plugins' to judge: they pass.
     pub fn validate_entry(&self, entry: &Entry) -> Result<(), Rejection> {
-        if self.list.is_empty() {
+        if self.list.is_empty() || entry.kind != crate::chain::EntryKind::Client {
             return Ok(());
         }
         let encoded = entry.encode();
@@ -573,7 +574,13 @@ impl Policy for Plugins {
         if self.list.is_empty() {
             return Ok(());
         }
-        let entries: Vec<Vec<u8>> = block.entries.iter().map(Entry::encode).collect();
+        // Client entries only, as at submit; the block hook sees every entry.
+        let entries: Vec<Vec<u8>> = block
+            .entries
+            .iter()
+            .filter(|entry| entry.kind == crate::chain::EntryKind::Client)
+            .map(Entry::encode)
+            .collect();
         let encoded = block.encode();
         for plugin in self.list.iter() {
             for entry in &entries {

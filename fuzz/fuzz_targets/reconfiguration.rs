@@ -1,0 +1,11 @@
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    ledger_fuzz::round_trip(
+        data,
+        ledger::chain::Reconfiguration::decode,
+        ledger::chain::Reconfiguration::encode,
+    );
+});

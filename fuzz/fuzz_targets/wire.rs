@@ -1,0 +1,7 @@
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    ledger_fuzz::round_trip(data, ledger::net::Wire::decode, ledger::net::Wire::encode);
+});
