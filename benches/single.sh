@@ -32,14 +32,7 @@ curl_security=()
 if [ "${SECURE:-0}" = 1 ]; then TLS=1 TOKEN=1; fi
 if [ "${TLS:-0}" = 1 ]; then
     tls="$work/tls"
-    mkdir -p "$tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-        -subj /CN=bench-ca -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=bench \
-        -keyout "$tls/api.key" -out "$tls/api.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1\n' >"$tls/san"
-    openssl x509 -req -in "$tls/api.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
-        -CAcreateserial -days 1 -extfile "$tls/san" -out "$tls/api.crt" 2>/dev/null
+    ops/test-ca.sh "$tls"
     config="$work/ledger/node0/ledgerd.toml"
     printf '\n[api]\ntls_cert = "%s"\ntls_key = "%s"\n\n' "$tls/api.crt" "$tls/api.key" >>"$config"
     scheme=https

@@ -21,14 +21,7 @@ pid=
 
 "$bin/ledgerd" dev init --nodes 1 --dir "$work/dev" --base-port "$port" --difficulty 8 >/dev/null
 tls="$work/tls"
-mkdir -p "$tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj /CN=schemathesis-ca -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=node \
-    -keyout "$tls/api.key" -out "$tls/api.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\n' >"$tls/san"
-openssl x509 -req -in "$tls/api.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
-    -CAcreateserial -days 1 -extfile "$tls/san" -out "$tls/api.crt" 2>/dev/null
+ops/test-ca.sh "$tls"
 config="$work/dev/node0/ledgerd.toml"
 printf '\n[api]\ntls_cert = "%s"\ntls_key = "%s"\n\n' "$tls/api.crt" "$tls/api.key" >>"$config"
 "$bin/ledgerd" token new --role admin --name schemathesis --out "$work/admin.token" \
