@@ -12,9 +12,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use ed25519_dalek::Signer;
 use ledger::api::types::{ReceiptView, SubmitRequest};
 use ledger::chain::{Change, Entry, Membership, Reconfiguration};
-use ledger::consensus::{Message, Payload};
+use ledger::consensus::{
+    checkpoint_digest, pre_prepare_digest, prepare_digest, AcceptedBlock, CheckpointCertificate,
+    DurableSlot, MemberIndex, Message, Payload, PreparedCertificate, Vote,
+};
 use ledger::net::{Hello, Wire};
 use ledger::storage::{Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
@@ -90,6 +94,37 @@ fn main() -> anyhow::Result<()> {
                 hash: block.hash(),
             },
         ];
+        // A checkpoint certificate and a durable slot over this block.
+        let hash = block.hash();
+        let height = block.header.height;
+        let vote = |member: usize, digest: ledger::chain::Hash| Vote {
+            member: member as MemberIndex,
+            signature: keys[member].sign(digest.as_bytes()).to_bytes(),
+        };
+        let checkpoint = CheckpointCertificate {
+            height,
+            hash,
+            votes: (0..3)
+                .map(|m| vote(m, checkpoint_digest(&chain_hash, height, &hash)))
+                .collect(),
+        };
+        write("checkpoint", &checkpoint.encode())?;
+        let pre_prepare = vote(0, pre_prepare_digest(&chain_hash, 0, height, &hash));
+        let slot = DurableSlot {
+            accepted: Some(AcceptedBlock {
+                view: 0,
+                block: block.clone().into(),
+                signature: pre_prepare.signature,
+            }),
+            prepared: Some(PreparedCertificate {
+                view: 0,
+                header: block.header,
+                votes: std::iter::once(pre_prepare)
+                    .chain((1..3).map(|m| vote(m, prepare_digest(&chain_hash, 0, height, &hash))))
+                    .collect(),
+            }),
+        };
+        write("durable", &slot.encode())?;
         for payload in messages {
             let message = Message::sign(&chain_hash, 1, &keys[1], payload);
             write("message", &message.encode())?;
