@@ -41,20 +41,16 @@ pub const MAX_PAGE: u64 = 100;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// The API over `node`, open to anyone: every route of the OpenAPI document,
-/// `/v1/openapi.json`, and JSON 404/405 answers for everything else.
+/// The API over `node`, open to anyone (no tokens, no rate limit): every route of the
+/// OpenAPI document, `/v1/openapi.json`, and JSON 404/405 answers for everything else.
 pub fn router(node: Arc<Node>) -> Router {
-    routes(node).layer(axum::middleware::from_fn(request_id))
+    let metrics = Arc::clone(node.metrics());
+    let access = auth::Access::new(&openapi(), auth::Tokens::default(), None, metrics);
+    guarded_router(node, Arc::new(access))
 }
 
 /// The API over `node` behind `access`: tokens, roles and rate limits.
 pub fn guarded_router(node: Arc<Node>, access: Arc<auth::Access>) -> Router {
-    routes(node)
-        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
-        .layer(axum::middleware::from_fn(request_id))
-}
-
-fn routes(node: Arc<Node>) -> Router {
     let max_entry = node.store().spec().params.max_entry_bytes as usize;
     let (router, _) = documented_routes(max_entry).split_for_parts();
     router
@@ -67,6 +63,8 @@ fn routes(node: Arc<Node>) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
         .with_state(node)
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
+        .layer(axum::middleware::from_fn(request_id))
 }
 
 /// The CORS layer for `origins` (`"*"`: any), none for none: browser pages of those

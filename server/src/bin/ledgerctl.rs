@@ -483,10 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             false => "/healthz",
         })?),
         Command::Verify { receipt, genesis } => {
-            let text = std::fs::read_to_string(&genesis)
-                .with_context(|| format!("reading {}", genesis.display()))?;
-            let spec =
-                ChainSpec::from_toml(&text).with_context(|| genesis.display().to_string())?;
+            let spec = read_genesis(&genesis)?;
             let saved: Value = serde_json::from_slice(&read_input(&receipt)?)
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
             out(&verify(&saved, &spec)?)

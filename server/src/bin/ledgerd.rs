@@ -276,11 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // token, whose secret only the operator can read.
             let token_path = dir.join("api.token");
             if !api_listen.ip().is_loopback() {
-                let (secret, token) = ledger::api::auth::TokenConfig::generate(
-                    "operator",
-                    ledger::api::auth::Role::Admin,
-                )
-                .map_err(|error| anyhow::anyhow!("the OS has no randomness to give: {error}"))?;
+                let (secret, token) = new_token("operator", ledger::api::auth::Role::Admin)?;
                 config::write_secret(&token_path, &secret)?;
                 node.api.tokens.push(token);
             }
@@ -307,8 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Genesis(args) => genesis(args),
         Command::Token(TokenCommand::New { role, name, out }) => {
-            let (secret, token) = ledger::api::auth::TokenConfig::generate(&name, role)
-                .map_err(|error| anyhow::anyhow!("the OS has no randomness to give: {error}"))?;
+            let (secret, token) = new_token(&name, role)?;
             match out {
                 Some(out) => {
                     config::write_secret(&out, &secret)?;
@@ -771,6 +766,15 @@ fn check_plugin(file: &std::path::Path, config: Option<PathBuf>) -> anyhow::Resu
         println!("  init accepted {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new API token for `name` with `role`: its secret and its config entry.
+fn new_token(
+    name: &str,
+    role: ledger::api::auth::Role,
+) -> anyhow::Result<(String, ledger::api::auth::TokenConfig)> {
+    ledger::api::auth::TokenConfig::generate(name, role)
+        .map_err(|error| anyhow::anyhow!("the OS has no randomness to give: {error}"))
 }
 
 /// The address a tool on the node's own machine calls its API at: loopback when the
