@@ -4,7 +4,7 @@
 //! nothing). `ledger-sim --seeds N` runs the large sweep.
 
 use ledger::consensus::Flaws;
-use ledger::sim::{Behaviour, Cut, Report, Scenario, Sim, Violation};
+use ledger::sim::{Behaviour, Cut, Reconfigure, Report, Scenario, Sim, Violation};
 
 /// Seeds per scenario in CI; the sweep binary runs far more.
 const SEEDS: u64 = 4;
@@ -246,5 +246,55 @@ fn trusting_a_new_view_without_recomputing_it_is_caught() {
     for seed in 0..4 {
         let report = Sim::new(scenario.clone(), seed).run();
         assert!(report.violation.is_none(), "{report}");
+    }
+}
+
+/// A change is in force from the block after the first checkpoint at or above the
+/// block that holds it: replicas that move to the new membership at the very next
+/// block have it certify heights the old one orders, which the checker, holding
+/// every certificate to the membership in force at its height, reports.
+#[test]
+fn a_membership_change_put_in_force_early_is_caught() {
+    let mut scenario = Scenario::named("grow-4").expect("catalogue scenario");
+    scenario.flaws = Flaws {
+        early_change: true,
+        ..Flaws::default()
+    };
+    let report = first_violation(&scenario, 20);
+    assert!(
+        matches!(report.violation, Some(Violation::BadCertificate { .. })),
+        "{report}"
+    );
+    scenario.flaws = Flaws::default();
+    for seed in 0..SEEDS {
+        let report = Sim::new(scenario.clone(), seed).run();
+        assert!(report.violation.is_none(), "{report}");
+        assert_eq!(report.epoch, 2, "{report}");
+    }
+}
+
+/// After a change takes seven members to six, 2f + 1 = 3 votes let both sides of a
+/// partition commit; the quorum of the new membership, ⌈(6 + 1 + 1) / 2⌉ = 4, does not.
+#[test]
+fn counting_2f_plus_1_after_shrinking_to_six_is_caught() {
+    let mut scenario = Scenario::new("classic-quorum-after-shrink", 7);
+    scenario.network.partitions = true;
+    scenario.network.drop = 0.0;
+    scenario.faulty_ms = 8_000;
+    scenario.changes = vec![Reconfigure::Remove(6)];
+    scenario.flaws = Flaws {
+        classic_quorum: true,
+        ..Flaws::default()
+    };
+    let report = first_violation(&scenario, 100);
+    assert!(
+        matches!(report.violation, Some(Violation::Conflict { .. })),
+        "{report}"
+    );
+    scenario.flaws = Flaws::default();
+    for seed in 0..SEEDS {
+        let report = Sim::new(scenario.clone(), seed).run();
+        assert!(report.violation.is_none(), "{report}");
+        assert_eq!(report.epoch, 1, "{report}");
     }
 }

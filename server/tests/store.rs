@@ -631,6 +631,36 @@ fn consensus_state_persists_as_the_records_fold() {
         store.stable_checkpoint().unwrap().map(|c| c.height),
         Some(1)
     );
+
+    // A membership epoch starting above block 2: view 0, entered, no NEW-VIEW, block
+    // 2 the stable checkpoint without votes, nothing accepted; a second record of
+    // the same epoch changes nothing, and it all survives a reopen.
+    let epoch = Record::Epoch {
+        epoch: 1,
+        height: 2,
+        hash: second.hash(),
+    };
+    for _ in 0..2 {
+        store.persist(std::slice::from_ref(&epoch)).unwrap();
+        expected.apply(&epoch);
+        assert_eq!(store.durable().unwrap(), expected);
+    }
+    assert_eq!(
+        (expected.epoch, expected.view, expected.active),
+        (1, 0, true)
+    );
+    assert!(expected.new_view.is_none() && expected.slots.is_empty());
+    assert_eq!(
+        (expected.stable.height, expected.stable.hash),
+        (2, second.hash())
+    );
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(store.durable().unwrap(), expected);
+    assert_eq!(
+        store.stable_checkpoint().unwrap().map(|c| c.height),
+        Some(2)
+    );
 }
 
 /// A chain of three blocks of three entries under `path`, damaged by `damage`

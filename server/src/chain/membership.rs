@@ -16,6 +16,7 @@ use super::{ChainError, ChainSpec, Entry, Hash, Member, Members};
 const RECONFIGURATION_VERSION: u8 = 1;
 /// Domain separator of admin signatures; never reused for another message kind.
 const SIGNATURE_DOMAIN: &[u8] = b"ledger/v1/reconfiguration";
+const EPOCH_DOMAIN: &[u8] = b"ledger/v1/epoch";
 /// Longest address hint, bytes.
 pub const MAX_ADDR_BYTES: usize = 255;
 const KIND_ADD_LEARNER: u8 = 1;
@@ -305,6 +306,14 @@ impl Reconfiguration {
     }
 }
 
+/// The signing domain of membership epoch `epoch` ([`Membership::signing_domain`]).
+pub fn epoch_domain(chain_hash: &Hash, epoch: u64) -> Hash {
+    if epoch == 0 {
+        return *chain_hash;
+    }
+    Hash::digest_parts(&[EPOCH_DOMAIN, chain_hash.as_bytes(), &epoch.to_be_bytes()])
+}
+
 /// Why a reconfiguration is refused: before it is ordered, and in a block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
@@ -525,6 +534,14 @@ impl Membership {
             learners,
             pending,
         })
+    }
+
+    /// What this membership's members sign their consensus messages and commit
+    /// certificates under: the chain hash in epoch 0 (so chains from before
+    /// reconfiguration keep their certificates), and SHA-256(domain ‖ chain hash ‖
+    /// u64 epoch) after, so that nothing signed in one epoch counts in another.
+    pub fn signing_domain(&self, chain_hash: &Hash) -> Hash {
+        epoch_domain(chain_hash, self.epoch)
     }
 
     /// The membership of the genesis file.

@@ -15,7 +15,7 @@ use super::message::{
     PreparedCertificate,
 };
 use crate::chain::codec::Reader;
-use crate::chain::{Block, ChainError, Hash};
+use crate::chain::{Block, ChainError, Hash, Header, Membership};
 
 /// [`Durable::abstain_through`] of a member restored where nobody could say how far
 /// the chain had come (from a backup file): its node asks the others at start.
@@ -44,6 +44,17 @@ pub enum Record {
     Prepared(PreparedCertificate),
     /// A checkpoint became stable; everything at or below it may be forgotten.
     Stable(CheckpointCertificate),
+    /// Membership epoch `epoch` starts above the block `hash` at `height`, the last
+    /// of the epoch before: its replica starts in view 0, with that block as its
+    /// stable checkpoint and nothing accepted above it.
+    Epoch {
+        /// The epoch.
+        epoch: u64,
+        /// The height of its base block.
+        height: u64,
+        /// Its hash.
+        hash: Hash,
+    },
 }
 
 /// What was accepted at one height.
@@ -171,6 +182,9 @@ pub struct Durable {
     /// at heights up to here: it signs no PRE-PREPARE, PREPARE, COMMIT, VIEW-CHANGE
     /// or NEW-VIEW until its tip reaches this height (0: it forgot nothing).
     pub abstain_through: u64,
+    /// The membership epoch this state belongs to (views, votes and the log are an
+    /// epoch's own).
+    pub epoch: u64,
 }
 
 impl Durable {
@@ -187,7 +201,19 @@ impl Durable {
             },
             slots: BTreeMap::new(),
             abstain_through: 0,
+            epoch: 0,
         }
+    }
+
+    /// The record that moves this state into `membership`'s epoch, whose ordering
+    /// starts above `base` (the block at `membership.since - 1`), if it is not there
+    /// yet.
+    pub fn epoch_record(&self, membership: &Membership, base: &Header) -> Option<Record> {
+        (membership.epoch > self.epoch).then(|| Record::Epoch {
+            epoch: membership.epoch,
+            height: base.height,
+            hash: base.hash(),
+        })
     }
 
     /// Folds one record in.
@@ -214,6 +240,29 @@ impl Durable {
                     self.stable = certificate.clone();
                     self.slots = self.slots.split_off(&(certificate.height + 1));
                 }
+            }
+            Record::Epoch {
+                epoch,
+                height,
+                hash,
+            } => {
+                if *epoch <= self.epoch {
+                    return;
+                }
+                self.epoch = *epoch;
+                self.view = 0;
+                self.active = true;
+                self.new_view = None;
+                // The epoch before may have made its last block's checkpoint stable
+                // with its votes; that certificate is as good a base.
+                if self.stable.height != *height || self.stable.hash != *hash {
+                    self.stable = CheckpointCertificate {
+                        height: *height,
+                        hash: *hash,
+                        votes: Vec::new(),
+                    };
+                }
+                self.slots.clear();
             }
         }
     }

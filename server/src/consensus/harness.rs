@@ -153,6 +153,7 @@ pub(super) fn describe(output: &Output) -> String {
                 certificate.view, certificate.header.height
             ),
             Record::Stable(certificate) => format!("persist stable h{}", certificate.height),
+            Record::Epoch { epoch, height, .. } => format!("persist epoch {epoch} above h{height}"),
         },
         Output::Apply { block, .. } => format!("apply h{}", block.header.height),
         Output::Mine(block) => format!("mine h{}", block.header.height),

@@ -16,7 +16,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::chain::codec::Reader;
 use crate::chain::{
-    commit_digest, Block, ChainError, CommitCertificate, Hash, Header, Members, HEADER_LEN,
+    commit_digest, Block, ChainError, CommitCertificate, Hash, Header, Members, Membership,
+    HEADER_LEN,
 };
 
 const MESSAGE_VERSION: u8 = 1;
@@ -206,10 +207,13 @@ pub enum Invalid {
 /// Who signs and what counts: the membership of one chain, as seen by a verifier.
 #[derive(Clone, Debug)]
 pub struct Verifier {
-    /// The chain hash every digest is bound to.
-    pub chain_hash: Hash,
-    /// The genesis block hash (the checkpoint at height 0 needs no signatures).
-    pub genesis_hash: Hash,
+    /// The domain every digest is bound to: the chain hash, or in a later membership
+    /// epoch the epoch's signing domain ([`Membership::signing_domain`]).
+    pub domain: Hash,
+    /// The height and hash of the block the membership's ordering starts above
+    /// (genesis, or the last block of the epoch before): its checkpoint needs no
+    /// signatures of this membership.
+    base: (u64, Hash),
     keys: Vec<VerifyingKey>,
     node_ids: Vec<Hash>,
     /// Matching votes that make a certificate, q = ⌈(n + f + 1) / 2⌉ (unless a test
@@ -257,14 +261,50 @@ impl Verifier {
     /// A verifier for `members` of the chain `chain_hash`.
     pub fn new(chain_hash: Hash, genesis_hash: Hash, members: &Members) -> Verifier {
         Verifier {
-            chain_hash,
-            genesis_hash,
+            domain: chain_hash,
+            base: (0, genesis_hash),
             keys: members.as_slice().iter().map(|m| m.public_key).collect(),
             node_ids: members.as_slice().iter().map(|m| m.node_id).collect(),
             quorum: members.quorum(),
             memo: None,
             checked: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The verifier for `membership` of the chain `chain_hash`, whose ordering starts
+    /// above the block `base_hash` at `base_height` (the epoch's first checkpoint);
+    /// it shares this one's memo and count of checked signatures.
+    pub fn for_epoch(
+        &self,
+        chain_hash: &Hash,
+        membership: &Membership,
+        base_height: u64,
+        base_hash: Hash,
+    ) -> Verifier {
+        Verifier {
+            domain: membership.signing_domain(chain_hash),
+            base: (base_height, base_hash),
+            keys: membership
+                .members
+                .as_slice()
+                .iter()
+                .map(|m| m.public_key)
+                .collect(),
+            node_ids: membership
+                .members
+                .as_slice()
+                .iter()
+                .map(|m| m.node_id)
+                .collect(),
+            quorum: membership.members.quorum(),
+            memo: self.memo.clone(),
+            checked: self.checked.clone(),
+        }
+    }
+
+    /// The height of the checkpoint this membership's ordering starts from.
+    pub fn base_height(&self) -> u64 {
+        self.base.0
     }
 
     /// Signatures verified on the curve so far by this verifier and its clones (for
@@ -379,7 +419,7 @@ impl Verifier {
         if certificate.height != height || certificate.block_hash != *hash {
             return Err(Invalid::Structure("the certificate is for another block"));
         }
-        let digest = commit_digest(&self.chain_hash, certificate.view, height, hash);
+        let digest = commit_digest(&self.domain, certificate.view, height, hash);
         let mut seen = HashSet::with_capacity(certificate.signatures.len());
         for signature in &certificate.signatures {
             let member = self
@@ -405,8 +445,9 @@ impl Verifier {
 
     /// Checks a stable checkpoint certificate (C&L §4.3).
     pub fn check_checkpoint(&self, certificate: &CheckpointCertificate) -> Result<(), Invalid> {
+        let (base_height, base_hash) = self.base;
         if certificate.height == 0 {
-            return if certificate.hash == self.genesis_hash && certificate.votes.is_empty() {
+            return if certificate.hash == base_hash && certificate.votes.is_empty() {
                 Ok(())
             } else {
                 Err(Invalid::Structure(
@@ -414,7 +455,21 @@ impl Verifier {
                 ))
             };
         }
-        let digest = checkpoint_digest(&self.chain_hash, certificate.height, &certificate.hash);
+        // The epoch's first checkpoint is the last block of the epoch before, which
+        // this node applied as committed: its votes, if any, are that epoch's.
+        if certificate.height == base_height {
+            return if certificate.hash == base_hash {
+                Ok(())
+            } else {
+                Err(Invalid::Structure(
+                    "the checkpoint at the epoch's start is not the block that ended the last",
+                ))
+            };
+        }
+        if certificate.height < base_height {
+            return Err(Invalid::Structure("a checkpoint below this epoch's start"));
+        }
+        let digest = checkpoint_digest(&self.domain, certificate.height, &certificate.hash);
         self.check_votes(&certificate.votes, &digest, self.quorum, None)
     }
 
@@ -432,9 +487,9 @@ impl Verifier {
                 "the pre-prepare is not the view's primary's",
             ));
         }
-        let digest = pre_prepare_digest(&self.chain_hash, certificate.view, height, &hash);
+        let digest = pre_prepare_digest(&self.domain, certificate.view, height, &hash);
         self.check(primary, &digest, &first.signature)?;
-        let digest = prepare_digest(&self.chain_hash, certificate.view, height, &hash);
+        let digest = prepare_digest(&self.domain, certificate.view, height, &hash);
         self.check_votes(prepares, &digest, self.quorum - 1, Some(primary))
     }
 
@@ -442,7 +497,7 @@ impl Verifier {
     /// certificates of a VIEW-CHANGE, the view changes and re-proposals of a NEW-VIEW.
     /// Whether the content is acceptable now is the replica's business.
     pub fn check_message(&self, message: &Message) -> Result<(), Invalid> {
-        let digest = message.digest(&self.chain_hash);
+        let digest = message.digest(&self.domain);
         self.check(message.from, &digest, &message.signature)?;
         match &message.payload {
             Payload::ViewChange(change) => self.check_view_change(change),
@@ -470,7 +525,7 @@ impl Verifier {
                 for proposal in &new_view.proposals {
                     let header = &proposal.header;
                     let digest = pre_prepare_digest(
-                        &self.chain_hash,
+                        &self.domain,
                         new_view.view,
                         header.height,
                         &header.hash(),

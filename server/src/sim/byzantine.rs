@@ -137,8 +137,8 @@ impl Adversary {
         collusion: &mut Collusion,
     ) -> Vec<Output> {
         let me = replica.me();
-        let chain_hash = replica.chain_hash();
-        let sign = |payload: Payload| Message::sign(&chain_hash, me, &self.key, payload);
+        let domain = replica.signing_domain();
+        let sign = |payload: Payload| Message::sign(&domain, me, &self.key, payload);
         let others: Vec<MemberIndex> = (0..members as MemberIndex).filter(|m| *m != me).collect();
         let mut out = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -228,7 +228,7 @@ impl Adversary {
                         let other = Arc::new(alternative(&body));
                         proposal.header = other.header;
                         let digest = pre_prepare_digest(
-                            &chain_hash,
+                            &domain,
                             bogus.view,
                             other.header.height,
                             &other.hash(),

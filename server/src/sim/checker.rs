@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::Sim;
 use crate::chain::{Block, CommitCertificate};
-use crate::consensus::{Tip, Verifier};
+use crate::consensus::Tip;
 
 /// A broken property, with where and when it broke.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +68,23 @@ pub enum Violation {
         /// The snapshot's height.
         height: u64,
     },
+    /// An honest replica applied a block whose membership change the membership in
+    /// force refuses.
+    RefusedChange {
+        /// The replica.
+        node: usize,
+        /// The height.
+        height: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The scenario's membership changes were not all in force at the end.
+    ChangesStuck {
+        /// Changes ordered.
+        ordered: usize,
+        /// Changes planned.
+        planned: usize,
+    },
     /// Views kept changing after the network healed.
     ViewChangeStorm {
         /// View changes after healing.
@@ -102,6 +119,8 @@ pub struct Report {
     pub violation: Option<Violation>,
     /// What snapshot joins did.
     pub snapshots: SnapshotCounts,
+    /// The membership epoch after the highest applied block.
+    pub epoch: u64,
 }
 
 /// What the snapshot joins of a run did.
@@ -127,6 +146,7 @@ impl Report {
             view: 0,
             violation: Some(Violation::Panic { message }),
             snapshots: SnapshotCounts::default(),
+            epoch: 0,
         }
     }
 
@@ -144,8 +164,14 @@ impl fmt::Display for Report {
         match &self.violation {
             None => write!(
                 f,
-                "{} seed {}: ok, height {}, view {}, {} events, {} virtual ms",
-                self.scenario, self.seed, self.height, self.view, self.events, self.end_ms
+                "{} seed {}: ok, height {}, epoch {}, view {}, {} events, {} virtual ms",
+                self.scenario,
+                self.seed,
+                self.height,
+                self.epoch,
+                self.view,
+                self.events,
+                self.end_ms
             ),
             Some(violation) => write!(
                 f,
@@ -180,6 +206,10 @@ impl Sim {
             header: block.header,
             log,
         };
+        // Refused, the block changes nothing; the checker below says so.
+        let _ = state
+            .membership
+            .apply_block(&self.spec, height, &block.entries);
         state.chain.insert(height, (block, certificate.clone()));
         if !honest {
             return;
@@ -188,16 +218,33 @@ impl Sim {
             self.violation = Some(Violation::BrokenLink { node, height });
             return;
         }
-        // The quorum the replicas count with: a flaw that weakens it must show up as
-        // the fork it allows, not merely as a certificate one vote short. Signatures
-        // go through the run's memo, as most were checked when their COMMIT arrived.
-        let mut verifier = Verifier::new(
-            self.spec.chain_hash(),
-            self.genesis_hash,
-            &self.spec.members,
-        )
-        .with_memo(self.memo.clone());
-        verifier.quorum = self.quorum;
+        // The first honest replica to apply a height moves the run's membership on
+        // (any other must agree with its block): a change due there starts an epoch
+        // whose members alone certify from there.
+        let first = !self.applied.contains_key(&height);
+        if first && self.track.advance_to(height) {
+            let base = self.applied.get(&(height - 1)).map(|(hash, _)| *hash);
+            let genesis = &self.epochs[&1];
+            let mut verifier = genesis.for_epoch(
+                &self.spec.chain_hash(),
+                &self.track,
+                height - 1,
+                base.unwrap_or_default(),
+            );
+            verifier.quorum = self.scenario.flaws.quorum(&verifier);
+            self.epochs.insert(height, verifier);
+        }
+        // Every certificate is checked against the membership in force at its height,
+        // with the quorum the replicas count with: a flaw that weakens it must show up
+        // as the fork it allows, not merely as a certificate one vote short.
+        // Signatures go through the run's memo, as most were checked when their
+        // COMMIT arrived.
+        let verifier = self
+            .epochs
+            .range(..=height)
+            .next_back()
+            .map(|(_, verifier)| verifier)
+            .expect("epoch 0 orders from height 1");
         if let Err(error) = verifier.check_commit(&certificate, height, &hash) {
             self.violation = Some(Violation::BadCertificate {
                 node,
@@ -216,13 +263,27 @@ impl Sim {
             Some(_) => {}
             None => {
                 self.applied.insert(height, (hash, node));
+                let block = &self.nodes[node].chain[&height].0;
+                let reconfigures = block.entries.iter().any(|e| e.is_reconfiguration());
+                match self.track.apply_block(&self.spec, height, &block.entries) {
+                    Ok(()) if reconfigures => self.changes_ordered += 1,
+                    Ok(()) => {}
+                    Err(error) => {
+                        self.violation = Some(Violation::RefusedChange {
+                            node,
+                            height,
+                            reason: error.to_string(),
+                        })
+                    }
+                }
             }
         }
     }
 
     /// The consensus state of every honest replica stays within fixed bounds.
     pub(super) fn check_bounds(&mut self) {
-        let n = self.scenario.members;
+        // Every node a change may make a member.
+        let n = self.keys.len();
         let window = 2 * self.spec.params.checkpoint_interval as usize;
         for node in 0..self.nodes.len() {
             let state = &self.nodes[node];
@@ -254,8 +315,29 @@ impl Sim {
     /// After healing, every honest replica commits every entry given to an honest
     /// replica, and views settle.
     pub(super) fn check_liveness(&mut self) {
+        let planned = self.scenario.changes.len();
+        let due = self.track.pending.as_ref().map(|p| p.in_force_from - 1);
+        let highest = self.applied.keys().next_back().copied().unwrap_or(0);
+        if self.changes_ordered < planned || due.is_some_and(|last| highest < last) {
+            self.violation = Some(Violation::ChangesStuck {
+                ordered: self.changes_ordered,
+                planned,
+            });
+            return;
+        }
         for node in self.honest().collect::<Vec<_>>() {
             let state = &self.nodes[node];
+            // Only the members in force at the end order: the others follow.
+            let id = self.node_ids[usize::from(state.member)];
+            if !self
+                .track
+                .members
+                .as_slice()
+                .iter()
+                .any(|m| m.node_id == id)
+            {
+                continue;
+            }
             let missing = self
                 .must_commit
                 .iter()
@@ -272,7 +354,10 @@ impl Sim {
         }
         let f = ((self.scenario.members - 1) / 3) as u64;
         let bound = 2 * (f + 1) + 2;
-        let changes = self.max_view() - self.view_at_heal.unwrap_or(0);
+        // Views start again at 0 in a new epoch.
+        let changes = self
+            .max_view()
+            .saturating_sub(self.view_at_heal.unwrap_or(0));
         if changes > bound {
             self.violation = Some(Violation::ViewChangeStorm { changes, bound });
         }

@@ -24,14 +24,15 @@ pub use byzantine::Behaviour;
 use byzantine::{Adversary, Collusion};
 pub use checker::{Report, SnapshotCounts, Violation};
 pub use rng::Rng;
-pub use scenario::{Cut, Network, Scenario};
+pub use scenario::{Cut, Network, Reconfigure, Scenario};
 
 use crate::chain::{
-    Block, ChainError, ChainSpec, CommitCertificate, Entry, EntryIndex, Hash, Header,
+    Block, ChainError, ChainSpec, Change, CommitCertificate, Entry, EntryIndex, Hash, Header,
+    Membership, Reconfiguration,
 };
 use crate::consensus::{
     Config, Durable, Flaws, Input, MemberIndex, Message, Output, Payload, Replica, SignatureMemo,
-    Timing, Tip,
+    Timing, Tip, Verifier,
 };
 use crate::pow::Template;
 
@@ -46,6 +47,7 @@ impl EntryIndex for Ids<'_> {
 
 /// One simulated process: a replica (none while crashed) and what it persisted.
 struct Process {
+    /// Its key's position in the genesis file (its identity across epochs).
     member: MemberIndex,
     replica: Option<Replica>,
     durable: Durable,
@@ -64,6 +66,12 @@ struct Process {
     wiped: bool,
     /// Bumped at each crash, so a restore that finishes after one is dropped.
     lives: u64,
+    /// The membership after its tip.
+    membership: Membership,
+    /// Whether it crashed and has not restarted. Up without a replica, it is a
+    /// follower: no vote in the membership after its tip (a newcomer, a learner, a
+    /// removed member), it fetches committed blocks and checks their certificates.
+    down: bool,
 }
 
 enum Event {
@@ -107,6 +115,14 @@ enum Event {
     Partition {
         groups: Vec<u8>,
         until_ms: u64,
+    },
+    /// The admin submits the scenario's next membership change, if it is due.
+    Reconfigure,
+    /// Committed blocks a follower fetched.
+    Followed {
+        node: usize,
+        life: u64,
+        blocks: Vec<(Arc<Block>, CommitCertificate)>,
     },
 }
 
@@ -157,9 +173,20 @@ pub struct Sim {
     view_at_heal: Option<u64>,
     collusion: Collusion,
     memo: SignatureMemo,
-    /// The quorum the replicas count with (the real one unless a flaw changes it).
+    /// The quorum the genesis replicas count with (the real one unless a flaw
+    /// changes it).
     quorum: usize,
-    genesis_hash: Hash,
+    /// Node ids by genesis position.
+    node_ids: Vec<Hash>,
+    /// The chain's admin (threshold 1), who signs the scenario's changes.
+    admin: SigningKey,
+    /// The membership after the highest block applied anywhere.
+    track: Membership,
+    /// The verifier of each epoch, by the first height it orders, with the quorum
+    /// the replicas count with.
+    epochs: BTreeMap<u64, Verifier>,
+    /// The scenario's changes ordered so far.
+    changes_ordered: usize,
     events: u64,
     violation: Option<Violation>,
     /// Whether a member lost its disk in this run.
@@ -171,15 +198,22 @@ impl Sim {
     /// Sets up `scenario` under `seed`.
     pub fn new(scenario: Scenario, seed: u64) -> Sim {
         let rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
-        let keys: Vec<SigningKey> = (0..scenario.members)
+        let keys: Vec<SigningKey> = (0..scenario.members + scenario.newcomers)
             .map(|i| {
                 SigningKey::from_bytes(
                     &Hash::digest(&[b"sim-key".as_slice(), &[i as u8]].concat()).0,
                 )
             })
             .collect();
-        let mut spec = crate::testing::spec(&keys, 4);
-        spec.params.checkpoint_interval = 4;
+        let admin = SigningKey::from_bytes(&Hash::digest(b"sim-admin").0);
+        // Only a scenario that changes its membership has an admin, so the chains
+        // (and so the runs) of the others stay what they were.
+        let members = &keys[..scenario.members];
+        let mut spec = if scenario.changes.is_empty() {
+            crate::testing::spec_checkpointing(members, 4, 4)
+        } else {
+            crate::testing::spec_with_admins(members, 4, 4, std::slice::from_ref(&admin), 1)
+        };
         spec.params.max_block_entries = 8;
         let timing = Timing {
             max_block_delay_ms: 20,
@@ -201,15 +235,17 @@ impl Sim {
                 1
             };
             for _ in 0..copies {
-                let config = replica_config(&spec, key, timing, scenario.flaws, &memo);
+                let newcomer = usize::from(member) >= scenario.members;
                 let tip = Tip {
                     header: genesis.header,
                     log: crate::chain::CompactRange::new(),
                 };
                 let durable = Durable::genesis(genesis.hash());
                 let silent = behaviour == Some(Behaviour::Silent);
-                let replica = (!silent)
-                    .then(|| Replica::new(config, tip.clone(), durable.clone(), [], start));
+                let replica = (!silent && !newcomer).then(|| {
+                    let config = replica_config(&spec, key, timing, scenario.flaws, &memo);
+                    Replica::new(config, tip.clone(), durable.clone(), [], start)
+                });
                 nodes.push(Process {
                     member,
                     replica,
@@ -224,13 +260,20 @@ impl Sim {
                     mining_token: 0,
                     wiped: false,
                     lives: 0,
+                    membership: Membership::genesis(&spec),
+                    down: false,
                 });
             }
         }
         let heal_at = start + scenario.faulty_ms;
-        let quorum = replica_config(&spec, &keys[0], timing, scenario.flaws, &memo)
-            .verifier
-            .quorum();
+        let genesis_verifier =
+            replica_config(&spec, &keys[0], timing, scenario.flaws, &memo).verifier;
+        let quorum = genesis_verifier.quorum();
+        let track = Membership::genesis(&spec);
+        let node_ids = keys
+            .iter()
+            .map(|key| Hash::digest(key.verifying_key().as_bytes()))
+            .collect();
         let mut sim = Sim {
             rng,
             spec,
@@ -249,7 +292,11 @@ impl Sim {
             collusion: Collusion::default(),
             quorum,
             memo,
-            genesis_hash: genesis.hash(),
+            node_ids,
+            admin,
+            track,
+            epochs: BTreeMap::from([(1, genesis_verifier)]),
+            changes_ordered: 0,
             events: 0,
             violation: None,
             disk_lost: false,
@@ -297,13 +344,17 @@ impl Sim {
             let mut at = self.start + self.rng.below(500);
             while at < self.heal_at {
                 let length = 200 + self.rng.below(1_200);
-                let groups: Vec<u8> = (0..self.scenario.members)
+                let groups: Vec<u8> = (0..self.keys.len())
                     .map(|_| self.rng.below(2) as u8)
                     .collect();
                 let until_ms = (at + length).min(self.heal_at);
                 self.schedule(at, Event::Partition { groups, until_ms });
                 at = until_ms + self.rng.below(800);
             }
+        }
+        if !self.scenario.changes.is_empty() {
+            let at = self.start + 300 + self.rng.below(1_000);
+            self.schedule(at, Event::Reconfigure);
         }
         if self.scenario.network.crashes {
             let honest: Vec<usize> = (0..self.nodes.len())
@@ -372,6 +423,7 @@ impl Sim {
             view: self.max_view(),
             violation: self.violation,
             snapshots: self.snapshots,
+            epoch: self.track.epoch,
         }
     }
 
@@ -394,6 +446,7 @@ impl Sim {
         match event {
             Event::Tick { node } => {
                 self.schedule(self.now + TICK_MS, Event::Tick { node });
+                self.follow(node);
                 let now_ms = self.now;
                 self.input(node, Input::Tick { now_ms });
                 if let Some(adversary) = &mut self.nodes[node].adversary {
@@ -447,7 +500,113 @@ impl Sim {
                 restored,
             } => self.restored(node, life, *restored),
             Event::Partition { groups, until_ms } => self.partition = Some((groups, until_ms)),
+            Event::Reconfigure => self.reconfigure(),
+            Event::Followed { node, life, blocks } => self.followed(node, life, blocks),
         }
+    }
+
+    /// A follower asks a peer for the committed blocks after its tip.
+    fn follow(&mut self, node: usize) {
+        let state = &self.nodes[node];
+        if state.down || state.replica.is_some() || state.wiped || !self.rng.chance(0.15) {
+            return;
+        }
+        let Some(peer) = self.random_peer(node) else {
+            return;
+        };
+        let after = self.nodes[node].tip.header.height;
+        let chain = &self.nodes[peer].chain;
+        let blocks: Vec<_> = (after + 1..=after + SIM_CATCH_UP_BATCH)
+            .map_while(|height| chain.get(&height).cloned())
+            .collect();
+        if let (false, Some(delay)) = (blocks.is_empty(), self.round_trip(node, peer)) {
+            let life = self.nodes[node].lives;
+            self.schedule(self.now + delay, Event::Followed { node, life, blocks });
+        }
+    }
+
+    /// A follower applies the fetched blocks that extend its tip and carry a quorum
+    /// of the membership in force at their height, as a node following the chain
+    /// does; once the membership makes it a member, it starts a replica.
+    fn followed(&mut self, node: usize, life: u64, blocks: Vec<(Arc<Block>, CommitCertificate)>) {
+        for (block, certificate) in blocks {
+            let state = &self.nodes[node];
+            if state.down || state.replica.is_some() || state.lives != life {
+                return;
+            }
+            let height = block.header.height;
+            if height != state.tip.header.height + 1
+                || block.header.prev_hash != state.tip.header.hash()
+            {
+                return;
+            }
+            let mut membership = state.membership.clone();
+            membership.advance_to(height);
+            let base = self.header_at(node, membership.since - 1);
+            let verifier = self.epochs[&1].for_epoch(
+                &self.spec.chain_hash(),
+                &membership,
+                base.height,
+                base.hash(),
+            );
+            if verifier
+                .check_commit(&certificate, height, &block.hash())
+                .is_err()
+            {
+                return;
+            }
+            self.apply(node, block, certificate);
+            if self.violation.is_some() {
+                return;
+            }
+            self.restart(node);
+        }
+    }
+
+    /// Submits the scenario's next change, signed for the epoch in force, to a
+    /// member, unless all are ordered or one is on its way; tries again later until
+    /// it is ordered (a member may be down, its pool may lose it with a crash).
+    fn reconfigure(&mut self) {
+        let Some(next) = self.scenario.changes.get(self.changes_ordered).copied() else {
+            return;
+        };
+        self.schedule(self.now + 1_000, Event::Reconfigure);
+        if self.track.pending.is_some() {
+            return;
+        }
+        let key = |node: MemberIndex| self.keys[usize::from(node)].verifying_key();
+        let change = match next {
+            Reconfigure::Add(node) => Change::AddLearner {
+                public_key: key(node),
+                p2p_addr: format!("node-{node}:7101"),
+                api_addr: None,
+            },
+            Reconfigure::Promote(node) => Change::Promote {
+                public_key: key(node),
+            },
+            Reconfigure::Remove(node) => Change::Remove {
+                public_key: key(node),
+            },
+        };
+        let Ok(mut reconfiguration) = Reconfiguration::new(self.track.epoch, change) else {
+            return;
+        };
+        reconfiguration.sign(&self.admin, &self.spec.chain_hash());
+        let running: Vec<usize> = self
+            .honest()
+            .filter(|n| self.nodes[*n].replica.is_some())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let node = running[self.rng.below(running.len() as u64) as usize];
+        self.input(
+            node,
+            Input::Entry {
+                entry: reconfiguration.to_entry(),
+                forwarded: false,
+            },
+        );
     }
 
     /// Stops `node` where it stands; with disk loss in the scenario, its disk may go
@@ -455,6 +614,7 @@ impl Sim {
     fn crash(&mut self, node: usize) {
         let state = &mut self.nodes[node];
         state.replica = None;
+        state.down = true;
         state.mining_token += 1;
         state.lives += 1;
         // One disk per run: the members that restore it must hold the chain, and a
@@ -473,14 +633,21 @@ impl Sim {
         if state.wiped {
             return self.join(node);
         }
-        let key = self.keys[usize::from(state.member)].clone();
-        let config = replica_config(
-            &self.spec,
-            &key,
-            self.timing,
-            self.scenario.flaws,
-            &self.memo,
-        );
+        self.nodes[node].down = false;
+        let state = &self.nodes[node];
+        // A change due at the next height is in force for the replica that orders it.
+        let mut membership = state.membership.clone();
+        membership.advance_to(state.tip.header.height + 1);
+        let base = self.header_at(node, membership.since - 1);
+        // It may have crashed between applying its epoch's last block and moving on.
+        let state = &mut self.nodes[node];
+        if let Some(record) = state.durable.epoch_record(&membership, &base) {
+            state.durable.apply(&record);
+        }
+        let Some(config) = self.config_for(node, &membership, &base) else {
+            return; // no vote: it follows
+        };
+        let state = &self.nodes[node];
         let low = state.durable.stable.height;
         let applied: Vec<(u64, Hash)> = state
             .chain
@@ -493,8 +660,85 @@ impl Sim {
             state.durable.clone(),
             applied,
             self.now,
-        );
+        )
+        .with_membership(Arc::new(membership));
         self.nodes[node].replica = Some(replica);
+    }
+
+    /// The header `node` holds at `height` (genesis at 0).
+    fn header_at(&self, node: usize, height: u64) -> Header {
+        match self.nodes[node].chain.get(&height) {
+            Some((block, _)) => block.header,
+            None => self.spec.genesis_block().header,
+        }
+    }
+
+    /// The configuration of `node`'s replica in `membership`, whose ordering starts
+    /// above `base`; none if it has no vote there.
+    fn config_for(&self, node: usize, membership: &Membership, base: &Header) -> Option<Config> {
+        let key = &self.keys[usize::from(self.nodes[node].member)];
+        let config =
+            Config::in_epoch(&self.spec, membership, base, key.clone(), self.timing).ok()?;
+        Some(tune(config, self.scenario.flaws, &self.memo))
+    }
+
+    /// Once `node`'s replica applied its epoch's last block, moves it to the next
+    /// epoch's replica, which takes the entries the old one held; a node with no
+    /// vote there stops ordering, hands its entries to the new members and follows.
+    fn switch_epoch(&mut self, node: usize) {
+        let state = &mut self.nodes[node];
+        let Some(next) = state.replica.as_ref().and_then(Replica::next_membership) else {
+            return;
+        };
+        let base = state.tip.header;
+        if let Some(record) = state.durable.epoch_record(&next, &base) {
+            state.durable.apply(&record);
+        }
+        let held = state
+            .replica
+            .as_ref()
+            .map(Replica::pending_entries)
+            .unwrap_or_default();
+        match self.config_for(node, &next, &base) {
+            Some(config) => {
+                let state = &mut self.nodes[node];
+                let replica = Replica::new(
+                    config,
+                    state.tip.clone(),
+                    state.durable.clone(),
+                    [],
+                    self.now,
+                )
+                .with_membership(Arc::new(next));
+                state.replica = Some(replica);
+                self.input(node, Input::Entries(held));
+            }
+            None => {
+                self.nodes[node].replica = None;
+                let members: Vec<usize> = (0..self.nodes.len())
+                    .filter(|n| {
+                        next.members
+                            .as_slice()
+                            .iter()
+                            .any(|m| m.node_id == self.node_ids[usize::from(self.nodes[*n].member)])
+                    })
+                    .collect();
+                for target in members {
+                    for entry in &held {
+                        if let Some(delay) = self.delay(node, target) {
+                            self.schedule(
+                                self.now + delay,
+                                Event::Entry {
+                                    node: target,
+                                    entry: entry.clone(),
+                                    forwarded: true,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Feeds one input to a node and performs its outputs in order.
@@ -532,14 +776,19 @@ impl Sim {
                 return;
             }
         }
+        self.switch_epoch(node);
     }
 
     fn perform(&mut self, node: usize, output: Output) {
         match output {
             Output::Send { to, message } => self.send(node, to, message),
             Output::Broadcast(message) => {
-                for to in 0..self.scenario.members as MemberIndex {
-                    if to != self.nodes[node].member {
+                let (members, me) = match &self.nodes[node].replica {
+                    Some(replica) => (replica.members(), replica.me()),
+                    None => (self.scenario.members, self.nodes[node].member),
+                };
+                for to in 0..members as MemberIndex {
+                    if to != me {
                         self.send(node, to, message.clone());
                     }
                 }
@@ -556,7 +805,7 @@ impl Sim {
             }
             Output::CancelMining => self.nodes[node].mining_token += 1,
             Output::Forward { to, entry } => {
-                for target in self.members_at(to) {
+                for target in self.members_at(node, to) {
                     if let Some(delay) = self.delay(node, target) {
                         self.schedule(
                             self.now + delay,
@@ -626,16 +875,25 @@ impl Sim {
         }
     }
 
-    fn members_at(&self, member: MemberIndex) -> Vec<usize> {
+    /// The nodes holding the key of `member` in `from`'s membership (the genesis
+    /// one if `from` runs no replica).
+    fn members_at(&self, from: usize, member: MemberIndex) -> Vec<usize> {
+        let id = match &self.nodes[from].replica {
+            Some(replica) => replica.node_id(member),
+            None => self.node_ids.get(usize::from(member)).copied(),
+        };
         (0..self.nodes.len())
-            .filter(|n| self.nodes[*n].member == member)
+            .filter(|n| Some(self.node_ids[usize::from(self.nodes[*n].member)]) == id)
             .collect()
     }
 
+    /// A running peer to fetch from: a member, or a follower, which orders nothing
+    /// but serves the blocks it holds.
     fn random_peer(&mut self, node: usize) -> Option<usize> {
         let peers: Vec<usize> = (0..self.nodes.len())
             .filter(|p| {
-                self.nodes[*p].member != self.nodes[node].member && self.nodes[*p].replica.is_some()
+                let peer = &self.nodes[*p];
+                peer.member != self.nodes[node].member && !peer.down && !peer.wiped
             })
             .collect();
         (!peers.is_empty()).then(|| peers[self.rng.below(peers.len() as u64) as usize])
@@ -683,7 +941,7 @@ impl Sim {
             | Payload::Checkpoint { height, .. } => Some(*height),
             _ => None,
         };
-        for target in self.members_at(to) {
+        for target in self.members_at(from, to) {
             if self.cut(message.kind(), height, target) {
                 continue;
             }
@@ -722,11 +980,16 @@ fn replica_config(
     flaws: Flaws,
     memo: &SignatureMemo,
 ) -> Config {
-    let mut config = Config::new(spec, key.clone(), timing)
-        .expect("a member's key")
-        .with_flaws(flaws);
+    let config = Config::new(spec, key.clone(), timing).expect("a member's key");
+    tune(config, flaws, memo)
+}
+
+/// A replica's configuration as every replica of a run has it.
+fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo) -> Config {
+    let mut config = config.with_flaws(flaws);
     config.verifier = config.verifier.with_memo(memo.clone());
     config.catch_up_batch = SIM_CATCH_UP_BATCH;
+    config.reconfigurations = true;
     config
 }
 

@@ -61,6 +61,29 @@ pub struct Scenario {
     pub cuts: Vec<Cut>,
     /// A deliberate flaw: joining members trust snapshots without checking them.
     pub unchecked_snapshots: bool,
+    /// Membership changes the chain's admin submits, one after the other, each once
+    /// the one before it is in force.
+    pub changes: Vec<Reconfigure>,
+    /// Nodes outside the genesis membership, which follow the chain from the start
+    /// and which changes may add and promote (positions `members..`).
+    pub newcomers: usize,
+}
+
+/// A membership change a scenario makes, naming nodes by their position: genesis
+/// members first, then newcomers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconfigure {
+    /// Adds the node as a learner.
+    Add(MemberIndex),
+    /// Promotes the learner to member.
+    Promote(MemberIndex),
+    /// Removes the member or learner.
+    Remove(MemberIndex),
+}
+
+/// Adds the node as a learner, then promotes it.
+fn grow(node: MemberIndex) -> [Reconfigure; 2] {
+    [Reconfigure::Add(node), Reconfigure::Promote(node)]
 }
 
 impl Scenario {
@@ -85,6 +108,8 @@ impl Scenario {
             entries: 40,
             cuts: Vec::new(),
             unchecked_snapshots: false,
+            changes: Vec::new(),
+            newcomers: 0,
         }
     }
 
@@ -102,6 +127,57 @@ impl Scenario {
             let mut crashes = Scenario::new(&format!("crashes-{members}"), members);
             crashes.network.crashes = true;
             all.push(crashes);
+            if members >= 2 {
+                // The view-0 primary goes, while members crash and restart: its
+                // epoch's last blocks and the next epoch's first view change.
+                let mut remove = Scenario::new(&format!("remove-primary-{members}"), members);
+                remove.network.crashes = true;
+                remove.changes = vec![Reconfigure::Remove(0)];
+                all.push(remove);
+            }
+            if members >= 3 {
+                // Two members go, one after the other, across partitions.
+                let mut shrink = Scenario::new(&format!("shrink-{members}"), members);
+                shrink.network.partitions = true;
+                let last = members as MemberIndex - 1;
+                shrink.changes = vec![Reconfigure::Remove(last), Reconfigure::Remove(1)];
+                all.push(shrink);
+            }
+            if members < 10 {
+                // One more member, while members crash and restart (a change made
+                // with a member down).
+                let newcomer = members as MemberIndex;
+                let mut add = Scenario::new(&format!("grow-{members}"), members);
+                add.network.crashes = true;
+                add.newcomers = 1;
+                add.changes = grow(newcomer).to_vec();
+                all.push(add);
+                // The view-0 primary replaced by a newcomer, across partitions.
+                let mut replace = Scenario::new(&format!("replace-primary-{members}"), members);
+                replace.network.partitions = true;
+                replace.newcomers = 1;
+                replace.changes = [grow(newcomer).as_slice(), &[Reconfigure::Remove(0)]].concat();
+                all.push(replace);
+            }
+            if members == 4 {
+                // 4 -> 5 -> 7 -> 4 on a lossy network.
+                let mut cycle = Scenario::new("grow-and-shrink-4", members);
+                cycle.newcomers = 3;
+                cycle.faulty_ms = 8_000;
+                cycle.settle_ms = 60_000;
+                cycle.changes = [
+                    grow(4).as_slice(),
+                    &grow(5),
+                    &grow(6),
+                    &[
+                        Reconfigure::Remove(0),
+                        Reconfigure::Remove(5),
+                        Reconfigure::Remove(2),
+                    ],
+                ]
+                .concat();
+                all.push(cycle);
+            }
             if members >= 2 {
                 let mut disk_loss = Scenario::new(&format!("disk-loss-{members}"), members);
                 disk_loss.network.crashes = true;

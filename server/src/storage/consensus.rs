@@ -1,8 +1,8 @@
 //! The replica's durable state in redb: what it must not forget across a crash so
 //! that it never contradicts what it signed (`consensus::durable`).
 //!
-//! `view_state` holds the view and whether it was entered, the NEW-VIEW of the
-//! last view entered, and on a member restored after losing its disk the height up
+//! `view_state` holds the membership epoch, the view and whether it was entered,
+//! the NEW-VIEW of the last view entered, and on a member restored after losing its disk the height up
 //! to which it abstains; `consensus_log` one slot per height above the stable checkpoint
 //! (the block accepted there and the best prepared certificate); `checkpoints` every
 //! stable checkpoint certificate, the highest being the current one. A batch of
@@ -16,6 +16,8 @@ use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Pay
 
 const VIEW: &str = "view";
 const NEW_VIEW: &str = "new_view";
+/// `Durable::epoch`, 8 bytes big-endian; absent means 0.
+const EPOCH: &str = "epoch";
 /// `Durable::abstain_through`, 8 bytes big-endian; absent means 0.
 const ABSTAIN_THROUGH: &str = "abstain_through";
 
@@ -28,6 +30,13 @@ pub(super) fn write_abstain_through(
     txn.open_table(VIEW_STATE)?
         .insert(ABSTAIN_THROUGH, height.to_be_bytes().as_slice())?;
     Ok(())
+}
+
+fn decode_epoch(bytes: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt("the consensus epoch is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn encode_view(view: u64, active: bool) -> [u8; 9] {
@@ -109,6 +118,43 @@ impl Store {
                         checkpoints.insert(stable, certificate.encode().as_slice())?;
                         log.retain_in(..=stable, |_, _| false)?;
                     }
+                    Record::Epoch {
+                        epoch,
+                        height,
+                        hash,
+                    } => {
+                        let stored = match views.get(EPOCH)? {
+                            Some(bytes) => decode_epoch(bytes.value())?,
+                            None => 0,
+                        };
+                        if *epoch <= stored {
+                            continue;
+                        }
+                        views.insert(EPOCH, epoch.to_be_bytes().as_slice())?;
+                        views.insert(VIEW, encode_view(0, true).as_slice())?;
+                        views.remove(NEW_VIEW)?;
+                        // A certificate the epoch before made stable at its last block
+                        // stays; else the base is recorded without votes.
+                        let keep = checkpoints
+                            .get(*height)?
+                            .map(|bytes| CheckpointCertificate::decode(bytes.value()))
+                            .transpose()
+                            .map_err(|e| corrupt(format!("checkpoint at {height}: {e}")))?
+                            .is_some_and(|certificate| certificate.hash == *hash);
+                        if !keep {
+                            let base = CheckpointCertificate {
+                                height: *height,
+                                hash: *hash,
+                                votes: Vec::new(),
+                            };
+                            checkpoints.insert(*height, base.encode().as_slice())?;
+                        }
+                        // Checkpoints above the base would be the old epoch's view of
+                        // heights it never ordered: there are none, but none may stay.
+                        checkpoints.retain_in(height + 1.., |_, _| false)?;
+                        stable = *height;
+                        log.retain_in(0u64.., |_, _| false)?;
+                    }
                 }
             }
         }
@@ -128,6 +174,9 @@ impl Store {
         let views = txn.open_table(VIEW_STATE)?;
         if let Some(bytes) = views.get(VIEW)? {
             (durable.view, durable.active) = decode_view(bytes.value())?;
+        }
+        if let Some(bytes) = views.get(EPOCH)? {
+            durable.epoch = decode_epoch(bytes.value())?;
         }
         if let Some(bytes) = views.get(ABSTAIN_THROUGH)? {
             let bytes: [u8; 8] = bytes

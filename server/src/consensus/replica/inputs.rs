@@ -497,10 +497,13 @@ impl Replica {
             // While catching up, entries wait for the blocks being fetched; their
             // timers count from the last one applied.
             let restarted = self.last_catch_up_ms.unwrap_or(0);
+            let stalled_ending = self.epoch_ending()
+                && now.saturating_sub(self.progress_ms.max(restarted)) >= timeout;
             let waited_too_long = !self.catching_up()
-                && self.oldest_pending().is_some_and(|pending| {
-                    now.saturating_sub(pending.since_ms.max(restarted)) >= timeout
-                });
+                && (stalled_ending
+                    || self.oldest_pending().is_some_and(|pending| {
+                        now.saturating_sub(pending.since_ms.max(restarted)) >= timeout
+                    }));
             if waited_too_long {
                 self.share_overdue(now.saturating_sub(timeout));
                 self.start_view_change(self.view + 1);

@@ -52,6 +52,7 @@ pub use types::{Config, DropReason, Footprint, Input, NotAMember, Output, Timing
 struct Flaws {
     skip_chaining: bool,
     trust_new_view: bool,
+    early_change: bool,
 }
 
 /// Lagging checks (one per retransmit interval) with an unmoved tip between probes
@@ -164,6 +165,12 @@ pub struct Replica {
     out: Vec<Output>,
     /// The membership after the tip: the epoch in force, and a change on its way.
     membership: Arc<Membership>,
+    /// When the tip last moved or a view was entered: while the epoch's last blocks
+    /// are due, a primary that cuts none is replaced after a timeout from here.
+    progress_ms: u64,
+    /// The chain's hash (blocks and entries name it; messages are signed under the
+    /// epoch's domain).
+    chain_hash: Hash,
 }
 
 /// The block a new block must extend: its header, the log after it, and the entry
@@ -236,6 +243,8 @@ impl Replica {
             recent_applied: VecDeque::new(),
             out: Vec::new(),
             membership: Arc::new(Membership::genesis(&config.spec)),
+            progress_ms: now_ms,
+            chain_hash: config.spec.chain_hash(),
             tip,
             config,
         };
@@ -507,18 +516,65 @@ impl Replica {
         &self.membership
     }
 
+    /// Whether a change that ends this replica's epoch committed and the epoch's
+    /// last blocks are still to be ordered: the primary cuts them, empty if need
+    /// be, so that the change comes into force without waiting for clients.
+    fn epoch_ending(&self) -> bool {
+        self.membership.pending.is_some() && self.membership.epoch == self.config.epoch
+    }
+
+    /// The membership of the next epoch once this replica applied its epoch's last
+    /// block: the driver then moves to a replica of that epoch (or, if this node has
+    /// no vote in it, stops ordering).
+    pub fn next_membership(&self) -> Option<Membership> {
+        let after_tip = self.tip.header.height + 1;
+        let pending = self.membership.pending.as_ref()?;
+        let due = if self.flaws().early_change {
+            pending.height + 1
+        } else {
+            pending.in_force_from
+        };
+        if due != after_tip || self.membership.epoch != self.config.epoch {
+            return None;
+        }
+        let mut next = Membership::clone(&self.membership);
+        next.advance_to(pending.in_force_from);
+        next.since = after_tip;
+        Some(next)
+    }
+
+    /// The membership epoch this replica orders.
+    pub fn epoch(&self) -> u64 {
+        self.config.epoch
+    }
+
+    /// The node id of `member` in this replica's membership.
+    pub fn node_id(&self, member: MemberIndex) -> Option<Hash> {
+        self.config.verifier.node_id(member)
+    }
+
+    /// The number of voting members, n.
+    pub fn members(&self) -> usize {
+        self.config.verifier.len()
+    }
+
     fn is_primary(&self) -> bool {
         self.primary() == self.config.me
     }
 
     /// The hash of the chain this replica runs.
     pub fn chain_hash(&self) -> Hash {
-        self.config.verifier.chain_hash
+        self.chain_hash
+    }
+
+    /// What this replica's epoch signs under (`Verifier::domain`).
+    pub fn signing_domain(&self) -> Hash {
+        self.config.verifier.domain
     }
 
     fn sign(&self, payload: Payload) -> Message {
         Message::sign(
-            &self.chain_hash(),
+            &self.signing_domain(),
             self.config.me,
             &self.config.key,
             payload,

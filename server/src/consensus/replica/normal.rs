@@ -482,6 +482,7 @@ impl Replica {
             }
         }
         self.consecutive_view_changes = 0;
+        self.progress_ms = self.now_ms;
         for id in &ids {
             self.pending.remove(id);
         }
@@ -592,7 +593,8 @@ impl Replica {
         let due = self
             .oldest_pending()
             .is_some_and(|pending| idle || now.saturating_sub(pending.arrived_ms) >= delay);
-        if !self.cut_requested && self.pending.len() < limit && !due {
+        let ending = self.epoch_ending();
+        if !self.cut_requested && self.pending.len() < limit && !due && !ending {
             return;
         }
         let mut parent_height = tip;
@@ -667,7 +669,7 @@ impl Replica {
             || oldest.is_some_and(|arrived| {
                 self.now_ms.saturating_sub(arrived) >= self.config.timing.max_block_delay_ms
             });
-        if !(due || self.cut_requested) {
+        if !(due || self.cut_requested || ending) {
             return;
         }
         self.cut_requested = false;

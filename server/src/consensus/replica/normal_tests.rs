@@ -502,3 +502,111 @@ fn a_change_ends_its_epoch_at_the_next_checkpoint() {
     );
     assert_eq!(pool(&mut closed, change(0, 9)), ["dropped InvalidEntry"]);
 }
+
+/// The epoch's last blocks are cut even with no entry waiting, so a change comes into
+/// force without clients; once the last is applied the replica names the next
+/// membership, and a replica of that epoch starts above it in view 0, signing
+/// under the new epoch's domain.
+#[test]
+fn an_ending_epoch_is_filled_and_the_next_starts_above_it() {
+    let mut setup = Setup::new(1);
+    let admin = testing::key(30);
+    setup.spec.admins =
+        Some(crate::chain::Admins::new(vec![admin.verifying_key()], 1).expect("one admin"));
+    let mut change = crate::chain::Reconfiguration::new(
+        0,
+        crate::chain::Change::AddLearner {
+            public_key: testing::key(9).verifying_key(),
+            p2p_addr: "127.0.0.1:7009".into(),
+            api_addr: None,
+        },
+    )
+    .expect("valid change");
+    change.sign(&admin, &setup.spec.chain_hash());
+    let mut replica = setup.replica_with(0, |config| config.reconfigurations = true);
+    let mine = |replica: &mut Replica, outputs: Vec<Output>| {
+        let Some(Output::Mine(template)) = outputs.into_iter().last() else {
+            panic!("the primary cuts a block");
+        };
+        let mut mined = Block::clone(&template);
+        while !mined.header.meets_difficulty() {
+            mined.header.nonce += 1;
+        }
+        replica.handle(Input::Mined(Arc::new(mined)), &NoEntries)
+    };
+    let outputs = replica.handle(
+        Input::Entry {
+            entry: change.to_entry(),
+            forwarded: false,
+        },
+        &NoEntries,
+    );
+    // Block 1 holds the change, so blocks up to the checkpoint at 2 are epoch 0's:
+    // the one member applies block 1, then cuts block 2 with nothing in it.
+    let applied = |outputs: &[Output]| {
+        outputs.iter().find_map(|o| match o {
+            Output::Apply { block, .. } => Some(block.clone()),
+            _ => None,
+        })
+    };
+    let outputs = mine(&mut replica, outputs);
+    let first = applied(&outputs).expect("block 1 applies");
+    assert_eq!(first.entries, [change.to_entry()]);
+    assert!(replica.next_membership().is_none());
+    let outputs = mine(&mut replica, outputs);
+    let last = applied(&outputs).expect("block 2 applies");
+    assert_eq!((last.header.height, last.entries.len()), (2, 0));
+    let next = replica.next_membership().expect("epoch 0 is over");
+    assert_eq!((next.epoch, next.since, next.learners.len()), (1, 3, 1));
+    assert!(
+        outputs.iter().all(|o| !matches!(o, Output::Mine(_))),
+        "nothing is cut past the epoch"
+    );
+
+    // The next epoch's replica: the same member, view 0, block 2 its stable base.
+    let durable = Durable::genesis(setup.spec.genesis_block().hash());
+    let mut moved = durable.clone();
+    let record = durable
+        .epoch_record(&next, &last.header)
+        .expect("a new epoch");
+    moved.apply(&record);
+    assert_eq!((moved.epoch, moved.view, moved.stable.height), (1, 0, 2));
+    assert!(moved.epoch_record(&next, &last.header).is_none());
+    let config = Config::new(&setup.spec, setup.keys[0].clone(), TIMING)
+        .expect("member")
+        .next_epoch(&next, &last.header)
+        .expect("still a member");
+    assert_eq!(config.epoch, 1);
+    assert_ne!(config.verifier.domain, setup.spec.chain_hash());
+    let tip = after(&after(&setup.genesis(), &first), &last);
+    let mut successor =
+        Replica::new(config, tip, moved, [], setup.now).with_membership(Arc::new(next));
+    assert_eq!(
+        (successor.view(), successor.height(), successor.epoch()),
+        (0, 2, 1)
+    );
+    let outputs = successor.handle(
+        Input::Entry {
+            entry: testing::entries(7, 1, 16).remove(0),
+            forwarded: false,
+        },
+        &NoEntries,
+    );
+    let outputs = mine(&mut successor, outputs);
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o, Output::Apply { block, .. } if block.header.height == 3)));
+    // A member no longer in the membership has no configuration there.
+    let mut without = successor.membership().as_ref().clone();
+    without.members = crate::chain::Members::new(vec![crate::chain::Member {
+        public_key: testing::key(9).verifying_key(),
+        node_id: crate::chain::Hash::digest(testing::key(9).verifying_key().as_bytes()),
+        p2p_addr: None,
+        api_addr: None,
+    }])
+    .expect("one member");
+    assert!(Config::new(&setup.spec, setup.keys[0].clone(), TIMING)
+        .expect("member")
+        .next_epoch(&without, &last.header)
+        .is_err());
+}

@@ -9,7 +9,7 @@ use super::super::durable::Record;
 use super::super::message::{MemberIndex, Message, Verifier};
 use crate::chain::{
     Block, ChainError, ChainParams, ChainSpec, CommitCertificate, CompactRange, Entry, Hash,
-    Header, Members, Policy,
+    Header, Members, Membership, Policy,
 };
 
 /// Timers of one replica, in milliseconds of the time its ticks carry.
@@ -48,6 +48,24 @@ pub struct Flaws {
     pub skip_chaining: bool,
     /// Take a NEW-VIEW's re-proposals as given instead of recomputing them.
     pub trust_new_view: bool,
+    /// Put a membership change in force at the block after the one that holds it,
+    /// not after the next checkpoint.
+    pub early_change: bool,
+}
+
+#[cfg(feature = "testing")]
+impl Flaws {
+    /// The quorum a replica with these flaws counts with for `verifier`'s members.
+    pub fn quorum(&self, verifier: &Verifier) -> usize {
+        let f = verifier.max_faulty();
+        if self.weak_quorum {
+            2 * f
+        } else if self.classic_quorum {
+            2 * f + 1
+        } else {
+            verifier.quorum()
+        }
+    }
 }
 
 /// Everything a replica is configured with.
@@ -105,19 +123,28 @@ pub struct NotAMember;
 impl Config {
     /// The configuration of the member holding `key` in `spec`'s chain.
     pub fn new(spec: &ChainSpec, key: SigningKey, timing: Timing) -> Result<Config, NotAMember> {
-        let public = key.verifying_key();
-        let me = spec
-            .members
-            .as_slice()
-            .iter()
-            .position(|member| member.public_key == public)
-            .ok_or(NotAMember)?;
-        let genesis_hash = spec.genesis_block().hash();
-        Ok(Config {
-            verifier: Verifier::new(spec.chain_hash(), genesis_hash, &spec.members),
+        let genesis = spec.genesis_block().header;
+        Config::in_epoch(spec, &Membership::genesis(spec), &genesis, key, timing)
+    }
+
+    /// The configuration of the member holding `key` in `membership`, whose ordering
+    /// starts above `base` (genesis, or the last block of the epoch before).
+    pub fn in_epoch(
+        spec: &ChainSpec,
+        membership: &Membership,
+        base: &Header,
+        key: SigningKey,
+        timing: Timing,
+    ) -> Result<Config, NotAMember> {
+        let genesis = Verifier::new(
+            spec.chain_hash(),
+            spec.genesis_block().hash(),
+            &spec.members,
+        );
+        let mut config = Config {
+            verifier: genesis,
             members: spec.members.clone(),
-            // Genesis caps the member count well below u16::MAX.
-            me: me as MemberIndex,
+            me: 0,
             key,
             params: spec.params,
             difficulty: spec.difficulty,
@@ -132,7 +159,44 @@ impl Config {
             reconfigurations: false,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
-        })
+        };
+        config.enter(membership, base)?;
+        Ok(config)
+    }
+
+    /// The configuration of this replica's node in `membership`, the epoch after
+    /// this one, whose ordering starts above `base` (the last block of this epoch);
+    /// `NotAMember` if the node has no vote in it.
+    pub fn next_epoch(&self, membership: &Membership, base: &Header) -> Result<Config, NotAMember> {
+        let mut config = self.clone();
+        config.enter(membership, base)?;
+        Ok(config)
+    }
+
+    /// Takes this node's place in `membership`, whose ordering starts above `base`.
+    fn enter(&mut self, membership: &Membership, base: &Header) -> Result<(), NotAMember> {
+        let public = self.key.verifying_key();
+        let me = membership
+            .members
+            .as_slice()
+            .iter()
+            .position(|member| member.public_key == public)
+            .ok_or(NotAMember)?;
+        self.verifier = self.verifier.for_epoch(
+            &self.spec.chain_hash(),
+            membership,
+            base.height,
+            base.hash(),
+        );
+        self.members = membership.members.clone();
+        // Genesis caps the member count well below u16::MAX.
+        self.me = me as MemberIndex;
+        self.epoch = membership.epoch;
+        #[cfg(feature = "testing")]
+        {
+            self.verifier.quorum = self.flaws.quorum(&self.verifier);
+        }
+        Ok(())
     }
 
     /// The watermark window of `spec`'s replicas: two checkpoint intervals, so one
@@ -177,12 +241,7 @@ impl Config {
     /// Applies `flaws` (tests only).
     #[cfg(feature = "testing")]
     pub fn with_flaws(mut self, flaws: Flaws) -> Config {
-        if flaws.weak_quorum {
-            self.verifier.quorum = 2 * self.verifier.max_faulty();
-        }
-        if flaws.classic_quorum {
-            self.verifier.quorum = 2 * self.verifier.max_faulty() + 1;
-        }
+        self.verifier.quorum = flaws.quorum(&self.verifier);
         self.flaws = flaws;
         self
     }

@@ -102,7 +102,7 @@ impl Replica {
         if last.is_some_and(|at| self.now_ms.saturating_sub(at) < interval) {
             return;
         }
-        let digest = message.digest(&self.chain_hash());
+        let digest = message.digest(&self.signing_domain());
         if self
             .config
             .verifier
@@ -139,12 +139,12 @@ impl Replica {
             return;
         }
         let (checkpoint, headers) = self.compute_new_view(&changes);
-        let chain_hash = self.chain_hash();
+        let domain = self.signing_domain();
         let proposals = headers
             .into_iter()
             .map(|header| {
                 let digest = super::super::message::pre_prepare_digest(
-                    &chain_hash,
+                    &domain,
                     view,
                     header.height,
                     &header.hash(),
@@ -248,6 +248,7 @@ impl Replica {
         // Every waiting entry gets a full timeout under the new primary, which has
         // to hear of it: forward what this replica holds.
         let now = self.now_ms;
+        self.progress_ms = now;
         let primary = self.primary();
         let me = self.config.me;
         let mut forward = Vec::new();
