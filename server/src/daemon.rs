@@ -371,7 +371,7 @@ fn join_config(
                 .collect();
             // Answering requests does not depend on plugins.
             let hello = member_hello(spec, me, String::new());
-            let requester = Requester::new(&key, Roster::new(&spec.members), hello, timeout)
+            let requester = Requester::new(&key, Roster::new(&spec.members, &[]), hello, timeout)
                 .context("setting up the peer protocol to join by")?;
             // How far the chain has come is asked through the client APIs, which
             // answer from a member's first instant: one still starting without a
@@ -532,30 +532,52 @@ async fn start_cluster(
 ) -> anyhow::Result<(Cluster, Arc<Transport>)> {
     let spec = store.spec();
     let public = key.verifying_key();
-    let members = spec.members.as_slice();
-    let me = members
+    // The membership in force after the tip, a change due at the next height
+    // included: the genesis members until a change came into force.
+    let mut membership = crate::chain::Membership::clone(&store.membership());
+    membership.advance_to(store.tip()?.height + 1);
+    let members = membership.members.as_slice();
+    let Some(me) = members
         .iter()
         .position(|member| member.public_key == public)
-        .context("this node's key is not a member")?;
-    let mut peers = Vec::with_capacity(members.len() - 1);
-    for (index, member) in members.iter().enumerate().filter(|(i, _)| *i != me) {
-        let Some(addr) = &member.p2p_addr else {
-            bail!(
-                "{}: member {index} ({}) has no p2p_addr; every member needs one so the \
-                 others can reach it",
-                config.genesis.display(),
-                member.node_id
-            );
-        };
-        peers.push((index as MemberIndex, addr.clone()));
+    else {
+        bail!(
+            "this node's key is not a member of membership epoch {} (in force from height \
+             {}): a membership change removed it; run it as a follower (`follower = true`) \
+             or stop it",
+            membership.epoch,
+            membership.since
+        );
+    };
+    let me = me as MemberIndex;
+    if let Some((index, member)) = members
+        .iter()
+        .enumerate()
+        .find(|(index, member)| *index != usize::from(me) && member.p2p_addr.is_none())
+    {
+        bail!(
+            "{}: member {index} ({}) has no p2p_addr; every member needs one so the \
+             others can reach it",
+            config.genesis.display(),
+            member.node_id
+        );
     }
-    let hello = member_hello(spec, me, plugins.fingerprint_line());
+    // The members the change that started this epoch removed may still be catching
+    // up to it.
+    let before = match membership.since {
+        0 | 1 => None,
+        since => Some(store.membership_at(since - 1)?),
+    };
+    let observers = crate::engine::observers(&membership, before.as_ref());
+    let peers = crate::engine::peers(&membership, &observers, me);
+    let hello = member_hello(spec, usize::from(me), plugins.fingerprint_line());
     hello
         .check_fits()
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
     let transport_config = TransportConfig {
         key: key.clone(),
-        roster: Roster::new(&spec.members),
+        roster: Roster::new(&membership.members, &observers),
+        members: membership.members.len(),
         hello,
         peers,
         frame_limit: Wire::max_frame(&spec.params),

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
 use crate::chain::Policy;
-use crate::chain::{Entry, Hash, Header};
+use crate::chain::{Entry, Hash, Header, Membership, MembershipError, Reconfiguration};
 use crate::consensus::MemberIndex;
 use crate::engine::{blocking, Alone, Cluster, Engine, Follower};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
@@ -41,6 +41,42 @@ pub struct Node {
 
 /// `GET /chain` streams a node serves at once; more are told to retry.
 pub const CHAIN_STREAMS: usize = 16;
+
+/// Why a membership change was refused before it was ordered.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The membership in force refuses it.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// The change itself is malformed for this chain.
+    #[error("{0}")]
+    Refused(String),
+    /// This node orders no changes: it runs the chain alone, or follows it.
+    #[error(
+        "this node's role is {0:?}: membership changes are ordered by the members of a \
+         cluster (a chain of one member cannot change its membership yet)"
+    )]
+    NotOrdered(&'static str),
+    /// Too few of the members after the change are connected to this one.
+    #[error(
+        "only {connected} of the {members} members after this change are connected to this \
+         member, and they need {quorum} to order anything: bring the others back first"
+    )]
+    TooFewConnected {
+        /// Members of the new membership this node reaches, itself included.
+        connected: usize,
+        /// The new membership's size.
+        members: usize,
+        /// Its quorum.
+        quorum: usize,
+    },
+    /// A change this build cannot carry out yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
+    /// Handing it to the engine failed.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
 
 impl Node {
     /// The node of a chain's only member: it cuts, mines and certifies its own
@@ -194,7 +230,11 @@ impl Node {
     /// database, or waiting for an operator) but not ready: restarting it would not
     /// help.
     pub fn is_alive(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed) && self.engine.failure().is_none()
+        !self.stopping.load(Ordering::Relaxed)
+            && !self
+                .engine
+                .failure()
+                .is_some_and(|failure| failure.is_fatal())
     }
 
     /// Why the node is not ready, if it is not: starting or stopping, a database
@@ -248,8 +288,11 @@ impl Node {
     pub fn quorum_reach(&self, status: &EngineStatus) -> Option<(usize, usize)> {
         match self.engine {
             Engine::Cluster(_) => {
-                let reached = 1 + status.peers.iter().filter(|p| p.connected()).count();
-                Some((reached, self.store.membership().members.quorum()))
+                let members = &self.store.membership().members;
+                // Observers (numbered after the members) count for no quorum.
+                let peers = status.peers.iter().take(members.len());
+                let reached = 1 + peers.filter(|p| p.connected()).count();
+                Some((reached, members.quorum()))
             }
             Engine::Alone(_) | Engine::Follower(_) => None,
         }
@@ -283,6 +326,60 @@ impl Node {
             .entries_accepted
             .fetch_add(1, Ordering::Relaxed);
         Ok(submitted)
+    }
+
+    /// Checks a membership change against the membership in force and what this
+    /// member observes, then hands it to the members to order. Refused before it is
+    /// ordered: what the membership refuses (another epoch, too few admin
+    /// signatures, a change in flight, ...), a chain whose one member runs alone,
+    /// and a change that would leave fewer members connected to this one than the
+    /// new membership's quorum (adding to a cluster with members down would stall
+    /// it).
+    pub async fn propose_change(
+        &self,
+        change: &Reconfiguration,
+    ) -> Result<Submitted, ProposeError> {
+        if !matches!(self.engine, Engine::Cluster(_)) {
+            return Err(ProposeError::NotOrdered(self.role()));
+        }
+        if matches!(change.change, crate::chain::Change::Promote { .. }) {
+            return Err(ProposeError::Unsupported(
+                "promoting a learner: a learner of this build follows the chain over the \
+                 client API and cannot start voting yet, so the cluster would count a member \
+                 that never votes",
+            ));
+        }
+        let spec = self.store.spec();
+        let tip = self.store.tip().map_err(SubmitError::Store)?;
+        let mut now = Membership::clone(&self.store.membership());
+        now.advance_to(tip.height + 1);
+        now.check(spec, change)?;
+        let entry = change.to_entry();
+        let mut next = now.clone();
+        next.apply_block(spec, tip.height + 1, std::slice::from_ref(&entry))
+            .map_err(|error| ProposeError::Refused(error.to_string()))?;
+        next.advance_to(u64::MAX);
+        let peers = self.status().peers;
+        let me = self.node_id();
+        let connected = now
+            .members
+            .as_slice()
+            .iter()
+            .enumerate()
+            .filter(|(index, member)| {
+                next.members.key_of(&member.node_id).is_some()
+                    && (member.node_id == me || peers.get(*index).is_some_and(|p| p.connected()))
+            })
+            .count();
+        let quorum = next.members.quorum();
+        if connected < quorum {
+            return Err(ProposeError::TooFewConnected {
+                connected,
+                members: next.members.len(),
+                quorum,
+            });
+        }
+        Ok(self.submit(entry, false).await?)
     }
 
     /// The manifest of the snapshot at `height`, or of the latest one this node serves.

@@ -110,8 +110,13 @@ pub fn next_block(
 
 /// A commit certificate for `block` signed by each of `signers` in view 0.
 pub fn certify(signers: &[SigningKey], block: &Block) -> CommitCertificate {
+    certify_under(signers, block, &block.header.chain_hash)
+}
+
+/// [`certify`] under the signing `domain` of a membership epoch.
+pub fn certify_under(signers: &[SigningKey], block: &Block, domain: &Hash) -> CommitCertificate {
     let hash = block.hash();
-    let digest = commit_digest(&block.header.chain_hash, 0, block.header.height, &hash);
+    let digest = commit_digest(domain, 0, block.header.height, &hash);
     CommitCertificate {
         view: 0,
         height: block.header.height,

@@ -995,7 +995,7 @@ fn outsiders_and_garbage_on_the_peer_port_disturb_nobody() {
     runtime.block_on(async {
         let connect = |key: ed25519_dalek::SigningKey| {
             let peer_port = peer_port.clone();
-            let roster = Roster::new(&spec.members);
+            let roster = Roster::new(&spec.members, &[]);
             async move {
                 let (_, client) = configs(&key, &roster).unwrap();
                 let stream = TcpStream::connect(&peer_port).await.unwrap();

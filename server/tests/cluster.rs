@@ -71,7 +71,8 @@ impl Net {
         let listener = TcpListener::bind(&self.addrs[member]).await.expect("bind");
         let config = TransportConfig {
             key: self.keys[member].clone(),
-            roster: Roster::new(&self.spec.members),
+            roster: Roster::new(&self.spec.members, &[]),
+            members: self.spec.members.len(),
             hello: Hello {
                 protocol: PROTOCOL_VERSION,
                 chain_id: self.spec.chain_id.clone(),

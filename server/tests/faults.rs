@@ -665,7 +665,7 @@ fn a_refused_block_is_logged_with_its_rule_and_its_sender() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (_, client) = configs(&primary, &Roster::new(&spec.members)).unwrap();
+        let (_, client) = configs(&primary, &Roster::new(&spec.members, &[])).unwrap();
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", base + 3))
             .await
             .unwrap();

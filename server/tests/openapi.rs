@@ -34,6 +34,7 @@ const OPERATIONS: &[(&str, &str, Option<&str>)] = &[
     ("get", "/v1/openapi.json", None),
     ("get", "/chain", Some("read")),
     ("post", "/mine", Some("admin")),
+    ("post", "/v1/admin/reconfigurations", Some("admin")),
     ("get", "/healthz", None),
     ("get", "/readyz", None),
     ("get", "/metrics", None),

@@ -610,7 +610,8 @@ async fn a_member_joins_over_the_peer_protocol() {
         let addr = listener.local_addr().unwrap().to_string();
         let config = TransportConfig {
             key: key(1),
-            roster: Roster::new(&spec.members),
+            roster: Roster::new(&spec.members, &[]),
+            members: spec.members.len(),
             hello: hello(&spec, 0),
             peers: Vec::new(),
             frame_limit: Wire::max_frame(&spec.params),
@@ -621,7 +622,7 @@ async fn a_member_joins_over_the_peer_protocol() {
     };
     let (starting, addr) = transport().await;
     let requester = |key: ed25519_dalek::SigningKey, member: u16| {
-        let roster = Roster::new(&spec.members);
+        let roster = Roster::new(&spec.members, &[]);
         Arc::new(
             Requester::new(&key, roster, hello(&spec, member), Duration::from_secs(2)).unwrap(),
         )

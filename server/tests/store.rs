@@ -10,7 +10,9 @@ use ledger::chain::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use ledger::chain::{Block, ChainError, ChainSpec, Entry, Hash};
 use ledger::chain::{Change, Membership, MembershipError, Reconfiguration};
 use ledger::storage::{Store, StoreError, StoreOptions};
-use ledger::testing::{certify, entries, key, next_block, spec, spec_with_admins, FailingDisk};
+use ledger::testing::{
+    certify, certify_under, entries, key, next_block, spec, spec_with_admins, FailingDisk,
+};
 
 const DIFFICULTY: u32 = 4;
 
@@ -882,10 +884,13 @@ fn the_store_follows_membership_changes_block_by_block() {
     let admin = key(30);
     let spec = spec_with_admins(&keys, DIFFICULTY, 4, std::slice::from_ref(&admin), 1);
     let store = open(&path, &spec);
+    // Each block certified under the signing domain of the epoch that orders it.
     let apply = |store: &Store, entries: Vec<Entry>| -> Result<Block, StoreError> {
         let (tip, log) = store.tip_with_log().unwrap();
         let block = next_block(&tip, &log, entries, DIFFICULTY);
-        store.apply_block(&block, &certify(&keys[..3], &block))?;
+        let membership = store.membership_at(block.header.height).unwrap();
+        let domain = membership.signing_domain(&spec.chain_hash());
+        store.apply_block(&block, &certify_under(&keys[..3], &block, &domain))?;
         Ok(block)
     };
     let change = |epoch: u64, change: Change| {

@@ -59,7 +59,8 @@ impl Cluster {
     fn config(&self, member: usize) -> TransportConfig {
         TransportConfig {
             key: self.keys[member].clone(),
-            roster: Roster::new(&self.spec.members),
+            roster: Roster::new(&self.spec.members, &[]),
+            members: self.spec.members.len(),
             hello: self.hello(member),
             peers: (0..self.keys.len())
                 .filter(|m| *m != member)
@@ -176,7 +177,7 @@ async fn a_key_that_is_not_a_member_cannot_connect() {
     members[3] = outsider.clone();
     let mut config = cluster.config(3);
     config.key = outsider;
-    config.roster = Roster::new(&testing::spec(&members, 2).members);
+    config.roster = Roster::new(&testing::spec(&members, 2).members, &[]);
     let (impostor, _) = cluster.start_with(3, config);
     send(&impostor, 0, b"let me in").await;
     nothing_from(&mut inbound, 3, Duration::from_secs(1)).await;
@@ -219,7 +220,7 @@ async fn garbage_closes_only_that_connection() {
 
     // Member 2's real key, a correct hello, then a frame announcing 4 GiB.
     let key = cluster.keys[2].clone();
-    let (_, client) = configs(&key, &Roster::new(&cluster.spec.members)).expect("tls");
+    let (_, client) = configs(&key, &Roster::new(&cluster.spec.members, &[])).expect("tls");
     let stream = TcpStream::connect(&zero_addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("name");
     let mut tls = TlsConnector::from(client)
@@ -316,7 +317,8 @@ async fn a_peer_that_stops_reading_stalls_only_itself() {
     let mut cluster = Cluster::new(4).await;
     // Member 2 is a fake that completes TLS and the hello, then never reads.
     let listener = cluster.listeners[2].take().expect("listener");
-    let (server, _) = configs(&cluster.keys[2], &Roster::new(&cluster.spec.members)).expect("tls");
+    let (server, _) =
+        configs(&cluster.keys[2], &Roster::new(&cluster.spec.members, &[])).expect("tls");
     let hello = cluster.hello(2);
     let stuck = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
@@ -359,7 +361,8 @@ async fn a_peer_that_stops_reading_stalls_only_itself() {
 async fn a_request_to_a_member_without_request_connections_fails_at_once() {
     let mut cluster = Cluster::new(4).await;
     let listener = cluster.listeners[0].take().expect("listener");
-    let (server, _) = configs(&cluster.keys[0], &Roster::new(&cluster.spec.members)).expect("tls");
+    let (server, _) =
+        configs(&cluster.keys[0], &Roster::new(&cluster.spec.members, &[])).expect("tls");
     let mut older = Arc::unwrap_or_clone(server);
     older.alpn_protocols.clear();
     let hello = cluster.hello(0);
@@ -377,7 +380,7 @@ async fn a_request_to_a_member_without_request_connections_fails_at_once() {
     });
     let requester = ledger::net::Requester::new(
         &cluster.keys[3],
-        Roster::new(&cluster.spec.members),
+        Roster::new(&cluster.spec.members, &[]),
         cluster.hello(3),
         LIMIT,
     )

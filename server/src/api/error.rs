@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::node::SubmitError;
+use crate::node::{ProposeError, SubmitError};
 use crate::snapshots::SnapshotServeError;
 use crate::storage::StoreError;
 
@@ -155,6 +155,19 @@ impl From<SubmitError> for ApiError {
                 message,
             ),
             SubmitError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(error: ProposeError) -> ApiError {
+        match error {
+            ProposeError::Submit(error) => error.into(),
+            refused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "change_refused",
+                refused.to_string(),
+            ),
         }
     }
 }

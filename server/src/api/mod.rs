@@ -24,9 +24,9 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 use types::{
-    Accepted, AdminsView, BlockView, CommittedView, ConsistencyView, EntryView, HeaderView,
-    LearnerView, MemberView, MembersView, MinedView, PendingChangeView, ReceiptView, SettingsView,
-    SnapshotView, StatusView, SubmitRequest,
+    Accepted, AdminsView, BlockView, ChangeAccepted, ChangeRequest, CommittedView, ConsistencyView,
+    EntryView, HeaderView, LearnerView, MemberView, MembersView, MinedView, PendingChangeView,
+    ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
 };
 
 use crate::chain::{Block, Hash, Receipt};
@@ -255,6 +255,7 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(snapshot_chunk))
         .routes(routes!(whole_chain))
         .routes(routes!(mine))
+        .routes(routes!(propose_change))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -982,6 +983,39 @@ async fn whole_chain(State(node): State<Arc<Node>>) -> Result<Response, ApiError
 /// Blocks `GET /chain` reads from the store at once.
 const CHAIN_BATCH: u64 = 64;
 
+/// Propose a membership change signed by the chain's admins: checked against the
+/// membership in force and what this member sees, then ordered like an entry. It is
+/// in force from the block after the first checkpoint at or above its block.
+#[utoipa::path(post, path = "/v1/admin/reconfigurations", tag = "node",
+    security(("bearer" = ["admin"])),
+    request_body = ChangeRequest,
+    responses(
+        (status = 202, description = "Checked and handed to the members to order", body = ChangeAccepted),
+        (status = 400, description = "Malformed request or change", body = ErrorBody),
+        (status = 409, description = "Already submitted", body = ErrorBody),
+        (status = 422, description = "Refused before ordering, with the reason: another epoch, too few admin signatures, a change in flight, not a member or learner, too few of the new members connected, or a node that orders no changes", body = ErrorBody),
+        (status = 503, description = "Node not ready or busy, or database failing; see Retry-After", body = ErrorBody),
+    ))]
+async fn propose_change(
+    State(node): State<Arc<Node>>,
+    JsonBody(request): JsonBody<ChangeRequest>,
+) -> Result<(StatusCode, Json<ChangeAccepted>), ApiError> {
+    let bytes = hex::decode(request.reconfiguration.trim())
+        .map_err(|_| ApiError::malformed("reconfiguration is not hex"))?;
+    let change = crate::chain::Reconfiguration::decode(&bytes)
+        .map_err(|error| ApiError::malformed(format!("reconfiguration: {error}")))?;
+    let (id, _) = node.propose_change(&change).await?;
+    tracing::info!(change = %change.change, epoch = change.epoch, %id, "membership change proposed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ChangeAccepted {
+            id: id.to_hex(),
+            change: change.change.to_string(),
+            epoch: change.epoch,
+        }),
+    ))
+}
+
 /// Cut a block now, even an empty one; answers once it is applied.
 #[utoipa::path(post, path = "/mine", tag = "node",
     security(("bearer" = ["admin"])),
@@ -1058,7 +1092,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         u64::from(engine.catching_up),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let connected = engine.peers.iter().filter(|p| p.connected()).count();
+    let members = engine.peers.iter().take(membership.members.len());
+    let connected = members.filter(|p| p.connected()).count();
     node.metrics()
         .peers_connected
         .store(connected as u64, std::sync::atomic::Ordering::Relaxed);

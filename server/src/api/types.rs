@@ -151,6 +151,31 @@ fn data_fields(data: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
+/// A membership change for `POST /v1/admin/reconfigurations`: the change file
+/// `ledgerctl change new` writes and the admins sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeRequest {
+    /// The signed change's canonical encoding, hex (docs/FORMAT.md, "Reconfiguration").
+    pub reconfiguration: String,
+    /// What it does, for people; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The epoch it was signed for, for people; the encoding's counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+/// `202` answer to a membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeAccepted {
+    /// The id of the entry that carries it.
+    pub id: String,
+    /// What it does.
+    pub change: String,
+    /// The epoch it applies to.
+    pub epoch: u64,
+}
+
 /// `202` answer to a submit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {

@@ -87,6 +87,9 @@ enum Command {
     },
     /// Show the node's status.
     Status,
+    /// Show the membership in force: members (connected or not), learners, the change
+    /// on its way, the admins.
+    Members,
     /// Probe the node as a health check does: exit 0 when it is alive (with --ready:
     /// ready to serve), 1 with the reason when not. Gives up after 5 seconds.
     Health {
@@ -144,6 +147,13 @@ enum ChangeCommand {
         /// The chain's genesis file (its admins and its hash).
         #[arg(long)]
         genesis: PathBuf,
+    },
+    /// Hand the signed change in FILE to the node (`POST /v1/admin/reconfigurations`,
+    /// admin role), which checks it against the membership in force and has the
+    /// members order it.
+    Submit {
+        /// The change.
+        file: PathBuf,
     },
     /// Say what the change in FILE does and who signed it; exit 1 unless enough admins
     /// signed it validly.
@@ -294,6 +304,17 @@ fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
                 file.display(),
                 change.signatures.len(),
                 admins.threshold()
+            ))
+        }
+        ChangeCommand::Submit { file } => {
+            let change = read_change(&file)?;
+            let body = serde_json::json!({ "reconfiguration": hex::encode(change.encode()) });
+            let answer = client.post("/v1/admin/reconfigurations", &body)?;
+            out(&format!(
+                "submitted {} (entry {}): in force from the block after the first \
+                 checkpoint at or above its block; `ledgerctl members` shows it",
+                change.change,
+                answer["id"].as_str().unwrap_or("?")
             ))
         }
         ChangeCommand::Show { file, genesis } => {
@@ -478,6 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print(&client.get(&format!("/v1/blocks?from={from}&limit={limit}"))?)
         }
         Command::Status => print(&client.get("/v1/status")?),
+        Command::Members => print(&client.get("/v1/members")?),
         Command::Health { ready } => out(&client.probe(match ready {
             true => "/readyz",
             false => "/healthz",

@@ -345,6 +345,12 @@ impl Verifier {
         (view % self.keys.len() as u64) as MemberIndex
     }
 
+    /// The index of the member whose node id is `id`.
+    pub fn index_of(&self, id: &Hash) -> Option<MemberIndex> {
+        let index = self.node_ids.iter().position(|known| known == id)?;
+        MemberIndex::try_from(index).ok()
+    }
+
     /// The node id (SHA-256 of the key) of `member`.
     pub fn node_id(&self, member: MemberIndex) -> Option<Hash> {
         self.node_ids.get(usize::from(member)).copied()

@@ -29,7 +29,8 @@ use super::{
 };
 use crate::chain::merkle::AppendedNodes;
 use crate::chain::{
-    Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header, Policy, Receipt,
+    Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header, Member, Membership,
+    Policy, Receipt,
 };
 use crate::consensus::{
     Config, DropReason, Input, MemberIndex, NotAMember, Output, Record, Replica, Timing, Tip,
@@ -49,6 +50,9 @@ const CUT_WAIT: Duration = Duration::from_secs(30);
 const SUBMIT_BATCH: usize = 512;
 /// Shortest interval between two warnings about one sender's refused inputs.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long a removed member hands its entries on, and how often it sends them.
+const DEPART_FOR: Duration = Duration::from_secs(10);
+const DEPART_RESEND: Duration = Duration::from_millis(500);
 
 /// How the driver runs, beyond the [`NodeSettings`] every engine honours.
 #[derive(Clone, Copy, Debug)]
@@ -217,14 +221,15 @@ impl Cluster {
         let node_settings = node_settings.capped(store.spec().params.max_block_entries);
         settings.timing.max_block_delay_ms =
             u64::try_from(node_settings.max_block_delay.as_millis()).unwrap_or(u64::MAX);
-        let mut config = Config::new(store.spec(), key, settings.timing)?;
+        let mut config = Config::template(store.spec(), key, settings.timing);
         config.max_pending = node_settings.pool_capacity;
         config.max_block_entries = node_settings.max_block_entries;
         config.catch_up_batch = settings.catch_up_batch;
+        config.reconfigurations = true;
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
         }
-        let replica = resume(&store, config.clone())?;
+        let replica = resume(&store, &config)?.ok_or(NotAMember)?;
         let (events, queue) = sync_channel(EVENT_CAPACITY);
         let status = Arc::new(Mutex::new(ClusterStatus::default()));
         let forward = events.clone();
@@ -271,6 +276,7 @@ impl Cluster {
             mining: None,
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
+            departing: None,
         };
         let mut driver = driver;
         driver.publish();
@@ -453,9 +459,36 @@ impl Drop for Cluster {
 }
 
 /// A replica resuming from what `store` holds: its durable consensus state, the
-/// applied tip and the blocks applied above the stable checkpoint.
-fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
-    let durable = store.durable()?;
+/// applied tip and the blocks applied above the stable checkpoint, in the membership
+/// epoch in force after the tip, configured as `template` is for this node; none
+/// if this node has no vote in that membership.
+///
+/// Moving to a new epoch is a resume too: once the replica applied its epoch's last
+/// block, the membership after the tip is the next one, and the state is moved into
+/// it first (`Record::Epoch`), so a driver that crashed in between does the same.
+fn resume(store: &Store, template: &Config) -> Result<Option<Replica>, StoreError> {
+    let mut durable = store.durable()?;
+    let (header, log) = store.tip_with_log()?;
+    let mut membership = Membership::clone(&store.membership());
+    membership.advance_to(header.height + 1);
+    let base_height = membership.since.saturating_sub(1);
+    let base = match base_height {
+        0 => store.spec().genesis_block().header,
+        height => store.header(height)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "membership epoch {} starts above height {height}, which this database \
+                 does not hold",
+                membership.epoch
+            ))
+        })?,
+    };
+    if let Some(record) = durable.epoch_record(&membership, &base) {
+        store.persist(std::slice::from_ref(&record))?;
+        durable.apply(&record);
+    }
+    let Ok(config) = template.next_epoch(&membership, &base) else {
+        return Ok(None);
+    };
     // The stable checkpoint goes into every VIEW-CHANGE this replica sends: check it
     // as the others will.
     if let Err(invalid) = config.verifier.check_checkpoint(&durable.stable) {
@@ -464,7 +497,6 @@ fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
             durable.stable.height
         )));
     }
-    let (header, log) = store.tip_with_log()?;
     let mut applied = Vec::new();
     // A database restored from a snapshot holds no blocks below its history.
     let first = (durable.stable.height + 1).max(store.history_from());
@@ -473,10 +505,41 @@ fn resume(store: &Store, config: Config) -> Result<Replica, StoreError> {
             applied.push((height, header.hash()));
         }
     }
-    Ok(
+    Ok(Some(
         Replica::new(config, Tip { header, log }, durable, applied, now_ms())
-            .with_membership(store.membership()),
-    )
+            .with_membership(Arc::new(membership)),
+    ))
+}
+
+/// Who a member of `membership` talks to besides the members: its learners, and
+/// the members the change that started it removed (`before` is the membership it
+/// replaced), which fetch the blocks that tell them so.
+pub fn observers(membership: &Membership, before: Option<&Membership>) -> Vec<Member> {
+    let removed = before
+        .into_iter()
+        .flat_map(|before| before.members.as_slice())
+        .filter(|member| membership.members.key_of(&member.node_id).is_none())
+        .filter(|member| {
+            !membership
+                .learners
+                .iter()
+                .any(|l| l.node_id == member.node_id)
+        });
+    membership.learners.iter().chain(removed).cloned().collect()
+}
+
+/// The other members of `membership` that have a peer address, by member index,
+/// then `observers` with one, numbered after the members.
+pub fn peers(
+    membership: &Membership,
+    observers: &[Member],
+    me: MemberIndex,
+) -> Vec<(MemberIndex, String)> {
+    let all = membership.members.as_slice().iter().chain(observers);
+    all.enumerate()
+        .filter(|(index, _)| *index != usize::from(me))
+        .filter_map(|(index, member)| Some((index as MemberIndex, member.p2p_addr.clone()?)))
+        .collect()
 }
 
 struct Driver {
@@ -510,6 +573,9 @@ struct Driver {
     next_peer: usize,
     /// Warnings about refused inputs, by reason and sender, at a bounded rate.
     drop_warnings: Throttle<(DropReason, Option<MemberIndex>)>,
+    /// Once a change removed this node: the entries it held, and the members that
+    /// stay (by index in its last membership), to hand them to.
+    departing: Option<(Vec<Entry>, Vec<MemberIndex>)>,
 }
 
 impl Driver {
@@ -540,6 +606,10 @@ impl Driver {
         let mut next_tick = Instant::now();
         loop {
             if self.halt.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if self.departing.is_some() {
+                self.depart(queue);
                 return Ok(());
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -624,8 +694,15 @@ impl Driver {
             if self.store.failure().is_some() && self.store.recover().is_err() {
                 continue;
             }
-            let replica = match resume(&self.store, self.config.clone()) {
-                Ok(replica) => replica,
+            let replica = match resume(&self.store, &self.config) {
+                Ok(Some(replica)) => replica,
+                Ok(None) => {
+                    let mut held = self.replica.pending_entries();
+                    held.append(&mut self.held);
+                    self.removed(held);
+                    self.depart(queue);
+                    return false;
+                }
                 Err(error) => {
                     tracing::debug!(%error, "the replica cannot be rebuilt yet");
                     continue;
@@ -789,6 +866,16 @@ impl Driver {
     }
 
     fn on_wire(&mut self, from: MemberIndex, wire: Wire) -> Result<(), StoreError> {
+        // An observer (a learner, a member just removed) fetches and forwards entries.
+        let observer = usize::from(from) >= self.replica.members();
+        let fetch_or_entry = matches!(
+            wire,
+            Wire::FetchCommitted { .. } | Wire::FetchBlock { .. } | Wire::Entry(_)
+        );
+        if observer && !fetch_or_entry {
+            self.metrics.messages_dropped.add("from_observer", 1);
+            return Ok(());
+        }
         match wire {
             Wire::Consensus(message) => self.step(Input::Message(message)),
             Wire::Entry(entry) => self.take_forwarded(entry),
@@ -862,7 +949,7 @@ impl Driver {
     }
 
     fn broadcast(&self, wire: &Wire) {
-        let peers = self.store.spec().members.len().saturating_sub(1) as u64;
+        let peers = self.replica.members().saturating_sub(1) as u64;
         self.metrics.messages_out.add(wire.kind(), peers);
         let full = self.transport.broadcast(Arc::from(wire.encode()));
         if !full.is_empty() {
@@ -872,7 +959,8 @@ impl Driver {
         }
     }
 
-    /// Feeds one input and performs the outputs.
+    /// Feeds one input and performs the outputs; once they applied the epoch's last
+    /// block, moves to the next epoch.
     fn step(&mut self, input: Input) -> Result<(), StoreError> {
         let outputs = self.replica.handle(input, &Committed(&self.store));
         for output in outputs {
@@ -884,8 +972,109 @@ impl Driver {
             self.perform(output)?;
         }
         self.flush()?;
+        if self.replica.next_membership().is_some() {
+            return self.switch_epoch();
+        }
         self.publish();
         Ok(())
+    }
+
+    /// The replica applied its epoch's last block: the replica of the next epoch
+    /// resumes from the store (which moves its state into that epoch) and takes the
+    /// entries the old one held, and the transport dials the new members. A node the
+    /// change removed stops ordering.
+    fn switch_epoch(&mut self) -> Result<(), StoreError> {
+        self.cancel_mining();
+        let mut held = self.replica.pending_entries();
+        let before = Arc::clone(self.replica.membership());
+        let Some(replica) = resume(&self.store, &self.config)? else {
+            held.append(&mut self.held);
+            self.removed(held);
+            return Ok(());
+        };
+        self.replica = replica;
+        let membership = Arc::clone(self.replica.membership());
+        let observers = observers(&membership, Some(&before));
+        self.transport.reconfigure(
+            &membership.members,
+            &observers,
+            self.replica.me(),
+            peers(&membership, &observers, self.replica.me()),
+        );
+        tracing::info!(
+            epoch = membership.epoch,
+            since = membership.since,
+            members = membership.members.len(),
+            learners = membership.learners.len(),
+            member = self.replica.me(),
+            quorum = membership.members.quorum(),
+            "membership epoch {} in force from height {}",
+            membership.epoch,
+            membership.since
+        );
+        held.append(&mut self.held);
+        self.held = held;
+        self.offer(Vec::new())?;
+        self.publish();
+        Ok(())
+    }
+
+    /// A membership change removed this node: it hands the entries it `held` to the
+    /// members that stay (clients were told they were accepted), orders nothing
+    /// more, and says so in its log, its status and `/readyz`.
+    fn removed(&mut self, held: Vec<Entry>) {
+        self.cancel_mining();
+        let mut membership = Membership::clone(&self.store.membership());
+        if let Ok(tip) = self.store.tip() {
+            membership.advance_to(tip.height + 1);
+        }
+        // Through this epoch's connections: the members that stay take this node as
+        // an observer, whose forwarded entries they take.
+        let staying: Vec<MemberIndex> = membership
+            .members
+            .as_slice()
+            .iter()
+            .filter_map(|member| self.replica.index_of(&member.node_id))
+            .collect();
+        let failure = EngineFailure::Removed {
+            epoch: membership.epoch,
+            since: membership.since,
+        };
+        tracing::error!("{failure}");
+        lock(&self.status).failure = Some(failure);
+        self.departing = Some((held, staying));
+    }
+
+    /// After a removal: sends the entries this node held to the members that stay,
+    /// again every [`DEPART_RESEND`] for [`DEPART_FOR`] (the others reconnect to it
+    /// as an observer at their own switch, and a frame sent in between is lost;
+    /// they drop what they hold or committed already), with any submit that was
+    /// still queued; then the driver ends.
+    fn depart(&mut self, queue: &Receiver<DriverEvent>) {
+        let Some((mut held, staying)) = self.departing.take() else {
+            return;
+        };
+        let until = Instant::now() + DEPART_FOR;
+        while Instant::now() < until && !self.halt.load(Ordering::Relaxed) {
+            for entry in &held {
+                let wire = Wire::Entry(entry.clone());
+                for &to in &staying {
+                    self.send(to, &wire);
+                }
+            }
+            let resend = Instant::now() + DEPART_RESEND;
+            while let Some(wait) = resend.checked_duration_since(Instant::now()) {
+                match queue.recv_timeout(wait) {
+                    Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                    Ok(DriverEvent::Submit { entry, .. }) => held.push(entry),
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+        tracing::info!(
+            entries = held.len(),
+            "handed the entries this node held to the members that stay"
+        );
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -956,7 +1145,7 @@ impl Driver {
     }
 
     fn next_catch_up_peer(&mut self) -> MemberIndex {
-        let members = self.store.spec().members.len();
+        let members = self.replica.members();
         let me = usize::from(self.replica.me());
         self.next_peer = (self.next_peer + 1) % members;
         if self.next_peer == me {

@@ -362,14 +362,13 @@ impl Follower {
     /// certificate, then the chain rules and the plugins' policy on the tip.
     fn check(&self, block: &Block, certificate: &CommitCertificate) -> Result<(), CheckFailed> {
         let spec = self.store.spec();
-        certificate
-            .verify(
-                &spec.chain_hash(),
-                &spec.members,
-                block.header.height,
-                &block.hash(),
-            )
-            .map_err(|error| CheckFailed::Block(error.to_string()))?;
+        match self
+            .store
+            .verify_certificate(certificate, block.header.height, &block.hash())
+        {
+            Err(StoreError::Chain(error)) => return Err(CheckFailed::Block(error.to_string())),
+            other => other?,
+        }
         let tip = self.store.tip()?;
         if block.header.height != tip.height + 1 {
             return Err(CheckFailed::Block(format!(

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 pub use alone::Alone;
-pub use cluster::{Cluster, ClusterError, ClusterSettings};
+pub use cluster::{observers, peers, Cluster, ClusterError, ClusterSettings};
 pub use follower::{Follower, REQUEST_TIMEOUT as FOLLOWER_TIMEOUT};
 
 use crate::chain::merkle::AppendedNodes;
@@ -169,6 +169,26 @@ pub enum EngineFailure {
     /// Its thread panicked, with this message.
     #[error("the consensus driver panicked: {0}")]
     Panicked(String),
+    /// A membership change removed this node: it orders nothing more (its process
+    /// lives on, serving what it holds).
+    #[error(
+        "a membership change removed this node in epoch {epoch} (from height {since}); it \
+         no longer votes: run it as a follower (`follower = true`) or stop it"
+    )]
+    Removed {
+        /// The epoch that no longer has it.
+        epoch: u64,
+        /// Its first height.
+        since: u64,
+    },
+}
+
+impl EngineFailure {
+    /// Whether the engine's thread died (a restart might help), rather than stopped
+    /// by design.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, EngineFailure::Panicked(_))
+    }
 }
 
 /// The engine a node runs.

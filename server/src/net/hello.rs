@@ -34,7 +34,8 @@ pub struct Hello {
     pub chain_id: String,
     /// The genesis block's hash.
     pub genesis_hash: Hash,
-    /// The sender's member index.
+    /// The sender's member index in the membership it runs, for the logs: a peer is
+    /// known by its TLS key, and its index in another epoch may differ.
     pub member: MemberIndex,
     /// The sender's plugins (name, version, SHA-256 of each), empty without plugins.
     pub plugins: String,
@@ -69,14 +70,6 @@ pub enum HelloError {
         theirs: Hash,
         /// Ours.
         ours: Hash,
-    },
-    /// The member index does not match the key the peer authenticated with.
-    #[error("peer claims to be member {claimed} but its key is member {actual}'s")]
-    Impostor {
-        /// What the hello says.
-        claimed: MemberIndex,
-        /// What the TLS key says.
-        actual: MemberIndex,
     },
 }
 
@@ -163,8 +156,8 @@ impl Hello {
         })
     }
 
-    /// Checks a peer's hello against ours and the member its TLS key belongs to.
-    pub fn admit(&self, theirs: &Hello, authenticated: MemberIndex) -> Result<(), HelloError> {
+    /// Checks a peer's hello against ours: the same chain and genesis.
+    pub fn admit(&self, theirs: &Hello) -> Result<(), HelloError> {
         if theirs.chain_id != self.chain_id {
             return Err(HelloError::Chain {
                 theirs: theirs.chain_id.clone(),
@@ -175,12 +168,6 @@ impl Hello {
             return Err(HelloError::Genesis {
                 theirs: theirs.genesis_hash,
                 ours: self.genesis_hash,
-            });
-        }
-        if theirs.member != authenticated {
-            return Err(HelloError::Impostor {
-                claimed: theirs.member,
-                actual: authenticated,
             });
         }
         Ok(())
@@ -239,30 +226,23 @@ mod tests {
     }
 
     #[test]
-    fn admits_only_the_same_chain_and_the_authenticated_member() {
+    fn admits_only_the_same_chain() {
         let ours = hello();
         let mut theirs = hello();
-        assert_eq!(ours.admit(&theirs, 2), Ok(()));
-        assert!(matches!(
-            ours.admit(&theirs, 1),
-            Err(HelloError::Impostor {
-                claimed: 2,
-                actual: 1
-            })
-        ));
+        assert_eq!(ours.admit(&theirs), Ok(()));
+        // A peer in another membership epoch may hold another index.
+        theirs.member = 1;
+        assert_eq!(ours.admit(&theirs), Ok(()));
         theirs.genesis_hash = Hash([4; 32]);
         assert!(matches!(
-            ours.admit(&theirs, 2),
+            ours.admit(&theirs),
             Err(HelloError::Genesis { .. })
         ));
         theirs.chain_id = "other".into();
-        assert!(matches!(
-            ours.admit(&theirs, 2),
-            Err(HelloError::Chain { .. })
-        ));
+        assert!(matches!(ours.admit(&theirs), Err(HelloError::Chain { .. })));
         // Different plugins are admitted: the caller reports them.
         let mut plugins = hello();
         plugins.plugins.clear();
-        assert_eq!(ours.admit(&plugins, 2), Ok(()));
+        assert_eq!(ours.admit(&plugins), Ok(()));
     }
 }

@@ -19,7 +19,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::chain::Members;
+use crate::chain::{Member, Members};
 use crate::consensus::MemberIndex;
 
 /// The name a dialer asks for; certificates carry it, nobody relies on it.
@@ -46,19 +46,31 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The current members' keys, shared by every connection so that a membership
-/// change reaches new handshakes at once.
+/// The keys a node talks to, shared by every connection so that a membership change
+/// reaches new handshakes at once: the current members, in rotation order, then the
+/// observers (learners, and the members the last change removed, which fetch the
+/// blocks that tell them so), numbered after them.
 #[derive(Clone, Debug)]
 pub struct Roster(Arc<RwLock<Vec<VerifyingKey>>>);
 
 impl Roster {
-    /// The roster of `members`, in rotation order.
-    pub fn new(members: &Members) -> Roster {
-        let keys = members.as_slice().iter().map(|m| m.public_key).collect();
-        Roster(Arc::new(RwLock::new(keys)))
+    /// The roster of `members`, in rotation order, then `observers`.
+    pub fn new(members: &Members, observers: &[Member]) -> Roster {
+        Roster(Arc::new(RwLock::new(Roster::keys(members, observers))))
     }
 
-    /// The member index of `key`, if it is a member.
+    fn keys(members: &Members, observers: &[Member]) -> Vec<VerifyingKey> {
+        let all = members.as_slice().iter().chain(observers);
+        all.map(|m| m.public_key).collect()
+    }
+
+    /// Replaces the members and observers: new handshakes see them at once.
+    pub fn set(&self, members: &Members, observers: &[Member]) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Roster::keys(members, observers);
+    }
+
+    /// The index of `key` (a member's, or an observer's after them), if it is on the
+    /// roster.
     pub fn index_of(&self, key: &[u8; 32]) -> Option<MemberIndex> {
         let keys = self.0.read().unwrap_or_else(PoisonError::into_inner);
         keys.iter()

@@ -8,7 +8,7 @@
 //! [`SendError::QueueFull`] (the replica retransmits what matters) while the others
 //! flow. A frame that is malformed or too large closes that one connection.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -23,6 +23,7 @@ use super::hello::{Hello, HelloError, MAX_HELLO_BYTES};
 use super::requests::{self, Answer};
 use super::tls::{certificate_key, configs, Roster, TlsError, SERVER_NAME};
 use super::wire::Wire;
+use crate::chain::{Member, Members};
 use crate::consensus::MemberIndex;
 
 /// The first reconnection delay; it doubles per failure up to [`MAX_BACKOFF`].
@@ -48,8 +49,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TransportConfig {
     /// This node's member key (its TLS identity).
     pub key: SigningKey,
-    /// The current members.
+    /// The current members, then the observers.
     pub roster: Roster,
+    /// How many of the roster are members (the rest observe: they fetch committed
+    /// blocks and hear no broadcast).
+    pub members: usize,
     /// What this node says of itself to every peer.
     pub hello: Hello,
     /// Every other member and its peer address.
@@ -125,8 +129,8 @@ struct Shared {
     peers: Mutex<Vec<PeerState>>,
     /// Per member: the generation of its current inbound connection; an older one
     /// sees the change and closes (a reconnecting peer leaves no half-dead reader).
-    inbound: Vec<watch::Sender<u64>>,
-    hello: Hello,
+    inbound: Mutex<Vec<Arc<watch::Sender<u64>>>>,
+    hello: RwLock<Hello>,
     roster: Roster,
     frame_limit: usize,
     /// Answers request connections once the node serves.
@@ -145,15 +149,38 @@ impl Shared {
             change(state);
         }
     }
+
+    fn generation(&self, member: MemberIndex) -> Option<Arc<watch::Sender<u64>>> {
+        let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        inbound.get(usize::from(member)).cloned()
+    }
+
+    fn hello(&self) -> Hello {
+        self.hello
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
+
+/// A peer's send queue.
+type Queue = mpsc::Sender<Arc<[u8]>>;
 
 /// The running transport; dropping it stops every connection.
 #[derive(Debug)]
 pub struct Transport {
     shared: Arc<Shared>,
-    queues: Vec<Option<mpsc::Sender<Arc<[u8]>>>>,
-    /// Held so that dropping the transport aborts every connection task.
-    _tasks: JoinSet<()>,
+    /// Per member of the membership in force, then per observer: its send queue (none
+    /// for this node), and how many of them are members.
+    queues: RwLock<(Vec<Option<Queue>>, usize)>,
+    client: Arc<rustls::ClientConfig>,
+    queue_capacity: usize,
+    /// Where dial loops run: [`Transport::reconfigure`] may be called off the runtime.
+    runtime: tokio::runtime::Handle,
+    /// The dial loops of the membership in force; replacing them aborts the old.
+    dials: Mutex<JoinSet<()>>,
+    /// Held so that dropping the transport aborts the accept loop.
+    _accept: JoinSet<()>,
 }
 
 /// Why a connection was not established or ended.
@@ -199,58 +226,116 @@ impl Transport {
             .unwrap_or(0);
         let shared = Arc::new(Shared {
             peers: Mutex::new(vec![PeerState::default(); members]),
-            inbound: (0..members).map(|_| watch::channel(0).0).collect(),
-            hello: config.hello.clone(),
+            inbound: Mutex::new(generations(members)),
+            hello: RwLock::new(config.hello.clone()),
             roster: config.roster.clone(),
             frame_limit: config.frame_limit,
             answer: OnceLock::new(),
             request_slots: Semaphore::new(requests::MAX_CONNECTIONS),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
-        let mut tasks = JoinSet::new();
-        tasks.spawn(accept_loop(
+        let mut accept = JoinSet::new();
+        accept.spawn(accept_loop(
             listener,
             TlsAcceptor::from(server),
             shared.clone(),
             inbound_tx,
         ));
-        let mut queues = vec![None; members];
-        let connector = TlsConnector::from(client);
-        for (member, addr) in config.peers {
-            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-            queues[usize::from(member)] = Some(tx);
-            tasks.spawn(dial_loop(
-                member,
-                addr,
-                connector.clone(),
-                shared.clone(),
-                rx,
-            ));
+        let transport = Transport {
+            shared,
+            queues: RwLock::new((Vec::new(), 0)),
+            client,
+            queue_capacity: config.queue_capacity.max(1),
+            runtime: tokio::runtime::Handle::current(),
+            dials: Mutex::new(JoinSet::new()),
+            _accept: accept,
+        };
+        transport.dial(members, config.members, config.peers);
+        Ok((transport, inbound_rx))
+    }
+
+    /// Dials `peers` of a roster of `known` keys of which `members` vote, replacing
+    /// the dial loops (and send queues) of the one before.
+    fn dial(&self, known: usize, members: usize, peers: Vec<(MemberIndex, String)>) {
+        let mut queues = vec![None; known];
+        let mut dials = JoinSet::new();
+        for (member, addr) in peers {
+            let (tx, rx) = mpsc::channel(self.queue_capacity);
+            if let Some(queue) = queues.get_mut(usize::from(member)) {
+                *queue = Some(tx);
+            }
+            dials.spawn_on(
+                dial_loop(
+                    member,
+                    addr,
+                    TlsConnector::from(self.client.clone()),
+                    self.shared.clone(),
+                    rx,
+                ),
+                &self.runtime,
+            );
         }
-        Ok((
-            Transport {
-                shared,
-                queues,
-                _tasks: tasks,
-            },
-            inbound_rx,
-        ))
+        *self.queues.write().unwrap_or_else(PoisonError::into_inner) = (queues, members);
+        // Dropping the old set aborts its loops, and their connections with them.
+        let old = std::mem::replace(
+            &mut *self.dials.lock().unwrap_or_else(PoisonError::into_inner),
+            dials,
+        );
+        drop(old);
+    }
+
+    /// Moves to a new membership (a membership change came into force): this node
+    /// is member `me` of `members`, `observers` are numbered after them, and it dials
+    /// `peers`. Every connection of the membership before closes (their indices no
+    /// longer hold); the peers connect again under the new roster within a
+    /// reconnection delay.
+    pub fn reconfigure(
+        &self,
+        members: &Members,
+        observers: &[Member],
+        me: MemberIndex,
+        peers: Vec<(MemberIndex, String)>,
+    ) {
+        self.shared.roster.set(members, observers);
+        self.shared
+            .hello
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .member = me;
+        let n = members.len() + observers.len();
+        *self.shared.peers() = vec![PeerState::default(); n];
+        let old = std::mem::replace(
+            &mut *self
+                .shared
+                .inbound
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            generations(n),
+        );
+        for generation in old {
+            generation.send_modify(|g| *g += 1);
+        }
+        self.dial(n, members.len(), peers);
     }
 
     /// Queues `frame` for `to` without waiting.
     pub fn send(&self, to: MemberIndex, frame: Arc<[u8]>) -> Result<(), SendError> {
-        let queue = self
-            .queues
+        let queues = self.queues.read().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues
+            .0
             .get(usize::from(to))
             .and_then(Option::as_ref)
             .ok_or(SendError::UnknownPeer)?;
         queue.try_send(frame).map_err(|_| SendError::QueueFull)
     }
 
-    /// Queues `frame` for every peer; returns those whose queue was full.
+    /// Queues `frame` for every other member (observers hear no broadcast); returns
+    /// those whose queue was full.
     pub fn broadcast(&self, frame: Arc<[u8]>) -> Vec<MemberIndex> {
         let mut full = Vec::new();
-        for (member, queue) in self.queues.iter().enumerate() {
+        let queues = self.queues.read().unwrap_or_else(PoisonError::into_inner);
+        let (queues, members) = &*queues;
+        for (member, queue) in queues.iter().take(*members).enumerate() {
             if let Some(queue) = queue {
                 if queue.try_send(frame.clone()).is_err() {
                     full.push(member as MemberIndex);
@@ -263,7 +348,7 @@ impl Transport {
     /// Closes `member`'s inbound connection because of what it sent (frames that do
     /// not decode): the connection only, as a member may reconnect.
     pub fn cut_off(&self, member: MemberIndex, reason: &str) {
-        let Some(generation) = self.shared.inbound.get(usize::from(member)) else {
+        let Some(generation) = self.shared.generation(member) else {
             return;
         };
         tracing::warn!(peer = member, reason, "cut off a peer's connection");
@@ -280,7 +365,8 @@ impl Transport {
         let _ = self.shared.answer.set(answer);
     }
 
-    /// Each member's connection state, by member index (this node's own is empty).
+    /// Each member's connection state, by member index, then each observer's (this
+    /// node's own is empty).
     pub fn peers(&self) -> Vec<PeerState> {
         self.shared.peers().clone()
     }
@@ -341,7 +427,7 @@ async fn serve(
         let member = key
             .and_then(|key| shared.roster.index_of(&key))
             .ok_or(LinkError::NotMember)?;
-        let theirs = exchange_hellos(&mut tls, &shared.hello, member).await;
+        let theirs = exchange_hellos(&mut tls, &shared.hello()).await;
         let theirs = match theirs {
             Ok(theirs) => theirs,
             Err(error) => {
@@ -363,7 +449,7 @@ async fn serve(
         };
         return requests::serve(&mut tls, from, &shared.answer).await;
     }
-    let Some(generation) = shared.inbound.get(usize::from(from)) else {
+    let Some(generation) = shared.generation(from) else {
         return Err(LinkError::NotMember);
     };
     let mut mine = 0;
@@ -427,14 +513,8 @@ async fn dial_loop(
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let dialing = dial(
-            member,
-            &addr,
-            &connector,
-            &shared.roster,
-            &shared.hello,
-            None,
-        );
+        let hello = shared.hello();
+        let dialing = dial(member, &addr, &connector, &shared.roster, &hello, None);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialing)
             .await
             .unwrap_or(Err(LinkError::Timeout))
@@ -508,7 +588,7 @@ pub(super) async fn dial(
             "the member's ledgerd predates request connections".into(),
         ));
     }
-    let theirs = exchange_hellos(&mut tls, hello, member).await?;
+    let theirs = exchange_hellos(&mut tls, hello).await?;
     Ok((tls, theirs))
 }
 
@@ -516,7 +596,6 @@ pub(super) async fn dial(
 async fn exchange_hellos<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ours: &Hello,
-    authenticated: MemberIndex,
 ) -> Result<Hello, LinkError> {
     write_frame(stream, &ours.encode()).await?;
     stream.flush().await?;
@@ -524,16 +603,23 @@ async fn exchange_hellos<S: AsyncRead + AsyncWrite + Unpin>(
         .await?
         .ok_or(LinkError::Closed)?;
     let theirs = Hello::decode(&frame)?;
-    ours.admit(&theirs, authenticated)?;
+    ours.admit(&theirs)?;
     Ok(theirs)
 }
 
+fn generations(members: usize) -> Vec<Arc<watch::Sender<u64>>> {
+    (0..members)
+        .map(|_| Arc::new(watch::channel(0).0))
+        .collect()
+}
+
 fn report_plugins(shared: &Shared, member: MemberIndex, theirs: &Hello) {
-    if theirs.plugins != shared.hello.plugins {
+    let ours = shared.hello().plugins;
+    if theirs.plugins != ours {
         tracing::error!(
             peer = member,
             theirs = %theirs.plugins,
-            ours = %shared.hello.plugins,
+            %ours,
             "peer runs other plugins: blocks they judge differently will not commit"
         );
     }

@@ -838,6 +838,26 @@ impl Store {
         Arc::clone(&self.membership.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Checks `certificate` for the block `hash` at `height` against the membership
+    /// that certifies that height, under its epoch's signing domain.
+    pub fn verify_certificate(
+        &self,
+        certificate: &CommitCertificate,
+        height: u64,
+        hash: &Hash,
+    ) -> Result<(), StoreError> {
+        // A chain without admins never reconfigures: its genesis members certify
+        // every height.
+        let membership = match self.spec.admins {
+            None => Membership::genesis(&self.spec),
+            Some(_) => self.membership_at(height)?,
+        };
+        let domain = membership.signing_domain(&self.chain_hash);
+        certificate
+            .verify(&domain, &membership.members, height, hash)
+            .map_err(StoreError::Chain)
+    }
+
     /// The membership that orders and certifies the block at `height`, from the
     /// `membership` table: its row of the epoch in force there, with a change that
     /// is due by then put in force (for the height above the tip).

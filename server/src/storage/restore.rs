@@ -383,7 +383,7 @@ impl super::Store {
             .into());
         }
         let hash = block.hash();
-        certificate.verify(&self.chain_hash, &self.spec.members, height, &hash)?;
+        self.verify_certificate(certificate, height, &hash)?;
         let txn = self.begin_write()?;
         {
             let mut blocks = txn.open_table(BLOCKS)?;

@@ -258,9 +258,13 @@ impl Store {
         let certificate = CommitCertificate::decode(bytes)
             .map_err(|error| damage_at(height, format!("its certificate: {error}")))?;
         if !self.certificates.knows(height, &key) {
-            certificate
-                .verify(&self.chain_hash, &self.spec.members, height, &hash)
-                .map_err(|error| damage_at(height, format!("its certificate: {error}")))?;
+            self.verify_certificate(&certificate, height, &hash)
+                .map_err(|error| match error {
+                    StoreError::Chain(error) => {
+                        damage_at(height, format!("its certificate: {error}"))
+                    }
+                    other => other,
+                })?;
             self.certificates.remember(height, key);
         }
         Ok(certificate)
@@ -558,7 +562,8 @@ impl Store {
                     membership.advance_to(height);
                     CommitCertificate::decode(bytes.value())
                         .and_then(|certificate| {
-                            certificate.verify(&self.chain_hash, &membership.members, height, &hash)
+                            let domain = membership.signing_domain(&self.chain_hash);
+                            certificate.verify(&domain, &membership.members, height, &hash)
                         })
                         .map_err(|error| damage_at(height, format!("its certificate: {error}")))?;
                     membership

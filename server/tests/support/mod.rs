@@ -419,7 +419,10 @@ pub fn commit_batch(daemon: &Daemon, tag: &str, count: usize) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|answer| answer["id"].as_str().expect("accepted").to_owned())
+        .map(|answer| match answer["id"].as_str() {
+            Some(id) => id.to_owned(),
+            None => panic!("not accepted: {answer}"),
+        })
         .collect();
     for id in &ids {
         committed(daemon, id);

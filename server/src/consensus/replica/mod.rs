@@ -553,6 +553,11 @@ impl Replica {
         self.config.verifier.node_id(member)
     }
 
+    /// The index of the member whose node id is `id` in this replica's membership.
+    pub fn index_of(&self, id: &Hash) -> Option<MemberIndex> {
+        self.config.verifier.index_of(id)
+    }
+
     /// The number of voting members, n.
     pub fn members(&self) -> usize {
         self.config.verifier.len()

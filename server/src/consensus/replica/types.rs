@@ -136,12 +136,19 @@ impl Config {
         key: SigningKey,
         timing: Timing,
     ) -> Result<Config, NotAMember> {
+        Config::template(spec, key, timing).next_epoch(membership, base)
+    }
+
+    /// The settings of the node holding `key` in `spec`'s chain, in no membership yet:
+    /// [`Config::next_epoch`] places it in one (a driver keeps it to rebuild its
+    /// replica in whatever epoch its store is in).
+    pub fn template(spec: &ChainSpec, key: SigningKey, timing: Timing) -> Config {
         let genesis = Verifier::new(
             spec.chain_hash(),
             spec.genesis_block().hash(),
             &spec.members,
         );
-        let mut config = Config {
+        Config {
             verifier: genesis,
             members: spec.members.clone(),
             me: 0,
@@ -159,13 +166,11 @@ impl Config {
             reconfigurations: false,
             #[cfg(feature = "testing")]
             flaws: Flaws::default(),
-        };
-        config.enter(membership, base)?;
-        Ok(config)
+        }
     }
 
-    /// The configuration of this replica's node in `membership`, the epoch after
-    /// this one, whose ordering starts above `base` (the last block of this epoch);
+    /// The configuration of this node in `membership`, whose ordering starts above
+    /// `base` (genesis, or the last block of the epoch before), with these settings;
     /// `NotAMember` if the node has no vote in it.
     pub fn next_epoch(&self, membership: &Membership, base: &Header) -> Result<Config, NotAMember> {
         let mut config = self.clone();

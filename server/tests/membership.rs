@@ -1,0 +1,218 @@
+//! Membership changes through real `ledgerd` processes on loopback: the admin of a
+//! `ledgerd dev init` cluster removes a member, then the primary, while clients
+//! submit; no entry a node accepted is lost, the remaining members go on committing
+//! under each new membership (restarts included), and a removed member stops voting
+//! and says why. Every wait is bounded; every process is stopped.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// `ledgerctl members` of `daemon`.
+fn members(daemon: &Daemon) -> serde_json::Value {
+    let output = daemon.ctl(&["members"]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Has the admin of the layout under `dir` remove the member holding `public_key`,
+/// as an operator does: a change file for the epoch in force, signed, submitted.
+fn remove(daemon: &Daemon, dir: &Path, public_key: &str, name: &str) {
+    let file = dir.join(format!("{name}.json"));
+    let file = file.to_str().unwrap();
+    let (admin, genesis) = (dir.join("admin.key"), dir.join("genesis.toml"));
+    let steps: [Vec<&str>; 3] = [
+        vec![
+            "change", "new", "remove", "--key", public_key, "--out", file,
+        ],
+        vec![
+            "change",
+            "sign",
+            file,
+            "--key",
+            admin.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+        vec!["change", "submit", file],
+    ];
+    for step in steps {
+        let output = daemon.ctl(&step);
+        assert!(output.status.success(), "{step:?}: {}", text(&output));
+    }
+}
+
+/// Waits (bounded) until `daemon` has membership epoch `epoch` in force.
+fn epoch_in_force(daemon: &Daemon, epoch: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = members(daemon);
+        if view["epoch"].as_u64() == Some(epoch) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "epoch {epoch} never came: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Submits entries one by one through `urls` in turn until `stop`, at most `limit`;
+/// the ids the nodes accepted.
+fn load(urls: Vec<String>, stop: Arc<AtomicBool>, limit: usize) -> Vec<String> {
+    let mut accepted = Vec::new();
+    for i in 0..limit {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let url = &urls[i % urls.len()];
+        let body = serde_json::json!({ "data": format!("load {i}") }).to_string();
+        let (code, answer) = http("POST", &format!("{url}/v1/entries"), Some(&body));
+        if code == 202 {
+            accepted.push(answer["id"].as_str().unwrap().to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    accepted
+}
+
+#[test]
+fn members_are_removed_the_primary_too_while_clients_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 4);
+    checkpoint_every(&chain.join("genesis.toml"), 5);
+    let mut daemons = start_all(&configs, base);
+    let before = commit_batch(node(&daemons, 0), "before", 12);
+    let genesis = members(node(&daemons, 0));
+    assert_eq!(
+        (genesis["epoch"].as_u64(), genesis["quorum"].as_u64()),
+        (Some(0), Some(3))
+    );
+    let key = |view: &serde_json::Value, i: usize| -> String {
+        view["members"][i]["public_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Clients keep submitting through members 0 to 2 while member 3 goes, then one
+    // of them; what a node accepted must commit, whichever node took it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let urls = (0..3).map(|i| node(&daemons, i).url.clone()).collect();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || load(urls, stop, 1_500))
+    };
+    remove(node(&daemons, 0), &chain, &key(&genesis, 3), "remove-3");
+    let first = epoch_in_force(node(&daemons, 0), 1);
+    assert_eq!(first["members"].as_array().unwrap().len(), 3);
+    assert_eq!(first["quorum"].as_u64(), Some(2), "{first}");
+    // The same change again is a replay of epoch 0's: refused before it is ordered.
+    let replay = chain.join("remove-3.json");
+    let replay = node(&daemons, 0).ctl(&["change", "submit", replay.to_str().unwrap()]);
+    assert!(!replay.status.success());
+    assert!(
+        text(&replay).contains("epoch 1 is in force"),
+        "{}",
+        text(&replay)
+    );
+    // The removed member orders nothing more and says why; its process lives on.
+    let removed = node(&daemons, 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, answer) = http("GET", &format!("{}/readyz", removed.url), None);
+        if code == 503 && answer.to_string().contains("removed this node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        http("GET", &format!("{}/healthz", removed.url), None).0,
+        200
+    );
+    let during = commit_batch(node(&daemons, 2), "epoch one", 8);
+
+    // The primary of the new membership goes next, clients still submitting.
+    let status = status(node(&daemons, 0));
+    let primary = first["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m["node_id"] == status["primary"])
+        .expect("the primary is a member");
+    remove(
+        node(&daemons, 0),
+        &chain,
+        &key(&first, primary),
+        "remove-primary",
+    );
+    // Any member that stays can tell: the primary's own node stops ordering.
+    let stays = (0..3).find(|i| *i != primary).unwrap();
+    let stays = first["members"][stays]["node_id"].clone();
+    let by_id = |id: &serde_json::Value| -> usize {
+        (0..3)
+            .find(|i| status_of(&daemons, *i)["node_id"] == *id)
+            .expect("a running node")
+    };
+    let watcher = by_id(&stays);
+    let second = epoch_in_force(node(&daemons, watcher), 2);
+    assert_eq!(second["members"].as_array().unwrap().len(), 2);
+    stop.store(true, Ordering::Relaxed);
+    let loaded = loader.join().unwrap();
+    assert!(
+        loaded.len() >= 5,
+        "{} entries accepted under load",
+        loaded.len()
+    );
+
+    // The two left commit together, and go on after one of them restarts in the
+    // epoch its database is in.
+    let remaining: Vec<usize> = second["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| by_id(&m["node_id"]))
+        .collect();
+    let after = commit_batch(node(&daemons, remaining[0]), "epoch two", 8);
+    let restarted = remaining[1];
+    daemons[restarted].take().unwrap().stop();
+    daemons[restarted] = Some(Daemon::start(
+        &configs[restarted],
+        base + 2 * restarted as u16,
+    ));
+    let again = commit_batch(node(&daemons, restarted), "after restart", 8);
+    for id in before
+        .iter()
+        .chain(&during)
+        .chain(&loaded)
+        .chain(&after)
+        .chain(&again)
+    {
+        for &i in &remaining {
+            committed(node(&daemons, i), id);
+        }
+    }
+
+    // A removed member refuses to start as one, saying what to do.
+    let gone: Vec<usize> = (0..4).filter(|i| !remaining.contains(i)).collect();
+    for i in gone {
+        daemons[i].take().unwrap().stop();
+        let output = run(LEDGERD, &["run", "--config", configs[i].to_str().unwrap()]);
+        assert!(!output.status.success());
+        assert!(text(&output).contains("removed it"), "{}", text(&output));
+    }
+    stop_all(&mut daemons);
+}
+
+/// `/v1/status` of node `i`.
+fn status_of(daemons: &[Option<Daemon>], i: usize) -> serde_json::Value {
+    status(node(daemons, i))
+}
