@@ -725,16 +725,7 @@ impl Sim {
                     .collect();
                 for target in members {
                     for entry in &held {
-                        if let Some(delay) = self.delay(node, target) {
-                            self.schedule(
-                                self.now + delay,
-                                Event::Entry {
-                                    node: target,
-                                    entry: entry.clone(),
-                                    forwarded: true,
-                                },
-                            );
-                        }
+                        self.forward(node, target, entry);
                     }
                 }
             }
@@ -806,16 +797,7 @@ impl Sim {
             Output::CancelMining => self.nodes[node].mining_token += 1,
             Output::Forward { to, entry } => {
                 for target in self.members_at(node, to) {
-                    if let Some(delay) = self.delay(node, target) {
-                        self.schedule(
-                            self.now + delay,
-                            Event::Entry {
-                                node: target,
-                                entry: entry.clone(),
-                                forwarded: true,
-                            },
-                        );
-                    }
+                    self.forward(node, target, &entry);
                 }
             }
             Output::FetchBlock { height, hash } => {
@@ -872,6 +854,19 @@ impl Sim {
                 }
             }
             Output::Dropped { .. } => {}
+        }
+    }
+
+    /// Sends `entry` from `node` on to `target` over the network.
+    fn forward(&mut self, node: usize, target: usize, entry: &Entry) {
+        if let Some(delay) = self.delay(node, target) {
+            let entry = entry.clone();
+            let forwarded = Event::Entry {
+                node: target,
+                entry,
+                forwarded: true,
+            };
+            self.schedule(self.now + delay, forwarded);
         }
     }
 
