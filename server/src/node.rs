@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
 use crate::chain::Policy;
-use crate::chain::{Entry, Hash, Header, Membership, MembershipError, Reconfiguration};
+use crate::chain::{Entry, Hash, Header, MembershipError, Reconfiguration};
 use crate::consensus::MemberIndex;
 use crate::engine::{blocking, Alone, Cluster, Engine, Follower};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
@@ -288,7 +288,10 @@ impl Node {
     pub fn quorum_reach(&self, status: &EngineStatus) -> Option<(usize, usize)> {
         match self.engine {
             Engine::Cluster(_) => {
-                let members = &self.store.membership().members;
+                // The membership the driver's replica and transport are in: a change
+                // due at the next height is in force for them.
+                let membership = self.store.membership_in_force().ok()?;
+                let members = &membership.members;
                 // Observers (numbered after the members) count for no quorum.
                 let peers = status.peers.iter().take(members.len());
                 let reached = 1 + peers.filter(|p| p.connected()).count();
@@ -351,8 +354,10 @@ impl Node {
         }
         let spec = self.store.spec();
         let tip = self.store.tip().map_err(SubmitError::Store)?;
-        let mut now = Membership::clone(&self.store.membership());
-        now.advance_to(tip.height + 1);
+        let now = self
+            .store
+            .membership_in_force()
+            .map_err(SubmitError::Store)?;
         now.check(spec, change)?;
         let entry = change.to_entry();
         let mut next = now.clone();

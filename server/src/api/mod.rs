@@ -1070,7 +1070,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         store.failure().is_some(),
         store.damage().is_some(),
     );
-    let membership = store.membership();
+    // A change due at the next height is in force for the replica and transport.
+    let membership = store
+        .membership_in_force()
+        .unwrap_or_else(|_| crate::chain::Membership::clone(&store.membership()));
     let metrics = node.metrics();
     let count = |value: usize| value as u64;
     metrics.members.store(

@@ -710,7 +710,12 @@ impl Driver {
             };
             let mut held = self.replica.pending_entries();
             held.append(&mut self.held);
+            let epoch = self.replica.epoch();
             self.replica = replica;
+            // A failure at an epoch's end leaves the switch to the rebuilt replica.
+            if self.replica.epoch() != epoch {
+                self.reconfigure_transport(None);
+            }
             // What the old replica decided but could not make durable was never
             // sent; the rebuilt one decides afresh.
             self.persist.clear();
@@ -993,14 +998,8 @@ impl Driver {
             return Ok(());
         };
         self.replica = replica;
+        self.reconfigure_transport(Some(&before));
         let membership = Arc::clone(self.replica.membership());
-        let observers = observers(&membership, Some(&before));
-        self.transport.reconfigure(
-            &membership.members,
-            &observers,
-            self.replica.me(),
-            peers(&membership, &observers, self.replica.me()),
-        );
         tracing::info!(
             epoch = membership.epoch,
             since = membership.since,
@@ -1019,14 +1018,37 @@ impl Driver {
         Ok(())
     }
 
+    /// Points the transport at the replica's membership (`before` is the one it
+    /// replaced, whose removed members still observe; read from the store if not
+    /// given).
+    fn reconfigure_transport(&self, before: Option<&Membership>) {
+        let membership = Arc::clone(self.replica.membership());
+        let stored;
+        let before = match before {
+            Some(before) => Some(before),
+            None if membership.since > 1 => {
+                stored = self.store.membership_at(membership.since - 1).ok();
+                stored.as_ref()
+            }
+            None => None,
+        };
+        let observers = observers(&membership, before);
+        self.transport.reconfigure(
+            &membership.members,
+            &observers,
+            self.replica.me(),
+            peers(&membership, &observers, self.replica.me()),
+        );
+    }
+
     /// A membership change removed this node: it hands the entries it `held` to the
     /// members that stay (clients were told they were accepted), orders nothing
     /// more, and says so in its log, its status and `/readyz`.
     fn removed(&mut self, held: Vec<Entry>) {
         self.cancel_mining();
         let mut membership = Membership::clone(&self.store.membership());
-        if let Ok(tip) = self.store.tip() {
-            membership.advance_to(tip.height + 1);
+        if let Ok(in_force) = self.store.membership_in_force() {
+            membership = in_force;
         }
         // Through this epoch's connections: the members that stay take this node as
         // an observer, whose forwarded entries they take.

@@ -69,6 +69,16 @@ impl Roster {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Roster::keys(members, observers);
     }
 
+    /// How many keys are on the roster, members and observers.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether the roster is empty (never, for a valid chain).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The index of `key` (a member's, or an observer's after them), if it is on the
     /// roster.
     pub fn index_of(&self, key: &[u8; 32]) -> Option<MemberIndex> {

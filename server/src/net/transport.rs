@@ -155,6 +155,15 @@ impl Shared {
         inbound.get(usize::from(member)).cloned()
     }
 
+    /// The index of `key` on the roster now and its connection generation, read
+    /// together (a reconfiguration between the handshake and here renumbers peers).
+    fn admit(&self, key: &[u8; 32]) -> Option<(MemberIndex, Arc<watch::Sender<u64>>)> {
+        let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let member = self.roster.index_of(key)?;
+        let generation = inbound.get(usize::from(member)).cloned()?;
+        Some((member, generation))
+    }
+
     fn hello(&self) -> Hello {
         self.hello
             .read()
@@ -217,13 +226,7 @@ impl Transport {
         config: TransportConfig,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TlsError> {
         let (server, client) = configs(&config.key, &config.roster)?;
-        let members = config
-            .peers
-            .iter()
-            .map(|(member, _)| usize::from(*member) + 1)
-            .chain([usize::from(config.hello.member) + 1])
-            .max()
-            .unwrap_or(0);
+        let members = config.roster.len();
         let shared = Arc::new(Shared {
             peers: Mutex::new(vec![PeerState::default(); members]),
             inbound: Mutex::new(generations(members)),
@@ -296,7 +299,6 @@ impl Transport {
         me: MemberIndex,
         peers: Vec<(MemberIndex, String)>,
     ) {
-        self.shared.roster.set(members, observers);
         self.shared
             .hello
             .write()
@@ -304,14 +306,17 @@ impl Transport {
             .member = me;
         let n = members.len() + observers.len();
         *self.shared.peers() = vec![PeerState::default(); n];
-        let old = std::mem::replace(
-            &mut *self
+        // Roster and connection generations change together: a connection looks
+        // its index up under the same lock (`Shared::admit`).
+        let old = {
+            let mut inbound = self
                 .shared
                 .inbound
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            generations(n),
-        );
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.roster.set(members, observers);
+            std::mem::replace(&mut *inbound, generations(n))
+        };
         for generation in old {
             generation.send_modify(|g| *g += 1);
         }
@@ -424,9 +429,8 @@ async fn serve(
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(certificate_key);
-        let member = key
-            .and_then(|key| shared.roster.index_of(&key))
-            .ok_or(LinkError::NotMember)?;
+        let key = key.ok_or(LinkError::NotMember)?;
+        let member = shared.roster.index_of(&key).ok_or(LinkError::NotMember)?;
         let theirs = exchange_hellos(&mut tls, &shared.hello()).await;
         let theirs = match theirs {
             Ok(theirs) => theirs,
@@ -435,9 +439,9 @@ async fn serve(
                 return Err(error);
             }
         };
-        Ok::<_, LinkError>((tls, member, theirs))
+        Ok::<_, LinkError>((tls, key, member, theirs))
     };
-    let (mut tls, from, theirs) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let (mut tls, key, from, theirs) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| LinkError::Timeout)??;
     if tls.get_ref().1.alpn_protocol() == Some(requests::ALPN) {
@@ -449,7 +453,7 @@ async fn serve(
         };
         return requests::serve(&mut tls, from, &shared.answer).await;
     }
-    let Some(generation) = shared.generation(from) else {
+    let Some((from, generation)) = shared.admit(&key) else {
         return Err(LinkError::NotMember);
     };
     let mut mine = 0;

@@ -838,6 +838,14 @@ impl Store {
         Arc::clone(&self.membership.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The membership that orders the block after the tip: [`Store::membership`] with
+    /// a change due there put in force.
+    pub fn membership_in_force(&self) -> Result<Membership, StoreError> {
+        let mut membership = Membership::clone(&self.membership());
+        membership.advance_to(self.tip()?.height + 1);
+        Ok(membership)
+    }
+
     /// Checks `certificate` for the block `hash` at `height` against the membership
     /// that certifies that height, under its epoch's signing domain.
     pub fn verify_certificate(
