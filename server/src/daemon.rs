@@ -534,7 +534,7 @@ async fn start_cluster(
     let public = key.verifying_key();
     // The membership in force after the tip, a change due at the next height
     // included: the genesis members until a change came into force.
-    let membership = store.membership_in_force()?;
+    let membership = store.membership_in_force();
     let members = membership.members.as_slice();
     let Some(me) = members
         .iter()

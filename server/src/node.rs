@@ -290,7 +290,7 @@ impl Node {
             Engine::Cluster(_) => {
                 // The membership the driver's replica and transport are in: a change
                 // due at the next height is in force for them.
-                let membership = self.store.membership_in_force().ok()?;
+                let membership = self.store.membership_in_force();
                 let members = &membership.members;
                 // Observers (numbered after the members) count for no quorum.
                 let peers = status.peers.iter().take(members.len());
@@ -354,10 +354,7 @@ impl Node {
         }
         let spec = self.store.spec();
         let tip = self.store.tip().map_err(SubmitError::Store)?;
-        let now = self
-            .store
-            .membership_in_force()
-            .map_err(SubmitError::Store)?;
+        let now = self.store.membership_in_force();
         now.check(spec, change)?;
         let entry = change.to_entry();
         let mut next = now.clone();

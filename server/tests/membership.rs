@@ -223,3 +223,52 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
 fn status_of(daemons: &[Option<Daemon>], i: usize) -> serde_json::Value {
     status(node(daemons, i))
 }
+
+/// Six members shrunk to five by a change (f = 1, q = 4 in force): with one member
+/// down they commit, with two down nothing commits (an entry waits, accepted), and
+/// once one is back the entry commits.
+#[test]
+fn five_members_left_by_a_change_need_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 6);
+    checkpoint_every(&chain.join("genesis.toml"), 5);
+    let mut daemons = start_all(&configs, base);
+    commit_batch(node(&daemons, 0), "six", 4);
+    let genesis = members(node(&daemons, 0));
+    let key = genesis["members"][5]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    remove(node(&daemons, 0), &chain, &key, "remove-5");
+    let five = epoch_in_force(node(&daemons, 0), 1);
+    assert_eq!(five["members"].as_array().unwrap().len(), 5, "{five}");
+    assert_eq!(
+        (five["f"].as_u64(), five["quorum"].as_u64()),
+        (Some(1), Some(4))
+    );
+    daemons[5].take().unwrap().stop();
+
+    daemons[4].take().unwrap().stop();
+    commit_batch(node(&daemons, 0), "one down", 4);
+
+    daemons[3].take().unwrap().stop();
+    let url = format!(
+        "{}/v1/entries?wait=commit&timeout_ms=3000",
+        node(&daemons, 0).url
+    );
+    let (code, answer) = http("POST", &url, Some(r#"{"data":"two down"}"#));
+    assert_eq!(code, 202, "three of five members cannot commit: {answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let (code, ready) = http("GET", &format!("{}/readyz", node(&daemons, 0).url), None);
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.to_string().contains("of the 4 a quorum needs"),
+        "{ready}"
+    );
+
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    committed(node(&daemons, 0), &id);
+    committed(node(&daemons, 3), &id);
+    stop_all(&mut daemons);
+}

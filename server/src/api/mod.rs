@@ -782,7 +782,8 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
     };
     let store = node.store();
     let spec = store.spec();
-    let membership = store.membership();
+    let mut membership = crate::chain::Membership::clone(&store.membership());
+    membership.advance_to(tip.height + 1);
     let members = membership.members.as_slice();
     let not_ready = node.readiness_reason();
     let engine = node.status();
@@ -859,7 +860,7 @@ fn member_views(
 async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
     use crate::chain::Change;
     let store = node.store();
-    let membership = store.membership();
+    let membership = store.membership_in_force();
     let engine = node.status();
     let key = |key: &ed25519_dalek::VerifyingKey| hex::encode(key.as_bytes());
     Json(MembersView {
@@ -1071,9 +1072,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         store.damage().is_some(),
     );
     // A change due at the next height is in force for the replica and transport.
-    let membership = store
-        .membership_in_force()
-        .unwrap_or_else(|_| crate::chain::Membership::clone(&store.membership()));
+    let membership = store.membership_in_force();
     let metrics = node.metrics();
     let count = |value: usize| value as u64;
     metrics.members.store(

@@ -1046,10 +1046,7 @@ impl Driver {
     /// more, and says so in its log, its status and `/readyz`.
     fn removed(&mut self, held: Vec<Entry>) {
         self.cancel_mining();
-        let mut membership = Membership::clone(&self.store.membership());
-        if let Ok(in_force) = self.store.membership_in_force() {
-            membership = in_force;
-        }
+        let membership = self.store.membership_in_force();
         // Through this epoch's connections: the members that stay take this node as
         // an observer, whose forwarded entries they take.
         let staying: Vec<MemberIndex> = membership

@@ -840,10 +840,13 @@ impl Store {
 
     /// The membership that orders the block after the tip: [`Store::membership`] with
     /// a change due there put in force.
-    pub fn membership_in_force(&self) -> Result<Membership, StoreError> {
+    pub fn membership_in_force(&self) -> Membership {
         let mut membership = Membership::clone(&self.membership());
-        membership.advance_to(self.tip()?.height + 1);
-        Ok(membership)
+        let tip = self.last_tip().or_else(|| self.tip().ok());
+        if let Some(tip) = tip {
+            membership.advance_to(tip.height + 1);
+        }
+        membership
     }
 
     /// Checks `certificate` for the block `hash` at `height` against the membership
