@@ -400,3 +400,79 @@ async fn a_request_to_a_member_without_request_connections_fails_at_once() {
     assert!(started.elapsed() < LIMIT, "it did not wait out its timeout");
     old_member.abort();
 }
+
+/// A membership change: members 1 to 3 move to a roster without member 0, which
+/// they keep as an observer, numbered after them. Each is known by its key under
+/// its new index; broadcasts reach the new members only; the observer's frames
+/// still arrive, under its observer index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconfigured_transport_renumbers_members_and_hears_an_observer() {
+    let mut cluster = Cluster::new(4).await;
+    let mut nodes: Vec<_> = (0..4).map(|m| cluster.start(m)).collect();
+    until("every link up", || {
+        nodes
+            .iter()
+            .all(|(t, _)| t.peers().iter().filter(|p| p.connected()).count() == 3)
+    })
+    .await;
+    let all = cluster.spec.members.as_slice();
+    let members = ledger::chain::Members::new(all[1..].to_vec()).expect("members");
+    let observer = all[0].clone();
+    // Old member m is new member m - 1; the observer (old 0) is number 3.
+    let renumbered = |old: usize| if old == 0 { 3 } else { old - 1 };
+    for (old, (transport, _)) in nodes.iter().enumerate().skip(1) {
+        let peers = (0..4)
+            .filter(|other| *other != old)
+            .map(|other| {
+                (
+                    renumbered(other) as MemberIndex,
+                    cluster.addrs[other].clone(),
+                )
+            })
+            .collect();
+        transport.reconfigure(
+            &members,
+            std::slice::from_ref(&observer),
+            renumbered(old) as MemberIndex,
+            peers,
+        );
+    }
+    until("the new members linked", || {
+        nodes[1..]
+            .iter()
+            .all(|(t, _)| t.peers().iter().take(3).filter(|p| p.connected()).count() == 2)
+    })
+    .await;
+
+    // A broadcast of new member 0 (old 1) reaches new members 1 and 2, not the
+    // observer.
+    let deadline = Instant::now() + LIMIT;
+    while !nodes[1]
+        .0
+        .broadcast(Arc::from(b"epoch one".to_vec()))
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "queues stayed full");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for old in [2, 3] {
+        assert_eq!(receive_from(&mut nodes[old].1, 0).await, b"epoch one");
+    }
+    nothing_from(&mut nodes[0].1, 1, Duration::from_millis(500)).await;
+
+    // The observer, still on the old roster, sends to old member 1, which hears it
+    // under the observer's number (sent again until it does: its link was closed by
+    // the change and comes back).
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let _ = nodes[0].0.send(1, Arc::from(b"from the observer".to_vec()));
+        let wait = tokio::time::timeout(Duration::from_millis(300), nodes[1].1.recv()).await;
+        if let Ok(Some(frame)) = wait {
+            if frame.from == 3 {
+                assert_eq!(frame.frame, b"from the observer");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the observer was never heard");
+    }
+}
