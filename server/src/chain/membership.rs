@@ -378,9 +378,9 @@ pub enum MembershipError {
     /// More members and learners than a chain takes.
     #[error("a chain takes at most {0} members and learners")]
     TooMany(usize),
-    /// Replicas of this build cannot switch to a new membership yet, so they order no
-    /// change (a block holding one is refused by every member).
-    #[error("this build cannot yet put a membership change in force, so it orders none")]
+    /// A replica configured not to order membership changes (one whose driver
+    /// cannot switch epochs) refuses a block holding one.
+    #[error("this replica orders no membership changes")]
     NotOrdered,
     /// A block at a height another epoch orders than the replica's.
     #[error(

@@ -105,10 +105,9 @@ pub struct Config {
     /// The membership epoch this replica orders: it accepts and cuts no block at a
     /// height another epoch orders.
     pub epoch: u64,
-    /// Whether the replica orders membership changes. Off in nodes until their
-    /// drivers can switch to the next epoch's replica (docs/ARCHITECTURE.md,
-    /// "Membership changes"): a replica orders nothing past its epoch, so a node
-    /// that could not switch would stop there.
+    /// Whether the replica orders membership changes: only under a driver that
+    /// switches to the next epoch's replica (docs/ARCHITECTURE.md, "Membership
+    /// changes"), as a replica orders nothing past its epoch. Off by default.
     pub reconfigurations: bool,
     /// Deliberate breaks (tests only).
     #[cfg(feature = "testing")]
