@@ -561,13 +561,7 @@ async fn start_cluster(
             member.node_id
         );
     }
-    // The members the change that started this epoch removed may still be catching
-    // up to it.
-    let before = match membership.since {
-        0 | 1 => None,
-        since => Some(store.membership_at(since - 1)?),
-    };
-    let observers = crate::engine::observers(&membership, before.as_ref());
+    let observers = crate::engine::observers(store, &membership)?;
     let peers = crate::engine::peers(&membership, &observers, me);
     let hello = member_hello(spec, usize::from(me), plugins.fingerprint_line());
     hello

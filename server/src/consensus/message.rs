@@ -281,30 +281,15 @@ impl Verifier {
         base_height: u64,
         base_hash: Hash,
     ) -> Verifier {
-        Verifier {
-            domain: membership.signing_domain(chain_hash),
-            base: (base_height, base_hash),
-            keys: membership
-                .members
-                .as_slice()
-                .iter()
-                .map(|m| m.public_key)
-                .collect(),
-            node_ids: membership
-                .members
-                .as_slice()
-                .iter()
-                .map(|m| m.node_id)
-                .collect(),
-            quorum: membership.members.quorum(),
-            memo: self.memo.clone(),
-            checked: self.checked.clone(),
-        }
-    }
-
-    /// The height of the checkpoint this membership's ordering starts from.
-    pub fn base_height(&self) -> u64 {
-        self.base.0
+        let mut verifier = Verifier::new(
+            membership.signing_domain(chain_hash),
+            base_hash,
+            &membership.members,
+        );
+        verifier.base = (base_height, base_hash);
+        verifier.memo = self.memo.clone();
+        verifier.checked = self.checked.clone();
+        verifier
     }
 
     /// Signatures verified on the curve so far by this verifier and its clones (for

@@ -511,12 +511,16 @@ fn resume(store: &Store, template: &Config) -> Result<Option<Replica>, StoreErro
     ))
 }
 
-/// Who a member of `membership` talks to besides the members: its learners, and
-/// the members the change that started it removed (`before` is the membership it
-/// replaced), which fetch the blocks that tell them so.
-pub fn observers(membership: &Membership, before: Option<&Membership>) -> Vec<Member> {
+/// Who a member of `membership`, in force in `store`, talks to besides the members:
+/// its learners, and the members the change that started it removed (read from the
+/// membership before it), which fetch the blocks that tell them so.
+pub fn observers(store: &Store, membership: &Membership) -> Result<Vec<Member>, StoreError> {
+    let before = match membership.since {
+        0 | 1 => None,
+        since => Some(store.membership_at(since - 1)?),
+    };
     let removed = before
-        .into_iter()
+        .iter()
         .flat_map(|before| before.members.as_slice())
         .filter(|member| membership.members.key_of(&member.node_id).is_none())
         .filter(|member| {
@@ -525,7 +529,7 @@ pub fn observers(membership: &Membership, before: Option<&Membership>) -> Vec<Me
                 .iter()
                 .any(|l| l.node_id == member.node_id)
         });
-    membership.learners.iter().chain(removed).cloned().collect()
+    Ok(membership.learners.iter().chain(removed).cloned().collect())
 }
 
 /// The other members of `membership` that have a peer address, by member index,
@@ -697,9 +701,7 @@ impl Driver {
             let replica = match resume(&self.store, &self.config) {
                 Ok(Some(replica)) => replica,
                 Ok(None) => {
-                    let mut held = self.replica.pending_entries();
-                    held.append(&mut self.held);
-                    self.removed(held);
+                    self.removed();
                     self.depart(queue);
                     return false;
                 }
@@ -714,7 +716,7 @@ impl Driver {
             self.replica = replica;
             // A failure at an epoch's end leaves the switch to the rebuilt replica.
             if self.replica.epoch() != epoch {
-                self.reconfigure_transport(None);
+                self.reconfigure_transport();
             }
             // What the old replica decided but could not make durable was never
             // sent; the rebuilt one decides afresh.
@@ -990,15 +992,13 @@ impl Driver {
     /// change removed stops ordering.
     fn switch_epoch(&mut self) -> Result<(), StoreError> {
         self.cancel_mining();
-        let mut held = self.replica.pending_entries();
-        let before = Arc::clone(self.replica.membership());
         let Some(replica) = resume(&self.store, &self.config)? else {
-            held.append(&mut self.held);
-            self.removed(held);
+            self.removed();
             return Ok(());
         };
+        let mut held = self.replica.pending_entries();
         self.replica = replica;
-        self.reconfigure_transport(Some(&before));
+        self.reconfigure_transport();
         let membership = Arc::clone(self.replica.membership());
         tracing::info!(
             epoch = membership.epoch,
@@ -1018,21 +1018,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Points the transport at the replica's membership (`before` is the one it
-    /// replaced, whose removed members still observe; read from the store if not
-    /// given).
-    fn reconfigure_transport(&self, before: Option<&Membership>) {
+    /// Points the transport at the replica's membership.
+    fn reconfigure_transport(&self) {
         let membership = Arc::clone(self.replica.membership());
-        let stored;
-        let before = match before {
-            Some(before) => Some(before),
-            None if membership.since > 1 => {
-                stored = self.store.membership_at(membership.since - 1).ok();
-                stored.as_ref()
-            }
-            None => None,
-        };
-        let observers = observers(&membership, before);
+        // Unread, the members the last change removed are left out: they catch up
+        // no further than their removal, and learners still observe.
+        let observers =
+            observers(&self.store, &membership).unwrap_or_else(|_| membership.learners.clone());
         self.transport.reconfigure(
             &membership.members,
             &observers,
@@ -1041,11 +1033,13 @@ impl Driver {
         );
     }
 
-    /// A membership change removed this node: it hands the entries it `held` to the
+    /// A membership change removed this node: it hands the entries it held to the
     /// members that stay (clients were told they were accepted), orders nothing
     /// more, and says so in its log, its status and `/readyz`.
-    fn removed(&mut self, held: Vec<Entry>) {
+    fn removed(&mut self) {
         self.cancel_mining();
+        let mut held = self.replica.pending_entries();
+        held.append(&mut self.held);
         let membership = self.store.membership_in_force();
         // Through this epoch's connections: the members that stay take this node as
         // an observer, whose forwarded entries they take.
