@@ -533,28 +533,6 @@ pub fn write_node_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> 
     .map_err(io(&mark))
 }
 
-/// A genesis file with the default limits and no admins.
-pub fn genesis_file(
-    chain_id: &str,
-    timestamp_ms: u64,
-    difficulty: u32,
-    members: Vec<GenesisMember>,
-) -> GenesisFile {
-    use crate::chain::genesis as defaults;
-    GenesisFile {
-        chain_id: chain_id.to_owned(),
-        timestamp_ms,
-        difficulty,
-        max_entry_bytes: defaults::default_max_entry_bytes(),
-        max_block_entries: defaults::default_max_block_entries(),
-        max_future_drift_ms: defaults::default_max_future_drift_ms(),
-        checkpoint_interval: defaults::default_checkpoint_interval(),
-        admins: Vec::new(),
-        admin_threshold: None,
-        members,
-    }
-}
-
 /// One `--member` of `ledgerd genesis`: a public key in hex, then optionally
 /// `,p2p=HOST:PORT` and `,api=HOST:PORT`.
 pub fn member_arg(text: &str) -> Result<GenesisMember, String> {
@@ -702,7 +680,7 @@ pub fn lay_out(
     let genesis = GenesisFile {
         admins: vec![hex::encode(admin.verifying_key().as_bytes())],
         admin_threshold: Some(1),
-        ..genesis_file("ledger-dev", 1_767_225_600_000, difficulty, members)
+        ..GenesisFile::new("ledger-dev", 1_767_225_600_000, difficulty, members)
     };
     // Validate before writing, so a bad layout never reaches disk as a genesis file.
     let spec = ChainSpec::from_file(genesis).map_err(|error| invalid(&genesis_path, error))?;

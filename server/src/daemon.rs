@@ -353,7 +353,7 @@ fn join_config(
         .iter()
         .position(|member| member.public_key == public)
         .filter(|_| !config.follower);
-    let credentials = crate::http::Credentials::upstream(&config.upstream)?;
+    let credentials = crate::http::upstream(&config.upstream)?;
     // A key that never voted has nothing to learn about its own votes.
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     let (sources, requester, probe) = match me {
@@ -763,7 +763,7 @@ pub async fn run(
     // The engine is chosen once, here, for the node's whole life.
     let mut transport = None;
     let node = if config.follower {
-        let credentials = crate::http::Credentials::upstream(&config.upstream)?;
+        let credentials = crate::http::upstream(&config.upstream)?;
         let sources = api_sources(store.spec(), &key.verifying_key(), &credentials)?;
         if sources.is_empty() {
             bail!(

@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`chain`]: entries, block headers, their canonical byte encodings, the genesis
-//!   derivation, the RFC 9162 Merkle log and block validation. Pure: no IO, no clock.
+//!   derivation, the RFC 9162 Merkle log and block validation (the `ledger-chain`
+//!   crate, shared with clients). Pure: no IO, no clock.
 //! - [`pow`]: the proof-of-work miner (SHA-256 midstate, every core, cancellable). Pure CPU.
 //! - [`storage`]: the redb database behind one [`storage::Store`] type; one write
 //!   transaction per applied block.
@@ -37,8 +38,9 @@
 //! fixed-width except where a length prefix says otherwise.
 
 pub mod api;
+#[doc(inline)]
+pub use ledger_chain as chain;
 pub mod backup;
-pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod consensus;

@@ -130,6 +130,22 @@ fn submit_wait_verify_and_refuse_tampering() {
         .join("genesis.toml");
     let refused = verify(&receipt_file, &other_genesis);
     assert!(!refused.status.success());
+    // `submit` and `get` check what they print when given the genesis.
+    let genesis_arg = genesis.to_str().unwrap();
+    let checked = daemon.ctl(&["submit", "checked as it lands", "--genesis", genesis_arg]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(text(&checked).contains("\"receipt\""), "{}", text(&checked));
+    assert!(daemon
+        .ctl(&["get", &id, "--genesis", genesis_arg])
+        .status
+        .success());
+    let foreign = daemon.ctl(&["get", &id, "--genesis", other_genesis.to_str().unwrap()]);
+    assert!(!foreign.status.success());
+    assert!(
+        text(&foreign).contains("does not verify"),
+        "{}",
+        text(&foreign)
+    );
 
     // A signed entry.
     let key = dir.path().join("author.key");

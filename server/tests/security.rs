@@ -50,39 +50,6 @@ impl Authority {
     }
 }
 
-/// `ledgerd token new --role ROLE --name NAME --out DIR/NAME.token`: the config lines
-/// it prints.
-fn new_token(dir: &Path, role: &str, name: &str) -> String {
-    let out = dir.join(format!("{name}.token"));
-    let made = run(
-        LEDGERD,
-        &[
-            "token",
-            "new",
-            "--role",
-            role,
-            "--name",
-            name,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(made.status.success(), "{}", text(&made));
-    let lines = String::from_utf8(made.stdout).unwrap();
-    let secret = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        !lines.contains(secret.trim()),
-        "the config lines hold the secret"
-    );
-    lines
-}
-
-fn append(config: &Path, text: &str) {
-    let mut settings = std::fs::read_to_string(config).unwrap();
-    settings.push_str(text);
-    std::fs::write(config, settings).unwrap();
-}
-
 fn refused_with(output: &std::process::Output, words: &str) -> bool {
     !output.status.success() && text(output).contains(words)
 }

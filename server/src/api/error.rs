@@ -3,20 +3,12 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 
 use crate::node::{ProposeError, SubmitError};
 use crate::snapshots::SnapshotServeError;
 use crate::storage::StoreError;
 
-/// The JSON body of every error response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// A stable machine-readable code.
-    pub error: String,
-    /// What went wrong, for people.
-    pub message: String,
-}
+pub use ledger_client::types::ErrorBody;
 
 /// An error a handler returns; rendered as [`ErrorBody`] with a fitting status.
 #[derive(Debug)]

@@ -6,7 +6,8 @@ mod error;
 pub mod serve;
 pub mod starting;
 pub mod tls;
-pub mod types;
+#[doc(inline)]
+pub use ledger_client::types;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use ledger::api::types::{EntryView, ReceiptView, StatusView, SubmitRequest};
-use ledger::api::ErrorBody;
-use ledger::chain::{ChainSpec, Change, Entry, Hash, MembershipError, Receipt, Reconfiguration};
+use ledger::api::types::Accepted;
+use ledger::chain::{ChainSpec, Change, Entry, Hash, MembershipError, Reconfiguration};
 use ledger::config;
+use ledger_client::{Client, Verifier};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -67,6 +67,13 @@ enum Command {
         /// Wait for the commit and print the receipt.
         #[arg(long)]
         wait: bool,
+        /// Longest wait for the commit, seconds (at most 300).
+        #[arg(long, default_value_t = 30, requires = "wait")]
+        timeout: u64,
+        /// Check the receipt against this genesis file before printing it (implies
+        /// --wait); exit non-zero with the reason if it does not prove the entry.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
         /// Sign as the author with this key file (see `keygen`).
         #[arg(long)]
         key: Option<PathBuf>,
@@ -75,6 +82,10 @@ enum Command {
     Get {
         /// Entry id (hex).
         id: String,
+        /// Check the receipt and the data against this genesis file before printing
+        /// them; exit non-zero with the reason if they do not verify.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
     },
     /// List blocks.
     Blocks {
@@ -230,9 +241,7 @@ fn write_change(path: &PathBuf, change: &Reconfiguration, create: bool) -> anyho
 }
 
 fn read_genesis(path: &PathBuf) -> anyhow::Result<ChainSpec> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    ChainSpec::from_toml(&text).with_context(|| path.display().to_string())
+    Ok(Verifier::from_genesis_file(path)?.spec().clone())
 }
 
 fn public_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
@@ -255,9 +264,7 @@ fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
             };
             let epoch = match epoch {
                 Some(epoch) => epoch,
-                None => client.get("/v1/members")?["epoch"]
-                    .as_u64()
-                    .context("/v1/members holds no epoch")?,
+                None => client.members()?.epoch,
             };
             let change = match change {
                 NewChange::AddLearner { key, p2p, api } => Change::AddLearner {
@@ -308,13 +315,11 @@ fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
         }
         ChangeCommand::Submit { file } => {
             let change = read_change(&file)?;
-            let body = serde_json::json!({ "reconfiguration": hex::encode(change.encode()) });
-            let answer = client.post("/v1/admin/reconfigurations", &body)?;
+            let answer = client.propose_change(&change)?;
             out(&format!(
                 "submitted {} (entry {}): in force from the block after the first \
                  checkpoint at or above its block; `ledgerctl members` shows it",
-                change.change,
-                answer["id"].as_str().unwrap_or("?")
+                change.change, answer.id
             ))
         }
         ChangeCommand::Show { file, genesis } => {
@@ -356,78 +361,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// A small HTTP client that turns non-2xx answers into the server's error message.
-struct Client {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(base: &str, credentials: &ledger::http::Credentials) -> anyhow::Result<Client> {
-        // Longer than the longest wait for a commit.
-        let agent = credentials.agent(Duration::from_secs(330))?;
-        let base = credentials.base_url(base)?;
-        Ok(Client { base, agent })
-    }
-
-    fn answer(
-        &self,
-        what: &str,
-        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> anyhow::Result<Value> {
-        let mut response =
-            response.with_context(|| format!("{what}: cannot reach {}", self.base))?;
-        let status = response.status();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("{what}: reading the answer"))?;
-        if !status.is_success() {
-            match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(error) => bail!("{what}: {status} {}: {}", error.error, error.message),
-                Err(_) => bail!("{what}: {status}: {text}"),
-            }
-        }
-        serde_json::from_str(&text).with_context(|| format!("{what}: the answer is not JSON"))
-    }
-
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        self.answer(&format!("GET {path}"), self.agent.get(&url).call())
-    }
-
-    /// A probe's answer: its text when 2xx.
-    fn probe(&self, path: &str) -> anyhow::Result<String> {
-        let url = format!("{}{path}", self.base);
-        let mut response = self
-            .agent
-            .get(&url)
-            .config()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .call()
-            .with_context(|| format!("GET {path}: cannot reach {}", self.base))?;
-        let status = response.status();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if !status.is_success() {
-            match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(error) => bail!("GET {path}: {status} {}: {}", error.error, error.message),
-                Err(_) => bail!("GET {path}: {status}: {}", text.trim()),
-            }
-        }
-        Ok(text.trim().to_owned())
-    }
-
-    fn post(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        self.answer(
-            &format!("POST {path}"),
-            self.agent.post(&url).send_json(body),
-        )
-    }
-}
-
-fn print(value: &Value) -> anyhow::Result<()> {
+fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
     out(&serde_json::to_string_pretty(value)?)
 }
 
@@ -465,11 +399,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         token,
     };
     let client = Client::new(&node, &credentials)?;
+    let verifier = |genesis: Option<PathBuf>| genesis.map(Verifier::from_genesis_file).transpose();
     match cli.command {
         Command::Submit {
             data,
             file,
             wait,
+            timeout,
+            genesis,
             key,
         } => {
             let data = match (data, file) {
@@ -481,34 +418,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => {
                     let key = config::read_key(&path)?;
                     // Authors sign for one chain: ask the node which.
-                    let status: StatusView = serde_json::from_value(client.get("/v1/status")?)?;
-                    let chain_hash: Hash = status.chain_hash.parse()?;
+                    let chain_hash: Hash = client.status()?.chain_hash.parse()?;
                     Entry::signed(data, &key, &chain_hash)
                 }
                 None => Entry::new(data),
             };
-            let path = if wait {
-                "/v1/entries?wait=commit"
-            } else {
-                "/v1/entries"
-            };
-            print(&client.post(path, &SubmitRequest::from_entry(&entry))?)
+            let timeout = Duration::from_secs(timeout);
+            match verifier(genesis)? {
+                Some(verifier) => {
+                    let answer = match client.submit_wait(&entry, timeout)? {
+                        ledger_client::Submitted::Committed(view) => view,
+                        ledger_client::Submitted::Pending(_) => {
+                            bail!(ledger_client::Error::NotCommitted { id: entry.id() })
+                        }
+                    };
+                    verifier.committed(&answer, &entry)?;
+                    print(&answer)
+                }
+                None if wait => print(&client.submit_wait(&entry, timeout)?),
+                None => print(&Accepted {
+                    id: client.submit(&entry)?.to_hex(),
+                }),
+            }
         }
-        Command::Get { id } => print(&client.get(&format!("/v1/entries/{id}"))?),
-        Command::Blocks { from, limit } => {
-            print(&client.get(&format!("/v1/blocks?from={from}&limit={limit}"))?)
+        Command::Get { id, genesis } => {
+            let id: Hash = id
+                .parse()
+                .with_context(|| format!("{id:?} is not an entry id (64 hex characters)"))?;
+            let answer = client.get(&id)?;
+            if let Some(verifier) = verifier(genesis)? {
+                verifier.entry(&answer)?;
+            }
+            print(&answer)
         }
-        Command::Status => print(&client.get("/v1/status")?),
-        Command::Members => print(&client.get("/v1/members")?),
-        Command::Health { ready } => out(&client.probe(match ready {
-            true => "/readyz",
-            false => "/healthz",
-        })?),
+        Command::Blocks { from, limit } => print(&client.blocks(from, limit)?),
+        Command::Status => print(&client.status()?),
+        Command::Members => print(&client.members()?),
+        Command::Health { ready } => out(&client.probe(ready)?),
         Command::Verify { receipt, genesis } => {
-            let spec = read_genesis(&genesis)?;
+            let verifier = Verifier::from_genesis_file(&genesis)?;
             let saved: Value = serde_json::from_slice(&read_input(&receipt)?)
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
-            out(&verify(&saved, &spec)?)
+            let receipt = verifier.answer(&saved)?.receipt;
+            out(&format!(
+                "ok: entry {} is leaf {} of {} under block {} at height {}, committed by {} \
+                 of {} members",
+                receipt.entry_id,
+                receipt.log_index,
+                receipt.header.log_size,
+                receipt.header.hash(),
+                receipt.header.height,
+                receipt.certificate.signatures.len(),
+                verifier.spec().members.len()
+            ))
         }
         Command::Change(command) => change(&client, command),
         Command::Completions { shell } => {
@@ -523,66 +485,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out(&hex::encode(key.verifying_key().as_bytes()))
         }
     }
-}
-
-/// Checks a saved answer: the receipt proves its entry under a certified header of
-/// the chain `spec` and, when the answer carries the entry's data, that the data is
-/// the entry the receipt names.
-fn verify(saved: &Value, spec: &ChainSpec) -> anyhow::Result<String> {
-    let receipt_json = saved
-        .get("receipt")
-        .cloned()
-        .unwrap_or_else(|| saved.clone());
-    let view: ReceiptView =
-        serde_json::from_value(receipt_json).context("no receipt in the file")?;
-    let receipt = Receipt::try_from(&view).context("receipt is malformed")?;
-    // What the answer says beside the receipt must be what the receipt proves.
-    let claims = [
-        ("id", Value::from(receipt.entry_id.to_hex())),
-        ("height", Value::from(receipt.header.height)),
-        ("log_index", Value::from(receipt.log_index)),
-        ("block_hash", Value::from(receipt.header.hash().to_hex())),
-    ];
-    for (field, proven) in claims {
-        if let Some(claimed) = saved.get(field).filter(|_| saved.get("receipt").is_some()) {
-            if *claimed != proven {
-                bail!("the answer's {field} is {claimed} but its receipt proves {proven}");
-            }
-        }
-    }
-    if saved.get("data").is_some() || saved.get("data_b64").is_some() {
-        let entry: EntryView =
-            serde_json::from_value(saved.clone()).context("entry is malformed")?;
-        let request = SubmitRequest {
-            data: entry.data,
-            data_b64: entry.data_b64,
-            author: entry.author,
-            sig: entry.sig,
-        };
-        let entry = request
-            .into_entry()
-            .map_err(anyhow::Error::msg)
-            .context("entry is malformed")?;
-        if entry.id() != receipt.entry_id {
-            bail!(
-                "the entry's data hashes to {}, not to the receipt's entry {}",
-                entry.id(),
-                receipt.entry_id
-            );
-        }
-        entry
-            .verify(&spec.chain_hash(), spec.params.max_entry_bytes)
-            .context("entry")?;
-    }
-    receipt.verify(spec).context("receipt does not verify")?;
-    Ok(format!(
-        "ok: entry {} is leaf {} of {} under block {} at height {}, committed by {} of {} members",
-        receipt.entry_id,
-        receipt.log_index,
-        receipt.header.log_size,
-        receipt.header.hash(),
-        receipt.header.height,
-        receipt.certificate.signatures.len(),
-        spec.members.len()
-    ))
 }

@@ -404,7 +404,12 @@ fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
             .try_into()
             .context("the clock is beyond the year 500 million")?,
     };
-    let base = config::genesis_file(&args.chain_id, timestamp_ms, args.difficulty, args.members);
+    let base = ledger::chain::GenesisFile::new(
+        &args.chain_id,
+        timestamp_ms,
+        args.difficulty,
+        args.members,
+    );
     let majority = u32::try_from(args.admins.len() / 2 + 1).unwrap_or(u32::MAX);
     let file = ledger::chain::GenesisFile {
         admin_threshold: match args.admins.is_empty() {
@@ -567,7 +572,7 @@ fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 }
                 // Held by a running node: through its API.
                 Err(stopped) => {
-                    let credentials = ledger::http::Credentials::upstream(&config.upstream)?;
+                    let credentials = ledger::http::upstream(&config.upstream)?;
                     let url = credentials.base_url(&local_address(config.api_listen))?;
                     let agent = credentials.agent(std::time::Duration::from_secs(60))?;
                     backup::save_from_api(&spec, &url, agent, &mut file).with_context(|| {

@@ -54,22 +54,7 @@ fn default_budget_ms() -> u64 {
     10
 }
 
-/// What identifies a plugin build: members must run the same set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Fingerprint {
-    /// The name the plugin gives itself.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// SHA-256 of the library file, hex.
-    pub sha256: String,
-}
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}", self.name, self.version, self.sha256)
-    }
-}
+pub use ledger_client::types::Fingerprint;
 
 /// Why a plugin could not be loaded; each names the file.
 #[derive(Debug, thiserror::Error)]

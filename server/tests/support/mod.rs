@@ -454,3 +454,37 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
+
+/// `ledgerd token new --role ROLE --name NAME --out DIR/NAME.token`: the config lines
+/// it prints.
+pub fn new_token(dir: &Path, role: &str, name: &str) -> String {
+    let out = dir.join(format!("{name}.token"));
+    let made = run(
+        LEDGERD,
+        &[
+            "token",
+            "new",
+            "--role",
+            role,
+            "--name",
+            name,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let lines = String::from_utf8(made.stdout).unwrap();
+    let secret = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !lines.contains(secret.trim()),
+        "the config lines hold the secret"
+    );
+    lines
+}
+
+/// Appends `text` to a config file.
+pub fn append(config: &Path, text: &str) {
+    let mut settings = std::fs::read_to_string(config).unwrap();
+    settings.push_str(text);
+    std::fs::write(config, settings).unwrap();
+}

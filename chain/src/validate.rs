@@ -164,8 +164,8 @@ pub fn validate_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{Entry, Hash};
     use crate::testing::{entries, key, next_block, spec};
+    use crate::{Entry, Hash};
 
     struct NoneKnown;
     impl EntryIndex for NoneKnown {
@@ -209,10 +209,7 @@ mod tests {
     /// Re-mines `block` after a header change, so only the intended rule fails.
     fn remined(mut block: Block, change: impl FnOnce(&mut Header)) -> Block {
         change(&mut block.header);
-        let template = crate::pow::Template::new(&block.header);
-        block.header.nonce = (0..)
-            .find(|&nonce| template.hash(nonce).leading_zero_bits() >= block.header.difficulty)
-            .unwrap_or_default();
+        crate::testing::mine(&mut block.header);
         block
     }
 

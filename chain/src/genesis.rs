@@ -58,6 +58,29 @@ pub struct GenesisFile {
     pub members: Vec<GenesisMember>,
 }
 
+impl GenesisFile {
+    /// A genesis file with the default limits and no admins.
+    pub fn new(
+        chain_id: &str,
+        timestamp_ms: u64,
+        difficulty: u32,
+        members: Vec<GenesisMember>,
+    ) -> GenesisFile {
+        GenesisFile {
+            chain_id: chain_id.to_owned(),
+            timestamp_ms,
+            difficulty,
+            max_entry_bytes: default_max_entry_bytes(),
+            max_block_entries: default_max_block_entries(),
+            max_future_drift_ms: default_max_future_drift_ms(),
+            checkpoint_interval: default_checkpoint_interval(),
+            admins: Vec::new(),
+            admin_threshold: None,
+            members,
+        }
+    }
+}
+
 /// One member in the genesis file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

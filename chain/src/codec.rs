@@ -6,14 +6,14 @@
 use super::{ChainError, Hash};
 
 /// A cursor over untrusted bytes.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     bytes: &'a [u8],
     what: &'static str,
 }
 
 impl<'a> Reader<'a> {
     /// Reads `bytes`, naming them `what` in errors.
-    pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
+    pub fn new(bytes: &'a [u8], what: &'static str) -> Self {
         Reader { bytes, what }
     }
 
@@ -25,7 +25,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `len` bytes.
-    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], ChainError> {
+    pub fn take(&mut self, len: usize) -> Result<&'a [u8], ChainError> {
         if self.bytes.len() < len {
             return Err(self.malformed("truncated"));
         }
@@ -34,40 +34,46 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ChainError> {
+    /// The next `N` bytes.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ChainError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, ChainError> {
+    /// The next byte.
+    pub fn u8(&mut self) -> Result<u8, ChainError> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, ChainError> {
+    /// The next big-endian `u16`.
+    pub fn u16(&mut self) -> Result<u16, ChainError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, ChainError> {
+    /// The next big-endian `u32`.
+    pub fn u32(&mut self) -> Result<u32, ChainError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, ChainError> {
+    /// The next big-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, ChainError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn hash(&mut self) -> Result<Hash, ChainError> {
+    /// The next 32 bytes, as a hash.
+    pub fn hash(&mut self) -> Result<Hash, ChainError> {
         Ok(Hash(self.array()?))
     }
 
     /// Bytes not read yet.
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.bytes.len()
     }
 
     /// Fails unless every byte was consumed: trailing bytes would make two encodings
     /// of one value, and canonical means one.
-    pub(crate) fn finish(self) -> Result<(), ChainError> {
+    pub fn finish(self) -> Result<(), ChainError> {
         if self.bytes.is_empty() {
             Ok(())
         } else {

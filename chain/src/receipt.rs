@@ -57,30 +57,10 @@ impl Receipt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::merkle::{inclusion_proof, MemoryLog};
-    use crate::chain::CompactRange;
-    use crate::testing::{certify, entries, key, next_block, spec};
+    use crate::testing::key;
 
     fn receipt() -> (ChainSpec, Receipt) {
-        let keys: Vec<_> = (1..=4).map(key).collect();
-        let spec = spec(&keys, 6);
-        let block = next_block(
-            &spec.genesis_block().header,
-            &CompactRange::new(),
-            entries(1, 5, 30),
-            6,
-        );
-        let mut log = MemoryLog::new();
-        for id in block.entry_ids() {
-            log.push(id.as_bytes());
-        }
-        let receipt = Receipt {
-            entry_id: block.entries[3].id(),
-            log_index: 3,
-            header: block.header,
-            inclusion_proof: inclusion_proof(&log, 3, 5).unwrap(),
-            certificate: certify(&keys[..3], &block),
-        };
+        let (spec, _, receipt) = crate::testing::receipt(3);
         (spec, receipt)
     }
 

@@ -1,12 +1,10 @@
-//! JSON shapes of the API (field names from DESIGN.md). Hashes, keys and signatures
-//! are lowercase hex. `ledgerctl` parses the same types it receives.
+//! JSON shapes of the API. Hashes, keys and signatures are lowercase hex. The node
+//! answers with these types and the client parses the same ones.
 
-pub use crate::plugin_host::Fingerprint;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use crate::chain::{
+use ledger_chain::{
     to_hex, Author, ChainError, CommitCertificate, CommitSignature, Entry, EntryKind, Hash, Header,
     Receipt,
 };
@@ -30,6 +28,7 @@ pub struct SubmitRequest {
     pub sig: Option<String>,
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for SubmitRequest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{
@@ -82,7 +81,8 @@ impl utoipa::PartialSchema for SubmitRequest {
     }
 }
 
-impl ToSchema for SubmitRequest {}
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for SubmitRequest {}
 
 /// Standard base64 that also takes non-canonical trailing bits, as the documented
 /// pattern does: the entry id covers the decoded bytes, so nothing depends on them.
@@ -153,7 +153,8 @@ fn data_fields(data: &[u8]) -> (Option<String>, Option<String>) {
 
 /// A membership change for `POST /v1/admin/reconfigurations`: the change file
 /// `ledgerctl change new` writes and the admins sign.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeRequest {
     /// The signed change's canonical encoding, hex (docs/FORMAT.md, "Reconfiguration").
     pub reconfiguration: String,
@@ -166,7 +167,8 @@ pub struct ChangeRequest {
 }
 
 /// `202` answer to a membership change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeAccepted {
     /// The id of the entry that carries it.
     pub id: String,
@@ -177,14 +179,16 @@ pub struct ChangeAccepted {
 }
 
 /// `202` answer to a submit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
     /// The entry id.
     pub id: String,
 }
 
 /// `?wait=commit` answer, and one item of a batch answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommittedView {
     /// The entry id.
     pub id: String,
@@ -197,7 +201,8 @@ pub struct CommittedView {
 }
 
 /// A header as JSON; `hash` is computed, the rest are the header's fields.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeaderView {
     /// Height.
     pub height: u64,
@@ -239,7 +244,8 @@ impl From<&Header> for HeaderView {
 }
 
 /// A block as JSON: its header's fields and its entry ids.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlockView {
     /// The header.
     #[serde(flatten)]
@@ -249,7 +255,8 @@ pub struct BlockView {
 }
 
 /// One commit signature.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignatureView {
     /// Signer's node id.
     pub node_id: String,
@@ -258,7 +265,8 @@ pub struct SignatureView {
 }
 
 /// A commit certificate as JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateView {
     /// The view of the commits.
     pub view: u64,
@@ -312,7 +320,8 @@ impl TryFrom<&CertificateView> for CommitCertificate {
 
 /// A receipt as JSON. `header_hex` is the canonical header; verifiers use it, and
 /// `header` is its readable copy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReceiptView {
     /// The entry id.
     pub entry_id: String,
@@ -352,7 +361,7 @@ impl TryFrom<&ReceiptView> for Receipt {
     fn try_from(view: &ReceiptView) -> Result<Receipt, ChainError> {
         let bytes = hex::decode(&view.header_hex).map_err(|_| ChainError::BadHex {
             what: "header_hex",
-            expected_bytes: crate::chain::HEADER_LEN,
+            expected_bytes: ledger_chain::HEADER_LEN,
         })?;
         let header = Header::decode(&bytes)?;
         if HeaderView::from(&header) != view.header || view.log_size != header.log_size {
@@ -376,7 +385,8 @@ impl TryFrom<&ReceiptView> for Receipt {
 }
 
 /// `GET /v1/entries/{id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntryView {
     /// The entry id.
     pub id: String,
@@ -439,7 +449,8 @@ impl EntryView {
 }
 
 /// `GET /v1/proofs/consistency`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyView {
     /// Old log size.
     pub from: u64,
@@ -455,7 +466,8 @@ pub struct ConsistencyView {
 
 /// The membership in force, the nodes that follow it, and a change on its way
 /// (`/v1/members`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembersView {
     /// Changes in force since genesis.
     pub epoch: u64,
@@ -476,7 +488,8 @@ pub struct MembersView {
 }
 
 /// A learner in `/v1/members`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LearnerView {
     /// Node id.
     pub node_id: String,
@@ -489,7 +502,8 @@ pub struct LearnerView {
 }
 
 /// A membership change on its way.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PendingChangeView {
     /// `add_learner`, `promote` or `remove`.
     pub kind: String,
@@ -504,7 +518,8 @@ pub struct PendingChangeView {
 }
 
 /// The genesis admins.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminsView {
     /// Their ed25519 public keys.
     pub keys: Vec<String>,
@@ -513,7 +528,8 @@ pub struct AdminsView {
 }
 
 /// A member in `/v1/status` and `/v1/members`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberView {
     /// Node id.
     pub node_id: String,
@@ -533,7 +549,8 @@ pub struct MemberView {
 }
 
 /// The settings a node runs with, as `/v1/status` shows them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SettingsView {
     /// Most entries per block (at most the genesis limit).
     pub max_block_entries: usize,
@@ -546,7 +563,8 @@ pub struct SettingsView {
 }
 
 /// `GET /v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusView {
     /// This node's id.
     pub node_id: String,
@@ -603,8 +621,37 @@ pub struct StatusView {
     pub not_ready: Option<String>,
 }
 
+/// The JSON body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// A stable machine-readable code.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// What identifies a plugin build: members must run the same set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Fingerprint {
+    /// The name the plugin gives itself.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// SHA-256 of the library file, hex.
+    pub sha256: String,
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.name, self.version, self.sha256)
+    }
+}
+
 /// `POST /mine` answer: the block it produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MinedView {
     /// The new block's header.
     #[serde(flatten)]
@@ -613,7 +660,8 @@ pub struct MinedView {
 
 /// `GET /v1/snapshots/latest` and `/v1/snapshots/{height}`: a snapshot's manifest
 /// (docs/FORMAT.md, "Snapshot") with the figures a joiner plans its transfer by.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotView {
     /// The height the snapshot is taken at.
     pub height: u64,

@@ -1,12 +1,16 @@
-//! The chain: entries, headers, blocks, genesis, the Merkle log and validation. Pure:
-//! no IO, no clock, no randomness; time arrives as an argument.
+//! The ledger's chain: entries, headers, blocks, genesis, commit certificates, the
+//! RFC 9162 Merkle log, receipts, snapshots' manifests, membership and validation.
+//! Pure: no IO, no clock, no randomness; time arrives as an argument.
+//!
+//! The node (`ledger`) and its clients (`ledger-client`) share it, so a receipt is
+//! checked by the same code that built it. Byte formats are in `docs/FORMAT.md`.
 
 mod block;
 mod certificate;
-pub(crate) mod codec;
+pub mod codec;
 mod entry;
 mod error;
-pub(crate) mod genesis;
+mod genesis;
 mod hash;
 mod header;
 pub mod membership;
@@ -14,6 +18,9 @@ pub mod merkle;
 mod receipt;
 pub mod snapshot;
 mod validate;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use block::Block;
 pub use certificate::{commit_digest, CommitCertificate, CommitSignature};

@@ -412,9 +412,9 @@ fn largest_power_of_two_below(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::merkle::MemoryLog;
-    use crate::chain::CompactRange;
+    use crate::merkle::MemoryLog;
     use crate::testing::{certify, entries, key, next_block, spec};
+    use crate::CompactRange;
 
     fn ids(count: u64) -> Vec<Hash> {
         (0..count).map(|i| Hash::digest(&i.to_be_bytes())).collect()
@@ -451,7 +451,7 @@ mod tests {
 
     /// A chain of four members and `blocks` blocks of 7 entries, and the manifest of
     /// its tip in tiles of 16 ids, with `recent` headers below it.
-    fn chain_manifest(blocks: usize, recent: usize) -> (crate::chain::ChainSpec, Manifest) {
+    fn chain_manifest(blocks: usize, recent: usize) -> (crate::ChainSpec, Manifest) {
         let keys: Vec<_> = (1..=4).map(key).collect();
         let spec = spec(&keys, 1);
         let mut headers = vec![spec.genesis_block().header];

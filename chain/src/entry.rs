@@ -144,7 +144,8 @@ impl Entry {
         Ok(entry)
     }
 
-    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Entry, ChainError> {
+    /// Reads one entry from `reader`, leaving what follows it.
+    pub fn read(reader: &mut Reader<'_>) -> Result<Entry, ChainError> {
         let version = reader.u8()?;
         if version != ENTRY_VERSION {
             return Err(ChainError::UnsupportedVersion {

@@ -62,7 +62,8 @@ impl Header {
         Ok(header)
     }
 
-    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Header, ChainError> {
+    /// Reads one header from `reader`, leaving what follows it.
+    pub fn read(reader: &mut Reader<'_>) -> Result<Header, ChainError> {
         let version = reader.u32()?;
         if version != HEADER_VERSION {
             return Err(ChainError::UnsupportedVersion {

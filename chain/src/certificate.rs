@@ -150,8 +150,8 @@ impl CommitCertificate {
 
 #[cfg(test)]
 mod tests {
-    use crate::chain::CompactRange;
     use crate::testing::{certify, entries, key, next_block, spec};
+    use crate::CompactRange;
 
     /// A certificate a ledgerd before the quorum fix made at n = 5 (2f + 1 = 3
     /// signatures) is refused with the reason, not as an unexplained shortfall.
