@@ -173,6 +173,16 @@ pub enum ChainError {
     /// A Merkle proof that does not verify.
     #[error("Merkle proof does not verify: {0}")]
     Proof(&'static str),
+    /// A membership proof's change `index` (from 0) does not hold.
+    #[error("membership change {index} of the proof (block {height}): {reason}")]
+    MembershipProof {
+        /// Which change, from 0.
+        index: usize,
+        /// The height of the block that holds it.
+        height: u64,
+        /// What is wrong with it.
+        reason: Box<ChainError>,
+    },
 }
 
 /// Why a genesis file cannot define a chain.

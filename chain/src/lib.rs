@@ -13,6 +13,7 @@ mod error;
 mod genesis;
 mod hash;
 mod header;
+mod history;
 pub mod membership;
 pub mod merkle;
 mod receipt;
@@ -31,6 +32,7 @@ pub use genesis::{
 };
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
+pub use history::{ChangeProof, MembershipHistory};
 pub use membership::{epoch_domain, Change, Membership, MembershipError, Reconfiguration};
 pub use merkle::CompactRange;
 pub use receipt::Receipt;

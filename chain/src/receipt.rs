@@ -1,7 +1,7 @@
 //! Receipts: what a client needs to check an entry offline, trusting only the genesis.
 
 use super::merkle::{leaf_hash, verify_inclusion};
-use super::{ChainError, ChainSpec, CommitCertificate, Hash, Header};
+use super::{ChainError, ChainSpec, CommitCertificate, Hash, Header, Membership};
 
 /// An entry's proof of commitment: its place in the log under a header, and the
 /// header's commit certificate.
@@ -22,8 +22,19 @@ pub struct Receipt {
 impl Receipt {
     /// Checks everything a receipt claims against the chain `spec` alone: the header
     /// belongs to the chain and meets its own proof of work, the entry is in its log,
-    /// and a quorum of members committed it.
+    /// and a quorum of the genesis members committed it. A receipt certified after a
+    /// membership change needs [`Receipt::verify_in`].
     pub fn verify(&self, spec: &ChainSpec) -> Result<(), ChainError> {
+        self.verify_under(spec, &Membership::genesis(spec))
+    }
+
+    /// [`Receipt::verify`] with the certificate checked against `membership`, in its
+    /// epoch's signing domain.
+    pub fn verify_under(
+        &self,
+        spec: &ChainSpec,
+        membership: &Membership,
+    ) -> Result<(), ChainError> {
         let chain_hash = spec.chain_hash();
         if self.header.chain_hash != chain_hash {
             return Err(ChainError::WrongChain {
@@ -46,8 +57,8 @@ impl Receipt {
             &self.header.log_root,
         )?;
         self.certificate.verify(
-            &chain_hash,
-            &spec.members,
+            &membership.signing_domain(&chain_hash),
+            &membership.members,
             self.header.height,
             &self.header.hash(),
         )

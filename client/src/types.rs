@@ -5,8 +5,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use ledger_chain::{
-    to_hex, Author, ChainError, CommitCertificate, CommitSignature, Entry, EntryKind, Hash, Header,
-    Receipt,
+    to_hex, Author, ChainError, ChangeProof, CommitCertificate, CommitSignature, Entry, EntryKind,
+    Hash, Header, Receipt,
 };
 
 /// `POST /v1/entries` body: exactly one of `data` and `data_b64`; `author` and `sig`
@@ -198,6 +198,11 @@ pub struct CommittedView {
     pub block_hash: String,
     /// Proof of the commitment.
     pub receipt: ReceiptView,
+    /// The membership changes ordered before its block, each with its receipt:
+    /// how a client that trusts only the genesis file learns who certified it.
+    /// Absent while the membership is the genesis one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub membership_proof: Vec<ChangeProofView>,
 }
 
 /// A header as JSON; `hash` is computed, the rest are the header's fields.
@@ -384,6 +389,46 @@ impl TryFrom<&ReceiptView> for Receipt {
     }
 }
 
+/// A membership change and the receipt of the entry that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangeProofView {
+    /// The signed change's canonical encoding, hex (the entry's data).
+    pub reconfiguration: String,
+    /// What it does, for people; the encoding is what counts.
+    pub description: String,
+    /// The receipt of its entry.
+    pub receipt: ReceiptView,
+}
+
+impl From<&ChangeProof> for ChangeProofView {
+    fn from(proof: &ChangeProof) -> ChangeProofView {
+        let description = ledger_chain::Reconfiguration::decode(&proof.entry.data)
+            .map(|reconfiguration| reconfiguration.change.to_string())
+            .unwrap_or_default();
+        ChangeProofView {
+            reconfiguration: to_hex(&proof.entry.data),
+            description,
+            receipt: ReceiptView::from(&proof.receipt),
+        }
+    }
+}
+
+impl TryFrom<&ChangeProofView> for ChangeProof {
+    type Error = ChainError;
+
+    fn try_from(view: &ChangeProofView) -> Result<ChangeProof, ChainError> {
+        let data = hex::decode(&view.reconfiguration).map_err(|_| ChainError::Malformed {
+            what: "membership proof",
+            reason: "a reconfiguration is not hex",
+        })?;
+        Ok(ChangeProof {
+            entry: Entry::reconfiguration(data),
+            receipt: Receipt::try_from(&view.receipt)?,
+        })
+    }
+}
+
 /// `GET /v1/entries/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -413,6 +458,9 @@ pub struct EntryView {
     /// Proof, once committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ReceiptView>,
+    /// The membership changes ordered before its block (see [`CommittedView`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub membership_proof: Vec<ChangeProofView>,
 }
 
 impl EntryView {
@@ -428,6 +476,7 @@ impl EntryView {
             height: None,
             log_index: None,
             receipt: None,
+            membership_proof: Vec::new(),
         }
     }
 
@@ -444,6 +493,7 @@ impl EntryView {
             height: Some(receipt.header.height),
             log_index: Some(receipt.log_index),
             receipt: Some(ReceiptView::from(receipt)),
+            membership_proof: Vec::new(),
         }
     }
 }
@@ -485,6 +535,10 @@ pub struct MembersView {
     pub pending: Option<PendingChangeView>,
     /// Who may change the membership; absent, it is fixed at genesis.
     pub admins: Option<AdminsView>,
+    /// Every change ordered since genesis with its receipt, in block order: what a
+    /// client checks the membership in force against, trusting only the genesis.
+    #[serde(default)]
+    pub changes: Vec<ChangeProofView>,
 }
 
 /// A learner in `/v1/members`.

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use ledger_chain::{ChainError, ChainSpec, Entry, Hash, Receipt};
+use ledger_chain::{ChainError, ChainSpec, ChangeProof, Entry, Hash, MembershipHistory, Receipt};
 use serde_json::Value;
 
-use crate::types::{CommittedView, EntryView, ReceiptView, SubmitRequest};
+use crate::types::{ChangeProofView, CommittedView, EntryView, ReceiptView, SubmitRequest};
 
 /// Why an answer does not prove what it claims.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,9 @@ pub enum VerifyError {
     /// The entry is not valid on this chain (its author's signature, its size).
     #[error("the entry does not verify: {0}")]
     Entry(ChainError),
+    /// The membership proof beside the receipt does not hold.
+    #[error("the membership proof does not hold: {0}")]
+    Membership(ChainError),
     /// The receipt does not prove its entry under a certified header of the chain.
     #[error("the receipt does not verify: {0}")]
     Receipt(ChainError),
@@ -124,11 +127,15 @@ impl Verifier {
         &self.spec
     }
 
-    /// Parses `view` and checks it proves its entry under a certified header.
-    pub fn receipt(&self, view: &ReceiptView) -> Result<Receipt, VerifyError> {
-        let receipt = Receipt::try_from(view).map_err(VerifyError::MalformedReceipt)?;
-        receipt.verify(&self.spec).map_err(VerifyError::Receipt)?;
-        Ok(receipt)
+    /// The memberships the `changes` establish from genesis, each change checked
+    /// (its receipt certified by the members before it, its admin signatures).
+    pub fn history(&self, changes: &[ChangeProofView]) -> Result<MembershipHistory, VerifyError> {
+        let changes = changes
+            .iter()
+            .map(ChangeProof::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VerifyError::Membership)?;
+        MembershipHistory::verify(&self.spec, &changes).map_err(VerifyError::Membership)
     }
 
     /// Checks an answer of `GET /v1/entries/{id}`: committed, its receipt verifies,
@@ -146,6 +153,7 @@ impl Verifier {
             log_index: view.log_index.map(|index| index.to_string()),
             block_hash: None,
         };
+        let history = self.history(&view.membership_proof)?;
         let data = SubmitRequest {
             data: view.data.clone(),
             data_b64: view.data_b64.clone(),
@@ -156,7 +164,7 @@ impl Verifier {
             true => Some(data.into_entry().map_err(VerifyError::MalformedEntry)?),
             false => None,
         };
-        self.check(receipt, &claims, entry)
+        self.check(receipt, &claims, entry, &history)
     }
 
     /// Checks the answer to submitting `entry` with `wait=commit`: its receipt
@@ -168,16 +176,19 @@ impl Verifier {
             log_index: None,
             block_hash: Some(view.block_hash.clone()),
         };
-        self.check(&view.receipt, &claims, Some(entry.clone()))
+        let history = self.history(&view.membership_proof)?;
+        self.check(&view.receipt, &claims, Some(entry.clone()), &history)
     }
 
-    /// Checks a saved answer as `ledgerctl verify` reads it: a bare receipt, an
-    /// entry with its receipt (`get`), or a commit (`submit --wait`).
+    /// Checks a saved answer as `ledgerctl verify` reads it: a bare receipt (of a
+    /// block the genesis members certified), an entry with its receipt (`get`), or a
+    /// commit (`submit --wait`), each with the membership proof it carries.
     pub fn answer(&self, saved: &Value) -> Result<Verified, VerifyError> {
         let Some(receipt) = saved.get("receipt") else {
             let view: ReceiptView = serde_json::from_value(saved.clone())
                 .map_err(|error| VerifyError::NoReceipt(error.to_string()))?;
-            return self.check(&view, &Claims::default(), None);
+            let genesis = MembershipHistory::genesis(&self.spec);
+            return self.check(&view, &Claims::default(), None, &genesis);
         };
         if receipt.is_null() {
             return Err(VerifyError::NoReceipt("its receipt is null".into()));
@@ -189,13 +200,23 @@ impl Verifier {
         }
         let view: ReceiptView = serde_json::from_value(receipt.clone())
             .map_err(|error| VerifyError::NoReceipt(error.to_string()))?;
+        let changes: Vec<ChangeProofView> = match saved.get("membership_proof") {
+            None => Vec::new(),
+            Some(changes) => serde_json::from_value(changes.clone()).map_err(|_| {
+                VerifyError::Membership(ChainError::Malformed {
+                    what: "membership proof",
+                    reason: "not a list of changes",
+                })
+            })?,
+        };
+        let history = self.history(&changes)?;
         let claims = Claims {
             id: saved.get("id").map(text),
             height: saved.get("height").map(text),
             log_index: saved.get("log_index").map(text),
             block_hash: saved.get("block_hash").map(text),
         };
-        self.check(&view, &claims, None)
+        self.check(&view, &claims, None, &history)
     }
 
     fn check(
@@ -203,6 +224,7 @@ impl Verifier {
         view: &ReceiptView,
         claims: &Claims,
         entry: Option<Entry>,
+        history: &MembershipHistory,
     ) -> Result<Verified, VerifyError> {
         let receipt = Receipt::try_from(view).map_err(VerifyError::MalformedReceipt)?;
         let proven = [
@@ -243,7 +265,9 @@ impl Verifier {
                 .verify(&self.spec.chain_hash(), self.spec.params.max_entry_bytes)
                 .map_err(VerifyError::Entry)?;
         }
-        receipt.verify(&self.spec).map_err(VerifyError::Receipt)?;
+        receipt
+            .verify_in(&self.spec, history)
+            .map_err(VerifyError::Receipt)?;
         Ok(Verified { receipt, entry })
     }
 }

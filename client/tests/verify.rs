@@ -18,6 +18,7 @@ fn commit_view(receipt: &Receipt) -> CommittedView {
         height: receipt.header.height,
         block_hash: receipt.header.hash().to_hex(),
         receipt: ReceiptView::from(receipt),
+        membership_proof: Vec::new(),
     }
 }
 

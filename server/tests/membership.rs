@@ -195,6 +195,8 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
             committed(node(&daemons, i), id);
         }
     }
+    receipts_carry_the_changes(node(&daemons, remaining[0]), &chain, dir.path());
+
     let restarted = remaining[1];
     daemons[restarted].take().unwrap().stop();
     daemons[restarted] = Some(Daemon::start(
@@ -271,4 +273,47 @@ fn five_members_left_by_a_change_need_four() {
     committed(node(&daemons, 0), &id);
     committed(node(&daemons, 3), &id);
     stop_all(&mut daemons);
+}
+
+/// A receipt from two changes past genesis carries both: it verifies from the genesis
+/// file alone (with `ledgerctl verify` and the typed client), and not with a change
+/// left out, nor without them.
+fn receipts_carry_the_changes(daemon: &Daemon, chain: &Path, scratch: &Path) {
+    let genesis = chain.join("genesis.toml");
+    let proven = daemon.ctl(&["submit", "proven across two changes", "--wait"]);
+    assert!(proven.status.success(), "{}", text(&proven));
+    let answer: serde_json::Value = serde_json::from_slice(&proven.stdout).unwrap();
+    assert_eq!(
+        answer["membership_proof"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+    let saved = scratch.join("epoch-two.json");
+    let check = |value: &serde_json::Value| {
+        std::fs::write(&saved, value.to_string()).unwrap();
+        verify(&saved, &genesis)
+    };
+    let verified = check(&answer);
+    assert!(verified.status.success(), "{}", text(&verified));
+    let mut partial = answer.clone();
+    partial["membership_proof"].as_array_mut().unwrap().pop();
+    let mut stripped = answer.clone();
+    stripped.as_object_mut().unwrap().remove("membership_proof");
+    for refused in [check(&partial), check(&stripped)] {
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused).contains("does not verify"),
+            "{}",
+            text(&refused)
+        );
+    }
+
+    let client = ledger_client::Client::new(&daemon.url, &Default::default()).unwrap();
+    let verifier = ledger_client::Verifier::from_genesis_file(&genesis).unwrap();
+    let id = answer["id"].as_str().unwrap().parse().unwrap();
+    client.get_verified(&id, &verifier).unwrap();
+    let members = client.members().unwrap();
+    let history = verifier.history(&members.changes).unwrap();
+    assert_eq!(history.latest().epoch, 2);
+    assert_eq!(history.latest().members.len(), members.members.len());
 }

@@ -25,12 +25,12 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 use types::{
-    Accepted, AdminsView, BlockView, ChangeAccepted, ChangeRequest, CommittedView, ConsistencyView,
-    EntryView, HeaderView, LearnerView, MemberView, MembersView, MinedView, PendingChangeView,
-    ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
+    Accepted, AdminsView, BlockView, ChangeAccepted, ChangeProofView, ChangeRequest, CommittedView,
+    ConsistencyView, EntryView, HeaderView, LearnerView, MemberView, MembersView, MinedView,
+    PendingChangeView, ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
 };
 
-use crate::chain::{Block, Hash, Receipt};
+use crate::chain::{Block, Hash};
 use crate::node::Node;
 use crate::storage::{Store, StoreError};
 
@@ -407,16 +407,35 @@ async fn submit(
             return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response())
         }
     };
-    Ok(Json(committed_view(&receipt)).into_response())
-}
-
-fn committed_view(receipt: &Receipt) -> CommittedView {
-    CommittedView {
+    let membership_proof = membership_proof(&node, receipt.header.height).await?;
+    Ok(Json(CommittedView {
         id: receipt.entry_id.to_hex(),
         height: receipt.header.height,
         block_hash: receipt.header.hash().to_hex(),
-        receipt: ReceiptView::from(receipt),
+        receipt: ReceiptView::from(&receipt),
+        membership_proof,
+    })
+    .into_response())
+}
+
+/// The membership changes a client needs beside a receipt of the block at `height`:
+/// those ordered below it. None, and no read, while the genesis members order.
+async fn membership_proof(node: &Arc<Node>, height: u64) -> Result<Vec<ChangeProofView>, ApiError> {
+    let membership = node.store().membership();
+    let changed = membership.epoch > 0
+        || membership
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.height < height);
+    if !changed {
+        return Ok(Vec::new());
     }
+    let changes = read(node, |store| store.membership_changes()).await?;
+    Ok(changes
+        .iter()
+        .filter(|change| change.receipt.header.height < height)
+        .map(ChangeProofView::from)
+        .collect())
 }
 
 /// One item of a batch answer: `id` when accepted (status 202), or the error a single
@@ -517,7 +536,10 @@ async fn get_entry(
     let id = parse_hash(&id)?;
     let found = read(&node, move |store| store.entry_with_receipt(&id)).await?;
     match found {
-        Some((entry, receipt)) => Ok(Json(EntryView::committed(&entry, &receipt))),
+        Some((entry, receipt)) => Ok(Json(EntryView {
+            membership_proof: membership_proof(&node, receipt.header.height).await?,
+            ..EntryView::committed(&entry, &receipt)
+        })),
         None if node.is_pending(&id) => Ok(Json(EntryView::pending(&id))),
         None => Err(ApiError::not_found(format!("no entry {id}"))),
     }
@@ -857,14 +879,17 @@ fn member_views(
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The membership", body = MembersView),
+        (status = 500, description = "The database is damaged", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the blocks of a change lie below a restored node's history", body = ErrorBody),
     ))]
-async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
+async fn members(State(node): State<Arc<Node>>) -> Result<Json<MembersView>, ApiError> {
     use crate::chain::Change;
+    let changes = read(&node, |store| store.membership_changes()).await?;
     let store = node.store();
     let membership = store.membership_in_force();
     let engine = node.status();
     let key = |key: &ed25519_dalek::VerifyingKey| hex::encode(key.as_bytes());
-    Json(MembersView {
+    Ok(Json(MembersView {
         epoch: membership.epoch,
         since: membership.since,
         f: membership.members.max_faulty(),
@@ -899,7 +924,8 @@ async fn members(State(node): State<Arc<Node>>) -> Json<MembersView> {
             keys: admins.keys().iter().map(key).collect(),
             threshold: admins.threshold(),
         }),
-    })
+        changes: changes.iter().map(ChangeProofView::from).collect(),
+    }))
 }
 
 /// Every block, as one JSON array streamed a block at a time from a blocking reader

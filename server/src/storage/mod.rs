@@ -43,7 +43,7 @@ pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
-    validate_block, Block, CertificateError, ChainError, ChainSpec, CommitCertificate,
+    validate_block, Block, CertificateError, ChainError, ChainSpec, ChangeProof, CommitCertificate,
     CompactRange, Entry, EntryIndex, Hash, Header, Membership, Receipt, TreeRangeError,
     ValidationContext, HEADER_LEN,
 };
@@ -270,6 +270,8 @@ pub struct Store {
     history_from: std::sync::atomic::AtomicU64,
     /// The membership after the tip, as the `membership` table's last row says.
     membership: RwLock<Arc<Membership>>,
+    /// The membership changes with their receipts, as of how many changes there were.
+    changes: std::sync::Mutex<Option<(u64, Arc<Vec<ChangeProof>>)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -391,6 +393,7 @@ impl Store {
             last_tip: std::sync::Mutex::new(None),
             history_from: std::sync::atomic::AtomicU64::new(1),
             membership: RwLock::new(Arc::new(Membership::genesis(spec))),
+            changes: std::sync::Mutex::new(None),
         };
         store.initialise(&genesis)?;
         store.history_from.store(
@@ -885,6 +888,65 @@ impl Store {
         }
         membership.advance_to(height);
         Ok(membership)
+    }
+
+    /// The membership changes ordered since genesis, in block order, each with the
+    /// receipt of its entry: what a client needs to check a receipt certified after
+    /// them ([`crate::chain::MembershipHistory::verify`]). Built once per change.
+    pub fn membership_changes(&self) -> Result<Arc<Vec<ChangeProof>>, StoreError> {
+        let membership = self.membership();
+        let count = membership.epoch + u64::from(membership.pending.is_some());
+        let mut cached = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, changes)) = cached.as_ref().filter(|(known, _)| *known == count) {
+            debug_assert_eq!(*known, changes.len() as u64);
+            return Ok(Arc::clone(changes));
+        }
+        let mut changes = Vec::new();
+        for height in self.change_heights()? {
+            let block = self.block(height)?.ok_or_else(|| {
+                corrupt(format!(
+                    "the membership names a change in block {height}, which is not held"
+                ))
+            })?;
+            let Some(entry) = block.entries.iter().find(|e| e.is_reconfiguration()) else {
+                return Err(corrupt(format!(
+                    "the membership names a change in block {height}, which holds none"
+                )));
+            };
+            let (entry, receipt) = self
+                .entry_with_receipt(&entry.id())?
+                .ok_or_else(|| corrupt(format!("the change in block {height} has no receipt")))?;
+            changes.push(ChangeProof { entry, receipt });
+        }
+        let changes = Arc::new(changes);
+        *cached = Some((count, Arc::clone(&changes)));
+        Ok(changes)
+    }
+
+    /// The heights of the blocks that hold membership changes, in order: each stored
+    /// epoch's change on its way.
+    fn change_heights(&self) -> Result<Vec<u64>, StoreError> {
+        self.observe((|| {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(MEMBERSHIP) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut heights = Vec::new();
+            for row in table.iter()? {
+                let (since, bytes) = row?;
+                let membership = Membership::decode(bytes.value()).map_err(|error| {
+                    corrupt(format!(
+                        "the membership from height {}: {error}",
+                        since.value()
+                    ))
+                })?;
+                heights.extend(membership.pending.map(|pending| pending.height));
+            }
+            Ok(heights)
+        })())
     }
 
     /// The `membership` table's row of the epoch in force at `height`, as stored.
