@@ -526,7 +526,14 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
             .map(|b| (b["hash"].to_string(), b["difficulty"].as_u64().unwrap()))
             .collect()
     };
-    let first = chain(&nodes[0]);
+    // The commits were waited for on the other members: node 0 may apply the last
+    // block a moment later (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut first = chain(&nodes[0]);
+    while first.len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        first = chain(&nodes[0]);
+    }
     let difficulties: Vec<u64> = first.iter().map(|(_, d)| *d).collect();
     assert_eq!(difficulties, [8, 8, 8, 10, 10, 12]);
     // Every member holds the same blocks (bounded wait for the slowest).
