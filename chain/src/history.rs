@@ -2,8 +2,12 @@
 //! receipt certified under the membership before it, so a client that trusts only the
 //! genesis file learns who certified any later block.
 
-use super::membership::Pending;
-use super::{ChainError, ChainSpec, Entry, Membership, Receipt, Reconfiguration};
+use super::codec::Reader;
+use super::HEADER_LEN;
+use super::{ChainError, ChainSpec, CommitCertificate, Entry, Hash, Header, Membership, Receipt};
+
+/// Most hashes in a change's inclusion proof: a log of 2^64 entries needs 64.
+const MAX_PROOF_HASHES: u8 = 64;
 
 /// One membership change as a client checks it: the reconfiguration entry and the
 /// receipt that proves it committed.
@@ -15,11 +19,76 @@ pub struct ChangeProof {
     pub receipt: Receipt,
 }
 
+impl ChangeProof {
+    /// The canonical encoding (docs/FORMAT.md, "Snapshot"): the reconfiguration
+    /// (the entry's data), its leaf index, header, inclusion proof and certificate.
+    /// The entry id is not sent: it is the reconfiguration entry's.
+    pub fn encode(&self) -> Vec<u8> {
+        let certificate = self.receipt.certificate.encode();
+        let data = &self.entry.data;
+        let mut out = Vec::with_capacity(
+            4 + data.len()
+                + 8
+                + HEADER_LEN
+                + 1
+                + 32 * self.receipt.inclusion_proof.len()
+                + 4
+                + certificate.len(),
+        );
+        // A reconfiguration is far below 4 GiB, and a proof below 256 hashes.
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(&self.receipt.log_index.to_be_bytes());
+        out.extend_from_slice(&self.receipt.header.encode());
+        out.push(self.receipt.inclusion_proof.len() as u8);
+        for hash in &self.receipt.inclusion_proof {
+            out.extend_from_slice(hash.as_bytes());
+        }
+        out.extend_from_slice(&(certificate.len() as u32).to_be_bytes());
+        out.extend_from_slice(&certificate);
+        out
+    }
+
+    /// Decodes what [`ChangeProof::encode`] wrote, refusing lengths beyond the bytes
+    /// left before reading them.
+    pub fn decode(bytes: &[u8]) -> Result<ChangeProof, ChainError> {
+        let mut reader = Reader::new(bytes, "membership change");
+        let len = reader.u32()? as usize;
+        let entry = Entry::reconfiguration(reader.take(len)?.to_vec());
+        let log_index = reader.u64()?;
+        let header = Header::decode(reader.take(HEADER_LEN)?)?;
+        let hashes = reader.u8()?;
+        if hashes > MAX_PROOF_HASHES {
+            return Err(ChainError::Malformed {
+                what: "membership change",
+                reason: "an inclusion proof longer than any log needs",
+            });
+        }
+        let inclusion_proof = (0..hashes)
+            .map(|_| reader.hash())
+            .collect::<Result<Vec<Hash>, _>>()?;
+        let len = reader.u32()? as usize;
+        let certificate = CommitCertificate::decode(reader.take(len)?)?;
+        reader.finish()?;
+        Ok(ChangeProof {
+            receipt: Receipt {
+                entry_id: entry.id(),
+                log_index,
+                header,
+                inclusion_proof,
+                certificate,
+            },
+            entry,
+        })
+    }
+}
+
 /// The memberships a chain went through, as a membership proof establishes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MembershipHistory {
-    /// Each epoch's membership, in order, from genesis; the last may hold a change
-    /// on its way.
+    /// Each epoch's membership from genesis, in order, as a node's `membership` table
+    /// keeps them: each with the change that ended it, the last with the change on
+    /// its way, if any.
     epochs: Vec<Membership>,
 }
 
@@ -43,8 +112,7 @@ impl MembershipHistory {
         spec: &ChainSpec,
         changes: &[ChangeProof],
     ) -> Result<MembershipHistory, ChainError> {
-        let mut epochs = Vec::new();
-        let mut current = Membership::genesis(spec);
+        let mut history = MembershipHistory::genesis(spec);
         let mut last_height = 0;
         for (index, change) in changes.iter().enumerate() {
             let height = change.receipt.header.height;
@@ -60,51 +128,69 @@ impl MembershipHistory {
                 }));
             }
             last_height = height;
-            let mut next = current.clone();
-            if next.advance_to(height) {
-                epochs.push(std::mem::replace(&mut current, next));
-            }
-            change
-                .receipt
-                .verify_under(spec, &current)
-                .map_err(refuse)?;
+            change.receipt.verify_in(spec, &history).map_err(refuse)?;
             if !change.entry.is_reconfiguration() || change.entry.id() != change.receipt.entry_id {
                 return Err(refuse(ChainError::Malformed {
                     what: "membership proof",
                     reason: "the receipt proves another entry than the change",
                 }));
             }
-            let reconfiguration = Reconfiguration::decode(&change.entry.data).map_err(refuse)?;
-            current
-                .check(spec, &reconfiguration)
-                .map_err(|error| refuse(error.into()))?;
-            current.pending = Some(Pending {
-                change: reconfiguration.change,
-                height,
-                in_force_from: Membership::in_force_from(height, spec.params.checkpoint_interval),
-            });
+            history
+                .apply_block(spec, height, std::slice::from_ref(&change.entry))
+                .map_err(refuse)?;
         }
-        let mut after = current.clone();
-        epochs.push(current);
-        if after.advance_to(u64::MAX) {
-            epochs.push(after);
+        Ok(history)
+    }
+
+    /// Follows the block at `height` holding `entries`, as a node's store does: a
+    /// change due there comes into force, and the block's own change, checked, is
+    /// recorded on its way. Blocks must come in height order.
+    pub fn apply_block(
+        &mut self,
+        spec: &ChainSpec,
+        height: u64,
+        entries: &[Entry],
+    ) -> Result<(), ChainError> {
+        let last = self.latest();
+        if last.pending.is_none() && !entries.iter().any(Entry::is_reconfiguration) {
+            return Ok(());
         }
-        Ok(MembershipHistory { epochs })
+        let mut next = last.clone();
+        next.apply_block(spec, height, entries)?;
+        match next.epoch == last.epoch {
+            true => *self.epochs.last_mut().expect("never empty") = next,
+            false => self.epochs.push(next),
+        }
+        Ok(())
     }
 
     /// The membership that orders and certifies the block at `height`.
-    pub fn at(&self, height: u64) -> &Membership {
+    pub fn at(&self, height: u64) -> Membership {
         self.epochs
             .iter()
             .rev()
             .find(|membership| membership.since <= height)
             .unwrap_or(&self.epochs[0])
+            .clone()
+            .as_of(height)
     }
 
-    /// The last membership the history knows of.
-    pub fn latest(&self) -> &Membership {
-        // Never empty: every constructor puts the genesis membership first.
-        &self.epochs[self.epochs.len() - 1]
+    /// The membership once every change the history knows of is in force: who
+    /// orders the chain now, as far as the proof goes.
+    pub fn last(&self) -> Membership {
+        self.at(u64::MAX)
+    }
+
+    fn latest(&self) -> &Membership {
+        self.epochs
+            .last()
+            .expect("a history starts with the genesis membership")
+    }
+
+    /// Each epoch's membership from genesis, as a node's `membership` table keeps
+    /// them (keyed by `since`).
+    pub fn epochs(&self) -> &[Membership] {
+        &self.epochs
     }
 }
 
@@ -117,7 +203,7 @@ impl Receipt {
         spec: &ChainSpec,
         history: &MembershipHistory,
     ) -> Result<(), ChainError> {
-        self.verify_under(spec, history.at(self.header.height))
+        self.verify_under(spec, &history.at(self.header.height))
     }
 }
 
@@ -126,7 +212,7 @@ mod tests {
     use super::*;
     use crate::merkle::{inclusion_proof, MemoryLog};
     use crate::testing::{certify_under, entries, key, next_block, spec_with_admins};
-    use crate::{Block, Change, CompactRange, Header};
+    use crate::{Block, Change, CompactRange, Header, Reconfiguration};
     use ed25519_dalek::SigningKey;
 
     /// A chain being built: its blocks' headers, its log, and the keys of its
@@ -210,7 +296,8 @@ mod tests {
         let history = MembershipHistory::verify(&chain.spec, &changes).unwrap();
         assert_eq!(history.at(4).epoch, 0);
         assert_eq!(history.at(5).epoch, 1);
-        assert_eq!(history.latest().members.len(), 3);
+        assert_eq!(history.last().members.len(), 3);
+        assert_eq!(history.epochs().len(), 1, "no block of epoch 1 was applied");
         let three: Vec<_> = (1..=3).map(key).collect();
         // n = 3 now: q = 2 (f = 0) of members 1-3, in epoch 1's domain.
         let receipt = chain.block(entries(99, 1, 20), &three[..2], 1);
@@ -231,6 +318,19 @@ mod tests {
             forged.verify_in(&chain.spec, &history),
             Err(ChainError::Certificate(_))
         ));
+    }
+
+    #[test]
+    fn a_change_proof_decodes_to_what_was_encoded() {
+        let (_, changes) = removed_four();
+        let bytes = changes[0].encode();
+        assert_eq!(ChangeProof::decode(&bytes).unwrap(), changes[0]);
+        for cut in [0, 3, 10, bytes.len() - 1] {
+            assert!(ChangeProof::decode(&bytes[..cut]).is_err(), "{cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ChangeProof::decode(&longer).is_err());
     }
 
     #[test]

@@ -580,6 +580,21 @@ impl Membership {
             && self.pending == other.pending
     }
 
+    /// An epoch's membership as it stood for the block at `height` (its latest state
+    /// is kept): a change recorded at or above `height` was not known when that block
+    /// was ordered, and one due by then is in force.
+    pub fn as_of(mut self, height: u64) -> Membership {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.height >= height)
+        {
+            self.pending = None;
+        }
+        self.advance_to(height);
+        self
+    }
+
     /// Puts a pending change in force if the block at `height` is the first it orders.
     /// Returns whether the membership changed.
     pub fn advance_to(&mut self, height: u64) -> bool {

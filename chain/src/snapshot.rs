@@ -14,7 +14,10 @@
 
 use super::codec::Reader;
 use super::merkle::{empty_root, leaf_hash, node_hash, CompactRange};
-use super::{ChainError, CommitCertificate, Hash, Header, Members, HEADER_LEN};
+use super::{
+    ChainError, ChainSpec, ChangeProof, CommitCertificate, Hash, Header, MembershipHistory,
+    HEADER_LEN,
+};
 
 /// The manifest encoding's version.
 pub const MANIFEST_VERSION: u8 = 1;
@@ -32,6 +35,14 @@ pub const MAX_RECENT_HEADERS: u16 = 4096;
 const MAX_SIGNATURES: usize = 1024;
 /// Most bytes of an encoded certificate: its fixed part and [`MAX_SIGNATURES`].
 const MAX_CERTIFICATE_BYTES: usize = 1 + 8 + 8 + 32 + 2 + MAX_SIGNATURES * 96;
+/// Most membership changes a manifest carries.
+pub const MAX_CHANGES: u16 = 1024;
+/// Most bytes of one encoded membership change: a reconfiguration of up to 64 KiB,
+/// its receipt's fixed part, an inclusion proof of 64 hashes and a certificate.
+const MAX_CHANGE_BYTES: usize =
+    4 + 65_536 + 8 + HEADER_LEN + 1 + 64 * 32 + 4 + MAX_CERTIFICATE_BYTES;
+/// Most bytes of all of a manifest's membership changes together.
+const MAX_CHANGES_BYTES: usize = 8 << 20;
 /// Most bytes of an encoded manifest; a peer's longer answer is refused unread.
 pub const MAX_MANIFEST_BYTES: usize = 1
     + 32
@@ -39,6 +50,8 @@ pub const MAX_MANIFEST_BYTES: usize = 1
     + 4
     + MAX_CERTIFICATE_BYTES
     + 2
+    + 4 * MAX_CHANGES as usize
+    + MAX_CHANGES_BYTES
     + 2
     + MAX_RECENT_HEADERS as usize * HEADER_LEN
     + 1
@@ -78,6 +91,15 @@ pub enum SnapshotError {
         height: u64,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The membership changes it carries do not hold.
+    #[error("snapshot at height {height}: its membership changes: {source}")]
+    Membership {
+        /// The snapshot's height.
+        height: u64,
+        /// Why they do not hold.
+        #[source]
+        source: ChainError,
     },
     /// The certificate does not prove block `h` committed.
     #[error("snapshot at height {height}: its certificate: {source}")]
@@ -123,6 +145,9 @@ pub struct Manifest {
     pub header: Header,
     /// Block `h`'s commit certificate.
     pub certificate: CommitCertificate,
+    /// The membership changes ordered up to block `h`, each with its receipt: how a
+    /// joiner that trusts only the genesis file learns who certified block `h`.
+    pub changes: Vec<ChangeProof>,
     /// The headers just below `h`, oldest first, that the difficulty policy reads.
     pub recent: Vec<Header>,
     /// Each tile holds `2^tile_level` ids (the last one fewer).
@@ -164,12 +189,15 @@ impl Manifest {
     /// The canonical encoding (docs/FORMAT.md, "Snapshot").
     pub fn encode(&self) -> Vec<u8> {
         let certificate = self.certificate.encode();
+        let changes: Vec<Vec<u8>> = self.changes.iter().map(ChangeProof::encode).collect();
         let mut out = Vec::with_capacity(
             1 + 32
                 + HEADER_LEN
                 + 4
                 + certificate.len()
-                + 4
+                + 2
+                + changes.iter().map(|change| 4 + change.len()).sum::<usize>()
+                + 2
                 + self.recent.len() * HEADER_LEN
                 + 5
                 + self.tile_roots.len() * 32,
@@ -179,8 +207,12 @@ impl Manifest {
         out.extend_from_slice(&self.header.encode());
         out.extend_from_slice(&(certificate.len() as u32).to_be_bytes());
         out.extend_from_slice(&certificate);
-        // The membership proof: no reconfiguration exists yet, so it is always empty.
-        out.extend_from_slice(&0u16.to_be_bytes());
+        // Capped when the manifest is built, as a joiner caps them.
+        out.extend_from_slice(&(changes.len() as u16).to_be_bytes());
+        for change in &changes {
+            out.extend_from_slice(&(change.len() as u32).to_be_bytes());
+            out.extend_from_slice(change);
+        }
         out.extend_from_slice(&(self.recent.len() as u16).to_be_bytes());
         for header in &self.recent {
             out.extend_from_slice(&header.encode());
@@ -222,12 +254,25 @@ impl Manifest {
             .take(certificate_len as usize)
             .and_then(CommitCertificate::decode)
             .map_err(malformed)?;
-        let proofs = reader.u16().map_err(malformed)?;
-        if proofs != 0 {
-            return Err(malformed(ChainError::Malformed {
-                what: "snapshot manifest",
-                reason: "it carries membership changes, which this version cannot check",
-            }));
+        let count = reader.u16().map_err(malformed)?;
+        cap("membership changes", count.into(), MAX_CHANGES.into())?;
+        let mut changes = Vec::with_capacity(usize::from(count));
+        let mut total = 0usize;
+        for _ in 0..count {
+            let len = reader.u32().map_err(malformed)? as usize;
+            cap(
+                "membership change bytes",
+                len as u64,
+                MAX_CHANGE_BYTES as u64,
+            )?;
+            total += len;
+            cap(
+                "membership changes' bytes",
+                total as u64,
+                MAX_CHANGES_BYTES as u64,
+            )?;
+            let bytes = reader.take(len).map_err(malformed)?;
+            changes.push(ChangeProof::decode(bytes).map_err(malformed)?);
         }
         let recent_count = reader.u16().map_err(malformed)?;
         cap(
@@ -270,17 +315,21 @@ impl Manifest {
             chain_hash,
             header,
             certificate,
+            changes,
             recent,
             tile_level,
             tile_roots,
         })
     }
 
-    /// Checks the manifest against what the joiner trusts (the chain hash and its
-    /// members): header `h` is of this chain with its proof of work, a quorum
-    /// certified it, the recent headers link up to it, and the tile roots fold into its
-    /// log root. Only then may its chunks be checked against the tile roots.
-    pub fn verify(&self, chain_hash: &Hash, members: &Members) -> Result<(), SnapshotError> {
+    /// Checks the manifest against what the joiner trusts, the genesis `spec`: header
+    /// `h` is of this chain with its proof of work; its membership changes hold from
+    /// genesis, each below or at `h`; a quorum of the membership in force at `h`
+    /// certified it; the recent headers link up to it; the tile roots fold into its
+    /// log root. Only then may its chunks be checked against the tile roots. Answers
+    /// the memberships the changes establish.
+    pub fn verify(&self, spec: &ChainSpec) -> Result<MembershipHistory, SnapshotError> {
+        let chain_hash = &spec.chain_hash();
         let height = self.header.height;
         if self.chain_hash != *chain_hash || self.header.chain_hash != *chain_hash {
             return Err(SnapshotError::WrongChain {
@@ -298,9 +347,26 @@ impl Manifest {
         if !self.header.meets_difficulty() {
             return Err(refuse("its hash does not meet its difficulty"));
         }
+        if self
+            .changes
+            .iter()
+            .any(|c| c.receipt.header.height > height)
+        {
+            return Err(refuse(
+                "it carries a membership change from above its height",
+            ));
+        }
+        let history = MembershipHistory::verify(spec, &self.changes)
+            .map_err(|source| SnapshotError::Membership { height, source })?;
+        let membership = history.at(height);
         let hash = self.header.hash();
         self.certificate
-            .verify(chain_hash, members, height, &hash)
+            .verify(
+                &membership.signing_domain(chain_hash),
+                &membership.members,
+                height,
+                &hash,
+            )
             .map_err(|source| SnapshotError::Certificate { height, source })?;
         if self.recent.is_empty() {
             // Without the header below h, block h's first entry is unknown.
@@ -326,7 +392,7 @@ impl Manifest {
         if root != self.header.log_root {
             return Err(SnapshotError::Fold { height });
         }
-        Ok(())
+        Ok(history)
     }
 
     /// The ids of chunk `index`, checked against its tile root: the only way a
@@ -481,6 +547,7 @@ mod tests {
             chain_hash: spec.chain_hash(),
             header: tip,
             certificate: certify(&keys[..3], &block),
+            changes: Vec::new(),
             recent: below[below.len() - recent..].to_vec(),
             tile_level: level,
             tile_roots,
@@ -510,9 +577,7 @@ mod tests {
         let bytes = manifest.encode();
         let decoded = Manifest::decode(&bytes).expect("decodes");
         assert_eq!(decoded, manifest);
-        decoded
-            .verify(&spec.chain_hash(), &spec.members)
-            .expect("verifies");
+        decoded.verify(&spec).expect("verifies");
         assert_eq!(decoded.chunks(), 3, "35 ids in tiles of 16");
         let all = chain_ids(5);
         let mut rebuilt = Vec::new();
@@ -546,7 +611,7 @@ mod tests {
     #[test]
     fn a_forged_or_short_certificate_is_refused() {
         let (spec, manifest) = chain_manifest(2, 1);
-        let verify = |manifest: &Manifest| manifest.verify(&spec.chain_hash(), &spec.members);
+        let verify = |manifest: &Manifest| manifest.verify(&spec);
         let mut short = manifest.clone();
         short.certificate.signatures.truncate(2);
         assert!(matches!(
@@ -566,7 +631,7 @@ mod tests {
         let outsiders: Vec<_> = (10..=13).map(key).collect();
         let foreign = crate::testing::spec(&outsiders, 1);
         assert!(matches!(
-            manifest.verify(&foreign.chain_hash(), &foreign.members),
+            manifest.verify(&foreign),
             Err(SnapshotError::WrongChain { .. })
         ));
     }
@@ -577,12 +642,12 @@ mod tests {
         let mut lying = manifest.clone();
         lying.tile_roots[1] = Hash([1; 32]);
         assert!(matches!(
-            lying.verify(&spec.chain_hash(), &spec.members),
+            lying.verify(&spec),
             Err(SnapshotError::Fold { height: 5 })
         ));
         let mut swapped = manifest;
         swapped.tile_roots.swap(0, 1);
-        assert!(swapped.verify(&spec.chain_hash(), &spec.members).is_err());
+        assert!(swapped.verify(&spec).is_err());
     }
 
     #[test]
@@ -591,12 +656,12 @@ mod tests {
         let mut gap = manifest.clone();
         gap.recent.remove(1);
         assert!(matches!(
-            gap.verify(&spec.chain_hash(), &spec.members),
+            gap.verify(&spec),
             Err(SnapshotError::BrokenLink { .. })
         ));
         let mut altered = manifest;
         altered.recent[0].nonce ^= 1;
-        assert!(altered.verify(&spec.chain_hash(), &spec.members).is_err());
+        assert!(altered.verify(&spec).is_err());
     }
 
     #[test]

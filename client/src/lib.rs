@@ -172,10 +172,19 @@ impl Client {
     /// credentials name a CA), trying again by [`Retry::default`].
     pub fn new(node: &str, credentials: &Credentials) -> Result<Client, Error> {
         // Longer than the longest wait for a commit.
-        let agent = credentials.agent(MAX_COMMIT_WAIT + Duration::from_secs(30))?;
+        Client::with_timeout(node, credentials, MAX_COMMIT_WAIT + Duration::from_secs(30))
+    }
+
+    /// [`Client::new`] with each request bounded by `timeout` (a commit wait longer
+    /// than it fails).
+    pub fn with_timeout(
+        node: &str,
+        credentials: &Credentials,
+        timeout: Duration,
+    ) -> Result<Client, Error> {
         Ok(Client {
             base: credentials.base_url(node)?,
-            agent,
+            agent: credentials.agent(timeout)?,
             retry: Retry::default(),
         })
     }

@@ -629,9 +629,14 @@ pub struct StatusView {
     /// Genesis block hash.
     pub genesis_hash: String,
     /// What this node is to its chain: `alone` (the only member), `member` (one of
-    /// several) or `follower` (not a member: it checks and applies the members'
-    /// committed blocks, never votes, and forwards submits to them).
+    /// several), `follower` (not a member: it checks and applies the members'
+    /// committed blocks, never votes, and forwards submits to them) or `learner` (a
+    /// follower the membership names, which a promotion makes a member).
     pub role: String,
+    /// On a follower or learner: how many blocks the member it reads from is ahead
+    /// of it, as last asked (about once a second); absent until a member answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
     /// Current PBFT view (0 on a follower, which takes no part in views).
     pub view: u64,
     /// Primary of the view (empty on a follower).

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
-use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate};
+use crate::chain::{Block, ChainSpec, CommitCertificate, MembershipHistory};
 use crate::consensus::ABSTAIN_UNKNOWN;
 use crate::net::Wire;
 use crate::storage::{Restore, Store, StoreError, StoreOptions};
@@ -187,7 +187,7 @@ pub fn save_from_api(
             Manifest::decode(&bytes).map_err(|error| BackupError::Invalid(error.to_string()))
         })?;
     manifest
-        .verify(&spec.chain_hash(), &spec.members)
+        .verify(spec)
         .map_err(|error| BackupError::Invalid(error.to_string()))?;
     let status = json(api.get("/v1/status", 1 << 20)?)?;
     let tip = status["height"]
@@ -301,7 +301,7 @@ impl<R: Read> Reader<R> {
             Manifest::decode(&bytes).map_err(|error| BackupError::Invalid(error.to_string()))?;
         if let Some(spec) = spec {
             manifest
-                .verify(&spec.chain_hash(), &spec.members)
+                .verify(spec)
                 .map_err(|error| BackupError::Invalid(error.to_string()))?;
         }
         Ok(manifest)
@@ -335,13 +335,32 @@ pub fn inspect(input: impl Read, spec: Option<&ChainSpec>) -> Result<Contents, B
         )));
     }
     // Each block links to the one before it in the file: up from `h`, then down.
+    // Certificates are checked against the memberships the manifest proves up to
+    // `h`, and those the blocks above it change to.
+    let mut history = spec
+        .map(|spec| MembershipHistory::verify(spec, &manifest.changes))
+        .transpose()
+        .map_err(|error| BackupError::Invalid(error.to_string()))?;
     let mut last = manifest.header;
     for at in (height..=tip).chain((1..height).rev()) {
         let (block, certificate) = reader.committed(at)?;
-        let Some(spec) = spec else { continue };
+        let (Some(spec), Some(history)) = (spec, history.as_mut()) else {
+            continue;
+        };
+        let membership = history.at(at);
         certificate
-            .verify(&spec.chain_hash(), &spec.members, at, &block.hash())
+            .verify(
+                &membership.signing_domain(&spec.chain_hash()),
+                &membership.members,
+                at,
+                &block.hash(),
+            )
             .map_err(|error| BackupError::Invalid(format!("block {at}: {error}")))?;
+        if at > height {
+            history
+                .apply_block(spec, at, &block.entries)
+                .map_err(|error| BackupError::Invalid(format!("block {at}: {error}")))?;
+        }
         let links = if at == height {
             block.header == manifest.header
         } else if at > height {
@@ -438,9 +457,11 @@ fn fill(
     let store = Store::open(built, spec, options)?;
     for at in height + 1..=tip {
         let (block, certificate) = reader.committed(at)?;
-        certificate
-            .verify(&spec.chain_hash(), &spec.members, at, &block.hash())
-            .map_err(|error: ChainError| BackupError::Invalid(format!("block {at}: {error}")))?;
+        // The restored store knows the memberships up to h, and each block applied
+        // tells it of later changes.
+        store
+            .verify_certificate(&certificate, at, &block.hash())
+            .map_err(|error| BackupError::Invalid(format!("block {at}: {error}")))?;
         store.apply_block(&block, &certificate)?;
     }
     // Each block below h needs the header of the one below it, the next record.

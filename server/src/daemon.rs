@@ -358,7 +358,7 @@ fn join_config(
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     let (sources, requester, probe) = match me {
         None => (
-            api_sources(spec, &public, &credentials)?
+            api_sources(&spec.members, &public, &credentials)?
                 .into_iter()
                 .map(Source::Api)
                 .collect(),
@@ -423,15 +423,15 @@ fn peer_source(index: usize, member: &crate::chain::Member) -> Option<Source> {
     })
 }
 
-/// The client API base URLs of the members other than `me`, as the genesis file
-/// names them; refused if one would carry the `[upstream]` token in clear.
+/// The client API base URLs of `members` other than `me`, as the genesis file or
+/// the changes that added them name them; refused if one would carry the
+/// `[upstream]` token in clear.
 fn api_sources(
-    spec: &crate::chain::ChainSpec,
+    members: &crate::chain::Members,
     me: &ed25519_dalek::VerifyingKey,
     credentials: &crate::http::Credentials,
 ) -> anyhow::Result<Vec<String>> {
-    let urls = spec
-        .members
+    let urls = members
         .as_slice()
         .iter()
         .filter(move |member| member.public_key != *me)
@@ -625,6 +625,47 @@ pub async fn run(
     start: Start,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut start = start;
+    loop {
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        match run_once(path, config.clone(), start, stopped).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::Promoted => {
+                tracing::info!(
+                    "a membership change made this node a member: starting again as one"
+                );
+                start = Start::Run;
+            }
+        }
+    }
+}
+
+/// Why [`run_once`] ended.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// A follower the membership in force names as a member: it must vote now.
+    Promoted,
+}
+
+/// How often a follower looks whether the membership has made it a member.
+const PROMOTION_CHECK: Duration = Duration::from_millis(200);
+
+/// [`run`] until the node stops or, on a follower, until it is promoted.
+async fn run_once(
+    path: &Path,
+    config: NodeConfig,
+    start: Start,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Ended> {
     let check = start == Start::Check;
     // A key in the wrong role is refused before anything is fetched or written.
     check_key(&config, &config.chain_spec()?)?;
@@ -760,11 +801,15 @@ pub async fn run(
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
     starting.set_phase("starting the engine");
-    // The engine is chosen once, here, for the node's whole life.
+    // The engine is chosen here for the node's life: a follower the membership has
+    // made a member (a promoted learner) starts again as one.
     let mut transport = None;
-    let node = if config.follower {
+    let membership = store.membership_in_force();
+    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
+    let follows = config.follower && membership.members.key_of(&node_id).is_none();
+    let node = if follows {
         let credentials = crate::http::upstream(&config.upstream)?;
-        let sources = api_sources(store.spec(), &key.verifying_key(), &credentials)?;
+        let sources = api_sources(&membership.members, &key.verifying_key(), &credentials)?;
         if sources.is_empty() {
             bail!(
                 "{}: no member has an api_addr to follow the chain from",
@@ -781,9 +826,8 @@ pub async fn run(
             plugins,
             metrics,
         )
-    } else if store.spec().members.len() > 1 {
+    } else if membership.members.len() > 1 {
         let peers = bind_peers(path, &config).await?;
-        let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
         let (cluster, peer_transport) = start_cluster(
             path,
             &config,
@@ -797,6 +841,7 @@ pub async fn run(
         .await?;
         transport = Some(peer_transport);
         Node::member(Arc::clone(&store), node_id, cluster, plugins, metrics)
+            .with_upstream(crate::http::upstream(&config.upstream)?)
     } else {
         Node::alone(Arc::clone(&store), key, settings, plugins, metrics)
     };
@@ -823,8 +868,9 @@ pub async fn run(
 
     // One stop signal, fanned out to the server and the producer.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     tokio::spawn({
-        let notifier = notifier.clone();
+        let (notifier, stop_tx) = (notifier.clone(), Arc::clone(&stop_tx));
         async move {
             stop.await;
             if let Some(notifier) = notifier {
@@ -833,6 +879,35 @@ pub async fn run(
             let _ = stop_tx.send(true);
         }
     });
+    // A learner stops following once the membership in force names it a member, and
+    // starts again as one.
+    let promoted = Arc::new(AtomicBool::new(false));
+    if follows {
+        let (store, promoted, stop_tx) = (
+            Arc::clone(&store),
+            Arc::clone(&promoted),
+            Arc::clone(&stop_tx),
+        );
+        let mut stopping = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let wake = tokio::time::timeout(PROMOTION_CHECK, stopping.changed());
+                if wake.await.is_ok() {
+                    return;
+                }
+                if store
+                    .membership_in_force()
+                    .members
+                    .key_of(&node_id)
+                    .is_some()
+                {
+                    promoted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = stop_tx.send(true);
+                    return;
+                }
+            }
+        });
+    }
     let stopped = |mut receiver: watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
@@ -898,12 +973,30 @@ pub async fn run(
         }
     }
     drop(node);
-    match Arc::try_unwrap(store) {
-        Ok(store) => drop(store),
-        Err(_) => tracing::warn!("store still referenced at exit; redb closes it with the process"),
+    let promoted = promoted.load(std::sync::atomic::Ordering::Relaxed);
+    // A promoted node opens the database again at once: tasks that still hold it
+    // (an answer being written) get a moment to let go.
+    let mut store = store;
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => break drop(store),
+            Err(held) if promoted && std::time::Instant::now() < deadline => {
+                store = held;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => {
+                break tracing::warn!(
+                    "store still referenced at exit; redb closes it with the process"
+                )
+            }
+        }
+    }
+    if promoted {
+        return Ok(Ended::Promoted);
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(Ended::Stopped)
 }
 
 /// How often a starting node tells systemd what it is doing, and the start timeout

@@ -277,13 +277,12 @@ fn offers(
     spec: &ChainSpec,
     sources: &[Source],
 ) -> Vec<(Source, Result<Manifest, Fetch>)> {
-    let chain_hash = spec.chain_hash();
     let offer = |source: &Source| {
         let bytes = client.manifest(source)?;
         let manifest =
             Manifest::decode(&bytes).map_err(|error| Fetch::Refused(error.to_string()))?;
         manifest
-            .verify(&chain_hash, &spec.members)
+            .verify(spec)
             .map_err(|error| Fetch::Refused(error.to_string()))?;
         Ok(manifest)
     };

@@ -172,6 +172,8 @@ pub struct Metrics {
     pub has_quorum: AtomicU64,
     /// 1 while a member catches up with the others, else 0.
     pub catching_up: AtomicU64,
+    /// On a follower or learner: blocks the member it reads from is ahead of it.
+    pub behind: AtomicU64,
 }
 
 impl Metrics {
@@ -219,7 +221,7 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
             crate::cli::COMMIT
         );
-        let metrics: [(&str, &str, &str, Value); 30] = [
+        let metrics: [(&str, &str, &str, Value); 31] = [
             (
                 "ledger_has_quorum",
                 "gauge",
@@ -231,6 +233,12 @@ impl Metrics {
                 "gauge",
                 "1 while this member fetches blocks the others committed ahead of it.",
                 Value::Count(&self.catching_up),
+            ),
+            (
+                "ledger_behind_blocks",
+                "gauge",
+                "On a follower or learner: blocks the member it reads from is ahead of it (0 on a member).",
+                Value::Count(&self.behind),
             ),
             (
                 "ledger_members",

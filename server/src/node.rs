@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
@@ -37,7 +38,12 @@ pub struct Node {
     /// Places for `GET /chain` streams, each a task that reads the chain a batch at
     /// a time as its client takes it.
     chain_streams: Arc<tokio::sync::Semaphore>,
+    /// How this node reaches other nodes' client APIs.
+    upstream: ledger_client::Credentials,
 }
+
+/// Longest wait for a learner's status before promoting it.
+const LEARNER_PROBE: Duration = Duration::from_secs(5);
 
 /// `GET /chain` streams a node serves at once; more are told to retry.
 pub const CHAIN_STREAMS: usize = 16;
@@ -70,9 +76,22 @@ pub enum ProposeError {
         /// Its quorum.
         quorum: usize,
     },
-    /// A change this build cannot carry out yet.
-    #[error("not supported yet: {0}")]
-    Unsupported(&'static str),
+    /// The learner to promote is too far behind the chain to vote soon.
+    #[error(
+        "the learner is at height {height} and the chain at {tip}: it may be promoted once \
+         it is within one checkpoint interval ({interval} blocks); wait for it to catch up"
+    )]
+    LearnerBehind {
+        /// The learner's height, as it says.
+        height: u64,
+        /// This member's tip.
+        tip: u64,
+        /// The chain's checkpoint interval.
+        interval: u64,
+    },
+    /// The learner to promote cannot be asked how far it is.
+    #[error("cannot tell how far the learner is: {0}")]
+    LearnerUnknown(String),
     /// Handing it to the engine failed.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -164,6 +183,7 @@ impl Node {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             chain_streams: Arc::new(tokio::sync::Semaphore::new(CHAIN_STREAMS)),
+            upstream: ledger_client::Credentials::default(),
         }
     }
 
@@ -216,7 +236,13 @@ impl Node {
         match self.engine {
             Engine::Alone(_) => "alone",
             Engine::Cluster(_) => "member",
-            Engine::Follower(_) => "follower",
+            Engine::Follower(_) => {
+                let learners = self.store.membership_in_force().learners;
+                match learners.iter().any(|l| l.node_id == self.node_id) {
+                    true => "learner",
+                    false => "follower",
+                }
+            }
         }
     }
 
@@ -345,17 +371,26 @@ impl Node {
         if !matches!(self.engine, Engine::Cluster(_)) {
             return Err(ProposeError::NotOrdered(self.role()));
         }
-        if matches!(change.change, crate::chain::Change::Promote { .. }) {
-            return Err(ProposeError::Unsupported(
-                "promoting a learner: a learner of this build follows the chain over the \
-                 client API and cannot start voting yet, so the cluster would count a member \
-                 that never votes",
-            ));
-        }
         let spec = self.store.spec();
         let tip = self.store.tip().map_err(SubmitError::Store)?;
         let now = self.store.membership_in_force();
         now.check(spec, change)?;
+        if let crate::chain::Change::Promote { public_key } = &change.change {
+            let learner = now.learners.iter().find(|l| l.public_key == *public_key);
+            // check() refused a promotion of anything but a learner.
+            let Some(learner) = learner else {
+                return Err(ProposeError::LearnerUnknown("it is no learner".into()));
+            };
+            let height = self.learner_height(learner).await?;
+            let interval = spec.params.checkpoint_interval;
+            if height.saturating_add(interval) < tip.height {
+                return Err(ProposeError::LearnerBehind {
+                    height,
+                    tip: tip.height,
+                    interval,
+                });
+            }
+        }
         let entry = change.to_entry();
         let mut next = now.clone();
         next.apply_block(spec, tip.height + 1, std::slice::from_ref(&entry))
@@ -382,6 +417,40 @@ impl Node {
             });
         }
         Ok(self.submit(entry, false).await?)
+    }
+
+    /// How far `learner` is, as its client API (the address the change that added it
+    /// named) says, asked with this node's upstream credentials. A node that answers
+    /// there under another id is not the learner.
+    async fn learner_height(&self, learner: &crate::chain::Member) -> Result<u64, ProposeError> {
+        let Some(api) = learner.api_addr.clone() else {
+            return Err(ProposeError::LearnerUnknown(
+                "the change that added it named no api address to ask".into(),
+            ));
+        };
+        let credentials = self.upstream.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            ledger_client::Client::with_timeout(&api, &credentials, LEARNER_PROBE)?
+                .with_retry(ledger_client::Retry::never())
+                .status()
+        })
+        .await
+        .map_err(|error| ProposeError::LearnerUnknown(error.to_string()))?
+        .map_err(|error| ProposeError::LearnerUnknown(crate::cli::describe(&error)))?;
+        if status.node_id != learner.node_id.to_hex() {
+            return Err(ProposeError::LearnerUnknown(format!(
+                "its api address answers as node {}, not {}",
+                status.node_id, learner.node_id
+            )));
+        }
+        Ok(status.height)
+    }
+
+    /// The credentials this node reaches other nodes' client APIs with (a learner's,
+    /// before promoting it): its `[upstream]`.
+    pub fn with_upstream(mut self, credentials: ledger_client::Credentials) -> Node {
+        self.upstream = credentials;
+        self
     }
 
     /// The manifest of the snapshot at `height`, or of the latest one this node serves.

@@ -551,25 +551,29 @@ fn admins_prepare_sign_and_check_a_membership_change() {
     let file = dir.path().join("change.json");
     let file = file.to_str().unwrap();
 
+    // Neither signed nor written: nothing to do, and the command says what to add.
+    let aimless = daemon.ctl(&["member", "add", "--key", &learner, "--p2p", "10.0.0.9:7101"]);
+    assert!(!aimless.status.success());
+    assert!(text(&aimless).contains("--admin-key"), "{}", text(&aimless));
     let made = daemon.ctl(&[
-        "change",
-        "new",
-        "add-learner",
+        "member",
+        "add",
         "--key",
         &learner,
         "--p2p",
         "10.0.0.9:7101",
+        "--sign-only",
         "--out",
         file,
     ]);
     assert!(made.status.success(), "{}", text(&made));
     assert!(
-        text(&made).contains("in epoch 0, signed by nobody yet"),
+        text(&made).contains("in epoch 0, with 0 signature(s)"),
         "{}",
         text(&made)
     );
     daemon.stop();
-    let unsigned = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    let unsigned = run(LEDGERCTL, &["member", "show", file, "--genesis", genesis]);
     assert!(!unsigned.status.success());
     assert!(
         text(&unsigned).contains("0 admin signatures, the chain needs 1"),
@@ -581,10 +585,10 @@ fn admins_prepare_sign_and_check_a_membership_change() {
     let refused = run(
         LEDGERCTL,
         &[
-            "change",
+            "member",
             "sign",
             file,
-            "--key",
+            "--admin-key",
             outsider.to_str().unwrap(),
             "--genesis",
             genesis,
@@ -600,17 +604,17 @@ fn admins_prepare_sign_and_check_a_membership_change() {
     let signed = run(
         LEDGERCTL,
         &[
-            "change",
+            "member",
             "sign",
             file,
-            "--key",
+            "--admin-key",
             admin.to_str().unwrap(),
             "--genesis",
             genesis,
         ],
     );
     assert!(signed.status.success(), "{}", text(&signed));
-    let shown = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    let shown = run(LEDGERCTL, &["member", "show", file, "--genesis", genesis]);
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(text(&shown).contains(&format!(
         "add learner {learner} at 10.0.0.9:7101 in epoch 0"
@@ -626,7 +630,7 @@ fn admins_prepare_sign_and_check_a_membership_change() {
         .replace(&hex::encode("10.0.0.9:7101"), &hex::encode("10.0.0.8:7101"));
     saved["reconfiguration"] = bytes.into();
     std::fs::write(file, saved.to_string()).unwrap();
-    let altered = run(LEDGERCTL, &["change", "show", file, "--genesis", genesis]);
+    let altered = run(LEDGERCTL, &["member", "show", file, "--genesis", genesis]);
     assert!(!altered.status.success());
     assert!(text(&altered).contains("INVALID"), "{}", text(&altered));
 }

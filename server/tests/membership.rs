@@ -13,38 +13,65 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// `ledgerctl members` of `daemon`.
+/// `ledgerctl member list` of `daemon`.
 fn members(daemon: &Daemon) -> serde_json::Value {
-    let output = daemon.ctl(&["members"]);
+    let output = daemon.ctl(&["member", "list"]);
     assert!(output.status.success(), "{}", text(&output));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Has the admin of the layout under `dir` remove the member holding `public_key`,
-/// as an operator does: a change file for the epoch in force, signed, submitted.
-fn remove(daemon: &Daemon, dir: &Path, public_key: &str, name: &str) {
+/// Has the admin of the layout under `dir` remove the member holding `public_key`
+/// in one step: signed with the admin's key and submitted.
+fn remove(daemon: &Daemon, dir: &Path, public_key: &str) {
+    let admin = dir.join("admin.key");
+    let removed = daemon.ctl(&[
+        "member",
+        "remove",
+        "--key",
+        public_key,
+        "--admin-key",
+        admin.to_str().unwrap(),
+    ]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(
+        text(&removed).contains("submitted remove"),
+        "{}",
+        text(&removed)
+    );
+}
+
+/// Has the admin of the layout under `dir` make the change `what` (`ledgerctl member`'s
+/// words) through `daemon`, as an operator does: prepared for the epoch in force and
+/// signed (`--sign-only`), checked, submitted.
+fn change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) {
+    if let Err(failed) = try_change(daemon, dir, what, name) {
+        panic!("{failed}");
+    }
+}
+
+/// [`change`], answering which step failed and why.
+fn try_change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) -> Result<(), String> {
     let file = dir.join(format!("{name}.json"));
     let file = file.to_str().unwrap();
-    let (admin, genesis) = (dir.join("admin.key"), dir.join("genesis.toml"));
+    let admin = dir.join("admin.key");
+    let admin = admin.to_str().unwrap();
+    let new: Vec<&str> = ["member"]
+        .into_iter()
+        .chain(what.iter().copied())
+        .chain(["--admin-key", admin, "--sign-only", "--out", file])
+        .collect();
     let steps: [Vec<&str>; 3] = [
-        vec![
-            "change", "new", "remove", "--key", public_key, "--out", file,
-        ],
-        vec![
-            "change",
-            "sign",
-            file,
-            "--key",
-            admin.to_str().unwrap(),
-            "--genesis",
-            genesis.to_str().unwrap(),
-        ],
-        vec!["change", "submit", file],
+        new,
+        vec!["member", "show", file],
+        vec!["member", "submit", file],
     ];
     for step in steps {
         let output = daemon.ctl(&step);
-        assert!(output.status.success(), "{step:?}: {}", text(&output));
+        if !output.status.success() {
+            return Err(format!("{step:?}: {}", text(&output)));
+        }
     }
+    Ok(())
 }
 
 /// Waits (bounded) until `daemon` has membership epoch `epoch` in force.
@@ -110,13 +137,19 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || load(urls, stop, 1_500))
     };
-    remove(node(&daemons, 0), &chain, &key(&genesis, 3), "remove-3");
+    let third = key(&genesis, 3);
+    change(
+        node(&daemons, 0),
+        &chain,
+        &["remove", "--key", &third],
+        "remove-3",
+    );
     let first = epoch_in_force(node(&daemons, 0), 1);
     assert_eq!(first["members"].as_array().unwrap().len(), 3);
     assert_eq!(first["quorum"].as_u64(), Some(2), "{first}");
     // The same change again is a replay of epoch 0's: refused before it is ordered.
     let replay = chain.join("remove-3.json");
-    let replay = node(&daemons, 0).ctl(&["change", "submit", replay.to_str().unwrap()]);
+    let replay = node(&daemons, 0).ctl(&["member", "submit", replay.to_str().unwrap()]);
     assert!(!replay.status.success());
     assert!(
         text(&replay).contains("epoch 1 is in force"),
@@ -148,12 +181,7 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
         .iter()
         .position(|m| m["node_id"] == status["primary"])
         .expect("the primary is a member");
-    remove(
-        node(&daemons, 0),
-        &chain,
-        &key(&first, primary),
-        "remove-primary",
-    );
+    remove(node(&daemons, 0), &chain, &key(&first, primary));
     // Any member that stays can tell: the primary's own node stops ordering.
     let stays = (0..3).find(|i| *i != primary).unwrap();
     let stays = first["members"][stays]["node_id"].clone();
@@ -242,7 +270,7 @@ fn five_members_left_by_a_change_need_four() {
         .as_str()
         .unwrap()
         .to_owned();
-    remove(node(&daemons, 0), &chain, &key, "remove-5");
+    remove(node(&daemons, 0), &chain, &key);
     let five = epoch_in_force(node(&daemons, 0), 1);
     assert_eq!(five["members"].as_array().unwrap().len(), 5, "{five}");
     assert_eq!(
@@ -314,6 +342,155 @@ fn receipts_carry_the_changes(daemon: &Daemon, chain: &Path, scratch: &Path) {
     client.get_verified(&id, &verifier).unwrap();
     let members = client.members().unwrap();
     let history = verifier.history(&members.changes).unwrap();
-    assert_eq!(history.latest().epoch, 2);
-    assert_eq!(history.latest().members.len(), members.members.len());
+    assert_eq!(history.last().epoch, 2);
+    assert_eq!(history.last().members.len(), members.members.len());
+}
+
+#[test]
+fn a_learner_follows_is_promoted_and_votes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 4);
+    let genesis_path = chain.join("genesis.toml");
+    let spec = checkpoint_every(&genesis_path, 5);
+    let mut daemons = start_all(&configs, base);
+    let before = commit_batch(node(&daemons, 0), "before", 6);
+
+    // The new node follows the chain first, as any follower, with a key of its own.
+    let home = dir.path().join("newcomer");
+    let (config, port) = init_outsider(&home, &chain.join("genesis.toml"));
+    set(std::slice::from_ref(&config), "follower", "true");
+    let key = ledger::config::read_key(&home.join("node.key")).unwrap();
+    let public = hex::encode(key.verifying_key().as_bytes());
+    let newcomer = Daemon::start(&config, port);
+    for id in &before {
+        committed(&newcomer, id);
+    }
+
+    // Promoting a node that is no learner is refused before it is ordered.
+    let early = try_change(
+        node(&daemons, 0),
+        &chain,
+        &["promote", "--key", &public],
+        "early",
+    );
+    assert!(
+        early
+            .unwrap_err()
+            .contains("not a learner; add it as a learner first"),
+        "a promotion of a follower was ordered"
+    );
+
+    let (api, p2p) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", port + 1),
+    );
+    let add = ["add", "--key", &public, "--p2p", &p2p, "--api", &api];
+    change(node(&daemons, 0), &chain, &add, "add-learner");
+    let learning = epoch_in_force(node(&daemons, 0), 1);
+    assert_eq!(learning["learners"][0]["public_key"], public.as_str());
+    assert_eq!(learning["members"].as_array().unwrap().len(), 4);
+    // The newcomer knows itself a learner and says how far behind it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = status(&newcomer);
+        if seen["role"] == "learner" && seen["behind"].as_u64().is_some_and(|b| b <= 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&newcomer, "ledger_behind_blocks") <= 5);
+
+    // A learner the members cannot ask how far it is is not promoted.
+    newcomer.stop();
+    let unknown = try_change(
+        node(&daemons, 0),
+        &chain,
+        &["promote", "--key", &public],
+        "promote-while-down",
+    );
+    assert!(
+        unknown
+            .unwrap_err()
+            .contains("cannot tell how far the learner is"),
+        "a learner that was down was promoted"
+    );
+    let newcomer = Daemon::start(&config, port);
+    change(
+        node(&daemons, 0),
+        &chain,
+        &["promote", "--key", &public],
+        "promote",
+    );
+    let grown = epoch_in_force(node(&daemons, 0), 2);
+    assert_eq!(grown["members"].as_array().unwrap().len(), 5, "{grown}");
+    assert_eq!(grown["quorum"].as_u64(), Some(4), "{grown}");
+    // The newcomer starts again as a member by itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, seen) = http("GET", &format!("{}/v1/status", newcomer.url), None);
+        if code == 200 && seen["role"] == "member" && seen["ready"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // With one old member stopped, four of five are a quorum only with the
+    // newcomer's votes: commits go on, so it votes.
+    daemons[3].take().unwrap().stop();
+    let grown_ids = commit_batch(&newcomer, "five members", 6);
+    for id in &grown_ids {
+        committed(node(&daemons, 0), id);
+    }
+    let (_, entry) = http(
+        "GET",
+        &format!("{}/v1/entries/{}", node(&daemons, 0).url, grown_ids[0]),
+        None,
+    );
+    let signers: Vec<&str> = entry["receipt"]["certificate"]["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node_id"].as_str().unwrap())
+        .collect();
+    let newcomer_id = status(&newcomer)["node_id"].as_str().unwrap().to_owned();
+    assert!(signers.contains(&newcomer_id.as_str()), "{signers:?}");
+
+    // A snapshot taken after the changes carries them: it verifies from the genesis
+    // file alone (its serving member stays ready), and a node with nothing joins the
+    // five from it.
+    let (code, view) = http(
+        "GET",
+        &format!("{}/v1/snapshots/latest", node(&daemons, 0).url),
+        None,
+    );
+    assert_eq!(code, 200, "{view}");
+    let bytes = hex::decode(view["manifest"].as_str().unwrap()).unwrap();
+    let manifest = ledger::chain::snapshot::Manifest::decode(&bytes).unwrap();
+    let history = manifest.verify(&spec).unwrap();
+    assert_eq!(manifest.changes.len(), 2);
+    // Certified by a membership after genesis.
+    assert!(history.at(manifest.height()).epoch >= 1);
+    assert_eq!(status(node(&daemons, 0))["ready"], true);
+    let (late_config, late_port) = init_outsider(&dir.path().join("late"), &genesis_path);
+    set(std::slice::from_ref(&late_config), "follower", "true");
+    let late = Daemon::start(&late_config, late_port);
+    for id in &grown_ids {
+        committed(&late, id);
+    }
+    // Then it fetches the blocks below the snapshot, certified by the memberships
+    // the snapshot proved.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&late)["history_from"] != 1 {
+        assert!(Instant::now() < deadline, "{}", status(&late));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = late.stop();
+    assert!(log.contains("restored from a snapshot"), "{log}");
+
+    let mut everyone = daemons;
+    everyone.push(Some(newcomer));
+    stop_all(&mut everyone);
 }

@@ -162,7 +162,7 @@ fn members_serve_one_snapshot_of_their_stable_checkpoint() {
             let bytes = hex::decode(view["manifest"].as_str().unwrap()).unwrap();
             let manifest = ledger::chain::snapshot::Manifest::decode(&bytes).unwrap();
             manifest
-                .verify(&spec.chain_hash(), &spec.members)
+                .verify(&spec)
                 .expect("verifies against the genesis file");
             manifest
         })

@@ -105,7 +105,7 @@ async fn a_joiner_verifies_the_latest_snapshot_and_rebuilds_the_log_from_its_chu
     assert_eq!(view.chunks, 9);
     let manifest = Manifest::decode(&hex::decode(&view.manifest).unwrap()).unwrap();
     manifest
-        .verify(&spec.chain_hash(), &spec.members)
+        .verify(&spec)
         .expect("the manifest verifies against the genesis members");
     assert_eq!(manifest.header.hash().to_hex(), view.block_hash);
 
@@ -225,7 +225,7 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, source, ids) = chain(&dir.path().join("source"), 25);
     let (manifest, chunks) = snapshot_of(&source, 20);
-    manifest.verify(&spec.chain_hash(), &spec.members).unwrap();
+    manifest.verify(&spec).unwrap();
     let staging = dir.path().join("ledger.redb.restoring");
     let path = dir.path().join("ledger.redb");
 

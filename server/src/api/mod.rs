@@ -816,6 +816,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         chain_hash: store.chain_hash().to_hex(),
         genesis_hash: store.genesis_hash().to_hex(),
         role: node.role().into(),
+        behind: engine.behind,
         view: engine.view,
         primary: members
             .get(usize::from(engine.primary))
@@ -1121,6 +1122,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         u64::from(engine.catching_up),
         std::sync::atomic::Ordering::Relaxed,
     );
+    metrics.behind.store(
+        engine.behind.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let members = engine.peers.iter().take(membership.members.len());
     let connected = members.filter(|p| p.connected()).count();
     node.metrics()
@@ -1128,8 +1133,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         .store(connected as u64, std::sync::atomic::Ordering::Relaxed);
     let mut text = node.metrics().render();
     text.push_str(&format!(
-        "# HELP ledger_role What the node is: member, alone (the chain's only member) or \
-         follower.\n# TYPE ledger_role gauge\nledger_role{{role=\"{}\"}} 1\n",
+        "# HELP ledger_role What the node is: member, alone (the chain's only member), \
+         follower or learner.\n# TYPE ledger_role gauge\nledger_role{{role=\"{}\"}} 1\n",
         node.role()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

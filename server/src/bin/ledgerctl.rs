@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use ledger::api::types::Accepted;
-use ledger::chain::{ChainSpec, Change, Entry, Hash, MembershipError, Reconfiguration};
+use ledger::api::types::{Accepted, ChangeRequest};
+use ledger::chain::{Admins, ChainSpec, Change, Entry, Hash, MembershipError, Reconfiguration};
 use ledger::config;
 use ledger_client::{Client, Verifier};
 use serde_json::Value;
@@ -98,9 +98,6 @@ enum Command {
     },
     /// Show the node's status.
     Status,
-    /// Show the membership in force: members (connected or not), learners, the change
-    /// on its way, the admins.
-    Members,
     /// Probe the node as a health check does: exit 0 when it is alive (with --ready:
     /// ready to serve), 1 with the reason when not. Gives up after 5 seconds.
     Health {
@@ -129,24 +126,49 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Membership changes, prepared and signed offline by the chain's admins: one file
-    /// per change, passed from admin to admin until enough signed.
+    /// The membership and its changes: list it; add a learner, promote it, remove a
+    /// member or learner, each signed by the chain's admins (at once with one admin's
+    /// key, or as a file passed from admin to admin until enough signed).
     #[command(subcommand)]
-    Change(ChangeCommand),
+    Member(MemberCommand),
 }
 
 #[derive(Subcommand)]
-enum ChangeCommand {
-    /// Write an unsigned change to FILE.
-    New {
-        #[command(subcommand)]
-        change: NewChange,
-        /// The membership epoch it applies to [default: the node's, from /v1/members].
-        #[arg(long, global = true)]
-        epoch: Option<u64>,
-        /// The file to write; it must not exist.
-        #[arg(long, global = true)]
-        out: Option<PathBuf>,
+enum MemberCommand {
+    /// The membership in force: members (connected or not), learners with their
+    /// addresses, the change on its way, the admins, and every change since genesis.
+    List,
+    /// Add a learner: a node that receives blocks and does not vote, until promoted.
+    Add {
+        /// Its public key (hex; `ledgerd init` prints it).
+        #[arg(long)]
+        key: String,
+        /// Where members dial it once it votes (HOST:PORT, its p2p_listen).
+        #[arg(long)]
+        p2p: String,
+        /// Where clients and the members reach its API (HOST:PORT); the members ask
+        /// it how far it is before promoting it.
+        #[arg(long)]
+        api: Option<String>,
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Make a learner a voting member (refused while it is more than a checkpoint
+    /// interval behind, or cannot be asked).
+    Promote {
+        /// The learner's public key (hex).
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Remove a member or a learner.
+    Remove {
+        /// Its public key (hex).
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        signing: Signing,
     },
     /// Add this admin's signature to the change in FILE (replacing an earlier one).
     Sign {
@@ -154,10 +176,11 @@ enum ChangeCommand {
         file: PathBuf,
         /// The admin's key file.
         #[arg(long)]
-        key: PathBuf,
-        /// The chain's genesis file (its admins and its hash).
+        admin_key: PathBuf,
+        /// The chain's genesis file (its admins and its hash) [default: as the node
+        /// reports them].
         #[arg(long)]
-        genesis: PathBuf,
+        genesis: Option<PathBuf>,
     },
     /// Hand the signed change in FILE to the node (`POST /v1/admin/reconfigurations`,
     /// admin role), which checks it against the membership in force and has the
@@ -171,51 +194,39 @@ enum ChangeCommand {
     Show {
         /// The change.
         file: PathBuf,
-        /// The chain's genesis file.
+        /// The chain's genesis file [default: as the node reports it].
         #[arg(long)]
-        genesis: PathBuf,
+        genesis: Option<PathBuf>,
     },
 }
 
-#[derive(Subcommand)]
-enum NewChange {
-    /// A node that receives blocks and does not vote.
-    AddLearner {
-        /// Its public key (hex).
-        #[arg(long)]
-        key: String,
-        /// Where members dial it once it votes (HOST:PORT).
-        #[arg(long)]
-        p2p: String,
-        /// Where clients reach it (HOST:PORT).
-        #[arg(long)]
-        api: Option<String>,
-    },
-    /// A learner becomes a voting member.
-    Promote {
-        /// The learner's public key (hex).
-        #[arg(long)]
-        key: String,
-    },
-    /// A member or learner leaves.
-    Remove {
-        /// Its public key (hex).
-        #[arg(long)]
-        key: String,
-    },
+/// How `member add|promote|remove` signs the change and what it does with it.
+#[derive(clap::Args)]
+struct Signing {
+    /// An admin's key file: the change is signed with it and submitted (unless
+    /// --sign-only).
+    #[arg(long)]
+    admin_key: Option<PathBuf>,
+    /// Write the change (signed with --admin-key, if given) to --out for the other
+    /// admins to sign (`member sign`) instead of submitting it.
+    #[arg(long, requires = "out")]
+    sign_only: bool,
+    /// Where --sign-only writes the change; it must not exist.
+    #[arg(long, requires = "sign_only")]
+    out: Option<PathBuf>,
+    /// The chain's genesis file (its hash and admins) [default: as the node reports
+    /// them].
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// The membership epoch the change applies to [default: the node's].
+    #[arg(long)]
+    epoch: Option<u64>,
 }
 
-/// A change as a file: the canonical encoding in hex is what counts; the rest is
-/// for the people passing it on.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ChangeFile {
-    description: String,
-    epoch: u64,
-    reconfiguration: String,
-}
-
+/// A change as a file: `POST /v1/admin/reconfigurations`' body, whose canonical
+/// encoding in hex is what counts; the rest is for the people passing it on.
 fn read_change(path: &PathBuf) -> anyhow::Result<Reconfiguration> {
-    let file: ChangeFile = serde_json::from_slice(&read_input(path)?)
+    let file: ChangeRequest = serde_json::from_slice(&read_input(path)?)
         .with_context(|| format!("{}: not a change file", path.display()))?;
     let bytes = hex::decode(file.reconfiguration.trim())
         .with_context(|| format!("{}: the reconfiguration is not hex", path.display()))?;
@@ -223,10 +234,10 @@ fn read_change(path: &PathBuf) -> anyhow::Result<Reconfiguration> {
 }
 
 fn write_change(path: &PathBuf, change: &Reconfiguration, create: bool) -> anyhow::Result<()> {
-    let file = ChangeFile {
-        description: change.change.to_string(),
-        epoch: change.epoch,
+    let file = ChangeRequest {
         reconfiguration: hex::encode(change.encode()),
+        description: Some(change.change.to_string()),
+        epoch: Some(change.epoch),
     };
     let text = serde_json::to_string_pretty(&file)? + "\n";
     let written = match create {
@@ -252,87 +263,110 @@ fn public_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
         .with_context(|| format!("{text} is not an ed25519 public key"))
 }
 
-fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
-    match command {
-        ChangeCommand::New {
-            change,
-            epoch,
-            out: path,
-        } => {
-            let Some(path) = path else {
-                bail!("--out FILE: where to write the change");
-            };
-            let epoch = match epoch {
-                Some(epoch) => epoch,
-                None => client.members()?.epoch,
-            };
-            let change = match change {
-                NewChange::AddLearner { key, p2p, api } => Change::AddLearner {
-                    public_key: public_key(&key)?,
-                    p2p_addr: p2p,
-                    api_addr: api,
-                },
-                NewChange::Promote { key } => Change::Promote {
-                    public_key: public_key(&key)?,
-                },
-                NewChange::Remove { key } => Change::Remove {
-                    public_key: public_key(&key)?,
-                },
-            };
-            let change = Reconfiguration::new(epoch, change)?;
-            write_change(&path, &change, true)?;
-            out(&format!(
-                "wrote {}: {} in epoch {epoch}, signed by nobody yet",
-                path.display(),
-                change.change
-            ))
+/// The chain's hash and admins, from its genesis file or, without one, as the node
+/// reports them (a signature made for another chain is worth nothing on this one).
+fn chain_admins(client: &Client, genesis: Option<&PathBuf>) -> anyhow::Result<(Hash, Admins)> {
+    let (chain_hash, admins) = match genesis {
+        Some(path) => {
+            let spec = read_genesis(path)?;
+            (spec.chain_hash(), spec.admins.clone())
         }
-        ChangeCommand::Sign { file, key, genesis } => {
-            let spec = read_genesis(&genesis)?;
-            let Some(admins) = &spec.admins else {
-                bail!(
-                    "{}: this chain has no admins; its membership is fixed",
-                    genesis.display()
-                );
+        None => {
+            let chain_hash: Hash = client.status()?.chain_hash.parse()?;
+            let admins = match client.members()?.admins {
+                None => None,
+                Some(view) => Some(Admins::new(
+                    view.keys
+                        .iter()
+                        .map(|key| public_key(key))
+                        .collect::<Result<_, _>>()?,
+                    view.threshold,
+                )?),
             };
-            let key = config::read_key(&key)?;
-            if !admins.keys().contains(&key.verifying_key()) {
-                bail!(
-                    "{} is not an admin of chain {}",
-                    hex::encode(key.verifying_key().as_bytes()),
-                    spec.chain_id
-                );
-            }
+            (chain_hash, admins)
+        }
+    };
+    let admins = admins.context("this chain has no admins; its membership is fixed")?;
+    Ok((chain_hash, admins))
+}
+
+/// Signs `change` with the admin key at `path`, refusing a key that is no admin.
+fn sign(
+    change: &mut Reconfiguration,
+    path: &std::path::Path,
+    chain_hash: &Hash,
+    admins: &Admins,
+) -> anyhow::Result<()> {
+    let key = config::read_key(path)?;
+    if !admins.keys().contains(&key.verifying_key()) {
+        bail!(
+            "{} ({}) is not an admin of this chain",
+            path.display(),
+            hex::encode(key.verifying_key().as_bytes())
+        );
+    }
+    change.sign(&key, chain_hash);
+    Ok(())
+}
+
+fn submit_change(client: &Client, change: &Reconfiguration) -> anyhow::Result<()> {
+    let answer = client.propose_change(change)?;
+    out(&format!(
+        "submitted {} (entry {}): in force from the block after the first checkpoint at \
+         or above its block; `ledgerctl member list` shows it",
+        change.change, answer.id
+    ))
+}
+
+fn member(client: &Client, command: MemberCommand) -> anyhow::Result<()> {
+    let (change, signing) = match command {
+        MemberCommand::List => return print(&client.members()?),
+        MemberCommand::Add {
+            key,
+            p2p,
+            api,
+            signing,
+        } => {
+            let change = Change::AddLearner {
+                public_key: public_key(&key)?,
+                p2p_addr: p2p,
+                api_addr: api,
+            };
+            (change, signing)
+        }
+        MemberCommand::Promote { key, signing } => {
+            let public_key = public_key(&key)?;
+            (Change::Promote { public_key }, signing)
+        }
+        MemberCommand::Remove { key, signing } => {
+            let public_key = public_key(&key)?;
+            (Change::Remove { public_key }, signing)
+        }
+        MemberCommand::Sign {
+            file,
+            admin_key,
+            genesis,
+        } => {
+            let (chain_hash, admins) = chain_admins(client, genesis.as_ref())?;
             let mut change = read_change(&file)?;
-            change.sign(&key, &spec.chain_hash());
+            sign(&mut change, &admin_key, &chain_hash, &admins)?;
             write_change(&file, &change, false)?;
-            out(&format!(
+            return out(&format!(
                 "signed {}: {} of the {} signatures the chain needs",
                 file.display(),
                 change.signatures.len(),
                 admins.threshold()
-            ))
+            ));
         }
-        ChangeCommand::Submit { file } => {
-            let change = read_change(&file)?;
-            let answer = client.propose_change(&change)?;
-            out(&format!(
-                "submitted {} (entry {}): in force from the block after the first \
-                 checkpoint at or above its block; `ledgerctl members` shows it",
-                change.change, answer.id
-            ))
-        }
-        ChangeCommand::Show { file, genesis } => {
-            let spec = read_genesis(&genesis)?;
+        MemberCommand::Submit { file } => return submit_change(client, &read_change(&file)?),
+        MemberCommand::Show { file, genesis } => {
+            let (chain_hash, admins) = chain_admins(client, genesis.as_ref())?;
             let change = read_change(&file)?;
             out(&format!("{} in epoch {}", change.change, change.epoch))?;
-            let Some(admins) = &spec.admins else {
-                bail!("this chain has no admins; its membership is fixed");
-            };
-            let digest = change.digest(&spec.chain_hash());
+            let digest = change.digest(&chain_hash);
             for signature in &change.signatures {
                 let signer = hex::encode(signature.public_key);
-                let verdict = match Reconfiguration::check_signature(&digest, admins, signature) {
+                let verdict = match Reconfiguration::check_signature(&digest, &admins, signature) {
                     Ok(()) => "valid",
                     Err(MembershipError::NotAdmin(_)) => "not an admin of this chain",
                     Err(_) => "INVALID for this change, chain and epoch",
@@ -340,14 +374,42 @@ fn change(client: &Client, command: ChangeCommand) -> anyhow::Result<()> {
                 out(&format!("  signed by {signer}: {verdict}"))?;
             }
             change
-                .check_signatures(&spec.chain_hash(), admins)
+                .check_signatures(&chain_hash, &admins)
                 .context("not ready to submit")?;
-            out(&format!(
+            return out(&format!(
                 "ready: {} valid admin signatures, {} needed",
                 change.signatures.len(),
                 admins.threshold()
+            ));
+        }
+    };
+    if !signing.sign_only && signing.admin_key.is_none() {
+        bail!(
+            "--admin-key FILE to sign the change and submit it, or --sign-only --out FILE \
+             to write it for the admins to sign"
+        );
+    }
+    let epoch = match signing.epoch {
+        Some(epoch) => epoch,
+        None => client.members()?.epoch,
+    };
+    let mut change = Reconfiguration::new(epoch, change)?;
+    if let Some(path) = &signing.admin_key {
+        let (chain_hash, admins) = chain_admins(client, signing.genesis.as_ref())?;
+        sign(&mut change, path, &chain_hash, &admins)?;
+    }
+    match (signing.sign_only, &signing.out) {
+        (true, Some(path)) => {
+            write_change(path, &change, true)?;
+            out(&format!(
+                "wrote {}: {} in epoch {epoch}, with {} signature(s); each admin adds theirs \
+                 with `ledgerctl member sign`, then `ledgerctl member submit`",
+                path.display(),
+                change.change,
+                change.signatures.len()
             ))
         }
+        _ => submit_change(client, &change),
     }
 }
 
@@ -453,7 +515,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Blocks { from, limit } => print(&client.blocks(from, limit)?),
         Command::Status => print(&client.status()?),
-        Command::Members => print(&client.members()?),
         Command::Health { ready } => out(&client.probe(ready)?),
         Command::Verify { receipt, genesis } => {
             let verifier = Verifier::from_genesis_file(&genesis)?;
@@ -472,7 +533,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verifier.spec().members.len()
             ))
         }
-        Command::Change(command) => change(&client, command),
+        Command::Member(command) => member(&client, command),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

@@ -32,6 +32,14 @@ enum Command {
         /// (`/var/lib/ledger` under the systemd unit in ops/).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// The chain's genesis file, for a node that joins a running chain [default:
+        /// genesis.toml beside the config].
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// Follow the chain without voting (`follower = true`): a node joining a
+        /// running chain, until the admins add it as a learner and promote it.
+        #[arg(long)]
+        follower: bool,
     },
     /// Write a genesis file from the members' public keys (as `init` prints them) and
     /// the admins' (as `ledgerctl keygen` prints them), checked as every node will
@@ -260,6 +268,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api_listen,
             p2p_listen,
             data_dir,
+            genesis,
+            follower,
         } => {
             let path = dir.join("ledgerd.toml");
             if path.exists() {
@@ -268,9 +278,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = config::generate_key()?;
             config::write_node_key(&dir.join("node.key"), &key)?;
+            let example = NodeConfig::example(api_listen, p2p_listen);
+            let genesis = match genesis {
+                // Relative paths in the config are taken from its directory.
+                Some(genesis) => std::path::absolute(&genesis)
+                    .with_context(|| format!("{}: not a usable path", genesis.display()))?,
+                None => example.genesis.clone(),
+            };
             let mut node = NodeConfig {
                 data_dir,
-                ..NodeConfig::example(api_listen, p2p_listen)
+                genesis,
+                follower,
+                ..example
             };
             // An API other machines can reach is never left open: it gets an admin
             // token, whose secret only the operator can read.
@@ -287,10 +306,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 path.display(),
                 dir.join("node.key").display()
             );
-            println!(
-                "public key (pass it to `ledgerd genesis --member`): {}",
-                hex::encode(key.verifying_key().as_bytes())
-            );
+            let public = hex::encode(key.verifying_key().as_bytes());
+            match node.follower {
+                true => println!("public key (pass it to `ledgerctl member add --key`): {public}"),
+                false => println!("public key (pass it to `ledgerd genesis --member`): {public}"),
+            }
             if !node.api.tokens.is_empty() {
                 println!(
                     "the API on {api_listen} needs a token: an admin one is in {} \

@@ -219,6 +219,7 @@ impl Alone {
             settings: self.settings,
             failure: None,
             catching_up: false,
+            behind: None,
         }
     }
 

@@ -417,6 +417,7 @@ impl Cluster {
             settings: self.settings,
             failure: status.failure,
             catching_up: status.catching_up,
+            behind: None,
         }
     }
 

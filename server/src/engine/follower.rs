@@ -68,7 +68,12 @@ pub struct Follower {
     /// again after [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
     /// A follower that reaches no member, or is refused, stays so.
     catching_up: AtomicBool,
+    /// The highest height a member was seen to hold ([`UNKNOWN`] until one answered).
+    members_height: AtomicU64,
 }
+
+/// [`Follower::members_height`] before any member answered.
+const UNKNOWN: u64 = u64::MAX;
 
 impl Follower {
     /// A follower of `store`'s chain reading from the members at `sources` with
@@ -93,6 +98,7 @@ impl Follower {
             forwarded: Mutex::new(HashMap::new()),
             next_difficulty,
             catching_up: AtomicBool::new(true),
+            members_height: AtomicU64::new(UNKNOWN),
         }
     }
 
@@ -223,6 +229,44 @@ impl Follower {
             settings: self.settings,
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
+            behind: self.behind(),
+        }
+    }
+
+    /// How many blocks the members are ahead, as last seen.
+    fn behind(&self) -> Option<u64> {
+        let members = self.members_height.load(Ordering::Relaxed);
+        let tip = self.store.last_tip()?.height;
+        (members != UNKNOWN).then(|| members.saturating_sub(tip))
+    }
+
+    /// Notes that a member holds the block at `height`.
+    fn seen(&self, height: u64) {
+        let known = self.members_height.load(Ordering::Relaxed);
+        if known == UNKNOWN || height > known {
+            self.members_height.store(height, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the preferred member how high its chain is.
+    fn ask_height(&self) {
+        let index = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
+        let answer = self
+            .agent
+            .get(&format!("{}/v1/status", self.sources[index]))
+            .call()
+            .ok()
+            .filter(|response| response.status().is_success())
+            .and_then(|mut response| {
+                response
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_json::<crate::api::types::StatusView>()
+                    .ok()
+            });
+        if let Some(status) = answer {
+            self.seen(status.height);
         }
     }
 
@@ -247,6 +291,7 @@ impl Follower {
     /// The loop of [`Follower::run`], on a blocking thread.
     fn follow(&self, stop: &AtomicBool) {
         let mut last_probe = Instant::now();
+        let mut last_asked: Option<Instant> = None;
         let mut back_to_back = 0;
         while !stop.load(Ordering::Relaxed) {
             if let Some(failure) = self.store.failure() {
@@ -260,6 +305,10 @@ impl Follower {
                 // Nothing more is applied to a damaged database; /readyz says why.
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
+            }
+            if last_asked.is_none_or(|asked| asked.elapsed() >= PROBE_OTHERS) {
+                last_asked = Some(Instant::now());
+                self.ask_height();
             }
             let applied = match self.next_block() {
                 Ok(applied) => applied,
@@ -297,6 +346,7 @@ impl Follower {
         match self.fetch(source, height) {
             Ok((block, certificate)) => match self.check(&block, &certificate) {
                 Ok(()) => {
+                    self.seen(height);
                     self.apply(block, certificate)?;
                     Ok(true)
                 }
@@ -322,6 +372,7 @@ impl Follower {
             // The member has nothing after the tip: caught up (with it, at least; the
             // probe of the others finds one that is ahead).
             Err(Fetch::Gone) => {
+                self.seen(height - 1);
                 self.catching_up.store(false, Ordering::Relaxed);
                 Ok(false)
             }

@@ -161,6 +161,9 @@ pub struct EngineStatus {
     /// Whether the node knows the others are ahead and is fetching what they
     /// committed (a member's replica only).
     pub catching_up: bool,
+    /// On a follower (a learner among them): how many blocks the member it reads
+    /// from is ahead of it, as last asked; none until a member answered.
+    pub behind: Option<u64>,
 }
 
 /// Why an engine stopped for good: restarting the process is what helps.

@@ -83,16 +83,9 @@ impl Sim {
         }
         let seen = heights.iter().copied().max().unwrap_or(0);
         let abstain_through = crate::consensus::Config::abstain_bound(&self.spec, seen);
-        let chain_hash = self.spec.chain_hash();
         let offered = offers.len();
         let unchecked = self.scenario.unchecked_snapshots;
-        offers.retain(|offer| {
-            unchecked
-                || offer
-                    .manifest
-                    .verify(&chain_hash, &self.spec.members)
-                    .is_ok()
-        });
+        offers.retain(|offer| unchecked || offer.manifest.verify(&self.spec).is_ok());
         self.snapshots.refused += (offered - offers.len()) as u64;
         let backed = self.spec.members.max_faulty() + 1;
         let support = |m: &Manifest| {
@@ -269,6 +262,7 @@ impl Sim {
                 chain_hash: self.spec.chain_hash(),
                 header: block.header,
                 certificate: certificate.clone(),
+                changes: Vec::new(),
                 recent: vec![below],
                 tile_level: level,
                 tile_roots: (0..tiles).map(|i| snapshot::tile_root(tile(i))).collect(),

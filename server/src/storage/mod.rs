@@ -876,18 +876,7 @@ impl Store {
     /// `membership` table: its row of the epoch in force there, with a change that
     /// is due by then put in force (for the height above the tip).
     pub fn membership_at(&self, height: u64) -> Result<Membership, StoreError> {
-        let mut membership = self.membership_row(height)?;
-        // The row is the epoch's latest state: a change recorded at or above
-        // `height` was not known when that block was ordered.
-        if membership
-            .pending
-            .as_ref()
-            .is_some_and(|pending| pending.height >= height)
-        {
-            membership.pending = None;
-        }
-        membership.advance_to(height);
-        Ok(membership)
+        Ok(self.membership_row(height)?.as_of(height))
     }
 
     /// The membership changes ordered since genesis, in block order, each with the

@@ -14,15 +14,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ledger_migrations::schema::{
-    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES, META,
-    META_HISTORY_FROM,
+    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP,
+    MERKLE_NODES, META, META_HISTORY_FROM,
 };
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{corrupt, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::Manifest;
-use crate::chain::{Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header};
+use crate::chain::{
+    Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header, MembershipHistory,
+};
 
 /// Tile index → its root, for the tiles written so far (staging file only).
 const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
@@ -261,6 +263,18 @@ impl Restore {
             write_identity(&txn, spec, &genesis)?;
             let hash = block.hash();
             let height = header.height;
+            // The memberships up to h, as the store keeps them (a row per epoch from
+            // where it is in force, with the change that ended it), from the changes
+            // the manifest proved: what certifies the blocks after h.
+            let history = MembershipHistory::verify(spec, &manifest.changes)
+                .map_err(|error| corrupt(format!("the snapshot's membership changes: {error}")))?;
+            let mut rows = txn.open_table(MEMBERSHIP)?;
+            for membership in history.epochs().iter().filter(|membership| {
+                membership.since <= height && (membership.epoch > 0 || membership.pending.is_some())
+            }) {
+                rows.insert(membership.since, membership.encode().as_slice())?;
+            }
+            drop(rows);
             txn.open_table(BLOCKS)?
                 .insert(height, block.encode().as_slice())?;
             txn.open_table(BLOCK_HASHES)?

@@ -22,6 +22,14 @@ impl Store {
         tile_level: u8,
         window: u64,
     ) -> Result<Option<Manifest>, StoreError> {
+        // Read before the manifest's transaction: a change is never undone, and those
+        // above `height` are left out.
+        let changes: Vec<_> = self
+            .membership_changes()?
+            .iter()
+            .filter(|change| change.receipt.header.height <= height)
+            .cloned()
+            .collect();
         self.observe(self.read(|store, tables| {
             let Some(header) = store.checked_header(tables, height, Anchor::Certificate)? else {
                 return Ok(None);
@@ -55,12 +63,13 @@ impl Store {
                 chain_hash: store.chain_hash,
                 header,
                 certificate,
+                changes: changes.clone(),
                 recent,
                 tile_level,
                 tile_roots,
             };
             manifest
-                .verify(&store.chain_hash, &store.spec.members)
+                .verify(&store.spec)
                 .map_err(|error| corrupt(format!("the snapshot at height {height}: {error}")))?;
             Ok(Some(manifest))
         }))
