@@ -553,6 +553,13 @@ pub struct LearnerView {
     pub p2p_addr: Option<String>,
     /// API address the change named.
     pub api_addr: Option<String>,
+    /// Its height, as its API said when asked for this answer (the members ask it
+    /// the same before promoting it).
+    pub height: Option<u64>,
+    /// How many blocks it is behind the answering node.
+    pub behind: Option<u64>,
+    /// Why it could not be asked, when it could not.
+    pub last_error: Option<String>,
 }
 
 /// A membership change on its way.

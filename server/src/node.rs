@@ -44,6 +44,8 @@ pub struct Node {
 
 /// Longest wait for a learner's status before promoting it.
 const LEARNER_PROBE: Duration = Duration::from_secs(5);
+/// Longest wait for a learner's status in `GET /v1/members`.
+pub const LEARNER_PROGRESS: Duration = Duration::from_secs(2);
 
 /// `GET /chain` streams a node serves at once; more are told to retry.
 pub const CHAIN_STREAMS: usize = 16;
@@ -381,7 +383,7 @@ impl Node {
             let Some(learner) = learner else {
                 return Err(ProposeError::LearnerUnknown("it is no learner".into()));
             };
-            let height = self.learner_height(learner).await?;
+            let height = self.learner_height(learner, LEARNER_PROBE).await?;
             let interval = spec.params.checkpoint_interval;
             if height.saturating_add(interval) < tip.height {
                 return Err(ProposeError::LearnerBehind {
@@ -422,7 +424,11 @@ impl Node {
     /// How far `learner` is, as its client API (the address the change that added it
     /// named) says, asked with this node's upstream credentials. A node that answers
     /// there under another id is not the learner.
-    async fn learner_height(&self, learner: &crate::chain::Member) -> Result<u64, ProposeError> {
+    pub async fn learner_height(
+        &self,
+        learner: &crate::chain::Member,
+        timeout: Duration,
+    ) -> Result<u64, ProposeError> {
         let Some(api) = learner.api_addr.clone() else {
             return Err(ProposeError::LearnerUnknown(
                 "the change that added it named no api address to ask".into(),
@@ -430,7 +436,7 @@ impl Node {
         };
         let credentials = self.upstream.clone();
         let status = tokio::task::spawn_blocking(move || {
-            ledger_client::Client::with_timeout(&api, &credentials, LEARNER_PROBE)?
+            ledger_client::Client::with_timeout(&api, &credentials, timeout)?
                 .with_retry(ledger_client::Retry::never())
                 .status()
         })

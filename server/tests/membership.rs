@@ -381,6 +381,15 @@ fn a_learner_follows_is_promoted_and_votes() {
         "a promotion of a follower was ordered"
     );
 
+    // Clients submit through the four members from here until the newcomer votes.
+    let load_from = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let urls = (0..4).map(|i| node(&daemons, i).url.clone()).collect();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || load(urls, stop, 5_000))
+    };
+
     let (api, p2p) = (
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{}", port + 1),
@@ -401,6 +410,10 @@ fn a_learner_follows_is_promoted_and_votes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(metric(&newcomer, "ledger_behind_blocks") <= 5);
+    // The members ask it too, before promoting it and in `member list`.
+    let listed = members(node(&daemons, 0));
+    let behind = &listed["learners"][0]["behind"];
+    assert!(behind.as_u64().is_some_and(|b| b <= 5), "{listed}");
 
     // A learner the members cannot ask how far it is is not promoted.
     newcomer.stop();
@@ -436,6 +449,26 @@ fn a_learner_follows_is_promoted_and_votes() {
         assert!(Instant::now() < deadline, "{code} {seen}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    stop.store(true, Ordering::Relaxed);
+    let loaded = loader.join().unwrap();
+    assert!(
+        loaded.len() >= 20,
+        "{} entries accepted under load",
+        loaded.len()
+    );
+    for id in &loaded {
+        committed(node(&daemons, 0), id);
+        committed(&newcomer, id);
+    }
+    let load_to = status(node(&daemons, 0))["height"].as_u64().unwrap();
+    let gap = longest_gap(node(&daemons, 0), load_from, load_to);
+    // Two view-change timeouts (2 s each by default).
+    assert!(gap <= 4_000, "{gap} ms between two blocks while growing");
+    eprintln!(
+        "grew 4 -> 5 under load: {} entries, blocks {load_from}..{load_to}, longest gap {gap} ms",
+        loaded.len()
+    );
 
     // With one old member stopped, four of five are a quorum only with the
     // newcomer's votes: commits go on, so it votes.
@@ -493,4 +526,28 @@ fn a_learner_follows_is_promoted_and_votes() {
     let mut everyone = daemons;
     everyone.push(Some(newcomer));
     stop_all(&mut everyone);
+}
+
+/// The longest time between two consecutive blocks from `from` to `to` on `daemon`,
+/// by their proposers' clocks (all on this machine), ms.
+fn longest_gap(daemon: &Daemon, from: u64, to: u64) -> u64 {
+    let mut stamps = Vec::new();
+    let mut next = from;
+    while next <= to {
+        let url = format!("{}/v1/blocks?from={next}&limit=100", daemon.url);
+        let (code, page) = http("GET", &url, None);
+        assert_eq!(code, 200, "{page}");
+        let page = page.as_array().unwrap();
+        assert!(!page.is_empty(), "no block {next}");
+        for block in page {
+            stamps.push(block["timestamp_ms"].as_u64().unwrap());
+        }
+        next += page.len() as u64;
+    }
+    stamps.truncate((to - from + 1) as usize);
+    stamps
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0)
 }

@@ -890,6 +890,15 @@ async fn members(State(node): State<Arc<Node>>) -> Result<Json<MembersView>, Api
     let membership = store.membership_in_force();
     let engine = node.status();
     let key = |key: &ed25519_dalek::VerifyingKey| hex::encode(key.as_bytes());
+    // Each learner is asked how far it is, all at once, each for at most 2 s.
+    let tip = store.last_tip().map_or(0, |tip| tip.height);
+    let progress = futures_util::future::join_all(
+        membership
+            .learners
+            .iter()
+            .map(|learner| node.learner_height(learner, crate::node::LEARNER_PROGRESS)),
+    )
+    .await;
     Ok(Json(MembersView {
         epoch: membership.epoch,
         since: membership.since,
@@ -899,11 +908,18 @@ async fn members(State(node): State<Arc<Node>>) -> Result<Json<MembersView>, Api
         learners: membership
             .learners
             .iter()
-            .map(|learner| LearnerView {
+            .zip(progress)
+            .map(|(learner, progress)| LearnerView {
                 node_id: learner.node_id.to_hex(),
                 public_key: key(&learner.public_key),
                 p2p_addr: learner.p2p_addr.clone(),
                 api_addr: learner.api_addr.clone(),
+                height: progress.as_ref().ok().copied(),
+                behind: progress
+                    .as_ref()
+                    .ok()
+                    .map(|height| tip.saturating_sub(*height)),
+                last_error: progress.err().map(|error| error.to_string()),
             })
             .collect(),
         pending: membership
