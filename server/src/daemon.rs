@@ -518,6 +518,27 @@ async fn bind_peers(path: &Path, config: &NodeConfig) -> anyhow::Result<tokio::n
         })
 }
 
+/// A member's start refused because a membership change removed its key: starting it
+/// again cannot help (`ledgerd` exits with [`Removed::EXIT_CODE`], which the systemd
+/// unit does not restart).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this node's key is not a member of membership epoch {epoch} (in force from height \
+     {since}): a membership change removed it; run it as a follower (`follower = true`) \
+     or stop it (and disable its unit)"
+)]
+pub struct Removed {
+    /// The epoch in force.
+    pub epoch: u64,
+    /// Its first height.
+    pub since: u64,
+}
+
+impl Removed {
+    /// `EX_CONFIG` of sysexits.h: the configuration no longer fits the chain.
+    pub const EXIT_CODE: u8 = 78;
+}
+
 /// Starts the member transport on `listener` and the PBFT replica over `store`.
 #[allow(clippy::too_many_arguments)]
 async fn start_cluster(
@@ -540,13 +561,11 @@ async fn start_cluster(
         .iter()
         .position(|member| member.public_key == public)
     else {
-        bail!(
-            "this node's key is not a member of membership epoch {} (in force from height \
-             {}): a membership change removed it; run it as a follower (`follower = true`) \
-             or stop it",
-            membership.epoch,
-            membership.since
-        );
+        return Err(Removed {
+            epoch: membership.epoch,
+            since: membership.since,
+        }
+        .into());
     };
     let me = me as MemberIndex;
     if let Some((index, member)) = members

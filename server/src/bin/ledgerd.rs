@@ -249,7 +249,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("ledgerd: {}", ledger::cli::describe(error.as_ref()));
-            ExitCode::FAILURE
+            match error.downcast_ref::<daemon::Removed>() {
+                Some(_) => ExitCode::from(daemon::Removed::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
