@@ -180,6 +180,20 @@ fn main() -> anyhow::Result<()> {
             };
             let encoded = manifest.encode();
             write("manifest", &encoded)?;
+            // The same with a membership change (its checks are not the decoder's).
+            let (_, _, receipt) = ledger::testing::receipt(1);
+            let change = Reconfiguration::new(
+                0,
+                Change::Remove {
+                    public_key: key(4).verifying_key(),
+                },
+            )?;
+            let mut changed = manifest.clone();
+            changed.changes.push(ledger::chain::ChangeProof {
+                entry: change.to_entry(),
+                receipt,
+            });
+            write("manifest", &changed.encode())?;
             for index in 0..manifest.chunks() {
                 let chunk = store.snapshot_chunk(&manifest, index)?;
                 let mut input = (encoded.len() as u32).to_be_bytes().to_vec();
