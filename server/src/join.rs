@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
-use crate::chain::{Block, ChainSpec, CommitCertificate};
+use crate::chain::{Block, ChainSpec, CommitCertificate, MembershipHistory};
 use crate::consensus::{Config, MemberIndex};
 use crate::engine::lock;
 use crate::metrics::Metrics;
@@ -257,11 +257,19 @@ fn choose(spec: &ChainSpec, offers: &[(Source, Manifest)]) -> Option<(Manifest, 
             .filter(|(_, other)| manifest.same_snapshot(other))
             .count()
     };
-    let backed = spec.members.max_faulty() + 1;
+    // f of the membership that certified the snapshot (offers are verified, so its
+    // changes hold).
+    let backed = |manifest: &Manifest| {
+        MembershipHistory::verify(spec, &manifest.changes)
+            .map_or(spec.members.max_faulty(), |history| {
+                history.at(manifest.height()).members.max_faulty()
+            })
+            + 1
+    };
     let best = offers
         .iter()
         .map(|(_, manifest)| manifest)
-        .max_by_key(|manifest| (support(manifest) >= backed, manifest.height()))?;
+        .max_by_key(|manifest| (support(manifest) >= backed(manifest), manifest.height()))?;
     let sources = offers
         .iter()
         .filter(|(_, manifest)| manifest.same_snapshot(best))
