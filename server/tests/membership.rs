@@ -614,3 +614,43 @@ fn serve_status(status: serde_json::Value) -> String {
     });
     addr
 }
+
+/// A member that was down while two changes came into force (another member removed,
+/// a learner added) catches up through both epochs when it returns.
+#[test]
+fn a_member_down_across_two_changes_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 4);
+    checkpoint_every(&chain.join("genesis.toml"), 5);
+    let mut daemons = start_all(&configs, base);
+    commit_batch(node(&daemons, 0), "before", 4);
+    let genesis = members(node(&daemons, 0));
+    daemons[3].take().unwrap().stop();
+
+    let second = genesis["members"][2]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    remove(node(&daemons, 0), &chain, &second);
+    epoch_in_force(node(&daemons, 0), 1);
+    daemons[2].take().unwrap().stop();
+    let learner = hex::encode(ledger::testing::key(90).verifying_key().as_bytes());
+    let add = ["add", "--key", &learner, "--p2p", "127.0.0.1:9"];
+    change(node(&daemons, 0), &chain, &add, "add");
+    epoch_in_force(node(&daemons, 0), 2);
+    let after = commit_batch(node(&daemons, 0), "after", 4);
+
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    for id in &after {
+        committed(node(&daemons, 3), id);
+    }
+    let seen = members(node(&daemons, 3));
+    assert_eq!(seen["epoch"], 2, "{seen}");
+    // It votes again: with member 1 stopped, members 0 and 3 are the quorum of the
+    // three (q = 2), so commits go on only with its votes.
+    daemons[1].take().unwrap().stop();
+    let late = commit_batch(node(&daemons, 3), "back", 2);
+    committed(node(&daemons, 0), &late[1]);
+    stop_all(&mut daemons);
+}
