@@ -491,6 +491,11 @@ impl Replica {
     pub(super) fn on_tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         let now = self.now_ms;
+        if self.vouched_height() > self.tip.header.height {
+            self.behind_since_ms.get_or_insert(now);
+        } else {
+            self.behind_since_ms = None;
+        }
         if self.active {
             let timeout = self.view_change_timeout();
             self.share_waiting(now.saturating_sub(timeout / 2));
@@ -650,11 +655,18 @@ impl Replica {
     /// with its certificate within the last view-change timeout. Its own timers then
     /// wait: the others are making progress, and a view change it started alone
     /// would leave it in a view nobody else is in.
+    ///
+    /// A claim can outlive what backs it: at f = 0 one member vouches alone, and it
+    /// may have lost its disk since. Behind for a whole timeout with nothing applied,
+    /// the replica stops waiting and its timers run again.
     pub fn catching_up(&self) -> bool {
-        self.vouched_height() > self.tip.header.height
-            || self.last_catch_up_ms.is_some_and(|at| {
-                self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms
-            })
+        let recent =
+            |at: u64| self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms;
+        let behind = self.vouched_height() > self.tip.header.height
+            && self
+                .behind_since_ms
+                .is_none_or(|since| recent(since.max(self.progress_ms)));
+        behind || self.last_catch_up_ms.is_some_and(recent)
     }
 
     pub(super) fn fetch_committed(&mut self) {

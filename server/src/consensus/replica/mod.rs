@@ -154,6 +154,8 @@ pub struct Replica {
     fetching_after: Option<u64>,
     /// When a block fetched with its certificate was last applied.
     last_catch_up_ms: Option<u64>,
+    /// Since when the others' checkpoints have shown this replica behind.
+    behind_since_ms: Option<u64>,
     drops: BTreeMap<DropReason, u64>,
     /// Entry ids of the blocks applied in this call, which the driver's index learns
     /// only once it performs the outputs: a block validated later in the same call
@@ -238,6 +240,7 @@ impl Replica {
             caught_up_since_check: false,
             fetching_after: None,
             last_catch_up_ms: None,
+            behind_since_ms: None,
             drops: BTreeMap::new(),
             applied_now: Vec::new(),
             recent_applied: VecDeque::new(),
@@ -445,12 +448,14 @@ impl Replica {
             );
         }
         text += &format!(
-            "tip h{} {} mining {:?} view-change deadline {:?} consecutive {} bodies [{}]\n",
+            "tip h{} {} mining {:?} view-change deadline {:?} consecutive {} claims {:?} catching up {} bodies [{}]\n",
             self.tip.header.height,
             short(&self.tip.header.hash()),
             self.mining.map(|(height, _)| height),
             self.view_change_deadline,
             self.consecutive_view_changes,
+            self.claims,
+            self.catching_up(),
             self.blocks.keys().map(short).collect::<Vec<_>>().join(" "),
         );
         text
