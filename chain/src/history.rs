@@ -192,6 +192,11 @@ impl MembershipHistory {
     pub fn epochs(&self) -> &[Membership] {
         &self.epochs
     }
+
+    /// How many changes the history holds: those in force and one on its way.
+    pub fn changes(&self) -> usize {
+        self.epochs.len() - 1 + usize::from(self.latest().pending.is_some())
+    }
 }
 
 impl Receipt {

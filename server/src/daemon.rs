@@ -301,16 +301,20 @@ fn join_into_new(
 /// from a backup file into `store`) lost what it signed: if the chain has come
 /// anywhere, it abstains from voting until it has caught up past where it may have
 /// voted ([`crate::consensus::Durable::abstain_through`]). A replaying member's
-/// database is created here for that record, before the replica can run.
+/// database is created here for that record, before the replica can run. A node
+/// whose key was never a member of the chain has nothing to abstain from.
 fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
     let spec = config.chain_spec()?;
     let join = join_config(config, &spec, Duration::from_secs(10))?;
+    let Some(probe) = &join.probe else {
+        return Ok(());
+    };
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
-    let mut seen = crate::join::highest_certified(&client, &spec, &join.probe);
-    if let Some(store) = store {
-        seen = seen.max(store.tip()?.height);
-    }
-    let bound = crate::consensus::Config::abstain_bound(&spec, seen);
+    let (known, floor) = match store {
+        Some(store) => (store.membership_history()?, store.tip()?.height),
+        None => (crate::chain::MembershipHistory::genesis(&spec), 0),
+    };
+    let bound = crate::join::abstain_through(&client, &spec, probe, known, floor);
     if let Some(store) = store {
         // Restored from a backup: the mark says to ask, and asking settles it.
         store.set_abstain_through(bound)?;
@@ -325,7 +329,6 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
     }
     if bound > 0 {
         tracing::warn!(
-            chain_height = seen,
             abstaining_until = bound,
             "this member lost the record of what it signed (it started without its own \
              database): it follows the chain and votes again from height {bound} on"
@@ -356,7 +359,7 @@ fn join_config(
     let credentials = crate::http::upstream(&config.upstream)?;
     // A key that never voted has nothing to learn about its own votes.
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
-    let (sources, requester, probe) = match me {
+    let (sources, requester, ways) = match me {
         None => (
             api_sources(&spec.members, &public, &credentials)?
                 .into_iter()
@@ -373,24 +376,24 @@ fn join_config(
             let hello = member_hello(spec, me, String::new());
             let requester = Requester::new(&key, Roster::new(&spec.members, &[]), hello, timeout)
                 .context("setting up the peer protocol to join by")?;
-            // How far the chain has come is asked through the client APIs, which
-            // answer from a member's first instant: one still starting without a
-            // database says it holds nothing, so members that all start new count
-            // each other (a new chain) instead of waiting for each other.
-            let probe = match new_key {
-                true => Vec::new(),
-                false => others(spec, me)
-                    .map(|(index, member)| -> anyhow::Result<Vec<Source>> {
-                        let api = member.api_addr.as_deref();
-                        let api = api.map(|addr| credentials.base_url(addr)).transpose()?;
-                        let api = api.map(Source::Api);
-                        Ok(api.into_iter().chain(peer_source(index, member)).collect())
-                    })
-                    .collect::<anyhow::Result<_>>()?,
-            };
-            (sources, Some(Arc::new(requester)), probe)
+            let ways = others(spec, me)
+                .filter_map(|(index, member)| {
+                    Some((member.public_key, peer_source(index, member)?))
+                })
+                .collect();
+            (sources, Some(Arc::new(requester)), ways)
         }
     };
+    // How far the chain has come is asked through the client APIs first, which
+    // answer from a member's first instant: one still starting without a database
+    // says it holds nothing, so members that all start new count each other (a new
+    // chain) instead of waiting for each other. A key made for this node never
+    // voted: it has nothing to ask.
+    let probe = (!new_key).then(|| crate::join::Probe {
+        me: public,
+        credentials: credentials.clone(),
+        ways,
+    });
     Ok(JoinConfig {
         sources,
         requester,
@@ -729,7 +732,7 @@ async fn run_once(
     })
     .await??;
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
-    if empty && !config.database_path().exists() && !config.follower && !new_key {
+    if empty && !config.database_path().exists() && !new_key {
         starting.set_phase("asking the other members how far the chain has come");
         let config = config.clone();
         tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, None)).await??;
@@ -771,7 +774,7 @@ async fn run_once(
         }
         _ => {}
     }
-    if store.durable()?.abstain_through == crate::consensus::ABSTAIN_UNKNOWN && !config.follower {
+    if store.durable()?.abstain_through == crate::consensus::ABSTAIN_UNKNOWN {
         starting.set_phase("asking the other members how far the chain has come");
         let (config, restored) = (config.clone(), Arc::clone(&store));
         tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, Some(&restored)))

@@ -20,12 +20,16 @@ use std::time::{Duration, Instant};
 
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
-use crate::chain::{Block, ChainSpec, CommitCertificate, MembershipHistory};
+use crate::chain::{
+    Block, ChainSpec, ChangeProof, CommitCertificate, Membership, MembershipHistory,
+};
 use crate::consensus::{Config, MemberIndex};
 use crate::engine::lock;
+use crate::http::Credentials;
 use crate::metrics::Metrics;
 use crate::net::{Requester, Wire};
 use crate::storage::{Restore, Store, StoreError};
+use ed25519_dalek::VerifyingKey;
 
 /// Failures after which a member is no longer asked for chunks.
 pub const STRIKES: u32 = 3;
@@ -63,10 +67,9 @@ pub struct JoinConfig {
     pub sources: Vec<Source>,
     /// Asks members over the peer protocol: needed for [`Source::Peer`] sources.
     pub requester: Option<std::sync::Arc<Requester>>,
-    /// The members a joining member asks how far the chain has come
-    /// ([`highest_certified`]), each by the ways to reach it, tried in order; empty
-    /// for a follower, which never votes, and for a key that never voted.
-    pub probe: Vec<Vec<Source>>,
+    /// How a joining node that may have voted asks how far the chain has come
+    /// ([`abstain_through`]); none for a key that never voted.
+    pub probe: Option<Probe>,
     /// The node's database, which must not exist yet.
     pub path: PathBuf,
     /// The staging file the snapshot is restored into.
@@ -205,19 +208,23 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     };
     let height = best.height();
     let block = fetch_block(&client, &sources, &best).ok_or(JoinError::NoBlock(height))?;
-    // This member forgot what it signed; how far the others got bounds where it may
+    // A member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
-    let seen = match config.probe.is_empty() {
-        true => 0,
-        false => highest_certified(&client, spec, &config.probe).max(height),
+    let abstain_through = match &config.probe {
+        None => 0,
+        Some(probe) => {
+            // Verified when offered; the members' proofs would make up for it.
+            let known = best
+                .verify(spec)
+                .unwrap_or_else(|_| MembershipHistory::genesis(spec));
+            abstain_through(&client, spec, probe, known, height)
+        }
     };
-    let abstain_through = Config::abstain_bound(spec, seen);
     fetched
         .restore
         .finish(spec, &block, &config.path, abstain_through)?;
     if abstain_through > 0 {
         tracing::warn!(
-            chain_height = seen,
             abstaining_until = abstain_through,
             "this member joined without the record of what it signed: it follows the chain \
              and votes again from height {abstain_through} on"
@@ -573,32 +580,122 @@ fn fetch_block(client: &Client, sources: &[Source], manifest: &Manifest) -> Opti
     None
 }
 
-/// The highest height the `members` show with a commit certificate that verifies
-/// against the genesis members (0 when none shows one, or each holds nothing): how
-/// far the chain has come, which bounds where a member that lost its disk may have
-/// voted. A member cannot raise it beyond the chain, only hide how far it got. Each
-/// is asked by its ways in turn (its client API, then its peer port), and asked
-/// again, once a second, until [`Config::abstain_answers`] of them have answered:
-/// fewer might all be members that never saw this member's votes.
-pub fn highest_certified(client: &Client, spec: &ChainSpec, members: &[Vec<Source>]) -> u64 {
-    let needed = Config::abstain_answers(spec).min(members.len());
+/// How a node that may have voted, and lost the record of it, asks the members how
+/// far the chain has come.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// This node's key.
+    pub me: VerifyingKey,
+    /// Reaches the members' client APIs, at the addresses the genesis file or the
+    /// changes that added them name.
+    pub credentials: Credentials,
+    /// More ways to reach members, by key, tried after their client APIs: the peer
+    /// ports of the genesis members, for a genesis member (whose requester knows
+    /// them).
+    pub ways: Vec<(VerifyingKey, Source)>,
+}
+
+impl Probe {
+    /// The members of `membership` other than this node, each with the ways to
+    /// reach it, tried in order: its client API, then its peer port.
+    fn members(&self, membership: &Membership) -> Vec<(VerifyingKey, Vec<Source>)> {
+        let others = membership.members.as_slice().iter();
+        others
+            .filter(|member| member.public_key != self.me)
+            .map(|member| {
+                let api = member.api_addr.as_deref();
+                let api = api.and_then(|addr| self.credentials.base_url(addr).ok());
+                let more = self
+                    .ways
+                    .iter()
+                    .filter(|(key, _)| *key == member.public_key);
+                let ways = api.map(Source::Api).into_iter();
+                let ways = ways.chain(more.map(|(_, source)| source.clone()));
+                (member.public_key, ways.collect())
+            })
+            .collect()
+    }
+}
+
+/// The height up to which a node that starts without the record of its votes
+/// abstains ([`Config::abstain_bound`]): 0 when its key was never a member in the
+/// memberships the chain went through (a follower, a learner never promoted). `known`
+/// is the history the node holds (from a snapshot's manifest, a backup, or genesis),
+/// `floor` a height the chain is known to have reached. The members' proofs extend
+/// `known` where a change came after it.
+pub fn abstain_through(
+    client: &Client,
+    spec: &ChainSpec,
+    probe: &Probe,
+    known: MembershipHistory,
+    floor: u64,
+) -> u64 {
+    let mut history = known;
+    // A change after what the node holds may have made it a member: every member
+    // it knows of is asked once for its proof.
+    let everyone: Vec<Source> = probe
+        .members(&history.last())
+        .into_iter()
+        .flat_map(|(_, ways)| ways)
+        .filter(|source| matches!(source, Source::Api(_)))
+        .collect();
+    for learned in at_once(&everyone, |source| learn_history(client, spec, source)) {
+        history = longer(history, learned);
+    }
+    let voted = history
+        .epochs()
+        .iter()
+        .flat_map(|membership| membership.members.as_slice())
+        .any(|member| member.public_key == probe.me);
+    if !voted {
+        return 0;
+    }
+    let seen = highest_certified(client, spec, probe, &mut history).max(floor);
+    Config::abstain_bound(spec, &history.last().members, seen)
+}
+
+/// The highest height the members show with a commit certificate that verifies
+/// against the membership `history` says certified it (0 when none shows one, or
+/// each holds nothing): how far the chain has come, which bounds where a member that
+/// lost its disk may have voted. A member cannot raise it beyond the chain, only
+/// hide how far it got. The members of the last membership the history knows are
+/// asked, each by its ways in turn, and asked again, once a second, until
+/// [`Config::abstain_answers`] of them have answered: fewer might all be members
+/// that never saw this member's votes. A certificate under a membership the history
+/// does not know yet is checked with the proof its sender shows, and the longer
+/// history is kept.
+pub fn highest_certified(
+    client: &Client,
+    spec: &ChainSpec,
+    probe: &Probe,
+    history: &mut MembershipHistory,
+) -> u64 {
     let started = Instant::now();
     let mut warned = Instant::now();
     // An answer stays good: anything after this member stopped bounds its votes.
-    let mut answers: Vec<Option<u64>> = vec![None; members.len()];
+    let mut answers: Vec<(VerifyingKey, u64)> = Vec::new();
     loop {
-        let unanswered: Vec<usize> = (0..members.len())
-            .filter(|&index| answers[index].is_none())
+        let members = probe.members(&history.last());
+        let needed = Config::abstain_answers(&history.last().members).min(members.len());
+        let unanswered: Vec<&(VerifyingKey, Vec<Source>)> = members
+            .iter()
+            .filter(|(key, _)| answers.iter().all(|(answered, _)| answered != key))
             .collect();
-        let asked = at_once(&unanswered, |&index| {
-            members[index]
-                .iter()
-                .find_map(|source| certified_height(client, spec, source))
+        let asked = at_once(&unanswered, |(_, ways)| {
+            ways.iter()
+                .find_map(|source| certified_height(client, spec, history, source))
         });
-        for (index, asked) in unanswered.into_iter().zip(asked) {
-            answers[index] = asked;
+        for ((key, _), asked) in unanswered.into_iter().zip(asked) {
+            if let Some((height, learned)) = asked {
+                answers.push((*key, height));
+                *history = longer(history.clone(), learned);
+            }
         }
-        let heard: Vec<u64> = answers.iter().flatten().copied().collect();
+        let heard: Vec<u64> = members
+            .iter()
+            .filter_map(|(key, _)| answers.iter().find(|(answered, _)| answered == key))
+            .map(|(_, height)| *height)
+            .collect();
         if heard.len() >= needed {
             return heard.into_iter().max().unwrap_or(0);
         }
@@ -617,16 +714,55 @@ pub fn highest_certified(client: &Client, spec: &ChainSpec, members: &[Vec<Sourc
 }
 
 /// The height `source` shows, if it shows it with a commit certificate that verifies
-/// (0 if it holds no committed block, or no database yet).
-fn certified_height(client: &Client, spec: &ChainSpec, source: &Source) -> Option<u64> {
+/// under `history`, or under the longer history its proof establishes (returned); 0
+/// if it holds no committed block, or no database yet.
+fn certified_height(
+    client: &Client,
+    spec: &ChainSpec,
+    history: &MembershipHistory,
+    source: &Source,
+) -> Option<(u64, Option<MembershipHistory>)> {
     let Some((block, certificate)) = client.latest_committed(source).ok()? else {
-        return Some(0);
+        return Some((0, None));
     };
     let height = block.header.height;
-    certificate
-        .verify(&spec.chain_hash(), &spec.members, height, &block.hash())
-        .ok()?;
-    Some(height)
+    let hash = block.hash();
+    let certified = |history: &MembershipHistory| {
+        let membership = history.at(height);
+        let domain = membership.signing_domain(&spec.chain_hash());
+        certificate
+            .verify(&domain, &membership.members, height, &hash)
+            .is_ok()
+    };
+    if certified(history) {
+        return Some((height, None));
+    }
+    // Certified by a membership after what this node knows: its sender's proof
+    // says which.
+    let learned = learn_history(client, spec, source)?;
+    certified(&learned).then_some((height, Some(learned)))
+}
+
+/// The membership history `source` proves (`GET /v1/members`), if it verifies from
+/// the genesis file; a peer port serves none.
+fn learn_history(client: &Client, spec: &ChainSpec, source: &Source) -> Option<MembershipHistory> {
+    let changes = client.changes(source).ok()?;
+    match MembershipHistory::verify(spec, &changes) {
+        Ok(history) => Some(history),
+        Err(error) => {
+            tracing::warn!(%source, %error, "a member's membership proof was refused");
+            None
+        }
+    }
+}
+
+/// The longer of two histories of one chain: each verified from genesis, one
+/// holds the other's changes and more.
+fn longer(known: MembershipHistory, learned: Option<MembershipHistory>) -> MembershipHistory {
+    match learned {
+        Some(learned) if learned.changes() > known.changes() => learned,
+        _ => known,
+    }
 }
 
 /// A memory figure of this process from /proc (`VmHWM`, its peak resident set so
@@ -661,6 +797,10 @@ fn release_freed_memory() -> u64 {
     }
     before.saturating_sub(rss_mib("VmRSS").unwrap_or(before))
 }
+
+/// `GET /v1/members` with every change a manifest may carry, as JSON (hex doubles
+/// the binary form's 8 MiB).
+const MAX_MEMBERS_BYTES: u64 = 24 << 20;
 
 /// A block is at most the chain's limits; 64 MiB bounds any honest one.
 const MAX_BLOCK_BYTES: u64 = 64 << 20;
@@ -737,6 +877,27 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The membership changes `source` lists (`GET /v1/members`), still to be
+    /// checked; a peer port lists none.
+    fn changes(&self, source: &Source) -> Result<Vec<ChangeProof>, Fetch> {
+        let Source::Api(url) = source else {
+            return Err(Fetch::Gone);
+        };
+        let mut response = call(&self.agent, &format!("{url}/v1/members"))?;
+        let body = body(&mut response, MAX_MEMBERS_BYTES)?;
+        if response.status() != 200 {
+            return Err(Fetch::Failed(format!("HTTP {}", response.status())));
+        }
+        let members: crate::api::types::MembersView =
+            serde_json::from_slice(&body).map_err(|error| Fetch::Failed(error.to_string()))?;
+        members
+            .changes
+            .iter()
+            .map(ChangeProof::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(|error| Fetch::Refused(error.to_string()))
     }
 
     /// The highest committed block `source` holds, with its certificate; `None` at
@@ -1001,11 +1162,16 @@ const TIP_STILL: Duration = Duration::from_secs(3);
 /// through the whole backfill).
 fn wait_for_the_tip(store: &Store, stop: &AtomicBool, client: &Client, sources: &[Source]) {
     let spec = store.spec();
+    let Ok(history) = store.membership_history() else {
+        return;
+    };
     let tip = || store.last_tip().map_or(0, |tip| tip.height);
     let (mut last, mut moved) = (tip(), Instant::now());
     let mut told = false;
     while moved.elapsed() < TIP_STILL && !stop.load(Ordering::Relaxed) {
-        let heights = at_once(sources, |source| certified_height(client, spec, source));
+        let heights = at_once(sources, |source| {
+            certified_height(client, spec, &history, source).map(|(height, _)| height)
+        });
         let chain = heights.into_iter().flatten().max().unwrap_or(0);
         if tip() >= chain {
             return;

@@ -458,7 +458,7 @@ async fn join_with(
     let config = JoinConfig {
         sources,
         requester,
-        probe: Vec::new(),
+        probe: None,
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),
@@ -698,9 +698,23 @@ async fn a_member_joins_over_the_peer_protocol() {
     };
     assert_eq!((height, chunks), (20, 9));
     assert_restored(&spec, dir.path(), &store);
+    // Two answers are needed of the other three: member 0 over the peer protocol,
+    // and member 1, starting afresh, through its API.
+    let starting = ledger::api::starting::Starting::new(Arc::default());
+    starting.set_holds_nothing(true);
+    let new_member = listen(ledger::api::starting::router(Arc::clone(&starting))).await;
+    let probe = ledger::join::Probe {
+        me: key(4).verifying_key(),
+        credentials: Default::default(),
+        ways: vec![
+            (key(1).verifying_key(), source),
+            (key(2).verifying_key(), Source::Api(new_member)),
+        ],
+    };
     let client = ledger::join::Client::new(plain_agent(), Some(joiner));
     let seen = tokio::task::spawn_blocking(move || {
-        ledger::join::highest_certified(&client, &spec, &[vec![source]])
+        let mut history = ledger::chain::MembershipHistory::genesis(&spec);
+        ledger::join::highest_certified(&client, &spec, &probe, &mut history)
     });
     assert_eq!(
         seen.await.unwrap(),
@@ -784,7 +798,7 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<_> = (1..=4).map(key).collect();
     let (spec, store, _) = chain_of(&dir.path().join("source"), 25, &keys);
-    assert_eq!(ledger::consensus::Config::abstain_answers(&spec), 2);
+    assert_eq!(ledger::consensus::Config::abstain_answers(&spec.members), 2);
     let starting = ledger::api::starting::Starting::new(Arc::default());
     starting.set_holds_nothing(true);
     let new_member = listen(ledger::api::starting::router(Arc::clone(&starting))).await;
@@ -792,14 +806,23 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
     let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let late_addr = late.local_addr().unwrap();
     drop(late);
-    let sources = vec![
-        vec![Source::Api(new_member)],
-        vec![Source::Api(format!("http://{late_addr}"))],
-    ];
+    // Member 1 lost its disk; member 4 cannot be reached at all.
+    let probe = ledger::join::Probe {
+        me: keys[0].verifying_key(),
+        credentials: Default::default(),
+        ways: vec![
+            (keys[1].verifying_key(), Source::Api(new_member)),
+            (
+                keys[2].verifying_key(),
+                Source::Api(format!("http://{late_addr}")),
+            ),
+        ],
+    };
     let client = ledger::join::Client::new(plain_agent(), None);
     let probe_spec = spec.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        ledger::join::highest_certified(&client, &probe_spec, &sources)
+        let mut history = ledger::chain::MembershipHistory::genesis(&probe_spec);
+        ledger::join::highest_certified(&client, &probe_spec, &probe, &mut history)
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
@@ -880,7 +903,7 @@ async fn a_backfill_copies_what_the_set_aside_database_holds_and_fetches_the_res
     let config = JoinConfig {
         sources: vec![Source::Api(honest)],
         requester: None,
-        probe: Vec::new(),
+        probe: None,
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
         timeout: Duration::from_secs(2),

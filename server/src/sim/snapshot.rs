@@ -77,12 +77,13 @@ impl Sim {
         }
         // Too few answers might all come from members that never saw its votes: it
         // asks again a second later, as a real node does.
-        if heights.len() < crate::consensus::Config::abstain_answers(&self.spec) {
+        if heights.len() < crate::consensus::Config::abstain_answers(&self.spec.members) {
             self.snapshots.probes_repeated += 1;
             return self.schedule(self.now + 1000, super::Event::Restart { node });
         }
         let seen = heights.iter().copied().max().unwrap_or(0);
-        let abstain_through = crate::consensus::Config::abstain_bound(&self.spec, seen);
+        let abstain_through =
+            crate::consensus::Config::abstain_bound(&self.spec, &self.spec.members, seen);
         let offered = offers.len();
         let unchecked = self.scenario.unchecked_snapshots;
         offers.retain(|offer| unchecked || offer.manifest.verify(&self.spec).is_ok());

@@ -44,8 +44,8 @@ pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{
     validate_block, Block, CertificateError, ChainError, ChainSpec, ChangeProof, CommitCertificate,
-    CompactRange, Entry, EntryIndex, Hash, Header, Membership, Receipt, TreeRangeError,
-    ValidationContext, HEADER_LEN,
+    CompactRange, Entry, EntryIndex, Hash, Header, Membership, MembershipHistory, Receipt,
+    TreeRangeError, ValidationContext, HEADER_LEN,
 };
 
 const META_CHAIN_HASH: &str = "chain_hash";
@@ -877,6 +877,14 @@ impl Store {
     /// is due by then put in force (for the height above the tip).
     pub fn membership_at(&self, height: u64) -> Result<Membership, StoreError> {
         Ok(self.membership_row(height)?.as_of(height))
+    }
+
+    /// The memberships the chain went through, as far as this store knows.
+    pub fn membership_history(&self) -> Result<MembershipHistory, StoreError> {
+        Ok(MembershipHistory::verify(
+            &self.spec,
+            &self.membership_changes()?,
+        )?)
     }
 
     /// The membership changes ordered since genesis, in block order, each with the

@@ -209,30 +209,32 @@ impl Config {
         spec.params.checkpoint_interval.saturating_mul(2).max(2)
     }
 
-    /// The height up to which a member that lost its disk may have signed votes it no
-    /// longer knows of, given `seen`, the highest height the others show certified:
-    /// its votes lay within a window above the checkpoint it last had stable, which
-    /// a quorum had applied, so which is at most `seen`.
-    pub fn abstain_bound(spec: &ChainSpec, seen: u64) -> u64 {
-        let members = spec.members.len();
+    /// The height up to which a member of `members` (those in force now) that lost
+    /// its disk may have signed votes it no longer knows of, given `seen`, the
+    /// highest height the others show certified: its votes lay within a window above
+    /// the checkpoint it last had stable, which a quorum had applied, so which is at
+    /// most `seen`.
+    pub fn abstain_bound(spec: &ChainSpec, members: &Members, seen: u64) -> u64 {
         // Nothing committed anywhere yet (a new chain: every member starts empty) leaves
         // nothing to contradict; and at n = 2 the other member alone is no quorum.
-        if seen == 0 || members.saturating_sub(1) < spec.members.quorum() {
+        if seen == 0 || members.len().saturating_sub(1) < members.quorum() {
             return 0;
         }
         seen.saturating_add(Config::window_of(spec))
     }
 
-    /// How many of the other members a member that lost its disk must hear from
+    /// How many of the other `members` a member that lost its disk must hear from
     /// (each showing its certified height, or that it holds nothing) before
     /// [`Config::abstain_bound`] of the highest is safe: a quorum applied the
     /// checkpoint it last had stable and, counting it as one of the f faults,
     /// q − 1 − (f − 1) honest others did, so this many answers include one of them.
-    pub fn abstain_answers(spec: &ChainSpec) -> usize {
-        let n = spec.members.len();
-        let f = spec.members.max_faulty();
+    /// A checkpoint it had stable in an earlier membership lies below the blocks
+    /// every honest member of this one applied to enter it.
+    pub fn abstain_answers(members: &Members) -> usize {
+        let n = members.len();
+        let f = members.max_faulty();
         (n + 1 + f.saturating_sub(1))
-            .saturating_sub(spec.members.quorum())
+            .saturating_sub(members.quorum())
             .clamp(1, n.saturating_sub(1).max(1))
     }
 
