@@ -33,7 +33,9 @@ pub use genesis::{
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use history::{ChangeProof, MembershipHistory};
-pub use membership::{epoch_domain, Change, Membership, MembershipError, Reconfiguration};
+pub use membership::{
+    epoch_domain, Change, LearnerProgress, Membership, MembershipError, Reconfiguration,
+};
 pub use merkle::CompactRange;
 pub use receipt::Receipt;
 pub use validate::{validate_block, validate_header, EntryIndex, Policy, ValidationContext};

@@ -17,6 +17,10 @@ const RECONFIGURATION_VERSION: u8 = 1;
 /// Domain separator of admin signatures; never reused for another message kind.
 const SIGNATURE_DOMAIN: &[u8] = b"ledger/v1/reconfiguration";
 const EPOCH_DOMAIN: &[u8] = b"ledger/v1/epoch";
+/// Domain separator of a learner's signed progress.
+const PROGRESS_DOMAIN: &[u8] = b"ledger/v1/learner-progress";
+/// Bytes of an encoded [`LearnerProgress`].
+const PROGRESS_LEN: usize = 8 + 64;
 /// Longest address hint, bytes.
 pub const MAX_ADDR_BYTES: usize = 255;
 const KIND_ADD_LEARNER: u8 = 1;
@@ -154,6 +158,43 @@ pub struct AdminSignature {
     pub signature: [u8; 64],
 }
 
+/// A learner's signed word of how far it has applied the chain. A promotion carries
+/// one, so every replica refuses alike a promotion of a learner that is behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnerProgress {
+    /// The height of the last block the learner applied.
+    pub height: u64,
+    /// The learner's signature over [`LearnerProgress::digest`].
+    pub signature: [u8; 64],
+}
+
+impl LearnerProgress {
+    /// What the learner signs: SHA-256(domain ‖ chain hash ‖ u64 height).
+    pub fn digest(chain_hash: &Hash, height: u64) -> Hash {
+        Hash::digest_parts(&[
+            PROGRESS_DOMAIN,
+            chain_hash.as_bytes(),
+            &height.to_be_bytes(),
+        ])
+    }
+
+    /// `key`'s word that it has applied the chain `chain_hash` up to `height`.
+    pub fn sign(key: &SigningKey, chain_hash: &Hash, height: u64) -> LearnerProgress {
+        let digest = LearnerProgress::digest(chain_hash, height);
+        LearnerProgress {
+            height,
+            signature: key.sign(digest.as_bytes()).to_bytes(),
+        }
+    }
+
+    /// Whether `key` signed this progress for the chain `chain_hash`.
+    pub fn verify(&self, key: &VerifyingKey, chain_hash: &Hash) -> bool {
+        let digest = LearnerProgress::digest(chain_hash, self.height);
+        key.verify_strict(digest.as_bytes(), &Signature::from_bytes(&self.signature))
+            .is_ok()
+    }
+}
+
 /// A change, the epoch it applies to, and the admins' signatures: the data of a
 /// reconfiguration entry (docs/FORMAT.md, "Reconfiguration").
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +206,10 @@ pub struct Reconfiguration {
     pub change: Change,
     /// At least the genesis threshold of distinct admins.
     pub signatures: Vec<AdminSignature>,
+    /// A promotion's learner progress, attached by the member that submits it for
+    /// ordering (the admins sign the change long before): outside the admins'
+    /// digest, and required of a promotion only.
+    pub progress: Option<LearnerProgress>,
 }
 
 impl Reconfiguration {
@@ -175,6 +220,7 @@ impl Reconfiguration {
             epoch,
             change,
             signatures: Vec::new(),
+            progress: None,
         })
     }
 
@@ -263,6 +309,10 @@ impl Reconfiguration {
             out.extend_from_slice(&signature.public_key);
             out.extend_from_slice(&signature.signature);
         }
+        if let Some(progress) = &self.progress {
+            out.extend_from_slice(&progress.height.to_be_bytes());
+            out.extend_from_slice(&progress.signature);
+        }
         out
     }
 
@@ -292,11 +342,25 @@ impl Reconfiguration {
                 signature: reader.array()?,
             });
         }
+        let progress = match reader.remaining() {
+            0 => None,
+            PROGRESS_LEN => Some(LearnerProgress {
+                height: reader.u64()?,
+                signature: reader.array()?,
+            }),
+            _ => {
+                return Err(ChainError::Malformed {
+                    what: "reconfiguration",
+                    reason: "bytes after the signatures are no learner progress",
+                })
+            }
+        };
         reader.finish()?;
         Ok(Reconfiguration {
             epoch,
             change,
             signatures,
+            progress,
         })
     }
 
@@ -398,6 +462,34 @@ pub enum MembershipError {
     /// Two changes in one block.
     #[error("a block holds at most one reconfiguration")]
     TwoInOneBlock,
+    /// A promotion without the learner's progress.
+    #[error(
+        "a promotion carries the learner's signed progress, which the member it is \
+         submitted to asks the learner for"
+    )]
+    NoProgress,
+    /// Progress on a change other than a promotion.
+    #[error("only a promotion carries a learner's progress")]
+    UnexpectedProgress,
+    /// Progress the learner did not sign, or claiming a height the chain has not
+    /// reached.
+    #[error(
+        "the learner's progress (height {0}) is not signed by the learner or is above the chain"
+    )]
+    BadProgress(u64),
+    /// Promoting a learner more than a checkpoint interval behind.
+    #[error(
+        "the learner is at height {height} and the chain at {tip}: it may be promoted once \
+         it is within one checkpoint interval ({interval} blocks); wait for it to catch up"
+    )]
+    LearnerBehind {
+        /// The learner's signed height.
+        height: u64,
+        /// The tip below the block that would hold the promotion.
+        tip: u64,
+        /// The chain's checkpoint interval.
+        interval: u64,
+    },
 }
 
 /// A change ordered but not yet in force.
@@ -640,12 +732,13 @@ impl Membership {
         true
     }
 
-    /// Whether `reconfiguration` may be ordered in a block at a height where this
+    /// Whether `reconfiguration` may be ordered in the block at `height`, where this
     /// membership is in force (after [`Membership::advance_to`] that height).
     pub fn check(
         &self,
         spec: &ChainSpec,
         reconfiguration: &Reconfiguration,
+        height: u64,
     ) -> Result<(), MembershipError> {
         let admins = spec.admins.as_ref().ok_or(MembershipError::NoAdmins)?;
         if let Some(pending) = &self.pending {
@@ -680,6 +773,8 @@ impl Membership {
                 Err(MembershipError::TooMany(MAX_MEMBERS))
             }
             Change::Promote { .. } if !is_learner => Err(MembershipError::NotALearner(hex_key())),
+            Change::Promote { .. } => check_progress(spec, key, reconfiguration.progress, height),
+            _ if reconfiguration.progress.is_some() => Err(MembershipError::UnexpectedProgress),
             Change::Remove { .. } if !is_member && !is_learner => {
                 Err(MembershipError::NotPresent(hex_key()))
             }
@@ -707,7 +802,7 @@ impl Membership {
                 return Err(MembershipError::TwoInOneBlock.into());
             }
             let reconfiguration = Reconfiguration::decode(&entry.data)?;
-            next.check(spec, &reconfiguration)?;
+            next.check(spec, &reconfiguration, height)?;
             found = Some(reconfiguration);
         }
         if let Some(reconfiguration) = found {
@@ -720,6 +815,31 @@ impl Membership {
         *self = next;
         Ok(())
     }
+}
+
+/// A promotion in the block at `height` needs the learner's own word that it has
+/// applied the chain to within a checkpoint interval of the tip below: the rule a
+/// member checks before proposing it, made one every replica checks alike.
+fn check_progress(
+    spec: &ChainSpec,
+    learner: &VerifyingKey,
+    progress: Option<LearnerProgress>,
+    height: u64,
+) -> Result<(), MembershipError> {
+    let progress = progress.ok_or(MembershipError::NoProgress)?;
+    let tip = height.saturating_sub(1);
+    if progress.height > tip || !progress.verify(learner, &spec.chain_hash()) {
+        return Err(MembershipError::BadProgress(progress.height));
+    }
+    let interval = spec.params.checkpoint_interval;
+    if progress.height.saturating_add(interval) < tip {
+        return Err(MembershipError::LearnerBehind {
+            height: progress.height,
+            tip,
+            interval,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -809,7 +929,7 @@ mod tests {
         let spec = admin_spec();
         let genesis = Membership::genesis(&spec);
         genesis
-            .check(&spec, &signed(&spec, 0, add(9), &[20, 21]))
+            .check(&spec, &signed(&spec, 0, add(9), &[20, 21]), 1)
             .unwrap();
         let cases = [
             (
@@ -824,7 +944,7 @@ mod tests {
         ];
         for (reconfiguration, needle) in cases {
             let error = genesis
-                .check(&spec, &reconfiguration)
+                .check(&spec, &reconfiguration, 1)
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(needle), "{error:?} should say {needle:?}");
@@ -833,25 +953,25 @@ mod tests {
         let mut swapped = signed(&spec, 0, add(9), &[20, 21]);
         swapped.change = add(10);
         assert!(matches!(
-            genesis.check(&spec, &swapped),
+            genesis.check(&spec, &swapped, 1),
             Err(MembershipError::BadSignature(_))
         ));
         let other = spec_checkpointing(&[key(1)], 0, 10);
         let mut elsewhere = Reconfiguration::new(0, add(9)).unwrap();
         elsewhere.sign(&key(20), &other.chain_hash());
         elsewhere.sign(&key(21), &other.chain_hash());
-        assert!(genesis.check(&spec, &elsewhere).is_err());
+        assert!(genesis.check(&spec, &elsewhere, 1).is_err());
         // One admin twice is one signature.
         let mut twice = signed(&spec, 0, add(9), &[20]);
         twice.signatures.push(twice.signatures[0]);
         assert!(matches!(
-            genesis.check(&spec, &twice),
+            genesis.check(&spec, &twice, 1),
             Err(MembershipError::SignedTwice(_))
         ));
         // Without admins nothing changes.
         let fixed = spec_checkpointing(&[key(1)], 0, 10);
         assert_eq!(
-            Membership::genesis(&fixed).check(&fixed, &signed(&fixed, 0, add(9), &[20])),
+            Membership::genesis(&fixed).check(&fixed, &signed(&fixed, 0, add(9), &[20]), 1),
             Err(MembershipError::NoAdmins)
         );
     }
@@ -894,8 +1014,10 @@ mod tests {
         let promote = Change::Promote {
             public_key: key(9).verifying_key(),
         };
+        let mut promotion = signed(&spec, 1, promote, &[21, 22]);
+        promotion.progress = Some(LearnerProgress::sign(&key(9), &spec.chain_hash(), 19));
         membership
-            .apply_block(&spec, 20, &entry(1, promote))
+            .apply_block(&spec, 20, &[promotion.to_entry()])
             .unwrap();
         assert_eq!(membership.pending.as_ref().unwrap().in_force_from, 21);
         membership.apply_block(&spec, 21, &[]).unwrap();
@@ -964,7 +1086,7 @@ mod tests {
                 _ => &[20, 21],
             };
             let error = Membership::genesis(spec)
-                .check(spec, &signed(spec, 0, change, signers))
+                .check(spec, &signed(spec, 0, change, signers), 1)
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(needle), "{error:?} should say {needle:?}");
@@ -984,5 +1106,80 @@ mod tests {
         let lookalike = Entry::new(signed(&spec, 0, add(9), &[20, 21]).encode());
         before.apply_block(&spec, 3, &[lookalike]).unwrap();
         assert_eq!(before, membership);
+    }
+
+    /// Every replica refuses alike a promotion without the learner's word that it is
+    /// within a checkpoint interval of the tip, or with a word it did not give.
+    #[test]
+    fn a_promotion_carries_the_learners_recent_progress() {
+        let spec = admin_spec();
+        let mut membership = Membership::genesis(&spec);
+        let add = signed(&spec, 0, add(9), &[20, 21]).to_entry();
+        membership.apply_block(&spec, 5, &[add]).unwrap();
+        membership.advance_to(11);
+        let chain_hash = spec.chain_hash();
+        let promotion = |progress: Option<LearnerProgress>| {
+            let promote = Change::Promote {
+                public_key: key(9).verifying_key(),
+            };
+            let mut promotion = signed(&spec, 1, promote, &[20, 21]);
+            promotion.progress = progress;
+            promotion
+        };
+        // The block at 30 sits on the tip at 29: the learner may be 10 behind.
+        let at = |height| Some(LearnerProgress::sign(&key(9), &chain_hash, height));
+        membership.check(&spec, &promotion(at(19)), 30).unwrap();
+        membership.check(&spec, &promotion(at(29)), 30).unwrap();
+        let cases = [
+            (promotion(None), MembershipError::NoProgress),
+            (
+                promotion(at(18)),
+                MembershipError::LearnerBehind {
+                    height: 18,
+                    tip: 29,
+                    interval: 10,
+                },
+            ),
+            // Above the tip: no learner holds that yet.
+            (promotion(at(30)), MembershipError::BadProgress(30)),
+            // Signed by another key, or for another height.
+            (
+                promotion(Some(LearnerProgress::sign(&key(8), &chain_hash, 25))),
+                MembershipError::BadProgress(25),
+            ),
+            (
+                promotion(at(25).map(|p| LearnerProgress { height: 26, ..p })),
+                MembershipError::BadProgress(26),
+            ),
+        ];
+        for (promotion, refused) in cases {
+            assert_eq!(membership.check(&spec, &promotion, 30), Err(refused));
+            // The progress travels in the entry, outside what the admins signed.
+            let bytes = promotion.encode();
+            assert_eq!(Reconfiguration::decode(&bytes).unwrap(), promotion);
+            promotion
+                .check_signatures(&chain_hash, spec.admins.as_ref().unwrap())
+                .unwrap();
+        }
+        let mut removal = signed(
+            &spec,
+            1,
+            Change::Remove {
+                public_key: key(1).verifying_key(),
+            },
+            &[20, 21],
+        );
+        removal.progress = at(29);
+        assert_eq!(
+            membership.check(&spec, &removal, 30),
+            Err(MembershipError::UnexpectedProgress)
+        );
+        // In a block, the height is the block's.
+        let mut later = membership.clone();
+        let entry = promotion(at(19)).to_entry();
+        assert!(later
+            .apply_block(&spec, 31, std::slice::from_ref(&entry))
+            .is_err());
+        later.apply_block(&spec, 30, &[entry]).unwrap();
     }
 }

@@ -659,6 +659,11 @@ pub struct StatusView {
     pub history_from: u64,
     /// Height of the stable checkpoint, when there is one.
     pub stable_checkpoint: Option<u64>,
+    /// On a follower or learner: its signature, with its node key, of `height` for
+    /// this chain (hex), which a promotion of it carries (docs/FORMAT.md, "Learner
+    /// progress"); absent on a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height_signature: Option<String>,
     /// On a member that lost its disk: it votes again once its height reaches this
     /// (README, "Joining from a snapshot"); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::snapshot::{Manifest, DEFAULT_TILE_LEVEL};
 use crate::chain::Policy;
-use crate::chain::{Entry, Hash, Header, MembershipError, Reconfiguration};
+use crate::chain::{Entry, Hash, Header, LearnerProgress, MembershipError, Reconfiguration};
 use crate::consensus::MemberIndex;
 use crate::engine::{blocking, Alone, Cluster, Engine, Follower};
 pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
@@ -40,6 +40,8 @@ pub struct Node {
     chain_streams: Arc<tokio::sync::Semaphore>,
     /// How this node reaches other nodes' client APIs.
     upstream: ledger_client::Credentials,
+    /// A follower's key, which signs its height for a promotion of it.
+    key: Option<SigningKey>,
 }
 
 /// Longest wait for a learner's status before promoting it.
@@ -77,19 +79,6 @@ pub enum ProposeError {
         members: usize,
         /// Its quorum.
         quorum: usize,
-    },
-    /// The learner to promote is too far behind the chain to vote soon.
-    #[error(
-        "the learner is at height {height} and the chain at {tip}: it may be promoted once \
-         it is within one checkpoint interval ({interval} blocks); wait for it to catch up"
-    )]
-    LearnerBehind {
-        /// The learner's height, as it says.
-        height: u64,
-        /// This member's tip.
-        tip: u64,
-        /// The chain's checkpoint interval.
-        interval: u64,
     },
     /// The learner to promote cannot be asked how far it is.
     #[error("cannot tell how far the learner is: {0}")]
@@ -158,7 +147,9 @@ impl Node {
             Arc::clone(&metrics),
         );
         let engine = Engine::Follower(Arc::new(follower));
-        Node::with_engine(store, node_id, engine, plugins, metrics)
+        let mut node = Node::with_engine(store, node_id, engine, plugins, metrics);
+        node.key = Some(key.clone());
+        node
     }
 
     fn with_engine(
@@ -186,6 +177,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             chain_streams: Arc::new(tokio::sync::Semaphore::new(CHAIN_STREAMS)),
             upstream: ledger_client::Credentials::default(),
+            key: None,
         }
     }
 
@@ -376,26 +368,26 @@ impl Node {
         let spec = self.store.spec();
         let tip = self.store.tip().map_err(SubmitError::Store)?;
         let now = self.store.membership_in_force();
-        now.check(spec, change)?;
+        let next_height = tip.height + 1;
+        match now.check(spec, change, next_height) {
+            // Asked of the learner below, once the rest holds.
+            Err(MembershipError::NoProgress) => {}
+            checked => checked?,
+        }
+        let mut change = change.clone();
         if let crate::chain::Change::Promote { public_key } = &change.change {
             let learner = now.learners.iter().find(|l| l.public_key == *public_key);
             // check() refused a promotion of anything but a learner.
             let Some(learner) = learner else {
                 return Err(ProposeError::LearnerUnknown("it is no learner".into()));
             };
-            let height = self.learner_height(learner, LEARNER_PROBE).await?;
-            let interval = spec.params.checkpoint_interval;
-            if height.saturating_add(interval) < tip.height {
-                return Err(ProposeError::LearnerBehind {
-                    height,
-                    tip: tip.height,
-                    interval,
-                });
-            }
+            change.progress = Some(self.learner_progress(learner, LEARNER_PROBE).await?);
+            // Every replica checks the learner's word in the block as here.
+            now.check(spec, &change, next_height)?;
         }
         let entry = change.to_entry();
         let mut next = now.clone();
-        next.apply_block(spec, tip.height + 1, std::slice::from_ref(&entry))
+        next.apply_block(spec, next_height, std::slice::from_ref(&entry))
             .map_err(|error| ProposeError::Refused(error.to_string()))?;
         next.advance_to(u64::MAX);
         let peers = self.status().peers;
@@ -421,14 +413,15 @@ impl Node {
         Ok(self.submit(entry, false).await?)
     }
 
-    /// How far `learner` is, as its client API (the address the change that added it
-    /// named) says, asked with this node's upstream credentials. A node that answers
-    /// there under another id is not the learner.
-    pub async fn learner_height(
+    /// How far `learner` is, in its own signed word, as its client API (the address
+    /// the change that added it named) says, asked with this node's upstream
+    /// credentials. A node that answers there under another id, or with a signature
+    /// not its key's, is not the learner.
+    pub async fn learner_progress(
         &self,
         learner: &crate::chain::Member,
         timeout: Duration,
-    ) -> Result<u64, ProposeError> {
+    ) -> Result<LearnerProgress, ProposeError> {
         let Some(api) = learner.api_addr.clone() else {
             return Err(ProposeError::LearnerUnknown(
                 "the change that added it named no api address to ask".into(),
@@ -449,7 +442,32 @@ impl Node {
                 status.node_id, learner.node_id
             )));
         }
-        Ok(status.height)
+        let signature = status
+            .height_signature
+            .and_then(|signature| hex::decode(signature).ok())
+            .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok());
+        let progress = signature.map(|signature| LearnerProgress {
+            height: status.height,
+            signature,
+        });
+        let chain_hash = self.store.spec().chain_hash();
+        progress
+            .filter(|progress| progress.verify(&learner.public_key, &chain_hash))
+            .ok_or_else(|| {
+                ProposeError::LearnerUnknown(
+                    "its status does not carry its signed height (a node too old to be \
+                     promoted?)"
+                        .into(),
+                )
+            })
+    }
+
+    /// A follower's signed word that it has applied the chain to `height`, which a
+    /// promotion of it carries ([`LearnerProgress`]); members sign none.
+    pub fn sign_height(&self, height: u64) -> Option<LearnerProgress> {
+        let chain_hash = self.store.spec().chain_hash();
+        let key = self.key.as_ref()?;
+        Some(LearnerProgress::sign(key, &chain_hash, height))
     }
 
     /// The credentials this node reaches other nodes' client APIs with (a learner's,

@@ -502,14 +502,17 @@ fn a_learner_follows_is_promoted_and_votes() {
     assert!(signers.contains(&newcomer_id.as_str()), "{signers:?}");
 
     // A learner far behind is not promoted. Its API (here a stand-in answering as
-    // it, at height 0) says how far it is.
-    let lagging = ledger::testing::key(77).verifying_key();
+    // it, at height 0) says how far it is, signed with its key.
+    let lagging_signer = ledger::testing::key(77);
+    let lagging = lagging_signer.verifying_key();
     let lagging_key = hex::encode(lagging.as_bytes());
     let mut answer = status(node(&daemons, 0));
     answer["node_id"] = ledger::chain::Hash::digest(lagging.as_bytes())
         .to_hex()
         .into();
     answer["height"] = 0.into();
+    let progress = ledger::chain::LearnerProgress::sign(&lagging_signer, &spec.chain_hash(), 0);
+    answer["height_signature"] = hex::encode(progress.signature).into();
     let stand_in = serve_status(answer);
     let add_lagging = [
         "add",

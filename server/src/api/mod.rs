@@ -827,6 +827,9 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         log_size: tip.log_size,
         history_from: store.history_from(),
         stable_checkpoint: engine.stable_checkpoint,
+        height_signature: node
+            .sign_height(tip.height)
+            .map(|progress| hex::encode(progress.signature)),
         abstaining_until: engine.abstaining_until,
         f: membership.members.max_faulty(),
         quorum: membership.members.quorum(),
@@ -896,7 +899,7 @@ async fn members(State(node): State<Arc<Node>>) -> Result<Json<MembersView>, Api
         membership
             .learners
             .iter()
-            .map(|learner| node.learner_height(learner, crate::node::LEARNER_PROGRESS)),
+            .map(|learner| node.learner_progress(learner, crate::node::LEARNER_PROGRESS)),
     )
     .await;
     Ok(Json(MembersView {
@@ -914,11 +917,11 @@ async fn members(State(node): State<Arc<Node>>) -> Result<Json<MembersView>, Api
                 public_key: key(&learner.public_key),
                 p2p_addr: learner.p2p_addr.clone(),
                 api_addr: learner.api_addr.clone(),
-                height: progress.as_ref().ok().copied(),
+                height: progress.as_ref().ok().map(|progress| progress.height),
                 behind: progress
                     .as_ref()
                     .ok()
-                    .map(|height| tip.saturating_sub(*height)),
+                    .map(|progress| tip.saturating_sub(progress.height)),
                 last_error: progress.err().map(|error| error.to_string()),
             })
             .collect(),

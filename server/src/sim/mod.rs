@@ -28,7 +28,7 @@ pub use scenario::{Cut, Network, Reconfigure, Scenario};
 
 use crate::chain::{
     Block, ChainError, ChainSpec, Change, CommitCertificate, Entry, EntryIndex, Hash, Header,
-    Membership, Reconfiguration,
+    LearnerProgress, Membership, Reconfiguration,
 };
 use crate::consensus::{
     Config, Durable, Flaws, Input, MemberIndex, Message, Output, Payload, Replica, SignatureMemo,
@@ -591,7 +591,17 @@ impl Sim {
         let Ok(mut reconfiguration) = Reconfiguration::new(self.track.epoch, change) else {
             return;
         };
-        reconfiguration.sign(&self.admin, &self.spec.chain_hash());
+        let chain_hash = self.spec.chain_hash();
+        reconfiguration.sign(&self.admin, &chain_hash);
+        if let Reconfigure::Promote(learner) = next {
+            // The member it goes to asks the learner for its signed height first.
+            let Some(state) = self.nodes.iter().find(|state| state.member == learner) else {
+                return;
+            };
+            let height = state.tip.header.height;
+            let key = &self.keys[usize::from(learner)];
+            reconfiguration.progress = Some(LearnerProgress::sign(key, &chain_hash, height));
+        }
         let running: Vec<usize> = self
             .honest()
             .filter(|n| self.nodes[*n].replica.is_some())

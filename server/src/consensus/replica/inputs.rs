@@ -379,8 +379,9 @@ impl Replica {
             // Only a change the membership takes now waits in the pool: one that
             // could never be ordered would hold its entry past every timer.
             let mut membership = (*self.membership).clone();
-            membership.advance_to(self.tip.header.height + 1);
-            if !self.change_fits(&entry, &membership) {
+            let next = self.tip.header.height + 1;
+            membership.advance_to(next);
+            if !self.change_fits(&entry, &membership, next) {
                 return self.drop_input(None, "entry", DropReason::InvalidEntry);
             }
         }

@@ -144,13 +144,14 @@ impl Replica {
         Ok(membership)
     }
 
-    /// Whether a pooled change may go into a block on `membership` (the membership
-    /// before it, advanced to the block's height). One that may not never will: once
-    /// another change is in force the epoch it was signed for has passed.
-    pub(super) fn change_fits(&self, entry: &Entry, membership: &Membership) -> bool {
+    /// Whether a pooled change may go into the block at `height` on `membership`
+    /// (the membership before it, advanced to that height). One that may not never
+    /// will: once another change is in force the epoch it was signed for has passed,
+    /// and a learner's progress only ages.
+    pub(super) fn change_fits(&self, entry: &Entry, membership: &Membership, height: u64) -> bool {
         self.config.reconfigurations
             && Reconfiguration::decode(&entry.data)
-                .is_ok_and(|change| membership.check(&self.config.spec, &change).is_ok())
+                .is_ok_and(|change| membership.check(&self.config.spec, &change, height).is_ok())
     }
 
     pub(super) fn difficulty_window(&self) -> usize {
@@ -650,7 +651,7 @@ impl Replica {
             }
             if pending.entry.is_reconfiguration() {
                 // One change per block, and only one the membership takes here.
-                if change_taken || !self.change_fits(&pending.entry, &membership) {
+                if change_taken || !self.change_fits(&pending.entry, &membership, height) {
                     if !change_taken {
                         unfit.push(*id);
                     }
