@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{
-    Block, ChainSpec, ChangeProof, CommitCertificate, Membership, MembershipHistory,
+    Block, ChainSpec, ChangeProof, CommitCertificate, Header, Membership, MembershipHistory,
 };
 use crate::consensus::{Config, MemberIndex};
 use crate::engine::lock;
@@ -208,21 +208,26 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     };
     let height = best.height();
     let block = fetch_block(&client, &sources, &best).ok_or(JoinError::NoBlock(height))?;
+    // Verified when offered; the members' proofs would make up for it.
+    let known = best
+        .verify(spec)
+        .unwrap_or_else(|_| MembershipHistory::genesis(spec));
+    let mut restore = fetched.restore;
+    // The replica of the epoch at h starts above the block before that epoch; below
+    // the snapshot (and its recent headers), the node would not hold it yet.
+    let base = known.at(height + 1).since.saturating_sub(1);
+    if base > 0 && base < height && best.recent.iter().all(|header| header.height != base) {
+        let header = fetch_certified(&client, &sources, spec, &known, base)
+            .ok_or(JoinError::NoBlock(base))?;
+        restore.keep_epoch_base(header);
+    }
     // A member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
     let abstain_through = match &config.probe {
         None => 0,
-        Some(probe) => {
-            // Verified when offered; the members' proofs would make up for it.
-            let known = best
-                .verify(spec)
-                .unwrap_or_else(|_| MembershipHistory::genesis(spec));
-            abstain_through(&client, spec, probe, known, height)
-        }
+        Some(probe) => abstain_through(&client, spec, probe, known, height),
     };
-    fetched
-        .restore
-        .finish(spec, &block, &config.path, abstain_through)?;
+    restore.finish(spec, &block, &config.path, abstain_through)?;
     if abstain_through > 0 {
         tracing::warn!(
             abstaining_until = abstain_through,
@@ -558,6 +563,41 @@ fn worker(
     }
 }
 
+/// The header of block `height` from the first source that serves it with a
+/// certificate of the membership `history` says certified it.
+fn fetch_certified(
+    client: &Client,
+    sources: &[Source],
+    spec: &ChainSpec,
+    history: &MembershipHistory,
+    height: u64,
+) -> Option<Header> {
+    sources.iter().find_map(|source| {
+        let (block, certificate) = client.committed(source, height).ok()?;
+        if certified_under(spec, history, &block, &certificate) {
+            return Some(block.header);
+        }
+        tracing::warn!(%source, height, "a block came with a certificate that does not verify");
+        None
+    })
+}
+
+/// Whether `certificate` certifies `block` under the membership `history` says was
+/// in force at its height, in that epoch's signing domain.
+fn certified_under(
+    spec: &ChainSpec,
+    history: &MembershipHistory,
+    block: &Block,
+    certificate: &CommitCertificate,
+) -> bool {
+    let height = block.header.height;
+    let membership = history.at(height);
+    let domain = membership.signing_domain(&spec.chain_hash());
+    certificate
+        .verify(&domain, &membership.members, height, &block.hash())
+        .is_ok()
+}
+
 /// Block `h` of `manifest` from the first source that serves it whole.
 fn fetch_block(client: &Client, sources: &[Source], manifest: &Manifest) -> Option<Block> {
     let height = manifest.height();
@@ -726,21 +766,13 @@ fn certified_height(
         return Some((0, None));
     };
     let height = block.header.height;
-    let hash = block.hash();
-    let certified = |history: &MembershipHistory| {
-        let membership = history.at(height);
-        let domain = membership.signing_domain(&spec.chain_hash());
-        certificate
-            .verify(&domain, &membership.members, height, &hash)
-            .is_ok()
-    };
-    if certified(history) {
+    if certified_under(spec, history, &block, &certificate) {
         return Some((height, None));
     }
     // Certified by a membership after what this node knows: its sender's proof
     // says which.
     let learned = learn_history(client, spec, source)?;
-    certified(&learned).then_some((height, Some(learned)))
+    certified_under(spec, &learned, &block, &certificate).then_some((height, Some(learned)))
 }
 
 /// The membership history `source` proves (`GET /v1/members`), if it verifies from

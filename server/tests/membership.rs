@@ -706,5 +706,35 @@ fn members_down_or_wiped_across_two_changes_come_back() {
     daemons[3].take().unwrap().stop();
     let last = commit_batch(node(&daemons, 0), "with the rejoined member", 2);
     committed(node(&daemons, 1), &last[1]);
+
+    // Member 3 loses its disk too, now that the chain has gone two checkpoints past
+    // the start of epoch 2: it restores from a snapshot above that start, which it
+    // does not hold, and its replica starts above the block the join kept for it.
+    let epoch_start = members(node(&daemons, 0))["since"].as_u64().unwrap();
+    let snapshot = status(node(&daemons, 0))["stable_checkpoint"]
+        .as_u64()
+        .unwrap();
+    assert!(snapshot >= epoch_start + 5, "{snapshot} {epoch_start}");
+    std::fs::remove_dir_all(chain.join("node3/data")).unwrap();
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    let restored = status(node(&daemons, 3));
+    assert!(
+        restored["abstaining_until"].as_u64().is_some(),
+        "{restored}"
+    );
+    let back = commit_batch(node(&daemons, 0), "after the restore", 1);
+    committed(node(&daemons, 3), &back[0]);
+    let log = daemons[3].take().unwrap().stop();
     stop_all(&mut daemons);
+    let line = log
+        .lines()
+        .find(|line| line.contains("restored from a snapshot"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let height: u64 = line
+        .split("height=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|height| height.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(height > epoch_start, "{line}");
 }

@@ -474,15 +474,23 @@ fn resume(store: &Store, template: &Config) -> Result<Option<Replica>, StoreErro
     membership.advance_to(header.height + 1);
     let base_height = membership.since.saturating_sub(1);
     let base = match base_height {
-        0 => store.spec().genesis_block().header,
-        height => store.header(height)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "membership epoch {} starts above height {height}, which this database \
-                 does not hold",
-                membership.epoch
-            ))
-        })?,
+        0 => Some(store.spec().genesis_block().header),
+        // Restored from a snapshot above the epoch's start, before the history below
+        // reached it: the join kept that header.
+        height => match store.header(height) {
+            Err(StoreError::NotHeld { .. }) | Ok(None) => {
+                store.epoch_base()?.filter(|header| header.height == height)
+            }
+            held => held?,
+        },
     };
+    let base = base.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "membership epoch {} starts above height {base_height}, which this database \
+             does not hold",
+            membership.epoch
+        ))
+    })?;
     if let Some(record) = durable.epoch_record(&membership, &base) {
         store.persist(std::slice::from_ref(&record))?;
         durable.apply(&record);

@@ -2,8 +2,9 @@
 //! that it never contradicts what it signed (`consensus::durable`).
 //!
 //! `view_state` holds the membership epoch, the view and whether it was entered,
-//! the NEW-VIEW of the last view entered, and on a member restored after losing its disk the height up
-//! to which it abstains; `consensus_log` one slot per height above the stable checkpoint
+//! the NEW-VIEW of the last view entered, on a member restored after losing its
+//! disk the height up to which it abstains, and on a database restored above its
+//! epoch's start the header that epoch starts above; `consensus_log` one slot per height above the stable checkpoint
 //! (the block accepted there and the best prepared certificate); `checkpoints` every
 //! stable checkpoint certificate, the highest being the current one. A batch of
 //! records is one write transaction: durable before the replica's next send.
@@ -20,6 +21,20 @@ const NEW_VIEW: &str = "new_view";
 const EPOCH: &str = "epoch";
 /// `Durable::abstain_through`, 8 bytes big-endian; absent means 0.
 const ABSTAIN_THROUGH: &str = "abstain_through";
+/// On a database restored from a snapshot above where its epoch started: the header
+/// of the block before that epoch ([`Store::epoch_base`]), which it does not hold.
+const EPOCH_BASE: &str = "epoch_base";
+
+/// Records in `txn` the header of the block before the epoch of a restored database
+/// ([`Store::epoch_base`]).
+pub(super) fn write_epoch_base(
+    txn: &redb::WriteTransaction,
+    header: &crate::chain::Header,
+) -> Result<(), StoreError> {
+    txn.open_table(VIEW_STATE)?
+        .insert(EPOCH_BASE, header.encode().as_slice())?;
+    Ok(())
+}
 
 /// Records in `txn` that the replica forgot what it signed up to `height`
 /// ([`Durable::abstain_through`]).
@@ -65,6 +80,24 @@ impl Store {
             write_abstain_through(&txn, height)?;
             txn.commit()?;
             Ok(())
+        })())
+    }
+
+    /// The header of the block before the membership epoch a restored database
+    /// started in, when that block lies below its history: a replica of that epoch
+    /// starts above it. Checked by the join that restored it (its certificate under
+    /// the membership before), as the blocks it holds were.
+    pub fn epoch_base(&self) -> Result<Option<crate::chain::Header>, StoreError> {
+        self.observe((|| {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let views = txn.open_table(VIEW_STATE)?;
+            let Some(bytes) = views.get(EPOCH_BASE)? else {
+                return Ok(None);
+            };
+            let header = crate::chain::Header::decode(bytes.value())
+                .map_err(|error| corrupt(format!("the stored epoch base: {error}")))?;
+            Ok(Some(header))
         })())
     }
 

@@ -40,6 +40,9 @@ pub struct Restore {
     manifest: Manifest,
     /// The tiles written, with their roots.
     done: BTreeMap<u64, Hash>,
+    /// The header the epoch at the snapshot's height starts above, when it lies
+    /// below the snapshot ([`Restore::keep_epoch_base`]).
+    epoch_base: Option<Header>,
 }
 
 impl Restore {
@@ -123,6 +126,7 @@ impl Restore {
             staging: staging.to_owned(),
             manifest,
             done,
+            epoch_base: None,
         })
     }
 
@@ -176,6 +180,13 @@ impl Restore {
         txn.commit()?;
         self.done.insert(index, root);
         Ok(())
+    }
+
+    /// Keeps `header`, of the block the membership epoch at the snapshot's height
+    /// starts above, when that lies below the snapshot: the node's replica starts
+    /// above it. The caller checked its certificate.
+    pub fn keep_epoch_base(&mut self, header: Header) {
+        self.epoch_base = Some(header);
     }
 
     /// Completes the database with block `h` (whose hash must be the snapshot's) and
@@ -288,6 +299,21 @@ impl Restore {
             // Genesis is a block of its own; only the headers above it are kept.
             for header in manifest.recent.iter().filter(|header| header.height > 0) {
                 kept.insert(header.height, header.encode().as_slice())?;
+            }
+            drop(kept);
+            let base = history.at(height + 1).since.saturating_sub(1);
+            match &self.epoch_base {
+                Some(header) if header.height == base => {
+                    super::consensus::write_epoch_base(&txn, header)?
+                }
+                Some(header) => {
+                    return Err(corrupt(format!(
+                        "block {} is not where the epoch at height {height} starts ({base})",
+                        header.height
+                    )))
+                }
+                // A backup file fills in every block below afterwards.
+                None => {}
             }
             super::consensus::write_abstain_through(&txn, abstain_through)?;
             let mut meta = txn.open_table(META)?;
