@@ -449,8 +449,11 @@ impl Sim {
                 self.follow(node);
                 let now_ms = self.now;
                 self.input(node, Input::Tick { now_ms });
-                if let Some(adversary) = &mut self.nodes[node].adversary {
-                    let replays = adversary.replays(&mut self.rng, self.scenario.members);
+                let state = &mut self.nodes[node];
+                if let (Some(adversary), Some(replica)) = (&mut state.adversary, &state.replica) {
+                    // To any member of its epoch.
+                    let members = replica.membership().members.len();
+                    let replays = adversary.replays(&mut self.rng, members);
                     for (to, message) in replays {
                         self.send(node, to, message);
                     }
@@ -751,11 +754,12 @@ impl Sim {
         let mut outputs = replica.handle(input, &Ids(&state.ids));
         if let Some(adversary) = &mut state.adversary {
             let replica = state.replica.as_ref().expect("running");
+            let members = replica.membership().members.len();
             outputs = adversary.tamper(
                 outputs,
                 replica,
                 &mut self.rng,
-                self.scenario.members,
+                members,
                 &mut self.collusion,
             );
         }

@@ -206,6 +206,25 @@ impl Scenario {
                     scenario.network.disk_loss = true;
                 }
                 all.push(scenario);
+                // The liars stay while the honest grow by one and then lose their last
+                // (n = 4: q goes 3 -> 4 -> 3; n = 7: 5 -> 6 -> 5).
+                if members == 4 || members == 7 {
+                    let newcomer = members as MemberIndex;
+                    let mut changing = Scenario::new(
+                        &format!("{}-reconfigure-{members}", behaviour.name()),
+                        members,
+                    );
+                    changing.byzantine = (first..first + f as MemberIndex)
+                        .map(|m| (m, behaviour))
+                        .collect();
+                    changing.newcomers = 1;
+                    changing.changes = [
+                        grow(newcomer).as_slice(),
+                        &[Reconfigure::Remove(newcomer - 1)],
+                    ]
+                    .concat();
+                    all.push(changing);
+                }
             }
         }
         all
