@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     let done = AtomicU64::new(0);
     let events = AtomicU64::new(0);
     let (restores, refused, probes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (later, above) = (AtomicU64::new(0), AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -104,6 +105,11 @@ fn main() -> ExitCode {
                 restores.fetch_add(report.snapshots.restores, Ordering::Relaxed);
                 refused.fetch_add(report.snapshots.refused, Ordering::Relaxed);
                 probes.fetch_add(report.snapshots.probes_repeated, Ordering::Relaxed);
+                later.fetch_add(report.snapshots.restores_after_changes, Ordering::Relaxed);
+                above.fetch_add(
+                    report.snapshots.restores_above_epoch_start,
+                    Ordering::Relaxed,
+                );
                 if report.violation.is_some() {
                     eprintln!("{report}");
                     failures
@@ -128,9 +134,12 @@ fn main() -> ExitCode {
         failures.len()
     );
     println!(
-        "snapshot joins: {} members restored, {} forged manifests or chunks refused, {} \
-         probes of the chain's height repeated for too few answers",
+        "snapshot joins: {} members restored ({} after membership changes, {} of them above \
+         their epoch's start), {} forged manifests or chunks refused, {} probes of the \
+         chain's height repeated for too few answers",
         restores.load(Ordering::Relaxed),
+        later.load(Ordering::Relaxed),
+        above.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         probes.load(Ordering::Relaxed)
     );

@@ -132,6 +132,11 @@ pub struct SnapshotCounts {
     pub refused: u64,
     /// Times a member that lost its disk heard from too few others and asked again.
     pub probes_repeated: u64,
+    /// Restores into a membership epoch after genesis.
+    pub restores_after_changes: u64,
+    /// Of those, restores above where their epoch started (the join kept the header
+    /// the epoch starts above).
+    pub restores_above_epoch_start: u64,
 }
 
 impl Report {
@@ -266,7 +271,10 @@ impl Sim {
                 let block = &self.nodes[node].chain[&height].0;
                 let reconfigures = block.entries.iter().any(|e| e.is_reconfiguration());
                 match self.track.apply_block(&self.spec, height, &block.entries) {
-                    Ok(()) if reconfigures => self.changes_ordered += 1,
+                    Ok(()) if reconfigures => {
+                        self.changes_ordered += 1;
+                        self.prove_change(node, height);
+                    }
                     Ok(()) => {}
                     Err(error) => {
                         self.violation = Some(Violation::RefusedChange {
@@ -277,6 +285,39 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// Records the change in `node`'s block at `height` with its receipt, built from
+    /// what the node holds (every id of the log, the block and its certificate).
+    fn prove_change(&mut self, node: usize, height: u64) {
+        let state = &self.nodes[node];
+        let (block, certificate) = &state.chain[&height];
+        let size = block.header.log_size;
+        let mut log = crate::chain::merkle::MemoryLog::new();
+        for id in &state.log_ids[..size as usize] {
+            log.push(id.as_bytes());
+        }
+        let first = size - block.entries.len() as u64;
+        for (offset, entry) in block.entries.iter().enumerate() {
+            if !entry.is_reconfiguration() {
+                continue;
+            }
+            let index = first + offset as u64;
+            let Ok(inclusion_proof) = crate::chain::merkle::inclusion_proof(&log, index, size)
+            else {
+                continue;
+            };
+            self.change_proofs.push(crate::chain::ChangeProof {
+                entry: entry.clone(),
+                receipt: crate::chain::Receipt {
+                    entry_id: entry.id(),
+                    log_index: index,
+                    header: block.header,
+                    inclusion_proof,
+                    certificate: certificate.clone(),
+                },
+            });
         }
     }
 

@@ -27,8 +27,8 @@ pub use rng::Rng;
 pub use scenario::{Cut, Network, Reconfigure, Scenario};
 
 use crate::chain::{
-    Block, ChainError, ChainSpec, Change, CommitCertificate, Entry, EntryIndex, Hash, Header,
-    LearnerProgress, Membership, Reconfiguration,
+    Block, ChainError, ChainSpec, Change, ChangeProof, CommitCertificate, Entry, EntryIndex, Hash,
+    Header, LearnerProgress, Membership, Reconfiguration,
 };
 use crate::consensus::{
     Config, Durable, Flaws, Input, MemberIndex, Message, Output, Payload, Replica, SignatureMemo,
@@ -68,6 +68,9 @@ struct Process {
     lives: u64,
     /// The membership after its tip.
     membership: Membership,
+    /// Restored above where its epoch started: the header that epoch starts above,
+    /// which the join fetched (a real store keeps it too).
+    epoch_base: Option<Header>,
     /// Whether it crashed and has not restarted. Up without a replica, it is a
     /// follower: no vote in the membership after its tip (a newcomer, a learner, a
     /// removed member), it fetches committed blocks and checks their certificates.
@@ -191,6 +194,9 @@ pub struct Sim {
     violation: Option<Violation>,
     /// Whether a member lost its disk in this run.
     disk_lost: bool,
+    /// Each change ordered so far with its receipt, as the first honest replica to
+    /// apply it could prove it: what members put in manifests and show joiners.
+    change_proofs: Vec<ChangeProof>,
     snapshots: SnapshotCounts,
 }
 
@@ -261,6 +267,7 @@ impl Sim {
                     wiped: false,
                     lives: 0,
                     membership: Membership::genesis(&spec),
+                    epoch_base: None,
                     down: false,
                 });
             }
@@ -300,6 +307,7 @@ impl Sim {
             events: 0,
             violation: None,
             disk_lost: false,
+            change_proofs: Vec::new(),
             snapshots: SnapshotCounts::default(),
             seed,
             scenario,
@@ -678,11 +686,21 @@ impl Sim {
         self.nodes[node].replica = Some(replica);
     }
 
-    /// The header `node` holds at `height` (genesis at 0).
+    /// The header `node` holds at `height` (genesis at 0): of a block, or kept by
+    /// a restore. A replica of an epoch starts above the block before it; a node
+    /// that does not hold that header cannot start one (a real node stops with
+    /// "lies below this node's history"), and the run fails as a panic.
     fn header_at(&self, node: usize, height: u64) -> Header {
-        match self.nodes[node].chain.get(&height) {
+        let state = &self.nodes[node];
+        let kept = [state.base, state.epoch_base];
+        match state.chain.get(&height) {
             Some((block, _)) => block.header,
-            None => self.spec.genesis_block().header,
+            None if height == 0 => self.spec.genesis_block().header,
+            None => kept
+                .into_iter()
+                .flatten()
+                .find(|header| header.height == height)
+                .unwrap_or_else(|| panic!("node {node} does not hold the header at {height}")),
         }
     }
 

@@ -128,10 +128,14 @@ impl Scenario {
             crashes.network.crashes = true;
             all.push(crashes);
             if members >= 2 {
-                // The view-0 primary goes, while members crash and restart: its
-                // epoch's last blocks and the next epoch's first view change.
+                // The view-0 primary goes, while members crash and restart (one may
+                // lose its disk, and rejoin in either epoch): its epoch's last blocks
+                // and the next epoch's first view change.
                 let mut remove = Scenario::new(&format!("remove-primary-{members}"), members);
                 remove.network.crashes = true;
+                // Disk loss where both memberships keep three members: a member of
+                // two cannot do without the other (README, "Joining from a snapshot").
+                remove.network.disk_loss = members >= 4;
                 remove.changes = vec![Reconfigure::Remove(0)];
                 all.push(remove);
             }
@@ -145,10 +149,11 @@ impl Scenario {
             }
             if members < 10 {
                 // One more member, while members crash and restart (a change made
-                // with a member down).
+                // with a member down; one may lose its disk, the newcomer too).
                 let newcomer = members as MemberIndex;
                 let mut add = Scenario::new(&format!("grow-{members}"), members);
                 add.network.crashes = true;
+                add.network.disk_loss = members >= 3;
                 add.newcomers = 1;
                 add.changes = grow(newcomer).to_vec();
                 all.push(add);

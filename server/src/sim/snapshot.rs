@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::{Behaviour, Sim, Violation};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::{self, Manifest, MIN_TILE_LEVEL};
-use crate::chain::{Block, CommitCertificate, CompactRange, Hash};
+use crate::chain::{Block, CommitCertificate, CompactRange, Hash, Membership, MembershipHistory};
 use crate::consensus::{Durable, Tip};
 
 /// What a finished join hands the node.
@@ -24,6 +24,9 @@ pub(super) struct Restored {
     below: crate::chain::Header,
     ids: Vec<Hash>,
     abstain_through: u64,
+    /// The membership after h (with a change on its way).
+    membership: Membership,
+    epoch_base: Option<crate::chain::Header>,
 }
 
 /// A snapshot as one member offers it: its manifest and its chunks.
@@ -47,6 +50,8 @@ impl Sim {
             header: genesis.header,
             log: CompactRange::new(),
         };
+        state.membership = Membership::genesis(&self.spec);
+        state.epoch_base = None;
         state.wiped = true;
     }
 
@@ -54,9 +59,19 @@ impl Sim {
     /// none to be had it starts from genesis and replays, as a real node does.
     pub(super) fn join(&mut self, node: usize) {
         let member = self.nodes[node].member;
+        let key = self.keys[usize::from(member)].verifying_key();
+        let is = |members: &crate::chain::Members, key: &ed25519_dalek::VerifyingKey| {
+            members.as_slice().iter().any(|m| m.public_key == *key)
+        };
+        // The memberships the chain went through, as the members' proofs show them
+        // (checked from the genesis file): the last one's members are asked.
+        let history = MembershipHistory::verify(&self.spec, &self.change_proofs)
+            .unwrap_or_else(|_| MembershipHistory::genesis(&self.spec));
+        let members = history.last().members;
+        let voted = history.epochs().iter().any(|m| is(&m.members, &key));
         let mut offers = Vec::new();
-        // The tips the others show, each with its certificate: they bound the heights
-        // this member may have voted at before it lost its disk.
+        // The tips the members show, each with its certificate: they bound the
+        // heights this member may have voted at before it lost its disk.
         let mut heights = Vec::new();
         for source in 0..self.nodes.len() {
             if self.nodes[source].member == member || self.nodes[source].replica.is_none() {
@@ -65,36 +80,49 @@ impl Sim {
             if self.round_trip(node, source).is_none() {
                 continue;
             }
-            // A liar cannot show a height beyond the chain (it needs a certificate),
-            // only hide how far it got: it says it holds nothing.
-            heights.push(match self.lies_about_snapshots(source) {
-                true => 0,
-                false => self.nodes[source].tip.header.height,
-            });
+            let source_key = self.keys[usize::from(self.nodes[source].member)].verifying_key();
+            if is(&members, &source_key) {
+                // A liar cannot show a height beyond the chain (it needs a
+                // certificate), only hide how far it got: it says it holds nothing.
+                heights.push(match self.lies_about_snapshots(source) {
+                    true => 0,
+                    false => self.nodes[source].tip.header.height,
+                });
+            }
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
         }
         // Too few answers might all come from members that never saw its votes: it
-        // asks again a second later, as a real node does.
-        if heights.len() < crate::consensus::Config::abstain_answers(&self.spec.members) {
+        // asks again a second later, as a real node does. A key never a member has
+        // nothing to ask.
+        if voted && heights.len() < crate::consensus::Config::abstain_answers(&members) {
             self.snapshots.probes_repeated += 1;
             return self.schedule(self.now + 1000, super::Event::Restart { node });
         }
         let seen = heights.iter().copied().max().unwrap_or(0);
-        let abstain_through =
-            crate::consensus::Config::abstain_bound(&self.spec, &self.spec.members, seen);
+        let abstain_through = match voted {
+            true => crate::consensus::Config::abstain_bound(&self.spec, &members, seen),
+            false => 0,
+        };
         let offered = offers.len();
         let unchecked = self.scenario.unchecked_snapshots;
         offers.retain(|offer| unchecked || offer.manifest.verify(&self.spec).is_ok());
         self.snapshots.refused += (offered - offers.len()) as u64;
-        let backed = self.spec.members.max_faulty() + 1;
+        // f + 1 of the membership that certified the snapshot.
+        let backed = |m: &Manifest| {
+            MembershipHistory::verify(&self.spec, &m.changes)
+                .map_or(self.spec.members.max_faulty(), |history| {
+                    history.at(m.height()).members.max_faulty()
+                })
+                + 1
+        };
         let support = |m: &Manifest| {
             offers
                 .iter()
                 .filter(|o| m.same_snapshot(&o.manifest))
                 .count()
-                >= backed
+                >= backed(m)
         };
         let Some(best) = offers
             .iter()
@@ -146,6 +174,24 @@ impl Sim {
             return self.retry_join(node);
         };
         let below = best.recent[best.recent.len() - 1];
+        // The membership after h, as the manifest's changes establish it, and the
+        // header its epoch starts above when that lies below the snapshot: fetched
+        // with its certificate, as a real join does.
+        let Ok(known) = best.verify(&self.spec) else {
+            return self.retry_join(node);
+        };
+        let membership = known.epochs().last().cloned().expect("never empty");
+        let base = known.at(best.height() + 1).since.saturating_sub(1);
+        let epoch_base = match base > 0 && base < below.height {
+            true => match sources
+                .iter()
+                .find_map(|offer| self.nodes[offer.source].chain.get(&base))
+            {
+                Some((block, _)) => Some(block.header),
+                None => return self.retry_join(node),
+            },
+            false => None,
+        };
         let start = below.log_size as usize;
         let holds = ids.get(start..).is_some_and(|tail| {
             tail.len() == block.entries.len()
@@ -170,6 +216,8 @@ impl Sim {
             below,
             ids,
             abstain_through,
+            membership,
+            epoch_base,
         });
         self.schedule(
             self.now + took,
@@ -198,6 +246,8 @@ impl Sim {
             below,
             ids,
             abstain_through,
+            membership,
+            epoch_base,
         } = restored;
         let height = block.header.height;
         let hash = block.hash();
@@ -225,6 +275,13 @@ impl Sim {
         state.log_ids = ids;
         state.base = Some(below);
         state.chain = BTreeMap::from([(height, (block, certificate))]);
+        let mut ordering = membership.clone();
+        ordering.advance_to(height + 1);
+        self.snapshots.restores_after_changes += u64::from(ordering.epoch > 0);
+        self.snapshots.restores_above_epoch_start += u64::from(epoch_base.is_some());
+        let state = &mut self.nodes[node];
+        state.membership = membership;
+        state.epoch_base = epoch_base;
         state.wiped = false;
         state.durable.abstain_through = abstain_through;
         self.restart(node);
@@ -263,7 +320,12 @@ impl Sim {
                 chain_hash: self.spec.chain_hash(),
                 header: block.header,
                 certificate: certificate.clone(),
-                changes: Vec::new(),
+                changes: self
+                    .change_proofs
+                    .iter()
+                    .filter(|change| change.receipt.header.height <= height)
+                    .cloned()
+                    .collect(),
                 recent: vec![below],
                 tile_level: level,
                 tile_roots: (0..tiles).map(|i| snapshot::tile_root(tile(i))).collect(),
