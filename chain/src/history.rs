@@ -193,6 +193,12 @@ impl MembershipHistory {
         &self.epochs
     }
 
+    /// The height of the block that the membership ordering the block after
+    /// `height` starts above: where a replica of that epoch starts (0 for genesis).
+    pub fn epoch_base(&self, height: u64) -> u64 {
+        self.at(height.saturating_add(1)).since.saturating_sub(1)
+    }
+
     /// How many changes the history holds: those in force and one on its way.
     pub fn changes(&self) -> usize {
         self.epochs.len() - 1 + usize::from(self.latest().pending.is_some())

@@ -314,7 +314,7 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
         Some(store) => (store.membership_history()?, store.tip()?.height),
         None => (crate::chain::MembershipHistory::genesis(&spec), 0),
     };
-    let bound = crate::join::abstain_through(&client, &spec, probe, known, floor);
+    let (bound, seen) = crate::join::abstain_through(&client, &spec, probe, known, floor);
     if let Some(store) = store {
         // Restored from a backup: the mark says to ask, and asking settles it.
         store.set_abstain_through(bound)?;
@@ -329,6 +329,7 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
     }
     if bound > 0 {
         tracing::warn!(
+            chain_height = seen,
             abstaining_until = bound,
             "this member lost the record of what it signed (it started without its own \
              database): it follows the chain and votes again from height {bound} on"

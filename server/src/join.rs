@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::api::types::SnapshotView;
 use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{
-    Block, ChainSpec, ChangeProof, CommitCertificate, Header, Membership, MembershipHistory,
+    Block, ChainSpec, ChangeProof, CommitCertificate, Header, Members, MembershipHistory,
 };
 use crate::consensus::{Config, MemberIndex};
 use crate::engine::lock;
@@ -121,6 +121,16 @@ pub enum JoinError {
     /// No member served block `h` itself.
     #[error("no member served block {0}, the snapshot's block")]
     NoBlock(u64),
+    /// No member served, with its certificate, the block the snapshot's membership
+    /// epoch starts above.
+    #[error(
+        "no member served block {0} with its certificate: the membership epoch of the \
+         snapshot starts above it, and the node's replica needs it"
+    )]
+    NoEpochBase(u64),
+    /// The chosen manifest no longer verifies (it did when offered).
+    #[error("the snapshot's manifest: {0}")]
+    Manifest(String),
     /// The staging database failed.
     #[error("restoring the snapshot: {0}")]
     Store(#[from] StoreError),
@@ -208,28 +218,28 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     };
     let height = best.height();
     let block = fetch_block(&client, &sources, &best).ok_or(JoinError::NoBlock(height))?;
-    // Verified when offered; the members' proofs would make up for it.
     let known = best
         .verify(spec)
-        .unwrap_or_else(|_| MembershipHistory::genesis(spec));
+        .map_err(|error| JoinError::Manifest(error.to_string()))?;
     let mut restore = fetched.restore;
     // The replica of the epoch at h starts above the block before that epoch; below
     // the snapshot (and its recent headers), the node would not hold it yet.
-    let base = known.at(height + 1).since.saturating_sub(1);
+    let base = known.epoch_base(height);
     if base > 0 && base < height && best.recent.iter().all(|header| header.height != base) {
         let header = fetch_certified(&client, &sources, spec, &known, base)
-            .ok_or(JoinError::NoBlock(base))?;
+            .ok_or(JoinError::NoEpochBase(base))?;
         restore.keep_epoch_base(header);
     }
     // A member forgot what it signed; how far the others got bounds where it may
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
-    let abstain_through = match &config.probe {
-        None => 0,
+    let (abstain_through, seen) = match &config.probe {
+        None => (0, height),
         Some(probe) => abstain_through(&client, spec, probe, known, height),
     };
     restore.finish(spec, &block, &config.path, abstain_through)?;
     if abstain_through > 0 {
         tracing::warn!(
+            chain_height = seen,
             abstaining_until = abstain_through,
             "this member joined without the record of what it signed: it follows the chain \
              and votes again from height {abstain_through} on"
@@ -636,74 +646,144 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// The members of `membership` other than this node, each with the ways to
-    /// reach it, tried in order: its client API, then its peer port.
-    fn members(&self, membership: &Membership) -> Vec<(VerifyingKey, Vec<Source>)> {
-        let others = membership.members.as_slice().iter();
-        others
-            .filter(|member| member.public_key != self.me)
-            .map(|member| {
-                let api = member.api_addr.as_deref();
-                let api = api.and_then(|addr| self.credentials.base_url(addr).ok());
-                let more = self
-                    .ways
+    /// The members of `groups` other than this node, each once, with the ways to
+    /// reach it, tried in order: its client API, then the others it has.
+    fn members(&self, groups: &[Members]) -> Vec<(VerifyingKey, Vec<Source>)> {
+        let mut members: Vec<(VerifyingKey, Vec<Source>)> = Vec::new();
+        for member in groups.iter().flat_map(Members::as_slice) {
+            let key = member.public_key;
+            if key == self.me || members.iter().any(|(known, _)| *known == key) {
+                continue;
+            }
+            let api = member.api_addr.as_deref();
+            let api = api.and_then(|addr| self.credentials.base_url(addr).ok());
+            let more = self.ways.iter().filter(|(other, _)| *other == key);
+            let ways = api.map(Source::Api).into_iter();
+            let ways = ways.chain(more.map(|(_, source)| source.clone()));
+            members.push((key, ways.collect()));
+        }
+        members
+    }
+
+    /// Whether `answered` holds enough members of each of `groups`
+    /// ([`Config::abstain_answers`], at most all its members other than this node):
+    /// fewer might all be members that never saw this node's votes.
+    fn enough(&self, groups: &[Members], answered: &[VerifyingKey]) -> bool {
+        groups.iter().all(|members| {
+            let others = || {
+                members
+                    .as_slice()
                     .iter()
-                    .filter(|(key, _)| *key == member.public_key);
-                let ways = api.map(Source::Api).into_iter();
-                let ways = ways.chain(more.map(|(_, source)| source.clone()));
-                (member.public_key, ways.collect())
-            })
-            .collect()
+                    .filter(|member| member.public_key != self.me)
+            };
+            let heard = others()
+                .filter(|member| answered.contains(&member.public_key))
+                .count();
+            heard >= Config::abstain_answers(members).min(others().count())
+        })
     }
 }
 
+/// The memberships whose members a node that lost its disk asks: the one in force
+/// as far as `history` knows, and the one after a change on its way, as either may
+/// order the chain by now.
+pub(crate) fn asked_memberships(history: &MembershipHistory) -> Vec<Members> {
+    let known = history
+        .epochs()
+        .last()
+        .map(|membership| membership.members.clone());
+    let after = history.last().members;
+    match known {
+        Some(known) if known != after => vec![known, after],
+        _ => vec![after],
+    }
+}
+
+/// Whether `key` is a member in any membership of `history`, a change on its way
+/// included.
+pub(crate) fn ever_member(history: &MembershipHistory, key: &VerifyingKey) -> bool {
+    let last = history.last();
+    history
+        .epochs()
+        .iter()
+        .chain(std::iter::once(&last))
+        .flat_map(|membership| membership.members.as_slice())
+        .any(|member| member.public_key == *key)
+}
+
+/// How long between two warnings that a node still waits for answers.
+const WAIT_WARNING: Duration = Duration::from_secs(10);
+
 /// The height up to which a node that starts without the record of its votes
-/// abstains ([`Config::abstain_bound`]): 0 when its key was never a member in the
-/// memberships the chain went through (a follower, a learner never promoted). `known`
-/// is the history the node holds (from a snapshot's manifest, a backup, or genesis),
-/// `floor` a height the chain is known to have reached. The members' proofs extend
-/// `known` where a change came after it.
+/// abstains ([`Config::abstain_bound`]), with the chain's height the members showed:
+/// 0 when its key was never a member in the memberships the chain went through (a
+/// follower, a learner never promoted). `known` is the history the node holds (from
+/// a snapshot's manifest, a backup, or genesis), `floor` a height the chain is known
+/// to have reached. The members' proofs extend `known` where a change came after it;
+/// a key `known` does not name is a member only if enough members' proofs say so,
+/// so it asks until they have answered.
 pub fn abstain_through(
     client: &Client,
     spec: &ChainSpec,
     probe: &Probe,
     known: MembershipHistory,
     floor: u64,
-) -> u64 {
+) -> (u64, u64) {
     let mut history = known;
-    // A change after what the node holds may have made it a member: every member
-    // it knows of is asked once for its proof.
-    let everyone: Vec<Source> = probe
-        .members(&history.last())
-        .into_iter()
-        .flat_map(|(_, ways)| ways)
-        .filter(|source| matches!(source, Source::Api(_)))
-        .collect();
-    for learned in at_once(&everyone, |source| learn_history(client, spec, source)) {
-        history = longer(history, learned);
-    }
-    let voted = history
-        .epochs()
-        .iter()
-        .flat_map(|membership| membership.members.as_slice())
-        .any(|member| member.public_key == probe.me);
-    if !voted {
-        return 0;
+    let started = Instant::now();
+    let mut warned = Instant::now();
+    let mut answered: Vec<VerifyingKey> = Vec::new();
+    while !ever_member(&history, &probe.me) {
+        let groups = asked_memberships(&history);
+        if probe.enough(&groups, &answered) {
+            return (0, floor);
+        }
+        let unanswered: Vec<(VerifyingKey, Vec<Source>)> = probe
+            .members(&groups)
+            .into_iter()
+            .filter(|(key, _)| !answered.contains(key))
+            .collect();
+        let asked = at_once(&unanswered, |(_, ways)| {
+            ways.iter()
+                .find_map(|source| learn_history(client, spec, source))
+        });
+        for ((key, _), learned) in unanswered.iter().zip(asked) {
+            if let Some(learned) = learned {
+                answered.push(*key);
+                history = longer(history, Some(learned));
+            }
+        }
+        if ever_member(&history, &probe.me) || probe.enough(&asked_memberships(&history), &answered)
+        {
+            continue;
+        }
+        if warned.elapsed() >= WAIT_WARNING {
+            warned = Instant::now();
+            tracing::warn!(
+                answered = answered.len(),
+                waiting_s = started.elapsed().as_secs(),
+                "waiting for more members to show the membership changes: this node \
+                 lost its database, and whether its key ever voted decides whether it \
+                 must abstain"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
     let seen = highest_certified(client, spec, probe, &mut history).max(floor);
-    Config::abstain_bound(spec, &history.last().members, seen)
+    (
+        Config::abstain_bound(spec, &history.last().members, seen),
+        seen,
+    )
 }
 
 /// The highest height the members show with a commit certificate that verifies
 /// against the membership `history` says certified it (0 when none shows one, or
 /// each holds nothing): how far the chain has come, which bounds where a member that
 /// lost its disk may have voted. A member cannot raise it beyond the chain, only
-/// hide how far it got. The members of the last membership the history knows are
-/// asked, each by its ways in turn, and asked again, once a second, until
-/// [`Config::abstain_answers`] of them have answered: fewer might all be members
-/// that never saw this member's votes. A certificate under a membership the history
-/// does not know yet is checked with the proof its sender shows, and the longer
-/// history is kept.
+/// hide how far it got. The members of [`asked_memberships`] are asked, each by its
+/// ways in turn, and asked again, once a second, until enough of each have answered
+/// ([`Probe::enough`]). A certificate under a membership the history does not know
+/// yet is checked with the proof its sender shows, and the longer history is kept.
 pub fn highest_certified(
     client: &Client,
     spec: &ChainSpec,
@@ -715,35 +795,29 @@ pub fn highest_certified(
     // An answer stays good: anything after this member stopped bounds its votes.
     let mut answers: Vec<(VerifyingKey, u64)> = Vec::new();
     loop {
-        let members = probe.members(&history.last());
-        let needed = Config::abstain_answers(&history.last().members).min(members.len());
-        let unanswered: Vec<&(VerifyingKey, Vec<Source>)> = members
-            .iter()
+        let unanswered: Vec<(VerifyingKey, Vec<Source>)> = probe
+            .members(&asked_memberships(history))
+            .into_iter()
             .filter(|(key, _)| answers.iter().all(|(answered, _)| answered != key))
             .collect();
         let asked = at_once(&unanswered, |(_, ways)| {
             ways.iter()
                 .find_map(|source| certified_height(client, spec, history, source))
         });
-        for ((key, _), asked) in unanswered.into_iter().zip(asked) {
+        for ((key, _), asked) in unanswered.iter().zip(asked) {
             if let Some((height, learned)) = asked {
                 answers.push((*key, height));
                 *history = longer(history.clone(), learned);
             }
         }
-        let heard: Vec<u64> = members
-            .iter()
-            .filter_map(|(key, _)| answers.iter().find(|(answered, _)| answered == key))
-            .map(|(_, height)| *height)
-            .collect();
-        if heard.len() >= needed {
-            return heard.into_iter().max().unwrap_or(0);
+        let answered: Vec<VerifyingKey> = answers.iter().map(|(key, _)| *key).collect();
+        if probe.enough(&asked_memberships(history), &answered) {
+            return answers.iter().map(|(_, height)| *height).max().unwrap_or(0);
         }
-        if warned.elapsed() >= Duration::from_secs(10) {
+        if warned.elapsed() >= WAIT_WARNING {
             warned = Instant::now();
             tracing::warn!(
-                answered = heard.len(),
-                needed,
+                answered = answers.len(),
                 waiting_s = started.elapsed().as_secs(),
                 "waiting for more members to show how far the chain has come: this member \
                  lost the record of what it signed and votes only once it knows"
@@ -775,10 +849,17 @@ fn certified_height(
     certified_under(spec, &learned, &block, &certificate).then_some((height, Some(learned)))
 }
 
-/// The membership history `source` proves (`GET /v1/members`), if it verifies from
-/// the genesis file; a peer port serves none.
+/// The membership history `source` proves, if it verifies from the genesis file:
+/// every change (`GET /v1/members`), or over the peer protocol those its latest
+/// snapshot's manifest carries.
 fn learn_history(client: &Client, spec: &ChainSpec, source: &Source) -> Option<MembershipHistory> {
-    let changes = client.changes(source).ok()?;
+    let changes = match source {
+        Source::Api(_) => client.changes(source).ok()?,
+        Source::Peer { .. } => {
+            let manifest = Manifest::decode(&client.manifest(source).ok()?).ok()?;
+            manifest.changes
+        }
+    };
     match MembershipHistory::verify(spec, &changes) {
         Ok(history) => Some(history),
         Err(error) => {
@@ -1250,4 +1331,61 @@ fn add_below(
         .map_err(|error| Fetch::Failed(error.to_string()))?;
     *below = parent;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{Change, LearnerProgress, Reconfiguration};
+    use crate::testing::{key, spec_with_admins};
+
+    /// A learner whose promotion is the last change, on its way, is a member to the
+    /// rejoin checks, and both memberships are asked while the change may or may not
+    /// be in force.
+    #[test]
+    fn a_promotion_on_its_way_counts() {
+        let members = [key(1), key(2), key(3), key(4)];
+        let spec = spec_with_admins(&members, 0, 10, &[key(20)], 1);
+        let chain_hash = spec.chain_hash();
+        let learner = key(9);
+        let entry = |epoch, change, progress| {
+            let mut change = Reconfiguration::new(epoch, change).unwrap();
+            change.sign(&key(20), &chain_hash);
+            change.progress = progress;
+            change.to_entry()
+        };
+        let mut history = MembershipHistory::genesis(&spec);
+        let add = Change::AddLearner {
+            public_key: learner.verifying_key(),
+            p2p_addr: "127.0.0.1:9".into(),
+            api_addr: None,
+        };
+        history
+            .apply_block(&spec, 3, &[entry(0, add, None)])
+            .unwrap();
+        assert!(!ever_member(&history, &learner.verifying_key()));
+        let promote = Change::Promote {
+            public_key: learner.verifying_key(),
+        };
+        let progress = LearnerProgress::sign(&learner, &chain_hash, 14);
+        history
+            .apply_block(&spec, 15, &[entry(1, promote, Some(progress))])
+            .unwrap();
+        assert!(ever_member(&history, &learner.verifying_key()));
+        let asked = asked_memberships(&history);
+        let sizes: Vec<usize> = asked.iter().map(Members::len).collect();
+        assert_eq!(sizes, [4, 5]);
+        // Enough of each: 2 of the 3 others of the four, 2 of the 4 others of the five
+        // (the learner's answer counts only among the five).
+        let probe = Probe {
+            me: key(1).verifying_key(),
+            credentials: Credentials::default(),
+            ways: Vec::new(),
+        };
+        let answered = |seeds: &[u8]| -> Vec<VerifyingKey> {
+            seeds.iter().map(|s| key(*s).verifying_key()).collect()
+        };
+        assert!(!probe.enough(&asked, &answered(&[2, 9])));
+        assert!(probe.enough(&asked, &answered(&[2, 3])));
+    }
 }

@@ -369,12 +369,15 @@ impl Node {
         let tip = self.store.tip().map_err(SubmitError::Store)?;
         let now = self.store.membership_in_force();
         let next_height = tip.height + 1;
-        match now.check(spec, change, next_height) {
+        // A promotion's progress is the learner's word now, asked below: any the
+        // request brought is not taken.
+        let mut change = change.clone();
+        change.progress = None;
+        match now.check(spec, &change, next_height) {
             // Asked of the learner below, once the rest holds.
             Err(MembershipError::NoProgress) => {}
             checked => checked?,
         }
-        let mut change = change.clone();
         if let crate::chain::Change::Promote { public_key } = &change.change {
             let learner = now.learners.iter().find(|l| l.public_key == *public_key);
             // check() refused a promotion of anything but a learner.

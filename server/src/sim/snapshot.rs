@@ -64,11 +64,12 @@ impl Sim {
             members.as_slice().iter().any(|m| m.public_key == *key)
         };
         // The memberships the chain went through, as the members' proofs show them
-        // (checked from the genesis file): the last one's members are asked.
+        // (checked from the genesis file): the members of the one in force and of
+        // the one after a change on its way are asked.
         let history = MembershipHistory::verify(&self.spec, &self.change_proofs)
             .unwrap_or_else(|_| MembershipHistory::genesis(&self.spec));
-        let members = history.last().members;
-        let voted = history.epochs().iter().any(|m| is(&m.members, &key));
+        let groups = crate::join::asked_memberships(&history);
+        let voted = crate::join::ever_member(&history, &key);
         let mut offers = Vec::new();
         // The tips the members show, each with its certificate: they bound the
         // heights this member may have voted at before it lost its disk.
@@ -81,28 +82,36 @@ impl Sim {
                 continue;
             }
             let source_key = self.keys[usize::from(self.nodes[source].member)].verifying_key();
-            if is(&members, &source_key) {
+            if groups.iter().any(|members| is(members, &source_key)) {
                 // A liar cannot show a height beyond the chain (it needs a
                 // certificate), only hide how far it got: it says it holds nothing.
-                heights.push(match self.lies_about_snapshots(source) {
+                let height = match self.lies_about_snapshots(source) {
                     true => 0,
                     false => self.nodes[source].tip.header.height,
-                });
+                };
+                heights.push((source_key, height));
             }
             if let Some(offer) = self.offer(source) {
                 offers.push(offer);
             }
         }
-        // Too few answers might all come from members that never saw its votes: it
-        // asks again a second later, as a real node does. A key never a member has
-        // nothing to ask.
-        if voted && heights.len() < crate::consensus::Config::abstain_answers(&members) {
+        // Too few answers of either membership might all come from members that
+        // never saw its votes: it asks again a second later, as a real node does. A
+        // key never a member has nothing to ask.
+        let enough = groups.iter().all(|members| {
+            let others = members.as_slice().iter().filter(|m| m.public_key != key);
+            let heard = heights.iter().filter(|(k, _)| is(members, k)).count();
+            heard >= crate::consensus::Config::abstain_answers(members).min(others.count())
+        });
+        if voted && !enough {
             self.snapshots.probes_repeated += 1;
             return self.schedule(self.now + 1000, super::Event::Restart { node });
         }
-        let seen = heights.iter().copied().max().unwrap_or(0);
+        let seen = heights.iter().map(|(_, height)| *height).max().unwrap_or(0);
         let abstain_through = match voted {
-            true => crate::consensus::Config::abstain_bound(&self.spec, &members, seen),
+            true => {
+                crate::consensus::Config::abstain_bound(&self.spec, &history.last().members, seen)
+            }
             false => 0,
         };
         let offered = offers.len();
@@ -181,7 +190,7 @@ impl Sim {
             return self.retry_join(node);
         };
         let membership = known.epochs().last().cloned().expect("never empty");
-        let base = known.at(best.height() + 1).since.saturating_sub(1);
+        let base = known.epoch_base(best.height());
         let epoch_base = match base > 0 && base < below.height {
             true => match sources
                 .iter()

@@ -301,7 +301,7 @@ impl Restore {
                 kept.insert(header.height, header.encode().as_slice())?;
             }
             drop(kept);
-            let base = history.at(height + 1).since.saturating_sub(1);
+            let base = history.epoch_base(height);
             match &self.epoch_base {
                 Some(header) if header.height == base => {
                     super::consensus::write_epoch_base(&txn, header)?

@@ -505,7 +505,7 @@ impl Replica {
             let restarted = self.last_catch_up_ms.unwrap_or(0);
             let stalled_ending = self.epoch_ending()
                 && now.saturating_sub(self.progress_ms.max(restarted)) >= timeout;
-            let waited_too_long = !self.catching_up()
+            let waited_too_long = !self.timers_wait()
                 && (stalled_ending
                     || self.oldest_pending().is_some_and(|pending| {
                         now.saturating_sub(pending.since_ms.max(restarted)) >= timeout
@@ -653,21 +653,30 @@ impl Replica {
 
     /// Whether this replica knows, from signed evidence, that the others are ahead:
     /// an honest member checkpointed above its tip, or it applied a block fetched
-    /// with its certificate within the last view-change timeout. Its own timers then
-    /// wait: the others are making progress, and a view change it started alone
-    /// would leave it in a view nobody else is in.
-    ///
-    /// A claim can outlive what backs it: at f = 0 one member vouches alone, and it
-    /// may have lost its disk since. Behind for a whole timeout with nothing applied,
-    /// the replica stops waiting and its timers run again.
+    /// with its certificate within the last view-change timeout.
     pub fn catching_up(&self) -> bool {
-        let recent =
-            |at: u64| self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms;
+        self.vouched_height() > self.tip.header.height || self.caught_up_recently()
+    }
+
+    fn caught_up_recently(&self) -> bool {
+        self.last_catch_up_ms.is_some_and(|at| self.recent(at))
+    }
+
+    fn recent(&self, at: u64) -> bool {
+        self.now_ms.saturating_sub(at) < self.config.timing.view_change_timeout_ms
+    }
+
+    /// Whether this replica's timers wait while it catches up ([`Replica::catching_up`]):
+    /// the others are making progress, and a view change it started alone would
+    /// leave it in a view nobody else is in. A claim can outlive what backs it (at
+    /// f = 0 one member vouches alone, and it may have lost its disk since): behind
+    /// for a whole timeout with nothing applied, the timers run again.
+    fn timers_wait(&self) -> bool {
         let behind = self.vouched_height() > self.tip.header.height
             && self
                 .behind_since_ms
-                .is_none_or(|since| recent(since.max(self.progress_ms)));
-        behind || self.last_catch_up_ms.is_some_and(recent)
+                .is_none_or(|since| self.recent(since.max(self.progress_ms)));
+        behind || self.caught_up_recently()
     }
 
     pub(super) fn fetch_committed(&mut self) {
