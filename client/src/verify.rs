@@ -84,6 +84,9 @@ pub struct Verified {
     pub receipt: Receipt,
     /// The entry, when the answer held its data (always, from `get` and `submit`).
     pub entry: Option<Entry>,
+    /// How many members were in force at the receipt's height, as the membership
+    /// proof shows them.
+    pub members: usize,
 }
 
 /// Checks answers against one chain's genesis, and nothing else.
@@ -268,7 +271,12 @@ impl Verifier {
         receipt
             .verify_in(&self.spec, history)
             .map_err(VerifyError::Receipt)?;
-        Ok(Verified { receipt, entry })
+        let members = history.at(receipt.header.height).members.len();
+        Ok(Verified {
+            receipt,
+            entry,
+            members,
+        })
     }
 }
 

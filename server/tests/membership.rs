@@ -333,6 +333,13 @@ fn receipts_carry_the_changes(daemon: &Daemon, chain: &Path, scratch: &Path) {
     };
     let verified = check(&answer);
     assert!(verified.status.success(), "{}", text(&verified));
+    // Counted against the members in force at its height, not the genesis four.
+    let in_force = members(daemon)["members"].as_array().unwrap().len();
+    assert!(
+        text(&verified).contains(&format!("of {in_force} members")),
+        "{}",
+        text(&verified)
+    );
     let mut partial = answer.clone();
     partial["membership_proof"].as_array_mut().unwrap().pop();
     let mut stripped = answer.clone();

@@ -520,7 +520,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let verifier = Verifier::from_genesis_file(&genesis)?;
             let saved: Value = serde_json::from_slice(&read_input(&receipt)?)
                 .with_context(|| format!("{}: not JSON", receipt.display()))?;
-            let receipt = verifier.answer(&saved)?.receipt;
+            let verified = verifier.answer(&saved)?;
+            let receipt = &verified.receipt;
             out(&format!(
                 "ok: entry {} is leaf {} of {} under block {} at height {}, committed by {} \
                  of {} members",
@@ -530,7 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 receipt.header.hash(),
                 receipt.header.height,
                 receipt.certificate.signatures.len(),
-                verifier.spec().members.len()
+                verified.members
             ))
         }
         Command::Member(command) => member(&client, command),
