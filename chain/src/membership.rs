@@ -636,6 +636,20 @@ impl Membership {
         epoch_domain(chain_hash, self.epoch)
     }
 
+    /// Checks that `certificate` is this membership's commit certificate of block
+    /// `block_hash` at `height` on the chain `chain_hash`, signed in its epoch's
+    /// domain.
+    pub fn verify_certificate(
+        &self,
+        chain_hash: &Hash,
+        certificate: &super::CommitCertificate,
+        height: u64,
+        block_hash: &Hash,
+    ) -> Result<(), ChainError> {
+        let domain = self.signing_domain(chain_hash);
+        certificate.verify(&domain, &self.members, height, block_hash)
+    }
+
     /// The membership of the genesis file.
     pub fn genesis(spec: &ChainSpec) -> Membership {
         Membership {

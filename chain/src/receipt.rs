@@ -56,9 +56,9 @@ impl Receipt {
             &self.inclusion_proof,
             &self.header.log_root,
         )?;
-        self.certificate.verify(
-            &membership.signing_domain(&chain_hash),
-            &membership.members,
+        membership.verify_certificate(
+            &chain_hash,
+            &self.certificate,
             self.header.height,
             &self.header.hash(),
         )

@@ -360,13 +360,8 @@ impl Manifest {
             .map_err(|source| SnapshotError::Membership { height, source })?;
         let membership = history.at(height);
         let hash = self.header.hash();
-        self.certificate
-            .verify(
-                &membership.signing_domain(chain_hash),
-                &membership.members,
-                height,
-                &hash,
-            )
+        membership
+            .verify_certificate(chain_hash, &self.certificate, height, &hash)
             .map_err(|source| SnapshotError::Certificate { height, source })?;
         if self.recent.is_empty() {
             // Without the header below h, block h's first entry is unknown.

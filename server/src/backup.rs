@@ -348,13 +348,8 @@ pub fn inspect(input: impl Read, spec: Option<&ChainSpec>) -> Result<Contents, B
             continue;
         };
         let membership = history.at(at);
-        certificate
-            .verify(
-                &membership.signing_domain(&spec.chain_hash()),
-                &membership.members,
-                at,
-                &block.hash(),
-            )
+        membership
+            .verify_certificate(&spec.chain_hash(), &certificate, at, &block.hash())
             .map_err(|error| BackupError::Invalid(format!("block {at}: {error}")))?;
         if at > height {
             history

@@ -601,10 +601,9 @@ fn certified_under(
     certificate: &CommitCertificate,
 ) -> bool {
     let height = block.header.height;
-    let membership = history.at(height);
-    let domain = membership.signing_domain(&spec.chain_hash());
-    certificate
-        .verify(&domain, &membership.members, height, &block.hash())
+    history
+        .at(height)
+        .verify_certificate(&spec.chain_hash(), certificate, height, &block.hash())
         .is_ok()
 }
 

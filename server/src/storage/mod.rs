@@ -866,9 +866,8 @@ impl Store {
             None => Membership::genesis(&self.spec),
             Some(_) => self.membership_at(height)?,
         };
-        let domain = membership.signing_domain(&self.chain_hash);
-        certificate
-            .verify(&domain, &membership.members, height, hash)
+        membership
+            .verify_certificate(&self.chain_hash, certificate, height, hash)
             .map_err(StoreError::Chain)
     }
 

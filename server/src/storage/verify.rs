@@ -562,8 +562,12 @@ impl Store {
                     membership.advance_to(height);
                     CommitCertificate::decode(bytes.value())
                         .and_then(|certificate| {
-                            let domain = membership.signing_domain(&self.chain_hash);
-                            certificate.verify(&domain, &membership.members, height, &hash)
+                            membership.verify_certificate(
+                                &self.chain_hash,
+                                &certificate,
+                                height,
+                                &hash,
+                            )
                         })
                         .map_err(|error| damage_at(height, format!("its certificate: {error}")))?;
                     membership
