@@ -5,8 +5,12 @@
 //!   string prefix, the whole header rehashed for every nonce.
 //! - [`rate`]: a steady-state rate measurement that interleaves its contenders, so
 //!   machine noise hits them alike and their ratio stays meaningful.
+//! - [`proxy`]: a delaying and dropping TCP proxy, for links this kernel cannot shape
+//!   (the fault-injection harness's and the delayed cluster benchmark's).
 
 use std::time::{Duration, Instant};
+
+pub mod proxy;
 
 /// The article's block and miner (its chapter 1), ported to Rust.
 pub mod article {

@@ -244,7 +244,7 @@ struct DevLayout {
     difficulty: u32,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {

@@ -93,6 +93,10 @@ pub enum ClusterError {
     /// A thread could not be started.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// The Byzantine behaviour asked for is not one (test-only build).
+    #[cfg(feature = "byzantine")]
+    #[error("{0}")]
+    Byzantine(String),
 }
 
 /// What the driver reports of its replica.
@@ -229,6 +233,23 @@ impl Cluster {
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);
         }
+        #[cfg(feature = "byzantine")]
+        let rogue = crate::sim::Rogue::from_env(&config.key).map_err(ClusterError::Byzantine)?;
+        #[cfg(feature = "byzantine")]
+        if let Some(rogue) = &rogue {
+            tracing::warn!(
+                behaviour = rogue.name(),
+                "this member is Byzantine (test build)"
+            );
+        }
+        #[cfg(feature = "byzantine")]
+        if let Some(flaws) = crate::sim::Rogue::flaw_from_env().map_err(ClusterError::Byzantine)? {
+            tracing::warn!(
+                ?flaws,
+                "this member's replica is broken on purpose (test build)"
+            );
+            config = config.with_flaws(flaws);
+        }
         let replica = resume(&store, &config)?.ok_or(NotAMember)?;
         let (events, queue) = sync_channel(EVENT_CAPACITY);
         let status = Arc::new(Mutex::new(ClusterStatus::default()));
@@ -277,6 +298,8 @@ impl Cluster {
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
             departing: None,
+            #[cfg(feature = "byzantine")]
+            rogue,
         };
         let mut driver = driver;
         driver.publish();
@@ -589,6 +612,9 @@ struct Driver {
     /// Once a change removed this node: the entries it held, and the members that
     /// stay (by index in its last membership), to hand them to.
     departing: Option<(Vec<Entry>, Vec<MemberIndex>)>,
+    /// The behaviour this member's outputs are rewritten with (test-only build).
+    #[cfg(feature = "byzantine")]
+    rogue: Option<crate::sim::Rogue>,
 }
 
 impl Driver {
@@ -662,6 +688,12 @@ impl Driver {
                     return Err(StoreError::Unavailable(failure));
                 }
                 self.step(Input::Tick { now_ms: now_ms() })?;
+                #[cfg(feature = "byzantine")]
+                if let Some(rogue) = &mut self.rogue {
+                    for (to, message) in rogue.replays(&self.replica) {
+                        self.send(to, &Wire::Consensus(message));
+                    }
+                }
                 if !self.held.is_empty() {
                     self.offer(Vec::new())?;
                 }
@@ -893,7 +925,13 @@ impl Driver {
             return Ok(());
         }
         match wire {
-            Wire::Consensus(message) => self.step(Input::Message(message)),
+            Wire::Consensus(message) => {
+                #[cfg(feature = "byzantine")]
+                if let Some(rogue) = &mut self.rogue {
+                    rogue.observe(&message);
+                }
+                self.step(Input::Message(message))
+            }
             Wire::Entry(entry) => self.take_forwarded(entry),
             Wire::Committed { block, certificate } => self.step(Input::Committed {
                 block: Arc::new(block),
@@ -979,6 +1017,11 @@ impl Driver {
     /// block, moves to the next epoch.
     fn step(&mut self, input: Input) -> Result<(), StoreError> {
         let outputs = self.replica.handle(input, &Committed(&self.store));
+        #[cfg(feature = "byzantine")]
+        let outputs = match &mut self.rogue {
+            Some(rogue) => rogue.tamper(outputs, &self.replica),
+            None => outputs,
+        };
         for output in outputs {
             if let Output::Persist(record) = output {
                 self.persist.push(record);

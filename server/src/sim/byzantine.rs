@@ -302,3 +302,95 @@ fn invalid(block: &Block, rng: &mut Rng) -> Block {
     }
     mine(&bad)
 }
+
+/// A real member made Byzantine: the `byzantine` build of `ledgerd` (test-only, for
+/// the fault-injection harness) rewrites its replica's outputs with the simulator's
+/// behaviours, so the real network, storage and TLS code face them too.
+#[cfg(feature = "byzantine")]
+pub struct Rogue {
+    adversary: Adversary,
+    rng: Rng,
+    collusion: Collusion,
+}
+
+#[cfg(feature = "byzantine")]
+impl Rogue {
+    /// The behaviour `LEDGER_BYZANTINE` names, drawing from `LEDGER_BYZANTINE_SEED`
+    /// (default 1); `None` when the variable is unset. Behaviours of whole processes
+    /// (`silent`, `twin`) and of snapshot serving are the harness's or the
+    /// simulator's, not a replica's, and are refused.
+    pub fn from_env(key: &SigningKey) -> Result<Option<Rogue>, String> {
+        let Ok(name) = std::env::var("LEDGER_BYZANTINE") else {
+            return Ok(None);
+        };
+        let rewrites = [
+            Behaviour::Equivocate,
+            Behaviour::ConflictingVotes,
+            Behaviour::ForgeSignatures,
+            Behaviour::InvalidBlocks,
+            Behaviour::Withhold,
+            Behaviour::Replay,
+            Behaviour::BogusNewView,
+        ];
+        let behaviour = rewrites
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = rewrites.iter().map(|b| b.name()).collect();
+                format!("LEDGER_BYZANTINE={name}: not one of {}", names.join(", "))
+            })?;
+        let seed = match std::env::var("LEDGER_BYZANTINE_SEED") {
+            Ok(seed) => seed
+                .parse()
+                .map_err(|_| format!("LEDGER_BYZANTINE_SEED={seed}: not a number"))?,
+            Err(_) => 1,
+        };
+        Ok(Some(Rogue {
+            adversary: Adversary::new(behaviour, key.clone()),
+            rng: Rng::new(seed),
+            collusion: Collusion::default(),
+        }))
+    }
+
+    /// The protocol break `LEDGER_FLAW` names (`weak-quorum`: 2f matching votes
+    /// make a quorum), for a run that proves the harness's checks can fail; `None`
+    /// when the variable is unset.
+    pub fn flaw_from_env() -> Result<Option<crate::consensus::Flaws>, String> {
+        match std::env::var("LEDGER_FLAW").as_deref() {
+            Err(_) => Ok(None),
+            Ok("weak-quorum") => Ok(Some(crate::consensus::Flaws {
+                weak_quorum: true,
+                ..Default::default()
+            })),
+            Ok(other) => Err(format!("LEDGER_FLAW={other}: only weak-quorum is known")),
+        }
+    }
+
+    /// The behaviour's name.
+    pub fn name(&self) -> &'static str {
+        self.adversary.behaviour.name()
+    }
+
+    /// Rewrites `outputs` of `replica`.
+    pub fn tamper(&mut self, outputs: Vec<Output>, replica: &Replica) -> Vec<Output> {
+        let members = replica.membership().members.len();
+        self.adversary.tamper(
+            outputs,
+            replica,
+            &mut self.rng,
+            members,
+            &mut self.collusion,
+        )
+    }
+
+    /// Remembers a message received, for replaying.
+    pub fn observe(&mut self, message: &Message) {
+        self.adversary.observe(message);
+    }
+
+    /// Old messages to send again now.
+    pub fn replays(&mut self, replica: &Replica) -> Vec<(MemberIndex, Message)> {
+        let members = replica.membership().members.len();
+        self.adversary.replays(&mut self.rng, members)
+    }
+}

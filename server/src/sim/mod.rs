@@ -21,6 +21,8 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 pub use byzantine::Behaviour;
+#[cfg(feature = "byzantine")]
+pub use byzantine::Rogue;
 use byzantine::{Adversary, Collusion};
 pub use checker::{Report, SnapshotCounts, Violation};
 pub use rng::Rng;

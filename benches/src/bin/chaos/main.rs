@@ -1,0 +1,433 @@
+//! `ledger-chaos`: the fault-injection harness (ops/chaos/README.md). Real `ledgerd`
+//! members in network namespaces of their own, a client load through all of them
+//! recording every acknowledged entry, and a nemesis injecting faults on a schedule
+//! drawn from the seed. After healing it checks that the cluster commits again,
+//! that the members hold one chain, that every acknowledged entry is in it once
+//! where its receipt said, and that every receipt verifies with `ledgerctl verify`.
+//! Exits 0 only when every check holds; a failing run prints how to replay it.
+
+mod check;
+mod cluster;
+mod load;
+mod nemesis;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use ledger_benches::proxy::{Shape, SplitMix64};
+use ledger_client::{Credentials, Verifier};
+
+use cluster::Cluster;
+use nemesis::{Fault, Plan};
+
+#[derive(Parser)]
+#[command(
+    about = "Fault injection over real ledgerd processes (needs root: namespaces, iptables, tmpfs)"
+)]
+struct Args {
+    /// Seed of the schedule (default: drawn from the clock, and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seconds of load under faults, before healing.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Members, 4 to 7.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(4..=7))]
+    members: u16,
+    /// Clients, each waiting for its entry's commit.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Where ledgerd and ledgerctl are.
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// Working directory (emptied first; logs and receipts stay there).
+    #[arg(long, default_value = "/tmp/ledger-chaos")]
+    work: PathBuf,
+    /// Seconds after healing within which every member must commit again.
+    #[arg(long, default_value_t = 60)]
+    recovery: u64,
+    /// Run every member with this protocol break (`weak-quorum`), to see the
+    /// checks fail.
+    #[arg(long)]
+    flaw: Option<String>,
+    /// Print the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
+    });
+    let members = usize::from(args.members);
+    let replay = format!(
+        "ops/chaos/run.sh --seed {seed} --members {members} --duration {}",
+        args.duration
+    );
+    let plan = nemesis::plan(seed, members, args.duration * 1000);
+    println!(
+        "== chaos: seed {seed}, {members} members, {} s, {} clients",
+        args.duration, args.clients
+    );
+    for (member, behaviour) in &plan.byzantine {
+        println!("== member {member} is Byzantine: {behaviour}");
+    }
+    println!("== schedule ({} faults)", plan.steps.len());
+    for step in &plan.steps {
+        println!("  {step}");
+    }
+    if args.dry_run {
+        return ExitCode::SUCCESS;
+    }
+    cluster::clean_up(&args.work);
+    let result = run(&args, seed, &plan);
+    cluster::clean_up(&args.work);
+    match result {
+        Ok(failures) if failures.is_empty() => {
+            println!("== PASSED (seed {seed})");
+            ExitCode::SUCCESS
+        }
+        Ok(failures) => {
+            println!("== FAILED: {} check(s)", failures.len());
+            for failure in failures.iter().take(50) {
+                println!("  {failure}");
+            }
+            println!("replay: {replay}   (logs in {})", args.work.display());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            println!("== the harness itself failed: {error:#}");
+            println!("replay: {replay}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Stops the members on every way out, errors included.
+struct Running(Cluster);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
+    let steps = &plan.steps;
+    let members = usize::from(args.members);
+    let work = args.work.as_path();
+    if work.exists() {
+        std::fs::remove_dir_all(work)
+            .with_context(|| format!("cannot empty {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut cluster = Running(Cluster::create(
+        work,
+        &args.bin,
+        members,
+        seed,
+        &plan.byzantine,
+        args.flaw.clone(),
+        &runtime,
+    )?);
+    // The checks of what the members hold are on the honest ones.
+    let honest: Vec<usize> = (0..members)
+        .filter(|m| plan.byzantine.iter().all(|(b, _)| b != m))
+        .collect();
+    let verifier = Verifier::from_genesis_file(&cluster.0.genesis)?;
+    started(members)?;
+
+    let load = load::Load::start(args.clients, members, seed, verifier, &work.join("answers"))?;
+    let mut failures = Vec::new();
+    let start = Instant::now();
+    let mut events: Vec<(u64, bool, usize)> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| [(s.start_ms, true, i), (s.end_ms, false, i)])
+        .collect();
+    events.sort_by_key(|&(at, starts, _)| (at, starts));
+    let mut down = BTreeSet::new();
+    let mut progress = Progress::default();
+    let mut exits = Exits::default();
+    let mut skipped = BTreeSet::new();
+    // Members wiped after damage, until they say they vote again.
+    let mut wiped = BTreeSet::new();
+    let end_ms = args.duration * 1000;
+    for (at, starts, i) in events.into_iter().chain([(end_ms, false, usize::MAX)]) {
+        while start.elapsed() < Duration::from_millis(at) {
+            exits.watch(&mut cluster.0, &down, start);
+            progress.report(start, load.acknowledged());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if i == usize::MAX {
+            break;
+        }
+        let step = &steps[i];
+        let at = start.elapsed().as_secs_f64();
+        if skipped.contains(&i) {
+            continue;
+        }
+        if let (false, Fault::Damage(m)) = (starts, &step.fault) {
+            wiped.insert(*m);
+        }
+        if let (true, Fault::Damage(_)) = (starts, &step.fault) {
+            wiped.retain(|&m| abstains(m) != Some(false));
+            if let Some(&amnesiac) = wiped.first() {
+                // Losing a second member's votes while one still abstains makes
+                // more than f faulty: the schedule keeps to the fault model.
+                println!(
+                    "[{at:6.1} s] skip  {}: member {amnesiac} still abstains",
+                    step.fault
+                );
+                skipped.insert(i);
+                continue;
+            }
+        }
+        let verb = if starts { "start" } else { "end  " };
+        println!("[{at:6.1} s] {verb} {}", step.fault);
+        apply(
+            &mut cluster.0,
+            &step.fault,
+            starts,
+            seed ^ i as u64,
+            &mut down,
+        )
+        .with_context(|| format!("applying {}", step.fault))?;
+    }
+    let acknowledged = load.acknowledged();
+    println!(
+        "[{:6.1} s] healing everything ({acknowledged} entries acknowledged under faults)",
+        start.elapsed().as_secs_f64()
+    );
+    failures.extend(exits.failures());
+    cluster.0.heal()?;
+    let healed = Instant::now();
+    let recovery = check::commits_again(&honest, healed, Duration::from_secs(args.recovery));
+    let record = load.stop();
+    match recovery {
+        Ok(after) => println!(
+            "every member committed again {:.1} s after healing",
+            after.as_secs_f64()
+        ),
+        Err(failure) => failures.push(failure),
+    }
+    let tip = match check::converge(&honest, Duration::from_secs(90)) {
+        Ok(tip) => tip,
+        Err(failure) => {
+            failures.push(failure);
+            return Ok(failures);
+        }
+    };
+    let reference = check::chain(honest[0], tip)?;
+    for &m in &honest[1..] {
+        let other = check::chain(m, tip)?;
+        if let Some(at) = (0..reference.len()).find(|&h| reference[h] != other[h]) {
+            failures.push(format!(
+                "member {m}'s block {} differs from member {}'s",
+                reference[at].header.height, honest[0]
+            ));
+        }
+    }
+    failures.extend(check::record_check(&reference, &record));
+    let verify_started = Instant::now();
+    failures.extend(check::receipts(
+        &args.bin.join("ledgerctl"),
+        &cluster.0.genesis,
+        &record,
+    ));
+    for m in 0..members {
+        let log = cluster.0.log(m);
+        if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
+            failures.push(format!("member {m} panicked: {line}"));
+        }
+    }
+    let committed: usize = reference.iter().map(|b| b.entries.len()).sum();
+    println!(
+        "{} entries acknowledged and found where their receipts said, {} receipts verified by \
+         ledgerctl in {:.1} s; {} unknown to their clients; {} submits; chain of {tip} blocks, \
+         {committed} entries, identical on all {} honest members",
+        record.acks.len(),
+        record.acks.len(),
+        verify_started.elapsed().as_secs_f64(),
+        record.unknown.len(),
+        record.submits,
+        honest.len(),
+    );
+    Ok(failures)
+}
+
+/// A line every 5 s with the entries acknowledged since the last: how the faults
+/// bite shows as stalls.
+#[derive(Default)]
+struct Progress {
+    printed_s: u64,
+    acknowledged: usize,
+}
+
+impl Progress {
+    fn report(&mut self, start: Instant, acknowledged: usize) {
+        let now = start.elapsed().as_secs();
+        if now >= self.printed_s + 5 {
+            println!(
+                "[{now:4}.0 s] {acknowledged} acknowledged (+{})",
+                acknowledged - self.acknowledged
+            );
+            self.printed_s = now;
+            self.acknowledged = acknowledged;
+        }
+    }
+}
+
+/// Whether member `m`, which lost its record of votes, still abstains until the
+/// chain passes a height (a faulty member until then); `None` when it does not
+/// answer.
+fn abstains(m: usize) -> Option<bool> {
+    let api = ledger_client::Client::with_timeout(
+        &cluster::api(m),
+        &Credentials::default(),
+        Duration::from_secs(2),
+    )
+    .ok()?
+    .with_retry(ledger_client::Retry::never());
+    api.status()
+        .ok()
+        .map(|status| status.abstaining_until.is_some())
+}
+
+/// Waits until every member answers on its API.
+fn started(members: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in 0..members {
+        let api = ledger_client::Client::with_timeout(
+            &cluster::api(m),
+            &Credentials::default(),
+            Duration::from_secs(2),
+        )?;
+        while api.status().is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "member {m} did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Members whose process ended when nothing stopped it (a damaged database may be
+/// refused at start: those are in `down` and expected), each started again at most
+/// once a second.
+#[derive(Default)]
+struct Exits {
+    /// Per member: how many times, the first time and its last log line.
+    seen: BTreeMap<usize, (usize, String)>,
+    restarted: BTreeMap<usize, Instant>,
+}
+
+impl Exits {
+    fn watch(&mut self, cluster: &mut Cluster, down: &BTreeSet<usize>, start: Instant) {
+        for m in 0..cluster.members.len() {
+            if down.contains(&m)
+                || self
+                    .restarted
+                    .get(&m)
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            {
+                continue;
+            }
+            if let Some(status) = cluster.exited(m) {
+                let entry = self.seen.entry(m).or_insert_with(|| {
+                    let log = cluster.log(m);
+                    let last = log.lines().last().unwrap_or("").to_owned();
+                    let at = start.elapsed().as_secs_f64();
+                    (0, format!("first at {at:.1} s ({status}): {last}"))
+                });
+                entry.0 += 1;
+                cluster.kill(m);
+                let _ = cluster.start(m);
+                self.restarted.insert(m, Instant::now());
+            }
+        }
+    }
+
+    fn failures(&self) -> impl Iterator<Item = String> + '_ {
+        self.seen.iter().map(|(m, (count, first))| {
+            format!("member {m} exited {count} time(s) unasked, {first}")
+        })
+    }
+}
+
+/// Starts or ends `fault`; `down` holds the members whose process may be gone.
+fn apply(
+    cluster: &mut Cluster,
+    fault: &Fault,
+    starts: bool,
+    seed: u64,
+    down: &mut BTreeSet<usize>,
+) -> anyhow::Result<()> {
+    match (fault, starts) {
+        (Fault::Partition([a, b]), true) => {
+            for &x in a {
+                for &y in b {
+                    cluster.block(x, y)?;
+                    cluster.block(y, x)?;
+                }
+            }
+        }
+        (Fault::OneWay { from, to }, true) => {
+            for &x in from {
+                for &y in to {
+                    cluster.block(x, y)?;
+                }
+            }
+        }
+        (Fault::Partition(_) | Fault::OneWay { .. }, false) => cluster.unblock_all()?,
+        (Fault::Isolate(m), up) => cluster.link(*m, !up)?,
+        (Fault::Delay { ms, jitter_ms }, true) => cluster.shape_all(|s| {
+            s.set_delay(
+                Duration::from_millis(*ms),
+                Duration::from_millis(*jitter_ms),
+            )
+        }),
+        (Fault::Drop { per_million }, true) => {
+            cluster.shape_all(|s| s.set_drop(f64::from(*per_million) / 1e6))
+        }
+        (Fault::Delay { .. } | Fault::Drop { .. }, false) => cluster.shape_all(Shape::clear),
+        (Fault::Pause(m), stop) => cluster.pause(*m, stop)?,
+        (Fault::Kill(m), true) => {
+            down.insert(*m);
+            cluster.kill(*m);
+        }
+        (Fault::Kill(m), false) => {
+            cluster.start(*m)?;
+            down.remove(m);
+        }
+        (Fault::DiskFull(m), fill) => cluster.fill_disk(*m, fill)?,
+        (Fault::Skew(m, seconds), true) => cluster.skew(*m, *seconds)?,
+        (Fault::Skew(m, _), false) => cluster.skew(*m, 0)?,
+        (Fault::Damage(m), true) => {
+            down.insert(*m);
+            cluster.kill(*m);
+            cluster.damage(*m, &mut SplitMix64(seed))?;
+            cluster.start(*m)?;
+        }
+        (Fault::Damage(m), false) => {
+            cluster.kill(*m);
+            cluster.wipe(*m)?;
+            cluster.start(*m)?;
+            down.remove(m);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A long campaign of the fault-injection harness: COUNT runs from seed FIRST, the
+# members cycling through 4 to 7, each SECONDS long; one line per run, a failed
+# run's working directory kept as WORK-SEED. Exit status 0 only when every run passed.
+#
+#   ops/chaos/campaign.sh FIRST COUNT [SECONDS] [WORK]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+first=${1:?first seed}
+count=${2:?number of runs}
+seconds=${3:-120}
+work=${4:-/tmp/ledger-chaos}
+failed=0
+started=$(date +%s)
+for ((i = 0; i < count; i++)); do
+    seed=$((first + i))
+    members=$((4 + i % 4))
+    log="$work.log"
+    if ops/chaos/run.sh --seed "$seed" --members "$members" --duration "$seconds" \
+        --work "$work" >"$log" 2>&1; then
+        verdict=passed
+    else
+        verdict=FAILED
+        failed=$((failed + 1))
+        rm -rf "$work-$seed"
+        cp -r "$work" "$work-$seed"
+        cp "$log" "$work-$seed/run.log"
+    fi
+    summary=$(grep -E "entries acknowledged and found|committed again" "$log" | tr '\n' ' ' | cut -c1-220)
+    echo "seed $seed, $members members: $verdict ($(grep -c '] start' "$log") faults) $summary"
+done
+echo "== $count runs, $failed failed, $(( $(date +%s) - started )) s"
+[ "$failed" -eq 0 ]
