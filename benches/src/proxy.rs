@@ -62,6 +62,9 @@ impl Shape {
     }
 }
 
+/// Chunks held per direction of a connection (up to 16 KiB each).
+const QUEUED_CHUNKS: usize = 64;
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -95,6 +98,8 @@ impl Link {
             let mut connections = 0u64;
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
+                    // Out of descriptors, say: wait rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 connections += 1;
@@ -145,7 +150,9 @@ async fn pump(
     shape: Arc<Shape>,
     mut random: SplitMix64,
 ) -> bool {
-    let (send, mut receive) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    // Bounded: a receiver that stops reading (paused, cut off) stops the sender in
+    // turn, as TCP would, instead of the proxy taking in everything.
+    let (send, mut receive) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUED_CHUNKS);
     let writer = async move {
         while let Some((at, chunk)) = receive.recv().await {
             tokio::time::sleep_until(at).await;
@@ -167,7 +174,7 @@ async fn pump(
                 return true;
             };
             last = at;
-            if send.send((at, buffer[..n].to_vec())).is_err() {
+            if send.send((at, buffer[..n].to_vec())).await.is_err() {
                 return false;
             }
         }

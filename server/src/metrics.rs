@@ -98,6 +98,8 @@ pub struct Metrics {
     pub height: AtomicU64,
     /// Entries waiting to be committed (what `pool_capacity` bounds).
     pub pool_size: AtomicU64,
+    /// Clients waiting for their entries' commits (members).
+    pub commit_waiters: AtomicU64,
     /// Entries accepted into the pool.
     pub entries_accepted: AtomicU64,
     /// Entries refused at submit.
@@ -221,7 +223,7 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
             crate::cli::COMMIT
         );
-        let metrics: [(&str, &str, &str, Value); 31] = [
+        let metrics: [(&str, &str, &str, Value); 32] = [
             (
                 "ledger_has_quorum",
                 "gauge",
@@ -263,6 +265,12 @@ impl Metrics {
                 "gauge",
                 "Entries waiting to be committed, what pool_capacity bounds.",
                 Value::Count(&self.pool_size),
+            ),
+            (
+                "ledger_commit_waiters",
+                "gauge",
+                "Clients waiting for their entries' commits (?wait=commit) on a member.",
+                Value::Count(&self.commit_waiters),
             ),
             (
                 "ledger_entries_accepted_total",

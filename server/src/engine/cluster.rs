@@ -687,6 +687,7 @@ impl Driver {
                 if let Some(failure) = self.store.failure() {
                     return Err(StoreError::Unavailable(failure));
                 }
+                self.forget_gone_waiters();
                 self.step(Input::Tick { now_ms: now_ms() })?;
                 #[cfg(feature = "byzantine")]
                 if let Some(rogue) = &mut self.rogue {
@@ -762,12 +763,7 @@ impl Driver {
             // What the old replica decided but could not make durable was never
             // sent; the rebuilt one decides afresh.
             self.persist.clear();
-            // Clients that gave up waiting are forgotten; the rest are answered when
-            // their entries' blocks apply, here or through catch-up.
-            self.waiters.retain(|_, senders| {
-                senders.retain(|sender| !sender.is_closed());
-                !senders.is_empty()
-            });
+            self.forget_gone_waiters();
             self.held = held;
             if self.offer(Vec::new()).is_err() {
                 continue;
@@ -1142,6 +1138,17 @@ impl Driver {
         );
     }
 
+    /// Clients that gave up waiting are forgotten (a client asking again and again
+    /// for an entry that cannot commit yet would otherwise leave a waiter per try);
+    /// the rest are answered when their entries' blocks apply, here or through
+    /// catch-up.
+    fn forget_gone_waiters(&mut self) {
+        self.waiters.retain(|_, senders| {
+            senders.retain(|sender| !sender.is_closed());
+            !senders.is_empty()
+        });
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         if !self.persist.is_empty() {
             self.store.persist(&self.persist)?;
@@ -1330,6 +1337,10 @@ impl Driver {
         self.metrics
             .pool_size
             .store(pending as u64, Ordering::Relaxed);
+        let waiting = self.waiters.values().map(Vec::len).sum::<usize>();
+        self.metrics
+            .commit_waiters
+            .store(waiting as u64, Ordering::Relaxed);
         let mut status = lock(&self.status);
         status.me = self.replica.me();
         status.view = view;

@@ -313,8 +313,23 @@ pub struct Rogue {
     collusion: Collusion,
 }
 
+/// Set by `ledgerd-byzantine` alone: a `ledgerd` built with the feature by mistake
+/// ignores the variables and stays honest.
+#[cfg(feature = "byzantine")]
+static ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[cfg(feature = "byzantine")]
 impl Rogue {
+    /// Lets [`Rogue::from_env`] and [`Rogue::flaw_from_env`] act on the
+    /// environment (`ledgerd-byzantine` calls it first thing).
+    pub fn allow() {
+        ALLOWED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn allowed() -> bool {
+        ALLOWED.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The behaviour `LEDGER_BYZANTINE` names, drawing from `LEDGER_BYZANTINE_SEED`
     /// (default 1); `None` when the variable is unset. Behaviours of whole processes
     /// (`silent`, `twin`) and of snapshot serving are the harness's or the
@@ -323,6 +338,9 @@ impl Rogue {
         let Ok(name) = std::env::var("LEDGER_BYZANTINE") else {
             return Ok(None);
         };
+        if !Rogue::allowed() {
+            return Ok(None);
+        }
         let rewrites = [
             Behaviour::Equivocate,
             Behaviour::ConflictingVotes,
@@ -358,6 +376,7 @@ impl Rogue {
     pub fn flaw_from_env() -> Result<Option<crate::consensus::Flaws>, String> {
         match std::env::var("LEDGER_FLAW").as_deref() {
             Err(_) => Ok(None),
+            Ok(_) if !Rogue::allowed() => Ok(None),
             Ok("weak-quorum") => Ok(Some(crate::consensus::Flaws {
                 weak_quorum: true,
                 ..Default::default()

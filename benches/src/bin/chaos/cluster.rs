@@ -27,7 +27,11 @@ const PEER_PORT: u16 = 7101;
 /// Below the ephemeral range, so a partition's rule never matches another
 /// connection's port.
 const PROXY_BASE: u16 = 20_000;
-const TMPFS_SIZE: &str = "128m";
+/// The most members a run has (addresses, proxy ports and names are laid out for
+/// them).
+pub const MAX_MEMBERS: usize = 16;
+/// The source name of the members' tmpfs mounts, so only they are ever unmounted.
+const TMPFS_SOURCE: &str = "lchaos";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// Member `i`'s address.
@@ -45,7 +49,17 @@ fn namespace(i: usize) -> String {
 }
 
 fn proxy_port(from: usize, to: usize) -> u16 {
-    PROXY_BASE + (from * 16 + to) as u16
+    PROXY_BASE + (from * MAX_MEMBERS + to) as u16
+}
+
+/// A client of member `m`'s API that tries once, each request bounded by `timeout`.
+pub fn client(m: usize, timeout: std::time::Duration) -> anyhow::Result<ledger_client::Client> {
+    let client = ledger_client::Client::with_timeout(
+        &api(m),
+        &ledger_client::Credentials::default(),
+        timeout,
+    )?;
+    Ok(client.with_retry(ledger_client::Retry::never()))
 }
 
 /// Runs a command of the harness's set-up; its failure is an error with its output.
@@ -90,6 +104,7 @@ pub struct Cluster {
     pub genesis: PathBuf,
     bin: PathBuf,
     /// Link i -> j at `i * n + j` (unused on the diagonal).
+    seed: u64,
     shapes: Vec<Arc<Shape>>,
     faketime: bool,
     /// A protocol break every member runs with (`ledgerd-byzantine`'s `LEDGER_FLAW`).
@@ -97,19 +112,47 @@ pub struct Cluster {
     _links: Vec<Link>,
 }
 
-/// Removes what an earlier run left: namespaces, the bridge, tmpfs mounts under
-/// `work`.
+/// Removes what a run (or an interrupted one) left: processes in the members'
+/// namespaces, the namespaces, the veth pairs, the bridge, and the members' tmpfs
+/// mounts under `work/cluster/`.
 pub fn clean_up(work: &Path) {
-    for i in 0..16 {
+    for i in 0..MAX_MEMBERS {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &namespace(i)])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = run("kill", &["-KILL", pid]);
+            }
+        }
         let _ = run("ip", &["netns", "del", &namespace(i)]);
+        let _ = run("ip", &["link", "del", &format!("lchaos-v{i}")]);
     }
     let _ = run("ip", &["link", "del", BRIDGE]);
+    let ours = format!("{}/", work.join("cluster").to_string_lossy());
     if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
-        let work = work.to_string_lossy();
         for line in mounts.lines() {
-            if let Some(point) = line.split(' ').nth(1) {
-                if point.starts_with(work.as_ref()) {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if let [TMPFS_SOURCE, point, "tmpfs", ..] = fields[..] {
+                if point.starts_with(&ours) {
                     let _ = run("umount", &["-l", point]);
+                }
+            }
+        }
+    }
+}
+
+/// Copies every member's data directory to `work/kept/` (a failed run's evidence,
+/// before [`clean_up`] unmounts it).
+pub fn keep_data(work: &Path, members: usize) {
+    for i in 0..members {
+        let from = work.join(format!("cluster/node{i}/data"));
+        let to = work.join(format!("kept/node{i}"));
+        let _ = fs::create_dir_all(&to);
+        if let Ok(entries) = fs::read_dir(&from) {
+            for entry in entries.flatten() {
+                if entry.file_name() != "filler" {
+                    let _ = fs::copy(entry.path(), to.join(entry.file_name()));
                 }
             }
         }
@@ -119,7 +162,9 @@ pub fn clean_up(work: &Path) {
 impl Cluster {
     /// Writes an `n`-member chain under `work` with `ledgerd dev init`, moves its
     /// addresses onto the bridge, builds the network, starts the proxies on
-    /// `runtime` and every member, those in `byzantine` as `ledgerd-byzantine`.
+    /// `runtime` and every member, those in `byzantine` as `ledgerd-byzantine`, each
+    /// on a tmpfs of `disk` (like `128m`).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         work: &Path,
         bin: &Path,
@@ -127,6 +172,7 @@ impl Cluster {
         seed: u64,
         byzantine: &[(usize, &'static str)],
         flaw: Option<String>,
+        disk: &str,
         runtime: &tokio::runtime::Runtime,
     ) -> anyhow::Result<Cluster> {
         let ledgerd = bin.join("ledgerd");
@@ -137,7 +183,7 @@ impl Cluster {
             );
         }
         let dir = work.join("cluster");
-        let base = 7100u16;
+        let base = API_PORT;
         let out = Command::new(&ledgerd)
             .args(["dev", "init", "--difficulty", "8", "--base-port"])
             .arg(base.to_string())
@@ -168,6 +214,11 @@ impl Cluster {
                 // The namespaces' network is the harness's own.
                 text.push_str("\napi_insecure = true\n");
             }
+            anyhow::ensure!(
+                !text.contains("127.0.0.1"),
+                "{}: an address stayed on loopback",
+                file.display()
+            );
             fs::write(file, text)?;
         }
 
@@ -233,8 +284,8 @@ impl Cluster {
                     "-t",
                     "tmpfs",
                     "-o",
-                    &format!("size={TMPFS_SIZE}"),
-                    "lchaos",
+                    &format!("size={disk}"),
+                    TMPFS_SOURCE,
                     &data.to_string_lossy(),
                 ],
             )?;
@@ -258,6 +309,7 @@ impl Cluster {
             members,
             genesis,
             bin: bin.to_owned(),
+            seed,
             shapes,
             faketime,
             flaw,
@@ -285,7 +337,7 @@ impl Cluster {
         if let Some(behaviour) = member.byzantine {
             command
                 .env("LEDGER_BYZANTINE", behaviour)
-                .env("LEDGER_BYZANTINE_SEED", (i as u64 + 1).to_string());
+                .env("LEDGER_BYZANTINE_SEED", (self.seed ^ i as u64).to_string());
             program = "ledgerd-byzantine";
         }
         if let Some(flaw) = &self.flaw {
@@ -367,22 +419,23 @@ impl Cluster {
     }
 
     /// Flips 200 bits of member `i`'s stopped database at places drawn from
-    /// `random`, past its first pages (a header damaged beyond use is the simple
-    /// case; the interesting damage is what goes unnoticed at start).
-    pub fn damage(&self, i: usize, random: &mut SplitMix64) -> anyhow::Result<()> {
+    /// `random`, past its first 4 KiB (a header damaged beyond use is the simple
+    /// case; the interesting damage is what goes unnoticed at start). False when
+    /// there is no database worth damaging (a member that has not created one yet).
+    pub fn damage(&self, i: usize, random: &mut SplitMix64) -> anyhow::Result<bool> {
         let path = self.members[i].data.join("ledger.redb");
         let Ok(mut bytes) = fs::read(&path) else {
-            return Ok(());
+            return Ok(false);
         };
         if bytes.len() <= 8192 {
-            return Ok(());
+            return Ok(false);
         }
         for _ in 0..200 {
             let at = 4096 + (random.next_u64() % (bytes.len() as u64 - 4096)) as usize;
             bytes[at] ^= 1 << (random.next_u64() % 8);
         }
         fs::write(&path, bytes)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Empties member `i`'s data directory, as an operator replacing a damaged
@@ -455,7 +508,7 @@ impl Cluster {
     }
 
     /// Stops every member (SIGTERM, then SIGKILL after 10 s).
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         for member in &mut self.members {
             if let Some(child) = &member.child {
                 let pid = child.id().to_string();
@@ -475,6 +528,11 @@ impl Cluster {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
     }
 
     /// Member `i`'s log so far.
@@ -515,4 +573,11 @@ fn network(n: usize) -> anyhow::Result<()> {
         run("ip", &["link", "set", &host, "master", BRIDGE, "up"])?;
     }
     Ok(())
+}
+
+impl Drop for Cluster {
+    /// Stops the members on every way out, errors included.
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -7,10 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ledger_chain::Entry;
-use ledger_client::{Client, Credentials, Retry, Submitted, Verified, Verifier};
+use ledger_client::{Client, Submitted, Verified, Verifier};
 
 use crate::cluster;
 
@@ -35,6 +35,9 @@ pub struct Record {
     /// Answers that claimed a commit and did not prove it: each is a failure.
     pub bad: Vec<String>,
     pub submits: u64,
+    /// When each acknowledged entry was acknowledged, and how long after its first
+    /// submit.
+    pub latencies: Vec<(Instant, Duration)>,
 }
 
 /// Clients running until [`Load::stop`].
@@ -51,32 +54,29 @@ const COMMIT_WAIT: Duration = Duration::from_secs(8);
 const TRIES: usize = 3;
 
 impl Load {
-    /// Starts `clients` clients over `members` members, tagging entries with `seed`.
+    /// Starts `clients` clients over `members` members, tagging entries with `seed`;
+    /// with a `rate`, the clients together start at most that many entries a second.
     pub fn start(
         clients: usize,
         members: usize,
         seed: u64,
+        rate: Option<f64>,
         verifier: Verifier,
         answers: &Path,
     ) -> anyhow::Result<Load> {
+        let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
         fs::create_dir_all(answers)?;
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(Record::default()));
         let mut threads = Vec::new();
         for c in 0..clients {
             let apis: Vec<Client> = (0..members)
-                .map(|m| {
-                    let client = Client::with_timeout(
-                        &cluster::api(m),
-                        &Credentials::default(),
-                        COMMIT_WAIT + Duration::from_secs(4),
-                    )?;
-                    Ok(client.with_retry(Retry::never()))
-                })
+                .map(|m| cluster::client(m, COMMIT_WAIT + Duration::from_secs(4)))
                 .collect::<anyhow::Result<_>>()?;
             let client = Worker {
                 c,
                 seed,
+                interval,
                 apis,
                 verifier: verifier.clone(),
                 answers: answers.to_owned(),
@@ -105,11 +105,27 @@ impl Load {
     pub fn acknowledged(&self) -> usize {
         self.record.lock().map(|r| r.acks.len()).unwrap_or(0)
     }
+
+    /// The latencies of entries acknowledged since `since`, sorted.
+    pub fn latencies_since(&self, since: Instant) -> Vec<Duration> {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent: Vec<Duration> = record
+            .latencies
+            .iter()
+            .rev()
+            .take_while(|(at, _)| *at >= since)
+            .map(|(_, latency)| *latency)
+            .collect();
+        recent.sort_unstable();
+        recent
+    }
 }
 
 struct Worker {
     c: usize,
     seed: u64,
+    /// Between the starts of two entries of this client, when paced.
+    interval: Option<Duration>,
     apis: Vec<Client>,
     verifier: Verifier,
     answers: PathBuf,
@@ -127,7 +143,16 @@ impl Worker {
     fn run(&self, stop: &AtomicBool) {
         let n = self.apis.len();
         let mut sequence = 0u64;
+        let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some(interval) = self.interval {
+                // A client behind its pace starts at once, without bursting to
+                // catch up.
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let now = Instant::now();
+                next = next.max(now.checked_sub(interval).unwrap_or(now)) + interval;
+            }
+            let began = Instant::now();
             sequence += 1;
             let mut data = format!(
                 "chaos seed {} client {} entry {sequence} ",
@@ -150,7 +175,10 @@ impl Worker {
             }
             let id = entry.id().to_hex();
             self.with_record(|r| match outcome {
-                Outcome::Acked(ack) => r.acks.push(ack),
+                Outcome::Acked(ack) => {
+                    r.latencies.push((Instant::now(), began.elapsed()));
+                    r.acks.push(ack)
+                }
                 Outcome::Unknown => r.unknown.push(id),
                 Outcome::Bad(why) => r.bad.push(why),
             });
@@ -190,7 +218,12 @@ impl Worker {
     ) -> Outcome {
         let id = entry.id().to_hex();
         let verified = match checked {
-            Ok(verified) if verified.entry.as_ref().is_none_or(|e| e == entry) => verified,
+            Ok(verified)
+                if verified.receipt.entry_id == entry.id()
+                    && verified.entry.as_ref().is_none_or(|e| e == entry) =>
+            {
+                verified
+            }
             Ok(_) => return Outcome::Bad(format!("member {member}: entry {id}: other data")),
             Err(error) => return Outcome::Bad(format!("member {member}: entry {id}: {error}")),
         };

@@ -10,16 +10,18 @@ mod check;
 mod cluster;
 mod load;
 mod nemesis;
+mod soak;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use ledger_benches::proxy::{Shape, SplitMix64};
-use ledger_client::{Credentials, Verifier};
+use ledger_client::types::BlockView;
+use ledger_client::Verifier;
 
 use cluster::Cluster;
 use nemesis::{Fault, Plan};
@@ -54,6 +56,17 @@ struct Args {
     /// checks fail.
     #[arg(long)]
     flaw: Option<String>,
+    /// A soak instead: no faults, the load paced at --rate, the members sampled
+    /// every --sample seconds (ops/chaos/README.md, "Soak").
+    #[arg(long)]
+    soak: bool,
+    /// Entries per second the clients start together (default: as fast as they
+    /// are answered; 200 in a soak).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds between two samples of a soak.
+    #[arg(long, default_value_t = 60)]
+    sample: u64,
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
@@ -67,11 +80,14 @@ fn main() -> ExitCode {
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
     });
     let members = usize::from(args.members);
-    let replay = format!(
-        "ops/chaos/run.sh --seed {seed} --members {members} --duration {}",
-        args.duration
-    );
-    let plan = nemesis::plan(seed, members, args.duration * 1000);
+    let replay = replay(&args, seed);
+    let plan = match args.soak {
+        false => nemesis::plan(seed, members, args.duration * 1000),
+        true => Plan {
+            byzantine: Vec::new(),
+            steps: Vec::new(),
+        },
+    };
     println!(
         "== chaos: seed {seed}, {members} members, {} s, {} clients",
         args.duration, args.clients
@@ -86,9 +102,17 @@ fn main() -> ExitCode {
     if args.dry_run {
         return ExitCode::SUCCESS;
     }
+    if let Err(error) = claim(&args.work) {
+        println!("== {error:#}");
+        return ExitCode::from(2);
+    }
     cluster::clean_up(&args.work);
     let result = run(&args, seed, &plan);
+    if !matches!(&result, Ok(failures) if failures.is_empty()) {
+        cluster::keep_data(&args.work, members);
+    }
     cluster::clean_up(&args.work);
+    let work = args.work.display();
     match result {
         Ok(failures) if failures.is_empty() => {
             println!("== PASSED (seed {seed})");
@@ -99,57 +123,183 @@ fn main() -> ExitCode {
             for failure in failures.iter().take(50) {
                 println!("  {failure}");
             }
-            println!("replay: {replay}   (logs in {})", args.work.display());
+            println!("replay: {replay}   (logs in {work}, databases in {work}/kept)");
             ExitCode::FAILURE
         }
         Err(error) => {
             println!("== the harness itself failed: {error:#}");
-            println!("replay: {replay}");
+            println!("replay: {replay}   (logs in {work})");
             ExitCode::from(2)
         }
     }
 }
 
-/// Stops the members on every way out, errors included.
-struct Running(Cluster);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.stop();
+/// The command that runs the same plan again: every option that was not left at
+/// its default.
+fn replay(args: &Args, seed: u64) -> String {
+    let mut line = format!(
+        "ops/chaos/run.sh --seed {seed} --members {} --duration {}",
+        args.members, args.duration
+    );
+    let default = Args::parse_from(["ledger-chaos"]);
+    if args.clients != default.clients {
+        line += &format!(" --clients {}", args.clients);
     }
+    if args.recovery != default.recovery {
+        line += &format!(" --recovery {}", args.recovery);
+    }
+    if let Some(flaw) = &args.flaw {
+        line += &format!(" --flaw {flaw}");
+    }
+    if args.soak {
+        line += &format!(" --soak --sample {}", args.sample);
+    }
+    if let Some(rate) = args.rate {
+        line += &format!(" --rate {rate}");
+    }
+    if args.work != default.work {
+        line += &format!(" --work {}", args.work.display());
+    }
+    line
 }
 
-fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
-    let steps = &plan.steps;
-    let members = usize::from(args.members);
-    let work = args.work.as_path();
+/// Makes `work` this harness's own: a directory that does not exist, is empty, or
+/// was made by an earlier run (it holds the marker). It is emptied at every run,
+/// as root, so anything else is refused.
+fn claim(work: &Path) -> anyhow::Result<()> {
+    const MARKER: &str = ".ledger-chaos";
+    let ours = work.join(MARKER).exists()
+        || std::fs::read_dir(work).map_or(true, |mut entries| entries.next().is_none());
+    anyhow::ensure!(
+        ours,
+        "{} holds files of something else: give --work a directory of its own",
+        work.display()
+    );
+    cluster::clean_up(work);
     if work.exists() {
         std::fs::remove_dir_all(work)
             .with_context(|| format!("cannot empty {}", work.display()))?;
     }
     std::fs::create_dir_all(work)?;
+    std::fs::write(work.join(MARKER), "ledger-chaos working directory\n")?;
+    Ok(())
+}
+
+fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
+    let members = usize::from(args.members);
+    let work = args.work.as_path();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let mut cluster = Running(Cluster::create(
+    // A soak's database grows for its whole length; a run with faults needs a
+    // small disk, to fill it at once.
+    let disk = if args.soak { "2g" } else { "128m" };
+    let mut cluster = Cluster::create(
         work,
         &args.bin,
         members,
         seed,
         &plan.byzantine,
         args.flaw.clone(),
+        disk,
         &runtime,
-    )?);
+    )?;
     // The checks of what the members hold are on the honest ones.
     let honest: Vec<usize> = (0..members)
         .filter(|m| plan.byzantine.iter().all(|(b, _)| b != m))
         .collect();
-    let verifier = Verifier::from_genesis_file(&cluster.0.genesis)?;
+    let verifier = Verifier::from_genesis_file(&cluster.genesis)?;
     started(members)?;
 
-    let load = load::Load::start(args.clients, members, seed, verifier, &work.join("answers"))?;
+    let rate = args.rate.or(args.soak.then_some(200.0));
+    let answers = work.join("answers");
+    let load = load::Load::start(args.clients, members, seed, rate, verifier, &answers)?;
     let mut failures = Vec::new();
+    let mut exits = Exits::default();
+    let start = Instant::now();
+    if args.soak {
+        soak(args, &mut cluster, &load, &mut exits, &mut failures)?;
+    } else {
+        faults(args, seed, plan, &mut cluster, &load, &mut exits)?;
+    }
+    println!(
+        "[{:6.1} s] healing everything ({} entries acknowledged)",
+        start.elapsed().as_secs_f64(),
+        load.acknowledged()
+    );
+    // A member that exited on its own at the last instant is reported too.
+    exits.watch(&mut cluster, &BTreeSet::new(), start);
+    cluster.heal()?;
+    let healed = Instant::now();
+    let recovery = check::commits_again(&honest, healed, Duration::from_secs(args.recovery));
+    let record = load.stop();
+    match recovery {
+        Ok(after) => println!(
+            "every member committed again {:.1} s after healing",
+            after.as_secs_f64()
+        ),
+        Err(failure) => failures.push(failure),
+    }
+    match check::converge(&honest, Duration::from_secs(90)) {
+        Ok(tip) => failures.extend(holdings(args, &cluster, &honest, tip, &record)),
+        Err(failure) => failures.push(failure),
+    }
+    exits.watch(&mut cluster, &BTreeSet::new(), start);
+    failures.extend(exits.failures());
+    for m in 0..members {
+        let log = cluster.log(m);
+        if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
+            failures.push(format!("member {m} panicked: {line}"));
+        }
+    }
+    Ok(failures)
+}
+
+/// The soak: samples at every interval until the run's end, then the judgement of
+/// their growth.
+fn soak(
+    args: &Args,
+    cluster: &mut Cluster,
+    load: &load::Load,
+    exits: &mut Exits,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let rate = args.rate.unwrap_or(200.0);
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let interval = Duration::from_secs(args.sample.max(1));
+    for k in 1..=(args.duration / args.sample.max(1)) {
+        let at = start + interval * k as u32;
+        while Instant::now() < at {
+            exits.watch(cluster, &BTreeSet::new(), start);
+            std::thread::sleep(
+                at.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(500)),
+            );
+        }
+        let since = at - interval;
+        let sample = soak::sample(cluster, k * args.sample, &load.latencies_since(since));
+        println!("{}", soak::line(&sample));
+        samples.push(sample);
+        soak::save(&args.work, &samples)?;
+    }
+    let (findings, found) = soak::judge(&samples, args.clients, rate);
+    findings.iter().for_each(|f| println!("{f}"));
+    failures.extend(found);
+    Ok(())
+}
+
+/// The plan's faults, each started and ended on time, until the run's end.
+fn faults(
+    args: &Args,
+    seed: u64,
+    plan: &Plan,
+    cluster: &mut Cluster,
+    load: &load::Load,
+    exits: &mut Exits,
+) -> anyhow::Result<()> {
+    let steps = &plan.steps;
     let start = Instant::now();
     let mut events: Vec<(u64, bool, usize)> = steps
         .iter()
@@ -159,21 +309,19 @@ fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
     events.sort_by_key(|&(at, starts, _)| (at, starts));
     let mut down = BTreeSet::new();
     let mut progress = Progress::default();
-    let mut exits = Exits::default();
     let mut skipped = BTreeSet::new();
     // Members wiped after damage, until they say they vote again.
     let mut wiped = BTreeSet::new();
-    let end_ms = args.duration * 1000;
-    for (at, starts, i) in events.into_iter().chain([(end_ms, false, usize::MAX)]) {
+    let end = (args.duration * 1000, false, usize::MAX);
+    for (at, starts, i) in events.into_iter().chain([end]) {
         while start.elapsed() < Duration::from_millis(at) {
-            exits.watch(&mut cluster.0, &down, start);
+            exits.watch(cluster, &down, start);
             progress.report(start, load.acknowledged());
             std::thread::sleep(Duration::from_millis(100));
         }
-        if i == usize::MAX {
-            break;
-        }
-        let step = &steps[i];
+        let Some(step) = steps.get(i) else {
+            return Ok(());
+        };
         let at = start.elapsed().as_secs_f64();
         if skipped.contains(&i) {
             continue;
@@ -196,75 +344,73 @@ fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
         }
         let verb = if starts { "start" } else { "end  " };
         println!("[{at:6.1} s] {verb} {}", step.fault);
-        apply(
-            &mut cluster.0,
-            &step.fault,
-            starts,
-            seed ^ i as u64,
-            &mut down,
-        )
-        .with_context(|| format!("applying {}", step.fault))?;
+        apply(cluster, &step.fault, starts, seed ^ i as u64, &mut down)
+            .with_context(|| format!("applying {}", step.fault))?;
     }
-    let acknowledged = load.acknowledged();
-    println!(
-        "[{:6.1} s] healing everything ({acknowledged} entries acknowledged under faults)",
-        start.elapsed().as_secs_f64()
-    );
-    failures.extend(exits.failures());
-    cluster.0.heal()?;
-    let healed = Instant::now();
-    let recovery = check::commits_again(&honest, healed, Duration::from_secs(args.recovery));
-    let record = load.stop();
-    match recovery {
-        Ok(after) => println!(
-            "every member committed again {:.1} s after healing",
-            after.as_secs_f64()
-        ),
-        Err(failure) => failures.push(failure),
-    }
-    let tip = match check::converge(&honest, Duration::from_secs(90)) {
-        Ok(tip) => tip,
-        Err(failure) => {
-            failures.push(failure);
-            return Ok(failures);
+    Ok(())
+}
+
+/// The checks of what the honest members hold at `tip`: one chain, every
+/// acknowledged entry in it once where its receipt said, every receipt accepted
+/// by `ledgerctl verify`.
+fn holdings(
+    args: &Args,
+    cluster: &Cluster,
+    honest: &[usize],
+    tip: u64,
+    record: &load::Record,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let chains: Vec<(usize, anyhow::Result<Vec<BlockView>>)> =
+        honest.iter().map(|&m| (m, check::chain(m, tip))).collect();
+    let mut reference: Option<(usize, &Vec<BlockView>)> = None;
+    for (m, chain) in &chains {
+        match (chain, reference) {
+            (Err(error), _) => {
+                failures.push(format!("member {m} did not serve its chain: {error:#}"))
+            }
+            (Ok(chain), None) => reference = Some((*m, chain)),
+            (Ok(chain), Some((first, blocks))) => {
+                if let Some(at) = (0..blocks.len()).find(|&h| blocks[h] != chain[h]) {
+                    failures.push(format!(
+                        "member {m}'s block {} differs from member {first}'s",
+                        blocks[at].header.height
+                    ));
+                }
+            }
         }
+    }
+    let Some((_, reference)) = reference else {
+        return failures;
     };
-    let reference = check::chain(honest[0], tip)?;
-    for &m in &honest[1..] {
-        let other = check::chain(m, tip)?;
-        if let Some(at) = (0..reference.len()).find(|&h| reference[h] != other[h]) {
-            failures.push(format!(
-                "member {m}'s block {} differs from member {}'s",
-                reference[at].header.height, honest[0]
-            ));
-        }
-    }
-    failures.extend(check::record_check(&reference, &record));
+    failures.extend(check::record_check(reference, record));
     let verify_started = Instant::now();
+    // Every receipt in a run with faults; in a soak's hundreds of thousands, every
+    // k-th up to 5,000 (the clients checked each one with the same code already).
+    let every = if args.soak {
+        record.acks.len().div_ceil(5_000).max(1)
+    } else {
+        1
+    };
+    let verified = record.acks.len().div_ceil(every);
     failures.extend(check::receipts(
         &args.bin.join("ledgerctl"),
-        &cluster.0.genesis,
-        &record,
+        &cluster.genesis,
+        record,
+        every,
     ));
-    for m in 0..members {
-        let log = cluster.0.log(m);
-        if let Some(line) = log.lines().find(|l| l.contains("panicked")) {
-            failures.push(format!("member {m} panicked: {line}"));
-        }
-    }
     let committed: usize = reference.iter().map(|b| b.entries.len()).sum();
     println!(
-        "{} entries acknowledged and found where their receipts said, {} receipts verified by \
-         ledgerctl in {:.1} s; {} unknown to their clients; {} submits; chain of {tip} blocks, \
-         {committed} entries, identical on all {} honest members",
-        record.acks.len(),
+        "{} entries acknowledged and found where their receipts said, {verified} receipts \
+         verified by ledgerctl in {:.1} s; {} unknown to their clients; {} submits; chain of \
+         {tip} blocks, {committed} entries, identical on all {} honest members",
         record.acks.len(),
         verify_started.elapsed().as_secs_f64(),
         record.unknown.len(),
         record.submits,
         honest.len(),
     );
-    Ok(failures)
+    failures
 }
 
 /// A line every 5 s with the entries acknowledged since the last: how the faults
@@ -293,13 +439,7 @@ impl Progress {
 /// chain passes a height (a faulty member until then); `None` when it does not
 /// answer.
 fn abstains(m: usize) -> Option<bool> {
-    let api = ledger_client::Client::with_timeout(
-        &cluster::api(m),
-        &Credentials::default(),
-        Duration::from_secs(2),
-    )
-    .ok()?
-    .with_retry(ledger_client::Retry::never());
+    let api = cluster::client(m, Duration::from_secs(2)).ok()?;
     api.status()
         .ok()
         .map(|status| status.abstaining_until.is_some())
@@ -309,11 +449,7 @@ fn abstains(m: usize) -> Option<bool> {
 fn started(members: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for m in 0..members {
-        let api = ledger_client::Client::with_timeout(
-            &cluster::api(m),
-            &Credentials::default(),
-            Duration::from_secs(2),
-        )?;
+        let api = cluster::client(m, Duration::from_secs(2))?;
         while api.status().is_err() {
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -368,7 +504,8 @@ impl Exits {
     }
 }
 
-/// Starts or ends `fault`; `down` holds the members whose process may be gone.
+/// Starts (`starts`) or ends `fault`; `down` holds the members whose process may
+/// be gone.
 fn apply(
     cluster: &mut Cluster,
     fault: &Fault,
@@ -393,7 +530,7 @@ fn apply(
             }
         }
         (Fault::Partition(_) | Fault::OneWay { .. }, false) => cluster.unblock_all()?,
-        (Fault::Isolate(m), up) => cluster.link(*m, !up)?,
+        (Fault::Isolate(m), starts) => cluster.link(*m, !starts)?,
         (Fault::Delay { ms, jitter_ms }, true) => cluster.shape_all(|s| {
             s.set_delay(
                 Duration::from_millis(*ms),
@@ -404,7 +541,7 @@ fn apply(
             cluster.shape_all(|s| s.set_drop(f64::from(*per_million) / 1e6))
         }
         (Fault::Delay { .. } | Fault::Drop { .. }, false) => cluster.shape_all(Shape::clear),
-        (Fault::Pause(m), stop) => cluster.pause(*m, stop)?,
+        (Fault::Pause(m), starts) => cluster.pause(*m, starts)?,
         (Fault::Kill(m), true) => {
             down.insert(*m);
             cluster.kill(*m);
@@ -413,13 +550,15 @@ fn apply(
             cluster.start(*m)?;
             down.remove(m);
         }
-        (Fault::DiskFull(m), fill) => cluster.fill_disk(*m, fill)?,
+        (Fault::DiskFull(m), starts) => cluster.fill_disk(*m, starts)?,
         (Fault::Skew(m, seconds), true) => cluster.skew(*m, *seconds)?,
         (Fault::Skew(m, _), false) => cluster.skew(*m, 0)?,
         (Fault::Damage(m), true) => {
             down.insert(*m);
             cluster.kill(*m);
-            cluster.damage(*m, &mut SplitMix64(seed))?;
+            if !cluster.damage(*m, &mut SplitMix64(seed))? {
+                println!("          (member {m} holds no database yet: nothing damaged)");
+            }
             cluster.start(*m)?;
         }
         (Fault::Damage(m), false) => {
