@@ -23,8 +23,15 @@ for ((i = 0; i < count; i++)); do
     seed=$((first + i))
     members=$((4 + i % 4))
     log="$work.log"
-    if "$bin/ledger-chaos" --bin "$bin" --seed "$seed" --members "$members" \
-        --duration "$seconds" --work "$work" >"$log" 2>&1; then
+    status=0
+    "$bin/ledger-chaos" --bin "$bin" --seed "$seed" --members "$members" \
+        --duration "$seconds" --work "$work" >"$log" 2>&1 || status=$?
+    if [ "$status" -eq 2 ]; then
+        # The harness itself could not run: the next runs would not either.
+        tail -3 "$log"
+        exit 2
+    fi
+    if [ "$status" -eq 0 ]; then
         verdict=passed
     else
         verdict=FAILED
