@@ -341,22 +341,16 @@ impl Rogue {
         if !Rogue::allowed() {
             return Ok(None);
         }
-        let rewrites = [
-            Behaviour::Equivocate,
-            Behaviour::ConflictingVotes,
-            Behaviour::ForgeSignatures,
-            Behaviour::InvalidBlocks,
-            Behaviour::Withhold,
-            Behaviour::Replay,
-            Behaviour::BogusNewView,
-        ];
-        let behaviour = rewrites
-            .into_iter()
-            .find(|b| b.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = rewrites.iter().map(|b| b.name()).collect();
-                format!("LEDGER_BYZANTINE={name}: not one of {}", names.join(", "))
-            })?;
+        let rewrites = Behaviour::ALL.into_iter().filter(|b| {
+            !matches!(
+                b,
+                Behaviour::Twin | Behaviour::Silent | Behaviour::LyingSnapshots
+            )
+        });
+        let behaviour = rewrites.clone().find(|b| b.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = rewrites.map(|b| b.name()).collect();
+            format!("LEDGER_BYZANTINE={name}: not one of {}", names.join(", "))
+        })?;
         let seed = match std::env::var("LEDGER_BYZANTINE_SEED") {
             Ok(seed) => seed
                 .parse()

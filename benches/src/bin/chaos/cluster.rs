@@ -223,11 +223,12 @@ impl Cluster {
         }
 
         network(n)?;
-        let mut shapes = Vec::new();
+        // Link i -> j's shaping at i * n + j, its answers shaped by j -> i's.
+        let shapes: Vec<Arc<Shape>> = (0..n * n).map(|_| Arc::default()).collect();
         let mut links = Vec::new();
+        let mut random = SplitMix64(seed ^ 0x5eed);
         for from in 0..n {
             for to in 0..n {
-                shapes.push(Arc::new(Shape::default()));
                 if from == to {
                     continue;
                 }
@@ -252,14 +253,6 @@ impl Cluster {
                         &format!("{HOST}:{}", proxy_port(from, to)),
                     ],
                 )?;
-            }
-        }
-        let mut random = SplitMix64(seed ^ 0x5eed);
-        for from in 0..n {
-            for to in 0..n {
-                if from == to {
-                    continue;
-                }
                 let listen = format!("{HOST}:{}", proxy_port(from, to)).parse()?;
                 let target = format!("{}:{PEER_PORT}", address(to)).parse()?;
                 let link = runtime.block_on(Link::start(

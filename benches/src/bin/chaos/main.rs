@@ -106,7 +106,6 @@ fn main() -> ExitCode {
         println!("== {error:#}");
         return ExitCode::from(2);
     }
-    cluster::clean_up(&args.work);
     let result = run(&args, seed, &plan);
     if !matches!(&result, Ok(failures) if failures.is_empty()) {
         cluster::keep_data(&args.work, members);
@@ -219,7 +218,8 @@ fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
     let mut exits = Exits::default();
     let start = Instant::now();
     if args.soak {
-        soak(args, &mut cluster, &load, &mut exits, &mut failures)?;
+        let rate = rate.unwrap_or_default();
+        soak(args, rate, &mut cluster, &load, &mut exits, &mut failures)?;
     } else {
         faults(args, seed, plan, &mut cluster, &load, &mut exits)?;
     }
@@ -256,20 +256,21 @@ fn run(args: &Args, seed: u64, plan: &Plan) -> anyhow::Result<Vec<String>> {
     Ok(failures)
 }
 
-/// The soak: samples at every interval until the run's end, then the judgement of
-/// their growth.
+/// The soak at `rate` entries a second: samples at every interval until the run's
+/// end, then the judgement of their growth.
 fn soak(
     args: &Args,
+    rate: f64,
     cluster: &mut Cluster,
     load: &load::Load,
     exits: &mut Exits,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let rate = args.rate.unwrap_or(200.0);
     let mut samples = Vec::new();
     let start = Instant::now();
-    let interval = Duration::from_secs(args.sample.max(1));
-    for k in 1..=(args.duration / args.sample.max(1)) {
+    let every = args.sample.max(1);
+    let interval = Duration::from_secs(every);
+    for k in 1..=(args.duration / every) {
         let at = start + interval * k as u32;
         while Instant::now() < at {
             exits.watch(cluster, &BTreeSet::new(), start);
@@ -279,7 +280,7 @@ fn soak(
             );
         }
         let since = at - interval;
-        let sample = soak::sample(cluster, k * args.sample, &load.latencies_since(since));
+        let sample = soak::sample(cluster, k * every, &load.latencies_since(since));
         println!("{}", soak::line(&sample));
         samples.push(sample);
         soak::save(&args.work, &samples)?;
@@ -361,20 +362,19 @@ fn holdings(
     record: &load::Record,
 ) -> Vec<String> {
     let mut failures = Vec::new();
-    let chains: Vec<(usize, anyhow::Result<Vec<BlockView>>)> =
-        honest.iter().map(|&m| (m, check::chain(m, tip))).collect();
-    let mut reference: Option<(usize, &Vec<BlockView>)> = None;
-    for (m, chain) in &chains {
-        match (chain, reference) {
+    // One chain held at a time beside the first: a soak's are long.
+    let mut reference: Option<(usize, Vec<BlockView>)> = None;
+    for &m in honest {
+        match (check::chain(m, tip), &reference) {
             (Err(error), _) => {
                 failures.push(format!("member {m} did not serve its chain: {error:#}"))
             }
-            (Ok(chain), None) => reference = Some((*m, chain)),
+            (Ok(chain), None) => reference = Some((m, chain)),
             (Ok(chain), Some((first, blocks))) => {
-                if let Some(at) = (0..blocks.len()).find(|&h| blocks[h] != chain[h]) {
+                if let Some((block, _)) = blocks.iter().zip(&chain).find(|(a, b)| a != b) {
                     failures.push(format!(
                         "member {m}'s block {} differs from member {first}'s",
-                        blocks[at].header.height
+                        block.header.height
                     ));
                 }
             }
@@ -383,7 +383,7 @@ fn holdings(
     let Some((_, reference)) = reference else {
         return failures;
     };
-    failures.extend(check::record_check(reference, record));
+    failures.extend(check::record_check(&reference, record));
     let verify_started = Instant::now();
     // Every receipt in a run with faults; in a soak's hundreds of thousands, every
     // k-th up to 5,000 (the clients checked each one with the same code already).

@@ -36,16 +36,16 @@ pub struct Sample {
 /// Takes a sample now; `latencies` are those of the entries acknowledged since
 /// the last one, sorted.
 pub fn sample(cluster: &Cluster, at_s: u64, latencies: &[Duration]) -> Sample {
-    let members: Vec<MemberSample> = (0..cluster.members.len())
+    let (members, committed): (Vec<MemberSample>, Vec<u64>) = (0..cluster.members.len())
         .map(|m| member(cluster, m))
-        .collect();
+        .unzip();
     let quantile = |q: f64| match latencies.len() {
         0 => 0.0,
         n => latencies[((n - 1) as f64 * q) as usize].as_secs_f64() * 1000.0,
     };
     Sample {
         at_s,
-        entries: metric(0, "ledger_entries_committed_total"),
+        entries: committed.first().copied().unwrap_or(0),
         acknowledged: latencies.len(),
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
@@ -53,7 +53,8 @@ pub fn sample(cluster: &Cluster, at_s: u64, latencies: &[Duration]) -> Sample {
     }
 }
 
-fn member(cluster: &Cluster, m: usize) -> MemberSample {
+/// Member `m`'s sample, and the entries it counts committed.
+fn member(cluster: &Cluster, m: usize) -> (MemberSample, u64) {
     let pid = cluster.pid(m);
     let rss_kib = pid
         .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
@@ -66,27 +67,33 @@ fn member(cluster: &Cluster, m: usize) -> MemberSample {
         .and_then(|pid| fs::read_dir(format!("/proc/{pid}/fd")).ok())
         .map_or(0, |dir| dir.count() as u64);
     let db_bytes = fs::metadata(cluster.members[m].data.join("ledger.redb")).map_or(0, |m| m.len());
-    MemberSample {
+    let metrics = metrics(m);
+    let sample = MemberSample {
         rss_kib,
         fds,
         db_bytes,
-        pool: metric(m, "ledger_pool_size"),
-        waiters: metric(m, "ledger_commit_waiters"),
-    }
+        pool: value(&metrics, "ledger_pool_size"),
+        waiters: value(&metrics, "ledger_commit_waiters"),
+    };
+    (sample, value(&metrics, "ledger_entries_committed_total"))
 }
 
-/// A gauge or counter of member `m`'s `/metrics`, 0 when it cannot be read.
-fn metric(m: usize, name: &str) -> u64 {
+/// Member `m`'s `/metrics`, empty when it cannot be read.
+fn metrics(m: usize) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let Ok(mut answer) = agent.get(format!("{}/metrics", cluster::api(m))).call() else {
-        return 0;
-    };
-    let Ok(text) = answer.body_mut().read_to_string() else {
-        return 0;
-    };
+    agent
+        .get(format!("{}/metrics", cluster::api(m)))
+        .call()
+        .ok()
+        .and_then(|mut answer| answer.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+/// A gauge or counter in `/metrics` text, 0 when absent.
+fn value(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
