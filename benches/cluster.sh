@@ -1,30 +1,60 @@
 #!/usr/bin/env bash
-# The cluster benchmark (issue 5): a 4-member ledger cluster of four ledgerd
+# The cluster benchmark (issues 5 and 19): a 4-member ledger cluster of four ledgerd
 # processes and a 3-member etcd cluster, both on loopback, driven by the same load
 # generator with 100-byte values, one after the other in the same run.
 #
 #   cargo build --release -p ledger --bins -p ledger-benches
 #   benches/cluster.sh [WORKDIR] [SECONDS]
 #
-# Prints, for the ledger: saturation (committed entries/s with $CLIENTS clients
-# submitting without waiting, and with each of $CLIENTS and $MANY clients waiting for
-# its commit), commit latency paced at half the saturation rate ($PACED clients
-# waiting, so the pacing and not the client count sets the rate), and the time from
-# SIGKILL of the primary to the first commit in the new view. Then the same waiting
-# loads against etcd (benches/etcd.sh), whose puts answer once committed.
+# For the ledger: saturation with $CLIENTS clients submitting without waiting; then
+# $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
+# at half the saturation rate ($PACED clients waiting, so the pacing and not the
+# client count sets the rate); the time from SIGKILL of the primary to the first
+# commit in the new view. Then the same waiting loads against etcd
+# (benches/etcd.sh), whose puts answer once committed. Every load also reports the
+# CPU seconds all of the system's processes spent per 1,000 commits (from /proc).
+# The run ends with a table of both systems side by side and their ratios.
+#
+# DELAY_MS=D puts a delaying proxy (ledger-netproxy) in front of every member's peer
+# port, for both systems: each byte between two members waits D ms (one way).
+# ETCD=0 runs the ledger alone; BIN=DIR takes the binaries from DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/ledger-cluster-bench}
 seconds=${2:-10}
 clients=${CLIENTS:-64}
 many=${MANY:-256}
+most=${MOST:-1024}
 paced=${PACED:-512}  # enough waiting clients that the pacing, not their number, sets the rate
 bin=${BIN:-target/release}  # BIN=DIR compares another build
+delay=${DELAY_MS:-0}
 base=27400
+proxy_base=27450  # member i's peer port seen through the proxy: proxy_base + i
+etcd_proxy_base=23850
+tick=$(getconf CLK_TCK)
 rm -rf "$work"
-mkdir -p "$work"
+mkdir -p "$work/results"
+
+proxies=()
+start_proxy() {  # LISTEN=TARGET pairs
+    "$bin/ledger-netproxy" --delay-ms "$delay" "$@" 2>>"$work/netproxy.log" &
+    proxies+=($!)
+}
+delayed() { [ "$delay" != 0 ]; }
 
 "$bin/ledgerd" dev init --nodes 4 --dir "$work/ledger" --base-port $base >/dev/null
+if delayed; then
+    # The members learn each other's peer addresses from the genesis file: point
+    # them at the proxies, which forward to the real ports the members listen on.
+    pairs=()
+    for i in 0 1 2 3; do
+        real=$((base + 2 * i + 1))
+        sed -i "s/^p2p_addr = \"127.0.0.1:$real\"/p2p_addr = \"127.0.0.1:$((proxy_base + i))\"/" \
+            "$work/ledger/genesis.toml"
+        pairs+=("127.0.0.1:$((proxy_base + i))=127.0.0.1:$real")
+    done
+    start_proxy "${pairs[@]}"
+fi
 pids=()
 start_node() {
     RUST_LOG=warn "$bin/ledgerd" run --config "$work/ledger/node$1/ledgerd.toml" \
@@ -33,7 +63,7 @@ start_node() {
     disown  # no "Killed" line from the shell when the primary is shot
 }
 stop_all() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" "${proxies[@]}"; do kill "$pid" 2>/dev/null || true; done
     benches/etcd.sh stop "$work/etcd" 2>/dev/null || true
 }
 trap stop_all EXIT
@@ -44,25 +74,54 @@ for _ in $(seq 100); do
 done
 "$bin/ledgerctl" --node http://127.0.0.1:$((base + 2)) submit warm-up --wait >/dev/null
 
-loadgen() { "$bin/ledger-loadgen" --clients "$1" --duration "$seconds" "${@:2}"; }
-rate_of() { awk '/entries\/s/ { print $(NF-1) }' "$1"; }
-ledger=(--addr 127.0.0.1:$((base + 2)))
-echo "== ledger, 4 members, through member 1: saturation, $clients clients not waiting"
-loadgen "$clients" "${ledger[@]}" | tee "$work/ledger-saturation.txt"
-for n in "$clients" "$many"; do
-    echo "== ledger: saturation, $n clients each waiting for its commit"
-    loadgen "$n" "${ledger[@]}" --wait
-done
-rate=$(rate_of "$work/ledger-saturation.txt")
-half=$(( ${rate%.*} / 2 ))
-[ "$half" -gt 0 ] || half=100
-echo "== ledger: half load, $half/s paced over $paced clients waiting for commits"
-loadgen "$paced" "${ledger[@]}" --wait --rate "$half"
+# CPU ticks (user + system) of the processes given, alive or not.
+ticks() {
+    local sum=0 pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields after the ")" that ends the name: utime and stime are the 12th and 13th.
+        sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$sum"
+}
+# load NAME PIDS -- LOADGEN ARGS: runs one load, prints and keeps its report, and
+# the CPU the processes spent during it.
+load() {
+    local name=$1 ours=() before after
+    shift
+    while [ "$1" != -- ]; do ours+=("$1"); shift; done
+    shift
+    before=$(ticks "${ours[@]}")
+    "$bin/ledger-loadgen" --duration "$seconds" "$@" | tee "$work/results/$name.txt"
+    after=$(ticks "${ours[@]}")
+    echo "cpu seconds $(awk -v t=$((after - before)) -v hz="$tick" 'BEGIN { printf "%.2f", t / hz }')" \
+        | tee -a "$work/results/$name.txt"
+}
+rate_of() { awk '/entries\/s/ { print $(NF-1) }' "$work/results/$1.txt"; }
+half_of() {
+    local half
+    half=$(( $(rate_of "$1" | cut -d. -f1) / 2 ))
+    [ "$half" -gt 0 ] || half=100
+    echo "$half"
+}
 
-echo "== ledger: SIGKILL of the primary (member 0) under half load, to the first commit after"
-loadgen "$paced" "${ledger[@]}" --wait --rate "$half" >"$work/ledger-recovery-load.txt" &
+ledger=(--addr 127.0.0.1:$((base + 2)))
+echo "== ledger, 4 members, through member 1 (one-way delay ${delay} ms)"
+echo "-- saturation, $clients clients not waiting"
+load ledger-saturation "${pids[@]}" -- --clients "$clients" "${ledger[@]}"
+for n in "$clients" "$many" "$most"; do
+    echo "-- $n clients each waiting for its commit"
+    load "ledger-$n" "${pids[@]}" -- --clients "$n" "${ledger[@]}" --wait
+done
+half=$(half_of ledger-saturation)
+echo "-- half load, $half/s paced over $paced clients waiting for commits"
+load ledger-half "${pids[@]}" -- --clients "$paced" "${ledger[@]}" --wait --rate "$half"
+
+echo "-- SIGKILL of the primary (member 0) under half load, to the first commit after"
+"$bin/ledger-loadgen" --duration "$seconds" --clients "$paced" "${ledger[@]}" --wait \
+    --rate "$half" >"$work/ledger-recovery-load.txt" &
 sleep 2
-python3 - "$base" "${pids[0]}" <<'PY'
+python3 - "$base" "${pids[0]}" <<'PY' | tee "$work/results/ledger-recovery.txt"
 import json, os, signal, sys, time, urllib.request
 base, primary = int(sys.argv[1]), int(sys.argv[2])
 url = f"http://127.0.0.1:{base + 2}/v1/entries?wait=commit&timeout_ms=60000"
@@ -78,19 +137,33 @@ print(f"first commit {time.monotonic() - killed:.2f} s after SIGKILL of the prim
 PY
 wait $! || true  # the load
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-if [ "${ETCD:-1}" = 0 ]; then  # ETCD=0: the ledger alone, to compare two builds
-    exit 0
+pids=()
+
+if [ "${ETCD:-1}" != 0 ]; then
+    if delayed; then
+        export ETCD_PEER_BASE=$etcd_proxy_base  # etcd.sh advertises these peer ports
+        start_proxy "127.0.0.1:$((etcd_proxy_base + 1))=127.0.0.1:23801" \
+            "127.0.0.1:$((etcd_proxy_base + 2))=127.0.0.1:23802" \
+            "127.0.0.1:$((etcd_proxy_base + 3))=127.0.0.1:23803"
+    fi
+    benches/etcd.sh start "$work/etcd" >/dev/null
+    epids=($(cat "$work"/etcd/e*.pid))
+    etcd=(--etcd --addr 127.0.0.1:23792)
+    echo "== etcd, 3 members (one-way delay ${delay} ms)"
+    for n in "$clients" "$many" "$most"; do
+        echo "-- $n clients each waiting for its put"
+        load "etcd-$n" "${epids[@]}" -- --clients "$n" "${etcd[@]}"
+    done
+    best=etcd-$clients
+    for n in "$many" "$most"; do
+        if [ "$(rate_of "etcd-$n" | cut -d. -f1)" -gt "$(rate_of "$best" | cut -d. -f1)" ]; then
+            best=etcd-$n
+        fi
+    done
+    ehalf=$(half_of "$best")
+    echo "-- half load, $ehalf/s paced over $paced clients"
+    load etcd-half "${epids[@]}" -- --clients "$paced" "${etcd[@]}" --rate "$ehalf"
+    benches/etcd.sh stop "$work/etcd"
 fi
 
-benches/etcd.sh start "$work/etcd" >/dev/null
-etcd=(--etcd --addr 127.0.0.1:23792)
-for n in "$clients" "$many"; do
-    echo "== etcd, 3 members: saturation, $n clients each waiting for its put"
-    loadgen "$n" "${etcd[@]}" | tee "$work/etcd-$n.txt"
-done
-erate=$(rate_of "$work/etcd-$many.txt")
-ehalf=$(( ${erate%.*} / 2 ))
-[ "$ehalf" -gt 0 ] || ehalf=100
-echo "== etcd: half load, $ehalf/s paced over $paced clients"
-loadgen "$paced" "${etcd[@]}" --rate "$ehalf"
-benches/etcd.sh stop "$work/etcd"
+python3 benches/cluster_table.py "$work/results" "$clients" "$many" "$most" "$delay"

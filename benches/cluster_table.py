@@ -1,0 +1,123 @@
+"""The closing table of benches/cluster.sh: the ledger and etcd side by side, with
+the ratios issue 19 sets targets for.
+
+Usage: cluster_table.py RESULTS CLIENTS MANY MOST DELAY_MS
+RESULTS holds one report per load (ledger-LOAD.txt, etcd-LOAD.txt) as
+ledger-loadgen printed it, each followed by a "cpu seconds S" line.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+# Issue 19's targets.
+WAITING_RATIO = {0: 1.0, 1: 2.0, 2: 2.0}  # by position: CLIENTS, MANY, MOST
+HALF_LOAD_P99_MS = 50.0
+SATURATION = 20_000
+VIEW_CHANGE_TIMEOUT_S = 2.0
+
+
+def report(results, name):
+    """What one load's report says: rate, committed, p50, p99, asked, cpu."""
+    path = results / f"{name}.txt"
+    if not path.exists():
+        return None
+    text = path.read_text()
+    found = {}
+    patterns = {
+        "committed": r"node committed (\d+) entries",
+        "rate": r"entries: ([\d.]+) entries/s",
+        "p50": r"p50 ([\d.]+) ms",
+        "p99": r"p99 ([\d.]+) ms",
+        "asked": r"paced at ([\d.]+) /s",
+        "cpu": r"cpu seconds ([\d.]+)",
+        "recovery": r"first commit ([\d.]+) s",
+    }
+    for key, pattern in patterns.items():
+        match = re.search(pattern, text)
+        if match:
+            found[key] = float(match.group(1))
+    return found
+
+
+def cpu_per_1000(load):
+    if not load or "cpu" not in load or not load.get("committed"):
+        return None
+    return load["cpu"] / load["committed"] * 1000
+
+
+def cell(load):
+    if not load or "rate" not in load:
+        return "—"
+    text = f"{load['rate']:,.0f}/s"
+    if "p99" in load:
+        text += f"; p50 {load['p50']:.1f}, p99 {load['p99']:.1f} ms"
+    cpu = cpu_per_1000(load)
+    if cpu is not None:
+        text += f"; {cpu:.2f} CPU-s/1k"
+    return text
+
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
+def main():
+    results = Path(sys.argv[1])
+    counts = [int(n) for n in sys.argv[2:5]]
+    delay = sys.argv[5]
+    print(f"\n== side by side (one-way delay between members: {delay} ms)")
+    print("| load | ledger (4 members, BFT) | etcd (3 members, CFT) | ledger / etcd | target |")
+    print("|---|---|---|---|---|")
+    targets = []
+    saturation = report(results, "ledger-saturation")
+    if saturation and "rate" in saturation:
+        ok = saturation["rate"] >= SATURATION
+        targets.append(ok)
+        print(f"| saturation, {counts[0]} clients not waiting | {cell(saturation)} | — | — "
+              f"| ≥ {SATURATION:,}/s: {verdict(ok)} |")
+    for position, n in enumerate(counts):
+        ours, theirs = report(results, f"ledger-{n}"), report(results, f"etcd-{n}")
+        ratio, target = "—", "—"
+        if ours and theirs and theirs.get("rate"):
+            value = ours["rate"] / theirs["rate"]
+            ok = value >= WAITING_RATIO[position]
+            targets.append(ok)
+            ratio = f"{value:.2f}×"
+            target = f"≥ {WAITING_RATIO[position]:.1f}×: {verdict(ok)}"
+        print(f"| {n} clients, each waiting for its commit | {cell(ours)} | {cell(theirs)} "
+              f"| {ratio} | {target} |")
+    ours, theirs = report(results, "ledger-half"), report(results, "etcd-half")
+    target = "—"
+    if ours and "p99" in ours:
+        ok = ours["p99"] <= HALF_LOAD_P99_MS
+        targets.append(ok)
+        target = f"ledger p99 ≤ {HALF_LOAD_P99_MS:.0f} ms: {verdict(ok)}"
+    print(f"| half load, paced (each at half its own best) | {cell(ours)} | {cell(theirs)} "
+          f"| — | {target} |")
+    recovery = report(results, "ledger-recovery")
+    if recovery and "recovery" in recovery:
+        limit = 2 * VIEW_CHANGE_TIMEOUT_S
+        ok = recovery["recovery"] <= limit
+        targets.append(ok)
+        print(f"| SIGKILL of the primary → first commit | {recovery['recovery']:.2f} s | — | — "
+              f"| ≤ {limit:.0f} s: {verdict(ok)} |")
+    print("\n| CPU seconds per 1,000 commits | ledger | etcd | ledger / etcd | target |")
+    print("|---|---|---|---|---|")
+    for n in counts:
+        ours = cpu_per_1000(report(results, f"ledger-{n}"))
+        theirs = cpu_per_1000(report(results, f"etcd-{n}"))
+        if ours is None:
+            continue
+        ratio, target = "—", "—"
+        if theirs:
+            ok = ours <= theirs
+            targets.append(ok)
+            ratio, target = f"{ours / theirs:.2f}×", f"≤ 1.0×: {verdict(ok)}"
+        shown = f"{theirs:.2f}" if theirs else "—"
+        print(f"| {n} waiting clients | {ours:.2f} | {shown} | {ratio} | {target} |")
+    print(f"\ntargets met: {sum(targets)} of {len(targets)}")
+
+
+if __name__ == "__main__":
+    main()
