@@ -475,6 +475,16 @@ fn store_on(
     Store::from_database(database, "memory".into(), spec, options)
 }
 
+/// Four consecutive certified blocks of `per_block` entries from genesis, built on a
+/// store in memory.
+fn four_blocks(keys: &[SigningKey], spec: &ChainSpec, per_block: usize) -> Vec<Block> {
+    let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+    let store = store_on(&disk, spec, StoreOptions::default()).unwrap();
+    (0..4)
+        .map(|round| append(&store, keys, entries(round, per_block, 50)))
+        .collect()
+}
+
 /// Cuts the power after every possible number of disk operations while blocks are
 /// applied, and checks after each restart that every acknowledged block is there and
 /// the chain verifies from genesis. Power loss keeps only synced bytes: the harshest
@@ -484,14 +494,7 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
     let keys = members();
     let spec = spec(&keys, DIFFICULTY);
     // Pre-build the blocks so every crash run applies the same writes.
-    let mut blocks = Vec::new();
-    {
-        let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
-        let store = store_on(&disk, &spec, StoreOptions::default()).unwrap();
-        for round in 0..4 {
-            blocks.push(append(&store, &keys, entries(round, 30, 50)));
-        }
-    }
+    let blocks = four_blocks(&keys, &spec, 30);
     for two_phase_commit in [true, false] {
         let options = StoreOptions {
             two_phase_commit,
@@ -1006,4 +1009,93 @@ fn the_store_follows_membership_changes_block_by_block() {
     let store = open(&path, &spec);
     let damage = store.verify_chain().unwrap_err().to_string();
     assert!(damage.contains("stored membership"), "{damage}");
+}
+
+/// A block applied without waiting for the disk reads back at once, survives a
+/// power loss only once something synced after it (`Store::sync`, or records
+/// written into the tables), and a lost one leaves a chain that verifies.
+#[test]
+fn a_block_applied_without_waiting_is_durable_at_the_next_sync() {
+    use ledger::consensus::Record;
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let blocks = four_blocks(&keys, &spec, 5);
+    let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+    let store = store_on(&disk, &spec, StoreOptions::default()).unwrap();
+    let synced = || disk.0.state.lock().unwrap().synced.clone();
+    let apply = |block: &Block| {
+        store
+            .apply_block_deferred(block, &certify(&keys[..3], block))
+            .unwrap();
+    };
+    apply(&blocks[0]);
+    apply(&blocks[1]);
+    assert_eq!(store.verify_chain().unwrap(), 2);
+    let mut images = vec![(synced(), 0)];
+    store.sync().unwrap();
+    images.push((synced(), 2));
+    apply(&blocks[2]);
+    images.push((synced(), 2));
+    store.persist(&[Record::ViewChange { view: 1 }]).unwrap();
+    images.push((synced(), 3));
+    apply(&blocks[3]);
+    images.push((synced(), 3));
+    for (at, (image, height)) in images.into_iter().enumerate() {
+        let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+        let store = store_on(&restarted, &spec, StoreOptions::default()).unwrap();
+        assert_eq!(store.verify_chain().unwrap(), height, "power loss {at}");
+        for block in &blocks[..height as usize] {
+            assert_eq!(
+                store.block(block.header.height).unwrap().as_ref(),
+                Some(block)
+            );
+        }
+    }
+}
+
+/// The per-height records of a store on a file go to its write-ahead log and come
+/// back after a crash; once other records wrote them into the tables, a log left
+/// over from before (a crash before it started over) is dropped, not replayed over
+/// newer state.
+#[test]
+fn the_consensus_log_comes_back_and_a_log_already_written_is_dropped() {
+    use ledger::consensus::{Durable, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let wal = dir.path().join("ledger.redb.wal");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let (tip, log) = open(&path, &spec).tip_with_log().unwrap();
+    let block = |round| Arc::new(next_block(&tip, &log, entries(round, 2, 40), DIFFICULTY));
+    let accepted = |view, block: &Arc<Block>| Record::Accepted {
+        view,
+        block: block.clone(),
+        signature: [view as u8; 64],
+    };
+    let (old, new) = (block(1), block(2));
+    let mut expected = Durable::genesis(spec.genesis_block().hash());
+
+    let store = open(&path, &spec);
+    let first = [accepted(0, &old)];
+    store.persist(&first).unwrap();
+    first.iter().for_each(|record| expected.apply(record));
+    let before = fs::read(&wal).unwrap();
+    assert!(before.len() > 48, "the record is in the log");
+    drop(store);
+    assert_eq!(open(&path, &spec).durable().unwrap(), expected);
+
+    // A view change goes into the tables with the log's records, and in the new
+    // view another block is accepted at the same height.
+    let store = open(&path, &spec);
+    let second = [Record::ViewChange { view: 1 }, accepted(1, &new)];
+    store.persist(&second).unwrap();
+    second.iter().for_each(|record| expected.apply(record));
+    assert_eq!(store.durable().unwrap(), expected);
+    drop(store);
+    // The crash came before the log started over: the old log is back on disk.
+    fs::write(&wal, &before).unwrap();
+    let store = open(&path, &spec);
+    assert_eq!(store.durable().unwrap(), expected);
+    let slot = &store.durable().unwrap().slots[&1];
+    assert_eq!(slot.accepted.as_ref().map(|a| a.view), Some(1));
 }

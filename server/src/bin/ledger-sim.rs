@@ -91,6 +91,7 @@ fn main() -> ExitCode {
     let events = AtomicU64::new(0);
     let (restores, refused, probes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let (later, above) = (AtomicU64::new(0), AtomicU64::new(0));
+    let lost = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
                 let scenario = scenarios[(seed % scenarios.len() as u64) as usize].clone();
                 let report = run(scenario, seed);
                 events.fetch_add(report.events, Ordering::Relaxed);
+                lost.fetch_add(report.lost_applies, Ordering::Relaxed);
                 restores.fetch_add(report.snapshots.restores, Ordering::Relaxed);
                 refused.fetch_add(report.snapshots.refused, Ordering::Relaxed);
                 probes.fetch_add(report.snapshots.probes_repeated, Ordering::Relaxed);
@@ -142,6 +144,10 @@ fn main() -> ExitCode {
         above.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         probes.load(Ordering::Relaxed)
+    );
+    println!(
+        "crashes took back {} blocks applied without waiting for the disk",
+        lost.load(Ordering::Relaxed)
     );
     for report in &failures {
         println!("  {report}");

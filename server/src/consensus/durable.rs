@@ -91,6 +91,74 @@ impl Record {
 const SLOT_ACCEPTED: u8 = 1;
 const SLOT_PREPARED: u8 = 2;
 
+impl Record {
+    /// The stored form of a per-height record, the only kinds a write-ahead log of
+    /// the consensus state holds: [`SLOT_ACCEPTED`] and the view, block and signature,
+    /// or [`SLOT_PREPARED`] and the certificate. None for the other kinds.
+    pub fn encode_slot_record(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Record::Accepted {
+                view,
+                block,
+                signature,
+            } => {
+                out.push(SLOT_ACCEPTED);
+                write_accepted(&mut out, *view, block, signature);
+            }
+            Record::Prepared(certificate) => {
+                out.push(SLOT_PREPARED);
+                write_prepared(&mut out, certificate);
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+
+    /// Decodes [`Record::encode_slot_record`]'s form.
+    pub fn decode_slot_record(bytes: &[u8]) -> Result<Record, ChainError> {
+        let mut reader = Reader::new(bytes, "consensus record");
+        let record = match reader.u8()? {
+            SLOT_ACCEPTED => {
+                let accepted = read_accepted(&mut reader)?;
+                Record::Accepted {
+                    view: accepted.view,
+                    block: accepted.block,
+                    signature: accepted.signature,
+                }
+            }
+            SLOT_PREPARED => Record::Prepared(read_prepared(&mut reader)?),
+            _ => {
+                return Err(ChainError::Malformed {
+                    what: "consensus record",
+                    reason: "unknown kind",
+                })
+            }
+        };
+        reader.finish()?;
+        Ok(record)
+    }
+}
+
+fn write_accepted(out: &mut Vec<u8>, view: u64, block: &Block, signature: &[u8; 64]) {
+    out.extend_from_slice(&view.to_be_bytes());
+    let block = block.encode();
+    write_len(out, block.len());
+    out.extend_from_slice(&block);
+    out.extend_from_slice(signature);
+}
+
+fn read_accepted(reader: &mut Reader<'_>) -> Result<AcceptedBlock, ChainError> {
+    let view = reader.u64()?;
+    let len = read_count(reader, true, 1)?;
+    let block = Block::decode(reader.take(len)?)?;
+    Ok(AcceptedBlock {
+        view,
+        block: Arc::new(block),
+        signature: reader.array()?,
+    })
+}
+
 impl DurableSlot {
     /// Folds in an `Accepted` or `Prepared` record for this height.
     pub fn absorb(&mut self, record: &Record) {
@@ -123,11 +191,12 @@ impl DurableSlot {
         }
         let mut out = vec![flags];
         if let Some(accepted) = &self.accepted {
-            out.extend_from_slice(&accepted.view.to_be_bytes());
-            let block = accepted.block.encode();
-            write_len(&mut out, block.len());
-            out.extend_from_slice(&block);
-            out.extend_from_slice(&accepted.signature);
+            write_accepted(
+                &mut out,
+                accepted.view,
+                &accepted.block,
+                &accepted.signature,
+            );
         }
         if let Some(prepared) = &self.prepared {
             write_prepared(&mut out, prepared);
@@ -147,14 +216,7 @@ impl DurableSlot {
         }
         let mut slot = DurableSlot::default();
         if flags & SLOT_ACCEPTED != 0 {
-            let view = reader.u64()?;
-            let len = read_count(&mut reader, true, 1)?;
-            let block = Block::decode(reader.take(len)?)?;
-            slot.accepted = Some(AcceptedBlock {
-                view,
-                block: Arc::new(block),
-                signature: reader.array()?,
-            });
+            slot.accepted = Some(read_accepted(&mut reader)?);
         }
         if flags & SLOT_PREPARED != 0 {
             slot.prepared = Some(read_prepared(&mut reader)?);

@@ -33,7 +33,8 @@ use crate::chain::{
     Policy, Receipt,
 };
 use crate::consensus::{
-    Config, DropReason, Input, MemberIndex, NotAMember, Output, Record, Replica, Timing, Tip,
+    Config, DropReason, Input, MemberIndex, NotAMember, Output, Payload, Record, Replica, Timing,
+    Tip,
 };
 use crate::metrics::Metrics;
 use crate::net::{Inbound, Transport, Wire};
@@ -48,6 +49,10 @@ const EVENT_CAPACITY: usize = 65_536;
 const CUT_WAIT: Duration = Duration::from_secs(30);
 /// Most client submits queued back to back that the replica takes in one step.
 const SUBMIT_BATCH: usize = 512;
+/// Most queued events handled in one turn, whose records one write makes durable.
+const TURN_EVENTS: usize = 64;
+/// Longest a block applied stays short of the disk (`Store::apply_block_deferred`).
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two warnings about one sender's refused inputs.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long a removed member hands its entries on, and how often it sends them.
@@ -292,6 +297,8 @@ impl Cluster {
             published_height: None,
             waiters: HashMap::new(),
             persist: Vec::new(),
+            outbox: Vec::new(),
+            unsynced: None,
             held: Vec::new(),
             recovery: crate::storage::recovery_backoff(),
             mining: None,
@@ -599,6 +606,11 @@ struct Driver {
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
+    /// Messages for peers decided during this turn, sent once its records are
+    /// durable (one write covers every input of the turn).
+    outbox: Vec<Output>,
+    /// Since when blocks were applied that are not durable yet, if any.
+    unsynced: Option<Instant>,
     /// Client entries admitted to the pool that the replica has not taken yet: its
     /// pool was full, or the database was failing. Offered again at every tick.
     held: Vec<Entry>,
@@ -638,6 +650,10 @@ impl Driver {
             }
         }
         self.cancel_mining();
+        // A clean stop leaves nothing to fetch again at the next start.
+        if let Err(error) = self.sync() {
+            tracing::warn!(%error, "the last blocks applied could not be made durable");
+        }
     }
 
     /// Runs the replica until a stop (`Ok`) or a store failure (`Err`).
@@ -657,26 +673,30 @@ impl Driver {
                 None => queue.recv_timeout(wait),
             };
             match next {
-                Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                Ok(DriverEvent::Submit { entry, waiter }) => {
-                    // The submits queued behind this one go into the same step; the
-                    // first other event waits for the next turn.
-                    let mut batch = vec![(entry, waiter)];
-                    while batch.len() < SUBMIT_BATCH {
-                        match queue.try_recv() {
-                            Ok(DriverEvent::Submit { entry, waiter }) => {
-                                batch.push((entry, waiter))
-                            }
-                            Ok(other) => {
-                                self.deferred = Some(other);
-                                break;
-                            }
+                Ok(DriverEvent::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    return self.end_turn()
+                }
+                Ok(mut event) => {
+                    // What queued behind the first event joins its turn: under load,
+                    // one durable write then covers the votes of several messages
+                    // and blocks instead of one write each.
+                    let mut taken = 1;
+                    loop {
+                        if matches!(event, DriverEvent::Stop) {
+                            return self.end_turn();
+                        }
+                        self.take_event(event, queue)?;
+                        if taken == TURN_EVENTS {
+                            break;
+                        }
+                        match self.deferred.take().map_or_else(|| queue.try_recv(), Ok) {
+                            Ok(next) => event = next,
                             Err(_) => break,
                         }
+                        taken += 1;
                     }
-                    self.submit_batch(batch)?;
+                    self.end_turn()?;
                 }
-                Ok(event) => self.on_event(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_tick {
@@ -688,6 +708,12 @@ impl Driver {
                     return Err(StoreError::Unavailable(failure));
                 }
                 self.forget_gone_waiters();
+                if self
+                    .unsynced
+                    .is_some_and(|since| since.elapsed() >= SYNC_EVERY)
+                {
+                    self.sync()?;
+                }
                 self.step(Input::Tick { now_ms: now_ms() })?;
                 #[cfg(feature = "byzantine")]
                 if let Some(rogue) = &mut self.rogue {
@@ -698,6 +724,7 @@ impl Driver {
                 if !self.held.is_empty() {
                     self.offer(Vec::new())?;
                 }
+                self.end_turn()?;
             }
         }
     }
@@ -763,9 +790,16 @@ impl Driver {
             // What the old replica decided but could not make durable was never
             // sent; the rebuilt one decides afresh.
             self.persist.clear();
+            self.outbox.clear();
+            // The reopened database holds what was durable; the rest is fetched again.
+            self.unsynced = None;
             self.forget_gone_waiters();
             self.held = held;
-            if self.offer(Vec::new()).is_err() {
+            if self
+                .offer(Vec::new())
+                .and_then(|()| self.end_turn())
+                .is_err()
+            {
                 continue;
             }
             self.settle_applied_elsewhere();
@@ -777,6 +811,29 @@ impl Driver {
             );
             return true;
         }
+    }
+
+    /// Handles one event; submits queued right behind a submit join it in one step.
+    fn take_event(
+        &mut self,
+        event: DriverEvent,
+        queue: &Receiver<DriverEvent>,
+    ) -> Result<(), StoreError> {
+        let DriverEvent::Submit { entry, waiter } = event else {
+            return self.on_event(event);
+        };
+        let mut batch = vec![(entry, waiter)];
+        while batch.len() < SUBMIT_BATCH {
+            match queue.try_recv() {
+                Ok(DriverEvent::Submit { entry, waiter }) => batch.push((entry, waiter)),
+                Ok(other) => {
+                    self.deferred = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.submit_batch(batch)
     }
 
     fn on_event(&mut self, event: DriverEvent) -> Result<(), StoreError> {
@@ -1019,15 +1076,27 @@ impl Driver {
             None => outputs,
         };
         for output in outputs {
-            if let Output::Persist(record) = output {
-                self.persist.push(record);
-                continue;
+            match output {
+                Output::Persist(record) => self.persist.push(record),
+                Output::Send { .. }
+                | Output::Broadcast(_)
+                | Output::Forward { .. }
+                | Output::FetchBlock { .. }
+                | Output::FetchCommitted { .. } => self.outbox.push(output),
+                Output::Apply { .. } => {
+                    // The records decided before it are durable before the block.
+                    self.flush()?;
+                    self.perform(output)?;
+                }
+                // Neither leaves the node: a mined block comes back as an input,
+                // whose proposal is persisted before it is sent.
+                Output::Mine(_) | Output::CancelMining | Output::Dropped { .. } => {
+                    self.perform(output)?
+                }
             }
-            self.flush()?;
-            self.perform(output)?;
         }
-        self.flush()?;
         if self.replica.next_membership().is_some() {
+            self.end_turn()?;
             return self.switch_epoch();
         }
         self.publish();
@@ -1062,6 +1131,7 @@ impl Driver {
         held.append(&mut self.held);
         self.held = held;
         self.offer(Vec::new())?;
+        self.end_turn()?;
         self.publish();
         Ok(())
     }
@@ -1149,10 +1219,41 @@ impl Driver {
         });
     }
 
+    /// Makes the blocks applied so far durable, if some are not.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced.is_some() {
+            self.store.sync()?;
+            self.unsynced = None;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         if !self.persist.is_empty() {
             self.store.persist(&self.persist)?;
             self.persist.clear();
+        }
+        Ok(())
+    }
+
+    /// Ends a turn: its records are made durable, then its messages leave (C&L
+    /// TOCS §6.1: nothing is said that a crash could make the node forget). When
+    /// the write fails nothing is sent, as if the node had crashed before it.
+    fn end_turn(&mut self) -> Result<(), StoreError> {
+        let vouches = self.outbox.iter().any(|output| {
+            matches!(output, Output::Broadcast(message)
+                if matches!(message.payload, Payload::Checkpoint { .. }))
+        });
+        let written = self.flush().and_then(|()| match vouches {
+            true => self.sync(),
+            false => Ok(()),
+        });
+        if let Err(error) = written {
+            self.outbox.clear();
+            return Err(error);
+        }
+        for output in std::mem::take(&mut self.outbox) {
+            self.perform(output)?;
         }
         Ok(())
     }
@@ -1164,7 +1265,10 @@ impl Driver {
             Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
             Output::Apply { block, certificate } => {
                 let started = Instant::now();
-                let nodes = self.store.apply_block(&block, &certificate)?;
+                // Durable before this member's checkpoint vouches for it (`end_turn`),
+                // and within `SYNC_EVERY`: until then the Prepared records hold it.
+                let nodes = self.store.apply_block_deferred(&block, &certificate)?;
+                self.unsynced.get_or_insert(started);
                 let metrics = &self.metrics;
                 metrics.block_applied(&block.header, block.entries.len(), started.elapsed());
                 {

@@ -121,6 +121,8 @@ pub struct Report {
     pub snapshots: SnapshotCounts,
     /// The membership epoch after the highest applied block.
     pub epoch: u64,
+    /// Blocks applied without waiting for the disk that crashes took back.
+    pub lost_applies: u64,
 }
 
 /// What the snapshot joins of a run did.
@@ -152,6 +154,7 @@ impl Report {
             violation: Some(Violation::Panic { message }),
             snapshots: SnapshotCounts::default(),
             epoch: 0,
+            lost_applies: 0,
         }
     }
 

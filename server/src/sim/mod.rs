@@ -77,6 +77,9 @@ struct Process {
     /// follower: no vote in the membership after its tip (a newcomer, a learner, a
     /// removed member), it fetches committed blocks and checks their certificates.
     down: bool,
+    /// The blocks at the top of `chain` applied without waiting for the disk
+    /// (`Store::apply_block_deferred`), and since when: a crash loses them.
+    unsynced: (u64, Option<u64>),
 }
 
 enum Event {
@@ -155,6 +158,9 @@ impl Ord for Scheduled {
 }
 
 const TICK_MS: u64 = 20;
+/// How long a block applied stays short of the disk at most (the driver's
+/// `SYNC_EVERY`).
+const SYNC_MS: u64 = 1_000;
 const MAX_EVENTS: u64 = 3_000_000;
 
 /// A simulation of one scenario under one seed.
@@ -200,6 +206,8 @@ pub struct Sim {
     /// apply it could prove it: what members put in manifests and show joiners.
     change_proofs: Vec<ChangeProof>,
     snapshots: SnapshotCounts,
+    /// Blocks applied without waiting for the disk that crashes took back.
+    lost_applies: u64,
 }
 
 impl Sim {
@@ -271,6 +279,7 @@ impl Sim {
                     membership: Membership::genesis(&spec),
                     epoch_base: None,
                     down: false,
+                    unsynced: (0, None),
                 });
             }
         }
@@ -311,6 +320,7 @@ impl Sim {
             disk_lost: false,
             change_proofs: Vec::new(),
             snapshots: SnapshotCounts::default(),
+            lost_applies: 0,
             seed,
             scenario,
         };
@@ -434,6 +444,7 @@ impl Sim {
             violation: self.violation,
             snapshots: self.snapshots,
             epoch: self.track.epoch,
+            lost_applies: self.lost_applies,
         }
     }
 
@@ -456,6 +467,13 @@ impl Sim {
         match event {
             Event::Tick { node } => {
                 self.schedule(self.now + TICK_MS, Event::Tick { node });
+                if self.nodes[node]
+                    .unsynced
+                    .1
+                    .is_some_and(|since| self.now >= since + SYNC_MS)
+                {
+                    self.nodes[node].unsynced = (0, None);
+                }
                 self.follow(node);
                 let now_ms = self.now;
                 self.input(node, Input::Tick { now_ms });
@@ -569,6 +587,8 @@ impl Sim {
                 return;
             }
             self.apply(node, block, certificate);
+            // A follower applies durably, and with it what was applied before.
+            self.nodes[node].unsynced = (0, None);
             if self.violation.is_some() {
                 return;
             }
@@ -635,6 +655,7 @@ impl Sim {
     /// Stops `node` where it stands; with disk loss in the scenario, its disk may go
     /// with it.
     fn crash(&mut self, node: usize) {
+        self.lose_unsynced(node);
         let state = &mut self.nodes[node];
         state.replica = None;
         state.down = true;
@@ -646,6 +667,38 @@ impl Sim {
             self.disk_lost = true;
             self.wipe(node);
         }
+    }
+
+    /// The blocks applied since the disk last synced are gone, as after reopening
+    /// a redb file whose last commits were not durable.
+    fn lose_unsynced(&mut self, node: usize) {
+        let (count, _) = std::mem::take(&mut self.nodes[node].unsynced);
+        if count == 0 {
+            return;
+        }
+        let state = &mut self.nodes[node];
+        for _ in 0..count {
+            let Some((_, (block, _))) = state.chain.pop_last() else {
+                break;
+            };
+            for entry in &block.entries {
+                state.ids.remove(&entry.id());
+            }
+            let kept = state.log_ids.len().saturating_sub(block.entries.len());
+            state.log_ids.truncate(kept);
+        }
+        self.lost_applies += count;
+        let height = match self.nodes[node].chain.last_key_value() {
+            Some((height, _)) => *height,
+            None => self.nodes[node].base.map_or(0, |base| base.height),
+        };
+        let header = self.header_at(node, height);
+        let state = &mut self.nodes[node];
+        let mut log = crate::chain::CompactRange::new();
+        for id in &state.log_ids {
+            log.append(crate::chain::merkle::leaf_hash(id.as_bytes()), |_, _, _| {});
+        }
+        state.tip = Tip { header, log };
     }
 
     fn restart(&mut self, node: usize) {
@@ -808,6 +861,10 @@ impl Sim {
         match output {
             Output::Send { to, message } => self.send(node, to, message),
             Output::Broadcast(message) => {
+                if matches!(message.payload, Payload::Checkpoint { .. }) {
+                    // The driver makes its blocks durable before it vouches for them.
+                    self.nodes[node].unsynced = (0, None);
+                }
                 let (members, me) = match &self.nodes[node].replica {
                     Some(replica) => (replica.members(), replica.me()),
                     None => (self.scenario.members, self.nodes[node].member),
@@ -818,8 +875,24 @@ impl Sim {
                     }
                 }
             }
-            Output::Persist(record) => self.nodes[node].durable.apply(&record),
-            Output::Apply { block, certificate } => self.apply(node, block, certificate),
+            Output::Persist(record) => {
+                let state = &mut self.nodes[node];
+                if record.height().is_none() {
+                    // Written into the tables with a durable commit (`Store::persist`).
+                    state.unsynced = (0, None);
+                }
+                state.durable.apply(&record);
+            }
+            Output::Apply { block, certificate } => {
+                let before = self.nodes[node].membership.clone();
+                self.apply(node, block, certificate);
+                let state = &mut self.nodes[node];
+                state.unsynced = match state.membership != before {
+                    // Written durably, and with it every block before.
+                    true => (0, None),
+                    false => (state.unsynced.0 + 1, state.unsynced.1.or(Some(self.now))),
+                };
+            }
             Output::Mine(template) => {
                 let state = &mut self.nodes[node];
                 state.mining_token += 1;

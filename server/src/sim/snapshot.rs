@@ -53,6 +53,7 @@ impl Sim {
         state.membership = Membership::genesis(&self.spec);
         state.epoch_base = None;
         state.wiped = true;
+        state.unsynced = (0, None);
     }
 
     /// Joins `node` (down, its disk lost) from the snapshots the others offer; with
@@ -283,6 +284,8 @@ impl Sim {
         state.ids = ids.iter().copied().collect::<HashSet<_>>();
         state.log_ids = ids;
         state.base = Some(below);
+        // A restore's writes are durable.
+        state.unsynced = (0, None);
         state.chain = BTreeMap::from([(height, (block, certificate))]);
         let mut ordering = membership.clone();
         ordering.advance_to(height + 1);

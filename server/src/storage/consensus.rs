@@ -12,6 +12,7 @@
 use ledger_migrations::schema::{CHECKPOINTS, CONSENSUS_LOG, VIEW_STATE};
 use redb::ReadableTable;
 
+use super::wal::Wal;
 use super::{corrupt, Store, StoreError};
 use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Payload, Record};
 
@@ -24,6 +25,14 @@ const ABSTAIN_THROUGH: &str = "abstain_through";
 /// On a database restored from a snapshot above where its epoch started: the header
 /// of the block before that epoch ([`Store::epoch_base`]), which it does not hold.
 const EPOCH_BASE: &str = "epoch_base";
+/// The generation of the consensus write-ahead log whose records are not in these
+/// tables yet, 8 bytes big-endian; absent means 0 (`storage::wal`).
+const WAL_GENERATION: &str = "wal_generation";
+/// The id of this database its write-ahead log names, 16 bytes, written at the log's
+/// first start: a log of another database beside it is never replayed.
+const WAL_ID: &str = "wal_id";
+/// A log this long is written into the tables at the next records, whatever they are.
+const WAL_COMPACT_BYTES: u64 = 64 << 20;
 
 /// Records in `txn` the header of the block before the epoch of a restored database
 /// ([`Store::epoch_base`]).
@@ -45,6 +54,22 @@ pub(super) fn write_abstain_through(
     txn.open_table(VIEW_STATE)?
         .insert(ABSTAIN_THROUGH, height.to_be_bytes().as_slice())?;
     Ok(())
+}
+
+/// An id no other database has: the path, the time and the process, hashed.
+fn new_wal_id(path: &std::path::Path) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(path.as_os_str().as_encoded_bytes())
+        .chain_update(now.as_nanos().to_be_bytes())
+        .chain_update(std::process::id().to_be_bytes())
+        .finalize();
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 fn decode_epoch(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -101,18 +126,75 @@ impl Store {
         })())
     }
 
-    /// Makes `records` durable, in order, in one write transaction.
+    /// Makes `records` durable, in order. Per-height records (the hot path: two a
+    /// block) are appended to the write-ahead log when the store keeps one; any other
+    /// record is written into the tables with everything the log holds, in one
+    /// durable transaction that also makes the blocks applied since durable, and the
+    /// log starts over.
     pub fn persist(&self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        self.observe(self.write_records(records))
+        self.observe(self.persist_records(records))
     }
 
-    fn write_records(&self, records: &[Record]) -> Result<(), StoreError> {
+    fn persist_records(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(wal) = wal.as_mut() else {
+            return self.write_records(records, None);
+        };
+        if records.iter().all(|r| r.height().is_some()) && wal.len() < WAL_COMPACT_BYTES {
+            return wal.append(records);
+        }
+        let mut all = wal.records().to_vec();
+        all.extend_from_slice(records);
+        let next = wal.generation() + 1;
+        // A crash between the two leaves a log of the old generation, which the
+        // next open drops: its records are in the tables.
+        self.write_records(&all, Some(next))?;
+        wal.restart(next)
+    }
+
+    /// Opens the write-ahead log beside the database (at start, and after a reopen).
+    pub(super) fn open_wal(&self) -> Result<(), StoreError> {
+        let (id, generation) = {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let views = txn.open_table(VIEW_STATE)?;
+            let id = views
+                .get(WAL_ID)?
+                .map(|bytes| <[u8; 16]>::try_from(bytes.value()))
+                .transpose()
+                .map_err(|_| corrupt("the consensus log id is not 16 bytes"))?;
+            let generation = match views.get(WAL_GENERATION)? {
+                Some(bytes) => decode_epoch(bytes.value())
+                    .map_err(|_| corrupt("the consensus log generation is not 8 bytes"))?,
+                None => 0,
+            };
+            (id, generation)
+        };
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let id = new_wal_id(&self.path);
+                let txn = self.begin_write()?;
+                txn.open_table(VIEW_STATE)?.insert(WAL_ID, id.as_slice())?;
+                txn.commit()?;
+                id
+            }
+        };
+        let wal = Wal::open(&Wal::path_for(&self.path), id, generation)?;
+        *self.wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
+        Ok(())
+    }
+
+    fn write_records(&self, records: &[Record], generation: Option<u64>) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
             let mut views = txn.open_table(VIEW_STATE)?;
+            if let Some(generation) = generation {
+                views.insert(WAL_GENERATION, generation.to_be_bytes().as_slice())?;
+            }
             let mut log = txn.open_table(CONSENSUS_LOG)?;
             let mut checkpoints = txn.open_table(CHECKPOINTS)?;
             let mut stable = checkpoints
@@ -245,6 +327,11 @@ impl Store {
             let slot = DurableSlot::decode(bytes.value())
                 .map_err(|e| corrupt(format!("consensus log at {}: {e}", height.value())))?;
             durable.slots.insert(height.value(), slot);
+        }
+        if let Some(wal) = self.wal.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            for record in wal.records() {
+                durable.apply(record);
+            }
         }
         Ok(durable)
     }

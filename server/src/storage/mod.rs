@@ -21,6 +21,7 @@ mod ids;
 mod restore;
 mod snapshot;
 mod verify;
+mod wal;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -272,6 +273,9 @@ pub struct Store {
     membership: RwLock<Arc<Membership>>,
     /// The membership changes with their receipts, as of how many changes there were.
     changes: std::sync::Mutex<Option<(u64, Arc<Vec<ChangeProof>>)>>,
+    /// The consensus write-ahead log, kept by a store opened on a file
+    /// ([`Store::open`]); without one, every record goes into redb.
+    wal: std::sync::Mutex<Option<wal::Wal>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -292,12 +296,18 @@ impl Store {
         let database = create_file(path, cache)?;
         let reopen_path = path.to_owned();
         let store = Store::from_database(database, path.to_owned(), spec, options)?;
+        store.open_wal()?;
         Ok(store.reopen_with(move || {
             // The file system must take writes again before the file is touched: a
             // database reopened on a full disk fails its next commit at once.
             health::probe_writes(&reopen_path)?;
             create_file(&reopen_path, cache)
         }))
+    }
+
+    /// Where the consensus write-ahead log of the database at `database` is kept.
+    pub fn log_path(database: &Path) -> PathBuf {
+        wal::Wal::path_for(database)
     }
 
     /// Lets [`Store::recover`] reopen the database with `reopen` after an I/O
@@ -394,6 +404,7 @@ impl Store {
             history_from: std::sync::atomic::AtomicU64::new(1),
             membership: RwLock::new(Arc::new(Membership::genesis(spec))),
             changes: std::sync::Mutex::new(None),
+            wal: std::sync::Mutex::new(None),
         };
         store.initialise(&genesis)?;
         store.history_from.store(
@@ -514,6 +525,10 @@ impl Store {
         }
         let tip = self.tip()?;
         self.observe(self.load_ids(tip.log_size))?;
+        let keeps_log = self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if keeps_log {
+            self.observe(self.open_wal())?;
+        }
         self.health.recovered();
         Ok(())
     }
@@ -1033,15 +1048,46 @@ impl Store {
         block: &Block,
         certificate: &CommitCertificate,
     ) -> Result<AppendedNodes, StoreError> {
-        let nodes = self.observe(self.append(block, certificate))?;
+        self.applied(block, certificate, true)
+    }
+
+    /// [`Store::apply_block`] without waiting for the disk: the block is durable with
+    /// the next durable write ([`Store::sync`], or records [`Store::persist`] writes
+    /// into the tables). A crash before loses it here, not in the cluster: a quorum
+    /// committed it, and a member that lost it fetches it again. A block that changes
+    /// the membership is written durably all the same.
+    pub fn apply_block_deferred(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<AppendedNodes, StoreError> {
+        self.applied(block, certificate, false)
+    }
+
+    fn applied(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+        durable: bool,
+    ) -> Result<AppendedNodes, StoreError> {
+        let nodes = self.observe(self.append(block, certificate, durable))?;
         self.remember_tip(block.header);
         Ok(nodes)
+    }
+
+    /// Makes every block applied so far durable (one empty durable commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.observe((|| {
+            self.begin_write()?.commit()?;
+            Ok(())
+        })())
     }
 
     fn append(
         &self,
         block: &Block,
         certificate: &CommitCertificate,
+        durable: bool,
     ) -> Result<AppendedNodes, StoreError> {
         let header = &block.header;
         let hash = header.hash();
@@ -1062,7 +1108,11 @@ impl Store {
             .into());
         }
         let membership = self.membership_after(block)?;
-        let txn = self.begin_write()?;
+        let mut txn = self.begin_write()?;
+        if !durable && membership.is_none() {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|error| StoreError::Failed(error.to_string()))?;
+        }
         let mut new_ids = Vec::with_capacity(block.entries.len());
         let mut appended;
         {

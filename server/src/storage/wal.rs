@@ -1,0 +1,336 @@
+//! The consensus write-ahead log: the replica's per-height records (a block accepted,
+//! a prepared certificate) since the consensus state was last written into redb,
+//! appended to a file beside the database and made durable with one `fdatasync`.
+//!
+//! A block needs two such records on every member before its votes may leave, and a
+//! redb commit rewrites every page on the paths it touches, twice synced: about 28
+//! KiB and two flushes per record on this project's disks. An append writes the
+//! record's own bytes. Every other record (a view change, a stable checkpoint, an
+//! epoch) goes to redb as before, together with the log's records, in one durable
+//! transaction that also advances the log's generation; the log then starts over
+//! (`Store::persist`).
+//!
+//! File: a header (magic, the database's log id, generation, SHA-256 of these), then
+//! frames, each the records of one `persist` call: length (4 bytes big-endian),
+//! SHA-256 of the payload, payload (a count, then each record length-prefixed). A
+//! log of another database (one renamed into place beside it, say) or of another
+//! generation (compacted already) is dropped. A frame that does not check out at
+//! the end of the file is the append a crash cut short and is cut off; one followed
+//! by more bytes than its own is damage.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{corrupt, StoreError};
+
+/// An I/O error of the log, an I/O failure of the store (what reopening may cure).
+fn io(error: std::io::Error) -> StoreError {
+    StoreError::Database(redb::Error::Io(error))
+}
+use crate::chain::codec::Reader;
+use crate::consensus::Record;
+
+const MAGIC: &[u8; 8] = b"LDGRWAL1";
+const HEADER_LEN: usize = 8 + 16 + 8 + 32;
+const FRAME_HEAD: usize = 4 + 32;
+/// The largest frame read back; a batch of records is far smaller.
+const MAX_FRAME: usize = 1 << 30;
+
+/// The open log and the records it holds.
+#[derive(Debug)]
+pub(super) struct Wal {
+    path: PathBuf,
+    file: File,
+    /// The id of the database this log belongs to.
+    id: [u8; 16],
+    generation: u64,
+    len: u64,
+    records: Vec<Record>,
+}
+
+impl Wal {
+    /// Where the log of the database at `database` lives.
+    pub(super) fn path_for(database: &Path) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".wal");
+        PathBuf::from(name)
+    }
+
+    /// Opens the log at `path` of the database `id` at its `generation`, reading
+    /// back its records; a missing, foreign or stale log is started afresh.
+    pub(super) fn open(path: &Path, id: [u8; 16], generation: u64) -> Result<Wal, StoreError> {
+        let bytes = match File::open(path) {
+            Ok(mut file) => {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map_err(io)?;
+                Some(bytes)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io(error)),
+        };
+        let Some(bytes) = bytes.filter(|bytes| !bytes.is_empty()) else {
+            return Wal::create(path, id, generation);
+        };
+        let (found_id, found) = read_header(&bytes)
+            .ok_or_else(|| corrupt(format!("{}: not a consensus log", path.display())))?;
+        if found_id != id {
+            tracing::warn!(
+                log = %path.display(),
+                "the consensus log beside the database belongs to another database; \
+                 starting a new one"
+            );
+            return Wal::create(path, id, generation);
+        }
+        if found != generation {
+            // Compacted into the database before the log could start over.
+            return Wal::create(path, id, generation);
+        }
+        let (records, valid) = read_frames(&bytes, path)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
+        if valid < bytes.len() {
+            // The append a crash cut short: it was never acknowledged.
+            file.set_len(valid as u64).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        Ok(Wal {
+            path: path.to_owned(),
+            file,
+            id,
+            generation,
+            len: valid as u64,
+            records,
+        })
+    }
+
+    /// Writes an empty log of `generation`: a new file renamed over the old one, so
+    /// the log on disk is always one whole header or the other.
+    fn create(path: &Path, id: [u8; 16], generation: u64) -> Result<Wal, StoreError> {
+        let mut fresh = path.as_os_str().to_owned();
+        fresh.push(".new");
+        let fresh = PathBuf::from(fresh);
+        let mut file = File::create(&fresh).map_err(io)?;
+        file.write_all(&header(id, generation)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&fresh, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
+        }
+        Ok(Wal {
+            path: path.to_owned(),
+            file: OpenOptions::new().append(true).open(path).map_err(io)?,
+            id,
+            generation,
+            len: HEADER_LEN as u64,
+            records: Vec::new(),
+        })
+    }
+
+    /// The generation the database must name for this log to count.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The records appended since the log started, in order.
+    pub(super) fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Bytes on disk.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `records` (per-height ones only) as one frame and makes it durable.
+    pub(super) fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut payload = (records.len() as u32).to_be_bytes().to_vec();
+        for record in records {
+            let bytes = record
+                .encode_slot_record()
+                .ok_or_else(|| StoreError::Unavailable("a record the log does not hold".into()))?;
+            payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            payload.extend_from_slice(&bytes);
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEAD + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&Sha256::digest(&payload));
+        frame.extend_from_slice(&payload);
+        let written = self
+            .file
+            .write_all(&frame)
+            .and_then(|()| self.file.sync_data());
+        if let Err(error) = written {
+            // Whatever part reached the file goes, so a later append does not follow
+            // a torn frame; if even that fails, reopening cuts it.
+            let _ = self.file.set_len(self.len);
+            return Err(io(error));
+        }
+        self.len += frame.len() as u64;
+        self.records.extend_from_slice(records);
+        Ok(())
+    }
+
+    /// Starts an empty log of `generation`, once the database holds the records.
+    pub(super) fn restart(&mut self, generation: u64) -> Result<(), StoreError> {
+        *self = Wal::create(&self.path, self.id, generation)?;
+        Ok(())
+    }
+}
+
+fn header(id: [u8; 16], generation: u64) -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    out[..8].copy_from_slice(MAGIC);
+    out[8..24].copy_from_slice(&id);
+    out[24..32].copy_from_slice(&generation.to_be_bytes());
+    let digest = Sha256::digest(&out[..32]);
+    out[32..].copy_from_slice(&digest);
+    out
+}
+
+/// The database id and generation a header names, if it checks out.
+fn read_header(bytes: &[u8]) -> Option<([u8; 16], u64)> {
+    let head = bytes.get(..HEADER_LEN)?;
+    if &head[..8] != MAGIC || Sha256::digest(&head[..32]).as_slice() != &head[32..] {
+        return None;
+    }
+    let id = head[8..24].try_into().ok()?;
+    Some((id, u64::from_be_bytes(head[24..32].try_into().ok()?)))
+}
+
+/// The records of every whole frame, and where the last one ends.
+fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize), StoreError> {
+    let mut records = Vec::new();
+    let mut at = HEADER_LEN;
+    while at < bytes.len() {
+        let Some(head) = bytes.get(at..at + FRAME_HEAD) else {
+            break; // a torn frame head
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let end = at + FRAME_HEAD + len;
+        let payload = bytes.get(at + FRAME_HEAD..end).filter(|_| len <= MAX_FRAME);
+        let whole = payload.is_some_and(|payload| Sha256::digest(payload).as_slice() == &head[4..]);
+        if !whole {
+            if end < bytes.len() {
+                return Err(corrupt(format!(
+                    "{}: the frame at byte {at} does not match its checksum and more \
+                     follows it",
+                    path.display()
+                )));
+            }
+            break; // the last append, cut short
+        }
+        let payload = payload.unwrap_or_default();
+        decode_payload(payload, &mut records)
+            .map_err(|error| corrupt(format!("{}: frame at byte {at}: {error}", path.display())))?;
+        at = end;
+    }
+    Ok((records, at.min(bytes.len())))
+}
+
+fn decode_payload(payload: &[u8], records: &mut Vec<Record>) -> Result<(), StoreError> {
+    let mut reader = Reader::new(payload, "consensus log frame");
+    let count = reader.u32()?;
+    for _ in 0..count {
+        let len = reader.u32()? as usize;
+        records.push(Record::decode_slot_record(reader.take(len)?)?);
+    }
+    reader.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Block;
+    use std::sync::Arc;
+
+    const ID: [u8; 16] = [7; 16];
+
+    fn accepted(view: u64) -> Record {
+        let spec = crate::testing::spec(&[crate::testing::key(1)], 8);
+        Record::Accepted {
+            view,
+            block: Arc::new(Block::clone(&spec.genesis_block())),
+            signature: [view as u8; 64],
+        }
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open(&path, ID, 3).unwrap();
+        wal.append(&[accepted(1), accepted(2)]).unwrap();
+        wal.append(&[accepted(3)]).unwrap();
+        let again = Wal::open(&path, ID, 3).unwrap();
+        assert_eq!(again.records(), &[accepted(1), accepted(2), accepted(3)]);
+        assert_eq!(again.len(), wal.len());
+    }
+
+    #[test]
+    fn a_log_of_another_generation_was_compacted_and_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        Wal::open(&path, ID, 3)
+            .unwrap()
+            .append(&[accepted(1)])
+            .unwrap();
+        let next = Wal::open(&path, ID, 4).unwrap();
+        assert!(next.records().is_empty());
+        assert_eq!(Wal::open(&path, ID, 4).unwrap().generation(), 4);
+    }
+
+    #[test]
+    fn a_log_of_another_database_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        Wal::open(&path, ID, 0)
+            .unwrap()
+            .append(&[accepted(1)])
+            .unwrap();
+        assert!(Wal::open(&path, [8; 16], 0).unwrap().records().is_empty());
+        assert!(Wal::open(&path, ID, 0).unwrap().records().is_empty());
+    }
+
+    #[test]
+    fn an_append_cut_short_is_dropped_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open(&path, ID, 0).unwrap();
+        wal.append(&[accepted(1)]).unwrap();
+        let whole = wal.len();
+        wal.append(&[accepted(2)]).unwrap();
+        for cut in [whole + 1, whole + 20, wal.len() - 1] {
+            let bytes = std::fs::read(&path).unwrap();
+            let torn = dir.path().join(format!("torn{cut}.wal"));
+            std::fs::write(&torn, &bytes[..cut as usize]).unwrap();
+            let mut reopened = Wal::open(&torn, ID, 0).unwrap();
+            assert_eq!(reopened.records(), &[accepted(1)], "cut at {cut}");
+            assert_eq!(std::fs::metadata(&torn).unwrap().len(), whole);
+            reopened.append(&[accepted(5)]).unwrap();
+            let last = Wal::open(&torn, ID, 0).unwrap();
+            assert_eq!(last.records(), &[accepted(1), accepted(5)]);
+        }
+    }
+
+    #[test]
+    fn a_damaged_frame_with_more_after_it_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open(&path, ID, 0).unwrap();
+        wal.append(&[accepted(1)]).unwrap();
+        wal.append(&[accepted(2)]).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN + FRAME_HEAD + 3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Wal::open(&path, ID, 0).unwrap_err();
+        assert!(error.damage().is_some(), "{error}");
+        // A damaged header too: the log cannot say whose it is.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[9] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Wal::open(&path, ID, 0).unwrap_err().damage().is_some());
+    }
+}
