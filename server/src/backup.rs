@@ -426,11 +426,11 @@ pub fn restore(
     restore.finish(spec, &block, &built, ABSTAIN_UNKNOWN)?;
     let filled = fill(spec, &mut reader, &built, options, height, tip);
     if let Err(error) = filled {
+        let _ = std::fs::remove_file(crate::storage::Store::log_path(&built));
         let _ = std::fs::remove_file(&built);
         return Err(error);
     }
-    std::fs::rename(&built, path)?;
-    crate::storage::sync_parent(path)?;
+    crate::storage::Store::move_files(&built, path)?;
     Ok(Contents {
         manifest,
         tip,

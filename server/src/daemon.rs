@@ -163,7 +163,7 @@ fn set_aside_path(config: &NodeConfig) -> std::path::PathBuf {
 fn settle_set_aside(config: &NodeConfig) -> anyhow::Result<()> {
     let (path, aside) = (config.database_path(), set_aside_path(config));
     if aside.exists() && !path.exists() {
-        move_database(&aside, &path)
+        Store::move_files(&aside, &path)
             .with_context(|| format!("putting {} back as {}", aside.display(), path.display()))?;
         tracing::warn!(
             database = %path.display(),
@@ -193,19 +193,6 @@ fn set_aside_history(config: &NodeConfig, store: &Store) -> Option<Store> {
         remove_set_aside(&aside);
     }
     previous
-}
-
-/// Renames a database file and the consensus log beside it (`Store::log_path`). A
-/// crash between the two renames costs the log's records, which in these moves are
-/// none (a database just built) or votes far below the members' stable checkpoint
-/// (a database set aside for a join); a log never goes to another database, as it
-/// names its own.
-fn move_database(from: &Path, to: &Path) -> std::io::Result<()> {
-    let log = Store::log_path(from);
-    if log.exists() {
-        std::fs::rename(&log, Store::log_path(to))?;
-    }
-    std::fs::rename(from, to)
 }
 
 /// Removes the database set aside for a join, no longer needed.
@@ -252,7 +239,7 @@ fn join_if_far_behind(
     // The database closes before it moves: nothing else holds the store yet.
     drop(store);
     let (path, aside) = (config.database_path(), set_aside_path(config));
-    move_database(&path, &aside)
+    Store::move_files(&path, &aside)
         .with_context(|| format!("setting {} aside as {}", path.display(), aside.display()))?;
     join_if_new(config, false, metrics, starting)?;
     Ok(open(config)?.0)
@@ -338,7 +325,7 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
         let building = config.data_dir.join("ledger.redb.creating");
         let _ = std::fs::remove_file(&building);
         open_at(config, &spec, &building)?.set_abstain_through(bound)?;
-        move_database(&building, &config.database_path())
+        Store::move_files(&building, &config.database_path())
             .with_context(|| format!("moving {} into place", building.display()))?;
     }
     if bound > 0 {

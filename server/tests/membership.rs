@@ -61,6 +61,8 @@ fn change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) {
 /// [`change`], answering which step failed and why.
 fn try_change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) -> Result<(), String> {
     let file = dir.join(format!("{name}.json"));
+    // A try again after a refused submit writes the change anew.
+    let _ = std::fs::remove_file(&file);
     let file = file.to_str().unwrap();
     let admin = dir.join("admin.key");
     let admin = admin.to_str().unwrap();

@@ -715,16 +715,16 @@ impl Driver {
                     self.sync()?;
                 }
                 self.step(Input::Tick { now_ms: now_ms() })?;
+                if !self.held.is_empty() {
+                    self.offer(Vec::new())?;
+                }
+                self.end_turn()?;
                 #[cfg(feature = "byzantine")]
                 if let Some(rogue) = &mut self.rogue {
                     for (to, message) in rogue.replays(&self.replica) {
                         self.send(to, &Wire::Consensus(message));
                     }
                 }
-                if !self.held.is_empty() {
-                    self.offer(Vec::new())?;
-                }
-                self.end_turn()?;
             }
         }
     }
@@ -764,7 +764,8 @@ impl Driver {
                 }
             }
             // Each failed attempt is logged by the store, at a bounded rate.
-            if self.store.failure().is_some() && self.store.recover().is_err() {
+            let reopens = self.store.failure().is_some();
+            if reopens && self.store.recover().is_err() {
                 continue;
             }
             let replica = match resume(&self.store, &self.config) {
@@ -791,8 +792,11 @@ impl Driver {
             // sent; the rebuilt one decides afresh.
             self.persist.clear();
             self.outbox.clear();
-            // The reopened database holds what was durable; the rest is fetched again.
-            self.unsynced = None;
+            if reopens {
+                // The reopened database holds what was durable; the rest is fetched
+                // again.
+                self.unsynced = None;
+            }
             self.forget_gone_waiters();
             self.held = held;
             if self
@@ -993,15 +997,19 @@ impl Driver {
             Wire::Block(block) => self.step(Input::Block(Arc::new(block))),
             // Serving a peer reads, never writes: a read that fails (the store has
             // logged the damage or the failure) leaves this peer unanswered, and
-            // it asks another.
+            // it asks another. What it serves from the replica (a NEW-VIEW, a
+            // block it proposed) may have been decided earlier in this turn: the
+            // turn's records are made durable first.
             Wire::FetchCommitted {
                 after,
                 entered_view,
             } => {
+                self.end_turn()?;
                 let _ = self.serve_committed(from, after, entered_view);
                 Ok(())
             }
             Wire::FetchBlock { height, hash } => {
+                self.end_turn()?;
                 let block = match self.replica.block(&hash) {
                     Some(block) => Some(Block::clone(&block)),
                     None => self.store.block(height).ok().flatten(),

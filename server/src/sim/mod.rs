@@ -694,11 +694,10 @@ impl Sim {
         };
         let header = self.header_at(node, height);
         let state = &mut self.nodes[node];
-        let mut log = crate::chain::CompactRange::new();
-        for id in &state.log_ids {
-            log.append(crate::chain::merkle::leaf_hash(id.as_bytes()), |_, _, _| {});
-        }
-        state.tip = Tip { header, log };
+        state.tip = Tip {
+            header,
+            log: log_of(&state.log_ids),
+        };
     }
 
     fn restart(&mut self, node: usize) {
@@ -1073,6 +1072,15 @@ impl Sim {
 
 /// Committed blocks a simulated peer sends per catch-up request.
 const SIM_CATCH_UP_BATCH: u64 = 16;
+
+/// The log's right edge after `ids`, in order.
+fn log_of(ids: &[Hash]) -> crate::chain::CompactRange {
+    let mut log = crate::chain::CompactRange::new();
+    for id in ids {
+        log.append(crate::chain::merkle::leaf_hash(id.as_bytes()), |_, _, _| {});
+    }
+    log
+}
 
 /// A replica's configuration; every replica of one run shares one signature memo.
 fn replica_config(

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::{Behaviour, Sim, Violation};
-use crate::chain::merkle::leaf_hash;
 use crate::chain::snapshot::{self, Manifest, MIN_TILE_LEVEL};
 use crate::chain::{Block, CommitCertificate, CompactRange, Hash, Membership, MembershipHistory};
 use crate::consensus::{Durable, Tip};
@@ -272,14 +271,10 @@ impl Sim {
             }
         }
         self.snapshots.restores += 1;
-        let mut log = CompactRange::new();
-        for id in &ids {
-            log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
-        }
         let state = &mut self.nodes[node];
         state.tip = Tip {
             header: block.header,
-            log,
+            log: super::log_of(&ids),
         };
         state.ids = ids.iter().copied().collect::<HashSet<_>>();
         state.log_ids = ids;

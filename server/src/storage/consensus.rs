@@ -56,27 +56,38 @@ pub(super) fn write_abstain_through(
     Ok(())
 }
 
-/// An id no other database has: the path, the time and the process, hashed.
-fn new_wal_id(path: &std::path::Path) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let digest = Sha256::new()
-        .chain_update(path.as_os_str().as_encoded_bytes())
-        .chain_update(now.as_nanos().to_be_bytes())
-        .chain_update(std::process::id().to_be_bytes())
-        .finalize();
-    let mut id = [0; 16];
-    id.copy_from_slice(&digest[..16]);
-    id
+/// Drops the per-height records a later stable checkpoint or epoch in the same batch
+/// forgets anyway (a compaction would write their slots, block bodies and all, only
+/// to delete them).
+fn settled(records: Vec<Record>) -> Vec<Record> {
+    let mut forgotten: Option<u64> = None;
+    let mut kept: Vec<Record> = records
+        .into_iter()
+        .rev()
+        .filter(|record| {
+            match record {
+                Record::Stable(certificate) => {
+                    forgotten = Some(forgotten.unwrap_or(0).max(certificate.height))
+                }
+                Record::Epoch { .. } => forgotten = Some(u64::MAX),
+                _ => {}
+            }
+            !matches!((record.height(), forgotten), (Some(height), Some(below)) if height <= below)
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
+fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn decode_epoch(bytes: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| corrupt("the consensus epoch is not 8 bytes"))?;
-    Ok(u64::from_be_bytes(bytes))
+    decode_u64(bytes, "the consensus epoch")
 }
 
 fn encode_view(view: u64, active: bool) -> [u8; 9] {
@@ -146,17 +157,25 @@ impl Store {
         if records.iter().all(|r| r.height().is_some()) && wal.len() < WAL_COMPACT_BYTES {
             return wal.append(records);
         }
+        self.compact(wal, records)
+    }
+
+    /// Writes the log's records and `more` into the tables in one durable
+    /// transaction that names the log's next generation, then starts the log over.
+    /// A crash between the two leaves a log of the old generation, which the next
+    /// open drops: its records are in the tables.
+    fn compact(&self, wal: &mut Wal, more: &[Record]) -> Result<(), StoreError> {
         let mut all = wal.records().to_vec();
-        all.extend_from_slice(records);
+        all.extend_from_slice(more);
         let next = wal.generation() + 1;
-        // A crash between the two leaves a log of the old generation, which the
-        // next open drops: its records are in the tables.
-        self.write_records(&all, Some(next))?;
+        self.write_records(&settled(all), Some(next))?;
         wal.restart(next)
     }
 
-    /// Opens the write-ahead log beside the database (at start, and after a reopen).
-    pub(super) fn open_wal(&self) -> Result<(), StoreError> {
+    /// Opens the write-ahead log beside the database (at start, and after a reopen,
+    /// when everything it holds is written into the tables at once: after a failed
+    /// `fdatasync` the file's contents cannot be trusted to be on disk).
+    pub(super) fn open_wal(&self, after_failure: bool) -> Result<(), StoreError> {
         let (id, generation) = {
             let db = self.db()?;
             let txn = db.begin_read()?;
@@ -167,23 +186,31 @@ impl Store {
                 .transpose()
                 .map_err(|_| corrupt("the consensus log id is not 16 bytes"))?;
             let generation = match views.get(WAL_GENERATION)? {
-                Some(bytes) => decode_epoch(bytes.value())
-                    .map_err(|_| corrupt("the consensus log generation is not 8 bytes"))?,
+                Some(bytes) => decode_u64(bytes.value(), "the consensus log generation")?,
                 None => 0,
             };
             (id, generation)
         };
-        let id = match id {
-            Some(id) => id,
+        let path = Wal::path_for(&self.path);
+        let mut wal = match id {
+            Some(id) => Wal::open(&path, id, generation, true)?,
             None => {
-                let id = new_wal_id(&self.path);
+                // The log exists before the database names it: a crash in between
+                // leaves a log no database names, which the next open replaces.
+                let mut id = [0; 16];
+                getrandom::fill(&mut id).map_err(|error| {
+                    StoreError::Unavailable(format!("no randomness for the log id: {error}"))
+                })?;
+                let wal = Wal::open(&path, id, generation, false)?;
                 let txn = self.begin_write()?;
                 txn.open_table(VIEW_STATE)?.insert(WAL_ID, id.as_slice())?;
                 txn.commit()?;
-                id
+                wal
             }
         };
-        let wal = Wal::open(&Wal::path_for(&self.path), id, generation)?;
+        if after_failure && !wal.records().is_empty() {
+            self.compact(&mut wal, &[])?;
+        }
         *self.wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
         Ok(())
     }

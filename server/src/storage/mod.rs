@@ -296,7 +296,7 @@ impl Store {
         let database = create_file(path, cache)?;
         let reopen_path = path.to_owned();
         let store = Store::from_database(database, path.to_owned(), spec, options)?;
-        store.open_wal()?;
+        store.open_wal(false)?;
         Ok(store.reopen_with(move || {
             // The file system must take writes again before the file is touched: a
             // database reopened on a full disk fails its next commit at once.
@@ -308,6 +308,19 @@ impl Store {
     /// Where the consensus write-ahead log of the database at `database` is kept.
     pub fn log_path(database: &Path) -> PathBuf {
         wal::Wal::path_for(database)
+    }
+
+    /// Renames a closed database file and the consensus log beside it, durably. A
+    /// crash between the two renames leaves the database without its log, which it
+    /// then refuses to open without, naming the log it expects; a log never goes to
+    /// another database, as it names its own.
+    pub fn move_files(from: &Path, to: &Path) -> std::io::Result<()> {
+        let log = Store::log_path(from);
+        std::fs::rename(from, to)?;
+        if log.exists() {
+            std::fs::rename(&log, Store::log_path(to))?;
+        }
+        sync_parent(to)
     }
 
     /// Lets [`Store::recover`] reopen the database with `reopen` after an I/O
@@ -525,9 +538,14 @@ impl Store {
         }
         let tip = self.tip()?;
         self.observe(self.load_ids(tip.log_size))?;
+        // Blocks applied without waiting for the disk may be gone: what was cached
+        // of the tip and the membership is read again.
+        *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
+        let membership = self.observe(self.membership_row(u64::MAX))?;
+        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
         let keeps_log = self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if keeps_log {
-            self.observe(self.open_wal())?;
+            self.observe(self.open_wal(true))?;
         }
         self.health.recovered();
         Ok(())

@@ -12,7 +12,8 @@
 //!
 //! File: a header (magic, the database's log id, generation, SHA-256 of these), then
 //! frames, each the records of one `persist` call: length (4 bytes big-endian),
-//! SHA-256 of the payload, payload (a count, then each record length-prefixed). A
+//! SHA-256 of the previous frame's digest (the header's for the first) and the
+//! payload, payload (a count, then each record length-prefixed). A
 //! log of another database (one renamed into place beside it, say) or of another
 //! generation (compacted already) is dropped. A frame that does not check out at
 //! the end of the file is the append a crash cut short and is cut off; one followed
@@ -48,6 +49,9 @@ pub(super) struct Wal {
     id: [u8; 16],
     generation: u64,
     len: u64,
+    /// The digest of the last frame (of the header in an empty log), which the next
+    /// frame chains on.
+    last: [u8; 32],
     records: Vec<Record>,
 }
 
@@ -60,8 +64,17 @@ impl Wal {
     }
 
     /// Opens the log at `path` of the database `id` at its `generation`, reading
-    /// back its records; a missing, foreign or stale log is started afresh.
-    pub(super) fn open(path: &Path, id: [u8; 16], generation: u64) -> Result<Wal, StoreError> {
+    /// back its records. `known`: the database named this id before, so its log
+    /// must be there; a log missing, of another database or of a later generation is
+    /// then damage (the member would forget votes it cast). Otherwise (a new id) any
+    /// log found is replaced. A log of an earlier generation was written into the
+    /// tables already and starts over.
+    pub(super) fn open(
+        path: &Path,
+        id: [u8; 16],
+        generation: u64,
+        known: bool,
+    ) -> Result<Wal, StoreError> {
         let bytes = match File::open(path) {
             Ok(mut file) => {
                 let mut bytes = Vec::new();
@@ -71,24 +84,40 @@ impl Wal {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => return Err(io(error)),
         };
-        let Some(bytes) = bytes.filter(|bytes| !bytes.is_empty()) else {
-            return Wal::create(path, id, generation);
+        let damaged = |what: &str| {
+            corrupt(format!(
+                "the consensus log {} {what}: this member may have forgotten votes it \
+                 cast; put its data directory back whole, or empty it to rejoin as a \
+                 member that lost its disk",
+                path.display()
+            ))
         };
-        let (found_id, found) = read_header(&bytes)
-            .ok_or_else(|| corrupt(format!("{}: not a consensus log", path.display())))?;
+        let Some(bytes) = bytes else {
+            return match known {
+                true => Err(damaged("is missing")),
+                false => Wal::create(path, id, generation),
+            };
+        };
+        let (found_id, found) =
+            read_header(&bytes).ok_or_else(|| damaged("has no valid header"))?;
         if found_id != id {
+            if known {
+                return Err(damaged("belongs to another database"));
+            }
             tracing::warn!(
                 log = %path.display(),
-                "the consensus log beside the database belongs to another database; \
-                 starting a new one"
+                "a consensus log of another database lay where this one's goes; replaced"
             );
             return Wal::create(path, id, generation);
         }
-        if found != generation {
-            // Compacted into the database before the log could start over.
+        if found > generation {
+            return Err(damaged("is newer than the database"));
+        }
+        if found < generation {
+            // Written into the tables before the log could start over.
             return Wal::create(path, id, generation);
         }
-        let (records, valid) = read_frames(&bytes, path)?;
+        let (records, valid, last) = read_frames(&bytes, path)?;
         let file = OpenOptions::new().append(true).open(path).map_err(io)?;
         if valid < bytes.len() {
             // The append a crash cut short: it was never acknowledged.
@@ -101,6 +130,7 @@ impl Wal {
             id,
             generation,
             len: valid as u64,
+            last,
             records,
         })
     }
@@ -112,18 +142,19 @@ impl Wal {
         fresh.push(".new");
         let fresh = PathBuf::from(fresh);
         let mut file = File::create(&fresh).map_err(io)?;
-        file.write_all(&header(id, generation)).map_err(io)?;
+        let header = header(id, generation);
+        file.write_all(&header).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&fresh, path).map_err(io)?;
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
-        }
+        std::fs::rename(&fresh, path)
+            .and_then(|()| super::sync_parent(path))
+            .map_err(io)?;
         Ok(Wal {
             path: path.to_owned(),
             file: OpenOptions::new().append(true).open(path).map_err(io)?,
             id,
             generation,
             len: HEADER_LEN as u64,
+            last: header_digest(&header),
             records: Vec::new(),
         })
     }
@@ -155,7 +186,8 @@ impl Wal {
         }
         let mut frame = Vec::with_capacity(FRAME_HEAD + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&Sha256::digest(&payload));
+        let digest = frame_digest(&self.last, &payload);
+        frame.extend_from_slice(&digest);
         frame.extend_from_slice(&payload);
         let written = self
             .file
@@ -168,6 +200,7 @@ impl Wal {
             return Err(io(error));
         }
         self.len += frame.len() as u64;
+        self.last = digest;
         self.records.extend_from_slice(records);
         Ok(())
     }
@@ -199,34 +232,64 @@ fn read_header(bytes: &[u8]) -> Option<([u8; 16], u64)> {
     Some((id, u64::from_be_bytes(head[24..32].try_into().ok()?)))
 }
 
-/// The records of every whole frame, and where the last one ends.
-fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize), StoreError> {
+/// The records of every whole frame, where the last one ends, and its digest.
+fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32]), StoreError> {
     let mut records = Vec::new();
     let mut at = HEADER_LEN;
+    let mut last = header_digest(bytes);
     while at < bytes.len() {
-        let Some(head) = bytes.get(at..at + FRAME_HEAD) else {
-            break; // a torn frame head
-        };
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let end = at + FRAME_HEAD + len;
-        let payload = bytes.get(at + FRAME_HEAD..end).filter(|_| len <= MAX_FRAME);
-        let whole = payload.is_some_and(|payload| Sha256::digest(payload).as_slice() == &head[4..]);
-        if !whole {
-            if end < bytes.len() {
+        let Some(payload) = frame_at(bytes, at, &last) else {
+            // The last append, cut short (the file may have grown by zeros), unless
+            // a frame chained to this one follows: then this one was damaged after
+            // it was synced. The chain starts from the log's random id, so bytes
+            // inside a frame (an entry's data) never pass for one.
+            let claimed = bytes.get(at + 4..at + FRAME_HEAD).unwrap_or_default();
+            let follows = <[u8; 32]>::try_from(claimed).is_ok_and(|claimed| {
+                (at + FRAME_HEAD..bytes.len()).any(|next| frame_at(bytes, next, &claimed).is_some())
+            });
+            if follows {
                 return Err(corrupt(format!(
-                    "{}: the frame at byte {at} does not match its checksum and more \
-                     follows it",
+                    "{}: the frame at byte {at} does not match its checksum and whole \
+                     frames follow it",
                     path.display()
                 )));
             }
-            break; // the last append, cut short
-        }
-        let payload = payload.unwrap_or_default();
+            break;
+        };
         decode_payload(payload, &mut records)
             .map_err(|error| corrupt(format!("{}: frame at byte {at}: {error}", path.display())))?;
-        at = end;
+        last.copy_from_slice(&bytes[at + 4..at + FRAME_HEAD]);
+        at += FRAME_HEAD + payload.len();
     }
-    Ok((records, at.min(bytes.len())))
+    Ok((records, at.min(bytes.len()), last))
+}
+
+/// The payload of a whole frame at `at` that follows the frame (or header) whose
+/// digest is `previous`, if one is there.
+fn frame_at<'a>(bytes: &'a [u8], at: usize, previous: &[u8; 32]) -> Option<&'a [u8]> {
+    let head = bytes.get(at..at.checked_add(FRAME_HEAD)?)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let payload = bytes.get(at + FRAME_HEAD..at + FRAME_HEAD + len.min(MAX_FRAME))?;
+    (payload.len() == len && frame_digest(previous, payload).as_slice() == &head[4..])
+        .then_some(payload)
+}
+
+/// A frame's digest: SHA-256 of the previous frame's (or the header's) and its payload.
+fn frame_digest(previous: &[u8; 32], payload: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(previous)
+        .chain_update(payload)
+        .finalize()
+        .into()
+}
+
+/// The digest a header ends with (checked by `read_header`).
+fn header_digest(bytes: &[u8]) -> [u8; 32] {
+    let mut digest = [0; 32];
+    if let Some(stored) = bytes.get(32..HEADER_LEN) {
+        digest.copy_from_slice(stored);
+    }
+    digest
 }
 
 fn decode_payload(payload: &[u8], records: &mut Vec<Record>) -> Result<(), StoreError> {
@@ -261,76 +324,103 @@ mod tests {
     fn records_come_back_in_order_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
-        let mut wal = Wal::open(&path, ID, 3).unwrap();
+        let mut wal = Wal::open(&path, ID, 3, false).unwrap();
         wal.append(&[accepted(1), accepted(2)]).unwrap();
         wal.append(&[accepted(3)]).unwrap();
-        let again = Wal::open(&path, ID, 3).unwrap();
+        let again = Wal::open(&path, ID, 3, true).unwrap();
         assert_eq!(again.records(), &[accepted(1), accepted(2), accepted(3)]);
         assert_eq!(again.len(), wal.len());
     }
 
     #[test]
-    fn a_log_of_another_generation_was_compacted_and_starts_over() {
+    fn a_log_of_an_earlier_generation_was_written_and_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
-        Wal::open(&path, ID, 3)
+        Wal::open(&path, ID, 3, false)
             .unwrap()
             .append(&[accepted(1)])
             .unwrap();
-        let next = Wal::open(&path, ID, 4).unwrap();
+        let next = Wal::open(&path, ID, 4, true).unwrap();
         assert!(next.records().is_empty());
-        assert_eq!(Wal::open(&path, ID, 4).unwrap().generation(), 4);
+        assert_eq!(Wal::open(&path, ID, 4, true).unwrap().generation(), 4);
+        // A log ahead of its database cannot be: the database went back.
+        assert!(Wal::open(&path, ID, 3, true)
+            .unwrap_err()
+            .damage()
+            .is_some());
     }
 
     #[test]
-    fn a_log_of_another_database_is_not_replayed() {
+    fn a_missing_or_foreign_log_of_a_known_database_is_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
-        Wal::open(&path, ID, 0)
+        assert!(Wal::open(&path, ID, 0, true)
+            .unwrap_err()
+            .damage()
+            .is_some());
+        Wal::open(&path, [8; 16], 0, false)
             .unwrap()
             .append(&[accepted(1)])
             .unwrap();
-        assert!(Wal::open(&path, [8; 16], 0).unwrap().records().is_empty());
-        assert!(Wal::open(&path, ID, 0).unwrap().records().is_empty());
+        assert!(Wal::open(&path, ID, 0, true)
+            .unwrap_err()
+            .damage()
+            .is_some());
+        // A database that names its log for the first time replaces what lies there.
+        assert!(Wal::open(&path, ID, 0, false).unwrap().records().is_empty());
+        assert!(Wal::open(&path, ID, 0, true).unwrap().records().is_empty());
     }
 
     #[test]
     fn an_append_cut_short_is_dropped_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
-        let mut wal = Wal::open(&path, ID, 0).unwrap();
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
         wal.append(&[accepted(1)]).unwrap();
-        let whole = wal.len();
+        let whole = wal.len() as usize;
         wal.append(&[accepted(2)]).unwrap();
-        for cut in [whole + 1, whole + 20, wal.len() - 1] {
-            let bytes = std::fs::read(&path).unwrap();
-            let torn = dir.path().join(format!("torn{cut}.wal"));
-            std::fs::write(&torn, &bytes[..cut as usize]).unwrap();
-            let mut reopened = Wal::open(&torn, ID, 0).unwrap();
-            assert_eq!(reopened.records(), &[accepted(1)], "cut at {cut}");
-            assert_eq!(std::fs::metadata(&torn).unwrap().len(), whole);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut grown_by_zeros = bytes[..whole].to_vec();
+        grown_by_zeros.resize(bytes.len() + 4096, 0);
+        let torn = [1, 20, bytes.len() - whole - 1]
+            .map(|cut| bytes[..whole + cut].to_vec())
+            .into_iter()
+            .chain([grown_by_zeros]);
+        for (n, image) in torn.enumerate() {
+            let path = dir.path().join(format!("torn{n}.wal"));
+            std::fs::write(&path, &image).unwrap();
+            let mut reopened = Wal::open(&path, ID, 0, true).unwrap();
+            assert_eq!(reopened.records(), &[accepted(1)], "image {n}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
             reopened.append(&[accepted(5)]).unwrap();
-            let last = Wal::open(&torn, ID, 0).unwrap();
+            let last = Wal::open(&path, ID, 0, true).unwrap();
             assert_eq!(last.records(), &[accepted(1), accepted(5)]);
         }
     }
 
     #[test]
-    fn a_damaged_frame_with_more_after_it_is_damage() {
+    fn a_damaged_frame_with_whole_frames_after_it_is_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
-        let mut wal = Wal::open(&path, ID, 0).unwrap();
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
         wal.append(&[accepted(1)]).unwrap();
         wal.append(&[accepted(2)]).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[HEADER_LEN + FRAME_HEAD + 3] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let error = Wal::open(&path, ID, 0).unwrap_err();
-        assert!(error.damage().is_some(), "{error}");
+        // In the payload, then in the length: either way a whole frame follows.
+        for at in [HEADER_LEN + FRAME_HEAD + 3, HEADER_LEN + 1] {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at] ^= 1;
+            let damaged = dir.path().join(format!("damaged{at}.wal"));
+            std::fs::write(&damaged, &bytes).unwrap();
+            let error = Wal::open(&damaged, ID, 0, true).unwrap_err();
+            assert!(error.damage().is_some(), "{error}");
+        }
         // A damaged header too: the log cannot say whose it is.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(Wal::open(&path, ID, 0).unwrap_err().damage().is_some());
+        assert!(Wal::open(&path, ID, 0, true)
+            .unwrap_err()
+            .damage()
+            .is_some());
     }
 }
