@@ -98,6 +98,22 @@ load() {
         | tee -a "$work/results/$name.txt"
 }
 rate_of() { awk '/entries\/s/ { print $(NF-1) }' "$work/results/$1.txt"; }
+# Waits until no member holds entries to commit: a load's backlog (the pool holds up
+# to 100,000) must not be counted, or charged for CPU, in the next.
+drain() {
+    local i n total
+    for _ in $(seq 600); do
+        total=0
+        for i in "${!pids[@]}"; do
+            n=$(curl -s "http://127.0.0.1:$((base + 2 * i))/metrics" |
+                awk '/^ledger_pool_size / { print int($2) }')
+            total=$((total + ${n:-0}))
+        done
+        [ "$total" -eq 0 ] && return 0
+        sleep 0.2
+    done
+    echo "the members' pools did not drain in 120 s" >&2
+}
 half_of() {
     local half
     half=$(( $(rate_of "$1" | cut -d. -f1) / 2 ))
@@ -110,10 +126,12 @@ echo "== ledger, 4 members, through member 1 (one-way delay ${delay} ms)"
 echo "-- saturation, $clients clients not waiting"
 load ledger-saturation "${pids[@]}" -- --clients "$clients" "${ledger[@]}"
 for n in "$clients" "$many" "$most"; do
+    drain
     echo "-- $n clients each waiting for its commit"
     load "ledger-$n" "${pids[@]}" -- --clients "$n" "${ledger[@]}" --wait
 done
 half=$(half_of ledger-saturation)
+drain
 echo "-- half load, $half/s paced over $paced clients waiting for commits"
 load ledger-half "${pids[@]}" -- --clients "$paced" "${ledger[@]}" --wait --rate "$half"
 
