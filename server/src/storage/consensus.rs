@@ -310,6 +310,9 @@ impl Store {
     }
 
     fn read_durable(&self) -> Result<Durable, StoreError> {
+        // Held throughout: a compaction moves the log's records into the tables
+        // under it, and must not fall between the two reads.
+        let wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let mut durable = Durable::genesis(self.genesis_hash());
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -355,10 +358,8 @@ impl Store {
                 .map_err(|e| corrupt(format!("consensus log at {}: {e}", height.value())))?;
             durable.slots.insert(height.value(), slot);
         }
-        if let Some(wal) = self.wal.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            for record in wal.records() {
-                durable.apply(record);
-            }
+        for record in wal.iter().flat_map(|wal| wal.records()) {
+            durable.apply(record);
         }
         Ok(durable)
     }
