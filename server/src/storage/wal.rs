@@ -13,11 +13,12 @@
 //! File: a header (magic, the database's log id, generation, SHA-256 of these), then
 //! frames, each the records of one `persist` call: length (4 bytes big-endian),
 //! SHA-256 of the previous frame's digest (the header's for the first) and the
-//! payload, payload (a count, then each record length-prefixed). A
-//! log of another database (one renamed into place beside it, say) or of another
-//! generation (compacted already) is dropped. A frame that does not check out at
-//! the end of the file is the append a crash cut short and is cut off; one followed
-//! by more bytes than its own is damage.
+//! payload, then the payload (a count, then each record length-prefixed). A log of
+//! an earlier generation was written into the tables already and starts over; one
+//! missing, of another database or of a later generation is damage once the
+//! database names its log ([`Wal::open`]). A last frame that does not check out is
+//! the append a crash cut short and is cut off; one with a frame chained to it
+//! after it is damage.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -26,13 +27,13 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{corrupt, StoreError};
+use crate::chain::codec::Reader;
+use crate::consensus::Record;
 
 /// An I/O error of the log, an I/O failure of the store (what reopening may cure).
 fn io(error: std::io::Error) -> StoreError {
     StoreError::Database(redb::Error::Io(error))
 }
-use crate::chain::codec::Reader;
-use crate::consensus::Record;
 
 const MAGIC: &[u8; 8] = b"LDGRWAL1";
 const HEADER_LEN: usize = 8 + 16 + 8 + 32;
