@@ -685,7 +685,7 @@ impl Driver {
                         if matches!(event, DriverEvent::Stop) {
                             return self.end_turn();
                         }
-                        self.take_event(event, queue)?;
+                        self.on_event(event, queue)?;
                         if taken == TURN_EVENTS {
                             break;
                         }
@@ -818,29 +818,11 @@ impl Driver {
     }
 
     /// Handles one event; submits queued right behind a submit join it in one step.
-    fn take_event(
+    fn on_event(
         &mut self,
         event: DriverEvent,
         queue: &Receiver<DriverEvent>,
     ) -> Result<(), StoreError> {
-        let DriverEvent::Submit { entry, waiter } = event else {
-            return self.on_event(event);
-        };
-        let mut batch = vec![(entry, waiter)];
-        while batch.len() < SUBMIT_BATCH {
-            match queue.try_recv() {
-                Ok(DriverEvent::Submit { entry, waiter }) => batch.push((entry, waiter)),
-                Ok(other) => {
-                    self.deferred = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        self.submit_batch(batch)
-    }
-
-    fn on_event(&mut self, event: DriverEvent) -> Result<(), StoreError> {
         match event {
             DriverEvent::Frame(Inbound { from, frame }) => match Wire::decode(&frame) {
                 Ok(wire) => {
@@ -856,7 +838,20 @@ impl Driver {
                     Ok(())
                 }
             },
-            DriverEvent::Submit { entry, waiter } => self.submit_batch(vec![(entry, waiter)]),
+            DriverEvent::Submit { entry, waiter } => {
+                let mut batch = vec![(entry, waiter)];
+                while batch.len() < SUBMIT_BATCH {
+                    match queue.try_recv() {
+                        Ok(DriverEvent::Submit { entry, waiter }) => batch.push((entry, waiter)),
+                        Ok(other) => {
+                            self.deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.submit_batch(batch)
+            }
             DriverEvent::Cut => self.step(Input::Cut),
             DriverEvent::Mined(block) => self.step(Input::Mined(Arc::new(block))),
             DriverEvent::Stop => Ok(()),

@@ -426,13 +426,22 @@ impl Store {
         );
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
-        let tip = store.tip()?;
-        let membership = store.membership_row(u64::MAX)?;
-        *store.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
-        if ids {
-            store.load_ids(tip.log_size)?;
-        }
+        store.load_cached(ids)?;
         Ok(store)
+    }
+
+    /// Reads what the store keeps in memory from the file: the tip, the membership
+    /// after it and (`ids`) the id map. At open, and after a reopen, when blocks
+    /// applied without waiting for the disk may be gone.
+    fn load_cached(&self, ids: bool) -> Result<(), StoreError> {
+        let tip = self.tip()?;
+        *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
+        let membership = self.membership_row(u64::MAX)?;
+        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
+        if ids {
+            self.load_ids(tip.log_size)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds the id map from `entry_ids`: one sequential scan, beside one of the
@@ -536,13 +545,7 @@ impl Store {
             }
             *slot = Some(Arc::new(Handle::Writable(self.observe(reopen())?)));
         }
-        let tip = self.tip()?;
-        self.observe(self.load_ids(tip.log_size))?;
-        // Blocks applied without waiting for the disk may be gone: what was cached
-        // of the tip and the membership is read again.
-        *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
-        let membership = self.observe(self.membership_row(u64::MAX))?;
-        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
+        self.observe(self.load_cached(true))?;
         let keeps_log = self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if keeps_log {
             self.observe(self.open_wal(true))?;
