@@ -518,6 +518,13 @@ impl Plugins {
             .join(",")
     }
 
+    /// Whether some plugin judges client entries (has a `validate_entry` hook).
+    pub fn judges_entries(&self) -> bool {
+        self.list
+            .iter()
+            .any(|plugin| plugin.descriptor.validate_entry.is_some())
+    }
+
     /// Asks every plugin's `validate_entry`; the first refusal wins. Membership
     /// changes are the admins' to sign, not the plugins' to judge: they pass.
     pub fn validate_entry(&self, entry: &Entry) -> Result<(), Rejection> {

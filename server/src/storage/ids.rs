@@ -63,6 +63,12 @@ impl IdMap {
         }
     }
 
+    /// Whether some committed entry shares `id`'s prefix: false means `id` is surely
+    /// not committed, true that only the table can tell.
+    pub(super) fn may_hold(&self, id: &Hash) -> bool {
+        self.first.contains_key(&IdMap::prefix(id))
+    }
+
     /// The log index holding `id`, confirmed in `ids` (a table of `entry_ids`). A
     /// candidate whose stored id does not even share the prefix that led to it
     /// means the table changed under the map: damage, not a miss.
@@ -133,5 +139,22 @@ mod tests {
         let mut collision = IdMap::default();
         collision.insert(&kept, 1);
         assert_eq!(collision.locate(&table, &kept).unwrap(), None);
+    }
+
+    /// `may_hold` answers from the prefix alone: an id whose prefix no entry has is
+    /// surely absent; one sharing a prefix (here a collision) needs the table.
+    #[test]
+    fn may_hold_rules_out_only_absent_prefixes() {
+        let held = Hash([3; 32]);
+        let mut collision = held;
+        collision.0[31] = 4;
+        let mut map = IdMap::default();
+        assert!(!map.may_hold(&held));
+        map.insert(&held, 7);
+        assert!(map.may_hold(&held));
+        assert!(map.may_hold(&collision));
+        assert!(!map.may_hold(&Hash([5; 32])));
+        map.remove(&held, 7);
+        assert!(!map.may_hold(&held));
     }
 }

@@ -790,6 +790,13 @@ impl Store {
         })())
     }
 
+    /// Whether `id` is surely not committed, from memory alone (no read, no wait):
+    /// no committed entry shares its prefix and the store is not failing. False
+    /// means "ask [`Store::committed`]".
+    pub fn surely_uncommitted(&self, id: &Hash) -> bool {
+        self.failure().is_none() && !self.id_map().may_hold(id)
+    }
+
     /// The commit certificate of the block at `height` (none for genesis), verified.
     pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
         self.observe(self.read(|store, tables| {
