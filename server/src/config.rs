@@ -80,6 +80,10 @@ pub struct NodeConfig {
     /// Longest an entry waits for more to join its block, in milliseconds.
     #[serde(default = "default_max_block_delay_ms")]
     pub max_block_delay_ms: u64,
+    /// A cluster primary's blocks in flight before it waits for one to commit rather
+    /// than cut at `max_block_delay_ms` (a full block is cut regardless).
+    #[serde(default = "default_max_blocks_in_flight")]
+    pub max_blocks_in_flight: u32,
     /// Most entries waiting for a block; beyond it submits get 503.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
@@ -254,6 +258,9 @@ fn default_max_block_entries() -> u32 {
 fn default_max_block_delay_ms() -> u64 {
     10
 }
+fn default_max_blocks_in_flight() -> u32 {
+    1
+}
 fn default_pool_capacity() -> usize {
     100_000
 }
@@ -298,10 +305,13 @@ impl NodeConfig {
                 *file = base.join(&*file);
             }
         }
-        if config.max_block_entries == 0 || config.pool_capacity == 0 {
+        if config.max_block_entries == 0
+            || config.max_blocks_in_flight == 0
+            || config.pool_capacity == 0
+        {
             return Err(invalid(
                 path,
-                "max_block_entries and pool_capacity must be at least 1",
+                "max_block_entries, max_blocks_in_flight and pool_capacity must be at least 1",
             ));
         }
         if config.mining_threads == Some(0) {
@@ -366,6 +376,7 @@ impl NodeConfig {
             key_file: default_key_file(),
             max_block_entries: default_max_block_entries(),
             max_block_delay_ms: default_max_block_delay_ms(),
+            max_blocks_in_flight: default_max_blocks_in_flight(),
             pool_capacity: default_pool_capacity(),
             join_from_snapshot: true,
             follower: false,
@@ -864,6 +875,14 @@ mod tests {
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert!(read_key(&key).unwrap_err().to_string().contains("64 hex"));
+        for zero in ["max_block_entries", "max_blocks_in_flight", "pool_capacity"] {
+            let text = format!(
+                "api_listen = \"127.0.0.1:1\"\np2p_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n{zero} = 0\n"
+            );
+            fs::write(&path, text).unwrap();
+            let error = NodeConfig::load(&path).unwrap_err().to_string();
+            assert!(error.contains(zero), "{error}");
+        }
     }
 
     #[test]

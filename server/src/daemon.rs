@@ -605,6 +605,10 @@ async fn start_cluster(
     let store = Arc::clone(store);
     let transport = Arc::new(transport);
     let engine_transport = Arc::clone(&transport);
+    let cluster_settings = ClusterSettings {
+        max_blocks_in_flight: config.max_blocks_in_flight as usize,
+        ..ClusterSettings::default()
+    };
     let cluster = tokio::task::spawn_blocking(move || {
         Cluster::start(
             store,
@@ -612,7 +616,7 @@ async fn start_cluster(
             engine_transport,
             inbound,
             node_settings,
-            ClusterSettings::default(),
+            cluster_settings,
             metrics,
             plugins,
         )

@@ -104,6 +104,7 @@ impl Net {
             },
             tick: Duration::from_millis(10),
             catch_up_batch: 16,
+            ..ClusterSettings::default()
         };
         let metrics = Arc::new(Metrics::default());
         let cluster = Cluster::start(

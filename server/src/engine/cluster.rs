@@ -68,6 +68,9 @@ pub struct ClusterSettings {
     pub tick: Duration,
     /// Committed blocks sent per catch-up request.
     pub catch_up_batch: u64,
+    /// The primary's own blocks in flight before it waits for a commit
+    /// (`max_blocks_in_flight`).
+    pub max_blocks_in_flight: usize,
 }
 
 impl Default for ClusterSettings {
@@ -76,6 +79,7 @@ impl Default for ClusterSettings {
             timing: Timing::default(),
             tick: Duration::from_millis(10),
             catch_up_batch: 32,
+            max_blocks_in_flight: 1,
         }
     }
 }
@@ -234,6 +238,7 @@ impl Cluster {
         config.max_pending = node_settings.pool_capacity;
         config.max_block_entries = node_settings.max_block_entries;
         config.catch_up_batch = settings.catch_up_batch;
+        config.max_blocks_in_flight = settings.max_blocks_in_flight;
         config.reconfigurations = true;
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);

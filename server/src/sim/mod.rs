@@ -259,7 +259,7 @@ impl Sim {
                 let durable = Durable::genesis(genesis.hash());
                 let silent = behaviour == Some(Behaviour::Silent);
                 let replica = (!silent && !newcomer).then(|| {
-                    let config = replica_config(&spec, key, timing, scenario.flaws, &memo);
+                    let config = replica_config(&spec, key, timing, scenario.flaws, &memo, seed);
                     Replica::new(config, tip.clone(), durable.clone(), [], start)
                 });
                 nodes.push(Process {
@@ -285,7 +285,7 @@ impl Sim {
         }
         let heal_at = start + scenario.faulty_ms;
         let genesis_verifier =
-            replica_config(&spec, &keys[0], timing, scenario.flaws, &memo).verifier;
+            replica_config(&spec, &keys[0], timing, scenario.flaws, &memo, seed).verifier;
         let quorum = genesis_verifier.quorum();
         let track = Membership::genesis(&spec);
         let node_ids = keys
@@ -764,7 +764,7 @@ impl Sim {
         let key = &self.keys[usize::from(self.nodes[node].member)];
         let config =
             Config::in_epoch(&self.spec, membership, base, key.clone(), self.timing).ok()?;
-        Some(tune(config, self.scenario.flaws, &self.memo))
+        Some(tune(config, self.scenario.flaws, &self.memo, self.seed))
     }
 
     /// Once `node`'s replica applied its epoch's last block, moves it to the next
@@ -1089,17 +1089,21 @@ fn replica_config(
     timing: Timing,
     flaws: Flaws,
     memo: &SignatureMemo,
+    seed: u64,
 ) -> Config {
     let config = Config::new(spec, key.clone(), timing).expect("a member's key");
-    tune(config, flaws, memo)
+    tune(config, flaws, memo, seed)
 }
 
-/// A replica's configuration as every replica of a run has it.
-fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo) -> Config {
+/// A replica's configuration as every replica of a run has it. Odd seeds run the
+/// nodes' default of one block in flight, even ones as many as the window holds
+/// (the most states to explore).
+fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo, seed: u64) -> Config {
     let mut config = config.with_flaws(flaws);
     config.verifier = config.verifier.with_memo(memo.clone());
     config.catch_up_batch = SIM_CATCH_UP_BATCH;
     config.reconfigurations = true;
+    config.max_blocks_in_flight = if seed % 2 == 1 { 1 } else { usize::MAX };
     config
 }
 

@@ -570,10 +570,11 @@ impl Replica {
         accepted
     }
 
-    /// The primary cuts a block when enough entries wait, the oldest has waited
-    /// `max_block_delay`, nothing of its own is in flight (an idle pipeline gains
-    /// nothing from waiting; under load, entries gather while blocks are in flight),
-    /// or a cut was asked for. It mines on top of its last proposal.
+    /// The primary cuts a block when enough entries wait, nothing of its own is in
+    /// flight (an idle pipeline gains nothing from waiting; under load, entries
+    /// gather while blocks are in flight), the oldest has waited `max_block_delay`
+    /// and fewer than `max_blocks_in_flight` blocks are in flight, or a cut was
+    /// asked for. It mines on top of its last proposal.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
         if !self.active
             || !self.is_primary()
@@ -591,9 +592,17 @@ impl Replica {
         let now = self.now_ms;
         let tip = self.tip.header.height;
         let idle = self.slots.range(tip + 1..).next().is_none();
+        // Only blocks on their way in this view count: a slot an earlier view left
+        // above the tip holds nothing back (the cut below replaces it).
+        let ours = (tip + 1..)
+            .map_while(|height| self.slots.get(&height))
+            .take_while(|slot| slot.accepted.as_ref().is_some_and(|a| a.view == self.view))
+            .count();
+        let room = ours < self.config.max_blocks_in_flight;
+        let waited = |arrived: u64| room && now.saturating_sub(arrived) >= delay;
         let due = self
             .oldest_pending()
-            .is_some_and(|pending| idle || now.saturating_sub(pending.arrived_ms) >= delay);
+            .is_some_and(|pending| idle || waited(pending.arrived_ms));
         let ending = self.epoch_ending();
         if !self.cut_requested && self.pending.len() < limit && !due && !ending {
             return;
@@ -665,11 +674,8 @@ impl Replica {
         for id in unfit {
             self.pending.remove(&id);
         }
-        let due = entries.len() >= limit
-            || (idle && !entries.is_empty())
-            || oldest.is_some_and(|arrived| {
-                self.now_ms.saturating_sub(arrived) >= self.config.timing.max_block_delay_ms
-            });
+        let due =
+            entries.len() >= limit || (idle && !entries.is_empty()) || oldest.is_some_and(waited);
         if !(due || self.cut_requested || ending) {
             return;
         }

@@ -243,6 +243,47 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     );
 }
 
+/// With `max_blocks_in_flight` blocks in flight, entries wait for one to commit
+/// however long they have waited; the primary then cuts at once.
+#[test]
+fn the_primary_waits_for_a_commit_with_its_blocks_in_flight() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica_with(0, |config| config.max_blocks_in_flight = 1);
+    let mut entries = testing::entries(6, 2, 32).into_iter();
+    let mut submit = |replica: &mut Replica| {
+        let entry = entries.next().expect("two entries");
+        let input = Input::Entry {
+            entry,
+            forwarded: false,
+        };
+        replica.handle(input, &NoEntries)
+    };
+    let Some(Output::Mine(template)) = submit(&mut primary).pop() else {
+        panic!("an idle primary cuts at once")
+    };
+    assert!(submit(&mut primary).is_empty());
+    let mut mined = Block::clone(&template);
+    while !mined.header.meets_difficulty() {
+        mined.header.nonce += 1;
+    }
+    feed(&mut primary, Input::Mined(Arc::new(mined.clone())));
+    let late = setup.now + 10 * TIMING.max_block_delay_ms;
+    assert!(
+        feed(&mut primary, Input::Tick { now_ms: late }).is_empty(),
+        "one block in flight: the second entry waits past the delay"
+    );
+    message(&mut primary, vote(&setup, 1, false, 0, &mined));
+    message(&mut primary, vote(&setup, 2, false, 0, &mined));
+    message(&mut primary, vote(&setup, 1, true, 0, &mined));
+    let outputs = message(&mut primary, vote(&setup, 2, true, 0, &mined));
+    assert!(outputs.contains(&"apply h1".to_owned()), "{outputs:?}");
+    assert_eq!(
+        outputs.last().map(String::as_str),
+        Some("mine h2"),
+        "{outputs:?}"
+    );
+}
+
 /// §4.3: at a checkpoint height the replica announces its state; a quorum of matching
 /// announcements make it stable, and the consensus log at or below it is discarded.
 #[test]

@@ -96,6 +96,12 @@ pub struct Config {
     /// Most entries the primary puts in a block (`max_block_entries`, at most the
     /// genesis limit, which is what it defaults to).
     pub max_block_entries: usize,
+    /// Blocks of its own the primary keeps in flight before it waits for one to
+    /// commit rather than cut at `max_block_delay` (a full block is cut regardless).
+    /// Every block costs each member a proof of work's share, signatures and writes
+    /// whatever it holds, so where CPU is the limit fewer, larger blocks commit more.
+    /// Unbounded by default; a node sets its `max_blocks_in_flight`.
+    pub max_blocks_in_flight: usize,
     /// Committed blocks a peer sends per catch-up request: once that many arrived, a
     /// lagging replica asks for the next batch at once instead of at its next check.
     pub catch_up_batch: u64,
@@ -159,6 +165,7 @@ impl Config {
             timing,
             max_pending: 100_000,
             max_block_entries: spec.params.max_block_entries as usize,
+            max_blocks_in_flight: usize::MAX,
             catch_up_batch: 32,
             spec: Arc::new(spec.clone()),
             epoch: 0,
