@@ -238,7 +238,8 @@ impl Cluster {
         config.max_pending = node_settings.pool_capacity;
         config.max_block_entries = node_settings.max_block_entries;
         config.catch_up_batch = settings.catch_up_batch;
-        config.max_blocks_in_flight = settings.max_blocks_in_flight;
+        // Zero would leave entries waiting behind any slot above the tip.
+        config.max_blocks_in_flight = settings.max_blocks_in_flight.max(1);
         config.reconfigurations = true;
         if !plugins.is_empty() {
             config = config.with_policy(Arc::clone(&plugins) as Arc<dyn Policy>);

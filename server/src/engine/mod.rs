@@ -269,10 +269,10 @@ pub(crate) async fn check_entry(
     entry: &Entry,
 ) -> Result<Hash, SubmitError> {
     let id = entry.id();
-    // The common case needs no thread hand-off (a fifth of an API member's CPU under
-    // waiting clients went to them): no plugin to call, which may block, and an id
-    // the in-memory map rules out. Checking the entry itself is hashing and at most
-    // one signature.
+    // The common case needs no thread hand-off, whose wake-ups cost an API member
+    // under waiting clients more than the check (benches/README.md, "2026-12-03,
+    // evening"): no plugin to call, which may block, and an id the in-memory map
+    // rules out. Checking the entry itself is hashing and at most one signature.
     if !plugins.judges_entries() && store.surely_uncommitted(&id) {
         let limit = store.spec().params.max_entry_bytes;
         entry

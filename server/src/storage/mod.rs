@@ -790,11 +790,15 @@ impl Store {
         })())
     }
 
-    /// Whether `id` is surely not committed, from memory alone (no read, no wait):
-    /// no committed entry shares its prefix and the store is not failing. False
-    /// means "ask [`Store::committed`]".
+    /// Whether `id` is surely not committed, from memory alone: no committed entry
+    /// shares its prefix and the store is not failing. False means "ask
+    /// [`Store::committed`]", also when the map is locked: an async caller must not
+    /// wait behind an apply, or behind readers that read the disk under the lock.
     pub fn surely_uncommitted(&self, id: &Hash) -> bool {
-        self.failure().is_none() && !self.id_map().may_hold(id)
+        let Ok(map) = self.ids.try_read() else {
+            return false;
+        };
+        self.failure().is_none() && !map.may_hold(id)
     }
 
     /// The commit certificate of the block at `height` (none for genesis), verified.

@@ -585,8 +585,9 @@ impl Replica {
             return;
         }
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,
-        // the oldest younger than the delay, something in flight and no cut asked
-        // for mean no block is due; the full scan below clones entries.
+        // the oldest younger than the delay (or `max_blocks_in_flight` in flight),
+        // something in flight and no cut asked for mean no block is due; the full
+        // scan below clones entries.
         let limit = self.config.max_block_entries;
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
