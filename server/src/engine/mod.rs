@@ -269,23 +269,20 @@ pub(crate) async fn check_entry(
     entry: &Entry,
 ) -> Result<Hash, SubmitError> {
     let id = entry.id();
+    // Hashing and at most one signature: cheap enough for an async worker.
+    let limit = store.spec().params.max_entry_bytes;
+    entry
+        .verify(&store.chain_hash(), limit)
+        .map_err(SubmitError::Invalid)?;
     // The common case needs no thread hand-off, whose wake-ups cost an API member
     // under waiting clients more than the check (benches/README.md, "2026-12-03,
     // evening"): no plugin to call, which may block, and an id the in-memory map
-    // rules out. Checking the entry itself is hashing and at most one signature.
+    // rules out.
     if !plugins.judges_entries() && store.surely_uncommitted(&id) {
-        let limit = store.spec().params.max_entry_bytes;
-        entry
-            .verify(&store.chain_hash(), limit)
-            .map_err(SubmitError::Invalid)?;
         return Ok(id);
     }
     let (store, plugins, entry) = (Arc::clone(store), Arc::clone(plugins), entry.clone());
     let committed = blocking(move || {
-        let limit = store.spec().params.max_entry_bytes;
-        if let Err(error) = entry.verify(&store.chain_hash(), limit) {
-            return Ok(Err(SubmitError::Invalid(error)));
-        }
         if let Err(rejection) = plugins.validate_entry(&entry) {
             return Ok(Err(SubmitError::Rejected(rejection)));
         }
