@@ -80,8 +80,9 @@ pub struct NodeConfig {
     /// Longest an entry waits for more to join its block, in milliseconds.
     #[serde(default = "default_max_block_delay_ms")]
     pub max_block_delay_ms: u64,
-    /// A cluster primary's blocks in flight before it waits for one to commit rather
-    /// than cut at `max_block_delay_ms` (a full block is cut regardless).
+    /// A cluster primary's blocks in flight (proposed, not yet prepared) before it
+    /// waits for one to prepare rather than cut at `max_block_delay_ms` (a full
+    /// block is cut regardless).
     #[serde(default = "default_max_blocks_in_flight")]
     pub max_blocks_in_flight: u32,
     /// Most entries waiting for a block; beyond it submits get 503.

@@ -68,8 +68,8 @@ pub struct ClusterSettings {
     pub tick: Duration,
     /// Committed blocks sent per catch-up request.
     pub catch_up_batch: u64,
-    /// The primary's own blocks in flight before it waits for a commit
-    /// (`max_blocks_in_flight`).
+    /// The primary's own blocks in flight (not yet prepared) before it waits for
+    /// one to prepare (`max_blocks_in_flight`).
     pub max_blocks_in_flight: usize,
 }
 

@@ -573,8 +573,8 @@ impl Replica {
     /// The primary cuts a block when enough entries wait, nothing of its own is in
     /// flight (an idle pipeline gains nothing from waiting; under load, entries
     /// gather while blocks are in flight), the oldest has waited `max_block_delay`
-    /// and fewer than `max_blocks_in_flight` blocks are in flight, or a cut was
-    /// asked for. It mines on top of its last proposal.
+    /// and fewer than `max_blocks_in_flight` blocks are still preparing, or a cut
+    /// was asked for. It mines on top of its last proposal.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
         if !self.active
             || !self.is_primary()
@@ -594,10 +594,13 @@ impl Replica {
         let tip = self.tip.header.height;
         let idle = self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
-        // above the tip holds nothing back (the cut below replaces it).
+        // above the tip holds nothing back (the cut below replaces it). A prepared
+        // block no longer does either: its successor is mined while it commits,
+        // which the chaining rule allows (mining is the longest step of a block).
         let ours = (tip + 1..)
             .map_while(|height| self.slots.get(&height))
             .take_while(|slot| slot.accepted.as_ref().is_some_and(|a| a.view == self.view))
+            .filter(|slot| slot.prepared.as_ref().is_none_or(|p| p.view != self.view))
             .count();
         let room = ours < self.config.max_blocks_in_flight;
         let waited = |arrived: u64| room && now.saturating_sub(arrived) >= delay;

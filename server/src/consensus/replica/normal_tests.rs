@@ -243,10 +243,11 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     );
 }
 
-/// With `max_blocks_in_flight` blocks in flight, entries wait for one to commit
-/// however long they have waited; the primary then cuts at once.
+/// With `max_blocks_in_flight` blocks preparing, entries wait for one to prepare
+/// however long they have waited; the primary then cuts at once, and mines while
+/// the prepared block commits.
 #[test]
-fn the_primary_waits_for_a_commit_with_its_blocks_in_flight() {
+fn the_primary_waits_for_a_prepare_with_its_blocks_in_flight() {
     let setup = Setup::new(4);
     let mut primary = setup.replica_with(0, |config| config.max_blocks_in_flight = 1);
     let mut entries = testing::entries(6, 2, 32).into_iter();
@@ -272,16 +273,20 @@ fn the_primary_waits_for_a_commit_with_its_blocks_in_flight() {
         feed(&mut primary, Input::Tick { now_ms: late }).is_empty(),
         "one block in flight: the second entry waits past the delay"
     );
-    message(&mut primary, vote(&setup, 1, false, 0, &mined));
-    message(&mut primary, vote(&setup, 2, false, 0, &mined));
-    message(&mut primary, vote(&setup, 1, true, 0, &mined));
-    let outputs = message(&mut primary, vote(&setup, 2, true, 0, &mined));
-    assert!(outputs.contains(&"apply h1".to_owned()), "{outputs:?}");
+    let outputs = message(&mut primary, vote(&setup, 1, false, 0, &mined));
+    assert!(
+        !outputs.iter().any(|o| o.starts_with("mine")),
+        "{outputs:?}"
+    );
+    let outputs = message(&mut primary, vote(&setup, 2, false, 0, &mined));
     assert_eq!(
         outputs.last().map(String::as_str),
         Some("mine h2"),
-        "{outputs:?}"
+        "prepared: {outputs:?}"
     );
+    message(&mut primary, vote(&setup, 1, true, 0, &mined));
+    let outputs = message(&mut primary, vote(&setup, 2, true, 0, &mined));
+    assert_eq!(outputs, ["apply h1"]);
 }
 
 /// §4.3: at a checkpoint height the replica announces its state; a quorum of matching

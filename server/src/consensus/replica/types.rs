@@ -96,10 +96,12 @@ pub struct Config {
     /// Most entries the primary puts in a block (`max_block_entries`, at most the
     /// genesis limit, which is what it defaults to).
     pub max_block_entries: usize,
-    /// Blocks of its own the primary keeps in flight before it waits for one to
-    /// commit rather than cut at `max_block_delay` (a full block is cut regardless).
-    /// Every block costs each member a proof of work's share, signatures and writes
-    /// whatever it holds, so where CPU is the limit fewer, larger blocks commit more.
+    /// Blocks of its own the primary keeps in flight (proposed in this view and not
+    /// yet prepared here) before it waits for one to prepare rather than cut at
+    /// `max_block_delay` (a full block is cut regardless). Every block costs each
+    /// member a proof of work's share, signatures and writes whatever it holds, so
+    /// where CPU is the limit fewer, larger blocks commit more; counting only
+    /// unprepared blocks lets the next one be mined while a prepared one commits.
     /// Unbounded by default; a node sets its `max_blocks_in_flight`.
     pub max_blocks_in_flight: usize,
     /// Committed blocks a peer sends per catch-up request: once that many arrived, a
