@@ -37,6 +37,11 @@ impl Replica {
             }
             return self.drop_input(Some(from), kind, reason);
         }
+        if self.needless_vote(&message) {
+            // Not dropped for a fault: a quorum's last vote routinely arrives after
+            // the quorum is complete, and a retransmission repeats a held vote.
+            return;
+        }
         if let Err(invalid) = self.config.verifier.check_message(&message) {
             let reason = match invalid {
                 Invalid::NotMember(_) => DropReason::NotMember,
@@ -63,6 +68,31 @@ impl Replica {
             }
             Payload::NewView(_) => self.on_new_view(message),
         }
+    }
+
+    /// A PREPARE or COMMIT this replica has no use for, so not worth a signature
+    /// check: its height already holds a commit certificate, a PREPARE's this view's
+    /// prepared certificate, or the sender's identical vote is held (checked when it
+    /// came). At n = 4 that spares two of a member's six checks per block.
+    fn needless_vote(&self, message: &Message) -> bool {
+        let (height, hash, commit) = match &message.payload {
+            Payload::Prepare { height, hash, .. } => (*height, *hash, false),
+            Payload::Commit { height, hash, .. } => (*height, *hash, true),
+            _ => return false,
+        };
+        let Some(slot) = self.slots.get(&height) else {
+            return false;
+        };
+        let prepared = slot.prepared.as_ref().is_some_and(|p| p.view == self.view);
+        if slot.certificate.is_some() || (!commit && prepared) {
+            return true;
+        }
+        let votes = if commit {
+            &slot.commits
+        } else {
+            &slot.prepares
+        };
+        votes.get(&message.from) == Some(&(hash, message.signature))
     }
 
     /// Refuses messages by their header alone (C&L §4.2: view, watermarks, sender).

@@ -65,6 +65,50 @@ fn out_of_place_messages_are_dropped_with_a_reason() {
     assert_eq!(backup.drops().values().sum::<u64>(), 6);
 }
 
+/// A vote the replica has no use for is not checked: a retransmitted one it holds,
+/// a PREPARE once this view's prepared certificate is complete, any vote once the
+/// height's commit certificate is. A forged signature there changes nothing.
+#[test]
+fn needless_votes_are_not_checked() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let forged = |message: Message| {
+        let mut message = message;
+        message.signature[0] ^= 1;
+        message
+    };
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &block)),
+        ["persist accepted v0 h1", "broadcast prepare v0 h1"]
+    );
+    let mut forged_prepare = vote(&setup, 3, false, 0, &block);
+    forged_prepare.signature[0] ^= 1;
+    assert_eq!(
+        message(&mut backup, forged_prepare.clone()),
+        ["dropped BadSignature"],
+        "needed, so checked"
+    );
+    let prepare = vote(&setup, 2, false, 0, &block);
+    assert_eq!(
+        message(&mut backup, prepare.clone()),
+        ["persist prepared v0 h1", "broadcast commit v0 h1"]
+    );
+    assert!(message(&mut backup, prepare).is_empty(), "held already");
+    assert!(message(&mut backup, forged_prepare).is_empty(), "prepared");
+    let commit = vote(&setup, 0, true, 0, &block);
+    assert!(message(&mut backup, commit.clone()).is_empty());
+    assert!(message(&mut backup, commit).is_empty(), "held already");
+    assert_eq!(
+        message(&mut backup, vote(&setup, 2, true, 0, &block)),
+        ["apply h1"]
+    );
+    assert!(message(&mut backup, forged(vote(&setup, 3, true, 0, &block))).is_empty());
+    assert!(message(&mut backup, forged(vote(&setup, 3, false, 0, &block))).is_empty());
+    assert_eq!(backup.drops().values().sum::<u64>(), 1);
+}
+
 /// §4.4: two signed pre-prepares for one height in one view prove the primary faulty;
 /// the backup leaves the view at once: persist, then VIEW-CHANGE.
 #[test]
