@@ -621,6 +621,10 @@ pub struct SettingsView {
     pub pool_capacity: usize,
     /// Threads the miner uses.
     pub mining_threads: usize,
+    /// A cluster primary's blocks proposed and not yet prepared before new entries
+    /// wait for one to prepare; absent where no replica runs (alone, a follower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blocks_in_flight: Option<usize>,
 }
 
 /// `GET /v1/status`.

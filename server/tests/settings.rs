@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// `/v1/status` shows the settings each member runs with, as it applies them (the
-/// block limit within the genesis', the delay, the capacity, the miner's threads):
+/// block limit within the genesis', the delay, the capacity, the miner's threads,
+/// a cluster primary's blocks in flight):
 /// the cluster's engine takes every one of them, as a node alone does.
 #[test]
 fn every_member_runs_with_the_settings_it_was_given() {
@@ -20,19 +21,21 @@ fn every_member_runs_with_the_settings_it_was_given() {
         set(&configs, "max_block_delay_ms", "7");
         set(&configs, "pool_capacity", "77");
         set(&configs, "mining_threads", "1");
+        set(&configs, "max_blocks_in_flight", "2");
         let mut daemons = start_all(&configs, base);
         for daemon in daemons.iter().flatten() {
             let settings = status(daemon)["settings"].clone();
-            assert_eq!(
-                settings,
-                serde_json::json!({
-                    "max_block_entries": 55,
-                    "max_block_delay_ms": 7,
-                    "pool_capacity": 77,
-                    "mining_threads": 1,
-                }),
-                "{nodes} nodes"
-            );
+            let mut expected = serde_json::json!({
+                "max_block_entries": 55,
+                "max_block_delay_ms": 7,
+                "pool_capacity": 77,
+                "mining_threads": 1,
+            });
+            if nodes > 1 {
+                // A primary's setting: a node alone runs no replica to give it to.
+                expected["max_blocks_in_flight"] = 2.into();
+            }
+            assert_eq!(settings, expected, "{nodes} nodes");
         }
         stop_all(&mut daemons);
     }

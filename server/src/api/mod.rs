@@ -842,6 +842,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
                 .unwrap_or(u64::MAX),
             pool_capacity: engine.settings.pool_capacity,
             mining_threads: engine.settings.mining_threads.get(),
+            max_blocks_in_flight: engine.max_blocks_in_flight,
         },
         plugins: node.plugins().fingerprints(),
         ready: not_ready.is_none(),

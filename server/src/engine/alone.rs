@@ -217,6 +217,7 @@ impl Alone {
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),
             settings: self.settings,
+            max_blocks_in_flight: None,
             failure: None,
             catching_up: false,
             behind: None,

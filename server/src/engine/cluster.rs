@@ -189,6 +189,8 @@ pub struct Cluster {
     store: Arc<Store>,
     plugins: Arc<Plugins>,
     settings: NodeSettings,
+    /// The replica's `max_blocks_in_flight`, as it runs with it.
+    max_blocks_in_flight: usize,
     status: Arc<Mutex<ClusterStatus>>,
     /// Every entry this member is to commit: those the replica holds, and the
     /// client entries admitted but not yet taken (queued for the driver or held).
@@ -284,6 +286,7 @@ impl Cluster {
             pool_capacity: config.max_pending,
             mining_threads: node_settings.mining_threads,
         };
+        let max_blocks_in_flight = config.max_blocks_in_flight;
         let pending = Arc::new(Mutex::new(HashMap::new()));
         let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
@@ -337,6 +340,7 @@ impl Cluster {
             store,
             plugins,
             settings: in_force,
+            max_blocks_in_flight,
             status,
             pending,
             transport,
@@ -451,6 +455,7 @@ impl Cluster {
             next_difficulty: status.next_difficulty,
             peers: self.transport.peers(),
             settings: self.settings,
+            max_blocks_in_flight: Some(self.max_blocks_in_flight),
             failure: status.failure,
             catching_up: status.catching_up,
             behind: None,

@@ -227,6 +227,7 @@ impl Follower {
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),
             settings: self.settings,
+            max_blocks_in_flight: None,
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),

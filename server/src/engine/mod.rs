@@ -156,6 +156,8 @@ pub struct EngineStatus {
     pub peers: Vec<PeerState>,
     /// The settings in force.
     pub settings: NodeSettings,
+    /// A cluster primary's blocks in flight before it waits (a member's only).
+    pub max_blocks_in_flight: Option<usize>,
     /// Why the engine stopped for good, if it did.
     pub failure: Option<EngineFailure>,
     /// Whether the node knows the others are ahead and is fetching what they
