@@ -74,8 +74,7 @@ fn needless_votes_are_not_checked() {
     let mut backup = setup.replica(1);
     let genesis = setup.genesis();
     let block = setup.block(&genesis.header, &genesis.log, 1);
-    let forged = |message: Message| {
-        let mut message = message;
+    let forged = |mut message: Message| {
         message.signature[0] ^= 1;
         message
     };
@@ -83,8 +82,7 @@ fn needless_votes_are_not_checked() {
         message(&mut backup, setup.pre_prepare(0, &block)),
         ["persist accepted v0 h1", "broadcast prepare v0 h1"]
     );
-    let mut forged_prepare = vote(&setup, 3, false, 0, &block);
-    forged_prepare.signature[0] ^= 1;
+    let forged_prepare = forged(vote(&setup, 3, false, 0, &block));
     assert_eq!(
         message(&mut backup, forged_prepare.clone()),
         ["dropped BadSignature"],
