@@ -2,6 +2,7 @@
 
 use crate::consensus::harness::*;
 use crate::consensus::{Input, Payload};
+use crate::testing;
 
 /// §5.2: what a replica lacks is sent again. One that still asks for a view this
 /// replica has entered gets its NEW-VIEW; one that asks for a view this replica
@@ -89,6 +90,37 @@ fn new_view_is_computed_sent_and_checked() {
             "persist view-change v2",
             "broadcast view-change v2 prepared 1"
         ]
+    );
+}
+
+/// A replica that applied a block a NEW-VIEW re-proposes prepares it again and sends
+/// its COMMIT, so that the members that had not committed it can: the new view's
+/// PREPAREs still count there, though the height holds a commit certificate.
+#[test]
+fn a_re_proposed_block_applied_here_gets_its_commit_again() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let block = setup.block(&genesis.header, &genesis.log, 1);
+    let (mut replicas, new_view) = prepared_in_view_0_then_new_view(&setup, &block);
+    let backup = &mut replicas[2]; // member 3
+    let certificate = testing::certify(&setup.keys[..3], &block);
+    let applied = feed(
+        backup,
+        Input::Committed {
+            block: block.clone(),
+            certificate,
+        },
+    );
+    assert!(applied.contains(&"apply h1".to_owned()), "{applied:?}");
+    let outputs = message(backup, new_view);
+    assert!(
+        outputs.contains(&"broadcast prepare v1 h1".to_owned()),
+        "{outputs:?}"
+    );
+    let outputs = message(backup, vote(&setup, 2, false, 1, &block));
+    assert!(
+        outputs.contains(&"broadcast commit v1 h1".to_owned()),
+        "{outputs:?}"
     );
 }
 
