@@ -86,16 +86,13 @@ impl Replica {
         let Some(slot) = self.slots.get(&height) else {
             return false;
         };
-        let prepared = slot.prepared.as_ref().is_some_and(|p| p.view == self.view);
-        if (commit && slot.certificate.is_some()) || (!commit && prepared) {
-            return true;
-        }
-        let votes = if commit {
-            &slot.commits
+        let (complete, votes) = if commit {
+            (slot.certificate.is_some(), &slot.commits)
         } else {
-            &slot.prepares
+            let prepared = slot.prepared.as_ref().is_some_and(|p| p.view == self.view);
+            (prepared, &slot.prepares)
         };
-        votes.get(&message.from) == Some(&(hash, message.signature))
+        complete || votes.get(&message.from) == Some(&(hash, message.signature))
     }
 
     /// Refuses messages by their header alone (C&L §4.2: view, watermarks, sender).
