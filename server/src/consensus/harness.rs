@@ -180,6 +180,12 @@ pub(super) fn client_entry(replica: &mut Replica) -> Vec<String> {
     )
 }
 
+/// `message` with its signature broken.
+pub(super) fn forged(mut message: Message) -> Message {
+    message.signature[0] ^= 1;
+    message
+}
+
 pub(super) fn vote(setup: &Setup, from: usize, commit: bool, view: u64, block: &Block) -> Message {
     let (height, hash) = (block.header.height, block.hash());
     setup.sign(

@@ -38,9 +38,11 @@ fn out_of_place_messages_are_dropped_with_a_reason() {
         message(&mut backup, setup.sign(2, far)),
         ["dropped OutsideWindow"]
     );
-    let mut forged = setup.pre_prepare(0, &block);
-    forged.signature[0] ^= 1;
-    assert_eq!(message(&mut backup, forged), ["dropped BadSignature"]);
+    let forged_pre_prepare = forged(setup.pre_prepare(0, &block));
+    assert_eq!(
+        message(&mut backup, forged_pre_prepare),
+        ["dropped BadSignature"]
+    );
     let mut stranger = vote(&setup, 2, false, 0, &block);
     stranger.from = 9;
     assert_eq!(message(&mut backup, stranger), ["dropped NotMember"]);
@@ -74,10 +76,6 @@ fn needless_votes_are_not_checked() {
     let mut backup = setup.replica(1);
     let genesis = setup.genesis();
     let block = setup.block(&genesis.header, &genesis.log, 1);
-    let forged = |mut message: Message| {
-        message.signature[0] ^= 1;
-        message
-    };
     assert_eq!(
         message(&mut backup, setup.pre_prepare(0, &block)),
         ["persist accepted v0 h1", "broadcast prepare v0 h1"]
