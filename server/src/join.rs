@@ -23,7 +23,7 @@ use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{
     Block, ChainSpec, ChangeProof, CommitCertificate, Header, Members, MembershipHistory,
 };
-use crate::consensus::{Config, MemberIndex};
+use crate::consensus::{Config, MemberIndex, PreparedCertificate, Verifier};
 use crate::engine::lock;
 use crate::http::Credentials;
 use crate::metrics::Metrics;
@@ -801,7 +801,7 @@ pub fn highest_certified(
             .collect();
         let asked = at_once(&unanswered, |(_, ways)| {
             ways.iter()
-                .find_map(|source| certified_height(client, spec, history, source))
+                .find_map(|source| shown_height(client, spec, history, source))
         });
         for ((key, _), asked) in unanswered.iter().zip(asked) {
             if let Some((height, learned)) = asked {
@@ -846,6 +846,40 @@ fn certified_height(
     // says which.
     let learned = learn_history(client, spec, source)?;
     certified_under(spec, &learned, &block, &certificate).then_some((height, Some(learned)))
+}
+
+/// How far `source` shows the chain has come: its certified height
+/// ([`certified_height`]), or above it the height of a prepared certificate it
+/// holds, if that verifies. A block applied since a member's disk last synced is
+/// gone after a crash while its prepared certificate stays, and then only the
+/// certificate says the chain got there. None until both questions are answered;
+/// a certificate that fails its checks counts as none (a liar may hide how far
+/// the chain got, not raise it).
+fn shown_height(
+    client: &Client,
+    spec: &ChainSpec,
+    history: &MembershipHistory,
+    source: &Source,
+) -> Option<(u64, Option<MembershipHistory>)> {
+    let (height, learned) = certified_height(client, spec, history, source)?;
+    let prepared = match client.prepared(source) {
+        Ok(certificate) => Some(certificate),
+        // It holds none (a build from before the question says so too).
+        Err(Fetch::Gone) => None,
+        Err(_) => return None,
+    };
+    let known = learned.as_ref().unwrap_or(history);
+    let prepared = prepared
+        .filter(|certificate| {
+            let membership = known.at(certificate.header.height);
+            let domain = membership.signing_domain(&spec.chain_hash());
+            let genesis = spec.genesis_block().hash();
+            Verifier::new(domain, genesis, &membership.members)
+                .check_prepared(certificate)
+                .is_ok()
+        })
+        .map_or(0, |certificate| certificate.header.height);
+    Some((height.max(prepared), learned))
 }
 
 /// The membership history `source` proves, if it verifies from the genesis file:
@@ -913,6 +947,10 @@ fn release_freed_memory() -> u64 {
 /// `GET /v1/members` with every change a manifest may carry, as JSON (hex doubles
 /// the binary form's 8 MiB).
 const MAX_MEMBERS_BYTES: u64 = 24 << 20;
+
+/// A prepared certificate: a header and a vote of 66 bytes per member, of at most
+/// 65,535 members.
+const MAX_PREPARED_BYTES: u64 = 8 << 20;
 
 /// A block is at most the chain's limits; 64 MiB bounds any honest one.
 const MAX_BLOCK_BYTES: u64 = 64 << 20;
@@ -988,6 +1026,23 @@ impl Client {
                     other => Err(unexpected(&other)),
                 }
             }
+        }
+    }
+
+    /// The prepared certificate of the highest height `source` holds one for, still
+    /// to be checked; [`Fetch::Gone`] when it holds none.
+    fn prepared(&self, source: &Source) -> Result<PreparedCertificate, Fetch> {
+        let answer = match source {
+            Source::Api(url) => {
+                let url = format!("{url}/v1/consensus/prepared");
+                let bytes = get(&self.agent, &url, MAX_PREPARED_BYTES)?;
+                Wire::decode(&bytes).map_err(|error| Fetch::Failed(error.to_string()))?
+            }
+            Source::Peer { .. } => self.ask(source, Wire::FetchPrepared, MAX_PREPARED_BYTES)?,
+        };
+        match answer {
+            Wire::Prepared(certificate) => Ok(certificate),
+            other => Err(unexpected(&other)),
         }
     }
 

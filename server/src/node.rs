@@ -595,6 +595,14 @@ impl Answer for Answers {
                         Err(error) => Wire::unavailable(true, error.to_string()),
                     }
                 }
+                Wire::FetchPrepared => {
+                    let store = Arc::clone(&node.store);
+                    match blocking(move || store.highest_prepared()).await {
+                        Ok(Some(certificate)) => Wire::Prepared(certificate),
+                        Ok(None) => Wire::unavailable(false, "no prepared certificate here"),
+                        Err(error) => Wire::unavailable(true, error.to_string()),
+                    }
+                }
                 other => {
                     Wire::unavailable(false, format!("a {} frame is not a request", other.kind()))
                 }

@@ -25,6 +25,7 @@ const OPERATIONS: &[(&str, &str, Option<&str>)] = &[
     ("get", "/v1/blocks/latest", Some("read")),
     ("get", "/v1/blocks/{id}", Some("read")),
     ("get", "/v1/blocks/{height}/committed", Some("read")),
+    ("get", "/v1/consensus/prepared", Some("read")),
     ("get", "/v1/proofs/consistency", Some("read")),
     ("get", "/v1/status", Some("read")),
     ("get", "/v1/members", Some("read")),

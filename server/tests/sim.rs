@@ -82,6 +82,10 @@ fn past_sweep_failures_stay_fixed() {
         // A member that lost its disk heard from one member at height 0, took the
         // chain for new and voted at once: it now waits for enough answers.
         ("disk-loss-3", 8927),
+        // Both others had lost the blocks they applied since their disks synced, so
+        // showed height 0; one still held their prepared certificates, and now shows
+        // those too.
+        ("disk-loss-3", 2348959),
         // At f = 0 one member's checkpoint vouches alone: it lost its disk after
         // voting, and the other waited forever to fetch blocks nobody held.
         ("disk-loss-2", 4074656),

@@ -842,6 +842,68 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
     assert_eq!(seen, 25);
 }
 
+/// A member that crashed before the blocks it applied reached its disk shows a
+/// lower height than the chain reached, while it still holds their prepared
+/// certificates: a member that lost its disk counts those too (the simulator's
+/// disk-loss-3 seed 2348959 committed two blocks at height 1 without them), and
+/// one that fails its checks not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_certificate_above_the_tip_shows_how_far_the_chain_came() {
+    use ed25519_dalek::Signer;
+    use ledger::consensus::{pre_prepare_digest, prepare_digest, PreparedCertificate, Vote};
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<_> = (1..=4).map(key).collect();
+    let (spec, store, _) = chain_of(&dir.path().join("source"), 25, &keys);
+    let tip = store.tip().unwrap();
+    let domain = ledger::chain::Membership::genesis(&spec).signing_domain(&spec.chain_hash());
+    // Prepared in view 1: member 1 proposed, members 2 and 3 prepared.
+    let prepared = |height: u64, forged: bool| {
+        let header = ledger::chain::Header { height, ..tip };
+        let hash = header.hash();
+        let vote = |member: u16, digest: Hash| Vote {
+            member,
+            signature: keys[usize::from(member)].sign(digest.as_bytes()).to_bytes(),
+        };
+        let mut votes = vec![vote(1, pre_prepare_digest(&domain, 1, height, &hash))];
+        votes.extend([2, 3].map(|member| vote(member, prepare_digest(&domain, 1, height, &hash))));
+        votes[2].signature[0] ^= u8::from(forged);
+        ledger::consensus::Record::Prepared(PreparedCertificate {
+            view: 1,
+            header,
+            votes,
+        })
+    };
+    store.persist(&[prepared(27, false)]).unwrap();
+    let store = Arc::new(store);
+    let member = listen(serve(Arc::clone(&store), 4)).await;
+    let starting = ledger::api::starting::Starting::new(Arc::default());
+    starting.set_holds_nothing(true);
+    let new_member = listen(ledger::api::starting::router(starting)).await;
+    let seen = || {
+        let probe = ledger::join::Probe {
+            me: keys[0].verifying_key(),
+            credentials: Default::default(),
+            ways: vec![
+                (keys[1].verifying_key(), Source::Api(member.clone())),
+                (keys[2].verifying_key(), Source::Api(new_member.clone())),
+            ],
+        };
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            let client = ledger::join::Client::new(plain_agent(), None);
+            let mut history = ledger::chain::MembershipHistory::genesis(&spec);
+            ledger::join::highest_certified(&client, &spec, &probe, &mut history)
+        })
+    };
+    assert_eq!(seen().await.unwrap(), 27, "the prepared certificate counts");
+    store.persist(&[prepared(28, true)]).unwrap();
+    assert_eq!(
+        seen().await.unwrap(),
+        25,
+        "a forged certificate does not: the certified tip does"
+    );
+}
+
 /// A member whose chain moves on during a join: it offers the snapshot at 10, serves
 /// three of its chunks, then only the snapshot at 20 (members serve the last two
 /// checkpoints, and a busy chain passes two in seconds).

@@ -248,6 +248,7 @@ fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(latest_block))
         .routes(routes!(get_block))
         .routes(routes!(committed_block))
+        .routes(routes!(highest_prepared))
         .routes(routes!(consistency))
         .routes(routes!(status))
         .routes(routes!(members))
@@ -735,6 +736,26 @@ async fn committed_block(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no block {height}")))?;
     let frame = crate::net::Wire::Committed { block, certificate }.encode();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
+}
+
+/// The prepared certificate of the highest height this member holds one for, in
+/// the canonical binary encoding (docs/FORMAT.md: the peer protocol's `prepared`
+/// frame): a member that lost its disk asks for it beside the height, as the
+/// blocks this member applied since its disk last synced may be gone after a crash
+/// while their prepared certificates are not.
+#[utoipa::path(get, path = "/v1/consensus/prepared", tag = "node",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "Tag 14, prepared certificate", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "This node holds no prepared certificate", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ))]
+async fn highest_prepared(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let certificate = read(&node, Store::highest_prepared)
+        .await?
+        .ok_or_else(|| ApiError::not_found("this node holds no prepared certificate"))?;
+    let frame = crate::net::Wire::Prepared(certificate).encode();
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
 }
 

@@ -137,6 +137,7 @@ pub fn router(starting: Arc<Starting>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/consensus/prepared", get(prepared))
         .fallback(not_ready)
         .with_state(starting)
 }
@@ -155,6 +156,15 @@ async fn metrics(State(starting): State<Arc<Starting>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         starting.metrics.render(),
     )
+}
+
+/// A node without a database holds no prepared certificate: a member that lost
+/// its disk may count the answer. One opening its database cannot say yet.
+async fn prepared(State(starting): State<Arc<Starting>>) -> ApiError {
+    match starting.holds_nothing.load(Ordering::Relaxed) {
+        true => ApiError::not_found("this node holds no prepared certificate"),
+        false => not_ready(State(starting)).await,
+    }
 }
 
 async fn not_ready(State(starting): State<Arc<Starting>>) -> ApiError {
@@ -222,5 +232,14 @@ mod tests {
         let (code, body) = get(&router, "/metrics").await;
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("ledger_join_chunks_held 4"), "{body}");
+
+        // Whether it holds a prepared certificate it can say only without a database.
+        let prepared = "/v1/consensus/prepared";
+        assert_eq!(
+            get(&router, prepared).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        starting.set_holds_nothing(true);
+        assert_eq!(get(&router, prepared).await.0, StatusCode::NOT_FOUND);
     }
 }

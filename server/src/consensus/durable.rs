@@ -250,6 +250,16 @@ pub struct Durable {
 }
 
 impl Durable {
+    /// The prepared certificate of the highest height this replica holds one for:
+    /// what it shows a member that lost its disk, beside its tip, as a block it
+    /// may have to carry into a new view (its apply may not have reached the disk).
+    pub fn highest_prepared(&self) -> Option<&PreparedCertificate> {
+        self.slots
+            .values()
+            .rev()
+            .find_map(|slot| slot.prepared.as_ref())
+    }
+
     /// The state of a replica that never ran: view 0, checkpoint at genesis.
     pub fn genesis(genesis_hash: Hash) -> Durable {
         Durable {

@@ -638,6 +638,23 @@ impl CheckpointCertificate {
     }
 }
 
+impl PreparedCertificate {
+    /// The canonical encoding, as inside a VIEW-CHANGE and the consensus log.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_prepared(&mut out, self);
+        out
+    }
+
+    /// Decodes exactly one certificate.
+    pub fn decode(bytes: &[u8]) -> Result<PreparedCertificate, ChainError> {
+        let mut reader = Reader::new(bytes, "prepared certificate");
+        let certificate = read_prepared(&mut reader)?;
+        reader.finish()?;
+        Ok(certificate)
+    }
+}
+
 const KIND_PRE_PREPARE: u8 = 1;
 const KIND_PREPARE: u8 = 2;
 const KIND_COMMIT: u8 = 3;

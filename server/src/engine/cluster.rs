@@ -1031,6 +1031,8 @@ impl Driver {
             | Wire::FetchChunk { .. }
             | Wire::Chunk(_)
             | Wire::FetchCommittedAt { .. }
+            | Wire::FetchPrepared
+            | Wire::Prepared(_)
             | Wire::Unavailable { .. } => {
                 self.metrics.messages_dropped.add("misplaced_request", 1);
                 Ok(())

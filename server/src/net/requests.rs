@@ -71,7 +71,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Wire::decode(&frame).map_err(|error| LinkError::Malformed(error.to_string()))?;
         if !matches!(
             request,
-            Wire::FetchSnapshot { .. } | Wire::FetchChunk { .. } | Wire::FetchCommittedAt { .. }
+            Wire::FetchSnapshot { .. }
+                | Wire::FetchChunk { .. }
+                | Wire::FetchCommittedAt { .. }
+                | Wire::FetchPrepared
         ) {
             return Err(LinkError::Malformed(format!(
                 "a {} frame is not a request",

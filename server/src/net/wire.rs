@@ -5,7 +5,7 @@
 
 use crate::chain::codec::Reader;
 use crate::chain::{Block, ChainError, ChainParams, CommitCertificate, Entry, Hash, HEADER_LEN};
-use crate::consensus::Message;
+use crate::consensus::{Message, PreparedCertificate};
 
 const TAG_CONSENSUS: u8 = 1;
 const TAG_ENTRY: u8 = 2;
@@ -19,6 +19,8 @@ const TAG_FETCH_CHUNK: u8 = 9;
 const TAG_CHUNK: u8 = 10;
 const TAG_FETCH_COMMITTED_AT: u8 = 11;
 const TAG_UNAVAILABLE: u8 = 12;
+const TAG_FETCH_PREPARED: u8 = 13;
+const TAG_PREPARED: u8 = 14;
 
 /// Longest reason an `unavailable` answer carries.
 const MAX_REASON: usize = 1024;
@@ -77,6 +79,13 @@ pub enum Wire {
         /// The block's height, or 0.
         height: u64,
     },
+    /// Asks for the prepared certificate of the highest height the answerer holds
+    /// one for; answered with [`Wire::Prepared`], or `unavailable` when it holds none.
+    FetchPrepared,
+    /// A prepared certificate: a block the answerer may have to carry into a new
+    /// view, shown to a member that lost its disk beside the answerer's tip, which
+    /// may lie below it.
+    Prepared(PreparedCertificate),
     /// A request that is not answered: `busy` to ask again shortly, otherwise not
     /// served here; with why.
     Unavailable {
@@ -123,6 +132,8 @@ impl Wire {
             Wire::FetchChunk { .. } => "fetch-chunk",
             Wire::Chunk(_) => "chunk",
             Wire::FetchCommittedAt { .. } => "fetch-committed-at",
+            Wire::FetchPrepared => "fetch-prepared",
+            Wire::Prepared(_) => "prepared",
             Wire::Unavailable { .. } => "unavailable",
         }
     }
@@ -183,6 +194,11 @@ impl Wire {
             Wire::FetchCommittedAt { height } => {
                 out.push(TAG_FETCH_COMMITTED_AT);
                 out.extend_from_slice(&height.to_be_bytes());
+            }
+            Wire::FetchPrepared => out.push(TAG_FETCH_PREPARED),
+            Wire::Prepared(certificate) => {
+                out.push(TAG_PREPARED);
+                out.extend(certificate.encode());
             }
             Wire::Unavailable { busy, reason } => {
                 out.push(TAG_UNAVAILABLE);
@@ -268,6 +284,14 @@ impl Wire {
                 Ok(Wire::FetchChunk { height, index })
             }
             TAG_CHUNK => Ok(Wire::Chunk(rest.to_vec())),
+            TAG_FETCH_PREPARED => match rest.is_empty() {
+                true => Ok(Wire::FetchPrepared),
+                false => Err(ChainError::Malformed {
+                    what: "prepared request",
+                    reason: "bytes after the tag",
+                }),
+            },
+            TAG_PREPARED => PreparedCertificate::decode(rest).map(Wire::Prepared),
             TAG_UNAVAILABLE => match rest.split_first() {
                 // Refused rather than repaired: one encoding per answer (found by
                 // the `wire` fuzz target).
@@ -339,13 +363,24 @@ mod tests {
                 height: 1,
                 hash: block.hash(),
             },
-            Wire::Block(block),
+            Wire::Block(block.clone()),
             Wire::FetchSnapshot { height: 0 },
             Wire::FetchChunk {
                 height: 64,
                 index: 3,
             },
             Wire::FetchCommittedAt { height: 9 },
+            Wire::FetchPrepared,
+            Wire::Prepared(PreparedCertificate {
+                view: 3,
+                header: block.header,
+                votes: (0..3)
+                    .map(|member| crate::consensus::Vote {
+                        member,
+                        signature: [member as u8; 64],
+                    })
+                    .collect(),
+            }),
         ];
         for wire in all {
             let bytes = wire.encode();

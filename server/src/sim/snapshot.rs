@@ -85,9 +85,16 @@ impl Sim {
             if groups.iter().any(|members| is(members, &source_key)) {
                 // A liar cannot show a height beyond the chain (it needs a
                 // certificate), only hide how far it got: it says it holds nothing.
+                // An honest one shows its tip, or a prepared certificate above it:
+                // blocks applied since its disk last synced may be gone, not their
+                // prepared records (`Durable::highest_prepared`).
                 let height = match self.lies_about_snapshots(source) {
                     true => 0,
-                    false => self.nodes[source].tip.header.height,
+                    false => {
+                        let state = &self.nodes[source];
+                        let prepared = state.durable.highest_prepared().map(|p| p.header.height);
+                        state.tip.header.height.max(prepared.unwrap_or(0))
+                    }
                 };
                 heights.push((source_key, height));
             }

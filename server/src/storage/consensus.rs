@@ -14,7 +14,9 @@ use redb::ReadableTable;
 
 use super::wal::Wal;
 use super::{corrupt, Store, StoreError};
-use crate::consensus::{CheckpointCertificate, Durable, DurableSlot, Message, Payload, Record};
+use crate::consensus::{
+    CheckpointCertificate, Durable, DurableSlot, Message, Payload, PreparedCertificate, Record,
+};
 
 const VIEW: &str = "view";
 const NEW_VIEW: &str = "new_view";
@@ -307,6 +309,12 @@ impl Store {
     /// The replica state persisted so far; the genesis state in a fresh database.
     pub fn durable(&self) -> Result<Durable, StoreError> {
         self.observe(self.read_durable())
+    }
+
+    /// The prepared certificate of the highest height this node holds one for
+    /// ([`Durable::highest_prepared`]).
+    pub fn highest_prepared(&self) -> Result<Option<PreparedCertificate>, StoreError> {
+        Ok(self.durable()?.highest_prepared().cloned())
     }
 
     fn read_durable(&self) -> Result<Durable, StoreError> {

@@ -220,12 +220,14 @@ impl Config {
 
     /// The height up to which a member of `members` (those in force now) that lost
     /// its disk may have signed votes it no longer knows of, given `seen`, the
-    /// highest height the others show certified: its votes lay within a window above
-    /// the checkpoint it last had stable, which a quorum had applied, so which is at
-    /// most `seen`.
+    /// highest height the others show certified (committed, or prepared above their
+    /// tip): its votes lay within a window above the checkpoint it last had stable,
+    /// which a quorum had applied, so which is at most `seen`.
     pub fn abstain_bound(spec: &ChainSpec, members: &Members, seen: u64) -> u64 {
         // Nothing committed anywhere yet (a new chain: every member starts empty) leaves
-        // nothing to contradict; and at n = 2 the other member alone is no quorum.
+        // nothing to contradict: a block committed had a quorum prepare it, and one of
+        // the answers comes from an honest member of it, which still holds the block
+        // or its prepared certificate. At n = 2 the other member alone is no quorum.
         if seen == 0 || members.len().saturating_sub(1) < members.quorum() {
             return 0;
         }
