@@ -208,6 +208,8 @@ pub struct Sim {
     snapshots: SnapshotCounts,
     /// Blocks applied without waiting for the disk that crashes took back.
     lost_applies: u64,
+    /// Print each event to stderr (`LEDGER_SIM_TRACE`), to follow a replayed seed.
+    trace: bool,
 }
 
 impl Sim {
@@ -321,6 +323,7 @@ impl Sim {
             change_proofs: Vec::new(),
             snapshots: SnapshotCounts::default(),
             lost_applies: 0,
+            trace: std::env::var_os("LEDGER_SIM_TRACE").is_some(),
             seed,
             scenario,
         };
@@ -464,6 +467,9 @@ impl Sim {
     }
 
     fn step(&mut self, event: Event) {
+        if self.trace {
+            self.trace(&event);
+        }
         match event {
             Event::Tick { node } => {
                 self.schedule(self.now + TICK_MS, Event::Tick { node });
@@ -533,6 +539,73 @@ impl Sim {
             Event::Partition { groups, until_ms } => self.partition = Some((groups, until_ms)),
             Event::Reconfigure => self.reconfigure(),
             Event::Followed { node, life, blocks } => self.followed(node, life, blocks),
+        }
+    }
+
+    /// One line per event but ticks and entries: virtual ms since the start, what
+    /// happened, block hashes by their first two bytes.
+    fn trace(&self, event: &Event) {
+        let at = self.now - self.start;
+        let short = |hash: &Hash| hex::encode(&hash.as_bytes()[..2]);
+        match event {
+            Event::Deliver { node, message } => {
+                let what = match &message.payload {
+                    Payload::PrePrepare { view, block } => {
+                        let height = block.header.height;
+                        format!("pre-prepare v{view} h{height} {}", short(&block.hash()))
+                    }
+                    Payload::Prepare { view, height, hash } => {
+                        format!("prepare v{view} h{height} {}", short(hash))
+                    }
+                    Payload::Commit { view, height, hash } => {
+                        format!("commit v{view} h{height} {}", short(hash))
+                    }
+                    Payload::Checkpoint { height, hash } => {
+                        format!("checkpoint h{height} {}", short(hash))
+                    }
+                    Payload::ViewChange(change) => {
+                        let prepared: Vec<_> = (change.prepared.iter())
+                            .map(|p| {
+                                format!(
+                                    "h{} v{} {}",
+                                    p.header.height,
+                                    p.view,
+                                    short(&p.header.hash())
+                                )
+                            })
+                            .collect();
+                        let stable = change.checkpoint.height;
+                        format!(
+                            "view-change to v{}, stable {stable}, prepared {prepared:?}",
+                            change.new_view
+                        )
+                    }
+                    Payload::NewView(new_view) => format!("new-view v{}", new_view.view),
+                };
+                eprintln!("{at} {} -> {node}: {what}", message.from);
+            }
+            Event::Mined { node, block, .. } => {
+                let height = block.header.height;
+                eprintln!("{at} node {node} mined h{height} {}", short(&block.hash()));
+            }
+            Event::Blocks { node, blocks } => {
+                let heights: Vec<_> = blocks.iter().map(|b| b.header.height).collect();
+                eprintln!("{at} node {node} gets block bodies {heights:?}");
+            }
+            Event::Committed { node, blocks } => {
+                let blocks: Vec<_> = (blocks.iter())
+                    .map(|(b, _)| format!("h{} {}", b.header.height, short(&b.hash())))
+                    .collect();
+                eprintln!("{at} node {node} gets committed blocks {blocks:?}");
+            }
+            Event::Crash { node } => eprintln!("{at} node {node} crashes"),
+            Event::Restart { node } => eprintln!("{at} node {node} restarts"),
+            Event::Restored { node, .. } => eprintln!("{at} node {node} restored a snapshot"),
+            Event::Partition { groups, until_ms } => {
+                eprintln!("{at} partition {groups:?} until {until_ms}")
+            }
+            Event::Followed { node, .. } => eprintln!("{at} node {node} follows"),
+            Event::Tick { .. } | Event::Entry { .. } | Event::Reconfigure => {}
         }
     }
 
@@ -665,6 +738,9 @@ impl Sim {
         // member that forgot what it signed abstains only up to what the others show.
         if self.scenario.network.disk_loss && !self.disk_lost && self.rng.chance(0.5) {
             self.disk_lost = true;
+            if self.trace {
+                eprintln!("{} node {node} loses its disk", self.now - self.start);
+            }
             self.wipe(node);
         }
     }
@@ -673,6 +749,10 @@ impl Sim {
     /// a redb file whose last commits were not durable.
     fn lose_unsynced(&mut self, node: usize) {
         let (count, _) = std::mem::take(&mut self.nodes[node].unsynced);
+        if self.trace && count > 0 {
+            let at = self.now - self.start;
+            eprintln!("{at} node {node} loses {count} blocks applied since its disk synced");
+        }
         if count == 0 {
             return;
         }
@@ -723,6 +803,12 @@ impl Sim {
             return; // no vote: it follows
         };
         let state = &self.nodes[node];
+        if self.trace {
+            let slots: Vec<_> = state.durable.slots.keys().collect();
+            let (at, tip) = (self.now - self.start, state.tip.header.height);
+            let view = state.durable.view;
+            eprintln!("{at} node {node} starts: tip {tip}, view {view}, slots held {slots:?}");
+        }
         let low = state.durable.stable.height;
         let applied: Vec<(u64, Hash)> = state
             .chain
