@@ -18,6 +18,10 @@
 //!    blocks start) until they are fetched, and keeps the headers just below it that
 //!    the difficulty policy reads in `base_headers`. A build that knew only version 3
 //!    would call the missing blocks damage, so it must refuse such a file.
+//! 5. the consensus log: a cluster member keeps the votes of its last blocks in
+//!    `ledger.redb.wal` beside the file until they are folded into `consensus_log`.
+//!    No table changes; a build that does not read the log would forget those votes,
+//!    so it must refuse such a file.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
@@ -75,7 +79,7 @@ pub mod retired {
 }
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 4;
+pub const CURRENT_VERSION: u32 = 5;
 
 /// One upgrade step.
 pub struct Migration {
@@ -141,6 +145,11 @@ pub const MIGRATIONS: &[Migration] = &[
             txn.open_table(schema::BASE_HEADERS)?;
             Ok(())
         },
+    },
+    Migration {
+        version: 5,
+        description: "the consensus log beside the database holds a member's latest votes",
+        apply: |_| Ok(()),
     },
 ];
 
@@ -286,14 +295,14 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 4);
+        assert_eq!(pending(&database).unwrap().len(), 5);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 4 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 4, to: 4 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 5 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 5, to: 5 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
