@@ -775,9 +775,10 @@ pub fn abstain_through(
     )
 }
 
-/// The highest height the members show with a commit certificate that verifies
-/// against the membership `history` says certified it (0 when none shows one, or
-/// each holds nothing): how far the chain has come, which bounds where a member that
+/// The highest height the members show with a commit certificate, or a prepared
+/// certificate above it ([`shown_height`]), that verifies against the membership
+/// `history` says certified it (0 when none shows one, or each holds nothing): how
+/// far the chain has come, which bounds where a member that
 /// lost its disk may have voted. A member cannot raise it beyond the chain, only
 /// hide how far it got. The members of [`asked_memberships`] are asked, each by its
 /// ways in turn, and asked again, once a second, until enough of each have answered

@@ -629,9 +629,17 @@ fn consensus_state_persists_as_the_records_fold() {
     assert_eq!(expected.slots.keys().copied().collect::<Vec<_>>(), [2]);
     assert!(expected.slots[&2].accepted.is_some() && expected.slots[&2].prepared.is_some());
     assert!(expected.active && expected.view == 1);
+    // What a member that lost its disk is shown: the highest prepared certificate,
+    // as persisted and after a reopen.
+    let shown = |store: &Store| {
+        let certificate = store.highest_prepared().unwrap();
+        certificate.map(|c| (c.header.height, c.view))
+    };
+    assert_eq!(shown(&store), Some((2, 1)));
     drop(store);
     let store = open(&path, &spec);
     assert_eq!(store.durable().unwrap(), expected);
+    assert_eq!(shown(&store), Some((2, 1)));
     assert_eq!(
         store.stable_checkpoint().unwrap().map(|c| c.height),
         Some(1)
@@ -659,9 +667,13 @@ fn consensus_state_persists_as_the_records_fold() {
         (expected.stable.height, expected.stable.hash),
         (2, second.hash())
     );
+    // The epoch let go of the slot; the running store still shows how far the chain
+    // came, a reopened one holds nothing to show.
+    assert_eq!(shown(&store), Some((2, 1)));
     drop(store);
     let store = open(&path, &spec);
     assert_eq!(store.durable().unwrap(), expected);
+    assert_eq!(shown(&store), None);
     assert_eq!(
         store.stable_checkpoint().unwrap().map(|c| c.height),
         Some(2)

@@ -17,6 +17,7 @@ use super::{corrupt, Store, StoreError};
 use crate::consensus::{
     CheckpointCertificate, Durable, DurableSlot, Message, Payload, PreparedCertificate, Record,
 };
+use crate::engine::lock;
 
 const VIEW: &str = "view";
 const NEW_VIEW: &str = "new_view";
@@ -56,6 +57,30 @@ pub(super) fn write_abstain_through(
     txn.open_table(VIEW_STATE)?
         .insert(ABSTAIN_THROUGH, height.to_be_bytes().as_slice())?;
     Ok(())
+}
+
+/// What [`Store::highest_prepared`] shows: the highest prepared certificate
+/// persisted, once the state from before this store opened is folded in.
+#[derive(Debug, Default)]
+pub(super) struct HighestPrepared {
+    loaded: bool,
+    best: Option<PreparedCertificate>,
+}
+
+impl HighestPrepared {
+    fn fold(&mut self, certificate: Option<&PreparedCertificate>) {
+        let Some(certificate) = certificate else {
+            return;
+        };
+        let height = |c: &PreparedCertificate| c.header.height;
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|best| height(best) < height(certificate))
+        {
+            self.best = Some(certificate.clone());
+        }
+    }
 }
 
 /// Drops the per-height records a later stable checkpoint or epoch in the same batch
@@ -148,7 +173,14 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        self.observe(self.persist_records(records))
+        self.observe(self.persist_records(records))?;
+        let mut cache = lock(&self.prepared);
+        for record in records {
+            if let Record::Prepared(certificate) = record {
+                cache.fold(Some(certificate));
+            }
+        }
+        Ok(())
     }
 
     fn persist_records(&self, records: &[Record]) -> Result<(), StoreError> {
@@ -311,10 +343,22 @@ impl Store {
         self.observe(self.read_durable())
     }
 
-    /// The prepared certificate of the highest height this node holds one for
-    /// ([`Durable::highest_prepared`]).
+    /// The prepared certificate of the highest height this node persisted one for
+    /// since it opened the database, or holds from before ([`Durable::highest_prepared`]):
+    /// a block this member may have to carry into a new view, which a member that
+    /// lost its disk counts as how far the chain came. One a stable checkpoint let
+    /// go of stays shown: the chain got that far all the same.
     pub fn highest_prepared(&self) -> Result<Option<PreparedCertificate>, StoreError> {
-        Ok(self.durable()?.highest_prepared().cloned())
+        let loaded = lock(&self.prepared).loaded;
+        if !loaded {
+            // Read once; a certificate persisted meanwhile is in the read or was
+            // folded in by `persist`.
+            let held = self.durable()?.highest_prepared().cloned();
+            let mut cache = lock(&self.prepared);
+            cache.fold(held.as_ref());
+            cache.loaded = true;
+        }
+        Ok(lock(&self.prepared).best.clone())
     }
 
     fn read_durable(&self) -> Result<Durable, StoreError> {

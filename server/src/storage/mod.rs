@@ -276,6 +276,10 @@ pub struct Store {
     /// The consensus write-ahead log, kept by a store opened on a file
     /// ([`Store::open`]); without one, every record goes into redb.
     wal: std::sync::Mutex<Option<wal::Wal>>,
+    /// The highest prepared certificate persisted, for [`Store::highest_prepared`]
+    /// (which clients may call at any rate) without reading the consensus state
+    /// under the log's lock the driver writes through.
+    prepared: std::sync::Mutex<consensus::HighestPrepared>,
 }
 
 impl std::fmt::Debug for Store {
@@ -418,6 +422,7 @@ impl Store {
             membership: RwLock::new(Arc::new(Membership::genesis(spec))),
             changes: std::sync::Mutex::new(None),
             wal: std::sync::Mutex::new(None),
+            prepared: Default::default(),
         };
         store.initialise(&genesis)?;
         store.history_from.store(

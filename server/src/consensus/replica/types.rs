@@ -225,9 +225,11 @@ impl Config {
     /// which a quorum had applied, so which is at most `seen`.
     pub fn abstain_bound(spec: &ChainSpec, members: &Members, seen: u64) -> u64 {
         // Nothing committed anywhere yet (a new chain: every member starts empty) leaves
-        // nothing to contradict: a block committed had a quorum prepare it, and one of
-        // the answers comes from an honest member of it, which still holds the block
-        // or its prepared certificate. At n = 2 the other member alone is no quorum.
+        // nothing to contradict. A block committed above every stable checkpoint had a
+        // quorum prepare it, and one of the answers comes from an honest member of
+        // that quorum, which still holds the block or its prepared certificate (only
+        // a stable checkpoint lets go of one, and that is covered as above), so it
+        // shows a height. At n = 2 the other member alone is no quorum.
         if seen == 0 || members.len().saturating_sub(1) < members.quorum() {
             return 0;
         }
@@ -238,7 +240,8 @@ impl Config {
     /// (each showing its certified height, or that it holds nothing) before
     /// [`Config::abstain_bound`] of the highest is safe: a quorum applied the
     /// checkpoint it last had stable and, counting it as one of the f faults,
-    /// q − 1 − (f − 1) honest others did, so this many answers include one of them.
+    /// q − 1 − (f − 1) honest others did, so this many answers include one of them
+    /// (and likewise one of the quorum that prepared any block committed since).
     /// A checkpoint it had stable in an earlier membership lies below the blocks
     /// every honest member of this one applied to enter it.
     pub fn abstain_answers(members: &Members) -> usize {
