@@ -83,18 +83,19 @@ impl Sim {
             }
             let source_key = self.keys[usize::from(self.nodes[source].member)].verifying_key();
             if groups.iter().any(|members| is(members, &source_key)) {
-                // A liar cannot show a height beyond the chain (it needs a
-                // certificate), only hide how far it got: it says it holds nothing.
-                // An honest one shows its tip, or a prepared certificate above it:
-                // blocks applied since its disk last synced may be gone, not their
-                // prepared records (`Durable::highest_prepared`).
+                // An honest member shows its tip, or a prepared certificate above
+                // it: blocks applied since its disk last synced may be gone, not
+                // their prepared records. A liar cannot show a height beyond the
+                // chain (it needs a certificate): it hides how far it got, saying
+                // it holds nothing, or shows the highest certificate any member
+                // holds, to make the joiner abstain as long as it can.
                 let height = match self.lies_about_snapshots(source) {
+                    true if self.rng.chance(0.5) => (0..self.nodes.len())
+                        .map(|n| self.shown(n))
+                        .max()
+                        .unwrap_or(0),
                     true => 0,
-                    false => {
-                        let state = &self.nodes[source];
-                        let prepared = state.durable.highest_prepared().map(|p| p.header.height);
-                        state.tip.header.height.max(prepared.unwrap_or(0))
-                    }
+                    false => self.shown(source),
                 };
                 heights.push((source_key, height));
             }
@@ -303,6 +304,15 @@ impl Sim {
 
     /// The snapshot `source` offers: that of its stable checkpoint, if it holds the
     /// block there and the header below; a liar forges one.
+    /// The height `node` shows a member that lost its disk: its tip, or the height
+    /// of the highest prepared certificate it holds (`Store::highest_prepared`).
+    fn shown(&self, node: usize) -> u64 {
+        let state = &self.nodes[node];
+        let prepared = state.durable.highest_prepared();
+        let prepared = prepared.map_or(0, |certificate| certificate.header.height);
+        state.tip.header.height.max(prepared)
+    }
+
     fn lies_about_snapshots(&self, source: usize) -> bool {
         let member = self.nodes[source].member;
         self.scenario
