@@ -166,8 +166,18 @@ if [ "${ETCD:-1}" != 0 ]; then
     fi
     benches/etcd.sh start "$work/etcd" >/dev/null
     epids=($(cat "$work"/etcd/e*.pid))
-    etcd=(--etcd --addr 127.0.0.1:23792)
-    echo "== etcd, 3 members (one-way delay ${delay} ms)"
+    # A follower, as the ledger's generator talks to a backup: each put is forwarded
+    # to the leader as each entry is to the primary (either may lead after start).
+    eport=23792
+    for i in 1 2 3; do
+        status=$(curl -s -X POST "http://127.0.0.1:2379$i/v3/maintenance/status" -d '{}')
+        if python3 -c 'import json, sys; s = json.loads(sys.argv[1]); sys.exit(s["header"]["member_id"] == s["leader"])' "$status"; then
+            eport=2379$i
+            break
+        fi
+    done
+    etcd=(--etcd --addr "127.0.0.1:$eport")
+    echo "== etcd, 3 members (one-way delay ${delay} ms), the generator at follower :$eport"
     for n in "$clients" "$many" "$most"; do
         echo "-- $n clients each waiting for its put"
         load "etcd-$n" "${epids[@]}" -- --clients "$n" "${etcd[@]}"
