@@ -302,8 +302,6 @@ impl Sim {
         self.restart(node);
     }
 
-    /// The snapshot `source` offers: that of its stable checkpoint, if it holds the
-    /// block there and the header below; a liar forges one.
     /// The height `node` shows a member that lost its disk: its tip, or the height
     /// of the highest prepared certificate it holds (`Store::highest_prepared`).
     fn shown(&self, node: usize) -> u64 {
@@ -321,6 +319,8 @@ impl Sim {
             .any(|(liar, behaviour)| *liar == member && *behaviour == Behaviour::LyingSnapshots)
     }
 
+    /// The snapshot `source` offers: that of its stable checkpoint, if it holds the
+    /// block there and the header below; a liar forges one.
     fn offer(&mut self, source: usize) -> Option<Offer> {
         let liar = self.lies_about_snapshots(source);
         let state = &self.nodes[source];

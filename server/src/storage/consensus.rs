@@ -68,10 +68,7 @@ pub(super) struct HighestPrepared {
 }
 
 impl HighestPrepared {
-    fn fold(&mut self, certificate: Option<&PreparedCertificate>) {
-        let Some(certificate) = certificate else {
-            return;
-        };
+    fn fold(&mut self, certificate: &PreparedCertificate) {
         let height = |c: &PreparedCertificate| c.header.height;
         if self
             .best
@@ -177,7 +174,7 @@ impl Store {
         let mut cache = lock(&self.prepared);
         for record in records {
             if let Record::Prepared(certificate) = record {
-                cache.fold(Some(certificate));
+                cache.fold(certificate);
             }
         }
         Ok(())
@@ -355,7 +352,9 @@ impl Store {
             // folded in by `persist`.
             let held = self.durable()?.highest_prepared().cloned();
             let mut cache = lock(&self.prepared);
-            cache.fold(held.as_ref());
+            if let Some(held) = &held {
+                cache.fold(held);
+            }
             cache.loaded = true;
         }
         Ok(lock(&self.prepared).best.clone())
