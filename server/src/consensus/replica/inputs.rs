@@ -439,6 +439,7 @@ impl Replica {
             },
         );
         self.order.push_back(id);
+        self.arrivals += 1;
     }
 
     pub(super) fn on_mined(&mut self, block: Arc<Block>) {

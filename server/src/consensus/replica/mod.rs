@@ -142,6 +142,15 @@ pub struct Replica {
     mining: Option<(u64, Hash)>,
     mined: Option<Arc<Block>>,
     cut_requested: bool,
+    /// Whether the last call left the slots where no step can progress. Entries do
+    /// not touch the slots, so a call that only adds entries need not look at them:
+    /// under load the primary takes one call per forwarded entry.
+    settled: bool,
+    /// Entries put in the pool so far, ever.
+    arrivals: u64,
+    /// After a scan for a block that found too few entries: the view and tip it ran
+    /// at, and the count `arrivals` must reach before a full block can wait.
+    cut_scan: Option<(u64, u64, u64)>,
     last_retransmit_ms: u64,
     /// The highest height any valid message mentioned, and the tip when last checked.
     seen_height: u64,
@@ -231,6 +240,9 @@ impl Replica {
             mining: None,
             mined: None,
             cut_requested: false,
+            settled: false,
+            arrivals: 0,
+            cut_scan: None,
             last_retransmit_ms: now_ms,
             seen_height: tip.header.height,
             tip_at_last_check: tip.header.height,
@@ -312,6 +324,7 @@ impl Replica {
     pub fn handle(&mut self, input: Input, index: &dyn EntryIndex) -> Vec<Output> {
         // The driver performed the previous call's applies: the index now has them.
         self.applied_now.clear();
+        let entries_only = matches!(input, Input::Entry { .. } | Input::Entries(_));
         match input {
             Input::Message(message) => self.on_message(message),
             Input::Tick { now_ms } => self.on_tick(now_ms),
@@ -326,7 +339,13 @@ impl Replica {
             Input::Block(block) => self.on_block(block),
             Input::Committed { block, certificate } => self.on_committed(block, certificate, index),
         }
-        self.advance(index);
+        if entries_only && self.settled {
+            #[cfg(any(test, feature = "testing"))]
+            self.assert_settled(index);
+            self.maybe_propose(index);
+        } else {
+            self.advance(index);
+        }
         std::mem::take(&mut self.out)
     }
 

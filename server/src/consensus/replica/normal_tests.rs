@@ -289,6 +289,49 @@ fn the_primary_waits_for_a_prepare_with_its_blocks_in_flight() {
     assert_eq!(outputs, ["apply h1"]);
 }
 
+/// A full block is cut however many blocks are in flight. The pool also holds the
+/// entries of the block in flight, so it is the entries outside it that must fill
+/// one: after a scan that found too few, the primary counts arrivals instead of
+/// scanning the pool again for each.
+#[test]
+fn a_full_block_of_new_entries_is_cut_with_a_block_in_flight() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica_with(0, |config| {
+        config.max_blocks_in_flight = 1;
+        config.max_block_entries = 3;
+    });
+    let mut entries = testing::entries(7, 4, 32).into_iter();
+    let mut submit = |replica: &mut Replica| {
+        let entry = entries.next().expect("four entries");
+        let input = Input::Entry {
+            entry,
+            forwarded: false,
+        };
+        replica.handle(input, &NoEntries)
+    };
+    let Some(Output::Mine(template)) = submit(&mut primary).pop() else {
+        panic!("an idle primary cuts at once")
+    };
+    let mut mined = Block::clone(&template);
+    while !mined.header.meets_difficulty() {
+        mined.header.nonce += 1;
+    }
+    feed(&mut primary, Input::Mined(Arc::new(mined)));
+    // The pool holds three entries at the second arrival, one of them in flight.
+    assert!(submit(&mut primary).is_empty());
+    assert!(submit(&mut primary).is_empty());
+    let outputs = submit(&mut primary);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["mine h2"]
+    );
+    let Some(Output::Mine(second)) = outputs.last() else {
+        unreachable!()
+    };
+    assert_eq!(second.entries.len(), 3);
+    assert!(!second.entries.iter().any(|e| template.entries.contains(e)));
+}
+
 /// §4.3: at a checkpoint height the replica announces its state; a quorum of matching
 /// announcements make it stable, and the consensus log at or below it is discarded.
 #[test]
