@@ -141,3 +141,62 @@ fn a_peer_behind_in_views_gets_the_new_view_with_its_catch_up() {
     assert_eq!(behind.view(), 1);
     assert_eq!(behind.new_view_since(0).map(|m| m.from), Some(1));
 }
+
+/// C&L §4.4 restart a waiting entry's timer when another request executes. Here a
+/// full block restarts it: a saturated primary keeps its view however long an
+/// entry waits behind full blocks, while blocks with room for the entry that leave
+/// it out do not hold the timer back.
+#[test]
+fn full_blocks_hold_back_the_timers_and_blocks_with_room_do_not() {
+    let timeout = TIMING.view_change_timeout_ms;
+    // Blocks of the harness hold two entries: full at a limit of two, with room at three.
+    for (limit, held_back) in [(2, true), (3, false)] {
+        let setup = Setup::new(4);
+        let mut backup = setup.replica_with(1, |config| config.max_block_entries = limit);
+        client_entry(&mut backup);
+        let starts_view_change = |outputs: &[String]| {
+            outputs
+                .iter()
+                .any(|output| output.starts_with("broadcast view-change"))
+        };
+        // A block every 0.45 timeouts, none of them with the client's entry.
+        let mut parent = setup.genesis();
+        let mut now = setup.now;
+        let mut changed = false;
+        for height in 1..=3 {
+            now += timeout * 45 / 100;
+            if starts_view_change(&feed(&mut backup, Input::Tick { now_ms: now })) {
+                changed = true;
+                break;
+            }
+            let block = setup.block(&parent.header, &parent.log, height);
+            message(&mut backup, setup.pre_prepare(0, &block));
+            message(&mut backup, vote(&setup, 2, false, 0, &block));
+            message(&mut backup, vote(&setup, 2, true, 0, &block));
+            let outputs = message(&mut backup, vote(&setup, 3, true, 0, &block));
+            assert!(outputs.contains(&format!("apply h{height}")), "{outputs:?}");
+            parent = after(&parent, &block);
+        }
+        assert_eq!(
+            changed, !held_back,
+            "limit {limit}: view change by 1.35 timeouts"
+        );
+        if held_back {
+            // The timer runs again from the last full block.
+            let quiet = feed(
+                &mut backup,
+                Input::Tick {
+                    now_ms: now + timeout - 1,
+                },
+            );
+            assert!(!starts_view_change(&quiet), "{quiet:?}");
+            let late = feed(
+                &mut backup,
+                Input::Tick {
+                    now_ms: now + timeout,
+                },
+            );
+            assert!(starts_view_change(&late), "{late:?}");
+        }
+    }
+}
