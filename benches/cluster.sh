@@ -10,8 +10,10 @@
 # $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
 # at half the saturation rate ($PACED clients waiting, so the pacing and not the
 # client count sets the rate); the time from SIGKILL of the primary to the first
-# commit in the new view. Then the same waiting loads against etcd
-# (benches/etcd.sh), whose puts answer once committed. Every load also reports the
+# commit in the new view. Before that kill, saturation again with $BATCH entries per
+# request: what the cluster commits when the client API's cost per request is
+# shared. Then the same waiting loads against etcd (benches/etcd.sh), whose puts
+# answer once committed. Every load also reports the
 # CPU seconds all of the system's processes spent per 1,000 commits (from /proc).
 # The run ends with a table of both systems side by side and their ratios.
 #
@@ -26,6 +28,7 @@ clients=${CLIENTS:-64}
 many=${MANY:-256}
 most=${MOST:-1024}
 paced=${PACED:-512}  # enough waiting clients that the pacing, not their number, sets the rate
+batch=${BATCH:-16}   # entries per request of the batched saturation (POST /v1/entries/batch)
 bin=${BIN:-target/release}  # BIN=DIR compares another build
 delay=${DELAY_MS:-0}
 base=27400
@@ -134,6 +137,11 @@ half=$(half_of ledger-saturation)
 drain
 echo "-- half load, $half/s paced over $paced clients waiting for commits"
 load ledger-half "${pids[@]}" -- --clients "$paced" "${ledger[@]}" --wait --rate "$half"
+# Last of the loads, so the chain it leaves (several times longer) weighs on no other.
+drain
+echo "-- saturation, $clients clients not waiting, $batch entries per request"
+load ledger-saturation-batched "${pids[@]}" -- --clients "$clients" "${ledger[@]}" --batch "$batch"
+drain
 
 echo "-- SIGKILL of the primary (member 0) under half load, to the first commit after"
 "$bin/ledger-loadgen" --duration "$seconds" --clients "$paced" "${ledger[@]}" --wait \

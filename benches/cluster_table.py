@@ -83,6 +83,10 @@ def main():
         targets.append(ok)
         print(f"| saturation, {counts[0]} clients not waiting | {cell(saturation)} | — | — "
               f"| ≥ {SATURATION:,}/s: {verdict(ok)} |")
+    batched = report(results, "ledger-saturation-batched")
+    if batched and "rate" in batched:
+        print(f"| saturation, {counts[0]} clients not waiting, batches | {cell(batched)} | — | — "
+              f"| (the cluster's own limit) |")
     for position, n in enumerate(counts):
         ours, theirs = report(results, f"ledger-{n}"), report(results, f"etcd-{n}")
         ratio, target = "—", "—"

@@ -8,6 +8,9 @@
 //! - `--wait`: every submit asks `?wait=commit`, optionally paced to `--rate` entries/s
 //!   in total; each answer's round trip is a commit latency (p50/p99/max).
 //!
+//! `--batch N` sends N entries per request (`POST /v1/entries/batch`, saturation only):
+//! what the same cluster commits when the client API's cost per request is shared.
+//!
 //! `--etcd` drives an etcd 3 cluster's JSON gateway (`POST /v3/kv/put`) with values of
 //! the same size instead, for a side-by-side figure: a put answered 200 is committed
 //! by etcd's Raft quorum, so every answer is a commit latency.
@@ -54,6 +57,10 @@ struct Args {
     /// Distinguishes this run's entries from earlier runs' (default: the clock).
     #[arg(long)]
     run_id: Option<u64>,
+    /// Entries per request, through the batch submit (without waiting).
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["wait", "etcd"],
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    batch: u64,
     /// The target is an etcd 3 member, not a ledger node.
     #[arg(long)]
     etcd: bool,
@@ -274,6 +281,8 @@ async fn client(
     let mut connection = opened?;
     let path = if args.etcd {
         "/v3/kv/put"
+    } else if args.batch > 1 {
+        "/v1/entries/batch"
     } else if args.wait {
         "/v1/entries?wait=commit"
     } else {
@@ -289,10 +298,29 @@ async fn client(
             let due = started + interval.mul_f64(sequence as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let body = entry_body(run, index, sequence, args.size, args.etcd);
-        sequence += 1;
+        let body = if args.batch > 1 {
+            let items: Vec<Vec<u8>> = (sequence..sequence + args.batch)
+                .map(|sequence| entry_body(run, index, sequence, args.size, false))
+                .collect();
+            [b"[".as_slice(), &items.join(b",".as_slice()), b"]"].concat()
+        } else {
+            entry_body(run, index, sequence, args.size, args.etcd)
+        };
+        sequence += args.batch;
         let sent = Instant::now();
         match connection.request("POST", path, &body).await {
+            // A batch answers 202 with one status per item.
+            Ok((202, body)) if args.batch > 1 => {
+                let text = String::from_utf8_lossy(&body);
+                let taken = text.matches("\"status\":202").count() as u64;
+                tally.accepted.fetch_add(taken, Ordering::Relaxed);
+                tally
+                    .refused
+                    .fetch_add(args.batch - taken, Ordering::Relaxed);
+                if taken < args.batch {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             Ok((200, _)) => {
                 tally.committed.fetch_add(1, Ordering::Relaxed);
                 tally
@@ -391,11 +419,13 @@ async fn main() -> anyhow::Result<()> {
         args.size,
         seconds,
         if args.etcd {
-            ", etcd puts"
+            ", etcd puts".to_string()
+        } else if args.batch > 1 {
+            format!(", {} entries per request", args.batch)
         } else if args.wait {
-            ", wait=commit"
+            ", wait=commit".to_string()
         } else {
-            ""
+            String::new()
         },
         args.rate
             .map(|rate| format!(", paced at {rate} /s"))
