@@ -530,16 +530,10 @@ impl Replica {
         }
         if self.active {
             let timeout = self.view_change_timeout();
-            // While full blocks commit, sharing entries would start no timer: it
-            // would only flood the members' links with what the primary has.
-            let half = now.saturating_sub(timeout / 2);
-            if self.saturated_ms <= half {
-                self.share_waiting(half);
-            }
+            self.share_waiting(now.saturating_sub(timeout / 2));
             // While catching up, entries wait for the blocks being fetched; their
-            // timers count from the last one applied. A full block applied restarts
-            // them too (see `saturated_ms`).
-            let restarted = self.last_catch_up_ms.unwrap_or(0).max(self.saturated_ms);
+            // timers count from the last one applied.
+            let restarted = self.last_catch_up_ms.unwrap_or(0);
             let stalled_ending = self.epoch_ending()
                 && now.saturating_sub(self.progress_ms.max(restarted)) >= timeout;
             let waited_too_long = !self.timers_wait()
@@ -587,13 +581,7 @@ impl Replica {
     /// so a dead or censoring primary is voted out in 1.5 timeouts, not 2.
     pub(super) fn share_waiting(&mut self, since: u64) {
         let mut late = Vec::new();
-        // A block's worth a tick: after a backlog the rest go at the next ticks
-        // rather than all at once into the members' send queues.
-        let limit = self.config.max_block_entries;
         while let Some(id) = self.unshared.front() {
-            if late.len() >= limit {
-                break;
-            }
             match self.pending.get(id) {
                 Some(pending) if pending.since_ms > since => break,
                 Some(pending) => late.push(pending.entry.clone()),

@@ -179,12 +179,6 @@ pub struct Replica {
     /// When the tip last moved or a view was entered: while the epoch's last blocks
     /// are due, a primary that cuts none is replaced after a timeout from here.
     progress_ms: u64,
-    /// When a full block was last applied. C&L §4.4 restart an entry's timer when
-    /// another request executes; here only a full block restarts it, because only a
-    /// full block shows that the entry could not have been in it. So a primary that
-    /// is merely saturated keeps its view however deep the pool, and one that leaves
-    /// an entry out of blocks with room is still replaced.
-    saturated_ms: u64,
     /// The chain's hash (blocks and entries name it; messages are signed under the
     /// epoch's domain).
     chain_hash: Hash,
@@ -265,7 +259,6 @@ impl Replica {
             out: Vec::new(),
             membership: Arc::new(Membership::genesis(&config.spec)),
             progress_ms: now_ms,
-            saturated_ms: 0,
             chain_hash: config.spec.chain_hash(),
             tip,
             config,

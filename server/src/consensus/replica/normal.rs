@@ -499,9 +499,6 @@ impl Replica {
         }
         self.consecutive_view_changes = 0;
         self.progress_ms = self.now_ms;
-        if block.entries.len() >= self.config.max_block_entries {
-            self.saturated_ms = self.now_ms;
-        }
         for id in &ids {
             self.pending.remove(id);
         }
