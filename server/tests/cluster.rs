@@ -256,3 +256,53 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
         "caught up by fetching"
     );
 }
+
+async fn submit(
+    net: &Net,
+    i: u64,
+) -> Result<ledger::engine::Submitted, ledger::engine::SubmitError> {
+    let entry = Entry::new(format!("waits {i}").into_bytes());
+    net.member(1).cluster.submit(entry, false).await
+}
+
+/// A pool deeper than the cluster commits within the view-change timeout would make
+/// an honest primary look faulty to the members whose entries wait. A member takes
+/// no new entry while its pool would take half the timeout to commit (here 0.75 s
+/// at ten blocks of 1,000 a second: 7,500 entries, below the pool's 10,000), and
+/// takes them again once they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_refuses_entries_while_its_pool_could_not_commit_in_time() {
+    let mut net = Net::new().await;
+    net.commit(1, 0, 1).await;
+    // Two of four gone: no quorum, so nothing commits and no view changes.
+    net.stop(0);
+    net.stop(2);
+    let started = Instant::now();
+    let mut taken = 0u64;
+    loop {
+        match submit(&net, taken).await {
+            Ok(_) => taken += 1,
+            Err(ledger::engine::SubmitError::Busy) => break,
+            Err(error) => panic!("after {taken}: {error}"),
+        }
+        assert!(started.elapsed() < LIMIT, "never refused");
+        if taken.is_multiple_of(500) {
+            // The driver publishes what admission reads after each turn.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!((7_500..8_500).contains(&taken), "refused after {taken}");
+
+    net.start(0).await;
+    net.start(2).await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match submit(&net, 1_000_000).await {
+            Ok(_) => break,
+            Err(ledger::engine::SubmitError::Busy) => {}
+            Err(error) => panic!("{error}"),
+        }
+        assert!(Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

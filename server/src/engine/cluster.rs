@@ -13,7 +13,7 @@
 //! process would, and carries on; the entries it held and the clients waiting on
 //! them are kept.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long a removed member hands its entries on, and how often it sends them.
 const DEPART_FOR: Duration = Duration::from_secs(10);
 const DEPART_RESEND: Duration = Duration::from_millis(500);
+/// How long a window the commit rate that admission reads is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How the driver runs, beyond the [`NodeSettings`] every engine honours.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +135,8 @@ struct ClusterStatus {
     pub failure: Option<EngineFailure>,
     /// Whether the replica knows the others are ahead and fetches their blocks.
     pub catching_up: bool,
+    /// Whether the pool takes no new entries for now (see `Driver::shedding`).
+    pub shedding: bool,
 }
 
 enum DriverEvent {
@@ -308,6 +312,9 @@ impl Cluster {
             persist: Vec::new(),
             outbox: Vec::new(),
             unsynced: None,
+            unforwarded: VecDeque::new(),
+            rate_window: (0, Instant::now()),
+            commit_rate: 0.0,
             held: Vec::new(),
             recovery: crate::storage::recovery_backoff(),
             mining: None,
@@ -368,6 +375,13 @@ impl Cluster {
     /// it, so nothing answered 202 is dropped while the node runs. With `wait`, the
     /// receiver gets its receipt once it is committed and applied here.
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
+        // An entry that waits a view-change timeout makes its member vote the primary
+        // out, so a pool deeper than the primary commits within that time makes an
+        // honest, busy primary look faulty: under a flood the views changed again and
+        // again and the pool never drained (benches/README.md, "overload").
+        if lock(&self.status).shedding {
+            return Err(SubmitError::Busy);
+        }
         let id = super::check_entry(&self.store, &self.plugins, &entry).await?;
         // The entry's place is taken here, under the pool's one lock: what is
         // admitted is what the capacity allows, and the driver keeps retrying one
@@ -622,6 +636,14 @@ struct Driver {
     outbox: Vec<Output>,
     /// Since when blocks were applied that are not durable yet, if any.
     unsynced: Option<Instant>,
+    /// Entries committed here by the start of the current rate window, and when it
+    /// started; the rate over the last whole window (entries a second).
+    rate_window: (u64, Instant),
+    commit_rate: f64,
+    /// Forwards of entries that found the peer's send queue full, oldest first:
+    /// sent again after each turn while the replica still holds the entry. Lost,
+    /// they would wait out a view-change timeout with the primary blamed for it.
+    unforwarded: VecDeque<(MemberIndex, Entry)>,
     /// Client entries admitted to the pool that the replica has not taken yet: its
     /// pool was full, or the database was failing. Offered again at every tick.
     held: Vec<Entry>,
@@ -1062,13 +1084,16 @@ impl Driver {
         Ok(())
     }
 
-    fn send(&self, to: MemberIndex, wire: &Wire) {
+    /// Whether `wire` was queued for `to`.
+    fn send(&self, to: MemberIndex, wire: &Wire) -> bool {
         self.metrics.messages_out.add(wire.kind(), 1);
         // A full queue means the peer is slow or away; the replica resends what
         // matters.
-        if self.transport.send(to, Arc::from(wire.encode())).is_err() {
+        let queued = self.transport.send(to, Arc::from(wire.encode())).is_ok();
+        if !queued {
             self.metrics.messages_dropped.add("send_queue_full", 1);
         }
+        queued
     }
 
     fn broadcast(&self, wire: &Wire) {
@@ -1271,14 +1296,42 @@ impl Driver {
         for output in std::mem::take(&mut self.outbox) {
             self.perform(output)?;
         }
+        self.forward_again();
         Ok(())
+    }
+
+    /// Sends again, in order, the forwards a full queue refused, until one is refused
+    /// again; those whose entry the replica no longer holds are dropped.
+    fn forward_again(&mut self) {
+        while let Some((to, entry)) = self.unforwarded.front() {
+            if self.replica.is_pending(&entry.id()) {
+                let frame = Arc::from(Wire::Entry(entry.clone()).encode());
+                if self.transport.send(*to, frame).is_err() {
+                    return;
+                }
+                self.metrics.messages_out.add("entry", 1);
+            }
+            self.unforwarded.pop_front();
+        }
     }
 
     fn perform(&mut self, output: Output) -> Result<(), StoreError> {
         match output {
-            Output::Send { to, message } => self.send(to, &Wire::Consensus(message)),
+            Output::Send { to, message } => {
+                self.send(to, &Wire::Consensus(message));
+            }
             Output::Broadcast(message) => self.broadcast(&Wire::Consensus(message)),
-            Output::Forward { to, entry } => self.send(to, &Wire::Entry(entry)),
+            Output::Forward { to, entry } => {
+                // Behind earlier refused ones, in arrival order, and bounded: past a
+                // pool's worth the oldest go (the replica shares what still waits).
+                if self.unforwarded.is_empty() && self.send(to, &Wire::Entry(entry.clone())) {
+                    return Ok(());
+                }
+                if self.unforwarded.len() >= self.config.max_pending {
+                    self.unforwarded.pop_front();
+                }
+                self.unforwarded.push_back((to, entry));
+            }
             Output::Apply { block, certificate } => {
                 let started = Instant::now();
                 // Durable before this member's checkpoint vouches for it (`end_turn`),
@@ -1436,6 +1489,23 @@ impl Driver {
         hand_out_receipts(&block.header, certificate, nodes, waiting);
     }
 
+    /// Whether admission refuses new entries: while the pool would take half the
+    /// view-change timeout to commit at the rate of the last second (at least ten
+    /// full blocks, and 1,000 entries, a second assumed: the rate of an idle cluster
+    /// says nothing of what it can do, and a stalled one still takes that many).
+    fn shedding(&mut self, pending: usize) -> bool {
+        let committed = self.metrics.entries_committed.load(Ordering::Relaxed);
+        let (from, since) = self.rate_window;
+        let elapsed = since.elapsed();
+        if elapsed >= RATE_WINDOW {
+            self.commit_rate = committed.saturating_sub(from) as f64 / elapsed.as_secs_f64();
+            self.rate_window = (committed, Instant::now());
+        }
+        let floor = (10.0 * self.config.max_block_entries as f64).max(1_000.0);
+        let drain_ms = pending as f64 * 1000.0 / self.commit_rate.max(floor);
+        drain_ms >= self.config.timing.view_change_timeout_ms as f64 / 2.0
+    }
+
     fn publish(&mut self) {
         let height = self.replica.height();
         let next_difficulty = (self.published_height != Some(height)).then(|| {
@@ -1461,6 +1531,7 @@ impl Driver {
         self.metrics
             .commit_waiters
             .store(waiting as u64, Ordering::Relaxed);
+        let shedding = self.shedding(pending);
         let mut status = lock(&self.status);
         status.me = self.replica.me();
         status.view = view;
@@ -1474,6 +1545,7 @@ impl Driver {
             .abstaining()
             .then(|| self.replica.abstain_through());
         status.pending = pending;
+        status.shedding = shedding;
         if let Some(next) = next_difficulty {
             status.next_difficulty = next;
         }
