@@ -37,7 +37,7 @@ use crate::consensus::{
     Tip,
 };
 use crate::metrics::Metrics;
-use crate::net::{Inbound, Transport, Wire};
+use crate::net::{Inbound, SendError, Transport, Wire};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -312,7 +312,7 @@ impl Cluster {
             persist: Vec::new(),
             outbox: Vec::new(),
             unsynced: None,
-            unforwarded: VecDeque::new(),
+            unforwarded: HashMap::new(),
             rate_window: (0, Instant::now()),
             commit_rate: 0.0,
             held: Vec::new(),
@@ -640,10 +640,11 @@ struct Driver {
     /// started; the rate over the last whole window (entries a second).
     rate_window: (u64, Instant),
     commit_rate: f64,
-    /// Forwards of entries that found the peer's send queue full, oldest first:
-    /// sent again after each turn while the replica still holds the entry. Lost,
-    /// they would wait out a view-change timeout with the primary blamed for it.
-    unforwarded: VecDeque<(MemberIndex, Entry)>,
+    /// Forwards of entries that found the peer's send queue full, by peer, oldest
+    /// first: sent again after each turn while the replica still holds the entry.
+    /// Lost, they would wait out a view-change timeout with the primary blamed for
+    /// it. By peer, so that a peer that is down holds back no other's.
+    unforwarded: HashMap<MemberIndex, VecDeque<Entry>>,
     /// Client entries admitted to the pool that the replica has not taken yet: its
     /// pool was full, or the database was failing. Offered again at every tick.
     held: Vec<Entry>,
@@ -1300,19 +1301,25 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends again, in order, the forwards a full queue refused, until one is refused
-    /// again; those whose entry the replica no longer holds are dropped.
+    /// Sends again, in order, the forwards a full queue refused, to each peer until
+    /// one is refused again; those whose entry the replica no longer holds, or whose
+    /// peer is gone from the roster, are dropped.
     fn forward_again(&mut self) {
-        while let Some((to, entry)) = self.unforwarded.front() {
-            if self.replica.is_pending(&entry.id()) {
-                let frame = Arc::from(Wire::Entry(entry.clone()).encode());
-                if self.transport.send(*to, frame).is_err() {
-                    return;
+        let (replica, transport, metrics) = (&self.replica, &self.transport, &self.metrics);
+        self.unforwarded.retain(|to, queue| {
+            while let Some(entry) = queue.front() {
+                if replica.is_pending(&entry.id()) {
+                    let frame = Arc::from(Wire::Entry(entry.clone()).encode());
+                    match transport.send(*to, frame) {
+                        Ok(()) => metrics.messages_out.add("entry", 1),
+                        Err(SendError::QueueFull) => return true,
+                        Err(SendError::UnknownPeer) => return false,
+                    }
                 }
-                self.metrics.messages_out.add("entry", 1);
+                queue.pop_front();
             }
-            self.unforwarded.pop_front();
-        }
+            false
+        });
     }
 
     fn perform(&mut self, output: Output) -> Result<(), StoreError> {
@@ -1322,15 +1329,18 @@ impl Driver {
             }
             Output::Broadcast(message) => self.broadcast(&Wire::Consensus(message)),
             Output::Forward { to, entry } => {
-                // Behind earlier refused ones, in arrival order, and bounded: past a
-                // pool's worth the oldest go (the replica shares what still waits).
-                if self.unforwarded.is_empty() && self.send(to, &Wire::Entry(entry.clone())) {
+                // Behind earlier refused ones to the same peer, in arrival order, and
+                // bounded: past a pool's worth the oldest go (the replica shares what
+                // still waits).
+                let queued = self.unforwarded.contains_key(&to);
+                if !queued && self.send(to, &Wire::Entry(entry.clone())) {
                     return Ok(());
                 }
-                if self.unforwarded.len() >= self.config.max_pending {
-                    self.unforwarded.pop_front();
+                let queue = self.unforwarded.entry(to).or_default();
+                if queue.len() >= self.config.max_pending {
+                    queue.pop_front();
                 }
-                self.unforwarded.push_back((to, entry));
+                queue.push_back(entry);
             }
             Output::Apply { block, certificate } => {
                 let started = Instant::now();
