@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use crate::chain::merkle::leaf_hash;
-use crate::chain::{Block, ChainError, ChainSpec, CompactRange, EntryIndex, Hash, Header};
+use crate::chain::{Block, ChainError, ChainSpec, CompactRange, Entry, EntryIndex, Hash, Header};
 use crate::consensus::{
     Config, Durable, Input, MemberIndex, Message, Output, Payload, Record, Replica, Timing, Tip,
 };
@@ -171,13 +171,23 @@ pub(super) fn describe(output: &Output) -> String {
 /// A client's entry handed to `replica`.
 pub(super) fn client_entry(replica: &mut Replica) -> Vec<String> {
     let entry = testing::entries(9, 1, 32).remove(0);
-    feed(
-        replica,
-        Input::Entry {
-            entry,
-            forwarded: false,
-        },
-    )
+    submit(replica, entry).iter().map(describe).collect()
+}
+
+/// `entry`, from a client of `replica`, handed to it: its outputs.
+pub(super) fn submit(replica: &mut Replica, entry: Entry) -> Vec<Output> {
+    let input = Input::Entry {
+        entry,
+        forwarded: false,
+    };
+    replica.handle(input, &NoEntries)
+}
+
+/// `template` with a nonce that meets its difficulty, as the miner hands it back.
+pub(super) fn mined(template: &Block) -> Arc<Block> {
+    let mut block = template.clone();
+    testing::mine(&mut block.header);
+    Arc::new(block)
 }
 
 /// `message` with its signature broken.
@@ -238,13 +248,7 @@ pub(super) fn prepared_in_view_0_then_new_view(
         }
         let later = setup.now + 10 * TIMING.view_change_timeout_ms;
         let entry = testing::entries(u64::from(replica.me()), 1, 32).remove(0);
-        replica.handle(
-            Input::Entry {
-                entry,
-                forwarded: false,
-            },
-            &NoEntries,
-        );
+        submit(replica, entry);
         for output in replica.handle(Input::Tick { now_ms: later }, &NoEntries) {
             if let Output::Broadcast(m) = output {
                 if matches!(m.payload, Payload::ViewChange(_)) {

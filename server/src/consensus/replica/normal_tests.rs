@@ -143,13 +143,7 @@ fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
     );
 
     let mut primary = with_policy(0);
-    let outputs = primary.handle(
-        Input::Entry {
-            entry: testing::entries(3, 1, 32).remove(0),
-            forwarded: false,
-        },
-        &NoEntries,
-    );
+    let outputs = submit(&mut primary, testing::entries(3, 1, 32).remove(0));
     let Some(Output::Mine(template)) = outputs.last() else {
         panic!("expected a template: {outputs:?}");
     };
@@ -192,17 +186,7 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     let setup = Setup::new(4);
     let mut primary = setup.replica(0);
     let mut entries = testing::entries(5, 2, 32).into_iter();
-    let mut submit = |replica: &mut Replica| {
-        let entry = entries.next().expect("two entries");
-        replica.handle(
-            Input::Entry {
-                entry,
-                forwarded: false,
-            },
-            &NoEntries,
-        )
-    };
-    let mut outputs = submit(&mut primary);
+    let mut outputs = submit(&mut primary, entries.next().expect("two entries"));
     assert_eq!(
         outputs.iter().map(describe).collect::<Vec<_>>(),
         ["mine h1"]
@@ -212,16 +196,12 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     };
     assert_eq!(template.entries.len(), 1);
     assert!(
-        submit(&mut primary).is_empty(),
+        submit(&mut primary, entries.next().expect("two entries")).is_empty(),
         "one block is mined at a time"
     );
 
-    let mut mined = Block::clone(&template);
-    while !mined.header.meets_difficulty() {
-        mined.header.nonce += 1;
-    }
     assert_eq!(
-        feed(&mut primary, Input::Mined(Arc::new(mined))),
+        feed(&mut primary, Input::Mined(mined(&template))),
         ["persist accepted v0 h1", "broadcast pre-prepare v0 h1"]
     );
     let delay = TIMING.max_block_delay_ms;
@@ -251,23 +231,13 @@ fn the_primary_waits_for_a_prepare_with_its_blocks_in_flight() {
     let setup = Setup::new(4);
     let mut primary = setup.replica_with(0, |config| config.max_blocks_in_flight = 1);
     let mut entries = testing::entries(6, 2, 32).into_iter();
-    let mut submit = |replica: &mut Replica| {
-        let entry = entries.next().expect("two entries");
-        let input = Input::Entry {
-            entry,
-            forwarded: false,
-        };
-        replica.handle(input, &NoEntries)
-    };
-    let Some(Output::Mine(template)) = submit(&mut primary).pop() else {
+    let mut next = || entries.next().expect("two entries");
+    let Some(Output::Mine(template)) = submit(&mut primary, next()).pop() else {
         panic!("an idle primary cuts at once")
     };
-    assert!(submit(&mut primary).is_empty());
-    let mut mined = Block::clone(&template);
-    while !mined.header.meets_difficulty() {
-        mined.header.nonce += 1;
-    }
-    feed(&mut primary, Input::Mined(Arc::new(mined.clone())));
+    assert!(submit(&mut primary, next()).is_empty());
+    let mined = mined(&template);
+    feed(&mut primary, Input::Mined(mined.clone()));
     let late = setup.now + 10 * TIMING.max_block_delay_ms;
     assert!(
         feed(&mut primary, Input::Tick { now_ms: late }).is_empty(),
@@ -301,26 +271,15 @@ fn a_full_block_of_new_entries_is_cut_with_a_block_in_flight() {
         config.max_block_entries = 3;
     });
     let mut entries = testing::entries(7, 4, 32).into_iter();
-    let mut submit = |replica: &mut Replica| {
-        let entry = entries.next().expect("four entries");
-        let input = Input::Entry {
-            entry,
-            forwarded: false,
-        };
-        replica.handle(input, &NoEntries)
-    };
-    let Some(Output::Mine(template)) = submit(&mut primary).pop() else {
+    let mut next = || entries.next().expect("four entries");
+    let Some(Output::Mine(template)) = submit(&mut primary, next()).pop() else {
         panic!("an idle primary cuts at once")
     };
-    let mut mined = Block::clone(&template);
-    while !mined.header.meets_difficulty() {
-        mined.header.nonce += 1;
-    }
-    feed(&mut primary, Input::Mined(Arc::new(mined)));
+    feed(&mut primary, Input::Mined(mined(&template)));
     // The pool holds three entries at the second arrival, one of them in flight.
-    assert!(submit(&mut primary).is_empty());
-    assert!(submit(&mut primary).is_empty());
-    let outputs = submit(&mut primary);
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(submit(&mut primary, next()).is_empty());
+    let outputs = submit(&mut primary, next());
     assert_eq!(
         outputs.iter().map(describe).collect::<Vec<_>>(),
         ["mine h2"]
@@ -617,19 +576,9 @@ fn an_ending_epoch_is_filled_and_the_next_starts_above_it() {
         let Some(Output::Mine(template)) = outputs.into_iter().last() else {
             panic!("the primary cuts a block");
         };
-        let mut mined = Block::clone(&template);
-        while !mined.header.meets_difficulty() {
-            mined.header.nonce += 1;
-        }
-        replica.handle(Input::Mined(Arc::new(mined)), &NoEntries)
+        replica.handle(Input::Mined(mined(&template)), &NoEntries)
     };
-    let outputs = replica.handle(
-        Input::Entry {
-            entry: change.to_entry(),
-            forwarded: false,
-        },
-        &NoEntries,
-    );
+    let outputs = submit(&mut replica, change.to_entry());
     // Block 1 holds the change, so blocks up to the checkpoint at 2 are epoch 0's:
     // the one member applies block 1, then cuts block 2 with nothing in it.
     let applied = |outputs: &[Output]| {
@@ -674,13 +623,7 @@ fn an_ending_epoch_is_filled_and_the_next_starts_above_it() {
         (successor.view(), successor.height(), successor.epoch()),
         (0, 2, 1)
     );
-    let outputs = successor.handle(
-        Input::Entry {
-            entry: testing::entries(7, 1, 16).remove(0),
-            forwarded: false,
-        },
-        &NoEntries,
-    );
+    let outputs = submit(&mut successor, testing::entries(7, 1, 16).remove(0));
     let outputs = mine(&mut successor, outputs);
     assert!(outputs
         .iter()
