@@ -206,14 +206,28 @@ fn commit_cost_report() {
     }
 }
 
-/// The Merkle nodes of a raw redb table, for the unchecked baseline.
-struct RawNodes<'a>(&'a redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>);
+/// The Merkle log of raw redb tables, for the unchecked baseline: the stored nodes,
+/// and the ones below them hashed from their ids as the store does.
+struct RawNodes<'a> {
+    nodes: &'a redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
+    ids: &'a redb::ReadOnlyTable<u64, &'static [u8; 32]>,
+}
 
 impl ledger::chain::merkle::NodeSource for RawNodes<'_> {
     type Error = ledger::chain::ChainError;
 
     fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error> {
-        let node = self.0.get((level, index)).expect("read").expect("node");
+        if level < ledger_migrations::schema::MERKLE_STORED_FROM {
+            let start = index << level;
+            let ids: Vec<Hash> = self
+                .ids
+                .range(start..start + (1 << level))
+                .expect("read")
+                .map(|row| Hash(*row.expect("read").1.value()))
+                .collect();
+            return Ok(ledger::chain::snapshot::tile_root(&ids));
+        }
+        let node = self.nodes.get((level, index)).expect("read").expect("node");
         Ok(Hash(*node.value()))
     }
 }
@@ -321,15 +335,22 @@ fn read_cost_report() {
                     .expect("certificate");
                 let certificate = CommitCertificate::decode(certificate.value()).expect("decode");
                 let nodes = txn.open_table(MERKLE_NODES).expect("table");
-                let proof =
-                    merkle::inclusion_proof(&RawNodes(&nodes), *log_index, block.header.log_size)
-                        .expect("proof");
+                let nodes = RawNodes {
+                    nodes: &nodes,
+                    ids: &ids,
+                };
+                let proof = merkle::inclusion_proof(&nodes, *log_index, block.header.log_size)
+                    .expect("proof");
                 drop(black_box((entry, certificate, proof)));
             }),
             per_call(&sizes, |(from, to)| {
                 let txn = read();
                 let nodes = txn.open_table(MERKLE_NODES).expect("table");
-                let nodes = RawNodes(&nodes);
+                let ids = txn.open_table(ENTRY_IDS).expect("table");
+                let nodes = RawNodes {
+                    nodes: &nodes,
+                    ids: &ids,
+                };
                 let roots = (
                     merkle::root_at(&nodes, *from).expect("root"),
                     merkle::root_at(&nodes, *to).expect("root"),

@@ -22,6 +22,10 @@
 //!    `ledger.redb.wal` beside the file until they are folded into `consensus_log`.
 //!    No table changes; a build that does not read the log would forget those votes,
 //!    so it must refuse such a file.
+//! 6. Merkle nodes below level [`schema::MERKLE_STORED_FROM`] are no longer stored:
+//!    they are recomputed from the few `entry_ids` rows they cover, which cuts the
+//!    rows written per committed entry from three to about one and an eighth. A
+//!    build that reads those nodes from the table would call them missing.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
@@ -40,7 +44,8 @@ pub mod schema {
     /// First log index of a block → its height (an empty block is overwritten by the
     /// next block that starts at the same index, which is the one holding entries).
     pub const LOG_STARTS: TableDefinition<u64, u64> = TableDefinition::new("log_starts");
-    /// (level, index) → hash of that perfect Merkle subtree.
+    /// (level, index) → hash of that perfect Merkle subtree, for levels from
+    /// [`MERKLE_STORED_FROM`] up.
     pub const MERKLE_NODES: TableDefinition<(u8, u64), &[u8; 32]> =
         TableDefinition::new("merkle_nodes");
     /// Height → canonical commit certificate of that block.
@@ -57,6 +62,10 @@ pub mod schema {
     /// Height → header, for the headers below `history_from` that the difficulty
     /// policy reads (empty unless the database was restored from a snapshot).
     pub const BASE_HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("base_headers");
+
+    /// The lowest level of `merkle_nodes`: a node below it covers fewer than 16
+    /// leaves and is recomputed from their `entry_ids` rows instead.
+    pub const MERKLE_STORED_FROM: u8 = 4;
 
     /// `meta` key of the format marker.
     pub const META_FORMAT: &str = "format";
@@ -79,7 +88,7 @@ pub mod retired {
 }
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 5;
+pub const CURRENT_VERSION: u32 = 6;
 
 /// One upgrade step.
 pub struct Migration {
@@ -150,6 +159,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         description: "the consensus log beside the database holds a member's latest votes",
         apply: |_| Ok(()),
+    },
+    Migration {
+        version: 6,
+        description: "Merkle nodes below level 4 are recomputed from entry_ids, not stored",
+        apply: |txn| {
+            let below = (0u8, 0u64)..(schema::MERKLE_STORED_FROM, 0u64);
+            txn.open_table(schema::MERKLE_NODES)?
+                .retain_in(below, |_, _| false)?;
+            Ok(())
+        },
     },
 ];
 
@@ -295,14 +314,14 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 5);
+        assert_eq!(pending(&database).unwrap().len(), 6);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 5 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 5, to: 5 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 6 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 6, to: 6 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
@@ -366,6 +385,32 @@ mod tests {
             txn.open_table(retired::ENTRIES).is_err(),
             "the old index is gone"
         );
+    }
+
+    #[test]
+    fn step_6_drops_the_merkle_nodes_below_the_stored_level() {
+        let (_dir, database) = database();
+        migrate_to(&database, 5).unwrap();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut nodes = txn.open_table(schema::MERKLE_NODES).unwrap();
+            for level in 0..7u8 {
+                for index in 0..3u64 {
+                    nodes.insert((level, index), &[level; 32]).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+
+        migrate(&database).unwrap();
+        let txn = database.begin_read().unwrap();
+        let nodes = txn.open_table(schema::MERKLE_NODES).unwrap();
+        let levels: Vec<u8> = nodes
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value().0)
+            .collect();
+        assert_eq!(levels, [4, 4, 4, 5, 5, 5, 6, 6, 6]);
     }
 
     #[test]

@@ -281,7 +281,8 @@ fn damaged_database(
         let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
         for round in 0..3 {
             let (tip, log) = store.tip_with_log().unwrap();
-            let block = next_block(&tip, &log, entries(round, 3, 100), DIFFICULTY);
+            // 24 entries a block: the log stores nodes over 16, 32 and 64 leaves.
+            let block = next_block(&tip, &log, entries(round, 24, 100), DIFFICULTY);
             store
                 .apply_block(&block, &certify(&[key(1)], &block))
                 .unwrap();
@@ -416,23 +417,24 @@ async fn damaged_data_is_refused_never_served() {
     assert_damage_refused(&test.router(), &uri, "certificate").await;
     test.stop().await;
 
-    // A stored inner node of the Merkle log (over leaves 4 and 5) changed: the
-    // proofs and roots that use it are refused, the others are still true.
+    // A stored inner node of the Merkle log (over leaves 0 to 31) changed: the
+    // proofs and roots that use it are refused, the others are still true. (The
+    // nodes over 16 leaves are checked against the ids at open.)
     let (test, blocks) = damaged_node(|write, _| {
         write
             .open_table(MERKLE_NODES)
             .unwrap()
-            .insert((1u8, 2u64), &[7u8; 32])
+            .insert((5u8, 0u64), &[7u8; 32])
             .unwrap();
     });
     let router = test.router();
-    let uri = format!("/v1/entries/{}", blocks[1].entries[1].id().to_hex());
+    // Leaf 24's proof in the log of 48 stays below that node; leaf 32's holds it,
+    // and so does the log's root at size 32.
+    let uri = format!("/v1/entries/{}", blocks[1].entries[0].id().to_hex());
     assert_eq!(get(&router, &uri).await.0, StatusCode::OK);
-    // Leaf 6's proof in a log of 9 holds the node over 4 and 5; so does the log's
-    // root at size 6.
-    let uri = format!("/v1/entries/{}", blocks[2].entries[0].id().to_hex());
+    let uri = format!("/v1/entries/{}", blocks[1].entries[8].id().to_hex());
     assert_damage_refused(&router, &uri, "does not prove it").await;
-    let uri = "/v1/proofs/consistency?from=6&to=9";
+    let uri = "/v1/proofs/consistency?from=32&to=48";
     assert_damage_refused(&router, uri, "not consistent").await;
     test.stop().await;
 }

@@ -188,12 +188,21 @@ async fn a_damaged_log_is_not_offered_as_a_snapshot() {
         write
             .open_table(ledger_migrations::schema::MERKLE_NODES)
             .unwrap()
-            .insert((TILE_LEVEL, 1u64), &[7u8; 32])
+            .insert((TILE_LEVEL + 1, 0u64), &[7u8; 32])
             .unwrap();
         write.commit().unwrap();
     }
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
-    let router = serve(Arc::new(store), 4);
+    // Tiles a level up from the nodes checked against the ids at open.
+    let node = Node::alone(
+        Arc::new(store),
+        key(1),
+        settings(),
+        Arc::default(),
+        Arc::default(),
+    )
+    .with_snapshots(4, TILE_LEVEL + 1);
+    let router = router(Arc::new(node));
     let (status, body, _) = get(&router, "/v1/snapshots/latest").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let text = error_text(&body);

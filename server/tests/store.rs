@@ -683,6 +683,11 @@ fn consensus_state_persists_as_the_records_fold() {
 /// A chain of three blocks of three entries under `path`, damaged by `damage`
 /// (writes straight into redb's tables, as flipped disk bytes would leave them),
 /// then opened again: the store, or why it refused to open.
+/// Entries in each of [`damaged`]'s three blocks: 36 in all, so the log stores
+/// the nodes (4, 0), (4, 1) and (5, 0), and the four leaves above them are
+/// recomputed from their ids alone.
+const ENTRIES_PER_BLOCK: usize = 12;
+
 fn damaged(
     path: &Path,
     damage: impl FnOnce(&redb::WriteTransaction, &[Block]),
@@ -692,7 +697,7 @@ fn damaged(
     let blocks: Vec<Block> = {
         let store = open(path, &spec);
         (0..3)
-            .map(|round| append(&store, &keys, entries(round, 3, 40)))
+            .map(|round| append(&store, &keys, entries(round, ENTRIES_PER_BLOCK, 40)))
             .collect()
     };
     {
@@ -706,7 +711,8 @@ fn damaged(
 
 /// `Store::check` (what `ledgerd check` runs) reads everything once and finds each
 /// kind of damage, naming where it is; an entry index that disagrees with the log's
-/// leaves is refused at open already, since a node could not find its entries.
+/// stored nodes or the tip's root is refused at open already, since a node could
+/// not find its entries.
 #[test]
 fn the_full_check_finds_every_kind_of_damage() {
     use ledger_migrations::schema::{
@@ -718,7 +724,7 @@ fn the_full_check_finds_every_kind_of_damage() {
     let report = clean.check(&mut |_| {}).unwrap();
     assert_eq!(
         (report.tip, report.entries, report.merkle_nodes),
-        (3, 9, 16)
+        (3, 36, 3)
     );
 
     let cases: [(&str, Damage, &str); 7] = [
@@ -764,15 +770,15 @@ fn the_full_check_finds_every_kind_of_damage() {
             "an inner Merkle node",
             |write, _| {
                 let mut table = write.open_table(MERKLE_NODES).unwrap();
-                table.insert((1u8, 1u64), &[7u8; 32]).unwrap();
+                table.insert((5u8, 0u64), &[7u8; 32]).unwrap();
             },
-            "Merkle node (1, 1)",
+            "Merkle node (5, 0)",
         ),
         (
             "the log start index",
             |write, _| {
                 let mut table = write.open_table(LOG_STARTS).unwrap();
-                table.insert(3, 1).unwrap();
+                table.insert(ENTRIES_PER_BLOCK as u64, 1).unwrap();
             },
             "block 2: the log index",
         ),
@@ -793,14 +799,18 @@ fn the_full_check_finds_every_kind_of_damage() {
         assert!(error.to_string().contains(found), "{what}: {error}");
         assert!(store.damage().is_some(), "{what}: not recorded");
     }
-    let refused = damaged(&dir.path().join("ids.redb"), |write, blocks| {
-        let mut table = write.open_table(ENTRY_IDS).unwrap();
-        table
-            .insert(4, blocks[0].entries[0].id().as_bytes())
-            .unwrap();
-    })
-    .expect_err("a damaged entry index is refused at open");
-    assert!(refused.to_string().contains("entry index"), "{refused}");
+    // Under a stored node, and among the last ids, which only the tip's root covers.
+    for (log_index, found) in [(4u64, "Merkle node (4, 0)"), (34, "log root")] {
+        let refused = damaged(
+            &dir.path().join(format!("ids-{log_index}.redb")),
+            |write, _| {
+                let mut table = write.open_table(ENTRY_IDS).unwrap();
+                table.insert(log_index, &[9u8; 32]).unwrap();
+            },
+        )
+        .expect_err("a damaged entry index is refused at open");
+        assert!(refused.to_string().contains(found), "{refused}");
+    }
 }
 
 /// A store on `disk` that reopens on it.
@@ -864,10 +874,11 @@ fn damage_under_the_tip_fails_the_next_apply_as_damage() {
     use ledger_migrations::schema::MERKLE_NODES;
     let dir = tempfile::tempdir().unwrap();
     let keys = members();
-    // Nine entries: the log's right edge is the nodes (3, 0) and (0, 8).
+    // 36 entries: the log's right edge is the stored node (5, 0) and the four ids
+    // above it.
     let store = damaged(&dir.path().join("edge.redb"), |write, _| {
         let mut table = write.open_table(MERKLE_NODES).unwrap();
-        table.insert((3u8, 0u64), &[7u8; 32]).unwrap();
+        table.insert((5u8, 0u64), &[7u8; 32]).unwrap();
     })
     .unwrap();
     let tip = store.tip().unwrap();
@@ -876,11 +887,11 @@ fn damage_under_the_tip_fails_the_next_apply_as_damage() {
     // The true log, rebuilt from the entries `damaged` committed.
     let mut log = ledger::chain::CompactRange::new();
     for round in 0..3 {
-        for entry in entries(round, 3, 40) {
+        for entry in entries(round, ENTRIES_PER_BLOCK, 40) {
             log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
         }
     }
-    let block = next_block(&tip, &log, entries(9, 1, 40), DIFFICULTY);
+    let block = next_block(&tip, &log, entries(90, 1, 40), DIFFICULTY);
     let error = store
         .apply_block(&block, &certify(&keys[..3], &block))
         .unwrap_err();

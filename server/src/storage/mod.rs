@@ -11,7 +11,9 @@
 //! so a block's index writes land on the table's last pages instead of one random
 //! B-tree page per entry (benches/README.md, "store"). Lookups by id go through
 //! `IdMap` (`ids.rs`), an in-memory map from an id's first 8 bytes to log indices, rebuilt at
-//! open and confirmed against `entry_ids` on every hit.
+//! open and confirmed against `entry_ids` on every hit. The Merkle log keeps only its
+//! nodes over 16 leaves or more; one below is hashed from the ids it covers when a
+//! proof needs it, which saves two rows per entry on every apply and restore.
 //!
 //! Every call blocks on disk IO: async callers use `spawn_blocking`.
 
@@ -28,15 +30,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ledger_migrations::schema::{
-    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP, MERKLE_NODES, META,
-    META_HISTORY_FROM,
+    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP, MERKLE_NODES,
+    MERKLE_STORED_FROM, META, META_HISTORY_FROM,
 };
 use ledger_migrations::MigrationError;
 
 use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub(crate) use restore::sync_parent;
 pub use restore::Restore;
 use verify::CertificateMemo;
@@ -444,41 +446,64 @@ impl Store {
         let membership = self.membership_row(u64::MAX)?;
         *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
         if ids {
-            self.load_ids(tip.log_size)?;
+            self.load_ids(&tip)?;
         }
         Ok(())
     }
 
     /// Rebuilds the id map from `entry_ids`: one sequential scan, beside one of the
-    /// Merkle log's leaves. Each id must hash to its stored leaf: a damaged row would
-    /// otherwise make its entry unfindable, and the node would answer 404 for an
-    /// entry it committed (and take it again if resubmitted).
-    fn load_ids(&self, log_size: u64) -> Result<(), StoreError> {
+    /// Merkle log's lowest stored level. The ids must rebuild every stored node of
+    /// that level and the tip's log root: a damaged row would otherwise make its
+    /// entry unfindable, and the node would answer 404 for an entry it committed (and
+    /// take it again if resubmitted).
+    fn load_ids(&self, tip: &Header) -> Result<(), StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let ids = txn.open_table(ENTRY_IDS)?;
         let nodes = txn.open_table(MERKLE_NODES)?;
-        let mut leaves = nodes.range((0u8, 0u64)..(1u8, 0u64))?;
-        let mut map = IdMap::with_capacity(usize::try_from(log_size).unwrap_or(0));
-        for (expected, row) in (0u64..).zip(ids.iter()?) {
+        let level = MERKLE_STORED_FROM;
+        let mut stored = nodes.range((level, 0u64)..(level + 1, 0u64))?;
+        let mut map = IdMap::with_capacity(usize::try_from(tip.log_size).unwrap_or(0));
+        let mut log = CompactRange::new();
+        let mut held = 0u64;
+        for row in ids.iter()? {
             let (log_index, id) = row?;
             let (log_index, id) = (log_index.value(), Hash(*id.value()));
-            let leaf = leaves.next().transpose()?;
-            let leaf_matches = leaf.is_some_and(|(key, leaf)| {
-                key.value() == (0, log_index) && *leaf.value() == leaf_hash(id.as_bytes()).0
-            });
-            if log_index != expected || !leaf_matches {
+            if log_index != held {
                 return Err(corrupt(format!(
-                    "entry index: log index {log_index} holds {id}, which is not the leaf \
-                     the Merkle log stores there"
+                    "entry index: log index {held} is missing (the next row is {log_index})"
                 )));
             }
+            let mut completed = None;
+            log.append(leaf_hash(id.as_bytes()), |at, index, node| {
+                if at == level {
+                    completed = Some((index, *node));
+                }
+            });
+            if let Some((index, node)) = completed {
+                let found = stored.next().transpose()?;
+                if !found.is_some_and(|(key, found)| {
+                    key.value() == (level, index) && *found.value() == node.0
+                }) {
+                    return Err(corrupt(format!(
+                        "entry index: the ids up to log index {log_index} do not give the \
+                         Merkle node ({level}, {index}) stored over them"
+                    )));
+                }
+            }
             map.insert(&id, log_index);
+            held += 1;
         }
-        if ids.len()? != log_size {
+        if held != tip.log_size {
             return Err(corrupt(format!(
-                "the entry index holds {} entries, the log {log_size}",
-                ids.len()?
+                "the entry index holds {held} entries, the log {}",
+                tip.log_size
+            )));
+        }
+        if log.root() != tip.log_root {
+            return Err(corrupt(format!(
+                "entry index: its ids do not give block {}'s log root",
+                tip.height
             )));
         }
         *self.ids.write().unwrap_or_else(|p| p.into_inner()) = map;
@@ -675,7 +700,7 @@ impl Store {
     pub fn tip_with_log(&self) -> Result<(Header, CompactRange), StoreError> {
         self.observe(self.read(|store, tables| {
             let tip = store.checked_tip(tables)?;
-            let log = CompactRange::load(&StoredNodes(&tables.nodes), tip.log_size)?;
+            let log = CompactRange::load(&tables.stored_nodes(), tip.log_size)?;
             if log.root() != tip.log_root {
                 return Err(corrupt(format!(
                     "block {}: the stored log does not give its log root",
@@ -824,7 +849,7 @@ impl Store {
     pub fn inclusion_proof(&self, log_index: u64, log_size: u64) -> Result<Vec<Hash>, StoreError> {
         self.observe(self.read(|store, tables| {
             store.within_log(tables, log_size)?;
-            let nodes = StoredNodes(&tables.nodes);
+            let nodes = tables.stored_nodes();
             let proof = merkle::inclusion_proof(&nodes, log_index, log_size)?;
             let root = store.checked_root(tables, log_size)?;
             let leaf = nodes.node(0, log_index)?;
@@ -848,7 +873,7 @@ impl Store {
             store.within_log(tables, new_size)?;
             let from_root = store.checked_root(tables, old_size)?;
             let to_root = store.checked_root(tables, new_size)?;
-            let proof = merkle::consistency_proof(&StoredNodes(&tables.nodes), old_size, new_size)?;
+            let proof = merkle::consistency_proof(&tables.stored_nodes(), old_size, new_size)?;
             merkle::verify_consistency(old_size, new_size, &from_root, &to_root, &proof).map_err(
                 |_| {
                     corrupt(format!(
@@ -1192,7 +1217,14 @@ impl Store {
             }
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
-            let mut range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+            let mut ids = txn.open_table(ENTRY_IDS)?;
+            let mut range = CompactRange::load(
+                &StoredNodes {
+                    nodes: &nodes,
+                    ids: &ids,
+                },
+                tip.log_size,
+            )?;
             if range.root() != tip.log_root {
                 return Err(corrupt(format!(
                     "block {}: the stored log does not give its log root",
@@ -1200,7 +1232,6 @@ impl Store {
                 )));
             }
             appended = AppendedNodes::new(&range);
-            let mut ids = txn.open_table(ENTRY_IDS)?;
             let mut completed = Vec::new();
             let mut in_block = HashSet::with_capacity(block.entries.len());
             // The read guard ends with this block, before the write lock below.
@@ -1215,7 +1246,9 @@ impl Store {
                 new_ids.push((id, log_index));
                 range.append(leaf_hash(id.as_bytes()), |level, index, node| {
                     appended.record(level, index, node);
-                    completed.push(((level, index), *node));
+                    if level >= MERKLE_STORED_FROM {
+                        completed.push(((level, index), *node));
+                    }
                 });
             }
             for (key, node) in &completed {
@@ -1327,21 +1360,69 @@ fn create_file(path: &Path, cache_bytes: Option<usize>) -> Result<Database, Stor
 fn tip_and_log_in(txn: &ReadTransaction) -> Result<(Header, CompactRange), StoreError> {
     let tip = tip_in(&txn.open_table(BLOCKS)?)?;
     let nodes = txn.open_table(MERKLE_NODES)?;
-    let range = CompactRange::load(&StoredNodes(&nodes), tip.log_size)?;
+    let ids = txn.open_table(ENTRY_IDS)?;
+    let range = CompactRange::load(
+        &StoredNodes {
+            nodes: &nodes,
+            ids: &ids,
+        },
+        tip.log_size,
+    )?;
     Ok((tip, range))
 }
 
-/// Merkle nodes read from a table (read-only or inside the write transaction).
-struct StoredNodes<'a, T>(&'a T);
+/// The Merkle log as stored (read-only or inside the write transaction): nodes from
+/// level [`MERKLE_STORED_FROM`] up from their table, the ones below recomputed from
+/// the at most eight entry ids they cover.
+struct StoredNodes<'a, N, I> {
+    nodes: &'a N,
+    ids: &'a I,
+}
 
-impl<T: ReadableTable<(u8, u64), &'static [u8; 32]>> NodeSource for StoredNodes<'_, T> {
+impl<N, I> NodeSource for StoredNodes<'_, N, I>
+where
+    N: ReadableTable<(u8, u64), &'static [u8; 32]>,
+    I: ReadableTable<u64, &'static [u8; 32]>,
+{
     type Error = StoreError;
 
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-        let node = self.0.get((level, index))?;
+        if level < MERKLE_STORED_FROM {
+            let start = index << level;
+            return Ok(crate::chain::snapshot::tile_root(&ids_in(
+                self.ids,
+                start..start + (1 << level),
+            )?));
+        }
+        let node = self.nodes.get((level, index))?;
         node.map(|value| Hash(*value.value()))
             .ok_or_else(|| corrupt(format!("Merkle node ({level}, {index}) is missing")))
     }
+}
+
+/// The ids at `range` of the entry index, which must hold every one of them.
+fn ids_in(
+    table: &impl ReadableTable<u64, &'static [u8; 32]>,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<Hash>, StoreError> {
+    let mut ids = Vec::with_capacity(usize::try_from(range.end - range.start).unwrap_or(0));
+    for (expected, row) in range.clone().zip(table.range(range.clone())?) {
+        let (index, id) = row?;
+        if index.value() != expected {
+            return Err(corrupt(format!(
+                "the entry index skips from log index {expected} to {}",
+                index.value()
+            )));
+        }
+        ids.push(Hash(*id.value()));
+    }
+    if ids.len() as u64 != range.end - range.start {
+        return Err(corrupt(format!(
+            "the entry index ends before log index {}",
+            range.end
+        )));
+    }
+    Ok(ids)
 }
 
 /// The entry index as seen by one read transaction.

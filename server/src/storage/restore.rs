@@ -3,7 +3,7 @@
 //! either no database or a whole one, never half of one.
 //!
 //! Each verified chunk is one write transaction into the staging file: its ids, the
-//! Merkle nodes within its tile, and a row saying the tile is done with its root. A
+//! stored Merkle nodes within its tile, and a row saying the tile is done with its root. A
 //! restarted join reopens the staging file and fetches only the tiles not done; a
 //! newer snapshot keeps every done tile whose root it shares (the log only grows, so
 //! every full tile is the same in every later snapshot). [`Restore::finish`] adds the
@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 
 use ledger_migrations::schema::{
     BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP,
-    MERKLE_NODES, META, META_HISTORY_FROM,
+    MERKLE_NODES, MERKLE_STORED_FROM, META, META_HISTORY_FROM,
 };
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{corrupt, write_identity, StoreError, StoredNodes};
-use crate::chain::merkle::leaf_hash;
+use crate::chain::merkle::{leaf_hash, NodeSource};
 use crate::chain::snapshot::Manifest;
 use crate::chain::{
     Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header, MembershipHistory,
@@ -150,12 +150,14 @@ impl Restore {
             return Err(corrupt(format!("tile {index} holds {} ids", ids.len())));
         }
         let mut log = CompactRange::new();
-        let mut nodes = Vec::with_capacity(ids.len() * 2);
+        let mut nodes = Vec::with_capacity(ids.len() >> (MERKLE_STORED_FROM - 1));
         for id in ids {
             // Tiles start at a multiple of their size, so a node `index` places into
             // the tile's own tree sits at `start >> level` plus that in the log's.
             log.append(leaf_hash(id.as_bytes()), |level, local, hash| {
-                nodes.push(((level, (range.start >> level) + local), *hash));
+                if level >= MERKLE_STORED_FROM {
+                    nodes.push(((level, (range.start >> level) + local), *hash));
+                }
             });
         }
         let root = log.root();
@@ -238,38 +240,35 @@ impl Restore {
                     )));
                 }
             }
-            // The nodes above the tiles: complete subtrees of complete subtrees.
+            // The nodes above the tiles: complete subtrees of complete subtrees. Levels
+            // below the stored ones are recomputed from the ids when read.
             let mut nodes = txn.open_table(MERKLE_NODES)?;
-            for level in manifest.tile_level + 1..64 {
+            for level in (manifest.tile_level + 1).max(MERKLE_STORED_FROM)..64 {
                 let count = size >> level;
                 if count == 0 {
                     break;
                 }
                 for index in 0..count {
-                    let child = |i: u64| {
-                        nodes
-                            .get((level - 1, i))
-                            .map(|node| node.map(|node| Hash(*node.value())))
+                    let stored = StoredNodes {
+                        nodes: &nodes,
+                        ids: &ids,
                     };
-                    let (left, right) = match (child(2 * index)?, child(2 * index + 1)?) {
-                        (Some(left), Some(right)) => (left, right),
-                        _ => {
-                            return Err(corrupt(format!(
-                                "Merkle node below ({level}, {index}) missing"
-                            )))
-                        }
-                    };
+                    let left = stored.node(level - 1, 2 * index)?;
+                    let right = stored.node(level - 1, 2 * index + 1)?;
                     let node = crate::chain::merkle::node_hash(&left, &right);
                     nodes.insert((level, index), node.as_bytes())?;
                 }
             }
-            let log = CompactRange::load(&StoredNodes(&nodes), size)?;
-            if log.root() != header.log_root {
+            let stored = StoredNodes {
+                nodes: &nodes,
+                ids: &ids,
+            };
+            if CompactRange::load(&stored, size)?.root() != header.log_root {
                 return Err(corrupt(
                     "the restored log does not give the snapshot's root",
                 ));
             }
-            drop(nodes);
+            drop((nodes, ids));
             let genesis = spec.genesis_block();
             write_identity(&txn, spec, &genesis)?;
             let hash = block.hash();
@@ -363,7 +362,7 @@ fn remove_range(
         ids.remove(log_index)?;
     }
     let mut nodes = txn.open_table(MERKLE_NODES)?;
-    for level in 0..64u8 {
+    for level in MERKLE_STORED_FROM..64u8 {
         let (first, end) = (range.start >> level, range.end >> level);
         if first >= end {
             break;

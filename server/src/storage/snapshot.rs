@@ -7,7 +7,7 @@
 use ledger_migrations::schema::ENTRY_IDS;
 
 use super::verify::Anchor;
-use super::{corrupt, Store, StoreError, StoredNodes};
+use super::{corrupt, ids_in, Store, StoreError};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{self, Manifest, MAX_RECENT_HEADERS};
 use crate::chain::Hash;
@@ -45,7 +45,7 @@ impl Store {
                     .ok_or_else(|| corrupt(format!("header {at} missing below {height}")))?;
                 recent.push(header);
             }
-            let nodes = StoredNodes(&tables.nodes);
+            let nodes = tables.stored_nodes();
             let tiles = snapshot::tile_count(header.log_size, tile_level);
             let mut tile_roots = Vec::with_capacity(tiles as usize);
             for index in 0..tiles {
@@ -54,7 +54,7 @@ impl Store {
                     nodes.node(tile_level, index)?
                 } else {
                     // The partial last tile has no node of its own.
-                    let ids = store.ids_in(range)?;
+                    let ids = ids_in(&tables.ids, range)?;
                     snapshot::tile_root(&ids)
                 };
                 tile_roots.push(root);
@@ -92,24 +92,6 @@ impl Store {
     fn ids_in(&self, range: std::ops::Range<u64>) -> Result<Vec<Hash>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let table = txn.open_table(ENTRY_IDS)?;
-        let mut ids = Vec::with_capacity((range.end - range.start) as usize);
-        for (expected, row) in range.clone().zip(table.range(range.clone())?) {
-            let (index, id) = row?;
-            if index.value() != expected {
-                return Err(corrupt(format!(
-                    "the entry index skips from log index {expected} to {}",
-                    index.value()
-                )));
-            }
-            ids.push(Hash(*id.value()));
-        }
-        if ids.len() as u64 != range.end - range.start {
-            return Err(corrupt(format!(
-                "the entry index ends before log index {}",
-                range.end
-            )));
-        }
-        Ok(ids)
+        ids_in(&txn.open_table(ENTRY_IDS)?, range)
     }
 }

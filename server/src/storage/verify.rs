@@ -19,11 +19,12 @@ use std::sync::{Mutex, PoisonError};
 
 use ledger_migrations::schema::{
     BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
+    MERKLE_STORED_FROM,
 };
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::{corrupt, location_in, Store, StoreError, StoredNodes};
-use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion};
+use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion, NodeSource};
 use crate::chain::{
     Block, CommitCertificate, CompactRange, Entry, Hash, Header, Membership, Receipt, HEADER_LEN,
 };
@@ -62,6 +63,7 @@ pub(super) struct Tables {
     pub(super) hashes: ReadOnlyTable<&'static [u8; 32], u64>,
     pub(super) certificates: ReadOnlyTable<u64, &'static [u8]>,
     pub(super) nodes: ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
+    pub(super) ids: ReadOnlyTable<u64, &'static [u8; 32]>,
     pub(super) starts: ReadOnlyTable<u64, u64>,
     pub(super) base_headers: ReadOnlyTable<u64, &'static [u8]>,
     /// The store's `history_from`, read before the transaction began: the
@@ -76,10 +78,19 @@ impl Tables {
             hashes: txn.open_table(BLOCK_HASHES)?,
             certificates: txn.open_table(CERTIFICATES)?,
             nodes: txn.open_table(MERKLE_NODES)?,
+            ids: txn.open_table(ENTRY_IDS)?,
             starts: txn.open_table(LOG_STARTS)?,
             base_headers: txn.open_table(BASE_HEADERS)?,
             history_from,
         })
+    }
+
+    /// The Merkle log as these tables hold it.
+    pub(super) fn stored_nodes(&self) -> impl NodeSource<Error = StoreError> + '_ {
+        StoredNodes {
+            nodes: &self.nodes,
+            ids: &self.ids,
+        }
     }
 }
 
@@ -312,7 +323,7 @@ impl Store {
             .log_size
             .checked_sub(block.entries.len() as u64)
             .ok_or_else(|| damage_at(header.height, "holds more entries than its log"))?;
-        let mut log = CompactRange::load(&StoredNodes(&tables.nodes), start)?;
+        let mut log = CompactRange::load(&tables.stored_nodes(), start)?;
         for entry in &block.entries {
             log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
         }
@@ -353,7 +364,7 @@ impl Store {
                 format!("the log index says it holds log index {}", size - 1),
             ));
         }
-        let nodes = StoredNodes(&tables.nodes);
+        let nodes = tables.stored_nodes();
         let root = merkle::root_at(&nodes, size)?;
         let proof = merkle::consistency_proof(&nodes, size, header.log_size)?;
         verify_consistency(size, header.log_size, &root, &header.log_root, &proof).map_err(
@@ -403,7 +414,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| damaged("which does not hold it"))?;
         let inclusion_proof =
-            merkle::inclusion_proof(&StoredNodes(&tables.nodes), log_index, header.log_size)?;
+            merkle::inclusion_proof(&tables.stored_nodes(), log_index, header.log_size)?;
         verify_inclusion(
             &leaf_hash(id.as_bytes()),
             log_index,
@@ -446,7 +457,7 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let tables = Tables::open(&txn, history_from)?;
-        let entry_ids = txn.open_table(ENTRY_IDS)?;
+        let entry_ids = &tables.ids;
         let map = self.id_map();
         let tip = tables
             .blocks
@@ -472,7 +483,7 @@ impl Store {
                     format!("entry {id} is not in the entry index at {log_index}"),
                 ));
             }
-            if map.locate(&entry_ids, &id)? != Some(log_index) {
+            if map.locate(entry_ids, &id)? != Some(log_index) {
                 return Err(damage_at(
                     height,
                     format!("entry {id} is found elsewhere than at log index {log_index}"),
@@ -480,7 +491,9 @@ impl Store {
             }
             completed.clear();
             log.append(leaf_hash(id.as_bytes()), |level, index, node| {
-                completed.push((level, index, *node));
+                if level >= MERKLE_STORED_FROM {
+                    completed.push((level, index, *node));
+                }
             });
             for &(level, index, node) in &completed {
                 merkle_nodes += 1;
