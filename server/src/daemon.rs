@@ -600,6 +600,7 @@ async fn start_cluster(
         frame_limit: Wire::max_frame(&spec.params),
         queue_capacity: PEER_QUEUE,
         inbound_capacity: PEER_QUEUE,
+        backoff: crate::net::Backoff::DEFAULT,
     };
     let (transport, inbound) = Transport::start(listener, transport_config)?;
     let store = Arc::clone(store);

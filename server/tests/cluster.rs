@@ -13,7 +13,7 @@ use ledger::chain::{ChainSpec, Entry, Hash};
 use ledger::consensus::{MemberIndex, Timing};
 use ledger::engine::{Cluster, ClusterSettings, NodeSettings};
 use ledger::metrics::Metrics;
-use ledger::net::{Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
+use ledger::net::{Backoff, Hello, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use ledger::storage::{Store, StoreOptions};
 use ledger::testing;
 use tokio::net::TcpListener;
@@ -87,6 +87,7 @@ impl Net {
             frame_limit: Wire::max_frame(&self.spec.params),
             queue_capacity: 4096,
             inbound_capacity: 4096,
+            backoff: Backoff::DEFAULT,
         };
         let (transport, inbound) = Transport::start(listener, config).expect("transport");
         let transport = Arc::new(transport);

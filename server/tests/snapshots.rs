@@ -16,7 +16,9 @@ use ledger::api::types::SnapshotView;
 use ledger::chain::snapshot::Manifest;
 use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
 use ledger::join::{JoinConfig, Joined, Source};
-use ledger::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
+use ledger::net::{
+    Backoff, Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION,
+};
 use ledger::node::{Node, NodeSettings};
 use ledger::storage::{Restore, Store, StoreOptions};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
@@ -626,6 +628,7 @@ async fn a_member_joins_over_the_peer_protocol() {
             frame_limit: Wire::max_frame(&spec.params),
             queue_capacity: 16,
             inbound_capacity: 16,
+            backoff: Backoff::DEFAULT,
         };
         (Transport::start(listener, config).unwrap().0, addr)
     };

@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use ledger::chain::{ChainSpec, Hash};
 use ledger::consensus::MemberIndex;
 use ledger::net::{
-    configs, read_frame, write_frame, Hello, Inbound, Roster, SendError, Transport,
+    configs, read_frame, write_frame, Backoff, Hello, Inbound, Roster, SendError, Transport,
     TransportConfig, MAX_HELLO_BYTES, PROTOCOL_VERSION, SERVER_NAME,
 };
 use ledger::testing;
@@ -69,6 +69,7 @@ impl Cluster {
             frame_limit: FRAME_LIMIT,
             queue_capacity: 64,
             inbound_capacity: 1024,
+            backoff: Backoff::DEFAULT,
         }
     }
 
@@ -310,6 +311,32 @@ async fn a_restarted_peer_is_reconnected() {
             ),
         }
     }
+}
+
+/// A member back from an outage dials in, and is dialed back at once rather than
+/// after the others' reconnection delay, which grew while it was away: here that
+/// delay is a minute from the first failure, far beyond the test's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_dials_in_is_dialed_back_at_once() {
+    let mut cluster = Cluster::new(2).await;
+    let minute = Duration::from_secs(60);
+    let patient = TransportConfig {
+        backoff: Backoff {
+            first: minute,
+            longest: minute,
+        },
+        ..cluster.config(0)
+    };
+    let (zero, _in_zero) = cluster.start_with(0, patient);
+    until("member 0 fails to reach member 1", || {
+        zero.peers()[1].last_error.is_some()
+    })
+    .await;
+    let (_one, mut in_one) = cluster.start(1);
+    until("member 1 dials in", || zero.peers()[1].inbound).await;
+    until("member 0 dials member 1 back", || zero.peers()[1].outbound).await;
+    send(&zero, 1, b"back").await;
+    assert_eq!(receive_from(&mut in_one, 0).await, b"back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,5 +19,7 @@ pub use frame::{read_frame, write_frame, FrameError};
 pub use hello::{Hello, HelloError, MAX_HELLO_BYTES, PROTOCOL_VERSION};
 pub use requests::{Answer, RequestError, Requester, ALPN, MAX_CONNECTIONS};
 pub use tls::{certificate_key, configs, self_signed, Roster, TlsError, SERVER_NAME};
-pub use transport::{Inbound, LinkError, PeerState, SendError, Transport, TransportConfig};
+pub use transport::{
+    Backoff, Inbound, LinkError, PeerState, SendError, Transport, TransportConfig,
+};
 pub use wire::Wire;

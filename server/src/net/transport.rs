@@ -26,10 +26,27 @@ use super::wire::Wire;
 use crate::chain::{Member, Members};
 use crate::consensus::MemberIndex;
 
-/// The first reconnection delay; it doubles per failure up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a node waits between attempts to reach a peer that is down: the first
+/// delay doubles per failure up to the longest. A peer that connects to this node
+/// is dialed back at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay after the first failure.
+    pub first: Duration,
+    /// The longest delay.
+    pub longest: Duration,
+}
+
+impl Backoff {
+    /// What a node uses.
+    pub const DEFAULT: Backoff = Backoff {
+        first: Duration::from_millis(50),
+        longest: Duration::from_secs(2),
+    };
+}
+
+/// The wait before accepting again after `accept` failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A peer unreachable this long is reported.
 const WARN_AFTER: Duration = Duration::from_secs(5);
 /// TLS and hello must be done within this.
@@ -67,6 +84,8 @@ pub struct TransportConfig {
     pub queue_capacity: usize,
     /// Frames received and not yet taken before readers wait.
     pub inbound_capacity: usize,
+    /// The waits between attempts to reach a peer that is down.
+    pub backoff: Backoff,
 }
 
 /// A frame from a member.
@@ -140,6 +159,7 @@ struct Shared {
     answer: OnceLock<Arc<dyn Answer>>,
     /// Request connections served at once.
     request_slots: Semaphore,
+    backoff: Backoff,
 }
 
 impl Shared {
@@ -238,6 +258,7 @@ impl Transport {
             frame_limit: config.frame_limit,
             answer: OnceLock::new(),
             request_slots: Semaphore::new(requests::MAX_CONNECTIONS),
+            backoff: config.backoff,
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
         let mut accept = JoinSet::new();
@@ -393,7 +414,7 @@ async fn accept_loop(
             Err(error) => {
                 // Out of descriptors, most likely: wait rather than spin.
                 tracing::warn!(%error, "accepting a peer connection failed");
-                tokio::time::sleep(MIN_BACKOFF).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
         };
@@ -516,10 +537,11 @@ async fn dial_loop(
     shared: Arc<Shared>,
     mut queue: mpsc::Receiver<Arc<[u8]>>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = shared.backoff.first;
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
+        let dialed_in = dialed_in(shared.generation(member).map(|g| g.subscribe()));
         let hello = shared.hello();
         let dialing = dial(member, &addr, &connector, &shared.roster, &hello, None);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialing)
@@ -527,7 +549,7 @@ async fn dial_loop(
             .unwrap_or(Err(LinkError::Timeout))
         {
             Ok((mut tls, theirs)) => {
-                backoff = MIN_BACKOFF;
+                backoff = shared.backoff.first;
                 failing_since = None;
                 warned = false;
                 report_plugins(&shared, member, &theirs);
@@ -558,9 +580,27 @@ async fn dial_loop(
                 shared.update(member, |s| s.last_error = Some(error.to_string()));
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // A peer back from an outage dials in first: what this node sends it (the
+        // answers to its catch-up requests among them) must not wait out a backoff
+        // that grew while it was away.
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {
+                backoff = (backoff * 2).min(shared.backoff.longest);
+            }
+            () = dialed_in => backoff = shared.backoff.first,
+        }
     }
+}
+
+/// Resolves once `member` has connected to this node since `connections` was taken
+/// (its inbound generation moved); never when there is no such member any more.
+async fn dialed_in(connections: Option<watch::Receiver<u64>>) {
+    if let Some(mut connections) = connections {
+        if connections.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Connects to `member` at `addr`, checks it is that member (and, with `alpn`, that
