@@ -1,6 +1,7 @@
 //! The in-memory map from entry ids to log indices over the append-only
 //! `entry_ids` table: what makes "is this entry committed?" one B-tree read.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use redb::ReadableTable;
@@ -34,12 +35,15 @@ impl IdMap {
 
     pub(super) fn insert(&mut self, id: &Hash, log_index: u64) {
         let prefix = IdMap::prefix(id);
-        if let Some(&existing) = self.first.get(&prefix) {
-            if existing != log_index {
+        // One probe of the table: at a million entries and more each is a cache miss.
+        match self.first.entry(prefix) {
+            Entry::Occupied(existing) if *existing.get() != log_index => {
                 self.more.entry(prefix).or_default().push(log_index);
             }
-        } else {
-            self.first.insert(prefix, log_index);
+            Entry::Occupied(_) => {}
+            Entry::Vacant(slot) => {
+                slot.insert(log_index);
+            }
         }
     }
 
