@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use ledger::chain::{Block, CommitCertificate, CompactRange, Hash, Header};
-use ledger::storage::{Restore, Store, StoreOptions};
+use ledger::storage::{Restore, Store, StoreOptions, VerifiedTile};
 use ledger::testing::{certify, entries, key, next_block, spec};
 
 const ENTRY_BYTES: usize = 100;
@@ -415,15 +415,17 @@ fn snapshot_suites(c: &mut Criterion) {
     });
     group.bench_function("write", |b| {
         let (store, manifest, chunk) = fixture();
-        let ids = manifest.check_chunk(0, chunk).expect("checks");
         let mut run = 0;
         b.iter_batched(
             || {
                 run += 1;
                 let staging = dir.path().join(format!("staging-{run}.redb"));
-                Restore::begin(&staging, store.spec(), manifest.clone()).expect("begin")
+                let restore =
+                    Restore::begin(&staging, store.spec(), manifest.clone()).expect("begin");
+                let tile = VerifiedTile::check(manifest, 0, chunk).expect("checks");
+                (restore, tile)
             },
-            |mut restore| restore.write_tile(0, &ids).expect("write"),
+            |(mut restore, tile)| restore.write(tile).expect("write"),
             criterion::BatchSize::PerIteration,
         );
     });

@@ -393,6 +393,19 @@ impl Manifest {
     /// The ids of chunk `index`, checked against its tile root: the only way a
     /// chunk's bytes become ids. Call on a verified manifest.
     pub fn check_chunk(&self, index: u64, bytes: &[u8]) -> Result<Vec<Hash>, SnapshotError> {
+        self.check_chunk_with(index, bytes, |_, _, _| {})
+    }
+
+    /// [`Manifest::check_chunk`], telling `on_node` each perfect subtree of the tile
+    /// as its hash is worked out: (level, index within the tile's own tree, hash). A
+    /// store keeps them without hashing the tile again; they are only true once the
+    /// check succeeded.
+    pub fn check_chunk_with(
+        &self,
+        index: u64,
+        bytes: &[u8],
+        mut on_node: impl FnMut(u8, u64, &Hash),
+    ) -> Result<Vec<Hash>, SnapshotError> {
         let refuse = |reason: String| SnapshotError::Chunk {
             height: self.height(),
             index,
@@ -414,7 +427,11 @@ impl Manifest {
             .chunks_exact(ID_LEN)
             .map(|id| Hash(id.try_into().unwrap_or([0; 32])))
             .collect();
-        if tile_root(&ids) != *expected_root {
+        let mut tile = CompactRange::new();
+        for id in &ids {
+            tile.append(leaf_hash(id.as_bytes()), &mut on_node);
+        }
+        if tile.root() != *expected_root {
             return Err(refuse("its ids do not give its tile root".into()));
         }
         Ok(ids)

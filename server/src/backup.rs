@@ -22,7 +22,7 @@ use crate::chain::snapshot::{Manifest, MAX_MANIFEST_BYTES, MAX_TILE_LEVEL};
 use crate::chain::{Block, ChainSpec, CommitCertificate, MembershipHistory};
 use crate::consensus::ABSTAIN_UNKNOWN;
 use crate::net::Wire;
-use crate::storage::{Restore, Store, StoreError, StoreOptions};
+use crate::storage::{Restore, Store, StoreError, StoreOptions, VerifiedTile};
 
 /// The file's first bytes.
 const MAGIC: &[u8; 9] = b"LDGR-SNAP";
@@ -406,10 +406,9 @@ pub fn restore(
     let mut restore = Restore::begin(staging, spec, manifest.clone())?;
     for index in 0..manifest.chunks() {
         let chunk = reader.part("a chunk", 32 << MAX_TILE_LEVEL)?;
-        let ids = manifest
-            .check_chunk(index, &chunk)
+        let tile = VerifiedTile::check(&manifest, index, &chunk)
             .map_err(|error| BackupError::Invalid(error.to_string()))?;
-        restore.write_tile(index, &ids)?;
+        restore.write(tile)?;
     }
     let tip = reader.u64()?;
     let height = manifest.height();

@@ -28,7 +28,7 @@ use crate::engine::lock;
 use crate::http::Credentials;
 use crate::metrics::Metrics;
 use crate::net::{Requester, Wire};
-use crate::storage::{Restore, Store, StoreError};
+use crate::storage::{Restore, Store, StoreError, VerifiedTile};
 use ed25519_dalek::VerifyingKey;
 
 /// Failures after which a member is no longer asked for chunks.
@@ -499,18 +499,19 @@ fn worker(
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         };
+        // Checked (and hashed, the one time) here, outside the lock: the other
+        // workers' chunks are written meanwhile.
         let fetched = client.chunk(source, height, index).and_then(|bytes| {
-            let ids = manifest
-                .check_chunk(index, &bytes)
+            let tile = VerifiedTile::check(manifest, index, &bytes)
                 .map_err(|error| Fetch::Failed(error.to_string()))?;
-            Ok((ids, bytes.len() as u64))
+            Ok((tile, bytes.len() as u64))
         });
         let mut state = lock(transfer);
         state.in_flight -= 1;
         match fetched {
-            Ok((ids, bytes)) => {
+            Ok((tile, bytes)) => {
                 busy = 0;
-                if let Err(error) = state.restore.write_tile(index, &ids) {
+                if let Err(error) = state.restore.write(tile) {
                     state.failure = Some(error);
                 } else {
                     state.chunks += 1;

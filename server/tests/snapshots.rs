@@ -20,7 +20,7 @@ use ledger::net::{
     Backoff, Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION,
 };
 use ledger::node::{Node, NodeSettings};
-use ledger::storage::{Restore, Store, StoreOptions};
+use ledger::storage::{Restore, Store, StoreOptions, VerifiedTile};
 use ledger::testing::{certify, entries, key, next_block, spec_checkpointing};
 use tower::ServiceExt;
 
@@ -243,19 +243,15 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
     let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
     assert_eq!(restore.missing(), (0..9).collect::<Vec<_>>());
     for index in [0, 4, 8] {
-        let checked = manifest
-            .check_chunk(index, &chunks[index as usize])
-            .unwrap();
-        restore.write_tile(index, &checked).unwrap();
+        let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
+        restore.write(tile).unwrap();
     }
     drop(restore);
     let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
     assert_eq!(restore.missing(), [1, 2, 3, 5, 6, 7]);
     for index in restore.missing() {
-        let checked = manifest
-            .check_chunk(index, &chunks[index as usize])
-            .unwrap();
-        restore.write_tile(index, &checked).unwrap();
+        let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
+        restore.write(tile).unwrap();
     }
     let (block, _) = source.committed_block(20).unwrap().unwrap();
     restore.finish(&spec, &block, &path, 30).unwrap();
@@ -344,7 +340,8 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
 }
 
 /// A joiner that had begun the snapshot at 10 moves to the one at 20: the full tiles
-/// it wrote are tiles of the newer snapshot too and stay; the partial one goes.
+/// it wrote are tiles of the newer snapshot too and stay; the partial one goes, and a
+/// chunk checked against the older one is refused.
 #[test]
 fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,19 +352,19 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     let mut restore = Restore::begin(&staging, &spec, older.clone()).unwrap();
     // 70 ids: tiles 0 to 3 full, tile 4 holds 6.
     for index in 0..older.chunks() {
-        let checked = older
-            .check_chunk(index, &older_chunks[index as usize])
-            .unwrap();
-        restore.write_tile(index, &checked).unwrap();
+        let tile = VerifiedTile::check(&older, index, &older_chunks[index as usize]).unwrap();
+        restore.write(tile).unwrap();
     }
     drop(restore);
     let mut restore = Restore::begin(&staging, &spec, newer.clone()).unwrap();
     assert_eq!(restore.missing(), [4, 5, 6, 7, 8]);
+    // A chunk checked against the older snapshot is not one of this restore's.
+    let stale = VerifiedTile::check(&older, 4, &older_chunks[4]).unwrap();
+    let error = restore.write(stale).unwrap_err();
+    assert!(error.to_string().contains("another snapshot"), "{error}");
     for index in restore.missing() {
-        let checked = newer
-            .check_chunk(index, &newer_chunks[index as usize])
-            .unwrap();
-        restore.write_tile(index, &checked).unwrap();
+        let tile = VerifiedTile::check(&newer, index, &newer_chunks[index as usize]).unwrap();
+        restore.write(tile).unwrap();
     }
     let (block, _) = source.committed_block(20).unwrap().unwrap();
     let path = dir.path().join("ledger.redb");

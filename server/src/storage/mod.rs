@@ -40,7 +40,7 @@ pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub(crate) use restore::sync_parent;
-pub use restore::Restore;
+pub use restore::{Restore, VerifiedTile};
 use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 

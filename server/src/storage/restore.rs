@@ -20,8 +20,8 @@ use ledger_migrations::schema::{
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{corrupt, write_identity, StoreError, StoredNodes};
-use crate::chain::merkle::{leaf_hash, NodeSource};
-use crate::chain::snapshot::Manifest;
+use crate::chain::merkle::NodeSource;
+use crate::chain::snapshot::{Manifest, SnapshotError};
 use crate::chain::{
     Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header, MembershipHistory,
 };
@@ -43,6 +43,48 @@ pub struct Restore {
     /// The header the epoch at the snapshot's height starts above, when it lies
     /// below the snapshot ([`Restore::keep_epoch_base`]).
     epoch_base: Option<Header>,
+}
+
+/// A snapshot chunk checked against its tile root, with the stored Merkle nodes its
+/// ids complete: hashed once, where it arrives, and written by [`Restore::write`].
+pub struct VerifiedTile {
+    index: u64,
+    start: u64,
+    root: Hash,
+    ids: Vec<Hash>,
+    /// Sorted by key: in key order each level's rows append to the end of its run of
+    /// the table instead of splitting pages.
+    nodes: Vec<((u8, u64), Hash)>,
+}
+
+impl VerifiedTile {
+    /// Checks chunk `index` of `manifest` (verified) from its `bytes`: the only way
+    /// a chunk reaches the staging database.
+    pub fn check(
+        manifest: &Manifest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<VerifiedTile, SnapshotError> {
+        let start = manifest.chunk_range(index).start;
+        let mut nodes = Vec::with_capacity((bytes.len() / 32) >> (MERKLE_STORED_FROM - 1));
+        let ids = manifest.check_chunk_with(index, bytes, |level, local, hash| {
+            // Tiles start at a multiple of their size, so a node `local` places into
+            // the tile's own tree sits at `start >> level` plus that in the log's.
+            if level >= MERKLE_STORED_FROM {
+                nodes.push(((level, (start >> level) + local), *hash));
+            }
+        })?;
+        nodes.sort_unstable_by_key(|(key, _)| *key);
+        // The check found the tile's root, so `index` is a tile of the manifest.
+        let root = manifest.tile_roots[index as usize];
+        Ok(VerifiedTile {
+            index,
+            start,
+            root,
+            ids,
+            nodes,
+        })
+    }
 }
 
 impl Restore {
@@ -142,45 +184,34 @@ impl Restore {
             .collect()
     }
 
-    /// Writes chunk `index`, whose bytes [`Manifest::check_chunk`] turned into `ids`,
-    /// durably in one transaction.
-    pub fn write_tile(&mut self, index: u64, ids: &[Hash]) -> Result<(), StoreError> {
+    /// Writes `tile`, checked against this restore's snapshot, durably in one
+    /// transaction.
+    pub fn write(&mut self, tile: VerifiedTile) -> Result<(), StoreError> {
+        let index = tile.index;
         let range = self.manifest.chunk_range(index);
-        if ids.len() as u64 != range.end - range.start {
-            return Err(corrupt(format!("tile {index} holds {} ids", ids.len())));
+        if self.manifest.tile_roots.get(index as usize) != Some(&tile.root)
+            || tile.start != range.start
+            || tile.ids.len() as u64 != range.end - range.start
+        {
+            return Err(corrupt(format!(
+                "tile {index} was checked against another snapshot"
+            )));
         }
-        let mut log = CompactRange::new();
-        let mut nodes = Vec::with_capacity(ids.len() >> (MERKLE_STORED_FROM - 1));
-        for id in ids {
-            // Tiles start at a multiple of their size, so a node `index` places into
-            // the tile's own tree sits at `start >> level` plus that in the log's.
-            log.append(leaf_hash(id.as_bytes()), |level, local, hash| {
-                if level >= MERKLE_STORED_FROM {
-                    nodes.push(((level, (range.start >> level) + local), *hash));
-                }
-            });
-        }
-        let root = log.root();
-        if self.manifest.tile_roots.get(index as usize) != Some(&root) {
-            return Err(corrupt(format!("tile {index} does not give its root")));
-        }
-        // Nodes complete level by level interleaved; in key order each level's rows
-        // append to the end of its run of the table instead of splitting pages.
-        nodes.sort_unstable_by_key(|(key, _)| *key);
         let txn = self.database.begin_write()?;
         {
             let mut table = txn.open_table(ENTRY_IDS)?;
-            for (log_index, id) in range.clone().zip(ids) {
+            for (log_index, id) in range.zip(&tile.ids) {
                 table.insert(log_index, id.as_bytes())?;
             }
             let mut table = txn.open_table(MERKLE_NODES)?;
-            for (key, hash) in &nodes {
+            for (key, hash) in &tile.nodes {
                 table.insert(*key, hash.as_bytes())?;
             }
-            txn.open_table(TILES_DONE)?.insert(index, root.as_bytes())?;
+            txn.open_table(TILES_DONE)?
+                .insert(index, tile.root.as_bytes())?;
         }
         txn.commit()?;
-        self.done.insert(index, root);
+        self.done.insert(index, tile.root);
         Ok(())
     }
 
