@@ -451,56 +451,86 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the id map from `entry_ids`: one sequential scan, beside one of the
-    /// Merkle log's lowest stored level. The ids must rebuild every stored node of
-    /// that level and the tip's log root: a damaged row would otherwise make its
-    /// entry unfindable, and the node would answer 404 for an entry it committed (and
-    /// take it again if resubmitted).
+    /// Rebuilds the id map from `entry_ids`: one sequential scan. The ids must
+    /// rebuild every stored node of the Merkle log's lowest stored level and the
+    /// tip's log root: a damaged row would otherwise make its entry unfindable, and
+    /// the node would answer 404 for an entry it committed (and take it again if
+    /// resubmitted). A second thread hashes the ids while this one reads them and
+    /// fills the map: opening a long history takes the time of the slower half.
     fn load_ids(&self, tip: &Header) -> Result<(), StoreError> {
+        const BATCH: usize = 8192;
         let db = self.db()?;
         let txn = db.begin_read()?;
         let ids = txn.open_table(ENTRY_IDS)?;
-        let nodes = txn.open_table(MERKLE_NODES)?;
-        let level = MERKLE_STORED_FROM;
-        let mut stored = nodes.range((level, 0u64)..(level + 1, 0u64))?;
         let mut map = IdMap::with_capacity(usize::try_from(tip.log_size).unwrap_or(0));
-        let mut log = CompactRange::new();
-        let mut held = 0u64;
-        for row in ids.iter()? {
-            let (log_index, id) = row?;
-            let (log_index, id) = (log_index.value(), Hash(*id.value()));
-            if log_index != held {
-                return Err(corrupt(format!(
-                    "entry index: log index {held} is missing (the next row is {log_index})"
-                )));
-            }
-            let mut completed = None;
-            log.append(leaf_hash(id.as_bytes()), |at, index, node| {
-                if at == level {
-                    completed = Some((index, *node));
+        let (held, (nodes, root)) = std::thread::scope(|scope| {
+            let (batches, to_hash) = std::sync::mpsc::sync_channel::<Vec<Hash>>(4);
+            let hashing = scope.spawn(move || {
+                let mut log = CompactRange::new();
+                let mut nodes = Vec::new();
+                for batch in to_hash {
+                    for id in &batch {
+                        log.append(leaf_hash(id.as_bytes()), |level, _, node| {
+                            if level == MERKLE_STORED_FROM {
+                                nodes.push(*node);
+                            }
+                        });
+                    }
                 }
+                (nodes, log.root())
             });
-            if let Some((index, node)) = completed {
-                let found = stored.next().transpose()?;
-                if !found.is_some_and(|(key, found)| {
-                    key.value() == (level, index) && *found.value() == node.0
-                }) {
-                    return Err(corrupt(format!(
-                        "entry index: the ids up to log index {log_index} do not give the \
-                         Merkle node ({level}, {index}) stored over them"
-                    )));
+            let mut held = 0u64;
+            let mut batch = Vec::with_capacity(BATCH);
+            let read = (|| {
+                for row in ids.iter()? {
+                    let (log_index, id) = row?;
+                    let (log_index, id) = (log_index.value(), Hash(*id.value()));
+                    if log_index != held {
+                        return Err(corrupt(format!(
+                            "entry index: log index {held} is missing (the next row is \
+                             {log_index})"
+                        )));
+                    }
+                    map.insert(&id, log_index);
+                    batch.push(id);
+                    held += 1;
+                    if batch.len() == BATCH {
+                        // The hashing thread only ends once this side drops the sender.
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        let _ = batches.send(full);
+                    }
                 }
-            }
-            map.insert(&id, log_index);
-            held += 1;
-        }
+                let _ = batches.send(batch);
+                Ok::<_, StoreError>(held)
+            })();
+            drop(batches);
+            let hashed = hashing
+                .join()
+                .map_err(|_| StoreError::Failed("hashing the entry index panicked".into()));
+            Ok::<_, StoreError>((read?, hashed?))
+        })?;
         if held != tip.log_size {
             return Err(corrupt(format!(
                 "the entry index holds {held} entries, the log {}",
                 tip.log_size
             )));
         }
-        if log.root() != tip.log_root {
+        let level = MERKLE_STORED_FROM;
+        let stored = txn.open_table(MERKLE_NODES)?;
+        let mut stored = stored.range((level, 0u64)..(level + 1, 0u64))?;
+        for (index, node) in (0u64..).zip(&nodes) {
+            let found = stored.next().transpose()?;
+            if !found.is_some_and(|(key, found)| {
+                key.value() == (level, index) && *found.value() == node.0
+            }) {
+                return Err(corrupt(format!(
+                    "entry index: the ids up to log index {} do not give the Merkle node \
+                     ({level}, {index}) stored over them",
+                    ((index + 1) << level) - 1
+                )));
+            }
+        }
+        if root != tip.log_root {
             return Err(corrupt(format!(
                 "entry index: its ids do not give block {}'s log root",
                 tip.height
