@@ -119,11 +119,14 @@ while time.monotonic() < deadline and history is None:
     rss = max(rss, peak_rss())
     mine, theirs = status(joiner), status(others)
     now = time.monotonic() - started
-    if theirs:
+    if theirs and validating is None:
         theirs_seen.append((now, theirs["height"]))
+        # Keep one sample at least LAG old: the newest such is what the joiner must hold.
+        while len(theirs_seen) > 1 and theirs_seen[1][0] <= now - LAG:
+            theirs_seen.pop(0)
     if mine and theirs:
-        behind = [height for at, height in theirs_seen if at <= now - LAG]
-        if validating is None and behind and mine["height"] >= behind[-1]:
+        old = theirs_seen[0]
+        if validating is None and old[0] <= now - LAG and mine["height"] >= old[1]:
             validating = now
         if validating is not None and mine["history_from"] == 1:
             history = now

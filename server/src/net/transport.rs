@@ -258,7 +258,11 @@ impl Transport {
             frame_limit: config.frame_limit,
             answer: OnceLock::new(),
             request_slots: Semaphore::new(requests::MAX_CONNECTIONS),
-            backoff: config.backoff,
+            // A zero delay would redial a dead peer in a loop.
+            backoff: Backoff {
+                first: config.backoff.first.max(Duration::from_millis(1)),
+                longest: config.backoff.longest.max(config.backoff.first),
+            },
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
         let mut accept = JoinSet::new();

@@ -465,20 +465,23 @@ impl Store {
         let mut map = IdMap::with_capacity(usize::try_from(tip.log_size).unwrap_or(0));
         let (held, (nodes, root)) = std::thread::scope(|scope| {
             let (batches, to_hash) = std::sync::mpsc::sync_channel::<Vec<Hash>>(4);
-            let hashing = scope.spawn(move || {
-                let mut log = CompactRange::new();
-                let mut nodes = Vec::new();
-                for batch in to_hash {
-                    for id in &batch {
-                        log.append(leaf_hash(id.as_bytes()), |level, _, node| {
-                            if level == MERKLE_STORED_FROM {
-                                nodes.push(*node);
-                            }
-                        });
+            let hashing = std::thread::Builder::new()
+                .name("open-hash".into())
+                .spawn_scoped(scope, move || {
+                    let mut log = CompactRange::new();
+                    let mut nodes = Vec::new();
+                    for batch in to_hash {
+                        for id in &batch {
+                            log.append(leaf_hash(id.as_bytes()), |level, _, node| {
+                                if level == MERKLE_STORED_FROM {
+                                    nodes.push(*node);
+                                }
+                            });
+                        }
                     }
-                }
-                (nodes, log.root())
-            });
+                    (nodes, log.root())
+                })
+                .map_err(|error| StoreError::Failed(format!("starting a thread: {error}")))?;
             let mut held = 0u64;
             let mut batch = Vec::with_capacity(BATCH);
             let read = (|| {
@@ -495,18 +498,25 @@ impl Store {
                     batch.push(id);
                     held += 1;
                     if batch.len() == BATCH {
-                        // The hashing thread only ends once this side drops the sender.
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        let _ = batches.send(full);
+                        if batches.send(full).is_err() {
+                            break; // the hashing thread is gone: its join says why
+                        }
                     }
                 }
                 let _ = batches.send(batch);
                 Ok::<_, StoreError>(held)
             })();
+            // The hashing thread ends once the sender is gone.
             drop(batches);
-            let hashed = hashing
-                .join()
-                .map_err(|_| StoreError::Failed("hashing the entry index panicked".into()));
+            let hashed = hashing.join().map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                StoreError::Failed(format!("hashing the entry index panicked: {why}"))
+            });
             Ok::<_, StoreError>((read?, hashed?))
         })?;
         if held != tip.log_size {
@@ -1248,13 +1258,7 @@ impl Store {
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
             let mut ids = txn.open_table(ENTRY_IDS)?;
-            let mut range = CompactRange::load(
-                &StoredNodes {
-                    nodes: &nodes,
-                    ids: &ids,
-                },
-                tip.log_size,
-            )?;
+            let mut range = CompactRange::load(&StoredNodes::new(&nodes, &ids), tip.log_size)?;
             if range.root() != tip.log_root {
                 return Err(corrupt(format!(
                     "block {}: the stored log does not give its log root",
@@ -1391,13 +1395,7 @@ fn tip_and_log_in(txn: &ReadTransaction) -> Result<(Header, CompactRange), Store
     let tip = tip_in(&txn.open_table(BLOCKS)?)?;
     let nodes = txn.open_table(MERKLE_NODES)?;
     let ids = txn.open_table(ENTRY_IDS)?;
-    let range = CompactRange::load(
-        &StoredNodes {
-            nodes: &nodes,
-            ids: &ids,
-        },
-        tip.log_size,
-    )?;
+    let range = CompactRange::load(&StoredNodes::new(&nodes, &ids), tip.log_size)?;
     Ok((tip, range))
 }
 
@@ -1407,6 +1405,12 @@ fn tip_and_log_in(txn: &ReadTransaction) -> Result<(Header, CompactRange), Store
 struct StoredNodes<'a, N, I> {
     nodes: &'a N,
     ids: &'a I,
+}
+
+impl<'a, N, I> StoredNodes<'a, N, I> {
+    fn new(nodes: &'a N, ids: &'a I) -> Self {
+        StoredNodes { nodes, ids }
+    }
 }
 
 impl<N, I> NodeSource for StoredNodes<'_, N, I>

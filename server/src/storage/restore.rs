@@ -280,20 +280,14 @@ impl Restore {
                     break;
                 }
                 for index in 0..count {
-                    let stored = StoredNodes {
-                        nodes: &nodes,
-                        ids: &ids,
-                    };
+                    let stored = StoredNodes::new(&nodes, &ids);
                     let left = stored.node(level - 1, 2 * index)?;
                     let right = stored.node(level - 1, 2 * index + 1)?;
                     let node = crate::chain::merkle::node_hash(&left, &right);
                     nodes.insert((level, index), node.as_bytes())?;
                 }
             }
-            let stored = StoredNodes {
-                nodes: &nodes,
-                ids: &ids,
-            };
+            let stored = StoredNodes::new(&nodes, &ids);
             if CompactRange::load(&stored, size)?.root() != header.log_root {
                 return Err(corrupt(
                     "the restored log does not give the snapshot's root",

@@ -87,10 +87,7 @@ impl Tables {
 
     /// The Merkle log as these tables hold it.
     pub(super) fn stored_nodes(&self) -> impl NodeSource<Error = StoreError> + '_ {
-        StoredNodes {
-            nodes: &self.nodes,
-            ids: &self.ids,
-        }
+        StoredNodes::new(&self.nodes, &self.ids)
     }
 }
 
