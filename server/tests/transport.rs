@@ -342,20 +342,27 @@ async fn a_peer_that_dials_in_is_dialed_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_stalls_only_itself() {
     let mut cluster = Cluster::new(4).await;
-    // Member 2 is a fake that completes TLS and the hello, then never reads.
+    // Member 2 is a fake that completes TLS and the hello, then never reads. It takes
+    // every connection: members 0 and 1 both dial it, in either order.
     let listener = cluster.listeners[2].take().expect("listener");
     let (server, _) =
         configs(&cluster.keys[2], &Roster::new(&cluster.spec.members, &[])).expect("tls");
     let hello = cluster.hello(2);
     let stuck = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut tls = TlsAcceptor::from(server).accept(stream).await.expect("tls");
-        write_frame(&mut tls, &hello.encode()).await.expect("hello");
-        tls.flush().await.expect("flush");
-        read_frame(&mut tls, MAX_HELLO_BYTES)
-            .await
-            .expect("hello back");
-        tokio::time::sleep(LIMIT * 2).await;
+        let mut held = tokio::task::JoinSet::new();
+        loop {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (server, hello) = (server.clone(), hello.clone());
+            held.spawn(async move {
+                let mut tls = TlsAcceptor::from(server).accept(stream).await.expect("tls");
+                write_frame(&mut tls, &hello.encode()).await.expect("hello");
+                tls.flush().await.expect("flush");
+                read_frame(&mut tls, MAX_HELLO_BYTES)
+                    .await
+                    .expect("hello back");
+                tokio::time::sleep(LIMIT * 2).await;
+            });
+        }
     });
     let (zero, _in_zero) = cluster.start(0);
     let (_one, mut in_one) = cluster.start(1);
