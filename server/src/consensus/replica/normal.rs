@@ -395,10 +395,17 @@ impl Replica {
         if slot.certificate.is_some() {
             return false;
         }
-        let Some(prepared) = slot.prepared.as_ref().filter(|p| p.view == view) else {
-            return false;
+        // An abstaining replica prepares nothing, yet a quorum's COMMITs on the block it
+        // accepted are the very certificate a fetched block carries: it applies on
+        // them and keeps in step instead of fetching each block after the fact.
+        let hash = match slot.prepared.as_ref().filter(|p| p.view == view) {
+            Some(prepared) => prepared.header.hash(),
+            None if self.abstaining() => match slot.accepted.as_ref().filter(|a| a.view == view) {
+                Some(accepted) => accepted.hash,
+                None => return false,
+            },
+            None => return false,
         };
-        let hash = prepared.header.hash();
         let signatures: Vec<CommitSignature> = slot
             .commits
             .iter()

@@ -347,7 +347,8 @@ fn a_restarted_replica_announces_its_last_checkpoint_again() {
 
 /// A member that lost its disk forgot what it signed: up to its bound it signs no
 /// PREPARE, COMMIT or VIEW-CHANGE, proposes nothing as primary and only applies what
-/// the others committed; once its tip reaches the bound it votes again.
+/// the others committed (a quorum's COMMITs on a block it accepted, or a fetched
+/// block with its certificate); once its tip reaches the bound it votes again.
 #[test]
 fn a_member_that_forgot_its_votes_abstains_until_past_them() {
     let setup = Setup::new(4);
@@ -370,6 +371,15 @@ fn a_member_that_forgot_its_votes_abstains_until_past_them() {
     );
     assert!(message(&mut backup, vote(&setup, 2, false, 0, &blocks[0])).is_empty());
     assert!(message(&mut backup, vote(&setup, 3, false, 0, &blocks[0])).is_empty());
+    // A quorum of the others' COMMITs on it: applied, with nothing sent.
+    assert!(message(&mut backup, vote(&setup, 0, true, 0, &blocks[0])).is_empty());
+    assert!(message(&mut backup, vote(&setup, 2, true, 0, &blocks[0])).is_empty());
+    let outputs = message(&mut backup, vote(&setup, 3, true, 0, &blocks[0]));
+    assert!(outputs.contains(&"apply h1".to_string()), "{outputs:?}");
+    assert!(
+        !outputs.iter().any(|o| o.contains("broadcast")),
+        "{outputs:?}"
+    );
     // Its timer runs out on a waiting entry: it starts no view change.
     client_entry(&mut backup);
     let late = setup.now + 10 * TIMING.view_change_timeout_ms;
@@ -378,8 +388,9 @@ fn a_member_that_forgot_its_votes_abstains_until_past_them() {
         !outputs.iter().any(|o| o.contains("view-change")),
         "{outputs:?}"
     );
-    // What the others committed it applies, and from its bound on it votes.
-    for block in &blocks[..2] {
+    // A committed block fetched with its certificate it applies too, and from its
+    // bound on it votes.
+    for block in &blocks[1..2] {
         let committed = Input::Committed {
             block: block.clone(),
             certificate: testing::certify(&setup.keys[..3], block),
