@@ -43,6 +43,16 @@ impl Backoff {
         first: Duration::from_millis(50),
         longest: Duration::from_secs(2),
     };
+
+    /// Both delays at least 1 ms and the longest at least the first: a zero delay
+    /// would redial a dead peer in a loop.
+    fn at_least_a_millisecond(self) -> Backoff {
+        let first = self.first.max(Duration::from_millis(1));
+        Backoff {
+            first,
+            longest: self.longest.max(first),
+        }
+    }
 }
 
 /// The wait before accepting again after `accept` failed.
@@ -258,11 +268,7 @@ impl Transport {
             frame_limit: config.frame_limit,
             answer: OnceLock::new(),
             request_slots: Semaphore::new(requests::MAX_CONNECTIONS),
-            // A zero delay would redial a dead peer in a loop.
-            backoff: Backoff {
-                first: config.backoff.first.max(Duration::from_millis(1)),
-                longest: config.backoff.longest.max(config.backoff.first),
-            },
+            backoff: config.backoff.at_least_a_millisecond(),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
         let mut accept = JoinSet::new();
@@ -705,5 +711,30 @@ async fn pump<S: AsyncWrite + Unpin>(
         tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
             .map_err(|_| LinkError::Timeout)??;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_backoff_becomes_a_millisecond_and_the_longest_never_undercuts_the_first() {
+        let ms = Duration::from_millis;
+        let zero = Backoff {
+            first: ms(0),
+            longest: ms(0),
+        };
+        let raised = Backoff {
+            first: ms(1),
+            longest: ms(1),
+        };
+        assert_eq!(zero.at_least_a_millisecond(), raised);
+        let inverted = Backoff {
+            first: ms(500),
+            longest: ms(100),
+        };
+        assert_eq!(inverted.at_least_a_millisecond().longest, ms(500));
+        assert_eq!(Backoff::DEFAULT.at_least_a_millisecond(), Backoff::DEFAULT);
     }
 }
