@@ -210,7 +210,18 @@ fn commit_cost_report() {
 /// and the ones below them hashed from their ids as the store does.
 struct RawNodes<'a> {
     nodes: &'a redb::ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
-    ids: &'a redb::ReadOnlyTable<u64, &'static [u8; 32]>,
+    ids: &'a redb::ReadOnlyTable<u64, &'static [u8]>,
+}
+
+/// The id at `log_index` of the raw entry index, 16 ids to a row.
+fn raw_id(ids: &redb::ReadOnlyTable<u64, &'static [u8]>, log_index: u64) -> Hash {
+    use ledger_migrations::schema::IDS_PER_ROW;
+    let row = ids
+        .get(log_index / IDS_PER_ROW)
+        .expect("read")
+        .expect("row");
+    let at = (log_index % IDS_PER_ROW) as usize * 32;
+    Hash(row.value()[at..at + 32].try_into().expect("an id"))
 }
 
 impl ledger::chain::merkle::NodeSource for RawNodes<'_> {
@@ -219,11 +230,8 @@ impl ledger::chain::merkle::NodeSource for RawNodes<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error> {
         if level < ledger_migrations::schema::MERKLE_STORED_FROM {
             let start = index << level;
-            let ids: Vec<Hash> = self
-                .ids
-                .range(start..start + (1 << level))
-                .expect("read")
-                .map(|row| Hash(*row.expect("read").1.value()))
+            let ids: Vec<Hash> = (start..start + (1 << level))
+                .map(|log_index| raw_id(self.ids, log_index))
                 .collect();
             return Ok(ledger::chain::snapshot::tile_root(&ids));
         }
@@ -320,10 +328,7 @@ fn read_cost_report() {
             per_call(&entries, |(id, height, position, log_index)| {
                 let txn = read();
                 let ids = txn.open_table(ENTRY_IDS).expect("table");
-                assert_eq!(
-                    ids.get(*log_index).expect("read").expect("id").value(),
-                    id.as_bytes()
-                );
+                assert_eq!(raw_id(&ids, *log_index), *id);
                 let blocks = txn.open_table(BLOCKS).expect("table");
                 let bytes = blocks.get(*height).expect("read").expect("block");
                 let block = Block::decode(bytes.value()).expect("decode");

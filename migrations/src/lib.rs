@@ -26,6 +26,10 @@
 //!    they are recomputed from the few `entry_ids` rows they cover, which cuts the
 //!    rows written per committed entry from three to about one and an eighth. A
 //!    build that reads those nodes from the table would call them missing.
+//! 7. the entry index holds [`schema::IDS_PER_ROW`] ids per row: `entry_id_rows`
+//!    replaces `entry_ids`, whose one row per entry cost a B-tree insert (and its
+//!    page space) for every 32 bytes of id, which dominated restoring a snapshot and
+//!    opening a long history.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
@@ -39,8 +43,9 @@ pub mod schema {
     pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
     /// Block hash → height.
     pub const BLOCK_HASHES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("block_hashes");
-    /// Log index → entry id, appended in commit order.
-    pub const ENTRY_IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("entry_ids");
+    /// Log index / [`IDS_PER_ROW`] → the ids at those log indices, concatenated in
+    /// log order; appended in commit order, and only the last row may hold fewer.
+    pub const ENTRY_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("entry_id_rows");
     /// First log index of a block → its height (an empty block is overwritten by the
     /// next block that starts at the same index, which is the one holding entries).
     pub const LOG_STARTS: TableDefinition<u64, u64> = TableDefinition::new("log_starts");
@@ -67,6 +72,10 @@ pub mod schema {
     /// leaves and is recomputed from their `entry_ids` rows instead.
     pub const MERKLE_STORED_FROM: u8 = 4;
 
+    /// Entry ids per row of [`ENTRY_IDS`]: a row is the 16 leaves under one stored
+    /// Merkle node of the lowest stored level.
+    pub const IDS_PER_ROW: u64 = 1 << MERKLE_STORED_FROM;
+
     /// `meta` key of the format marker.
     pub const META_FORMAT: &str = "format";
     /// `meta` key of the schema version (u32, big-endian).
@@ -85,10 +94,12 @@ pub mod retired {
     /// Schemas 1–2: entry id → (height, position in block, log index).
     pub const ENTRIES: TableDefinition<&[u8; 32], (u64, u32, u64)> =
         TableDefinition::new("entries");
+    /// Schemas 3–6: log index → entry id.
+    pub const ENTRY_IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("entry_ids");
 }
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 6;
+pub const CURRENT_VERSION: u32 = 7;
 
 /// One upgrade step.
 pub struct Migration {
@@ -131,7 +142,7 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "append-only entry index: entry_ids and log_starts replace entries",
         apply: |txn| {
-            let mut ids = txn.open_table(schema::ENTRY_IDS)?;
+            let mut ids = txn.open_table(retired::ENTRY_IDS)?;
             let mut starts = txn.open_table(schema::LOG_STARTS)?;
             {
                 let entries = txn.open_table(retired::ENTRIES)?;
@@ -167,6 +178,44 @@ pub const MIGRATIONS: &[Migration] = &[
             let below = (0u8, 0u64)..(schema::MERKLE_STORED_FROM, 0u64);
             txn.open_table(schema::MERKLE_NODES)?
                 .retain_in(below, |_, _| false)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 7,
+        description: "the entry index holds 16 ids per row",
+        apply: |txn| {
+            {
+                let old = txn.open_table(retired::ENTRY_IDS)?;
+                let mut rows = txn.open_table(schema::ENTRY_IDS)?;
+                let mut row = Vec::with_capacity(32 * schema::IDS_PER_ROW as usize);
+                let mut key = 0;
+                // Rows can only be packed from a gapless index: a gap would move every
+                // later id to another log index. Schema 6 refused such a file at open
+                // too, so nothing that opened before is refused now.
+                for entry in old.iter()? {
+                    let (log_index, id) = entry?;
+                    let log_index = log_index.value();
+                    if log_index / schema::IDS_PER_ROW != key
+                        || log_index % schema::IDS_PER_ROW != (row.len() / 32) as u64
+                    {
+                        return Err(redb::StorageError::Corrupted(format!(
+                            "entry_ids: log index {log_index} does not follow the rows before it"
+                        ))
+                        .into());
+                    }
+                    row.extend_from_slice(id.value());
+                    if row.len() as u64 == 32 * schema::IDS_PER_ROW {
+                        rows.insert(key, row.as_slice())?;
+                        row.clear();
+                        key += 1;
+                    }
+                }
+                if !row.is_empty() {
+                    rows.insert(key, row.as_slice())?;
+                }
+            }
+            txn.delete_table(retired::ENTRY_IDS)?;
             Ok(())
         },
     },
@@ -314,14 +363,14 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 6);
+        assert_eq!(pending(&database).unwrap().len(), 7);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 6 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 6, to: 6 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 7 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 7, to: 7 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
@@ -335,19 +384,20 @@ mod tests {
         let txn = database.begin_write().unwrap();
         txn.open_table(schema::META)
             .unwrap()
-            .insert(schema::META_SCHEMA_VERSION, 7u32.to_be_bytes().as_slice())
+            .insert(
+                schema::META_SCHEMA_VERSION,
+                (CURRENT_VERSION + 1).to_be_bytes().as_slice(),
+            )
             .unwrap();
         txn.commit().unwrap();
         let error = migrate(&database).unwrap_err();
         assert!(matches!(
             error,
-            MigrationError::TooNew {
-                found: 7,
-                supported: CURRENT_VERSION
-            }
+            MigrationError::TooNew { found, supported: CURRENT_VERSION }
+                if found == CURRENT_VERSION + 1
         ));
         assert!(error.to_string().contains("newer than this build"));
-        assert_eq!(schema_version(&database).unwrap(), 7);
+        assert_eq!(schema_version(&database).unwrap(), CURRENT_VERSION + 1);
     }
 
     #[test]
@@ -374,7 +424,7 @@ mod tests {
             Upgrade { from: 2, to: 3 }
         );
         let txn = database.begin_read().unwrap();
-        let ids = txn.open_table(schema::ENTRY_IDS).unwrap();
+        let ids = txn.open_table(retired::ENTRY_IDS).unwrap();
         for (id, (_, _, log_index)) in &rows {
             assert_eq!(ids.get(log_index).unwrap().unwrap().value(), id);
         }
@@ -411,6 +461,53 @@ mod tests {
             .map(|row| row.unwrap().0.value().0)
             .collect();
         assert_eq!(levels, [4, 4, 4, 5, 5, 5, 6, 6, 6]);
+    }
+
+    /// 37 ids become two full rows and one of five, in log order; an index with a
+    /// gap is refused, not packed into rows that would move ids.
+    #[test]
+    fn step_7_packs_the_entry_index_into_rows() {
+        let id = |log_index: u64| [log_index as u8; 32];
+        let filled = |skip: Option<u64>| {
+            let (dir, database) = database();
+            migrate_to(&database, 6).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut ids = txn.open_table(retired::ENTRY_IDS).unwrap();
+                for log_index in (0..37).filter(|i| Some(*i) != skip) {
+                    ids.insert(log_index, &id(log_index)).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            (dir, database)
+        };
+
+        let (_dir, database) = filled(None);
+        migrate(&database).unwrap();
+        let txn = database.begin_read().unwrap();
+        let rows = txn.open_table(schema::ENTRY_IDS).unwrap();
+        let packed: Vec<(u64, Vec<u8>)> = rows
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (key, bytes) = row.unwrap();
+                (key.value(), bytes.value().to_vec())
+            })
+            .collect();
+        let expected: Vec<(u64, Vec<u8>)> = [(0u64, 0..16u64), (1, 16..32), (2, 32..37)]
+            .into_iter()
+            .map(|(key, range)| (key, range.flat_map(id).collect()))
+            .collect();
+        assert_eq!(packed, expected);
+        assert!(
+            txn.open_table(retired::ENTRY_IDS).is_err(),
+            "the old index is gone"
+        );
+
+        let (_dir, database) = filled(Some(20));
+        let error = migrate(&database).unwrap_err();
+        assert!(error.to_string().contains("log index 21"), "{error}");
+        assert_eq!(schema_version(&database).unwrap(), 6, "left as it was");
     }
 
     #[test]

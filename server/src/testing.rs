@@ -79,3 +79,21 @@ impl redb::StorageBackend for FailingDisk {
         Ok(())
     }
 }
+
+/// Puts `id` at `log_index` of the entry index inside `txn`, as damage on disk would:
+/// the tests of the store's checks write it under the store's feet.
+pub fn overwrite_entry_id(txn: &redb::WriteTransaction, log_index: u64, id: &[u8; 32]) {
+    use ledger_migrations::schema::{ENTRY_IDS, IDS_PER_ROW};
+    use redb::ReadableTable;
+    let mut table = txn.open_table(ENTRY_IDS).expect("entry index");
+    let key = log_index / IDS_PER_ROW;
+    let mut row = table
+        .get(key)
+        .expect("read")
+        .expect("the row holding that log index")
+        .value()
+        .to_vec();
+    let at = (log_index % IDS_PER_ROW) as usize * 32;
+    row[at..at + 32].copy_from_slice(id);
+    table.insert(key, row.as_slice()).expect("write");
+}

@@ -328,18 +328,14 @@ async fn assert_damage_refused(router: &Router, uri: &str, what: &str) {
 /// refuses submits, while undamaged data is still served.
 #[tokio::test]
 async fn damaged_data_is_refused_never_served() {
-    use ledger_migrations::schema::{BLOCKS, CERTIFICATES, ENTRY_IDS, MERKLE_NODES};
+    use ledger_migrations::schema::{BLOCKS, CERTIFICATES, MERKLE_NODES};
 
     // The index names, at a block's last leaf, an entry no block holds: refused at
     // open, since the node could no longer find that leaf's entry (it would answer
     // 404 for an entry it committed).
     let stranger = Entry::new(b"never submitted".to_vec()).id();
     let (_dir, path, spec, _) = damaged_database(|write, blocks| {
-        write
-            .open_table(ENTRY_IDS)
-            .unwrap()
-            .insert(blocks[0].header.log_size - 1, stranger.as_bytes())
-            .unwrap();
+        ledger::testing::overwrite_entry_id(write, blocks[0].header.log_size - 1, &stranger.0);
     });
     let refused = Store::open(&path, &spec, StoreOptions::default())
         .err()

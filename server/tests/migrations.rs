@@ -8,7 +8,7 @@ use ledger::chain::Entry;
 use ledger::storage::{Store, StoreError, StoreOptions};
 use ledger::testing::{key, spec};
 use ledger_migrations::{schema, MigrationError, CURRENT_VERSION};
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTableMetadata};
 
 fn fixture_copy(dir: &Path, name: &str) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +38,7 @@ fn schema_1_fixture_opens_upgrades_and_keeps_its_chain() {
         let pending = ledger_migrations::pending(&database).unwrap();
         assert_eq!(
             pending.iter().map(|step| step.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6]
+            [2, 3, 4, 5, 6, 7]
         );
     }
 
@@ -77,6 +77,12 @@ fn schema_1_fixture_opens_upgrades_and_keeps_its_chain() {
     let nodes = txn.open_table(schema::MERKLE_NODES).unwrap();
     let below = (0u8, 0u64)..(schema::MERKLE_STORED_FROM, 0u64);
     assert!(nodes.range(below).unwrap().next().is_none());
+    // Step 7 packed the index into rows, and the lookup above read them.
+    let rows = txn.open_table(schema::ENTRY_IDS).unwrap();
+    assert_eq!(
+        rows.len().unwrap(),
+        tip.log_size.div_ceil(schema::IDS_PER_ROW)
+    );
 }
 
 #[test]

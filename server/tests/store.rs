@@ -715,9 +715,7 @@ fn damaged(
 /// not find its entries.
 #[test]
 fn the_full_check_finds_every_kind_of_damage() {
-    use ledger_migrations::schema::{
-        BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
-    };
+    use ledger_migrations::schema::{BLOCKS, BLOCK_HASHES, CERTIFICATES, LOG_STARTS, MERKLE_NODES};
     type Damage = fn(&redb::WriteTransaction, &[Block]);
     let dir = tempfile::tempdir().unwrap();
     let clean = damaged(&dir.path().join("clean.redb"), |_, _| {}).unwrap();
@@ -804,8 +802,7 @@ fn the_full_check_finds_every_kind_of_damage() {
         let refused = damaged(
             &dir.path().join(format!("ids-{log_index}.redb")),
             |write, _| {
-                let mut table = write.open_table(ENTRY_IDS).unwrap();
-                table.insert(log_index, &[9u8; 32]).unwrap();
+                ledger::testing::overwrite_entry_id(write, log_index, &[9u8; 32]);
             },
         )
         .expect_err("a damaged entry index is refused at open");

@@ -1,16 +1,16 @@
 //! The in-memory map from entry ids to log indices over the append-only
-//! `entry_ids` table: what makes "is this entry committed?" one B-tree read.
+//! entry index (`id_rows.rs`): what makes "is this entry committed?" one B-tree read.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use redb::ReadableTable;
 
-use super::{corrupt, StoreError};
+use super::{corrupt, id_rows, StoreError};
 use crate::chain::Hash;
 
 /// Entry ids by their first 8 bytes → log index. About 20 bytes of memory per entry;
-/// a hit is only a candidate until `entry_ids` confirms the full id, so prefix
+/// a hit is only a candidate until the entry index confirms the full id, so prefix
 /// collisions (and entries of a commit that failed) cost a read, never a wrong answer.
 #[derive(Debug, Default)]
 pub(super) struct IdMap {
@@ -73,12 +73,12 @@ impl IdMap {
         self.first.contains_key(&IdMap::prefix(id))
     }
 
-    /// The log index holding `id`, confirmed in `ids` (a table of `entry_ids`). A
+    /// The log index holding `id`, confirmed in `ids` (the entry index's table). A
     /// candidate whose stored id does not even share the prefix that led to it
     /// means the table changed under the map: damage, not a miss.
     pub(super) fn locate(
         &self,
-        ids: &impl ReadableTable<u64, &'static [u8; 32]>,
+        ids: &impl ReadableTable<u64, &'static [u8]>,
         id: &Hash,
     ) -> Result<Option<u64>, StoreError> {
         let prefix = IdMap::prefix(id);
@@ -88,11 +88,10 @@ impl IdMap {
             .into_iter()
             .chain(self.more.get(&prefix).into_iter().flatten());
         for &log_index in candidates {
-            let Some(stored) = ids.get(log_index)? else {
+            let Some(stored) = id_rows::id_at(ids, log_index)? else {
                 // An entry of a commit that failed, taken out again below.
                 continue;
             };
-            let stored = Hash(*stored.value());
             if stored == *id {
                 return Ok(Some(log_index));
             }
@@ -113,7 +112,7 @@ mod tests {
 
     use super::*;
 
-    const IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("ids");
+    const IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("ids");
 
     /// A row that changed under the map after it was built is damage when its id no
     /// longer shares the prefix that led to it, and an ordinary miss when it does (a
@@ -129,8 +128,7 @@ mod tests {
         let write = database.begin_write().unwrap();
         {
             let mut table = write.open_table(IDS).unwrap();
-            table.insert(0, &Hash([2; 32]).0).unwrap();
-            table.insert(1, &same_prefix.0).unwrap();
+            id_rows::append(&mut table, 0, [Hash([2; 32]), same_prefix]).unwrap();
         }
         write.commit().unwrap();
         let mut map = IdMap::default();

@@ -7,18 +7,20 @@
 //! [`Store::apply_block`] returns only after the commit. Reads use read transactions,
 //! which never block the single writer.
 //!
-//! Entries are indexed append-only: `entry_ids` maps each log index to its entry id,
-//! so a block's index writes land on the table's last pages instead of one random
-//! B-tree page per entry (benches/README.md, "store"). Lookups by id go through
-//! `IdMap` (`ids.rs`), an in-memory map from an id's first 8 bytes to log indices, rebuilt at
-//! open and confirmed against `entry_ids` on every hit. The Merkle log keeps only its
-//! nodes over 16 leaves or more; one below is hashed from the ids it covers when a
-//! proof needs it, which saves two rows per entry on every apply and restore.
+//! Entries are indexed append-only: `entry_id_rows` holds the entry ids in log order,
+//! 16 to a row (`id_rows.rs`), so a block's index writes land on the table's last
+//! pages instead of one random B-tree page per entry (benches/README.md, "store").
+//! Lookups by id go through `IdMap` (`ids.rs`), an in-memory map from an id's first 8
+//! bytes to log indices, rebuilt at open and confirmed against the rows on every hit.
+//! The Merkle log keeps only its nodes over 16 leaves or more; one below is hashed
+//! from the ids it covers (one row) when a proof needs it, which saves two rows per
+//! entry on every apply and restore.
 //!
 //! Every call blocks on disk IO: async callers use `spawn_blocking`.
 
 mod consensus;
 mod health;
+mod id_rows;
 mod ids;
 mod restore;
 mod snapshot;
@@ -451,7 +453,7 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the id map from `entry_ids`: one sequential scan. The ids must
+    /// Rebuilds the id map from the entry index: one sequential scan. The ids must
     /// rebuild every stored node of the Merkle log's lowest stored level and the
     /// tip's log root: a damaged row would otherwise make its entry unfindable, and
     /// the node would answer 404 for an entry it committed (and take it again if
@@ -482,31 +484,22 @@ impl Store {
                     (nodes, log.root())
                 })
                 .map_err(|error| StoreError::Failed(format!("starting a thread: {error}")))?;
-            let mut held = 0u64;
             let mut batch = Vec::with_capacity(BATCH);
-            let read = (|| {
-                for row in ids.iter()? {
-                    let (log_index, id) = row?;
-                    let (log_index, id) = (log_index.value(), Hash(*id.value()));
-                    if log_index != held {
-                        return Err(corrupt(format!(
-                            "entry index: log index {held} is missing (the next row is \
-                             {log_index})"
-                        )));
-                    }
+            let read = id_rows::scan(&ids, |first, row| {
+                for (log_index, id) in (first..).zip(row) {
                     map.insert(&id, log_index);
                     batch.push(id);
-                    held += 1;
-                    if batch.len() == BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        if batches.send(full).is_err() {
-                            break; // the hashing thread is gone: its join says why
-                        }
-                    }
                 }
-                let _ = batches.send(batch);
-                Ok::<_, StoreError>(held)
-            })();
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    // The hashing thread is gone: its join says why, and is reported first.
+                    batches
+                        .send(full)
+                        .map_err(|_| StoreError::Failed("the hashing thread stopped".into()))?;
+                }
+                Ok(())
+            });
+            let _ = batches.send(batch);
             // The hashing thread ends once the sender is gone.
             drop(batches);
             let hashed = hashing.join().map_err(|panic| {
@@ -517,7 +510,8 @@ impl Store {
                     .unwrap_or_default();
                 StoreError::Failed(format!("hashing the entry index panicked: {why}"))
             });
-            Ok::<_, StoreError>((read?, hashed?))
+            let hashed = hashed?;
+            Ok::<_, StoreError>((read?, hashed))
         })?;
         if held != tip.log_size {
             return Err(corrupt(format!(
@@ -1275,8 +1269,6 @@ impl Store {
                 if !in_block.insert(id) || map.locate(&ids, &id)?.is_some() {
                     return Err(ChainError::DuplicateEntry { id }.into());
                 }
-                // Appended in log order: these writes fill the table's last pages.
-                ids.insert(log_index, id.as_bytes())?;
                 new_ids.push((id, log_index));
                 range.append(leaf_hash(id.as_bytes()), |level, index, node| {
                     appended.record(level, index, node);
@@ -1288,6 +1280,8 @@ impl Store {
             for (key, node) in &completed {
                 nodes.insert(*key, node.as_bytes())?;
             }
+            // Appended in log order: these writes fill the table's last pages.
+            id_rows::append(&mut ids, tip.log_size, new_ids.iter().map(|(id, _)| *id))?;
             if !block.entries.is_empty() {
                 txn.open_table(LOG_STARTS)?
                     .insert(tip.log_size, header.height)?;
@@ -1314,7 +1308,7 @@ impl Store {
         }
         // The map learns the ids before the commit, under the write lock, so the next
         // writer cannot miss them; should the commit fail they are taken out again
-        // (and until then they are candidates that `entry_ids` does not confirm).
+        // (and until then they are candidates that the entry index does not confirm).
         {
             let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
             for (id, log_index) in &new_ids {
@@ -1401,7 +1395,7 @@ fn tip_and_log_in(txn: &ReadTransaction) -> Result<(Header, CompactRange), Store
 
 /// The Merkle log as stored (read-only or inside the write transaction): nodes from
 /// level [`MERKLE_STORED_FROM`] up from their table, the ones below recomputed from
-/// the at most eight entry ids they cover.
+/// the at most eight entry ids they cover, all in one row.
 struct StoredNodes<'a, N, I> {
     nodes: &'a N,
     ids: &'a I,
@@ -1416,14 +1410,14 @@ impl<'a, N, I> StoredNodes<'a, N, I> {
 impl<N, I> NodeSource for StoredNodes<'_, N, I>
 where
     N: ReadableTable<(u8, u64), &'static [u8; 32]>,
-    I: ReadableTable<u64, &'static [u8; 32]>,
+    I: ReadableTable<u64, &'static [u8]>,
 {
     type Error = StoreError;
 
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         if level < MERKLE_STORED_FROM {
             let start = index << level;
-            return Ok(crate::chain::snapshot::tile_root(&ids_in(
+            return Ok(crate::chain::snapshot::tile_root(&id_rows::ids_in(
                 self.ids,
                 start..start + (1 << level),
             )?));
@@ -1434,35 +1428,10 @@ where
     }
 }
 
-/// The ids at `range` of the entry index, which must hold every one of them.
-fn ids_in(
-    table: &impl ReadableTable<u64, &'static [u8; 32]>,
-    range: std::ops::Range<u64>,
-) -> Result<Vec<Hash>, StoreError> {
-    let mut ids = Vec::with_capacity(usize::try_from(range.end - range.start).unwrap_or(0));
-    for (expected, row) in range.clone().zip(table.range(range.clone())?) {
-        let (index, id) = row?;
-        if index.value() != expected {
-            return Err(corrupt(format!(
-                "the entry index skips from log index {expected} to {}",
-                index.value()
-            )));
-        }
-        ids.push(Hash(*id.value()));
-    }
-    if ids.len() as u64 != range.end - range.start {
-        return Err(corrupt(format!(
-            "the entry index ends before log index {}",
-            range.end
-        )));
-    }
-    Ok(ids)
-}
-
 /// The entry index as seen by one read transaction.
 struct ReadIndex<'a, T>(&'a IdMap, &'a T);
 
-impl<T: ReadableTable<u64, &'static [u8; 32]>> EntryIndex for ReadIndex<'_, T> {
+impl<T: ReadableTable<u64, &'static [u8]>> EntryIndex for ReadIndex<'_, T> {
     fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
         self.0
             .locate(self.1, id)

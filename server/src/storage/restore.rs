@@ -19,11 +19,12 @@ use ledger_migrations::schema::{
 };
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{corrupt, write_identity, StoreError, StoredNodes};
+use super::{corrupt, id_rows, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{Manifest, SnapshotError};
 use crate::chain::{
-    Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Hash, Header, MembershipHistory,
+    Block, ChainError, ChainSpec, CommitCertificate, CompactRange, Entry, Hash, Header,
+    MembershipHistory,
 };
 
 /// Tile index → its root, for the tiles written so far (staging file only).
@@ -199,10 +200,13 @@ impl Restore {
         }
         let txn = self.database.begin_write()?;
         {
-            let mut table = txn.open_table(ENTRY_IDS)?;
-            for (log_index, id) in range.zip(&tile.ids) {
-                table.insert(log_index, id.as_bytes())?;
-            }
+            // A tile starts where a row does (its level is at least the rows'), so
+            // tiles written in any order fill disjoint rows.
+            id_rows::append(
+                &mut txn.open_table(ENTRY_IDS)?,
+                range.start,
+                tile.ids.iter().copied(),
+            )?;
             let mut table = txn.open_table(MERKLE_NODES)?;
             for (key, hash) in &tile.nodes {
                 table.insert(*key, hash.as_bytes())?;
@@ -262,14 +266,13 @@ impl Restore {
         let txn = self.database.begin_write()?;
         {
             let ids = txn.open_table(ENTRY_IDS)?;
-            for (log_index, entry) in (start..).zip(&block.entries) {
-                let stored = ids.get(log_index)?.map(|id| Hash(*id.value()));
-                if stored != Some(entry.id()) {
-                    return Err(corrupt(format!(
-                        "the snapshot's block holds entry {} where its log has another",
-                        entry.id()
-                    )));
-                }
+            let stored = id_rows::ids_in(&ids, start..size)?;
+            let mut pairs = block.entries.iter().zip(&stored);
+            if let Some((entry, _)) = pairs.find(|(entry, stored)| entry.id() != **stored) {
+                return Err(corrupt(format!(
+                    "the snapshot's block holds entry {} where its log has another",
+                    entry.id()
+                )));
             }
             // The nodes above the tiles: complete subtrees of complete subtrees. Levels
             // below the stored ones are recomputed from the ids when read.
@@ -382,10 +385,7 @@ fn remove_range(
     txn: &redb::WriteTransaction,
     range: std::ops::Range<u64>,
 ) -> Result<(), StoreError> {
-    let mut ids = txn.open_table(ENTRY_IDS)?;
-    for log_index in range.clone() {
-        ids.remove(log_index)?;
-    }
+    id_rows::remove(&mut txn.open_table(ENTRY_IDS)?, range.clone())?;
     let mut nodes = txn.open_table(MERKLE_NODES)?;
     for level in MERKLE_STORED_FROM..64u8 {
         let (first, end) = (range.start >> level, range.end >> level);
@@ -478,15 +478,13 @@ impl super::Store {
                 }
                 .into());
             }
-            let ids = txn.open_table(ENTRY_IDS)?;
-            for (log_index, entry) in (start..).zip(&block.entries) {
-                if ids.get(log_index)?.map(|id| Hash(*id.value())) != Some(entry.id()) {
-                    return Err(ChainError::Malformed {
-                        what: "backfilled block",
-                        reason: "its entries are not the ones the log holds at its place",
-                    }
-                    .into());
+            let held = id_rows::ids_in(&txn.open_table(ENTRY_IDS)?, start..end)?;
+            if !block.entries.iter().map(Entry::id).eq(held) {
+                return Err(ChainError::Malformed {
+                    what: "backfilled block",
+                    reason: "its entries are not the ones the log holds at its place",
                 }
+                .into());
             }
             blocks.insert(height, block.encode().as_slice())?;
             txn.open_table(BLOCK_HASHES)?

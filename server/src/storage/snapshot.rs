@@ -6,8 +6,9 @@
 
 use ledger_migrations::schema::ENTRY_IDS;
 
+use super::id_rows::ids_in;
 use super::verify::Anchor;
-use super::{corrupt, ids_in, Store, StoreError};
+use super::{corrupt, Store, StoreError};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{self, Manifest, MAX_RECENT_HEADERS};
 use crate::chain::Hash;

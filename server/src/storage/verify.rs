@@ -23,7 +23,7 @@ use ledger_migrations::schema::{
 };
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
-use super::{corrupt, location_in, Store, StoreError, StoredNodes};
+use super::{corrupt, id_rows, location_in, Store, StoreError, StoredNodes};
 use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion, NodeSource};
 use crate::chain::{
     Block, CommitCertificate, CompactRange, Entry, Hash, Header, Membership, Receipt, HEADER_LEN,
@@ -63,7 +63,7 @@ pub(super) struct Tables {
     pub(super) hashes: ReadOnlyTable<&'static [u8; 32], u64>,
     pub(super) certificates: ReadOnlyTable<u64, &'static [u8]>,
     pub(super) nodes: ReadOnlyTable<(u8, u64), &'static [u8; 32]>,
-    pub(super) ids: ReadOnlyTable<u64, &'static [u8; 32]>,
+    pub(super) ids: ReadOnlyTable<u64, &'static [u8]>,
     pub(super) starts: ReadOnlyTable<u64, u64>,
     pub(super) base_headers: ReadOnlyTable<u64, &'static [u8]>,
     /// The store's `history_from`, read before the transaction began: the
@@ -470,11 +470,7 @@ impl Store {
         // and the stored Merkle nodes.
         let mut append = |log: &mut CompactRange, id: Hash, height: u64| {
             let log_index = log.size();
-            if entry_ids
-                .get(log_index)?
-                .map(|stored| Hash(*stored.value()))
-                != Some(id)
-            {
+            if id_rows::id_at(entry_ids, log_index)? != Some(id) {
                 return Err(damage_at(
                     height,
                     format!("entry {id} is not in the entry index at {log_index}"),
@@ -545,14 +541,14 @@ impl Store {
                             .log_size
                             .checked_sub(block.entries.len() as u64)
                             .ok_or_else(|| damage_at(height, "holds more entries than its log"))?;
-                        for log_index in 0..start {
-                            let id = entry_ids
-                                .get(log_index)?
-                                .map(|stored| Hash(*stored.value()))
-                                .ok_or_else(|| {
-                                    corrupt(format!("the entry index misses log index {log_index}"))
-                                })?;
-                            append(&mut log, id, height)?;
+                        // A tile's worth at a time: memory stays flat at any length.
+                        let mut next = 0;
+                        while next < start {
+                            let end = start.min(next + (1 << 16));
+                            for id in id_rows::ids_in(entry_ids, next..end)? {
+                                append(&mut log, id, height)?;
+                            }
+                            next = end;
                         }
                     } else if header.prev_hash != parent.hash() {
                         return Err(damage_at(height, "does not link to its parent"));
@@ -627,16 +623,31 @@ impl Store {
             ));
         }
         let counts = [
-            ("block hash index", tables.hashes.len()?, held),
-            ("certificate table", tables.certificates.len()?, held - 1),
-            ("entry index", entry_ids.len()?, tip_header.log_size),
-            ("log start index", tables.starts.len()?, starts),
-            ("Merkle node table", tables.nodes.len()?, merkle_nodes),
+            ("block hash index", "rows", tables.hashes.len()?, held),
+            (
+                "certificate table",
+                "rows",
+                tables.certificates.len()?,
+                held - 1,
+            ),
+            (
+                "entry index",
+                "ids",
+                id_rows::held(entry_ids)?,
+                tip_header.log_size,
+            ),
+            ("log start index", "rows", tables.starts.len()?, starts),
+            (
+                "Merkle node table",
+                "rows",
+                tables.nodes.len()?,
+                merkle_nodes,
+            ),
         ];
-        for (what, found, expected) in counts {
+        for (what, unit, found, expected) in counts {
             if found != expected {
                 return Err(corrupt(format!(
-                    "the {what} holds {found} rows, the chain {expected}"
+                    "the {what} holds {found} {unit}, the chain {expected}"
                 )));
             }
         }
