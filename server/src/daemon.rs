@@ -22,7 +22,7 @@ use crate::join::{JoinConfig, Joined, Source};
 use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
-use crate::storage::{CheckProgress, CheckReport, Store};
+use crate::storage::{CheckProgress, CheckReport, RestoredIds, Store};
 
 /// Frames queued per peer, each way.
 const PEER_QUEUE: usize = 8192;
@@ -79,22 +79,36 @@ pub async fn stop_signal() {
 /// Opens the store of `config`, checking that its key is a member (or, on a
 /// follower, that it is not).
 pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
+    open_restored(config, None)
+}
+
+/// [`open`] of a database a join just restored, with the id map it handed on.
+fn open_restored(
+    config: &NodeConfig,
+    restored: Option<RestoredIds>,
+) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
     let spec = config.chain_spec()?;
     let key = check_key(config, &spec)?;
-    let store = open_at(config, &spec, &config.database_path())?;
+    let store = open_at(config, &spec, &config.database_path(), restored)?;
     Ok((Arc::new(store), key))
 }
 
 /// Opens (creating if need be) a database of `config`'s chain at `path` in its data
-/// directory, with its store options.
+/// directory, with its store options (and the id map of a restore that built it).
 fn open_at(
     config: &NodeConfig,
     spec: &crate::chain::ChainSpec,
     path: &Path,
+    restored: Option<RestoredIds>,
 ) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    Ok(Store::open(path, spec, config.store_options())?)
+    Ok(Store::open_restored(
+        path,
+        spec,
+        config.store_options(),
+        restored,
+    )?)
 }
 
 /// The key of `config`, checked to be a member's, or on a follower not to be.
@@ -137,7 +151,7 @@ fn join_if_new(
     required: bool,
     metrics: &crate::metrics::Metrics,
     starting: &Starting,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<RestoredIds>> {
     if set_aside_path(config).exists() && !config.database_path().exists() {
         tracing::info!(
             set_aside = %set_aside_path(config).display(),
@@ -241,8 +255,8 @@ fn join_if_far_behind(
     let (path, aside) = (config.database_path(), set_aside_path(config));
     Store::move_files(&path, &aside)
         .with_context(|| format!("setting {} aside as {}", path.display(), aside.display()))?;
-    join_if_new(config, false, metrics, starting)?;
-    Ok(open(config)?.0)
+    let restored = join_if_new(config, false, metrics, starting)?;
+    Ok(open_restored(config, restored)?.0)
 }
 
 /// [`join_if_new`] but for what becomes of a database set aside.
@@ -251,10 +265,10 @@ fn join_into_new(
     required: bool,
     metrics: &crate::metrics::Metrics,
     starting: &Starting,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<RestoredIds>> {
     let path = config.database_path();
     if !required && !config.join_from_snapshot {
-        return Ok(());
+        return Ok(None);
     }
     if path.exists() {
         if required {
@@ -264,7 +278,7 @@ fn join_into_new(
                 path.display()
             );
         }
-        return Ok(());
+        return Ok(None);
     }
     let spec = config.chain_spec()?;
     let join = join_config(config, &spec, JOIN_TIMEOUT)?;
@@ -275,25 +289,25 @@ fn join_into_new(
                  the others' p2p_addr, a follower from their api_addr)"
             );
         }
-        return Ok(());
+        return Ok(None);
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     starting.set_phase("joining from a snapshot");
     match crate::join::join(&spec, &join, metrics) {
-        Ok(Joined::Restored { .. }) => Ok(()),
+        Ok(Joined::Restored { ids, .. }) => Ok(ids.map(|ids| *ids)),
         Ok(Joined::NoSnapshot) if required => bail!(
             "no member offers a snapshot (the chain is younger than one checkpoint interval, \
              or no member answered); `ledgerd run` replays the chain from the peers instead"
         ),
         Ok(Joined::NoSnapshot) => {
             tracing::info!("no member offers a snapshot yet: the chain is replayed from the peers");
-            Ok(())
+            Ok(None)
         }
         Err(error) if required => Err(error.into()),
         Err(error) => {
             tracing::warn!(%error, "joining from a snapshot failed: the chain is replayed from the peers instead");
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -324,7 +338,7 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
         // without the mark, which would let the replica vote at once on a restart.
         let building = config.data_dir.join("ledger.redb.creating");
         let _ = std::fs::remove_file(&building);
-        open_at(config, &spec, &building)?.set_abstain_through(bound)?;
+        open_at(config, &spec, &building, None)?.set_abstain_through(bound)?;
         Store::move_files(&building, &config.database_path())
             .with_context(|| format!("moving {} into place", building.display()))?;
     }
@@ -732,7 +746,7 @@ async fn run_once(
         (config.serve_limits(), tls.clone()),
         notifier.clone(),
     )?;
-    tokio::task::spawn_blocking({
+    let restored = tokio::task::spawn_blocking({
         let (config, metrics, starting) =
             (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
         move || join_if_new(&config, start == Start::Join, &metrics, &starting)
@@ -748,7 +762,7 @@ async fn run_once(
     starting.set_holds_nothing(false);
     let (store, key) = tokio::task::spawn_blocking({
         let config = config.clone();
-        move || open(&config)
+        move || open_restored(&config, restored)
     })
     .await??;
     let store = match start {

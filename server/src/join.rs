@@ -28,7 +28,7 @@ use crate::engine::lock;
 use crate::http::Credentials;
 use crate::metrics::Metrics;
 use crate::net::{Requester, Wire};
-use crate::storage::{Restore, Store, StoreError, VerifiedTile};
+use crate::storage::{Restore, RestoredIds, Store, StoreError, VerifiedTile};
 use ed25519_dalek::VerifyingKey;
 
 /// Failures after which a member is no longer asked for chunks.
@@ -84,7 +84,7 @@ pub struct JoinConfig {
 }
 
 /// How a join ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Joined {
     /// The database was restored from the snapshot at `height`.
     Restored {
@@ -98,6 +98,8 @@ pub enum Joined {
         refused: Vec<String>,
         /// Members that failed to serve chunks, with how often.
         strikes: Vec<(String, u32)>,
+        /// The restored database's id map, for [`crate::storage::Store::open_restored`].
+        ids: Option<Box<RestoredIds>>,
     },
     /// No member offers a verifiable snapshot (a young chain, or none reachable):
     /// the node replays the chain from its peers instead.
@@ -236,7 +238,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         None => (0, height),
         Some(probe) => abstain_through(&client, spec, probe, known, height),
     };
-    restore.finish(spec, &block, &config.path, abstain_through)?;
+    let ids = restore.finish(spec, &block, &config.path, abstain_through)?;
     if abstain_through > 0 {
         tracing::warn!(
             chain_height = seen,
@@ -245,7 +247,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
              and votes again from height {abstain_through} on"
         );
     }
-    // What the join itself cost in memory, before the node loads its id map.
+    // What the join itself cost in memory, the id map it hands the node included.
     let peak_rss_mib = rss_mib("VmHWM").unwrap_or(0);
     let released_mib = release_freed_memory();
     let manifest_bytes = best.encode().len();
@@ -264,6 +266,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         bytes,
         refused,
         strikes: fetched.strikes.into_iter().collect(),
+        ids: ids.map(Box::new),
     })
 }
 

@@ -14,7 +14,7 @@ use axum::Router;
 use ledger::api::router;
 use ledger::api::types::SnapshotView;
 use ledger::chain::snapshot::Manifest;
-use ledger::chain::{Block, ChainSpec, CompactRange, Hash};
+use ledger::chain::{Block, ChainSpec, CompactRange, Entry, Hash};
 use ledger::join::{JoinConfig, Joined, Source};
 use ledger::net::{
     Backoff, Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION,
@@ -254,7 +254,11 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
         restore.write(tile).unwrap();
     }
     let (block, _) = source.committed_block(20).unwrap().unwrap();
-    restore.finish(&spec, &block, &path, 30).unwrap();
+    let handed = restore.finish(&spec, &block, &path, 30).unwrap();
+    assert!(
+        handed.is_none(),
+        "tiles an earlier run wrote are checked at open"
+    );
     assert!(!staging.exists());
 
     let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
@@ -373,6 +377,53 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     assert_eq!(store.verify_chain().unwrap(), 20);
     // Nothing was left of the old partial tile: the node map and the log agree.
     assert_eq!(store.log_root(70).unwrap(), source.log_root(70).unwrap());
+}
+
+/// A restore that wrote every tile itself hands on its id map: the store opened with
+/// it finds every entry where the store opened from disk does, and says "absent" of
+/// the same ids. A map of another log (here the snapshot at 10 handed to the database
+/// at 20) is dropped and the ids are loaded from disk instead.
+#[test]
+fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, source, ids) = chain(&dir.path().join("source"), 25);
+    let restored = |height: u64, name: &str| {
+        let (manifest, chunks) = snapshot_of(&source, height);
+        let staging = dir.path().join(format!("{name}.restoring"));
+        let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+        for index in restore.missing() {
+            let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
+            restore.write(tile).unwrap();
+        }
+        let (block, _) = source.committed_block(height).unwrap().unwrap();
+        let path = dir.path().join(name);
+        let handed = restore.finish(&spec, &block, &path, 0).unwrap();
+        (path, handed.expect("every tile written by this restore"))
+    };
+    let (path, handed) = restored(20, "at-20.redb");
+    let held = source.tip().unwrap();
+    let at_20 = source.header(20).unwrap().unwrap().log_size;
+    let stranger = Entry::new(b"never committed".to_vec()).id();
+    let mut asked: Vec<_> = ids.iter().copied().take(at_20 as usize + 5).collect();
+    asked.push(stranger);
+    let answers = |store: &Store| -> Vec<_> {
+        asked
+            .iter()
+            .map(|id| store.committed(std::slice::from_ref(id)).unwrap()[0])
+            .collect()
+    };
+    let from_disk = answers(&Store::open(&path, &spec, StoreOptions::default()).unwrap());
+    assert_eq!(from_disk.iter().filter(|held| **held).count() as u64, at_20);
+    assert!(
+        held.log_size > at_20,
+        "some asked ids come after the snapshot"
+    );
+    let with_map = Store::open_restored(&path, &spec, StoreOptions::default(), Some(handed));
+    assert_eq!(answers(&with_map.unwrap()), from_disk);
+
+    let (_, older) = restored(10, "at-10.redb");
+    let dropped = Store::open_restored(&path, &spec, StoreOptions::default(), Some(older));
+    assert_eq!(answers(&dropped.unwrap()), from_disk);
 }
 
 /// How a member lies to a joiner.

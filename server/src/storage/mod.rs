@@ -42,7 +42,7 @@ pub use health::{recovery_backoff, HealthCounters};
 use ids::IdMap;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub(crate) use restore::sync_parent;
-pub use restore::{Restore, VerifiedTile};
+pub use restore::{Restore, RestoredIds, VerifiedTile};
 use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 
@@ -217,6 +217,16 @@ impl Default for StoreOptions {
 /// Opens the database file again after an I/O failure.
 type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
+/// Where an opening store's id map comes from.
+enum Ids {
+    /// Nowhere: a store that reads blocks only.
+    Skip,
+    /// The entry index, every id checked.
+    Load,
+    /// A restore's, when it has one that fits the tip; else as `Load`.
+    Given(Option<RestoredIds>),
+}
+
 /// The open database: writable for a node, read-only for `ledgerd check`, which
 /// must leave the file exactly as it found it.
 enum Handle {
@@ -300,10 +310,25 @@ impl Store {
     /// schema, writes the genesis block into a new database, and refuses a database of
     /// another chain, a newer schema, or a file that is not a ledger database.
     pub fn open(path: &Path, spec: &ChainSpec, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_restored(path, spec, options, None)
+    }
+
+    /// [`Store::open`] of a database [`Restore::finish`] built, with the id map it
+    /// handed on (if any): the ids were checked against the snapshot's root as they
+    /// arrived, moments ago in this process, so they are not scanned and hashed
+    /// again. A map of another log than the database's tip is dropped and the ids
+    /// are loaded as at any open.
+    pub fn open_restored(
+        path: &Path,
+        spec: &ChainSpec,
+        options: StoreOptions,
+        restored: Option<RestoredIds>,
+    ) -> Result<Store, StoreError> {
         let cache = options.cache_bytes;
         let database = create_file(path, cache)?;
         let reopen_path = path.to_owned();
-        let store = Store::from_database(database, path.to_owned(), spec, options)?;
+        let ids = Ids::Given(restored);
+        let store = Store::migrated(database, path.to_owned(), spec, options, ids)?;
         store.open_wal(false)?;
         Ok(store.reopen_with(move || {
             // The file system must take writes again before the file is touched: a
@@ -349,11 +374,21 @@ impl Store {
         spec: &ChainSpec,
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
+        Store::migrated(database, path, spec, options, Ids::Load)
+    }
+
+    fn migrated(
+        database: Database,
+        path: PathBuf,
+        spec: &ChainSpec,
+        options: StoreOptions,
+        ids: Ids,
+    ) -> Result<Store, StoreError> {
         ledger_migrations::migrate(&database).map_err(|source| StoreError::Schema {
             path: path.clone(),
             source,
         })?;
-        Store::over(Handle::Writable(database), path, spec, options, true)
+        Store::over(Handle::Writable(database), path, spec, options, ids)
     }
 
     /// Opens the database at `path` without changing a byte of it, for checking:
@@ -393,6 +428,7 @@ impl Store {
                 ),
             });
         }
+        let ids = if ids { Ids::Load } else { Ids::Skip };
         Store::over(
             Handle::ReadOnly(database),
             path.to_owned(),
@@ -407,7 +443,7 @@ impl Store {
         path: PathBuf,
         spec: &ChainSpec,
         options: StoreOptions,
-        ids: bool,
+        ids: Ids,
     ) -> Result<Store, StoreError> {
         let genesis = spec.genesis_block();
         let store = Store {
@@ -435,7 +471,18 @@ impl Store {
         );
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
-        store.load_cached(ids)?;
+        match ids {
+            Ids::Skip => store.load_cached(false)?,
+            Ids::Load | Ids::Given(None) => store.load_cached(true)?,
+            Ids::Given(Some(restored)) => {
+                store.load_cached(false)?;
+                let tip = store.tip()?;
+                match restored.map_for(tip.log_size, &tip.log_root) {
+                    Some(map) => *store.ids.write().unwrap_or_else(|p| p.into_inner()) = map,
+                    None => store.load_ids(&tip)?,
+                }
+            }
+        }
         Ok(store)
     }
 

@@ -19,6 +19,7 @@ use ledger_migrations::schema::{
 };
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::ids::IdMap;
 use super::{corrupt, id_rows, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{Manifest, SnapshotError};
@@ -44,6 +45,26 @@ pub struct Restore {
     /// The header the epoch at the snapshot's height starts above, when it lies
     /// below the snapshot ([`Restore::keep_epoch_base`]).
     epoch_base: Option<Header>,
+    /// The id map of every tile written, while they were all written (and so
+    /// checked on arrival) by this `Restore`: what [`Restore::finish`] hands on.
+    ids: Option<IdMap>,
+}
+
+/// The id map of a database [`Restore::finish`] just built from tiles it checked
+/// itself: [`super::Store::open_restored`] takes it instead of scanning and hashing
+/// every id again.
+#[derive(Debug)]
+pub struct RestoredIds {
+    map: IdMap,
+    log_size: u64,
+    log_root: Hash,
+}
+
+impl RestoredIds {
+    /// The map, if it is that of a log of `log_size` ids with root `log_root`.
+    pub(super) fn map_for(self, log_size: u64, log_root: &Hash) -> Option<IdMap> {
+        (self.log_size == log_size && self.log_root == *log_root).then_some(self.map)
+    }
 }
 
 /// A snapshot chunk checked against its tile root, with the stored Merkle nodes its
@@ -164,12 +185,18 @@ impl Restore {
             }
             txn.commit()?;
         }
+        // A resumed restore holds tiles an earlier run wrote: the node opens it as
+        // any database, checking every id.
+        let ids = done
+            .is_empty()
+            .then(|| IdMap::with_capacity(usize::try_from(manifest.header.log_size).unwrap_or(0)));
         Ok(Restore {
             database,
             staging: staging.to_owned(),
             manifest,
             done,
             epoch_base: None,
+            ids,
         })
     }
 
@@ -216,6 +243,11 @@ impl Restore {
         }
         txn.commit()?;
         self.done.insert(index, tile.root);
+        if let Some(map) = &mut self.ids {
+            for (log_index, id) in (tile.start..).zip(&tile.ids) {
+                map.insert(id, log_index);
+            }
+        }
         Ok(())
     }
 
@@ -230,13 +262,14 @@ impl Restore {
     /// moves it to `path`, which must not exist. Every tile must be written. A member
     /// restored this way forgot what it signed: its replica abstains until its tip
     /// reaches `abstain_through` ([`crate::consensus::Durable::abstain_through`]).
+    /// The id map comes back when this `Restore` wrote every tile.
     pub fn finish(
         self,
         spec: &ChainSpec,
         block: &Block,
         path: &Path,
         abstain_through: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<RestoredIds>, StoreError> {
         let manifest = &self.manifest;
         let header = &manifest.header;
         if let Some(index) = self.missing().first() {
@@ -363,7 +396,12 @@ impl Restore {
             .map_err(|error| StoreError::Open {
                 path: path.to_owned(),
                 reason: format!("moving the restored database into place: {error}"),
-            })
+            })?;
+        Ok(self.ids.map(|map| RestoredIds {
+            map,
+            log_size: size,
+            log_root: header.log_root,
+        }))
     }
 }
 
