@@ -69,7 +69,7 @@ pub mod schema {
     pub const BASE_HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("base_headers");
 
     /// The lowest level of `merkle_nodes`: a node below it covers fewer than 16
-    /// leaves and is recomputed from their `entry_ids` rows instead.
+    /// leaves and is recomputed from their ids (one row of [`ENTRY_IDS`]) instead.
     pub const MERKLE_STORED_FROM: u8 = 4;
 
     /// Entry ids per row of [`ENTRY_IDS`]: a row is the 16 leaves under one stored
@@ -190,26 +190,28 @@ pub const MIGRATIONS: &[Migration] = &[
                 let mut rows = txn.open_table(schema::ENTRY_IDS)?;
                 let mut row = Vec::with_capacity(32 * schema::IDS_PER_ROW as usize);
                 let mut key = 0;
-                // Rows can only be packed from a gapless index: a gap would move every
-                // later id to another log index. Schema 6 refused such a file at open
-                // too, so nothing that opened before is refused now.
+                // Whole rows may be missing: the staging file of a snapshot join that
+                // was interrupted holds the tiles it had (each a run of whole rows), in
+                // any order. Within a row an id can only follow the one before it: a
+                // gap there would move every later id of the row to another log index.
                 for entry in old.iter()? {
                     let (log_index, id) = entry?;
                     let log_index = log_index.value();
-                    if log_index / schema::IDS_PER_ROW != key
-                        || log_index % schema::IDS_PER_ROW != (row.len() / 32) as u64
-                    {
+                    if log_index / schema::IDS_PER_ROW != key {
+                        if !row.is_empty() {
+                            rows.insert(key, row.as_slice())?;
+                            row.clear();
+                        }
+                        key = log_index / schema::IDS_PER_ROW;
+                    }
+                    if log_index % schema::IDS_PER_ROW != (row.len() / 32) as u64 {
                         return Err(redb::StorageError::Corrupted(format!(
-                            "entry_ids: log index {log_index} does not follow the rows before it"
+                            "entry_ids: log index {log_index} does not follow the ids before it \
+                             in its row of 16"
                         ))
                         .into());
                     }
                     row.extend_from_slice(id.value());
-                    if row.len() as u64 == 32 * schema::IDS_PER_ROW {
-                        rows.insert(key, row.as_slice())?;
-                        row.clear();
-                        key += 1;
-                    }
                 }
                 if !row.is_empty() {
                     rows.insert(key, row.as_slice())?;
@@ -463,48 +465,51 @@ mod tests {
         assert_eq!(levels, [4, 4, 4, 5, 5, 5, 6, 6, 6]);
     }
 
-    /// 37 ids become two full rows and one of five, in log order; an index with a
-    /// gap is refused, not packed into rows that would move ids.
+    /// 37 ids become two full rows and one of five, in log order; an index missing
+    /// whole rows (a join's staging file) keeps the others where they were; one with
+    /// a gap inside a row is refused, not packed into a row that would move ids.
     #[test]
     fn step_7_packs_the_entry_index_into_rows() {
         let id = |log_index: u64| [log_index as u8; 32];
-        let filled = |skip: Option<u64>| {
+        let filled = |skip: std::ops::Range<u64>| {
             let (dir, database) = database();
             migrate_to(&database, 6).unwrap();
             let txn = database.begin_write().unwrap();
             {
                 let mut ids = txn.open_table(retired::ENTRY_IDS).unwrap();
-                for log_index in (0..37).filter(|i| Some(*i) != skip) {
+                for log_index in (0..37).filter(|i| !skip.contains(i)) {
                     ids.insert(log_index, &id(log_index)).unwrap();
                 }
             }
             txn.commit().unwrap();
             (dir, database)
         };
+        let packed = |skip: std::ops::Range<u64>| {
+            let (_dir, database) = filled(skip);
+            migrate(&database).unwrap();
+            let txn = database.begin_read().unwrap();
+            assert!(
+                txn.open_table(retired::ENTRY_IDS).is_err(),
+                "the old index is gone"
+            );
+            let rows = txn.open_table(schema::ENTRY_IDS).unwrap();
+            rows.iter()
+                .unwrap()
+                .map(|row| {
+                    let (key, bytes) = row.unwrap();
+                    (key.value(), bytes.value().to_vec())
+                })
+                .collect::<Vec<(u64, Vec<u8>)>>()
+        };
+        let rows = |keys: &[(u64, std::ops::Range<u64>)]| -> Vec<(u64, Vec<u8>)> {
+            keys.iter()
+                .map(|(key, range)| (*key, range.clone().flat_map(id).collect()))
+                .collect()
+        };
+        assert_eq!(packed(0..0), rows(&[(0, 0..16), (1, 16..32), (2, 32..37)]));
+        assert_eq!(packed(16..32), rows(&[(0, 0..16), (2, 32..37)]));
 
-        let (_dir, database) = filled(None);
-        migrate(&database).unwrap();
-        let txn = database.begin_read().unwrap();
-        let rows = txn.open_table(schema::ENTRY_IDS).unwrap();
-        let packed: Vec<(u64, Vec<u8>)> = rows
-            .iter()
-            .unwrap()
-            .map(|row| {
-                let (key, bytes) = row.unwrap();
-                (key.value(), bytes.value().to_vec())
-            })
-            .collect();
-        let expected: Vec<(u64, Vec<u8>)> = [(0u64, 0..16u64), (1, 16..32), (2, 32..37)]
-            .into_iter()
-            .map(|(key, range)| (key, range.flat_map(id).collect()))
-            .collect();
-        assert_eq!(packed, expected);
-        assert!(
-            txn.open_table(retired::ENTRY_IDS).is_err(),
-            "the old index is gone"
-        );
-
-        let (_dir, database) = filled(Some(20));
+        let (_dir, database) = filled(20..21);
         let error = migrate(&database).unwrap_err();
         assert!(error.to_string().contains("log index 21"), "{error}");
         assert_eq!(schema_version(&database).unwrap(), 6, "left as it was");

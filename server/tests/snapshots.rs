@@ -424,6 +424,34 @@ fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
     let (_, older) = restored(10, "at-10.redb");
     let dropped = Store::open_restored(&path, &spec, StoreOptions::default(), Some(older));
     assert_eq!(answers(&dropped.unwrap()), from_disk);
+
+    // A staging file whose earlier manifest cannot be read any more keeps the ids
+    // of its tiles (it cannot tell their range): those are not in the new run's map,
+    // so none is handed on.
+    let (manifest, chunks) = snapshot_of(&source, 20);
+    let staging = dir.path().join("unreadable.restoring");
+    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    restore
+        .write(VerifiedTile::check(&manifest, 1, &chunks[1]).unwrap())
+        .unwrap();
+    drop(restore);
+    {
+        let database = redb::Database::open(&staging).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(ledger_migrations::schema::META)
+            .unwrap()
+            .insert("restoring", b"not a manifest".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    for index in restore.missing() {
+        let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
+        restore.write(tile).unwrap();
+    }
+    let (block, _) = source.committed_block(20).unwrap().unwrap();
+    let path = dir.path().join("unreadable.redb");
+    assert!(restore.finish(&spec, &block, &path, 0).unwrap().is_none());
 }
 
 /// How a member lies to a joiner.

@@ -17,7 +17,7 @@ use ledger_migrations::schema::{
     BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP,
     MERKLE_NODES, MERKLE_STORED_FROM, META, META_HISTORY_FROM,
 };
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::ids::IdMap;
 use super::{corrupt, id_rows, write_identity, StoreError, StoredNodes};
@@ -150,6 +150,7 @@ impl Restore {
         }
         let mut done = BTreeMap::new();
         let mut stale = Vec::new();
+        let fresh;
         {
             let txn = database.begin_write()?;
             {
@@ -183,12 +184,13 @@ impl Restore {
                 txn.open_table(META)?
                     .insert(META_RESTORING, manifest.encode().as_slice())?;
             }
+            // Ids an earlier run wrote (kept, or of a tile whose range is unknown and
+            // so could not be removed) are not in this run's map: the node then opens
+            // the database as any other, checking every id.
+            fresh = done.is_empty() && txn.open_table(ENTRY_IDS)?.is_empty()?;
             txn.commit()?;
         }
-        // A resumed restore holds tiles an earlier run wrote: the node opens it as
-        // any database, checking every id.
-        let ids = done
-            .is_empty()
+        let ids = fresh
             .then(|| IdMap::with_capacity(usize::try_from(manifest.header.log_size).unwrap_or(0)));
         Ok(Restore {
             database,
