@@ -195,7 +195,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
             from = from.join(", "),
             "joining from a snapshot"
         );
-        let restore = Restore::begin(&config.staging, spec, best.clone())?;
+        let restore = Restore::begin(&config.staging, spec, best.clone())?.keeping_id_map();
         let fetched = fetch_chunks(&client, &sources, restore, config, metrics)?;
         (chunks, bytes) = (chunks + fetched.chunks, bytes + fetched.bytes);
         let missing = fetched.restore.missing().len();

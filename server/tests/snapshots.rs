@@ -247,7 +247,8 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
         restore.write(tile).unwrap();
     }
     drop(restore);
-    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    let mut restore = restore.keeping_id_map();
     assert_eq!(restore.missing(), [1, 2, 3, 5, 6, 7]);
     for index in restore.missing() {
         let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
@@ -390,7 +391,8 @@ fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
     let restored = |height: u64, name: &str| {
         let (manifest, chunks) = snapshot_of(&source, height);
         let staging = dir.path().join(format!("{name}.restoring"));
-        let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+        let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+        let mut restore = restore.keeping_id_map();
         for index in restore.missing() {
             let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
             restore.write(tile).unwrap();
@@ -444,7 +446,8 @@ fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
+    let mut restore = restore.keeping_id_map();
     for index in restore.missing() {
         let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
         restore.write(tile).unwrap();

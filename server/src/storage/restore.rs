@@ -45,9 +45,12 @@ pub struct Restore {
     /// The header the epoch at the snapshot's height starts above, when it lies
     /// below the snapshot ([`Restore::keep_epoch_base`]).
     epoch_base: Option<Header>,
-    /// The id map of every tile written, while they were all written (and so
-    /// checked on arrival) by this `Restore`: what [`Restore::finish`] hands on.
+    /// The id map of every tile written, when asked for before any was
+    /// ([`Restore::keeping_id_map`]) and the staging file held no ids: what
+    /// [`Restore::finish`] hands on.
     ids: Option<IdMap>,
+    /// Whether the staging file held no ids when this restore began.
+    fresh: bool,
 }
 
 /// The id map of a database [`Restore::finish`] just built from tiles it checked
@@ -190,16 +193,27 @@ impl Restore {
             fresh = done.is_empty() && txn.open_table(ENTRY_IDS)?.is_empty()?;
             txn.commit()?;
         }
-        let ids = fresh
-            .then(|| IdMap::with_capacity(usize::try_from(manifest.header.log_size).unwrap_or(0)));
         Ok(Restore {
             database,
             staging: staging.to_owned(),
             manifest,
             done,
             epoch_base: None,
-            ids,
+            ids: None,
+            fresh,
         })
+    }
+
+    /// Keeps the id map of the tiles this restore writes, for the node that opens
+    /// the database next ([`Restore::finish`]). It costs the map's memory (about 30
+    /// MiB a million ids) during the restore, so only a restore followed by a node
+    /// asks; and only a restore that starts from no ids keeps one.
+    pub fn keeping_id_map(mut self) -> Restore {
+        if self.fresh && self.done.is_empty() {
+            let capacity = usize::try_from(self.manifest.header.log_size).unwrap_or(0);
+            self.ids = Some(IdMap::with_capacity(capacity));
+        }
+        self
     }
 
     /// The snapshot being restored.
@@ -264,7 +278,7 @@ impl Restore {
     /// moves it to `path`, which must not exist. Every tile must be written. A member
     /// restored this way forgot what it signed: its replica abstains until its tip
     /// reaches `abstain_through` ([`crate::consensus::Durable::abstain_through`]).
-    /// The id map comes back when this `Restore` wrote every tile.
+    /// The id map comes back when this `Restore` kept one ([`Restore::keeping_id_map`]).
     pub fn finish(
         self,
         spec: &ChainSpec,
