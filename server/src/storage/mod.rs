@@ -471,31 +471,28 @@ impl Store {
         );
         // Reading the tip now turns a damaged file into an error at start-up rather
         // than at the first request.
-        match ids {
-            Ids::Skip => store.load_cached(false)?,
-            Ids::Load | Ids::Given(None) => store.load_cached(true)?,
-            Ids::Given(Some(restored)) => {
-                store.load_cached(false)?;
-                let tip = store.tip()?;
-                match restored.map_for(tip.log_size, &tip.log_root) {
-                    Some(map) => *store.ids.write().unwrap_or_else(|p| p.into_inner()) = map,
-                    None => store.load_ids(&tip)?,
-                }
-            }
-        }
+        store.load_cached(ids)?;
         Ok(store)
     }
 
     /// Reads what the store keeps in memory from the file: the tip, the membership
-    /// after it and (`ids`) the id map. At open, and after a reopen, when blocks
+    /// after it and the id map as `ids` says. At open, and after a reopen, when blocks
     /// applied without waiting for the disk may be gone.
-    fn load_cached(&self, ids: bool) -> Result<(), StoreError> {
+    fn load_cached(&self, ids: Ids) -> Result<(), StoreError> {
         let tip = self.tip()?;
         *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
         let membership = self.membership_row(u64::MAX)?;
         *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
-        if ids {
-            self.load_ids(&tip)?;
+        let given = match ids {
+            Ids::Skip => return Ok(()),
+            Ids::Load => None,
+            Ids::Given(restored) => {
+                restored.and_then(|restored| restored.map_for(tip.log_size, &tip.log_root))
+            }
+        };
+        match given {
+            Some(map) => *self.ids.write().unwrap_or_else(|p| p.into_inner()) = map,
+            None => self.load_ids(&tip)?,
         }
         Ok(())
     }
@@ -656,7 +653,7 @@ impl Store {
             }
             *slot = Some(Arc::new(Handle::Writable(self.observe(reopen())?)));
         }
-        self.observe(self.load_cached(true))?;
+        self.observe(self.load_cached(Ids::Load))?;
         let keeps_log = self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if keeps_log {
             self.observe(self.open_wal(true))?;
