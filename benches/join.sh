@@ -148,7 +148,7 @@ if restored:
     total = fetched + manifest + block
     print(f"   snapshot at {h}: {ids} ids; fetched {fetched} B of chunks, {manifest} B of "
           f"manifest, {block} B of block {h}: {total / (32 * ids):.3f}x the ids' {32 * ids} B")
-    print(f"   peak RSS of the join itself (its id map included) {join_rss} MiB, "
+    print(f"   peak RSS of the join itself {join_rss} MiB, "
           f"{released} MiB of it handed back once restored")
 print(f"   history blocks fetched {metric('ledger_history_blocks_fetched_total')}")
 print(f"   peak RSS of the joiner process, running node included {rss} MiB")

@@ -67,6 +67,13 @@ pub mod schema {
     /// Height → header, for the headers below `history_from` that the difficulty
     /// policy reads (empty unless the database was restored from a snapshot).
     pub const BASE_HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("base_headers");
+    /// The entry index sorted by id, in runs: (first log index, end log index, first
+    /// id prefix of the row) → (id prefix, log index) pairs, 16 bytes each, both u64
+    /// big-endian, sorted by prefix; a prefix never spans two rows. A run holds the
+    /// ids of its log indices, and the runs in [`ID_RUN_DIR`] cover the log from 0.
+    pub const ID_RUNS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("id_runs");
+    /// First log index → end log index of each run of [`ID_RUNS`] in use.
+    pub const ID_RUN_DIR: TableDefinition<u64, u64> = TableDefinition::new("id_run_dir");
 
     /// The lowest level of `merkle_nodes`: a node below it covers fewer than 16
     /// leaves and is recomputed from their ids (one row of [`ENTRY_IDS`]) instead.
@@ -99,7 +106,7 @@ pub mod retired {
 }
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: u32 = 7;
+pub const CURRENT_VERSION: u32 = 8;
 
 /// One upgrade step.
 pub struct Migration {
@@ -218,6 +225,16 @@ pub const MIGRATIONS: &[Migration] = &[
                 }
             }
             txn.delete_table(retired::ENTRY_IDS)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 8,
+        description: "entry ids sorted into runs on disk: id_runs, id_run_dir",
+        // Empty: the node writes the runs as it opens, from the entry index.
+        apply: |txn| {
+            txn.open_table(schema::ID_RUNS)?;
+            txn.open_table(schema::ID_RUN_DIR)?;
             Ok(())
         },
     },
@@ -365,18 +382,20 @@ mod tests {
     fn fresh_database_upgrades_step_by_step() {
         let (_dir, database) = database();
         assert_eq!(schema_version(&database).unwrap(), 0);
-        assert_eq!(pending(&database).unwrap().len(), 7);
+        assert_eq!(pending(&database).unwrap().len(), 8);
         assert_eq!(
             migrate_to(&database, 1).unwrap(),
             Upgrade { from: 0, to: 1 }
         );
         assert_eq!(schema_version(&database).unwrap(), 1);
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 7 });
-        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 7, to: 7 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 1, to: 8 });
+        assert_eq!(migrate(&database).unwrap(), Upgrade { from: 8, to: 8 });
         assert!(pending(&database).unwrap().is_empty());
         let txn = database.begin_read().unwrap();
         txn.open_table(schema::CONSENSUS_LOG).unwrap();
         txn.open_table(schema::BASE_HEADERS).unwrap();
+        txn.open_table(schema::ID_RUNS).unwrap();
+        txn.open_table(schema::ID_RUN_DIR).unwrap();
     }
 
     #[test]

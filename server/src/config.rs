@@ -403,6 +403,7 @@ impl NodeConfig {
         crate::storage::StoreOptions {
             two_phase_commit: self.two_phase_commit,
             cache_bytes: self.cache_mib.map(|mib| (mib as usize) << 20),
+            ..crate::storage::StoreOptions::default()
         }
     }
 

@@ -82,7 +82,7 @@ pub fn open(config: &NodeConfig) -> anyhow::Result<(Arc<Store>, ed25519_dalek::S
     open_restored(config, None)
 }
 
-/// [`open`] of a database a join just restored, with the id map it handed on.
+/// [`open`] of a database a join just restored, with what the restore vouched for.
 fn open_restored(
     config: &NodeConfig,
     restored: Option<RestoredIds>,
@@ -94,7 +94,7 @@ fn open_restored(
 }
 
 /// Opens (creating if need be) a database of `config`'s chain at `path` in its data
-/// directory, with its store options (and the id map of a restore that built it).
+/// directory, with its store options (and what a restore that built it vouched for).
 fn open_at(
     config: &NodeConfig,
     spec: &crate::chain::ChainSpec,

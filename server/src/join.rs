@@ -98,7 +98,7 @@ pub enum Joined {
         refused: Vec<String>,
         /// Members that failed to serve chunks, with how often.
         strikes: Vec<(String, u32)>,
-        /// The restored database's id map, for [`crate::storage::Store::open_restored`].
+        /// That the restore checked every id, for [`crate::storage::Store::open_restored`].
         ids: Option<Box<RestoredIds>>,
     },
     /// No member offers a verifiable snapshot (a young chain, or none reachable):
@@ -195,7 +195,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
             from = from.join(", "),
             "joining from a snapshot"
         );
-        let restore = Restore::begin(&config.staging, spec, best.clone())?.keeping_id_map();
+        let restore = Restore::begin(&config.staging, spec, best.clone())?.handing_on_ids();
         let fetched = fetch_chunks(&client, &sources, restore, config, metrics)?;
         (chunks, bytes) = (chunks + fetched.chunks, bytes + fetched.bytes);
         let missing = fetched.restore.missing().len();
@@ -247,7 +247,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
              and votes again from height {abstain_through} on"
         );
     }
-    // What the join itself cost in memory, the id map it hands the node included.
+    // What the join itself cost in memory.
     let peak_rss_mib = rss_mib("VmHWM").unwrap_or(0);
     let released_mib = release_freed_memory();
     let manifest_bytes = best.encode().len();

@@ -38,12 +38,17 @@ fn schema_1_fixture_opens_upgrades_and_keeps_its_chain() {
         let pending = ledger_migrations::pending(&database).unwrap();
         assert_eq!(
             pending.iter().map(|step| step.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6, 7]
+            [2, 3, 4, 5, 6, 7, 8]
         );
     }
 
     let spec = fixture_spec();
-    let store = Store::open(&path, &spec, StoreOptions::default()).unwrap();
+    // Runs of 2 ids: the upgraded database has none, and the open writes them.
+    let options = StoreOptions {
+        run_ids: 2,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, &spec, options).unwrap();
     assert_eq!(store.verify_chain().unwrap(), 3);
     let signed = Entry::signed(
         b"fixture entry signed in round 1".to_vec(),

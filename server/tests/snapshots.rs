@@ -248,7 +248,7 @@ fn a_database_restored_from_a_snapshot_resumes_proves_and_extends() {
     }
     drop(restore);
     let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
-    let mut restore = restore.keeping_id_map();
+    let mut restore = restore.handing_on_ids();
     assert_eq!(restore.missing(), [1, 2, 3, 5, 6, 7]);
     for index in restore.missing() {
         let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
@@ -380,19 +380,20 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     assert_eq!(store.log_root(70).unwrap(), source.log_root(70).unwrap());
 }
 
-/// A restore that wrote every tile itself hands on its id map: the store opened with
-/// it finds every entry where the store opened from disk does, and says "absent" of
-/// the same ids. A map of another log (here the snapshot at 10 handed to the database
-/// at 20) is dropped and the ids are loaded from disk instead.
+/// A restore that wrote every tile itself vouches for its ids: the store opened with
+/// its word (which writes the id runs without hashing the ids again) finds every
+/// entry where the store opened from disk does, and says "absent" of the same ids. A
+/// word for another log (here the snapshot at 10 handed to the database at 20) is
+/// ignored and the ids are checked as at any open.
 #[test]
-fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
+fn a_restore_vouches_for_the_ids_it_checked() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, source, ids) = chain(&dir.path().join("source"), 25);
     let restored = |height: u64, name: &str| {
         let (manifest, chunks) = snapshot_of(&source, height);
         let staging = dir.path().join(format!("{name}.restoring"));
         let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
-        let mut restore = restore.keeping_id_map();
+        let mut restore = restore.handing_on_ids();
         for index in restore.missing() {
             let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
             restore.write(tile).unwrap();
@@ -414,22 +415,32 @@ fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
             .map(|id| store.committed(std::slice::from_ref(id)).unwrap()[0])
             .collect()
     };
-    let from_disk = answers(&Store::open(&path, &spec, StoreOptions::default()).unwrap());
+    // Runs of 7 ids: the restored database has none, and each open writes them.
+    let options = StoreOptions {
+        run_ids: 7,
+        ..StoreOptions::default()
+    };
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(&path, &to).unwrap();
+        to
+    };
+    let from_disk = answers(&Store::open(&copy("disk.redb"), &spec, options).unwrap());
     assert_eq!(from_disk.iter().filter(|held| **held).count() as u64, at_20);
     assert!(
         held.log_size > at_20,
         "some asked ids come after the snapshot"
     );
-    let with_map = Store::open_restored(&path, &spec, StoreOptions::default(), Some(handed));
-    assert_eq!(answers(&with_map.unwrap()), from_disk);
+    let vouched = Store::open_restored(&copy("vouched.redb"), &spec, options, Some(handed));
+    assert_eq!(answers(&vouched.unwrap()), from_disk);
 
     let (_, older) = restored(10, "at-10.redb");
-    let dropped = Store::open_restored(&path, &spec, StoreOptions::default(), Some(older));
-    assert_eq!(answers(&dropped.unwrap()), from_disk);
+    let ignored = Store::open_restored(&path, &spec, options, Some(older));
+    assert_eq!(answers(&ignored.unwrap()), from_disk);
 
     // A staging file whose earlier manifest cannot be read any more keeps the ids
-    // of its tiles (it cannot tell their range): those are not in the new run's map,
-    // so none is handed on.
+    // of its tiles (it cannot tell their range): this restore did not check those,
+    // so it vouches for none.
     let (manifest, chunks) = snapshot_of(&source, 20);
     let staging = dir.path().join("unreadable.restoring");
     let mut restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
@@ -447,7 +458,7 @@ fn the_id_map_a_restore_hands_on_finds_what_the_disk_holds() {
         txn.commit().unwrap();
     }
     let restore = Restore::begin(&staging, &spec, manifest.clone()).unwrap();
-    let mut restore = restore.keeping_id_map();
+    let mut restore = restore.handing_on_ids();
     for index in restore.missing() {
         let tile = VerifiedTile::check(&manifest, index, &chunks[index as usize]).unwrap();
         restore.write(tile).unwrap();

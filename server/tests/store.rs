@@ -496,8 +496,11 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
     // Pre-build the blocks so every crash run applies the same writes.
     let blocks = four_blocks(&keys, &spec, 30);
     for two_phase_commit in [true, false] {
+        // Blocks 2 and 4 each bring the ids in memory to 45 or more: their applies
+        // write a run, crashed at every step like the rest.
         let options = StoreOptions {
             two_phase_commit,
+            run_ids: 45,
             ..StoreOptions::default()
         };
         let mut budget = 0;
@@ -683,6 +686,126 @@ fn consensus_state_persists_as_the_records_fold() {
 /// A chain of three blocks of three entries under `path`, damaged by `damage`
 /// (writes straight into redb's tables, as flipped disk bytes would leave them),
 /// then opened again: the store, or why it refused to open.
+/// Ids the store wrote to disk as sorted runs are found like the ones it holds in
+/// memory, across reopens with any run size; a block replaying an id that is in a
+/// run is refused; and a run that does not hold exactly the ids of its log indices
+/// is refused at open, as damage.
+#[test]
+fn ids_in_runs_on_disk_are_found_refused_again_and_checked_at_open() {
+    use ledger_migrations::schema::{ID_RUNS, ID_RUN_DIR};
+    use redb::{ReadableDatabase, ReadableTable};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let runs_of = |run_ids| StoreOptions {
+        run_ids,
+        ..StoreOptions::default()
+    };
+    let runs_on_disk = || -> Vec<(u64, u64)> {
+        let database = redb::Database::open(&path).unwrap();
+        let txn = database.begin_read().unwrap();
+        let dir = txn.open_table(ID_RUN_DIR).unwrap();
+        dir.iter()
+            .unwrap()
+            .map(|row| {
+                let (from, to) = row.unwrap();
+                (from.value(), to.value())
+            })
+            .collect()
+    };
+    let all_found = |store: &Store, blocks: &[Block]| {
+        for block in blocks {
+            for (position, entry) in block.entries.iter().enumerate() {
+                let id = entry.id();
+                let location = store.entry_location(&id).unwrap().unwrap();
+                assert_eq!(
+                    (location.height, location.position as usize),
+                    (block.header.height, position)
+                );
+                let (found, _) = store.entry_with_receipt(&id).unwrap().unwrap();
+                assert_eq!(found, *entry);
+            }
+        }
+        let stranger = entries(99, 1, 40).remove(0).id();
+        assert_eq!(store.entry_location(&stranger).unwrap(), None);
+    };
+
+    let blocks: Vec<Block> = {
+        let store = Store::open(&path, &spec, runs_of(10)).unwrap();
+        let blocks: Vec<Block> = (0..8)
+            .map(|round| append(&store, &keys, entries(round, 4, 40)))
+            .collect();
+        all_found(&store, &blocks);
+        // An id of the first run, beside a new one.
+        let (tip, log) = store.tip_with_log().unwrap();
+        let replay = next_block(
+            &tip,
+            &log,
+            vec![entries(50, 1, 40).remove(0), blocks[0].entries[2].clone()],
+            DIFFICULTY,
+        );
+        let now = tip.timestamp_ms + 1_000;
+        let duplicate = |result: Result<(), StoreError>| {
+            matches!(
+                result,
+                Err(StoreError::Chain(ChainError::DuplicateEntry { .. }))
+            )
+        };
+        assert!(duplicate(store.validate_next(&replay, DIFFICULTY, now)));
+        assert!(duplicate(
+            store
+                .apply_block(&replay, &certify(&keys, &replay))
+                .map(drop)
+        ));
+        blocks
+    };
+    // 32 ids, a run written with the block that brought 10 or more.
+    assert_eq!(runs_on_disk(), [(0, 12), (12, 24)]);
+    {
+        // Smaller runs: the open writes one of the 8 ids above the runs.
+        let store = Store::open(&path, &spec, runs_of(5)).unwrap();
+        all_found(&store, &blocks);
+        assert_eq!(store.verify_chain().unwrap(), 8);
+    }
+    assert_eq!(runs_on_disk(), [(0, 12), (12, 24), (24, 29)]);
+    all_found(&open(&path, &spec), &blocks);
+
+    type Runs<'t> = redb::Table<'t, (u64, u64, u64), &'static [u8]>;
+    let damaged_open = |damage: &dyn Fn(&mut Runs)| {
+        let copy = dir.path().join("damaged.redb");
+        std::fs::copy(&path, &copy).unwrap();
+        {
+            let database = redb::Database::open(&copy).unwrap();
+            let txn = database.begin_write().unwrap();
+            damage(&mut txn.open_table(ID_RUNS).unwrap());
+            txn.commit().unwrap();
+        }
+        Store::open(&copy, &spec, StoreOptions::default())
+    };
+    let first_row = |table: &mut Runs| {
+        let (key, row) = table.first().unwrap().unwrap();
+        (key.value(), row.value().to_vec())
+    };
+    // A pair that points at another log index of the run.
+    let moved = damaged_open(&|table| {
+        let (key, mut row) = first_row(table);
+        row[15] ^= 1;
+        table.insert(key, row.as_slice()).unwrap();
+    });
+    // A row gone, with its ids.
+    let lost = damaged_open(&|table| {
+        let (key, _) = first_row(table);
+        table.remove(key).unwrap();
+    });
+    for (what, result) in [("moved", moved), ("lost", lost)] {
+        match result {
+            Err(error) => assert!(error.damage().is_some(), "{what}: {error}"),
+            Ok(_) => panic!("{what}: a damaged run opened"),
+        }
+    }
+}
+
 /// Entries in each of [`damaged`]'s three blocks: 36 in all, so the log stores
 /// the nodes (4, 0), (4, 1) and (5, 0), and the four leaves above them are
 /// recomputed from their ids alone.

@@ -180,6 +180,7 @@ mod tests {
     use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
     use super::*;
+    use crate::storage::memory_database;
 
     const ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");
 
@@ -187,12 +188,6 @@ mod tests {
         let mut id = [0; 32];
         id[..8].copy_from_slice(&log_index.to_be_bytes());
         Hash(id)
-    }
-
-    fn database() -> redb::Database {
-        redb::Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .unwrap()
     }
 
     fn write(database: &redb::Database, change: impl FnOnce(&mut Table<'_, u64, &'static [u8]>)) {
@@ -205,7 +200,7 @@ mod tests {
     /// range and by scan as the ids appended, 16 to a row.
     #[test]
     fn appended_ids_read_back_in_log_order() {
-        let database = database();
+        let database = memory_database();
         let mut size = 0;
         for count in [0u64, 1, 5, 10, 16, 40, 3, 17] {
             write(&database, |table| {
@@ -250,7 +245,7 @@ mod tests {
     /// a short row before another, or a missing row is damage to every reader.
     #[test]
     fn rows_that_do_not_follow_are_damage() {
-        let short = database();
+        let short = memory_database();
         write(&short, |table| append(table, 0, (0..20).map(id)).unwrap());
         write(&short, |table| {
             let error = append(table, 21, [id(21)]).unwrap_err();
@@ -259,7 +254,7 @@ mod tests {
             assert!(error.to_string().contains("row 1"), "{error}");
         });
         let damaged = |change: fn(&mut Table<'_, u64, &'static [u8]>), found: &str| {
-            let database = database();
+            let database = memory_database();
             write(&database, |table| {
                 append(table, 0, (0..40).map(id)).unwrap()
             });
@@ -295,7 +290,7 @@ mod tests {
     /// Removing a tile's range takes its rows, the last one short, and nothing else.
     #[test]
     fn removing_a_range_takes_its_rows() {
-        let database = database();
+        let database = memory_database();
         write(&database, |table| {
             append(table, 0, (0..50).map(id)).unwrap()
         });

@@ -10,8 +10,10 @@
 //! Entries are indexed append-only: `entry_id_rows` holds the entry ids in log order,
 //! 16 to a row (`id_rows.rs`), so a block's index writes land on the table's last
 //! pages instead of one random B-tree page per entry (benches/README.md, "store").
-//! Lookups by id go through `IdMap` (`ids.rs`), an in-memory map from an id's first 8
-//! bytes to log indices, rebuilt at open and confirmed against the rows on every hit.
+//! Lookups by id go through `IdIndex` (`ids.rs`): a fixed-size filter in memory,
+//! the log's last ids in a map, and sorted runs of the ids below them on disk
+//! (`id_runs.rs`), so memory does not grow with the history. Every hit is confirmed
+//! against the rows.
 //! The Merkle log keeps only its nodes over 16 leaves or more; one below is hashed
 //! from the ids it covers (one row) when a proof needs it, which saves two rows per
 //! entry on every apply and restore.
@@ -21,6 +23,7 @@
 mod consensus;
 mod health;
 mod id_rows;
+mod id_runs;
 mod ids;
 mod restore;
 mod snapshot;
@@ -32,14 +35,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ledger_migrations::schema::{
-    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP, MERKLE_NODES,
-    MERKLE_STORED_FROM, META, META_HISTORY_FROM,
+    BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, ID_RUNS, ID_RUN_DIR, LOG_STARTS, MEMBERSHIP,
+    MERKLE_NODES, MERKLE_STORED_FROM, META, META_HISTORY_FROM,
 };
 use ledger_migrations::MigrationError;
 
 use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
-use ids::IdMap;
+use ids::{IdIndex, IdTables};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub(crate) use restore::sync_parent;
 pub use restore::{Restore, RestoredIds, VerifiedTile};
@@ -203,6 +206,9 @@ pub struct StoreOptions {
     /// Bytes of redb's page cache, the bulk of a node's memory on a long chain;
     /// redb's default (1 GiB) when `None`.
     pub cache_bytes: Option<usize>,
+    /// Ids held in memory before they are written to disk as a sorted run; tests
+    /// lower it to exercise runs on short chains.
+    pub run_ids: usize,
 }
 
 impl Default for StoreOptions {
@@ -210,6 +216,7 @@ impl Default for StoreOptions {
         StoreOptions {
             two_phase_commit: true,
             cache_bytes: None,
+            run_ids: ids::RUN_IDS,
         }
     }
 }
@@ -217,13 +224,13 @@ impl Default for StoreOptions {
 /// Opens the database file again after an I/O failure.
 type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
-/// Where an opening store's id map comes from.
+/// How an opening store loads its id index.
 enum Ids {
-    /// Nowhere: a store that reads blocks only.
+    /// Not at all: a store that reads blocks only.
     Skip,
-    /// The entry index, every id checked.
+    /// From the entry index, every id checked.
     Load,
-    /// A restore's, when it has one that fits the tip; else as `Load`.
+    /// As `Load`, without hashing the ids again when a restore vouches for the tip's log.
     Given(Option<RestoredIds>),
 }
 
@@ -274,7 +281,10 @@ pub struct Store {
     chain_hash: Hash,
     genesis_hash: Hash,
     options: StoreOptions,
-    ids: RwLock<IdMap>,
+    /// Readers take it before they begin their transaction: a writer that wrote a
+    /// run empties the map only after the commit, so a reader holding it sees the
+    /// ids either in the map or in a run its transaction can read.
+    ids: RwLock<IdIndex>,
     health: Health,
     /// Commit certificates already verified, so reads check each once.
     certificates: CertificateMemo,
@@ -313,11 +323,11 @@ impl Store {
         Store::open_restored(path, spec, options, None)
     }
 
-    /// [`Store::open`] of a database [`Restore::finish`] built, with the id map it
-    /// handed on (if any): the ids were checked against the snapshot's root as they
-    /// arrived, moments ago in this process, so they are not scanned and hashed
-    /// again. A map of another log than the database's tip is dropped and the ids
-    /// are loaded as at any open.
+    /// [`Store::open`] of a database [`Restore::finish`] built, with what it
+    /// vouched for (if anything): the ids were checked against the snapshot's root as
+    /// they arrived, moments ago in this process, so they are not hashed again. A
+    /// word for another log than the database's tip is ignored and the ids are
+    /// checked as at any open.
     pub fn open_restored(
         path: &Path,
         spec: &ChainSpec,
@@ -398,7 +408,7 @@ impl Store {
         Store::read_only(path, spec, true)
     }
 
-    /// [`Store::open_read_only`] for reading blocks alone: the id map, which only
+    /// [`Store::open_read_only`] for reading blocks alone: the id index, which only
     /// entry lookups and new blocks need, is not loaded (what a backfill copies
     /// blocks from, beside the node's own store).
     pub fn open_blocks_read_only(path: &Path, spec: &ChainSpec) -> Result<Store, StoreError> {
@@ -454,7 +464,7 @@ impl Store {
             chain_hash: spec.chain_hash(),
             genesis_hash: genesis.hash(),
             options,
-            ids: RwLock::new(IdMap::default()),
+            ids: RwLock::new(IdIndex::new(options.run_ids)),
             health: Health::default(),
             certificates: CertificateMemo::default(),
             last_tip: std::sync::Mutex::new(None),
@@ -476,63 +486,105 @@ impl Store {
     }
 
     /// Reads what the store keeps in memory from the file: the tip, the membership
-    /// after it and the id map as `ids` says. At open, and after a reopen, when blocks
+    /// after it and the id index as `ids` says. At open, and after a reopen, when blocks
     /// applied without waiting for the disk may be gone.
     fn load_cached(&self, ids: Ids) -> Result<(), StoreError> {
         let tip = self.tip()?;
         *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
         let membership = self.membership_row(u64::MAX)?;
         *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
-        let given = match ids {
+        let checked = match ids {
             Ids::Skip => return Ok(()),
-            Ids::Load => None,
+            Ids::Load => false,
             Ids::Given(restored) => {
-                restored.and_then(|restored| restored.map_for(tip.log_size, &tip.log_root))
+                restored.is_some_and(|restored| restored.fits(tip.log_size, &tip.log_root))
             }
         };
-        match given {
-            Some(map) => *self.ids.write().unwrap_or_else(|p| p.into_inner()) = map,
-            None => self.load_ids(&tip)?,
-        }
-        Ok(())
+        self.load_ids(&tip, checked)
     }
 
-    /// Rebuilds the id map from the entry index: one sequential scan. The ids must
+    /// Rebuilds the id index from the entry index: one sequential scan. The ids must
     /// rebuild every stored node of the Merkle log's lowest stored level and the
-    /// tip's log root: a damaged row would otherwise make its entry unfindable, and
+    /// tip's log root, unless `checked` (a restore checked them against that root
+    /// moments ago): a damaged row would otherwise make its entry unfindable, and
     /// the node would answer 404 for an entry it committed (and take it again if
-    /// resubmitted). A second thread hashes the ids while this one reads them and
-    /// fills the map: opening a long history takes the time of the slower half.
-    fn load_ids(&self, tip: &Header) -> Result<(), StoreError> {
+    /// resubmitted). A second thread hashes the ids while this one reads them.
+    /// Every run must hold exactly the ids of its log indices. The ids above the
+    /// runs go into new runs while a run's worth remains (a database upgraded or
+    /// restored, or opened by an older build), the rest into the map.
+    fn load_ids(&self, tip: &Header, checked: bool) -> Result<(), StoreError> {
         const BATCH: usize = 8192;
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let ids = txn.open_table(ENTRY_IDS)?;
-        let mut map = IdMap::with_capacity(usize::try_from(tip.log_size).unwrap_or(0));
-        let (held, (nodes, root)) = std::thread::scope(|scope| {
+        let rows = txn.open_table(ENTRY_IDS)?;
+        let mut runs = id_runs::directory(&txn.open_table(ID_RUN_DIR)?)?;
+        let mut index = IdIndex::new(self.options.run_ids);
+        let sealed_to = runs.last().map_or(0, |run| run.to);
+        if sealed_to > tip.log_size {
+            return Err(corrupt(format!(
+                "id runs: they hold log indices up to {sealed_to}, the log {}",
+                tip.log_size
+            )));
+        }
+        let run_ids = index.run_ids() as u64;
+        // A read-only store cannot write runs; it holds what has none in the map.
+        let write_to = match &*db {
+            Handle::Writable(_) => sealed_to + (tip.log_size - sealed_to) / run_ids * run_ids,
+            Handle::ReadOnly(_) => sealed_to,
+        };
+        let mut digests = vec![id_runs::Digest::default(); runs.len()];
+        let mut built = Vec::new();
+        let mut pairs = Vec::new();
+        let (held, hashed) = std::thread::scope(|scope| {
             let (batches, to_hash) = std::sync::mpsc::sync_channel::<Vec<Hash>>(4);
-            let hashing = std::thread::Builder::new()
-                .name("open-hash".into())
-                .spawn_scoped(scope, move || {
-                    let mut log = CompactRange::new();
-                    let mut nodes = Vec::new();
-                    for batch in to_hash {
-                        for id in &batch {
-                            log.append(leaf_hash(id.as_bytes()), |level, _, node| {
-                                if level == MERKLE_STORED_FROM {
-                                    nodes.push(*node);
+            let hashing = (!checked)
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("open-hash".into())
+                        .spawn_scoped(scope, move || {
+                            let mut log = CompactRange::new();
+                            let mut nodes = Vec::new();
+                            for batch in to_hash {
+                                for id in &batch {
+                                    log.append(leaf_hash(id.as_bytes()), |level, _, node| {
+                                        if level == MERKLE_STORED_FROM {
+                                            nodes.push(*node);
+                                        }
+                                    });
                                 }
-                            });
-                        }
-                    }
-                    (nodes, log.root())
+                            }
+                            (nodes, log.root())
+                        })
+                        .map_err(|error| StoreError::Failed(format!("starting a thread: {error}")))
                 })
-                .map_err(|error| StoreError::Failed(format!("starting a thread: {error}")))?;
+                .transpose()?;
             let mut batch = Vec::with_capacity(BATCH);
-            let read = id_rows::scan(&ids, |first, row| {
+            let mut run = 0;
+            let read = id_rows::scan(&rows, |first, row| {
                 for (log_index, id) in (first..).zip(row) {
-                    map.insert(&id, log_index);
-                    batch.push(id);
+                    if log_index < sealed_to {
+                        while runs[run].to <= log_index {
+                            run += 1;
+                        }
+                        digests[run].add(id_runs::prefix(&id), log_index);
+                        index.insert_sealed(&id);
+                    } else if log_index < write_to {
+                        pairs.push((id_runs::prefix(&id), log_index));
+                        index.insert_sealed(&id);
+                        if pairs.len() as u64 == run_ids {
+                            let run = id_runs::Run {
+                                from: log_index + 1 - run_ids,
+                                to: log_index + 1,
+                            };
+                            write_run(&db, run, std::mem::take(&mut pairs))?;
+                            built.push(run);
+                        }
+                    } else {
+                        index.insert(&id, log_index);
+                    }
+                    if hashing.is_some() {
+                        batch.push(id);
+                    }
                 }
                 if batch.len() >= BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -546,15 +598,18 @@ impl Store {
             let _ = batches.send(batch);
             // The hashing thread ends once the sender is gone.
             drop(batches);
-            let hashed = hashing.join().map_err(|panic| {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                StoreError::Failed(format!("hashing the entry index panicked: {why}"))
-            });
-            let hashed = hashed?;
+            let hashed = hashing
+                .map(|hashing| {
+                    hashing.join().map_err(|panic| {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        StoreError::Failed(format!("hashing the entry index panicked: {why}"))
+                    })
+                })
+                .transpose()?;
             Ok::<_, StoreError>((read?, hashed))
         })?;
         if held != tip.log_size {
@@ -563,28 +618,22 @@ impl Store {
                 tip.log_size
             )));
         }
-        let level = MERKLE_STORED_FROM;
-        let stored = txn.open_table(MERKLE_NODES)?;
-        let mut stored = stored.range((level, 0u64)..(level + 1, 0u64))?;
-        for (index, node) in (0u64..).zip(&nodes) {
-            let found = stored.next().transpose()?;
-            if !found.is_some_and(|(key, found)| {
-                key.value() == (level, index) && *found.value() == node.0
-            }) {
+        if let Some((nodes, root)) = hashed {
+            check_lowest_nodes(&txn, &nodes)?;
+            if root != tip.log_root {
                 return Err(corrupt(format!(
-                    "entry index: the ids up to log index {} do not give the Merkle node \
-                     ({level}, {index}) stored over them",
-                    ((index + 1) << level) - 1
+                    "entry index: its ids do not give block {}'s log root",
+                    tip.height
                 )));
             }
         }
-        if root != tip.log_root {
-            return Err(corrupt(format!(
-                "entry index: its ids do not give block {}'s log root",
-                tip.height
-            )));
+        let stored = txn.open_table(ID_RUNS)?;
+        for (run, digest) in runs.iter().zip(digests) {
+            id_runs::check(&stored, *run, digest)?;
         }
-        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = map;
+        runs.extend(built);
+        index.set_runs(runs);
+        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = index;
         Ok(())
     }
 
@@ -629,7 +678,7 @@ impl Store {
 
     /// Recovers from an I/O failure: checks that the file system takes writes again,
     /// closes the failed handle, reopens the file (redb repairs an interrupted
-    /// commit), and rebuilds the id map from what is durable. Nothing half-applied
+    /// commit), and rebuilds the id index from what is durable. Nothing half-applied
     /// survives: redb keeps the last commit that completed. The engine that writes
     /// calls this with a back-off until it succeeds.
     pub fn recover(&self) -> Result<(), StoreError> {
@@ -662,7 +711,7 @@ impl Store {
         Ok(())
     }
 
-    fn id_map(&self) -> RwLockReadGuard<'_, IdMap> {
+    fn id_map(&self) -> RwLockReadGuard<'_, IdIndex> {
         // The map is only ever extended or trimmed whole-entry at a time.
         self.ids.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -851,9 +900,10 @@ impl Store {
     pub fn entry_location(&self, id: &Hash) -> Result<Option<EntryLocation>, StoreError> {
         self.observe((|| {
             let history_from = self.history_from();
+            let map = self.id_map();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            location_in(&txn, &self.id_map(), id, history_from)
+            location_in(&txn, &map, id, history_from)
         })())
     }
 
@@ -878,9 +928,10 @@ impl Store {
     pub fn entry_with_receipt(&self, id: &Hash) -> Result<Option<(Entry, Receipt)>, StoreError> {
         self.observe((|| {
             let history_from = self.history_from();
+            let map = self.id_map();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            self.checked_receipt(&txn, id, history_from)
+            self.checked_receipt(&txn, &map, id, history_from)
         })())
     }
 
@@ -888,18 +939,22 @@ impl Store {
     /// stage checks a batch of submits at once).
     pub fn committed(&self, ids: &[Hash]) -> Result<Vec<bool>, StoreError> {
         self.observe((|| {
+            let map = self.id_map();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            let table = txn.open_table(ENTRY_IDS)?;
-            let map = self.id_map();
+            let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
+            let tables = IdTables {
+                rows: &rows,
+                runs: &runs,
+            };
             ids.iter()
-                .map(|id| Ok(map.locate(&table, id)?.is_some()))
+                .map(|id| Ok(map.locate(&tables, id)?.is_some()))
                 .collect()
         })())
     }
 
-    /// Whether `id` is surely not committed, from memory alone: no committed entry
-    /// shares its prefix and the store is not failing. False means "ask
+    /// Whether `id` is surely not committed, from memory alone: the id filter rules
+    /// it out and the store is not failing. False means "ask
     /// [`Store::committed`]", also when the map is locked: an async caller must not
     /// wait behind an apply, or behind readers that read the disk under the lock.
     pub fn surely_uncommitted(&self, id: &Hash) -> bool {
@@ -1159,6 +1214,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.observe((|| {
+            let map = self.id_map();
             let db = self.db()?;
             let txn = db.begin_read()?;
             let (parent, range) = tip_and_log_in(&txn)?;
@@ -1169,8 +1225,12 @@ impl Store {
                 required_difficulty,
                 now_ms,
             };
-            let ids = txn.open_table(ENTRY_IDS)?;
-            validate_block(&context, block, &range, &ReadIndex(&self.id_map(), &ids))?;
+            let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
+            let tables = IdTables {
+                rows: &rows,
+                runs: &runs,
+            };
+            validate_block(&context, block, &range, &ReadIndex(&map, &tables))?;
             self.membership_after(block)?;
             Ok(())
         })())
@@ -1255,6 +1315,7 @@ impl Store {
         }
         let mut new_ids = Vec::with_capacity(block.entries.len());
         let mut appended;
+        let sealed;
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
@@ -1296,6 +1357,7 @@ impl Store {
 
             let mut nodes = txn.open_table(MERKLE_NODES)?;
             let mut ids = txn.open_table(ENTRY_IDS)?;
+            let mut runs = txn.open_table(ID_RUNS)?;
             let mut range = CompactRange::load(&StoredNodes::new(&nodes, &ids), tip.log_size)?;
             if range.root() != tip.log_root {
                 return Err(corrupt(format!(
@@ -1308,9 +1370,13 @@ impl Store {
             let mut in_block = HashSet::with_capacity(block.entries.len());
             // The read guard ends with this block, before the write lock below.
             let map = self.id_map();
+            let tables = IdTables {
+                rows: &ids,
+                runs: &runs,
+            };
             for (log_index, entry) in (tip.log_size..).zip(&block.entries) {
                 let id = entry.id();
-                if !in_block.insert(id) || map.locate(&ids, &id)?.is_some() {
+                if !in_block.insert(id) || map.locate(&tables, &id)?.is_some() {
                     return Err(ChainError::DuplicateEntry { id }.into());
                 }
                 new_ids.push((id, log_index));
@@ -1326,6 +1392,14 @@ impl Store {
             }
             // Appended in log order: these writes fill the table's last pages.
             id_rows::append(&mut ids, tip.log_size, new_ids.iter().map(|(id, _)| *id))?;
+            // Enough ids in memory: they go to disk as a run, with the block.
+            sealed = match map.run_due(&new_ids, header.log_size) {
+                Some((run, pairs)) => {
+                    id_runs::write(&mut runs, &mut txn.open_table(ID_RUN_DIR)?, run, pairs)?;
+                    Some(run)
+                }
+                None => None,
+            };
             if !block.entries.is_empty() {
                 txn.open_table(LOG_STARTS)?
                     .insert(tip.log_size, header.height)?;
@@ -1366,6 +1440,12 @@ impl Store {
             }
             return Err(error.into());
         }
+        if let Some(run) = sealed {
+            self.ids
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .sealed(run);
+        }
         if let Some(membership) = membership {
             *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
         }
@@ -1380,6 +1460,44 @@ impl Store {
 }
 
 /// The highest block's header, decoding only its first [`HEADER_LEN`] bytes.
+/// Writes `pairs` as `run` in a transaction of its own, without waiting for the
+/// disk: the next durable commit takes it along, and an open after a crash
+/// before then writes it again.
+fn write_run(db: &Handle, run: id_runs::Run, pairs: Vec<(u64, u64)>) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(|error| StoreError::Failed(error.to_string()))?;
+    id_runs::write(
+        &mut txn.open_table(ID_RUNS)?,
+        &mut txn.open_table(ID_RUN_DIR)?,
+        run,
+        pairs,
+    )?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Checks the stored Merkle nodes of the lowest stored level against `nodes`,
+/// recomputed from the ids.
+fn check_lowest_nodes(txn: &ReadTransaction, nodes: &[Hash]) -> Result<(), StoreError> {
+    let level = MERKLE_STORED_FROM;
+    let stored = txn.open_table(MERKLE_NODES)?;
+    let mut stored = stored.range((level, 0u64)..(level + 1, 0u64))?;
+    for (index, node) in (0u64..).zip(nodes) {
+        let found = stored.next().transpose()?;
+        if !found
+            .is_some_and(|(key, found)| key.value() == (level, index) && *found.value() == node.0)
+        {
+            return Err(corrupt(format!(
+                "entry index: the ids up to log index {} do not give the Merkle node \
+                 ({level}, {index}) stored over them",
+                ((index + 1) << level) - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn tip_in(blocks: &impl ReadableTable<u64, &'static [u8]>) -> Result<Header, StoreError> {
     let (height, bytes) = blocks.last()?.ok_or_else(|| corrupt("no genesis block"))?;
     let bytes = bytes.value();
@@ -1473,9 +1591,13 @@ where
 }
 
 /// The entry index as seen by one read transaction.
-struct ReadIndex<'a, T>(&'a IdMap, &'a T);
+struct ReadIndex<'a, R, S>(&'a IdIndex, &'a IdTables<'a, R, S>);
 
-impl<T: ReadableTable<u64, &'static [u8]>> EntryIndex for ReadIndex<'_, T> {
+impl<R, S> EntryIndex for ReadIndex<'_, R, S>
+where
+    R: ReadableTable<u64, &'static [u8]>,
+    S: id_runs::RunTable,
+{
     fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
         self.0
             .locate(self.1, id)
@@ -1488,12 +1610,16 @@ impl<T: ReadableTable<u64, &'static [u8]>> EntryIndex for ReadIndex<'_, T> {
 /// first held block) is [`StoreError::NotHeld`]: its block is not known.
 fn location_in(
     txn: &ReadTransaction,
-    map: &IdMap,
+    map: &IdIndex,
     id: &Hash,
     history_from: u64,
 ) -> Result<Option<EntryLocation>, StoreError> {
-    let ids = txn.open_table(ENTRY_IDS)?;
-    let Some(log_index) = map.locate(&ids, id)? else {
+    let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
+    let tables = IdTables {
+        rows: &rows,
+        runs: &runs,
+    };
+    let Some(log_index) = map.locate(&tables, id)? else {
         return Ok(None);
     };
     let starts = txn.open_table(LOG_STARTS)?;
@@ -1521,4 +1647,12 @@ fn location_in(
         position,
         log_index,
     }))
+}
+
+/// A database in memory, for the storage modules' unit tests.
+#[cfg(test)]
+fn memory_database() -> Database {
+    Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .expect("a database in memory")
 }

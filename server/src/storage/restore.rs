@@ -19,7 +19,6 @@ use ledger_migrations::schema::{
 };
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::ids::IdMap;
 use super::{corrupt, id_rows, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{Manifest, SnapshotError};
@@ -45,28 +44,26 @@ pub struct Restore {
     /// The header the epoch at the snapshot's height starts above, when it lies
     /// below the snapshot ([`Restore::keep_epoch_base`]).
     epoch_base: Option<Header>,
-    /// The id map of every tile written, when asked for before any was
-    /// ([`Restore::keeping_id_map`]) and the staging file held no ids: what
-    /// [`Restore::finish`] hands on.
-    ids: Option<IdMap>,
+    /// Whether [`Restore::finish`] vouches for the ids: asked for before any tile
+    /// was written ([`Restore::handing_on_ids`]) and the staging file held none, so
+    /// this restore checked every id it holds.
+    vouches: bool,
     /// Whether the staging file held no ids when this restore began.
     fresh: bool,
 }
 
-/// The id map of a database [`Restore::finish`] just built from tiles it checked
-/// itself: [`super::Store::open_restored`] takes it instead of scanning and hashing
-/// every id again.
+/// That [`Restore::finish`] built a database from ids it checked itself against
+/// the log root: [`super::Store::open_restored`] then does not hash every id again.
 #[derive(Debug)]
 pub struct RestoredIds {
-    map: IdMap,
     log_size: u64,
     log_root: Hash,
 }
 
 impl RestoredIds {
-    /// The map, if it is that of a log of `log_size` ids with root `log_root`.
-    pub(super) fn map_for(self, log_size: u64, log_root: &Hash) -> Option<IdMap> {
-        (self.log_size == log_size && self.log_root == *log_root).then_some(self.map)
+    /// Whether it vouches for a log of `log_size` ids with root `log_root`.
+    pub(super) fn fits(&self, log_size: u64, log_root: &Hash) -> bool {
+        self.log_size == log_size && self.log_root == *log_root
     }
 }
 
@@ -199,20 +196,16 @@ impl Restore {
             manifest,
             done,
             epoch_base: None,
-            ids: None,
+            vouches: false,
             fresh,
         })
     }
 
-    /// Keeps the id map of the tiles this restore writes, for the node that opens
-    /// the database next ([`Restore::finish`]). It costs the map's memory (about 30
-    /// MiB a million ids) during the restore, so only a restore followed by a node
-    /// asks; and only a restore that starts from no ids keeps one.
-    pub fn keeping_id_map(mut self) -> Restore {
-        if self.fresh && self.done.is_empty() {
-            let capacity = usize::try_from(self.manifest.header.log_size).unwrap_or(0);
-            self.ids = Some(IdMap::with_capacity(capacity));
-        }
+    /// Hands on to the node that opens the database next ([`Restore::finish`])
+    /// that the ids were checked, when this restore starts from no ids: one that
+    /// resumes holds ids an earlier process wrote.
+    pub fn handing_on_ids(mut self) -> Restore {
+        self.vouches = self.fresh && self.done.is_empty();
         self
     }
 
@@ -259,11 +252,6 @@ impl Restore {
         }
         txn.commit()?;
         self.done.insert(index, tile.root);
-        if let Some(map) = &mut self.ids {
-            for (log_index, id) in (tile.start..).zip(&tile.ids) {
-                map.insert(id, log_index);
-            }
-        }
         Ok(())
     }
 
@@ -278,7 +266,7 @@ impl Restore {
     /// moves it to `path`, which must not exist. Every tile must be written. A member
     /// restored this way forgot what it signed: its replica abstains until its tip
     /// reaches `abstain_through` ([`crate::consensus::Durable::abstain_through`]).
-    /// The id map comes back when this `Restore` kept one ([`Restore::keeping_id_map`]).
+    /// The ids are vouched for when this `Restore` was asked to ([`Restore::handing_on_ids`]).
     pub fn finish(
         self,
         spec: &ChainSpec,
@@ -413,8 +401,7 @@ impl Restore {
                 path: path.to_owned(),
                 reason: format!("moving the restored database into place: {error}"),
             })?;
-        Ok(self.ids.map(|map| RestoredIds {
-            map,
+        Ok(self.vouches.then_some(RestoredIds {
             log_size: size,
             log_root: header.log_root,
         }))

@@ -18,11 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use ledger_migrations::schema::{
-    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MERKLE_NODES,
+    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, ID_RUNS, LOG_STARTS, MERKLE_NODES,
     MERKLE_STORED_FROM,
 };
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
+use super::ids::{IdIndex, IdTables};
 use super::{corrupt, id_rows, location_in, Store, StoreError, StoredNodes};
 use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion, NodeSource};
 use crate::chain::{
@@ -380,10 +381,11 @@ impl Store {
     pub(super) fn checked_receipt(
         &self,
         txn: &ReadTransaction,
+        map: &IdIndex,
         id: &Hash,
         history_from: u64,
     ) -> Result<Option<(Entry, Receipt)>, StoreError> {
-        let Some(location) = location_in(txn, &self.id_map(), id, history_from)? else {
+        let Some(location) = location_in(txn, map, id, history_from)? else {
             return Ok(None);
         };
         let (height, position, log_index) =
@@ -451,11 +453,16 @@ impl Store {
         progress: &mut dyn FnMut(&CheckProgress),
     ) -> Result<CheckReport, StoreError> {
         let history_from = self.history_from();
+        let map = self.id_map();
         let db = self.db()?;
         let txn = db.begin_read()?;
         let tables = Tables::open(&txn, history_from)?;
         let entry_ids = &tables.ids;
-        let map = self.id_map();
+        let runs = txn.open_table(ID_RUNS)?;
+        let id_tables = IdTables {
+            rows: entry_ids,
+            runs: &runs,
+        };
         let tip = tables
             .blocks
             .last()?
@@ -466,7 +473,7 @@ impl Store {
         let mut starts = 0u64;
         let mut parent: Option<Header> = None;
         let mut completed = Vec::new();
-        // Every leaf appended to `log` is checked against the entry index, the id map
+        // Every leaf appended to `log` is checked against the entry index, the id index
         // and the stored Merkle nodes.
         let mut append = |log: &mut CompactRange, id: Hash, height: u64| {
             let log_index = log.size();
@@ -476,7 +483,7 @@ impl Store {
                     format!("entry {id} is not in the entry index at {log_index}"),
                 ));
             }
-            if map.locate(entry_ids, &id)? != Some(log_index) {
+            if map.locate(&id_tables, &id)? != Some(log_index) {
                 return Err(damage_at(
                     height,
                     format!("entry {id} is found elsewhere than at log index {log_index}"),

@@ -1,0 +1,378 @@
+//! The entry index sorted by id, on disk: what finds an entry's log index without
+//! a map of every id in memory. The ids of a stretch of the log are written as one
+//! sorted run of (id prefix, log index) pairs (`id_runs`), listed in `id_run_dir`;
+//! together the runs cover the log from 0, and the ids above them are held in
+//! memory (`ids.rs`) until there are enough for the next run.
+//!
+//! A run is written in one transaction and never changed, so it costs its bytes
+//! once, appended in key order, instead of a random B-tree page per entry (the
+//! schema-3 problem, benches/README.md "store"). A lookup reads one row per run.
+//! Nothing here is trusted: an open checks every run against the ids it claims to
+//! hold ([`Digest`]), and every log index a run gives is confirmed against the
+//! entry index before it is believed.
+
+use redb::{ReadableTable, Table};
+
+use super::{corrupt, StoreError};
+use crate::chain::Hash;
+
+/// Pairs a row holds; a row grows past this only to keep a prefix in one row.
+const PAIRS_PER_ROW: usize = 256;
+/// Bytes of one (prefix, log index) pair.
+const PAIR: usize = 16;
+
+/// The run table, as read in any transaction.
+pub(super) trait RunTable: ReadableTable<(u64, u64, u64), &'static [u8]> {}
+impl<T: ReadableTable<(u64, u64, u64), &'static [u8]>> RunTable for T {}
+
+/// One run: the ids of log indices `from..to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Run {
+    /// Its first log index.
+    pub from: u64,
+    /// One past its last log index.
+    pub to: u64,
+}
+
+impl Run {
+    fn keys(&self) -> std::ops::RangeInclusive<(u64, u64, u64)> {
+        (self.from, self.to, 0)..=(self.from, self.to, u64::MAX)
+    }
+}
+
+/// The first 8 bytes of an id, by which runs and the in-memory map sort it.
+pub(super) fn prefix(id: &Hash) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+fn pair_at(row: &[u8], at: usize) -> (u64, u64) {
+    let bytes = &row[at * PAIR..(at + 1) * PAIR];
+    let mut prefix = [0u8; 8];
+    let mut index = [0u8; 8];
+    prefix.copy_from_slice(&bytes[..8]);
+    index.copy_from_slice(&bytes[8..]);
+    (u64::from_be_bytes(prefix), u64::from_be_bytes(index))
+}
+
+/// A row's pairs, or damage when it is empty or not a whole number of pairs.
+fn pairs_of(run: Run, first: u64, row: &[u8]) -> Result<usize, StoreError> {
+    if row.is_empty() || !row.len().is_multiple_of(PAIR) {
+        return Err(corrupt(format!(
+            "id run {}..{}: the row at prefix {first:#018x} holds {} bytes",
+            run.from,
+            run.to,
+            row.len()
+        )));
+    }
+    Ok(row.len() / PAIR)
+}
+
+/// Writes `pairs`, the (prefix, log index) of every id in `run`'s log indices in
+/// any order, as `run`, and lists it in the directory.
+pub(super) fn write(
+    runs: &mut Table<(u64, u64, u64), &[u8]>,
+    dir: &mut Table<u64, u64>,
+    run: Run,
+    mut pairs: Vec<(u64, u64)>,
+) -> Result<(), StoreError> {
+    pairs.sort_unstable();
+    let mut row = Vec::with_capacity((PAIRS_PER_ROW + 1) * PAIR);
+    let mut first = 0;
+    for (at, &(prefix, index)) in pairs.iter().enumerate() {
+        let continues = at > 0 && pairs[at - 1].0 == prefix;
+        if row.len() >= PAIRS_PER_ROW * PAIR && !continues {
+            runs.insert((run.from, run.to, first), row.as_slice())?;
+            row.clear();
+        }
+        if row.is_empty() {
+            first = prefix;
+        }
+        row.extend_from_slice(&prefix.to_be_bytes());
+        row.extend_from_slice(&index.to_be_bytes());
+    }
+    if !row.is_empty() {
+        runs.insert((run.from, run.to, first), row.as_slice())?;
+    }
+    dir.insert(run.from, run.to)?;
+    Ok(())
+}
+
+/// Pushes onto `out` the log indices `run` gives for ids with prefix `prefix`:
+/// candidates, which the entry index confirms.
+pub(super) fn candidates(
+    runs: &impl RunTable,
+    run: Run,
+    prefix: u64,
+    out: &mut Vec<u64>,
+) -> Result<(), StoreError> {
+    // The last row starting at or below the prefix: a prefix never spans rows, so
+    // no other row can hold it.
+    let found = runs
+        .range((run.from, run.to, 0)..=(run.from, run.to, prefix))?
+        .next_back()
+        .transpose()?;
+    let Some((key, row)) = found else {
+        return Ok(());
+    };
+    let row = row.value();
+    let count = pairs_of(run, key.value().2, row)?;
+    let mut at = partition_point(count, |at| pair_at(row, at).0 < prefix);
+    while at < count {
+        let (found, index) = pair_at(row, at);
+        if found != prefix {
+            break;
+        }
+        out.push(index);
+        at += 1;
+    }
+    Ok(())
+}
+
+/// The first of `0..count` for which `below` is false (`below` must be true for a
+/// prefix of the range and false after).
+fn partition_point(count: usize, below: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, count);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if below(middle) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
+}
+
+/// The runs in use, in log order; damage unless they cover the log from 0 without
+/// a gap or an overlap.
+pub(super) fn directory(dir: &impl ReadableTable<u64, u64>) -> Result<Vec<Run>, StoreError> {
+    let mut runs = Vec::new();
+    let mut next = 0;
+    for row in dir.iter()? {
+        let (from, to) = row?;
+        let run = Run {
+            from: from.value(),
+            to: to.value(),
+        };
+        if run.from != next || run.to <= run.from {
+            return Err(corrupt(format!(
+                "id runs: the run {}..{} does not follow the runs before it, which end at {next}",
+                run.from, run.to
+            )));
+        }
+        next = run.to;
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// An order-free digest of (prefix, log index) pairs: the sum of a 128-bit mix of
+/// each. A run and the ids of its log indices give the same digest exactly when
+/// (but for a chance of 2^-128 against a damaged file) they hold the same pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Digest(u64, u64);
+
+impl Digest {
+    /// Adds one pair.
+    pub fn add(&mut self, prefix: u64, log_index: u64) {
+        self.0 = self.0.wrapping_add(mix(prefix ^ mix(log_index)));
+        self.1 = self.1.wrapping_add(mix(prefix.rotate_left(29)
+            ^ log_index
+            ^ 0x9e37_79b9_7f4a_7c15));
+    }
+}
+
+/// The SplitMix64 finaliser: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Reads `run` whole and checks it: rows are whole pairs, keyed by their first
+/// prefix and sorted across the run with no prefix split between rows, every log
+/// index is the run's, one pair per log index, and their digest is `expected`
+/// (the ids' own, from the entry index).
+pub(super) fn check(runs: &impl RunTable, run: Run, expected: Digest) -> Result<(), StoreError> {
+    let damaged = |what: String| corrupt(format!("id run {}..{}: {what}", run.from, run.to));
+    let mut digest = Digest::default();
+    let mut pairs = 0u64;
+    let mut last: Option<u64> = None;
+    for row in runs.range(run.keys())? {
+        let (key, row) = row?;
+        let first = key.value().2;
+        let row = row.value();
+        let count = pairs_of(run, first, row)?;
+        if pair_at(row, 0).0 != first {
+            return Err(damaged(format!(
+                "the row at {first:#018x} starts elsewhere"
+            )));
+        }
+        if last.is_some_and(|last| last >= first) {
+            return Err(damaged(format!(
+                "the row at {first:#018x} does not sort after the row before it"
+            )));
+        }
+        for at in 0..count {
+            let (prefix, index) = pair_at(row, at);
+            if at > 0 && pair_at(row, at - 1).0 > prefix {
+                return Err(damaged(format!("the row at {first:#018x} is not sorted")));
+            }
+            if !(run.from..run.to).contains(&index) {
+                return Err(damaged(format!("it holds log index {index}")));
+            }
+            digest.add(prefix, index);
+        }
+        pairs += count as u64;
+        last = Some(pair_at(row, count - 1).0);
+    }
+    if pairs != run.to - run.from || digest != expected {
+        return Err(damaged(format!(
+            "it holds {pairs} pairs that are not the ids of its {} log indices",
+            run.to - run.from
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ledger_migrations::schema::{ID_RUNS, ID_RUN_DIR};
+    use redb::ReadableDatabase;
+
+    use super::*;
+    use crate::storage::memory_database;
+
+    fn written(run: Run, pairs: &[(u64, u64)]) -> redb::Database {
+        let database = memory_database();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut runs = txn.open_table(ID_RUNS).unwrap();
+            let mut dir = txn.open_table(ID_RUN_DIR).unwrap();
+            write(&mut runs, &mut dir, run, pairs.to_vec()).unwrap();
+        }
+        txn.commit().unwrap();
+        database
+    }
+
+    fn digest(pairs: &[(u64, u64)]) -> Digest {
+        let mut digest = Digest::default();
+        for &(prefix, index) in pairs {
+            digest.add(prefix, index);
+        }
+        digest
+    }
+
+    /// Pairs of a run of `count` log indices from `from`, with `repeats` of them
+    /// sharing one prefix (a prefix collision).
+    fn pairs(from: u64, count: u64, repeats: u64) -> Vec<(u64, u64)> {
+        (from..from + count)
+            .map(|index| {
+                let prefix = if index < from + repeats {
+                    0x5555
+                } else {
+                    mix(index + 1)
+                };
+                (prefix, index)
+            })
+            .collect()
+    }
+
+    /// Every id of runs of several sizes is found, a prefix shared by more pairs
+    /// than a row holds gives all its log indices, an absent prefix gives none, and
+    /// the run checks out against its own digest.
+    #[test]
+    fn a_run_finds_every_pair_it_was_written_with() {
+        for (count, repeats) in [(1, 0), (255, 0), (256, 0), (257, 0), (3000, 0), (1000, 600)] {
+            let run = Run { from: 0, to: count };
+            let pairs = pairs(0, count, repeats);
+            let database = written(run, &pairs);
+            let txn = database.begin_read().unwrap();
+            let runs = txn.open_table(ID_RUNS).unwrap();
+            for &(prefix, index) in &pairs {
+                let mut found = Vec::new();
+                candidates(&runs, run, prefix, &mut found).unwrap();
+                assert!(found.contains(&index), "{count}: {prefix:#x} → {found:?}");
+                let expected = if prefix == 0x5555 {
+                    repeats as usize
+                } else {
+                    1
+                };
+                assert_eq!(found.len(), expected);
+            }
+            for absent in [0, 0x5554, 0x5556, u64::MAX] {
+                let mut found = Vec::new();
+                candidates(&runs, run, absent, &mut found).unwrap();
+                assert!(found.is_empty(), "{absent:#x} → {found:?}");
+            }
+            check(&runs, run, digest(&pairs)).unwrap();
+            let dir = txn.open_table(ID_RUN_DIR).unwrap();
+            assert_eq!(directory(&dir).unwrap(), [run]);
+        }
+    }
+
+    /// A run that lost a pair, holds another id at a log index, holds a log index
+    /// outside its range or a row cut short fails its check.
+    #[test]
+    fn a_damaged_run_fails_its_check() {
+        let run = Run { from: 0, to: 600 };
+        let good = pairs(0, 600, 0);
+        let expected = digest(&good);
+        let mut other_id = good.clone();
+        other_id[17].0 ^= 1;
+        let mut outside = good.clone();
+        outside[3].1 = 600;
+        let mut short = good.clone();
+        short.pop();
+        for (what, pairs) in [
+            ("another id", other_id),
+            ("outside", outside),
+            ("short", short),
+        ] {
+            let database = written(run, &pairs);
+            let txn = database.begin_read().unwrap();
+            let runs = txn.open_table(ID_RUNS).unwrap();
+            let error = check(&runs, run, expected).unwrap_err();
+            assert!(error.damage().is_some(), "{what}: {error}");
+        }
+        let database = written(run, &good);
+        let txn = database.begin_write().unwrap();
+        {
+            let mut runs = txn.open_table(ID_RUNS).unwrap();
+            let (key, row) = {
+                let (key, row) = runs.first().unwrap().unwrap();
+                (key.value(), row.value().to_vec())
+            };
+            runs.insert(key, &row[..row.len() - 3]).unwrap();
+            let error = check(&runs, run, expected).unwrap_err();
+            assert!(error.to_string().contains("bytes"), "{error}");
+            let mut found = Vec::new();
+            let error = candidates(&runs, run, key.2, &mut found).unwrap_err();
+            assert!(error.damage().is_some(), "{error}");
+        }
+    }
+
+    /// The directory must cover the log from 0 without gaps or overlaps.
+    #[test]
+    fn the_directory_must_cover_the_log_from_zero() {
+        for (rows, fine) in [
+            (vec![], true),
+            (vec![(0, 5), (5, 9)], true),
+            (vec![(1, 5)], false),
+            (vec![(0, 5), (6, 9)], false),
+            (vec![(0, 5), (5, 5)], false),
+        ] {
+            let database = memory_database();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut dir = txn.open_table(ID_RUN_DIR).unwrap();
+                for (from, to) in &rows {
+                    dir.insert(from, to).unwrap();
+                }
+                assert_eq!(directory(&dir).is_ok(), fine, "{rows:?}");
+            }
+        }
+    }
+}
