@@ -496,11 +496,11 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
     // Pre-build the blocks so every crash run applies the same writes.
     let blocks = four_blocks(&keys, &spec, 30);
     for two_phase_commit in [true, false] {
-        // Blocks 2 and 4 each bring the ids in memory to 45 or more: their applies
-        // write a run, crashed at every step like the rest.
+        // Every apply writes its block's 30 ids as a run, and the fourth merges the
+        // four: crashed at every step like the rest.
         let options = StoreOptions {
             two_phase_commit,
-            run_ids: 45,
+            run_ids: 10,
             ..StoreOptions::default()
         };
         let mut budget = 0;
@@ -686,14 +686,49 @@ fn consensus_state_persists_as_the_records_fold() {
 /// A chain of three blocks of three entries under `path`, damaged by `damage`
 /// (writes straight into redb's tables, as flipped disk bytes would leave them),
 /// then opened again: the store, or why it refused to open.
+/// The id runs of the database at `path`, as (first, end) log indices.
+struct IdRuns {
+    /// Those `id_run_dir` lists.
+    listed: Vec<(u64, u64)>,
+    /// Those with rows in `id_runs`.
+    stored: Vec<(u64, u64)>,
+}
+
+fn id_runs(path: &Path) -> IdRuns {
+    use ledger_migrations::schema::{ID_RUNS, ID_RUN_DIR};
+    use redb::{ReadableDatabase, ReadableTable};
+    let database = redb::Database::open(path).unwrap();
+    let txn = database.begin_read().unwrap();
+    let dir = txn.open_table(ID_RUN_DIR).unwrap();
+    let listed = dir
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (from, to) = row.unwrap();
+            (from.value(), to.value())
+        })
+        .collect();
+    let rows = txn.open_table(ID_RUNS).unwrap();
+    let mut stored: Vec<(u64, u64)> = rows
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (from, to, _) = row.unwrap().0.value();
+            (from, to)
+        })
+        .collect();
+    stored.dedup();
+    IdRuns { listed, stored }
+}
+
 /// Ids the store wrote to disk as sorted runs are found like the ones it holds in
 /// memory, across reopens with any run size; a block replaying an id that is in a
 /// run is refused; and a run that does not hold exactly the ids of its log indices
 /// is refused at open, as damage.
 #[test]
 fn ids_in_runs_on_disk_are_found_refused_again_and_checked_at_open() {
-    use ledger_migrations::schema::{ID_RUNS, ID_RUN_DIR};
-    use redb::{ReadableDatabase, ReadableTable};
+    use ledger_migrations::schema::ID_RUNS;
+    use redb::ReadableTable;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let keys = members();
@@ -702,18 +737,7 @@ fn ids_in_runs_on_disk_are_found_refused_again_and_checked_at_open() {
         run_ids,
         ..StoreOptions::default()
     };
-    let runs_on_disk = || -> Vec<(u64, u64)> {
-        let database = redb::Database::open(&path).unwrap();
-        let txn = database.begin_read().unwrap();
-        let dir = txn.open_table(ID_RUN_DIR).unwrap();
-        dir.iter()
-            .unwrap()
-            .map(|row| {
-                let (from, to) = row.unwrap();
-                (from.value(), to.value())
-            })
-            .collect()
-    };
+    let runs_on_disk = || id_runs(&path).listed;
     let all_found = |store: &Store, blocks: &[Block]| {
         for block in blocks {
             for (position, entry) in block.entries.iter().enumerate() {
@@ -804,6 +828,51 @@ fn ids_in_runs_on_disk_are_found_refused_again_and_checked_at_open() {
             Ok(_) => panic!("{what}: a damaged run opened"),
         }
     }
+}
+
+/// Runs merge as the history grows (four of a level make one of the next), every
+/// id stays findable after each block, the runs stay few, and the rows of merged
+/// runs are removed: by later applies, or by the next open.
+#[test]
+fn runs_merge_as_the_history_grows_and_every_id_stays_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let options = StoreOptions {
+        run_ids: 3,
+        ..StoreOptions::default()
+    };
+    let mut blocks = Vec::new();
+    {
+        let store = Store::open(&path, &spec, options).unwrap();
+        for round in 0..24 {
+            blocks.push(append(&store, &keys, entries(round, 4, 40)));
+            for block in &blocks {
+                for entry in &block.entries {
+                    let location = store.entry_location(&entry.id()).unwrap();
+                    assert_eq!(location.map(|at| at.height), Some(block.header.height));
+                }
+            }
+        }
+    }
+    // 96 ids: every block wrote a run of 4; four runs of 4 made one of 16, four of
+    // 16 one of 64 (the next apply, beside the run it wrote).
+    let IdRuns { listed, stored } = id_runs(&path);
+    assert_eq!(listed, [(0, 64), (64, 80), (80, 96)]);
+    assert!(listed.iter().all(|run| stored.contains(run)));
+    assert_ne!(
+        stored, listed,
+        "the last merge's inputs are not removed yet"
+    );
+    let store = Store::open(&path, &spec, options).unwrap();
+    assert_eq!(store.verify_chain().unwrap(), 24);
+    for entry in blocks.iter().flat_map(|block| &block.entries) {
+        assert!(store.entry_location(&entry.id()).unwrap().is_some());
+    }
+    drop(store);
+    let IdRuns { listed, stored } = id_runs(&path);
+    assert_eq!(stored, listed, "the open removed the rows of merged runs");
 }
 
 /// Entries in each of [`damaged`]'s three blocks: 36 in all, so the log stores

@@ -72,8 +72,8 @@ fn pairs_of(run: Run, first: u64, row: &[u8]) -> Result<usize, StoreError> {
 /// Writes `pairs`, the (prefix, log index) of every id in `run`'s log indices in
 /// any order, as `run`, and lists it in the directory.
 pub(super) fn write(
-    runs: &mut Table<(u64, u64, u64), &[u8]>,
-    dir: &mut Table<u64, u64>,
+    runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+    dir: &mut Table<'_, u64, u64>,
     run: Run,
     mut pairs: Vec<(u64, u64)>,
 ) -> Result<(), StoreError> {
@@ -237,6 +237,204 @@ pub(super) fn check(runs: &impl RunTable, run: Run, expected: Digest) -> Result<
     Ok(())
 }
 
+/// Runs merged at once: four runs of one level make one of the next, so a history
+/// of `n` ids is held in at most about 3 log4(n / run size) + 4 runs.
+pub(super) const MERGED: usize = 4;
+
+/// A run's level: 0 for a run of about `run_ids` ids, one more for each merge.
+fn level(run: Run, run_ids: u64) -> u32 {
+    ((run.to - run.from) / run_ids.max(1))
+        .max(1)
+        .ilog(MERGED as u64)
+}
+
+/// The merge due among `runs` (in log order): the newest [`MERGED`] adjacent runs
+/// that share a level. Runs written while a merge goes on stay out of it, so the
+/// ones it makes are not always the newest.
+pub(super) fn merge_due(runs: &[Run], run_ids: u64) -> Option<Merge> {
+    runs.windows(MERGED)
+        .rev()
+        .find(|window| {
+            let first = level(window[0], run_ids);
+            window.iter().all(|run| level(*run, run_ids) == first)
+        })
+        .map(|window| Merge::new(window.to_vec()))
+}
+
+/// Adjacent runs being merged into one, a few rows at a time. The merged run's rows
+/// depend on its inputs alone, so a merge abandoned half-way (a commit that failed,
+/// a crash) and begun again writes the same rows over the ones it left.
+#[derive(Clone, Debug)]
+pub(super) struct Merge {
+    inputs: Vec<Run>,
+    /// Per input, the pairs read and not merged yet, in reverse order.
+    read: Vec<Vec<(u64, u64)>>,
+    /// Per input, the first prefix its next row may start at; none once all is read.
+    next_row: Vec<Option<u64>>,
+    /// The merged run's row being filled, and its first prefix.
+    row: Vec<u8>,
+    first: u64,
+    /// Pairs merged so far.
+    merged: u64,
+}
+
+impl Merge {
+    fn new(inputs: Vec<Run>) -> Merge {
+        Merge {
+            read: vec![Vec::new(); inputs.len()],
+            next_row: vec![Some(0); inputs.len()],
+            row: Vec::with_capacity((PAIRS_PER_ROW + 1) * PAIR),
+            first: 0,
+            merged: 0,
+            inputs,
+        }
+    }
+
+    /// The runs it merges, in log order.
+    pub fn inputs(&self) -> &[Run] {
+        &self.inputs
+    }
+
+    /// The run it makes.
+    pub fn output(&self) -> Run {
+        Run {
+            from: self.inputs[0].from,
+            to: self.inputs[self.inputs.len() - 1].to,
+        }
+    }
+
+    /// Reads input `at`'s next row when all of its last one is merged.
+    fn refill(&mut self, runs: &impl RunTable, at: usize) -> Result<(), StoreError> {
+        let (Some(from), true) = (self.next_row[at], self.read[at].is_empty()) else {
+            return Ok(());
+        };
+        let run = self.inputs[at];
+        let found = runs
+            .range((run.from, run.to, from)..=(run.from, run.to, u64::MAX))?
+            .next()
+            .transpose()?;
+        let Some((key, row)) = found else {
+            self.next_row[at] = None;
+            return Ok(());
+        };
+        let first = key.value().2;
+        let row = row.value();
+        let count = pairs_of(run, first, row)?;
+        self.read[at] = (0..count).rev().map(|at| pair_at(row, at)).collect();
+        self.next_row[at] = first.checked_add(1);
+        Ok(())
+    }
+
+    /// Writes up to `rows` rows of the merged run. Once it is whole, lists it in the
+    /// directory in place of its inputs (whose rows the caller then removes) and
+    /// returns true.
+    pub fn step(
+        &mut self,
+        runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+        dir: &mut Table<'_, u64, u64>,
+        rows: usize,
+    ) -> Result<bool, StoreError> {
+        let output = self.output();
+        let mut written = 0;
+        while written < rows {
+            for at in 0..self.inputs.len() {
+                self.refill(&*runs, at)?;
+            }
+            let least = (0..self.inputs.len())
+                .filter_map(|at| self.read[at].last().map(|pair| (*pair, at)))
+                .min();
+            let Some(((prefix, index), at)) = least else {
+                return self.finish(runs, dir);
+            };
+            let last = self
+                .row
+                .len()
+                .checked_sub(PAIR)
+                .map(|at| pair_at(&self.row, at / PAIR).0);
+            if self.row.len() >= PAIRS_PER_ROW * PAIR && last != Some(prefix) {
+                runs.insert((output.from, output.to, self.first), self.row.as_slice())?;
+                self.row.clear();
+                written += 1;
+                continue;
+            }
+            if self.row.is_empty() {
+                self.first = prefix;
+            }
+            self.row.extend_from_slice(&prefix.to_be_bytes());
+            self.row.extend_from_slice(&index.to_be_bytes());
+            self.read[at].pop();
+            self.merged += 1;
+        }
+        Ok(false)
+    }
+
+    fn finish(
+        &mut self,
+        runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+        dir: &mut Table<'_, u64, u64>,
+    ) -> Result<bool, StoreError> {
+        let output = self.output();
+        if self.merged != output.to - output.from {
+            return Err(corrupt(format!(
+                "id runs {}..{}: merging them gave {} pairs for {} log indices",
+                output.from,
+                output.to,
+                self.merged,
+                output.to - output.from
+            )));
+        }
+        if !self.row.is_empty() {
+            runs.insert((output.from, output.to, self.first), self.row.as_slice())?;
+            self.row.clear();
+        }
+        for input in &self.inputs {
+            dir.remove(input.from)?;
+        }
+        dir.insert(output.from, output.to)?;
+        Ok(true)
+    }
+}
+
+/// Removes up to `rows` rows of `run`, which is no longer in the directory;
+/// whether none is left.
+pub(super) fn remove_rows(
+    runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+    run: Run,
+    rows: usize,
+) -> Result<bool, StoreError> {
+    let keys = runs
+        .range(run.keys())?
+        .take(rows + 1)
+        .map(|row| row.map(|(key, _)| key.value()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for key in keys.iter().take(rows) {
+        runs.remove(key)?;
+    }
+    Ok(keys.len() <= rows)
+}
+
+/// The runs that have rows, whether listed in the directory or not, in key order:
+/// one seek per run.
+pub(super) fn stored(runs: &impl RunTable) -> Result<Vec<Run>, StoreError> {
+    let mut found = Vec::new();
+    let mut from_key = (0, 0, 0);
+    loop {
+        let next = runs.range(from_key..)?.next().transpose()?;
+        let Some((key, _)) = next else {
+            return Ok(found);
+        };
+        let (from, to, _) = key.value();
+        found.push(Run { from, to });
+        from_key = match to.checked_add(1) {
+            Some(to) => (from, to, 0),
+            None => match from.checked_add(1) {
+                Some(from) => (from, 0, 0),
+                None => return Ok(found),
+            },
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ledger_migrations::schema::{ID_RUNS, ID_RUN_DIR};
@@ -352,6 +550,94 @@ mod tests {
             let error = candidates(&runs, run, key.2, &mut found).unwrap_err();
             assert!(error.damage().is_some(), "{error}");
         }
+    }
+
+    /// Four runs merged a row at a time (one of them with a prefix shared across
+    /// runs and more pairs than a row holds) make one run that finds every pair and
+    /// checks out against all their digests; the directory lists it alone, and the
+    /// inputs' rows, once removed, are gone.
+    #[test]
+    fn four_runs_merged_a_row_at_a_time_make_one() {
+        let database = memory_database();
+        let inputs = [(0, 300, 0), (300, 700, 280), (700, 710, 0), (710, 1000, 3)];
+        let mut all = Vec::new();
+        let mut runs = Vec::new();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(ID_RUNS).unwrap();
+            let mut dir = txn.open_table(ID_RUN_DIR).unwrap();
+            for (from, to, repeats) in inputs {
+                let run = Run { from, to };
+                let pairs = pairs(from, to - from, repeats);
+                write(&mut table, &mut dir, run, pairs.clone()).unwrap();
+                all.extend(pairs);
+                runs.push(run);
+            }
+            assert_eq!(stored(&table).unwrap(), runs);
+            let mut merge = merge_due(&runs, 250).expect("four runs of level 0");
+            assert_eq!(merge.output(), Run { from: 0, to: 1000 });
+            let mut steps = 0;
+            while !merge.step(&mut table, &mut dir, 1).unwrap() {
+                steps += 1;
+                assert!(steps < 100, "the merge never ends");
+            }
+            assert!(steps >= 2, "{steps} steps");
+            let output = merge.output();
+            assert_eq!(directory(&dir).unwrap(), [output]);
+            check(&table, output, digest(&all)).unwrap();
+            for &(prefix, index) in &all {
+                let mut found = Vec::new();
+                candidates(&table, output, prefix, &mut found).unwrap();
+                assert!(found.contains(&index));
+            }
+            let mut shared = Vec::new();
+            candidates(&table, output, 0x5555, &mut shared).unwrap();
+            assert_eq!(shared.len(), 283);
+            for run in merge.inputs() {
+                while !remove_rows(&mut table, *run, 1).unwrap() {}
+            }
+            assert_eq!(stored(&table).unwrap(), [output]);
+        }
+    }
+
+    /// A merge is due when the newest four runs share a level: four runs of about
+    /// a run's worth, then four of four times that.
+    #[test]
+    fn a_merge_is_due_when_the_newest_four_share_a_level() {
+        let runs = |sizes: &[u64]| -> Vec<Run> {
+            let mut from = 0;
+            sizes
+                .iter()
+                .map(|size| {
+                    from += size;
+                    Run {
+                        from: from - size,
+                        to: from,
+                    }
+                })
+                .collect()
+        };
+        let due = |sizes: &[u64]| merge_due(&runs(sizes), 100).map(|merge| merge.output());
+        assert_eq!(due(&[100, 100, 100]), None);
+        assert_eq!(due(&[100, 120, 100, 130]), Some(Run { from: 0, to: 450 }));
+        assert_eq!(due(&[400, 100, 100, 100]), None);
+        assert_eq!(
+            due(&[400, 410, 420, 400, 100]),
+            Some(Run { from: 0, to: 1630 }),
+            "a run written during the last merge"
+        );
+        assert_eq!(
+            due(&[400, 100, 100, 100, 100]),
+            Some(Run { from: 400, to: 800 })
+        );
+        assert_eq!(due(&[400, 410, 420, 400]), Some(Run { from: 0, to: 1630 }));
+        assert_eq!(
+            due(&[1600, 400, 410, 420, 400]),
+            Some(Run {
+                from: 1600,
+                to: 3230
+            })
+        );
     }
 
     /// The directory must cover the log from 0 without gaps or overlaps.

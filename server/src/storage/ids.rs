@@ -102,6 +102,18 @@ impl IdIndex {
         self.recent.clear();
     }
 
+    /// The runs, in log order.
+    pub(super) fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// Takes `output`, now committed, in place of the runs it merged.
+    pub(super) fn merged(&mut self, inputs: &[Run], output: Run) {
+        self.runs.retain(|run| !inputs.contains(run));
+        let at = self.runs.partition_point(|run| run.from < output.from);
+        self.runs.insert(at, output);
+    }
+
     /// Whether some committed id may be `id`: false means surely not.
     pub(super) fn may_hold(&self, id: &Hash) -> bool {
         self.filter.may_hold(id)

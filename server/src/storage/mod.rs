@@ -221,6 +221,50 @@ impl Default for StoreOptions {
     }
 }
 
+/// The id runs' upkeep, a bounded step inside each block's apply: the merge under
+/// way, and the runs it merged whose rows are still to be removed. Only the writer
+/// touches it; an open starts it afresh.
+#[derive(Clone, Debug, Default)]
+struct Upkeep {
+    merge: Option<id_runs::Merge>,
+    retired: Vec<id_runs::Run>,
+}
+
+impl Upkeep {
+    /// Rows one step writes or removes: about 1 MiB.
+    const ROWS: usize = 256;
+
+    /// Removes rows of merged runs, and merges on or begins the merge due among
+    /// `runs`, up to [`Upkeep::ROWS`] rows each; the merge this step completed.
+    fn step(
+        &mut self,
+        rows: &mut redb::Table<'_, (u64, u64, u64), &'static [u8]>,
+        dir: &mut redb::Table<'_, u64, u64>,
+        runs: &[id_runs::Run],
+        run_ids: usize,
+    ) -> Result<Option<id_runs::Merge>, StoreError> {
+        while let Some(&run) = self.retired.first() {
+            if !id_runs::remove_rows(rows, run, Upkeep::ROWS)? {
+                break;
+            }
+            self.retired.remove(0);
+        }
+        if self.merge.is_none() {
+            self.merge = id_runs::merge_due(runs, run_ids as u64);
+        }
+        let Some(merge) = &mut self.merge else {
+            return Ok(None);
+        };
+        if !merge.step(rows, dir, Upkeep::ROWS)? {
+            return Ok(None);
+        }
+        let done = self.merge.take();
+        self.retired
+            .extend(done.iter().flat_map(|merge| merge.inputs().iter().copied()));
+        Ok(done)
+    }
+}
+
 /// Opens the database file again after an I/O failure.
 type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
@@ -285,6 +329,7 @@ pub struct Store {
     /// run empties the map only after the commit, so a reader holding it sees the
     /// ids either in the map or in a run its transaction can read.
     ids: RwLock<IdIndex>,
+    upkeep: std::sync::Mutex<Upkeep>,
     health: Health,
     /// Commit certificates already verified, so reads check each once.
     certificates: CertificateMemo,
@@ -465,6 +510,7 @@ impl Store {
             genesis_hash: genesis.hash(),
             options,
             ids: RwLock::new(IdIndex::new(options.run_ids)),
+            upkeep: Default::default(),
             health: Health::default(),
             certificates: CertificateMemo::default(),
             last_tip: std::sync::Mutex::new(None),
@@ -527,6 +573,18 @@ impl Store {
             )));
         }
         let run_ids = index.run_ids() as u64;
+        *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = Upkeep::default();
+        if let Handle::Writable(_) = &*db {
+            // Rows of no listed run: of a merge a crash interrupted, or merged runs
+            // not yet removed.
+            let orphans: Vec<_> = id_runs::stored(&txn.open_table(ID_RUNS)?)?
+                .into_iter()
+                .filter(|run| !runs.contains(run))
+                .collect();
+            if !orphans.is_empty() {
+                remove_runs(&db, &orphans)?;
+            }
+        }
         // A read-only store cannot write runs; it holds what has none in the map.
         let write_to = match &*db {
             Handle::Writable(_) => sealed_to + (tip.log_size - sealed_to) / run_ids * run_ids,
@@ -1316,6 +1374,8 @@ impl Store {
         let mut new_ids = Vec::with_capacity(block.entries.len());
         let mut appended;
         let sealed;
+        let merged;
+        let upkeep_before;
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let tip = tip_in(&blocks)?;
@@ -1392,14 +1452,6 @@ impl Store {
             }
             // Appended in log order: these writes fill the table's last pages.
             id_rows::append(&mut ids, tip.log_size, new_ids.iter().map(|(id, _)| *id))?;
-            // Enough ids in memory: they go to disk as a run, with the block.
-            sealed = match map.run_due(&new_ids, header.log_size) {
-                Some((run, pairs)) => {
-                    id_runs::write(&mut runs, &mut txn.open_table(ID_RUN_DIR)?, run, pairs)?;
-                    Some(run)
-                }
-                None => None,
-            };
             if !block.entries.is_empty() {
                 txn.open_table(LOG_STARTS)?
                     .insert(tip.log_size, header.height)?;
@@ -1423,6 +1475,29 @@ impl Store {
                 txn.open_table(MEMBERSHIP)?
                     .insert(membership.since, membership.encode().as_slice())?;
             }
+            // Enough ids in memory: they go to disk as a run, with the block.
+            sealed = match map.run_due(&new_ids, header.log_size) {
+                Some((run, pairs)) => {
+                    id_runs::write(&mut runs, &mut txn.open_table(ID_RUN_DIR)?, run, pairs)?;
+                    Some(run)
+                }
+                None => None,
+            };
+            // Last, as nothing after it may fail: a bounded step of the runs' upkeep,
+            // which may merge the run just written. Should the commit fail, it is
+            // undone with the transaction.
+            let mut current = map.runs().to_vec();
+            current.extend(sealed);
+            let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
+            let before = upkeep.clone();
+            let stepped = upkeep.step(
+                &mut runs,
+                &mut txn.open_table(ID_RUN_DIR)?,
+                &current,
+                map.run_ids(),
+            );
+            merged = stepped.inspect_err(|_| *upkeep = before.clone())?;
+            upkeep_before = before;
         }
         // The map learns the ids before the commit, under the write lock, so the next
         // writer cannot miss them; should the commit fail they are taken out again
@@ -1438,13 +1513,18 @@ impl Store {
             for (id, log_index) in &new_ids {
                 map.remove(id, *log_index);
             }
+            // The merge goes on from where it was: its rows are written again.
+            *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = upkeep_before;
             return Err(error.into());
         }
-        if let Some(run) = sealed {
-            self.ids
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .sealed(run);
+        if sealed.is_some() || merged.is_some() {
+            let mut map = self.ids.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(run) = sealed {
+                map.sealed(run);
+            }
+            if let Some(merge) = merged {
+                map.merged(merge.inputs(), merge.output());
+            }
         }
         if let Some(membership) = membership {
             *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
@@ -1473,6 +1553,22 @@ fn write_run(db: &Handle, run: id_runs::Run, pairs: Vec<(u64, u64)>) -> Result<(
         run,
         pairs,
     )?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Removes the rows of `orphans`, runs no longer listed, in a transaction of its
+/// own without waiting for the disk (what a crash undoes, the next open removes).
+fn remove_runs(db: &Handle, orphans: &[id_runs::Run]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(|error| StoreError::Failed(error.to_string()))?;
+    {
+        let mut rows = txn.open_table(ID_RUNS)?;
+        for run in orphans {
+            while !id_runs::remove_rows(&mut rows, *run, 4096)? {}
+        }
+    }
     txn.commit()?;
     Ok(())
 }
