@@ -380,11 +380,12 @@ fn a_newer_snapshot_keeps_the_full_tiles_already_written() {
     assert_eq!(store.log_root(70).unwrap(), source.log_root(70).unwrap());
 }
 
-/// A restore that wrote every tile itself vouches for its ids: the store opened with
-/// its word (which writes the id runs without hashing the ids again) finds every
-/// entry where the store opened from disk does, and says "absent" of the same ids. A
-/// word for another log (here the snapshot at 10 handed to the database at 20) is
-/// ignored and the ids are checked as at any open.
+/// A restore writes each tile's ids as an id run, and one that wrote every tile
+/// itself vouches for its ids: the store opened with its word (which takes the
+/// runs and the restore's id filter without reading the ids) finds every entry
+/// where the store opened from disk (checking every run against the ids) does, and
+/// says "absent" of the same ids. A word for another log (here the snapshot at 10
+/// handed to the database at 20) is ignored and the ids are checked as at any open.
 #[test]
 fn a_restore_vouches_for_the_ids_it_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,6 +407,16 @@ fn a_restore_vouches_for_the_ids_it_checked() {
     let (path, handed) = restored(20, "at-20.redb");
     let held = source.tip().unwrap();
     let at_20 = source.header(20).unwrap().unwrap().log_size;
+    {
+        // Each tile's ids are a run: the node opens without reading them.
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let database = redb::Database::open(&path).unwrap();
+        let txn = database.begin_read().unwrap();
+        let runs = txn
+            .open_table(ledger_migrations::schema::ID_RUN_DIR)
+            .unwrap();
+        assert_eq!(runs.len().unwrap(), 9);
+    }
     let stranger = Entry::new(b"never committed".to_vec()).id();
     let mut asked: Vec<_> = ids.iter().copied().take(at_20 as usize + 5).collect();
     asked.push(stranger);
@@ -415,7 +426,7 @@ fn a_restore_vouches_for_the_ids_it_checked() {
             .map(|id| store.committed(std::slice::from_ref(id)).unwrap()[0])
             .collect()
     };
-    // Runs of 7 ids: the restored database has none, and each open writes them.
+    // Runs of 7 ids: merged with the next applies, but none is applied here.
     let options = StoreOptions {
         run_ids: 7,
         ..StoreOptions::default()

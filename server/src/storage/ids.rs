@@ -62,6 +62,15 @@ impl IdIndex {
         self.runs = runs;
     }
 
+    /// An index of ids all in `runs`, whose filter is `filter`: a restore's.
+    pub(super) fn restored(run_ids: usize, filter: IdFilter, runs: Vec<Run>) -> IdIndex {
+        IdIndex {
+            filter,
+            runs,
+            ..IdIndex::new(run_ids)
+        }
+    }
+
     /// Learns that `id` is at `log_index`, in the recent map.
     pub(super) fn insert(&mut self, id: &Hash, log_index: u64) {
         self.filter.insert(id);
@@ -179,14 +188,14 @@ fn confirm(
 /// cannot rule out grows with the history: about 10^-6 at a million ids, 0.5% at
 /// ten million; each costs a read per run, never a wrong answer.
 #[derive(Debug)]
-struct IdFilter {
+pub(super) struct IdFilter {
     blocks: Vec<[u64; 8]>,
 }
 
 impl IdFilter {
     const BLOCK_BITS: u32 = 18;
 
-    fn new() -> IdFilter {
+    pub(super) fn new() -> IdFilter {
         // Zeroed pages are not resident until an id lands in them.
         IdFilter {
             blocks: vec![[0; 8]; 1 << IdFilter::BLOCK_BITS],
@@ -203,7 +212,7 @@ impl IdFilter {
         (block, bits)
     }
 
-    fn insert(&mut self, id: &Hash) {
+    pub(super) fn insert(&mut self, id: &Hash) {
         let (block, bits) = IdFilter::bits(id);
         let block = &mut self.blocks[block];
         for bit in bits {

@@ -539,33 +539,43 @@ impl Store {
         *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
         let membership = self.membership_row(u64::MAX)?;
         *self.membership.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(membership);
-        let checked = match ids {
+        let restored = match ids {
             Ids::Skip => return Ok(()),
-            Ids::Load => false,
+            Ids::Load => None,
             Ids::Given(restored) => {
-                restored.is_some_and(|restored| restored.fits(tip.log_size, &tip.log_root))
+                restored.filter(|restored| restored.fits(tip.log_size, &tip.log_root))
             }
         };
-        self.load_ids(&tip, checked)
+        self.load_ids(&tip, restored)
     }
 
     /// Rebuilds the id index from the entry index: one sequential scan. The ids must
     /// rebuild every stored node of the Merkle log's lowest stored level and the
-    /// tip's log root, unless `checked` (a restore checked them against that root
-    /// moments ago): a damaged row would otherwise make its entry unfindable, and
-    /// the node would answer 404 for an entry it committed (and take it again if
-    /// resubmitted). A second thread hashes the ids while this one reads them.
-    /// Every run must hold exactly the ids of its log indices. The ids above the
-    /// runs go into new runs while a run's worth remains (a database upgraded or
-    /// restored, or opened by an older build), the rest into the map.
-    fn load_ids(&self, tip: &Header, checked: bool) -> Result<(), StoreError> {
+    /// tip's log root, unless `restored` vouches for them (a restore checked them
+    /// against that root moments ago): a damaged row would otherwise make its entry
+    /// unfindable, and the node would answer 404 for an entry it committed (and
+    /// take it again if resubmitted). A second thread hashes the ids while this one
+    /// reads them. Every run must hold exactly the ids of its log indices. The ids
+    /// above the runs go into new runs while a run's worth remains (a database
+    /// upgraded, or opened by an older build), the rest into the map. A restore
+    /// whose tiles' runs cover the log hands on their filter: nothing is read.
+    fn load_ids(&self, tip: &Header, restored: Option<RestoredIds>) -> Result<(), StoreError> {
         const BATCH: usize = 8192;
         let db = self.db()?;
         let txn = db.begin_read()?;
         let rows = txn.open_table(ENTRY_IDS)?;
         let mut runs = id_runs::directory(&txn.open_table(ID_RUN_DIR)?)?;
-        let mut index = IdIndex::new(self.options.run_ids);
         let sealed_to = runs.last().map_or(0, |run| run.to);
+        *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = Upkeep::default();
+        let checked = match restored {
+            Some(restored) if sealed_to == tip.log_size => {
+                let index = IdIndex::restored(self.options.run_ids, restored.filter, runs);
+                *self.ids.write().unwrap_or_else(|p| p.into_inner()) = index;
+                return Ok(());
+            }
+            restored => restored.is_some(),
+        };
+        let mut index = IdIndex::new(self.options.run_ids);
         if sealed_to > tip.log_size {
             return Err(corrupt(format!(
                 "id runs: they hold log indices up to {sealed_to}, the log {}",
@@ -573,7 +583,6 @@ impl Store {
             )));
         }
         let run_ids = index.run_ids() as u64;
-        *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = Upkeep::default();
         if let Handle::Writable(_) = &*db {
             // Rows of no listed run: of a merge a crash interrupted, or merged runs
             // not yet removed.

@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ledger_migrations::schema::{
-    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, LOG_STARTS, MEMBERSHIP,
-    MERKLE_NODES, MERKLE_STORED_FROM, META, META_HISTORY_FROM,
+    BASE_HEADERS, BLOCKS, BLOCK_HASHES, CERTIFICATES, ENTRY_IDS, ID_RUNS, ID_RUN_DIR, LOG_STARTS,
+    MEMBERSHIP, MERKLE_NODES, MERKLE_STORED_FROM, META, META_HISTORY_FROM,
 };
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::id_runs::{self, Run};
+use super::ids::IdFilter;
 use super::{corrupt, id_rows, write_identity, StoreError, StoredNodes};
 use crate::chain::merkle::NodeSource;
 use crate::chain::snapshot::{Manifest, SnapshotError};
@@ -44,20 +46,23 @@ pub struct Restore {
     /// The header the epoch at the snapshot's height starts above, when it lies
     /// below the snapshot ([`Restore::keep_epoch_base`]).
     epoch_base: Option<Header>,
-    /// Whether [`Restore::finish`] vouches for the ids: asked for before any tile
-    /// was written ([`Restore::handing_on_ids`]) and the staging file held none, so
-    /// this restore checked every id it holds.
-    vouches: bool,
+    /// The filter of every id written, when [`Restore::finish`] vouches for the
+    /// ids: asked for before any tile was written ([`Restore::handing_on_ids`]) and
+    /// the staging file held none, so this restore checked every id it holds.
+    filter: Option<IdFilter>,
     /// Whether the staging file held no ids when this restore began.
     fresh: bool,
 }
 
 /// That [`Restore::finish`] built a database from ids it checked itself against
-/// the log root: [`super::Store::open_restored`] then does not hash every id again.
+/// the log root, and wrote each tile's ids as an id run, with the id filter of
+/// them all: [`super::Store::open_restored`] then neither reads nor hashes the ids
+/// again.
 #[derive(Debug)]
 pub struct RestoredIds {
     log_size: u64,
     log_root: Hash,
+    pub(super) filter: IdFilter,
 }
 
 impl RestoredIds {
@@ -196,16 +201,19 @@ impl Restore {
             manifest,
             done,
             epoch_base: None,
-            vouches: false,
+            filter: None,
             fresh,
         })
     }
 
     /// Hands on to the node that opens the database next ([`Restore::finish`])
-    /// that the ids were checked, when this restore starts from no ids: one that
-    /// resumes holds ids an earlier process wrote.
+    /// that the ids were checked, with their filter (16 MiB, kept from the first
+    /// tile on), when this restore starts from no ids: one that resumes holds ids an
+    /// earlier process wrote.
     pub fn handing_on_ids(mut self) -> Restore {
-        self.vouches = self.fresh && self.done.is_empty();
+        if self.fresh && self.done.is_empty() {
+            self.filter = Some(IdFilter::new());
+        }
         self
     }
 
@@ -243,6 +251,21 @@ impl Restore {
                 range.start,
                 tile.ids.iter().copied(),
             )?;
+            // Each tile's ids are an id run of their own, which the node's applies
+            // merge into larger ones later: the node opens without sorting them.
+            let pairs = (range.start..)
+                .zip(&tile.ids)
+                .map(|(log_index, id)| (id_runs::prefix(id), log_index))
+                .collect();
+            id_runs::write(
+                &mut txn.open_table(ID_RUNS)?,
+                &mut txn.open_table(ID_RUN_DIR)?,
+                Run {
+                    from: range.start,
+                    to: range.end,
+                },
+                pairs,
+            )?;
             let mut table = txn.open_table(MERKLE_NODES)?;
             for (key, hash) in &tile.nodes {
                 table.insert(*key, hash.as_bytes())?;
@@ -252,6 +275,11 @@ impl Restore {
         }
         txn.commit()?;
         self.done.insert(index, tile.root);
+        if let Some(filter) = &mut self.filter {
+            for id in &tile.ids {
+                filter.insert(id);
+            }
+        }
         Ok(())
     }
 
@@ -380,6 +408,14 @@ impl Restore {
                 None => {}
             }
             super::consensus::write_abstain_through(&txn, abstain_through)?;
+            // The tiles' runs must cover the log; else (tiles of an earlier run whose
+            // range was unknown) the node writes runs from the ids as it opens.
+            let covered = id_runs::directory(&txn.open_table(ID_RUN_DIR)?)
+                .is_ok_and(|runs| runs.last().map_or(0, |run| run.to) == size);
+            if !covered {
+                txn.open_table(ID_RUN_DIR)?.retain(|_, _| false)?;
+                txn.open_table(ID_RUNS)?.retain(|_, _| false)?;
+            }
             let mut meta = txn.open_table(META)?;
             meta.insert(META_HISTORY_FROM, height.to_be_bytes().as_slice())?;
             meta.remove(META_RESTORING)?;
@@ -401,9 +437,10 @@ impl Restore {
                 path: path.to_owned(),
                 reason: format!("moving the restored database into place: {error}"),
             })?;
-        Ok(self.vouches.then_some(RestoredIds {
+        Ok(self.filter.map(|filter| RestoredIds {
             log_size: size,
             log_root: header.log_root,
+            filter,
         }))
     }
 }
@@ -427,6 +464,15 @@ fn remove_range(
     range: std::ops::Range<u64>,
 ) -> Result<(), StoreError> {
     id_rows::remove(&mut txn.open_table(ENTRY_IDS)?, range.clone())?;
+    let run = Run {
+        from: range.start,
+        to: range.end,
+    };
+    let mut dir = txn.open_table(ID_RUN_DIR)?;
+    if dir.get(run.from)?.map(|to| to.value()) == Some(run.to) {
+        dir.remove(run.from)?;
+    }
+    while !id_runs::remove_rows(&mut txn.open_table(ID_RUNS)?, run, 4096)? {}
     let mut nodes = txn.open_table(MERKLE_NODES)?;
     for level in MERKLE_STORED_FROM..64u8 {
         let (first, end) = (range.start >> level, range.end >> level);
