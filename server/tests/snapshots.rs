@@ -445,6 +445,20 @@ fn a_restore_vouches_for_the_ids_it_checked() {
     let vouched = Store::open_restored(&copy("vouched.redb"), &spec, options, Some(handed));
     assert_eq!(answers(&vouched.unwrap()), from_disk);
 
+    // The word is all the vouched open reads: an id changed on disk after the
+    // restore (as a flipped bit would) goes unseen by it, and an open without the
+    // word refuses the file.
+    let (damaged, word) = restored(20, "damaged.redb");
+    {
+        let database = redb::Database::open(&damaged).unwrap();
+        let txn = database.begin_write().unwrap();
+        ledger::testing::overwrite_entry_id(&txn, 0, &[7; 32]);
+        txn.commit().unwrap();
+    }
+    Store::open_restored(&damaged, &spec, options, Some(word)).unwrap();
+    let refused = Store::open(&damaged, &spec, options).unwrap_err();
+    assert!(refused.damage().is_some(), "{refused}");
+
     let (_, older) = restored(10, "at-10.redb");
     let ignored = Store::open_restored(&path, &spec, options, Some(older));
     assert_eq!(answers(&ignored.unwrap()), from_disk);

@@ -262,8 +262,9 @@ pub(super) fn merge_due(runs: &[Run], run_ids: u64) -> Option<Merge> {
 }
 
 /// Adjacent runs being merged into one, a few rows at a time. The merged run's rows
-/// depend on its inputs alone, so a merge abandoned half-way (a commit that failed,
-/// a crash) and begun again writes the same rows over the ones it left.
+/// depend on its inputs alone, so a merge taken back to its state before a step
+/// whose commit failed writes the same rows again; the rows a crash leaves of one
+/// are not listed, and an open removes them.
 #[derive(Clone, Debug)]
 pub(super) struct Merge {
     inputs: Vec<Run>,

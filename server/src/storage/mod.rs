@@ -535,6 +535,19 @@ impl Store {
     /// after it and the id index as `ids` says. At open, and after a reopen, when blocks
     /// applied without waiting for the disk may be gone.
     fn load_cached(&self, ids: Ids) -> Result<(), StoreError> {
+        let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.ids.write().unwrap_or_else(|p| p.into_inner());
+        self.load_cached_into(ids, &mut upkeep, &mut index)
+    }
+
+    /// [`Store::load_cached`] with the writer's upkeep and the id index locked by
+    /// the caller, in that order (the writer's).
+    fn load_cached_into(
+        &self,
+        ids: Ids,
+        upkeep: &mut Upkeep,
+        index: &mut IdIndex,
+    ) -> Result<(), StoreError> {
         let tip = self.tip()?;
         *self.last_tip.lock().unwrap_or_else(|p| p.into_inner()) = Some(tip);
         let membership = self.membership_row(u64::MAX)?;
@@ -546,7 +559,8 @@ impl Store {
                 restored.filter(|restored| restored.fits(tip.log_size, &tip.log_root))
             }
         };
-        self.load_ids(&tip, restored)
+        (*upkeep, *index) = (Upkeep::default(), self.load_ids(&tip, restored)?);
+        Ok(())
     }
 
     /// Rebuilds the id index from the entry index: one sequential scan. The ids must
@@ -559,19 +573,20 @@ impl Store {
     /// above the runs go into new runs while a run's worth remains (a database
     /// upgraded, or opened by an older build), the rest into the map. A restore
     /// whose tiles' runs cover the log hands on their filter: nothing is read.
-    fn load_ids(&self, tip: &Header, restored: Option<RestoredIds>) -> Result<(), StoreError> {
+    fn load_ids(&self, tip: &Header, restored: Option<RestoredIds>) -> Result<IdIndex, StoreError> {
         const BATCH: usize = 8192;
         let db = self.db()?;
         let txn = db.begin_read()?;
         let rows = txn.open_table(ENTRY_IDS)?;
         let mut runs = id_runs::directory(&txn.open_table(ID_RUN_DIR)?)?;
         let sealed_to = runs.last().map_or(0, |run| run.to);
-        *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = Upkeep::default();
         let checked = match restored {
             Some(restored) if sealed_to == tip.log_size => {
-                let index = IdIndex::restored(self.options.run_ids, restored.filter, runs);
-                *self.ids.write().unwrap_or_else(|p| p.into_inner()) = index;
-                return Ok(());
+                return Ok(IdIndex::restored(
+                    self.options.run_ids,
+                    restored.filter,
+                    runs,
+                ));
             }
             restored => restored.is_some(),
         };
@@ -700,8 +715,7 @@ impl Store {
         }
         runs.extend(built);
         index.set_runs(runs);
-        *self.ids.write().unwrap_or_else(|p| p.into_inner()) = index;
-        Ok(())
+        Ok(index)
     }
 
     /// The open database, or why there is none. Hold it for as long as the
@@ -754,6 +768,10 @@ impl Store {
                 "this database cannot be reopened in place; restart the node".into(),
             ));
         };
+        // Readers wait for the reload: the index of the failed file may name runs
+        // or hold ids the reopened one lost, or miss ones it holds.
+        let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.ids.write().unwrap_or_else(|p| p.into_inner());
         {
             let mut slot = self.database.write().unwrap_or_else(|p| p.into_inner());
             if let Some(database) = slot.take() {
@@ -769,7 +787,21 @@ impl Store {
             }
             *slot = Some(Arc::new(Handle::Writable(self.observe(reopen())?)));
         }
-        self.observe(self.load_cached(Ids::Load))?;
+        let loaded = self.load_cached_into(Ids::Load, &mut upkeep, &mut index);
+        if loaded.is_err() {
+            // No reads of a file the index does not describe: the next recovery
+            // reopens it.
+            let taken = self
+                .database
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(Ok(database)) = taken.map(Arc::try_unwrap) {
+                database.close();
+            }
+        }
+        self.observe(loaded)?;
+        drop((index, upkeep));
         let keeps_log = self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if keeps_log {
             self.observe(self.open_wal(true))?;
@@ -1375,6 +1407,10 @@ impl Store {
             .into());
         }
         let membership = self.membership_after(block)?;
+        // Held until the id index has taken what this block wrote: the next writer
+        // must not begin before (a run or merge it did not see), and recovery
+        // reloads nothing under it.
+        let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
         let mut txn = self.begin_write()?;
         if !durable && membership.is_none() {
             txn.set_durability(redb::Durability::None)
@@ -1497,7 +1533,6 @@ impl Store {
             // undone with the transaction.
             let mut current = map.runs().to_vec();
             current.extend(sealed);
-            let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
             let before = upkeep.clone();
             let stepped = upkeep.step(
                 &mut runs,
@@ -1523,7 +1558,7 @@ impl Store {
                 map.remove(id, *log_index);
             }
             // The merge goes on from where it was: its rows are written again.
-            *self.upkeep.lock().unwrap_or_else(|p| p.into_inner()) = upkeep_before;
+            *upkeep = upkeep_before;
             return Err(error.into());
         }
         if sealed.is_some() || merged.is_some() {
@@ -1548,7 +1583,6 @@ impl Store {
     }
 }
 
-/// The highest block's header, decoding only its first [`HEADER_LEN`] bytes.
 /// Writes `pairs` as `run` in a transaction of its own, without waiting for the
 /// disk: the next durable commit takes it along, and an open after a crash
 /// before then writes it again.
@@ -1603,6 +1637,7 @@ fn check_lowest_nodes(txn: &ReadTransaction, nodes: &[Hash]) -> Result<(), Store
     Ok(())
 }
 
+/// The highest block's header, decoding only its first [`HEADER_LEN`] bytes.
 fn tip_in(blocks: &impl ReadableTable<u64, &'static [u8]>) -> Result<Header, StoreError> {
     let (height, bytes) = blocks.last()?.ok_or_else(|| corrupt("no genesis block"))?;
     let bytes = bytes.value();
