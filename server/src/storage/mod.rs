@@ -274,7 +274,8 @@ enum Ids {
     Skip,
     /// From the entry index, every id checked.
     Load,
-    /// As `Load`, without hashing the ids again when a restore vouches for the tip's log.
+    /// As `Load`, but when a restore vouches for the tip's log its ids are not
+    /// hashed again, and not read at all when its tiles' runs cover the log.
     Given(Option<RestoredIds>),
 }
 
@@ -329,6 +330,8 @@ pub struct Store {
     /// run empties the map only after the commit, so a reader holding it sees the
     /// ids either in the map or in a run its transaction can read.
     ids: RwLock<IdIndex>,
+    /// The writer's: held by each apply from its write transaction until the index
+    /// has taken what it wrote, and by an open or a recovery while it reloads.
     upkeep: std::sync::Mutex<Upkeep>,
     health: Health,
     /// Commit certificates already verified, so reads check each once.
@@ -370,9 +373,9 @@ impl Store {
 
     /// [`Store::open`] of a database [`Restore::finish`] built, with what it
     /// vouched for (if anything): the ids were checked against the snapshot's root as
-    /// they arrived, moments ago in this process, so they are not hashed again. A
-    /// word for another log than the database's tip is ignored and the ids are
-    /// checked as at any open.
+    /// they arrived, moments ago in this process, and written as id runs with the
+    /// tiles, so they are not read again. A word for another log than the
+    /// database's tip is ignored and the ids are checked as at any open.
     pub fn open_restored(
         path: &Path,
         spec: &ChainSpec,
