@@ -478,11 +478,89 @@ fn store_on(
 /// Four consecutive certified blocks of `per_block` entries from genesis, built on a
 /// store in memory.
 fn four_blocks(keys: &[SigningKey], spec: &ChainSpec, per_block: usize) -> Vec<Block> {
+    blocks_of(keys, spec, 4, per_block)
+}
+
+/// `count` consecutive certified blocks of `per_block` entries from genesis.
+fn blocks_of(keys: &[SigningKey], spec: &ChainSpec, count: u64, per_block: usize) -> Vec<Block> {
     let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
     let store = store_on(&disk, spec, StoreOptions::default()).unwrap();
-    (0..4)
+    (0..count)
         .map(|round| append(&store, keys, entries(round, per_block, 50)))
         .collect()
+}
+
+/// Cuts the power at every disk operation of the two applies a merge of id runs
+/// is spread over (its first row with the fourth block, the rest with the fifth),
+/// from a disk that holds the first three: after each restart nothing acknowledged
+/// is lost, the chain verifies (every id found at its log index), and the next
+/// blocks apply on what the crash left.
+#[test]
+fn a_crash_in_the_middle_of_a_merge_of_id_runs_loses_nothing() {
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    // Runs of 70 ids, one per block; the four merge into 280 pairs, two rows.
+    let blocks = blocks_of(&keys, &spec, 6, 70);
+    let options = StoreOptions {
+        run_ids: 60,
+        upkeep_rows: 1,
+        ..StoreOptions::default()
+    };
+    let base = {
+        let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+        let store = store_on(&disk, &spec, options).unwrap();
+        for block in &blocks[..3] {
+            store
+                .apply_block(block, &certify(&keys[..3], block))
+                .unwrap();
+        }
+        drop(store);
+        let image = disk.0.state.lock().unwrap().synced.clone();
+        image
+    };
+    let mut budget = 0;
+    loop {
+        let disk = SharedDisk(Arc::new(CrashingDisk::new(base.clone(), budget)));
+        let mut acknowledged = 3;
+        if let Ok(store) = store_on(&disk, &spec, options) {
+            for block in &blocks[3..5] {
+                if store
+                    .apply_block(block, &certify(&keys[..3], block))
+                    .is_err()
+                {
+                    break;
+                }
+                acknowledged = block.header.height;
+            }
+        }
+        let image = disk.0.state.lock().unwrap().synced.clone();
+        let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+        let store = store_on(&restarted, &spec, options)
+            .unwrap_or_else(|error| panic!("budget {budget}: {error}"));
+        let height = store
+            .verify_chain()
+            .unwrap_or_else(|error| panic!("budget {budget}: {error}"));
+        assert!(
+            height >= acknowledged,
+            "budget {budget}: lost block {acknowledged}"
+        );
+        for block in &blocks[height as usize..] {
+            store
+                .apply_block(block, &certify(&keys[..3], block))
+                .unwrap_or_else(|error| panic!("budget {budget}: {error}"));
+        }
+        for entry in blocks.iter().flat_map(|block| &block.entries) {
+            assert!(
+                store.entry_location(&entry.id()).unwrap().is_some(),
+                "budget {budget}"
+            );
+        }
+        if acknowledged == 5 {
+            break;
+        }
+        budget += 1;
+        assert!(budget < 10_000, "the workload never completed");
+    }
 }
 
 /// Cuts the power after every possible number of disk operations while blocks are

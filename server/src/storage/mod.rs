@@ -209,6 +209,9 @@ pub struct StoreOptions {
     /// Ids held in memory before they are written to disk as a sorted run; tests
     /// lower it to exercise runs on short chains.
     pub run_ids: usize,
+    /// Rows of id runs an apply merges, and rows of merged runs it removes, at most
+    /// (256 rows: about 1 MiB each); tests lower it to spread a merge over applies.
+    pub upkeep_rows: usize,
 }
 
 impl Default for StoreOptions {
@@ -217,6 +220,7 @@ impl Default for StoreOptions {
             two_phase_commit: true,
             cache_bytes: None,
             run_ids: ids::RUN_IDS,
+            upkeep_rows: 256,
         }
     }
 }
@@ -231,31 +235,29 @@ struct Upkeep {
 }
 
 impl Upkeep {
-    /// Rows one step writes or removes: about 1 MiB.
-    const ROWS: usize = 256;
-
     /// Removes rows of merged runs, and merges on or begins the merge due among
-    /// `runs`, up to [`Upkeep::ROWS`] rows each; the merge this step completed.
+    /// `runs`, up to `options.upkeep_rows` rows each; the merge this step completed.
     fn step(
         &mut self,
         rows: &mut redb::Table<'_, (u64, u64, u64), &'static [u8]>,
         dir: &mut redb::Table<'_, u64, u64>,
         runs: &[id_runs::Run],
-        run_ids: usize,
+        options: &StoreOptions,
     ) -> Result<Option<id_runs::Merge>, StoreError> {
+        let budget = options.upkeep_rows.max(1);
         while let Some(&run) = self.retired.first() {
-            if !id_runs::remove_rows(rows, run, Upkeep::ROWS)? {
+            if !id_runs::remove_rows(rows, run, budget)? {
                 break;
             }
             self.retired.remove(0);
         }
         if self.merge.is_none() {
-            self.merge = id_runs::merge_due(runs, run_ids as u64);
+            self.merge = id_runs::merge_due(runs, options.run_ids as u64);
         }
         let Some(merge) = &mut self.merge else {
             return Ok(None);
         };
-        if !merge.step(rows, dir, Upkeep::ROWS)? {
+        if !merge.step(rows, dir, budget)? {
             return Ok(None);
         }
         let done = self.merge.take();
@@ -1541,7 +1543,7 @@ impl Store {
                 &mut runs,
                 &mut txn.open_table(ID_RUN_DIR)?,
                 &current,
-                map.run_ids(),
+                &self.options,
             );
             merged = stepped.inspect_err(|_| *upkeep = before.clone())?;
             upkeep_before = before;
