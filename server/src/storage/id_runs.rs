@@ -396,6 +396,15 @@ impl Merge {
     }
 }
 
+/// Removes every row of `run`, which is no longer in the directory.
+pub(super) fn remove(
+    runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+    run: Run,
+) -> Result<(), StoreError> {
+    runs.retain_in(run.keys(), |_, _| false)?;
+    Ok(())
+}
+
 /// Removes up to `rows` rows of `run`, which is no longer in the directory;
 /// whether none is left.
 pub(super) fn remove_rows(

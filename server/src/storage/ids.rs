@@ -7,7 +7,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use redb::ReadableTable;
+use ledger_migrations::schema::{ENTRY_IDS, ID_RUNS};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use super::id_runs::{self, prefix, Run, RunTable};
 use super::{corrupt, id_rows, StoreError};
@@ -25,6 +26,31 @@ pub(super) struct IdTables<'a, R, S> {
     pub runs: &'a S,
 }
 
+/// The entry index's tables, opened in a read transaction.
+pub(super) struct ReadIdTables {
+    rows: ReadOnlyTable<u64, &'static [u8]>,
+    runs: ReadOnlyTable<(u64, u64, u64), &'static [u8]>,
+}
+
+impl ReadIdTables {
+    pub(super) fn open(txn: &ReadTransaction) -> Result<ReadIdTables, StoreError> {
+        Ok(ReadIdTables {
+            rows: txn.open_table(ENTRY_IDS)?,
+            runs: txn.open_table(ID_RUNS)?,
+        })
+    }
+
+    /// Them, as [`IdIndex::locate`] reads them.
+    pub(super) fn tables(
+        &self,
+    ) -> IdTables<'_, impl ReadableTable<u64, &'static [u8]>, impl RunTable> {
+        IdTables {
+            rows: &self.rows,
+            runs: &self.runs,
+        }
+    }
+}
+
 /// Where every committed id is: the filter, the recent ids in memory, the runs on
 /// disk below them.
 #[derive(Debug)]
@@ -39,8 +65,12 @@ pub(super) struct IdIndex {
 impl IdIndex {
     /// An index of no ids, which writes a run every `run_ids` ids.
     pub(super) fn new(run_ids: usize) -> IdIndex {
+        IdIndex::with_filter(run_ids, IdFilter::new())
+    }
+
+    fn with_filter(run_ids: usize, filter: IdFilter) -> IdIndex {
         IdIndex {
-            filter: IdFilter::new(),
+            filter,
             recent: IdMap::with_capacity(run_ids.min(RUN_IDS) + 1024),
             runs: Vec::new(),
             run_ids: run_ids.max(1),
@@ -65,9 +95,8 @@ impl IdIndex {
     /// An index of ids all in `runs`, whose filter is `filter`: a restore's.
     pub(super) fn restored(run_ids: usize, filter: IdFilter, runs: Vec<Run>) -> IdIndex {
         IdIndex {
-            filter,
             runs,
-            ..IdIndex::new(run_ids)
+            ..IdIndex::with_filter(run_ids, filter)
         }
     }
 
@@ -312,7 +341,7 @@ impl IdMap {
 
 #[cfg(test)]
 mod tests {
-    use ledger_migrations::schema::{ENTRY_IDS, ID_RUNS, ID_RUN_DIR};
+    use ledger_migrations::schema::ID_RUN_DIR;
     use redb::ReadableDatabase;
 
     use super::*;
@@ -329,15 +358,7 @@ mod tests {
         id: &Hash,
     ) -> Result<Option<u64>, StoreError> {
         let txn = database.begin_read().unwrap();
-        let (rows, runs) = (
-            txn.open_table(ENTRY_IDS).unwrap(),
-            txn.open_table(ID_RUNS).unwrap(),
-        );
-        let tables = IdTables {
-            rows: &rows,
-            runs: &runs,
-        };
-        index.locate(&tables, id)
+        index.locate(&ReadIdTables::open(&txn)?.tables(), id)
     }
 
     /// Ids appended as a writer does (a run whenever `run_ids` are in memory) are

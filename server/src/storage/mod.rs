@@ -42,7 +42,7 @@ use ledger_migrations::MigrationError;
 
 use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
-use ids::{IdIndex, IdTables};
+use ids::{IdIndex, IdTables, ReadIdTables};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 pub(crate) use restore::sync_parent;
 pub use restore::{Restore, RestoredIds, VerifiedTile};
@@ -1046,11 +1046,8 @@ impl Store {
             let map = self.id_map();
             let db = self.db()?;
             let txn = db.begin_read()?;
-            let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
-            let tables = IdTables {
-                rows: &rows,
-                runs: &runs,
-            };
+            let tables = ReadIdTables::open(&txn)?;
+            let tables = tables.tables();
             ids.iter()
                 .map(|id| Ok(map.locate(&tables, id)?.is_some()))
                 .collect()
@@ -1329,12 +1326,8 @@ impl Store {
                 required_difficulty,
                 now_ms,
             };
-            let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
-            let tables = IdTables {
-                rows: &rows,
-                runs: &runs,
-            };
-            validate_block(&context, block, &range, &ReadIndex(&map, &tables))?;
+            let tables = ReadIdTables::open(&txn)?;
+            validate_block(&context, block, &range, &ReadIndex(&map, &tables.tables()))?;
             self.membership_after(block)?;
             Ok(())
         })())
@@ -1614,7 +1607,7 @@ fn remove_runs(db: &Handle, orphans: &[id_runs::Run]) -> Result<(), StoreError> 
     {
         let mut rows = txn.open_table(ID_RUNS)?;
         for run in orphans {
-            while !id_runs::remove_rows(&mut rows, *run, 4096)? {}
+            id_runs::remove(&mut rows, *run)?;
         }
     }
     txn.commit()?;
@@ -1759,12 +1752,7 @@ fn location_in(
     id: &Hash,
     history_from: u64,
 ) -> Result<Option<EntryLocation>, StoreError> {
-    let (rows, runs) = (txn.open_table(ENTRY_IDS)?, txn.open_table(ID_RUNS)?);
-    let tables = IdTables {
-        rows: &rows,
-        runs: &runs,
-    };
-    let Some(log_index) = map.locate(&tables, id)? else {
+    let Some(log_index) = map.locate(&ReadIdTables::open(txn)?.tables(), id)? else {
         return Ok(None);
     };
     let starts = txn.open_table(LOG_STARTS)?;

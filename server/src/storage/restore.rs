@@ -190,8 +190,8 @@ impl Restore {
                     .insert(META_RESTORING, manifest.encode().as_slice())?;
             }
             // Ids an earlier run wrote (kept, or of a tile whose range is unknown and
-            // so could not be removed) are not in this run's map: the node then opens
-            // the database as any other, checking every id.
+            // so could not be removed) were not checked by this one, which then
+            // vouches for none: the node opens the database as any other.
             fresh = done.is_empty() && txn.open_table(ENTRY_IDS)?.is_empty()?;
             txn.commit()?;
         }
@@ -472,7 +472,7 @@ fn remove_range(
     if dir.get(run.from)?.map(|to| to.value()) == Some(run.to) {
         dir.remove(run.from)?;
     }
-    while !id_runs::remove_rows(&mut txn.open_table(ID_RUNS)?, run, 4096)? {}
+    id_runs::remove(&mut txn.open_table(ID_RUNS)?, run)?;
     let mut nodes = txn.open_table(MERKLE_NODES)?;
     for level in MERKLE_STORED_FROM..64u8 {
         let (first, end) = (range.start >> level, range.end >> level);
