@@ -317,6 +317,11 @@ impl Replica {
         if let Some((height, hash)) = last_checkpoint {
             replica.vote_checkpoint(height, hash);
         }
+        // A member restored from a snapshot is a checkpoint interval behind or more:
+        // it asks for the blocks since at once, not a retransmit interval later.
+        if replica.abstaining() {
+            replica.fetch_committed();
+        }
         replica
     }
 

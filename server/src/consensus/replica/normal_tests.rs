@@ -364,10 +364,14 @@ fn a_member_that_forgot_its_votes_abstains_until_past_them() {
         tip = after(&tip, &block);
         blocks.push(block);
     }
-    // A pre-prepare is accepted but not voted for; others' votes make nothing here.
+    // It asks for the blocks since its tip at once. A pre-prepare is accepted but
+    // not voted for; others' votes make nothing here.
     assert_eq!(
         message(&mut backup, setup.pre_prepare(0, &blocks[0])),
-        ["persist accepted v0 h1"]
+        [
+            "fetch committed after 0 (entered view 0)",
+            "persist accepted v0 h1"
+        ]
     );
     assert!(message(&mut backup, vote(&setup, 2, false, 0, &blocks[0])).is_empty());
     assert!(message(&mut backup, vote(&setup, 3, false, 0, &blocks[0])).is_empty());
