@@ -504,6 +504,7 @@ fn a_crash_in_the_middle_of_a_merge_of_id_runs_loses_nothing() {
     let options = StoreOptions {
         run_ids: 60,
         upkeep_rows: 1,
+        merge_passes: 0,
         ..StoreOptions::default()
     };
     let base = {
@@ -960,6 +961,36 @@ fn runs_merge_as_the_history_grows_and_every_id_stays_found() {
     drop(Store::open(&path, &spec, options).unwrap());
     let IdRuns { listed, stored } = id_runs(&path);
     assert_eq!(stored, listed, "the open removed the rows of unlisted runs");
+}
+
+/// A merge step grows with the block it is applied with. Blocks of 512 ids, each
+/// sealed as a run, at a step of one row: merges fall behind and the runs pile up.
+/// With the 8 passes each entry pays for by default, they stay within the bound
+/// docs/FORMAT.md gives (about 3·log4(n / run) + 4 runs).
+#[test]
+fn merges_keep_up_with_large_blocks() {
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let runs_after = |merge_passes| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let options = StoreOptions {
+            run_ids: 512,
+            upkeep_rows: 1,
+            merge_passes,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&path, &spec, options).unwrap();
+        for round in 0..32 {
+            append(&store, &keys, entries(round, 512, 40));
+        }
+        drop(store);
+        id_runs(&path).listed.len()
+    };
+    // 16 Ki ids in runs of 512: 3·log4(32) + 4 = 11.5.
+    let (fixed, grown) = (runs_after(0), runs_after(8));
+    assert!(grown <= 11, "{grown} runs");
+    assert!(fixed > 11, "{fixed} runs: a one-row step kept up after all");
 }
 
 /// Entries in each of [`damaged`]'s three blocks: 36 in all, so the log stores

@@ -17,7 +17,7 @@ use super::{corrupt, StoreError};
 use crate::chain::Hash;
 
 /// Pairs a row holds; a row grows past this only to keep a prefix in one row.
-const PAIRS_PER_ROW: usize = 256;
+pub(super) const PAIRS_PER_ROW: usize = 256;
 /// Bytes of one (prefix, log index) pair.
 const PAIR: usize = 16;
 

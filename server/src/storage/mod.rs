@@ -209,9 +209,15 @@ pub struct StoreOptions {
     /// Ids held in memory before they are written to disk as a sorted run; tests
     /// lower it to exercise runs on short chains.
     pub run_ids: usize,
-    /// Rows of id runs an apply merges, and rows of merged runs it removes, at most
-    /// (256 rows: about 1 MiB each); tests lower it to spread a merge over applies.
+    /// Rows of id runs an apply merges, and rows of merged runs it removes, at
+    /// least (16 rows: about 64 KiB each); tests lower it to spread a merge over
+    /// applies.
     pub upkeep_rows: usize,
+    /// Merge passes each applied entry pays for on top of `upkeep_rows`: an id is
+    /// merged once per level, and 8 levels of fours above a run of 256 Ki ids hold
+    /// 2^34 ids, so the merges keep up with any load. Tests set 0 to spread a merge
+    /// over applies.
+    pub merge_passes: usize,
 }
 
 impl Default for StoreOptions {
@@ -220,7 +226,8 @@ impl Default for StoreOptions {
             two_phase_commit: true,
             cache_bytes: None,
             run_ids: ids::RUN_IDS,
-            upkeep_rows: 256,
+            upkeep_rows: 16,
+            merge_passes: 8,
         }
     }
 }
@@ -236,15 +243,21 @@ struct Upkeep {
 
 impl Upkeep {
     /// Removes rows of merged runs, and merges on or begins the merge due among
-    /// `runs`, up to `options.upkeep_rows` rows each; the merge this step completed.
+    /// `runs`, with the apply of a block of `entries` entries: up to
+    /// `options.upkeep_rows` rows each, and more for a large block. A fixed step
+    /// large enough for the busiest chain would cost every small block as much
+    /// (a node catching up, as one restored from a snapshot does, applies many in
+    /// a row). Returns the merge this step completed.
     fn step(
         &mut self,
         rows: &mut redb::Table<'_, (u64, u64, u64), &'static [u8]>,
         dir: &mut redb::Table<'_, u64, u64>,
         runs: &[id_runs::Run],
+        entries: usize,
         options: &StoreOptions,
     ) -> Result<Option<id_runs::Merge>, StoreError> {
-        let budget = options.upkeep_rows.max(1);
+        let paid = (entries * options.merge_passes).div_ceil(id_runs::PAIRS_PER_ROW);
+        let budget = options.upkeep_rows.max(1) + paid;
         while let Some(&run) = self.retired.first() {
             if !id_runs::remove_rows(rows, run, budget)? {
                 break;
@@ -1536,6 +1549,7 @@ impl Store {
                 &mut runs,
                 &mut txn.open_table(ID_RUN_DIR)?,
                 &current,
+                block.entries.len(),
                 &self.options,
             );
             merged = stepped.inspect_err(|_| *upkeep = before.clone())?;
