@@ -418,12 +418,14 @@ fn snapshot_suites(c: &mut Criterion) {
         let (_, manifest, chunk) = fixture();
         b.iter(|| black_box(VerifiedTile::check(manifest, 0, chunk).expect("checks")));
     });
+    // Criterion calls the routine more than once: a staging file per iteration,
+    // counted across calls.
+    let runs = std::sync::atomic::AtomicUsize::new(0);
     group.bench_function("write", |b| {
         let (store, manifest, chunk) = fixture();
-        let mut run = 0;
         b.iter_batched(
             || {
-                run += 1;
+                let run = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let staging = dir.path().join(format!("staging-{run}.redb"));
                 let restore =
                     Restore::begin(&staging, store.spec(), manifest.clone()).expect("begin");
