@@ -33,12 +33,6 @@ use crate::chain::{
 const TILES_DONE: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("restore_tiles");
 /// The staging database's page cache.
 const RESTORE_CACHE_BYTES: usize = 32 << 20;
-/// One tile commit in this many is durable. The fsync took as long as the tile's
-/// inserts (11–29 ms of 27–80 ms at 64 Ki ids, under load), and the tile writes
-/// are what the transfer waits on. A crash loses the tiles committed since the last
-/// durable commit, which the next run fetches again; closing the file, and
-/// finishing, make every tile durable.
-const DURABLE_EVERY: u32 = 8;
 /// `meta` key of the manifest being restored (staging file only).
 const META_RESTORING: &str = "restoring";
 
@@ -58,8 +52,6 @@ pub struct Restore {
     filter: Option<IdFilter>,
     /// Whether the staging file held no ids when this restore began.
     fresh: bool,
-    /// Tiles committed since the last durable commit ([`DURABLE_EVERY`]).
-    since_durable: u32,
 }
 
 /// That [`Restore::finish`] built a database from ids it checked itself against
@@ -220,7 +212,6 @@ impl Restore {
             epoch_base: None,
             filter: None,
             fresh,
-            since_durable: 0,
         })
     }
 
@@ -260,12 +251,7 @@ impl Restore {
                 "tile {index} was checked against another snapshot"
             )));
         }
-        let mut txn = self.database.begin_write()?;
-        self.since_durable = (self.since_durable + 1) % DURABLE_EVERY;
-        if self.since_durable != 0 {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|error| StoreError::Failed(error.to_string()))?;
-        }
+        let txn = self.database.begin_write()?;
         {
             // A tile starts where a row does (its level is at least the rows'), so
             // tiles written in any order fill disjoint rows.
