@@ -78,25 +78,71 @@ pub(super) fn write(
     mut pairs: Vec<(u64, u64)>,
 ) -> Result<(), StoreError> {
     pairs.sort_unstable();
-    let mut row = Vec::with_capacity((PAIRS_PER_ROW + 1) * PAIR);
-    let mut first = 0;
-    for (at, &(prefix, index)) in pairs.iter().enumerate() {
-        let continues = at > 0 && pairs[at - 1].0 == prefix;
-        if row.len() >= PAIRS_PER_ROW * PAIR && !continues {
-            runs.insert((run.from, run.to, first), row.as_slice())?;
-            row.clear();
-        }
-        if row.is_empty() {
-            first = prefix;
-        }
-        row.extend_from_slice(&prefix.to_be_bytes());
-        row.extend_from_slice(&index.to_be_bytes());
+    let mut rows = RowWriter::new(run);
+    for (prefix, index) in pairs {
+        rows.push(runs, prefix, index)?;
     }
-    if !row.is_empty() {
-        runs.insert((run.from, run.to, first), row.as_slice())?;
-    }
+    rows.close(runs)?;
     dir.insert(run.from, run.to)?;
     Ok(())
+}
+
+/// A run's rows as they are written, pairs in key order: a row closes once it
+/// holds [`PAIRS_PER_ROW`] pairs and the next pair's prefix is not its last, so a
+/// prefix never spans two rows ([`candidates`] reads one row per prefix).
+#[derive(Clone, Debug)]
+struct RowWriter {
+    run: Run,
+    row: Vec<u8>,
+    /// The row's first prefix, and its last.
+    first: u64,
+    last: u64,
+}
+
+impl RowWriter {
+    fn new(run: Run) -> RowWriter {
+        RowWriter {
+            run,
+            row: Vec::with_capacity((PAIRS_PER_ROW + 1) * PAIR),
+            first: 0,
+            last: 0,
+        }
+    }
+
+    /// Adds the next pair; whether a full row was written before it.
+    fn push(
+        &mut self,
+        runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+        prefix: u64,
+        index: u64,
+    ) -> Result<bool, StoreError> {
+        let closes = self.row.len() >= PAIRS_PER_ROW * PAIR && self.last != prefix;
+        if closes {
+            self.close(runs)?;
+        }
+        if self.row.is_empty() {
+            self.first = prefix;
+        }
+        self.last = prefix;
+        self.row.extend_from_slice(&prefix.to_be_bytes());
+        self.row.extend_from_slice(&index.to_be_bytes());
+        Ok(closes)
+    }
+
+    /// Writes the row being filled, if it holds any pair.
+    fn close(
+        &mut self,
+        runs: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        if !self.row.is_empty() {
+            runs.insert(
+                (self.run.from, self.run.to, self.first),
+                self.row.as_slice(),
+            )?;
+            self.row.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Pushes onto `out` the log indices `run` gives for ids with prefix `prefix`:
@@ -272,20 +318,22 @@ pub(super) struct Merge {
     read: Vec<Vec<(u64, u64)>>,
     /// Per input, the first prefix its next row may start at; none once all is read.
     next_row: Vec<Option<u64>>,
-    /// The merged run's row being filled, and its first prefix.
-    row: Vec<u8>,
-    first: u64,
+    /// The merged run's rows.
+    rows: RowWriter,
     /// Pairs merged so far.
     merged: u64,
 }
 
 impl Merge {
     fn new(inputs: Vec<Run>) -> Merge {
+        let output = Run {
+            from: inputs[0].from,
+            to: inputs[inputs.len() - 1].to,
+        };
         Merge {
             read: vec![Vec::new(); inputs.len()],
             next_row: vec![Some(0); inputs.len()],
-            row: Vec::with_capacity((PAIRS_PER_ROW + 1) * PAIR),
-            first: 0,
+            rows: RowWriter::new(output),
             merged: 0,
             inputs,
         }
@@ -298,10 +346,7 @@ impl Merge {
 
     /// The run it makes.
     pub fn output(&self) -> Run {
-        Run {
-            from: self.inputs[0].from,
-            to: self.inputs[self.inputs.len() - 1].to,
-        }
+        self.rows.run
     }
 
     /// Reads input `at`'s next row when all of its last one is merged.
@@ -335,7 +380,6 @@ impl Merge {
         dir: &mut Table<'_, u64, u64>,
         rows: usize,
     ) -> Result<bool, StoreError> {
-        let output = self.output();
         let mut written = 0;
         while written < rows {
             for at in 0..self.inputs.len() {
@@ -347,22 +391,7 @@ impl Merge {
             let Some(((prefix, index), at)) = least else {
                 return self.finish(runs, dir);
             };
-            let last = self
-                .row
-                .len()
-                .checked_sub(PAIR)
-                .map(|at| pair_at(&self.row, at / PAIR).0);
-            if self.row.len() >= PAIRS_PER_ROW * PAIR && last != Some(prefix) {
-                runs.insert((output.from, output.to, self.first), self.row.as_slice())?;
-                self.row.clear();
-                written += 1;
-                continue;
-            }
-            if self.row.is_empty() {
-                self.first = prefix;
-            }
-            self.row.extend_from_slice(&prefix.to_be_bytes());
-            self.row.extend_from_slice(&index.to_be_bytes());
+            written += usize::from(self.rows.push(runs, prefix, index)?);
             self.read[at].pop();
             self.merged += 1;
         }
@@ -384,10 +413,7 @@ impl Merge {
                 output.to - output.from
             )));
         }
-        if !self.row.is_empty() {
-            runs.insert((output.from, output.to, self.first), self.row.as_slice())?;
-            self.row.clear();
-        }
+        self.rows.close(runs)?;
         for input in &self.inputs {
             dir.remove(input.from)?;
         }
