@@ -1424,8 +1424,7 @@ impl Store {
         let mut upkeep = self.upkeep.lock().unwrap_or_else(|p| p.into_inner());
         let mut txn = self.begin_write()?;
         if !durable && membership.is_none() {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|error| StoreError::Failed(error.to_string()))?;
+            without_waiting(&mut txn)?;
         }
         let mut new_ids = Vec::with_capacity(block.entries.len());
         let mut appended;
@@ -1595,13 +1594,19 @@ impl Store {
     }
 }
 
+/// Makes `txn` commit without waiting for the disk: the next durable commit takes
+/// it along.
+fn without_waiting(txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.set_durability(redb::Durability::None)
+        .map_err(|error| StoreError::Failed(error.to_string()))
+}
+
 /// Writes `pairs` as `run` in a transaction of its own, without waiting for the
 /// disk: the next durable commit takes it along, and an open after a crash
 /// before then writes it again.
 fn write_run(db: &Handle, run: id_runs::Run, pairs: Vec<(u64, u64)>) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::None)
-        .map_err(|error| StoreError::Failed(error.to_string()))?;
+    without_waiting(&mut txn)?;
     id_runs::write(
         &mut txn.open_table(ID_RUNS)?,
         &mut txn.open_table(ID_RUN_DIR)?,
@@ -1616,8 +1621,7 @@ fn write_run(db: &Handle, run: id_runs::Run, pairs: Vec<(u64, u64)>) -> Result<(
 /// own without waiting for the disk (what a crash undoes, the next open removes).
 fn remove_runs(db: &Handle, orphans: &[id_runs::Run]) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::None)
-        .map_err(|error| StoreError::Failed(error.to_string()))?;
+    without_waiting(&mut txn)?;
     {
         let mut rows = txn.open_table(ID_RUNS)?;
         for run in orphans {
