@@ -420,6 +420,38 @@ impl CrashingDisk {
 #[derive(Debug, Clone)]
 struct SharedDisk(Arc<CrashingDisk>);
 
+impl SharedDisk {
+    /// A disk holding `image` that fails once `budget` writes and syncs are spent.
+    fn new(image: Vec<u8>, budget: u64) -> SharedDisk {
+        SharedDisk(Arc::new(CrashingDisk::new(image, budget)))
+    }
+
+    /// What a power loss now would leave: the bytes synced so far.
+    fn synced(&self) -> Vec<u8> {
+        self.0.state.lock().unwrap().synced.clone()
+    }
+
+    /// The disk as a power loss now would leave it, failing no more.
+    fn after_power_loss(&self) -> SharedDisk {
+        SharedDisk::new(self.synced(), u64::MAX)
+    }
+}
+
+/// Applies `blocks` in turn until one fails: the height of the last applied, if any.
+fn apply_until_failure(store: &Store, keys: &[SigningKey], blocks: &[Block]) -> Option<u64> {
+    let mut applied = None;
+    for block in blocks {
+        if store
+            .apply_block(block, &certify(&keys[..3], block))
+            .is_err()
+        {
+            break;
+        }
+        applied = Some(block.header.height);
+    }
+    applied
+}
+
 impl redb::StorageBackend for SharedDisk {
     fn len(&self) -> Result<u64, std::io::Error> {
         Ok(self.0.state.lock().unwrap().current.len() as u64)
@@ -483,7 +515,7 @@ fn four_blocks(keys: &[SigningKey], spec: &ChainSpec, per_block: usize) -> Vec<B
 
 /// `count` consecutive certified blocks of `per_block` entries from genesis.
 fn blocks_of(keys: &[SigningKey], spec: &ChainSpec, count: u64, per_block: usize) -> Vec<Block> {
-    let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+    let disk = SharedDisk::new(Vec::new(), u64::MAX);
     let store = store_on(&disk, spec, StoreOptions::default()).unwrap();
     (0..count)
         .map(|round| append(&store, keys, entries(round, per_block, 50)))
@@ -508,7 +540,7 @@ fn a_crash_in_the_middle_of_a_merge_of_id_runs_loses_nothing() {
         ..StoreOptions::default()
     };
     let base = {
-        let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+        let disk = SharedDisk::new(Vec::new(), u64::MAX);
         let store = store_on(&disk, &spec, options).unwrap();
         for block in &blocks[..3] {
             store
@@ -516,26 +548,16 @@ fn a_crash_in_the_middle_of_a_merge_of_id_runs_loses_nothing() {
                 .unwrap();
         }
         drop(store);
-        let image = disk.0.state.lock().unwrap().synced.clone();
-        image
+        disk.synced()
     };
     let mut budget = 0;
     loop {
-        let disk = SharedDisk(Arc::new(CrashingDisk::new(base.clone(), budget)));
-        let mut acknowledged = 3;
-        if let Ok(store) = store_on(&disk, &spec, options) {
-            for block in &blocks[3..5] {
-                if store
-                    .apply_block(block, &certify(&keys[..3], block))
-                    .is_err()
-                {
-                    break;
-                }
-                acknowledged = block.header.height;
-            }
-        }
-        let image = disk.0.state.lock().unwrap().synced.clone();
-        let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+        let disk = SharedDisk::new(base.clone(), budget);
+        let acknowledged = store_on(&disk, &spec, options)
+            .ok()
+            .and_then(|store| apply_until_failure(&store, &keys, &blocks[3..5]))
+            .unwrap_or(3);
+        let restarted = disk.after_power_loss();
         let store = store_on(&restarted, &spec, options)
             .unwrap_or_else(|error| panic!("budget {budget}: {error}"));
         let height = store
@@ -586,24 +608,15 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
         let mut completed_runs = 0;
         // Each run crashes one operation later than the last, until a run finishes.
         while completed_runs == 0 {
-            let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), budget)));
-            let mut acknowledged = 0u64;
-            if let Ok(store) = store_on(&disk, &spec, options) {
-                for block in &blocks {
-                    if store
-                        .apply_block(block, &certify(&keys[..3], block))
-                        .is_err()
-                    {
-                        break;
-                    }
-                    acknowledged = block.header.height;
-                }
-                if acknowledged == blocks.len() as u64 {
-                    completed_runs += 1;
-                }
+            let disk = SharedDisk::new(Vec::new(), budget);
+            let acknowledged = store_on(&disk, &spec, options)
+                .ok()
+                .and_then(|store| apply_until_failure(&store, &keys, &blocks))
+                .unwrap_or(0);
+            if acknowledged == blocks.len() as u64 {
+                completed_runs += 1;
             }
-            let image = disk.0.state.lock().unwrap().synced.clone();
-            let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+            let restarted = disk.after_power_loss();
             match store_on(&restarted, &spec, options) {
                 Ok(store) => {
                     let height = store
@@ -1353,9 +1366,8 @@ fn a_block_applied_without_waiting_is_durable_at_the_next_sync() {
     let keys = members();
     let spec = spec(&keys, DIFFICULTY);
     let blocks = four_blocks(&keys, &spec, 5);
-    let disk = SharedDisk(Arc::new(CrashingDisk::new(Vec::new(), u64::MAX)));
+    let disk = SharedDisk::new(Vec::new(), u64::MAX);
     let store = store_on(&disk, &spec, StoreOptions::default()).unwrap();
-    let synced = || disk.0.state.lock().unwrap().synced.clone();
     let apply = |block: &Block| {
         store
             .apply_block_deferred(block, &certify(&keys[..3], block))
@@ -1364,17 +1376,17 @@ fn a_block_applied_without_waiting_is_durable_at_the_next_sync() {
     apply(&blocks[0]);
     apply(&blocks[1]);
     assert_eq!(store.verify_chain().unwrap(), 2);
-    let mut images = vec![(synced(), 0)];
+    let mut images = vec![(disk.synced(), 0)];
     store.sync().unwrap();
-    images.push((synced(), 2));
+    images.push((disk.synced(), 2));
     apply(&blocks[2]);
-    images.push((synced(), 2));
+    images.push((disk.synced(), 2));
     store.persist(&[Record::ViewChange { view: 1 }]).unwrap();
-    images.push((synced(), 3));
+    images.push((disk.synced(), 3));
     apply(&blocks[3]);
-    images.push((synced(), 3));
+    images.push((disk.synced(), 3));
     for (at, (image, height)) in images.into_iter().enumerate() {
-        let restarted = SharedDisk(Arc::new(CrashingDisk::new(image, u64::MAX)));
+        let restarted = SharedDisk::new(image, u64::MAX);
         let store = store_on(&restarted, &spec, StoreOptions::default()).unwrap();
         assert_eq!(store.verify_chain().unwrap(), height, "power loss {at}");
         for block in &blocks[..height as usize] {
