@@ -2,9 +2,9 @@
 //!
 //! The header's first 128 bytes never change while mining, so they are compressed once
 //! into a SHA-256 midstate; each nonce then costs exactly one compression of the last
-//! block (nonce ‖ padding ‖ length). Threads take disjoint nonce strides and stop within
-//! one batch of a cancel or a find: at the measured ~18 M compressions/s per core a
-//! batch of 16 384 nonces is about a millisecond.
+//! block (nonce ‖ padding ‖ length). On x86-64 with the SHA extensions two nonces'
+//! compressions run interleaved (`lanes`), 2.3× the rate of one at a time. Threads
+//! take disjoint batches of nonces and stop within one batch of a cancel or a find.
 //!
 //! The miner blocks the calling thread and spawns its own scoped threads: run it from a
 //! dedicated thread or `spawn_blocking`, never on an async worker.
@@ -18,20 +18,28 @@ use sha2::block_api::compress256;
 
 use crate::chain::{Hash, Header, HEADER_LEN, NONCE_OFFSET};
 
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+
 /// SHA-256 initial hash value (FIPS 180-4 §5.3.3).
 const SHA256_IV: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
-/// Nonces a thread tries between looks at the stop flag: about 0.15 ms of one core,
+/// Nonces a thread tries between looks at the stop flag: 20–60 µs of one core,
 /// so the other threads stop soon after one finds (a block waits for all of them)
 /// and a look costs nothing beside a batch.
 const BATCH: u64 = 1_024;
+/// Nonces per pass of the two-lane path: three measured slower than two (registers spill).
+const LANES: usize = 2;
 
 /// A header prepared for mining: the midstate and the last block with its padding.
 #[derive(Clone, Debug)]
 pub struct Template {
     midstate: [u32; 8],
     last_block: [u8; 64],
+    /// `last_block` as big-endian words, as the two-lane path takes it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    words: [u32; 16],
     difficulty: u32,
 }
 
@@ -51,9 +59,14 @@ impl Template {
         last_block[tail] = 0x80;
         let bit_len = (HEADER_LEN as u64) * 8;
         last_block[56..].copy_from_slice(&bit_len.to_be_bytes());
+        let mut words = [0u32; 16];
+        for (word, bytes) in words.iter_mut().zip(last_block.chunks_exact(4)) {
+            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
         Template {
             midstate,
             last_block,
+            words,
             difficulty: header.difficulty,
         }
     }
@@ -79,6 +92,37 @@ impl Template {
     /// Tries `count` nonces `start, start + stride, ...`; returns the first that meets
     /// the difficulty. The hot loop: no allocation, one compression per nonce.
     pub fn search(&self, start: u64, stride: u64, count: u64) -> Option<u64> {
+        #[cfg(target_arch = "x86_64")]
+        if lanes::available() {
+            return self.search_in_pairs(start, stride, count);
+        }
+        self.search_one_by_one(start, stride, count)
+    }
+
+    /// [`Template::search`] two nonces at a time (see `lanes`).
+    #[cfg(target_arch = "x86_64")]
+    fn search_in_pairs(&self, start: u64, stride: u64, count: u64) -> Option<u64> {
+        let needed = self.difficulty.min(32);
+        let mut block = self.last_block;
+        let mut nonce = start;
+        for _ in 0..count / LANES as u64 {
+            let pair: [u64; LANES] =
+                std::array::from_fn(|i| nonce.wrapping_add(stride.wrapping_mul(i as u64)));
+            let firsts = lanes::first_words(&self.midstate, &self.words, pair);
+            for (nonce, first) in pair.into_iter().zip(firsts) {
+                // The first word decides up to 32 bits; the scalar path confirms.
+                if first.leading_zeros() >= needed
+                    && meets(&self.state_for(nonce, &mut block), self.difficulty)
+                {
+                    return Some(nonce);
+                }
+            }
+            nonce = nonce.wrapping_add(stride.wrapping_mul(LANES as u64));
+        }
+        self.search_one_by_one(nonce, stride, count % LANES as u64)
+    }
+
+    fn search_one_by_one(&self, start: u64, stride: u64, count: u64) -> Option<u64> {
         let mut block = self.last_block;
         let mut nonce = start;
         for _ in 0..count {
@@ -231,6 +275,34 @@ mod tests {
         for nonce in [0, 1, 0xdead_beef, u64::MAX] {
             header.nonce = nonce;
             assert_eq!(template.hash(nonce), header.hash());
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn two_lanes_agree_with_one_compression_at_a_time() {
+        if !lanes::available() {
+            eprintln!("no SHA extensions on this CPU: the miner takes one nonce at a time");
+            return;
+        }
+        let template = Template::new(&header(0));
+        for pair in [[0, 1], [0xdead_beef, 7], [u64::MAX, 1 << 40]] {
+            let firsts = lanes::first_words(&template.midstate, &template.words, pair);
+            for (nonce, first) in pair.into_iter().zip(firsts) {
+                assert_eq!(first.to_be_bytes(), template.hash(nonce).0[..4]);
+            }
+        }
+        // Searches in pairs find what one at a time finds, at odd counts and strides,
+        // and at difficulties above the 32 bits the first word settles.
+        for difficulty in [4, 9, 33] {
+            let template = Template::new(&header(difficulty));
+            for (start, stride, count) in [(0, 1, 5000), (3, 3, 4097), (17, 2, 1)] {
+                assert_eq!(
+                    template.search_in_pairs(start, stride, count),
+                    template.search_one_by_one(start, stride, count),
+                    "{difficulty} {start} {stride} {count}"
+                );
+            }
         }
     }
 
