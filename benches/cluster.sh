@@ -143,23 +143,33 @@ echo "-- saturation, $clients clients not waiting, $batch entries per request"
 load ledger-saturation-batched "${pids[@]}" -- --clients "$clients" "${ledger[@]}" --batch "$batch"
 drain
 
-echo "-- SIGKILL of the primary (member 0) under half load, to the first commit after"
+echo "-- SIGKILL of the primary under half load, to the first commit after"
 "$bin/ledger-loadgen" --duration "$seconds" --clients "$paced" "${ledger[@]}" --wait \
     --rate "$half" >"$work/ledger-recovery-load.txt" &
 sleep 2
-python3 - "$base" "${pids[0]}" <<'PY' | tee "$work/results/ledger-recovery.txt"
+python3 - "$base" "${pids[@]}" <<'PY' | tee "$work/results/ledger-recovery.txt"
 import json, os, signal, sys, time, urllib.request
-base, primary = int(sys.argv[1]), int(sys.argv[2])
-url = f"http://127.0.0.1:{base + 2}/v1/entries?wait=commit&timeout_ms=60000"
+base, pids = int(sys.argv[1]), [int(pid) for pid in sys.argv[2:]]
+def api(member):
+    return f"http://127.0.0.1:{base + 2 * member}"
+# The loads before may have changed the view: shoot whichever member leads now, and
+# submit through member 1 unless it is the one shot.
+with urllib.request.urlopen(f"{api(1)}/v1/status", timeout=10) as r:
+    status = json.load(r)
+view = status["view"]
+leader = next(m for m in status["members"] if m["node_id"] == status["primary"])
+primary = (int(leader["api_addr"].rsplit(":", 1)[1]) - base) // 2
+url = f"{api(2 if primary == 1 else 1)}/v1/entries?wait=commit&timeout_ms=60000"
 def commit(i):
     body = json.dumps({"data": f"recovery {time.time_ns()} {i}"}).encode()
     with urllib.request.urlopen(urllib.request.Request(url, body), timeout=70) as r:
         return r.status
 assert commit(0) == 200
-os.kill(primary, signal.SIGKILL)
+os.kill(pids[primary], signal.SIGKILL)
 killed = time.monotonic()
-status = commit(100)
-print(f"first commit {time.monotonic() - killed:.2f} s after SIGKILL of the primary (answer {status})")
+answer = commit(100)
+print(f"first commit {time.monotonic() - killed:.2f} s after SIGKILL of the primary "
+      f"(member {primary}, view {view}; answer {answer})")
 PY
 wait $! || true  # the load
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
