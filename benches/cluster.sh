@@ -95,10 +95,20 @@ load() {
     while [ "$1" != -- ]; do ours+=("$1"); shift; done
     shift
     before=$(ticks "${ours[@]}")
+    local views_before; views_before=$(views)
     "$bin/ledger-loadgen" --duration "$seconds" "$@" | tee "$work/results/$name.txt"
     after=$(ticks "${ours[@]}")
     echo "cpu seconds $(awk -v t=$((after - before)) -v hz="$tick" 'BEGIN { printf "%.2f", t / hz }')" \
         | tee -a "$work/results/$name.txt"
+    if [ -n "$views_before" ]; then
+        echo "view changes $(($(views) - views_before))" | tee -a "$work/results/$name.txt"
+    fi
+}
+# The view changes member 1 has seen; nothing while no ledger runs.
+views() {
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    curl -s "http://127.0.0.1:$((base + 2))/metrics" |
+        awk '/^ledger_view_changes_total / { print int($2) }'
 }
 rate_of() { awk '/entries\/s/ { print $(NF-1) }' "$work/results/$1.txt"; }
 # Waits until no member holds entries to commit: a load's backlog (the pool holds up
