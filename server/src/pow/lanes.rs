@@ -24,26 +24,33 @@ const K: [u32; 64] = [
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ];
 
-/// Whether this CPU has the instructions [`first_words`] uses.
-pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("sha")
-        && std::arch::is_x86_feature_detected!("ssse3")
-        && std::arch::is_x86_feature_detected!("sse4.1")
-}
+/// Proof that this CPU has the instructions [`Lanes::first_words`] uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Lanes(());
 
-/// The first state word after compressing `block` (big-endian words) for nonces
-/// `nonces[0]` and `nonces[1]`, which replace its first two words, onto `midstate`.
-/// The caller must have checked [`available`].
-pub fn first_words<const L: usize>(
-    midstate: &[u32; 8],
-    block: &[u32; 16],
-    nonces: [u64; L],
-) -> [u32; L] {
-    #[allow(unsafe_code)]
-    // SAFETY: the function needs only the CPU features that `available` detects, and
-    // every caller checks `available` first (`Template::search`).
-    unsafe {
-        compress_pair(midstate, block, nonces)
+impl Lanes {
+    /// The lanes, if this CPU has the SHA extensions (detected once per process).
+    pub fn detect() -> Option<Lanes> {
+        let present = std::arch::is_x86_feature_detected!("sha")
+            && std::arch::is_x86_feature_detected!("ssse3")
+            && std::arch::is_x86_feature_detected!("sse4.1");
+        present.then_some(Lanes(()))
+    }
+
+    /// The first state word after compressing `block` (big-endian words) onto
+    /// `midstate`, for each of `nonces` in place of the block's first two words.
+    pub fn first_words<const L: usize>(
+        self,
+        midstate: &[u32; 8],
+        block: &[u32; 16],
+        nonces: [u64; L],
+    ) -> [u32; L] {
+        #[allow(unsafe_code)]
+        // SAFETY: `compress_lanes` needs only the features `detect` found, and a
+        // `Lanes` exists only where it found them.
+        unsafe {
+            compress_lanes(midstate, block, nonces)
+        }
     }
 }
 
@@ -58,8 +65,9 @@ fn quad(words: &[u32]) -> __m128i {
     )
 }
 
+/// [`Lanes::first_words`]' work: the nonces' compressions interleaved, round by round.
 #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-fn compress_pair<const L: usize>(
+fn compress_lanes<const L: usize>(
     midstate: &[u32; 8],
     block: &[u32; 16],
     nonces: [u64; L],

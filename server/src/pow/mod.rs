@@ -93,22 +93,28 @@ impl Template {
     /// the difficulty. The hot loop: no allocation, one compression per nonce.
     pub fn search(&self, start: u64, stride: u64, count: u64) -> Option<u64> {
         #[cfg(target_arch = "x86_64")]
-        if lanes::available() {
-            return self.search_in_pairs(start, stride, count);
+        if let Some(lanes) = lanes::Lanes::detect() {
+            return self.search_in_pairs(lanes, start, stride, count);
         }
         self.search_one_by_one(start, stride, count)
     }
 
     /// [`Template::search`] two nonces at a time (see `lanes`).
     #[cfg(target_arch = "x86_64")]
-    fn search_in_pairs(&self, start: u64, stride: u64, count: u64) -> Option<u64> {
+    fn search_in_pairs(
+        &self,
+        lanes: lanes::Lanes,
+        start: u64,
+        stride: u64,
+        count: u64,
+    ) -> Option<u64> {
         let needed = self.difficulty.min(32);
         let mut block = self.last_block;
         let mut nonce = start;
         for _ in 0..count / LANES as u64 {
             let pair: [u64; LANES] =
                 std::array::from_fn(|i| nonce.wrapping_add(stride.wrapping_mul(i as u64)));
-            let firsts = lanes::first_words(&self.midstate, &self.words, pair);
+            let firsts = lanes.first_words(&self.midstate, &self.words, pair);
             for (nonce, first) in pair.into_iter().zip(firsts) {
                 // The first word decides up to 32 bits; the scalar path confirms.
                 if first.leading_zeros() >= needed
@@ -281,13 +287,13 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn two_lanes_agree_with_one_compression_at_a_time() {
-        if !lanes::available() {
+        let Some(lanes) = lanes::Lanes::detect() else {
             eprintln!("no SHA extensions on this CPU: the miner takes one nonce at a time");
             return;
-        }
+        };
         let template = Template::new(&header(0));
         for pair in [[0, 1], [0xdead_beef, 7], [u64::MAX, 1 << 40]] {
-            let firsts = lanes::first_words(&template.midstate, &template.words, pair);
+            let firsts = lanes.first_words(&template.midstate, &template.words, pair);
             for (nonce, first) in pair.into_iter().zip(firsts) {
                 assert_eq!(first.to_be_bytes(), template.hash(nonce).0[..4]);
             }
@@ -298,7 +304,7 @@ mod tests {
             let template = Template::new(&header(difficulty));
             for (start, stride, count) in [(0, 1, 5000), (3, 3, 4097), (17, 2, 1)] {
                 assert_eq!(
-                    template.search_in_pairs(start, stride, count),
+                    template.search_in_pairs(lanes, start, stride, count),
                     template.search_one_by_one(start, stride, count),
                     "{difficulty} {start} {stride} {count}"
                 );
