@@ -29,7 +29,8 @@ const K: [u32; 64] = [
 pub struct Lanes(());
 
 impl Lanes {
-    /// The lanes, if this CPU has the SHA extensions (detected once per process).
+    /// The lanes, if this CPU has the SHA extensions (std caches the answer, so asking
+    /// per batch of nonces costs nothing).
     pub fn detect() -> Option<Lanes> {
         let present = std::arch::is_x86_feature_detected!("sha")
             && std::arch::is_x86_feature_detected!("ssse3")
