@@ -292,10 +292,14 @@ async fn client(
         .rate
         .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
     let started = Instant::now();
+    // Each client starts its schedule at its own fraction of the interval, so the
+    // total arrives evenly at `--rate` instead of all clients firing together once
+    // an interval (a burst the size of the client count).
+    let phase = index as f64 / args.clients as f64;
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if let Some(interval) = interval {
-            let due = started + interval.mul_f64(sequence as f64);
+            let due = started + interval.mul_f64(sequence as f64 + phase);
             tokio::time::sleep_until(due.into()).await;
         }
         let body = if args.batch > 1 {
