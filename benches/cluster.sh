@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cluster benchmark (issues 5 and 19): a 4-member ledger cluster of four ledgerd
 # processes and a 3-member etcd cluster, both on loopback, driven by the same load
-# generator with 100-byte values, one after the other in the same run.
+# generator with 100-byte values, in the same run.
 #
 #   cargo build --release -p ledger --bins -p ledger-benches
 #   benches/cluster.sh [WORKDIR] [SECONDS]
@@ -9,13 +9,17 @@
 # For the ledger: saturation with $CLIENTS clients submitting without waiting; then
 # $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
 # at half the saturation rate ($PACED clients waiting, so the pacing and not the
-# client count sets the rate); the time from SIGKILL of the primary to the first
-# commit in the new view. Before that kill, saturation again with $BATCH entries per
-# request: what the cluster commits when the client API's cost per request is
-# shared. Then the same waiting loads against etcd (benches/etcd.sh), whose puts
-# answer once committed. Every load also reports the
-# CPU seconds all of the system's processes spent per 1,000 commits (from /proc).
-# The run ends with a table of both systems side by side and their ratios.
+# client count sets the rate); saturation again with $BATCH entries per request
+# (what the cluster commits when the client API's cost per request is shared); the
+# time from SIGKILL of the primary to the first commit in the new view. For the
+# waiting and paced loads etcd (benches/etcd.sh, whose puts answer once committed)
+# runs beside the ledger, and each load against the ledger is followed at once by
+# the same load against etcd, so a ratio compares loads seconds apart, not minutes:
+# this shared machine's speed drifts. The cluster not under load idles meanwhile
+# (etcd about 2% of the machine, the ledger 1%). Every load also reports the CPU
+# seconds all of the system's processes and the generator spent, and how busy the
+# whole machine was (from /proc). The run ends with a table of both systems side by
+# side, their ratios, and the most each could commit at each load's cost per commit.
 #
 # DELAY_MS=D puts a delaying proxy (ledger-netproxy) in front of every member's peer
 # port, for both systems: each byte between two members waits D ms (one way).
@@ -77,6 +81,7 @@ for _ in $(seq 100); do
 done
 "$bin/ledgerctl" --node http://127.0.0.1:$((base + 2)) submit warm-up --wait >/dev/null
 
+
 # CPU ticks (user + system) of the processes given, alive or not.
 ticks() {
     local sum=0 pid
@@ -87,19 +92,32 @@ ticks() {
     done
     echo "$sum"
 }
-# load NAME PIDS -- LOADGEN ARGS: runs one load, prints and keeps its report, and
-# the CPU the processes spent during it.
+# Busy and all CPU ticks of the whole machine so far (/proc/stat; idle and iowait
+# are not busy).
+machine() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat; }
+# load NAME PIDS -- LOADGEN ARGS: runs one load, prints and keeps its report, the
+# CPU the processes and the generator spent during it, and how busy the machine was.
 load() {
-    local name=$1 ours=() before after
+    local name=$1 ours=() before after busy0 all0 busy1 all1
     shift
     while [ "$1" != -- ]; do ours+=("$1"); shift; done
     shift
     before=$(ticks "${ours[@]}")
-    local views_before; views_before=$(views)
-    "$bin/ledger-loadgen" --duration "$seconds" "$@" | tee "$work/results/$name.txt"
+    read -r busy0 all0 < <(machine)
+    local views_before=
+    if [[ $name == ledger* ]]; then views_before=$(views); fi
+    local TIMEFORMAT='generator cpu seconds %U %S'
+    { time "$bin/ledger-loadgen" --duration "$seconds" "$@" | tee "$work/results/$name.txt"; } \
+        2>"$work/$name.stderr"
     after=$(ticks "${ours[@]}")
+    read -r busy1 all1 < <(machine)
+    grep -v '^generator cpu seconds' "$work/$name.stderr" >&2 || true
     echo "cpu seconds $(awk -v t=$((after - before)) -v hz="$tick" 'BEGIN { printf "%.2f", t / hz }')" \
         | tee -a "$work/results/$name.txt"
+    awk '/^generator cpu seconds/ { printf "generator cpu seconds %.2f\n", $4 + $5 }' \
+        "$work/$name.stderr" | tee -a "$work/results/$name.txt"
+    echo "machine busy $(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) \
+        'BEGIN { printf "%.3f", (a > 0 ? b / a : 0) }')" | tee -a "$work/results/$name.txt"
     if [ -n "$views_before" ]; then
         echo "view changes $(($(views) - views_before))" | tee -a "$work/results/$name.txt"
     fi
@@ -134,26 +152,72 @@ half_of() {
     echo "$half"
 }
 
+with_etcd() { [ "${ETCD:-1}" != 0 ]; }
+epids=()
+etcd=()
+# Starts the etcd cluster and picks the follower the generator talks to.
+start_etcd() {
+    local i status eport
+    if delayed; then
+        export ETCD_PEER_BASE=$etcd_proxy_base  # etcd.sh advertises these peer ports
+        start_proxy "127.0.0.1:$((etcd_proxy_base + 1))=127.0.0.1:23801" \
+            "127.0.0.1:$((etcd_proxy_base + 2))=127.0.0.1:23802" \
+            "127.0.0.1:$((etcd_proxy_base + 3))=127.0.0.1:23803"
+    fi
+    benches/etcd.sh start "$work/etcd" >/dev/null
+    epids=($(cat "$work"/etcd/e*.pid))
+    # A follower, as the ledger's generator talks to a backup: each put is forwarded
+    # to the leader as each entry is to the primary (either may lead after start).
+    eport=23792
+    for i in 1 2 3; do
+        status=$(curl -s -X POST "http://127.0.0.1:2379$i/v3/maintenance/status" -d '{}')
+        if python3 -c 'import json, sys; s = json.loads(sys.argv[1]); sys.exit(s["header"]["member_id"] == s["leader"])' "$status"; then
+            eport=2379$i
+            break
+        fi
+    done
+    etcd=(--etcd --addr "127.0.0.1:$eport")
+}
+
 ledger=(--addr 127.0.0.1:$((base + 2)))
-echo "== ledger, 4 members, through member 1 (one-way delay ${delay} ms)"
-echo "-- saturation, $clients clients not waiting"
+echo "== ledger: 4 members, through member 1; etcd: 3 members, through a follower" \
+    "(one-way delay ${delay} ms)"
+echo "-- ledger saturation, $clients clients not waiting"
 load ledger-saturation "${pids[@]}" -- --clients "$clients" "${ledger[@]}"
+# etcd runs beside the ledger only for the loads that compare the two.
+if with_etcd; then start_etcd; fi
 for n in "$clients" "$many" "$most"; do
     drain
-    echo "-- $n clients each waiting for its commit"
+    echo "-- ledger, $n clients each waiting for its commit"
     load "ledger-$n" "${pids[@]}" -- --clients "$n" "${ledger[@]}" --wait
+    if with_etcd; then
+        echo "-- etcd, $n clients each waiting for its put"
+        load "etcd-$n" "${epids[@]}" -- --clients "$n" "${etcd[@]}"
+    fi
 done
 half=$(half_of ledger-saturation)
 drain
-echo "-- half load, $half/s paced over $paced clients waiting for commits"
+echo "-- ledger half load, $half/s paced over $paced clients waiting for commits"
 load ledger-half "${pids[@]}" -- --clients "$paced" "${ledger[@]}" --wait --rate "$half"
+if with_etcd; then
+    best=etcd-$clients
+    for n in "$many" "$most"; do
+        if [ "$(rate_of "etcd-$n" | cut -d. -f1)" -gt "$(rate_of "$best" | cut -d. -f1)" ]; then
+            best=etcd-$n
+        fi
+    done
+    ehalf=$(half_of "$best")
+    echo "-- etcd half load, $ehalf/s paced over $paced clients"
+    load etcd-half "${epids[@]}" -- --clients "$paced" "${etcd[@]}" --rate "$ehalf"
+    benches/etcd.sh stop "$work/etcd" >/dev/null
+fi
 # Last of the loads, so the chain it leaves (several times longer) weighs on no other.
 drain
-echo "-- saturation, $clients clients not waiting, $batch entries per request"
+echo "-- ledger saturation, $clients clients not waiting, $batch entries per request"
 load ledger-saturation-batched "${pids[@]}" -- --clients "$clients" "${ledger[@]}" --batch "$batch"
 drain
 
-echo "-- SIGKILL of the primary under half load, to the first commit after"
+echo "-- ledger: SIGKILL of the primary under half load, to the first commit after"
 "$bin/ledger-loadgen" --duration "$seconds" --clients "$paced" "${ledger[@]}" --wait \
     --rate "$half" >"$work/ledger-recovery-load.txt" &
 sleep 2
@@ -182,44 +246,5 @@ print(f"first commit {time.monotonic() - killed:.2f} s after SIGKILL of the prim
       f"(member {primary}, view {view}; answer {answer})")
 PY
 wait $! || true  # the load
-for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-pids=()
-
-if [ "${ETCD:-1}" != 0 ]; then
-    if delayed; then
-        export ETCD_PEER_BASE=$etcd_proxy_base  # etcd.sh advertises these peer ports
-        start_proxy "127.0.0.1:$((etcd_proxy_base + 1))=127.0.0.1:23801" \
-            "127.0.0.1:$((etcd_proxy_base + 2))=127.0.0.1:23802" \
-            "127.0.0.1:$((etcd_proxy_base + 3))=127.0.0.1:23803"
-    fi
-    benches/etcd.sh start "$work/etcd" >/dev/null
-    epids=($(cat "$work"/etcd/e*.pid))
-    # A follower, as the ledger's generator talks to a backup: each put is forwarded
-    # to the leader as each entry is to the primary (either may lead after start).
-    eport=23792
-    for i in 1 2 3; do
-        status=$(curl -s -X POST "http://127.0.0.1:2379$i/v3/maintenance/status" -d '{}')
-        if python3 -c 'import json, sys; s = json.loads(sys.argv[1]); sys.exit(s["header"]["member_id"] == s["leader"])' "$status"; then
-            eport=2379$i
-            break
-        fi
-    done
-    etcd=(--etcd --addr "127.0.0.1:$eport")
-    echo "== etcd, 3 members (one-way delay ${delay} ms), the generator at follower :$eport"
-    for n in "$clients" "$many" "$most"; do
-        echo "-- $n clients each waiting for its put"
-        load "etcd-$n" "${epids[@]}" -- --clients "$n" "${etcd[@]}"
-    done
-    best=etcd-$clients
-    for n in "$many" "$most"; do
-        if [ "$(rate_of "etcd-$n" | cut -d. -f1)" -gt "$(rate_of "$best" | cut -d. -f1)" ]; then
-            best=etcd-$n
-        fi
-    done
-    ehalf=$(half_of "$best")
-    echo "-- half load, $ehalf/s paced over $paced clients"
-    load etcd-half "${epids[@]}" -- --clients "$paced" "${etcd[@]}" --rate "$ehalf"
-    benches/etcd.sh stop "$work/etcd"
-fi
 
 python3 benches/cluster_table.py "$work/results" "$clients" "$many" "$most" "$delay"

@@ -3,7 +3,9 @@ the ratios issue 19 sets targets for.
 
 Usage: cluster_table.py RESULTS CLIENTS MANY MOST DELAY_MS
 RESULTS holds one report per load (ledger-LOAD.txt, etcd-LOAD.txt) as
-ledger-loadgen printed it, each followed by a "cpu seconds S" line.
+ledger-loadgen printed it, each followed by "cpu seconds S" (the system's
+processes), "generator cpu seconds S" and "machine busy F" (the busy fraction of
+all cores during the load).
 """
 
 import re
@@ -32,11 +34,13 @@ def report(results, name):
         "p50": r"p50 ([\d.]+) ms",
         "p99": r"p99 ([\d.]+) ms",
         "asked": r"paced at ([\d.]+) /s",
-        "cpu": r"cpu seconds ([\d.]+)",
+        "cpu": r"^cpu seconds ([\d.]+)",
+        "generator": r"generator cpu seconds ([\d.]+)",
+        "busy": r"machine busy ([\d.]+)",
         "recovery": r"first commit ([\d.]+) s",
     }
     for key, pattern in patterns.items():
-        match = re.search(pattern, text)
+        match = re.search(pattern, text, re.MULTILINE)
         if match:
             found[key] = float(match.group(1))
     if "p99" in found and found.get("acknowledged") and found.get("seconds"):
@@ -127,7 +131,53 @@ def main():
             ratio, target = f"{ours / theirs:.2f}×", f"≤ 1.0×: {verdict(ok)}"
         shown = f"{theirs:.2f}" if theirs else "—"
         print(f"| {n} waiting clients | {ours:.2f} | {shown} | {ratio} | {target} |")
+    headroom(results, counts)
     print(f"\ntargets met: {sum(targets)} of {len(targets)}")
+
+
+def headroom(results, counts):
+    """How busy the machine was under each load, and the most it could commit at
+    that load's cost per commit (its rate over its busy fraction): what says
+    whether a target is within this machine's reach at all."""
+    rows = []
+    for n in counts:
+        rows.append((f"ledger, {n} waiting", report(results, f"ledger-{n}")))
+    rows.append(("ledger, half load", report(results, "ledger-half")))
+    for n in counts:
+        rows.append((f"etcd, {n} waiting", report(results, f"etcd-{n}")))
+    rows.append(("etcd, half load", report(results, "etcd-half")))
+    rows = [(name, load) for name, load in rows
+            if load and load.get("busy") and load.get("committed")]
+    if not rows:
+        return
+    print("\n| load | machine busy | CPU-s per 1k commits, system + generator "
+          "| commits/s at this cost, machine fully busy |")
+    print("|---|---|---|---|")
+    for name, load in rows:
+        both = (load.get("cpu", 0) + load.get("generator", 0)) / load["committed"] * 1000
+        print(f"| {name} | {load['busy']:.0%} | {both:.2f} "
+              f"| {load['rate'] / load['busy']:,.0f}/s |")
+    for position, n in enumerate(counts):
+        ours, theirs = report(results, f"ledger-{n}"), report(results, f"etcd-{n}")
+        if not (ours and theirs and ours.get("busy") and theirs.get("rate")):
+            continue
+        asked = WAITING_RATIO[position] * theirs["rate"]
+        if ours["rate"] >= asked:
+            continue
+        most = ours["rate"] / ours["busy"]
+        if most < asked:
+            print(f"- {n} waiting: {WAITING_RATIO[position]:.1f}× etcd is {asked:,.0f}/s; "
+                  f"at the ledger's cost per commit under this load the machine "
+                  f"carries at most {most:,.0f}/s ({ours['busy']:.0%} busy)")
+        else:
+            print(f"- {n} waiting: {WAITING_RATIO[position]:.1f}× etcd is {asked:,.0f}/s; "
+                  f"the machine was {ours['busy']:.0%} busy and would carry "
+                  f"{most:,.0f}/s at this cost: the commit path's latency, not the "
+                  f"CPU, held the rate")
+    half = report(results, "ledger-half")
+    if half and half.get("busy") and "asked" in half:
+        print(f"- half load: {half['asked']:,.0f}/s asked, the machine "
+              f"{half['busy']:.0%} busy meanwhile")
 
 
 if __name__ == "__main__":
