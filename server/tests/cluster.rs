@@ -18,6 +18,8 @@ use ledger::storage::{Store, StoreOptions};
 use ledger::testing;
 use tokio::net::TcpListener;
 
+mod support;
+
 const LIMIT: Duration = Duration::from_secs(30);
 
 struct Member {
@@ -41,12 +43,13 @@ impl Net {
         let mut file = testing::spec(&keys, 4).to_file();
         file.checkpoint_interval = 4;
         let spec = ChainSpec::from_file(file).expect("spec");
-        let mut addrs = Vec::new();
-        for _ in 0..4 {
-            // Learn a free port, then release it for the member to bind.
-            let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            addrs.push(probe.local_addr().expect("addr").to_string());
-        }
+        // Four ports known free, below the ephemeral range: a port learned by binding
+        // port 0 and released could come back for the next member (one run failed
+        // with the address in use) or be taken by an outgoing connection.
+        let base = support::free_ports(4);
+        let addrs = (base..base + 4)
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
         let mut net = Net {
             keys,
             spec,

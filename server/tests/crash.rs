@@ -3,7 +3,6 @@
 //! entry whose submit was answered "committed". The seed is printed; set
 //! `LEDGER_CRASH_SEED` to replay a run.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,11 +89,9 @@ fn sigkill_under_load_loses_no_committed_entry() {
     let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the ephemeral range: the node is killed and restarted on this port
+    // again and again, and an outgoing connection must not take it meanwhile.
+    let port = support::free_port();
     let layout = dir.path().join("dev");
     let init = Command::new(LEDGERD)
         .args([

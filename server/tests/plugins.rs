@@ -14,6 +14,10 @@ use ledger::plugin_host::{inspect, PluginConfig, PluginError, Plugins};
 use ledger::testing;
 use sha2::{Digest, Sha256};
 
+mod support;
+
+use support::{text, LEDGERCTL, LEDGERD};
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -198,17 +202,6 @@ fn broken_libraries_stop_start_up_with_the_file_and_the_problem() {
     }
 }
 
-const LEDGERD: &str = env!("CARGO_BIN_EXE_ledgerd");
-const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
-
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// `ledgerd plugins check` runs the start-up checks: a good library is described,
 /// a broken one exits 1 with the file and the problem.
 #[test]
@@ -267,11 +260,7 @@ fn plugin_toml(path: &Path, config: &str) -> String {
 /// A one-node layout under `dir` (difficulty 8) with `plugins` appended to its
 /// config; the config path and the API URL.
 fn single_node(dir: &Path, plugins: &str) -> (PathBuf, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let init = Command::new(LEDGERD)
         .args(["dev", "init", "--nodes", "1", "--difficulty", "8", "--dir"])
         .arg(dir)
@@ -477,18 +466,7 @@ fn a_panicking_on_commit_is_logged_not_fatal() {
 #[test]
 fn a_cluster_runs_the_same_policy_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
-    let base = loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 65000
-            && (port..port + 8).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
-            break port;
-        }
-    };
+    let base = support::free_ports(8);
     let init = Command::new(LEDGERD)
         .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
         .arg(dir.path())
