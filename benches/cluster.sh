@@ -31,7 +31,7 @@ seconds=${2:-10}
 clients=${CLIENTS:-64}
 many=${MANY:-256}
 most=${MOST:-1024}
-paced=${PACED:-512}  # enough waiting clients that the pacing, not their number, sets the rate
+paced=${PACED:-2048}  # enough waiting clients that the pacing, not their number, sets the rate
 batch=${BATCH:-16}   # entries per request of the batched saturation (POST /v1/entries/batch)
 bin=${BIN:-target/release}  # BIN=DIR compares another build
 delay=${DELAY_MS:-0}
@@ -93,8 +93,8 @@ ticks() {
     echo "$sum"
 }
 # Busy and all CPU ticks of the whole machine so far (/proc/stat; idle and iowait
-# are not busy).
-machine() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat; }
+# are not busy, and time the hypervisor stole counts in neither).
+machine() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6; exit }' /proc/stat; }
 # load NAME PIDS -- LOADGEN ARGS: runs one load, prints and keeps its report, the
 # CPU the processes and the generator spent during it, and how busy the machine was.
 load() {
@@ -107,8 +107,11 @@ load() {
     local views_before=
     if [[ $name == ledger* ]]; then views_before=$(views); fi
     local TIMEFORMAT='generator cpu seconds %U %S'
-    { time "$bin/ledger-loadgen" --duration "$seconds" "$@" | tee "$work/results/$name.txt"; } \
-        2>"$work/$name.stderr"
+    if ! { time "$bin/ledger-loadgen" --duration "$seconds" "$@" |
+        tee "$work/results/$name.txt"; } 2>"$work/$name.stderr"; then
+        grep -v '^generator cpu seconds' "$work/$name.stderr" >&2 || true
+        return 1
+    fi
     after=$(ticks "${ours[@]}")
     read -r busy1 all1 < <(machine)
     grep -v '^generator cpu seconds' "$work/$name.stderr" >&2 || true
@@ -226,12 +229,32 @@ import json, os, signal, sys, time, urllib.request
 base, pids = int(sys.argv[1]), [int(pid) for pid in sys.argv[2:]]
 def api(member):
     return f"http://127.0.0.1:{base + 2 * member}"
-# The loads before may have changed the view: shoot whichever member leads now, and
+def statuses():
+    found = []
+    for member in range(len(pids)):
+        try:
+            with urllib.request.urlopen(f"{api(member)}/v1/status", timeout=5) as r:
+                found.append(json.load(r))
+        except OSError:
+            pass
+    return found
+# The loads before may have changed the view, and a view change may still be under
+# way (one member's view can lag the others'): wait until every member names the
+# same view and primary twice, half a second apart, then shoot that primary, and
 # submit through member 1 unless it is the one shot.
-with urllib.request.urlopen(f"{api(1)}/v1/status", timeout=10) as r:
-    status = json.load(r)
-view = status["view"]
-leader = next(m for m in status["members"] if m["node_id"] == status["primary"])
+agreed, deadline = None, time.monotonic() + 30
+while time.monotonic() < deadline:
+    views = {(s["view"], s["primary"]) for s in statuses()}
+    now = views.pop() if len(views) == 1 else None
+    if now is not None and now == agreed:
+        break
+    agreed = now
+    time.sleep(0.5)
+else:
+    sys.exit("the members did not agree on a view within 30 s")
+view, primary_id = agreed
+status = statuses()[0]
+leader = next(m for m in status["members"] if m["node_id"] == primary_id)
 primary = (int(leader["api_addr"].rsplit(":", 1)[1]) - base) // 2
 url = f"{api(2 if primary == 1 else 1)}/v1/entries?wait=commit&timeout_ms=60000"
 def commit(i):

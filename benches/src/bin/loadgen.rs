@@ -292,10 +292,10 @@ async fn client(
         .rate
         .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
     let started = Instant::now();
-    // Each client starts its schedule at its own fraction of the interval, so the
-    // total arrives evenly at `--rate` instead of all clients firing together once
-    // an interval (a burst the size of the client count).
-    let phase = index as f64 / args.clients as f64;
+    // Each client starts its schedule at its own fraction of its period (`batch`
+    // intervals), so the total arrives evenly at `--rate` instead of all clients
+    // firing together once a period (a burst the size of the client count).
+    let phase = index as f64 / args.clients as f64 * args.batch as f64;
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if let Some(interval) = interval {
@@ -368,6 +368,11 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of submits per second, not {rate}");
+        }
+    }
     let run = args.run_id.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
