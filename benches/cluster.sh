@@ -81,7 +81,6 @@ for _ in $(seq 100); do
 done
 "$bin/ledgerctl" --node http://127.0.0.1:$((base + 2)) submit warm-up --wait >/dev/null
 
-
 # CPU ticks (user + system) of the processes given, alive or not.
 ticks() {
     local sum=0 pid
