@@ -18,4 +18,6 @@ pub use message::{
 };
 #[cfg(feature = "testing")]
 pub use replica::Flaws;
-pub use replica::{Config, DropReason, Footprint, Input, NotAMember, Output, Replica, Timing, Tip};
+pub use replica::{
+    Config, DropReason, Footprint, Input, NotAMember, Output, Replica, Timing, Tip, ViewChangeCause,
+};

@@ -1533,6 +1533,12 @@ impl Driver {
             self.metrics
                 .view_changes
                 .fetch_add(view - previous, Ordering::Relaxed);
+            match self.replica.view_change_cause() {
+                Some((asked, cause)) if asked == view => {
+                    tracing::warn!(%cause, "asking for view {view}")
+                }
+                _ => tracing::warn!("moved to view {view}, which the others asked for"),
+            }
         }
         self.metrics
             .pool_size
@@ -1543,6 +1549,9 @@ impl Driver {
             .store(waiting as u64, Ordering::Relaxed);
         let shedding = self.shedding(pending);
         let mut status = lock(&self.status);
+        if self.replica.is_active() && !status.active && view > 0 {
+            tracing::info!(primary = self.replica.primary(), "view {view} in force");
+        }
         status.me = self.replica.me();
         status.view = view;
         status.primary = self.replica.primary();

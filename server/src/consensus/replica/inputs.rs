@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::super::durable::Record;
 use super::super::message::{CheckpointCertificate, Invalid, MemberIndex, Message, Payload, Vote};
 use super::view_change::highest_checkpoint;
-use super::{Candidate, DropReason, Output, Replica, Waiting, PROBE_CHECKS};
+use super::{Candidate, DropReason, Output, Replica, ViewChangeCause, Waiting, PROBE_CHECKS};
 use crate::chain::{Block, CommitCertificate, Entry, EntryIndex, Hash, Header};
 
 impl Replica {
@@ -209,7 +209,7 @@ impl Replica {
                 // Two signed pre-prepares for one height in one view: the primary
                 // equivocates, which is provable, so the timer need not run out.
                 self.drop_input(Some(from), "pre-prepare", DropReason::Conflicting);
-                self.start_view_change(view + 1);
+                self.start_view_change(view + 1, ViewChangeCause::Equivocation);
             }
             None => {
                 slot.candidate = Some(Candidate {
@@ -359,7 +359,7 @@ impl Replica {
         let f = self.config.verifier.max_faulty();
         if higher.len() > f {
             higher.sort_unstable_by(|a, b| b.cmp(a));
-            self.start_view_change(higher[f]);
+            self.start_view_change(higher[f], ViewChangeCause::Followed);
         }
         self.arm_view_change_timer();
         self.try_send_new_view();
@@ -379,7 +379,7 @@ impl Replica {
                 // The new primary's NEW-VIEW does not follow from the view changes it
                 // carries: it is faulty, and provably so.
                 self.drop_input(Some(from), "new-view", DropReason::InvalidNewView);
-                return self.start_view_change(new_view.view + 1);
+                return self.start_view_change(new_view.view + 1, ViewChangeCause::InvalidNewView);
             }
             checkpoint
         };
@@ -536,21 +536,29 @@ impl Replica {
             let restarted = self.last_catch_up_ms.unwrap_or(0);
             let stalled_ending = self.epoch_ending()
                 && now.saturating_sub(self.progress_ms.max(restarted)) >= timeout;
-            let waited_too_long = !self.timers_wait()
-                && (stalled_ending
-                    || self.oldest_pending().is_some_and(|pending| {
-                        now.saturating_sub(pending.since_ms.max(restarted)) >= timeout
-                    }));
-            if waited_too_long {
+            let waited = self
+                .oldest_pending()
+                .map(|pending| now.saturating_sub(pending.since_ms.max(restarted)));
+            let cause = if stalled_ending {
+                Some(ViewChangeCause::EpochStalled)
+            } else {
+                waited.filter(|waited| *waited >= timeout).map(|waited_ms| {
+                    ViewChangeCause::EntryWaited {
+                        waited_ms,
+                        pending: self.pending.len(),
+                    }
+                })
+            };
+            if let Some(cause) = cause.filter(|_| !self.timers_wait()) {
                 self.share_overdue(now.saturating_sub(timeout));
-                self.start_view_change(self.view + 1);
+                self.start_view_change(self.view + 1, cause);
             }
         } else if self
             .view_change_deadline
             .is_some_and(|deadline| now >= deadline)
         {
             // The new primary did not deliver a NEW-VIEW in time (C&L §4.5.2).
-            self.start_view_change(self.view + 1);
+            self.start_view_change(self.view + 1, ViewChangeCause::NewViewLate);
         }
         if now.saturating_sub(self.last_retransmit_ms) >= self.config.timing.retransmit_ms {
             self.last_retransmit_ms = now;

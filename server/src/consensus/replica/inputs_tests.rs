@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::chain::{Block, Header};
 use crate::consensus::harness::*;
-use crate::consensus::{Config, DropReason, Durable, Input, Message, Output, Payload, Replica};
+use crate::consensus::{
+    Config, DropReason, Durable, Input, Message, Output, Payload, Replica, ViewChangeCause,
+};
 use crate::testing;
 
 /// §4.2: messages for another view, from a member who may not send them, outside the
@@ -155,6 +157,17 @@ fn timers_and_the_f_plus_one_rule_start_view_changes() {
             "broadcast view-change v1 prepared 0"
         ]
     );
+    // The operator's log says why: one entry, waiting the whole timeout.
+    assert_eq!(
+        backup.view_change_cause(),
+        Some((
+            1,
+            ViewChangeCause::EntryWaited {
+                waited_ms: TIMING.view_change_timeout_ms,
+                pending: 1
+            }
+        ))
+    );
 
     let mut other = setup.replica(2);
     let change = |from: usize, view: u64| empty_view_change(&setup, from, view);
@@ -167,6 +180,10 @@ fn timers_and_the_f_plus_one_rule_start_view_changes() {
             "persist view-change v2",
             "broadcast view-change v2 prepared 0"
         ]
+    );
+    assert_eq!(
+        other.view_change_cause(),
+        Some((2, ViewChangeCause::Followed))
     );
 }
 

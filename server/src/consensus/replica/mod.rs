@@ -44,7 +44,9 @@ mod view_change_tests;
 
 #[cfg(feature = "testing")]
 pub use types::Flaws;
-pub use types::{Config, DropReason, Footprint, Input, NotAMember, Output, Timing, Tip};
+pub use types::{
+    Config, DropReason, Footprint, Input, NotAMember, Output, Timing, Tip, ViewChangeCause,
+};
 
 /// What a build without the `testing` feature has of the deliberate breaks: none.
 #[cfg(not(feature = "testing"))]
@@ -134,6 +136,8 @@ pub struct Replica {
     answered: Vec<Option<u64>>,
     view_change_deadline: Option<u64>,
     consecutive_view_changes: u32,
+    /// Why this replica last asked for a view, and which.
+    view_change_cause: Option<(u64, ViewChangeCause)>,
     pending: HashMap<Hash, Waiting>,
     order: VecDeque<Hash>,
     /// Entries from this replica's own clients not yet sent to every member, in
@@ -234,6 +238,7 @@ impl Replica {
             answered: vec![None; n],
             view_change_deadline: None,
             consecutive_view_changes: 0,
+            view_change_cause: None,
             pending: HashMap::new(),
             order: VecDeque::new(),
             unshared: VecDeque::new(),
@@ -357,6 +362,12 @@ impl Replica {
     /// The current view.
     pub fn view(&self) -> u64 {
         self.view
+    }
+
+    /// The view this replica last asked for and why; a view entered without asking
+    /// (a NEW-VIEW arrived first) has none.
+    pub fn view_change_cause(&self) -> Option<(u64, ViewChangeCause)> {
+        self.view_change_cause
     }
 
     /// Whether the current view was entered (false while changing views).

@@ -375,6 +375,50 @@ pub enum Output {
     },
 }
 
+/// Why a replica asked for a view above its own: told to the operator when it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewChangeCause {
+    /// An entry waited a whole view-change timeout without committing.
+    EntryWaited {
+        /// How long the oldest entry had waited, ms.
+        waited_ms: u64,
+        /// Entries waiting at that moment.
+        pending: usize,
+    },
+    /// The blocks that close a membership epoch made no progress for a timeout.
+    EpochStalled,
+    /// The new view's primary sent no NEW-VIEW in time.
+    NewViewLate,
+    /// f + 1 members asked for a higher view, so at least one honest member did.
+    Followed,
+    /// The primary signed two pre-prepares for one height.
+    Equivocation,
+    /// The new primary's NEW-VIEW did not follow from the view changes it carried.
+    InvalidNewView,
+}
+
+impl std::fmt::Display for ViewChangeCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViewChangeCause::EntryWaited { waited_ms, pending } => write!(
+                f,
+                "an entry waited {waited_ms} ms without committing ({pending} entries waiting)"
+            ),
+            ViewChangeCause::EpochStalled => {
+                f.write_str("the blocks closing the membership epoch stalled")
+            }
+            ViewChangeCause::NewViewLate => f.write_str("the new primary sent no NEW-VIEW in time"),
+            ViewChangeCause::Followed => f.write_str("f + 1 members asked for a higher view"),
+            ViewChangeCause::Equivocation => {
+                f.write_str("the primary signed two pre-prepares for one height")
+            }
+            ViewChangeCause::InvalidNewView => {
+                f.write_str("the new primary's NEW-VIEW did not follow from its view changes")
+            }
+        }
+    }
+}
+
 /// Why an input was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {

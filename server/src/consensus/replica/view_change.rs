@@ -9,19 +9,20 @@ use super::super::message::{
     CheckpointCertificate, MemberIndex, Message, NewView, Payload, PreparedCertificate, Proposal,
     ViewChange,
 };
-use super::{Candidate, Output, Replica};
+use super::{Candidate, Output, Replica, ViewChangeCause};
 use crate::chain::{Hash, Header};
 
 impl Replica {
     /// Leaves the current view for `target` (C&L §4.4): stop taking part in the old
     /// view, persist that, then send VIEW-CHANGE with the stable checkpoint and every
     /// prepared certificate above it.
-    pub(super) fn start_view_change(&mut self, target: u64) {
+    pub(super) fn start_view_change(&mut self, target: u64, cause: ViewChangeCause) {
         // An abstaining replica learns views from the others' NEW-VIEWs.
         if target <= self.view || self.abstains_from_views() {
             return;
         }
         self.view = target;
+        self.view_change_cause = Some((target, cause));
         self.active = false;
         self.forget_view_work();
         self.view_changes = self.view_changes.split_off(&(target, 0));

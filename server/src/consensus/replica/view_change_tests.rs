@@ -1,7 +1,7 @@
 //! View changes step by step (C&L §4.4, §4.5.2), with exact outputs.
 
 use crate::consensus::harness::*;
-use crate::consensus::{Input, Payload};
+use crate::consensus::{Input, Payload, ViewChangeCause};
 use crate::testing;
 
 /// §5.2: what a replica lacks is sent again. One that still asks for a view this
@@ -40,6 +40,10 @@ fn members_stuck_in_an_older_view_change_get_what_they_lack() {
             "persist view-change v2",
             "broadcast view-change v2 prepared 0"
         ]
+    );
+    assert_eq!(
+        ahead.view_change_cause(),
+        Some((2, ViewChangeCause::NewViewLate))
     );
     // A forgery in member 3's name gets nothing; member 3's own request gets member
     // 2's VIEW-CHANGE for view 1, which member 1 may never have received.
