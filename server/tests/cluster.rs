@@ -273,9 +273,9 @@ async fn submit(
 
 /// A pool deeper than the cluster commits within the view-change timeout would make
 /// an honest primary look faulty to the members whose entries wait. A member takes
-/// no new entry while its pool would take half the timeout to commit (here 0.75 s
-/// at ten blocks of 1,000 a second: 7,500 entries, below the pool's 10,000), and
-/// takes them again once they commit.
+/// no new entry while its pool would take a quarter of the timeout to commit (here
+/// 0.375 s at ten blocks of 1,000 a second: 3,750 entries, below the pool's
+/// 10,000), and takes them again once they commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_refuses_entries_while_its_pool_could_not_commit_in_time() {
     let mut net = Net::new().await;
@@ -297,7 +297,7 @@ async fn a_member_refuses_entries_while_its_pool_could_not_commit_in_time() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    assert!((7_500..8_500).contains(&taken), "refused after {taken}");
+    assert!((3_750..4_750).contains(&taken), "refused after {taken}");
 
     net.start(0).await;
     net.start(2).await;

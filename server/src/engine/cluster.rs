@@ -1499,10 +1499,14 @@ impl Driver {
         hand_out_receipts(&block.header, certificate, nodes, waiting);
     }
 
-    /// Whether admission refuses new entries: while the pool would take half the
-    /// view-change timeout to commit at the rate of the last second (at least ten
-    /// full blocks, and 1,000 entries, a second assumed: the rate of an idle cluster
-    /// says nothing of what it can do, and a stalled one still takes that many).
+    /// Whether admission refuses new entries: while the pool would take a quarter of
+    /// the view-change timeout to commit at the rate of the last second (at least
+    /// ten full blocks, and 1,000 entries, a second assumed: the rate of an idle
+    /// cluster says nothing of what it can do, and a stalled one still takes that
+    /// many). A quarter, not a half: an entry that waits half a timeout goes to
+    /// every member (`Replica::share_waiting`), and with the pool at half a timeout
+    /// a flood sent four in ten entries three more times, slowed the cluster and
+    /// made it change views (benches/README.md, "2026-12-05, a flood").
     fn shedding(&mut self, pending: usize) -> bool {
         let committed = self.metrics.entries_committed.load(Ordering::Relaxed);
         let (from, since) = self.rate_window;
@@ -1513,7 +1517,7 @@ impl Driver {
         }
         let floor = (10.0 * self.config.max_block_entries as f64).max(1_000.0);
         let drain_ms = pending as f64 * 1000.0 / self.commit_rate.max(floor);
-        drain_ms >= self.config.timing.view_change_timeout_ms as f64 / 2.0
+        drain_ms >= self.config.timing.view_change_timeout_ms as f64 / 4.0
     }
 
     fn publish(&mut self) {
