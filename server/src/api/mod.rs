@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod error;
+mod receipts;
 pub mod serve;
 pub mod starting;
 pub mod tls;
@@ -27,7 +28,7 @@ pub use error::{ApiError, ErrorBody};
 use types::{
     Accepted, AdminsView, BlockView, ChangeAccepted, ChangeProofView, ChangeRequest, CommittedView,
     ConsistencyView, EntryView, HeaderView, LearnerView, MemberView, MembersView, MinedView,
-    PendingChangeView, ReceiptView, SettingsView, SnapshotView, StatusView, SubmitRequest,
+    PendingChangeView, SettingsView, SnapshotView, StatusView, SubmitRequest,
 };
 
 use crate::chain::{Block, Hash};
@@ -64,6 +65,7 @@ pub fn guarded_router(node: Arc<Node>, access: Arc<auth::Access>) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, body)
         })
         .with_state(node)
+        .layer(axum::Extension(Arc::new(receipts::BlockParts::default())))
         .layer(axum::middleware::from_fn_with_state(access, auth::guard))
         .layer(axum::middleware::from_fn(request_id))
 }
@@ -367,6 +369,7 @@ struct SubmitQuery {
     ))]
 async fn submit(
     State(node): State<Arc<Node>>,
+    axum::Extension(parts): axum::Extension<Arc<receipts::BlockParts>>,
     options: Result<Query<SubmitQuery>, QueryRejection>,
     JsonBody(request): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
@@ -409,14 +412,10 @@ async fn submit(
         }
     };
     let membership_proof = membership_proof(&node, receipt.header.height).await?;
-    Ok(Json(CommittedView {
-        id: receipt.entry_id.to_hex(),
-        height: receipt.header.height,
-        block_hash: receipt.header.hash().to_hex(),
-        receipt: ReceiptView::from(&receipt),
-        membership_proof,
-    })
-    .into_response())
+    let body = parts
+        .committed_json(&receipt, &membership_proof)
+        .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The membership changes a client needs beside a receipt of the block at `height`:
