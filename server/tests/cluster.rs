@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -21,6 +21,43 @@ use tokio::net::TcpListener;
 mod support;
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// What the members of every test in this binary log at info and above.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Captured;
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Held by each test for its whole run, so that what the log gains meanwhile is
+/// its own members'.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Starts capturing the log into [`LOG`] (once per binary) and says how many lines
+/// captured so far contain `text`.
+fn logged(text: &str) -> usize {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| Captured)
+            .init();
+    });
+    let log = LOG.lock().unwrap();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains(text))
+        .count()
+}
 
 struct Member {
     cluster: Cluster,
@@ -193,6 +230,12 @@ impl Net {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (asked, entered, waited) = (
+        logged("asking for view"),
+        logged(" in force"),
+        logged("an entry waited"),
+    );
     let mut net = Net::new().await;
     // Rounds that each wait for their receipts: one block or more each.
     for round in 0..3 {
@@ -214,6 +257,18 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
     let after = net.converge(height + 1).await;
     let status = net.member(1).cluster.status();
     assert!(status.view >= 1 && status.primary != 0, "{status:?}");
+    // The log says why the members left view 0, and when the next view held.
+    assert!(
+        logged("asking for view") >= asked + 2,
+        "two members at least asked"
+    );
+    assert!(logged("an entry waited") > waited, "a timer ran out");
+    assert!(
+        logged(" in force") >= entered + 3,
+        "three members entered it"
+    );
+    let left = || logged("asking for view") + logged("moved to view");
+    let (left_before, entered_before) = (left(), logged(" in force"));
 
     // It comes back from its store, catches up from its peers and rejoins them in
     // their view; the checkpoints every member signs become stable everywhere.
@@ -255,6 +310,10 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
         assert!(metrics.messages_in.get("commit") > 0);
         assert!(metrics.messages_out.get("checkpoint") > 0);
     }
+    // Member 0 told of its move to the others' view too, by their view changes or
+    // their NEW-VIEW, and of entering it.
+    assert!(left() > left_before);
+    assert!(logged(" in force") > entered_before);
     let via = &net.member(1).metrics;
     assert!(via.commit_latency.count() > 0);
     assert!(
@@ -278,6 +337,7 @@ async fn submit(
 /// 10,000), and takes them again once they commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_refuses_entries_while_its_pool_could_not_commit_in_time() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut net = Net::new().await;
     net.commit(1, 0, 1).await;
     // Two of four gone: no quorum, so nothing commits and no view changes.

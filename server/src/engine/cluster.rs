@@ -308,6 +308,7 @@ impl Cluster {
             mining_threads: node_settings.mining_threads,
             deferred: None,
             published_height: None,
+            told_view: None,
             waiters: HashMap::new(),
             persist: Vec::new(),
             outbox: Vec::new(),
@@ -325,6 +326,9 @@ impl Cluster {
             rogue,
         };
         let mut driver = driver;
+        // A view resumed from disk is no view change of this run.
+        let resumed = driver.replica.view();
+        driver.metrics.view.store(resumed, Ordering::Relaxed);
         driver.publish();
         let panicked = status.clone();
         let driver = std::thread::Builder::new()
@@ -628,6 +632,8 @@ struct Driver {
     deferred: Option<DriverEvent>,
     /// The height the next difficulty was last worked out for.
     published_height: Option<u64>,
+    /// The view and whether it was in force, as last told in the log.
+    told_view: Option<(u64, bool)>,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
@@ -1172,6 +1178,10 @@ impl Driver {
         );
         held.append(&mut self.held);
         self.held = held;
+        // The epoch's views count from 0 again; its view changes count from there.
+        self.metrics
+            .view
+            .store(self.replica.view(), Ordering::Relaxed);
         self.offer(Vec::new())?;
         self.end_turn()?;
         self.publish();
@@ -1520,6 +1530,34 @@ impl Driver {
         drain_ms >= self.config.timing.view_change_timeout_ms as f64 / 4.0
     }
 
+    /// Tells the operator why this member left its view (its own ask with the cause,
+    /// or a quorum's) and, once a view is in force, its primary. A view resumed at
+    /// start, or a new epoch's (whose views count from 0 again), is told once in
+    /// force.
+    fn log_view(&mut self) {
+        let (view, active) = (self.replica.view(), self.replica.is_active());
+        let told = self.told_view.replace((view, active));
+        let entered = match told {
+            Some((last, _)) if view > last => {
+                match self.replica.view_change_cause() {
+                    Some((asked, cause)) if asked == view => {
+                        tracing::warn!(%cause, "asking for view {view}")
+                    }
+                    _ => {
+                        tracing::warn!("moved to view {view}, which a quorum of members asked for")
+                    }
+                }
+                active
+            }
+            Some((last, was_active)) if view == last => active && !was_active,
+            // Start, or a new epoch (its views count from 0 again).
+            _ => active && view > 0,
+        };
+        if entered {
+            tracing::info!(primary = self.replica.primary(), "view {view} in force");
+        }
+    }
+
     fn publish(&mut self) {
         let height = self.replica.height();
         let next_difficulty = (self.published_height != Some(height)).then(|| {
@@ -1537,13 +1575,8 @@ impl Driver {
             self.metrics
                 .view_changes
                 .fetch_add(view - previous, Ordering::Relaxed);
-            match self.replica.view_change_cause() {
-                Some((asked, cause)) if asked == view => {
-                    tracing::warn!(%cause, "asking for view {view}")
-                }
-                _ => tracing::warn!("moved to view {view}, which the others asked for"),
-            }
         }
+        self.log_view();
         self.metrics
             .pool_size
             .store(pending as u64, Ordering::Relaxed);
@@ -1553,9 +1586,6 @@ impl Driver {
             .store(waiting as u64, Ordering::Relaxed);
         let shedding = self.shedding(pending);
         let mut status = lock(&self.status);
-        if self.replica.is_active() && !status.active && view > 0 {
-            tracing::info!(primary = self.replica.primary(), "view {view} in force");
-        }
         status.me = self.replica.me();
         status.view = view;
         status.primary = self.replica.primary();

@@ -364,8 +364,8 @@ impl Replica {
         self.view
     }
 
-    /// The view this replica last asked for and why; a view entered without asking
-    /// (a NEW-VIEW arrived first) has none.
+    /// The view this replica last asked for and why. A view entered without asking
+    /// (a NEW-VIEW arrived first) leaves the last ask, for an older view, in place.
     pub fn view_change_cause(&self) -> Option<(u64, ViewChangeCause)> {
         self.view_change_cause
     }

@@ -380,7 +380,8 @@ pub enum Output {
 pub enum ViewChangeCause {
     /// An entry waited a whole view-change timeout without committing.
     EntryWaited {
-        /// How long the oldest entry had waited, ms.
+        /// How long the oldest entry had waited, ms: since it arrived, or since this
+        /// view began or this replica last caught up, whichever came last.
         waited_ms: u64,
         /// Entries waiting at that moment.
         pending: usize,
@@ -402,7 +403,8 @@ impl std::fmt::Display for ViewChangeCause {
         match self {
             ViewChangeCause::EntryWaited { waited_ms, pending } => write!(
                 f,
-                "an entry waited {waited_ms} ms without committing ({pending} entries waiting)"
+                "an entry waited {waited_ms} ms in this view without committing ({pending} \
+                 entries waiting)"
             ),
             ViewChangeCause::EpochStalled => {
                 f.write_str("the blocks closing the membership epoch stalled")
