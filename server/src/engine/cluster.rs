@@ -326,9 +326,6 @@ impl Cluster {
             rogue,
         };
         let mut driver = driver;
-        // A view resumed from disk is no view change of this run.
-        let resumed = driver.replica.view();
-        driver.metrics.view.store(resumed, Ordering::Relaxed);
         driver.publish();
         let panicked = status.clone();
         let driver = std::thread::Builder::new()
@@ -632,7 +629,7 @@ struct Driver {
     deferred: Option<DriverEvent>,
     /// The height the next difficulty was last worked out for.
     published_height: Option<u64>,
-    /// The view and whether it was in force, as last told in the log.
+    /// The view and whether it was in force, as last counted and told in the log.
     told_view: Option<(u64, bool)>,
     waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
     /// Records not yet durable; written before the next output leaves the thread.
@@ -1178,10 +1175,6 @@ impl Driver {
         );
         held.append(&mut self.held);
         self.held = held;
-        // The epoch's views count from 0 again; its view changes count from there.
-        self.metrics
-            .view
-            .store(self.replica.view(), Ordering::Relaxed);
         self.offer(Vec::new())?;
         self.end_turn()?;
         self.publish();
@@ -1530,15 +1523,19 @@ impl Driver {
         drain_ms >= self.config.timing.view_change_timeout_ms as f64 / 4.0
     }
 
-    /// Tells the operator why this member left its view (its own ask with the cause,
-    /// or a quorum's) and, once a view is in force, its primary. A view resumed at
-    /// start, or a new epoch's (whose views count from 0 again), is told once in
-    /// force.
-    fn log_view(&mut self) {
+    /// Counts the views this member left and tells the operator why (its own ask
+    /// with the cause, or a quorum's) and, once a view is in force, its primary. A
+    /// view resumed at start, or a new epoch's (whose views count from 0 again), is
+    /// no view change: it is told once in force.
+    fn track_view(&mut self) {
         let (view, active) = (self.replica.view(), self.replica.is_active());
         let told = self.told_view.replace((view, active));
+        self.metrics.view.store(view, Ordering::Relaxed);
         let entered = match told {
             Some((last, _)) if view > last => {
+                self.metrics
+                    .view_changes
+                    .fetch_add(view - last, Ordering::Relaxed);
                 match self.replica.view_change_cause() {
                     Some((asked, cause)) if asked == view => {
                         tracing::warn!(%cause, "asking for view {view}")
@@ -1570,13 +1567,7 @@ impl Driver {
         let view = self.replica.view();
         // The pool as admission counts it, reservations included.
         let pending = lock(&self.pending).len();
-        let previous = self.metrics.view.swap(view, Ordering::Relaxed);
-        if view > previous {
-            self.metrics
-                .view_changes
-                .fetch_add(view - previous, Ordering::Relaxed);
-        }
-        self.log_view();
+        self.track_view();
         self.metrics
             .pool_size
             .store(pending as u64, Ordering::Relaxed);
