@@ -146,6 +146,9 @@ pub struct Replica {
     mining: Option<(u64, Hash)>,
     mined: Option<Arc<Block>>,
     cut_requested: bool,
+    /// When this replica last cut a block, `arrivals` then, and whether more than
+    /// one entry arrived between that cut and the one before (entries come together).
+    last_cut: (u64, u64, bool),
     /// Whether the last call left the slots where no step can progress. Entries do
     /// not touch the slots, so a call that only adds entries need not look at them:
     /// under load the primary takes one call per forwarded entry.
@@ -245,6 +248,7 @@ impl Replica {
             mining: None,
             mined: None,
             cut_requested: false,
+            last_cut: (0, 0, false),
             settled: false,
             arrivals: 0,
             cut_scan: None,

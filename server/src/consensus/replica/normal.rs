@@ -594,7 +594,8 @@ impl Replica {
 
     /// The primary cuts a block when enough entries wait, nothing of its own is in
     /// flight (an idle pipeline gains nothing from waiting; under load, entries
-    /// gather while blocks are in flight), the oldest has waited `max_block_delay`
+    /// gather while blocks are in flight) and the last cut was `max_block_delay` ago
+    /// or entries come one at a time, the oldest has waited `max_block_delay`
     /// and fewer than `max_blocks_in_flight` blocks are still preparing, or a cut
     /// was asked for. It mines on top of its last proposal.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
@@ -614,7 +615,14 @@ impl Replica {
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
         let tip = self.tip.header.height;
-        let idle = self.slots.range(tip + 1..).next().is_none();
+        // While entries arrive together, they gather for `max_block_delay` after the
+        // last cut even with nothing in flight: each block costs the members more CPU
+        // than a round's wait saves, and on a busy primary a cut per round leaves the
+        // cluster's CPU to per-block work. Entries that come one at a time (one
+        // arrival between the last two cuts) have nothing to gather and go at once.
+        let (cut_ms, _, together) = self.last_cut;
+        let spaced = !together || now.saturating_sub(cut_ms) >= delay;
+        let idle = spaced && self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
         // above the tip holds nothing back (the cut below replaces it). A prepared
         // block no longer does either: its successor is mined while it commits,
@@ -727,6 +735,12 @@ impl Replica {
         let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
         let header = Header::child(&parent, &log, timestamp, difficulty);
         self.mining = Some((height, header.prev_hash));
+        let (_, cut_arrivals, _) = self.last_cut;
+        self.last_cut = (
+            self.now_ms,
+            self.arrivals,
+            self.arrivals.saturating_sub(cut_arrivals) > 1,
+        );
         self.out
             .push(Output::Mine(Arc::new(Block { header, entries })));
     }

@@ -223,6 +223,65 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     );
 }
 
+/// With nothing in flight, entries that come one at a time are cut at once, but
+/// once they come together the primary cuts at most once per `max_block_delay`:
+/// otherwise a busy cluster spends its CPU on blocks of a few entries each.
+#[test]
+fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica(0);
+    let mut entries = testing::entries(7, 4, 32).into_iter();
+    let mut next = || entries.next().expect("four entries");
+    // Drives the block `outputs` asked to mine through its three phases.
+    let commit = |primary: &mut Replica, outputs: Vec<Output>| {
+        let Some(Output::Mine(template)) = outputs.into_iter().last() else {
+            panic!("a block to mine")
+        };
+        let block = mined(&template);
+        feed(primary, Input::Mined(block.clone()));
+        let mut outputs = Vec::new();
+        for (from, commit) in [(1, false), (2, false), (1, true), (2, true)] {
+            let message = Input::Message(vote(&setup, from, commit, 0, &block));
+            outputs = primary.handle(message, &NoEntries);
+        }
+        (block, outputs)
+    };
+
+    // One entry: cut at once. Two more arrive while it is in flight; once it
+    // commits, nothing is in flight and they came alone before: cut at once too.
+    let first = submit(&mut primary, next());
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(submit(&mut primary, next()).is_empty());
+    let (_, outputs) = commit(&mut primary, first);
+    assert_eq!(
+        outputs.iter().map(describe).collect::<Vec<_>>(),
+        ["apply h1", "mine h2"]
+    );
+    let (second, _) = commit(&mut primary, outputs);
+    assert_eq!(second.entries.len(), 2);
+
+    // Those two came together, so the next entry waits until the delay has passed
+    // since the last cut, though nothing is in flight.
+    assert!(submit(&mut primary, next()).is_empty());
+    let delay = TIMING.max_block_delay_ms;
+    assert!(feed(
+        &mut primary,
+        Input::Tick {
+            now_ms: setup.now + delay - 1
+        }
+    )
+    .is_empty());
+    assert_eq!(
+        feed(
+            &mut primary,
+            Input::Tick {
+                now_ms: setup.now + delay
+            }
+        ),
+        ["mine h3"]
+    );
+}
+
 /// With `max_blocks_in_flight` blocks preparing, entries wait for one to prepare
 /// however long they have waited; the primary then cuts at once, and mines while
 /// the prepared block commits.
