@@ -110,8 +110,12 @@ def main():
         ok = ours["p99"] <= HALF_LOAD_P99_MS
         targets.append(ok)
         target = f"ledger p99 ≤ {HALF_LOAD_P99_MS:.0f} ms: {verdict(ok)}"
-    print(f"| half load, paced (each at half its own best) | {cell(ours)} | {cell(theirs)} "
-          f"| — | {target} |")
+    print(f"| half load, paced (the ledger at half its saturation, etcd at half its best "
+          f"waiting rate) | {cell(ours)} | {cell(theirs)} | — | {target} |")
+    ours = report(results, "ledger-half-waiting")
+    if ours and "p99" in ours:
+        print(f"| half load, paced (each at half its best waiting rate) | {cell(ours)} "
+              f"| {cell(theirs)} | — | (etcd's definition) |")
     recovery = report(results, "ledger-recovery")
     if recovery and "recovery" in recovery:
         limit = 2 * VIEW_CHANGE_TIMEOUT_S
@@ -145,6 +149,7 @@ def headroom(results, counts):
     for n in counts:
         rows.append((f"ledger, {n} waiting", report(results, f"ledger-{n}")))
     rows.append(("ledger, half load", report(results, "ledger-half")))
+    rows.append(("ledger, half its best waiting rate", report(results, "ledger-half-waiting")))
     for n in counts:
         rows.append((f"etcd, {n} waiting", report(results, f"etcd-{n}")))
     rows.append(("etcd, half load", report(results, "etcd-half")))
@@ -177,7 +182,7 @@ def headroom(results, counts):
         else:
             print(f"{target}; the machine was only {ours['busy']:.0%} busy: held by the "
                   f"commit path's latency, not the CPU")
-    for name in ("ledger-half", "etcd-half"):
+    for name in ("ledger-half", "ledger-half-waiting", "etcd-half"):
         half = report(results, name)
         if not (half and half.get("busy") and "asked" in half and "rate" in half):
             continue
