@@ -9,13 +9,14 @@
 # For the ledger: saturation with $CLIENTS clients submitting without waiting; then
 # $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
 # at half the saturation rate and at half the best waiting rate ($PACED clients
-# waiting, so the pacing and not the client count sets the rate); saturation again with $BATCH entries per request
-# (what the cluster commits when the client API's cost per request is shared); the
-# time from SIGKILL of the primary to the first commit in the new view. For the
-# waiting and paced loads etcd (benches/etcd.sh, whose puts answer once committed)
-# runs beside the ledger, and each load against the ledger is followed at once by
-# the same load against etcd, so a ratio compares loads seconds apart, not minutes:
-# this shared machine's speed drifts. The cluster not under load idles meanwhile
+# waiting, so the pacing and not the client count sets the rate); saturation again
+# with $BATCH entries per request (what the cluster commits when the client API's
+# cost per request is shared); the time from SIGKILL of the primary to the first
+# commit in the new view. For the waiting and paced loads etcd (benches/etcd.sh,
+# whose puts answer once committed) runs beside the ledger, and each load against
+# the ledger is followed at once by the same load against etcd (the two paced ledger
+# loads by etcd's one), so a ratio compares loads seconds apart, not minutes: this
+# shared machine's speed drifts. The cluster not under load idles meanwhile
 # (etcd about 2% of the machine, the ledger 1%). Every load also reports the CPU
 # seconds all of the system's processes and the generator spent, and how busy the
 # whole machine was (from /proc). The run ends with a table of both systems side by

@@ -592,12 +592,17 @@ impl Replica {
         accepted
     }
 
-    /// The primary cuts a block when enough entries wait, nothing of its own is in
-    /// flight (an idle pipeline gains nothing from waiting; under load, entries
-    /// gather while blocks are in flight) and the last cut was `max_block_delay` ago
-    /// or entries come one at a time, the oldest has waited `max_block_delay`
-    /// and fewer than `max_blocks_in_flight` blocks are still preparing, or a cut
-    /// was asked for. It mines on top of its last proposal.
+    /// The primary cuts a block when
+    /// - enough entries wait for a full block;
+    /// - nothing of its own is in flight, and either entries come one at a time or
+    ///   `max_block_delay` has passed since its last cut (under load, entries gather
+    ///   while blocks are in flight or for the delay after a cut);
+    /// - the oldest has waited `max_block_delay` and fewer than
+    ///   `max_blocks_in_flight` of its blocks are still preparing;
+    /// - or a cut was asked for.
+    ///
+    /// It mines on top of its last proposal. Time is the replica's clock, which the
+    /// driver's ticks move, so the delays count in whole ticks.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
         if !self.active
             || !self.is_primary()
@@ -609,20 +614,21 @@ impl Replica {
         }
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,
         // the oldest younger than the delay (or `max_blocks_in_flight` in flight),
-        // something in flight and no cut asked for mean no block is due; the full
-        // scan below clones entries.
+        // something in flight or the last cut too recent, and no cut asked for mean
+        // no block is due; the full scan below clones entries.
         let limit = self.config.max_block_entries;
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
         let tip = self.tip.header.height;
-        // While entries arrive together, they gather for `max_block_delay` after the
-        // last cut even with nothing in flight: each block costs the members more CPU
-        // than a round's wait saves, and on a busy primary a cut per round leaves the
-        // cluster's CPU to per-block work. Entries that come one at a time (one
-        // arrival between the last two cuts) have nothing to gather and go at once.
+        // While entries arrive together (more than one between the last two cuts),
+        // they gather for `max_block_delay` after the last cut even with nothing in
+        // flight: each block costs every member proof of work, signatures and writes
+        // however few entries it holds, and on a busy primary a cut per round leaves
+        // the cluster's CPU to that per-block work. Entries that come one at a time
+        // have nothing to gather and go at once.
         let (cut_ms, _, together) = self.last_cut;
         let spaced = !together || now.saturating_sub(cut_ms) >= delay;
-        let idle = spaced && self.slots.range(tip + 1..).next().is_none();
+        let at_once = spaced && self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
         // above the tip holds nothing back (the cut below replaces it). A prepared
         // block no longer does either: its successor is mined while it commits,
@@ -636,7 +642,7 @@ impl Replica {
         let waited = |arrived: u64| room && now.saturating_sub(arrived) >= delay;
         let due = self
             .oldest_pending()
-            .is_some_and(|pending| idle || waited(pending.arrived_ms));
+            .is_some_and(|pending| at_once || waited(pending.arrived_ms));
         let ending = self.epoch_ending();
         // The pool also holds the entries of the blocks in flight, so it can hold a
         // block's worth while no full block waits. Entries leave the candidates only
@@ -717,8 +723,9 @@ impl Replica {
         for id in unfit {
             self.pending.remove(&id);
         }
-        let due =
-            entries.len() >= limit || (idle && !entries.is_empty()) || oldest.is_some_and(waited);
+        let due = entries.len() >= limit
+            || (at_once && !entries.is_empty())
+            || oldest.is_some_and(waited);
         if !(due || self.cut_requested || ending) {
             let lacking = (limit - entries.len()) as u64;
             self.cut_scan = Some((self.view, tip, self.arrivals + lacking));

@@ -224,14 +224,15 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
 }
 
 /// With nothing in flight, entries that come one at a time are cut at once, but
-/// once they come together the primary cuts at most once per `max_block_delay`:
-/// otherwise a busy cluster spends its CPU on blocks of a few entries each.
+/// while they come together the primary waits until `max_block_delay` has passed
+/// since its last cut: otherwise a busy cluster spends its CPU on blocks of a few
+/// entries each.
 #[test]
 fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
     let setup = Setup::new(4);
     let mut primary = setup.replica(0);
-    let mut entries = testing::entries(7, 4, 32).into_iter();
-    let mut next = || entries.next().expect("four entries");
+    let mut entries = testing::entries(7, 5, 32).into_iter();
+    let mut next = || entries.next().expect("five entries");
     // Drives the block `outputs` asked to mine through its three phases.
     let commit = |primary: &mut Replica, outputs: Vec<Output>| {
         let Some(Output::Mine(template)) = outputs.into_iter().last() else {
@@ -246,40 +247,40 @@ fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
         }
         (block, outputs)
     };
+    let lines = |outputs: &[Output]| outputs.iter().map(describe).collect::<Vec<_>>();
 
-    // One entry: cut at once. Two more arrive while it is in flight; once it
-    // commits, nothing is in flight and they came alone before: cut at once too.
+    // One entry: cut at once. Two more arrive while it is in flight. The flag looks
+    // one cut back: the first entry came alone, so once its block commits, nothing
+    // is in flight and the two are cut at once too.
     let first = submit(&mut primary, next());
     assert!(submit(&mut primary, next()).is_empty());
     assert!(submit(&mut primary, next()).is_empty());
     let (_, outputs) = commit(&mut primary, first);
-    assert_eq!(
-        outputs.iter().map(describe).collect::<Vec<_>>(),
-        ["apply h1", "mine h2"]
-    );
+    assert_eq!(lines(&outputs), ["apply h1", "mine h2"]);
     let (second, _) = commit(&mut primary, outputs);
     assert_eq!(second.entries.len(), 2);
 
-    // Those two came together, so the next entry waits until the delay has passed
-    // since the last cut, though nothing is in flight.
-    assert!(submit(&mut primary, next()).is_empty());
+    // Those two came together: an entry arriving half a delay after their cut
+    // waits, though nothing is in flight, until the delay has passed since the
+    // cut, not since it arrived.
     let delay = TIMING.max_block_delay_ms;
-    assert!(feed(
-        &mut primary,
-        Input::Tick {
-            now_ms: setup.now + delay - 1
-        }
-    )
-    .is_empty());
-    assert_eq!(
-        feed(
-            &mut primary,
+    let tick = |primary: &mut Replica, after: u64| {
+        primary.handle(
             Input::Tick {
-                now_ms: setup.now + delay
-            }
-        ),
-        ["mine h3"]
-    );
+                now_ms: setup.now + after,
+            },
+            &NoEntries,
+        )
+    };
+    assert!(tick(&mut primary, delay / 2).is_empty());
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(tick(&mut primary, delay - 1).is_empty());
+    let third = tick(&mut primary, delay);
+    assert_eq!(lines(&third), ["mine h3"]);
+
+    // That entry came alone, so once its block commits the next goes at once.
+    commit(&mut primary, third);
+    assert_eq!(lines(&submit(&mut primary, next())), ["mine h4"]);
 }
 
 /// With `max_blocks_in_flight` blocks preparing, entries wait for one to prepare
