@@ -110,6 +110,17 @@ struct Waiting {
     arrived_ms: u64,
 }
 
+/// When a primary last cut a block: what spaces its cuts while entries come together.
+#[derive(Clone, Copy, Debug, Default)]
+struct LastCut {
+    /// The replica's clock at the cut.
+    at_ms: u64,
+    /// `arrivals` at the cut.
+    arrivals: u64,
+    /// More than one entry arrived between this cut and the one before.
+    together: bool,
+}
+
 /// One PBFT replica.
 #[derive(Debug)]
 pub struct Replica {
@@ -146,9 +157,7 @@ pub struct Replica {
     mining: Option<(u64, Hash)>,
     mined: Option<Arc<Block>>,
     cut_requested: bool,
-    /// When this replica last cut a block, `arrivals` then, and whether more than
-    /// one entry arrived between that cut and the one before (entries come together).
-    last_cut: (u64, u64, bool),
+    last_cut: LastCut,
     /// Whether the last call left the slots where no step can progress. Entries do
     /// not touch the slots, so a call that only adds entries need not look at them:
     /// under load the primary takes one call per forwarded entry.
@@ -248,7 +257,7 @@ impl Replica {
             mining: None,
             mined: None,
             cut_requested: false,
-            last_cut: (0, 0, false),
+            last_cut: LastCut::default(),
             settled: false,
             arrivals: 0,
             cut_scan: None,

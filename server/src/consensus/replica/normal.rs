@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::super::durable::Record;
 use super::super::message::{Payload, PreparedCertificate, Vote};
-use super::{Accepted, Ancestry, Candidate, DropReason, Output, Parent, Replica, Tip};
+use super::{Accepted, Ancestry, Candidate, DropReason, LastCut, Output, Parent, Replica, Tip};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
     validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange, Entry,
@@ -626,8 +626,7 @@ impl Replica {
         // however few entries it holds, and on a busy primary a cut per round leaves
         // the cluster's CPU to that per-block work. Entries that come one at a time
         // have nothing to gather and go at once.
-        let (cut_ms, _, together) = self.last_cut;
-        let spaced = !together || now.saturating_sub(cut_ms) >= delay;
+        let spaced = !self.last_cut.together || now.saturating_sub(self.last_cut.at_ms) >= delay;
         let at_once = spaced && self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
         // above the tip holds nothing back (the cut below replaces it). A prepared
@@ -742,12 +741,11 @@ impl Replica {
         let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
         let header = Header::child(&parent, &log, timestamp, difficulty);
         self.mining = Some((height, header.prev_hash));
-        let (_, cut_arrivals, _) = self.last_cut;
-        self.last_cut = (
-            self.now_ms,
-            self.arrivals,
-            self.arrivals.saturating_sub(cut_arrivals) > 1,
-        );
+        self.last_cut = LastCut {
+            at_ms: self.now_ms,
+            arrivals: self.arrivals,
+            together: self.arrivals.saturating_sub(self.last_cut.arrivals) > 1,
+        };
         self.out
             .push(Output::Mine(Arc::new(Block { header, entries })));
     }
