@@ -110,11 +110,9 @@ struct Waiting {
     arrived_ms: u64,
 }
 
-/// When a primary last cut a block: what spaces its cuts while entries come together.
+/// A primary's last cut: whether entries come together, and so wait for each other.
 #[derive(Clone, Copy, Debug, Default)]
 struct LastCut {
-    /// The replica's clock at the cut.
-    at_ms: u64,
     /// `arrivals` at the cut.
     arrivals: u64,
     /// More than one entry arrived between this cut and the one before.

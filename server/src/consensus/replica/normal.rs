@@ -594,11 +594,10 @@ impl Replica {
 
     /// The primary cuts a block when
     /// - enough entries wait for a full block;
-    /// - nothing of its own is in flight, and either entries come one at a time or
-    ///   `max_block_delay` has passed since its last cut (under load, entries gather
-    ///   while blocks are in flight or for the delay after a cut);
+    /// - nothing of its own is in flight and entries come one at a time;
     /// - the oldest has waited `max_block_delay` and fewer than
-    ///   `max_blocks_in_flight` of its blocks are still preparing;
+    ///   `max_blocks_in_flight` of its blocks are still preparing (so entries that
+    ///   come together gather for the delay even with nothing in flight);
     /// - or a cut was asked for.
     ///
     /// It mines on top of its last proposal. Time is the replica's clock, which the
@@ -614,20 +613,21 @@ impl Replica {
         }
         // An exact shortcut, taken on most inputs: fewer entries than a block holds,
         // the oldest younger than the delay (or `max_blocks_in_flight` in flight),
-        // something in flight or the last cut too recent, and no cut asked for mean
+        // something in flight or entries coming together, and no cut asked for mean
         // no block is due; the full scan below clones entries.
         let limit = self.config.max_block_entries;
         let delay = self.config.timing.max_block_delay_ms;
         let now = self.now_ms;
         let tip = self.tip.header.height;
         // While entries arrive together (more than one between the last two cuts),
-        // they gather for `max_block_delay` after the last cut even with nothing in
-        // flight: each block costs every member proof of work, signatures and writes
-        // however few entries it holds, and on a busy primary a cut per round leaves
-        // the cluster's CPU to that per-block work. Entries that come one at a time
-        // have nothing to gather and go at once.
-        let spaced = !self.last_cut.together || now.saturating_sub(self.last_cut.at_ms) >= delay;
-        let at_once = spaced && self.slots.range(tip + 1..).next().is_none();
+        // the oldest waits `max_block_delay` for the others even with nothing in
+        // flight. Each block costs every member proof of work, signatures and writes
+        // however few entries it holds: on a busy primary a cut per round leaves the
+        // cluster's CPU to that per-block work, and where rounds are long (a WAN) a
+        // cut at the first entry of a burst sends it alone, and the rest wait a round
+        // for the next. Entries that come one at a time have nothing to gather and go
+        // at once.
+        let at_once = !self.last_cut.together && self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
         // above the tip holds nothing back (the cut below replaces it). A prepared
         // block no longer does either: its successor is mined while it commits,
@@ -742,7 +742,6 @@ impl Replica {
         let header = Header::child(&parent, &log, timestamp, difficulty);
         self.mining = Some((height, header.prev_hash));
         self.last_cut = LastCut {
-            at_ms: self.now_ms,
             arrivals: self.arrivals,
             together: self.arrivals.saturating_sub(self.last_cut.arrivals) > 1,
         };

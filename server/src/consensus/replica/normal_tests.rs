@@ -224,11 +224,11 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
 }
 
 /// With nothing in flight, entries that come one at a time are cut at once, but
-/// while they come together the primary waits until `max_block_delay` has passed
-/// since its last cut: otherwise a busy cluster spends its CPU on blocks of a few
-/// entries each.
+/// while they come together the oldest waits `max_block_delay` for the others:
+/// otherwise a busy cluster spends its CPU on blocks of a few entries each, and on
+/// a WAN the first entry of a burst goes alone and the rest wait a round.
 #[test]
-fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
+fn entries_that_come_together_wait_the_delay_for_each_other() {
     let setup = Setup::new(4);
     let mut primary = setup.replica(0);
     let mut entries = testing::entries(7, 5, 32).into_iter();
@@ -260,9 +260,9 @@ fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
     let (second, _) = commit(&mut primary, outputs);
     assert_eq!(second.entries.len(), 2);
 
-    // Those two came together: an entry arriving half a delay after their cut
-    // waits, though nothing is in flight, until the delay has passed since the
-    // cut, not since it arrived.
+    // Those two came together: an entry arriving after a pause (nothing in
+    // flight, the delay since their cut long past) waits the delay for others,
+    // counted from its arrival.
     let delay = TIMING.max_block_delay_ms;
     let tick = |primary: &mut Replica, after: u64| {
         primary.handle(
@@ -272,10 +272,11 @@ fn entries_that_come_together_gather_for_the_delay_after_a_cut() {
             &NoEntries,
         )
     };
-    assert!(tick(&mut primary, delay / 2).is_empty());
+    let paused = 3 * delay;
+    assert!(tick(&mut primary, paused).is_empty());
     assert!(submit(&mut primary, next()).is_empty());
-    assert!(tick(&mut primary, delay - 1).is_empty());
-    let third = tick(&mut primary, delay);
+    assert!(tick(&mut primary, paused + delay - 1).is_empty());
+    let third = tick(&mut primary, paused + delay);
     assert_eq!(lines(&third), ["mine h3"]);
 
     // That entry came alone, so once its block commits the next goes at once.
