@@ -7,7 +7,7 @@
 #   benches/cluster.sh [WORKDIR] [SECONDS]
 #
 # For the ledger: saturation with $CLIENTS clients submitting without waiting; then
-# $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
+# one, $CLIENTS, $MANY and $MOST clients each waiting for its commit; commit latency paced
 # at half the saturation rate and at half the best waiting rate ($PACED clients
 # waiting, so the pacing and not the client count sets the rate); saturation again
 # with $BATCH entries per request (what the cluster commits when the client API's
@@ -20,7 +20,8 @@
 # (etcd about 2% of the machine, the ledger 1%). Every load also reports the CPU
 # seconds all of the system's processes and the generator spent, and how busy the
 # whole machine was (from /proc). The run ends with a table of both systems side by
-# side, their ratios, and the most each could commit at each load's cost per commit.
+# side, their ratios, the most each could commit at each load's cost per commit, and
+# the most each load's clients could commit at one waiting client's latency.
 #
 # DELAY_MS=D puts a delaying proxy (ledger-netproxy) in front of every member's peer
 # port, for both systems: each byte between two members waits D ms (one way).
@@ -189,7 +190,9 @@ echo "-- ledger saturation, $clients clients not waiting"
 load ledger-saturation "${pids[@]}" -- --clients "$clients" "${ledger[@]}"
 # etcd runs beside the ledger only for the loads that compare the two.
 if with_etcd; then start_etcd; fi
-for n in "$clients" "$many" "$most"; do
+# One waiting client first: its rate is one over the commit path's latency with no
+# batching and no queueing, so n clients commit at most n times it (Little's law).
+for n in 1 "$clients" "$many" "$most"; do
     drain
     echo "-- ledger, $n clients each waiting for its commit"
     load "ledger-$n" "${pids[@]}" -- --clients "$n" "${ledger[@]}" --wait

@@ -93,6 +93,19 @@ def main():
     if batched and "rate" in batched:
         print(f"| saturation, {counts[0]} clients not waiting, batches | {cell(batched)} | — | — "
               f"| (the cluster's own limit) |")
+    ours, theirs = report(results, "ledger-1"), report(results, "etcd-1")
+    if ours or theirs:
+        ratio = "—"
+        if ours and theirs and theirs.get("rate") and "rate" in ours:
+            ratio = f"{ours['rate'] / theirs['rate']:.2f}×"
+        # Both answer a client at a backup (follower) once its member learns the
+        # commit: forward, pre-prepare, prepare, commit; forward, append, ack,
+        # commit index.
+        path = "the commit path's latency"
+        if float(delay) > 0:
+            path += f"; four crossings between members take {4 * float(delay):g} ms"
+        print(f"| 1 client, waiting for its commit | {cell(ours)} | {cell(theirs)} "
+              f"| {ratio} | ({path}) |")
     for position, n in enumerate(counts):
         ours, theirs = report(results, f"ledger-{n}"), report(results, f"etcd-{n}")
         ratio, target = "—", "—"
@@ -176,12 +189,22 @@ def headroom(results, counts):
         most = ours["rate"] / ours["busy"]
         target = f"- {n} waiting: {WAITING_RATIO[position]:.1f}× etcd is {asked:,.0f}/s"
         if ours["busy"] >= CPU_BOUND:
-            print(f"{target}; the machine was {ours['busy']:.0%} busy, and at the cost "
-                  f"per commit this load ran at it would carry {most:,.0f}/s: held by "
-                  f"the CPU")
+            target += (f"; the machine was {ours['busy']:.0%} busy, and at the cost "
+                       f"per commit this load ran at it would carry {most:,.0f}/s: held "
+                       f"by the CPU")
         else:
-            print(f"{target}; the machine was only {ours['busy']:.0%} busy: held by the "
-                  f"commit path's latency, not the CPU")
+            target += (f"; the machine was only {ours['busy']:.0%} busy: held by the "
+                       f"commit path's latency, not the CPU")
+        # n closed-loop clients commit n over the mean commit latency (Little's
+        # law), and a commit under load takes at least a lone one's path.
+        alone = report(results, "ledger-1")
+        if alone and alone.get("rate"):
+            bound = n * alone["rate"]
+            target += (f". At one waiting client's latency ({1000 / alone['rate']:.1f} ms "
+                       f"mean) {n} clients would commit {bound:,.0f}/s")
+            if bound < asked:
+                target += ": out of reach without a shorter commit path"
+        print(target)
     for name in ("ledger-half", "ledger-half-waiting", "etcd-half"):
         half = report(results, name)
         if not (half and half.get("busy") and "asked" in half and "rate" in half):
