@@ -598,7 +598,7 @@ impl Replica {
     /// - the oldest has waited `max_block_delay` and fewer than
     ///   `max_blocks_in_flight` of its blocks are still preparing (so entries that
     ///   come together gather for the delay even with nothing in flight);
-    /// - or a cut was asked for.
+    /// - or a cut was asked for, or the epoch ends.
     ///
     /// It mines on top of its last proposal. Time is the replica's clock, which the
     /// driver's ticks move, so the delays count in whole ticks.

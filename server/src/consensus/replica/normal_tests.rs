@@ -231,8 +231,8 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
 fn entries_that_come_together_wait_the_delay_for_each_other() {
     let setup = Setup::new(4);
     let mut primary = setup.replica(0);
-    let mut entries = testing::entries(7, 5, 32).into_iter();
-    let mut next = || entries.next().expect("five entries");
+    let mut entries = testing::entries(7, 6, 32).into_iter();
+    let mut next = || entries.next().expect("six entries");
     // Drives the block `outputs` asked to mine through its three phases.
     let commit = |primary: &mut Replica, outputs: Vec<Output>| {
         let Some(Output::Mine(template)) = outputs.into_iter().last() else {
@@ -262,7 +262,7 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
 
     // Those two came together: an entry arriving after a pause (nothing in
     // flight, the delay since their cut long past) waits the delay for others,
-    // counted from its arrival.
+    // counted from its arrival, and one arriving meanwhile joins it.
     let delay = TIMING.max_block_delay_ms;
     let tick = |primary: &mut Replica, after: u64| {
         primary.handle(
@@ -275,13 +275,17 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
     let paused = 3 * delay;
     assert!(tick(&mut primary, paused).is_empty());
     assert!(submit(&mut primary, next()).is_empty());
+    assert!(tick(&mut primary, paused + delay / 2).is_empty());
+    assert!(submit(&mut primary, next()).is_empty());
     assert!(tick(&mut primary, paused + delay - 1).is_empty());
     let third = tick(&mut primary, paused + delay);
     assert_eq!(lines(&third), ["mine h3"]);
 
-    // That entry came alone, so once its block commits the next goes at once.
-    commit(&mut primary, third);
-    assert_eq!(lines(&submit(&mut primary, next())), ["mine h4"]);
+    // Those two came together as well, so the next entry waits the delay too.
+    let (block, _) = commit(&mut primary, third);
+    assert_eq!(block.entries.len(), 2);
+    assert!(submit(&mut primary, next()).is_empty());
+    assert_eq!(lines(&tick(&mut primary, paused + 2 * delay)), ["mine h4"]);
 }
 
 /// With `max_blocks_in_flight` blocks preparing, entries wait for one to prepare
