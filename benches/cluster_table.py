@@ -203,7 +203,10 @@ def headroom(results, counts):
             target += (f". At one waiting client's latency ({1000 / alone['rate']:.1f} ms "
                        f"mean) {n} clients would commit {bound:,.0f}/s")
             if bound < asked:
-                target += ": out of reach without a shorter commit path"
+                short = 1 - bound / asked
+                target += f", {short:.0%} short of it"
+                if short > 0.1:
+                    target += ": out of reach without a shorter commit path"
         print(target)
     for name in ("ledger-half", "ledger-half-waiting", "etcd-half"):
         half = report(results, name)
