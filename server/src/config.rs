@@ -77,9 +77,10 @@ pub struct NodeConfig {
     /// Most entries the node puts in one block (at most the genesis limit).
     #[serde(default = "default_max_block_entries")]
     pub max_block_entries: u32,
-    /// Longest an entry waits for more to join its block, in milliseconds.
-    #[serde(default = "default_max_block_delay_ms")]
-    pub max_block_delay_ms: u64,
+    /// Longest an entry waits for more to join its block, in milliseconds
+    /// [default: 10 for a node alone, 2 for a cluster member].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_block_delay_ms: Option<u64>,
     /// A cluster primary's blocks in flight (proposed, not yet prepared) before it
     /// waits for one to prepare rather than cut at `max_block_delay_ms` (a full
     /// block is cut regardless).
@@ -256,9 +257,12 @@ fn default_key_file() -> PathBuf {
 fn default_max_block_entries() -> u32 {
     1000
 }
-fn default_max_block_delay_ms() -> u64 {
-    10
-}
+/// A node alone mines the next block while it applies one, so a longer delay costs
+/// its waiting clients little and saves proofs of work. A cluster's primary gathers
+/// only entries that come together while nothing of its own is in flight: beyond
+/// the burst they come in, waiting holds the whole cluster's round back.
+const ALONE_BLOCK_DELAY_MS: u64 = 10;
+const CLUSTER_BLOCK_DELAY_MS: u64 = 2;
 fn default_max_blocks_in_flight() -> u32 {
     1
 }
@@ -376,7 +380,7 @@ impl NodeConfig {
             genesis: default_genesis(),
             key_file: default_key_file(),
             max_block_entries: default_max_block_entries(),
-            max_block_delay_ms: default_max_block_delay_ms(),
+            max_block_delay_ms: None,
             max_blocks_in_flight: default_max_blocks_in_flight(),
             pool_capacity: default_pool_capacity(),
             join_from_snapshot: true,
@@ -407,9 +411,13 @@ impl NodeConfig {
         }
     }
 
-    /// The block delay as a duration.
-    pub fn max_block_delay(&self) -> Duration {
-        Duration::from_millis(self.max_block_delay_ms)
+    /// The block delay as a duration, for a node alone or a cluster member.
+    pub fn max_block_delay(&self, cluster: bool) -> Duration {
+        let default = match cluster {
+            true => CLUSTER_BLOCK_DELAY_MS,
+            false => ALONE_BLOCK_DELAY_MS,
+        };
+        Duration::from_millis(self.max_block_delay_ms.unwrap_or(default))
     }
 
     /// The database file.
@@ -786,6 +794,15 @@ mod tests {
         fs::write(&layout.configs[0], text).unwrap();
         let config = NodeConfig::load(&layout.configs[0]).unwrap();
         assert_eq!(config.store_options().cache_bytes, Some(64 << 20));
+        // The block delay is the engine's unless set.
+        assert_eq!(config.max_block_delay(false), Duration::from_millis(10));
+        assert_eq!(config.max_block_delay(true), Duration::from_millis(2));
+        let mut text = fs::read_to_string(&layout.configs[0]).unwrap();
+        text.push_str("max_block_delay_ms = 7\n");
+        fs::write(&layout.configs[0], text).unwrap();
+        let config = NodeConfig::load(&layout.configs[0]).unwrap();
+        assert_eq!(config.max_block_delay(false), Duration::from_millis(7));
+        assert_eq!(config.max_block_delay(true), Duration::from_millis(7));
         let again = dev_init(&dir.path().join("cluster"), 4, 17000, 8).unwrap_err();
         assert!(again.to_string().contains("already exists"), "{again}");
     }

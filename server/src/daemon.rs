@@ -830,9 +830,10 @@ async fn run_once(
         );
     }
     let tip = store.tip()?;
+    let membership = store.membership_in_force();
     let settings = NodeSettings {
         max_block_entries: config.max_block_entries as usize,
-        max_block_delay: config.max_block_delay(),
+        max_block_delay: config.max_block_delay(membership.members.len() > 1),
         pool_capacity: config.pool_capacity,
         mining_threads: config
             .mining_threads
@@ -847,7 +848,6 @@ async fn run_once(
     // The engine is chosen here for the node's life: a follower the membership has
     // made a member (a promoted learner) starts again as one.
     let mut transport = None;
-    let membership = store.membership_in_force();
     let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
     let follows = config.follower && membership.members.key_of(&node_id).is_none();
     let node = if follows {

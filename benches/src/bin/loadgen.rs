@@ -74,6 +74,10 @@ struct Args {
     /// Send this API token (`Authorization: Bearer`).
     #[arg(long, env = "LEDGER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Write each commit's send time since the start and latency, in ms, a line each
+    /// (where in the run a tail of latencies came from).
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
 }
 
 /// Where the clients connect, and how.
@@ -144,7 +148,8 @@ struct Tally {
     failed: AtomicU64,
     /// Why submits failed (status and message, or the connection error), with counts.
     failures: Mutex<BTreeMap<String, u64>>,
-    latencies: Mutex<Vec<Duration>>,
+    /// Each commit's send time, from the start of the run, and latency.
+    latencies: Mutex<Vec<(Duration, Duration)>>,
 }
 
 impl Tally {
@@ -331,7 +336,7 @@ async fn client(
                     .latencies
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(sent.elapsed());
+                    .push((sent.saturating_duration_since(started), sent.elapsed()));
             }
             Ok((202, _)) => {
                 tally.accepted.fetch_add(1, Ordering::Relaxed);
@@ -419,8 +424,19 @@ async fn main() -> anyhow::Result<()> {
 
     let seconds = elapsed.as_secs_f64();
     let committed = after - before;
-    let mut latencies =
-        std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    let samples = std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(path) = &args.latency_log {
+        let mut log = String::new();
+        for (sent, latency) in &samples {
+            log += &format!(
+                "{:.3} {:.3}\n",
+                sent.as_secs_f64() * 1e3,
+                latency.as_secs_f64() * 1e3
+            );
+        }
+        std::fs::write(path, log).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut latencies: Vec<Duration> = samples.into_iter().map(|(_, latency)| latency).collect();
     latencies.sort();
     println!(
         "{} clients, {} B entries, {:.1} s{}{}",

@@ -307,6 +307,7 @@ impl Cluster {
             settings,
             mining_threads: node_settings.mining_threads,
             deferred: None,
+            clock_ms: 0,
             published_height: None,
             told_view: None,
             waiters: HashMap::new(),
@@ -627,6 +628,8 @@ struct Driver {
     mining_threads: std::num::NonZeroUsize,
     /// An event taken from the queue while gathering submits, handled next.
     deferred: Option<DriverEvent>,
+    /// The time last told to the replica, ms.
+    clock_ms: u64,
     /// The height the next difficulty was last worked out for.
     published_height: Option<u64>,
     /// The view and whether it was in force, as last counted and told in the log.
@@ -704,7 +707,9 @@ impl Driver {
                 self.depart(queue);
                 return Ok(());
             }
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = self
+                .wake_at(next_tick)
+                .saturating_duration_since(Instant::now());
             let next = match self.deferred.take() {
                 Some(event) => Ok(event),
                 None => queue.recv_timeout(wait),
@@ -714,6 +719,9 @@ impl Driver {
                     return self.end_turn()
                 }
                 Ok(mut event) => {
+                    // Entries are dated by the replica's clock, and a tick is longer
+                    // than the block delay: the turn starts with the time.
+                    self.clock()?;
                     // What queued behind the first event joins its turn: under load,
                     // one durable write then covers the votes of several messages
                     // and blocks instead of one write each.
@@ -736,7 +744,12 @@ impl Driver {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if Instant::now() >= next_tick {
+            if Instant::now() < next_tick {
+                // Woken for a block falling due, or by a turn that may have made one due.
+                if self.clock()? {
+                    self.end_turn()?;
+                }
+            } else {
                 next_tick = Instant::now() + self.settings.tick;
                 // A failure any read noticed (serving a peer, the API) stops the
                 // replica too: its next write would fail, and it must not speak
@@ -751,7 +764,9 @@ impl Driver {
                 {
                     self.sync()?;
                 }
-                self.step(Input::Tick { now_ms: now_ms() })?;
+                let now = now_ms();
+                self.clock_ms = self.clock_ms.max(now);
+                self.step(Input::Tick { now_ms: now })?;
                 if !self.held.is_empty() {
                     self.offer(Vec::new())?;
                 }
@@ -763,6 +778,29 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the replica the time if it moved since last told; whether it did.
+    fn clock(&mut self) -> Result<bool, StoreError> {
+        let now = now_ms();
+        if now <= self.clock_ms {
+            return Ok(false);
+        }
+        self.clock_ms = now;
+        self.step(Input::Clock { now_ms: now })?;
+        Ok(true)
+    }
+
+    /// The next tick, or sooner the time a block falls due, if the replica has not
+    /// been told that time yet (told it and not cut, the block waits for an input).
+    fn wake_at(&self, next_tick: Instant) -> Instant {
+        match self.replica.cut_due_ms() {
+            Some(due) if due > self.clock_ms => {
+                let ahead = Duration::from_millis(due.saturating_sub(now_ms()));
+                next_tick.min(Instant::now() + ahead)
+            }
+            _ => next_tick,
         }
     }
 

@@ -80,6 +80,9 @@ struct Process {
     /// The blocks at the top of `chain` applied without waiting for the disk
     /// (`Store::apply_block_deferred`), and since when: a crash loses them.
     unsynced: (u64, Option<u64>),
+    /// When a clock event is due for a block the replica will cut then, as the
+    /// node's driver wakes between ticks.
+    clock_at: Option<u64>,
 }
 
 enum Event {
@@ -88,6 +91,10 @@ enum Event {
         message: Message,
     },
     Tick {
+        node: usize,
+    },
+    /// The time between ticks, when a block falls due.
+    Clock {
         node: usize,
     },
     Mined {
@@ -282,6 +289,7 @@ impl Sim {
                     epoch_base: None,
                     down: false,
                     unsynced: (0, None),
+                    clock_at: None,
                 });
             }
         }
@@ -493,6 +501,10 @@ impl Sim {
                     }
                 }
             }
+            Event::Clock { node } => {
+                let now_ms = self.now;
+                self.input(node, Input::Clock { now_ms });
+            }
             Event::Deliver { node, message } => {
                 if let Some(adversary) = &mut self.nodes[node].adversary {
                     adversary.observe(&message);
@@ -605,7 +617,8 @@ impl Sim {
                 eprintln!("{at} partition {groups:?} until {until_ms}")
             }
             Event::Followed { node, .. } => eprintln!("{at} node {node} follows"),
-            Event::Tick { .. } | Event::Entry { .. } | Event::Reconfigure => {}
+            Event::Tick { .. } | Event::Clock { .. } | Event::Entry { .. } | Event::Reconfigure => {
+            }
         }
     }
 
@@ -939,7 +952,22 @@ impl Sim {
                 return;
             }
         }
+        self.wake_for_cut(node);
         self.switch_epoch(node);
+    }
+
+    /// Schedules a clock event for the block the replica will cut, unless one comes
+    /// sooner.
+    fn wake_for_cut(&mut self, node: usize) {
+        let now = self.now;
+        let state = &mut self.nodes[node];
+        let Some(due) = state.replica.as_ref().and_then(|r| r.cut_due_ms()) else {
+            return;
+        };
+        if due > now && state.clock_at.is_none_or(|at| at <= now || due < at) {
+            state.clock_at = Some(due);
+            self.schedule(due, Event::Clock { node });
+        }
     }
 
     fn perform(&mut self, node: usize, output: Output) {

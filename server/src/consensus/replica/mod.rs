@@ -345,10 +345,14 @@ impl Replica {
     pub fn handle(&mut self, input: Input, index: &dyn EntryIndex) -> Vec<Output> {
         // The driver performed the previous call's applies: the index now has them.
         self.applied_now.clear();
-        let entries_only = matches!(input, Input::Entry { .. } | Input::Entries(_));
+        let entries_only = matches!(
+            input,
+            Input::Entry { .. } | Input::Entries(_) | Input::Clock { .. }
+        );
         match input {
             Input::Message(message) => self.on_message(message),
             Input::Tick { now_ms } => self.on_tick(now_ms),
+            Input::Clock { now_ms } => self.now_ms = self.now_ms.max(now_ms),
             Input::Entry { entry, forwarded } => self.on_entry(entry, forwarded, index),
             Input::Entries(entries) => {
                 for entry in entries {

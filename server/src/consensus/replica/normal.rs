@@ -592,6 +592,21 @@ impl Replica {
         accepted
     }
 
+    /// When waiting entries fall due for a block if no input comes first: a driver
+    /// whose ticks are coarser than the delay tells the replica the time then
+    /// (`Input::Clock`). A hint: the cut may still wait for a block in flight.
+    pub fn cut_due_ms(&self) -> Option<u64> {
+        if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
+            return None;
+        }
+        let oldest = self.order.iter().find_map(|id| self.pending.get(id))?;
+        Some(
+            oldest
+                .arrived_ms
+                .saturating_add(self.config.timing.max_block_delay_ms),
+        )
+    }
+
     /// The primary cuts a block when
     /// - enough entries wait for a full block;
     /// - nothing of its own is in flight and entries come one at a time;
@@ -601,7 +616,8 @@ impl Replica {
     /// - or a cut was asked for, or the epoch ends.
     ///
     /// It mines on top of its last proposal. Time is the replica's clock, which the
-    /// driver's ticks move, so the delays count in whole ticks.
+    /// driver moves at ticks and between them (`Input::Clock`): at the start of
+    /// each turn, and when [`Replica::cut_due_ms`] says a block falls due.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
         if !self.active
             || !self.is_primary()

@@ -226,7 +226,8 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
 /// With nothing in flight, entries that come one at a time are cut at once, but
 /// while they come together the oldest waits `max_block_delay` for the others:
 /// otherwise a busy cluster spends its CPU on blocks of a few entries each, and on
-/// a WAN the first entry of a burst goes alone and the rest wait a round.
+/// a WAN the first entry of a burst goes alone and the rest wait a round. The
+/// delay counts in the time the driver tells, at ticks or between them.
 #[test]
 fn entries_that_come_together_wait_the_delay_for_each_other() {
     let setup = Setup::new(4);
@@ -262,7 +263,9 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
 
     // Those two came together: an entry arriving after a pause (nothing in
     // flight, the delay since their cut long past) waits the delay for others,
-    // counted from its arrival, and one arriving meanwhile joins it.
+    // counted from its arrival as the clock between ticks dates it, and one
+    // arriving meanwhile joins it. The replica names when the block falls due,
+    // and the clock cuts it then.
     let delay = TIMING.max_block_delay_ms;
     let tick = |primary: &mut Replica, after: u64| {
         primary.handle(
@@ -272,14 +275,25 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
             &NoEntries,
         )
     };
+    let clock = |primary: &mut Replica, after: u64| {
+        let now_ms = setup.now + after;
+        primary.handle(Input::Clock { now_ms }, &NoEntries)
+    };
     let paused = 3 * delay;
-    assert!(tick(&mut primary, paused).is_empty());
+    assert!(clock(&mut primary, paused).is_empty());
+    assert_eq!(primary.cut_due_ms(), None);
     assert!(submit(&mut primary, next()).is_empty());
-    assert!(tick(&mut primary, paused + delay / 2).is_empty());
+    assert_eq!(primary.cut_due_ms(), Some(setup.now + paused + delay));
+    assert!(clock(&mut primary, paused + delay / 2).is_empty());
     assert!(submit(&mut primary, next()).is_empty());
-    assert!(tick(&mut primary, paused + delay - 1).is_empty());
-    let third = tick(&mut primary, paused + delay);
+    assert!(clock(&mut primary, paused + delay - 1).is_empty());
+    let third = clock(&mut primary, paused + delay);
     assert_eq!(lines(&third), ["mine h3"]);
+    assert_eq!(
+        primary.cut_due_ms(),
+        None,
+        "nothing more is due while it mines"
+    );
 
     // Those two came together as well, so the next entry waits the delay too.
     let (block, _) = commit(&mut primary, third);

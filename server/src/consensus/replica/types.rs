@@ -286,6 +286,12 @@ pub enum Input {
         /// The time.
         now_ms: u64,
     },
+    /// The current time between ticks: it dates arrivals and lets a block due by it
+    /// be cut; the timers wait for the next tick.
+    Clock {
+        /// The time.
+        now_ms: u64,
+    },
     /// An entry submitted by a client (`forwarded` if another member sent it on).
     Entry {
         /// The entry.
