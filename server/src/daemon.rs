@@ -830,10 +830,15 @@ async fn run_once(
         );
     }
     let tip = store.tip()?;
+    // The engine is chosen here for the node's life: a follower the membership has
+    // made a member (a promoted learner) starts again as one.
     let membership = store.membership_in_force();
+    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
+    let follows = config.follower && membership.members.key_of(&node_id).is_none();
+    let cluster = !follows && membership.members.len() > 1;
     let settings = NodeSettings {
         max_block_entries: config.max_block_entries as usize,
-        max_block_delay: config.max_block_delay(membership.members.len() > 1),
+        max_block_delay: config.max_block_delay(cluster),
         pool_capacity: config.pool_capacity,
         mining_threads: config
             .mining_threads
@@ -845,11 +850,7 @@ async fn run_once(
         .with_context(|| format!("{}: a listed plugin cannot be used", path.display()))?;
     let plugins = Arc::new(plugins);
     starting.set_phase("starting the engine");
-    // The engine is chosen here for the node's life: a follower the membership has
-    // made a member (a promoted learner) starts again as one.
     let mut transport = None;
-    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
-    let follows = config.follower && membership.members.key_of(&node_id).is_none();
     let node = if follows {
         let credentials = crate::http::upstream(&config.upstream)?;
         let sources = api_sources(&membership.members, &key.verifying_key(), &credentials)?;
@@ -869,7 +870,7 @@ async fn run_once(
             plugins,
             metrics,
         )
-    } else if membership.members.len() > 1 {
+    } else if cluster {
         let peers = bind_peers(path, &config).await?;
         let (cluster, peer_transport) = start_cluster(
             path,

@@ -66,7 +66,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 pub struct ClusterSettings {
     /// The replica's timers; `max_block_delay_ms` comes from the node's settings.
     pub timing: Timing,
-    /// How often the replica is told the time.
+    /// How often the replica's timers run; it is also told the time at each turn
+    /// and when a block falls due.
     pub tick: Duration,
     /// Committed blocks sent per catch-up request.
     pub catch_up_batch: u64,
@@ -745,8 +746,9 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() < next_tick {
-                // Woken for a block falling due, or by a turn that may have made one due.
-                if self.clock()? {
+                // Woken for a block falling due (a turn told the time at its start).
+                let due = self.replica.cut_due_ms();
+                if due.is_some_and(|due| due > self.clock_ms && due <= now_ms()) && self.clock()? {
                     self.end_turn()?;
                 }
             } else {

@@ -240,8 +240,10 @@ impl Sim {
             crate::testing::spec_with_admins(members, 4, 4, std::slice::from_ref(&admin), 1)
         };
         spec.params.max_block_entries = 8;
+        // The delay is not a whole number of ticks, so that cuts between ticks
+        // (`Event::Clock`) happen.
         let timing = Timing {
-            max_block_delay_ms: 20,
+            max_block_delay_ms: 15,
             view_change_timeout_ms: 600,
             retransmit_ms: 150,
         };
@@ -521,6 +523,9 @@ impl Sim {
                 entry,
                 forwarded,
             } => {
+                // Dated as a driver dates it: by the time told at the turn's start.
+                let now_ms = self.now;
+                self.input(node, Input::Clock { now_ms });
                 // A client's entry that an honest replica takes after healing must
                 // commit; one handed to a replica still down at that instant (its
                 // restart is due at the same time) is lost with the request, as a

@@ -156,6 +156,8 @@ pub struct Replica {
     mined: Option<Arc<Block>>,
     cut_requested: bool,
     last_cut: LastCut,
+    /// When the entries waiting for a cut fall due, as the last look found.
+    cut_due_ms: Option<u64>,
     /// Whether the last call left the slots where no step can progress. Entries do
     /// not touch the slots, so a call that only adds entries need not look at them:
     /// under load the primary takes one call per forwarded entry.
@@ -256,6 +258,7 @@ impl Replica {
             mined: None,
             cut_requested: false,
             last_cut: LastCut::default(),
+            cut_due_ms: None,
             settled: false,
             arrivals: 0,
             cut_scan: None,

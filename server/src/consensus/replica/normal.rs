@@ -594,17 +594,10 @@ impl Replica {
 
     /// When waiting entries fall due for a block if no input comes first: a driver
     /// whose ticks are coarser than the delay tells the replica the time then
-    /// (`Input::Clock`). A hint: the cut may still wait for a block in flight.
+    /// (`Input::Clock`). `None` while a cut waits for an input instead (a block in
+    /// flight to prepare, mining, not the primary). At times early, never late.
     pub fn cut_due_ms(&self) -> Option<u64> {
-        if !self.active || !self.is_primary() || self.mining.is_some() || self.mined.is_some() {
-            return None;
-        }
-        let oldest = self.order.iter().find_map(|id| self.pending.get(id))?;
-        Some(
-            oldest
-                .arrived_ms
-                .saturating_add(self.config.timing.max_block_delay_ms),
-        )
+        self.cut_due_ms
     }
 
     /// The primary cuts a block when
@@ -619,6 +612,7 @@ impl Replica {
     /// driver moves at ticks and between them (`Input::Clock`): at the start of
     /// each turn, and when [`Replica::cut_due_ms`] says a block falls due.
     pub(super) fn maybe_propose(&mut self, index: &dyn EntryIndex) {
+        self.cut_due_ms = None;
         if !self.active
             || !self.is_primary()
             || self.abstaining()
@@ -669,6 +663,13 @@ impl Replica {
                 view != self.view || at != tip || self.arrivals >= needed
             });
         if !self.cut_requested && !full && !due && !ending {
+            // Counted from the oldest in the pool, in flight or not: not later than
+            // the entries that wait fall due.
+            if room {
+                self.cut_due_ms = self
+                    .oldest_pending()
+                    .map(|pending| pending.arrived_ms.saturating_add(delay));
+            }
             return;
         }
         let mut parent_height = tip;
@@ -742,6 +743,9 @@ impl Replica {
             || (at_once && !entries.is_empty())
             || oldest.is_some_and(waited);
         if !(due || self.cut_requested || ending) {
+            if room {
+                self.cut_due_ms = oldest.map(|arrived| arrived.saturating_add(delay));
+            }
             let lacking = (limit - entries.len()) as u64;
             self.cut_scan = Some((self.view, tip, self.arrivals + lacking));
             return;

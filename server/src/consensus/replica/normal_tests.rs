@@ -322,6 +322,11 @@ fn the_primary_waits_for_a_prepare_with_its_blocks_in_flight() {
         feed(&mut primary, Input::Tick { now_ms: late }).is_empty(),
         "one block in flight: the second entry waits past the delay"
     );
+    assert_eq!(
+        primary.cut_due_ms(),
+        None,
+        "the cut waits for a prepare, not a time"
+    );
     let outputs = message(&mut primary, vote(&setup, 1, false, 0, &mined));
     assert!(
         !outputs.iter().any(|o| o.starts_with("mine")),

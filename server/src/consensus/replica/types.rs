@@ -12,10 +12,12 @@ use crate::chain::{
     Header, Members, Membership, Policy,
 };
 
-/// Timers of one replica, in milliseconds of the time its ticks carry.
+/// Timers of one replica, in milliseconds of the time its inputs carry (ticks, and
+/// the clock between them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
-    /// The primary cuts a block this long after the first pending entry arrived.
+    /// Longest the primary holds entries that come together for others to join
+    /// them, from the oldest one's arrival.
     pub max_block_delay_ms: u64,
     /// An entry not committed after this long (doubled per consecutive view change)
     /// starts a view change; a view change not completed after it starts the next.
