@@ -105,6 +105,9 @@ pub enum ClusterError {
     /// A thread could not be started.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// Started outside a tokio runtime, which carries the peers' frames to it.
+    #[error("the cluster engine must start inside a tokio runtime")]
+    NoRuntime,
     /// The Byzantine behaviour asked for is not one (test-only build).
     #[cfg(feature = "byzantine")]
     #[error("{0}")]
@@ -151,6 +154,9 @@ enum DriverEvent {
     Mined(Block),
     Stop,
 }
+
+/// A block for the miner thread to mine, and the flag that cancels it.
+type MiningJob = (Arc<Block>, Arc<AtomicBool>);
 
 /// A client's submit on its way to the replica: the entry and who waits for its
 /// receipt.
@@ -271,18 +277,27 @@ impl Cluster {
         let replica = resume(&store, &config)?.ok_or(NotAMember)?;
         let (events, queue) = sync_channel(EVENT_CAPACITY);
         let status = Arc::new(Mutex::new(ClusterStatus::default()));
+        // Frames go from the transport's tasks to the driver's queue on the runtime,
+        // not through a thread of their own: a relay thread cost every frame one
+        // more wake-up and context switch on the commit path.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClusterError::NoRuntime)?;
         let forward = events.clone();
-        std::thread::Builder::new()
-            .name("peer-frames".into())
-            .spawn(move || {
-                // Ends when the transport is dropped or the driver is gone.
-                while let Some(frame) = inbound.blocking_recv() {
-                    if forward.send(DriverEvent::Frame(frame)).is_err() {
-                        break;
-                    }
+        runtime.spawn(async move {
+            // Ends when the transport is dropped or the driver is gone.
+            while let Some(frame) = inbound.recv().await {
+                let event = match forward.try_send(DriverEvent::Frame(frame)) {
+                    Ok(()) => continue,
+                    Err(TrySendError::Full(event)) => event,
+                    Err(TrySendError::Disconnected(_)) => break,
+                };
+                // The queue is full: wait for room off the runtime, frames in order.
+                let forward = forward.clone();
+                match tokio::task::spawn_blocking(move || forward.send(event).is_ok()).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break,
                 }
-            })
-            .map_err(|error| ClusterError::Thread("peer-frames", error))?;
+            }
+        });
         // What status reports is read back from the replica's configuration, so a
         // setting that did not reach the replica shows.
         let in_force = NodeSettings {
@@ -321,6 +336,7 @@ impl Cluster {
             held: Vec::new(),
             recovery: crate::storage::recovery_backoff(),
             mining: None,
+            miner: None,
             next_peer: 0,
             drop_warnings: Throttle::new(WARN_EVERY),
             departing: None,
@@ -657,7 +673,11 @@ struct Driver {
     held: Vec<Entry>,
     /// Spaces the attempts to reopen a failed database.
     recovery: Backoff,
+    /// The cancel flag of the block being mined.
     mining: Option<Arc<AtomicBool>>,
+    /// The miner thread's jobs: one thread for the driver's life, started at the
+    /// first block (and again should it have died), rather than one per block.
+    miner: Option<std::sync::mpsc::Sender<MiningJob>>,
     /// The peer the next catch-up request goes to (rotating over members).
     next_peer: usize,
     /// Warnings about refused inputs, by reason and sender, at a bounded rate.
@@ -1492,31 +1512,48 @@ impl Driver {
         }
     }
 
-    /// Mines `template` on its own threads; the result comes back as an input.
+    /// Mines `template` on the miner thread; the result comes back as an input.
     fn mine(&mut self, template: Arc<Block>) {
         if let Some(cancel) = self.mining.take() {
             cancel.store(true, Ordering::Relaxed);
         }
         let cancel = Arc::new(AtomicBool::new(false));
         self.mining = Some(cancel.clone());
+        let mut job = (template, cancel);
+        if let Some(jobs) = &self.miner {
+            match jobs.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(refused)) => job = refused,
+            }
+        }
+        let (jobs, queue) = std::sync::mpsc::channel::<MiningJob>();
         let threads = self.mining_threads;
         let events = self.events.clone();
         let metrics = self.metrics.clone();
+        // Ends once the driver, and with it the sender, is gone. A job cancelled
+        // while it queued ends at its first batch.
         let spawned = std::thread::Builder::new()
             .name("miner".into())
             .spawn(move || {
-                let mut block = Block::clone(&template);
-                let started = Instant::now();
-                let report = pow::mine(&block.header, threads, &cancel);
-                metrics.record_mining(report.hashes, started.elapsed());
-                if let Outcome::Found { nonce, .. } = report.outcome {
-                    block.header.nonce = nonce;
-                    let _ = events.send(DriverEvent::Mined(block));
+                while let Ok((template, cancel)) = queue.recv() {
+                    let mut block = Block::clone(&template);
+                    let started = Instant::now();
+                    let report = pow::mine(&block.header, threads, &cancel);
+                    metrics.record_mining(report.hashes, started.elapsed());
+                    if let Outcome::Found { nonce, .. } = report.outcome {
+                        block.header.nonce = nonce;
+                        let _ = events.send(DriverEvent::Mined(block));
+                    }
                 }
             });
-        if let Err(error) = spawned {
+        match spawned {
+            Ok(_) => {
+                // The thread holds the receiver, so this send cannot fail.
+                let _ = jobs.send(job);
+                self.miner = Some(jobs);
+            }
             // The entries wait; their timers move the view on if this persists.
-            tracing::error!(%error, "cannot start a miner thread");
+            Err(error) => tracing::error!(%error, "cannot start a miner thread"),
         }
     }
 

@@ -239,19 +239,18 @@ pub fn mine_range(
             batch += threads;
         }
     };
-    if threads == 1 {
+    // The caller is the first of the threads: a block costs one spawn fewer, and
+    // the caller hashes instead of waiting.
+    std::thread::scope(|scope| {
+        for thread in 1..threads {
+            let work = &work;
+            std::thread::Builder::new()
+                .name(format!("miner-{thread}"))
+                .spawn_scoped(scope, move || work(thread))
+                .expect("spawn miner thread");
+        }
         work(0);
-    } else {
-        std::thread::scope(|scope| {
-            for thread in 0..threads {
-                let work = &work;
-                std::thread::Builder::new()
-                    .name(format!("miner-{thread}"))
-                    .spawn_scoped(scope, move || work(thread))
-                    .expect("spawn miner thread");
-            }
-        });
-    }
+    });
     let hashes = hashes.into_inner();
     let outcome = match found
         .into_inner()
