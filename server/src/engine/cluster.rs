@@ -5,9 +5,9 @@
 //! outputs in order. Persist records are gathered and written in one transaction
 //! before the next output that leaves the thread (a send, an apply, a mining job), so
 //! a crash can never make the node forget something it said (C&L TOCS §6.1). Mining
-//! runs on its own threads and comes back as an input; frames come from the
-//! transport through a forwarding thread; catch-up requests are answered from the
-//! store. A store failure stops the replica where it is: continuing could mean
+//! runs on the miner thread and comes back as an input; a task on the runtime puts
+//! the transport's frames on the driver's queue; catch-up requests are answered from
+//! the store. A store failure stops the replica where it is: continuing could mean
 //! speaking without having persisted. The driver then reopens the database with a
 //! back-off and rebuilds the replica from what is durable, exactly as a restarted
 //! process would, and carries on; the entries it held and the clients waiting on
@@ -1530,12 +1530,14 @@ impl Driver {
         let threads = self.mining_threads;
         let events = self.events.clone();
         let metrics = self.metrics.clone();
-        // Ends once the driver, and with it the sender, is gone. A job cancelled
-        // while it queued ends at its first batch.
+        // Ends once the driver, and with it the sender, is gone.
         let spawned = std::thread::Builder::new()
             .name("miner".into())
             .spawn(move || {
                 while let Ok((template, cancel)) = queue.recv() {
+                    if cancel.load(Ordering::Relaxed) {
+                        continue; // replaced while it queued: no hashing, no rate
+                    }
                     let mut block = Block::clone(&template);
                     let started = Instant::now();
                     let report = pow::mine(&block.header, threads, &cancel);

@@ -6,8 +6,9 @@
 //! compressions run interleaved (`lanes`), 2.3× the rate of one at a time. Threads
 //! take disjoint batches of nonces and stop within one batch of a cancel or a find.
 //!
-//! The miner blocks the calling thread and spawns its own scoped threads: run it from a
-//! dedicated thread or `spawn_blocking`, never on an async worker.
+//! The miner hashes on the calling thread and on `threads` − 1 scoped threads it
+//! spawns, and blocks the caller until they end: run it from a dedicated thread or
+//! `spawn_blocking`, never on an async worker.
 
 use std::num::NonZeroUsize;
 use std::ops::Range;
