@@ -1430,11 +1430,7 @@ impl Driver {
                 self.plugins.committed(&block);
             }
             Output::Mine(template) => self.mine(template),
-            Output::CancelMining => {
-                if let Some(cancel) = self.mining.take() {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-            }
+            Output::CancelMining => self.cancel_mining(),
             Output::FetchBlock { height, hash } => {
                 self.broadcast(&Wire::FetchBlock { height, hash });
             }
@@ -1514,9 +1510,7 @@ impl Driver {
 
     /// Mines `template` on the miner thread; the result comes back as an input.
     fn mine(&mut self, template: Arc<Block>) {
-        if let Some(cancel) = self.mining.take() {
-            cancel.store(true, Ordering::Relaxed);
-        }
+        self.cancel_mining();
         let cancel = Arc::new(AtomicBool::new(false));
         self.mining = Some(cancel.clone());
         let mut job = (template, cancel);
