@@ -444,8 +444,16 @@ impl Replica {
 
     pub(super) fn on_mined(&mut self, block: Arc<Block>) {
         let header = &block.header;
-        if self.mining != Some((header.height, header.prev_hash)) {
-            return; // A template from before a view change or a new tip.
+        // A find for an older template (one cut before a view change, at the same
+        // height and parent) must not stand in for the one mined now.
+        let ours = self.mining.is_some_and(|template| {
+            Header {
+                nonce: template.nonce,
+                ..*header
+            } == template
+        });
+        if !ours {
+            return;
         }
         self.mining = None;
         if self.active && self.is_primary() && header.meets_difficulty() {

@@ -152,7 +152,8 @@ pub struct Replica {
     /// Entries from this replica's own clients not yet sent to every member, in
     /// arrival order.
     unshared: VecDeque<Hash>,
-    mining: Option<(u64, Hash)>,
+    /// The template being mined: only a block of exactly it (any nonce) is taken.
+    mining: Option<Header>,
     mined: Option<Arc<Block>>,
     cut_requested: bool,
     last_cut: LastCut,
@@ -504,7 +505,7 @@ impl Replica {
             "tip h{} {} mining {:?} view-change deadline {:?} consecutive {} claims {:?} catching up {} bodies [{}]\n",
             self.tip.header.height,
             short(&self.tip.header.hash()),
-            self.mining.map(|(height, _)| height),
+            self.mining.map(|template| template.height),
             self.view_change_deadline,
             self.consecutive_view_changes,
             self.claims,

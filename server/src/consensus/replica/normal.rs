@@ -760,7 +760,7 @@ impl Replica {
         };
         let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
         let header = Header::child(&parent, &log, timestamp, difficulty);
-        self.mining = Some((height, header.prev_hash));
+        self.mining = Some(header);
         self.last_cut = LastCut {
             arrivals: self.arrivals,
             together: self.arrivals.saturating_sub(self.last_cut.arrivals) > 1,

@@ -223,6 +223,26 @@ fn the_primary_cuts_at_once_when_idle_and_batches_while_busy() {
     );
 }
 
+/// A find the primary did not ask for now, though at the same height and on the same
+/// parent (a template cut before a view change, found as it was cancelled), is not
+/// proposed in place of the template being mined; a find of that template is.
+#[test]
+fn only_a_find_of_the_template_being_mined_is_proposed() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica(0);
+    let entry = testing::entries(5, 1, 32).remove(0);
+    let Some(Output::Mine(template)) = submit(&mut primary, entry).pop() else {
+        panic!("an idle primary cuts at once");
+    };
+    let mut other = Block::clone(&template);
+    other.header.timestamp_ms += 1;
+    assert!(feed(&mut primary, Input::Mined(mined(&other))).is_empty());
+    assert_eq!(
+        feed(&mut primary, Input::Mined(mined(&template))),
+        ["persist accepted v0 h1", "broadcast pre-prepare v0 h1"]
+    );
+}
+
 /// With nothing in flight, entries that come one at a time are cut at once, but
 /// while they come together the oldest waits `max_block_delay` for the others:
 /// otherwise a busy cluster spends its CPU on blocks of a few entries each, and on
