@@ -8,6 +8,13 @@ use clap::{Args, Parser, Subcommand};
 use ledger::config::{self, NodeConfig};
 use ledger::{daemon, plugin_host};
 
+/// jemalloc, not glibc's malloc: redb keeps its page cache as live 4 KiB buffers and
+/// replaces some with every commit, and glibc's bins took longer to search as that
+/// cache grew (benches/README.md, `store`, and `cluster.sh`, "2026-12-06, evening").
+/// Plugins keep their own allocator: each buffer goes back to the plugin that made it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "ledgerd", version = ledger::cli::VERSION, about = "A permissioned BFT ledger node")]
 struct Cli {
