@@ -10,7 +10,7 @@ use ledger::{daemon, plugin_host};
 
 /// jemalloc, not glibc's malloc: redb keeps its page cache as live 4 KiB buffers and
 /// replaces some with every commit, and glibc's bins took longer to search as that
-/// cache grew (benches/README.md, `store`, and `cluster.sh`, "2026-12-06, evening").
+/// cache grew (benches/README.md: `store`, and `cluster.sh`, "2026-12-06, night").
 /// Plugins keep their own allocator: each buffer goes back to the plugin that made it.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
