@@ -15,6 +15,10 @@ use ledger::chain::{Block, CommitCertificate, CompactRange, Hash, Header};
 use ledger::storage::{Restore, Store, StoreOptions, VerifiedTile};
 use ledger::testing::{certify, entries, key, next_block, spec};
 
+/// `ledgerd`'s allocator: the store's costs depend on it as the database grows.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const ENTRY_BYTES: usize = 100;
 
 /// Builds blocks ahead of time (not measured) so the measurement is the apply alone.
