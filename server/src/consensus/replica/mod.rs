@@ -11,8 +11,10 @@
 //! pre-prepares it (primary) or prepares it (backup); *prepared* when it also holds
 //! q − 1 matching prepares from backups; *committed* when prepared with q matching
 //! commits; *applied* strictly in height order once committed. The chaining rule: a
-//! block is accepted at h + 1 only on top of the block prepared at h in the same view
-//! (or the applied tip), so a view change can never leave a hole under a prepared block.
+//! replica is prepared at h + 1 only on top of the block it prepared at h in the same
+//! view (or the applied tip), so a view change can never leave a hole under a block
+//! that may have committed. It *accepts* at h + 1 on the block it accepted at h,
+//! prepared or not, so the blocks of a pipeline are voted on together.
 //!
 //! Liveness leans on retransmission (C&L §5.2): the paper's timer rule (§4.5.2) lets
 //! a replica that saw a quorum of VIEW-CHANGEs time out into the next view while others,

@@ -49,8 +49,11 @@ impl Replica {
         );
     }
 
-    /// The parent a block at `height` must extend under the chaining rule: the applied
-    /// tip, or the block accepted and prepared at `height - 1` in this view.
+    /// The parent a block at `height` must extend: the applied tip, or the block
+    /// accepted at `height - 1` in this view, prepared or not. Blocks in flight are
+    /// then accepted and voted on together, not one prepare round after another;
+    /// what keeps a view change from leaving a hole is that no member is *prepared*
+    /// at a height before it is prepared at the one below ([`Replica::try_prepared`]).
     pub(super) fn parent_for(&self, height: u64) -> Option<Parent> {
         let tip = self.tip.header.height;
         if height <= tip {
@@ -65,13 +68,6 @@ impl Replica {
         }
         let slot = self.slots.get(&(height - 1))?;
         let accepted = slot.accepted.as_ref().filter(|a| a.view == self.view)?;
-        let prepared = slot
-            .prepared
-            .as_ref()
-            .is_some_and(|p| p.view == self.view && p.header.hash() == accepted.hash);
-        if !prepared && !self.flaws().skip_chaining {
-            return None;
-        }
         let log = accepted.log.clone()?;
         let ancestry = self
             .slots
@@ -332,8 +328,14 @@ impl Replica {
         }
     }
 
-    /// Prepared: the accepted block and q − 1 matching prepares from backups. The
-    /// certificate is persisted before COMMIT is sent (C&L §4.2, §6.1).
+    /// Prepared: the accepted block and q − 1 matching prepares from backups, on a
+    /// parent prepared here in this view (or applied). The certificate is persisted
+    /// before COMMIT is sent (C&L §4.2, §6.1).
+    ///
+    /// The parent's condition is the chaining rule. A block committed at h + 1 is
+    /// prepared at f + 1 honest members, so each of them is also prepared at h with
+    /// its parent, and every quorum of VIEW-CHANGEs holds both: the NEW-VIEW cannot
+    /// drop h under a block that may have committed.
     pub(super) fn try_prepared(&mut self, height: u64) -> bool {
         if self.abstaining() {
             return false;
@@ -348,6 +350,16 @@ impl Replica {
             return false;
         };
         if slot.prepared.as_ref().is_some_and(|p| p.view == view) {
+            return false;
+        }
+        let parent_prepared = height <= self.tip.header.height + 1
+            || self.slots.get(&(height - 1)).is_some_and(|parent| {
+                parent
+                    .prepared
+                    .as_ref()
+                    .is_some_and(|p| p.view == view && p.header.hash() == accepted.header.prev_hash)
+            });
+        if !parent_prepared && !self.flaws().skip_chaining {
             return false;
         }
         let mut votes = vec![Vote {
@@ -546,8 +558,8 @@ impl Replica {
         self.try_stabilize(height);
     }
 
-    /// The primary's mined block goes out once its parent is prepared (the chaining
-    /// rule binds the primary too: its pre-prepare counts in prepared certificates).
+    /// The primary's mined block goes out if it still extends the primary's last
+    /// proposal in this view (prepared or not: see [`Replica::parent_for`]).
     pub(super) fn try_send_mined(&mut self, index: &dyn EntryIndex) -> bool {
         let Some(block) = self.mined.clone() else {
             return false;

@@ -150,10 +150,11 @@ fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
     assert_eq!(template.header.difficulty, required);
 }
 
-/// The chaining rule: a block at h + 1 is prepared only on top of the block prepared
-/// at h, so it waits; once h is prepared it is accepted at once.
+/// The chaining rule: a block at h + 1 is accepted on the block accepted at h and
+/// voted for at once, but this replica is prepared at h + 1 only once it is prepared
+/// at h, however the prepares arrive.
 #[test]
-fn chaining_rule_waits_for_the_parent_to_be_prepared() {
+fn chaining_rule_prepares_a_block_only_on_a_prepared_parent() {
     let setup = Setup::new(4);
     let mut backup = setup.replica(1);
     let genesis = setup.genesis();
@@ -164,16 +165,21 @@ fn chaining_rule_waits_for_the_parent_to_be_prepared() {
         message(&mut backup, setup.pre_prepare(0, &first)),
         ["persist accepted v0 h1", "broadcast prepare v0 h1"]
     );
-    // Height 2 arrives before height 1 is prepared: nothing yet.
-    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    // Height 2 arrives before height 1 is prepared: accepted and voted for.
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &second)),
+        ["persist accepted v0 h2", "broadcast prepare v0 h2"]
+    );
+    // A quorum's prepares at height 2 with none yet at height 1: not prepared.
+    assert!(message(&mut backup, vote(&setup, 2, false, 0, &second)).is_empty());
     let outputs = message(&mut backup, vote(&setup, 2, false, 0, &first));
     assert_eq!(
         outputs,
         [
             "persist prepared v0 h1",
             "broadcast commit v0 h1",
-            "persist accepted v0 h2",
-            "broadcast prepare v0 h2"
+            "persist prepared v0 h2",
+            "broadcast commit v0 h2"
         ]
     );
 }
@@ -361,6 +367,53 @@ fn the_primary_waits_for_a_prepare_with_its_blocks_in_flight() {
     message(&mut primary, vote(&setup, 1, true, 0, &mined));
     let outputs = message(&mut primary, vote(&setup, 2, true, 0, &mined));
     assert_eq!(outputs, ["apply h1"]);
+}
+
+/// With two blocks in flight the primary proposes the second on the first before the
+/// first is prepared, so their pre-prepares are not a prepare round apart; it is
+/// prepared at the second only once prepared at the first (the chaining rule), however
+/// its prepares arrive.
+#[test]
+fn the_primary_pipelines_proposals_and_prepares_them_in_order() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica_with(0, |config| config.max_blocks_in_flight = 2);
+    let mut entries = testing::entries(8, 2, 32).into_iter();
+    let mut next = || entries.next().expect("two entries");
+    let Some(Output::Mine(template)) = submit(&mut primary, next()).pop() else {
+        panic!("an idle primary cuts at once")
+    };
+    let first = mined(&template);
+    assert_eq!(
+        feed(&mut primary, Input::Mined(first.clone())),
+        ["persist accepted v0 h1", "broadcast pre-prepare v0 h1"]
+    );
+    assert!(submit(&mut primary, next()).is_empty());
+    let now_ms = setup.now + TIMING.max_block_delay_ms;
+    let outputs = primary.handle(Input::Tick { now_ms }, &NoEntries);
+    let Some(Output::Mine(template)) = outputs.last() else {
+        panic!("room for a second block: {outputs:?}")
+    };
+    assert_eq!(template.header.prev_hash, first.hash());
+    let second = mined(template);
+    assert_eq!(
+        feed(&mut primary, Input::Mined(second.clone())),
+        ["persist accepted v0 h2", "broadcast pre-prepare v0 h2"],
+        "the second goes out with the first still preparing"
+    );
+    // A quorum of prepares for the second, before any for the first: not prepared.
+    assert!(message(&mut primary, vote(&setup, 1, false, 0, &second)).is_empty());
+    assert!(message(&mut primary, vote(&setup, 2, false, 0, &second)).is_empty());
+    message(&mut primary, vote(&setup, 1, false, 0, &first));
+    let outputs = message(&mut primary, vote(&setup, 2, false, 0, &first));
+    assert_eq!(
+        &outputs[..4],
+        [
+            "persist prepared v0 h1",
+            "broadcast commit v0 h1",
+            "persist prepared v0 h2",
+            "broadcast commit v0 h2"
+        ]
+    );
 }
 
 /// A full block is cut however many blocks are in flight. The pool also holds the
@@ -619,7 +672,7 @@ fn a_change_ends_its_epoch_at_the_next_checkpoint() {
     };
     assert_eq!(template.entries, [change(0, 9)]);
 
-    // Backups accept the block holding it, and prepare its successor at height 2.
+    // Backups accept the block holding it and its successor at height 2.
     let first = Arc::new(testing::next_block(
         &genesis.header,
         &genesis.log,
@@ -633,15 +686,13 @@ fn a_change_ends_its_epoch_at_the_next_checkpoint() {
     );
     let after_first = after(&genesis, &first);
     let second = setup.block(&after_first.header, &after_first.log, 2);
-    assert!(message(&mut backup, setup.pre_prepare(0, &second)).is_empty());
+    assert_eq!(
+        message(&mut backup, setup.pre_prepare(0, &second)),
+        ["persist accepted v0 h2", "broadcast prepare v0 h2"]
+    );
     assert_eq!(
         message(&mut backup, vote(&setup, 2, false, 0, &first)),
-        [
-            "persist prepared v0 h1",
-            "broadcast commit v0 h1",
-            "persist accepted v0 h2",
-            "broadcast prepare v0 h2"
-        ]
+        ["persist prepared v0 h1", "broadcast commit v0 h1"]
     );
     // Height 3 belongs to epoch 1 on this chain: refused while height 1 is in flight.
     let after_second = after(&after_first, &second);

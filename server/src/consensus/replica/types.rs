@@ -46,7 +46,7 @@ pub struct Flaws {
     /// Count 2f + 1 matching votes as a quorum at every n, as PBFT's paper does for
     /// n = 3f + 1: at n = 5 two such quorums meet in one member, at n = 6 in none.
     pub classic_quorum: bool,
-    /// Accept a block at h + 1 when the block at h is merely accepted, not prepared.
+    /// Be prepared at h + 1 while not prepared at h (the chaining rule).
     pub skip_chaining: bool,
     /// Take a NEW-VIEW's re-proposals as given instead of recomputing them.
     pub trust_new_view: bool,
