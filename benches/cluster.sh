@@ -25,7 +25,8 @@
 #
 # DELAY_MS=D puts a delaying proxy (ledger-netproxy) in front of every member's peer
 # port, for both systems: each byte between two members waits D ms (one way).
-# ETCD=0 runs the ledger alone; BIN=DIR takes the binaries from DIR.
+# ETCD=0 runs the ledger alone; BIN=DIR takes the binaries from DIR; SET='key = value'
+# sets one key in every member's ledgerd.toml (a setting's before and after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/ledger-cluster-bench}
@@ -52,6 +53,15 @@ start_proxy() {  # LISTEN=TARGET pairs
 delayed() { [ "$delay" != 0 ]; }
 
 "$bin/ledgerd" dev init --nodes 4 --dir "$work/ledger" --base-port $base >/dev/null
+if [ -n "${SET:-}" ]; then
+    echo "every member's ledgerd.toml sets: $SET"
+    for i in 0 1 2 3; do
+        toml="$work/ledger/node$i/ledgerd.toml"
+        grep -v "^${SET%% =*} =" "$toml" >"$toml.new" || true
+        echo "$SET" >>"$toml.new"
+        mv "$toml.new" "$toml"
+    done
+fi
 if delayed; then
     # The members learn each other's peer addresses from the genesis file: point
     # them at the proxies, which forward to the real ports the members listen on.
