@@ -666,8 +666,9 @@ impl Replica {
         self.out.extend(missing.collect::<Vec<_>>());
     }
 
-    /// A replica that missed commits cannot prepare above them (the chaining rule), so
-    /// when others are ahead and the tip has not moved, it fetches committed blocks.
+    /// A replica that missed votes cannot prepare or apply above them (the chaining
+    /// rule, in-order apply), so when others are ahead and the tip has not moved, it
+    /// fetches committed blocks.
     /// A catch-up that just applied blocks goes on at once. An idle cluster sends
     /// nothing that would show a restarted replica how far behind it is, so a tip
     /// that has not moved for [`PROBE_CHECKS`] checks asks a peer anyway: an

@@ -249,7 +249,7 @@ impl Replica {
                 return false;
             };
             let Some((parent, parent_log, in_flight)) = self.parent_for(height) else {
-                return false; // the chaining rule: wait until the parent is prepared
+                return false; // wait until the parent is accepted in this view
             };
             let parent_hash = parent.hash();
             let verdict = if block.header.prev_hash != parent_hash {
@@ -329,7 +329,8 @@ impl Replica {
     }
 
     /// Prepared: the accepted block and q − 1 matching prepares from backups, on a
-    /// parent prepared here in this view (or applied). The certificate is persisted
+    /// parent prepared here in this view (or the applied tip, if the block extends
+    /// it). The certificate is persisted
     /// before COMMIT is sent (C&L §4.2, §6.1).
     ///
     /// The parent's condition is the chaining rule. A block committed at h + 1 is
@@ -352,13 +353,17 @@ impl Replica {
         if slot.prepared.as_ref().is_some_and(|p| p.view == view) {
             return false;
         }
-        let parent_prepared = height <= self.tip.header.height + 1
-            || self.slots.get(&(height - 1)).is_some_and(|parent| {
+        let tip = self.tip.header.height;
+        let parent_prepared = match height.cmp(&(tip + 1)) {
+            std::cmp::Ordering::Less => true, // applied here: voted for again
+            std::cmp::Ordering::Equal => accepted.header.prev_hash == self.tip.header.hash(),
+            std::cmp::Ordering::Greater => self.slots.get(&(height - 1)).is_some_and(|parent| {
                 parent
                     .prepared
                     .as_ref()
                     .is_some_and(|p| p.view == view && p.header.hash() == accepted.header.prev_hash)
-            });
+            }),
+        };
         if !parent_prepared && !self.flaws().skip_chaining {
             return false;
         }

@@ -184,6 +184,30 @@ fn chaining_rule_prepares_a_block_only_on_a_prepared_parent() {
     );
 }
 
+/// A block accepted at h + 1 on a parent that never prepared here is not prepared
+/// once another block at h is applied by catch-up (a later view's): it does not
+/// extend the tip, however many prepares it holds.
+#[test]
+fn a_block_that_does_not_extend_the_tip_is_not_prepared() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica(1);
+    let genesis = setup.genesis();
+    let first = setup.block(&genesis.header, &genesis.log, 1);
+    let second = setup.block(&first.header, &after(&genesis, &first).log, 2);
+    message(&mut backup, setup.pre_prepare(0, &first));
+    message(&mut backup, setup.pre_prepare(0, &second));
+    assert!(message(&mut backup, vote(&setup, 2, false, 0, &second)).is_empty());
+    let other = setup.block(&genesis.header, &genesis.log, 3);
+    let outputs = feed(
+        &mut backup,
+        Input::Committed {
+            block: other.clone(),
+            certificate: testing::certify(&setup.keys[..3], &other),
+        },
+    );
+    assert_eq!(outputs, ["apply h1"]);
+}
+
 /// Batching is the primary's choice (C&L §5.1.4 batches while requests are in
 /// flight): with nothing in flight it cuts a block at once; while a block is in
 /// flight, entries gather until `max_block_delay`.
