@@ -330,8 +330,7 @@ impl Replica {
 
     /// Prepared: the accepted block and q − 1 matching prepares from backups, on a
     /// parent prepared here in this view (or the applied tip, if the block extends
-    /// it). The certificate is persisted
-    /// before COMMIT is sent (C&L §4.2, §6.1).
+    /// it). The certificate is persisted before COMMIT is sent (C&L §4.2, §6.1).
     ///
     /// The parent's condition is the chaining rule. A block committed at h + 1 is
     /// prepared at f + 1 honest members, so each of them is also prepared at h with
