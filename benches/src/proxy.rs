@@ -7,16 +7,16 @@
 //! make the receiver close it, so a drop cuts the whole connection, as a lossy path
 //! that times out does; the dialer reconnects.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 /// One direction's shaping, changed at any time.
 #[derive(Debug, Default)]
@@ -155,7 +155,7 @@ async fn pump(
     let (send, mut receive) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUED_CHUNKS);
     let writer = async move {
         while let Some((at, chunk)) = receive.recv().await {
-            tokio::time::sleep_until(at).await;
+            sleep_until(at).await;
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -190,6 +190,87 @@ async fn pump(
             cut
         }
         () = &mut writer => false,
+    }
+}
+
+/// Waits until `at`, to within the OS timer's slack (tens of microseconds).
+///
+/// Tokio's timer counts whole milliseconds and rounds up, so through it every chunk
+/// waited up to a millisecond more than asked, even with no delay set: a "1 ms" link
+/// held chunks 2.1 ms at the median. One thread here keeps the instants to come and
+/// sleeps on a condition variable until the first of them.
+async fn sleep_until(at: Instant) {
+    if at <= Instant::now() {
+        return;
+    }
+    let (wake, woken) = oneshot::channel();
+    alarms().set(at, wake);
+    // The alarm thread outlives every caller, so the sender is never dropped unsent.
+    let _ = woken.await;
+}
+
+/// The instants some task waits for, each with the channel that wakes it.
+#[derive(Default)]
+struct Alarms {
+    due: Mutex<Due>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Due {
+    /// Keyed by instant and a sequence number (two tasks may wait for one instant).
+    wakes: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
+    sequence: u64,
+}
+
+fn alarms() -> &'static Alarms {
+    static ALARMS: OnceLock<&'static Alarms> = OnceLock::new();
+    ALARMS.get_or_init(|| {
+        let alarms: &'static Alarms = Box::leak(Box::default());
+        std::thread::Builder::new()
+            .name("proxy-alarms".into())
+            .spawn(|| alarms.run())
+            .expect("the proxy cannot run without its alarm thread");
+        alarms
+    })
+}
+
+impl Alarms {
+    fn set(&self, at: Instant, wake: oneshot::Sender<()>) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        due.sequence += 1;
+        let first = due.wakes.keys().next().is_none_or(|&(next, _)| at < next);
+        let key = (at, due.sequence);
+        due.wakes.insert(key, wake);
+        if first {
+            self.changed.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let now = Instant::now();
+            while let Some(entry) = due.wakes.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let _ = entry.remove().send(());
+            }
+            due = match due.wakes.keys().next() {
+                Some(&(next, _)) => {
+                    let wait = next.saturating_duration_since(now);
+                    self.changed
+                        .wait_timeout(due, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
     }
 }
 
@@ -274,6 +355,29 @@ mod tests {
         link.forward.clear();
         let (back, _) = round_trip(&link, b"again").await.unwrap();
         assert_eq!(back, b"again");
+    }
+
+    #[tokio::test]
+    async fn alarms_wake_every_task_at_its_instant_and_not_before() {
+        let start = Instant::now();
+        // Out of order, and two for one instant.
+        let waits = [30, 10, 20, 10, 0].map(Duration::from_millis);
+        let tasks: Vec<_> = waits
+            .iter()
+            .map(|&wait| {
+                tokio::spawn(async move {
+                    sleep_until(start + wait).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        for (task, wait) in tasks.into_iter().zip(waits) {
+            let woke = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("an alarm never fired")
+                .unwrap();
+            assert!(woke >= start + wait, "woke {:?} early", start + wait - woke);
+        }
     }
 
     #[test]
