@@ -16,7 +16,7 @@ use ledger_benches::article;
 use ledger_benches::rate::{human, measure, Contender};
 use sha2::block_api::compress256;
 
-/// Nonces per measured call: large enough to hide thread start-up (~100 µs) for (d).
+/// Nonces per measured call: large enough to hide waking the helpers for (d).
 const NONCES: u64 = 1 << 20;
 
 /// Unreachable, so every nonce in a measured range is tried.
