@@ -9,7 +9,8 @@
 //! The miner hashes on the calling thread and on `threads` − 1 helper threads,
 //! started at the first run that needs them and parked between runs, and blocks the
 //! caller until they are done: run it from a dedicated thread or `spawn_blocking`,
-//! never on an async worker.
+//! never on an async worker. Helpers are shared by the process: a share that a helper
+//! busy with another caller's run has not begun, the caller searches itself.
 
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -209,23 +210,32 @@ pub fn mine_range(
     cancel: &AtomicBool,
 ) -> MineReport {
     let len = nonces.end.saturating_sub(nonces.start);
+    let threads = threads.get();
+    let mut claimed = vec![false; threads];
+    claimed[0] = true; // the caller's
     let run = Arc::new(Run {
         template: Template::new(header),
         start: nonces.start,
         len,
         batches: len.div_ceil(BATCH),
-        threads: threads.get() as u64,
+        threads: threads as u64,
         stop: AtomicBool::new(false),
         hashes: AtomicU64::new(0),
         found: Mutex::new(None),
-        helping: Mutex::new(0),
-        helped: Condvar::new(),
+        shares: Mutex::new(Shares {
+            claimed,
+            searching: 0,
+            lost: false,
+        }),
+        searched: Condvar::new(),
     });
-    // The caller is the first of the threads: it hashes instead of waiting. Any
-    // share no helper could take, it searches after its own.
-    let orphans = helpers().hand_out(&run);
-    for thread in std::iter::once(0).chain(orphans) {
-        run.search(thread, Some(cancel));
+    helpers().hand_out(&run);
+    // The caller is the first of the threads: it hashes instead of waiting. Then it
+    // takes every share no helper has begun (a helper may be busy with another
+    // caller's run, or not be there), and waits only for those that have.
+    run.search(0, Some(cancel));
+    for share in run.claim_the_rest() {
+        run.search(share, Some(cancel));
     }
     run.wait_for_helpers(cancel);
     let hashes = run.hashes.load(Ordering::Relaxed);
@@ -246,24 +256,38 @@ struct Run {
     template: Template,
     start: u64,
     len: u64,
-    /// Batch b covers nonces [start + b·BATCH, start + (b+1)·BATCH), and thread t
-    /// takes batches t, t + threads, ...: threads never overlap and the range is
-    /// covered in order.
+    /// Batch b covers nonces [start + b·BATCH, start + (b+1)·BATCH), and share t
+    /// holds batches t, t + threads, ...: shares never overlap and together cover
+    /// the range.
     batches: u64,
     threads: u64,
     stop: AtomicBool,
     hashes: AtomicU64,
     found: Mutex<Option<u64>>,
-    /// Helpers handed this run and not yet done with it.
-    helping: Mutex<u64>,
-    helped: Condvar,
+    shares: Mutex<Shares>,
+    /// Signalled when the last helper searching this run is done.
+    searched: Condvar,
+}
+
+/// Who searches which share of a run.
+struct Shares {
+    /// Share t has been taken, by a helper or by the caller; each is searched once.
+    claimed: Vec<bool>,
+    /// Helpers searching a share of this run now.
+    searching: u64,
+    /// A helper panicked inside its share.
+    lost: bool,
 }
 
 impl Run {
-    /// Searches thread `thread`'s batches until they end, a find, or a stop. Only the
+    fn shares(&self) -> std::sync::MutexGuard<'_, Shares> {
+        self.shares.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Searches share `share`'s batches until they end, a find, or a stop. Only the
     /// caller holds `cancel`; it passes a cancel on to the helpers as a stop.
-    fn search(&self, thread: u64, cancel: Option<&AtomicBool>) {
-        let mut batch = thread;
+    fn search(&self, share: u64, cancel: Option<&AtomicBool>) {
+        let mut batch = share;
         while batch < self.batches {
             if cancel.is_some_and(|cancel| cancel.load(Ordering::Relaxed)) {
                 self.stop.store(true, Ordering::Relaxed);
@@ -288,37 +312,62 @@ impl Run {
         }
     }
 
-    /// Blocks until every helper handed this run is done with it, passing a cancel
-    /// on meanwhile (the caller's own share may end first, in a bounded range).
+    /// The shares no helper has begun, now the caller's.
+    fn claim_the_rest(&self) -> Vec<u64> {
+        let mut shares = self.shares();
+        let mut rest = Vec::new();
+        for (share, claimed) in (0..).zip(shares.claimed.iter_mut()) {
+            if !*claimed {
+                *claimed = true;
+                rest.push(share);
+            }
+        }
+        rest
+    }
+
+    /// Blocks until no helper searches this run, passing a cancel on meanwhile (the
+    /// caller's own shares may end first, in a bounded range). A helper's panic
+    /// reaches the caller, as it did when helpers were scoped threads.
     fn wait_for_helpers(&self, cancel: &AtomicBool) {
-        let mut helping = self.helping.lock().unwrap_or_else(PoisonError::into_inner);
-        while *helping > 0 {
+        let mut shares = self.shares();
+        while shares.searching > 0 {
             if cancel.load(Ordering::Relaxed) {
                 self.stop.store(true, Ordering::Relaxed);
             }
-            helping = self
-                .helped
-                .wait_timeout(helping, Duration::from_millis(1))
+            shares = self
+                .searched
+                .wait_timeout(shares, Duration::from_millis(1))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        assert!(!shares.lost, "a mining helper thread panicked");
+    }
+
+    /// Helper side: searches `share` unless the caller has taken it already.
+    fn help(&self, share: u64) {
+        {
+            let mut shares = self.shares();
+            if std::mem::replace(&mut shares.claimed[share as usize], true) {
+                return;
+            }
+            shares.searching += 1;
+        }
+        let _searching = Searching(self);
+        self.search(share, None);
     }
 }
 
-/// A helper's hold on a run: it counts the helper out when dropped, even by a panic,
-/// so the caller never waits for a helper that is gone.
-struct Helping(Arc<Run>);
+/// A helper searching a share: counts it out when dropped, even by a panic, so the
+/// caller never waits for a helper that is gone.
+struct Searching<'a>(&'a Run);
 
-impl Drop for Helping {
+impl Drop for Searching<'_> {
     fn drop(&mut self) {
-        let mut helping = self
-            .0
-            .helping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *helping -= 1;
-        if *helping == 0 {
-            self.0.helped.notify_all();
+        let mut shares = self.0.shares();
+        shares.searching -= 1;
+        shares.lost |= std::thread::panicking();
+        if shares.searching == 0 {
+            self.0.searched.notify_all();
         }
     }
 }
@@ -326,12 +375,12 @@ impl Drop for Helping {
 /// Threads that mine beside the callers, started once and parked between runs.
 ///
 /// With a thread spawned for each block, a four-member cluster on two cores mined
-/// at 41–42 M hashes/s; with these, 57 M/s (58–63 M/s back to back on an idle
-/// machine), and a block's proof of work at difficulty 16 took 1.1 instead of 1.5 ms
-/// for a lone waiting client (`benches/README.md`).
+/// at 41–42 M hashes/s (the same calls back to back on an idle machine: 58–63 M/s);
+/// with these, 57 M/s, and a block's proof of work at difficulty 16 took 1.1
+/// instead of 1.5 ms for a lone waiting client (`benches/README.md`).
 struct Helpers {
-    /// Helper k searches thread k + 1's share of the runs it is sent.
-    queues: Mutex<Vec<mpsc::Sender<Helping>>>,
+    /// Helper k searches share k + 1 of the runs it is sent.
+    queues: Mutex<Vec<mpsc::Sender<Arc<Run>>>>,
 }
 
 fn helpers() -> &'static Helpers {
@@ -342,48 +391,38 @@ fn helpers() -> &'static Helpers {
 }
 
 impl Helpers {
-    /// Hands `run`'s threads 1.. to helpers, starting any not yet there; returns the
-    /// threads no helper took (a helper that could not be started or has died).
-    fn hand_out(&self, run: &Arc<Run>) -> Vec<u64> {
+    /// Sends `run` to the helpers of shares 1.., starting any not yet there and
+    /// replacing any that is gone. A share no helper gets stays the caller's.
+    fn hand_out(&self, run: &Arc<Run>) {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut orphans = Vec::new();
-        for thread in 1..run.threads {
-            let index = (thread - 1) as usize;
-            // Counted before it is sent, so the helper's count-out cannot come first.
-            *run.helping.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-            let mut helping = Helping(run.clone());
+        for share in 1..run.threads {
+            let index = (share - 1) as usize;
             if let Some(queue) = queues.get(index) {
-                match queue.send(helping) {
-                    Ok(()) => continue,
-                    // The helper is gone (it panicked): start another in its place.
-                    Err(mpsc::SendError(refused)) => helping = refused,
+                if queue.send(run.clone()).is_ok() {
+                    continue;
                 }
             }
-            match Self::start(thread, helping) {
+            match Self::start(share, run.clone()) {
                 Ok(queue) if index < queues.len() => queues[index] = queue,
                 Ok(queue) => queues.push(queue),
                 Err(error) => {
-                    // The refused hold was dropped with the thread that never began,
-                    // so it is counted out; the caller searches what is left.
                     tracing::warn!(%error, "cannot start a mining thread");
-                    orphans.extend(thread..run.threads);
-                    break;
+                    return;
                 }
             }
         }
-        orphans
     }
 
-    /// Starts helper `thread` with `first` as its first run.
-    fn start(thread: u64, first: Helping) -> std::io::Result<mpsc::Sender<Helping>> {
-        let (queue, runs) = mpsc::channel::<Helping>();
-        // Cannot fail: the receiver is alive until the thread ends.
+    /// Starts the helper of `share` with `first` as its first run.
+    fn start(share: u64, first: Arc<Run>) -> std::io::Result<mpsc::Sender<Arc<Run>>> {
+        let (queue, runs) = mpsc::channel::<Arc<Run>>();
+        // Cannot fail: the receiver is still here.
         let _ = queue.send(first);
         std::thread::Builder::new()
-            .name(format!("miner-{thread}"))
+            .name(format!("miner-{share}"))
             .spawn(move || {
-                for helping in runs {
-                    helping.0.search(thread, None);
+                for run in runs {
+                    run.help(share);
                 }
             })?;
         Ok(queue)
@@ -512,8 +551,8 @@ mod tests {
 
     #[test]
     fn callers_at_once_share_the_helpers_and_each_range_is_searched_once() {
-        // Helpers are shared by the process: runs queue behind one another on them,
-        // and every run still ends with all of its nonces tried, once.
+        // Helpers are shared by the process: runs queue on them, and every run still
+        // ends with all of its nonces tried, once.
         let callers: Vec<_> = (0..6u64)
             .map(|caller| {
                 std::thread::spawn(move || {
@@ -535,6 +574,45 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_run_behind_another_callers_endless_run_still_ends() {
+        // An endless run holds the helpers; another caller's runs end all the same,
+        // the caller searching the shares no helper has begun.
+        let threads = NonZeroUsize::new(3).unwrap();
+        let endless = Arc::new(AtomicBool::new(false));
+        let blocker = {
+            let endless = Arc::clone(&endless);
+            std::thread::spawn(move || mine(&header(256), threads, &endless))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let len = 5 * BATCH + 3;
+            let bounded = mine_range(&header(256), threads, 0..len, &AtomicBool::new(false));
+            let cancel = AtomicBool::new(false);
+            let cancelled = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    cancel.store(true, Ordering::Relaxed);
+                });
+                mine(&header(256), threads, &cancel)
+            });
+            let _ = done.send((bounded, len, cancelled.outcome));
+        });
+        let result = finished.recv_timeout(Duration::from_secs(20));
+        endless.store(true, Ordering::Relaxed);
+        assert_eq!(blocker.join().unwrap().outcome, Outcome::Cancelled);
+        let (bounded, len, cancelled) = result.expect("a run waited for another caller's");
+        assert_eq!(
+            bounded,
+            MineReport {
+                outcome: Outcome::Exhausted,
+                hashes: len
+            }
+        );
+        assert_eq!(cancelled, Outcome::Cancelled);
     }
 
     #[test]
