@@ -376,10 +376,11 @@ impl Drop for Searching<'_> {
 ///
 /// With a thread spawned for each block, a four-member cluster on two cores mined
 /// at 41–42 M hashes/s (the same calls back to back on an idle machine: 58–63 M/s);
-/// with these, 57 M/s, and a block's proof of work at difficulty 16 took 1.1
+/// with these, 57–58 M/s, and a block's proof of work at difficulty 16 took 1.1–1.2
 /// instead of 1.5 ms for a lone waiting client (`benches/README.md`).
 struct Helpers {
-    /// Helper k searches share k + 1 of the runs it is sent.
+    /// Helper k searches share k + 1 of the runs it is sent, unless the caller has
+    /// taken it already.
     queues: Mutex<Vec<mpsc::Sender<Arc<Run>>>>,
 }
 
@@ -604,7 +605,7 @@ mod tests {
         let result = finished.recv_timeout(Duration::from_secs(20));
         endless.store(true, Ordering::Relaxed);
         assert_eq!(blocker.join().unwrap().outcome, Outcome::Cancelled);
-        let (bounded, len, cancelled) = result.expect("a run waited for another caller's");
+        let (bounded, len, cancelled) = result.expect("the second caller's runs did not end");
         assert_eq!(
             bounded,
             MineReport {
