@@ -176,7 +176,7 @@ pub enum Outcome {
     },
     /// The cancel flag was raised first.
     Cancelled,
-    /// Every nonce was tried (2^64 of them); change the timestamp and mine again.
+    /// Every nonce of the range was tried; change the timestamp and mine again.
     Exhausted,
 }
 
