@@ -19,9 +19,15 @@
 //! database names its log ([`Wal::open`]). A last frame that does not check out is
 //! the append a crash cut short and is cut off; one with a frame chained to it
 //! after it is damage.
+//!
+//! The file is written with zeros ahead of its frames, so an append overwrites
+//! blocks already on disk: `fdatasync` then flushes the data alone, without the
+//! journal commit that growing a file takes (a fifth to a third of its cost here).
+//! Zeros after the last frame are that room, not damage.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,6 +46,11 @@ const HEADER_LEN: usize = 8 + 16 + 8 + 32;
 const FRAME_HEAD: usize = 4 + 32;
 /// The largest frame read back; a batch of records is far smaller.
 const MAX_FRAME: usize = 1 << 30;
+/// The least room a new log is given, and the unit room grows by.
+const ROOM_STEP: u64 = 64 << 10;
+/// The most room a new log is given, and the most it grows by at once: zeros are
+/// written on the consensus thread.
+const ROOM_MAX_STEP: u64 = 4 << 20;
 
 /// The open log and the records it holds.
 #[derive(Debug)]
@@ -50,6 +61,9 @@ pub(super) struct Wal {
     id: [u8; 16],
     generation: u64,
     len: u64,
+    /// Bytes of the file on disk, frames and the zeros after them: an append that
+    /// ends within them grows nothing.
+    allocated: u64,
     /// The digest of the last frame (of the header in an empty log), which the next
     /// frame chains on.
     last: [u8; 32],
@@ -96,7 +110,7 @@ impl Wal {
         let Some(bytes) = bytes else {
             return match known {
                 true => Err(damaged("is missing")),
-                false => Wal::create(path, id, generation),
+                false => Wal::create(path, id, generation, 0),
             };
         };
         let (found_id, found) =
@@ -109,21 +123,23 @@ impl Wal {
                 log = %path.display(),
                 "a consensus log of another database lay where this one's goes; replaced"
             );
-            return Wal::create(path, id, generation);
+            return Wal::create(path, id, generation, 0);
         }
         if found > generation {
             return Err(damaged("is newer than the database"));
         }
         if found < generation {
             // Written into the tables before the log could start over.
-            return Wal::create(path, id, generation);
+            return Wal::create(path, id, generation, 0);
         }
         let (records, valid, last) = read_frames(&bytes, path)?;
-        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
-        if valid < bytes.len() {
+        let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+        let mut allocated = bytes.len() as u64;
+        if bytes[valid..].iter().any(|byte| *byte != 0) {
             // The append a crash cut short: it was never acknowledged.
             file.set_len(valid as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
+            allocated = valid as u64;
         }
         Ok(Wal {
             path: path.to_owned(),
@@ -131,30 +147,41 @@ impl Wal {
             id,
             generation,
             len: valid as u64,
+            allocated,
             last,
             records,
         })
     }
 
-    /// Writes an empty log of `generation`: a new file renamed over the old one, so
-    /// the log on disk is always one whole header or the other.
-    fn create(path: &Path, id: [u8; 16], generation: u64) -> Result<Wal, StoreError> {
+    /// Writes an empty log of `generation` with room for about `expected` bytes of
+    /// frames: a new file renamed over the old one, so the log on disk is always one
+    /// whole header or the other.
+    fn create(
+        path: &Path,
+        id: [u8; 16],
+        generation: u64,
+        expected: u64,
+    ) -> Result<Wal, StoreError> {
         let mut fresh = path.as_os_str().to_owned();
         fresh.push(".new");
         let fresh = PathBuf::from(fresh);
         let mut file = File::create(&fresh).map_err(io)?;
         let header = header(id, generation);
-        file.write_all(&header).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        let allocated = room_for(expected, ROOM_STEP).min(ROOM_MAX_STEP);
+        file.write_all(&header)
+            .and_then(|()| write_zeros(&file, HEADER_LEN as u64, allocated))
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
         std::fs::rename(&fresh, path)
             .and_then(|()| super::sync_parent(path))
             .map_err(io)?;
         Ok(Wal {
             path: path.to_owned(),
-            file: OpenOptions::new().append(true).open(path).map_err(io)?,
+            file: OpenOptions::new().write(true).open(path).map_err(io)?,
             id,
             generation,
             len: HEADER_LEN as u64,
+            allocated,
             last: header_digest(&header),
             records: Vec::new(),
         })
@@ -190,14 +217,16 @@ impl Wal {
         let digest = frame_digest(&self.last, &payload);
         frame.extend_from_slice(&digest);
         frame.extend_from_slice(&payload);
+        let end = self.len + frame.len() as u64;
         let written = self
-            .file
-            .write_all(&frame)
+            .make_room(end)
+            .and_then(|()| self.file.write_all_at(&frame, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
             // Whatever part reached the file goes, so a later append does not follow
             // a torn frame; if even that fails, reopening cuts it.
             let _ = self.file.set_len(self.len);
+            self.allocated = self.len;
             return Err(io(error));
         }
         self.len += frame.len() as u64;
@@ -206,11 +235,43 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts an empty log of `generation`, once the database holds the records.
+    /// Starts an empty log of `generation`, once the database holds the records,
+    /// with the room the last one used.
     pub(super) fn restart(&mut self, generation: u64) -> Result<(), StoreError> {
-        *self = Wal::create(&self.path, self.id, generation)?;
+        *self = Wal::create(&self.path, self.id, generation, self.len)?;
         Ok(())
     }
+
+    /// Writes zeros up to at least `end` if the file ends before it: doubling the
+    /// room, by at most `ROOM_MAX_STEP`, so growing costs a bounded share of the
+    /// bytes logged. The append's own `fdatasync` makes them durable.
+    fn make_room(&mut self, end: u64) -> std::io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let grown = self.allocated + self.allocated.clamp(ROOM_STEP, ROOM_MAX_STEP);
+        let allocated = room_for(end.max(grown), ROOM_STEP);
+        write_zeros(&self.file, self.allocated, allocated)?;
+        self.allocated = allocated;
+        Ok(())
+    }
+}
+
+/// `bytes` rounded up to a whole number of `step`s, at least one.
+fn room_for(bytes: u64, step: u64) -> u64 {
+    bytes.div_ceil(step).max(1) * step
+}
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const ZEROS: [u8; 8192] = [0; 8192];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 fn header(id: [u8; 16], generation: u64) -> [u8; HEADER_LEN] {
@@ -238,6 +299,12 @@ fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32
     let mut records = Vec::new();
     let mut at = HEADER_LEN;
     let mut last = header_digest(bytes);
+    // No frame starts in the zeros after the last byte that is not one: its digest
+    // would be 32 zeros. So the search for frames after a bad one stops there.
+    let written = bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |i| i + 1);
     while at < bytes.len() {
         let Some(payload) = frame_at(bytes, at, &last) else {
             // The last append, cut short (the file may have grown by zeros), unless
@@ -246,7 +313,7 @@ fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32
             // inside a frame (an entry's data) never pass for one.
             let claimed = bytes.get(at + 4..at + FRAME_HEAD).unwrap_or_default();
             let follows = <[u8; 32]>::try_from(claimed).is_ok_and(|claimed| {
-                (at + FRAME_HEAD..bytes.len()).any(|next| frame_at(bytes, next, &claimed).is_some())
+                (at + FRAME_HEAD..written).any(|next| frame_at(bytes, next, &claimed).is_some())
             });
             if follows {
                 return Err(corrupt(format!(
@@ -380,23 +447,67 @@ mod tests {
         wal.append(&[accepted(1)]).unwrap();
         let whole = wal.len() as usize;
         wal.append(&[accepted(2)]).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap()[..wal.len() as usize].to_vec();
         let mut grown_by_zeros = bytes[..whole].to_vec();
         grown_by_zeros.resize(bytes.len() + 4096, 0);
-        let torn = [1, 20, bytes.len() - whole - 1]
-            .map(|cut| bytes[..whole + cut].to_vec())
+        let mut torn_in_room = bytes[..whole + 20].to_vec();
+        torn_in_room.resize(bytes.len() + 4096, 0);
+        // A torn frame is cut off (the first 3 bytes of its length are zeros, room
+        // as far as a reader can tell); zeros after the last whole frame stay as room.
+        let torn = [4, 20, bytes.len() - whole - 1]
+            .map(|cut| (bytes[..whole + cut].to_vec(), whole))
             .into_iter()
-            .chain([grown_by_zeros]);
-        for (n, image) in torn.enumerate() {
+            .chain([(torn_in_room, whole)])
+            .chain([(grown_by_zeros.clone(), grown_by_zeros.len())]);
+        for (n, (image, kept)) in torn.enumerate() {
             let path = dir.path().join(format!("torn{n}.wal"));
             std::fs::write(&path, &image).unwrap();
             let mut reopened = Wal::open(&path, ID, 0, true).unwrap();
             assert_eq!(reopened.records(), &[accepted(1)], "image {n}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
+            assert_eq!(reopened.len(), whole as u64);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), kept as u64);
             reopened.append(&[accepted(5)]).unwrap();
             let last = Wal::open(&path, ID, 0, true).unwrap();
             assert_eq!(last.records(), &[accepted(1), accepted(5)]);
         }
+    }
+
+    #[test]
+    fn appends_overwrite_zeros_written_ahead_and_the_room_grows_and_carries_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let file_len = || std::fs::metadata(&path).unwrap().len();
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
+        assert_eq!(
+            file_len(),
+            ROOM_STEP,
+            "a new log has room before its first append"
+        );
+        wal.append(&[accepted(1)]).unwrap();
+        assert_eq!(file_len(), ROOM_STEP, "the append overwrote zeros");
+        let mut written = vec![accepted(1)];
+        for view in 2..2 + ROOM_STEP / 200 {
+            written.push(accepted(view));
+            wal.append(&written[written.len() - 1..]).unwrap();
+        }
+        assert!(wal.len() > ROOM_STEP, "the test outgrew the first room");
+        assert_eq!(file_len(), 2 * ROOM_STEP, "the room doubled");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[wal.len() as usize..].iter().all(|byte| *byte == 0));
+        let mut again = Wal::open(&path, ID, 0, true).unwrap();
+        assert_eq!(again.records(), written.as_slice());
+        again.append(&[accepted(0)]).unwrap();
+        assert_eq!(
+            file_len(),
+            2 * ROOM_STEP,
+            "the room was kept across the reopen"
+        );
+        written.push(accepted(0));
+        assert_eq!(Wal::open(&path, ID, 0, true).unwrap().records(), written);
+        // The next generation starts with the room this one used.
+        again.restart(1).unwrap();
+        assert_eq!(file_len(), 2 * ROOM_STEP);
+        assert!(Wal::open(&path, ID, 1, true).unwrap().records().is_empty());
     }
 
     #[test]
