@@ -262,13 +262,13 @@ fn room_for(bytes: u64, step: u64) -> u64 {
     bytes.div_ceil(step).max(1) * step
 }
 
-/// Writes zeros over `from..to` of `file`.
+/// Writes zeros over `from..to` of `file`, up to a megabyte a call.
 fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const ZEROS: [u8; 8192] = [0; 8192];
+    let zeros = vec![0; to.saturating_sub(from).min(1 << 20) as usize];
     let mut at = from;
     while at < to {
-        let n = (to - at).min(ZEROS.len() as u64);
-        file.write_all_at(&ZEROS[..n as usize], at)?;
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
         at += n;
     }
     Ok(())
