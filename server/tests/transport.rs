@@ -167,6 +167,53 @@ async fn members_connect_and_exchange_frames() {
     }
 }
 
+/// A broadcast handed to the runtime from a thread outside it reaches every peer,
+/// and the queue of a peer that never came up is reported once it is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_from_outside_the_runtime_reaches_every_peer_and_reports_full_queues() {
+    let mut cluster = Cluster::new(4).await;
+    let zero = Arc::new(cluster.start(0).0);
+    let mut peers: Vec<_> = (1..3).map(|member| cluster.start(member)).collect();
+    until("member 0 connected to members 1 and 2", || {
+        zero.peers()[1..3].iter().all(|peer| peer.outbound)
+    })
+    .await;
+    // Rounds the live peers take in before the next, so only member 3's queue fills.
+    let (capacity, round) = (cluster.config(0).queue_capacity, 8);
+    let (refused, mut reports) = mpsc::unbounded_channel();
+    for first in (0..capacity + 2 * round).step_by(round) {
+        let (sender, refused) = (Arc::clone(&zero), refused.clone());
+        std::thread::spawn(move || {
+            for n in first..first + round {
+                let refused = refused.clone();
+                sender.broadcast_soon(Arc::from(n.to_be_bytes().to_vec()), move |full| {
+                    let _ = refused.send(full);
+                });
+            }
+        })
+        .join()
+        .expect("the sending thread");
+        // In any order: broadcasts handed over together may pass one another.
+        let sent: std::collections::BTreeSet<_> = (first..first + round)
+            .map(|n| n.to_be_bytes().to_vec())
+            .collect();
+        for (_, inbound) in &mut peers {
+            let mut heard = std::collections::BTreeSet::new();
+            while heard.len() < round {
+                heard.insert(receive_from(inbound, 0).await);
+            }
+            assert_eq!(heard, sent);
+        }
+    }
+    for _ in 0..2 * round {
+        let full = tokio::time::timeout(LIMIT, reports.recv())
+            .await
+            .expect("a report for every frame member 3 had no room for")
+            .expect("a report");
+        assert_eq!(full, vec![3], "only the peer that never came up");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_is_not_a_member_cannot_connect() {
     let mut cluster = Cluster::new(4).await;

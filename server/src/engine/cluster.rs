@@ -1163,12 +1163,13 @@ impl Driver {
     fn broadcast(&self, wire: &Wire) {
         let peers = self.replica.members().saturating_sub(1) as u64;
         self.metrics.messages_out.add(wire.kind(), peers);
-        let full = self.transport.broadcast(Arc::from(wire.encode()));
-        if !full.is_empty() {
-            self.metrics
-                .messages_dropped
-                .add("send_queue_full", full.len() as u64);
-        }
+        let metrics = self.metrics.clone();
+        self.transport
+            .broadcast_soon(Arc::from(wire.encode()), move |full| {
+                metrics
+                    .messages_dropped
+                    .add("send_queue_full", full.len() as u64)
+            });
     }
 
     /// Feeds one input and performs the outputs; once they applied the epoch's last
