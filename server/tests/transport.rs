@@ -167,10 +167,11 @@ async fn members_connect_and_exchange_frames() {
     }
 }
 
-/// A broadcast handed to the runtime from a thread outside it reaches every peer,
-/// and the queue of a peer that never came up is reported once it is full.
+/// Frames given to an outbox from a thread outside the runtime reach every peer in
+/// the order given, a flush returns once they are queued, and what the queue of a
+/// peer that never came up turns away is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_from_outside_the_runtime_reaches_every_peer_and_reports_full_queues() {
+async fn an_outbox_keeps_the_order_given_and_reports_full_queues() {
     let mut cluster = Cluster::new(4).await;
     let zero = Arc::new(cluster.start(0).0);
     let mut peers: Vec<_> = (1..3).map(|member| cluster.start(member)).collect();
@@ -178,40 +179,53 @@ async fn a_broadcast_from_outside_the_runtime_reaches_every_peer_and_reports_ful
         zero.peers()[1..3].iter().all(|peer| peer.outbound)
     })
     .await;
-    // Rounds the live peers take in before the next, so only member 3's queue fills.
-    let (capacity, round) = (cluster.config(0).queue_capacity, 8);
     let (refused, mut reports) = mpsc::unbounded_channel();
-    for first in (0..capacity + 2 * round).step_by(round) {
-        let (sender, refused) = (Arc::clone(&zero), refused.clone());
+    let outbox = Arc::new(zero.outbox(1024, move |n| {
+        let _ = refused.send(n);
+    }));
+    // Rounds the live peers take in before the next, so only member 3's queue
+    // fills; in each, broadcasts and sends to member 1 alternate.
+    let (capacity, round) = (cluster.config(0).queue_capacity, 8);
+    // Half the frames are broadcasts: twice the capacity overfills member 3's queue.
+    let rounds = 2 * capacity / round + 4;
+    for first in (0..rounds * round).step_by(round) {
+        let giver = Arc::clone(&outbox);
         std::thread::spawn(move || {
             for n in first..first + round {
-                let refused = refused.clone();
-                sender.broadcast_soon(Arc::from(n.to_be_bytes().to_vec()), move |full| {
-                    let _ = refused.send(full);
+                let frame = Arc::from(n.to_be_bytes().to_vec());
+                assert!(if n % 2 == 0 {
+                    giver.broadcast(frame)
+                } else {
+                    giver.send(1, frame)
                 });
             }
+            giver.flush();
         })
         .join()
-        .expect("the sending thread");
-        // In any order: broadcasts handed over together may pass one another.
-        let sent: std::collections::BTreeSet<_> = (first..first + round)
-            .map(|n| n.to_be_bytes().to_vec())
-            .collect();
-        for (_, inbound) in &mut peers {
-            let mut heard = std::collections::BTreeSet::new();
-            while heard.len() < round {
-                heard.insert(receive_from(inbound, 0).await);
+        .expect("the giving thread");
+        for (member, (_, inbound)) in peers.iter_mut().enumerate() {
+            let expected: Vec<_> = (first..first + round)
+                .filter(|n| member == 0 || n % 2 == 0)
+                .map(|n| n.to_be_bytes().to_vec())
+                .collect();
+            let mut heard = Vec::new();
+            while heard.len() < expected.len() {
+                heard.push(receive_from(inbound, 0).await);
             }
-            assert_eq!(heard, sent);
+            assert_eq!(heard, expected, "member {}", member + 1);
         }
     }
-    for _ in 0..2 * round {
-        let full = tokio::time::timeout(LIMIT, reports.recv())
+    // Member 3 took the first `capacity` broadcasts into its queue, which no
+    // connection drains, and turned away the rest, a report each.
+    let broadcasts = rounds * round / 2;
+    for _ in capacity..broadcasts {
+        let turned_away = tokio::time::timeout(LIMIT, reports.recv())
             .await
             .expect("a report for every frame member 3 had no room for")
             .expect("a report");
-        assert_eq!(full, vec![3], "only the peer that never came up");
+        assert_eq!(turned_away, 1);
     }
+    assert!(reports.try_recv().is_err(), "nothing else turned away");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,7 @@ use crate::consensus::{
     Tip,
 };
 use crate::metrics::Metrics;
-use crate::net::{Inbound, SendError, Transport, Wire};
+use crate::net::{Inbound, Outbox, SendError, Transport, Wire};
 use crate::plugin_host::Plugins;
 use crate::pow::{self, Outcome};
 use crate::storage::{Store, StoreError};
@@ -45,6 +45,9 @@ use crate::throttle::{Backoff, Throttle};
 
 /// Events queued for the driver before submits are refused.
 const EVENT_CAPACITY: usize = 65_536;
+/// Frames the driver's `Outbox` holds before it drops them: far more than a turn
+/// sends, so only a stalled runtime fills it.
+const OUTBOX_CAPACITY: usize = 4_096;
 /// How long `POST /mine` waits for the block.
 const CUT_WAIT: Duration = Duration::from_secs(30);
 /// Most client submits queued back to back that the replica takes in one step.
@@ -315,6 +318,12 @@ impl Cluster {
             replica,
             store: Arc::clone(&store),
             transport: transport.clone(),
+            sends: {
+                let metrics = Arc::clone(&metrics);
+                transport.outbox(OUTBOX_CAPACITY, move |refused| {
+                    metrics.messages_dropped.add("send_queue_full", refused)
+                })
+            },
             events: events.clone(),
             status: status.clone(),
             pending: pending.clone(),
@@ -636,6 +645,8 @@ struct Driver {
     replica: Replica,
     store: Arc<Store>,
     transport: Arc<Transport>,
+    /// The frames for peers, in order (`Outbox`); entries go straight to the queues.
+    sends: Outbox,
     events: SyncSender<DriverEvent>,
     status: Arc<Mutex<ClusterStatus>>,
     pending: Arc<Mutex<HashMap<Hash, Held>>>,
@@ -1148,12 +1159,22 @@ impl Driver {
         Ok(())
     }
 
-    /// Whether `wire` was queued for `to`.
-    fn send(&self, to: MemberIndex, wire: &Wire) -> bool {
+    /// Sends `wire` to `to` behind this driver's earlier sends and broadcasts
+    /// (`Outbox`). A full queue means the peer is slow or away; the replica resends
+    /// what matters.
+    fn send(&self, to: MemberIndex, wire: &Wire) {
         self.metrics.messages_out.add(wire.kind(), 1);
-        // A full queue means the peer is slow or away; the replica resends what
-        // matters.
-        let queued = self.transport.send(to, Arc::from(wire.encode())).is_ok();
+        if !self.sends.send(to, Arc::from(wire.encode())) {
+            self.metrics.messages_dropped.add("send_queue_full", 1);
+        }
+    }
+
+    /// Whether an entry went straight into `to`'s queue, as its sender needs to
+    /// know (entries keep no order with the driver's other frames).
+    fn send_entry(&self, to: MemberIndex, entry: &Entry) -> bool {
+        self.metrics.messages_out.add("entry", 1);
+        let frame = Arc::from(Wire::Entry(entry.clone()).encode());
+        let queued = self.transport.send(to, frame).is_ok();
         if !queued {
             self.metrics.messages_dropped.add("send_queue_full", 1);
         }
@@ -1163,13 +1184,9 @@ impl Driver {
     fn broadcast(&self, wire: &Wire) {
         let peers = self.replica.members().saturating_sub(1) as u64;
         self.metrics.messages_out.add(wire.kind(), peers);
-        let metrics = self.metrics.clone();
-        self.transport
-            .broadcast_soon(Arc::from(wire.encode()), move |full| {
-                metrics
-                    .messages_dropped
-                    .add("send_queue_full", full.len() as u64)
-            });
+        if !self.sends.broadcast(Arc::from(wire.encode())) {
+            self.metrics.messages_dropped.add("send_queue_full", peers);
+        }
     }
 
     /// Feeds one input and performs the outputs; once they applied the epoch's last
@@ -1242,8 +1259,10 @@ impl Driver {
         Ok(())
     }
 
-    /// Points the transport at the replica's membership.
+    /// Points the transport at the replica's membership, once the frames given
+    /// before are in the queues of the membership they were for.
     fn reconfigure_transport(&self) {
+        self.sends.flush();
         let membership = Arc::clone(self.replica.membership());
         // Unread, the members the last change removed are left out: they catch up
         // no further than their removal, and learners still observe.
@@ -1294,9 +1313,8 @@ impl Driver {
         let until = Instant::now() + DEPART_FOR;
         while Instant::now() < until && !self.halt.load(Ordering::Relaxed) {
             for entry in &held {
-                let wire = Wire::Entry(entry.clone());
                 for &to in &staying {
-                    self.send(to, &wire);
+                    self.send_entry(to, entry);
                 }
             }
             let resend = Instant::now() + DEPART_RESEND;
@@ -1397,7 +1415,7 @@ impl Driver {
                 // bounded: past a pool's worth the oldest go (the replica shares what
                 // still waits).
                 let queued = self.unforwarded.contains_key(&to);
-                if !queued && self.send(to, &Wire::Entry(entry.clone())) {
+                if !queued && self.send_entry(to, &entry) {
                     return Ok(());
                 }
                 let queue = self.unforwarded.entry(to).or_default();

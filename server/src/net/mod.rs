@@ -20,6 +20,6 @@ pub use hello::{Hello, HelloError, MAX_HELLO_BYTES, PROTOCOL_VERSION};
 pub use requests::{Answer, RequestError, Requester, ALPN, MAX_CONNECTIONS};
 pub use tls::{certificate_key, configs, self_signed, Roster, TlsError, SERVER_NAME};
 pub use transport::{
-    Backoff, Inbound, LinkError, PeerState, SendError, Transport, TransportConfig,
+    Backoff, Inbound, LinkError, Outbox, PeerState, SendError, Transport, TransportConfig,
 };
 pub use wire::Wire;

@@ -225,6 +225,47 @@ pub struct Transport {
     _accept: JoinSet<()>,
 }
 
+/// Frames from a thread outside the runtime, queued for their peers in the order
+/// given by one task on it ([`Transport::outbox`]). Such a thread, queueing a frame
+/// for each peer itself, wakes each peer's writer in turn, and on a busy machine the
+/// first writer it wakes can take its CPU before the frame is queued for the others
+/// (a lone block's pre-prepare went out to its three peers over 0.28 ms); the task
+/// costs one wake-up, and keeps each peer's frames in order.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: mpsc::Sender<Outgoing>,
+}
+
+#[derive(Debug)]
+enum Outgoing {
+    All(Arc<[u8]>),
+    To(MemberIndex, Arc<[u8]>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Outbox {
+    /// [`Transport::broadcast`], in order behind the frames given before; false
+    /// if the outbox is full (the frame is dropped).
+    pub fn broadcast(&self, frame: Arc<[u8]>) -> bool {
+        self.queue.try_send(Outgoing::All(frame)).is_ok()
+    }
+
+    /// [`Transport::send`], in order behind the frames given before; false if the
+    /// outbox is full (the frame is dropped).
+    pub fn send(&self, to: MemberIndex, frame: Arc<[u8]>) -> bool {
+        self.queue.try_send(Outgoing::To(to, frame)).is_ok()
+    }
+
+    /// Waits until every frame given before is in its peer's queue (or turned
+    /// away): before the transport's membership changes under them.
+    pub fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.queue.blocking_send(Outgoing::Flush(done)).is_ok() {
+            let _ = flushed.blocking_recv();
+        }
+    }
+}
+
 /// Why a connection was not established or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -384,25 +425,33 @@ impl Transport {
         full
     }
 
-    /// [`Transport::broadcast`] from a task on the runtime, which then calls
-    /// `refused` with the members whose queue was full: for a thread outside the
-    /// runtime. Such a thread wakes each peer's writer in turn, and on a busy
-    /// machine the first writer it wakes can take its CPU before the frame is queued
-    /// for the others (a lone block's pre-prepare went out to its three peers over
-    /// 0.28 ms); a task queues it for all of them first. Broadcasts handed over
-    /// together may reach a peer in either order.
-    pub fn broadcast_soon(
+    /// An [`Outbox`] for a thread outside the runtime, holding at most `capacity`
+    /// frames not yet queued for their peers; `refused` hears how many frames a
+    /// full queue (the outbox's or a peer's) or an unknown peer turned away.
+    pub fn outbox(
         self: &Arc<Self>,
-        frame: Arc<[u8]>,
-        refused: impl FnOnce(Vec<MemberIndex>) + Send + 'static,
-    ) {
+        capacity: usize,
+        refused: impl Fn(u64) + Send + 'static,
+    ) -> Outbox {
+        let (queue, mut outgoing) = mpsc::channel(capacity.max(1));
         let transport = Arc::clone(self);
         self.runtime.spawn(async move {
-            let full = transport.broadcast(frame);
-            if !full.is_empty() {
-                refused(full);
+            // Ends when the outbox is dropped.
+            while let Some(next) = outgoing.recv().await {
+                let turned_away = match next {
+                    Outgoing::All(frame) => transport.broadcast(frame).len(),
+                    Outgoing::To(to, frame) => usize::from(transport.send(to, frame).is_err()),
+                    Outgoing::Flush(done) => {
+                        let _ = done.send(());
+                        0
+                    }
+                };
+                if turned_away > 0 {
+                    refused(turned_away as u64);
+                }
             }
         });
+        Outbox { queue }
     }
 
     /// Closes `member`'s inbound connection because of what it sent (frames that do
