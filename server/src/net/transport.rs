@@ -426,8 +426,8 @@ impl Transport {
     }
 
     /// An [`Outbox`] for a thread outside the runtime, holding at most `capacity`
-    /// frames not yet queued for their peers; `refused` hears how many frames a
-    /// full queue (the outbox's or a peer's) or an unknown peer turned away.
+    /// frames not yet queued for their peers (a full outbox tells its caller);
+    /// `refused` hears how many a peer's full queue or an unknown peer turned away.
     pub fn outbox(
         self: &Arc<Self>,
         capacity: usize,
