@@ -22,8 +22,9 @@
 //!
 //! The file is written with zeros ahead of its frames, so an append overwrites
 //! blocks already on disk: `fdatasync` then flushes the data alone, without the
-//! journal commit that growing a file takes (a fifth to a third of its cost here).
-//! Zeros after the last frame are that room, not damage.
+//! file's new size (an inode write, or a journal commit where there is a journal):
+//! a fifth to a third of its cost here. Zeros after the last frame are that room,
+//! not damage.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
