@@ -17,7 +17,7 @@ use ledger::api::types::{ReceiptView, SubmitRequest};
 use ledger::chain::{Change, Entry, Membership, Reconfiguration};
 use ledger::consensus::{
     checkpoint_digest, pre_prepare_digest, prepare_digest, AcceptedBlock, CheckpointCertificate,
-    DurableSlot, MemberIndex, Message, Payload, PreparedCertificate, Vote,
+    DurableSlot, MemberIndex, Message, Payload, PreparedCertificate, Record, Vote,
 };
 use ledger::net::{Hello, Wire};
 use ledger::storage::{Store, StoreOptions};
@@ -125,6 +125,15 @@ fn main() -> anyhow::Result<()> {
             }),
         };
         write("durable", &slot.encode())?;
+        // The same records in the store's consensus log, a frame each.
+        store.persist(&[Record::Accepted {
+            view: 0,
+            block: block.clone().into(),
+            signature: pre_prepare.signature,
+        }])?;
+        if let Some(prepared) = slot.prepared {
+            store.persist(&[Record::Prepared(prepared)])?;
+        }
         for payload in messages {
             let message = Message::sign(&chain_hash, 1, &keys[1], payload);
             write("message", &message.encode())?;
@@ -204,6 +213,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     drop(store);
+    // The log as written, then cut after its last frame (its room is zeros).
+    let log = std::fs::read(Store::log_path(&scratch.join("seeds.redb")))?;
+    let (_, end) = ledger::storage::read_log(&log)?;
+    write("consensus_log", &log[..end])?;
+    write("consensus_log", &log[..(end + 64).min(log.len())])?;
     std::fs::remove_dir_all(&scratch)?;
     println!("wrote seeds under {}", out.display());
     Ok(())

@@ -48,6 +48,8 @@ pub(crate) use restore::sync_parent;
 pub use restore::{Restore, RestoredIds, VerifiedTile};
 use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
+#[cfg(feature = "testing")]
+pub use wal::read_log;
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{

@@ -275,6 +275,15 @@ fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Reads a log's bytes as [`Wal::open`] does: the records of its whole frames and
+/// the length they end at (for the fuzz target, `testing`).
+#[cfg(feature = "testing")]
+pub fn read_log(bytes: &[u8]) -> Result<(Vec<Record>, usize), StoreError> {
+    read_header(bytes).ok_or_else(|| corrupt("the consensus log has no valid header"))?;
+    let (records, valid, _) = read_frames(bytes, Path::new("the consensus log"))?;
+    Ok((records, valid))
+}
+
 fn header(id: [u8; 16], generation: u64) -> [u8; HEADER_LEN] {
     let mut out = [0; HEADER_LEN];
     out[..8].copy_from_slice(MAGIC);
