@@ -358,21 +358,7 @@ fn frame_at<'a>(bytes: &'a [u8], at: usize, previous: &[u8; 32]) -> Option<&'a [
 
 /// Whether `payload` is a count and that many length-prefixed records, exactly.
 fn framed(payload: &[u8]) -> bool {
-    let u32_at = |at: usize| {
-        let bytes = payload.get(at..at.checked_add(4)?)?;
-        Some(u32::from_be_bytes(bytes.try_into().ok()?) as usize)
-    };
-    let Some(count) = u32_at(0) else {
-        return false;
-    };
-    let mut at = 4;
-    for _ in 0..count {
-        match u32_at(at).and_then(|len| at.checked_add(4)?.checked_add(len)) {
-            Some(next) if next <= payload.len() => at = next,
-            _ => return false,
-        }
-    }
-    at == payload.len()
+    each_record(payload, |_| Ok(())).is_ok()
 }
 
 /// A frame's digest: SHA-256 of the previous frame's (or the header's) and its payload.
@@ -394,11 +380,23 @@ fn header_digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn decode_payload(payload: &[u8], records: &mut Vec<Record>) -> Result<(), StoreError> {
+    each_record(payload, |bytes| {
+        records.push(Record::decode_slot_record(bytes)?);
+        Ok(())
+    })
+}
+
+/// Hands each record of a frame's payload (a count, then each length-prefixed) to
+/// `each`; fails unless they fill the payload exactly.
+fn each_record(
+    payload: &[u8],
+    mut each: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut reader = Reader::new(payload, "consensus log frame");
     let count = reader.u32()?;
     for _ in 0..count {
         let len = reader.u32()? as usize;
-        records.push(Record::decode_slot_record(reader.take(len)?)?);
+        each(reader.take(len)?)?;
     }
     reader.finish()?;
     Ok(())
