@@ -11,6 +11,12 @@ pub trait EntryIndex {
     /// Whether `id` was committed before.
     fn contains(&self, id: &Hash) -> Result<bool, ChainError>;
 
+    /// Whether each of `ids` was committed before, in order. A block's ids are asked
+    /// in one call, which an index may answer with its lookups overlapped.
+    fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
+        ids.iter().map(|id| self.contains(id)).collect()
+    }
+
     /// The committed header at `height`, for a difficulty [`Policy`] that reads
     /// recent headers. An index that never serves one may keep this default; a
     /// policy then finds the header missing and the block is refused, loudly.
@@ -141,15 +147,28 @@ pub fn validate_block(
     }
     let mut ids = Vec::with_capacity(block.entries.len());
     let mut seen = HashSet::with_capacity(block.entries.len());
-    let mut log = parent_log.clone();
     for entry in &block.entries {
         entry.verify(context.chain_hash, context.params.max_entry_bytes)?;
         let id = entry.id();
-        if !seen.insert(id) || index.contains(&id)? {
+        if !seen.insert(id) {
             return Err(ChainError::DuplicateEntry { id });
         }
-        log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
         ids.push(id);
+    }
+    let known = index.contains_each(&ids)?;
+    if known.len() != ids.len() {
+        return Err(ChainError::Lookup(format!(
+            "the entry index answered for {} of {} ids",
+            known.len(),
+            ids.len()
+        )));
+    }
+    if let Some((id, _)) = ids.iter().zip(&known).find(|(_, &known)| known) {
+        return Err(ChainError::DuplicateEntry { id: *id });
+    }
+    let mut log = parent_log.clone();
+    for id in &ids {
+        log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
     }
     let root = log.root();
     if root != header.log_root {
@@ -302,6 +321,20 @@ mod tests {
                 id: block.entries[0].id()
             }
         );
+        // An index that answers for fewer ids than asked must not pass the rest.
+        struct Short;
+        impl EntryIndex for Short {
+            fn contains(&self, _: &Hash) -> Result<bool, ChainError> {
+                Ok(false)
+            }
+            fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
+                Ok(vec![false; ids.len() - 1])
+            }
+        }
+        assert!(matches!(
+            check(&block, 0, &Short),
+            Err(ChainError::Lookup(_))
+        ));
 
         let mut spec = spec(&[key(1)], DIFFICULTY);
         spec.params.max_block_entries = 2;

@@ -219,11 +219,14 @@ struct Committed<'a>(&'a Store);
 
 impl EntryIndex for Committed<'_> {
     fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
-        let found = self
-            .0
-            .committed(std::slice::from_ref(id))
-            .map_err(|error| ChainError::Lookup(error.to_string()))?;
+        let found = self.contains_each(std::slice::from_ref(id))?;
         Ok(found.first().copied().unwrap_or(false))
+    }
+
+    fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
+        self.0
+            .committed(ids)
+            .map_err(|error| ChainError::Lookup(error.to_string()))
     }
 
     fn header(&self, height: u64) -> Result<Option<Header>, ChainError> {

@@ -157,6 +157,14 @@ impl IdIndex {
         self.filter.may_hold(id)
     }
 
+    /// Whether no committed id may be any of `ids`: a block's fresh ids are ruled
+    /// out in one pass whose filter reads do not wait for one another.
+    pub(super) fn surely_new(&self, ids: &[Hash]) -> bool {
+        // No early exit: a branch on each answer would stall the reads behind it.
+        !ids.iter()
+            .fold(false, |held, id| held | self.filter.may_hold(id))
+    }
+
     /// The log index holding `id`, confirmed in the entry index. A candidate whose
     /// stored id does not even share the prefix that led to it means the index
     /// changed under the map or a run lies: damage, not a miss.
@@ -252,8 +260,9 @@ impl IdFilter {
     fn may_hold(&self, id: &Hash) -> bool {
         let (block, bits) = IdFilter::bits(id);
         let block = &self.blocks[block];
-        bits.iter()
-            .all(|bit| block[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        bits.iter().fold(true, |all, bit| {
+            all & (block[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        })
     }
 }
 
@@ -404,8 +413,15 @@ mod tests {
             assert!(index.may_hold(id));
             assert_eq!(located(&database, &index, id).unwrap(), Some(log_index));
         }
-        for absent in (100..200).map(id) {
-            assert_eq!(located(&database, &index, &absent).unwrap(), None);
+        let absent: Vec<Hash> = (100..200).map(id).collect();
+        for absent in &absent {
+            assert_eq!(located(&database, &index, absent).unwrap(), None);
+        }
+        assert!(index.surely_new(&absent));
+        for held in [&ids[0], &ids[39]] {
+            let mut batch = absent.clone();
+            batch.insert(50, *held);
+            assert!(!index.surely_new(&batch));
         }
     }
 

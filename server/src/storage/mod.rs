@@ -1064,7 +1064,7 @@ impl Store {
             // the id tables for it cost a backup's consensus thread about 5% of its
             // time, once per entry of every block it validates. A failing store
             // still reads, so that its failure shows (as `surely_uncommitted`).
-            if self.failure().is_none() && ids.iter().all(|id| !map.may_hold(id)) {
+            if self.failure().is_none() && map.surely_new(ids) {
                 return Ok(vec![false; ids.len()]);
             }
             let txn = db.begin_read()?;
@@ -1498,9 +1498,10 @@ impl Store {
                 rows: &ids,
                 runs: &runs,
             };
-            for (log_index, entry) in (tip.log_size..).zip(&block.entries) {
-                let id = entry.id();
-                if !in_block.insert(id) || map.locate(&tables, &id)?.is_some() {
+            let block_ids: Vec<Hash> = block.entries.iter().map(Entry::id).collect();
+            let fresh = map.surely_new(&block_ids);
+            for (log_index, id) in (tip.log_size..).zip(block_ids) {
+                if !in_block.insert(id) || (!fresh && map.locate(&tables, &id)?.is_some()) {
                     return Err(ChainError::DuplicateEntry { id }.into());
                 }
                 new_ids.push((id, log_index));
@@ -1768,6 +1769,13 @@ where
             .locate(self.1, id)
             .map(|found| found.is_some())
             .map_err(|error| ChainError::Lookup(error.to_string()))
+    }
+
+    fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
+        if self.0.surely_new(ids) {
+            return Ok(vec![false; ids.len()]);
+        }
+        ids.iter().map(|id| self.contains(id)).collect()
     }
 }
 

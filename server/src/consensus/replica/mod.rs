@@ -221,6 +221,17 @@ impl EntryIndex for Ancestry<'_> {
         self.committed.contains(id)
     }
 
+    fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
+        let mut known = self.committed.contains_each(ids)?;
+        for (id, known) in ids.iter().zip(&mut known) {
+            *known |= self
+                .in_flight
+                .iter()
+                .any(|in_flight| in_flight.contains(id));
+        }
+        Ok(known)
+    }
+
     fn header(&self, height: u64) -> Result<Option<Header>, ChainError> {
         self.committed.header(height)
     }
