@@ -11,8 +11,9 @@ pub trait EntryIndex {
     /// Whether `id` was committed before.
     fn contains(&self, id: &Hash) -> Result<bool, ChainError>;
 
-    /// Whether each of `ids` was committed before, in order. A block's ids are asked
-    /// in one call, which an index may answer with its lookups overlapped.
+    /// Whether each of `ids` was committed before: one answer per id, in order. A
+    /// block's ids are asked in one call, which an index may answer with its lookups
+    /// overlapped.
     fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {
         ids.iter().map(|id| self.contains(id)).collect()
     }
@@ -148,13 +149,13 @@ pub fn validate_block(
     let mut ids = Vec::with_capacity(block.entries.len());
     let mut seen = HashSet::with_capacity(block.entries.len());
     for entry in &block.entries {
-        entry.verify(context.chain_hash, context.params.max_entry_bytes)?;
         let id = entry.id();
         if !seen.insert(id) {
             return Err(ChainError::DuplicateEntry { id });
         }
         ids.push(id);
     }
+    // Replayed entries are refused before any author's signature is checked.
     let known = index.contains_each(&ids)?;
     if known.len() != ids.len() {
         return Err(ChainError::Lookup(format!(
@@ -163,8 +164,11 @@ pub fn validate_block(
             ids.len()
         )));
     }
-    if let Some((id, _)) = ids.iter().zip(&known).find(|(_, &known)| known) {
-        return Err(ChainError::DuplicateEntry { id: *id });
+    if let Some(at) = known.iter().position(|&known| known) {
+        return Err(ChainError::DuplicateEntry { id: ids[at] });
+    }
+    for entry in &block.entries {
+        entry.verify(context.chain_hash, context.params.max_entry_bytes)?;
     }
     let mut log = parent_log.clone();
     for id in &ids {

@@ -220,7 +220,10 @@ struct Committed<'a>(&'a Store);
 impl EntryIndex for Committed<'_> {
     fn contains(&self, id: &Hash) -> Result<bool, ChainError> {
         let found = self.contains_each(std::slice::from_ref(id))?;
-        Ok(found.first().copied().unwrap_or(false))
+        found
+            .first()
+            .copied()
+            .ok_or_else(|| ChainError::Lookup("the entry index gave no answer".into()))
     }
 
     fn contains_each(&self, ids: &[Hash]) -> Result<Vec<bool>, ChainError> {

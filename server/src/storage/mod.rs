@@ -1499,6 +1499,8 @@ impl Store {
                 runs: &runs,
             };
             let block_ids: Vec<Hash> = block.entries.iter().map(Entry::id).collect();
+            // Almost always every id is new: one pass over the filter says so, and
+            // no id is looked up one by one.
             let fresh = map.surely_new(&block_ids);
             for (log_index, id) in (tip.log_size..).zip(block_ids) {
                 if !in_block.insert(id) || (!fresh && map.locate(&tables, &id)?.is_some()) {
