@@ -214,6 +214,11 @@ pub struct Cluster {
     stopper: Stopper,
 }
 
+/// Puts `entry` straight into `to`'s queue, beside the driver's `Outbox`.
+fn queue_entry(transport: &Transport, to: MemberIndex, entry: &Entry) -> Result<(), SendError> {
+    transport.send(to, Arc::from(Wire::Entry(entry.clone()).encode()))
+}
+
 /// The store as the replica's index of committed entries.
 struct Committed<'a>(&'a Store);
 
@@ -1179,8 +1184,7 @@ impl Driver {
     /// know (entries keep no order with the driver's other frames).
     fn send_entry(&self, to: MemberIndex, entry: &Entry) -> bool {
         self.metrics.messages_out.add("entry", 1);
-        let frame = Arc::from(Wire::Entry(entry.clone()).encode());
-        let queued = self.transport.send(to, frame).is_ok();
+        let queued = queue_entry(&self.transport, to, entry).is_ok();
         if !queued {
             self.metrics.messages_dropped.add("send_queue_full", 1);
         }
@@ -1397,8 +1401,7 @@ impl Driver {
         self.unforwarded.retain(|to, queue| {
             while let Some(entry) = queue.front() {
                 if replica.is_pending(&entry.id()) {
-                    let frame = Arc::from(Wire::Entry(entry.clone()).encode());
-                    match transport.send(*to, frame) {
+                    match queue_entry(transport, *to, entry) {
                         Ok(()) => metrics.messages_out.add("entry", 1),
                         Err(SendError::QueueFull) => return true,
                         Err(SendError::UnknownPeer) => return false,
