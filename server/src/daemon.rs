@@ -22,7 +22,7 @@ use crate::join::{JoinConfig, Joined, Source};
 use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
-use crate::storage::{CheckProgress, CheckReport, RestoredIds, Store};
+use crate::storage::{CheckProgress, CheckReport, RecordsOwner, RestoredIds, Store};
 
 /// Frames queued per peer, each way.
 const PEER_QUEUE: usize = 8192;
@@ -89,7 +89,22 @@ fn open_restored(
 ) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
     let spec = config.chain_spec()?;
     let key = check_key(config, &spec)?;
-    let store = open_at(config, &spec, &config.database_path(), restored)?;
+    let path = config.database_path();
+    let store = open_at(config, &spec, &path, restored)?;
+    let public = key.verifying_key().to_bytes();
+    if let RecordsOwner::Other(owner) = store.claim_records(&public, config.follower)? {
+        bail!(
+            "{} holds what node {} signed, not this node's key {} ({}): a data directory \
+             copied from another node would let this one vote having forgotten its own \
+             votes. Put this node's own data directory back, or empty it: the node then \
+             joins from a snapshot and, as a member that lost its disk, votes again once \
+             the chain has passed where it may have voted",
+            path.display(),
+            hex::encode(owner),
+            hex::encode(public),
+            config.key_file.display()
+        );
+    }
     Ok((Arc::new(store), key))
 }
 
@@ -103,6 +118,17 @@ fn open_at(
 ) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    // redb takes an empty file for a new database, whose consensus log would then
+    // replace the one beside it: the member would vote having forgotten its votes.
+    if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
+        bail!(
+            "{} is empty (0 bytes), not a database. If the node lost its disk, remove \
+             the file: a member then joins from the others and votes again once the chain \
+             has passed where it may have voted. If it should hold the chain, restore it \
+             from a backup (`ledgerd snapshot restore`)",
+            path.display()
+        );
+    }
     Ok(Store::open_restored(
         path,
         spec,

@@ -232,6 +232,42 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
             "{message}"
         );
     }
+
+    // An empty file is no new database: the consensus log beside it stays as it was.
+    let wal = dir.path().join("dev/node0/data/ledger.redb.wal");
+    let log = std::fs::read(&wal).unwrap();
+    std::fs::write(&database, b"").unwrap();
+    let refused = refused_run(&config);
+    assert!(
+        text(&refused).contains("is empty (0 bytes)"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(std::fs::read(&wal).unwrap(), log);
+    assert!(std::fs::read(&database).unwrap().is_empty());
+}
+
+/// A member started on another member's data directory (copied whole, its
+/// consensus log too) refuses: it would vote having forgotten its own votes.
+#[test]
+fn a_member_refuses_another_members_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cluster");
+    let (configs, base) = support::layout(&layout, 4);
+    Daemon::start(&configs[0], base).stop();
+    let (from, to) = (layout.join("node0/data"), layout.join("node1/data"));
+    std::fs::create_dir_all(&to).unwrap();
+    for file in std::fs::read_dir(&from).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+    }
+    let message = text(&refused_run(&configs[1]));
+    assert!(
+        message.contains("holds what node") && message.contains("not this node's key"),
+        "{message}"
+    );
+    // Its owner still starts on it.
+    Daemon::start(&configs[0], base).stop();
 }
 
 /// Start-up refuses, at once and with a message naming the problem: a key file

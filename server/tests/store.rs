@@ -646,6 +646,44 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
 /// The replica's durable state survives a reopen exactly as the in-memory fold of the
 /// same records (the simulator's reference), including the truncation at a stable
 /// checkpoint.
+/// The first node to open a database names itself the owner of its consensus
+/// records, across a reopen; another member is told whose they are and changes
+/// nothing; a follower, which signs nothing, takes them over.
+#[test]
+fn a_database_names_the_node_whose_records_it_holds() {
+    use ledger::storage::RecordsOwner;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let [first, second] = [&keys[0], &keys[1]].map(|key| key.verifying_key().to_bytes());
+    let store = open(&path, &spec);
+    assert_eq!(
+        store.claim_records(&first, false).unwrap(),
+        RecordsOwner::This
+    );
+    drop(store);
+    let store = open(&path, &spec);
+    assert_eq!(
+        store.claim_records(&first, false).unwrap(),
+        RecordsOwner::This
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            store.claim_records(&second, false).unwrap(),
+            RecordsOwner::Other(first)
+        );
+    }
+    assert_eq!(
+        store.claim_records(&second, true).unwrap(),
+        RecordsOwner::This
+    );
+    assert_eq!(
+        store.claim_records(&first, false).unwrap(),
+        RecordsOwner::Other(second)
+    );
+}
+
 #[test]
 fn consensus_state_persists_as_the_records_fold() {
     use ledger::consensus::{

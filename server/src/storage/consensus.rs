@@ -36,6 +36,18 @@ const WAL_GENERATION: &str = "wal_generation";
 const WAL_ID: &str = "wal_id";
 /// A log this long is written into the tables at the next records, whatever they are.
 const WAL_COMPACT_BYTES: u64 = 64 << 20;
+/// The public key of the node whose records these are, 32 bytes, claimed when it
+/// first opened the database ([`Store::claim_records`]).
+const OWNER: &str = "owner";
+
+/// Whose consensus records a database holds ([`Store::claim_records`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordsOwner {
+    /// The node that asked: named before, or claimed now.
+    This,
+    /// Another node, by its public key.
+    Other([u8; 32]),
+}
 
 /// Records in `txn` the header of the block before the epoch of a restored database
 /// ([`Store::epoch_base`]).
@@ -140,6 +152,37 @@ impl Store {
             write_abstain_through(&txn, height)?;
             txn.commit()?;
             Ok(())
+        })())
+    }
+
+    /// Names `key` as the node whose consensus records (what it signed) this database
+    /// holds, unless another is named already: then nothing changes and that one is
+    /// returned, as a member must not vote on another's records, having forgotten
+    /// its own. `take_over` names `key` whatever was named (a follower signs
+    /// nothing). Restored and new databases name nobody until their node opens them.
+    pub fn claim_records(
+        &self,
+        key: &[u8; 32],
+        take_over: bool,
+    ) -> Result<RecordsOwner, StoreError> {
+        self.observe((|| {
+            let txn = self.begin_write()?;
+            {
+                let mut views = txn.open_table(VIEW_STATE)?;
+                if let Some(found) = views.get(OWNER)? {
+                    let found = <[u8; 32]>::try_from(found.value())
+                        .map_err(|_| corrupt("the records' owner is not 32 bytes"))?;
+                    if found == *key {
+                        return Ok(RecordsOwner::This);
+                    }
+                    if !take_over {
+                        return Ok(RecordsOwner::Other(found));
+                    }
+                }
+                views.insert(OWNER, key.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(RecordsOwner::This)
         })())
     }
 

@@ -40,6 +40,7 @@ use ledger_migrations::schema::{
 };
 use ledger_migrations::MigrationError;
 
+pub use consensus::RecordsOwner;
 use health::Health;
 pub use health::{recovery_backoff, HealthCounters};
 use ids::{IdIndex, IdTables, ReadIdTables};

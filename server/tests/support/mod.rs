@@ -28,6 +28,30 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap()
 }
 
+/// `ledgerd run --config CONFIG`, which must refuse: its output once it exits, or a
+/// panic if it still runs after 60 s (then it is killed).
+pub fn refused_run(config: &Path) -> Output {
+    let mut child = Command::new(LEDGERD)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("ledgerd ran on instead of refusing: {}", text(&output));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    output
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
