@@ -512,13 +512,7 @@ pub fn check_database(
     let store = match Store::open_read_only(&path, &spec) {
         Ok(store) => store,
         Err(error) if error.damage().is_some() => return Ok(Verdict::Damaged(error.to_string())),
-        Err(error) => {
-            return Err(error).with_context(|| {
-                "the file must be closed cleanly to be checked as it is: stop the node \
-                 (or start it once, which lets redb recover an unclean shutdown), or \
-                 check a copy"
-            })
-        }
+        Err(error) => return Err(error.into()),
     };
     // redb makes no promise not to panic on pages damaged outside it.
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.check(progress)));

@@ -247,6 +247,36 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
     assert!(std::fs::read(&database).unwrap().is_empty());
 }
 
+/// `ledgerd check` says DAMAGED (exit 1), with the advice to rejoin, of a file redb
+/// finds corrupt, of one that is no redb database and of an empty one.
+#[test]
+fn ledgerd_check_calls_corrupt_foreign_and_empty_files_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dev_init(&dir.path().join("dev"), port);
+    let check = || run(LEDGERD, &["check", "--config", config.to_str().unwrap()]);
+    Daemon::start(&config, port).stop();
+    let clean = check();
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+
+    let database = dir.path().join("dev/node0/data/ledger.redb");
+    let original = std::fs::read(&database).unwrap();
+    let mut header = original.clone();
+    header[32..1024].fill(0xff);
+    let mut foreign = original.clone();
+    foreign[..16].fill(0x5a);
+    for damaged in [header, foreign, Vec::new()] {
+        std::fs::write(&database, damaged).unwrap();
+        let checked = check();
+        assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+        let message = text(&checked);
+        assert!(
+            message.contains("DAMAGED") && message.contains("recover:"),
+            "{message}"
+        );
+    }
+}
+
 /// A member started on another member's data directory (copied whole, its
 /// consensus log too) refuses: it would vote having forgotten its own votes.
 #[test]

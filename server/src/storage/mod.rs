@@ -130,6 +130,32 @@ pub enum StoreError {
     Database(#[from] redb::Error),
 }
 
+/// Why redb would not open `path` read-only: damage it found, or what to do first.
+fn read_only_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
+    use redb::{DatabaseError, StorageError};
+    let reason = match error {
+        DatabaseError::Storage(StorageError::Corrupted(what)) => return StoreError::Corrupt(what),
+        DatabaseError::Storage(StorageError::Io(error))
+            if error.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            return StoreError::Corrupt(error.to_string())
+        }
+        DatabaseError::RepairAborted => "it needs the recovery redb runs after an unclean \
+             shutdown (or it is damaged), which a read-only open cannot run: stop the node, \
+             or start it once, which recovers the file or says what is damaged; or check a \
+             copy"
+            .to_owned(),
+        DatabaseError::DatabaseAlreadyOpen => {
+            "a running node holds it: stop the node, or check a copy".to_owned()
+        }
+        error => error.to_string(),
+    };
+    StoreError::Open {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
 /// Converts each redb error type through `redb::Error`.
 macro_rules! from_redb {
     ($($error:ty),*) => {$(
@@ -482,13 +508,9 @@ impl Store {
     }
 
     fn read_only(path: &Path, spec: &ChainSpec, ids: bool) -> Result<Store, StoreError> {
-        let database =
-            redb::Builder::new()
-                .open_read_only(path)
-                .map_err(|error| StoreError::Open {
-                    path: path.to_owned(),
-                    reason: error.to_string(),
-                })?;
+        let database = redb::Builder::new()
+            .open_read_only(path)
+            .map_err(|error| read_only_refused(path, error))?;
         let version =
             ledger_migrations::schema_version(&database).map_err(|source| StoreError::Schema {
                 path: path.to_owned(),
