@@ -403,10 +403,42 @@ pub fn restore(
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
         _ => {}
     }
+    // The blocks go into a database beside `path`, moved there only once whole.
+    let built = staging.with_extension("built");
+    let tip = match build(spec, &mut reader, &manifest, staging, &built, options) {
+        Ok(tip) => tip,
+        Err(error) => {
+            // A restore starts from nothing, so what a failed one wrote is of no use.
+            let log = crate::storage::Store::log_path(&built);
+            for file in [staging, &built, &log] {
+                let _ = std::fs::remove_file(file);
+            }
+            return Err(error);
+        }
+    };
+    crate::storage::Store::move_files(&built, path)?;
+    Ok(Contents {
+        manifest,
+        tip,
+        blocks: tip,
+        bytes: reader.bytes,
+    })
+}
+
+/// Writes the snapshot `manifest` of `reader` into `staging`, completes it as the
+/// database `built`, and applies and fills in the file's blocks there: the tip.
+fn build(
+    spec: &ChainSpec,
+    reader: &mut Reader<impl Read>,
+    manifest: &Manifest,
+    staging: &Path,
+    built: &Path,
+    options: StoreOptions,
+) -> Result<u64, BackupError> {
     let mut restore = Restore::begin(staging, spec, manifest.clone())?;
     for index in 0..manifest.chunks() {
         let chunk = reader.part("a chunk", 32 << MAX_TILE_LEVEL)?;
-        let tile = VerifiedTile::check(&manifest, index, &chunk)
+        let tile = VerifiedTile::check(manifest, index, &chunk)
             .map_err(|error| BackupError::Invalid(error.to_string()))?;
         restore.write(tile)?;
     }
@@ -418,24 +450,11 @@ pub fn restore(
         )));
     }
     let (block, _) = reader.committed(height)?;
-    // The blocks go into a database beside `path`, moved there only once whole.
-    let built = staging.with_extension("built");
-    let _ = std::fs::remove_file(&built);
+    let _ = std::fs::remove_file(built);
     // Nothing here says where the member last voted: its first start asks the others.
-    restore.finish(spec, &block, &built, ABSTAIN_UNKNOWN)?;
-    let filled = fill(spec, &mut reader, &built, options, height, tip);
-    if let Err(error) = filled {
-        let _ = std::fs::remove_file(crate::storage::Store::log_path(&built));
-        let _ = std::fs::remove_file(&built);
-        return Err(error);
-    }
-    crate::storage::Store::move_files(&built, path)?;
-    Ok(Contents {
-        manifest,
-        tip,
-        blocks: tip,
-        bytes: reader.bytes,
-    })
+    restore.finish(spec, &block, built, ABSTAIN_UNKNOWN)?;
+    fill(spec, reader, built, options, height, tip)?;
+    Ok(tip)
 }
 
 /// Applies the file's blocks above `height` to the database at `built`, then fills
