@@ -187,6 +187,21 @@ impl Verifier {
     /// block the genesis members certified), an entry with its receipt (`get`), or a
     /// commit (`submit --wait`), each with the membership proof it carries.
     pub fn answer(&self, saved: &Value) -> Result<Verified, VerifyError> {
+        // An entry not committed yet: read back while pending, or as a submit
+        // answered it before its commit (its id alone).
+        if saved.get("receipt").is_none_or(Value::is_null) {
+            let status = match saved.get("status") {
+                Some(status) => Some(text(status)),
+                None => (saved.get("entry_id").is_none() && saved.get("id").is_some())
+                    .then(|| "accepted".to_owned()),
+            };
+            if let Some(status) = status {
+                return Err(VerifyError::NotCommitted {
+                    id: saved.get("id").map(text).unwrap_or_default(),
+                    status,
+                });
+            }
+        }
         let Some(receipt) = saved.get("receipt") else {
             let view: ReceiptView = serde_json::from_value(saved.clone())
                 .map_err(|error| VerifyError::NoReceipt(error.to_string()))?;

@@ -120,8 +120,19 @@ fn a_saved_answer_of_any_shape_verifies() {
             ..
         })
     ));
+    // What a submit answers before the commit, and an entry read back pending, say
+    // so rather than what a receipt lacks.
+    let pending = serde_json::to_value(EntryView::pending(&entry.id())).unwrap();
+    for (saved, said) in [
+        (serde_json::json!({"id": "ab"}), "entry ab is accepted"),
+        (pending, "is pending: there is no receipt to check yet"),
+    ] {
+        let error = verifier.answer(&saved).unwrap_err();
+        assert!(matches!(error, VerifyError::NotCommitted { .. }), "{error}");
+        assert!(error.to_string().contains(said), "{error}");
+    }
     assert!(matches!(
-        verifier.answer(&serde_json::json!({"id": "ab"})),
+        verifier.answer(&serde_json::json!({"entry_id": "ab"})),
         Err(VerifyError::NoReceipt(_))
     ));
 }

@@ -277,6 +277,44 @@ fn ledgerd_check_calls_corrupt_foreign_and_empty_files_damaged() {
     }
 }
 
+/// `ledgerctl submit --wait` whose wait runs out (a member alone, no quorum) prints
+/// the entry id and exits non-zero; `--genesis` takes `--timeout` as `--wait` does,
+/// and a timeout over 300 s is refused before anything is sent.
+#[test]
+fn a_submit_that_does_not_commit_in_time_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cluster");
+    let (configs, base) = support::layout(&layout, 4);
+    let daemon = Daemon::start(&configs[0], base);
+    let waited = daemon.ctl(&["submit", "alone", "--wait", "--timeout", "1"]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    let accepted: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    assert!(
+        String::from_utf8_lossy(&waited.stderr).contains(&format!("entry {id} is accepted")),
+        "{}",
+        text(&waited)
+    );
+    let genesis = layout.join("genesis.toml");
+    let checked = daemon.ctl(&[
+        "submit",
+        "checked",
+        "--genesis",
+        genesis.to_str().unwrap(),
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+    assert!(
+        text(&checked).contains("not committed yet"),
+        "{}",
+        text(&checked)
+    );
+    let long = daemon.ctl(&["submit", "long", "--wait", "--timeout", "301"]);
+    assert_eq!(long.status.code(), Some(2), "{}", text(&long));
+    daemon.stop();
+}
+
 /// A member started on another member's data directory (copied whole, its
 /// consensus log too) refuses: it would vote having forgotten its own votes.
 #[test]

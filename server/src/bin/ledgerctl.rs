@@ -58,17 +58,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Submit an entry: DATA, or --file, or standard input.
+    #[command(group = clap::ArgGroup::new("waiting").args(["wait", "genesis"]).multiple(true))]
     Submit {
         /// The entry's data as text.
         data: Option<String>,
         /// Read the data from this file ("-" for standard input).
         #[arg(long, conflicts_with = "data")]
         file: Option<PathBuf>,
-        /// Wait for the commit and print the receipt.
+        /// Wait for the commit and print the receipt; if it does not commit within
+        /// --timeout, print the entry id and exit non-zero (the entry stays accepted).
         #[arg(long)]
         wait: bool,
-        /// Longest wait for the commit, seconds (at most 300).
-        #[arg(long, default_value_t = 30, requires = "wait")]
+        /// Longest wait for the commit, seconds (1 to 300).
+        #[arg(
+            long,
+            default_value_t = 30,
+            requires = "waiting",
+            value_parser = clap::value_parser!(u64).range(1..=300)
+        )]
         timeout: u64,
         /// Check the receipt against this genesis file before printing it (implies
         /// --wait); exit non-zero with the reason if it does not prove the entry.
@@ -497,7 +504,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     verifier.committed(&answer, &entry)?;
                     print(&answer)
                 }
-                None if wait => print(&client.submit_wait(&entry, timeout)?),
+                None if wait => match client.submit_wait(&entry, timeout)? {
+                    ledger_client::Submitted::Committed(view) => print(&view),
+                    ledger_client::Submitted::Pending(accepted) => {
+                        print(&accepted)?;
+                        bail!(ledger_client::Error::NotCommitted { id: entry.id() })
+                    }
+                },
                 None => print(&Accepted {
                     id: client.submit(&entry)?.to_hex(),
                 }),
