@@ -511,11 +511,17 @@ async fn the_error_model() {
 
     // 413: a body over the limit is refused before parsing (it is not even JSON), and
     // an entry over the chain's limit inside an acceptable body.
-    let (status, error) = send_raw(&router, "/v1/entries", vec![b'x'; limit * 3]).await;
+    let (status, error) = send_raw(&router, "/v1/entries", vec![b'x'; limit * 7]).await;
     assert_eq!(
         (status, error.error.as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
     );
+    // An entry at the limit fits whatever its JSON encoding: here each byte is a
+    // control character, which JSON writes in six.
+    let escaped = json!({"data": "\u{1}".repeat(limit)});
+    assert!(escaped.to_string().len() > limit * 6);
+    let (status, body, _) = post(&router, "/v1/entries", Some(escaped)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
     let (status, body, _) = post(
         &router,
         "/v1/entries",

@@ -246,9 +246,10 @@ fn document_security(api: &mut utoipa::openapi::OpenApi) {
 struct ApiDoc;
 
 fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
-    // Base64 grows data by 4/3 and JSON escapes can double text; add room for the
-    // author fields. The limit applies before any parsing.
-    let entry_body_limit = max_entry * 2 + 4096;
+    // The longest JSON of a byte of text is six (`\u0001`; `\u00e9` is 3 bytes for
+    // 2 of UTF-8), of base64 4/3: an entry at the limit fits however it is written,
+    // with room for the author fields. The limit applies before any parsing.
+    let entry_body_limit = max_entry * 6 + 4096;
     let batch_body_limit = (entry_body_limit * 16).max(32 << 20);
     let limited = |(schemas, paths, method): UtoipaMethodRouter<Arc<Node>>, limit: usize| {
         (schemas, paths, method.layer(DefaultBodyLimit::max(limit)))
@@ -298,7 +299,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large("request body exceeds the limit")
+                    ApiError::too_large(
+                        "the request body exceeds this route's limit (for an entry, six \
+                         bytes for each of max_entry_bytes, the longest JSON of any entry)",
+                    )
                 } else {
                     ApiError::malformed(rejection.body_text())
                 }
