@@ -183,6 +183,20 @@ async fn every_documented_operation_is_routed() {
             }
         }
     }
+    // A method a route does not take is 405 whoever asks: nothing runs to guard.
+    for method in ["OPTIONS", "DELETE", "PUT"] {
+        let request = Request::builder().method(method).uri("/v1/status");
+        let response = guarded
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}"
+        );
+    }
 
     for (method, path) in documented() {
         let uri = path

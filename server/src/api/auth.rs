@@ -259,17 +259,21 @@ impl Access {
     }
 
     /// The role `method` on the route `path` needs (`None`: open); `admin` for a
-    /// route the document does not know. HEAD is a GET without the body.
+    /// route the document does not know. A method the document gives the path no
+    /// operation for is open: the 405 that follows runs nothing. HEAD is a GET
+    /// without the body.
     pub fn role_for(&self, method: &Method, path: &str) -> Option<Role> {
         let method = match *method {
             Method::HEAD => &Method::GET,
             ref method => method,
         };
-        self.routes
-            .get(method)
-            .and_then(|paths| paths.get(path))
-            .copied()
-            .unwrap_or(Some(Role::Admin))
+        if let Some(role) = self.routes.get(method).and_then(|paths| paths.get(path)) {
+            return *role;
+        }
+        match self.routes.values().any(|paths| paths.contains_key(path)) {
+            true => None,
+            false => Some(Role::Admin),
+        }
     }
 
     /// The role `request`'s route needs; `None` for an open route, and for no route
