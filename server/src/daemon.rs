@@ -92,7 +92,7 @@ fn open_restored(
     let path = config.database_path();
     let store = open_at(config, &spec, &path, restored)?;
     let public = key.verifying_key().to_bytes();
-    if let RecordsOwner::Other(owner) = store.claim_records(&public, config.follower)? {
+    if let RecordsOwner::Other(owner) = store.claim_records(&public)? {
         bail!(
             "{} holds what node {} signed, not this node's key {} ({}): a data directory \
              copied from another node would let this one vote having forgotten its own \

@@ -643,12 +643,9 @@ fn a_crash_at_any_disk_operation_loses_no_committed_block() {
     }
 }
 
-/// The replica's durable state survives a reopen exactly as the in-memory fold of the
-/// same records (the simulator's reference), including the truncation at a stable
-/// checkpoint.
 /// The first node to open a database names itself the owner of its consensus
-/// records, across a reopen; another member is told whose they are and changes
-/// nothing; a follower, which signs nothing, takes them over.
+/// records, across a reopen; another node is told whose they are, and nothing
+/// changes.
 #[test]
 fn a_database_names_the_node_whose_records_it_holds() {
     use ledger::storage::RecordsOwner;
@@ -658,32 +655,21 @@ fn a_database_names_the_node_whose_records_it_holds() {
     let spec = spec(&keys, DIFFICULTY);
     let [first, second] = [&keys[0], &keys[1]].map(|key| key.verifying_key().to_bytes());
     let store = open(&path, &spec);
-    assert_eq!(
-        store.claim_records(&first, false).unwrap(),
-        RecordsOwner::This
-    );
+    assert_eq!(store.claim_records(&first).unwrap(), RecordsOwner::This);
     drop(store);
     let store = open(&path, &spec);
-    assert_eq!(
-        store.claim_records(&first, false).unwrap(),
-        RecordsOwner::This
-    );
     for _ in 0..2 {
+        assert_eq!(store.claim_records(&first).unwrap(), RecordsOwner::This);
         assert_eq!(
-            store.claim_records(&second, false).unwrap(),
+            store.claim_records(&second).unwrap(),
             RecordsOwner::Other(first)
         );
     }
-    assert_eq!(
-        store.claim_records(&second, true).unwrap(),
-        RecordsOwner::This
-    );
-    assert_eq!(
-        store.claim_records(&first, false).unwrap(),
-        RecordsOwner::Other(second)
-    );
 }
 
+/// The replica's durable state survives a reopen exactly as the in-memory fold of the
+/// same records (the simulator's reference), including the truncation at a stable
+/// checkpoint.
 #[test]
 fn consensus_state_persists_as_the_records_fold() {
     use ledger::consensus::{
@@ -1189,6 +1175,31 @@ fn failing_store(disk: &FailingDisk, spec: &ChainSpec) -> Store {
             .database()
             .map_err(|error| StoreError::Unavailable(error.to_string()))
     })
+}
+
+/// A reopen takes the file that is there or none: a database file removed or
+/// emptied under the node is not made a new database (its consensus log beside it
+/// would then be replaced), and once the file is back the reopen succeeds.
+#[test]
+fn a_reopen_never_makes_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    let store = open(&path, &spec);
+    append(&store, &keys, entries(1, 3, 40));
+    let tip = store.tip().unwrap();
+    let copy = dir.path().join("copy.redb");
+    fs::copy(&path, &copy).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert!(store.recover().is_err());
+    assert!(!path.exists());
+    fs::write(&path, b"").unwrap();
+    assert!(store.recover().is_err());
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    fs::rename(&copy, &path).unwrap();
+    store.recover().unwrap();
+    assert_eq!(store.tip().unwrap(), tip);
 }
 
 /// A write that fails puts the store in an I/O failure (reported, counted, every

@@ -157,14 +157,10 @@ impl Store {
 
     /// Names `key` as the node whose consensus records (what it signed) this database
     /// holds, unless another is named already: then nothing changes and that one is
-    /// returned, as a member must not vote on another's records, having forgotten
-    /// its own. `take_over` names `key` whatever was named (a follower signs
-    /// nothing). Restored and new databases name nobody until their node opens them.
-    pub fn claim_records(
-        &self,
-        key: &[u8; 32],
-        take_over: bool,
-    ) -> Result<RecordsOwner, StoreError> {
+    /// returned, as a node must not vote on another's records, having forgotten its
+    /// own (a follower too: a promotion would make it vote). Restored and new
+    /// databases name nobody until their node opens them.
+    pub fn claim_records(&self, key: &[u8; 32]) -> Result<RecordsOwner, StoreError> {
         self.observe((|| {
             let txn = self.begin_write()?;
             {
@@ -172,12 +168,10 @@ impl Store {
                 if let Some(found) = views.get(OWNER)? {
                     let found = <[u8; 32]>::try_from(found.value())
                         .map_err(|_| corrupt("the records' owner is not 32 bytes"))?;
-                    if found == *key {
-                        return Ok(RecordsOwner::This);
-                    }
-                    if !take_over {
-                        return Ok(RecordsOwner::Other(found));
-                    }
+                    return Ok(match found == *key {
+                        true => RecordsOwner::This,
+                        false => RecordsOwner::Other(found),
+                    });
                 }
                 views.insert(OWNER, key.as_slice())?;
             }

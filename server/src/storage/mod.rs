@@ -427,7 +427,11 @@ impl Store {
         restored: Option<RestoredIds>,
     ) -> Result<Store, StoreError> {
         let cache = options.cache_bytes;
-        let database = create_file(path, cache)?;
+        // A file that exists (an empty one too, or a link to none) is opened, never
+        // made a new database: the log beside it holds what this member signed.
+        let create = std::fs::symlink_metadata(path)
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound);
+        let database = open_file(path, cache, create)?;
         let reopen_path = path.to_owned();
         let ids = Ids::Given(restored);
         let store = Store::migrated(database, path.to_owned(), spec, options, ids)?;
@@ -436,7 +440,8 @@ impl Store {
             // The file system must take writes again before the file is touched: a
             // database reopened on a full disk fails its next commit at once.
             health::probe_writes(&reopen_path)?;
-            create_file(&reopen_path, cache)
+            // A file gone or emptied meanwhile is not the database: nothing new here.
+            open_file(&reopen_path, cache, false)
         }))
     }
 
@@ -1724,14 +1729,23 @@ fn write_identity(
     Ok(())
 }
 
-/// Opens or creates the redb file at `path`; redb's reason (not a database, truncated,
-/// locked by another process) is kept for the operator.
-fn create_file(path: &Path, cache_bytes: Option<usize>) -> Result<Database, StoreError> {
+/// Opens the redb file at `path`, or with `create` makes a new one there; redb's
+/// reason (not a database, empty, truncated, locked by another process) is kept for
+/// the operator.
+fn open_file(
+    path: &Path,
+    cache_bytes: Option<usize>,
+    create: bool,
+) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     if let Some(bytes) = cache_bytes {
         builder.set_cache_size(bytes);
     }
-    builder.create(path).map_err(|error| StoreError::Open {
+    match create {
+        true => builder.create(path),
+        false => builder.open(path),
+    }
+    .map_err(|error| StoreError::Open {
         path: path.to_owned(),
         reason: error.to_string(),
     })
