@@ -191,7 +191,8 @@ impl Verifier {
         // answered it before its commit (its id alone).
         if saved.get("receipt").is_none_or(Value::is_null) {
             let status = match saved.get("status") {
-                Some(status) => Some(text(status)),
+                // Committed yet without a receipt: the answer is what is wrong.
+                Some(status) => Some(text(status)).filter(|status| status != "committed"),
                 None => (saved.get("entry_id").is_none() && saved.get("id").is_some())
                     .then(|| "accepted".to_owned()),
             };

@@ -131,8 +131,13 @@ fn a_saved_answer_of_any_shape_verifies() {
         assert!(matches!(error, VerifyError::NotCommitted { .. }), "{error}");
         assert!(error.to_string().contains(said), "{error}");
     }
-    assert!(matches!(
-        verifier.answer(&serde_json::json!({"entry_id": "ab"})),
-        Err(VerifyError::NoReceipt(_))
-    ));
+    for saved in [
+        serde_json::json!({"entry_id": "ab"}),
+        serde_json::json!({"id": "ab", "status": "committed", "receipt": null}),
+    ] {
+        assert!(
+            matches!(verifier.answer(&saved), Err(VerifyError::NoReceipt(_))),
+            "{saved}"
+        );
+    }
 }

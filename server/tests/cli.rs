@@ -310,6 +310,8 @@ fn a_submit_that_does_not_commit_in_time_exits_non_zero() {
         "{}",
         text(&checked)
     );
+    let accepted: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert!(accepted["id"].is_string(), "{}", text(&checked));
     let long = daemon.ctl(&["submit", "long", "--wait", "--timeout", "301"]);
     assert_eq!(long.status.code(), Some(2), "{}", text(&long));
     daemon.stop();

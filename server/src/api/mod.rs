@@ -246,9 +246,9 @@ fn document_security(api: &mut utoipa::openapi::OpenApi) {
 struct ApiDoc;
 
 fn documented_routes(max_entry: usize) -> OpenApiRouter<Arc<Node>> {
-    // The longest JSON of a byte of text is six (`\u0001`; `\u00e9` is 3 bytes for
-    // 2 of UTF-8), of base64 4/3: an entry at the limit fits however it is written,
-    // with room for the author fields. The limit applies before any parsing.
+    // JSON writes a byte of text in at most six (`\u0001`; `\u00e9`, six for the two
+    // bytes of UTF-8), base64 in 4/3: an entry at the limit fits however it is
+    // written, with room for the author fields. The limit applies before parsing.
     let entry_body_limit = max_entry * 6 + 4096;
     let batch_body_limit = (entry_body_limit * 16).max(32 << 20);
     let limited = |(schemas, paths, method): UtoipaMethodRouter<Arc<Node>>, limit: usize| {

@@ -497,7 +497,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(verifier) => {
                     let answer = match client.submit_wait(&entry, timeout)? {
                         ledger_client::Submitted::Committed(view) => view,
-                        ledger_client::Submitted::Pending(_) => {
+                        ledger_client::Submitted::Pending(accepted) => {
+                            print(&accepted)?;
                             bail!(ledger_client::Error::NotCommitted { id: entry.id() })
                         }
                     };
