@@ -31,24 +31,43 @@ pub fn run(program: &str, args: &[&str]) -> Output {
 /// `ledgerd run --config CONFIG`, which must refuse: its output once it exits, or a
 /// panic if it still runs after 60 s (then it is killed).
 pub fn refused_run(config: &Path) -> Output {
+    // Into files, not pipes: a node that runs on logs more than a pipe holds.
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
     let mut child = Command::new(LEDGERD)
         .args(["run", "--config"])
         .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!("ledgerd ran on instead of refusing: {}", text(&output));
+            break child.wait().unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success(), "{}", text(&output));
+    };
+    let read = |mut file: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        file.rewind().unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    let output = Output {
+        status,
+        stdout: read(stdout),
+        stderr: read(stderr),
+    };
+    assert!(
+        Instant::now() < deadline && !status.success(),
+        "ledgerd ran on instead of refusing: {}",
+        text(&output)
+    );
     output
 }
 
