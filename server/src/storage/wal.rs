@@ -321,11 +321,7 @@ fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32
             // a frame chained to this one follows: then this one was damaged after
             // it was synced. The chain starts from the log's random id, so bytes
             // inside a frame (an entry's data) never pass for one.
-            let claimed = bytes.get(at + 4..at + FRAME_HEAD).unwrap_or_default();
-            let follows = <[u8; 32]>::try_from(claimed).is_ok_and(|claimed| {
-                (at + FRAME_HEAD..written).any(|next| frame_at(bytes, next, &claimed).is_some())
-            });
-            if follows {
+            if chained_after(bytes, at, &last, written) {
                 return Err(corrupt(format!(
                     "{}: the frame at byte {at} does not match its checksum and whole \
                      frames follow it",
@@ -342,18 +338,48 @@ fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32
     Ok((records, at.min(bytes.len()), last))
 }
 
+/// Whether a whole frame lies after the bad frame at `at` (which follows the digest
+/// `previous`) and before `written`, chained to the digest the bad frame stores, or,
+/// where that is what was damaged, with its length, to the digest of `previous` and
+/// the bytes between the two: damage confined to the bad frame's head is found
+/// either way. Linear in the bytes searched: the hash of the bytes before each
+/// offset is carried along, and finished only where a frame's records add up.
+fn chained_after(bytes: &[u8], at: usize, previous: &[u8; 32], written: usize) -> bool {
+    let claimed = bytes
+        .get(at + 4..at + FRAME_HEAD)
+        .and_then(|claimed| <[u8; 32]>::try_from(claimed).ok());
+    let mut before = Sha256::new().chain_update(previous);
+    for next in at + FRAME_HEAD..written {
+        if let Some((head, payload)) = shaped_at(bytes, next) {
+            let stored = &head[4..];
+            let linked = |digest: &[u8; 32]| frame_digest(digest, payload).as_slice() == stored;
+            if claimed.is_some_and(|claimed| linked(&claimed))
+                || linked(&before.clone().finalize().into())
+            {
+                return true;
+            }
+        }
+        before.update([bytes[next]]);
+    }
+    false
+}
+
+/// The head and payload of what reads as a frame at `at`: a length that fits and
+/// records that add up to it (a cheap test, before any hashing).
+fn shaped_at(bytes: &[u8], at: usize) -> Option<(&[u8], &[u8])> {
+    let head = bytes.get(at..at.checked_add(FRAME_HEAD)?)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let payload = bytes.get(at + FRAME_HEAD..at + FRAME_HEAD + len.min(MAX_FRAME))?;
+    (payload.len() == len && framed(payload)).then_some((head, payload))
+}
+
 /// The payload of a whole frame at `at` that follows the frame (or header) whose
 /// digest is `previous`, if one is there. The records' lengths must add up before
 /// the payload is hashed: the search for a frame after a bad one tries every
 /// offset, and with room after it most would read as a length that fits.
 fn frame_at<'a>(bytes: &'a [u8], at: usize, previous: &[u8; 32]) -> Option<&'a [u8]> {
-    let head = bytes.get(at..at.checked_add(FRAME_HEAD)?)?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let payload = bytes.get(at + FRAME_HEAD..at + FRAME_HEAD + len.min(MAX_FRAME))?;
-    (payload.len() == len
-        && framed(payload)
-        && frame_digest(previous, payload).as_slice() == &head[4..])
-        .then_some(payload)
+    let (head, payload) = shaped_at(bytes, at)?;
+    (frame_digest(previous, payload).as_slice() == &head[4..]).then_some(payload)
 }
 
 /// Whether `payload` is a count and that many length-prefixed records, exactly.
@@ -555,10 +581,18 @@ mod tests {
         let mut wal = Wal::open(&path, ID, 0, false).unwrap();
         wal.append(&[accepted(1)]).unwrap();
         wal.append(&[accepted(2)]).unwrap();
-        // In the payload, then in the length: either way a whole frame follows.
-        for at in [HEADER_LEN + FRAME_HEAD + 3, HEADER_LEN + 1] {
+        // In the payload, in the length, in the stored digest, and across the
+        // length and the digest at once: either way a whole frame follows.
+        let damages = [
+            HEADER_LEN + FRAME_HEAD + 3..HEADER_LEN + FRAME_HEAD + 4,
+            HEADER_LEN + 1..HEADER_LEN + 2,
+            HEADER_LEN + 10..HEADER_LEN + 11,
+            HEADER_LEN..HEADER_LEN + 8,
+        ];
+        for range in damages {
+            let at = range.start;
             let mut bytes = std::fs::read(&path).unwrap();
-            bytes[at] ^= 1;
+            bytes[range].iter_mut().for_each(|byte| *byte ^= 0xff);
             let damaged = dir.path().join(format!("damaged{at}.wal"));
             std::fs::write(&damaged, &bytes).unwrap();
             let error = Wal::open(&damaged, ID, 0, true).unwrap_err();
