@@ -118,17 +118,6 @@ fn open_at(
 ) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    // redb takes an empty file for a new database, whose consensus log would then
-    // replace the one beside it: the member would vote having forgotten its votes.
-    if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
-        bail!(
-            "{} is empty (0 bytes), not a database. If the node lost its disk, remove \
-             the file: a member then joins from the others and votes again once the chain \
-             has passed where it may have voted. If it should hold the chain, restore it \
-             from a backup (`ledgerd snapshot restore`)",
-            path.display()
-        );
-    }
     Ok(Store::open_restored(
         path,
         spec,

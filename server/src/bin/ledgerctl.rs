@@ -492,30 +492,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => Entry::new(data),
             };
-            let timeout = Duration::from_secs(timeout);
-            match verifier(genesis)? {
-                Some(verifier) => {
-                    let answer = match client.submit_wait(&entry, timeout)? {
-                        ledger_client::Submitted::Committed(view) => view,
-                        ledger_client::Submitted::Pending(accepted) => {
-                            print(&accepted)?;
-                            bail!(ledger_client::Error::NotCommitted { id: entry.id() })
-                        }
-                    };
-                    verifier.committed(&answer, &entry)?;
-                    print(&answer)
-                }
-                None if wait => match client.submit_wait(&entry, timeout)? {
-                    ledger_client::Submitted::Committed(view) => print(&view),
-                    ledger_client::Submitted::Pending(accepted) => {
-                        print(&accepted)?;
-                        bail!(ledger_client::Error::NotCommitted { id: entry.id() })
-                    }
-                },
-                None => print(&Accepted {
+            let verifier = verifier(genesis)?;
+            if !wait && verifier.is_none() {
+                return print(&Accepted {
                     id: client.submit(&entry)?.to_hex(),
-                }),
+                });
             }
+            let answer = match client.submit_wait(&entry, Duration::from_secs(timeout))? {
+                ledger_client::Submitted::Committed(view) => view,
+                ledger_client::Submitted::Pending(accepted) => {
+                    print(&accepted)?;
+                    bail!(ledger_client::Error::NotCommitted { id: entry.id() })
+                }
+            };
+            if let Some(verifier) = verifier {
+                verifier.committed(&answer, &entry)?;
+            }
+            print(&answer)
         }
         Command::Get { id, genesis } => {
             let id: Hash = id

@@ -1745,9 +1745,20 @@ fn open_file(
         true => builder.create(path),
         false => builder.open(path),
     }
-    .map_err(|error| StoreError::Open {
-        path: path.to_owned(),
-        reason: error.to_string(),
+    .map_err(|error| {
+        let empty = std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0);
+        let reason = match empty {
+            true => "it is empty (0 bytes), not a database. If the node lost its disk, \
+                 remove the file: a member then joins from the others and votes again once \
+                 the chain has passed where it may have voted. If it should hold the chain, \
+                 restore it from a backup (`ledgerd snapshot restore`)"
+                .to_owned(),
+            false => error.to_string(),
+        };
+        StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        }
     })
 }
 
