@@ -247,10 +247,11 @@ fn refuses_other_chains_and_damaged_files_with_clear_messages() {
     assert!(std::fs::read(&database).unwrap().is_empty());
 }
 
-/// `ledgerd check` says DAMAGED (exit 1), with the advice to rejoin, of a file redb
-/// finds corrupt, of one that is no redb database and of an empty one.
+/// `ledgerd check` says DAMAGED (exit 1), with the advice to rejoin, of a missing
+/// consensus log, of a file redb finds corrupt, of one that is no redb database and
+/// of an empty one.
 #[test]
-fn ledgerd_check_calls_corrupt_foreign_and_empty_files_damaged() {
+fn ledgerd_check_calls_a_missing_log_and_corrupt_foreign_and_empty_files_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dev_init(&dir.path().join("dev"), port);
@@ -258,6 +259,25 @@ fn ledgerd_check_calls_corrupt_foreign_and_empty_files_damaged() {
     Daemon::start(&config, port).stop();
     let clean = check();
     assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    assert!(
+        text(&clean).contains("the consensus log holds"),
+        "{}",
+        text(&clean)
+    );
+
+    // The consensus log beside it is read too: without it the member would vote
+    // having forgotten its votes.
+    let wal = dir.path().join("dev/node0/data/ledger.redb.wal");
+    let log = std::fs::read(&wal).unwrap();
+    std::fs::remove_file(&wal).unwrap();
+    let checked = check();
+    assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+    assert!(
+        text(&checked).contains("DAMAGED") && text(&checked).contains("consensus log"),
+        "{}",
+        text(&checked)
+    );
+    std::fs::write(&wal, log).unwrap();
 
     let database = dir.path().join("dev/node0/data/ledger.redb");
     let original = std::fs::read(&database).unwrap();

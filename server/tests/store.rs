@@ -1160,6 +1160,61 @@ fn the_full_check_finds_every_kind_of_damage() {
     }
 }
 
+/// The full check also reads the consensus log beside the database, as the next
+/// start will and without changing it: its records, an append a crash cut short
+/// (reported, not damage), and a log missing or with a damaged header (damage).
+#[test]
+fn the_full_check_reads_the_consensus_log_as_a_start_would() {
+    use ledger::consensus::{PreparedCertificate, Record};
+    use ledger::storage::LogCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let keys = members();
+    let spec = spec(&keys, DIFFICULTY);
+    {
+        let store = open(&path, &spec);
+        let tip = append(&store, &keys, entries(0, 2, 40));
+        let prepared = |view| {
+            Record::Prepared(PreparedCertificate {
+                view,
+                header: tip.header,
+                votes: Vec::new(),
+            })
+        };
+        store.persist(&[prepared(0)]).unwrap();
+        store.persist(&[prepared(1)]).unwrap();
+    }
+    let check = || Store::open_read_only(&path, &spec)?.check(&mut |_| {});
+    let held = |records, torn| Some(LogCheck { records, torn });
+    assert_eq!(check().unwrap().log, held(2, false));
+
+    let log = Store::log_path(&path);
+    let whole = fs::read(&log).unwrap();
+    let end = whole.iter().rposition(|byte| *byte != 0).unwrap() + 1;
+    let mut torn = whole.clone();
+    torn[end..end + 5].copy_from_slice(&[0, 0, 0, 40, 7]);
+    fs::write(&log, &torn).unwrap();
+    assert_eq!(check().unwrap().log, held(2, true));
+    assert_eq!(fs::read(&log).unwrap(), torn, "the check changed the log");
+
+    let mut header = whole.clone();
+    header[10] ^= 1;
+    fs::write(&log, &header).unwrap();
+    let error = check().unwrap_err();
+    assert!(
+        error.damage().is_some() && error.to_string().contains("header"),
+        "{error}"
+    );
+    fs::remove_file(&log).unwrap();
+    let error = check().unwrap_err();
+    assert!(
+        error.damage().is_some() && error.to_string().contains("missing"),
+        "{error}"
+    );
+    fs::write(&log, &whole).unwrap();
+    assert_eq!(check().unwrap().log, held(2, false));
+}
+
 /// A store on `disk` that reopens on it.
 fn failing_store(disk: &FailingDisk, spec: &ChainSpec) -> Store {
     let reopened = disk.clone();

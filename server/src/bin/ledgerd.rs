@@ -705,8 +705,17 @@ fn check_database(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     match daemon::check_database(&config, &mut report_progress) {
         Ok(daemon::Verdict::Clean(report)) => {
+            let log = match report.log {
+                None => "the database names no consensus log yet".to_owned(),
+                Some(log) if log.torn => format!(
+                    "the consensus log holds {} records, then an append a crash cut \
+                     short, never acknowledged, which the next start drops",
+                    log.records
+                ),
+                Some(log) => format!("the consensus log holds {} records", log.records),
+            };
             println!(
-                "OK {}: {} blocks, {} entries and {} Merkle nodes check out ({:.1} s)",
+                "OK {}: {} blocks, {} entries and {} Merkle nodes check out; {log} ({:.1} s)",
                 database.display(),
                 report.tip + 1,
                 report.entries,

@@ -12,7 +12,7 @@
 use ledger_migrations::schema::{CHECKPOINTS, CONSENSUS_LOG, VIEW_STATE};
 use redb::ReadableTable;
 
-use super::wal::Wal;
+use super::wal::{self, LogCheck, Wal};
 use super::{corrupt, Store, StoreError};
 use crate::consensus::{
     CheckpointCertificate, Durable, DurableSlot, Message, Payload, PreparedCertificate, Record,
@@ -244,21 +244,7 @@ impl Store {
     /// when everything it holds is written into the tables at once: after a failed
     /// `fdatasync` the file's contents cannot be trusted to be on disk).
     pub(super) fn open_wal(&self, after_failure: bool) -> Result<(), StoreError> {
-        let (id, generation) = {
-            let db = self.db()?;
-            let txn = db.begin_read()?;
-            let views = txn.open_table(VIEW_STATE)?;
-            let id = views
-                .get(WAL_ID)?
-                .map(|bytes| <[u8; 16]>::try_from(bytes.value()))
-                .transpose()
-                .map_err(|_| corrupt("the consensus log id is not 16 bytes"))?;
-            let generation = match views.get(WAL_GENERATION)? {
-                Some(bytes) => decode_u64(bytes.value(), "the consensus log generation")?,
-                None => 0,
-            };
-            (id, generation)
-        };
+        let (id, generation) = self.wal_named()?;
         let path = Wal::path_for(&self.path);
         let mut wal = match id {
             Some(id) => Wal::open(&path, id, generation, true)?,
@@ -281,6 +267,35 @@ impl Store {
         }
         *self.wal.lock().unwrap_or_else(|p| p.into_inner()) = Some(wal);
         Ok(())
+    }
+
+    /// The id of the consensus log the database names (none before its first open
+    /// by a build that writes one), and the log's generation.
+    fn wal_named(&self) -> Result<(Option<[u8; 16]>, u64), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let views = txn.open_table(VIEW_STATE)?;
+        let id = views
+            .get(WAL_ID)?
+            .map(|bytes| <[u8; 16]>::try_from(bytes.value()))
+            .transpose()
+            .map_err(|_| corrupt("the consensus log id is not 16 bytes"))?;
+        let generation = match views.get(WAL_GENERATION)? {
+            Some(bytes) => decode_u64(bytes.value(), "the consensus log generation")?,
+            None => 0,
+        };
+        Ok((id, generation))
+    }
+
+    /// Reads the consensus log beside the database as the next start will, without
+    /// changing it; `None` when the database names no log yet.
+    pub(super) fn check_wal(&self) -> Result<Option<LogCheck>, StoreError> {
+        match self.wal_named()? {
+            (Some(id), generation) => {
+                wal::inspect(&Wal::path_for(&self.path), id, generation).map(Some)
+            }
+            (None, _) => Ok(None),
+        }
     }
 
     fn write_records(&self, records: &[Record], generation: Option<u64>) -> Result<(), StoreError> {

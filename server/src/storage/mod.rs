@@ -51,6 +51,7 @@ use verify::CertificateMemo;
 pub use verify::{CheckProgress, CheckReport, ConsistencyProof};
 #[cfg(feature = "testing")]
 pub use wal::read_log;
+pub use wal::LogCheck;
 
 use crate::chain::merkle::{self, leaf_hash, AppendedNodes, NodeSource};
 use crate::chain::{

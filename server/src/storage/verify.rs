@@ -24,7 +24,7 @@ use ledger_migrations::schema::{
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::ids::{IdIndex, IdTables};
-use super::{corrupt, id_rows, location_in, Store, StoreError, StoredNodes};
+use super::{corrupt, id_rows, location_in, LogCheck, Store, StoreError, StoredNodes};
 use crate::chain::merkle::{self, leaf_hash, verify_consistency, verify_inclusion, NodeSource};
 use crate::chain::{
     Block, CommitCertificate, CompactRange, Entry, Hash, Header, Membership, Receipt, HEADER_LEN,
@@ -133,6 +133,8 @@ pub struct CheckReport {
     pub entries: u64,
     /// Stored Merkle nodes, each recomputed from the entries.
     pub merkle_nodes: u64,
+    /// The consensus log beside the database; `None` when the database names none yet.
+    pub log: Option<LogCheck>,
 }
 
 /// Blocks between two progress reports of a full check.
@@ -438,7 +440,9 @@ impl Store {
     /// that verifies; each entry is indexed at its log position and nowhere else;
     /// every stored Merkle node equals the one recomputed from the entries, and
     /// every log root matches; the indexes hold nothing beyond the chain; the
-    /// consensus state decodes and its stable checkpoint names a block of this chain.
+    /// consensus state decodes and its stable checkpoint names a block of this chain;
+    /// the consensus log beside the database is the one it names, of its generation,
+    /// and its frames chain and decode (a last one cut short is reported, not damage).
     /// `progress` hears of every thousandth block. Stops at the first damage.
     pub fn check(
         &self,
@@ -684,6 +688,7 @@ impl Store {
             tip: tip_header.height,
             entries: tip_header.log_size,
             merkle_nodes,
+            log: self.check_wal()?,
         })
     }
 }

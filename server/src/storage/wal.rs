@@ -27,7 +27,7 @@
 //! not damage.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -91,52 +91,15 @@ impl Wal {
         generation: u64,
         known: bool,
     ) -> Result<Wal, StoreError> {
-        let bytes = match File::open(path) {
-            Ok(mut file) => {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).map_err(io)?;
-                Some(bytes)
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(io(error)),
+        let bytes = read_file(path)?;
+        let (records, valid, last) = match examine(path, bytes.as_deref(), id, generation, known)? {
+            Some(held) => held,
+            None => return Wal::create(path, id, generation, 0),
         };
-        let damaged = |what: &str| {
-            corrupt(format!(
-                "the consensus log {} {what}: this member may have forgotten votes it \
-                 cast; put its data directory back whole, or empty it to rejoin as a \
-                 member that lost its disk",
-                path.display()
-            ))
-        };
-        let Some(bytes) = bytes else {
-            return match known {
-                true => Err(damaged("is missing")),
-                false => Wal::create(path, id, generation, 0),
-            };
-        };
-        let (found_id, found) =
-            read_header(&bytes).ok_or_else(|| damaged("has no valid header"))?;
-        if found_id != id {
-            if known {
-                return Err(damaged("belongs to another database"));
-            }
-            tracing::warn!(
-                log = %path.display(),
-                "a consensus log of another database lay where this one's goes; replaced"
-            );
-            return Wal::create(path, id, generation, 0);
-        }
-        if found > generation {
-            return Err(damaged("is newer than the database"));
-        }
-        if found < generation {
-            // Written into the tables before the log could start over.
-            return Wal::create(path, id, generation, 0);
-        }
-        let (records, valid, last) = read_frames(&bytes, path)?;
+        let bytes = bytes.unwrap_or_default();
         let file = OpenOptions::new().write(true).open(path).map_err(io)?;
         let mut allocated = bytes.len() as u64;
-        if bytes[valid..].iter().any(|byte| *byte != 0) {
+        if torn(&bytes, valid) {
             // The append a crash cut short: it was never acknowledged.
             file.set_len(valid as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
@@ -258,6 +221,94 @@ impl Wal {
     }
 }
 
+/// What `ledgerd check` finds of a log, which it reads without changing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogCheck {
+    /// Records the log holds, which the next start reads back (none in a log of an
+    /// earlier generation: those are in the database, and the log starts over).
+    pub records: u64,
+    /// It ends in an append a crash cut short, which the next start cuts off.
+    pub torn: bool,
+}
+
+/// Reads the log at `path` of the database `id` at `generation`, as [`Wal::open`]
+/// of a database that names it does, without changing the file.
+pub(super) fn inspect(path: &Path, id: [u8; 16], generation: u64) -> Result<LogCheck, StoreError> {
+    let bytes = read_file(path)?;
+    Ok(
+        match examine(path, bytes.as_deref(), id, generation, true)? {
+            None => LogCheck {
+                records: 0,
+                torn: false,
+            },
+            Some((records, valid, _)) => LogCheck {
+                records: records.len() as u64,
+                torn: bytes.is_some_and(|bytes| torn(&bytes, valid)),
+            },
+        },
+    )
+}
+
+/// What the log `bytes` (`None`: no file) at `path` holds for the database `id`
+/// at `generation`: its records, where its whole frames end and the last one's
+/// digest; `None` when a new log must take its place. `known`: see [`Wal::open`].
+fn examine(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    id: [u8; 16],
+    generation: u64,
+    known: bool,
+) -> Result<Option<Frames>, StoreError> {
+    let damaged = |what: &str| {
+        corrupt(format!(
+            "the consensus log {} {what}: this member may have forgotten votes it \
+             cast; put its data directory back whole, or empty it to rejoin as a \
+             member that lost its disk",
+            path.display()
+        ))
+    };
+    let Some(bytes) = bytes else {
+        return match known {
+            true => Err(damaged("is missing")),
+            false => Ok(None),
+        };
+    };
+    let (found_id, found) = read_header(bytes).ok_or_else(|| damaged("has no valid header"))?;
+    if found_id != id {
+        if known {
+            return Err(damaged("belongs to another database"));
+        }
+        tracing::warn!(
+            log = %path.display(),
+            "a consensus log of another database lay where this one's goes; replaced"
+        );
+        return Ok(None);
+    }
+    if found > generation {
+        return Err(damaged("is newer than the database"));
+    }
+    if found < generation {
+        // Written into the tables before the log could start over.
+        return Ok(None);
+    }
+    read_frames(bytes, path).map(Some)
+}
+
+/// The log's bytes, `None` if there is no file.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// Whether bytes other than zeros follow the whole frames, which end at `valid`:
+/// the append a crash cut short.
+fn torn(bytes: &[u8], valid: usize) -> bool {
+    bytes[valid..].iter().any(|byte| *byte != 0)
+}
+
 /// `bytes` rounded up to a whole number of `step`s, at least one.
 fn room_for(bytes: u64, step: u64) -> u64 {
     bytes.div_ceil(step).max(1) * step
@@ -304,8 +355,11 @@ fn read_header(bytes: &[u8]) -> Option<([u8; 16], u64)> {
     Some((id, u64::from_be_bytes(head[24..32].try_into().ok()?)))
 }
 
+/// The records of a log's whole frames, where the last one ends, and its digest.
+type Frames = (Vec<Record>, usize, [u8; 32]);
+
 /// The records of every whole frame, where the last one ends, and its digest.
-fn read_frames(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize, [u8; 32]), StoreError> {
+fn read_frames(bytes: &[u8], path: &Path) -> Result<Frames, StoreError> {
     let mut records = Vec::new();
     let mut at = HEADER_LEN;
     let mut last = header_digest(bytes);
