@@ -22,7 +22,7 @@ use crate::join::{JoinConfig, Joined, Source};
 use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
-use crate::storage::{CheckProgress, CheckReport, RecordsOwner, RestoredIds, Store};
+use crate::storage::{CheckProgress, CheckReport, RecordsOwner, RestoredIds, Store, StoreError};
 
 /// Frames queued per peer, each way.
 const PEER_QUEUE: usize = 8192;
@@ -118,12 +118,24 @@ fn open_at(
 ) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    Ok(Store::open_restored(
-        path,
-        spec,
-        config.store_options(),
-        restored,
-    )?)
+    Store::open_restored(path, spec, config.store_options(), restored)
+        .map_err(|error| with_recovery(path, error))
+}
+
+/// `error`, and for damage which file (unless it says) and what to do about it.
+fn with_recovery(path: &Path, error: StoreError) -> anyhow::Error {
+    if error.damage().is_none() {
+        return anyhow::Error::new(error);
+    }
+    let (path, what) = (path.display().to_string(), error.to_string());
+    let file = match what.contains(&path) {
+        true => String::new(),
+        false => format!("{path}: "),
+    };
+    anyhow::anyhow!(
+        "{file}{what}; move the data directory aside and start again to rejoin from the \
+         peers (README, \"Recovering a damaged database\")"
+    )
 }
 
 /// The key of `config`, checked to be a member's, or on a follower not to be.
@@ -824,14 +836,7 @@ async fn run_once(
             })
         })
         .await?
-        .map_err(|error| match error.damage() {
-            Some(_) => anyhow::anyhow!(
-                "{}: {error}; move the data directory aside and start again to rejoin from \
-                 the peers (README, \"Recovering a damaged database\")",
-                store.path().display()
-            ),
-            None => anyhow::Error::new(error),
-        })?;
+        .map_err(|error| with_recovery(store.path(), error))?;
         tracing::info!(
             blocks = report.tip + 1,
             entries = report.entries,

@@ -285,7 +285,7 @@ fn ledgerd_check_calls_a_missing_log_and_corrupt_foreign_and_empty_files_damaged
     header[32..1024].fill(0xff);
     let mut foreign = original.clone();
     foreign[..16].fill(0x5a);
-    for damaged in [header, foreign, Vec::new()] {
+    for (n, damaged) in [header, foreign, Vec::new()].into_iter().enumerate() {
         std::fs::write(&database, damaged).unwrap();
         let checked = check();
         assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
@@ -294,6 +294,17 @@ fn ledgerd_check_calls_a_missing_log_and_corrupt_foreign_and_empty_files_damaged
             message.contains("DAMAGED") && message.contains("recover:"),
             "{message}"
         );
+        // A start refuses what redb finds damaged with the same advice.
+        if n < 2 {
+            let refused = refused_run(&config);
+            assert!(!refused.status.success(), "{}", text(&refused));
+            let message = text(&refused);
+            assert!(
+                message.contains("damaged database")
+                    && message.contains("move the data directory aside"),
+                "{message}"
+            );
+        }
     }
 }
 

@@ -131,15 +131,17 @@ pub enum StoreError {
     Database(#[from] redb::Error),
 }
 
-/// Why redb would not open `path` read-only: damage it found, or what to do first.
-fn read_only_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
+/// Why redb would not open `path`: damage it found (its own checks fail, or the
+/// file is no redb database), or what to do first.
+fn open_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
     use redb::{DatabaseError, StorageError};
+    let damaged = |what: String| StoreError::Corrupt(format!("{}: {what}", path.display()));
     let reason = match error {
-        DatabaseError::Storage(StorageError::Corrupted(what)) => return StoreError::Corrupt(what),
+        DatabaseError::Storage(StorageError::Corrupted(what)) => return damaged(what),
         DatabaseError::Storage(StorageError::Io(error))
             if error.kind() == std::io::ErrorKind::InvalidData =>
         {
-            return StoreError::Corrupt(error.to_string())
+            return damaged(error.to_string())
         }
         DatabaseError::RepairAborted => "it needs the recovery redb runs after an unclean \
              shutdown (or it is damaged), which a read-only open cannot run: stop the node, \
@@ -147,7 +149,7 @@ fn read_only_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
              copy"
             .to_owned(),
         DatabaseError::DatabaseAlreadyOpen => {
-            "a running node holds it: stop the node, or check a copy".to_owned()
+            "a running node holds it: stop that node first (or check a copy)".to_owned()
         }
         error => error.to_string(),
     };
@@ -516,7 +518,7 @@ impl Store {
     fn read_only(path: &Path, spec: &ChainSpec, ids: bool) -> Result<Store, StoreError> {
         let database = redb::Builder::new()
             .open_read_only(path)
-            .map_err(|error| read_only_refused(path, error))?;
+            .map_err(|error| open_refused(path, error))?;
         let version =
             ledger_migrations::schema_version(&database).map_err(|source| StoreError::Schema {
                 path: path.to_owned(),
@@ -1747,19 +1749,17 @@ fn open_file(
         false => builder.open(path),
     }
     .map_err(|error| {
-        let empty = std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0);
-        let reason = match empty {
-            true => "it is empty (0 bytes), not a database. If the node lost its disk, \
-                 remove the file: a member then joins from the others and votes again once \
-                 the chain has passed where it may have voted. If it should hold the chain, \
-                 restore it from a backup (`ledgerd snapshot restore`)"
-                .to_owned(),
-            false => error.to_string(),
-        };
-        StoreError::Open {
-            path: path.to_owned(),
-            reason,
+        if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
+            return StoreError::Open {
+                path: path.to_owned(),
+                reason: "it is empty (0 bytes), not a database. If the node lost its disk, \
+                     remove the file: a member then joins from the others and votes again \
+                     once the chain has passed where it may have voted. If it should hold \
+                     the chain, restore it from a backup (`ledgerd snapshot restore`)"
+                    .to_owned(),
+            };
         }
+        open_refused(path, error)
     })
 }
 

@@ -262,8 +262,7 @@ fn examine(
     let damaged = |what: &str| {
         corrupt(format!(
             "the consensus log {} {what}: this member may have forgotten votes it \
-             cast; put its data directory back whole, or empty it to rejoin as a \
-             member that lost its disk",
+             cast (a data directory moved or copied in parts: put it back whole)",
             path.display()
         ))
     };
