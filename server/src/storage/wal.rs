@@ -235,18 +235,18 @@ pub struct LogCheck {
 /// of a database that names it does, without changing the file.
 pub(super) fn inspect(path: &Path, id: [u8; 16], generation: u64) -> Result<LogCheck, StoreError> {
     let bytes = read_file(path)?;
-    Ok(
-        match examine(path, bytes.as_deref(), id, generation, true)? {
-            None => LogCheck {
-                records: 0,
-                torn: false,
-            },
-            Some((records, valid, _)) => LogCheck {
-                records: records.len() as u64,
-                torn: bytes.is_some_and(|bytes| torn(&bytes, valid)),
-            },
+    let held = examine(path, bytes.as_deref(), id, generation, true)?;
+    Ok(match (held, bytes) {
+        (Some((records, valid, _)), Some(bytes)) => LogCheck {
+            records: records.len() as u64,
+            torn: torn(&bytes, valid),
         },
-    )
+        // A log that starts over (a missing one is damage here).
+        _ => LogCheck {
+            records: 0,
+            torn: false,
+        },
+    })
 }
 
 /// What the log `bytes` (`None`: no file) at `path` holds for the database `id`
