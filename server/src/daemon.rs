@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::api::tls::ApiTls;
 use crate::config::{LogFormat, NodeConfig};
 use crate::consensus::MemberIndex;
 use crate::engine::{Cluster, ClusterSettings};
-use crate::join::{JoinConfig, Joined, Source};
+use crate::join::{JoinConfig, JoinError, Joined, Source};
 use crate::net::{Hello, Requester, Roster, Transport, TransportConfig, Wire, PROTOCOL_VERSION};
 use crate::node::{Node, NodeSettings};
 use crate::plugin_host::Plugins;
@@ -264,7 +264,7 @@ fn join_if_far_behind(
     }
     let tip = store.tip()?;
     let spec = store.spec().clone();
-    let join = join_config(config, &spec, Duration::from_secs(5))?;
+    let join = join_config(config, &spec, Duration::from_secs(5), starting)?;
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources);
     let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
@@ -282,8 +282,10 @@ fn join_if_far_behind(
     let (path, aside) = (config.database_path(), set_aside_path(config));
     Store::move_files(&path, &aside)
         .with_context(|| format!("setting {} aside as {}", path.display(), aside.display()))?;
-    let restored = join_if_new(config, false, metrics, starting)?;
-    Ok(open_restored(config, restored)?.0)
+    // Not `join_if_new`, which takes the set-aside database for an interrupted switch.
+    let joined = join_into_new(config, false, metrics, starting);
+    settle_set_aside(config)?;
+    Ok(open_restored(config, joined?)?.0)
 }
 
 /// [`join_if_new`] but for what becomes of a database set aside.
@@ -308,7 +310,7 @@ fn join_into_new(
         return Ok(None);
     }
     let spec = config.chain_spec()?;
-    let join = join_config(config, &spec, JOIN_TIMEOUT)?;
+    let join = join_config(config, &spec, JOIN_TIMEOUT, starting)?;
     if join.sources.is_empty() {
         if required {
             bail!(
@@ -331,9 +333,14 @@ fn join_into_new(
             tracing::info!("no member offers a snapshot yet: the chain is replayed from the peers");
             Ok(None)
         }
+        Err(error @ JoinError::Stopped) => Err(error.into()),
         Err(error) if required => Err(error.into()),
         Err(error) => {
-            tracing::warn!(%error, "joining from a snapshot failed: the chain is replayed from the peers instead");
+            tracing::warn!(
+                %error,
+                "joining from a snapshot failed: this start replays the chain from the \
+                 peers instead"
+            );
             Ok(None)
         }
     }
@@ -345,9 +352,13 @@ fn join_into_new(
 /// voted ([`crate::consensus::Durable::abstain_through`]). A replaying member's
 /// database is created here for that record, before the replica can run. A node
 /// whose key was never a member of the chain has nothing to abstain from.
-fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::Result<()> {
+fn abstain_if_rejoining(
+    config: &NodeConfig,
+    store: Option<&Store>,
+    starting: &Starting,
+) -> anyhow::Result<()> {
     let spec = config.chain_spec()?;
-    let join = join_config(config, &spec, Duration::from_secs(10))?;
+    let join = join_config(config, &spec, Duration::from_secs(10), starting)?;
     let Some(probe) = &join.probe else {
         return Ok(());
     };
@@ -356,7 +367,8 @@ fn abstain_if_rejoining(config: &NodeConfig, store: Option<&Store>) -> anyhow::R
         Some(store) => (store.membership_history()?, store.tip()?.height),
         None => (crate::chain::MembershipHistory::genesis(&spec), 0),
     };
-    let (bound, seen) = crate::join::abstain_through(&client, &spec, probe, known, floor);
+    let (bound, seen) =
+        crate::join::abstain_through(&client, &spec, probe, known, floor, &join.stop)?;
     if let Some(store) = store {
         // Restored from a backup: the mark says to ask, and asking settles it.
         store.set_abstain_through(bound)?;
@@ -390,6 +402,7 @@ fn join_config(
     config: &NodeConfig,
     spec: &crate::chain::ChainSpec,
     timeout: Duration,
+    starting: &Starting,
 ) -> anyhow::Result<JoinConfig> {
     let key = config.signing_key()?;
     let public = key.verifying_key();
@@ -446,6 +459,7 @@ fn join_config(
         timeout,
         agent: credentials.agent(timeout)?,
         progress_every: Duration::from_secs(5),
+        stop: starting.stopping(),
     })
 }
 
@@ -696,11 +710,7 @@ pub async fn run(
     });
     let mut start = start;
     loop {
-        let mut stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        match run_once(path, config.clone(), start, stopped).await? {
+        match run_once(path, config.clone(), start, stop_rx.clone()).await? {
             Ended::Stopped => return Ok(()),
             Ended::Promoted => {
                 tracing::info!(
@@ -723,12 +733,30 @@ enum Ended {
 /// How often a follower looks whether the membership has made it a member.
 const PROMOTION_CHECK: Duration = Duration::from_millis(200);
 
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// A start-up step's outcome; `None` if it gave up because the node was asked to stop.
+fn unless_stopped<T>(outcome: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    match outcome {
+        Err(error) if matches!(error.downcast_ref(), Some(JoinError::Stopped)) => {
+            tracing::info!(
+                "asked to stop while starting: stopped (a join resumes at the next start)"
+            );
+            Ok(None)
+        }
+        outcome => outcome.map(Some),
+    }
+}
+
 /// [`run`] until the node stops or, on a follower, until it is promoted.
 async fn run_once(
     path: &Path,
     config: NodeConfig,
     start: Start,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Ended> {
     let check = start == Start::Check;
     // A key in the wrong role is refused before anything is fetched or written.
@@ -757,6 +785,14 @@ async fn run_once(
         })?;
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     let starting = Starting::new(Arc::clone(&metrics));
+    // A stop while starting: the steps that wait on the members give up.
+    let _stopping = AbortOnDrop(tokio::spawn({
+        let (stop, stopping) = (stop.clone(), starting.stopping());
+        async move {
+            stopped(stop).await;
+            stopping.store(true, Ordering::Relaxed);
+        }
+    }));
     // A member without a database lost what it signed, unless the chain is new (or
     // it set its database aside to join from a snapshot).
     let empty = !config.database_path().exists() && !set_aside_path(&config).exists();
@@ -772,12 +808,19 @@ async fn run_once(
             (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
         move || join_if_new(&config, start == Start::Join, &metrics, &starting)
     })
-    .await??;
+    .await?;
+    let Some(restored) = unless_stopped(restored)? else {
+        return Ok(Ended::Stopped);
+    };
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     if empty && !config.database_path().exists() && !new_key {
         starting.set_phase("asking the other members how far the chain has come");
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, None)).await??;
+        let (config, starting) = (config.clone(), Arc::clone(&starting));
+        let asked =
+            tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, None, &starting));
+        if unless_stopped(asked.await?)?.is_none() {
+            return Ok(Ended::Stopped);
+        }
     }
     starting.set_phase("opening the database");
     starting.set_holds_nothing(false);
@@ -791,10 +834,13 @@ async fn run_once(
             starting.set_phase("asking the other members for their latest snapshot");
             let (config, metrics, starting) =
                 (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
-            tokio::task::spawn_blocking(move || {
+            let joined = tokio::task::spawn_blocking(move || {
                 join_if_far_behind(&config, store, &metrics, &starting)
-            })
-            .await??
+            });
+            let Some(store) = unless_stopped(joined.await?)? else {
+                return Ok(Ended::Stopped);
+            };
+            store
         }
         Start::Check | Start::Join => store,
     };
@@ -819,8 +865,13 @@ async fn run_once(
     if store.durable()?.abstain_through == crate::consensus::ABSTAIN_UNKNOWN {
         starting.set_phase("asking the other members how far the chain has come");
         let (config, restored) = (config.clone(), Arc::clone(&store));
-        tokio::task::spawn_blocking(move || abstain_if_rejoining(&config, Some(&restored)))
-            .await??;
+        let starting = Arc::clone(&starting);
+        let asked = tokio::task::spawn_blocking(move || {
+            abstain_if_rejoining(&config, Some(&restored), &starting)
+        });
+        if unless_stopped(asked.await?)?.is_none() {
+            return Ok(Ended::Stopped);
+        }
     }
     if check {
         starting.set_phase("checking the database");
@@ -912,9 +963,7 @@ async fn run_once(
     }
     starting_api.finish().await;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    node.metrics()
-        .height
-        .store(tip.height, std::sync::atomic::Ordering::Relaxed);
+    node.metrics().height.store(tip.height, Ordering::Relaxed);
     tracing::info!(
         api = %listener.local_addr()?,
         node_id = %node.node_id(),
@@ -930,7 +979,7 @@ async fn run_once(
     tokio::spawn({
         let (notifier, stop_tx) = (notifier.clone(), Arc::clone(&stop_tx));
         async move {
-            stop.await;
+            stopped(stop).await;
             if let Some(notifier) = notifier {
                 notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the block in hand");
             }
@@ -959,16 +1008,13 @@ async fn run_once(
                     .key_of(&node_id)
                     .is_some()
                 {
-                    promoted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    promoted.store(true, Ordering::Relaxed);
                     let _ = stop_tx.send(true);
                     return;
                 }
             }
         });
     }
-    let stopped = |mut receiver: watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stop| *stop).await;
-    };
     let producer = tokio::spawn(Arc::clone(&node).run(stopped(stop_rx.clone())));
     // A node restored from a snapshot fetches the blocks below it meanwhile, until
     // the node stops, on any path out of here.
@@ -977,7 +1023,7 @@ async fn run_once(
     let previous = set_aside_history(&config, &store);
     let backfill = (store.history_from() > 1)
         .then(|| -> anyhow::Result<_> {
-            let join = join_config(&config, store.spec(), Duration::from_secs(10))?;
+            let join = join_config(&config, store.spec(), Duration::from_secs(10), &starting)?;
             let (store, stop) = (Arc::clone(&store), Arc::clone(&history));
             let metrics = Arc::clone(node.metrics());
             Ok(tokio::task::spawn_blocking(move || {
@@ -1020,7 +1066,7 @@ async fn run_once(
     )
     .await;
     tracing::info!("API closed; finishing the block in hand");
-    history.store(true, std::sync::atomic::Ordering::Relaxed);
+    history.store(true, Ordering::Relaxed);
     match tokio::time::timeout(STOP_GRACE, producer).await {
         Ok(result) => result.context("block producer failed")?,
         Err(_) => tracing::warn!("block producer did not stop within {STOP_GRACE:?}"),
@@ -1031,7 +1077,7 @@ async fn run_once(
         }
     }
     drop(node);
-    let promoted = promoted.load(std::sync::atomic::Ordering::Relaxed);
+    let promoted = promoted.load(Ordering::Relaxed);
     // A promoted node opens the database again at once: tasks that still hold it
     // (an answer being written) get a moment to let go.
     let mut store = store;
@@ -1237,7 +1283,7 @@ struct SetOnDrop(Arc<AtomicBool>);
 
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1272,10 +1318,7 @@ async fn watchdog(
             _ = ticks.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let height = node
-            .metrics()
-            .height
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let height = node.metrics().height.load(Ordering::Relaxed);
         let status = match node.unready_reason() {
             None => format!("serving at height {height}"),
             Some(reason) => format!("not ready at height {height}: {reason}"),

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::types::SnapshotView;
@@ -81,6 +81,9 @@ pub struct JoinConfig {
     pub agent: ureq::Agent,
     /// How often a progress line is logged.
     pub progress_every: Duration,
+    /// Set when the node is asked to stop: the join gives up at its next step
+    /// ([`JoinError::Stopped`]), keeping what it fetched.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// How a join ended.
@@ -136,6 +139,9 @@ pub enum JoinError {
     /// The staging database failed.
     #[error("restoring the snapshot: {0}")]
     Store(#[from] StoreError),
+    /// The node was asked to stop.
+    #[error("asked to stop: what was fetched is kept for the next start")]
+    Stopped,
 }
 
 /// What went wrong with one request to one member.
@@ -162,6 +168,9 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     let client = Client::new(config.agent.clone(), config.requester.clone());
     let (mut attempt, mut chunks, mut bytes) = (0, 0, 0);
     let (best, sources, fetched, refused) = loop {
+        if config.stop.load(Ordering::Relaxed) {
+            return Err(JoinError::Stopped);
+        }
         attempt += 1;
         let mut refused = Vec::new();
         let offers = offers(&client, spec, &config.sources)
@@ -202,6 +211,9 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         if missing == 0 {
             break (best, sources, fetched, refused);
         }
+        if config.stop.load(Ordering::Relaxed) {
+            return Err(JoinError::Stopped);
+        }
         // On a busy chain the members stop serving a snapshot two checkpoint
         // intervals on; the newer one keeps every full tile already checked, so
         // taking it costs only the tiles that grew.
@@ -236,7 +248,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
     // have voted, and it abstains up to there (README, "Joining from a snapshot").
     let (abstain_through, seen) = match &config.probe {
         None => (0, height),
-        Some(probe) => abstain_through(&client, spec, probe, known, height),
+        Some(probe) => abstain_through(&client, spec, probe, known, height, &config.stop)?,
     };
     let ids = restore.finish(spec, &block, &config.path, abstain_through)?;
     if abstain_through > 0 {
@@ -420,8 +432,9 @@ fn fetch_chunks(
     std::thread::scope(|scope| {
         for source in sources {
             let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
+            let stop = &config.stop;
             scope.spawn(move || {
-                worker(client, source, manifest, transfer, changed, metrics);
+                worker(client, source, manifest, (transfer, changed), metrics, stop);
                 lock(transfer).workers -= 1;
                 changed.notify_all();
             });
@@ -469,18 +482,18 @@ fn fetch_chunks(
 }
 
 /// Fetches chunks from `source` until none are left, the source has failed
-/// [`STRIKES`] times, or the store failed.
+/// [`STRIKES`] times, the store failed or the node is asked to `stop`.
 fn worker(
     client: &Client,
     source: &Source,
     manifest: &Manifest,
-    transfer: &Mutex<Transfer>,
-    changed: &Condvar,
+    (transfer, changed): (&Mutex<Transfer>, &Condvar),
     metrics: &Metrics,
+    stop: &AtomicBool,
 ) {
     let height = manifest.height();
     let (mut strikes, mut busy) = (0, 0);
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let index = {
             let mut state = lock(transfer);
             loop {
@@ -724,14 +737,15 @@ const WAIT_WARNING: Duration = Duration::from_secs(10);
 /// a snapshot's manifest, a backup, or genesis), `floor` a height the chain is known
 /// to have reached. The members' proofs extend `known` where a change came after it;
 /// a key `known` does not name is a member only if enough members' proofs say so,
-/// so it asks until they have answered.
+/// so it asks until they have answered, or until `stop` is set.
 pub fn abstain_through(
     client: &Client,
     spec: &ChainSpec,
     probe: &Probe,
     known: MembershipHistory,
     floor: u64,
-) -> (u64, u64) {
+    stop: &AtomicBool,
+) -> Result<(u64, u64), JoinError> {
     let mut history = known;
     let started = Instant::now();
     let mut warned = Instant::now();
@@ -739,7 +753,7 @@ pub fn abstain_through(
     while !ever_member(&history, &probe.me) {
         let groups = asked_memberships(&history);
         if probe.enough(&groups, &answered) {
-            return (0, floor);
+            return Ok((0, floor));
         }
         let unanswered: Vec<(VerifyingKey, Vec<Source>)> = probe
             .members(&groups)
@@ -766,17 +780,28 @@ pub fn abstain_through(
                 answered = answered.len(),
                 waiting_s = started.elapsed().as_secs(),
                 "waiting for more members to show the membership changes: this node \
-                 lost its database, and whether its key ever voted decides whether it \
-                 must abstain"
+                 starts without a database and its key is not marked new, so whether \
+                 the key ever voted decides whether it must abstain"
             );
         }
-        std::thread::sleep(Duration::from_secs(1));
+        pause(stop)?;
     }
-    let seen = highest_certified(client, spec, probe, &mut history).max(floor);
-    (
+    let seen = highest_certified(client, spec, probe, &mut history, stop)?.max(floor);
+    Ok((
         Config::abstain_bound(spec, &history.last().members, seen),
         seen,
-    )
+    ))
+}
+
+/// The second between two rounds of asking, unless the node is asked to stop.
+fn pause(stop: &AtomicBool) -> Result<(), JoinError> {
+    for _ in 0..10 {
+        if stop.load(Ordering::Relaxed) {
+            return Err(JoinError::Stopped);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// The highest height the members show with a commit certificate, or a prepared
@@ -786,14 +811,16 @@ pub fn abstain_through(
 /// lost its disk may have voted. A member cannot raise it beyond the chain, only
 /// hide how far it got. The members of [`asked_memberships`] are asked, each by its
 /// ways in turn, and asked again, once a second, until enough of each have answered
-/// ([`Probe::enough`]). A certificate under a membership the history does not know
-/// yet is checked with the proof its sender shows, and the longer history is kept.
+/// ([`Probe::enough`]), or until `stop` is set. A certificate under a membership
+/// the history does not know yet is checked with the proof its sender shows, and
+/// the longer history is kept.
 pub fn highest_certified(
     client: &Client,
     spec: &ChainSpec,
     probe: &Probe,
     history: &mut MembershipHistory,
-) -> u64 {
+    stop: &AtomicBool,
+) -> Result<u64, JoinError> {
     let started = Instant::now();
     let mut warned = Instant::now();
     // An answer stays good: anything after this member stopped bounds its votes.
@@ -816,7 +843,7 @@ pub fn highest_certified(
         }
         let answered: Vec<VerifyingKey> = answers.iter().map(|(key, _)| *key).collect();
         if probe.enough(&asked_memberships(history), &answered) {
-            return answers.iter().map(|(_, height)| *height).max().unwrap_or(0);
+            return Ok(answers.iter().map(|(_, height)| *height).max().unwrap_or(0));
         }
         if warned.elapsed() >= WAIT_WARNING {
             warned = Instant::now();
@@ -827,7 +854,7 @@ pub fn highest_certified(
                  lost the record of what it signed and votes only once it knows"
             );
         }
-        std::thread::sleep(Duration::from_secs(1));
+        pause(stop)?;
     }
 }
 

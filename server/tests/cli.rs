@@ -1217,3 +1217,35 @@ fn outsiders_and_garbage_on_the_peer_port_disturb_nobody() {
         daemon.stop();
     }
 }
+
+/// A member that lost its disk waits for the others to say how far the chain has
+/// come; asked to stop meanwhile (none of them up), it stops at once and cleanly.
+#[test]
+fn a_member_waiting_for_the_others_stops_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = support::layout(&dir.path().join("cluster"), 4);
+    // A key that may have voted: the node cannot tell a new chain from a lost disk.
+    let key = dir.path().join("cluster/node0/node.key");
+    std::fs::remove_file(ledger::config::new_key_mark(&key)).unwrap();
+    let daemon = Daemon::spawn(&configs[0], base, &[]);
+    let status = format!("{}/v1/status", daemon.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = http("GET", &status, None);
+        if code == 503 && body.to_string().contains("how far the chain has come") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never asked the others: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Bounded: before, it asked on until killed.
+    let log = daemon.stop();
+    assert!(log.contains("asked to stop while starting"), "{log}");
+    assert!(
+        !dir.path().join("cluster/node0/data/ledger.redb").exists(),
+        "nothing was made of a start that was stopped"
+    );
+}

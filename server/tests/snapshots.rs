@@ -4,6 +4,7 @@
 //! bound and damage underneath are answered as the API promises.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -569,15 +570,17 @@ async fn join_from(
     sources: Vec<String>,
 ) -> Result<Joined, ledger::join::JoinError> {
     let sources = sources.into_iter().map(Source::Api).collect();
-    join_with(spec, dir, sources, None).await
+    join_with(spec, dir, sources, None, Default::default()).await
 }
 
-/// Joins from `sources`, asking members with `requester`, into `dir/joiner`.
+/// Joins from `sources`, asking members with `requester`, into `dir/joiner`, until
+/// `stop` is set.
 async fn join_with(
     spec: &ChainSpec,
     dir: &std::path::Path,
     sources: Vec<Source>,
     requester: Option<Arc<Requester>>,
+    stop: Arc<AtomicBool>,
 ) -> Result<Joined, ledger::join::JoinError> {
     let joiner = dir.join("joiner");
     std::fs::create_dir_all(&joiner).unwrap();
@@ -590,6 +593,7 @@ async fn join_with(
         timeout: Duration::from_secs(2),
         agent: plain_agent(),
         progress_every: Duration::from_secs(1),
+        stop,
     };
     let spec = spec.clone();
     tokio::task::spawn_blocking(move || ledger::join::join(&spec, &config, &Default::default()))
@@ -675,7 +679,29 @@ async fn an_interrupted_join_resumes_and_a_silent_member_is_passed_over() {
     assert!(dir.path().join("joiner/ledger.redb.restoring").exists());
     assert!(!dir.path().join("joiner/ledger.redb").exists());
 
+    // Asked to stop while a member keeps it waiting, the join gives up after the
+    // chunk in hand, keeping what it has.
     let silent = listen(liar(honest.clone(), Lie::SilentOnChunks)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = {
+        let (spec, dir, source) = (spec.clone(), dir.path().to_owned(), silent.clone());
+        let stop = Arc::clone(&stop);
+        tokio::spawn(
+            async move { join_with(&spec, &dir, vec![Source::Api(source)], None, stop).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("a join asked to stop ends")
+        .unwrap();
+    assert!(
+        matches!(stopped, Err(ledger::join::JoinError::Stopped)),
+        "{stopped:?}"
+    );
+    assert!(dir.path().join("joiner/ledger.redb.restoring").exists());
+
     let honest = listen(honest).await;
     let joined = join_from(&spec, dir.path(), vec![silent.clone(), honest])
         .await
@@ -817,6 +843,7 @@ async fn a_member_joins_over_the_peer_protocol() {
         dir.path(),
         vec![source.clone()],
         Some(Arc::clone(&joiner)),
+        Default::default(),
     )
     .await
     .unwrap();
@@ -841,10 +868,16 @@ async fn a_member_joins_over_the_peer_protocol() {
     let client = ledger::join::Client::new(plain_agent(), Some(joiner));
     let seen = tokio::task::spawn_blocking(move || {
         let mut history = ledger::chain::MembershipHistory::genesis(&spec);
-        ledger::join::highest_certified(&client, &spec, &probe, &mut history)
+        ledger::join::highest_certified(
+            &client,
+            &spec,
+            &probe,
+            &mut history,
+            &AtomicBool::new(false),
+        )
     });
     assert_eq!(
-        seen.await.unwrap(),
+        seen.await.unwrap().unwrap(),
         25,
         "the chain's height, certified, over the peer protocol"
     );
@@ -950,15 +983,40 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
         ],
     };
     let client = ledger::join::Client::new(plain_agent(), None);
+    // A node asked to stop meanwhile gives up waiting, within a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = tokio::task::spawn_blocking({
+        let client = ledger::join::Client::new(plain_agent(), None);
+        let (spec, probe, stop) = (spec.clone(), probe.clone(), Arc::clone(&stop));
+        move || {
+            let mut history = ledger::chain::MembershipHistory::genesis(&spec);
+            ledger::join::highest_certified(&client, &spec, &probe, &mut history, &stop)
+        }
+    });
     let probe_spec = spec.clone();
     let probe = tokio::task::spawn_blocking(move || {
         let mut history = ledger::chain::MembershipHistory::genesis(&probe_spec);
-        ledger::join::highest_certified(&client, &probe_spec, &probe, &mut history)
+        ledger::join::highest_certified(
+            &client,
+            &probe_spec,
+            &probe,
+            &mut history,
+            &AtomicBool::new(false),
+        )
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
-        !probe.is_finished(),
+        !probe.is_finished() && !stopped.is_finished(),
         "one answer of the two needed is not enough"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("a probe asked to stop ends")
+        .unwrap();
+    assert!(
+        matches!(stopped, Err(ledger::join::JoinError::Stopped)),
+        "{stopped:?}"
     );
 
     let listener = tokio::net::TcpListener::bind(late_addr).await.unwrap();
@@ -970,7 +1028,7 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
         .await
         .expect("the probe ends once the member is back")
         .unwrap();
-    assert_eq!(seen, 25);
+    assert_eq!(seen.unwrap(), 25);
 }
 
 /// A member that crashed before the blocks it applied reached its disk shows a
@@ -1023,7 +1081,8 @@ async fn a_prepared_certificate_above_the_tip_shows_how_far_the_chain_came() {
         tokio::task::spawn_blocking(move || {
             let client = ledger::join::Client::new(plain_agent(), None);
             let mut history = ledger::chain::MembershipHistory::genesis(&spec);
-            ledger::join::highest_certified(&client, &spec, &probe, &mut history)
+            let stop = AtomicBool::new(false);
+            ledger::join::highest_certified(&client, &spec, &probe, &mut history, &stop).unwrap()
         })
     };
     assert_eq!(seen().await.unwrap(), 27, "the prepared certificate counts");
@@ -1102,6 +1161,7 @@ async fn a_backfill_copies_what_the_set_aside_database_holds_and_fetches_the_res
         timeout: Duration::from_secs(2),
         agent: plain_agent(),
         progress_every: Duration::from_secs(1),
+        stop: Default::default(),
     };
     let metrics = tokio::task::spawn_blocking(move || {
         let store = Store::open(&config.path, &spec, StoreOptions::default()).unwrap();

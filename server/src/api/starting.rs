@@ -6,7 +6,7 @@
 //! join's progress to that answer. A client polling the status for readiness sees
 //! 503 until the node serves.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,7 +28,10 @@ pub struct Starting {
     phase: Mutex<(&'static str, Instant)>,
     /// No database yet, so no chain: what a member that lost its disk asks of the
     /// others (join::highest_certified).
-    holds_nothing: std::sync::atomic::AtomicBool,
+    holds_nothing: AtomicBool,
+    /// Set when the node is asked to stop while it starts: the steps that wait on
+    /// the members (a join, asking how far the chain has come) give up.
+    stopping: Arc<AtomicBool>,
 }
 
 /// `GET /v1/status` while a node starts: the error body of every 503, and a join's
@@ -71,7 +74,13 @@ impl Starting {
             metrics,
             phase: Mutex::new(("starting up", Instant::now())),
             holds_nothing: Default::default(),
+            stopping: Default::default(),
         })
+    }
+
+    /// The flag a stop sets, for the steps that wait on the members.
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopping)
     }
 
     /// Whether the node has no database (yet).
