@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::merkle::leaf_hash;
-use super::{Block, ChainError, ChainParams, CompactRange, Hash, Header, HEADER_VERSION};
+use super::{Block, ChainError, ChainParams, CompactRange, Entry, Hash, Header, HEADER_VERSION};
 
 /// Answers whether an entry id is already in the chain (the store's entry index).
 pub trait EntryIndex {
@@ -40,6 +40,11 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
 
     /// Refuses a block or one of its entries, with the reason.
     fn check_block(&self, block: &Block) -> Result<(), String>;
+
+    /// Refuses an entry on its own, with the reason: what a member asks of the
+    /// entries other members forward to it, so that none its rules refuse waits in
+    /// its pool to be proposed.
+    fn check_entry(&self, entry: &Entry) -> Result<(), String>;
 }
 
 /// What a block is validated against.

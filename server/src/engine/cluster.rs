@@ -1509,13 +1509,15 @@ impl Driver {
         error: Option<ChainError>,
     ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
+        // An entry refused with a reason is one this member's rules refuse and
+        // another member's took: members that run different plugins.
         let faulty = matches!(
             reason,
             DropReason::InvalidBlock
                 | DropReason::BadSignature
                 | DropReason::Conflicting
                 | DropReason::InvalidNewView
-        );
+        ) || (reason == DropReason::InvalidEntry && error.is_some());
         if !faulty {
             tracing::trace!(?from, kind, ?reason, "input dropped");
             return;

@@ -562,6 +562,11 @@ impl Policy for Plugins {
         Ok(required)
     }
 
+    fn check_entry(&self, entry: &Entry) -> Result<(), String> {
+        self.validate_entry(entry)
+            .map_err(|rejection| rejection.to_string())
+    }
+
     fn check_block(&self, block: &Block) -> Result<(), String> {
         if self.list.is_empty() {
             return Ok(());

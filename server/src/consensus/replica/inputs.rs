@@ -9,7 +9,7 @@ use super::super::durable::Record;
 use super::super::message::{CheckpointCertificate, Invalid, MemberIndex, Message, Payload, Vote};
 use super::view_change::highest_checkpoint;
 use super::{Candidate, DropReason, Output, Replica, ViewChangeCause, Waiting, PROBE_CHECKS};
-use crate::chain::{Block, CommitCertificate, Entry, EntryIndex, Hash, Header};
+use crate::chain::{Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header};
 
 impl Replica {
     pub(super) fn on_message(&mut self, message: Message) {
@@ -403,6 +403,17 @@ impl Replica {
                 .is_err()
             {
                 return self.drop_input(None, "entry", DropReason::InvalidEntry);
+            }
+            // Checked at the member a client gave it to, under that member's rules:
+            // one that runs other rules (or lies) must not fill this pool with
+            // entries no block this member would accept can hold.
+            if let Some(Err(reason)) = self.config.policy.as_ref().map(|p| p.check_entry(&entry)) {
+                return self.drop_for(
+                    None,
+                    "forwarded entry",
+                    DropReason::InvalidEntry,
+                    Some(ChainError::Policy(reason)),
+                );
             }
         }
         if entry.is_reconfiguration() {

@@ -221,6 +221,26 @@ impl Replica {
         Ok(required.unwrap_or(self.config.difficulty))
     }
 
+    /// Takes out of the pool the entries of this primary's own `block` that its
+    /// rules refuse, which it would otherwise propose again and again (entries come
+    /// checked, but rules may change under a waiting entry, as plugins at a restart).
+    fn drop_refused(&mut self, block: &Block) {
+        let Some(policy) = self.config.policy.clone() else {
+            return;
+        };
+        for entry in &block.entries {
+            if let Err(reason) = policy.check_entry(entry) {
+                self.pending.remove(&entry.id());
+                self.drop_for(
+                    None,
+                    "proposed entry",
+                    DropReason::InvalidEntry,
+                    Some(ChainError::Policy(reason)),
+                );
+            }
+        }
+    }
+
     /// Accepts the current view's candidate at `height` once its parent allows and it
     /// validates; a backup then sends PREPARE (C&L §4.2).
     pub(super) fn try_accept(&mut self, height: u64, index: &dyn EntryIndex) -> bool {
@@ -263,6 +283,9 @@ impl Replica {
             match verdict {
                 Ok((ids, log)) => (Arc::new(ids), Some(log)),
                 Err(error) => {
+                    if self.is_primary() {
+                        self.drop_refused(&block);
+                    }
                     self.forget_candidate(height);
                     self.drop_for(
                         Some(self.primary()),
@@ -599,7 +622,13 @@ impl Replica {
         if accepted {
             self.out.push(Output::Broadcast(message));
         } else {
-            self.out.truncate(before);
+            // Nothing of a refused proposal leaves, but what it refused is told.
+            let refused: Vec<Output> = self
+                .out
+                .drain(before..)
+                .filter(|output| matches!(output, Output::Dropped { .. }))
+                .collect();
+            self.out.extend(refused);
             if let Some(slot) = self.slots.get_mut(&height) {
                 slot.candidate = None;
                 slot.sent.clear();

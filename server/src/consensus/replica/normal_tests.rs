@@ -22,11 +22,11 @@ impl crate::chain::Policy for StricterEachBlock {
     }
 
     fn check_block(&self, block: &Block) -> Result<(), String> {
-        match block
-            .entries
-            .iter()
-            .any(|e| e.data.starts_with(b"forbidden"))
-        {
+        block.entries.iter().try_for_each(|e| self.check_entry(e))
+    }
+
+    fn check_entry(&self, entry: &Entry) -> Result<(), String> {
+        match entry.data.starts_with(b"forbidden") {
             true => Err("forbidden entry".into()),
             false => Ok(()),
         }
@@ -148,6 +148,53 @@ fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
         panic!("expected a template: {outputs:?}");
     };
     assert_eq!(template.header.difficulty, required);
+}
+
+/// Entries another member forwards meet this member's rules before they wait in its
+/// pool: a member that runs other rules (or lies) cannot stall a primary with an
+/// entry no block it accepts could hold. And a primary whose own block its rules
+/// refuse takes the refused entries out of its pool instead of proposing them again.
+#[test]
+fn entries_the_policy_refuses_leave_the_pool() {
+    let setup = Setup::new(4);
+    let primary = || {
+        let config = Config::new(&setup.spec, setup.keys[0].clone(), TIMING)
+            .expect("member")
+            .with_policy(Arc::new(StricterEachBlock));
+        let durable = Durable::genesis(setup.spec.genesis_block().hash());
+        Replica::new(config, setup.genesis(), durable, [], setup.now)
+    };
+    let forwarded = |entry: Entry| Input::Entry {
+        entry,
+        forwarded: true,
+    };
+    let forbidden = Entry::new(&b"forbidden fruit"[..]);
+    let mut taking = primary();
+    assert_eq!(
+        feed(&mut taking, forwarded(forbidden.clone())),
+        ["dropped InvalidEntry"]
+    );
+    assert!(!taking.is_pending(&forbidden.id()));
+    let fine = testing::entries(4, 1, 32).remove(0);
+    let outputs = taking.handle(forwarded(fine.clone()), &NoEntries);
+    let Some(Output::Mine(template)) = outputs.last() else {
+        panic!("expected a template: {outputs:?}");
+    };
+    assert_eq!(template.entries, [fine]);
+
+    // A client's entry is checked at admission, outside the replica; one that got
+    // past it anyway goes once the primary's own block is refused.
+    let mut proposing = primary();
+    let outputs = submit(&mut proposing, forbidden.clone());
+    let Some(Output::Mine(template)) = outputs.last() else {
+        panic!("expected a template: {outputs:?}");
+    };
+    let outputs = feed(&mut proposing, Input::Mined(mined(template)));
+    assert!(
+        outputs.contains(&"dropped InvalidEntry".to_owned()),
+        "{outputs:?}"
+    );
+    assert!(!proposing.is_pending(&forbidden.id()));
 }
 
 /// The chaining rule: a block at h + 1 is accepted on the block accepted at h and
