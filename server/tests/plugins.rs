@@ -370,6 +370,36 @@ fn a_node_runs_its_plugins_and_refuses_to_start_with_a_broken_one() {
     }
 }
 
+/// A node runs the code it hashed: rewriting its plugin's file in place (`cp` over
+/// it) while it runs changes nothing it does, and does not crash it. A bare file
+/// name is the file in the working directory, not a search of the loader's path.
+#[test]
+fn a_plugin_rewritten_in_place_leaves_the_running_node_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = dir.path().join("libpolicy.so");
+    std::fs::copy(tx_policy(), &installed).unwrap();
+    let checked = Command::new(LEDGERD)
+        .args(["plugins", "check", "libpolicy.so"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(text(&checked).contains("tx-policy"), "{}", text(&checked));
+
+    let (config, url) = single_node(dir.path(), &plugin_toml(&installed, "content = \"json\""));
+    let node = Daemon::start(&config, &url);
+    // Rewritten, not replaced: the same inode, as `cp` leaves it.
+    std::fs::write(&installed, std::fs::read(panicky()).unwrap()).unwrap();
+    let refused = node.ctl(&["submit", "not json"]);
+    assert!(
+        text(&refused).contains("plugin tx-policy: entry data must be JSON"),
+        "{}",
+        text(&refused)
+    );
+    let accepted = node.ctl(&["submit", r#"{"ok": 1}"#, "--wait"]);
+    assert!(accepted.status.success(), "{}", text(&accepted));
+}
+
 /// A node whose plugin panics in every hook keeps serving and answers with the
 /// panic as the reason; a hook over its budget is logged with its plugin.
 #[test]

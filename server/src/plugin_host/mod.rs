@@ -164,13 +164,36 @@ fn open(path: &Path) -> Result<(&'static Descriptor, Fingerprint), PluginError> 
         source,
     })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    // SAFETY: loading runs the library's initialisers; the operator chose to trust
-    // this file by listing it.
-    let library =
-        unsafe { libloading::Library::new(path) }.map_err(|error| PluginError::NotALibrary {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })?;
+    let not_a_library = |error: libloading::Error| PluginError::NotALibrary {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    };
+    // With a `/`, so that the dynamic loader takes it as a path and does not
+    // search its library path for a bare name.
+    let file = Path::new(".").join(path);
+    // SAFETY (both loads): loading runs the library's initialisers; the operator
+    // chose to trust this file by listing it.
+    let library = match private_copy(&bytes) {
+        Ok((copy, open)) => match unsafe { libloading::Library::new(&copy) } {
+            Ok(library) => {
+                // Open for good, as the library stays loaded: the loader knows a
+                // library by its path, and a later copy given this descriptor's
+                // number would be taken for this one.
+                std::mem::forget(open);
+                library
+            }
+            Err(error) => {
+                // Where memory files may not hold code, the file itself loads.
+                let library = unsafe { libloading::Library::new(&file) }.map_err(not_a_library)?;
+                tracing::warn!(plugin = %path.display(), %error, "cannot load a private copy of the plugin: the file itself is loaded, and must not be rewritten in place while the node runs");
+                library
+            }
+        },
+        Err(error) => {
+            tracing::warn!(plugin = %path.display(), %error, "cannot make a private copy of the plugin: the file itself is loaded, and must not be rewritten in place while the node runs");
+            unsafe { libloading::Library::new(&file) }.map_err(not_a_library)?
+        }
+    };
     // Never unloaded (see the module docs), so whatever it points to lives forever.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     type EntryFn = unsafe extern "C" fn() -> *const Descriptor;
@@ -229,6 +252,38 @@ fn open(path: &Path) -> Result<(&'static Descriptor, Fingerprint), PluginError> 
         sha256,
     };
     Ok((descriptor, fingerprint))
+}
+
+/// `bytes` in an anonymous memory file of this process, and the path that opens it
+/// (with the file, which must stay open while the library is loaded): the code
+/// loaded is then the code hashed, and a library rewritten in place on disk (`cp`
+/// over it) cannot change, under a running node, code the node already mapped.
+#[cfg(target_os = "linux")]
+fn private_copy(bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let create = |flags| {
+        // SAFETY: a NUL-terminated name; the flags are memfd_create's.
+        unsafe { libc::memfd_create(c"ledger-plugin".as_ptr(), flags) }
+    };
+    // Executable on kernels that can forbid it (`vm.memfd_noexec`); older ones do
+    // not know the flag.
+    let mut fd = create(libc::MFD_CLOEXEC | libc::MFD_EXEC);
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = create(libc::MFD_CLOEXEC);
+    }
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just created, owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    Ok((PathBuf::from(format!("/proc/self/fd/{fd}")), file))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn private_copy(_: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// Runs the start-up checks on `path` without initialising the plugin.
