@@ -460,6 +460,29 @@ impl Drop for Plugin {
     }
 }
 
+/// The most of a plugin's text (a refusal's reason, an error) that is kept: reasons
+/// go to clients, one per refused entry of a batch, and to the log.
+const MAX_TEXT: usize = 1024;
+
+/// A plugin's text as clients and the log get it: at most [`MAX_TEXT`] bytes, cut
+/// at a character and marked, with control characters (newlines, terminal escapes)
+/// shown as `\u{..}` rather than passed on.
+fn bounded_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len().min(MAX_TEXT + 16));
+    for c in text.chars() {
+        if out.len() >= MAX_TEXT {
+            out.push_str("… (cut)");
+            break;
+        }
+        match c.is_control() {
+            true => out.extend(c.escape_unicode()),
+            false => out.push(c),
+        }
+    }
+    out
+}
+
 /// Reads a buffer the plugin filled and hands it back to the plugin.
 fn take(descriptor: &Descriptor, buffer: Buffer) -> Option<String> {
     if buffer.ptr.is_null() {
@@ -473,7 +496,7 @@ fn take(descriptor: &Descriptor, buffer: Buffer) -> Option<String> {
         }
         .as_slice()
     };
-    let text = String::from_utf8_lossy(bytes).into_owned();
+    let text = bounded_text(bytes);
     if let Some(free) = descriptor.free_buffer {
         // SAFETY: the plugin's own buffer, returned once.
         unsafe { free(buffer) };
@@ -658,5 +681,28 @@ impl Drop for Plugins {
                 tracing::error!("the on_commit thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reason reaches clients bounded, with control characters shown, not passed on.
+    #[test]
+    fn a_plugins_text_is_bounded_and_shows_control_characters() {
+        assert_eq!(bounded_text(b"too long"), "too long");
+        assert_eq!(
+            bounded_text(b"bad\0\x1b[31mred\n"),
+            "bad\\u{0}\\u{1b}[31mred\\u{a}"
+        );
+        let long = bounded_text(&[b'x'; 10 * MAX_TEXT]);
+        assert!(
+            long.len() < MAX_TEXT + 16 && long.ends_with("(cut)"),
+            "{long}"
+        );
+        // Cut at a character, never inside one.
+        let wide = bounded_text("é".repeat(MAX_TEXT).as_bytes());
+        assert!(wide.starts_with("éé") && wide.ends_with("(cut)"));
     }
 }
