@@ -34,7 +34,8 @@ pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};
 pub use history::{ChangeProof, MembershipHistory};
 pub use membership::{
-    epoch_domain, Change, LearnerProgress, Membership, MembershipError, Reconfiguration,
+    address_problem, epoch_domain, Change, LearnerProgress, Membership, MembershipError,
+    Reconfiguration,
 };
 pub use merkle::CompactRange;
 pub use receipt::Receipt;

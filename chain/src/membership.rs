@@ -138,6 +138,31 @@ impl Change {
     }
 }
 
+/// Why `addr` is no `HOST:PORT` a node can be dialed at (`[v6]:PORT` too), if it
+/// is not: what a node checks of the addresses in a change it is asked to order. Not
+/// a chain rule: a block holding an address that fails it stays valid.
+pub fn address_problem(addr: &str) -> Option<&'static str> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Some("not HOST:PORT");
+    };
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return Some("its port is not a number from 1 to 65535");
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    let host_ok = match bracketed {
+        true => host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok(),
+        false => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    (!host_ok).then_some("its host is no name or address (an IPv6 address goes in [brackets])")
+}
+
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = hex::encode(self.public_key().as_bytes());
@@ -1124,6 +1149,29 @@ mod tests {
 
     /// Every replica refuses alike a promotion without the learner's word that it is
     /// within a checkpoint interval of the tip, or with a word it did not give.
+    #[test]
+    fn addresses_a_node_can_be_dialed_at_pass() {
+        for good in [
+            "127.0.0.1:7101",
+            "node-3.ledger.svc:7101",
+            "[::1]:7101",
+            "a_b:1",
+        ] {
+            assert_eq!(address_problem(good), None, "{good}");
+        }
+        for bad in [
+            "nonsense",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            ":7101",
+            "::1:7101",
+            "a b:1",
+            "[x]:1",
+        ] {
+            assert!(address_problem(bad).is_some(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_promotion_carries_the_learners_recent_progress() {
         let spec = admin_spec();

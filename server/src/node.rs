@@ -80,6 +80,18 @@ pub enum ProposeError {
         /// Its quorum.
         quorum: usize,
     },
+    /// This member does not reach the learner to promote at its peer address.
+    #[error(
+        "this member does not reach the learner at its p2p address {addr} ({error}): \
+         promoted, it would be a member the others cannot reach. Check that the learner \
+         listens there; a wrong address needs the learner removed and added again"
+    )]
+    LearnerUnreachable {
+        /// The address its change named.
+        addr: String,
+        /// Why the last attempt failed.
+        error: String,
+    },
     /// The learner to promote cannot be asked how far it is.
     #[error("cannot tell how far the learner is: {0}")]
     LearnerUnknown(String),
@@ -373,6 +385,20 @@ impl Node {
         // request brought is not taken.
         let mut change = change.clone();
         change.progress = None;
+        if let crate::chain::Change::AddLearner {
+            p2p_addr, api_addr, ..
+        } = &change.change
+        {
+            let named = [("p2p", Some(p2p_addr)), ("api", api_addr.as_ref())];
+            for (kind, addr) in named.into_iter().filter_map(|(k, a)| Some((k, a?))) {
+                if let Some(problem) = crate::chain::address_problem(addr) {
+                    return Err(ProposeError::Refused(format!(
+                        "the learner's {kind} address {addr:?}: {problem}; an address in a \
+                         change stays in the chain, so it is checked before it is ordered"
+                    )));
+                }
+            }
+        }
         match now.check(spec, &change, next_height) {
             // Asked of the learner below, once the rest holds.
             Err(MembershipError::NoProgress) => {}
@@ -405,6 +431,25 @@ impl Node {
                     && (member.node_id == me || peers.get(*index).is_some_and(|p| p.connected()))
             })
             .count();
+        // A learner becomes a member only once this member reaches it at the peer
+        // address its change named: a wrong one would make it a member no one
+        // reaches, a fault the cluster then carries for good.
+        if let crate::chain::Change::Promote { public_key } = &change.change {
+            let at = now
+                .learners
+                .iter()
+                .position(|l| l.public_key == *public_key);
+            let learner = at.map(|at| (&now.learners[at], peers.get(now.members.len() + at)));
+            if let Some((learner, peer)) =
+                learner.filter(|(_, peer)| !peer.is_some_and(|p| p.outbound))
+            {
+                let error = peer.and_then(|peer| peer.last_error.clone());
+                return Err(ProposeError::LearnerUnreachable {
+                    addr: learner.p2p_addr.clone().unwrap_or_default(),
+                    error: error.unwrap_or_else(|| "not connected yet".into()),
+                });
+            }
+        }
         let quorum = next.members.quorum();
         if connected < quorum {
             return Err(ProposeError::TooFewConnected {

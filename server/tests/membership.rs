@@ -753,3 +753,68 @@ fn members_down_or_wiped_across_two_changes_come_back() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(height > epoch_start, "{line}");
 }
+
+/// A change is checked for addresses a node can be dialed at before it is ordered
+/// (it stays in the chain), and a learner is promoted only once this member reaches
+/// it at the peer address its change named.
+#[test]
+fn a_learner_at_a_wrong_address_is_neither_added_nor_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 4);
+    let daemons = start_all(&configs, base);
+    let primary = node(&daemons, 0);
+    let home = dir.path().join("newcomer");
+    let (config, port) = init_outsider(&home, &chain.join("genesis.toml"));
+    set(std::slice::from_ref(&config), "follower", "true");
+    let key = ledger::config::read_key(&home.join("node.key")).unwrap();
+    let public = hex::encode(key.verifying_key().as_bytes());
+    let api = format!("127.0.0.1:{port}");
+
+    // ledgerctl refuses it before signing; the node, should one come signed anyway.
+    let typo = ["add", "--key", &public, "--p2p", "nonsense", "--api", &api];
+    let refused = try_change(primary, &chain, &typo, "typo").unwrap_err();
+    assert!(
+        refused.contains("--p2p \"nonsense\": not HOST:PORT"),
+        "{refused}"
+    );
+    let admin = ledger::config::read_key(&chain.join("admin.key")).unwrap();
+    let spec = ledger::config::NodeConfig::load(&configs[0])
+        .unwrap()
+        .chain_spec()
+        .unwrap();
+    let mut signed = ledger::chain::Reconfiguration::new(
+        0,
+        ledger::chain::Change::AddLearner {
+            public_key: key.verifying_key(),
+            p2p_addr: "127.0.0.1:0".into(),
+            api_addr: None,
+        },
+    )
+    .unwrap();
+    signed.sign(&admin, &spec.chain_hash());
+    let body = serde_json::json!({ "reconfiguration": hex::encode(signed.encode()) });
+    let url = format!("{}/v1/admin/reconfigurations", primary.url);
+    let (code, answer) = http("POST", &url, Some(&body.to_string()));
+    assert_eq!(code, 422, "{answer}");
+    assert!(
+        answer.to_string().contains("port is not a number from 1"),
+        "{answer}"
+    );
+
+    // Well formed, but where the learner does not listen: added, never promoted.
+    let newcomer = Daemon::start(&config, port);
+    let wrong = format!("127.0.0.1:{}", free_port());
+    let add = ["add", "--key", &public, "--p2p", &wrong, "--api", &api];
+    change(primary, &chain, &add, "add-learner");
+    epoch_in_force(primary, 1);
+    let promote = ["promote", "--key", &public];
+    let refused = try_change(primary, &chain, &promote, "promote").unwrap_err();
+    assert!(
+        refused.contains(&format!(
+            "does not reach the learner at its p2p address {wrong}"
+        )),
+        "{refused}"
+    );
+    newcomer.stop();
+}
