@@ -641,8 +641,9 @@ pub struct StatusView {
     pub genesis_hash: String,
     /// What this node is to its chain: `alone` (the only member), `member` (one of
     /// several), `follower` (not a member: it checks and applies the members'
-    /// committed blocks, never votes, and forwards submits to them) or `learner` (a
-    /// follower the membership names, which a promotion makes a member).
+    /// committed blocks, never votes, and forwards submits to them), `learner` (a
+    /// follower the membership names, which a promotion makes a member) or `removed`
+    /// (a member a change removed, until it stops).
     pub role: String,
     /// On a follower or learner: how many blocks the member it reads from is ahead
     /// of it, as last asked (about once a second); absent until a member answered.

@@ -88,9 +88,9 @@ fn open_restored(
     restored: Option<RestoredIds>,
 ) -> anyhow::Result<(Arc<Store>, ed25519_dalek::SigningKey)> {
     let spec = config.chain_spec()?;
-    let key = check_key(config, &spec)?;
     let path = config.database_path();
     let store = open_at(config, &spec, &path, restored)?;
+    let key = check_key(config, &spec, Some(&store.membership_in_force().members))?;
     let public = key.verifying_key().to_bytes();
     if let RecordsOwner::Other(owner) = store.claim_records(&public)? {
         bail!(
@@ -138,15 +138,24 @@ fn with_recovery(path: &Path, error: StoreError) -> anyhow::Error {
     )
 }
 
-/// The key of `config`, checked to be a member's, or on a follower not to be.
+/// The key of `config`, checked to be a member's, or on a follower not to be: as
+/// the genesis file says before the node has a database, and once it has one as
+/// the members in force there (`in_force`) say. A member's key runs as a follower
+/// once a change removed it; a
+/// learner's runs as a member once promoted (its `follower = true` may stay); a
+/// genesis member's key that is still a member never runs as a follower, which
+/// would be two nodes voting with one key.
 fn check_key(
     config: &NodeConfig,
     spec: &crate::chain::ChainSpec,
+    in_force: Option<&crate::chain::Members>,
 ) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let key = config.signing_key()?;
     let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
-    let member = spec.members.key_of(&node_id).is_some();
-    if !member && !config.follower {
+    let genesis_member = spec.members.key_of(&node_id).is_some();
+    let member = in_force.map_or(genesis_member, |members| members.key_of(&node_id).is_some());
+    // A genesis member a change removed is refused by the engine, which says so.
+    if !member && !genesis_member && !config.follower {
         bail!(
             "{}: key {} is not a member of chain {:?} ({}); to follow the chain without \
              voting, set `follower = true` in ledgerd.toml",
@@ -156,7 +165,7 @@ fn check_key(
             config.genesis.display()
         );
     }
-    if member && config.follower {
+    if member && genesis_member && config.follower {
         bail!(
             "{}: key {} is a member of chain {:?}: a member votes, it cannot be a follower; \
              remove `follower = true` or give the follower a key of its own",
@@ -760,7 +769,9 @@ async fn run_once(
 ) -> anyhow::Result<Ended> {
     let check = start == Start::Check;
     // A key in the wrong role is refused before anything is fetched or written.
-    check_key(&config, &config.chain_spec()?)?;
+    if !config.database_path().exists() {
+        check_key(&config, &config.chain_spec()?, None)?;
+    }
     // Made first: a join counts what it fetched, and /metrics shows it once serving.
     let metrics = Arc::new(crate::metrics::Metrics::default());
     // A certificate or token that cannot be used stops the start before anything else.

@@ -80,18 +80,6 @@ pub enum ProposeError {
         /// Its quorum.
         quorum: usize,
     },
-    /// This member does not reach the learner to promote at its peer address.
-    #[error(
-        "this member does not reach the learner at its p2p address {addr} ({error}): \
-         promoted, it would be a member the others cannot reach. Check that the learner \
-         listens there; a wrong address needs the learner removed and added again"
-    )]
-    LearnerUnreachable {
-        /// The address its change named.
-        addr: String,
-        /// Why the last attempt failed.
-        error: String,
-    },
     /// The learner to promote cannot be asked how far it is.
     #[error("cannot tell how far the learner is: {0}")]
     LearnerUnknown(String),
@@ -237,11 +225,19 @@ impl Node {
         self.engine.status()
     }
 
-    /// What this node is to its chain: `alone`, `member` or `follower`.
+    /// What this node is to its chain: `alone`, `member`, `removed` (a member a change
+    /// removed, until it stops), `learner` or `follower`.
     pub fn role(&self) -> &'static str {
         match self.engine {
             Engine::Alone(_) => "alone",
-            Engine::Cluster(_) => "member",
+            Engine::Cluster(_) => {
+                let members = self.store.membership_in_force().members;
+                match members.key_of(&self.node_id).is_some() {
+                    true => "member",
+                    // Until it stops: it orders nothing more.
+                    false => "removed",
+                }
+            }
             Engine::Follower(_) => {
                 let learners = self.store.membership_in_force().learners;
                 match learners.iter().any(|l| l.node_id == self.node_id) {
@@ -431,25 +427,6 @@ impl Node {
                     && (member.node_id == me || peers.get(*index).is_some_and(|p| p.connected()))
             })
             .count();
-        // A learner becomes a member only once this member reaches it at the peer
-        // address its change named: a wrong one would make it a member no one
-        // reaches, a fault the cluster then carries for good.
-        if let crate::chain::Change::Promote { public_key } = &change.change {
-            let at = now
-                .learners
-                .iter()
-                .position(|l| l.public_key == *public_key);
-            let learner = at.map(|at| (&now.learners[at], peers.get(now.members.len() + at)));
-            if let Some((learner, peer)) =
-                learner.filter(|(_, peer)| !peer.is_some_and(|p| p.outbound))
-            {
-                let error = peer.and_then(|peer| peer.last_error.clone());
-                return Err(ProposeError::LearnerUnreachable {
-                    addr: learner.p2p_addr.clone().unwrap_or_default(),
-                    error: error.unwrap_or_else(|| "not connected yet".into()),
-                });
-            }
-        }
         let quorum = next.members.quorum();
         if connected < quorum {
             return Err(ProposeError::TooFewConnected {

@@ -1228,7 +1228,9 @@ impl Driver {
                 }
             }
         }
-        if self.replica.next_membership().is_some() {
+        // Once removed, the old replica still names the next epoch: no second switch
+        // (and no second word of the removal) before the driver departs.
+        if self.replica.next_membership().is_some() && self.departing.is_none() {
             self.end_turn()?;
             return self.switch_epoch();
         }
