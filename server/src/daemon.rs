@@ -1054,8 +1054,17 @@ async fn run_once(
     }
     if access.is_open() {
         // On loopback (ledgerd dev) that is the point; elsewhere an operator must know.
-        let open = "the client API is open: with no [[api.tokens]] configured, anyone who \
-                    reaches it may submit entries and cut blocks";
+        let open = match config.api.tls_client_ca.is_some() {
+            true => {
+                "with no [[api.tokens]] configured, any client showing a certificate the \
+                 tls_client_ca issued may do everything: submit entries, cut blocks and \
+                 propose membership changes (tokens give narrower roles)"
+            }
+            false => {
+                "the client API is open: with no [[api.tokens]] configured, anyone who \
+                 reaches it may submit entries and cut blocks"
+            }
+        };
         match config.api_listen.ip().is_loopback() {
             true => tracing::info!(api = %config.api_listen, "{open}"),
             false => tracing::warn!(api = %config.api_listen, "{open}"),
