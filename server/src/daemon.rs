@@ -273,7 +273,8 @@ fn join_if_far_behind(
     }
     let tip = store.tip()?;
     let spec = store.spec().clone();
-    let join = join_config(config, &spec, Duration::from_secs(5), starting)?;
+    let mut join = join_config(config, &spec, Duration::from_secs(5), starting)?;
+    add_members_in_force(&mut join, config, &store.membership_in_force().members)?;
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources);
     let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
@@ -319,7 +320,12 @@ fn join_into_new(
         return Ok(None);
     }
     let spec = config.chain_spec()?;
-    let join = join_config(config, &spec, JOIN_TIMEOUT, starting)?;
+    let mut join = join_config(config, &spec, JOIN_TIMEOUT, starting)?;
+    // The genesis members may be gone: the members in force, as those reached show.
+    let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
+    if let Some(history) = crate::join::shown_history(&client, &spec, &join.sources) {
+        add_members_in_force(&mut join, config, &history.last().members)?;
+    }
     if join.sources.is_empty() {
         if required {
             bail!(
@@ -426,7 +432,7 @@ fn join_config(
     let new_key = crate::config::new_key_mark(&config.key_file).exists();
     let (sources, requester, ways) = match me {
         None => (
-            api_sources(&spec.members, &public, &credentials)?
+            api_sources(spec.members.as_slice(), &public, &credentials)?
                 .into_iter()
                 .map(Source::Api)
                 .collect(),
@@ -496,12 +502,11 @@ fn peer_source(index: usize, member: &crate::chain::Member) -> Option<Source> {
 /// the changes that added them name them; refused if one would carry the
 /// `[upstream]` token in clear.
 fn api_sources(
-    members: &crate::chain::Members,
+    members: &[crate::chain::Member],
     me: &ed25519_dalek::VerifyingKey,
     credentials: &crate::http::Credentials,
 ) -> anyhow::Result<Vec<String>> {
     let urls = members
-        .as_slice()
         .iter()
         .filter(move |member| member.public_key != *me)
         .filter_map(|member| member.api_addr.as_ref())
@@ -509,6 +514,39 @@ fn api_sources(
         .collect::<Result<_, _>>()
         .context("[upstream]: token_file needs cacert")?;
     Ok(urls)
+}
+
+/// Adds to `join`'s sources the client APIs of the `members` (in force, other than
+/// this node) that the genesis file does not name: a chain whose first members were
+/// replaced is still joined from the members it has. Over the API, with the node's
+/// `[upstream]` credentials: the peer protocol knows the genesis members only.
+fn add_members_in_force(
+    join: &mut JoinConfig,
+    config: &NodeConfig,
+    members: &crate::chain::Members,
+) -> anyhow::Result<()> {
+    let spec = config.chain_spec()?;
+    let public = config.signing_key()?.verifying_key();
+    let credentials = crate::http::upstream(&config.upstream)?;
+    let genesis: Vec<_> = spec
+        .members
+        .as_slice()
+        .iter()
+        .map(|m| m.public_key)
+        .collect();
+    let newer: Vec<_> = members
+        .as_slice()
+        .iter()
+        .filter(|member| !genesis.contains(&member.public_key))
+        .cloned()
+        .collect();
+    for url in api_sources(&newer, &public, &credentials)? {
+        let source = Source::Api(url);
+        if !join.sources.contains(&source) {
+            join.sources.push(source);
+        }
+    }
+    Ok(())
 }
 
 /// What a full database check found.
@@ -929,7 +967,11 @@ async fn run_once(
     let mut transport = None;
     let node = if follows {
         let credentials = crate::http::upstream(&config.upstream)?;
-        let sources = api_sources(&membership.members, &key.verifying_key(), &credentials)?;
+        let sources = api_sources(
+            membership.members.as_slice(),
+            &key.verifying_key(),
+            &credentials,
+        )?;
         if sources.is_empty() {
             bail!(
                 "{}: no member has an api_addr to follow the chain from",

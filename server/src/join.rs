@@ -936,6 +936,19 @@ fn learn_history(client: &Client, spec: &ChainSpec, source: &Source) -> Option<M
 
 /// The longer of two histories of one chain: each verified from genesis, one
 /// holds the other's changes and more.
+/// The membership history the `sources` show (each asked at once, each proof
+/// checked from the genesis file): the longest. `None` when none shows one.
+pub fn shown_history(
+    client: &Client,
+    spec: &ChainSpec,
+    sources: &[Source],
+) -> Option<MembershipHistory> {
+    at_once(sources, |source| learn_history(client, spec, source))
+        .into_iter()
+        .flatten()
+        .reduce(|known, learned| longer(known, Some(learned)))
+}
+
 fn longer(known: MembershipHistory, learned: Option<MembershipHistory>) -> MembershipHistory {
     match learned {
         Some(learned) if learned.changes() > known.changes() => learned,

@@ -593,6 +593,13 @@ fn a_learner_follows_is_promoted_and_votes() {
     }
     let log = late.stop();
     assert!(log.contains("restored from a snapshot"), "{log}");
+    // It asked the members in force, the newcomer too, which its genesis file does
+    // not name.
+    let joined = log
+        .lines()
+        .find(|line| line.contains("joining from a snapshot"))
+        .unwrap_or_default();
+    assert!(joined.contains(&format!("127.0.0.1:{port}")), "{log}");
 
     // The promoted newcomer loses its disk. Its genesis file does not name it, its
     // configuration still says follower: the snapshot's proof shows it a member,
