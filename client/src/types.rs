@@ -717,11 +717,21 @@ pub struct Fingerprint {
     pub version: String,
     /// SHA-256 of the library file, hex.
     pub sha256: String,
+    /// The first 16 hex digits of the SHA-256 of its config, as the plugin's `init`
+    /// gets it (JSON, keys sorted): members that run one library with different
+    /// configs differ here. Absent where no config was read (`ledgerd plugins check`
+    /// without `--config`, a node before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
 }
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}", self.name, self.version, self.sha256)
+        write!(f, "{}@{}:{}", self.name, self.version, self.sha256)?;
+        match &self.config_sha256 {
+            Some(config) => write!(f, "+config:{config}"),
+            None => Ok(()),
+        }
     }
 }
 

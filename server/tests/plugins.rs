@@ -115,9 +115,26 @@ fn tx_policy_refuses_what_its_config_forbids() {
     );
     let file = std::fs::read(tx_policy()).expect("library");
     assert_eq!(fingerprint.sha256, hex::encode(Sha256::digest(&file)));
+    // The config is part of it: members that run one library with different
+    // configs see each other's differ.
+    let config_sha256 = fingerprint
+        .config_sha256
+        .clone()
+        .expect("a config was read");
     assert_eq!(
         plugins.fingerprint_line(),
-        format!("tx-policy@0.1.0:{}", fingerprint.sha256)
+        format!(
+            "tx-policy@0.1.0:{}+config:{config_sha256}",
+            fingerprint.sha256
+        )
+    );
+    let (other, _) = load(&[config(&tx_policy(), "max_bytes = 16\ncontent = \"json\"")]).unwrap();
+    let (same, _) = load(&[config(&tx_policy(), "content = \"json\"\nmax_bytes = 8")]).unwrap();
+    assert_ne!(other.fingerprint_line(), plugins.fingerprint_line());
+    assert_eq!(
+        same.fingerprint_line(),
+        plugins.fingerprint_line(),
+        "key order is no difference"
     );
 
     assert!(plugins.validate_entry(&Entry::new(&b"[1,2]"[..])).is_ok());

@@ -250,6 +250,7 @@ fn open(path: &Path) -> Result<(&'static Descriptor, Fingerprint), PluginError> 
         name: name.to_string(),
         version: version.to_string(),
         sha256,
+        config_sha256: None,
     };
     Ok((descriptor, fingerprint))
 }
@@ -315,10 +316,12 @@ impl Plugin {
     /// Loads the plugin `config` names and initialises it with its config.
     pub fn load(config: &PluginConfig) -> Result<Plugin, PluginError> {
         let path = config.path.clone();
-        let (descriptor, fingerprint) = open(&path)?;
+        let (descriptor, mut fingerprint) = open(&path)?;
+        let json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
+        let digest = hex::encode(Sha256::digest(json.as_bytes()));
+        fingerprint.config_sha256 = Some(digest[..16].to_owned());
         let mut state = std::ptr::null_mut();
         if let Some(init) = descriptor.init {
-            let json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
             let mut error = Buffer::EMPTY;
             // SAFETY: the ABI's init: lent config, writable state and error slots.
             let status = unsafe { init(Bytes::new(json.as_bytes()), &mut state, &mut error) };
