@@ -298,6 +298,13 @@ impl Node {
             return Some(reason);
         }
         let status = self.engine.status();
+        if let Some(refused) = &status.refused_committed {
+            return Some(format!(
+                "this node refuses the next block, which a quorum of members committed \
+                 ({refused}): it cannot follow the chain until its plugins and their \
+                 config match the members' (GET /v1/status, plugins)"
+            ));
+        }
         if let Some((reached, quorum)) = self.quorum_reach(&status) {
             if reached < quorum {
                 return Some(format!(

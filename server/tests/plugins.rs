@@ -576,3 +576,55 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
         assert_eq!(status["difficulty"], 12, "{status}");
     }
 }
+
+/// Members that run one library with two configs: the odd one's fingerprint shows
+/// it; entries its rules refuse that another member took never wait in the
+/// primary's pool; and once a quorum commits a block the odd member refuses, it
+/// says it is not ready and why, instead of standing still as ready.
+#[test]
+fn a_member_with_another_plugin_config_is_told_apart_and_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = support::free_ports(8);
+    let init = Command::new(LEDGERD)
+        .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let nodes: Vec<Daemon> = (0..4u16)
+        .map(|i| {
+            let max = if i == 3 { 16 } else { 64 };
+            let plugins = plugin_toml(&tx_policy(), &format!("max_bytes = {max}"));
+            let config = dir.path().join(format!("node{i}/ledgerd.toml"));
+            let text = std::fs::read_to_string(&config).unwrap() + &plugins;
+            std::fs::write(&config, text).unwrap();
+            Daemon::start(&config, &format!("http://127.0.0.1:{}", base + 2 * i))
+        })
+        .collect();
+    let config_of = |node: &Daemon| {
+        let status: serde_json::Value =
+            serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
+        status["plugins"][0]["config_sha256"].clone()
+    };
+    assert_eq!(config_of(&nodes[0]), config_of(&nodes[1]));
+    assert_ne!(config_of(&nodes[0]), config_of(&nodes[3]));
+
+    // 25 bytes: within the others' 64, over node 3's 16.
+    let long = "y".repeat(25);
+    let committed = nodes[1].ctl(&["submit", &long, "--wait"]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    let readyz = format!("http://127.0.0.1:{}/readyz", base + 6);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, answer) = support::http("GET", &readyz, None);
+        if code == 503 && answer.to_string().contains("refuses the next block") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {answer}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The others go on committing.
+    let more = nodes[2].ctl(&["submit", "short", "--wait"]);
+    assert!(more.status.success(), "{}", text(&more));
+}

@@ -221,6 +221,7 @@ impl Alone {
             failure: None,
             catching_up: false,
             behind: None,
+            refused_committed: None,
         }
     }
 

@@ -134,6 +134,9 @@ struct ClusterStatus {
     pub stable_checkpoint: u64,
     /// While the replica abstains, the height it abstains up to.
     pub abstaining_until: Option<u64>,
+    /// Why this member refuses the block after its tip that a quorum committed
+    /// (certificate checked), until it applies one.
+    pub refused_committed: Option<String>,
     /// Entries waiting here to be committed, admitted ones included.
     pub pending: usize,
     /// The difficulty the block after the tip needs.
@@ -512,6 +515,7 @@ impl Cluster {
             failure: status.failure,
             catching_up: status.catching_up,
             behind: None,
+            refused_committed: status.refused_committed,
         }
     }
 
@@ -1441,6 +1445,7 @@ impl Driver {
                 // and within `SYNC_EVERY`: until then the Prepared records hold it.
                 let nodes = self.store.apply_block_deferred(&block, &certificate)?;
                 self.unsynced.get_or_insert(started);
+                lock(&self.status).refused_committed = None;
                 let metrics = &self.metrics;
                 metrics.block_applied(&block.header, block.entries.len(), started.elapsed());
                 {
@@ -1511,6 +1516,10 @@ impl Driver {
         error: Option<ChainError>,
     ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
+        if kind == "committed block" && reason == DropReason::InvalidBlock {
+            // Its certificate checked out: a quorum took what this member refuses.
+            lock(&self.status).refused_committed = error.as_ref().map(ToString::to_string);
+        }
         // An entry refused with a reason is one this member's rules refuse and
         // another member's took: members that run different plugins.
         let faulty = matches!(

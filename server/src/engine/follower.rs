@@ -231,6 +231,7 @@ impl Follower {
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),
+            refused_committed: None,
         }
     }
 
