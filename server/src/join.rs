@@ -139,6 +139,18 @@ pub enum JoinError {
     /// The staging database failed.
     #[error("restoring the snapshot: {0}")]
     Store(#[from] StoreError),
+    /// Every member that offered a snapshot offered one that fails its checks.
+    #[error(
+        "the {refused} members that offered a snapshot offered none that checks out, the \
+         first because: {reason} (when they all name another chain, this node's genesis \
+         file is not theirs)"
+    )]
+    AllRefused {
+        /// How many offered one.
+        refused: usize,
+        /// Why the first was refused.
+        reason: String,
+    },
     /// The node was asked to stop.
     #[error("asked to stop: what was fetched is kept for the next start")]
     Stopped,
@@ -173,6 +185,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         }
         attempt += 1;
         let mut refused = Vec::new();
+        let mut reasons = Vec::new();
         let offers = offers(&client, spec, &config.sources)
             .into_iter()
             .filter_map(|(source, offer)| match offer {
@@ -184,6 +197,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
                 Err(Fetch::Refused(reason)) => {
                     tracing::warn!(%source, %reason, "a snapshot manifest was refused");
                     refused.push(source.to_string());
+                    reasons.push(reason);
                     None
                 }
                 // A member away or still starting (a new cluster starting together).
@@ -194,6 +208,12 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
             })
             .collect::<Vec<_>>();
         let Some((best, sources)) = choose(spec, &offers) else {
+            if offers.is_empty() && !reasons.is_empty() {
+                return Err(JoinError::AllRefused {
+                    refused: reasons.len(),
+                    reason: reasons.swap_remove(0),
+                });
+            }
             return Ok(Joined::NoSnapshot);
         };
         let from: Vec<String> = sources.iter().map(ToString::to_string).collect();

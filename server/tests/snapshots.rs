@@ -629,6 +629,15 @@ async fn a_joiner_refuses_lying_members_and_fetches_from_the_honest_one() {
         sources.push(listen(liar(honest.clone(), lie)).await);
     }
     sources.push(listen(honest).await);
+    // Liars alone: the join says why it took none, not that none was offered.
+    let refused = join_from(&spec, dir.path(), sources[1..3].to_vec()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ledger::join::JoinError::AllRefused { refused: 2, .. })
+        ),
+        "{refused:?}"
+    );
     let joined = join_from(&spec, dir.path(), sources.clone()).await.unwrap();
     let Joined::Restored {
         height,

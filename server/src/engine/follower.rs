@@ -70,6 +70,12 @@ pub struct Follower {
     catching_up: AtomicBool,
     /// The highest height a member was seen to hold ([`UNKNOWN`] until one answered).
     members_height: AtomicU64,
+    /// Why this node refuses the block after its tip that the members certified,
+    /// until it applies one (readiness says so).
+    refused: Mutex<Option<String>>,
+    /// Warnings of members serving blocks that fail their checks, by member: one
+    /// that keeps doing so (a chain of another genesis file) is told at a bounded rate.
+    bad_blocks: Mutex<crate::throttle::Throttle<String>>,
 }
 
 /// [`Follower::members_height`] before any member answered.
@@ -99,6 +105,8 @@ impl Follower {
             next_difficulty,
             catching_up: AtomicBool::new(true),
             members_height: AtomicU64::new(UNKNOWN),
+            refused: Mutex::new(None),
+            bad_blocks: Mutex::new(crate::throttle::Throttle::new(Duration::from_secs(10))),
         }
     }
 
@@ -231,7 +239,7 @@ impl Follower {
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),
-            refused_committed: None,
+            refused_committed: lock(&self.refused).clone(),
         }
     }
 
@@ -350,16 +358,25 @@ impl Follower {
                 Ok(()) => {
                     self.seen(height);
                     self.apply(block, certificate)?;
+                    *lock(&self.refused) = None;
                     Ok(true)
                 }
                 Err(CheckFailed::Store(error)) => Err(error),
                 Err(CheckFailed::Block(error)) => {
-                    tracing::warn!(%source, height, %error, "a member served a block that fails its checks; reading from the next member");
+                    if let Some(suppressed) = lock(&self.bad_blocks).allow(source.clone()) {
+                        tracing::warn!(
+                            %source, height, %error, suppressed,
+                            "a member served a block that fails its checks (if every member \
+                             does, check that this node's genesis file is the chain's); \
+                             reading from the next member"
+                        );
+                    }
                     self.next_source(index);
                     Ok(false)
                 }
                 // Every member would serve this block: asking another changes nothing.
                 Err(CheckFailed::Here(error)) => {
+                    *lock(&self.refused) = Some(error.to_string());
                     tracing::error!(
                         height, %error,
                         "the members certified a block this node refuses: its clock, plugins \
