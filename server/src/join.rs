@@ -1279,6 +1279,8 @@ pub fn backfill(
     let mut next_trim = Instant::now() + TRIM_EVERY;
     let mut released_mib = 0;
     let mut turn = 0;
+    // A member away fails every block: told once in a while, not once a block.
+    let mut failing = crate::throttle::Throttle::new(Duration::from_secs(30));
     if first > 1 {
         tracing::info!(
             history_from = first,
@@ -1341,7 +1343,9 @@ pub fn backfill(
                     held = true;
                 }
                 Err(error) => {
-                    tracing::warn!(%source, height, %error, "a block of the history was not served or failed its check")
+                    if let Some(suppressed) = failing.allow(source.to_string()) {
+                        tracing::warn!(%source, height, %error, suppressed, "a block of the history was not served or failed its check; asking the next member");
+                    }
                 }
             }
         }
