@@ -313,6 +313,17 @@ impl Node {
                 ));
             }
         }
+        if status.catching_up
+            && status.behind.is_none()
+            && matches!(self.engine, Engine::Follower(_))
+        {
+            return Some(
+                "no member has answered this follower yet: check the members' api_addr in \
+                 the genesis file and the [upstream] credentials (the log names each member \
+                 and why it did not answer)"
+                    .into(),
+            );
+        }
         status.catching_up.then(|| {
             "catching up with the members, who are ahead; submits wait until it has".into()
         })

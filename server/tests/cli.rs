@@ -1249,3 +1249,26 @@ fn a_member_waiting_for_the_others_stops_when_asked() {
         "nothing was made of a start that was stopped"
     );
 }
+
+/// A follower that reaches no member says so on /readyz, not that it catches up.
+#[test]
+fn a_follower_that_reaches_no_member_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    // The members are never started.
+    let (_, _) = support::layout(&chain, 4);
+    let (config, port) = init_outsider(&dir.path().join("follower"), &chain.join("genesis.toml"));
+    set(std::slice::from_ref(&config), "follower", "true");
+    let daemon = Daemon::spawn(&config, port, &[]);
+    let readyz = format!("{}/readyz", daemon.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, answer) = http("GET", &readyz, None);
+        if code == 503 && answer.to_string().contains("no member has answered") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop();
+}

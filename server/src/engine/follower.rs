@@ -73,8 +73,8 @@ pub struct Follower {
     /// Why this node refuses the block after its tip that the members certified,
     /// until it applies one (readiness says so).
     refused: Mutex<Option<String>>,
-    /// Warnings of members serving blocks that fail their checks, by member: one
-    /// that keeps doing so (a chain of another genesis file) is told at a bounded rate.
+    /// Warnings of members that serve blocks failing their checks (a chain of
+    /// another genesis file) or serve none, by member and kind, at a bounded rate.
     bad_blocks: Mutex<crate::throttle::Throttle<String>>,
 }
 
@@ -396,7 +396,17 @@ impl Follower {
                 Ok(false)
             }
             Err(error) => {
-                tracing::debug!(%source, height, %error, "a member did not serve the next block");
+                // Told at a bounded rate: a follower that reaches no member (wrong
+                // addresses, credentials) must not look like one that waits.
+                match lock(&self.bad_blocks).allow(format!("unreached {source}")) {
+                    Some(suppressed) => tracing::warn!(
+                        %source, height, %error, suppressed,
+                        "a member did not serve the next block; asking the next member"
+                    ),
+                    None => {
+                        tracing::debug!(%source, height, %error, "a member did not serve the next block")
+                    }
+                }
                 self.next_source(index);
                 Ok(false)
             }
