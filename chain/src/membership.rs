@@ -1147,8 +1147,6 @@ mod tests {
         assert_eq!(before, membership);
     }
 
-    /// Every replica refuses alike a promotion without the learner's word that it is
-    /// within a checkpoint interval of the tip, or with a word it did not give.
     #[test]
     fn addresses_a_node_can_be_dialed_at_pass() {
         for good in [
@@ -1172,6 +1170,8 @@ mod tests {
         }
     }
 
+    /// Every replica refuses alike a promotion without the learner's word that it is
+    /// within a checkpoint interval of the tip, or with a word it did not give.
     #[test]
     fn a_promotion_carries_the_learners_recent_progress() {
         let spec = admin_spec();

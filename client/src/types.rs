@@ -719,8 +719,8 @@ pub struct Fingerprint {
     pub sha256: String,
     /// The first 16 hex digits of the SHA-256 of its config, as the plugin's `init`
     /// gets it (JSON, keys sorted): members that run one library with different
-    /// configs differ here. Absent where no config was read (`ledgerd plugins check`
-    /// without `--config`, a node before this field).
+    /// configs differ here. Absent where no config was read (`ledgerd plugins
+    /// check`, a node before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_sha256: Option<String>,
 }

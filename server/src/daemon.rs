@@ -154,7 +154,7 @@ fn check_key(
     let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
     let genesis_member = spec.members.key_of(&node_id).is_some();
     let member = in_force.map_or(genesis_member, |members| members.key_of(&node_id).is_some());
-    // A genesis member a change removed is refused by the engine, which says so.
+    // A genesis member a change removed is refused when the engine is chosen.
     if !member && !genesis_member && !config.follower {
         bail!(
             "{}: key {} is not a member of chain {:?} ({}); to follow the chain without \
@@ -168,7 +168,8 @@ fn check_key(
     if member && genesis_member && config.follower {
         bail!(
             "{}: key {} is a member of chain {:?}: a member votes, it cannot be a follower; \
-             remove `follower = true` or give the follower a key of its own",
+             remove `follower = true` or give the follower a key of its own (so too for a \
+             member a change removed that starts without its database)",
             config.key_file.display(),
             hex::encode(key.verifying_key().as_bytes()),
             spec.chain_id
@@ -274,7 +275,7 @@ fn join_if_far_behind(
     let tip = store.tip()?;
     let spec = store.spec().clone();
     let mut join = join_config(config, &spec, Duration::from_secs(5), starting)?;
-    add_members_in_force(&mut join, config, &store.membership_in_force().members)?;
+    add_members_in_force(&mut join, config, &store.membership_in_force().members);
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources);
     let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
@@ -324,7 +325,7 @@ fn join_into_new(
     // The genesis members may be gone: the members in force, as those reached show.
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     if let Some(history) = crate::join::shown_history(&client, &spec, &join.sources) {
-        add_members_in_force(&mut join, config, &history.last().members)?;
+        add_members_in_force(&mut join, config, &history.last().members);
     }
     if join.sources.is_empty() {
         if required {
@@ -520,33 +521,45 @@ fn api_sources(
 /// this node) that the genesis file does not name: a chain whose first members were
 /// replaced is still joined from the members it has. Over the API, with the node's
 /// `[upstream]` credentials: the peer protocol knows the genesis members only.
+/// Credentials that cannot reach them are told, and the join goes on without them.
 fn add_members_in_force(
     join: &mut JoinConfig,
     config: &NodeConfig,
     members: &crate::chain::Members,
-) -> anyhow::Result<()> {
-    let spec = config.chain_spec()?;
-    let public = config.signing_key()?.verifying_key();
-    let credentials = crate::http::upstream(&config.upstream)?;
-    let genesis: Vec<_> = spec
-        .members
-        .as_slice()
-        .iter()
-        .map(|m| m.public_key)
-        .collect();
-    let newer: Vec<_> = members
-        .as_slice()
-        .iter()
-        .filter(|member| !genesis.contains(&member.public_key))
-        .cloned()
-        .collect();
-    for url in api_sources(&newer, &public, &credentials)? {
-        let source = Source::Api(url);
-        if !join.sources.contains(&source) {
-            join.sources.push(source);
+) {
+    let newer = || -> anyhow::Result<Vec<String>> {
+        let spec = config.chain_spec()?;
+        let public = config.signing_key()?.verifying_key();
+        let credentials = crate::http::upstream(&config.upstream)?;
+        let genesis: Vec<_> = spec
+            .members
+            .as_slice()
+            .iter()
+            .map(|m| m.public_key)
+            .collect();
+        let newer: Vec<_> = members
+            .as_slice()
+            .iter()
+            .filter(|member| !genesis.contains(&member.public_key))
+            .cloned()
+            .collect();
+        api_sources(&newer, &public, &credentials)
+    };
+    match newer() {
+        Ok(urls) => {
+            for source in urls.into_iter().map(Source::Api) {
+                if !join.sources.contains(&source) {
+                    join.sources.push(source);
+                }
+            }
         }
+        // The genesis members may still serve the join.
+        Err(error) => tracing::warn!(
+            error = %crate::cli::describe(error.as_ref()),
+            "the members changes added cannot be asked for a snapshot; joining from the \
+             genesis file's members alone"
+        ),
     }
-    Ok(())
 }
 
 /// What a full database check found.
@@ -949,6 +962,15 @@ async fn run_once(
     let membership = store.membership_in_force();
     let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
     let follows = config.follower && membership.members.key_of(&node_id).is_none();
+    // A key the membership no longer names orders nothing, alone least of all: a
+    // member removed from a chain of two would otherwise certify its own fork.
+    if !follows && membership.members.key_of(&node_id).is_none() {
+        return Err(Removed {
+            epoch: membership.epoch,
+            since: membership.since,
+        }
+        .into());
+    }
     let cluster = !follows && membership.members.len() > 1;
     let settings = NodeSettings {
         max_block_entries: config.max_block_entries as usize,

@@ -954,8 +954,6 @@ fn learn_history(client: &Client, spec: &ChainSpec, source: &Source) -> Option<M
     }
 }
 
-/// The longer of two histories of one chain: each verified from genesis, one
-/// holds the other's changes and more.
 /// The membership history the `sources` show (each asked at once, each proof
 /// checked from the genesis file): the longest. `None` when none shows one.
 pub fn shown_history(
@@ -969,6 +967,8 @@ pub fn shown_history(
         .reduce(|known, learned| longer(known, Some(learned)))
 }
 
+/// The longer of two histories of one chain: each verified from genesis, one
+/// holds the other's changes and more.
 fn longer(known: MembershipHistory, learned: Option<MembershipHistory>) -> MembershipHistory {
     match learned {
         Some(learned) if learned.changes() > known.changes() => learned,

@@ -818,3 +818,26 @@ fn a_learner_at_an_address_no_node_has_is_not_added() {
         "{answer}"
     );
 }
+
+/// A member removed from a chain of two, started again, refuses (exit 78): alone,
+/// it would otherwise cut and certify blocks of its own, a fork.
+#[test]
+fn a_member_removed_from_two_does_not_run_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 2);
+    checkpoint_every(&chain.join("genesis.toml"), 5);
+    let mut daemons = start_all(&configs, base);
+    let second = members(node(&daemons, 0))["members"][1]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    remove(node(&daemons, 0), &chain, &second);
+    epoch_in_force(node(&daemons, 0), 1);
+    daemons[1].take().unwrap().stop();
+    // Bounded: before, it ran on alone.
+    let output = refused_run(&configs[1]);
+    assert_eq!(output.status.code(), Some(78), "{}", text(&output));
+    assert!(text(&output).contains("removed it"), "{}", text(&output));
+    stop_all(&mut daemons);
+}

@@ -467,8 +467,8 @@ impl Drop for Plugin {
 /// go to clients, one per refused entry of a batch, and to the log.
 const MAX_TEXT: usize = 1024;
 
-/// A plugin's text as clients and the log get it: at most [`MAX_TEXT`] bytes, cut
-/// at a character and marked, with control characters (newlines, terminal escapes)
+/// A plugin's text as clients and the log get it: cut at a character once past
+/// [`MAX_TEXT`] bytes, and marked, with control characters (newlines, terminal escapes)
 /// shown as `\u{..}` rather than passed on.
 fn bounded_text(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);

@@ -221,26 +221,6 @@ impl Replica {
         Ok(required.unwrap_or(self.config.difficulty))
     }
 
-    /// Takes out of the pool the entries of this primary's own `block` that its
-    /// rules refuse, which it would otherwise propose again and again (entries come
-    /// checked, but rules may change under a waiting entry, as plugins at a restart).
-    fn drop_refused(&mut self, block: &Block) {
-        let Some(policy) = self.config.policy.clone() else {
-            return;
-        };
-        for entry in &block.entries {
-            if let Err(reason) = policy.check_entry(entry) {
-                self.pending.remove(&entry.id());
-                self.drop_for(
-                    None,
-                    "proposed entry",
-                    DropReason::InvalidEntry,
-                    Some(ChainError::Policy(reason)),
-                );
-            }
-        }
-    }
-
     /// Accepts the current view's candidate at `height` once its parent allows and it
     /// validates; a backup then sends PREPARE (C&L §4.2).
     pub(super) fn try_accept(&mut self, height: u64, index: &dyn EntryIndex) -> bool {
@@ -283,9 +263,6 @@ impl Replica {
             match verdict {
                 Ok((ids, log)) => (Arc::new(ids), Some(log)),
                 Err(error) => {
-                    if self.is_primary() {
-                        self.drop_refused(&block);
-                    }
                     self.forget_candidate(height);
                     self.drop_for(
                         Some(self.primary()),

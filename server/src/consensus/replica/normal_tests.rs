@@ -152,8 +152,7 @@ fn the_chain_policy_decides_difficulty_and_refuses_blocks() {
 
 /// Entries another member forwards meet this member's rules before they wait in its
 /// pool: a member that runs other rules (or lies) cannot stall a primary with an
-/// entry no block it accepts could hold. And a primary whose own block its rules
-/// refuse takes the refused entries out of its pool instead of proposing them again.
+/// entry no block it accepts could hold.
 #[test]
 fn entries_the_policy_refuses_leave_the_pool() {
     let setup = Setup::new(4);
@@ -181,20 +180,6 @@ fn entries_the_policy_refuses_leave_the_pool() {
         panic!("expected a template: {outputs:?}");
     };
     assert_eq!(template.entries, [fine]);
-
-    // A client's entry is checked at admission, outside the replica; one that got
-    // past it anyway goes once the primary's own block is refused.
-    let mut proposing = primary();
-    let outputs = submit(&mut proposing, forbidden.clone());
-    let Some(Output::Mine(template)) = outputs.last() else {
-        panic!("expected a template: {outputs:?}");
-    };
-    let outputs = feed(&mut proposing, Input::Mined(mined(template)));
-    assert!(
-        outputs.contains(&"dropped InvalidEntry".to_owned()),
-        "{outputs:?}"
-    );
-    assert!(!proposing.is_pending(&forbidden.id()));
 }
 
 /// The chaining rule: a block at h + 1 is accepted on the block accepted at h and
