@@ -203,6 +203,22 @@ async fn submit_wait_get_and_verify_a_receipt() {
 
 /// Genesis has no commit certificate: asking for it committed is a 404, and never
 /// makes the node take its own database for damaged (it once did).
+/// A path value that is not what the route takes gets the JSON error every other
+/// refusal gets, and quotes at most 80 characters of what was sent.
+#[tokio::test]
+async fn malformed_path_values_get_json_errors_that_quote_little() {
+    let test = quick_node();
+    let router = test.router();
+    let (status, body, _) = get(&router, "/v1/blocks/%ff%fe").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "malformed");
+    let long = "a".repeat(5_000);
+    let (status, body, _) = get(&router, &format!("/v1/entries/{long}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = json::<ErrorBody>(&body).message;
+    assert!(message.len() < 200 && message.contains("5000 characters"), "{message}");
+}
+
 #[tokio::test]
 async fn genesis_is_no_committed_block() {
     let test = quick_node();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -525,13 +525,32 @@ async fn submit_batch(
 }
 
 fn parse_hash(text: &str) -> Result<Hash, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::malformed(format!("{text:?} is not a 64-character hex hash")))
+    text.parse().map_err(|_| {
+        ApiError::malformed(format!("{} is not a 64-character hex hash", quoted(text)))
+    })
 }
 
 fn parse_number(text: &str) -> Result<u64, ApiError> {
     text.parse()
-        .map_err(|_| ApiError::malformed(format!("{text:?} is not a whole number")))
+        .map_err(|_| ApiError::malformed(format!("{} is not a whole number", quoted(text))))
+}
+
+/// A caller's value as an error quotes it: at most 80 characters of it.
+fn quoted(text: &str) -> String {
+    let length = text.chars().count();
+    match length > 80 {
+        true => format!(
+            "{:?}… ({length} characters)",
+            text.chars().take(80).collect::<String>()
+        ),
+        false => format!("{text:?}"),
+    }
+}
+
+/// A path's values, or the JSON error a malformed one gets (not the framework's text).
+fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|rejection| ApiError::malformed(rejection.body_text()))
 }
 
 /// An entry, with its receipt once committed.
@@ -546,9 +565,9 @@ fn parse_number(text: &str) -> Result<u64, ApiError> {
     ))]
 async fn get_entry(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EntryView>, ApiError> {
-    let id = parse_hash(&id)?;
+    let id = parse_hash(&path(id)?)?;
     let found = read(&node, move |store| store.entry_with_receipt(&id)).await?;
     match found {
         Some((entry, receipt)) => Ok(Json(EntryView {
@@ -642,8 +661,9 @@ async fn latest_block(State(node): State<Arc<Node>>) -> Result<Json<BlockView>, 
     ))]
 async fn get_block(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<BlockView>, ApiError> {
+    let id = path(id)?;
     let by_height = id.parse::<u64>().ok();
     let by_hash = if by_height.is_none() {
         Some(parse_hash(&id)?)
@@ -687,9 +707,11 @@ async fn latest_snapshot(State(node): State<Arc<Node>>) -> Result<Json<SnapshotV
     ))]
 async fn snapshot(
     State(node): State<Arc<Node>>,
-    Path(height): Path<String>,
+    height: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SnapshotView>, ApiError> {
-    let manifest = node.snapshot_manifest(Some(parse_number(&height)?)).await?;
+    let manifest = node
+        .snapshot_manifest(Some(parse_number(&path(height)?)?))
+        .await?;
     Ok(Json(snapshot_view(&manifest)))
 }
 
@@ -721,8 +743,9 @@ fn snapshot_view(manifest: &crate::chain::snapshot::Manifest) -> SnapshotView {
     ))]
 async fn snapshot_chunk(
     State(node): State<Arc<Node>>,
-    Path((height, index)): Path<(String, String)>,
+    at: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let (height, index) = path(at)?;
     let chunk = node
         .snapshot_chunk(parse_number(&height)?, parse_number(&index)?)
         .await?;
@@ -743,9 +766,9 @@ async fn snapshot_chunk(
     ))]
 async fn committed_block(
     State(node): State<Arc<Node>>,
-    Path(height): Path<String>,
+    height: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let height = parse_number(&height)?;
+    let height = parse_number(&path(height)?)?;
     let (block, certificate) = read(&node, move |store| store.committed_block(height))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no block {height}")))?;
