@@ -605,8 +605,13 @@ fn worker(
             tracing::warn!(%source, strikes, "no more snapshot chunks are asked of this member");
             return;
         }
-        // Leave the chunk to another member for a moment.
-        std::thread::sleep(Duration::from_millis(200));
+        // Leave the chunk to another member for a while, longer at each strike: a
+        // member away for a moment (a restart) keeps its place in the transfer.
+        let pause = Duration::from_millis(500) * 4u32.pow(strikes.saturating_sub(1));
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
