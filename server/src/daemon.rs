@@ -1001,11 +1001,16 @@ async fn run_once(
             );
         }
         tracing::info!(members = sources.len(), "following the chain");
+        let agent = credentials.agent(crate::engine::FOLLOWER_TIMEOUT)?;
+        let me = key.verifying_key();
+        let sources_of: crate::engine::SourcesOf = Box::new(move |members| {
+            api_sources(members.as_slice(), &me, &credentials).unwrap_or_default()
+        });
         Node::follower(
             Arc::clone(&store),
             &key,
-            sources,
-            credentials.agent(crate::engine::FOLLOWER_TIMEOUT)?,
+            (sources, sources_of),
+            agent,
             settings,
             plugins,
             metrics,

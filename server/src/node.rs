@@ -131,7 +131,7 @@ impl Node {
     pub fn follower(
         store: Arc<Store>,
         key: &SigningKey,
-        sources: Vec<String>,
+        (sources, sources_of): (Vec<String>, crate::engine::SourcesOf),
         agent: ureq::Agent,
         settings: NodeSettings,
         plugins: Arc<Plugins>,
@@ -145,7 +145,8 @@ impl Node {
             settings,
             Arc::clone(&plugins),
             Arc::clone(&metrics),
-        );
+        )
+        .with_sources_from(sources_of);
         let engine = Engine::Follower(Arc::new(follower));
         let mut node = Node::with_engine(store, node_id, engine, plugins, metrics);
         node.key = Some(key.clone());

@@ -216,7 +216,10 @@ async fn malformed_path_values_get_json_errors_that_quote_little() {
     let (status, body, _) = get(&router, &format!("/v1/entries/{long}")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let message = json::<ErrorBody>(&body).message;
-    assert!(message.len() < 200 && message.contains("5000 characters"), "{message}");
+    assert!(
+        message.len() < 200 && message.contains("5000 characters"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

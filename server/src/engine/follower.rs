@@ -57,8 +57,11 @@ pub struct Follower {
     plugins: Arc<Plugins>,
     metrics: Arc<Metrics>,
     settings: NodeSettings,
-    /// The members' client API base URLs, in genesis order.
-    sources: Vec<String>,
+    /// The members' client API base URLs, in member order; replaced when a change
+    /// brings another membership into force (see [`Follower::with_sources_from`]).
+    sources: std::sync::RwLock<Arc<Vec<String>>>,
+    /// The base URLs of a membership's members, and the epoch they were last made for.
+    resolve: Option<(SourcesOf, AtomicU64)>,
     agent: ureq::Agent,
     /// The member read from and forwarded to first.
     preferred: AtomicU64,
@@ -77,6 +80,9 @@ pub struct Follower {
     /// another genesis file) or serve none, by member and kind, at a bounded rate.
     bad_blocks: Mutex<crate::throttle::Throttle<String>>,
 }
+
+/// The client API base URLs of a membership's members (this node left out).
+pub type SourcesOf = Box<dyn Fn(&crate::chain::Members) -> Vec<String> + Send + Sync>;
 
 /// [`Follower::members_height`] before any member answered.
 const UNKNOWN: u64 = u64::MAX;
@@ -98,7 +104,8 @@ impl Follower {
             plugins,
             metrics,
             settings,
-            sources,
+            sources: std::sync::RwLock::new(Arc::new(sources)),
+            resolve: None,
             agent,
             preferred: AtomicU64::new(0),
             forwarded: Mutex::new(HashMap::new()),
@@ -171,8 +178,9 @@ impl Follower {
         let mut failures = Vec::new();
         let mut timed_out = false;
         let first = self.preferred.load(Ordering::Relaxed) as usize;
-        for turn in 0..self.sources.len() {
-            let source = &self.sources[(first + turn) % self.sources.len()];
+        let sources = self.sources();
+        for turn in 0..sources.len() {
+            let source = &sources[(first + turn) % sources.len()];
             let answer = self
                 .agent
                 .post(&format!("{source}/v1/entries"))
@@ -260,10 +268,11 @@ impl Follower {
 
     /// Asks the preferred member how high its chain is.
     fn ask_height(&self) {
-        let index = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
+        let sources = self.sources();
+        let index = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
         let answer = self
             .agent
-            .get(&format!("{}/v1/status", self.sources[index]))
+            .get(&format!("{}/v1/status", sources[index]))
             .call()
             .ok()
             .filter(|response| response.status().is_success())
@@ -351,8 +360,9 @@ impl Follower {
     /// member; whether one was applied. A member that fails is left for the next.
     fn next_block(&self) -> Result<bool, StoreError> {
         let height = self.store.tip()?.height + 1;
-        let index = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
-        let source = &self.sources[index];
+        let sources = self.sources();
+        let index = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
+        let source = &sources[index];
         match self.fetch(source, height) {
             Ok((block, certificate)) => match self.check(&block, &certificate) {
                 Ok(()) => {
@@ -419,8 +429,9 @@ impl Follower {
         let Ok(tip) = self.store.tip() else {
             return false;
         };
-        let current = self.preferred.load(Ordering::Relaxed) as usize % self.sources.len();
-        for (index, source) in self.sources.iter().enumerate() {
+        let sources = self.sources();
+        let current = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
+        for (index, source) in sources.iter().enumerate() {
             if index != current && self.fetch(source, tip.height + 1).is_ok() {
                 self.preferred.store(index as u64, Ordering::Relaxed);
                 return true;
@@ -430,8 +441,43 @@ impl Follower {
     }
 
     fn next_source(&self, after: usize) {
-        let next = (after + 1) % self.sources.len();
+        let next = (after + 1) % self.sources().len();
         self.preferred.store(next as u64, Ordering::Relaxed);
+    }
+
+    /// The members read from now.
+    fn sources(&self) -> Arc<Vec<String>> {
+        Arc::clone(&self.sources.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads from the members of the membership in force, made into base URLs by
+    /// `sources_of`, from now on and after each change: a follower started before
+    /// a change follows the members after it, not only those it started with.
+    pub fn with_sources_from(mut self, sources_of: SourcesOf) -> Follower {
+        self.resolve = Some((sources_of, AtomicU64::new(u64::MAX)));
+        self.follow_membership();
+        self
+    }
+
+    /// Takes the membership in force's members as sources, if it changed since.
+    fn follow_membership(&self) {
+        let Some((sources_of, epoch)) = &self.resolve else {
+            return;
+        };
+        let membership = self.store.membership_in_force();
+        if epoch.swap(membership.epoch, Ordering::Relaxed) == membership.epoch {
+            return;
+        }
+        let fresh = sources_of(&membership.members);
+        // None reachable is no better than the members known.
+        if !fresh.is_empty() && fresh != **self.sources() {
+            tracing::info!(
+                epoch = membership.epoch,
+                members = fresh.len(),
+                "following the members in force"
+            );
+            *self.sources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        }
     }
 
     fn fetch(&self, source: &str, height: u64) -> Result<(Block, CommitCertificate), Fetch> {
@@ -499,6 +545,7 @@ impl Follower {
             .block_applied(&header, block.entries.len(), started.elapsed());
         self.plugins.committed(&Arc::new(block));
         send_receipts(header, certificate, nodes, waiting);
+        self.follow_membership();
         Ok(())
     }
 
@@ -656,5 +703,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A follower reads from the members of the membership in force as its store
+    /// holds it, and takes them anew after a change; none to reach keeps those known.
+    #[test]
+    fn a_follower_reads_from_the_members_in_force() {
+        let keys: Vec<_> = (1..=4).map(testing::key).collect();
+        let spec = testing::spec(&keys, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        let store = Arc::new(store.unwrap());
+        let started = vec!["http://started".to_owned()];
+        let of_members: SourcesOf = Box::new(|members| {
+            (0..members.len())
+                .map(|i| format!("http://member{i}"))
+                .collect()
+        });
+        let reading = follower(Arc::clone(&store), started.clone()).with_sources_from(of_members);
+        assert_eq!(reading.sources().len(), 4);
+        assert_eq!(reading.sources()[3], "http://member3");
+        let none: SourcesOf = Box::new(|_| Vec::new());
+        let reading = follower(store, started.clone()).with_sources_from(none);
+        assert_eq!(*reading.sources(), started);
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 pub use alone::Alone;
 pub use cluster::{observers, peers, Cluster, ClusterError, ClusterSettings};
-pub use follower::{Follower, REQUEST_TIMEOUT as FOLLOWER_TIMEOUT};
+pub use follower::{Follower, SourcesOf, REQUEST_TIMEOUT as FOLLOWER_TIMEOUT};
 
 use crate::chain::merkle::AppendedNodes;
 use crate::chain::{ChainError, CommitCertificate, Entry, Hash, Header, Policy, Receipt};
