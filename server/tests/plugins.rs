@@ -628,3 +628,36 @@ fn a_member_with_another_plugin_config_is_told_apart_and_not_ready() {
     let more = nodes[2].ctl(&["submit", "short", "--wait"]);
     assert!(more.status.success(), "{}", text(&more));
 }
+
+/// A node whose plugin hook hangs still stops when asked: it does not wait out the
+/// hook (ten minutes here) on its way out.
+#[test]
+fn a_hanging_hook_does_not_hold_a_stopping_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = c_plugin(dir.path(), "hang");
+    let (config, url) = single_node(dir.path(), &plugin_toml(&hang, ""));
+    let mut node = Daemon::start(&config, &url);
+    // A submit that waits on the hook, in the background.
+    let mut waiting = Command::new(LEDGERCTL)
+        .args(["--node", &url, "submit", "stuck"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let term = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while node.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node waited on its hanging hook"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+}

@@ -264,6 +264,16 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// Runs `work` on a new runtime, then waits at most 10 s for what still runs on its
+/// blocking threads (a plugin hook that hangs, say) before the process ends
+/// without it: a stopped node must not linger on such work for minutes.
+fn run_to_end(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(work);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    outcome
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -358,14 +368,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 true => daemon::Start::Check,
                 false => daemon::Start::Run,
             };
-            runtime()?.block_on(daemon::run(&path, config, start, daemon::stop_signal()))?;
+            run_to_end(daemon::run(&path, config, start, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Join { config: path } => {
             let config = NodeConfig::load(&path)?;
             daemon::init_logging(config.log_format);
             let start = daemon::Start::Join;
-            runtime()?.block_on(daemon::run(&path, config, start, daemon::stop_signal()))?;
+            run_to_end(daemon::run(&path, config, start, daemon::stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check_database(&config),
@@ -539,7 +549,7 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
     println!(
         "try: curl -s -XPOST 'http://{api}/v1/entries?wait=commit' -d '{{\"data\":\"hello\"}}'"
     );
-    runtime()?.block_on(async move {
+    run_to_end(async move {
         // One signal stops every node.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
