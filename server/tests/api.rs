@@ -222,6 +222,22 @@ async fn malformed_path_values_get_json_errors_that_quote_little() {
     );
 }
 
+/// An entry whose JSON gives a key twice is refused, alone or in a batch: which one
+/// counts would depend on who reads it.
+#[tokio::test]
+async fn a_key_given_twice_is_refused() {
+    let test = quick_node();
+    let router = test.router();
+    let twice = br#"{"data":"q2","data":"q3"}"#.to_vec();
+    let (status, error) = send_raw(&router, "/v1/entries", twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.message.contains("given twice"), "{}", error.message);
+    let batch = br#"[{"data":"a"},{"data":"b","data":"c"}]"#.to_vec();
+    let (status, error) = send_raw(&router, "/v1/entries/batch", batch).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.message.contains("given twice"), "{}", error.message);
+}
+
 #[tokio::test]
 async fn genesis_is_no_committed_block() {
     let test = quick_node();

@@ -315,11 +315,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// An entry request from a JSON object. serde would also read a struct from an array,
 /// which the documented schema does not allow.
-fn entry_request(
-    object: serde_json::Map<String, serde_json::Value>,
-) -> Result<SubmitRequest, ApiError> {
+fn entry_request(UniqueObject(object): UniqueObject) -> Result<SubmitRequest, ApiError> {
     serde_json::from_value(serde_json::Value::Object(object))
         .map_err(|error| ApiError::malformed(format!("invalid entry: {error}")))
+}
+
+/// A JSON object that refuses a key given twice: serde_json keeps the last, and a
+/// filter in front of the node that keeps the first would read another entry.
+struct UniqueObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "the key {key:?} is given twice"
+                        )));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueObject(object))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
 }
 
 /// Refuses integers beyond the int64 range the document declares.
@@ -386,7 +418,7 @@ async fn submit(
     State(node): State<Arc<Node>>,
     axum::Extension(parts): axum::Extension<Arc<receipts::BlockParts>>,
     options: Result<Query<SubmitQuery>, QueryRejection>,
-    JsonBody(request): JsonBody<serde_json::Map<String, serde_json::Value>>,
+    JsonBody(request): JsonBody<UniqueObject>,
 ) -> Result<Response, ApiError> {
     let options = query(options)?;
     let request = entry_request(request)?;
@@ -482,7 +514,7 @@ pub struct BatchItem {
     ))]
 async fn submit_batch(
     State(node): State<Arc<Node>>,
-    JsonBody(requests): JsonBody<Vec<serde_json::Map<String, serde_json::Value>>>,
+    JsonBody(requests): JsonBody<Vec<UniqueObject>>,
 ) -> Result<Response, ApiError> {
     if requests.len() > MAX_BATCH {
         return Err(ApiError::too_large(format!(
