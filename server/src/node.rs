@@ -298,6 +298,13 @@ impl Node {
         if let Some(reason) = self.unready_reason() {
             return Some(reason);
         }
+        if let Some((plugin, hook, took)) = self.plugins.stuck() {
+            return Some(format!(
+                "plugin {plugin}'s {hook} hook has been running for {} s: what waits on it \
+                 (submits, blocks) waits too",
+                took.as_secs()
+            ));
+        }
         let status = self.engine.status();
         if let Some(refused) = &status.refused_committed {
             return Some(format!(

@@ -16,10 +16,11 @@
 // Calling into a loaded library is unsafe by nature; this module is the one place.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ use ledger_plugin_api::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::engine::lock;
 
 use crate::chain::{Block, Entry, Header, Policy};
 use crate::metrics::Metrics;
@@ -135,6 +138,16 @@ pub struct Plugin {
     state: State,
     fingerprint: Fingerprint,
     budget: Duration,
+    /// The hook calls running now.
+    running: Mutex<Running>,
+}
+
+/// A plugin's hook calls running now, each by a number of its own: its hook, and
+/// when it began.
+#[derive(Default)]
+struct Running {
+    last: u64,
+    calls: HashMap<u64, (&'static str, Instant)>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -340,6 +353,7 @@ impl Plugin {
             state: State(state),
             fingerprint,
             budget: Duration::from_millis(config.budget_ms),
+            running: Mutex::default(),
         })
     }
 
@@ -358,7 +372,15 @@ impl Plugin {
     ) -> Result<(), Rejection> {
         let mut reason = Buffer::EMPTY;
         let started = Instant::now();
+        let number = {
+            let mut running = lock(&self.running);
+            running.last += 1;
+            let number = running.last;
+            running.calls.insert(number, (hook, started));
+            number
+        };
         let status = call(self.state.0, &mut reason);
+        lock(&self.running).calls.remove(&number);
         let took = started.elapsed();
         metrics.plugin_calls.add(hook, 1);
         metrics
@@ -507,6 +529,9 @@ fn take(descriptor: &Descriptor, buffer: Buffer) -> Option<String> {
     Some(text)
 }
 
+/// How long a hook call runs before the node counts it stuck (not ready).
+pub const STUCK: Duration = Duration::from_secs(10);
+
 /// Blocks waiting for the `on_commit` hooks; beyond this the newest are dropped
 /// (and counted) rather than letting a slow plugin hold memory or the node.
 const COMMIT_QUEUE: usize = 1024;
@@ -588,6 +613,28 @@ impl Plugins {
     /// Each plugin's fingerprint, in order.
     pub fn fingerprints(&self) -> Vec<Fingerprint> {
         self.list.iter().map(|p| p.fingerprint.clone()).collect()
+    }
+
+    /// The longest-running hook call, if one has run past [`STUCK`]: its plugin, its
+    /// hook and how long. A hook that never returns holds what waits on it (a
+    /// submit, the consensus thread) with no finished call to count.
+    pub fn stuck(&self) -> Option<(String, &'static str, Duration)> {
+        self.list
+            .iter()
+            .flat_map(|plugin| {
+                let running = lock(&plugin.running);
+                let name = plugin.fingerprint.name.clone();
+                let calls: Vec<_> = running
+                    .calls
+                    .values()
+                    .map(|(hook, at)| (*hook, at.elapsed()))
+                    .collect();
+                calls
+                    .into_iter()
+                    .map(move |(hook, took)| (name.clone(), hook, took))
+            })
+            .filter(|(_, _, took)| *took >= STUCK)
+            .max_by_key(|(_, _, took)| *took)
     }
 
     /// The set as one line (the peer handshake carries it; members compare).
