@@ -264,6 +264,21 @@ fn plugins_check_describes_or_refuses_a_library() {
         said.contains(&wrong.display().to_string()) && said.contains("ABI version 99"),
         "{said}"
     );
+
+    // A library that ends the process as it loads: the check says so (it runs in
+    // a child), not a bare exit by signal.
+    let aborts = c_plugin(dir.path(), "aborts");
+    let refused = Command::new(LEDGERD)
+        .args(["plugins", "check"])
+        .arg(&aborts)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("loading it ended the process (signal 6)"),
+        "{}",
+        text(&refused)
+    );
 }
 
 /// A `[[plugins]]` table for ledgerd.toml.

@@ -790,6 +790,35 @@ fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {
 
 /// `ledgerd plugins check`.
 fn check_plugin(file: &std::path::Path, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Loading runs the library's own code, which may end the process (an abort in
+    // its initialisers): the check runs in a child, which may die in its place.
+    const CHILD: &str = "LEDGERD_PLUGIN_CHECK_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        use std::io::Write;
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(CHILD, "1")
+            .output()
+            .context("running the check in a child process")?;
+        let _ = std::io::stdout().write_all(&output.stdout);
+        let _ = std::io::stderr().write_all(&output.stderr);
+        return Ok(match output.status.code() {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                println!(
+                    "{}: loading it ended the process ({}): its initialisers or its \
+                     descriptor function crash; a node would crash at start the same way",
+                    file.display(),
+                    output
+                        .status
+                        .signal()
+                        .map_or_else(|| "no exit code".to_owned(), |n| format!("signal {n}"))
+                );
+                ExitCode::from(1)
+            }
+        });
+    }
     let inspection = plugin_host::inspect(file)?;
     let fingerprint = &inspection.fingerprint;
     println!(
