@@ -149,19 +149,35 @@ pub fn address_problem(addr: &str) -> Option<&'static str> {
         return Some("its port is not a number from 1 to 65535");
     }
     let bracketed = host.starts_with('[') && host.ends_with(']');
-    let host_ok = match bracketed {
-        true => host[1..host.len() - 1]
-            .parse::<std::net::Ipv6Addr>()
-            .is_ok(),
+    let ip: Option<std::net::IpAddr> = match bracketed {
+        true => match host[1..host.len() - 1].parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => Some(v6.into()),
+            Err(_) => return Some(BAD_HOST),
+        },
+        // Digits and dots only: an IPv4 address, which must parse as one.
+        false if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            match host.parse::<std::net::Ipv4Addr>() {
+                Ok(v4) => Some(v4.into()),
+                Err(_) => return Some(BAD_HOST),
+            }
+        }
         false => {
-            !host.is_empty()
+            let name = !host.is_empty()
                 && host
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !name {
+                return Some(BAD_HOST);
+            }
+            None
         }
     };
-    (!host_ok).then_some("its host is no name or address (an IPv6 address goes in [brackets])")
+    ip.filter(|ip| ip.is_unspecified())
+        .map(|_| "its host is a wildcard (0.0.0.0, [::]), which no node can dial")
 }
+
+/// What [`address_problem`] says of a host that is no name or address.
+const BAD_HOST: &str = "its host is no name or address (an IPv6 address goes in [brackets])";
 
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1165,6 +1181,9 @@ mod tests {
             "::1:7101",
             "a b:1",
             "[x]:1",
+            "0.0.0.0:7101",
+            "[::]:7101",
+            "256.1.1.1:7101",
         ] {
             assert!(address_problem(bad).is_some(), "{bad}");
         }
