@@ -607,10 +607,9 @@ fn worker(
         }
         // Leave the chunk to another member for a while, longer at each strike: a
         // member away for a moment (a restart) keeps its place in the transfer.
-        let pause = Duration::from_millis(500) * 4u32.pow(strikes.saturating_sub(1));
-        let until = Instant::now() + pause;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+        let wait = Duration::from_millis(500) * 4u32.pow(strikes.saturating_sub(1));
+        if pause(stop, wait).is_err() {
+            return;
         }
     }
 }
@@ -809,7 +808,7 @@ pub fn abstain_through(
                  the key ever voted decides whether it must abstain"
             );
         }
-        pause(stop)?;
+        pause(stop, Duration::from_secs(1))?;
     }
     let seen = highest_certified(client, spec, probe, &mut history, stop)?.max(floor);
     Ok((
@@ -818,15 +817,18 @@ pub fn abstain_through(
     ))
 }
 
-/// The second between two rounds of asking, unless the node is asked to stop.
-fn pause(stop: &AtomicBool) -> Result<(), JoinError> {
-    for _ in 0..10 {
+/// Waits `time`, or less if the node is asked to stop meanwhile (then `Stopped`).
+fn pause(stop: &AtomicBool, time: Duration) -> Result<(), JoinError> {
+    let until = Instant::now() + time;
+    loop {
         if stop.load(Ordering::Relaxed) {
             return Err(JoinError::Stopped);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            return Ok(());
+        };
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
-    Ok(())
 }
 
 /// The highest height the members show with a commit certificate, or a prepared
@@ -879,7 +881,7 @@ pub fn highest_certified(
                  lost the record of what it signed and votes only once it knows"
             );
         }
-        pause(stop)?;
+        pause(stop, Duration::from_secs(1))?;
     }
 }
 
@@ -1354,13 +1356,8 @@ pub fn backfill(
                 }
             }
         }
-        if !held {
-            for _ in 0..50 {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        if !held && pause(stop, Duration::from_secs(5)).is_err() {
+            return;
         }
         if Instant::now() >= next_trim {
             next_trim = Instant::now() + TRIM_EVERY;
