@@ -115,6 +115,23 @@ impl Change {
         }
     }
 
+    /// The first of a learner's addresses that no node could dial
+    /// ([`address_problem`]): which (`p2p` or `api`), the address, and why.
+    pub fn undialable(&self) -> Option<(&'static str, &str, &'static str)> {
+        let Change::AddLearner {
+            p2p_addr, api_addr, ..
+        } = self
+        else {
+            return None;
+        };
+        [("p2p", Some(p2p_addr)), ("api", api_addr.as_ref())]
+            .into_iter()
+            .find_map(|(kind, addr)| {
+                let addr = addr?;
+                address_problem(addr).map(|problem| (kind, addr.as_str(), problem))
+            })
+    }
+
     /// Address hints must be printable and fit their length byte; a learner needs a
     /// p2p address (members dial it once it votes).
     fn check_addrs(&self) -> Result<(), ChainError> {

@@ -407,19 +407,11 @@ impl Node {
         // request brought is not taken.
         let mut change = change.clone();
         change.progress = None;
-        if let crate::chain::Change::AddLearner {
-            p2p_addr, api_addr, ..
-        } = &change.change
-        {
-            let named = [("p2p", Some(p2p_addr)), ("api", api_addr.as_ref())];
-            for (kind, addr) in named.into_iter().filter_map(|(k, a)| Some((k, a?))) {
-                if let Some(problem) = crate::chain::address_problem(addr) {
-                    return Err(ProposeError::Refused(format!(
-                        "the learner's {kind} address {addr:?}: {problem}; an address in a \
-                         change stays in the chain, so it is checked before it is ordered"
-                    )));
-                }
-            }
+        if let Some((kind, addr, problem)) = change.change.undialable() {
+            return Err(ProposeError::Refused(format!(
+                "the learner's {kind} address {addr:?}: {problem}; an address in a change \
+                 stays in the chain, so it is checked before it is ordered"
+            )));
         }
         match now.check(spec, &change, next_height) {
             // Asked of the learner below, once the rest holds.

@@ -334,17 +334,14 @@ fn member(client: &Client, command: MemberCommand) -> anyhow::Result<()> {
             api,
             signing,
         } => {
-            let named = [("--p2p", Some(&p2p)), ("--api", api.as_ref())];
-            for (flag, addr) in named.into_iter().filter_map(|(f, a)| Some((f, a?))) {
-                if let Some(problem) = ledger::chain::address_problem(addr) {
-                    anyhow::bail!("{flag} {addr:?}: {problem} (HOST:PORT, as the node listens)");
-                }
-            }
             let change = Change::AddLearner {
                 public_key: public_key(&key)?,
                 p2p_addr: p2p,
                 api_addr: api,
             };
+            if let Some((kind, addr, problem)) = change.undialable() {
+                anyhow::bail!("--{kind} {addr:?}: {problem} (HOST:PORT, as the node listens)");
+            }
             (change, signing)
         }
         MemberCommand::Promote { key, signing } => {
