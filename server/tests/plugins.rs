@@ -522,33 +522,39 @@ fn a_panicking_on_commit_is_logged_not_fatal() {
     assert_eq!(metrics.plugin_rejections.get("on_commit"), 2);
 }
 
+/// A 4-member `ledgerd dev init` layout under `dir` (difficulty 8), member i with
+/// `plugins(i)` appended to its config, every member started.
+fn cluster(dir: &Path, plugins: impl Fn(u16) -> String) -> Vec<Daemon> {
+    let base = support::free_ports(8);
+    let init = Command::new(LEDGERD)
+        .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
+        .arg(dir)
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    (0..4u16)
+        .map(|i| {
+            let config = dir.join(format!("node{i}/ledgerd.toml"));
+            let text = std::fs::read_to_string(&config).unwrap() + &plugins(i);
+            std::fs::write(&config, text).unwrap();
+            Daemon::start(&config, &format!("http://127.0.0.1:{}", base + 2 * i))
+        })
+        .collect()
+}
+
 /// Four processes with the same plugins: a backup refuses what tx-policy forbids,
 /// and every member validates the primary's blocks at the difficulty
 /// difficulty-retarget asks for, so they commit at rising difficulty on one chain.
 #[test]
 fn a_cluster_runs_the_same_policy_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
-    let base = support::free_ports(8);
-    let init = Command::new(LEDGERD)
-        .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init));
     let plugins = plugin_toml(&tx_policy(), "max_bytes = 64")
         + &plugin_toml(
             &difficulty_retarget(),
             "interval = 2\ntarget_ms = 60000\nmin = 8\nmax = 12",
         );
-    let nodes: Vec<Daemon> = (0..4u16)
-        .map(|i| {
-            let config = dir.path().join(format!("node{i}/ledgerd.toml"));
-            let text = std::fs::read_to_string(&config).unwrap() + &plugins;
-            std::fs::write(&config, text).unwrap();
-            Daemon::start(&config, &format!("http://127.0.0.1:{}", base + 2 * i))
-        })
-        .collect();
+    let nodes = cluster(dir.path(), |_| plugins.clone());
     let refused = nodes[2].ctl(&["submit", &"x".repeat(65)]);
     assert!(text(&refused).contains("at most 64"), "{}", text(&refused));
     for i in 0..6 {
@@ -593,30 +599,15 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
 }
 
 /// Members that run one library with two configs: the odd one's fingerprint shows
-/// it; entries its rules refuse that another member took never wait in the
-/// primary's pool; and once a quorum commits a block the odd member refuses, it
-/// says it is not ready and why, instead of standing still as ready.
+/// it, and once a quorum commits a block the odd member refuses, it says it is not
+/// ready and why, instead of standing still as ready.
 #[test]
 fn a_member_with_another_plugin_config_is_told_apart_and_not_ready() {
     let dir = tempfile::tempdir().unwrap();
-    let base = support::free_ports(8);
-    let init = Command::new(LEDGERD)
-        .args(["dev", "init", "--nodes", "4", "--difficulty", "8", "--dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init));
-    let nodes: Vec<Daemon> = (0..4u16)
-        .map(|i| {
-            let max = if i == 3 { 16 } else { 64 };
-            let plugins = plugin_toml(&tx_policy(), &format!("max_bytes = {max}"));
-            let config = dir.path().join(format!("node{i}/ledgerd.toml"));
-            let text = std::fs::read_to_string(&config).unwrap() + &plugins;
-            std::fs::write(&config, text).unwrap();
-            Daemon::start(&config, &format!("http://127.0.0.1:{}", base + 2 * i))
-        })
-        .collect();
+    let nodes = cluster(dir.path(), |i| {
+        let max = if i == 3 { 16 } else { 64 };
+        plugin_toml(&tx_policy(), &format!("max_bytes = {max}"))
+    });
     let config_of = |node: &Daemon| {
         let status: serde_json::Value =
             serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
@@ -629,7 +620,7 @@ fn a_member_with_another_plugin_config_is_told_apart_and_not_ready() {
     let long = "y".repeat(25);
     let committed = nodes[1].ctl(&["submit", &long, "--wait"]);
     assert!(committed.status.success(), "{}", text(&committed));
-    let readyz = format!("http://127.0.0.1:{}/readyz", base + 6);
+    let readyz = format!("{}/readyz", nodes[3].1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (code, answer) = support::http("GET", &readyz, None);
