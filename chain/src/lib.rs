@@ -39,4 +39,6 @@ pub use membership::{
 };
 pub use merkle::CompactRange;
 pub use receipt::Receipt;
-pub use validate::{validate_block, validate_header, EntryIndex, Policy, ValidationContext};
+pub use validate::{
+    fit_block, validate_block, validate_header, EntryIndex, Fit, Policy, ValidationContext,
+};

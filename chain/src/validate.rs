@@ -47,6 +47,82 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn check_entry(&self, entry: &Entry) -> Result<(), String>;
 }
 
+/// Which of a cut's entries go in its block under a [`Policy`]: from [`fit_block`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// Indices of the entries the block holds, in order.
+    pub taken: Vec<usize>,
+    /// Indices of entries the policy takes, but not beside those taken: they wait
+    /// for a later block.
+    pub deferred: Vec<usize>,
+    /// Indices of entries the policy refuses even alone, with its reason: no block
+    /// can hold them.
+    pub refused: Vec<(usize, String)>,
+}
+
+/// Which of `block`'s entries go in the block a producer proposes under `policy`.
+///
+/// Entries pass one at a time, yet a policy's block rule can refuse a set of them
+/// (a per-block limit, two entries that clash), or a stateful one an entry it took
+/// before. A producer that proposed such a block again and again would stop the
+/// chain for good, and one that dropped the block's entries would lose those the
+/// rule has nothing against. So: all of them when the policy takes the block (one
+/// call, the common case); none, all deferred, when it refuses even an empty block
+/// with this header (the rule is not about entries); otherwise the entries refused
+/// alone are refused, and of the others the longest run from the front the policy
+/// takes together goes in (found by halving), the rest deferred. The trial blocks
+/// keep `block`'s header, whose log fields describe all its entries: a block rule
+/// judges entries, and the block built from those taken is checked again in full.
+pub fn fit_block(policy: &dyn Policy, block: &Block) -> Fit {
+    let all: Vec<usize> = (0..block.entries.len()).collect();
+    if policy.check_block(block).is_ok() {
+        return Fit {
+            taken: all,
+            ..Fit::default()
+        };
+    }
+    let takes = |indices: &[usize]| {
+        let entries = indices.iter().map(|&i| block.entries[i].clone()).collect();
+        policy.check_block(&Block {
+            header: block.header,
+            entries,
+        })
+    };
+    if takes(&[]).is_err() {
+        return Fit {
+            deferred: all,
+            ..Fit::default()
+        };
+    }
+    let mut alone = Vec::new();
+    let mut refused = Vec::new();
+    for i in all {
+        match takes(&[i]) {
+            Ok(()) => alone.push(i),
+            Err(reason) => refused.push((i, reason)),
+        }
+    }
+    // `alone[..taken]` is taken and `alone[..untaken]` is not (or is all of them).
+    let (mut taken, mut untaken) = (alone.len().min(1), alone.len());
+    if takes(&alone).is_ok() {
+        taken = alone.len();
+    }
+    while untaken - taken > 1 {
+        let middle = taken + (untaken - taken) / 2;
+        if takes(&alone[..middle]).is_ok() {
+            taken = middle;
+        } else {
+            untaken = middle;
+        }
+    }
+    let deferred = alone.split_off(taken);
+    Fit {
+        taken: alone,
+        deferred,
+        refused,
+    }
+}
+
 /// What a block is validated against.
 #[derive(Clone, Copy, Debug)]
 pub struct ValidationContext<'a> {
@@ -365,5 +441,84 @@ mod tests {
             validate_block(&context, &crowded, &CompactRange::new(), &NoneKnown).unwrap_err(),
             ChainError::TooManyEntries { count: 3, limit: 2 }
         );
+    }
+
+    /// A block rule of the kind that refuses sets of entries that pass alone: at
+    /// most `most` entries, none whose data starts with `bad`, and no block with a
+    /// timestamp of `refused_at`.
+    #[derive(Debug)]
+    struct Rules {
+        most: usize,
+        bad: u8,
+        refused_at: u64,
+    }
+
+    impl Policy for Rules {
+        fn difficulty_window(&self) -> usize {
+            0
+        }
+        fn required_difficulty(&self, _: &[Header]) -> Result<Option<u32>, String> {
+            Ok(None)
+        }
+        fn check_block(&self, block: &Block) -> Result<(), String> {
+            if block.header.timestamp_ms == self.refused_at {
+                return Err("not at this time".into());
+            }
+            block.entries.iter().try_for_each(|e| self.check_entry(e))?;
+            match block.entries.len() > self.most {
+                true => Err(format!("more than {} entries", self.most)),
+                false => Ok(()),
+            }
+        }
+        fn check_entry(&self, entry: &Entry) -> Result<(), String> {
+            match entry.data.first() == Some(&self.bad) {
+                true => Err("a bad entry".into()),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn fit_block_refuses_what_no_block_holds_and_defers_what_this_one_cannot() {
+        let mut cut = entries(1, 7, 20);
+        for i in [1, 4] {
+            cut[i].data[0] = 0xbb;
+        }
+        let header = good(cut.clone()).header;
+        let block = |entries: &[Entry]| Block {
+            header,
+            entries: entries.to_vec(),
+        };
+        let rules = |most| Rules {
+            most,
+            bad: 0xbb,
+            refused_at: 0,
+        };
+        let fit = fit_block(&rules(3), &block(&cut));
+        assert_eq!(fit.taken, [0, 2, 3]);
+        assert_eq!(fit.deferred, [5, 6]);
+        let refused: Vec<usize> = fit.refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(refused, [1, 4]);
+        assert!(fit
+            .refused
+            .iter()
+            .all(|(_, reason)| reason == "a bad entry"));
+        // Every rule met: all of it, in order.
+        let clean = entries(2, 5, 20);
+        let fit = fit_block(&rules(5), &block(&clean));
+        assert_eq!((fit.taken, fit.deferred.len()), ((0..5).collect(), 0));
+        // One good entry is a block whatever the limit the rest exceed.
+        assert_eq!(fit_block(&rules(1), &block(&clean)).taken, [0]);
+        // A rule about the header, not the entries: nothing is refused.
+        let timed = Rules {
+            refused_at: header.timestamp_ms,
+            ..rules(5)
+        };
+        let fit = fit_block(&timed, &block(&cut));
+        assert_eq!((fit.taken.len(), fit.deferred.len()), (0, 7));
+        assert!(fit.refused.is_empty());
+        // Nothing but bad entries: nothing to take.
+        let fit = fit_block(&rules(3), &block(&[cut[1].clone(), cut[4].clone()]));
+        assert_eq!((fit.taken.len(), fit.refused.len()), (0, 2));
     }
 }

@@ -69,6 +69,10 @@ fn panicky() -> PathBuf {
     built().join("examples").join(library("panicky"))
 }
 
+fn two_a_block() -> PathBuf {
+    built().join("examples").join(library("two_a_block"))
+}
+
 /// Compiles `fixtures/plugins/NAME.c` into a shared library under `dir`.
 fn c_plugin(dir: &Path, name: &str) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,6 +151,68 @@ fn tx_policy_refuses_what_its_config_forbids() {
     assert!(rejection.reason.contains("must be JSON"), "{rejection}");
     assert_eq!(metrics.plugin_calls.get("validate_entry"), 3);
     assert_eq!(metrics.plugin_rejections.get("validate_entry"), 2);
+}
+
+/// A node alone whose plugin's block rule refuses the block its pool would make
+/// (entries that pass one at a time, but not together, and one that passed at submit
+/// and no block may hold) mines the blocks the rule takes: every other entry
+/// commits. It used to drop the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_mines_the_blocks_its_block_rule_takes() {
+    use ledger::node::{Node, NodeSettings};
+    use ledger::storage::{Store, StoreOptions};
+    use std::time::{Duration, Instant};
+
+    let (plugins, _) = load(&[config(&two_a_block(), "")]).expect("loads");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = testing::spec(&[testing::key(1)], 8);
+    let path = dir.path().join("ledger.redb");
+    let store = Arc::new(Store::open(&path, &spec, StoreOptions::default()).unwrap());
+    let settings = NodeSettings {
+        max_block_entries: 100,
+        // Long enough for every submit below to join the first cut.
+        max_block_delay: Duration::from_millis(300),
+        pool_capacity: 100,
+        mining_threads: std::num::NonZeroUsize::MIN,
+    };
+    let node = Node::alone(
+        Arc::clone(&store),
+        testing::key(1),
+        settings,
+        Arc::new(plugins),
+        Arc::default(),
+    );
+    let node = Arc::new(node);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(Arc::clone(&node).run(async {
+        let _ = stopped.await;
+    }));
+    let good = testing::entries(7, 5, 32);
+    let blockless = Entry::new(&b"blockless, yet taken at submit"[..]);
+    for entry in [&good[..2], std::slice::from_ref(&blockless), &good[2..]].concat() {
+        node.submit(entry, false).await.expect("taken at submit");
+    }
+    let committed = |entry: &Entry| store.entry_with_receipt(&entry.id()).unwrap().is_some();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !good.iter().all(committed) {
+        assert!(
+            Instant::now() < deadline,
+            "the entries the rule takes did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!committed(&blockless) && !node.is_pending(&blockless.id()));
+    let tip = store.tip().unwrap().height;
+    assert_eq!(tip, 3, "two, two and one");
+    for height in 1..=tip {
+        let block = store.block(height).unwrap().expect("stored");
+        assert!(block.entries.len() <= 2, "block {height}");
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops")
+        .unwrap();
 }
 
 #[test]
@@ -595,6 +661,63 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
         let status: serde_json::Value =
             serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
         assert_eq!(status["difficulty"], 12, "{status}");
+    }
+}
+
+/// Four members whose plugin has a block rule: entries that pass one at a time but
+/// not together commit in the blocks the rule takes, and an entry no block can hold
+/// leaves every pool without a view change. The primary proposed the refused block
+/// again and again, and the members changed views for the entry without end.
+#[test]
+fn a_cluster_commits_what_its_block_rule_takes_and_lets_the_rest_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), |_| plugin_toml(&two_a_block(), ""));
+    // One at a backup, one at the primary of view 0.
+    let blockless: Vec<String> = (0..2)
+        .map(|i| {
+            let data = format!("blockless, taken at submit by member {i}");
+            let taken = nodes[1 - i].ctl(&["submit", &data]);
+            assert!(taken.status.success(), "{}", text(&taken));
+            Entry::new(data.into_bytes()).id().to_hex()
+        })
+        .collect();
+    // Five at once to the primary of view 0: more than a block may hold.
+    let batch: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({ "data": format!("entry {i}") }))
+        .collect();
+    let batch = serde_json::Value::from(batch).to_string();
+    let url = format!("{}/v1/entries/batch", nodes[0].1);
+    let (code, answer) = support::http("POST", &url, Some(&batch));
+    assert_eq!(code, 202, "{answer}");
+    let ids: Vec<String> = (0..5)
+        .map(|i| answer[i]["id"].as_str().expect("taken").to_owned())
+        .collect();
+    let entry = |node: &Daemon, id: &str| {
+        support::http("GET", &format!("{}/v1/entries/{id}", node.1), None)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for id in &ids {
+        while entry(&nodes[2], id).1["height"].as_u64().is_none() {
+            assert!(std::time::Instant::now() < deadline, "{id} did not commit");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    for (node, blockless) in nodes
+        .iter()
+        .flat_map(|n| blockless.iter().map(move |b| (n, b)))
+    {
+        while entry(node, blockless).0 != 404 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still pending at {}: {:?}",
+                node.1,
+                entry(node, blockless)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let status: serde_json::Value =
+            serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
+        assert_eq!(status["view"], 0, "{status}");
     }
 }
 

@@ -25,8 +25,8 @@ use super::{
 };
 use crate::chain::merkle::{leaf_hash, AppendedNodes, CompactRange};
 use crate::chain::{
-    commit_digest, Block, ChainError, CommitCertificate, CommitSignature, Entry, Hash, Header,
-    Policy, Receipt,
+    commit_digest, fit_block, Block, ChainError, CommitCertificate, CommitSignature, Entry, Fit,
+    Hash, Header, Policy, Receipt,
 };
 use crate::metrics::Metrics;
 use crate::plugin_host::Plugins;
@@ -406,17 +406,20 @@ impl Alone {
                 _ = &mut shutdown => break,
                 due = wait => if !due { continue },
             }
-            let cut = self.take_batch();
+            let mut cut = self.take_batch();
             let parent = applying.as_ref().map(|applying| applying.parent.clone());
-            let mined = self.build_and_mine(cut.batch, parent, Arc::clone(&cancel));
-            tokio::pin!(mined);
-            let mined = tokio::select! {
-                mined = &mut mined => mined,
-                _ = &mut shutdown => {
-                    self.stopping.store(true, Ordering::Relaxed);
-                    cancel.store(true, Ordering::Relaxed);
-                    stop = true;
-                    mined.await
+            let batch = std::mem::take(&mut cut.batch);
+            let mined = {
+                let mined = self.build_and_mine(batch, parent, Arc::clone(&cancel), &mut cut.ids);
+                tokio::pin!(mined);
+                tokio::select! {
+                    mined = &mut mined => mined,
+                    _ = &mut shutdown => {
+                        self.stopping.store(true, Ordering::Relaxed);
+                        cancel.store(true, Ordering::Relaxed);
+                        stop = true;
+                        mined.await
+                    }
                 }
             };
             let parent_applied = match applying.take() {
@@ -536,12 +539,15 @@ impl Alone {
     }
 
     /// Builds the next block from `batch` on `parent` (the block being applied) or
-    /// on the stored tip, checks it against the plugins, and mines it.
+    /// on the stored tip, fits it to the plugins, and mines it. Entries the plugins
+    /// take, but not in this block, go back to the pool and leave `ids` (the cut's);
+    /// those they refuse even alone stay in `ids`, so their waiters are let go.
     async fn build_and_mine(
         &self,
         mut batch: Vec<Pending>,
         parent: Option<BuiltOn>,
         cancel: Arc<AtomicBool>,
+        ids: &mut Vec<Hash>,
     ) -> Result<Mined, Unproduced> {
         let store = Arc::clone(&self.store);
         let plugins = Some(Arc::clone(&self.plugins)).filter(|plugins| !plugins.is_empty());
@@ -551,10 +557,7 @@ impl Alone {
             .map(|pending| (pending.id, pending.entry.clone()))
             .collect();
         let built = blocking(move || {
-            let BuiltOn {
-                header: tip,
-                mut log,
-            } = match parent {
+            let BuiltOn { header: tip, log } = match parent {
                 Some(parent) => parent,
                 None => {
                     let (header, log) = store.tip_with_log()?;
@@ -562,41 +565,95 @@ impl Alone {
                 }
             };
             // Leave out entries committed since they were queued.
-            let ids: Vec<Hash> = candidates.iter().map(|(id, _)| *id).collect();
-            let already = store.committed(&ids)?;
-            let mut entries = Vec::with_capacity(candidates.len());
-            for ((id, entry), already) in candidates.into_iter().zip(&already) {
-                if !already {
-                    log.append(leaf_hash(id.as_bytes()), |_, _, _| {});
-                    entries.push(entry);
-                }
-            }
+            let candidate_ids: Vec<Hash> = candidates.iter().map(|(id, _)| *id).collect();
+            let already = store.committed(&candidate_ids)?;
+            let entries: Vec<Entry> = candidates
+                .into_iter()
+                .zip(&already)
+                .filter(|(_, already)| !**already)
+                .map(|((_, entry), _)| entry)
+                .collect();
             let timestamp_ms = now_ms().max(tip.timestamp_ms + 1);
             // The parent may still be applying, but every header below it is stored.
             let difficulty = match &plugins {
                 Some(plugins) => required_difficulty(&store, plugins.as_ref(), &tip)?,
                 None => store.spec().difficulty,
             };
-            let header = Header::child(&tip, &log, timestamp_ms, difficulty);
-            let template = Block { header, entries };
+            let block_of = |entries: Vec<Entry>| {
+                let mut log = log.clone();
+                for entry in &entries {
+                    log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+                }
+                let header = Header::child(&tip, &log, timestamp_ms, difficulty);
+                (Block { header, entries }, log)
+            };
+            let (mut template, mut log) = block_of(entries);
+            let mut fit = None;
             if let Some(plugins) = &plugins {
-                plugins
-                    .check_block(&template)
-                    .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+                let found = fit_block(plugins.as_ref(), &template);
+                if found.taken.len() < template.entries.len() {
+                    if found.taken.is_empty() && !found.deferred.is_empty() {
+                        // A rule about the block, not its entries: nothing to fit.
+                        plugins
+                            .check_block(&template)
+                            .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
+                    }
+                    let taken = found.taken.iter().map(|&i| template.entries[i].clone());
+                    (template, log) = block_of(taken.collect());
+                    fit = Some(found);
+                }
             }
-            Ok((template, log, already))
+            Ok((template, log, already, fit))
         })
         .await;
-        let (template, log, already) = match built {
+        let (template, log, already, fit) = match built {
             Ok(built) => built,
             Err(error) => return Err(self.unproduced(MineError::Failed(error.to_string()), batch)),
         };
         let mut already = already.into_iter();
         batch.retain(|_| !already.next().unwrap_or(true));
+        if let Some(fit) = fit {
+            batch = self.refit(batch, fit, ids);
+            if batch.is_empty() {
+                let reason = "the plugins refuse every entry of the block".to_owned();
+                return Err(self.unproduced(MineError::Failed(reason), batch));
+            }
+        }
         match self.mine(template.header, template.entries, cancel).await {
             Ok(block) => Ok(Mined { block, log, batch }),
             Err(reason) => Err(self.unproduced(reason, batch)),
         }
+    }
+
+    /// Splits `batch` as `fit` says: what the block holds is returned; entries
+    /// refused alone are told to the log; deferred ones go back to the front of the
+    /// pool, and out of the cut's `ids`, with their waiters.
+    fn refit(&self, batch: Vec<Pending>, fit: Fit, ids: &mut Vec<Hash>) -> Vec<Pending> {
+        let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
+        if let Some((_, reason)) = fit.refused.first() {
+            tracing::warn!(
+                entries = fit.refused.len(),
+                %reason,
+                "the plugins refuse entries they took at submit; they are dropped \
+                 (a stateful plugin, or one whose rules changed)"
+            );
+        }
+        let deferred: Vec<Pending> = fit
+            .deferred
+            .iter()
+            .filter_map(|&i| batch[i].take())
+            .collect();
+        if !deferred.is_empty() {
+            let handed_back: HashSet<Hash> = deferred.iter().map(|pending| pending.id).collect();
+            ids.retain(|id| !handed_back.contains(id));
+            let mut pool = self.lock_pool();
+            let mut queue: Vec<Pending> = deferred;
+            queue.extend(pool.queue.drain(..));
+            queue.sort_by_key(|pending| pending.accepted_at);
+            pool.queue = queue.into();
+            pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
+        }
+        fit.taken.iter().filter_map(|&i| batch[i].take()).collect()
     }
 
     /// Certifies and applies a mined block on a task of its own, then settles its

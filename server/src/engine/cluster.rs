@@ -1028,6 +1028,9 @@ impl Driver {
             if stepped.is_ok() && self.settle_if_committed(&id) {
                 continue;
             }
+            if stepped.is_ok() && !lock(&self.pending).contains_key(&id) {
+                continue; // taken, and let go at once (`Output::Unpooled`)
+            }
             // Held entries offered again keep their place ahead of what waited
             // behind them; fresh ones go after.
             if position < older {
@@ -1227,9 +1230,10 @@ impl Driver {
                 }
                 // Neither leaves the node: a mined block comes back as an input,
                 // whose proposal is persisted before it is sent.
-                Output::Mine(_) | Output::CancelMining | Output::Dropped { .. } => {
-                    self.perform(output)?
-                }
+                Output::Mine(_)
+                | Output::CancelMining
+                | Output::Dropped { .. }
+                | Output::Unpooled(_) => self.perform(output)?,
             }
         }
         // Once removed, the old replica still names the next epoch: no second switch
@@ -1488,6 +1492,11 @@ impl Driver {
                 reason,
                 error,
             } => self.count_drop(from, kind, reason, error),
+            Output::Unpooled(id) => {
+                // Their channels close: the answer tells each client to look it up.
+                lock(&self.pending).remove(&id);
+                self.waiters.remove(&id);
+            }
             Output::Persist(_) => {}
         }
         Ok(())
@@ -1534,16 +1543,17 @@ impl Driver {
             return;
         }
         if let Some(suppressed) = self.drop_warnings.allow((reason, from)) {
-            let sender =
-                from.map_or_else(|| "an unnamed sender".to_owned(), |m| format!("member {m}"));
+            // An entry has no sender to name: a member forwarded it, or it is in
+            // this member's pool.
+            let sender = from.map_or_else(String::new, |m| format!(" from member {m}"));
             match error {
                 Some(error) => tracing::warn!(
-                    from = %sender, kind, reason = reason.name(), rule = %error, suppressed,
-                    "refused a {kind} from {sender}: {error}"
+                    from = ?from, kind, reason = reason.name(), rule = %error, suppressed,
+                    "refused a {kind}{sender}: {error}"
                 ),
                 None => tracing::warn!(
-                    from = %sender, kind, reason = reason.name(), suppressed,
-                    "refused a {kind} from {sender}: {}", reason.name()
+                    from = ?from, kind, reason = reason.name(), suppressed,
+                    "refused a {kind}{sender}: {}", reason.name()
                 ),
             }
         }

@@ -9,7 +9,9 @@ use super::super::durable::Record;
 use super::super::message::{CheckpointCertificate, Invalid, MemberIndex, Message, Payload, Vote};
 use super::view_change::highest_checkpoint;
 use super::{Candidate, DropReason, Output, Replica, ViewChangeCause, Waiting, PROBE_CHECKS};
-use crate::chain::{Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header};
+use crate::chain::{
+    fit_block, Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header,
+};
 
 impl Replica {
     pub(super) fn on_message(&mut self, message: Message) {
@@ -555,6 +557,12 @@ impl Replica {
             let restarted = self.last_catch_up_ms.unwrap_or(0);
             let stalled_ending = self.epoch_ending()
                 && now.saturating_sub(self.progress_ms.max(restarted)) >= timeout;
+            // Only when the oldest would start a view change: not at every tick.
+            let overdue =
+                |pending: &Waiting| now.saturating_sub(pending.since_ms.max(restarted)) >= timeout;
+            if self.oldest_pending().is_some_and(overdue) && !self.timers_wait() {
+                self.drop_unholdable(now.saturating_sub(timeout));
+            }
             let waited = self
                 .oldest_pending()
                 .map(|pending| now.saturating_sub(pending.since_ms.max(restarted)));
@@ -600,6 +608,42 @@ impl Replica {
             .map(|pending| pending.entry.clone())
             .collect();
         self.forward_to_all(overdue);
+    }
+
+    /// Entries waiting since before `since` that this replica's rules refuse as a
+    /// block of their own leave the pool before they start a view change: no
+    /// primary could order them (a stateful plugin that took them at submit and
+    /// refuses them now, a block rule entry hooks do not see), and views would
+    /// change for them without end. Each replica judges by its own rules, so a
+    /// primary that censors an entry the rules take still faces the timers.
+    fn drop_unholdable(&mut self, since: u64) {
+        let Some(policy) = self.config.policy.clone() else {
+            return;
+        };
+        let overdue: Vec<Entry> = self
+            .order
+            .iter()
+            .filter_map(|id| self.pending.get(id))
+            .filter(|pending| pending.since_ms <= since)
+            .take(self.config.max_block_entries)
+            .map(|pending| pending.entry.clone())
+            .collect();
+        let tip = &self.tip;
+        let timestamp = self.now_ms.max(tip.header.timestamp_ms + 1);
+        let header = Header::child(&tip.header, &tip.log, timestamp, tip.header.difficulty);
+        let block = Block {
+            header,
+            entries: overdue,
+        };
+        for (i, reason) in fit_block(policy.as_ref(), &block).refused {
+            self.unpool(&block.entries[i].id());
+            self.drop_for(
+                None,
+                "pooled entry",
+                DropReason::InvalidEntry,
+                Some(ChainError::Policy(reason)),
+            );
+        }
     }
 
     /// This replica's own clients' entries still waiting since before `since` (half a

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::chain::{Block, Header};
+use crate::chain::{Block, ChainError, Entry, Header};
 use crate::consensus::harness::*;
 use crate::consensus::{
     Config, DropReason, Durable, Input, Message, Output, Payload, Replica, ViewChangeCause,
@@ -127,6 +127,42 @@ fn an_equivocating_primary_starts_a_view_change() {
         ]
     );
     assert!(!backup.is_active());
+}
+
+/// An entry no block can hold under this replica's rules (a block rule its entry
+/// hook does not see, a stateful plugin that took it and refuses it now) leaves
+/// the pool when its timer runs out, instead of changing views for it without end;
+/// one the rules take still starts a view change, so a censoring primary does not
+/// escape the timers.
+#[test]
+fn an_entry_no_block_can_hold_leaves_the_pool_at_its_timeout() {
+    let setup = Setup::new(4);
+    let mut backup = setup.replica_with(1, |config| config.policy = Some(Arc::new(TwoABlock)));
+    let blockless = Entry::new(&b"blockless"[..]);
+    assert_eq!(submit(&mut backup, blockless.clone()).len(), 1, "forwarded");
+    let later = setup.now + TIMING.view_change_timeout_ms;
+    let outputs = backup.handle(Input::Tick { now_ms: later }, &NoEntries);
+    let lines: Vec<String> = outputs.iter().map(describe).collect();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        ["unpooled", "dropped InvalidEntry"]
+    );
+    let unpooled = &outputs[outputs.len() - 2];
+    assert!(matches!(unpooled, Output::Unpooled(id) if *id == blockless.id()));
+    assert!(matches!(
+        outputs.last(),
+        Some(Output::Dropped { error: Some(ChainError::Policy(reason)), .. })
+            if reason == "no block holds a blockless entry"
+    ));
+    assert!(!backup.is_pending(&blockless.id()) && backup.is_active());
+
+    assert_eq!(client_entry(&mut backup), ["forward 0"]);
+    let later = later + TIMING.view_change_timeout_ms;
+    let outputs = feed(&mut backup, Input::Tick { now_ms: later });
+    assert!(
+        outputs.contains(&"broadcast view-change v1 prepared 0".to_owned()),
+        "{outputs:?}"
+    );
 }
 
 /// §4.1, §4.5.2: an entry waiting half a timeout goes to every member (as a client

@@ -663,6 +663,13 @@ impl Replica {
     }
 
     /// Drops an input that broke the chain rule `error`.
+    /// `id` leaves the pool without a block, and the driver is told.
+    fn unpool(&mut self, id: &Hash) {
+        if self.pending.remove(id).is_some() {
+            self.out.push(Output::Unpooled(*id));
+        }
+    }
+
     fn drop_for(
         &mut self,
         from: Option<MemberIndex>,

@@ -10,8 +10,9 @@ use super::super::message::{Payload, PreparedCertificate, Vote};
 use super::{Accepted, Ancestry, Candidate, DropReason, LastCut, Output, Parent, Replica, Tip};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
-    validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange, Entry,
-    EntryIndex, Hash, Header, Membership, MembershipError, Reconfiguration, ValidationContext,
+    fit_block, validate_block, Block, ChainError, CommitCertificate, CommitSignature, CompactRange,
+    Entry, EntryIndex, Hash, Header, Membership, MembershipError, Reconfiguration,
+    ValidationContext,
 };
 
 impl Replica {
@@ -759,7 +760,7 @@ impl Replica {
             entries.push(pending.entry.clone());
         }
         for id in unfit {
-            self.pending.remove(&id);
+            self.unpool(&id);
         }
         let due = entries.len() >= limit
             || (at_once && !entries.is_empty())
@@ -772,22 +773,59 @@ impl Replica {
             self.cut_scan = Some((self.view, tip, self.arrivals + lacking));
             return;
         }
-        self.cut_requested = false;
-        for entry in &entries {
-            log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
-        }
+        let asked = std::mem::take(&mut self.cut_requested);
         let Ok(difficulty) = self.required_difficulty(&parent, index) else {
             // The policy failed here; the others' timers will replace this primary.
             return;
         };
         let timestamp = self.now_ms.max(parent.timestamp_ms + 1);
-        let header = Header::child(&parent, &log, timestamp, difficulty);
-        self.mining = Some(header);
+        let header_for = |entries: &[Entry]| {
+            let mut log = log.clone();
+            for entry in entries {
+                log.append(leaf_hash(entry.id().as_bytes()), |_, _, _| {});
+            }
+            Header::child(&parent, &log, timestamp, difficulty)
+        };
+        let mut block = Block {
+            header: header_for(&entries),
+            entries,
+        };
+        if let Some(policy) = self.config.policy.clone() {
+            let fit = fit_block(policy.as_ref(), &block);
+            if fit.taken.len() < block.entries.len() {
+                for (i, reason) in fit.refused {
+                    self.unpool(&block.entries[i].id());
+                    self.drop_for(
+                        None,
+                        "pooled entry",
+                        DropReason::InvalidEntry,
+                        Some(ChainError::Policy(reason)),
+                    );
+                }
+                // A rule about the header, not the entries (`fit_block`): proposed
+                // as before, and refused once mined, until the others' timers move on.
+                let taken = match fit.taken.is_empty() {
+                    true => fit.deferred,
+                    false => fit.taken,
+                };
+                let entries: Vec<Entry> = taken
+                    .into_iter()
+                    .map(|i| block.entries[i].clone())
+                    .collect();
+                if entries.is_empty() && !asked && !ending {
+                    return;
+                }
+                block = Block {
+                    header: header_for(&entries),
+                    entries,
+                };
+            }
+        }
+        self.mining = Some(block.header);
         self.last_cut = LastCut {
             arrivals: self.arrivals,
             together: self.arrivals.saturating_sub(self.last_cut.arrivals) > 1,
         };
-        self.out
-            .push(Output::Mine(Arc::new(Block { header, entries })));
+        self.out.push(Output::Mine(Arc::new(block)));
     }
 }

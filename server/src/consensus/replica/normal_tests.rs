@@ -182,6 +182,50 @@ fn entries_the_policy_refuses_leave_the_pool() {
     assert_eq!(template.entries, [fine]);
 }
 
+/// A primary whose rules refuse the block its pool would make (a block rule, or a
+/// stateful plugin that took an entry at admission and refuses it now) proposes
+/// what they take: entries refused alone leave the pool, told; those refused only
+/// beside the others wait for the next block. Proposing the refused block again
+/// and again stopped the chain for good.
+#[test]
+fn a_primary_cuts_the_block_its_rules_take() {
+    let setup = Setup::new(4);
+    let mut primary = setup.replica_with(0, |config| {
+        config.policy = Some(Arc::new(TwoABlock));
+    });
+    let mut pool = testing::entries(5, 3, 32);
+    let blockless = Entry::new(&b"blockless"[..]);
+    pool.insert(1, blockless.clone());
+    let outputs = primary.handle(Input::Entries(pool.clone()), &NoEntries);
+    let lines: Vec<String> = outputs.iter().map(describe).collect();
+    assert_eq!(lines, ["unpooled", "dropped InvalidEntry", "mine h1"]);
+    assert!(matches!(outputs[0], Output::Unpooled(id) if id == blockless.id()));
+    assert!(matches!(
+        &outputs[1],
+        Output::Dropped { error: Some(crate::chain::ChainError::Policy(reason)), .. }
+            if reason == "no block holds a blockless entry"
+    ));
+    let Some(Output::Mine(template)) = outputs.last() else {
+        unreachable!()
+    };
+    assert_eq!(template.entries, [pool[0].clone(), pool[2].clone()]);
+    assert!(!primary.is_pending(&blockless.id()));
+    assert!(primary.is_pending(&pool[3].id()));
+    assert_eq!(template.header.log_size, 2, "the header is the block's own");
+
+    // Proposed, and the deferred entry goes in the next block.
+    let lines = feed(&mut primary, Input::Mined(mined(template)));
+    assert!(
+        lines.contains(&"broadcast pre-prepare v0 h1".to_owned()),
+        "{lines:?}"
+    );
+    let outputs = primary.handle(Input::Cut, &NoEntries);
+    let Some(Output::Mine(next)) = outputs.last() else {
+        panic!("expected a template: {outputs:?}");
+    };
+    assert_eq!((next.header.height, &next.entries[..]), (2, &pool[3..]));
+}
+
 /// The chaining rule: a block at h + 1 is accepted on the block accepted at h and
 /// voted for at once, but this replica is prepared at h + 1 only once it is prepared
 /// at h, however the prepares arrive.
