@@ -196,6 +196,7 @@ impl Net {
             let receipt = tokio::time::timeout(LIMIT, receiver)
                 .await
                 .expect("committed in time")
+                .expect("answered")
                 .expect("committed");
             receipt.verify(&self.spec).expect("receipt verifies");
             assert!(receipt.certificate.signatures.len() >= 3);

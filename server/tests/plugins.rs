@@ -189,9 +189,19 @@ async fn a_node_alone_mines_the_blocks_its_block_rule_takes() {
     }));
     let good = testing::entries(7, 5, 32);
     let blockless = Entry::new(&b"blockless, yet taken at submit"[..]);
+    let mut told = None;
     for entry in [&good[..2], std::slice::from_ref(&blockless), &good[2..]].concat() {
-        node.submit(entry, false).await.expect("taken at submit");
+        let wait = entry == blockless;
+        let (_, waiter) = node.submit(entry, wait).await.expect("taken at submit");
+        told = told.or(waiter);
     }
+    let told = tokio::time::timeout(Duration::from_secs(20), told.expect("waits"))
+        .await
+        .expect("told in time");
+    assert_eq!(
+        told.expect("an answer").unwrap_err(),
+        "refused by policy: plugin two-a-block: no block holds a blockless entry"
+    );
     let committed = |entry: &Entry| store.entry_with_receipt(&entry.id()).unwrap().is_some();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !good.iter().all(committed) {
@@ -672,15 +682,6 @@ fn a_cluster_runs_the_same_policy_on_every_member() {
 fn a_cluster_commits_what_its_block_rule_takes_and_lets_the_rest_go() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path(), |_| plugin_toml(&two_a_block(), ""));
-    // One at a backup, one at the primary of view 0.
-    let blockless: Vec<String> = (0..2)
-        .map(|i| {
-            let data = format!("blockless, taken at submit by member {i}");
-            let taken = nodes[1 - i].ctl(&["submit", &data]);
-            assert!(taken.status.success(), "{}", text(&taken));
-            Entry::new(data.into_bytes()).id().to_hex()
-        })
-        .collect();
     // Five at once to the primary of view 0: more than a block may hold.
     let batch: Vec<serde_json::Value> = (0..5)
         .map(|i| serde_json::json!({ "data": format!("entry {i}") }))
@@ -691,6 +692,21 @@ fn a_cluster_commits_what_its_block_rule_takes_and_lets_the_rest_go() {
     assert_eq!(code, 202, "{answer}");
     let ids: Vec<String> = (0..5)
         .map(|i| answer[i]["id"].as_str().expect("taken").to_owned())
+        .collect();
+    // One at the primary, refused at its cut, one at a backup, refused when its
+    // timer runs out: a client that waits is told why.
+    let blockless: Vec<String> = (0..2)
+        .map(|i| {
+            let data = format!("blockless, taken at submit by member {i}");
+            let refused = nodes[i].ctl(&["submit", &data, "--wait"]);
+            let said = text(&refused);
+            assert!(!refused.status.success(), "{said}");
+            assert!(
+                said.contains("422") && said.contains("no block holds a blockless entry"),
+                "{said}"
+            );
+            Entry::new(data.into_bytes()).id().to_hex()
+        })
         .collect();
     let entry = |node: &Daemon, id: &str| {
         support::http("GET", &format!("{}/v1/entries/{id}", node.1), None)

@@ -36,6 +36,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed", message)
     }
 
+    /// 422: the entry breaks a rule of the chain's.
+    pub fn rejected(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
+    }
+
     /// 404: nothing there.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -132,9 +137,7 @@ impl From<SubmitError> for ApiError {
         let message = error.to_string();
         match error {
             SubmitError::TooLarge { .. } => ApiError::too_large(message),
-            SubmitError::Invalid(_) | SubmitError::Rejected(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
-            }
+            SubmitError::Invalid(_) | SubmitError::Rejected(_) => ApiError::rejected(message),
             SubmitError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
             SubmitError::PoolFull(_) => ApiError::unavailable("pool_full", message),
             SubmitError::NotReady => ApiError::unavailable("not_ready", message),

@@ -410,7 +410,7 @@ struct SubmitQuery {
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 409, description = "Already submitted", body = ErrorBody),
         (status = 413, description = "Body or entry too large", body = ErrorBody),
-        (status = 422, description = "Refused by validation, with the reason", body = ErrorBody),
+        (status = 422, description = "Refused by validation, with the reason; with wait=commit, also an entry the plugins' block rules refuse in any block, which then leaves the pool", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "Pool full, node not ready or busy, or database failing; see Retry-After", body = ErrorBody),
     ))]
@@ -443,7 +443,12 @@ async fn submit(
         return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response());
     };
     let receipt = match tokio::time::timeout(timeout, receiver).await {
-        Ok(Ok(receipt)) => receipt,
+        Ok(Ok(Ok(receipt))) => receipt,
+        Ok(Ok(Err(reason))) => {
+            return Err(ApiError::rejected(format!(
+                "entry {id} left the pool uncommitted: {reason}"
+            )))
+        }
         Ok(Err(_)) => {
             return Err(ApiError::unavailable(
                 "commit_failed",

@@ -164,7 +164,7 @@ pub(super) fn describe(output: &Output) -> String {
             after,
             entered_view,
         } => format!("fetch committed after {after} (entered view {entered_view})"),
-        Output::Unpooled(_) => "unpooled".into(),
+        Output::Unpooled { .. } => "unpooled".into(),
         Output::Dropped { reason, .. } => format!("dropped {reason:?}"),
     }
 }

@@ -21,12 +21,12 @@ use tokio::sync::{oneshot, Notify};
 
 use super::{
     blocking, lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError,
-    NodeSettings, SubmitError, Submitted,
+    NodeSettings, SubmitError, Submitted, Waiter,
 };
 use crate::chain::merkle::{leaf_hash, AppendedNodes, CompactRange};
 use crate::chain::{
     commit_digest, fit_block, Block, ChainError, CommitCertificate, CommitSignature, Entry, Fit,
-    Hash, Header, Policy, Receipt,
+    Hash, Header, Policy,
 };
 use crate::metrics::Metrics;
 use crate::plugin_host::Plugins;
@@ -118,13 +118,25 @@ struct Pool {
     /// Ids queued or in the block being produced: a second submit is a duplicate.
     ids: HashSet<Hash>,
     /// Clients waiting for an entry's commit.
-    waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
+    waiters: HashMap<Hash, Vec<Waiter>>,
     /// When the oldest queued entry arrived.
     first_pending_at: Option<Instant>,
     /// `POST /mine` callers waiting for the next block.
     mine_requests: Vec<MineAnswer>,
     /// Bumped whenever applied ids leave `ids`.
     generation: u64,
+}
+
+impl Pool {
+    /// Puts entries taken for a block back in the queue, in arrival order: a block
+    /// mined on a failed one hands its entries back after its parent did.
+    fn hand_back(&mut self, entries: Vec<Pending>) {
+        let mut queue = entries;
+        queue.extend(self.queue.drain(..));
+        queue.sort_by_key(|pending| pending.accepted_at);
+        self.queue = queue.into();
+        self.first_pending_at = self.queue.front().map(|pending| pending.accepted_at);
+    }
 }
 
 /// The engine of a node alone: its store, key, pool, producer and metrics.
@@ -626,17 +638,25 @@ impl Alone {
     }
 
     /// Splits `batch` as `fit` says: what the block holds is returned; entries
-    /// refused alone are told to the log; deferred ones go back to the front of the
-    /// pool, and out of the cut's `ids`, with their waiters.
+    /// refused alone are logged and their waiters told why; deferred ones go back
+    /// to the front of the pool, and out of the cut's `ids`, with their waiters.
     fn refit(&self, batch: Vec<Pending>, fit: Fit, ids: &mut Vec<Hash>) -> Vec<Pending> {
         let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
+        let mut pool = self.lock_pool();
         if let Some((_, reason)) = fit.refused.first() {
             tracing::warn!(
                 entries = fit.refused.len(),
                 %reason,
-                "the plugins refuse entries they took at submit; they are dropped \
-                 (a stateful plugin, or one whose rules changed)"
+                "the plugins refuse in any block entries they took at submit; they are \
+                 dropped"
             );
+        }
+        for (i, reason) in fit.refused {
+            let Some(pending) = &batch[i] else { continue };
+            let why = ChainError::Policy(reason).to_string();
+            for waiter in pool.waiters.remove(&pending.id).unwrap_or_default() {
+                let _ = waiter.send(Err(why.clone()));
+            }
         }
         let deferred: Vec<Pending> = fit
             .deferred
@@ -646,12 +666,7 @@ impl Alone {
         if !deferred.is_empty() {
             let handed_back: HashSet<Hash> = deferred.iter().map(|pending| pending.id).collect();
             ids.retain(|id| !handed_back.contains(id));
-            let mut pool = self.lock_pool();
-            let mut queue: Vec<Pending> = deferred;
-            queue.extend(pool.queue.drain(..));
-            queue.sort_by_key(|pending| pending.accepted_at);
-            pool.queue = queue.into();
-            pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
+            pool.hand_back(deferred);
         }
         fit.taken.iter().filter_map(|&i| batch[i].take()).collect()
     }
@@ -776,13 +791,7 @@ impl Alone {
             pool.waiters.remove(id);
         }
         if !requeue.is_empty() {
-            // Back in arrival order: a block mined on a failed one hands its entries
-            // back after its parent did.
-            let mut queue: Vec<Pending> = requeue;
-            queue.extend(pool.queue.drain(..));
-            queue.sort_by_key(|pending| pending.accepted_at);
-            pool.queue = queue.into();
-            pool.first_pending_at = pool.queue.front().map(|pending| pending.accepted_at);
+            pool.hand_back(requeue);
             // The producer looks again: at the failure first, then at the pool.
             self.wake.notify_one();
         }

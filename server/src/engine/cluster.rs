@@ -25,12 +25,12 @@ use tokio::sync::oneshot;
 
 use super::{
     blocking, hand_out_receipts, lock, now_ms, EngineFailure, EngineStatus, MineError,
-    NodeSettings, SubmitError, Submitted,
+    NodeSettings, SubmitError, Submitted, Waiter,
 };
 use crate::chain::merkle::AppendedNodes;
 use crate::chain::{
     Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header, Member, Membership,
-    Policy, Receipt,
+    Policy,
 };
 use crate::consensus::{
     Config, DropReason, Input, MemberIndex, NotAMember, Output, Payload, Record, Replica, Timing,
@@ -154,7 +154,7 @@ enum DriverEvent {
     /// A client's entry, its place in the pool already taken.
     Submit {
         entry: Entry,
-        waiter: Option<oneshot::Sender<Receipt>>,
+        waiter: Option<Waiter>,
     },
     Cut,
     Mined(Block),
@@ -166,7 +166,7 @@ type MiningJob = (Arc<Block>, Arc<AtomicBool>);
 
 /// A client's submit on its way to the replica: the entry and who waits for its
 /// receipt.
-type Submission = (Entry, Option<oneshot::Sender<Receipt>>);
+type Submission = (Entry, Option<Waiter>);
 
 /// An entry the replica holds: since when, and whether a client of this node gave
 /// it (its commit latency is this node's to report).
@@ -677,7 +677,7 @@ struct Driver {
     published_height: Option<u64>,
     /// The view and whether it was in force, as last counted and told in the log.
     told_view: Option<(u64, bool)>,
-    waiters: HashMap<Hash, Vec<oneshot::Sender<Receipt>>>,
+    waiters: HashMap<Hash, Vec<Waiter>>,
     /// Records not yet durable; written before the next output leaves the thread.
     persist: Vec<Record>,
     /// Messages for peers decided during this turn, sent once its records are
@@ -1069,7 +1069,7 @@ impl Driver {
         };
         lock(&self.pending).remove(id);
         for waiter in self.waiters.remove(id).unwrap_or_default() {
-            let _ = waiter.send(receipt.clone());
+            let _ = waiter.send(Ok(receipt.clone()));
         }
         true
     }
@@ -1233,7 +1233,7 @@ impl Driver {
                 Output::Mine(_)
                 | Output::CancelMining
                 | Output::Dropped { .. }
-                | Output::Unpooled(_) => self.perform(output)?,
+                | Output::Unpooled { .. } => self.perform(output)?,
             }
         }
         // Once removed, the old replica still names the next epoch: no second switch
@@ -1492,10 +1492,11 @@ impl Driver {
                 reason,
                 error,
             } => self.count_drop(from, kind, reason, error),
-            Output::Unpooled(id) => {
-                // Their channels close: the answer tells each client to look it up.
+            Output::Unpooled { id, why } => {
                 lock(&self.pending).remove(&id);
-                self.waiters.remove(&id);
+                for waiter in self.waiters.remove(&id).unwrap_or_default() {
+                    let _ = waiter.send(Err(why.clone()));
+                }
             }
             Output::Persist(_) => {}
         }

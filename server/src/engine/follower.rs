@@ -21,10 +21,10 @@ use tokio::sync::oneshot;
 
 use super::{
     lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError, NodeSettings,
-    SubmitError, Submitted,
+    SubmitError, Submitted, Waiter,
 };
 use crate::api::types::SubmitRequest;
-use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy, Receipt};
+use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy};
 use crate::consensus::MemberIndex;
 use crate::join::{self, Fetch};
 use crate::metrics::Metrics;
@@ -48,7 +48,7 @@ const CATCHING_UP_BLOCKS: u64 = 16;
 /// A forwarded entry waiting to be committed.
 struct Forwarded {
     since: Instant,
-    waiters: Vec<oneshot::Sender<Receipt>>,
+    waiters: Vec<Waiter>,
 }
 
 /// The engine of a follower (see the module docs).
@@ -678,7 +678,7 @@ mod tests {
             .unwrap();
         follower.apply(block, certificate).unwrap();
         assert_eq!(store.tip().unwrap().height, 1);
-        let receipt = receiver.await.unwrap();
+        let receipt = receiver.await.unwrap().unwrap();
         assert_eq!((receipt.entry_id, receipt.log_index), (id, 1));
         receipt.verify(&spec).unwrap();
         assert!(!follower.is_pending(&id));

@@ -94,8 +94,15 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// An accepted entry's id, and with `wait` the receiver of its receipt once committed.
-pub type Submitted = (Hash, Option<oneshot::Receiver<Receipt>>);
+/// What a client waiting for its entry is told: the receipt once it is committed,
+/// or why no block will hold it (the plugins' block rules refuse it there).
+pub type Settled = Result<Receipt, String>;
+
+/// Where a waiting client is told how its entry [`Settled`].
+pub type Waiter = oneshot::Sender<Settled>;
+
+/// An accepted entry's id, and with `wait` the receiver of how it settles.
+pub type Submitted = (Hash, Option<oneshot::Receiver<Settled>>);
 
 /// Why `POST /mine` produced no block.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -357,7 +364,7 @@ pub(crate) fn hand_out_receipts(
     header: &Header,
     certificate: &CommitCertificate,
     nodes: &AppendedNodes,
-    waiting: impl IntoIterator<Item = (Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+    waiting: impl IntoIterator<Item = (Hash, u64, Vec<Waiter>)>,
 ) {
     for (entry_id, log_index, senders) in waiting {
         let inclusion_proof = match nodes.inclusion_proof(log_index) {
@@ -377,7 +384,7 @@ pub(crate) fn hand_out_receipts(
             certificate: certificate.clone(),
         };
         for sender in senders {
-            let _ = sender.send(receipt.clone());
+            let _ = sender.send(Ok(receipt.clone()));
         }
     }
 }
@@ -387,7 +394,7 @@ pub(crate) fn send_receipts(
     header: Header,
     certificate: CommitCertificate,
     nodes: AppendedNodes,
-    waiting: Vec<(Hash, u64, Vec<oneshot::Sender<Receipt>>)>,
+    waiting: Vec<(Hash, u64, Vec<Waiter>)>,
 ) {
     tokio::task::spawn_blocking(move || {
         hand_out_receipts(&header, &certificate, &nodes, waiting);

@@ -1080,7 +1080,7 @@ impl Sim {
                     self.schedule(self.now + delay, Event::Committed { node, blocks });
                 }
             }
-            Output::Dropped { .. } | Output::Unpooled(_) => {}
+            Output::Dropped { .. } | Output::Unpooled { .. } => {}
         }
     }
 

@@ -636,13 +636,7 @@ impl Replica {
             entries: overdue,
         };
         for (i, reason) in fit_block(policy.as_ref(), &block).refused {
-            self.unpool(&block.entries[i].id());
-            self.drop_for(
-                None,
-                "pooled entry",
-                DropReason::InvalidEntry,
-                Some(ChainError::Policy(reason)),
-            );
+            self.refuse_pooled(&block.entries[i].id(), reason);
         }
     }
 

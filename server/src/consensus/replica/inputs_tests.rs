@@ -148,7 +148,7 @@ fn an_entry_no_block_can_hold_leaves_the_pool_at_its_timeout() {
         ["unpooled", "dropped InvalidEntry"]
     );
     let unpooled = &outputs[outputs.len() - 2];
-    assert!(matches!(unpooled, Output::Unpooled(id) if *id == blockless.id()));
+    assert!(matches!(unpooled, Output::Unpooled { id, .. } if *id == blockless.id()));
     assert!(matches!(
         outputs.last(),
         Some(Output::Dropped { error: Some(ChainError::Policy(reason)), .. })

@@ -663,11 +663,19 @@ impl Replica {
     }
 
     /// Drops an input that broke the chain rule `error`.
-    /// `id` leaves the pool without a block, and the driver is told.
-    fn unpool(&mut self, id: &Hash) {
+    /// `id` leaves the pool without a block, and the driver is told why.
+    fn unpool(&mut self, id: &Hash, why: String) {
         if self.pending.remove(id).is_some() {
-            self.out.push(Output::Unpooled(*id));
+            self.out.push(Output::Unpooled { id: *id, why });
         }
+    }
+
+    /// An entry the rules refuse in a block of its own leaves the pool, told and
+    /// counted.
+    fn refuse_pooled(&mut self, id: &Hash, reason: String) {
+        let error = ChainError::Policy(reason);
+        self.unpool(id, error.to_string());
+        self.drop_for(None, "pooled entry", DropReason::InvalidEntry, Some(error));
     }
 
     fn drop_for(

@@ -760,7 +760,7 @@ impl Replica {
             entries.push(pending.entry.clone());
         }
         for id in unfit {
-            self.unpool(&id);
+            self.unpool(&id, "the membership no longer takes this change".into());
         }
         let due = entries.len() >= limit
             || (at_once && !entries.is_empty())
@@ -794,13 +794,7 @@ impl Replica {
             let fit = fit_block(policy.as_ref(), &block);
             if fit.taken.len() < block.entries.len() {
                 for (i, reason) in fit.refused {
-                    self.unpool(&block.entries[i].id());
-                    self.drop_for(
-                        None,
-                        "pooled entry",
-                        DropReason::InvalidEntry,
-                        Some(ChainError::Policy(reason)),
-                    );
+                    self.refuse_pooled(&block.entries[i].id(), reason);
                 }
                 // A rule about the header, not the entries (`fit_block`): proposed
                 // as before, and refused once mined, until the others' timers move on.

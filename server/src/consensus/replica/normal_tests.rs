@@ -199,7 +199,11 @@ fn a_primary_cuts_the_block_its_rules_take() {
     let outputs = primary.handle(Input::Entries(pool.clone()), &NoEntries);
     let lines: Vec<String> = outputs.iter().map(describe).collect();
     assert_eq!(lines, ["unpooled", "dropped InvalidEntry", "mine h1"]);
-    assert!(matches!(outputs[0], Output::Unpooled(id) if id == blockless.id()));
+    assert!(matches!(
+        &outputs[0],
+        Output::Unpooled { id, why }
+            if *id == blockless.id() && why == "refused by policy: no block holds a blockless entry"
+    ));
     assert!(matches!(
         &outputs[1],
         Output::Dropped { error: Some(crate::chain::ChainError::Policy(reason)), .. }

@@ -370,10 +370,14 @@ pub enum Output {
         /// The last view this replica entered.
         entered_view: u64,
     },
-    /// The entry with this id left the pool without a block (no block the rules
-    /// take can hold it, or a change that no longer fits): whoever waits for it
-    /// is let go.
-    Unpooled(Hash),
+    /// An entry left the pool without a block (no block the rules take can hold
+    /// it, or a change that no longer fits): whoever waits for it is told why.
+    Unpooled {
+        /// The entry's id.
+        id: Hash,
+        /// Why, for the client.
+        why: String,
+    },
     /// An input was refused; counted for metrics.
     Dropped {
         /// The sender, when a member sent it.
