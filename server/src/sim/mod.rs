@@ -6,7 +6,9 @@
 //! blocks at one height; every applied block carries a valid quorum certificate and
 //! links to its parent), boundedness (the consensus state stays below a fixed size),
 //! and at the end liveness (after the network heals, every honest replica commits every
-//! entry honest replicas were given) and no view-change storm.
+//! entry honest replicas were given) and no view-change storm. One seed in three runs
+//! a policy with a block rule ([`BlockRules`]): at most three entries a block, and
+//! none of the few "blockless" entries the plan adds, which must cost no view changes.
 
 mod byzantine;
 mod checker;
@@ -402,6 +404,23 @@ impl Sim {
                 at = back + self.rng.below(600);
             }
         }
+        // Only where the seed runs the rules: the other seeds run as they did.
+        let blockless = if with_rules(self.seed) { 3 } else { 0 };
+        for i in 0..blockless {
+            let at = self.start + self.rng.below(end - self.start);
+            let node = self.rng.below(self.nodes.len() as u64) as usize;
+            let data = [BLOCKLESS, &[i], &self.seed.to_be_bytes()].concat();
+            let entry = Entry::new(data);
+            let forwarded = false;
+            self.schedule(
+                at,
+                Event::Entry {
+                    node,
+                    entry,
+                    forwarded,
+                },
+            );
+        }
     }
 
     /// Runs to the end (or the first violation) and reports.
@@ -533,7 +552,13 @@ impl Sim {
                 // restart is due at the same time) is lost with the request, as a
                 // real client's would be.
                 let state = &self.nodes[node];
-                if !forwarded && self.healed() && state.honest && state.replica.is_some() {
+                let holdable = !entry.data.starts_with(BLOCKLESS);
+                if !forwarded
+                    && holdable
+                    && self.healed()
+                    && state.honest
+                    && state.replica.is_some()
+                {
                     self.must_commit.push(entry.id());
                 }
                 self.input(node, Input::Entry { entry, forwarded })
@@ -1194,6 +1219,44 @@ impl Sim {
 /// Committed blocks a simulated peer sends per catch-up request.
 const SIM_CATCH_UP_BATCH: u64 = 16;
 
+/// How the data of an entry that no block may hold under [`BlockRules`] begins.
+const BLOCKLESS: &[u8] = b"sim blockless ";
+
+/// The policy of the seeds that run one: a block rule that entries passing one at a
+/// time break together, and one that refuses some entries in any block, as the
+/// plugins' `validate_block` may (`chain::fit_block`).
+#[derive(Debug)]
+struct BlockRules;
+
+impl crate::chain::Policy for BlockRules {
+    fn difficulty_window(&self) -> usize {
+        0
+    }
+
+    fn required_difficulty(&self, _: &[Header]) -> Result<Option<u32>, String> {
+        Ok(None)
+    }
+
+    fn check_block(&self, block: &Block) -> Result<(), String> {
+        if block.entries.iter().any(|e| e.data.starts_with(BLOCKLESS)) {
+            return Err("a blockless entry".into());
+        }
+        match block.entries.len() > 3 {
+            true => Err("more than three entries".into()),
+            false => Ok(()),
+        }
+    }
+
+    fn check_entry(&self, _: &Entry) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Whether the seed's replicas run [`BlockRules`].
+fn with_rules(seed: u64) -> bool {
+    seed % 3 == 2
+}
+
 /// The log's right edge after `ids`, in order.
 fn log_of(ids: &[Hash]) -> crate::chain::CompactRange {
     let mut log = crate::chain::CompactRange::new();
@@ -1225,6 +1288,9 @@ fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo, seed: u64) -> Config
     config.catch_up_batch = SIM_CATCH_UP_BATCH;
     config.reconfigurations = true;
     config.max_blocks_in_flight = if seed % 2 == 1 { 1 } else { usize::MAX };
+    if with_rules(seed) {
+        config = config.with_policy(Arc::new(BlockRules));
+    }
     config
 }
 
