@@ -277,7 +277,7 @@ fn join_if_far_behind(
     let mut join = join_config(config, &spec, Duration::from_secs(5), starting)?;
     add_members_in_force(&mut join, config, &store.membership_in_force().members);
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
-    let snapshot = crate::join::offered(&client, &spec, &join.sources);
+    let snapshot = crate::join::offered(&client, &spec, &join.sources, &join.stop)?;
     let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
         return Ok(store);
     };
@@ -324,7 +324,7 @@ fn join_into_new(
     let mut join = join_config(config, &spec, JOIN_TIMEOUT, starting)?;
     // The genesis members may be gone: the members in force, as those reached show.
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
-    if let Some(history) = crate::join::shown_history(&client, &spec, &join.sources) {
+    if let Some(history) = crate::join::shown_history(&client, &spec, &join.sources, &join.stop)? {
         add_members_in_force(&mut join, config, &history.last().members);
     }
     if join.sources.is_empty() {

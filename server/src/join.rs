@@ -186,7 +186,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         attempt += 1;
         let mut refused = Vec::new();
         let mut reasons = Vec::new();
-        let offers = offers(&client, spec, &config.sources)
+        let offers = offers(&client, spec, &config.sources, &config.stop)?
             .into_iter()
             .filter_map(|(source, offer)| match offer {
                 Ok(manifest) => Some((source, manifest)),
@@ -335,50 +335,85 @@ fn choose(spec: &ChainSpec, offers: &[(Source, Manifest)]) -> Option<(Manifest, 
     Some((best.clone(), sources))
 }
 
-/// What each of the `sources` offers: a manifest that verifies, or why not. All are
-/// asked at once, so a slow or unreachable member costs one timeout, not one each.
+/// Each source with what it offers: a manifest that verifies, or why not.
+type Offers = Vec<(Source, Result<Manifest, Fetch>)>;
+
+/// What each of the `sources` offers. All are asked at once, so a slow or
+/// unreachable member costs one timeout, not one each.
 fn offers(
     client: &Client,
     spec: &ChainSpec,
     sources: &[Source],
-) -> Vec<(Source, Result<Manifest, Fetch>)> {
-    let offer = |source: &Source| {
+    stop: &AtomicBool,
+) -> Result<Offers, JoinError> {
+    let (client, spec) = (client.clone(), spec.clone());
+    let offer = move |source: &Source| {
         let bytes = client.manifest(source)?;
         let manifest =
             Manifest::decode(&bytes).map_err(|error| Fetch::Refused(error.to_string()))?;
         manifest
-            .verify(spec)
+            .verify(&spec)
             .map_err(|error| Fetch::Refused(error.to_string()))?;
         Ok(manifest)
     };
-    let answers = at_once(sources, offer);
-    sources.iter().cloned().zip(answers).collect()
+    let answers = at_once(sources, stop, offer)?;
+    Ok(sources.iter().cloned().zip(answers).collect())
 }
 
 /// `ask` applied to each of `items` at once, each on a thread of its own: the
-/// answers, in order.
-fn at_once<I: Sync, T: Send>(items: &[I], ask: impl Fn(&I) -> T + Sync) -> Vec<T> {
-    std::thread::scope(|scope| {
-        let asked: Vec<_> = items.iter().map(|item| scope.spawn(|| ask(item))).collect();
-        asked
-            .into_iter()
-            .map(|answer| {
-                answer
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+/// answers, in order, or `Stopped` as soon as `stop` is set. A member that hangs
+/// without closing its connections holds a request for its whole timeout; a stop
+/// does not wait for it (the thread ends then, its answer unread).
+fn at_once<I, T>(
+    items: &[I],
+    stop: &AtomicBool,
+    ask: impl Fn(&I) -> T + Send + Sync + 'static,
+) -> Result<Vec<T>, JoinError>
+where
+    I: Clone + Send + 'static,
+    T: Send + 'static,
+{
+    let ask = Arc::new(ask);
+    let (sender, answers) = std::sync::mpsc::channel();
+    for (position, item) in items.iter().cloned().enumerate() {
+        let (ask, sender) = (Arc::clone(&ask), sender.clone());
+        std::thread::spawn(move || {
+            let _ = sender.send((position, ask(&item)));
+        });
+    }
+    drop(sender);
+    let mut got: Vec<Option<T>> = items.iter().map(|_| None).collect();
+    for _ in items {
+        let (position, answer) = loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(JoinError::Stopped);
+            }
+            match answers.recv_timeout(Duration::from_millis(100)) {
+                Ok(answer) => break answer,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("a thread asking a member panicked")
+                }
+            }
+        };
+        got[position] = Some(answer);
+    }
+    Ok(got.into_iter().flatten().collect())
 }
 
 /// The snapshot a join from `sources` would take now, if any of them offers one;
 /// members that offer none, or cannot be reached, are passed over without a word.
-pub fn offered(client: &Client, spec: &ChainSpec, sources: &[Source]) -> Option<Manifest> {
-    let offers: Vec<(Source, Manifest)> = offers(client, spec, sources)
+pub fn offered(
+    client: &Client,
+    spec: &ChainSpec,
+    sources: &[Source],
+    stop: &AtomicBool,
+) -> Result<Option<Manifest>, JoinError> {
+    let offers: Vec<(Source, Manifest)> = offers(client, spec, sources, stop)?
         .into_iter()
         .filter_map(|(source, offer)| offer.ok().map(|manifest| (source, manifest)))
         .collect();
-    choose(spec, &offers).map(|(manifest, _)| manifest)
+    Ok(choose(spec, &offers).map(|(manifest, _)| manifest))
 }
 
 /// Whether a node whose database ends at `tip` gets to `snapshot` sooner by joining
@@ -784,10 +819,11 @@ pub fn abstain_through(
             .into_iter()
             .filter(|(key, _)| !answered.contains(key))
             .collect();
-        let asked = at_once(&unanswered, |(_, ways)| {
+        let (client, spec) = (client.clone(), spec.clone());
+        let asked = at_once(&unanswered, stop, move |(_, ways)| {
             ways.iter()
-                .find_map(|source| learn_history(client, spec, source))
-        });
+                .find_map(|source| learn_history(&client, &spec, source))
+        })?;
         for ((key, _), learned) in unanswered.iter().zip(asked) {
             if let Some(learned) = learned {
                 answered.push(*key);
@@ -858,10 +894,11 @@ pub fn highest_certified(
             .into_iter()
             .filter(|(key, _)| answers.iter().all(|(answered, _)| answered != key))
             .collect();
-        let asked = at_once(&unanswered, |(_, ways)| {
+        let (client, spec, known) = (client.clone(), spec.clone(), history.clone());
+        let asked = at_once(&unanswered, stop, move |(_, ways)| {
             ways.iter()
-                .find_map(|source| shown_height(client, spec, history, source))
-        });
+                .find_map(|source| shown_height(&client, &spec, &known, source))
+        })?;
         for ((key, _), asked) in unanswered.iter().zip(asked) {
             if let Some((height, learned)) = asked {
                 answers.push((*key, height));
@@ -967,11 +1004,16 @@ pub fn shown_history(
     client: &Client,
     spec: &ChainSpec,
     sources: &[Source],
-) -> Option<MembershipHistory> {
-    at_once(sources, |source| learn_history(client, spec, source))
+    stop: &AtomicBool,
+) -> Result<Option<MembershipHistory>, JoinError> {
+    let (client, spec) = (client.clone(), spec.clone());
+    let shown = at_once(sources, stop, move |source| {
+        learn_history(&client, &spec, source)
+    })?;
+    Ok(shown
         .into_iter()
         .flatten()
-        .reduce(|known, learned| longer(known, Some(learned)))
+        .reduce(|known, learned| longer(known, Some(learned))))
 }
 
 /// The longer of two histories of one chain: each verified from genesis, one
@@ -1031,6 +1073,7 @@ const MAX_BLOCK_BYTES: u64 = 64 << 20;
 const MAX_CHUNK_BYTES: u64 = 32 << MAX_TILE_LEVEL;
 
 /// Fetches from [`Source`]s of either kind; what it returns is still to be checked.
+#[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     requester: Option<std::sync::Arc<Requester>>,
@@ -1407,9 +1450,12 @@ fn wait_for_the_tip(store: &Store, stop: &AtomicBool, client: &Client, sources: 
     let (mut last, mut moved) = (tip(), Instant::now());
     let mut told = false;
     while moved.elapsed() < TIP_STILL && !stop.load(Ordering::Relaxed) {
-        let heights = at_once(sources, |source| {
-            certified_height(client, spec, &history, source).map(|(height, _)| height)
-        });
+        let (client, spec, history) = (client.clone(), spec.clone(), history.clone());
+        let Ok(heights) = at_once(sources, stop, move |source| {
+            certified_height(&client, &spec, &history, source).map(|(height, _)| height)
+        }) else {
+            return; // stopped
+        };
         let chain = heights.into_iter().flatten().max().unwrap_or(0);
         if tip() >= chain {
             return;
