@@ -784,11 +784,16 @@ fn a_hanging_hook_makes_a_node_unready_and_does_not_hold_it_when_stopping() {
     let mut node = Daemon::start(&config, &url);
     // A submit that waits on the hook, in the background.
     let mut waiting = Command::new(LEDGERCTL)
-        .args(["--node", &url, "submit", "stuck"])
+        .args(["--node", &url, "submit", "hang here"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // It holds only itself: the others are judged beside it, and commit. They
+    // waited behind it on one admission thread.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let fine = node.ctl(&["submit", "fine", "--wait"]);
+    assert!(fine.status.success(), "{}", text(&fine));
     // Past ten seconds the node says a hook holds it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     loop {

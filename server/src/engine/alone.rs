@@ -43,6 +43,8 @@ type MineAnswer = oneshot::Sender<Result<Header, MineError>>;
 /// A submit on its way to the admission thread.
 struct Admission {
     entry: Entry,
+    /// Verified and judged by the plugins already, off the admission thread.
+    checked: bool,
     wait: bool,
     reply: oneshot::Sender<Result<Submitted, SubmitError>>,
 }
@@ -199,8 +201,28 @@ impl Alone {
 
     /// Queues `entry` through the admission thread (see [`Admission`]).
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
+        // Entry hooks run on the blocking pool, several at once, so that a slow or
+        // hung plugin holds its own submit and not every other one behind it on
+        // the admission thread.
+        let checked = self.plugins.judges_entries();
+        if checked {
+            let limit = self.store.spec().params.max_entry_bytes;
+            entry
+                .verify(&self.store.chain_hash(), limit)
+                .map_err(SubmitError::Invalid)?;
+            let (plugins, judged) = (Arc::clone(&self.plugins), entry.clone());
+            blocking(move || Ok(plugins.validate_entry(&judged)))
+                .await?
+                .map_err(SubmitError::Rejected)?;
+        }
         let (reply, answer) = oneshot::channel();
-        match self.admission_tx.try_send(Admission { entry, wait, reply }) {
+        let admission = Admission {
+            entry,
+            checked,
+            wait,
+            reply,
+        };
+        match self.admission_tx.try_send(admission) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 return Err(SubmitError::PoolFull(self.settings.pool_capacity))
@@ -321,12 +343,12 @@ impl Alone {
             // Verify each entry on its own; only valid ones reach the store lookup.
             let mut checked = Vec::with_capacity(batch.len());
             for admission in batch.drain(..) {
-                let verdict = match admission.entry.verify(&chain_hash, limit) {
-                    Ok(()) => self
-                        .plugins
-                        .validate_entry(&admission.entry)
-                        .map_err(SubmitError::Rejected),
-                    Err(error) => Err(SubmitError::Invalid(error)),
+                let verdict = match admission.checked {
+                    true => Ok(()),
+                    false => admission
+                        .entry
+                        .verify(&chain_hash, limit)
+                        .map_err(SubmitError::Invalid),
                 };
                 match verdict {
                     Ok(()) => checked.push((admission.entry.id(), admission)),
