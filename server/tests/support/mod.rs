@@ -51,17 +51,10 @@ pub fn refused_run(config: &Path) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let read = |mut file: std::fs::File| {
-        use std::io::{Read, Seek};
-        let mut bytes = Vec::new();
-        file.rewind().unwrap();
-        file.read_to_end(&mut bytes).unwrap();
-        bytes
-    };
     let output = Output {
         status,
-        stdout: read(stdout),
-        stderr: read(stderr),
+        stdout: read_all(&stdout),
+        stderr: read_all(&stderr),
     };
     assert!(
         Instant::now() < deadline && !status.success(),
@@ -69,6 +62,16 @@ pub fn refused_run(config: &Path) -> Output {
         text(&output)
     );
     output
+}
+
+/// All that was written to `file` (a process's output) so far.
+fn read_all(file: &std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut file = file.try_clone().unwrap();
+    let mut bytes = Vec::new();
+    file.rewind().unwrap();
+    file.read_to_end(&mut bytes).unwrap();
+    bytes
 }
 
 pub fn text(output: &Output) -> String {
@@ -97,23 +100,29 @@ pub struct Daemon {
     /// What `ctl` passes before its own arguments, after `--node URL`: how to reach
     /// an API with TLS or tokens.
     pub ctl_args: Vec<String>,
+    /// Its log (standard error). A file, not a pipe: a pipe nobody reads fills, and
+    /// the node's next log line then blocks whichever thread writes it, the
+    /// consensus driver included (members stalled under load that way).
+    log: std::fs::File,
 }
 
 impl Daemon {
     /// `ledgerd run --config CONFIG` with `env` added, not waited for.
     pub fn spawn(config: &Path, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        let log = tempfile::tempfile().unwrap();
         let child = Command::new(LEDGERD)
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log.try_clone().unwrap())
             .spawn()
             .unwrap();
         Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
             ctl_args: Vec::new(),
+            log,
         }
     }
 
@@ -138,11 +147,8 @@ impl Daemon {
             let exited = daemon.child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() >= deadline {
                 let _ = daemon.child.kill();
-                let mut log = String::new();
-                if let Some(mut stderr) = daemon.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = stderr.read_to_string(&mut log);
-                }
+                let _ = daemon.child.wait();
+                let log = daemon.log_text();
                 panic!(
                     "ledgerd did not become ready ({exited:?}): {}\n{log}",
                     text(&ready)
@@ -169,20 +175,18 @@ impl Daemon {
             .success());
     }
 
+    /// What the node has logged so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&read_all(&self.log)).into_owned()
+    }
+
     /// SIGTERM, then wait (bounded) for a clean exit.
     pub fn stop(mut self) -> String {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut log = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
+                let log = self.log_text();
                 assert!(status.success(), "ledgerd exited with {status}: {log}");
                 return log;
             }
