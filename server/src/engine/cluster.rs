@@ -708,9 +708,9 @@ struct Driver {
     next_peer: usize,
     /// Warnings about refused inputs, by reason and sender, at a bounded rate.
     drop_warnings: Throttle<(DropReason, Option<MemberIndex>)>,
-    /// Once a change removed this node: the entries it held, and the members that
-    /// stay (by index in its last membership), to hand them to.
-    departing: Option<(Vec<Entry>, Vec<MemberIndex>)>,
+    /// Once a change removed this node: the members that stay (by index in its last
+    /// membership), to hand its entries to.
+    departing: Option<Vec<MemberIndex>>,
     /// The behaviour this member's outputs are rewritten with (test-only build).
     #[cfg(feature = "byzantine")]
     rogue: Option<crate::sim::Rogue>,
@@ -1301,8 +1301,6 @@ impl Driver {
     /// more, and says so in its log, its status and `/readyz`.
     fn removed(&mut self) {
         self.cancel_mining();
-        let mut held = self.replica.pending_entries();
-        held.append(&mut self.held);
         let membership = self.store.membership_in_force();
         // Through this epoch's connections: the members that stay take this node as
         // an observer, whose forwarded entries they take.
@@ -1318,7 +1316,7 @@ impl Driver {
         };
         tracing::error!("{failure}");
         lock(&self.status).failure = Some(failure);
-        self.departing = Some((held, staying));
+        self.departing = Some(staying);
     }
 
     /// After a removal: sends the entries this node held to the members that stay,
@@ -1327,9 +1325,13 @@ impl Driver {
     /// they drop what they hold or committed already), with any submit that was
     /// still queued; then the driver ends.
     fn depart(&mut self, queue: &Receiver<DriverEvent>) {
-        let Some((mut held, staying)) = self.departing.take() else {
+        let Some(staying) = self.departing.take() else {
             return;
         };
+        // Collected now, not at the removal: the rest of the turn that removed this
+        // node may have given the replica submits (an entry accepted then was lost).
+        let mut held = self.replica.pending_entries();
+        held.append(&mut self.held);
         let until = Instant::now() + DEPART_FOR;
         while Instant::now() < until && !self.halt.load(Ordering::Relaxed) {
             for entry in &held {
