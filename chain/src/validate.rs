@@ -60,27 +60,33 @@ pub struct Fit {
     pub refused: Vec<(usize, String)>,
 }
 
-/// Which of `block`'s entries go in the block a producer proposes under `policy`.
+/// Which of `block`'s entries go in the block a producer proposes under `policy`,
+/// or, when no block with this header passes whatever it holds, why not (`Err`).
 ///
 /// Entries pass one at a time, yet a policy's block rule can refuse a set of them
 /// (a per-block limit, two entries that clash), or a stateful one an entry it took
 /// before. A producer that proposed such a block again and again would stop the
 /// chain for good, and one that dropped the block's entries would lose those the
 /// rule has nothing against. So: all of them when the policy takes the block (one
-/// call, the common case); none, all deferred, when it refuses even an empty block
-/// with this header (the rule is not about entries); otherwise the entries refused
-/// alone are refused, and of the others the longest run from the front the policy
-/// takes together goes in (found by halving), the rest deferred. The trial blocks
-/// keep `block`'s header, whose log fields describe all its entries: a block rule
-/// judges entries, and the block built from those taken is checked again in full.
-pub fn fit_block(policy: &dyn Policy, block: &Block) -> Fit {
+/// call, the common case); otherwise the entries refused alone are refused, and of
+/// the others the longest run from the front the policy takes together goes in
+/// (found by halving), the rest deferred. When no entry passes alone and neither
+/// does an empty block, the rule is about the block itself (its header, or a
+/// failing plugin): nothing is refused, and the policy's reason is returned. The
+/// trial blocks keep `block`'s header, whose log fields describe all its entries:
+/// a block rule judges entries, and the producer checks the block it builds from
+/// those taken again in full.
+pub fn fit_block(policy: &dyn Policy, block: &Block) -> Result<Fit, String> {
     let all: Vec<usize> = (0..block.entries.len()).collect();
-    if policy.check_block(block).is_ok() {
-        return Fit {
-            taken: all,
-            ..Fit::default()
-        };
-    }
+    let whole = match policy.check_block(block) {
+        Ok(()) => {
+            return Ok(Fit {
+                taken: all,
+                ..Fit::default()
+            })
+        }
+        Err(reason) => reason,
+    };
     let takes = |indices: &[usize]| {
         let entries = indices.iter().map(|&i| block.entries[i].clone()).collect();
         policy.check_block(&Block {
@@ -88,12 +94,6 @@ pub fn fit_block(policy: &dyn Policy, block: &Block) -> Fit {
             entries,
         })
     };
-    if takes(&[]).is_err() {
-        return Fit {
-            deferred: all,
-            ..Fit::default()
-        };
-    }
     let mut alone = Vec::new();
     let mut refused = Vec::new();
     for i in all {
@@ -101,6 +101,9 @@ pub fn fit_block(policy: &dyn Policy, block: &Block) -> Fit {
             Ok(()) => alone.push(i),
             Err(reason) => refused.push((i, reason)),
         }
+    }
+    if alone.is_empty() && takes(&[]).is_err() {
+        return Err(whole);
     }
     // `alone[..taken]` is taken and `alone[..untaken]` is not (or is all of them).
     let (mut taken, mut untaken) = (alone.len().min(1), alone.len());
@@ -116,11 +119,11 @@ pub fn fit_block(policy: &dyn Policy, block: &Block) -> Fit {
         }
     }
     let deferred = alone.split_off(taken);
-    Fit {
+    Ok(Fit {
         taken: alone,
         deferred,
         refused,
-    }
+    })
 }
 
 /// What a block is validated against.
@@ -444,10 +447,11 @@ mod tests {
     }
 
     /// A block rule of the kind that refuses sets of entries that pass alone: at
-    /// most `most` entries, none whose data starts with `bad`, and no block with a
-    /// timestamp of `refused_at`.
+    /// least `least` and at most `most` entries, none whose data starts with `bad`,
+    /// and no block with a timestamp of `refused_at`.
     #[derive(Debug)]
     struct Rules {
+        least: usize,
         most: usize,
         bad: u8,
         refused_at: u64,
@@ -465,9 +469,10 @@ mod tests {
                 return Err("not at this time".into());
             }
             block.entries.iter().try_for_each(|e| self.check_entry(e))?;
-            match block.entries.len() > self.most {
-                true => Err(format!("more than {} entries", self.most)),
-                false => Ok(()),
+            match block.entries.len() {
+                n if n > self.most => Err(format!("more than {} entries", self.most)),
+                n if n < self.least => Err(format!("fewer than {} entries", self.least)),
+                _ => Ok(()),
             }
         }
         fn check_entry(&self, entry: &Entry) -> Result<(), String> {
@@ -490,11 +495,12 @@ mod tests {
             entries: entries.to_vec(),
         };
         let rules = |most| Rules {
+            least: 0,
             most,
             bad: 0xbb,
             refused_at: 0,
         };
-        let fit = fit_block(&rules(3), &block(&cut));
+        let fit = fit_block(&rules(3), &block(&cut)).unwrap();
         assert_eq!(fit.taken, [0, 2, 3]);
         assert_eq!(fit.deferred, [5, 6]);
         let refused: Vec<usize> = fit.refused.iter().map(|(i, _)| *i).collect();
@@ -505,20 +511,36 @@ mod tests {
             .all(|(_, reason)| reason == "a bad entry"));
         // Every rule met: all of it, in order.
         let clean = entries(2, 5, 20);
-        let fit = fit_block(&rules(5), &block(&clean));
+        let fit = fit_block(&rules(5), &block(&clean)).unwrap();
         assert_eq!((fit.taken, fit.deferred.len()), ((0..5).collect(), 0));
         // One good entry is a block whatever the limit the rest exceed.
-        assert_eq!(fit_block(&rules(1), &block(&clean)).taken, [0]);
-        // A rule about the header, not the entries: nothing is refused.
+        assert_eq!(fit_block(&rules(1), &block(&clean)).unwrap().taken, [0]);
+        // A rule about the header, not the entries: nothing is refused, even in an
+        // empty block.
         let timed = Rules {
             refused_at: header.timestamp_ms,
             ..rules(5)
         };
-        let fit = fit_block(&timed, &block(&cut));
-        assert_eq!((fit.taken.len(), fit.deferred.len()), (0, 7));
-        assert!(fit.refused.is_empty());
+        assert_eq!(
+            fit_block(&timed, &block(&cut)),
+            Err("not at this time".into())
+        );
+        assert_eq!(
+            fit_block(&timed, &block(&[])),
+            Err("not at this time".into())
+        );
+        // A rule that refuses empty blocks is about entries all the same.
+        let fit = fit_block(
+            &Rules {
+                least: 1,
+                ..rules(3)
+            },
+            &block(&cut),
+        )
+        .unwrap();
+        assert_eq!((fit.taken, fit.refused.len()), (vec![0, 2, 3], 2));
         // Nothing but bad entries: nothing to take.
-        let fit = fit_block(&rules(3), &block(&[cut[1].clone(), cut[4].clone()]));
+        let fit = fit_block(&rules(3), &block(&[cut[1].clone(), cut[4].clone()])).unwrap();
         assert_eq!((fit.taken.len(), fit.refused.len()), (0, 2));
     }
 }

@@ -624,16 +624,14 @@ impl Alone {
             let (mut template, mut log) = block_of(entries);
             let mut fit = None;
             if let Some(plugins) = &plugins {
-                let found = fit_block(plugins.as_ref(), &template);
+                let refused = |reason| StoreError::from(ChainError::Policy(reason));
+                // `Err`: a rule about the block itself, which no fitting meets.
+                let found = fit_block(plugins.as_ref(), &template).map_err(refused)?;
                 if found.taken.len() < template.entries.len() {
-                    if found.taken.is_empty() && !found.deferred.is_empty() {
-                        // A rule about the block, not its entries: nothing to fit.
-                        plugins
-                            .check_block(&template)
-                            .map_err(|reason| StoreError::from(ChainError::Policy(reason)))?;
-                    }
                     let taken = found.taken.iter().map(|&i| template.entries[i].clone());
                     (template, log) = block_of(taken.collect());
+                    // Its own header now: checked in full, as the members would.
+                    plugins.check_block(&template).map_err(refused)?;
                     fit = Some(found);
                 }
             }

@@ -996,12 +996,14 @@ impl Driver {
     /// Offers the replica, in one step, the held entries it has room for (oldest
     /// first), then `fresh` client entries as far as room remains; the rest are
     /// held, in arrival order, and offered again at the next tick. Admission
-    /// reserved their places, so none is ever dropped. The replica refuses one it
-    /// has room for only when it is committed already (another member's client gave
-    /// it too: it leaves the pool, its waiters get the receipt from the store) or
-    /// when its index cannot be read (held: the store is failing, and recovery
-    /// offers it to the rebuilt replica). When the step fails, whatever the replica
-    /// did not take is held too.
+    /// reserved their places, so none is dropped for want of room. The replica
+    /// refuses one it has room for only when it is committed already (another
+    /// member's client gave it too: it leaves the pool, its waiters get the receipt
+    /// from the store) or when its index cannot be read (held: the store is
+    /// failing, and recovery offers it to the rebuilt replica); it lets go at once
+    /// of one its plugins' block rules refuse in any block (`Output::Unpooled`,
+    /// its waiters told why). When the step fails, whatever the replica did not
+    /// take is held too.
     fn offer(&mut self, fresh: Vec<Entry>) -> Result<(), StoreError> {
         let mut room = self
             .config
@@ -1215,6 +1217,13 @@ impl Driver {
             Some(rogue) => rogue.tamper(outputs, &self.replica),
             None => outputs,
         };
+        // Done first: a write that fails below must not leave an entry the replica
+        // let go pending here, and its waiters waiting, for good.
+        for output in &outputs {
+            if let Output::Unpooled { id, why } = output {
+                self.let_go(id, why);
+            }
+        }
         for output in outputs {
             match output {
                 Output::Persist(record) => self.persist.push(record),
@@ -1230,10 +1239,10 @@ impl Driver {
                 }
                 // Neither leaves the node: a mined block comes back as an input,
                 // whose proposal is persisted before it is sent.
-                Output::Mine(_)
-                | Output::CancelMining
-                | Output::Dropped { .. }
-                | Output::Unpooled { .. } => self.perform(output)?,
+                Output::Mine(_) | Output::CancelMining | Output::Dropped { .. } => {
+                    self.perform(output)?
+                }
+                Output::Unpooled { .. } => {}
             }
         }
         // Once removed, the old replica still names the next epoch: no second switch
@@ -1494,12 +1503,7 @@ impl Driver {
                 reason,
                 error,
             } => self.count_drop(from, kind, reason, error),
-            Output::Unpooled { id, why } => {
-                lock(&self.pending).remove(&id);
-                for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                    let _ = waiter.send(Err(why.clone()));
-                }
-            }
+            Output::Unpooled { id, why } => self.let_go(&id, &why),
             Output::Persist(_) => {}
         }
         Ok(())
@@ -1559,6 +1563,14 @@ impl Driver {
                     "refused a {kind}{sender}: {}", reason.name()
                 ),
             }
+        }
+    }
+
+    /// An entry the replica let go leaves the pool here too; its waiters are told why.
+    fn let_go(&mut self, id: &Hash, why: &str) {
+        lock(&self.pending).remove(id);
+        for waiter in self.waiters.remove(id).unwrap_or_default() {
+            let _ = waiter.send(Err(why.to_owned()));
         }
     }
 

@@ -64,14 +64,18 @@ pub fn refused_run(config: &Path) -> Output {
     output
 }
 
-/// All that was written to `file` (a process's output) so far.
+/// All that was written to `file` (a process's output) so far. Read at offsets,
+/// not through the file position, which the process writing shares.
 fn read_all(file: &std::fs::File) -> Vec<u8> {
-    use std::io::{Read, Seek};
-    let mut file = file.try_clone().unwrap();
+    use std::os::unix::fs::FileExt;
     let mut bytes = Vec::new();
-    file.rewind().unwrap();
-    file.read_to_end(&mut bytes).unwrap();
-    bytes
+    let mut chunk = [0u8; 1 << 16];
+    loop {
+        match file.read_at(&mut chunk, bytes.len() as u64).unwrap() {
+            0 => return bytes,
+            read => bytes.extend_from_slice(&chunk[..read]),
+        }
+    }
 }
 
 pub fn text(output: &Output) -> String {

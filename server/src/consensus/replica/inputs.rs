@@ -635,7 +635,10 @@ impl Replica {
             header,
             entries: overdue,
         };
-        for (i, reason) in fit_block(policy.as_ref(), &block).refused {
+        // A rule about the block itself refuses none of them in particular.
+        let refused =
+            fit_block(policy.as_ref(), &block).map_or_else(|_| Vec::new(), |fit| fit.refused);
+        for (i, reason) in refused {
             self.refuse_pooled(&block.entries[i].id(), reason);
         }
     }

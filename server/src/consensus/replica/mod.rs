@@ -662,7 +662,6 @@ impl Replica {
         self.drop_for(from, kind, reason, None);
     }
 
-    /// Drops an input that broke the chain rule `error`.
     /// `id` leaves the pool without a block, and the driver is told why.
     fn unpool(&mut self, id: &Hash, why: String) {
         if self.pending.remove(id).is_some() {
@@ -678,6 +677,7 @@ impl Replica {
         self.drop_for(None, "pooled entry", DropReason::InvalidEntry, Some(error));
     }
 
+    /// Drops an input that broke the chain rule `error`.
     fn drop_for(
         &mut self,
         from: Option<MemberIndex>,

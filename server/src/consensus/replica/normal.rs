@@ -790,19 +790,21 @@ impl Replica {
             header: header_for(&entries),
             entries,
         };
-        if let Some(policy) = self.config.policy.clone() {
-            let fit = fit_block(policy.as_ref(), &block);
+        // A rule about the block itself (`fit_block`'s `Err`) refuses any block:
+        // this one is proposed as before, refused once mined, until the others'
+        // timers replace this primary.
+        let fit = self
+            .config
+            .policy
+            .clone()
+            .and_then(|p| fit_block(p.as_ref(), &block).ok());
+        if let Some(fit) = fit {
             if fit.taken.len() < block.entries.len() {
                 for (i, reason) in fit.refused {
                     self.refuse_pooled(&block.entries[i].id(), reason);
                 }
-                // A rule about the header, not the entries (`fit_block`): proposed
-                // as before, and refused once mined, until the others' timers move on.
-                let taken = match fit.taken.is_empty() {
-                    true => fit.deferred,
-                    false => fit.taken,
-                };
-                let entries: Vec<Entry> = taken
+                let entries: Vec<Entry> = fit
+                    .taken
                     .into_iter()
                     .map(|i| block.entries[i].clone())
                     .collect();
