@@ -97,3 +97,44 @@ pub fn overwrite_entry_id(txn: &redb::WriteTransaction, log_index: u64, id: &[u8
     row[at..at + 32].copy_from_slice(id);
     table.insert(key, row.as_slice()).expect("write");
 }
+
+/// A policy (a chain's plugins) with a block rule that entries passing one at a time
+/// break together, as a plugin's `validate_block` may (`chain::fit_block`): at most
+/// `most` entries a block, and none whose data starts with `blockless`. Its entry
+/// rule takes everything. The replica's tests and the simulator run it; the
+/// `two_a_block` example plugin is the same rule as a library.
+#[derive(Debug)]
+pub struct BlockRules {
+    /// Most entries a block holds.
+    pub most: usize,
+    /// How the data of an entry no block holds begins.
+    pub blockless: &'static [u8],
+}
+
+impl crate::chain::Policy for BlockRules {
+    fn difficulty_window(&self) -> usize {
+        0
+    }
+
+    fn required_difficulty(&self, _: &[crate::chain::Header]) -> Result<Option<u32>, String> {
+        Ok(None)
+    }
+
+    fn check_block(&self, block: &crate::chain::Block) -> Result<(), String> {
+        if block
+            .entries
+            .iter()
+            .any(|e| e.data.starts_with(self.blockless))
+        {
+            return Err("no block holds a blockless entry".into());
+        }
+        match block.entries.len() > self.most {
+            true => Err(format!("more than {} entries", self.most)),
+            false => Ok(()),
+        }
+    }
+
+    fn check_entry(&self, _: &crate::chain::Entry) -> Result<(), String> {
+        Ok(())
+    }
+}

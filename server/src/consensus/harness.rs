@@ -276,36 +276,10 @@ pub(super) fn prepared_in_view_0_then_new_view(
     (replicas, new_view)
 }
 
-/// A policy with a block rule that entries passing one at a time break together,
-/// as the `two_a_block` example plugin: at most two entries a block, none whose
-/// data starts with "blockless". Its entry rule takes everything.
-#[derive(Debug)]
-pub(super) struct TwoABlock;
-
-impl crate::chain::Policy for TwoABlock {
-    fn difficulty_window(&self) -> usize {
-        0
-    }
-
-    fn required_difficulty(&self, _: &[Header]) -> Result<Option<u32>, String> {
-        Ok(None)
-    }
-
-    fn check_block(&self, block: &Block) -> Result<(), String> {
-        if block
-            .entries
-            .iter()
-            .any(|e| e.data.starts_with(b"blockless"))
-        {
-            return Err("no block holds a blockless entry".into());
-        }
-        match block.entries.len() > 2 {
-            true => Err("more than two entries".into()),
-            false => Ok(()),
-        }
-    }
-
-    fn check_entry(&self, _: &Entry) -> Result<(), String> {
-        Ok(())
-    }
-}
+/// The replica tests' block rules (`testing::BlockRules`), as the `two_a_block`
+/// example plugin: at most two entries a block, none whose data starts with
+/// "blockless".
+pub(super) const TWO_A_BLOCK: testing::BlockRules = testing::BlockRules {
+    most: 2,
+    blockless: b"blockless",
+};

@@ -7,7 +7,7 @@
 //! links to its parent), boundedness (the consensus state stays below a fixed size),
 //! and at the end liveness (after the network heals, every honest replica commits every
 //! entry honest replicas were given) and no view-change storm. One seed in three runs
-//! a policy with a block rule ([`BlockRules`]): at most three entries a block, and
+//! a policy with a block rule ([`RULES`]): at most three entries a block, and
 //! none of the few "blockless" entries the plan adds, which must cost no view changes.
 
 mod byzantine;
@@ -1219,40 +1219,17 @@ impl Sim {
 /// Committed blocks a simulated peer sends per catch-up request.
 const SIM_CATCH_UP_BATCH: u64 = 16;
 
-/// How the data of an entry that no block may hold under [`BlockRules`] begins.
+/// How the data of an entry that no block may hold under [`RULES`] begins.
 const BLOCKLESS: &[u8] = b"sim blockless ";
 
-/// The policy of the seeds that run one: a block rule that entries passing one at a
-/// time break together, and one that refuses some entries in any block, as the
-/// plugins' `validate_block` may (`chain::fit_block`).
-#[derive(Debug)]
-struct BlockRules;
+/// The policy of the seeds that run one: at most three entries a block, and none
+/// that starts with [`BLOCKLESS`].
+const RULES: crate::testing::BlockRules = crate::testing::BlockRules {
+    most: 3,
+    blockless: BLOCKLESS,
+};
 
-impl crate::chain::Policy for BlockRules {
-    fn difficulty_window(&self) -> usize {
-        0
-    }
-
-    fn required_difficulty(&self, _: &[Header]) -> Result<Option<u32>, String> {
-        Ok(None)
-    }
-
-    fn check_block(&self, block: &Block) -> Result<(), String> {
-        if block.entries.iter().any(|e| e.data.starts_with(BLOCKLESS)) {
-            return Err("a blockless entry".into());
-        }
-        match block.entries.len() > 3 {
-            true => Err("more than three entries".into()),
-            false => Ok(()),
-        }
-    }
-
-    fn check_entry(&self, _: &Entry) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-/// Whether the seed's replicas run [`BlockRules`].
+/// Whether the seed's replicas run [`RULES`].
 fn with_rules(seed: u64) -> bool {
     seed % 3 == 2
 }
@@ -1289,7 +1266,7 @@ fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo, seed: u64) -> Config
     config.reconfigurations = true;
     config.max_blocks_in_flight = if seed % 2 == 1 { 1 } else { usize::MAX };
     if with_rules(seed) {
-        config = config.with_policy(Arc::new(BlockRules));
+        config = config.with_policy(Arc::new(RULES));
     }
     config
 }

@@ -137,7 +137,7 @@ fn an_equivocating_primary_starts_a_view_change() {
 #[test]
 fn an_entry_no_block_can_hold_leaves_the_pool_at_its_timeout() {
     let setup = Setup::new(4);
-    let mut backup = setup.replica_with(1, |config| config.policy = Some(Arc::new(TwoABlock)));
+    let mut backup = setup.replica_with(1, |config| config.policy = Some(Arc::new(TWO_A_BLOCK)));
     let blockless = Entry::new(&b"blockless"[..]);
     assert_eq!(submit(&mut backup, blockless.clone()).len(), 1, "forwarded");
     let later = setup.now + TIMING.view_change_timeout_ms;

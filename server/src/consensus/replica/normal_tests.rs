@@ -191,7 +191,7 @@ fn entries_the_policy_refuses_leave_the_pool() {
 fn a_primary_cuts_the_block_its_rules_take() {
     let setup = Setup::new(4);
     let mut primary = setup.replica_with(0, |config| {
-        config.policy = Some(Arc::new(TwoABlock));
+        config.policy = Some(Arc::new(TWO_A_BLOCK));
     });
     let mut pool = testing::entries(5, 3, 32);
     let blockless = Entry::new(&b"blockless"[..]);
