@@ -18,7 +18,9 @@ use crate::chain::Policy;
 use crate::chain::{Entry, Hash, Header, LearnerProgress, MembershipError, Reconfiguration};
 use crate::consensus::MemberIndex;
 use crate::engine::{blocking, Alone, Cluster, Engine, Follower};
-pub use crate::engine::{EngineStatus, MineError, NodeSettings, SubmitError, Submitted};
+pub use crate::engine::{
+    left_pool_message, EngineStatus, MineError, NodeSettings, SubmitError, Submitted, LEFT_POOL,
+};
 use crate::metrics::Metrics;
 use crate::net::{Answer, Wire};
 use crate::plugin_host::Plugins;
@@ -360,9 +362,15 @@ impl Node {
         self.engine.is_pending(id)
     }
 
+    /// Why `id`, accepted here lately, left the pool uncommitted, if it did.
+    pub fn left_pool(&self, id: &Hash) -> Option<String> {
+        self.engine.left_pool(id)
+    }
+
     /// Validates `entry` and hands it to the engine. With `wait`, also returns a
     /// receiver told when the entry commits. An entry this answers `Ok` for is never
-    /// dropped while the node runs.
+    /// dropped while the node runs, unless the plugins' block rules refuse it in any
+    /// block (then [`Node::left_pool`] says why).
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
         if let Some(reason) = self.unready_reason() {
             // An entry accepted now could not be committed: say why, never 202.

@@ -212,6 +212,8 @@ async fn a_node_alone_mines_the_blocks_its_block_rule_takes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!committed(&blockless) && !node.is_pending(&blockless.id()));
+    let why = node.left_pool(&blockless.id()).expect("remembered");
+    assert!(why.ends_with("no block holds a blockless entry"), "{why}");
     let tip = store.tip().unwrap().height;
     assert_eq!(tip, 3, "two, two and one");
     for height in 1..=tip {
@@ -735,6 +737,39 @@ fn a_cluster_commits_what_its_block_rule_takes_and_lets_the_rest_go() {
             serde_json::from_slice(&node.ctl(&["status"]).stdout).unwrap();
         assert_eq!(status["view"], 0, "{status}");
     }
+    // The member that took each says why it left the pool, to a client that polls.
+    for (node, blockless) in nodes.iter().zip(&blockless) {
+        let (code, answer) = entry(node, blockless);
+        assert_eq!((code, answer["error"].as_str()), (404, Some("left_pool")));
+        let said = answer["message"].as_str().unwrap_or_default();
+        assert!(said.contains("no block holds a blockless entry"), "{said}");
+    }
+
+    // A client waiting at a follower is told why too, and so is one that polls it.
+    let (config, port) = support::init_outsider(
+        &dir.path().join("follower"),
+        &dir.path().join("genesis.toml"),
+    );
+    support::set(std::slice::from_ref(&config), "follower", "true");
+    support::append(&config, &plugin_toml(&two_a_block(), ""));
+    let follower = support::Daemon::start(&config, port);
+    let data = "blockless, forwarded by a follower";
+    let refused = follower.ctl(&["submit", data, "--wait"]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("422") && said.contains("no block holds a blockless entry"),
+        "{said}"
+    );
+    let id = Entry::new(data.as_bytes().to_vec()).id().to_hex();
+    let url = format!("{}/v1/entries/{id}", follower.url);
+    let (code, answer) = support::http("GET", &url, None);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (404, Some("left_pool")),
+        "{answer}"
+    );
+    follower.stop();
 }
 
 /// Members that run one library with two configs: the odd one's fingerprint shows

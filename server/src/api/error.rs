@@ -41,6 +41,12 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
     }
 
+    /// 404 `left_pool`: the entry was accepted, then left the pool uncommitted; the
+    /// message says why.
+    pub fn left_pool(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, crate::node::LEFT_POOL, message)
+    }
+
     /// 404: nothing there.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)

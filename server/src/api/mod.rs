@@ -32,7 +32,7 @@ use types::{
 };
 
 use crate::chain::{Block, Hash};
-use crate::node::Node;
+use crate::node::{left_pool_message, Node};
 use crate::storage::{Store, StoreError};
 
 /// Most entries in one batch submit.
@@ -444,11 +444,7 @@ async fn submit(
     };
     let receipt = match tokio::time::timeout(timeout, receiver).await {
         Ok(Ok(Ok(receipt))) => receipt,
-        Ok(Ok(Err(reason))) => {
-            return Err(ApiError::rejected(format!(
-                "entry {id} left the pool uncommitted: {reason}"
-            )))
-        }
+        Ok(Ok(Err(reason))) => return Err(ApiError::rejected(left_pool_message(&id, &reason))),
         Ok(Err(_)) => {
             return Err(ApiError::unavailable(
                 "commit_failed",
@@ -597,7 +593,7 @@ fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     responses(
         (status = 200, description = "The entry; `status` is pending or committed", body = EntryView),
         (status = 400, description = "Not a hex id", body = ErrorBody),
-        (status = 404, description = "Unknown entry", body = ErrorBody),
+        (status = 404, description = "Unknown entry; `left_pool` for one accepted lately that left the pool uncommitted (the plugins' block rules refuse it in any block), the message saying why", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
 async fn get_entry(
@@ -612,7 +608,10 @@ async fn get_entry(
             ..EntryView::committed(&entry, &receipt)
         })),
         None if node.is_pending(&id) => Ok(Json(EntryView::pending(&id))),
-        None => Err(ApiError::not_found(format!("no entry {id}"))),
+        None => match node.left_pool(&id) {
+            Some(why) => Err(ApiError::left_pool(left_pool_message(&id, &why))),
+            None => Err(ApiError::not_found(format!("no entry {id}"))),
+        },
     }
 }
 

@@ -20,7 +20,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use tokio::sync::{oneshot, Notify};
 
 use super::{
-    blocking, lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError,
+    blocking, lock, now_ms, required_difficulty, send_receipts, EngineStatus, LeftPool, MineError,
     NodeSettings, SubmitError, Submitted, Waiter,
 };
 use crate::chain::merkle::{leaf_hash, AppendedNodes, CompactRange};
@@ -162,6 +162,8 @@ pub struct Alone {
     recovery: Mutex<crate::throttle::Backoff>,
     /// The difficulty the next block needs, as of the last block applied.
     next_difficulty: AtomicU32,
+    /// Entries the plugins' block rules refused in any block, with why.
+    left: LeftPool,
 }
 
 impl Alone {
@@ -192,6 +194,7 @@ impl Alone {
             plugins,
             recovery: Mutex::new(crate::storage::recovery_backoff()),
             next_difficulty: AtomicU32::new(genesis_difficulty),
+            left: LeftPool::default(),
         }
     }
 
@@ -237,6 +240,11 @@ impl Alone {
     /// Whether `id` is queued or in a block being produced.
     pub fn is_pending(&self, id: &Hash) -> bool {
         self.lock_pool().ids.contains(id)
+    }
+
+    /// Why the block rules refused `id` in any block, if they did lately.
+    pub fn left_pool(&self, id: &Hash) -> Option<String> {
+        self.left.why(id)
     }
 
     /// The engine's state: always view 0, this node the primary.
@@ -674,6 +682,7 @@ impl Alone {
         for (i, reason) in fit.refused {
             let Some(pending) = &batch[i] else { continue };
             let why = ChainError::Policy(reason).to_string();
+            self.left.note(pending.id, &why);
             for waiter in pool.waiters.remove(&pending.id).unwrap_or_default() {
                 let _ = waiter.send(Err(why.clone()));
             }

@@ -24,7 +24,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
 use super::{
-    blocking, hand_out_receipts, lock, now_ms, EngineFailure, EngineStatus, MineError,
+    blocking, hand_out_receipts, lock, now_ms, EngineFailure, EngineStatus, LeftPool, MineError,
     NodeSettings, SubmitError, Submitted, Waiter,
 };
 use crate::chain::merkle::AppendedNodes;
@@ -213,6 +213,8 @@ pub struct Cluster {
     /// client entries admitted but not yet taken (queued for the driver or held).
     /// The one answer to "is it pending?", and what `pool_capacity` bounds.
     pending: Arc<Mutex<HashMap<Hash, Held>>>,
+    /// Entries the replica let go, with why.
+    left: Arc<LeftPool>,
     transport: Arc<Transport>,
     stopper: Stopper,
 }
@@ -325,6 +327,7 @@ impl Cluster {
         };
         let max_blocks_in_flight = config.max_blocks_in_flight;
         let pending = Arc::new(Mutex::new(HashMap::new()));
+        let left = Arc::new(LeftPool::default());
         let halt = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             halt: halt.clone(),
@@ -341,6 +344,7 @@ impl Cluster {
             events: events.clone(),
             status: status.clone(),
             pending: pending.clone(),
+            left: left.clone(),
             metrics,
             plugins: Arc::clone(&plugins),
             settings,
@@ -392,6 +396,7 @@ impl Cluster {
             max_blocks_in_flight,
             status,
             pending,
+            left,
             transport,
             stopper: Stopper {
                 events,
@@ -530,6 +535,11 @@ impl Cluster {
         lock(&self.pending).contains_key(id)
     }
 
+    /// Why the replica let `id` go uncommitted, if it did lately.
+    pub fn left_pool(&self, id: &Hash) -> Option<String> {
+        self.left.why(id)
+    }
+
     /// Stops the driver after the step in hand (mining is cancelled) and waits for
     /// it. Blocks: async callers use [`Cluster::run`]'s shutdown, or
     /// `spawn_blocking`.
@@ -665,6 +675,7 @@ struct Driver {
     events: SyncSender<DriverEvent>,
     status: Arc<Mutex<ClusterStatus>>,
     pending: Arc<Mutex<HashMap<Hash, Held>>>,
+    left: Arc<LeftPool>,
     metrics: Arc<Metrics>,
     plugins: Arc<Plugins>,
     settings: ClusterSettings,
@@ -1568,6 +1579,8 @@ impl Driver {
 
     /// An entry the replica let go leaves the pool here too; its waiters are told why.
     fn let_go(&mut self, id: &Hash, why: &str) {
+        // Noted before it leaves `pending`: a reader sees it pending or gone with why.
+        self.left.note(*id, why);
         lock(&self.pending).remove(id);
         for waiter in self.waiters.remove(id).unwrap_or_default() {
             let _ = waiter.send(Err(why.to_owned()));

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{
-    lock, now_ms, required_difficulty, send_receipts, EngineStatus, MineError, NodeSettings,
-    SubmitError, Submitted, Waiter,
+    left_pool_reason, lock, now_ms, required_difficulty, send_receipts, EngineStatus, LeftPool,
+    MineError, NodeSettings, SubmitError, Submitted, Waiter, LEFT_POOL,
 };
 use crate::api::types::SubmitRequest;
 use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy};
@@ -45,10 +45,22 @@ const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
 /// follower one catching up: more than the members commit between two polls.
 const CATCHING_UP_BLOCKS: u64 = 16;
 
+/// How old a forwarded entry is before the member that took it is asked whether it
+/// let it go: a commit takes far less.
+const ASK_AFTER: Duration = Duration::from_secs(2);
+/// How often one entry is asked about.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
+/// Most entries asked about in one round.
+const ASK_AT_MOST: usize = 32;
+
 /// A forwarded entry waiting to be committed.
 struct Forwarded {
     since: Instant,
     waiters: Vec<Waiter>,
+    /// The base URL of the member that took it, once one did.
+    taker: Option<String>,
+    /// When that member was last asked whether it let the entry go.
+    asked: Option<Instant>,
 }
 
 /// The engine of a follower (see the module docs).
@@ -66,6 +78,8 @@ pub struct Follower {
     /// The member read from and forwarded to first.
     preferred: AtomicU64,
     forwarded: Mutex<HashMap<Hash, Forwarded>>,
+    /// Forwarded entries the member that took them let go, with why.
+    left: LeftPool,
     next_difficulty: AtomicU32,
     /// From the start until a member first says it has no block after the tip, and
     /// again after [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
@@ -109,6 +123,7 @@ impl Follower {
             agent,
             preferred: AtomicU64::new(0),
             forwarded: Mutex::new(HashMap::new()),
+            left: LeftPool::default(),
             next_difficulty,
             catching_up: AtomicBool::new(true),
             members_height: AtomicU64::new(UNKNOWN),
@@ -144,7 +159,13 @@ impl Follower {
             }
             let since = Instant::now();
             let waiters = waiter.into_iter().collect();
-            forwarded.insert(id, Forwarded { since, waiters });
+            let held = Forwarded {
+                since,
+                waiters,
+                taker: None,
+                asked: None,
+            };
+            forwarded.insert(id, held);
         }
         // Its block may have been applied here between the check and the insert: then
         // no apply would ever hand its waiter a receipt.
@@ -163,16 +184,23 @@ impl Follower {
         let outcome = tokio::task::spawn_blocking(move || follower.forward(&entry))
             .await
             .unwrap_or_else(|error| Err(SubmitError::NoMember(format!("forwarding: {error}"))));
-        if let Err(error) = outcome {
-            lock(&self.forwarded).remove(&id);
-            return Err(error);
+        match outcome {
+            Ok(taker) => {
+                if let Some(held) = lock(&self.forwarded).get_mut(&id) {
+                    held.taker = Some(taker);
+                }
+            }
+            Err(error) => {
+                lock(&self.forwarded).remove(&id);
+                return Err(error);
+            }
         }
         Ok((id, receiver))
     }
 
     /// Posts `entry` to the members in turn, from the preferred one, until one takes
-    /// it or refuses it for a reason another would share.
-    fn forward(&self, entry: &Entry) -> Result<(), SubmitError> {
+    /// it (its base URL is returned) or refuses it for a reason another would share.
+    fn forward(&self, entry: &Entry) -> Result<String, SubmitError> {
         let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
             .map_err(|error| SubmitError::NoMember(error.to_string()))?;
         let mut failures = Vec::new();
@@ -205,7 +233,7 @@ impl Follower {
                 .map(|body| body.message)
                 .unwrap_or_default();
             match status {
-                200 | 202 => return Ok(()),
+                200 | 202 => return Ok(source.clone()),
                 409 => return Err(SubmitError::Duplicate(entry.id())),
                 413 | 422 => {
                     return Err(SubmitError::RefusedByMember(format!(
@@ -229,6 +257,12 @@ impl Follower {
     /// Whether `id` was forwarded from here and is not committed yet.
     pub fn is_pending(&self, id: &Hash) -> bool {
         lock(&self.forwarded).contains_key(id)
+    }
+
+    /// Why the member that took `id` from here let it go uncommitted, if it did
+    /// lately.
+    pub fn left_pool(&self, id: &Hash) -> Option<String> {
+        self.left.why(id)
     }
 
     /// The follower's state: no view, no primary, no peers of its own.
@@ -347,6 +381,7 @@ impl Follower {
                 if last_probe.elapsed() >= PROBE_OTHERS {
                     last_probe = Instant::now();
                     self.expire_forwarded();
+                    self.ask_left();
                     if self.probe_others() {
                         continue;
                     }
@@ -549,6 +584,50 @@ impl Follower {
         Ok(())
     }
 
+    /// Asks the members that took entries a while ago, a few entries a round, whether
+    /// they let them go (the plugins' block rules refuse them in any block); those
+    /// they did leave here too, their waiters told why. A member that does not
+    /// answer ends the round: it is asked again in the next.
+    fn ask_left(&self) {
+        let asking: Vec<(Hash, String)> = {
+            let mut forwarded = lock(&self.forwarded);
+            forwarded
+                .iter_mut()
+                .filter(|(_, held)| {
+                    held.since.elapsed() >= ASK_AFTER
+                        && held.asked.is_none_or(|asked| asked.elapsed() >= ASK_AGAIN)
+                })
+                .filter_map(|(id, held)| {
+                    held.asked = Some(Instant::now());
+                    Some((*id, held.taker.clone()?))
+                })
+                .take(ASK_AT_MOST)
+                .collect()
+        };
+        for (id, taker) in asking {
+            let url = format!("{taker}/v1/entries/{}", id.to_hex());
+            let Ok(mut response) = join::call(&self.agent, &url) else {
+                return;
+            };
+            if response.status().as_u16() != 404 {
+                continue;
+            }
+            let Some(body) = join::body(&mut response, 64 << 10)
+                .ok()
+                .and_then(|body| serde_json::from_slice::<crate::api::ErrorBody>(&body).ok())
+                .filter(|body| body.error == LEFT_POOL)
+            else {
+                continue;
+            };
+            let why = left_pool_reason(&id, &body.message).to_owned();
+            self.left.note(id, &why);
+            let held = lock(&self.forwarded).remove(&id);
+            for waiter in held.map(|held| held.waiters).unwrap_or_default() {
+                let _ = waiter.send(Err(why.clone()));
+            }
+        }
+    }
+
     /// Forgets entries forwarded longer ago than [`FORWARD_PATIENCE`]; their waiters
     /// see their channels close.
     fn expire_forwarded(&self) {
@@ -670,6 +749,8 @@ mod tests {
             Forwarded {
                 since: Instant::now(),
                 waiters: vec![sender],
+                taker: None,
+                asked: None,
             },
         );
         follower

@@ -12,6 +12,7 @@ mod alone;
 mod cluster;
 mod follower;
 
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,6 +98,53 @@ pub enum SubmitError {
 /// What a client waiting for its entry is told: the receipt once it is committed,
 /// or why no block will hold it (the plugins' block rules refuse it there).
 pub type Settled = Result<Receipt, String>;
+
+/// The API's error code for an entry that was accepted, then left the pool
+/// uncommitted: `GET /v1/entries/{id}` answers 404 with it.
+pub const LEFT_POOL: &str = "left_pool";
+
+/// What a client is told of entry `id` that left the pool uncommitted because `why`.
+pub fn left_pool_message(id: &Hash, why: &str) -> String {
+    format!("entry {id} left the pool uncommitted: {why}")
+}
+
+/// The `why` of a [`left_pool_message`] about `id` (all of `message` if it is not one).
+pub fn left_pool_reason<'a>(id: &Hash, message: &'a str) -> &'a str {
+    let prefix = left_pool_message(id, "");
+    message.strip_prefix(prefix.as_str()).unwrap_or(message)
+}
+
+/// How many entries that left the pool uncommitted [`LeftPool`] remembers.
+const LEFT_KEPT: usize = 4096;
+
+/// The latest entries that were accepted, then left the pool uncommitted (the
+/// plugins' block rules refuse them in any block), each with why: a client that
+/// polls an entry's id after a 202 learns what became of it, not only that it is
+/// unknown.
+#[derive(Default)]
+pub(crate) struct LeftPool(Mutex<(HashMap<Hash, String>, VecDeque<Hash>)>);
+
+impl LeftPool {
+    /// Remembers that `id` left the pool because `why`, forgetting the oldest beyond
+    /// [`LEFT_KEPT`].
+    pub(crate) fn note(&self, id: Hash, why: &str) {
+        let mut left = lock(&self.0);
+        let (whys, order) = &mut *left;
+        if whys.insert(id, why.to_owned()).is_none() {
+            order.push_back(id);
+        }
+        while order.len() > LEFT_KEPT {
+            if let Some(oldest) = order.pop_front() {
+                whys.remove(&oldest);
+            }
+        }
+    }
+
+    /// Why `id` left the pool, if it did lately.
+    pub(crate) fn why(&self, id: &Hash) -> Option<String> {
+        lock(&self.0).0.get(id).cloned()
+    }
+}
 
 /// Where a waiting client is told how its entry [`Settled`].
 pub type Waiter = oneshot::Sender<Settled>;
@@ -219,7 +267,8 @@ pub enum Engine {
 impl Engine {
     /// Checks `entry` and takes it; with `wait`, also returns a receiver told when the
     /// entry commits. `Ok` means the entry is pending and will not be dropped while
-    /// the engine runs.
+    /// the engine runs, unless the plugins' block rules refuse it in any block (then
+    /// [`Engine::left_pool`] says why).
     pub async fn submit(&self, entry: Entry, wait: bool) -> Result<Submitted, SubmitError> {
         match self {
             Engine::Alone(alone) => alone.submit(entry, wait).await,
@@ -234,6 +283,15 @@ impl Engine {
             Engine::Alone(alone) => alone.is_pending(id),
             Engine::Cluster(cluster) => cluster.is_pending(id),
             Engine::Follower(follower) => follower.is_pending(id),
+        }
+    }
+
+    /// Why `id`, accepted here lately, left the pool uncommitted, if it did.
+    pub fn left_pool(&self, id: &Hash) -> Option<String> {
+        match self {
+            Engine::Alone(alone) => alone.left_pool(id),
+            Engine::Cluster(cluster) => cluster.left_pool(id),
+            Engine::Follower(follower) => follower.left_pool(id),
         }
     }
 
@@ -399,4 +457,29 @@ pub(crate) fn send_receipts(
     tokio::task::spawn_blocking(move || {
         hand_out_receipts(&header, &certificate, &nodes, waiting);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_left_pool_keeps_the_latest_whys_and_reads_its_own_messages() {
+        let left = LeftPool::default();
+        let id = |i: usize| Hash::digest(&i.to_be_bytes());
+        for i in 0..=LEFT_KEPT {
+            left.note(id(i), &format!("reason {i}"));
+        }
+        // Noted again, the first stays forgotten: one id, one place in the order.
+        left.note(id(1), "again");
+        assert_eq!(left.why(&id(0)), None);
+        assert_eq!(left.why(&id(1)).as_deref(), Some("again"));
+        let last = format!("reason {LEFT_KEPT}");
+        assert_eq!(left.why(&id(LEFT_KEPT)), Some(last));
+        assert_eq!(lock(&left.0).1.len(), LEFT_KEPT);
+
+        let message = left_pool_message(&id(2), "too many: 3");
+        assert_eq!(left_pool_reason(&id(2), &message), "too many: 3");
+        assert_eq!(left_pool_reason(&id(3), &message), message);
+    }
 }
