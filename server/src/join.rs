@@ -459,7 +459,7 @@ fn fetch_chunks(
     config: &JoinConfig,
     metrics: &Metrics,
 ) -> Result<Fetched, JoinError> {
-    let manifest = restore.manifest().clone();
+    let manifest = Arc::new(restore.manifest().clone());
     let total = manifest.chunks();
     let queue: VecDeque<u64> = restore.missing().into();
     let already = total - queue.len() as u64;
@@ -541,7 +541,7 @@ fn fetch_chunks(
 fn worker(
     client: &Client,
     source: &Source,
-    manifest: &Manifest,
+    manifest: &Arc<Manifest>,
     (transfer, changed): (&Mutex<Transfer>, &Condvar),
     metrics: &Metrics,
     stop: &AtomicBool,
@@ -570,15 +570,28 @@ fn worker(
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         };
-        // Checked (and hashed, the one time) here, outside the lock: the other
-        // workers' chunks are written meanwhile.
-        let fetched = client.chunk(source, height, index).and_then(|bytes| {
-            let tile = VerifiedTile::check(manifest, index, &bytes)
-                .map_err(|error| Fetch::Failed(error.to_string()))?;
-            Ok((tile, bytes.len() as u64))
-        });
+        // Checked (and hashed, the one time) outside the lock: the other workers'
+        // chunks are written meanwhile. Asked on a thread of its own: a member that
+        // never answers holds it for the whole timeout, and a stop does not wait.
+        let ask = {
+            let (client, source, manifest) = (client.clone(), source.clone(), manifest.clone());
+            move |&index: &u64| {
+                client.chunk(&source, height, index).and_then(|bytes| {
+                    let tile = VerifiedTile::check(&manifest, index, &bytes)
+                        .map_err(|error| Fetch::Failed(error.to_string()))?;
+                    Ok((tile, bytes.len() as u64))
+                })
+            }
+        };
+        let fetched = at_once(&[index], stop, ask).map(|mut answers| answers.pop());
         let mut state = lock(transfer);
         state.in_flight -= 1;
+        let Ok(Some(fetched)) = fetched else {
+            // Stopped: the chunk stays missing, for the next start.
+            state.queue.push_front(index);
+            changed.notify_all();
+            return;
+        };
         match fetched {
             Ok((tile, bytes)) => {
                 busy = 0;

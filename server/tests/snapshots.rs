@@ -570,17 +570,22 @@ async fn join_from(
     sources: Vec<String>,
 ) -> Result<Joined, ledger::join::JoinError> {
     let sources = sources.into_iter().map(Source::Api).collect();
-    join_with(spec, dir, sources, None, Default::default()).await
+    join_with(spec, dir, sources, None, Default::default(), ANSWER_TIMEOUT).await
 }
 
+/// Longest wait for one answer in the joins here: a member that never answers
+/// costs that much a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Joins from `sources`, asking members with `requester`, into `dir/joiner`, until
-/// `stop` is set.
+/// `stop` is set, waiting at most `timeout` for each answer.
 async fn join_with(
     spec: &ChainSpec,
     dir: &std::path::Path,
     sources: Vec<Source>,
     requester: Option<Arc<Requester>>,
     stop: Arc<AtomicBool>,
+    timeout: Duration,
 ) -> Result<Joined, ledger::join::JoinError> {
     let joiner = dir.join("joiner");
     std::fs::create_dir_all(&joiner).unwrap();
@@ -590,8 +595,8 @@ async fn join_with(
         probe: None,
         path: joiner.join("ledger.redb"),
         staging: joiner.join("ledger.redb.restoring"),
-        timeout: Duration::from_secs(2),
-        agent: plain_agent(),
+        timeout,
+        agent: ledger::http::Credentials::default().agent(timeout).unwrap(),
         progress_every: Duration::from_secs(1),
         stop,
     };
@@ -688,16 +693,16 @@ async fn an_interrupted_join_resumes_and_a_silent_member_is_passed_over() {
     assert!(dir.path().join("joiner/ledger.redb.restoring").exists());
     assert!(!dir.path().join("joiner/ledger.redb").exists());
 
-    // Asked to stop while a member keeps it waiting, the join gives up after the
-    // chunk in hand, keeping what it has.
+    // Asked to stop while a member keeps a chunk request waiting (for up to a
+    // minute here), the join gives up at once, keeping what it has.
     let silent = listen(liar(honest.clone(), Lie::SilentOnChunks)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = {
         let (spec, dir, source) = (spec.clone(), dir.path().to_owned(), silent.clone());
         let stop = Arc::clone(&stop);
-        tokio::spawn(
-            async move { join_with(&spec, &dir, vec![Source::Api(source)], None, stop).await },
-        )
+        let sources = vec![Source::Api(source)];
+        let timeout = Duration::from_secs(60);
+        tokio::spawn(async move { join_with(&spec, &dir, sources, None, stop, timeout).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -853,6 +858,7 @@ async fn a_member_joins_over_the_peer_protocol() {
         vec![source.clone()],
         Some(Arc::clone(&joiner)),
         Default::default(),
+        ANSWER_TIMEOUT,
     )
     .await
     .unwrap();
