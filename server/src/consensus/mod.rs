@@ -19,5 +19,6 @@ pub use message::{
 #[cfg(feature = "testing")]
 pub use replica::Flaws;
 pub use replica::{
-    Config, DropReason, Footprint, Input, NotAMember, Output, Replica, Timing, Tip, ViewChangeCause,
+    Config, DropReason, Footprint, Input, NotAMember, Output, Replica, Timing, Tip,
+    ViewChangeCause, COMMITTED_BLOCK,
 };

@@ -34,7 +34,7 @@ use crate::chain::{
 };
 use crate::consensus::{
     Config, DropReason, Input, MemberIndex, NotAMember, Output, Payload, Record, Replica, Timing,
-    Tip,
+    Tip, COMMITTED_BLOCK,
 };
 use crate::metrics::Metrics;
 use crate::net::{Inbound, Outbox, SendError, Transport, Wire};
@@ -1543,7 +1543,7 @@ impl Driver {
         error: Option<ChainError>,
     ) {
         self.metrics.messages_dropped.add(reason.name(), 1);
-        if kind == "committed block" && reason == DropReason::InvalidBlock {
+        if kind == COMMITTED_BLOCK && reason == DropReason::InvalidBlock {
             // Its certificate checked out: a quorum took what this member refuses.
             lock(&self.status).refused_committed = error.as_ref().map(ToString::to_string);
         }

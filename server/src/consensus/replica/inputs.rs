@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::super::durable::Record;
 use super::super::message::{CheckpointCertificate, Invalid, MemberIndex, Message, Payload, Vote};
 use super::view_change::highest_checkpoint;
-use super::{Candidate, DropReason, Output, Replica, ViewChangeCause, Waiting, PROBE_CHECKS};
+use super::{
+    Candidate, DropReason, Output, Replica, ViewChangeCause, Waiting, COMMITTED_BLOCK, PROBE_CHECKS,
+};
 use crate::chain::{
     fit_block, Block, ChainError, CommitCertificate, Entry, EntryIndex, Hash, Header,
 };
@@ -501,7 +503,7 @@ impl Replica {
     ) {
         let height = block.header.height;
         if height != self.tip.header.height + 1 {
-            return self.drop_input(None, "committed block", DropReason::Unsolicited);
+            return self.drop_input(None, COMMITTED_BLOCK, DropReason::Unsolicited);
         }
         let hash = block.hash();
         if self
@@ -510,7 +512,7 @@ impl Replica {
             .check_commit(&certificate, height, &hash)
             .is_err()
         {
-            return self.drop_input(None, "committed block", DropReason::BadSignature);
+            return self.drop_input(None, COMMITTED_BLOCK, DropReason::BadSignature);
         }
         match self.validate(
             &block,
@@ -532,12 +534,9 @@ impl Replica {
                     self.fetch_committed();
                 }
             }
-            Err(error) => self.drop_for(
-                None,
-                "committed block",
-                DropReason::InvalidBlock,
-                Some(error),
-            ),
+            Err(error) => {
+                self.drop_for(None, COMMITTED_BLOCK, DropReason::InvalidBlock, Some(error))
+            }
         }
     }
 

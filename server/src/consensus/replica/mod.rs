@@ -48,6 +48,7 @@ mod view_change_tests;
 pub use types::Flaws;
 pub use types::{
     Config, DropReason, Footprint, Input, NotAMember, Output, Timing, Tip, ViewChangeCause,
+    COMMITTED_BLOCK,
 };
 
 /// What a build without the `testing` feature has of the deliberate breaks: none.

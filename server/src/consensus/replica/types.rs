@@ -437,6 +437,10 @@ impl std::fmt::Display for ViewChangeCause {
     }
 }
 
+/// The `kind` of a [`Output::Dropped`] committed block, one a quorum certified:
+/// refused as [`DropReason::InvalidBlock`], this member's rules differ from theirs.
+pub const COMMITTED_BLOCK: &str = "committed block";
+
 /// Why an input was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
