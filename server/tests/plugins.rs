@@ -202,6 +202,8 @@ async fn a_node_alone_mines_the_blocks_its_block_rule_takes() {
         told.expect("an answer").unwrap_err(),
         "refused by policy: plugin two-a-block: no block holds a blockless entry"
     );
+    // Gone from the pool once told, not once its block is mined and applied.
+    assert!(!node.is_pending(&blockless.id()));
     let committed = |entry: &Entry| store.entry_with_receipt(&entry.id()).unwrap().is_some();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !good.iter().all(committed) {
@@ -214,6 +216,15 @@ async fn a_node_alone_mines_the_blocks_its_block_rule_takes() {
     assert!(!committed(&blockless) && !node.is_pending(&blockless.id()));
     let why = node.left_pool(&blockless.id()).expect("remembered");
     assert!(why.ends_with("no block holds a blockless entry"), "{why}");
+    // Out of the pool, it may be submitted again (and is let go again).
+    let (_, waiter) = node
+        .submit(blockless.clone(), true)
+        .await
+        .expect("taken again");
+    let told = tokio::time::timeout(Duration::from_secs(20), waiter.expect("waits"))
+        .await
+        .expect("told in time");
+    assert!(told.expect("an answer").is_err());
     let tip = store.tip().unwrap().height;
     assert_eq!(tip, 3, "two, two and one");
     for height in 1..=tip {

@@ -593,7 +593,7 @@ fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     responses(
         (status = 200, description = "The entry; `status` is pending or committed", body = EntryView),
         (status = 400, description = "Not a hex id", body = ErrorBody),
-        (status = 404, description = "Unknown entry; `left_pool` for one accepted lately that left the pool uncommitted (the plugins' block rules refuse it in any block), the message saying why", body = ErrorBody),
+        (status = 404, description = "Unknown entry; `left_pool` for one accepted lately that left the pool uncommitted (the plugins' block rules refuse it in any block, or a membership change the membership no longer takes), the message saying why", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
     ))]
 async fn get_entry(

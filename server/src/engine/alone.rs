@@ -583,7 +583,7 @@ impl Alone {
     /// Builds the next block from `batch` on `parent` (the block being applied) or
     /// on the stored tip, fits it to the plugins, and mines it. Entries the plugins
     /// take, but not in this block, go back to the pool and leave `ids` (the cut's);
-    /// those they refuse even alone stay in `ids`, so their waiters are let go.
+    /// those they refuse even alone leave both, their waiters told why.
     async fn build_and_mine(
         &self,
         mut batch: Vec<Pending>,
@@ -666,8 +666,10 @@ impl Alone {
     }
 
     /// Splits `batch` as `fit` says: what the block holds is returned; entries
-    /// refused alone are logged and their waiters told why; deferred ones go back
-    /// to the front of the pool, and out of the cut's `ids`, with their waiters.
+    /// refused alone leave the pool and the cut's `ids` at once (no longer pending,
+    /// they may be submitted again while the block is mined), logged and their
+    /// waiters told why; deferred ones go back to the front of the pool, and out of
+    /// the cut's `ids`, with their waiters.
     fn refit(&self, batch: Vec<Pending>, fit: Fit, ids: &mut Vec<Hash>) -> Vec<Pending> {
         let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
         let mut pool = self.lock_pool();
@@ -679,10 +681,13 @@ impl Alone {
                  dropped"
             );
         }
+        let mut gone = HashSet::new();
         for (i, reason) in fit.refused {
             let Some(pending) = &batch[i] else { continue };
             let why = ChainError::Policy(reason).to_string();
             self.left.note(pending.id, &why);
+            pool.ids.remove(&pending.id);
+            gone.insert(pending.id);
             for waiter in pool.waiters.remove(&pending.id).unwrap_or_default() {
                 let _ = waiter.send(Err(why.clone()));
             }
@@ -692,9 +697,9 @@ impl Alone {
             .iter()
             .filter_map(|&i| batch[i].take())
             .collect();
+        gone.extend(deferred.iter().map(|pending| pending.id));
+        ids.retain(|id| !gone.contains(id));
         if !deferred.is_empty() {
-            let handed_back: HashSet<Hash> = deferred.iter().map(|pending| pending.id).collect();
-            ids.retain(|id| !handed_back.contains(id));
             pool.hand_back(deferred);
         }
         fit.taken.iter().filter_map(|&i| batch[i].take()).collect()

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{
-    left_pool_reason, lock, now_ms, required_difficulty, send_receipts, EngineStatus, LeftPool,
-    MineError, NodeSettings, SubmitError, Submitted, Waiter, LEFT_POOL,
+    lock, now_ms, required_difficulty, send_receipts, EngineStatus, LeftPool, MineError,
+    NodeSettings, SubmitError, Submitted, Waiter, LEFT_POOL,
 };
 use crate::api::types::SubmitRequest;
-use crate::chain::{Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy};
+use crate::chain::{fit_block, Block, ChainError, CommitCertificate, Entry, Hash, Header, Policy};
 use crate::consensus::MemberIndex;
 use crate::join::{self, Fetch};
 use crate::metrics::Metrics;
@@ -52,9 +52,32 @@ const ASK_AFTER: Duration = Duration::from_secs(2);
 const ASK_AGAIN: Duration = Duration::from_secs(5);
 /// Most entries asked about in one round.
 const ASK_AT_MOST: usize = 32;
+/// Longest wait for a member's answer about one entry.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the member at `taker` says it let `id` go uncommitted (404 `left_pool`);
+/// `None` if it could not be asked.
+fn said_left(agent: &ureq::Agent, taker: &str, id: &Hash) -> Option<bool> {
+    let url = format!("{taker}/v1/entries/{}", id.to_hex());
+    let mut response = agent
+        .get(&url)
+        .config()
+        .timeout_global(Some(ASK_TIMEOUT))
+        .build()
+        .call()
+        .ok()?;
+    if response.status().as_u16() != 404 {
+        return Some(false);
+    }
+    let body = join::body(&mut response, 4 << 10).ok()?;
+    let body = serde_json::from_slice::<crate::api::ErrorBody>(&body).ok();
+    Some(body.is_some_and(|body| body.error == LEFT_POOL))
+}
 
 /// A forwarded entry waiting to be committed.
 struct Forwarded {
+    /// The entry, judged here again if a member says it let it go.
+    entry: Entry,
     since: Instant,
     waiters: Vec<Waiter>,
     /// The base URL of the member that took it, once one did.
@@ -80,6 +103,8 @@ pub struct Follower {
     forwarded: Mutex<HashMap<Hash, Forwarded>>,
     /// Forwarded entries the member that took them let go, with why.
     left: LeftPool,
+    /// The answers of the round of [`Follower::ask_left`] under way, if one is.
+    asking: Mutex<Option<std::sync::mpsc::Receiver<Vec<Hash>>>>,
     next_difficulty: AtomicU32,
     /// From the start until a member first says it has no block after the tip, and
     /// again after [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
@@ -124,6 +149,7 @@ impl Follower {
             preferred: AtomicU64::new(0),
             forwarded: Mutex::new(HashMap::new()),
             left: LeftPool::default(),
+            asking: Mutex::new(None),
             next_difficulty,
             catching_up: AtomicBool::new(true),
             members_height: AtomicU64::new(UNKNOWN),
@@ -160,6 +186,7 @@ impl Follower {
             let since = Instant::now();
             let waiters = waiter.into_iter().collect();
             let held = Forwarded {
+                entry: entry.clone(),
                 since,
                 waiters,
                 taker: None,
@@ -585,47 +612,106 @@ impl Follower {
     }
 
     /// Asks the members that took entries a while ago, a few entries a round, whether
-    /// they let them go (the plugins' block rules refuse them in any block); those
-    /// they did leave here too, their waiters told why. A member that does not
-    /// answer ends the round: it is asked again in the next.
+    /// they let them go: on a thread of its own, so a member that hangs holds no
+    /// block back, and one round at a time. Takes the answers of the round before.
     fn ask_left(&self) {
-        let asking: Vec<(Hash, String)> = {
+        let mut round = lock(&self.asking);
+        if let Some(answers) = round.as_ref() {
+            match answers.try_recv() {
+                Ok(said) => self.settle_left(said),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {}
+            }
+        }
+        *round = None;
+        let mut asking: Vec<(Hash, String)> = {
             let mut forwarded = lock(&self.forwarded);
-            forwarded
+            let mut due: Vec<(&Hash, &mut Forwarded)> = forwarded
                 .iter_mut()
                 .filter(|(_, held)| {
-                    held.since.elapsed() >= ASK_AFTER
+                    held.taker.is_some()
+                        && held.since.elapsed() >= ASK_AFTER
                         && held.asked.is_none_or(|asked| asked.elapsed() >= ASK_AGAIN)
                 })
+                .collect();
+            // The longest unasked first: a member that never answers keeps no
+            // other's entries waiting.
+            due.sort_by_key(|(_, held)| held.asked);
+            due.into_iter()
+                .take(ASK_AT_MOST)
                 .filter_map(|(id, held)| {
                     held.asked = Some(Instant::now());
                     Some((*id, held.taker.clone()?))
                 })
-                .take(ASK_AT_MOST)
                 .collect()
         };
-        for (id, taker) in asking {
-            let url = format!("{taker}/v1/entries/{}", id.to_hex());
-            let Ok(mut response) = join::call(&self.agent, &url) else {
-                return;
-            };
-            if response.status().as_u16() != 404 {
-                continue;
-            }
-            let Some(body) = join::body(&mut response, 64 << 10)
-                .ok()
-                .and_then(|body| serde_json::from_slice::<crate::api::ErrorBody>(&body).ok())
-                .filter(|body| body.error == LEFT_POOL)
+        if asking.is_empty() {
+            return;
+        }
+        let (tell, answers) = std::sync::mpsc::channel();
+        let agent = self.agent.clone();
+        let spawned = std::thread::Builder::new()
+            .name("follower-ask".into())
+            .spawn(move || {
+                let mut unreached: Vec<String> = Vec::new();
+                asking.retain(|(id, taker)| {
+                    if unreached.contains(taker) {
+                        return false;
+                    }
+                    let said = said_left(&agent, taker, id);
+                    if said.is_none() {
+                        unreached.push(taker.clone());
+                    }
+                    said == Some(true)
+                });
+                let _ = tell.send(asking.into_iter().map(|(id, _)| id).collect());
+            });
+        if spawned.is_ok() {
+            *round = Some(answers);
+        }
+    }
+
+    /// Of the entries members said they let go, those this node's own rules refuse
+    /// in a block of their own leave here too, their waiters told why: one member's
+    /// word is no proof, and a member that lies, or runs other plugins, must not
+    /// have a client told that an entry the others would commit never commits.
+    fn settle_left(&self, said: Vec<Hash>) {
+        for id in said {
+            let Some(entry) = lock(&self.forwarded)
+                .get(&id)
+                .map(|held| held.entry.clone())
             else {
                 continue;
             };
-            let why = left_pool_reason(&id, &body.message).to_owned();
+            let Some(why) = self.refused_alone(entry) else {
+                tracing::warn!(
+                    %id,
+                    "a member says it let go an entry this node's plugins take in a block of \
+                     its own: it is still waited for"
+                );
+                continue;
+            };
             self.left.note(id, &why);
             let held = lock(&self.forwarded).remove(&id);
             for waiter in held.map(|held| held.waiters).unwrap_or_default() {
                 let _ = waiter.send(Err(why.clone()));
             }
         }
+    }
+
+    /// Why this node's plugins refuse `entry` in a block of its own on the tip, if
+    /// they do (as a member judges an entry it lets go).
+    fn refused_alone(&self, entry: Entry) -> Option<String> {
+        let (tip, log) = self.store.tip_with_log().ok()?;
+        let timestamp = now_ms().max(tip.timestamp_ms + 1);
+        let difficulty = self.next_difficulty.load(Ordering::Relaxed);
+        let block = Block {
+            header: Header::child(&tip, &log, timestamp, difficulty),
+            entries: vec![entry],
+        };
+        let fit = fit_block(self.plugins.as_ref(), &block).ok()?;
+        let (_, reason) = fit.refused.into_iter().next()?;
+        Some(ChainError::Policy(reason).to_string())
     }
 
     /// Forgets entries forwarded longer ago than [`FORWARD_PATIENCE`]; their waiters
@@ -747,6 +833,7 @@ mod tests {
         lock(&follower.forwarded).insert(
             id,
             Forwarded {
+                entry: block.entries[1].clone(),
                 since: Instant::now(),
                 waiters: vec![sender],
                 taker: None,
@@ -784,6 +871,69 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A member that says it let an entry go (404 `left_pool`) is asked on a thread of
+    /// its own, and not taken at its word: this node's own rules take the entry, so it
+    /// stays forwarded and its waiter is not told.
+    #[test]
+    fn a_member_saying_it_let_an_entry_go_is_not_taken_at_its_word() {
+        let keys: Vec<_> = (1..=4).map(testing::key).collect();
+        let spec = testing::spec(&keys, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taker = format!("http://{}", liar.local_addr().unwrap());
+        let asked = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let body = r#"{"error":"left_pool","message":"no block holds it"}"#;
+            for connection in liar.incoming().take(4) {
+                let Ok(mut connection) = connection else {
+                    return;
+                };
+                let mut reader = std::io::BufReader::new(connection.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                    line.clear();
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    connection,
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let follower = follower(Arc::new(store.unwrap()), vec![taker.clone()]);
+        let entry = testing::entries(7, 1, 16).remove(0);
+        let id = entry.id();
+        assert_eq!(said_left(&follower.agent, &taker, &id), Some(true));
+
+        let (sender, mut receiver) = oneshot::channel();
+        let held = Forwarded {
+            entry,
+            since: Instant::now().checked_sub(ASK_AFTER).unwrap(),
+            waiters: vec![sender],
+            taker: Some(taker),
+            asked: None,
+        };
+        lock(&follower.forwarded).insert(id, held);
+        follower.ask_left();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&follower.asking).is_some() {
+            assert!(Instant::now() < deadline, "the round did not end");
+            std::thread::sleep(Duration::from_millis(20));
+            follower.ask_left();
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert!(follower.is_pending(&id));
+        assert_eq!(follower.left_pool(&id), None);
+        assert!(receiver
+            .try_recv()
+            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
     }
 
     /// A follower reads from the members of the membership in force as its store

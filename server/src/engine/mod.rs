@@ -108,17 +108,12 @@ pub fn left_pool_message(id: &Hash, why: &str) -> String {
     format!("entry {id} left the pool uncommitted: {why}")
 }
 
-/// The `why` of a [`left_pool_message`] about `id` (all of `message` if it is not one).
-pub fn left_pool_reason<'a>(id: &Hash, message: &'a str) -> &'a str {
-    let prefix = left_pool_message(id, "");
-    message.strip_prefix(prefix.as_str()).unwrap_or(message)
-}
-
 /// How many entries that left the pool uncommitted [`LeftPool`] remembers.
 const LEFT_KEPT: usize = 4096;
 
 /// The latest entries that were accepted, then left the pool uncommitted (the
-/// plugins' block rules refuse them in any block), each with why: a client that
+/// plugins' block rules refuse them in any block, or a membership change the
+/// membership no longer takes), each with why: a client that
 /// polls an entry's id after a 202 learns what became of it, not only that it is
 /// unknown.
 #[derive(Default)]
@@ -464,7 +459,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_left_pool_keeps_the_latest_whys_and_reads_its_own_messages() {
+    fn the_left_pool_keeps_the_latest_whys() {
         let left = LeftPool::default();
         let id = |i: usize| Hash::digest(&i.to_be_bytes());
         for i in 0..=LEFT_KEPT {
@@ -477,9 +472,5 @@ mod tests {
         let last = format!("reason {LEFT_KEPT}");
         assert_eq!(left.why(&id(LEFT_KEPT)), Some(last));
         assert_eq!(lock(&left.0).1.len(), LEFT_KEPT);
-
-        let message = left_pool_message(&id(2), "too many: 3");
-        assert_eq!(left_pool_reason(&id(2), &message), "too many: 3");
-        assert_eq!(left_pool_reason(&id(3), &message), message);
     }
 }
