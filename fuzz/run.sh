@@ -36,6 +36,7 @@ for target in "${targets[@]}"; do
     echo "$target: $runs runs in ${seconds} s, coverage $coverage edges, no crash"
     rm -f "$log"
     if [ "${TIDY:-0}" = 1 ]; then
+        [ -e "$out/$target" ] || echo "TIDY=1: no $out/$target to delete" >&2
         rm -f "$out/$target" "$out/deps/$target"-*
     fi
 done

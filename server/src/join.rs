@@ -450,6 +450,17 @@ struct Fetched {
     moved_on: bool,
 }
 
+/// Counts a chunk worker out when it ends, a panic included: the progress loop of
+/// [`fetch_chunks`] waits until every worker is.
+struct WorkerDone<'a>(&'a Mutex<Transfer>, &'a Condvar);
+
+impl Drop for WorkerDone<'_> {
+    fn drop(&mut self) {
+        lock(self.0).workers -= 1;
+        self.1.notify_all();
+    }
+}
+
 /// Fetches missing chunks, one worker per source, until none is missing or no
 /// source is left; the restore, and what was fetched.
 fn fetch_chunks(
@@ -489,9 +500,8 @@ fn fetch_chunks(
             let (transfer, changed, manifest) = (&transfer, &changed, &manifest);
             let stop = &config.stop;
             scope.spawn(move || {
+                let _done = WorkerDone(transfer, changed);
                 worker(client, source, manifest, (transfer, changed), metrics, stop);
-                lock(transfer).workers -= 1;
-                changed.notify_all();
             });
         }
         // Progress at a fixed interval until the workers are done.
