@@ -113,9 +113,8 @@ const LEFT_KEPT: usize = 4096;
 
 /// The latest entries that were accepted, then left the pool uncommitted (the
 /// plugins' block rules refuse them in any block, or a membership change the
-/// membership no longer takes), each with why: a client that
-/// polls an entry's id after a 202 learns what became of it, not only that it is
-/// unknown.
+/// membership no longer takes), each with why: a client that polls an entry's id
+/// after a 202 learns what became of it, not only that it is unknown.
 #[derive(Default)]
 pub(crate) struct LeftPool(Mutex<(HashMap<Hash, String>, VecDeque<Hash>)>);
 
