@@ -2,10 +2,47 @@
 //! [`ledger_chain::testing`]), and a disk that fails on demand. Nothing here is used
 //! by a running node.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use ledger_chain::testing::*;
+
+use crate::storage::{Store, StoreError, StoreOptions};
+
+/// Seeds of the members of the upgrade tests' fixture chain.
+pub const FIXTURE_MEMBER_SEEDS: [u8; 4] = [1, 2, 3, 4];
+/// Seed of the key that signs the fixture chain's authored entries.
+pub const FIXTURE_AUTHOR_SEED: u8 = 42;
+
+/// The fixture chain's spec: its four members, difficulty 4.
+pub fn fixture_spec() -> crate::chain::ChainSpec {
+    spec(&FIXTURE_MEMBER_SEEDS.map(key), 4)
+}
+
+/// Writes the fixture chain that the upgrade tests open to a new database at `path`,
+/// at the current schema: three blocks of five unsigned entries and one signed by
+/// [`FIXTURE_AUTHOR_SEED`]'s key ("fixture entry signed in round R"). The chain is
+/// fixed, so a fresh run yields the blocks of a committed fixture
+/// (`examples/make_fixture.rs` writes one).
+pub fn write_fixture(path: &Path) -> Result<Store, StoreError> {
+    let keys = FIXTURE_MEMBER_SEEDS.map(key);
+    let spec = fixture_spec();
+    let store = Store::open(path, &spec, StoreOptions::default())?;
+    for round in 0..3u64 {
+        let (tip, log) = store.tip_with_log()?;
+        let mut batch = entries(round, 5, 48);
+        let text = format!("fixture entry signed in round {round}");
+        batch.push(crate::chain::Entry::signed(
+            text.into_bytes(),
+            &key(FIXTURE_AUTHOR_SEED),
+            &spec.chain_hash(),
+        ));
+        let block = next_block(&tip, &log, batch, 4);
+        store.apply_block(&block, &certify(&keys, &block))?;
+    }
+    Ok(store)
+}
 
 /// An in-memory disk for redb that refuses writes while `failing_writes` is set (a
 /// full or dying disk) and reads while `failing_reads` is: clones share the bytes

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ledger::chain::merkle::{leaf_hash, verify_inclusion};
 use ledger::chain::Entry;
 use ledger::storage::{Store, StoreError, StoreOptions};
-use ledger::testing::{key, spec};
+use ledger::testing::{fixture_spec, key, write_fixture, FIXTURE_AUTHOR_SEED};
 use ledger_migrations::{schema, MigrationError, CURRENT_VERSION};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
@@ -17,10 +17,6 @@ fn fixture_copy(dir: &Path, name: &str) -> PathBuf {
     let target = dir.join(name);
     std::fs::copy(&source, &target).unwrap();
     target
-}
-
-fn fixture_spec() -> ledger::chain::ChainSpec {
-    spec(&[key(1), key(2), key(3), key(4)], 4)
 }
 
 fn version_of(path: &Path) -> u32 {
@@ -52,7 +48,7 @@ fn schema_1_fixture_opens_upgrades_and_keeps_its_chain() {
     assert_eq!(store.verify_chain().unwrap(), 3);
     let signed = Entry::signed(
         b"fixture entry signed in round 1".to_vec(),
-        &key(42),
+        &key(FIXTURE_AUTHOR_SEED),
         &spec.chain_hash(),
     );
     let location = store
@@ -132,35 +128,20 @@ fn a_database_from_a_newer_build_is_refused_with_a_message() {
 
 #[test]
 fn the_fixture_generator_reproduces_the_committed_chain() {
-    // The generator is deterministic: a fresh run (at today's schema) yields the same
-    // blocks as the committed file after its upgrade, so the fixture can be audited.
+    // The generator (`write_fixture`, which `examples/make_fixture.rs` runs) is
+    // deterministic: a fresh run (at today's schema) yields the same blocks as the
+    // committed file after its upgrade, so the fixture can be audited.
     let dir = tempfile::tempdir().unwrap();
     let committed = fixture_copy(dir.path(), "schema-v1.redb");
-    let fresh = dir.path().join("fresh.redb");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "ledger",
-            "--example",
-            "make_fixture",
-            "--",
-        ])
-        .arg(&fresh)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(version_of(&fresh), CURRENT_VERSION);
-    let spec = fixture_spec();
-    let (committed, fresh) = (
-        Store::open(&committed, &spec, StoreOptions::default()).unwrap(),
-        Store::open(&fresh, &spec, StoreOptions::default()).unwrap(),
-    );
+    let fresh_path = dir.path().join("fresh.redb");
+    let fresh = write_fixture(&fresh_path).unwrap();
+    let committed = Store::open(&committed, &fixture_spec(), StoreOptions::default()).unwrap();
     for height in 0..=3 {
         assert_eq!(
             committed.block(height).unwrap(),
             fresh.block(height).unwrap()
         );
     }
+    drop(fresh);
+    assert_eq!(version_of(&fresh_path), CURRENT_VERSION);
 }
