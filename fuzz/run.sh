@@ -8,10 +8,11 @@
 #   cargo install cargo-fuzz      # once
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
-# No sanitizer by default: the code fuzzed has no `unsafe` (the plugin ABI's raw
-# pointers stay outside the SDK's views), so AddressSanitizer could only find what
-# Rust's own checks already stop, at twice the cost per input and 40% more build
-# time (fuzz/README.md). SANITIZER=address brings it back.
+# No sanitizer by default: our code that the targets reach has no `unsafe` (the
+# plugin ABI's raw pointers stay outside the SDK's views), so there AddressSanitizer
+# could only find what Rust's own checks already stop, at 7-10 times fewer inputs a
+# second and a fifth more build time (fuzz/README.md). SANITIZER=address brings it
+# back, for a long run that should also watch the dependencies' own `unsafe`.
 #
 # Each target is built just before it runs. With TIDY=1 its binary is deleted once
 # it ran clean, so a run needs the disk of a few targets, not of twenty; CI runs
