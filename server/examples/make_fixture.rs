@@ -6,9 +6,10 @@
 //!
 //! It writes the current schema. The chain is fixed (`ledger::testing::write_fixture`:
 //! members from seeds 1..=4, difficulty 4, three blocks of signed and unsigned
-//! entries), so `server/tests/migrations.rs` knows what to find after upgrading. A fixture is
-//! written once, when its schema is the newest, and committed; later schemas must keep
-//! opening it. `schema-v1.redb` was written by this generator at commit 14ec4f2.
+//! entries), so `server/tests/migrations.rs` knows what to find after upgrading. A
+//! fixture is written once, when its schema is the newest, and committed; later
+//! schemas must keep opening it. `schema-v1.redb` was written by this generator at
+//! commit 14ec4f2.
 
 use std::path::PathBuf;
 
