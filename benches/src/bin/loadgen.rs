@@ -279,7 +279,7 @@ async fn client(
     connected: Arc<Barrier>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Connection> {
     let opened = Connection::open(&target).await;
     // Everyone meets here even on failure, so the run starts (and then ends) either way.
     connected.wait().await;
@@ -359,7 +359,10 @@ async fn client(
             }
         }
     }
-    Ok(())
+    // Handed back open: the clients' connections close together once all are done,
+    // not one by one while others still wait for answers (a paced run's last
+    // submits then queued behind the member's teardown of its closed connections).
+    Ok(connection)
 }
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
@@ -412,10 +415,12 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut done = Vec::with_capacity(clients.len());
     for client in clients {
-        client.await??;
+        done.push(client.await??);
     }
     let elapsed = started.elapsed();
+    drop(done);
     let after = if args.etcd {
         tally.committed.load(Ordering::Relaxed)
     } else {
