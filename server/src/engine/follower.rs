@@ -760,6 +760,16 @@ mod tests {
         Follower::new(store, sources, agent, settings, plugins, metrics)
     }
 
+    /// A fresh store of a four-member chain, in a directory that lives as long as
+    /// the guard returned with it.
+    fn fresh_store() -> (tempfile::TempDir, Arc<Store>) {
+        let keys: Vec<_> = (1..=4).map(testing::key).collect();
+        let spec = testing::spec(&keys, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        (dir, Arc::new(store.unwrap()))
+    }
+
     /// A follower applies a fetched block only with a certificate from a quorum of
     /// the genesis members, for exactly that block, and only if the block is the
     /// chain's next; a waiter on one of its entries gets its receipt.
@@ -856,14 +866,11 @@ mod tests {
     /// with `no_member`, saying the entry may have got through all the same.
     #[test]
     fn a_forward_that_times_out_says_the_entry_may_have_got_through() {
-        let keys: Vec<_> = (1..=4).map(testing::key).collect();
-        let spec = testing::spec(&keys, 4);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        let (_dir, store) = fresh_store();
         // Connections queue in its backlog; nothing ever answers them.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sources = vec![format!("http://{}", silent.local_addr().unwrap())];
-        let follower = follower(Arc::new(store.unwrap()), sources);
+        let follower = follower(store, sources);
         let entry = testing::entries(7, 1, 16).remove(0);
         match follower.forward(&entry) {
             Err(SubmitError::NoMember(reason)) => {
@@ -878,10 +885,7 @@ mod tests {
     /// stays forwarded and its waiter is not told.
     #[test]
     fn a_member_saying_it_let_an_entry_go_is_not_taken_at_its_word() {
-        let keys: Vec<_> = (1..=4).map(testing::key).collect();
-        let spec = testing::spec(&keys, 4);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
+        let (_dir, store) = fresh_store();
         let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taker = format!("http://{}", liar.local_addr().unwrap());
         let asked = Arc::new(AtomicU64::new(0));
@@ -907,7 +911,7 @@ mod tests {
                 );
             }
         });
-        let follower = follower(Arc::new(store.unwrap()), vec![taker.clone()]);
+        let follower = follower(store, vec![taker.clone()]);
         let entry = testing::entries(7, 1, 16).remove(0);
         let id = entry.id();
         assert_eq!(said_left(&follower.agent, &taker, &id), Some(true));
@@ -940,11 +944,7 @@ mod tests {
     /// holds it, and takes them anew after a change; none to reach keeps those known.
     #[test]
     fn a_follower_reads_from_the_members_in_force() {
-        let keys: Vec<_> = (1..=4).map(testing::key).collect();
-        let spec = testing::spec(&keys, 4);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ledger.redb"), &spec, Default::default());
-        let store = Arc::new(store.unwrap());
+        let (_dir, store) = fresh_store();
         let started = vec!["http://started".to_owned()];
         let of_members: SourcesOf = Box::new(|members| {
             (0..members.len())
