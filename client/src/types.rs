@@ -625,6 +625,10 @@ pub struct SettingsView {
     /// wait for one to prepare; absent where no replica runs (alone, a follower).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_blocks_in_flight: Option<usize>,
+    /// A cluster primary's least time between two blocks while entries keep
+    /// coming, ms (0: none); absent where no replica runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_block_interval_ms: Option<u64>,
 }
 
 /// `GET /v1/status`.

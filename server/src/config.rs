@@ -86,6 +86,10 @@ pub struct NodeConfig {
     /// block is cut regardless).
     #[serde(default = "default_max_blocks_in_flight")]
     pub max_blocks_in_flight: u32,
+    /// A cluster primary's least time between two blocks while entries keep coming,
+    /// in milliseconds (0: a block as soon as the last one prepared).
+    #[serde(default = "default_min_block_interval_ms")]
+    pub min_block_interval_ms: u64,
     /// Most entries waiting for a block; beyond it submits get 503.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
@@ -266,6 +270,9 @@ const CLUSTER_BLOCK_DELAY_MS: u64 = 2;
 fn default_max_blocks_in_flight() -> u32 {
     1
 }
+fn default_min_block_interval_ms() -> u64 {
+    crate::engine::DEFAULT_MIN_BLOCK_INTERVAL_MS
+}
 fn default_pool_capacity() -> usize {
     100_000
 }
@@ -382,6 +389,7 @@ impl NodeConfig {
             max_block_entries: default_max_block_entries(),
             max_block_delay_ms: None,
             max_blocks_in_flight: default_max_blocks_in_flight(),
+            min_block_interval_ms: default_min_block_interval_ms(),
             pool_capacity: default_pool_capacity(),
             join_from_snapshot: true,
             follower: false,

@@ -717,6 +717,7 @@ async fn start_cluster(
     let engine_transport = Arc::clone(&transport);
     let cluster_settings = ClusterSettings {
         max_blocks_in_flight: config.max_blocks_in_flight as usize,
+        min_block_interval_ms: config.min_block_interval_ms,
         ..ClusterSettings::default()
     };
     let cluster = tokio::task::spawn_blocking(move || {

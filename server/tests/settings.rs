@@ -10,7 +10,7 @@ use support::*;
 
 /// `/v1/status` shows the settings each member runs with, as it applies them (the
 /// block limit within the genesis', the delay, the capacity, the miner's threads,
-/// a cluster primary's blocks in flight):
+/// a cluster primary's blocks in flight and least time between blocks):
 /// the cluster's engine takes every one of them, as a node alone does.
 #[test]
 fn every_member_runs_with_the_settings_it_was_given() {
@@ -22,6 +22,7 @@ fn every_member_runs_with_the_settings_it_was_given() {
         set(&configs, "pool_capacity", "77");
         set(&configs, "mining_threads", "1");
         set(&configs, "max_blocks_in_flight", "2");
+        set(&configs, "min_block_interval_ms", "9");
         let mut daemons = start_all(&configs, base);
         for daemon in daemons.iter().flatten() {
             let settings = status(daemon)["settings"].clone();
@@ -32,8 +33,9 @@ fn every_member_runs_with_the_settings_it_was_given() {
                 "mining_threads": 1,
             });
             if nodes > 1 {
-                // A primary's setting: a node alone runs no replica to give it to.
+                // A primary's settings: a node alone runs no replica to give them to.
                 expected["max_blocks_in_flight"] = 2.into();
+                expected["min_block_interval_ms"] = 9.into();
             }
             assert_eq!(settings, expected, "{nodes} nodes");
         }

@@ -937,6 +937,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
             pool_capacity: engine.settings.pool_capacity,
             mining_threads: engine.settings.mining_threads.get(),
             max_blocks_in_flight: engine.max_blocks_in_flight,
+            min_block_interval_ms: engine.min_block_interval_ms,
         },
         plugins: node.plugins().fingerprints(),
         ready: not_ready.is_none(),

@@ -260,6 +260,7 @@ impl Alone {
             peers: Vec::new(),
             settings: self.settings,
             max_blocks_in_flight: None,
+            min_block_interval_ms: None,
             failure: None,
             catching_up: false,
             behind: None,

@@ -305,6 +305,7 @@ impl Follower {
             peers: Vec::new(),
             settings: self.settings,
             max_blocks_in_flight: None,
+            min_block_interval_ms: None,
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),

@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 pub use alone::Alone;
-pub use cluster::{observers, peers, Cluster, ClusterError, ClusterSettings};
+pub use cluster::{
+    observers, peers, Cluster, ClusterError, ClusterSettings, DEFAULT_MIN_BLOCK_INTERVAL_MS,
+};
 pub use follower::{Follower, SourcesOf, REQUEST_TIMEOUT as FOLLOWER_TIMEOUT};
 
 use crate::chain::merkle::AppendedNodes;
@@ -207,6 +209,8 @@ pub struct EngineStatus {
     pub settings: NodeSettings,
     /// A cluster primary's blocks in flight before it waits (a member's only).
     pub max_blocks_in_flight: Option<usize>,
+    /// A cluster primary's least time between blocks (a member's only).
+    pub min_block_interval_ms: Option<u64>,
     /// Why the engine stopped for good, if it did.
     pub failure: Option<EngineFailure>,
     /// Whether the node knows the others are ahead and is fetching what they

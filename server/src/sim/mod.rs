@@ -1230,6 +1230,10 @@ const RULES: crate::testing::BlockRules = crate::testing::BlockRules {
 };
 
 /// Whether the seed's replicas run [`RULES`].
+/// The spacing of cuts in the runs that space them: longer than the delay, so
+/// that it, not the delay, holds entries back.
+const SIM_BLOCK_INTERVAL_MS: u64 = 37;
+
 fn with_rules(seed: u64) -> bool {
     seed % 3 == 2
 }
@@ -1258,13 +1262,19 @@ fn replica_config(
 
 /// A replica's configuration as every replica of a run has it. Odd seeds run the
 /// nodes' default of one block in flight, even ones as many as the window holds
-/// (the most states to explore).
+/// (the most states to explore); half of each space their cuts
+/// (`min_block_interval_ms`, not a whole number of ticks or delays).
 fn tune(config: Config, flaws: Flaws, memo: &SignatureMemo, seed: u64) -> Config {
     let mut config = config.with_flaws(flaws);
     config.verifier = config.verifier.with_memo(memo.clone());
     config.catch_up_batch = SIM_CATCH_UP_BATCH;
     config.reconfigurations = true;
     config.max_blocks_in_flight = if seed % 2 == 1 { 1 } else { usize::MAX };
+    config.min_block_interval_ms = if seed / 2 % 2 == 1 {
+        SIM_BLOCK_INTERVAL_MS
+    } else {
+        0
+    };
     if with_rules(seed) {
         config = config.with_policy(Arc::new(RULES));
     }

@@ -120,6 +120,20 @@ struct LastCut {
     arrivals: u64,
     /// More than one entry arrived between this cut and the one before.
     together: bool,
+    /// When it was cut.
+    at_ms: u64,
+    /// Entries that arrived between the cut before and this one, and in how long.
+    gathered: u64,
+    span_ms: u64,
+}
+
+impl LastCut {
+    /// How many entries arrive in `interval_ms` at the rate of the last cut's.
+    fn expected_in(&self, interval_ms: u64) -> u64 {
+        self.gathered
+            .saturating_mul(interval_ms)
+            .div_ceil(self.span_ms.max(1))
+    }
 }
 
 /// One PBFT replica.

@@ -628,7 +628,9 @@ impl Replica {
     /// - nothing of its own is in flight and entries come one at a time;
     /// - the oldest has waited `max_block_delay` and fewer than
     ///   `max_blocks_in_flight` of its blocks are still preparing (so entries that
-    ///   come together gather for the delay even with nothing in flight);
+    ///   come together gather for the delay even with nothing in flight), and
+    ///   `min_block_interval_ms` has passed since its last cut or as many entries
+    ///   wait as arrived in that long before it;
     /// - or a cut was asked for, or the epoch ends.
     ///
     /// It mines on top of its last proposal. Time is the replica's clock, which the
@@ -671,10 +673,23 @@ impl Replica {
             .filter(|slot| slot.prepared.as_ref().is_none_or(|p| p.view != self.view))
             .count();
         let room = ours < self.config.max_blocks_in_flight;
-        let waited = |arrived: u64| room && now.saturating_sub(arrived) >= delay;
+        // While entries keep coming, the last block's prepare would set the pace
+        // whatever the rate, and the members' CPU would go to blocks of a few
+        // entries: the next cut also waits out `min_block_interval_ms` from the last
+        // one, unless as many entries wait as arrived in that long before it (a
+        // closed loop's clients, all back, gain nothing by waiting).
+        let interval = self.config.min_block_interval_ms;
+        let next_cut = self.last_cut.at_ms.saturating_add(interval);
+        let expected = self.last_cut.expected_in(interval);
+        let due_at = |arrived: u64, count: usize| match count as u64 >= expected {
+            true => arrived.saturating_add(delay),
+            false => arrived.saturating_add(delay).max(next_cut),
+        };
+        let waited = |arrived: u64, count: usize| room && now >= due_at(arrived, count);
+        let count = self.pending.len();
         let due = self
             .oldest_pending()
-            .is_some_and(|pending| at_once || waited(pending.arrived_ms));
+            .is_some_and(|pending| at_once || waited(pending.arrived_ms, count));
         let ending = self.epoch_ending();
         // The pool also holds the entries of the blocks in flight, so it can hold a
         // block's worth while no full block waits. Entries leave the candidates only
@@ -691,7 +706,7 @@ impl Replica {
             if room {
                 self.cut_due_ms = self
                     .oldest_pending()
-                    .map(|pending| pending.arrived_ms.saturating_add(delay));
+                    .map(|pending| due_at(pending.arrived_ms, count));
             }
             return;
         }
@@ -764,10 +779,10 @@ impl Replica {
         }
         let due = entries.len() >= limit
             || (at_once && !entries.is_empty())
-            || oldest.is_some_and(waited);
+            || oldest.is_some_and(|arrived| waited(arrived, entries.len()));
         if !(due || self.cut_requested || ending) {
             if room {
-                self.cut_due_ms = oldest.map(|arrived| arrived.saturating_add(delay));
+                self.cut_due_ms = oldest.map(|arrived| due_at(arrived, entries.len()));
             }
             let lacking = (limit - entries.len()) as u64;
             self.cut_scan = Some((self.view, tip, self.arrivals + lacking));
@@ -818,9 +833,13 @@ impl Replica {
             }
         }
         self.mining = Some(block.header);
+        let gathered = self.arrivals.saturating_sub(self.last_cut.arrivals);
         self.last_cut = LastCut {
             arrivals: self.arrivals,
-            together: self.arrivals.saturating_sub(self.last_cut.arrivals) > 1,
+            together: gathered > 1,
+            at_ms: self.now_ms,
+            gathered,
+            span_ms: self.now_ms.saturating_sub(self.last_cut.at_ms),
         };
         self.out.push(Output::Mine(Arc::new(block)));
     }

@@ -353,6 +353,26 @@ fn only_a_find_of_the_template_being_mined_is_proposed() {
     );
 }
 
+/// Drives the block `outputs` (a primary's) asked to mine through its three phases
+/// with members 1 and 2: the block, and the outputs of the last vote.
+fn commit_proposal(
+    setup: &Setup,
+    primary: &mut Replica,
+    outputs: Vec<Output>,
+) -> (Arc<Block>, Vec<Output>) {
+    let Some(Output::Mine(template)) = outputs.into_iter().last() else {
+        panic!("a block to mine")
+    };
+    let block = mined(&template);
+    feed(primary, Input::Mined(block.clone()));
+    let mut outputs = Vec::new();
+    for (from, commit) in [(1, false), (2, false), (1, true), (2, true)] {
+        let message = Input::Message(vote(setup, from, commit, 0, &block));
+        outputs = primary.handle(message, &NoEntries);
+    }
+    (block, outputs)
+}
+
 /// With nothing in flight, entries that come one at a time are cut at once, but
 /// while they come together the oldest waits `max_block_delay` for the others:
 /// otherwise a busy cluster spends its CPU on blocks of a few entries each, and on
@@ -364,20 +384,7 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
     let mut primary = setup.replica(0);
     let mut entries = testing::entries(7, 6, 32).into_iter();
     let mut next = || entries.next().expect("six entries");
-    // Drives the block `outputs` asked to mine through its three phases.
-    let commit = |primary: &mut Replica, outputs: Vec<Output>| {
-        let Some(Output::Mine(template)) = outputs.into_iter().last() else {
-            panic!("a block to mine")
-        };
-        let block = mined(&template);
-        feed(primary, Input::Mined(block.clone()));
-        let mut outputs = Vec::new();
-        for (from, commit) in [(1, false), (2, false), (1, true), (2, true)] {
-            let message = Input::Message(vote(&setup, from, commit, 0, &block));
-            outputs = primary.handle(message, &NoEntries);
-        }
-        (block, outputs)
-    };
+    let commit = |primary: &mut Replica, outputs| commit_proposal(&setup, primary, outputs);
     let lines = |outputs: &[Output]| outputs.iter().map(describe).collect::<Vec<_>>();
 
     // One entry: cut at once. Two more arrive while it is in flight. The flag looks
@@ -430,6 +437,65 @@ fn entries_that_come_together_wait_the_delay_for_each_other() {
     assert_eq!(block.entries.len(), 2);
     assert!(submit(&mut primary, next()).is_empty());
     assert_eq!(lines(&tick(&mut primary, paused + 2 * delay)), ["mine h4"]);
+}
+
+/// While entries keep coming, the next cut also waits `min_block_interval_ms` from
+/// the last one, unless as many entries wait as arrived in that long before it.
+/// Without it the pace would follow the last block's prepare at any rate, and the
+/// members' CPU would go to blocks of a few entries.
+#[test]
+fn entries_that_keep_coming_wait_the_block_interval_unless_enough_are_in() {
+    let setup = Setup::new(4);
+    let delay = TIMING.max_block_delay_ms;
+    let interval = 5 * delay;
+    let mut primary = setup.replica_with(0, |config| {
+        config.max_blocks_in_flight = 1;
+        config.min_block_interval_ms = interval;
+    });
+    let mut entries = testing::entries(9, 7, 32).into_iter();
+    let mut next = || entries.next().expect("seven entries");
+    let at = |primary: &mut Replica, after: u64| {
+        let now_ms = setup.now + after;
+        primary.handle(Input::Clock { now_ms }, &NoEntries)
+    };
+    let commit = |primary: &mut Replica, outputs| commit_proposal(&setup, primary, outputs);
+    let lines = |outputs: &[Output]| outputs.iter().map(describe).collect::<Vec<_>>();
+
+    // One entry alone is cut at once; two arrive while it is in flight, and are cut
+    // once it commits, 10 ms later.
+    let first = submit(&mut primary, next());
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(at(&mut primary, 10).is_empty());
+    let (_, outputs) = commit(&mut primary, first);
+    assert_eq!(lines(&outputs), ["apply h1", "mine h2"]);
+    let (second, _) = commit(&mut primary, outputs);
+    assert_eq!(second.entries.len(), 2);
+
+    // Those two came in the 10 ms before their cut, so a block's worth is
+    // 2 * interval / 10 entries: the next entries wait out the interval from that
+    // cut, not only the delay from their arrival.
+    assert!(submit(&mut primary, next()).is_empty());
+    assert_eq!(primary.cut_due_ms(), Some(setup.now + 10 + interval));
+    assert!(
+        at(&mut primary, 10 + delay).is_empty(),
+        "the delay alone is out"
+    );
+    assert!(submit(&mut primary, next()).is_empty());
+    assert!(at(&mut primary, 10 + interval - 1).is_empty());
+    let third = at(&mut primary, 10 + interval);
+    assert_eq!(lines(&third), ["mine h3"]);
+    let (third, _) = commit(&mut primary, third);
+    assert_eq!(third.entries.len(), 2);
+
+    // Two came in that interval, so two are a block's worth now: one waits for
+    // the interval, and once a second is in, both wait only the delay.
+    let cut = 10 + interval;
+    assert!(submit(&mut primary, next()).is_empty());
+    assert_eq!(primary.cut_due_ms(), Some(setup.now + cut + interval));
+    assert!(submit(&mut primary, next()).is_empty());
+    assert_eq!(primary.cut_due_ms(), Some(setup.now + cut + delay));
+    assert_eq!(lines(&at(&mut primary, cut + delay)), ["mine h4"]);
 }
 
 /// With `max_blocks_in_flight` blocks preparing, entries wait for one to prepare

@@ -106,6 +106,14 @@ pub struct Config {
     /// unprepared blocks lets the next one be mined while a prepared one commits.
     /// Unbounded by default; a node sets its `max_blocks_in_flight`.
     pub max_blocks_in_flight: usize,
+    /// Least time between two of the primary's cuts while entries come together,
+    /// unless as many have come as arrived in that long before the last cut (a
+    /// closed loop of waiting clients is back). The cut otherwise follows the
+    /// last block's prepare, so at any rate the blocks come as fast as the
+    /// members can vote, and every block costs each member its proof of work's
+    /// share, signatures and writes however few entries it holds. 0: no such
+    /// spacing (a node sets its `min_block_interval_ms`).
+    pub min_block_interval_ms: u64,
     /// Committed blocks a peer sends per catch-up request: once that many arrived, a
     /// lagging replica asks for the next batch at once instead of at its next check.
     pub catch_up_batch: u64,
@@ -170,6 +178,7 @@ impl Config {
             max_pending: 100_000,
             max_block_entries: spec.params.max_block_entries as usize,
             max_blocks_in_flight: usize::MAX,
+            min_block_interval_ms: 0,
             catch_up_batch: 32,
             spec: Arc::new(spec.clone()),
             epoch: 0,
