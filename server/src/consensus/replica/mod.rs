@@ -113,13 +113,12 @@ struct Waiting {
     arrived_ms: u64,
 }
 
-/// A primary's last cut: whether entries come together, and so wait for each other.
+/// A primary's last cut: whether entries come together, and so wait for each other,
+/// and how fast they came.
 #[derive(Clone, Copy, Debug, Default)]
 struct LastCut {
     /// `arrivals` at the cut.
     arrivals: u64,
-    /// More than one entry arrived between this cut and the one before.
-    together: bool,
     /// When it was cut.
     at_ms: u64,
     /// Entries that arrived between the cut before and this one, and in how long.
@@ -128,6 +127,11 @@ struct LastCut {
 }
 
 impl LastCut {
+    /// More than one entry arrived between this cut and the one before.
+    fn together(&self) -> bool {
+        self.gathered > 1
+    }
+
     /// How many entries arrive in `interval_ms` at the rate of the last cut's.
     fn expected_in(&self, interval_ms: u64) -> u64 {
         self.gathered

@@ -662,7 +662,7 @@ impl Replica {
         // cut at the first entry of a burst sends it alone, and the rest wait a round
         // for the next. Entries that come one at a time have nothing to gather and go
         // at once.
-        let at_once = !self.last_cut.together && self.slots.range(tip + 1..).next().is_none();
+        let at_once = !self.last_cut.together() && self.slots.range(tip + 1..).next().is_none();
         // Only blocks on their way in this view count: a slot an earlier view left
         // above the tip holds nothing back (the cut below replaces it). A prepared
         // block no longer does either: its successor is mined while it commits,
@@ -833,12 +833,10 @@ impl Replica {
             }
         }
         self.mining = Some(block.header);
-        let gathered = self.arrivals.saturating_sub(self.last_cut.arrivals);
         self.last_cut = LastCut {
             arrivals: self.arrivals,
-            together: gathered > 1,
             at_ms: self.now_ms,
-            gathered,
+            gathered: self.arrivals.saturating_sub(self.last_cut.arrivals),
             span_ms: self.now_ms.saturating_sub(self.last_cut.at_ms),
         };
         self.out.push(Output::Mine(Arc::new(block)));
