@@ -409,10 +409,10 @@ pub fn restore(
         Ok(tip) => tip,
         Err(error) => {
             // A restore starts from nothing, so what a failed one wrote is of no use.
-            let log = crate::storage::Store::log_path(&built);
-            for file in [staging, &built, &log] {
+            for file in [staging, &built] {
                 let _ = std::fs::remove_file(file);
             }
+            crate::storage::Store::remove_log(&built);
             return Err(error);
         }
     };

@@ -248,7 +248,7 @@ fn set_aside_history(config: &NodeConfig, store: &Store) -> Option<Store> {
 
 /// Removes the database set aside for a join, no longer needed.
 fn remove_set_aside(aside: &Path) {
-    let _ = std::fs::remove_file(Store::log_path(aside));
+    Store::remove_log(aside);
     match std::fs::remove_file(aside) {
         Ok(()) => {
             tracing::info!(set_aside = %aside.display(), "the database set aside for the join is removed")

@@ -453,12 +453,22 @@ impl Store {
         wal::Wal::path_for(database)
     }
 
+    /// Removes the consensus log of the database at `database`, and the file made
+    /// ahead for its next start-over, where they exist.
+    pub fn remove_log(database: &Path) {
+        let log = Store::log_path(database);
+        let _ = std::fs::remove_file(wal::Wal::spare_path(&log));
+        let _ = std::fs::remove_file(log);
+    }
+
     /// Renames a closed database file and the consensus log beside it, durably. A
     /// crash between the two renames leaves the database without its log, which it
     /// then refuses to open without, naming the log it expects; a log never goes to
     /// another database, as it names its own.
     pub fn move_files(from: &Path, to: &Path) -> std::io::Result<()> {
         let log = Store::log_path(from);
+        // The file made ahead for the log's next start-over is not worth moving.
+        let _ = std::fs::remove_file(wal::Wal::spare_path(&log));
         std::fs::rename(from, to)?;
         if log.exists() {
             std::fs::rename(&log, Store::log_path(to))?;

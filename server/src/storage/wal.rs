@@ -25,11 +25,20 @@
 //! file's new size (an inode write, or a journal commit where there is a journal):
 //! a fifth to a third of its cost here. Zeros after the last frame are that room,
 //! not damage.
+//!
+//! Starting over writes a new file of zeros, synced, which took the consensus thread
+//! 10–60 ms at every stable checkpoint, on every member at once. So each start-over
+//! has the next one's file made off that thread, beside the log (`<log>.spare`): the
+//! next start-over writes its header, syncs that block and renames it over the log.
+//! A spare not ready yet, or one that failed, leaves the start-over to the old way,
+//! as does the first one after the log opens (a log opened again on the same path
+//! while this one lives must not make the same file).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -69,6 +78,19 @@ pub(super) struct Wal {
     /// frame chains on.
     last: [u8; 32],
     records: Vec<Record>,
+    /// The next generation's file of zeros being made (see the module's docs): the
+    /// file and its size.
+    spare: Option<JoinHandle<std::io::Result<(File, u64)>>>,
+}
+
+impl Drop for Wal {
+    /// Waits for the spare being made: the log opened next on the same path makes
+    /// its own, and two must not write one file.
+    fn drop(&mut self) {
+        if let Some(making) = self.spare.take() {
+            let _ = making.join();
+        }
+    }
 }
 
 impl Wal {
@@ -114,6 +136,7 @@ impl Wal {
             allocated,
             last,
             records,
+            spare: None,
         })
     }
 
@@ -136,18 +159,33 @@ impl Wal {
             .and_then(|()| write_zeros(&file, HEADER_LEN as u64, allocated))
             .and_then(|()| file.sync_all())
             .map_err(io)?;
-        std::fs::rename(&fresh, path)
+        Wal::installed(path, &fresh, file, id, generation, allocated)
+    }
+
+    /// The empty log of `generation` written at `written` (its header and room
+    /// synced), renamed to the log's `path`: the log on disk is always one whole
+    /// header or the other.
+    fn installed(
+        path: &Path,
+        written: &Path,
+        file: File,
+        id: [u8; 16],
+        generation: u64,
+        allocated: u64,
+    ) -> Result<Wal, StoreError> {
+        std::fs::rename(written, path)
             .and_then(|()| super::sync_parent(path))
             .map_err(io)?;
         Ok(Wal {
             path: path.to_owned(),
-            file: OpenOptions::new().write(true).open(path).map_err(io)?,
+            file,
             id,
             generation,
             len: HEADER_LEN as u64,
             allocated,
-            last: header_digest(&header),
+            last: header_digest(&header(id, generation)),
             records: Vec::new(),
+            spare: None,
         })
     }
 
@@ -202,8 +240,60 @@ impl Wal {
     /// Starts an empty log of `generation`, once the database holds the records,
     /// with the room the last one used.
     pub(super) fn restart(&mut self, generation: u64) -> Result<(), StoreError> {
-        *self = Wal::create(&self.path, self.id, generation, self.len)?;
+        let expected = self.len;
+        let ready = match self.spare.take() {
+            // One that failed is left to the old way, which reports what fails.
+            Some(making) if making.is_finished() => making.join().ok().and_then(Result::ok),
+            making => {
+                self.spare = making;
+                None
+            }
+        };
+        let mut next = match ready {
+            Some((file, allocated)) => self.take_spare(file, allocated, generation)?,
+            None => Wal::create(&self.path, self.id, generation, expected)?,
+        };
+        next.spare = self.spare.take();
+        *self = next;
+        self.make_spare(expected);
         Ok(())
+    }
+
+    /// Where the next generation's file is made beside the log at `path`.
+    pub(super) fn spare_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".spare");
+        PathBuf::from(name)
+    }
+
+    /// Starts making a spare with room for about `expected` bytes of frames, unless
+    /// one is being made.
+    fn make_spare(&mut self, expected: u64) {
+        if self.spare.is_some() {
+            return;
+        }
+        let path = Wal::spare_path(&self.path);
+        let allocated = room_for(expected, ROOM_STEP).min(ROOM_MAX_STEP);
+        let making = std::thread::Builder::new()
+            .name("log-spare".into())
+            .spawn(move || {
+                let file = File::create(&path)?;
+                write_zeros(&file, 0, allocated)?;
+                file.sync_all()?;
+                Ok((file, allocated))
+            });
+        // No thread, no spare: starting over takes the old way.
+        self.spare = making.ok();
+    }
+
+    /// The empty log of `generation` in the spare `file` (zeros, synced): its header
+    /// is written and synced before it takes the log's place.
+    fn take_spare(&self, file: File, allocated: u64, generation: u64) -> Result<Wal, StoreError> {
+        file.write_all_at(&header(self.id, generation), 0)
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
+        let spare = Wal::spare_path(&self.path);
+        Wal::installed(&self.path, &spare, file, self.id, generation, allocated)
     }
 
     /// Writes zeros up to at least `end` if the file ends before it: doubling the
@@ -496,6 +586,71 @@ mod tests {
             block: Arc::new(Block::clone(&spec.genesis_block())),
             signature: [view as u8; 64],
         }
+    }
+
+    /// Waits (boundedly) until the spare the last start-over began is made or failed.
+    fn spare_done(wal: &Wal) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !wal
+            .spare
+            .as_ref()
+            .is_some_and(|making| making.is_finished())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no spare made in 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_start_over_takes_the_file_the_last_one_made_ahead() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
+        assert!(wal.spare.is_none(), "a log just opened makes no spare");
+        wal.append(&[accepted(1)]).unwrap();
+        let ended = wal.len();
+        wal.restart(1).unwrap();
+        spare_done(&wal);
+        let spare = std::fs::metadata(Wal::spare_path(&path)).unwrap();
+        assert_eq!(spare.len(), room_for(ended, ROOM_STEP));
+        wal.append(&[accepted(2)]).unwrap();
+        let before = wal.len();
+        wal.restart(2).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), spare.ino());
+        assert_eq!(wal.generation(), 2);
+        wal.append(&[accepted(3)]).unwrap();
+        // Another spare is on its way, sized by the generation that just ended.
+        spare_done(&wal);
+        assert_eq!(
+            std::fs::metadata(Wal::spare_path(&path)).unwrap().len(),
+            room_for(before, ROOM_STEP)
+        );
+        drop(wal);
+        let again = Wal::open(&path, ID, 2, true).unwrap();
+        assert_eq!(again.records(), &[accepted(3)]);
+    }
+
+    #[test]
+    fn a_spare_that_cannot_be_made_leaves_the_start_over_to_the_old_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        // A directory where the spare would go: making it fails.
+        std::fs::create_dir(Wal::spare_path(&path)).unwrap();
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
+        wal.restart(1).unwrap();
+        spare_done(&wal);
+        wal.append(&[accepted(1)]).unwrap();
+        wal.restart(2).unwrap();
+        wal.append(&[accepted(2)]).unwrap();
+        drop(wal);
+        assert_eq!(
+            Wal::open(&path, ID, 2, true).unwrap().records(),
+            &[accepted(2)]
+        );
     }
 
     #[test]
