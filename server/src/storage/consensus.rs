@@ -244,6 +244,9 @@ impl Store {
     /// when everything it holds is written into the tables at once: after a failed
     /// `fdatasync` the file's contents cannot be trusted to be on disk).
     pub(super) fn open_wal(&self, after_failure: bool) -> Result<(), StoreError> {
+        if let Some(live) = self.wal.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            live.settle();
+        }
         let (id, generation) = self.wal_named()?;
         let path = Wal::path_for(&self.path);
         let mut wal = match id {

@@ -31,8 +31,8 @@
 //! has the next one's file made off that thread, beside the log (`<log>.spare`): the
 //! next start-over writes its header, syncs that block and renames it over the log.
 //! A spare not ready yet, or one that failed, leaves the start-over to the old way,
-//! as does the first one after the log opens (a log opened again on the same path
-//! while this one lives must not make the same file).
+//! as does the first one after the log opens. A log stops making its spare before
+//! another opens on its path ([`Wal::settle`]): two must not write one file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -81,15 +81,15 @@ pub(super) struct Wal {
     /// The next generation's file of zeros being made (see the module's docs): the
     /// file and its size.
     spare: Option<JoinHandle<std::io::Result<(File, u64)>>>,
+    /// The last spare could not be made (told once, until one is made again).
+    spare_failing: bool,
 }
 
 impl Drop for Wal {
     /// Waits for the spare being made: the log opened next on the same path makes
     /// its own, and two must not write one file.
     fn drop(&mut self) {
-        if let Some(making) = self.spare.take() {
-            let _ = making.join();
-        }
+        self.settle();
     }
 }
 
@@ -137,6 +137,7 @@ impl Wal {
             last,
             records,
             spare: None,
+            spare_failing: false,
         })
     }
 
@@ -186,6 +187,7 @@ impl Wal {
             last: header_digest(&header(id, generation)),
             records: Vec::new(),
             spare: None,
+            spare_failing: false,
         })
     }
 
@@ -242,21 +244,50 @@ impl Wal {
     pub(super) fn restart(&mut self, generation: u64) -> Result<(), StoreError> {
         let expected = self.len;
         let ready = match self.spare.take() {
-            // One that failed is left to the old way, which reports what fails.
-            Some(making) if making.is_finished() => making.join().ok().and_then(Result::ok),
+            Some(making) if making.is_finished() => match making.join() {
+                Ok(Ok(spare)) => Some(spare),
+                // Left to the old way, which reports what fails on the path itself.
+                Ok(Err(error)) => self.spare_failed(&error.to_string()),
+                Err(_) => self.spare_failed("its thread panicked"),
+            },
             making => {
                 self.spare = making;
                 None
             }
         };
+        let failing = self.spare_failing && ready.is_none();
         let mut next = match ready {
             Some((file, allocated)) => self.take_spare(file, allocated, generation)?,
             None => Wal::create(&self.path, self.id, generation, expected)?,
         };
         next.spare = self.spare.take();
+        next.spare_failing = failing;
         *self = next;
         self.make_spare(expected);
         Ok(())
+    }
+
+    /// Tells once that spares fail: each start-over writes its file on the consensus
+    /// thread meanwhile, which is slower, not wrong.
+    fn spare_failed(&mut self, why: &str) -> Option<(File, u64)> {
+        if !self.spare_failing {
+            tracing::warn!(
+                spare = %Wal::spare_path(&self.path).display(),
+                %why,
+                "the consensus log's next file could not be made ahead; the log starts over \
+                 the slower way until it can"
+            );
+        }
+        self.spare_failing = true;
+        None
+    }
+
+    /// Waits for the spare being made: the log opened again on the same path (after
+    /// a failure, while this one lives) makes its own, and two must not write one file.
+    pub(super) fn settle(&mut self) {
+        if let Some(making) = self.spare.take() {
+            let _ = making.join();
+        }
     }
 
     /// Where the next generation's file is made beside the log at `path`.
