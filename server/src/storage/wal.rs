@@ -666,6 +666,40 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_still_being_made_is_kept_for_the_next_start_over() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open(&path, ID, 0, false).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let spare = Wal::spare_path(&path);
+        // Larger than any spare this log would make itself: the one taken below is
+        // this one.
+        let room = 3 * ROOM_STEP;
+        wal.spare = Some(std::thread::spawn(move || {
+            let _ = held.recv();
+            let file = File::create(&spare)?;
+            write_zeros(&file, 0, room)?;
+            file.sync_all()?;
+            Ok((file, room))
+        }));
+        wal.restart(1).unwrap();
+        assert!(wal.spare.is_some(), "the spare being made is kept");
+        release.send(()).unwrap();
+        spare_done(&wal);
+        let made = std::fs::metadata(Wal::spare_path(&path)).unwrap().ino();
+        wal.restart(2).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), made);
+        assert_eq!(wal.allocated, room);
+        wal.append(&[accepted(1)]).unwrap();
+        drop(wal);
+        assert_eq!(
+            Wal::open(&path, ID, 2, true).unwrap().records(),
+            &[accepted(1)]
+        );
+    }
+
+    #[test]
     fn a_spare_that_cannot_be_made_leaves_the_start_over_to_the_old_way() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.wal");
