@@ -244,12 +244,15 @@ impl Wal {
     pub(super) fn restart(&mut self, generation: u64) -> Result<(), StoreError> {
         let expected = self.len;
         let ready = match self.spare.take() {
-            Some(making) if making.is_finished() => match making.join() {
-                Ok(Ok(spare)) => Some(spare),
-                // Left to the old way, which reports what fails on the path itself.
-                Ok(Err(error)) => self.spare_failed(&error.to_string()),
-                Err(_) => self.spare_failed("its thread panicked"),
-            },
+            Some(making) if making.is_finished() => {
+                let made = match making.join() {
+                    Ok(made) => made.map_err(|error| error.to_string()),
+                    Err(_) => Err("its thread panicked".to_string()),
+                };
+                // One that failed leaves this start-over to the old way, which reports
+                // what fails on the log's own path.
+                made.inspect_err(|why| self.spare_failed(why)).ok()
+            }
             making => {
                 self.spare = making;
                 None
@@ -269,7 +272,7 @@ impl Wal {
 
     /// Tells once that spares fail: each start-over writes its file on the consensus
     /// thread meanwhile, which is slower, not wrong.
-    fn spare_failed(&mut self, why: &str) -> Option<(File, u64)> {
+    fn spare_failed(&mut self, why: &str) {
         if !self.spare_failing {
             tracing::warn!(
                 spare = %Wal::spare_path(&self.path).display(),
@@ -279,7 +282,6 @@ impl Wal {
             );
         }
         self.spare_failing = true;
-        None
     }
 
     /// Waits for the spare being made: the log opened again on the same path (after
