@@ -86,8 +86,7 @@ pub(super) struct Wal {
 }
 
 impl Drop for Wal {
-    /// Waits for the spare being made: the log opened next on the same path makes
-    /// its own, and two must not write one file.
+    /// See [`Wal::settle`].
     fn drop(&mut self) {
         self.settle();
     }
@@ -155,7 +154,7 @@ impl Wal {
         let fresh = PathBuf::from(fresh);
         let mut file = File::create(&fresh).map_err(io)?;
         let header = header(id, generation);
-        let allocated = room_for(expected, ROOM_STEP).min(ROOM_MAX_STEP);
+        let allocated = starting_room(expected);
         file.write_all(&header)
             .and_then(|()| write_zeros(&file, HEADER_LEN as u64, allocated))
             .and_then(|()| file.sync_all())
@@ -306,7 +305,7 @@ impl Wal {
             return;
         }
         let path = Wal::spare_path(&self.path);
-        let allocated = room_for(expected, ROOM_STEP).min(ROOM_MAX_STEP);
+        let allocated = starting_room(expected);
         let making = std::thread::Builder::new()
             .name("log-spare".into())
             .spawn(move || {
@@ -429,6 +428,12 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 /// the append a crash cut short.
 fn torn(bytes: &[u8], valid: usize) -> bool {
     bytes[valid..].iter().any(|byte| *byte != 0)
+}
+
+/// The room a new log starts with for about `expected` bytes of frames, whichever
+/// way it is made.
+fn starting_room(expected: u64) -> u64 {
+    room_for(expected, ROOM_STEP).min(ROOM_MAX_STEP)
 }
 
 /// `bytes` rounded up to a whole number of `step`s, at least one.
