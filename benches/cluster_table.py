@@ -193,8 +193,10 @@ def headroom(results, counts):
                        f"per commit this load ran at it would carry {most:,.0f}/s: held "
                        f"by the CPU")
         else:
+            # Little's law again: n closed-loop clients at this rate waited n / rate.
             target += (f"; the machine was only {ours['busy']:.0%} busy: held by the "
-                       f"commit path's latency, not the CPU")
+                       f"latency of a commit under this load ({1000 * n / ours['rate']:.1f} ms "
+                       f"mean), not the CPU")
         # n closed-loop clients commit n over the mean commit latency (Little's
         # law), and a commit under load takes at least a lone one's path.
         alone = report(results, "ledger-1")
@@ -207,6 +209,8 @@ def headroom(results, counts):
                 target += f", {short:.0%} short of it"
                 if short > 0.1:
                     target += ": out of reach without a shorter commit path"
+            elif ours["busy"] < CPU_BOUND:
+                target += ": the path is short enough; the wait a commit adds under load is not"
         print(target)
     for name in ("ledger-half", "ledger-half-waiting", "etcd-half"):
         half = report(results, name)
