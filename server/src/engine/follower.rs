@@ -55,9 +55,20 @@ const ASK_AT_MOST: usize = 32;
 /// Longest wait for a member's answer about one entry.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Whether the member at `taker` says it let `id` go uncommitted (404 `left_pool`);
-/// `None` if it could not be asked.
-fn said_left(agent: &ureq::Agent, taker: &str, id: &Hash) -> Option<bool> {
+/// What the member that took a forwarded entry says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Said {
+    /// It let the entry go uncommitted (404 `left_pool`).
+    Left,
+    /// It knows nothing of the entry (404 `not_found`): it lost its pool, as in a
+    /// restart, and never orders it.
+    Unknown,
+    /// Anything else: it holds the entry, or committed it.
+    Holds,
+}
+
+/// What the member at `taker` says of `id`; `None` if it could not be asked.
+fn asked(agent: &ureq::Agent, taker: &str, id: &Hash) -> Option<Said> {
     let url = format!("{taker}/v1/entries/{}", id.to_hex());
     let mut response = agent
         .get(&url)
@@ -67,11 +78,84 @@ fn said_left(agent: &ureq::Agent, taker: &str, id: &Hash) -> Option<bool> {
         .call()
         .ok()?;
     if response.status().as_u16() != 404 {
-        return Some(false);
+        return Some(Said::Holds);
     }
     let body = join::body(&mut response, 4 << 10).ok()?;
-    let body = serde_json::from_slice::<crate::api::ErrorBody>(&body).ok();
-    Some(body.is_some_and(|body| body.error == LEFT_POOL))
+    let Ok(body) = serde_json::from_slice::<crate::api::ErrorBody>(&body) else {
+        return Some(Said::Holds);
+    };
+    Some(match body.error.as_str() {
+        LEFT_POOL => Said::Left,
+        "not_found" => Said::Unknown,
+        _ => Said::Holds,
+    })
+}
+
+/// Posts `entry` to `sources` in turn, from the one at `first`, until one takes it (its
+/// base URL is returned) or refuses it for a reason another would share.
+fn forward(
+    agent: &ureq::Agent,
+    sources: &[String],
+    first: usize,
+    entry: &Entry,
+) -> Result<String, SubmitError> {
+    let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
+        .map_err(|error| SubmitError::NoMember(error.to_string()))?;
+    let mut failures = Vec::new();
+    let mut timed_out = false;
+    for turn in 0..sources.len() {
+        let source = &sources[(first + turn) % sources.len()];
+        let answer = agent
+            .post(&format!("{source}/v1/entries"))
+            .header("content-type", "application/json")
+            .send(body.as_str());
+        let mut response = match answer {
+            Ok(response) => response,
+            Err(error) => {
+                timed_out |= matches!(error, ureq::Error::Timeout(_));
+                failures.push(format!("{source}: {error}"));
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let message = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .ok()
+            .and_then(|body| serde_json::from_str::<crate::api::ErrorBody>(&body).ok())
+            .map(|body| body.message)
+            .unwrap_or_default();
+        match status {
+            200 | 202 => return Ok(source.clone()),
+            409 => return Err(SubmitError::Duplicate(entry.id())),
+            413 | 422 => {
+                return Err(SubmitError::RefusedByMember(format!(
+                    "{source} refused the entry: {message}"
+                )))
+            }
+            _ => failures.push(format!("{source}: HTTP {status} {message}")),
+        }
+    }
+    let mut reason = failures.join("; ");
+    if timed_out {
+        // The entry may be on its way all the same: its id tells.
+        reason.push_str(
+            "; a member that timed out may have taken the entry: submit it again, or \
+             ask for it by id, to learn what became of it",
+        );
+    }
+    Err(SubmitError::NoMember(reason))
+}
+
+/// The answers of one round of [`Follower::ask_left`].
+#[derive(Debug, Default)]
+struct Answers {
+    /// Entries their member said it let go.
+    left: Vec<Hash>,
+    /// Entries their member knew nothing of, with the member that took them again.
+    forwarded_again: Vec<(Hash, String)>,
 }
 
 /// A forwarded entry waiting to be committed.
@@ -104,7 +188,7 @@ pub struct Follower {
     /// Forwarded entries the member that took them let go, with why.
     left: LeftPool,
     /// The answers of the round of [`Follower::ask_left`] under way, if one is.
-    asking: Mutex<Option<std::sync::mpsc::Receiver<Vec<Hash>>>>,
+    asking: Mutex<Option<std::sync::mpsc::Receiver<Answers>>>,
     next_difficulty: AtomicU32,
     /// From the start until a member first says it has no block after the tip, and
     /// again after [`CATCHING_UP_BLOCKS`] applied back to back: readiness says so.
@@ -225,60 +309,10 @@ impl Follower {
         Ok((id, receiver))
     }
 
-    /// Posts `entry` to the members in turn, from the preferred one, until one takes
-    /// it (its base URL is returned) or refuses it for a reason another would share.
+    /// [`forward`]s `entry` to the members, from the preferred one.
     fn forward(&self, entry: &Entry) -> Result<String, SubmitError> {
-        let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
-            .map_err(|error| SubmitError::NoMember(error.to_string()))?;
-        let mut failures = Vec::new();
-        let mut timed_out = false;
         let first = self.preferred.load(Ordering::Relaxed) as usize;
-        let sources = self.sources();
-        for turn in 0..sources.len() {
-            let source = &sources[(first + turn) % sources.len()];
-            let answer = self
-                .agent
-                .post(&format!("{source}/v1/entries"))
-                .header("content-type", "application/json")
-                .send(body.as_str());
-            let mut response = match answer {
-                Ok(response) => response,
-                Err(error) => {
-                    timed_out |= matches!(error, ureq::Error::Timeout(_));
-                    failures.push(format!("{source}: {error}"));
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let message = response
-                .body_mut()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_string()
-                .ok()
-                .and_then(|body| serde_json::from_str::<crate::api::ErrorBody>(&body).ok())
-                .map(|body| body.message)
-                .unwrap_or_default();
-            match status {
-                200 | 202 => return Ok(source.clone()),
-                409 => return Err(SubmitError::Duplicate(entry.id())),
-                413 | 422 => {
-                    return Err(SubmitError::RefusedByMember(format!(
-                        "{source} refused the entry: {message}"
-                    )))
-                }
-                _ => failures.push(format!("{source}: HTTP {status} {message}")),
-            }
-        }
-        let mut reason = failures.join("; ");
-        if timed_out {
-            // The entry may be on its way all the same: its id tells.
-            reason.push_str(
-                "; a member that timed out may have taken the entry: submit it again, or \
-                 ask for it by id, to learn what became of it",
-            );
-        }
-        Err(SubmitError::NoMember(reason))
+        forward(&self.agent, &self.sources(), first, entry)
     }
 
     /// Whether `id` was forwarded from here and is not committed yet.
@@ -613,19 +647,21 @@ impl Follower {
     }
 
     /// Asks the members that took entries a while ago, a few entries a round, whether
-    /// they let them go: on a thread of its own, so a member that hangs holds no
-    /// block back, and one round at a time. Takes the answers of the round before.
+    /// they let them go, and forwards again those a member knows nothing of (it lost
+    /// its pool, as in a restart): on a thread of its own, so a member that hangs
+    /// holds no block back, and one round at a time. Takes the answers of the round
+    /// before.
     fn ask_left(&self) {
         let mut round = lock(&self.asking);
         if let Some(answers) = round.as_ref() {
             match answers.try_recv() {
-                Ok(said) => self.settle_left(said),
+                Ok(answers) => self.settle(answers),
                 Err(std::sync::mpsc::TryRecvError::Empty) => return,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {}
             }
         }
         *round = None;
-        let mut asking: Vec<(Hash, String)> = {
+        let asking: Vec<(Hash, String, Entry)> = {
             let mut forwarded = lock(&self.forwarded);
             let mut due: Vec<(&Hash, &mut Forwarded)> = forwarded
                 .iter_mut()
@@ -642,7 +678,7 @@ impl Follower {
                 .take(ASK_AT_MOST)
                 .filter_map(|(id, held)| {
                     held.asked = Some(Instant::now());
-                    Some((*id, held.taker.clone()?))
+                    Some((*id, held.taker.clone()?, held.entry.clone()))
                 })
                 .collect()
         };
@@ -651,25 +687,59 @@ impl Follower {
         }
         let (tell, answers) = std::sync::mpsc::channel();
         let agent = self.agent.clone();
+        let sources = self.sources();
+        let first = self.preferred.load(Ordering::Relaxed) as usize;
         let spawned = std::thread::Builder::new()
             .name("follower-ask".into())
             .spawn(move || {
                 let mut unreached: Vec<String> = Vec::new();
-                asking.retain(|(id, taker)| {
-                    if unreached.contains(taker) {
-                        return false;
+                let mut answers = Answers::default();
+                for (id, taker, entry) in asking {
+                    if unreached.contains(&taker) {
+                        continue;
                     }
-                    let said = said_left(&agent, taker, id);
-                    if said.is_none() {
-                        unreached.push(taker.clone());
+                    match asked(&agent, &taker, &id) {
+                        None => unreached.push(taker),
+                        Some(Said::Left) => answers.left.push(id),
+                        // A member that lost it takes it anew, or hands it on; one that
+                        // holds or committed it refuses it as a duplicate. A member
+                        // that lies costs a forward per `ASK_AGAIN` at most.
+                        Some(Said::Unknown) => match forward(&agent, &sources, first, &entry) {
+                            Ok(taker) => answers.forwarded_again.push((id, taker)),
+                            Err(SubmitError::Duplicate(_)) => {}
+                            Err(error) => tracing::warn!(
+                                %id, %error,
+                                "the member that took this entry knows nothing of it, and \
+                                 forwarding it again failed: it is asked about again later"
+                            ),
+                        },
+                        Some(Said::Holds) => {}
                     }
-                    said == Some(true)
-                });
-                let _ = tell.send(asking.into_iter().map(|(id, _)| id).collect());
+                }
+                let _ = tell.send(answers);
             });
         if spawned.is_ok() {
             *round = Some(answers);
         }
+    }
+
+    /// Takes a round's answers: the entries forwarded again wait on the member that
+    /// took them now, and those let go are settled.
+    fn settle(&self, answers: Answers) {
+        {
+            let mut forwarded = lock(&self.forwarded);
+            for (id, taker) in answers.forwarded_again {
+                if let Some(held) = forwarded.get_mut(&id) {
+                    tracing::info!(
+                        %id, %taker,
+                        "the member that took this entry knew nothing of it (it lost its \
+                         pool): forwarded again"
+                    );
+                    held.taker = Some(taker);
+                }
+            }
+        }
+        self.settle_left(answers.left);
     }
 
     /// Of the entries members said they let go, those this node's own rules refuse
@@ -881,51 +951,47 @@ mod tests {
         }
     }
 
-    /// A member that says it let an entry go (404 `left_pool`) is asked on a thread of
-    /// its own, and not taken at its word: this node's own rules take the entry, so it
-    /// stays forwarded and its waiter is not told.
-    #[test]
-    fn a_member_saying_it_let_an_entry_go_is_not_taken_at_its_word() {
-        let (_dir, store) = fresh_store();
-        let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let taker = format!("http://{}", liar.local_addr().unwrap());
-        let asked = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&asked);
+    /// A member that answers every request with `status` and the JSON `body`, for at
+    /// most `connections` connections: its base URL, and how many requests it read.
+    fn fake_member(
+        status: &'static str,
+        body: &'static str,
+        connections: usize,
+    ) -> (String, Arc<AtomicU64>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&requests);
         std::thread::spawn(move || {
-            use std::io::{BufRead, Write};
-            let body = r#"{"error":"left_pool","message":"no block holds it"}"#;
-            for connection in liar.incoming().take(4) {
+            use std::io::{BufRead, Read, Write};
+            for connection in listener.incoming().take(connections) {
                 let Ok(mut connection) = connection else {
                     return;
                 };
                 let mut reader = std::io::BufReader::new(connection.try_clone().unwrap());
-                let mut line = String::new();
+                let (mut line, mut length) = (String::new(), 0usize);
                 while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
                     line.clear();
                 }
+                // Read whole, so that closing the connection resets nothing.
+                let _ = reader.read_exact(&mut vec![0; length]);
                 counted.fetch_add(1, Ordering::SeqCst);
                 let _ = write!(
                     connection,
-                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
                      content-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
         });
-        let follower = follower(store, vec![taker.clone()]);
-        let entry = testing::entries(7, 1, 16).remove(0);
-        let id = entry.id();
-        assert_eq!(said_left(&follower.agent, &taker, &id), Some(true));
+        (url, requests)
+    }
 
-        let (sender, mut receiver) = oneshot::channel();
-        let held = Forwarded {
-            entry,
-            since: Instant::now().checked_sub(ASK_AFTER).unwrap(),
-            waiters: vec![sender],
-            taker: Some(taker),
-            asked: None,
-        };
-        lock(&follower.forwarded).insert(id, held);
+    /// Runs [`Follower::ask_left`] until its round is over and its answers taken.
+    fn ask_round(follower: &Follower) {
         follower.ask_left();
         let deadline = Instant::now() + Duration::from_secs(10);
         while lock(&follower.asking).is_some() {
@@ -933,12 +999,75 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             follower.ask_left();
         }
-        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    /// An entry forwarded a while ago to `taker`, with a waiter.
+    fn held(entry: Entry, taker: &str) -> (Forwarded, oneshot::Receiver<crate::engine::Settled>) {
+        let (sender, receiver) = oneshot::channel();
+        let held = Forwarded {
+            entry,
+            since: Instant::now().checked_sub(ASK_AFTER).unwrap(),
+            waiters: vec![sender],
+            taker: Some(taker.to_owned()),
+            asked: None,
+        };
+        (held, receiver)
+    }
+
+    /// A member that says it let an entry go (404 `left_pool`) is asked on a thread of
+    /// its own, and not taken at its word: this node's own rules take the entry, so it
+    /// stays forwarded and its waiter is not told.
+    #[test]
+    fn a_member_saying_it_let_an_entry_go_is_not_taken_at_its_word() {
+        let (_dir, store) = fresh_store();
+        let body = r#"{"error":"left_pool","message":"no block holds it"}"#;
+        let (taker, asked_there) = fake_member("404 Not Found", body, 4);
+        let follower = follower(store, vec![taker.clone()]);
+        let entry = testing::entries(7, 1, 16).remove(0);
+        let id = entry.id();
+        assert_eq!(asked(&follower.agent, &taker, &id), Some(Said::Left));
+
+        let (held, mut receiver) = held(entry, &taker);
+        lock(&follower.forwarded).insert(id, held);
+        ask_round(&follower);
+        assert_eq!(asked_there.load(Ordering::SeqCst), 2);
         assert!(follower.is_pending(&id));
         assert_eq!(follower.left_pool(&id), None);
         assert!(receiver
             .try_recv()
             .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+    }
+
+    /// A member that knows nothing of an entry it took (404 `not_found`: it lost its
+    /// pool, as in a restart) would never order it: the entry is forwarded again, and
+    /// waits on the member that took it this time.
+    #[test]
+    fn an_entry_its_member_lost_is_forwarded_again() {
+        let (_dir, store) = fresh_store();
+        let lost = r#"{"error":"not_found","message":"no entry"}"#;
+        let (forgetful, asked_there) = fake_member("404 Not Found", lost, 4);
+        let (other, posted) = fake_member("202 Accepted", r#"{"status":"pending"}"#, 4);
+        let follower = follower(store, vec![other.clone()]);
+        let entry = testing::entries(7, 1, 16).remove(0);
+        let id = entry.id();
+        assert_eq!(asked(&follower.agent, &forgetful, &id), Some(Said::Unknown));
+
+        let (held, mut receiver) = held(entry, &forgetful);
+        lock(&follower.forwarded).insert(id, held);
+        ask_round(&follower);
+        assert_eq!(asked_there.load(Ordering::SeqCst), 2);
+        assert_eq!(posted.load(Ordering::SeqCst), 1);
+        assert!(follower.is_pending(&id));
+        let taker = lock(&follower.forwarded)
+            .get(&id)
+            .and_then(|held| held.taker.clone());
+        assert_eq!(taker, Some(other));
+        assert!(receiver
+            .try_recv()
+            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+        // Asked again only after `ASK_AGAIN`: no second forward in the next round.
+        ask_round(&follower);
+        assert_eq!(posted.load(Ordering::SeqCst), 1);
     }
 
     /// A follower reads from the members of the membership in force as its store
