@@ -38,8 +38,9 @@ const POLL: Duration = Duration::from_millis(50);
 const PROBE_OTHERS: Duration = Duration::from_secs(1);
 /// Longest wait for one member's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a forwarded entry is tracked for its receipt. A member that lost it
-/// (it crashed before ordering it) never commits it: its waiter is told after this.
+/// How long a forwarded entry is tracked for its receipt. A member that lost it and
+/// says so gets it forwarded again ([`Follower::ask_left`]); while none can be
+/// reached, or they lie, its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
 /// Blocks applied back to back, with never a poll finding nothing new, that make a
 /// follower one catching up: more than the members commit between two polls.
@@ -61,7 +62,7 @@ enum Said {
     /// It let the entry go uncommitted (404 `left_pool`).
     Left,
     /// It knows nothing of the entry (404 `not_found`): it lost its pool, as in a
-    /// restart, and never orders it.
+    /// restart, or forgot that it let the entry go, and orders it no more.
     Unknown,
     /// Anything else: it holds the entry, or committed it.
     Holds,
@@ -91,14 +92,24 @@ fn asked(agent: &ureq::Agent, taker: &str, id: &Hash) -> Option<Said> {
     })
 }
 
-/// Posts `entry` to `sources` in turn, from the one at `first`, until one takes it (its
-/// base URL is returned) or refuses it for a reason another would share.
+/// A member that took a forwarded entry.
+struct Taken {
+    /// Its base URL.
+    by: String,
+    /// Whether it held the entry already (409).
+    before: bool,
+}
+
+/// Posts `entry` to `sources` in turn, from the one at `first`, each given `timeout`,
+/// until one takes it or holds it already, or refuses it for a reason another would
+/// share.
 fn forward(
     agent: &ureq::Agent,
     sources: &[String],
     first: usize,
+    timeout: Duration,
     entry: &Entry,
-) -> Result<String, SubmitError> {
+) -> Result<Taken, SubmitError> {
     let body = serde_json::to_string(&SubmitRequest::from_entry(entry))
         .map_err(|error| SubmitError::NoMember(error.to_string()))?;
     let mut failures = Vec::new();
@@ -108,6 +119,9 @@ fn forward(
         let answer = agent
             .post(&format!("{source}/v1/entries"))
             .header("content-type", "application/json")
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
             .send(body.as_str());
         let mut response = match answer {
             Ok(response) => response,
@@ -128,8 +142,11 @@ fn forward(
             .map(|body| body.message)
             .unwrap_or_default();
         match status {
-            200 | 202 => return Ok(source.clone()),
-            409 => return Err(SubmitError::Duplicate(entry.id())),
+            200 | 202 | 409 => {
+                let before = status == 409;
+                let by = source.clone();
+                return Ok(Taken { by, before });
+            }
             413 | 422 => {
                 return Err(SubmitError::RefusedByMember(format!(
                     "{source} refused the entry: {message}"
@@ -154,7 +171,8 @@ fn forward(
 struct Answers {
     /// Entries their member said it let go.
     left: Vec<Hash>,
-    /// Entries their member knew nothing of, with the member that took them again.
+    /// Entries their member knew nothing of, with the member that took them again
+    /// or holds them.
     forwarded_again: Vec<(Hash, String)>,
 }
 
@@ -309,10 +327,14 @@ impl Follower {
         Ok((id, receiver))
     }
 
-    /// [`forward`]s `entry` to the members, from the preferred one.
+    /// [`forward`]s `entry` to the members, from the preferred one; a member that
+    /// holds it already makes it a duplicate.
     fn forward(&self, entry: &Entry) -> Result<String, SubmitError> {
         let first = self.preferred.load(Ordering::Relaxed) as usize;
-        forward(&self.agent, &self.sources(), first, entry)
+        match forward(&self.agent, &self.sources(), first, REQUEST_TIMEOUT, entry)? {
+            Taken { before: true, .. } => Err(SubmitError::Duplicate(entry.id())),
+            Taken { by, .. } => Ok(by),
+        }
     }
 
     /// Whether `id` was forwarded from here and is not committed yet.
@@ -688,12 +710,15 @@ impl Follower {
         let (tell, answers) = std::sync::mpsc::channel();
         let agent = self.agent.clone();
         let sources = self.sources();
-        let first = self.preferred.load(Ordering::Relaxed) as usize;
+        let preferred = self.preferred.load(Ordering::Relaxed) as usize;
         let spawned = std::thread::Builder::new()
             .name("follower-ask".into())
             .spawn(move || {
                 let mut unreached: Vec<String> = Vec::new();
                 let mut answers = Answers::default();
+                // Forwards again until one finds no member: the others wait for a
+                // later round rather than hold this one up.
+                let mut failed: Option<(usize, SubmitError)> = None;
                 for (id, taker, entry) in asking {
                     if unreached.contains(&taker) {
                         continue;
@@ -701,20 +726,34 @@ impl Follower {
                     match asked(&agent, &taker, &id) {
                         None => unreached.push(taker),
                         Some(Said::Left) => answers.left.push(id),
-                        // A member that lost it takes it anew, or hands it on; one that
-                        // holds or committed it refuses it as a duplicate. A member
-                        // that lies costs a forward per `ASK_AGAIN` at most.
-                        Some(Said::Unknown) => match forward(&agent, &sources, first, &entry) {
-                            Ok(taker) => answers.forwarded_again.push((id, taker)),
-                            Err(SubmitError::Duplicate(_)) => {}
-                            Err(error) => tracing::warn!(
-                                %id, %error,
-                                "the member that took this entry knows nothing of it, and \
-                                 forwarding it again failed: it is asked about again later"
-                            ),
-                        },
                         Some(Said::Holds) => {}
+                        // From the member after the one that forgot it, which may lie:
+                        // a member takes it anew, or answers that it holds it. One
+                        // member's word costs a forward per `ASK_AGAIN` at most.
+                        Some(Said::Unknown) => {
+                            if let Some((count, _)) = failed.as_mut() {
+                                *count += 1;
+                                continue;
+                            }
+                            let first = sources
+                                .iter()
+                                .position(|source| *source == taker)
+                                .map_or(preferred, |at| at + 1);
+                            match forward(&agent, &sources, first, ASK_TIMEOUT, &entry) {
+                                Ok(taken) => answers.forwarded_again.push((id, taken.by)),
+                                // Refused by the members' rules: judged here as one let go.
+                                Err(SubmitError::RefusedByMember(_)) => answers.left.push(id),
+                                Err(error) => failed = Some((1, error)),
+                            }
+                        }
                     }
+                }
+                if let Some((count, error)) = failed {
+                    tracing::warn!(
+                        %error,
+                        "{count} forwarded entries their members know nothing of could not \
+                         be forwarded again: they are asked about again later"
+                    );
                 }
                 let _ = tell.send(answers);
             });
@@ -1047,7 +1086,8 @@ mod tests {
         let lost = r#"{"error":"not_found","message":"no entry"}"#;
         let (forgetful, asked_there) = fake_member("404 Not Found", lost, 4);
         let (other, posted) = fake_member("202 Accepted", r#"{"status":"pending"}"#, 4);
-        let follower = follower(store, vec![other.clone()]);
+        // The forgetful member is asked first, and skipped: it may lie.
+        let follower = follower(store, vec![forgetful.clone(), other.clone()]);
         let entry = testing::entries(7, 1, 16).remove(0);
         let id = entry.id();
         assert_eq!(asked(&follower.agent, &forgetful, &id), Some(Said::Unknown));
@@ -1065,9 +1105,29 @@ mod tests {
         assert!(receiver
             .try_recv()
             .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
-        // Asked again only after `ASK_AGAIN`: no second forward in the next round.
+    }
+
+    /// An entry its member lost that another member holds already (409) waits on
+    /// that member: it is the one to ask whether the entry was let go.
+    #[test]
+    fn an_entry_its_member_lost_waits_on_the_member_that_holds_it() {
+        let (_dir, store) = fresh_store();
+        let lost = r#"{"error":"not_found","message":"no entry"}"#;
+        let (forgetful, _) = fake_member("404 Not Found", lost, 4);
+        let held_there = r#"{"error":"duplicate","message":"pending"}"#;
+        let (holder, posted) = fake_member("409 Conflict", held_there, 4);
+        let follower = follower(store, vec![forgetful.clone(), holder.clone()]);
+        let entry = testing::entries(8, 1, 16).remove(0);
+        let id = entry.id();
+        let (held, _receiver) = held(entry, &forgetful);
+        lock(&follower.forwarded).insert(id, held);
         ask_round(&follower);
         assert_eq!(posted.load(Ordering::SeqCst), 1);
+        let taker = lock(&follower.forwarded)
+            .get(&id)
+            .and_then(|held| held.taker.clone());
+        assert_eq!(taker, Some(holder));
+        assert!(follower.is_pending(&id));
     }
 
     /// A follower reads from the members of the membership in force as its store
