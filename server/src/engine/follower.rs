@@ -1040,17 +1040,37 @@ mod tests {
         }
     }
 
-    /// An entry forwarded a while ago to `taker`, with a waiter.
-    fn held(entry: Entry, taker: &str) -> (Forwarded, oneshot::Receiver<crate::engine::Settled>) {
+    /// Holds `entry` as forwarded a while ago to `taker`, with a waiter: the
+    /// waiter's receiver.
+    fn hold(
+        follower: &Follower,
+        entry: Entry,
+        taker: &str,
+    ) -> oneshot::Receiver<crate::engine::Settled> {
         let (sender, receiver) = oneshot::channel();
         let held = Forwarded {
-            entry,
+            entry: entry.clone(),
             since: Instant::now().checked_sub(ASK_AFTER).unwrap(),
             waiters: vec![sender],
             taker: Some(taker.to_owned()),
             asked: None,
         };
-        (held, receiver)
+        lock(&follower.forwarded).insert(entry.id(), held);
+        receiver
+    }
+
+    /// The member `id` waits on.
+    fn taker_of(follower: &Follower, id: &Hash) -> Option<String> {
+        lock(&follower.forwarded)
+            .get(id)
+            .and_then(|held| held.taker.clone())
+    }
+
+    /// Whether nothing was sent to the waiter yet.
+    fn untold(receiver: &mut oneshot::Receiver<crate::engine::Settled>) -> bool {
+        receiver
+            .try_recv()
+            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty)
     }
 
     /// A member that says it let an entry go (404 `left_pool`) is asked on a thread of
@@ -1066,15 +1086,12 @@ mod tests {
         let id = entry.id();
         assert_eq!(asked(&follower.agent, &taker, &id), Some(Said::Left));
 
-        let (held, mut receiver) = held(entry, &taker);
-        lock(&follower.forwarded).insert(id, held);
+        let mut receiver = hold(&follower, entry, &taker);
         ask_round(&follower);
         assert_eq!(asked_there.load(Ordering::SeqCst), 2);
         assert!(follower.is_pending(&id));
         assert_eq!(follower.left_pool(&id), None);
-        assert!(receiver
-            .try_recv()
-            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+        assert!(untold(&mut receiver));
     }
 
     /// A member that knows nothing of an entry it took (404 `not_found`: it lost its
@@ -1092,19 +1109,13 @@ mod tests {
         let id = entry.id();
         assert_eq!(asked(&follower.agent, &forgetful, &id), Some(Said::Unknown));
 
-        let (held, mut receiver) = held(entry, &forgetful);
-        lock(&follower.forwarded).insert(id, held);
+        let mut receiver = hold(&follower, entry, &forgetful);
         ask_round(&follower);
         assert_eq!(asked_there.load(Ordering::SeqCst), 2);
         assert_eq!(posted.load(Ordering::SeqCst), 1);
         assert!(follower.is_pending(&id));
-        let taker = lock(&follower.forwarded)
-            .get(&id)
-            .and_then(|held| held.taker.clone());
-        assert_eq!(taker, Some(other));
-        assert!(receiver
-            .try_recv()
-            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+        assert_eq!(taker_of(&follower, &id), Some(other));
+        assert!(untold(&mut receiver));
     }
 
     /// An entry its member lost that another member holds already (409) waits on
@@ -1119,14 +1130,10 @@ mod tests {
         let follower = follower(store, vec![forgetful.clone(), holder.clone()]);
         let entry = testing::entries(8, 1, 16).remove(0);
         let id = entry.id();
-        let (held, _receiver) = held(entry, &forgetful);
-        lock(&follower.forwarded).insert(id, held);
+        let _receiver = hold(&follower, entry, &forgetful);
         ask_round(&follower);
         assert_eq!(posted.load(Ordering::SeqCst), 1);
-        let taker = lock(&follower.forwarded)
-            .get(&id)
-            .and_then(|held| held.taker.clone());
-        assert_eq!(taker, Some(holder));
+        assert_eq!(taker_of(&follower, &id), Some(holder));
         assert!(follower.is_pending(&id));
     }
 
