@@ -38,9 +38,9 @@ const POLL: Duration = Duration::from_millis(50);
 const PROBE_OTHERS: Duration = Duration::from_secs(1);
 /// Longest wait for one member's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a forwarded entry is tracked for its receipt. A member that lost it and
-/// says so gets it forwarded again ([`Follower::ask_left`]); while none can be
-/// reached, or they lie, its waiter is told after this.
+/// How long a forwarded entry is tracked for its receipt. One its member lost, or
+/// whose member stopped answering, is forwarded again ([`Follower::ask_left`]);
+/// while no member can be reached, or they lie, its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
 /// Blocks applied back to back, with never a poll finding nothing new, that make a
 /// follower one catching up: more than the members commit between two polls.
@@ -55,6 +55,12 @@ const ASK_AGAIN: Duration = Duration::from_secs(5);
 const ASK_AT_MOST: usize = 32;
 /// Longest wait for a member's answer about one entry.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Asks in a row the member that took an entry leaves unanswered before the entry
+/// is forwarded again: that member may be gone for good (stopped, or removed by a
+/// change) with the entry in its pool, and the follower would answer its client's
+/// resubmits 409 until [`FORWARD_PATIENCE`] ran out. A member only slow to answer
+/// costs a second copy, which the chain's id index keeps from committing twice.
+const SILENT_ASKS: u32 = 2;
 
 /// What the member that took a forwarded entry says of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,9 +177,12 @@ fn forward(
 struct Answers {
     /// Entries their member said it let go.
     left: Vec<Hash>,
-    /// Entries their member knew nothing of, with the member that took them again
-    /// or holds them.
-    forwarded_again: Vec<(Hash, String)>,
+    /// Entries their member knew nothing of or left unanswered, with the member
+    /// that took them again or holds them, and why they went again.
+    forwarded_again: Vec<(Hash, String, &'static str)>,
+    /// Entries still with the member that took them, and how many asks in a row it
+    /// has left unanswered now.
+    silent: Vec<(Hash, u32)>,
 }
 
 /// A forwarded entry waiting to be committed.
@@ -186,6 +195,8 @@ struct Forwarded {
     taker: Option<String>,
     /// When that member was last asked whether it let the entry go.
     asked: Option<Instant>,
+    /// Asks in a row that member left unanswered.
+    silent: u32,
 }
 
 /// The engine of a follower (see the module docs).
@@ -293,6 +304,7 @@ impl Follower {
                 waiters,
                 taker: None,
                 asked: None,
+                silent: 0,
             };
             forwarded.insert(id, held);
         }
@@ -670,9 +682,9 @@ impl Follower {
 
     /// Asks the members that took entries a while ago, a few entries a round, whether
     /// they let them go, and forwards again those a member knows nothing of (it lost
-    /// its pool, as in a restart): on a thread of its own, so a member that hangs
-    /// holds no block back, and one round at a time. Takes the answers of the round
-    /// before.
+    /// its pool, as in a restart) or left unanswered [`SILENT_ASKS`] times in a row
+    /// (it may be gone): on a thread of its own, so a member that hangs holds no
+    /// block back, and one round at a time. Takes the answers of the round before.
     fn ask_left(&self) {
         let mut round = lock(&self.asking);
         if let Some(answers) = round.as_ref() {
@@ -683,7 +695,7 @@ impl Follower {
             }
         }
         *round = None;
-        let asking: Vec<(Hash, String, Entry)> = {
+        let asking: Vec<(Hash, String, Entry, u32)> = {
             let mut forwarded = lock(&self.forwarded);
             let mut due: Vec<(&Hash, &mut Forwarded)> = forwarded
                 .iter_mut()
@@ -700,7 +712,8 @@ impl Follower {
                 .take(ASK_AT_MOST)
                 .filter_map(|(id, held)| {
                     held.asked = Some(Instant::now());
-                    Some((*id, held.taker.clone()?, held.entry.clone()))
+                    let taker = held.taker.clone()?;
+                    Some((*id, taker, held.entry.clone(), held.silent))
                 })
                 .collect()
         };
@@ -719,40 +732,57 @@ impl Follower {
                 // Forwards again until one finds no member: the others wait for a
                 // later round rather than hold this one up.
                 let mut failed: Option<(usize, SubmitError)> = None;
-                for (id, taker, entry) in asking {
-                    if unreached.contains(&taker) {
-                        continue;
-                    }
-                    match asked(&agent, &taker, &id) {
-                        None => unreached.push(taker),
-                        Some(Said::Left) => answers.left.push(id),
-                        Some(Said::Holds) => {}
-                        // From the member after the one that forgot it, which may lie:
-                        // a member takes it anew, or answers that it holds it. One
-                        // member's word costs a forward per `ASK_AGAIN` at most.
-                        Some(Said::Unknown) => {
-                            if let Some((count, _)) = failed.as_mut() {
-                                *count += 1;
+                for (id, taker, entry, silent) in asking {
+                    // A member that did not answer this round is not asked again in it.
+                    let said = match unreached.contains(&taker) {
+                        true => None,
+                        false => asked(&agent, &taker, &id),
+                    };
+                    let why = match said {
+                        Some(Said::Left) => {
+                            answers.left.push(id);
+                            continue;
+                        }
+                        Some(Said::Holds) => {
+                            answers.silent.push((id, 0));
+                            continue;
+                        }
+                        Some(Said::Unknown) => "knew nothing of it (it lost its pool)",
+                        None => {
+                            if !unreached.contains(&taker) {
+                                unreached.push(taker.clone());
+                            }
+                            answers.silent.push((id, silent + 1));
+                            if silent + 1 < SILENT_ASKS {
                                 continue;
                             }
-                            let first = sources
-                                .iter()
-                                .position(|source| *source == taker)
-                                .map_or(preferred, |at| at + 1);
-                            match forward(&agent, &sources, first, ASK_TIMEOUT, &entry) {
-                                Ok(taken) => answers.forwarded_again.push((id, taken.by)),
-                                // Refused by the members' rules: judged here as one let go.
-                                Err(SubmitError::RefusedByMember(_)) => answers.left.push(id),
-                                Err(error) => failed = Some((1, error)),
-                            }
+                            "left asks about it unanswered (it may be gone)"
                         }
+                    };
+                    if let Some((count, _)) = failed.as_mut() {
+                        *count += 1;
+                        continue;
+                    }
+                    // From the member after the one that forgot it or is silent, which
+                    // may lie: a member takes it anew, or answers that it holds it. One
+                    // member's word costs a forward per `ASK_AGAIN` at most.
+                    let first = sources
+                        .iter()
+                        .position(|source| *source == taker)
+                        .map_or(preferred, |at| at + 1);
+                    match forward(&agent, &sources, first, ASK_TIMEOUT, &entry) {
+                        Ok(taken) => answers.forwarded_again.push((id, taken.by, why)),
+                        // Refused by the members' rules: judged here as one let go.
+                        Err(SubmitError::RefusedByMember(_)) => answers.left.push(id),
+                        Err(error) => failed = Some((1, error)),
                     }
                 }
                 if let Some((count, error)) = failed {
                     tracing::warn!(
                         %error,
-                        "{count} forwarded entries their members know nothing of could not \
-                         be forwarded again: they are asked about again later"
+                        "{count} forwarded entries their members know nothing of, or left \
+                         unanswered, could not be forwarded again: they are asked about \
+                         again later"
                     );
                 }
                 let _ = tell.send(answers);
@@ -763,18 +793,24 @@ impl Follower {
     }
 
     /// Takes a round's answers: the entries forwarded again wait on the member that
-    /// took them now, and those let go are settled.
+    /// took them now, each keeps count of its member's silence, and those let go are
+    /// settled.
     fn settle(&self, answers: Answers) {
         {
             let mut forwarded = lock(&self.forwarded);
-            for (id, taker) in answers.forwarded_again {
+            for (id, silent) in answers.silent {
+                if let Some(held) = forwarded.get_mut(&id) {
+                    held.silent = silent;
+                }
+            }
+            for (id, taker, why) in answers.forwarded_again {
                 if let Some(held) = forwarded.get_mut(&id) {
                     tracing::info!(
                         %id, %taker,
-                        "the member that took this entry knew nothing of it (it lost its \
-                         pool): forwarded again"
+                        "the member that took this entry {why}: forwarded again"
                     );
                     held.taker = Some(taker);
+                    held.silent = 0;
                 }
             }
         }
@@ -958,6 +994,7 @@ mod tests {
                 waiters: vec![sender],
                 taker: None,
                 asked: None,
+                silent: 0,
             },
         );
         follower
@@ -1054,9 +1091,22 @@ mod tests {
             waiters: vec![sender],
             taker: Some(taker.to_owned()),
             asked: None,
+            silent: 0,
         };
         lock(&follower.forwarded).insert(entry.id(), held);
         receiver
+    }
+
+    /// Makes `id` due to be asked about again, as [`ASK_AGAIN`] later would.
+    fn due_again(follower: &Follower, id: &Hash) {
+        if let Some(held) = lock(&follower.forwarded).get_mut(id) {
+            held.asked = held.asked.and_then(|asked| asked.checked_sub(ASK_AGAIN));
+        }
+    }
+
+    /// How many asks in a row `id`'s member left unanswered.
+    fn silence_of(follower: &Follower, id: &Hash) -> u32 {
+        lock(&follower.forwarded)[id].silent
     }
 
     /// The member `id` waits on.
@@ -1135,6 +1185,52 @@ mod tests {
         assert_eq!(posted.load(Ordering::SeqCst), 1);
         assert_eq!(taker_of(&follower, &id), Some(holder));
         assert!(follower.is_pending(&id));
+    }
+
+    /// A member that took an entry and no longer answers (stopped for good, say) is
+    /// not waited on for ever: after [`SILENT_ASKS`] unanswered asks in a row the
+    /// entry is forwarded again, to the next member, and waits on it. An answer in
+    /// between starts the count again.
+    #[test]
+    fn an_entry_whose_member_is_silent_is_forwarded_again() {
+        let (_dir, store) = fresh_store();
+        // Nothing listens there any more: every ask is refused at once.
+        let gone = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let (holder, asked_there) = fake_member("200 OK", r#"{"status":"pending"}"#, 4);
+        let (other, posted) = fake_member("202 Accepted", r#"{"status":"pending"}"#, 4);
+        let follower = follower(store, vec![gone.clone(), other.clone()]);
+        let entry = testing::entries(9, 1, 16).remove(0);
+        let id = entry.id();
+        let mut receiver = hold(&follower, entry.clone(), &gone);
+        for silence in 1..SILENT_ASKS {
+            ask_round(&follower);
+            assert_eq!(silence_of(&follower, &id), silence);
+            assert_eq!(taker_of(&follower, &id), Some(gone.clone()));
+            due_again(&follower, &id);
+        }
+        assert_eq!(posted.load(Ordering::SeqCst), 0);
+        ask_round(&follower);
+        assert_eq!(posted.load(Ordering::SeqCst), 1);
+        assert_eq!(taker_of(&follower, &id), Some(other));
+        assert_eq!(silence_of(&follower, &id), 0);
+        assert!(follower.is_pending(&id));
+        assert!(untold(&mut receiver));
+
+        // A member that answers once in a while is not left.
+        let other_entry = testing::entries(10, 1, 16).remove(0);
+        let other_id = other_entry.id();
+        let _receiver = hold(&follower, other_entry, &holder);
+        if let Some(held) = lock(&follower.forwarded).get_mut(&other_id) {
+            held.silent = SILENT_ASKS - 1;
+        }
+        ask_round(&follower);
+        assert_eq!(asked_there.load(Ordering::SeqCst), 1);
+        assert_eq!(silence_of(&follower, &other_id), 0);
+        assert_eq!(taker_of(&follower, &other_id), Some(holder));
+        assert_eq!(posted.load(Ordering::SeqCst), 1);
     }
 
     /// A follower reads from the members of the membership in force as its store
