@@ -601,13 +601,18 @@ async fn get_entry(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EntryView>, ApiError> {
     let id = parse_hash(&path(id)?)?;
+    // Asked before the store is read: every engine writes a block before its entries
+    // leave the pool, and notes why before it lets one go, so an entry committed or
+    // let go meanwhile is found in the store or with its why, never as unknown (which
+    // a follower that forwarded it would take for a lost pool, and forward it again).
+    let pending = node.is_pending(&id);
     let found = read(&node, move |store| store.entry_with_receipt(&id)).await?;
     match found {
         Some((entry, receipt)) => Ok(Json(EntryView {
             membership_proof: membership_proof(&node, receipt.header.height).await?,
             ..EntryView::committed(&entry, &receipt)
         })),
-        None if node.is_pending(&id) => Ok(Json(EntryView::pending(&id))),
+        None if pending => Ok(Json(EntryView::pending(&id))),
         None => match node.left_pool(&id) {
             Some(why) => Err(ApiError::left_pool(left_pool_message(&id, &why))),
             None => Err(ApiError::not_found(format!("no entry {id}"))),
