@@ -172,6 +172,8 @@ pub struct Metrics {
     pub quorum: AtomicU64,
     /// 1 when this node reaches a quorum of members (itself included), else 0.
     pub has_quorum: AtomicU64,
+    /// 1 when this node votes on every block and view change ([`crate::node::Node::votes`]).
+    pub voting: AtomicU64,
     /// 1 while a member catches up with the others, else 0.
     pub catching_up: AtomicU64,
     /// On a follower or learner: blocks the member it reads from is ahead of it.
@@ -223,12 +225,18 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
             crate::cli::COMMIT
         );
-        let metrics: [(&str, &str, &str, Value); 32] = [
+        let metrics: [(&str, &str, &str, Value); 33] = [
             (
                 "ledger_has_quorum",
                 "gauge",
                 "1 when this node reaches a quorum of members, itself included (a node alone or a follower: always).",
                 Value::Count(&self.has_quorum),
+            ),
+            (
+                "ledger_voting",
+                "gauge",
+                "1 when this node votes on every block and view change (a member, or a node alone); 0 on a follower or learner, and on a member that abstains after it started without the record of what it signed. Summed over a cluster's members: the voters, which must be at least ledger_quorum.",
+                Value::Count(&self.voting),
             ),
             (
                 "ledger_catching_up",

@@ -294,8 +294,9 @@ impl Node {
     }
 
     /// Why the node should not be sent traffic now, beyond [`Node::unready_reason`]
-    /// (what `/readyz` answers): a member that reaches fewer members than a quorum, or
-    /// one catching up with the others. Submits are still taken then: they wait.
+    /// (what `/readyz` answers): a member that reaches fewer members than a quorum, one
+    /// that abstains, or one catching up with the others. Submits are still taken
+    /// then: they wait.
     pub fn readiness_reason(&self) -> Option<String> {
         if let Some(reason) = self.unready_reason() {
             return Some(reason);
@@ -323,6 +324,28 @@ impl Node {
                 ));
             }
         }
+        // Serving, but the cluster counts one voter fewer: a rolling restart that
+        // stopped the next member now could leave fewer voters than a quorum.
+        if let Some(height) = status.abstaining_until {
+            let tip = self.store.last_tip().map_or(0, |tip| tip.height);
+            return Some(format!(
+                "this member does not vote yet: it started without the record of what it \
+                 signed (restored from a snapshot or a backup), so it only follows the chain \
+                 until height {height}, {} blocks on (blocks come as entries are submitted); \
+                 the cluster has one voting member fewer meanwhile: stop no other member \
+                 until this one is ready",
+                height.saturating_sub(tip)
+            ));
+        }
+        if let Some(height) = status.view_changes_from {
+            return Some(format!(
+                "this member votes again, but joins no view change until a checkpoint at \
+                 height {height} or above is stable (one comes every {} blocks): a primary \
+                 that failed now would have one member fewer to replace it; stop no other \
+                 member until this one is ready",
+                self.store.spec().params.checkpoint_interval
+            ));
+        }
         if status.catching_up
             && status.behind.is_none()
             && matches!(self.engine, Engine::Follower(_))
@@ -337,6 +360,16 @@ impl Node {
         status.catching_up.then(|| {
             "catching up with the members, who are ahead; submits wait until it has".into()
         })
+    }
+
+    /// Whether this node votes on every block and view change: a node alone, or a
+    /// member that does not abstain (see [`Node::readiness_reason`]).
+    pub fn votes(&self, status: &EngineStatus) -> bool {
+        let voter = matches!(self.role(), "alone" | "member");
+        voter
+            && status.failure.is_none()
+            && status.abstaining_until.is_none()
+            && status.view_changes_from.is_none()
     }
 
     /// For a member of several: the members it reaches (itself included) and the

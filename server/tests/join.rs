@@ -58,16 +58,48 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     let seen = status(node(&daemons, 0))["height"].as_u64().unwrap();
     let abstaining = status(node(&daemons, 3))["abstaining_until"].as_u64();
     assert_eq!(abstaining, Some(seen + 10), "{}", status(node(&daemons, 3)));
+    // It says so where a rolling restart looks before it stops the next member.
+    // (Once it reaches the others: before, that is what it says.)
+    let readyz = format!("{}/readyz", node(&daemons, 3).url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let (code, answer) = http("GET", &readyz, None);
+        assert_eq!(code, 503, "{answer}");
+        let reason = answer["message"].as_str().unwrap_or_default().to_owned();
+        if !reason.contains("this member reaches") {
+            break reason;
+        }
+        assert!(Instant::now() < deadline, "{reason}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains("does not vote yet"), "{reason}");
+    assert!(
+        reason.contains(&format!("until height {}", seen + 10)),
+        "{reason}"
+    );
+    assert_eq!(metric(node(&daemons, 3), "ledger_voting"), 0);
+    assert_eq!(metric(node(&daemons, 0), "ledger_voting"), 1);
 
     // It takes entries and the others commit them; it catches up what it missed.
     let after = commit_batch(node(&daemons, 3), "after", 8);
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
-    // Once the chain has passed its bound, it votes again.
+    // Once the chain has passed its bound, it votes again, and once a checkpoint
+    // that high is stable it is ready.
     commit_batch(node(&daemons, 1), "more", 48);
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
     assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http("GET", &readyz, None).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            http("GET", &readyz, None).1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(node(&daemons, 3), "ledger_voting"), 1);
 
     // Meanwhile it fetched the blocks below the snapshot: it holds the whole chain,
     // and an entry committed before it joined has its receipt there.

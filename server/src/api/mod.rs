@@ -1191,12 +1191,13 @@ async fn mine(State(node): State<Arc<Node>>) -> Result<Json<MinedView>, ApiError
     }
 }
 
-/// Readiness: 200 once recovered, reaching a quorum and caught up with the others.
+/// Readiness: 200 once recovered, reaching a quorum, voting and caught up with the
+/// others.
 #[utoipa::path(get, path = "/readyz", tag = "node",
     security(()),
     responses(
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
-        (status = 503, description = "Starting or stopping, the database failed or is damaged, consensus stopped, fewer members reachable than a quorum, or catching up: the message says which", body = ErrorBody),
+        (status = 503, description = "Starting or stopping, the database failed or is damaged, consensus stopped, fewer members reachable than a quorum, a member that abstains (it does not vote yet), or catching up: the message says which", body = ErrorBody),
     ))]
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
     match node.readiness_reason() {
@@ -1238,6 +1239,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     metrics
         .has_quorum
         .store(u64::from(has_quorum), std::sync::atomic::Ordering::Relaxed);
+    metrics.voting.store(
+        u64::from(node.votes(&engine)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     metrics.catching_up.store(
         u64::from(engine.catching_up),
         std::sync::atomic::Ordering::Relaxed,

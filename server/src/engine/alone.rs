@@ -255,6 +255,7 @@ impl Alone {
             primary: 0,
             stable_checkpoint: None,
             abstaining_until: None,
+            view_changes_from: None,
             pending: self.lock_pool().ids.len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),

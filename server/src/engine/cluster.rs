@@ -146,6 +146,9 @@ struct ClusterStatus {
     pub stable_checkpoint: u64,
     /// While the replica abstains, the height it abstains up to.
     pub abstaining_until: Option<u64>,
+    /// While the replica keeps out of view changes (after it abstained), the height
+    /// a stable checkpoint must reach first.
+    pub view_changes_from: Option<u64>,
     /// Why this member refuses the block after its tip that a quorum committed
     /// (certificate checked), until it applies one.
     pub refused_committed: Option<String>,
@@ -529,6 +532,7 @@ impl Cluster {
             primary: status.primary,
             stable_checkpoint: (status.stable_checkpoint > 0).then_some(status.stable_checkpoint),
             abstaining_until: status.abstaining_until,
+            view_changes_from: status.view_changes_from,
             pending: status.pending,
             next_difficulty: status.next_difficulty,
             peers: self.transport.peers(),
@@ -1757,6 +1761,10 @@ impl Driver {
         status.abstaining_until = self
             .replica
             .abstaining()
+            .then(|| self.replica.abstain_through());
+        status.view_changes_from = self
+            .replica
+            .abstains_from_views()
             .then(|| self.replica.abstain_through());
         status.pending = pending;
         status.shedding = shedding;

@@ -368,6 +368,7 @@ impl Follower {
             primary: MemberIndex::MAX,
             stable_checkpoint: None,
             abstaining_until: None,
+            view_changes_from: None,
             pending: lock(&self.forwarded).len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),

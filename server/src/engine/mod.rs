@@ -199,6 +199,9 @@ pub struct EngineStatus {
     /// On a member that lost its disk and still abstains from voting, the height its
     /// tip must reach first.
     pub abstaining_until: Option<u64>,
+    /// On such a member that votes again but still keeps out of view changes, the
+    /// height a stable checkpoint must reach first.
+    pub view_changes_from: Option<u64>,
     /// Entries waiting to be committed.
     pub pending: usize,
     /// The difficulty the next block needs (the plugins' verdict, or genesis').

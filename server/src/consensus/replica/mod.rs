@@ -573,7 +573,7 @@ impl Replica {
     /// Whether this replica still keeps out of view changes: until a checkpoint
     /// above what it forgot is stable, its VIEW-CHANGE could not show the prepared
     /// certificates it forgot.
-    fn abstains_from_views(&self) -> bool {
+    pub fn abstains_from_views(&self) -> bool {
         self.stable.height < self.abstain_through
     }
 
