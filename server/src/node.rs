@@ -357,6 +357,15 @@ impl Node {
                     .into(),
             );
         }
+        if let Some(silence) = status.unheard_for {
+            return Some(format!(
+                "no member has answered this follower for {} s: it serves the chain as it \
+                 holds it, which may be behind the members', and its submits get 503 \
+                 no_member; check the members and this node's links to them (the log \
+                 names each member and why it did not answer)",
+                silence.as_secs()
+            ));
+        }
         status.catching_up.then(|| {
             "catching up with the members, who are ahead; submits wait until it has".into()
         })

@@ -591,7 +591,8 @@ fn a_joiner_killed_at_seeded_moments_resumes_and_ends_identical() {
 }
 
 /// A follower far behind says so: `/readyz` answers 503 "catching up" while it
-/// applies the members' blocks back to back, and 200 once it has their tip.
+/// applies the members' blocks back to back, and 200 once it has their tip; one
+/// that no member answers any more says that.
 #[test]
 fn a_follower_is_not_ready_while_it_catches_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -629,6 +630,21 @@ fn a_follower_is_not_ready_while_it_catches_up() {
         "{reasons:?}"
     );
     assert!(status(&follower)["height"].as_u64().unwrap() >= tip);
-    follower.stop();
+
+    // Cut off from every member, it says so rather than look ready with what it has.
     member.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, answer) = http("GET", &format!("{}/readyz", follower.url), None);
+        if code == 503
+            && answer
+                .to_string()
+                .contains("no member has answered this follower for")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    follower.stop();
 }

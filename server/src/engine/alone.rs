@@ -256,6 +256,7 @@ impl Alone {
             stable_checkpoint: None,
             abstaining_until: None,
             view_changes_from: None,
+            unheard_for: None,
             pending: self.lock_pool().ids.len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),

@@ -533,6 +533,7 @@ impl Cluster {
             stable_checkpoint: (status.stable_checkpoint > 0).then_some(status.stable_checkpoint),
             abstaining_until: status.abstaining_until,
             view_changes_from: status.view_changes_from,
+            unheard_for: None,
             pending: status.pending,
             next_difficulty: status.next_difficulty,
             peers: self.transport.peers(),

@@ -42,6 +42,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// whose member stopped answering, is forwarded again ([`Follower::ask_left`]);
 /// while no member can be reached, or they lie, its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
+/// How long no member has answered before a follower says so (readiness): it
+/// reads from one every [`POLL`] and asks one's height every [`PROBE_OTHERS`], so
+/// this is many unanswered requests, not one slow answer.
+const UNHEARD: Duration = Duration::from_secs(10);
 /// Blocks applied back to back, with never a poll finding nothing new, that make a
 /// follower one catching up: more than the members commit between two polls.
 const CATCHING_UP_BLOCKS: u64 = 16;
@@ -225,6 +229,8 @@ pub struct Follower {
     catching_up: AtomicBool,
     /// The highest height a member was seen to hold ([`UNKNOWN`] until one answered).
     members_height: AtomicU64,
+    /// When a member last answered (the start, before one did).
+    heard: Mutex<Instant>,
     /// Why this node refuses the block after its tip that the members certified,
     /// until it applies one (readiness says so).
     refused: Mutex<Option<String>>,
@@ -266,6 +272,7 @@ impl Follower {
             next_difficulty,
             catching_up: AtomicBool::new(true),
             members_height: AtomicU64::new(UNKNOWN),
+            heard: Mutex::new(Instant::now()),
             refused: Mutex::new(None),
             bad_blocks: Mutex::new(crate::throttle::Throttle::new(Duration::from_secs(10))),
         }
@@ -369,6 +376,7 @@ impl Follower {
             stable_checkpoint: None,
             abstaining_until: None,
             view_changes_from: None,
+            unheard_for: Some(lock(&self.heard).elapsed()).filter(|silence| *silence >= UNHEARD),
             pending: lock(&self.forwarded).len(),
             next_difficulty: self.next_difficulty.load(Ordering::Relaxed),
             peers: Vec::new(),
@@ -389,8 +397,10 @@ impl Follower {
         (members != UNKNOWN).then(|| members.saturating_sub(tip))
     }
 
-    /// Notes that a member holds the block at `height`.
+    /// Notes that a member holds the block at `height` (every member's answer comes
+    /// here).
     fn seen(&self, height: u64) {
+        *lock(&self.heard) = Instant::now();
         let known = self.members_height.load(Ordering::Relaxed);
         if known == UNKNOWN || height > known {
             self.members_height.store(height, Ordering::Relaxed);

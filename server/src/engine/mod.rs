@@ -202,6 +202,8 @@ pub struct EngineStatus {
     /// On such a member that votes again but still keeps out of view changes, the
     /// height a stable checkpoint must reach first.
     pub view_changes_from: Option<u64>,
+    /// On a follower no member has answered for a while: how long.
+    pub unheard_for: Option<Duration>,
     /// Entries waiting to be committed.
     pub pending: usize,
     /// The difficulty the next block needs (the plugins' verdict, or genesis').
