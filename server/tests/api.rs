@@ -278,12 +278,14 @@ async fn a_pending_entry_says_so() {
         json::<Accepted>(&body).id,
         Entry::new(b"patient".to_vec()).id().to_hex()
     );
-    // A duplicate of a pending entry is refused too.
+    // A duplicate of a pending entry is refused too, saying it is pending.
     let (status, body, _) = post(&router, "/v1/entries", Some(json!({"data": "later"}))).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::CONFLICT, "duplicate")
     );
+    let message = json::<ErrorBody>(&body).message;
+    assert!(message.contains("is pending"), "{message}");
     test.stop().await;
 }
 
@@ -542,6 +544,11 @@ async fn the_error_model() {
     assert_eq!(
         (status, error_code(&body).as_str()),
         (StatusCode::CONFLICT, "duplicate")
+    );
+    let message = json::<ErrorBody>(&body).message;
+    assert!(
+        message.contains("is already committed, in block 1"),
+        "{message}"
     );
 
     // 413: a body over the limit is refused before parsing (it is not even JSON), and

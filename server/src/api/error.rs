@@ -36,6 +36,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed", message)
     }
 
+    /// 409 `duplicate`: the entry was submitted before.
+    pub fn duplicate(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "duplicate", message)
+    }
+
     /// 422: the entry breaks a rule of the chain's.
     pub fn rejected(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
@@ -144,7 +149,7 @@ impl From<SubmitError> for ApiError {
         match error {
             SubmitError::TooLarge { .. } => ApiError::too_large(message),
             SubmitError::Invalid(_) | SubmitError::Rejected(_) => ApiError::rejected(message),
-            SubmitError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
+            SubmitError::Duplicate(_) => ApiError::duplicate(message),
             SubmitError::PoolFull(_) => ApiError::unavailable("pool_full", message),
             SubmitError::NotReady => ApiError::unavailable("not_ready", message),
             SubmitError::Busy => ApiError::unavailable("busy", message),

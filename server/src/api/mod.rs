@@ -32,7 +32,7 @@ use types::{
 };
 
 use crate::chain::{Block, Hash};
-use crate::node::{left_pool_message, Node};
+use crate::node::{left_pool_message, Node, SubmitError};
 use crate::storage::{Store, StoreError};
 
 /// Most entries in one batch submit.
@@ -434,11 +434,16 @@ async fn submit(
         }
     };
     let entry = request.into_entry().map_err(ApiError::malformed)?;
-    let (id, receiver) = node.submit(entry, wait).await.inspect_err(|_| {
+    let submitted = node.submit(entry, wait).await.inspect_err(|_| {
         node.metrics()
             .entries_rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    })?;
+    });
+    let (id, receiver) = match submitted {
+        Ok(submitted) => submitted,
+        Err(SubmitError::Duplicate(id)) => return Err(duplicate(&node, id).await),
+        Err(error) => return Err(error.into()),
+    };
     let Some(receiver) = receiver else {
         return Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_hex() })).into_response());
     };
@@ -464,6 +469,26 @@ async fn submit(
         .committed_json(&receipt, &membership_proof)
         .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The 409 of an entry submitted before, saying whether it is committed (and where)
+/// or pending: a client that resubmits after its wait ran out learns which without
+/// a second request.
+async fn duplicate(node: &Arc<Node>, id: Hash) -> ApiError {
+    let location = read(node, move |store| store.entry_location(&id)).await;
+    let message = match location {
+        Ok(Some(location)) => format!(
+            "entry {id} is already committed, in block {}: GET /v1/entries/{id} answers \
+             its receipt",
+            location.height
+        ),
+        _ if node.is_pending(&id) => format!(
+            "entry {id} was already submitted and is pending: GET /v1/entries/{id} says \
+             when it commits"
+        ),
+        _ => SubmitError::Duplicate(id).to_string(),
+    };
+    ApiError::duplicate(message)
 }
 
 /// The membership changes a client needs beside a receipt of the block at `height`:
