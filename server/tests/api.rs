@@ -723,7 +723,8 @@ async fn batch_submit_reports_each_entry() {
         (Some(409), Some("duplicate"))
     );
 
-    // A malformed item makes the whole batch malformed, and nothing of it is submitted.
+    // A malformed item makes the whole batch malformed, and nothing of it is submitted;
+    // the message says which item.
     for items in [
         json!([{"data": "b4"}, {"nonsense": true}]),
         json!([{"data": "b4"}, {"data": "b5", "data_b64": "AA=="}]),
@@ -733,6 +734,8 @@ async fn batch_submit_reports_each_entry() {
             (status, error_code(&body).as_str()),
             (StatusCode::BAD_REQUEST, "malformed")
         );
+        let message = json::<ErrorBody>(&body).message;
+        assert!(message.starts_with("item 1: "), "{message}");
     }
     let (status, _, _) = post(&router, "/v1/entries", Some(json!({"data": "b4"}))).await;
     assert_eq!(

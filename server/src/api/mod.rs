@@ -315,9 +315,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// An entry request from a JSON object. serde would also read a struct from an array,
 /// which the documented schema does not allow.
-fn entry_request(UniqueObject(object): UniqueObject) -> Result<SubmitRequest, ApiError> {
+/// The entry a submit's object describes, or why it describes none.
+fn entry_request(UniqueObject(object): UniqueObject) -> Result<SubmitRequest, String> {
     serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|error| ApiError::malformed(format!("invalid entry: {error}")))
+        .map_err(|error| format!("invalid entry: {error}"))
 }
 
 /// A JSON object that refuses a key given twice: serde_json keeps the last, and a
@@ -421,7 +422,7 @@ async fn submit(
     JsonBody(request): JsonBody<UniqueObject>,
 ) -> Result<Response, ApiError> {
     let options = query(options)?;
-    let request = entry_request(request)?;
+    let request = entry_request(request).map_err(ApiError::malformed)?;
     let wait = options.wait == Some(Wait::Commit);
     let timeout = match options.timeout_ms {
         None => DEFAULT_WAIT,
@@ -552,8 +553,8 @@ async fn submit_batch(
     // what is refused per item is what a well-formed single submit can be refused for.
     let mut entries = Vec::with_capacity(requests.len());
     for (index, request) in requests.into_iter().enumerate() {
-        let entry = entry_request(request)?
-            .into_entry()
+        let entry = entry_request(request)
+            .and_then(|request| request.into_entry())
             .map_err(|reason| ApiError::malformed(format!("item {index}: {reason}")))?;
         entries.push(entry);
     }
