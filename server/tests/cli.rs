@@ -172,6 +172,18 @@ fn submit_wait_verify_and_refuse_tampering() {
     );
     assert!(daemon.ctl(&["blocks", "--from", "1"]).status.success());
 
+    // The running node holds its database: migrate says so, not redb's words.
+    let held = run(
+        LEDGERD,
+        &["migrate", "--config", config.to_str().unwrap(), "--check"],
+    );
+    assert!(!held.status.success());
+    assert!(
+        text(&held).contains("a running node holds it"),
+        "{}",
+        text(&held)
+    );
+
     let log = daemon.stop();
     assert!(log.contains("stopped"), "{log}");
     assert!(

@@ -761,8 +761,9 @@ fn migrate(path: &std::path::Path, check: bool) -> anyhow::Result<ExitCode> {
             database_path.display()
         );
     }
+    // Held by a running node, say: the store's words for why, not redb's.
     let database = redb::Database::open(&database_path)
-        .with_context(|| format!("opening {}", database_path.display()))?;
+        .map_err(|error| ledger::storage::open_refused(&database_path, error))?;
     let version = ledger_migrations::schema_version(&database)
         .with_context(|| database_path.display().to_string())?;
     let pending = ledger_migrations::pending(&database)

@@ -133,7 +133,7 @@ pub enum StoreError {
 
 /// Why redb would not open `path`: damage it found (its own checks fail, or the
 /// file is no redb database), or what to do first.
-fn open_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
+pub fn open_refused(path: &Path, error: redb::DatabaseError) -> StoreError {
     use redb::{DatabaseError, StorageError};
     let damaged = |what: String| StoreError::Corrupt(format!("{}: {what}", path.display()));
     let reason = match error {
