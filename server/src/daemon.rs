@@ -972,6 +972,23 @@ async fn run_once(
         }
         .into());
     }
+    // (A database restored from a snapshot may not hold the blocks of the changes
+    // yet: then the genesis members say it.)
+    let was_member = || {
+        store.spec().members.key_of(&node_id).is_some()
+            || (store.membership_history())
+                .is_ok_and(|history| crate::join::ever_member(&history, &key.verifying_key()))
+    };
+    if follows && was_member() {
+        // Said once: a member that comes back a follower should not look like one
+        // that lost its way.
+        tracing::info!(
+            epoch = membership.epoch,
+            since = membership.since,
+            "this key was a member and a membership change removed it: it runs as a \
+             follower (follower = true), reading and forwarding, never voting"
+        );
+    }
     let cluster = !follows && membership.members.len() > 1;
     let settings = NodeSettings {
         max_block_entries: config.max_block_entries as usize,

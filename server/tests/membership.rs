@@ -268,7 +268,11 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
     let seen = support::status(&follows);
     assert_eq!(seen["role"], "follower", "{seen}");
     committed(&follows, &again[0]);
-    follows.stop();
+    let log = follows.stop();
+    assert!(
+        log.contains("a membership change removed it: it runs as a follower"),
+        "{log}"
+    );
     stop_all(&mut daemons);
 }
 
