@@ -385,7 +385,7 @@ fn a_member_refuses_another_members_data_directory() {
 
 /// Start-up refuses, at once and with a message naming the problem: a key file
 /// others can read (as ssh does), a busy API port (before consensus starts and
-/// peers connect), and a cluster of no nodes.
+/// peers connect), a cluster of no nodes, and a dev layout on other ports.
 #[test]
 fn start_up_refuses_a_readable_key_a_busy_port_and_no_nodes() {
     use std::os::unix::fs::PermissionsExt;
@@ -422,6 +422,17 @@ fn start_up_refuses_a_readable_key_a_busy_port_and_no_nodes() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(
         text(&refused).contains("at least one node"),
+        "{}",
+        text(&refused)
+    );
+
+    // A layout made on other ports is not silently run on its own.
+    let other = (base + 100).to_string();
+    let dir_arg = layout.to_str().unwrap();
+    let refused = run(LEDGERD, &["dev", "--dir", dir_arg, "--base-port", &other]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("was made with base port {base}")),
         "{}",
         text(&refused)
     );

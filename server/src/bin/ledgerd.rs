@@ -243,12 +243,21 @@ struct DevLayout {
     /// Directory for keys, genesis, configs and data.
     #[arg(long, default_value = "ledger-dev")]
     dir: PathBuf,
-    /// Node i's API listens on base-port + 2i, its peer port on base-port + 2i + 1.
-    #[arg(long, default_value_t = 7100)]
-    base_port: u16,
+    /// Node i's API listens on base-port + 2i, its peer port on base-port + 2i + 1
+    /// [default: 7100; for `dev` on a directory made before, the ports it was made
+    /// with].
+    #[arg(long)]
+    base_port: Option<u16>,
     /// Genesis difficulty, leading zero bits.
     #[arg(long, default_value_t = 16)]
     difficulty: u32,
+}
+
+impl DevLayout {
+    /// The base port asked for, or the default.
+    fn base_port(&self) -> u16 {
+        self.base_port.unwrap_or(7100)
+    }
 }
 
 pub(crate) fn main() -> ExitCode {
@@ -405,10 +414,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let placement = match compose {
                 true => config::Placement::Containers {
-                    base_port: layout.base_port,
+                    base_port: layout.base_port(),
                 },
                 false => config::Placement::Loopback {
-                    base_port: layout.base_port,
+                    base_port: layout.base_port(),
                 },
             };
             let written = config::lay_out(&layout.dir, layout.nodes, layout.difficulty, placement)?;
@@ -507,7 +516,7 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
         config::dev_init(
             &layout.dir,
             layout.nodes,
-            layout.base_port,
+            layout.base_port(),
             layout.difficulty,
         )?;
     }
@@ -522,6 +531,15 @@ fn dev(layout: &DevLayout) -> anyhow::Result<ExitCode> {
                 layout.nodes
             )
         })?;
+    let made_with = configs[0].api_listen.port();
+    if let Some(asked) = layout.base_port.filter(|asked| *asked != made_with) {
+        anyhow::bail!(
+            "{} was made with base port {made_with} (node0's API on {}), not --base-port \
+             {asked}: remove it to start over on {asked}, or leave --base-port out",
+            layout.dir.display(),
+            configs[0].api_listen
+        );
+    }
     let spec = configs[0].chain_spec()?;
     if spec.members.len() != layout.nodes {
         anyhow::bail!(
