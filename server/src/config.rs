@@ -97,6 +97,10 @@ pub struct NodeConfig {
     /// chain, joins from a snapshot (else it replays the chain from its peers).
     #[serde(default = "default_true")]
     pub join_from_snapshot: bool,
+    /// Entries a node that has its database must lack, beside a third of the chain's,
+    /// before it joins from a snapshot rather than replay ([`crate::join::far_behind`]).
+    #[serde(default = "default_join_behind_entries")]
+    pub join_behind_entries: u64,
     /// Run as a follower: the key is not a member's; the node checks and applies the
     /// blocks the members commit (read through their client APIs), serves reads,
     /// proofs and snapshots, forwards submits, and never votes.
@@ -267,6 +271,13 @@ fn default_max_block_entries() -> u32 {
 /// the burst they come in, waiting holds the whole cluster's round back.
 const ALONE_BLOCK_DELAY_MS: u64 = 10;
 const CLUSTER_BLOCK_DELAY_MS: u64 = 2;
+/// A member that joins from a snapshot leaves its record of what it signed behind,
+/// and abstains from voting for two checkpoint intervals; replaying keeps it, and
+/// this many entries replay in about 7 s on the project's 2-core machine
+/// (benches/README.md, `join.sh`).
+fn default_join_behind_entries() -> u64 {
+    1_000_000
+}
 fn default_max_blocks_in_flight() -> u32 {
     1
 }
@@ -392,6 +403,7 @@ impl NodeConfig {
             min_block_interval_ms: default_min_block_interval_ms(),
             pool_capacity: default_pool_capacity(),
             join_from_snapshot: true,
+            join_behind_entries: default_join_behind_entries(),
             follower: false,
             snapshot_transfers: default_snapshot_transfers(),
             snapshot_chunk_ids: default_snapshot_chunk_ids(),

@@ -278,7 +278,11 @@ fn join_if_far_behind(
     add_members_in_force(&mut join, config, &store.membership_in_force().members);
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources, &join.stop)?;
-    let Some(snapshot) = snapshot.filter(|snapshot| crate::join::far_behind(&tip, snapshot)) else {
+    let floor = config.join_behind_entries;
+    let far = |snapshot: &crate::chain::snapshot::Manifest| {
+        crate::join::far_behind(&tip, snapshot, floor)
+    };
+    let Some(snapshot) = snapshot.filter(far) else {
         return Ok(store);
     };
     tracing::warn!(

@@ -420,10 +420,13 @@ pub fn offered(
 /// from it than by replaying the blocks up to it. Replaying costs about three times
 /// per entry what fetching and writing a snapshot costs per id (benches/README.md,
 /// `join.sh` run 13: 9.2 against 2.7 us): once the entries it lacks are a third of
-/// the snapshot's, the snapshot is the quicker way.
-pub fn far_behind(tip: &crate::chain::Header, snapshot: &Manifest) -> bool {
+/// the snapshot's, the snapshot is the quicker way. But a member that joins leaves
+/// behind the record of what it signed and abstains a while, so it also lacks at
+/// least `floor` entries: fewer replay in seconds.
+pub fn far_behind(tip: &crate::chain::Header, snapshot: &Manifest, floor: u64) -> bool {
     let total = snapshot.header.log_size;
-    snapshot.height() > tip.height && total.saturating_sub(tip.log_size) * 3 > total
+    let missing = total.saturating_sub(tip.log_size);
+    snapshot.height() > tip.height && missing * 3 > total && missing >= floor
 }
 
 /// The chunks to fetch and what has been fetched, shared by the workers.

@@ -155,11 +155,12 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     assert!(checked.status.success(), "{}", text(&checked));
 }
 
-/// A member that comes back a little behind replays the blocks it lacks; one that
-/// comes back far below the others' snapshot (a third of the entries or more)
-/// sets its database aside and joins from the snapshot, then fetches the history
-/// again; one whose switch was cut short, with joining turned off since, puts the
-/// database it set aside back and replays.
+/// A member that comes back a little behind replays the blocks it lacks, as does one
+/// that lacks a third of the entries but fewer than `join_behind_entries` (it keeps
+/// its record and votes at once); one that comes back far below the others'
+/// snapshot (both) sets its database aside and joins from the snapshot, then
+/// fetches the history again; one whose switch was cut short, with joining turned
+/// off since, puts the database it set aside back and replays.
 #[test]
 fn a_member_far_behind_joins_from_a_snapshot_a_little_behind_replays() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,7 +190,21 @@ fn a_member_far_behind_joins_from_a_snapshot_a_little_behind_replays() {
     assert_eq!(status(node(&daemons, 3))["history_from"], 1);
     assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
 
-    // Sixty entries behind of a hundred and four: past a newer snapshot, and far.
+    // Forty entries behind of eighty-four: a third, but far fewer than a million
+    // (the default `join_behind_entries`): replayed, and it votes at once.
+    restart(&mut daemons, &|daemons| {
+        let stopped_at = status(node(daemons, 0))["height"].as_u64().unwrap();
+        commit_batch(node(daemons, 1), "near", 40);
+        snapshot_at_least(node(daemons, 0), stopped_at + 5);
+    });
+    assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
+    let replayed = daemons[3].take().unwrap().stop();
+    assert!(!replayed.contains("far below"), "{replayed}");
+    set(&configs[3..], "join_behind_entries", "0");
+    daemons[3] = Some(Daemon::start(&configs[3], base + 6));
+    assert!(status(node(&daemons, 3))["abstaining_until"].is_null());
+
+    // Sixty entries behind of a hundred and forty-four: past a newer snapshot, and far.
     let log = restart(&mut daemons, &|daemons| {
         let stopped_at = status(node(daemons, 0))["height"].as_u64().unwrap();
         commit_batch(node(daemons, 1), "third", 60);
