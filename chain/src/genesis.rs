@@ -135,11 +135,15 @@ pub struct Member {
     pub api_addr: Option<String>,
 }
 
+/// The faults `n` members tolerate: f = ⌊(n − 1) / 3⌋ (see [`Members::max_faulty`]).
+pub fn max_faulty(n: usize) -> usize {
+    n.saturating_sub(1) / 3
+}
+
 /// The quorum of `n` members: ⌈(n + f + 1) / 2⌉ with f = ⌊(n − 1) / 3⌋ (see
 /// [`Members::quorum`]).
 pub fn quorum(n: usize) -> usize {
-    let f = n.saturating_sub(1) / 3;
-    (n + f + 2) / 2
+    (n + max_faulty(n) + 2) / 2
 }
 
 /// The member set, in rotation order.
@@ -186,7 +190,7 @@ impl Members {
 
     /// Faults tolerated: f = ⌊(n − 1) / 3⌋.
     pub fn max_faulty(&self) -> usize {
-        (self.0.len() - 1) / 3
+        max_faulty(self.0.len())
     }
 
     /// Matching votes that make a certificate: q = ⌈(n + f + 1) / 2⌉, so that any two

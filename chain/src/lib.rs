@@ -28,7 +28,7 @@ pub use certificate::{commit_digest, CommitCertificate, CommitSignature};
 pub use entry::{Author, Entry, EntryKind, ENTRY_OVERHEAD};
 pub use error::{CertificateError, ChainError, GenesisError, TreeRangeError};
 pub use genesis::{
-    quorum, Admins, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members,
+    max_faulty, quorum, Admins, ChainParams, ChainSpec, GenesisFile, GenesisMember, Member, Members,
 };
 pub use hash::{to_hex, Hash};
 pub use header::{Header, HEADER_LEN, HEADER_VERSION, NONCE_OFFSET};

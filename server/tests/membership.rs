@@ -21,8 +21,8 @@ fn members(daemon: &Daemon) -> serde_json::Value {
 }
 
 /// Has the admin of the layout under `dir` remove the member holding `public_key`
-/// in one step: signed with the admin's key and submitted.
-fn remove(daemon: &Daemon, dir: &Path, public_key: &str) {
+/// in one step: signed with the admin's key and submitted; what `ledgerctl` said.
+fn remove(daemon: &Daemon, dir: &Path, public_key: &str) -> String {
     let admin = dir.join("admin.key");
     let removed = daemon.ctl(&[
         "member",
@@ -38,6 +38,7 @@ fn remove(daemon: &Daemon, dir: &Path, public_key: &str) {
         "{}",
         text(&removed)
     );
+    text(&removed)
 }
 
 /// Has the admin of the layout under `dir` make the change `what` (`ledgerctl member`'s
@@ -193,7 +194,15 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
         .iter()
         .position(|m| m["node_id"] == status["primary"])
         .expect("the primary is a member");
-    remove(node(&daemons, 0), &chain, &key(&first, primary));
+    let said = remove(node(&daemons, 0), &chain, &key(&first, primary));
+    // Two members left tolerate no fault, and the operator is told before stopping one.
+    assert!(
+        said.contains(
+            "once in force: 2 voting members, 0 fault(s) tolerated, 2 votes a \
+             certificate: no member may stop without stopping the chain"
+        ),
+        "{said}"
+    );
     // Any member that stays can tell: the primary's own node stops ordering.
     let stays = (0..3).find(|i| *i != primary).unwrap();
     let stays = first["members"][stays]["node_id"].clone();
@@ -297,7 +306,11 @@ fn five_members_left_by_a_change_need_four() {
         .as_str()
         .unwrap()
         .to_owned();
-    remove(node(&daemons, 0), &chain, &key);
+    let said = remove(node(&daemons, 0), &chain, &key);
+    assert!(
+        said.contains("once in force: 5 voting members, 1 fault(s) tolerated, 4 votes"),
+        "{said}"
+    );
     let five = epoch_in_force(node(&daemons, 0), 1);
     assert_eq!(five["members"].as_array().unwrap().len(), 5, "{five}");
     assert_eq!(

@@ -419,8 +419,33 @@ fn member(client: &Client, command: MemberCommand) -> anyhow::Result<()> {
                 change.signatures.len()
             ))
         }
-        _ => submit_change(client, &change),
+        _ => {
+            submit_change(client, &change)?;
+            after_change(client, &change.change)
+        }
     }
+}
+
+/// What the membership tolerates once a change that adds or removes a voter is in
+/// force: a remove that leaves no fault tolerated says so before the operator
+/// stops a member counting on the old f.
+fn after_change(client: &Client, change: &Change) -> anyhow::Result<()> {
+    let voters = client.members()?.members.len();
+    let voters = match change {
+        Change::Promote { .. } => voters + 1,
+        Change::Remove { .. } => voters.saturating_sub(1),
+        _ => return Ok(()),
+    };
+    let f = ledger::chain::max_faulty(voters);
+    let quorum = ledger::chain::quorum(voters);
+    let warning = match (f, voters) {
+        (0, 2..) => ": no member may stop without stopping the chain",
+        _ => "",
+    };
+    out(&format!(
+        "once in force: {voters} voting members, {f} fault(s) tolerated, {quorum} votes \
+         a certificate{warning}"
+    ))
 }
 
 fn main() -> ExitCode {
