@@ -97,8 +97,9 @@ pub struct NodeConfig {
     /// chain, joins from a snapshot (else it replays the chain from its peers).
     #[serde(default = "default_true")]
     pub join_from_snapshot: bool,
-    /// Entries a node that has its database must lack, beside a third of the chain's,
-    /// before it joins from a snapshot rather than replay ([`crate::join::far_behind`]).
+    /// Entries a member that has its database must lack, beside a third of the
+    /// chain's, before it joins from a snapshot rather than replay
+    /// ([`crate::join::far_behind`]; a follower needs only the third).
     #[serde(default = "default_join_behind_entries")]
     pub join_behind_entries: u64,
     /// Run as a follower: the key is not a member's; the node checks and applies the
@@ -273,8 +274,8 @@ const ALONE_BLOCK_DELAY_MS: u64 = 10;
 const CLUSTER_BLOCK_DELAY_MS: u64 = 2;
 /// A member that joins from a snapshot leaves its record of what it signed behind,
 /// and abstains from voting for two checkpoint intervals; replaying keeps it, and
-/// this many entries replay in about 7 s on the project's 2-core machine
-/// (benches/README.md, `join.sh`).
+/// this many entries replay in about 7 s on the project's 2-core machine in blocks
+/// of a few hundred (benches/README.md, `join.sh`; small blocks replay slower).
 fn default_join_behind_entries() -> u64 {
     1_000_000
 }

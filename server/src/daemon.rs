@@ -278,7 +278,19 @@ fn join_if_far_behind(
     add_members_in_force(&mut join, config, &store.membership_in_force().members);
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources, &join.stop)?;
-    let floor = config.join_behind_entries;
+    // A member that joins abstains a while; a follower loses nothing by joining.
+    let public = config.signing_key()?.verifying_key();
+    let node_id = crate::chain::Hash::digest(public.as_bytes());
+    let member = store
+        .membership_in_force()
+        .members
+        .key_of(&node_id)
+        .is_some();
+    let floor = if member {
+        config.join_behind_entries
+    } else {
+        0
+    };
     let far = |snapshot: &crate::chain::snapshot::Manifest| {
         crate::join::far_behind(&tip, snapshot, floor)
     };
@@ -987,8 +999,8 @@ async fn run_once(
         // Said once: a member that comes back a follower should not look like one
         // that lost its way.
         tracing::info!(
-            epoch = membership.epoch,
-            since = membership.since,
+            epoch_in_force = membership.epoch,
+            in_force_since = membership.since,
             "this key was a member and a membership change removed it: it runs as a \
              follower (follower = true), reading and forwarding, never voting"
         );

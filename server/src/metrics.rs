@@ -172,7 +172,7 @@ pub struct Metrics {
     pub quorum: AtomicU64,
     /// 1 when this node reaches a quorum of members (itself included), else 0.
     pub has_quorum: AtomicU64,
-    /// 1 when this node votes on every block and view change ([`crate::node::Node::votes`]).
+    /// 1 when this node votes on blocks ([`crate::node::Node::votes`]).
     pub voting: AtomicU64,
     /// 1 while a member catches up with the others, else 0.
     pub catching_up: AtomicU64,
@@ -235,7 +235,7 @@ impl Metrics {
             (
                 "ledger_voting",
                 "gauge",
-                "1 when this node votes on every block and view change (a member, or a node alone); 0 on a follower or learner, and on a member that abstains after it started without the record of what it signed. Summed over a cluster's members: the voters, which must be at least ledger_quorum.",
+                "1 when this node votes on blocks (a member, or a node alone); 0 on a follower or learner, on a member whose consensus stopped, and on one that abstains after it started without the record of what it signed. Summed over a cluster's members: the voters, which must be at least ledger_quorum.",
                 Value::Count(&self.voting),
             ),
             (

@@ -330,8 +330,9 @@ impl Node {
             let tip = self.store.last_tip().map_or(0, |tip| tip.height);
             return Some(format!(
                 "this member does not vote yet: it started without the record of what it \
-                 signed (restored from a snapshot or a backup), so it only follows the chain \
-                 until height {height}, {} blocks on (blocks come as entries are submitted); \
+                 signed (its disk lost, or restored from a snapshot or a backup), so it only \
+                 follows the chain until height {height}, {} blocks on (blocks come as \
+                 entries are submitted); \
                  the cluster has one voting member fewer meanwhile: stop no other member \
                  until this one is ready",
                 height.saturating_sub(tip)
@@ -371,14 +372,12 @@ impl Node {
         })
     }
 
-    /// Whether this node votes on every block and view change: a node alone, or a
-    /// member that does not abstain (see [`Node::readiness_reason`]).
+    /// Whether this node votes on blocks: a node alone, or a member whose consensus
+    /// runs and that does not abstain (one that votes but joins no view change yet
+    /// counts: blocks commit with it; [`Node::readiness_reason`] still says so).
     pub fn votes(&self, status: &EngineStatus) -> bool {
         let voter = matches!(self.role(), "alone" | "member");
-        voter
-            && status.failure.is_none()
-            && status.abstaining_until.is_none()
-            && status.view_changes_from.is_none()
+        voter && status.failure.is_none() && status.abstaining_until.is_none()
     }
 
     /// For a member of several: the members it reaches (itself included) and the

@@ -728,6 +728,7 @@ async fn batch_submit_reports_each_entry() {
     for items in [
         json!([{"data": "b4"}, {"nonsense": true}]),
         json!([{"data": "b4"}, {"data": "b5", "data_b64": "AA=="}]),
+        json!([{"data": "b4"}, 5]),
     ] {
         let (status, body, _) = post(&router, "/v1/entries/batch", Some(items)).await;
         assert_eq!(
@@ -735,8 +736,13 @@ async fn batch_submit_reports_each_entry() {
             (StatusCode::BAD_REQUEST, "malformed")
         );
         let message = json::<ErrorBody>(&body).message;
-        assert!(message.starts_with("item 1: "), "{message}");
+        assert!(message.contains("item 1: "), "{message}");
     }
+    // A key given twice, which only the raw text shows.
+    let twice = br#"[{"data": "b4"}, {"data": "b5", "data": "b6"}]"#.to_vec();
+    let (status, error) = send_raw(&router, "/v1/entries/batch", twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.message.contains("item 1: "), "{}", error.message);
     let (status, _, _) = post(&router, "/v1/entries", Some(json!({"data": "b4"}))).await;
     assert_eq!(
         status,

@@ -315,10 +315,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// An entry request from a JSON object. serde would also read a struct from an array,
 /// which the documented schema does not allow.
-/// The entry a submit's object describes, or why it describes none.
 fn entry_request(UniqueObject(object): UniqueObject) -> Result<SubmitRequest, String> {
     serde_json::from_value(serde_json::Value::Object(object))
         .map_err(|error| format!("invalid entry: {error}"))
+}
+
+/// A batch's items, one that is no entry object refused with its position: in a
+/// batch of thousands, a line and column alone leave the client to search.
+struct Items(Vec<UniqueObject>);
+
+impl<'de> serde::Deserialize<'de> for Items {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = Items;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of entry objects")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items, A::Error> {
+                let mut items = Vec::new();
+                loop {
+                    match seq.next_element::<UniqueObject>() {
+                        Ok(Some(item)) => items.push(item),
+                        Ok(None) => return Ok(Items(items)),
+                        Err(error) => {
+                            let index = items.len();
+                            return Err(serde::de::Error::custom(format!("item {index}: {error}")));
+                        }
+                    }
+                }
+            }
+        }
+        deserializer.deserialize_seq(Seq)
+    }
 }
 
 /// A JSON object that refuses a key given twice: serde_json keeps the last, and a
@@ -476,6 +510,8 @@ async fn submit(
 /// or pending: a client that resubmits after its wait ran out learns which without
 /// a second request.
 async fn duplicate(node: &Arc<Node>, id: Hash) -> ApiError {
+    // The pool before the store, as `get_entry` asks them.
+    let pending = node.is_pending(&id);
     let location = read(node, move |store| store.entry_location(&id)).await;
     let message = match location {
         Ok(Some(location)) => format!(
@@ -483,7 +519,7 @@ async fn duplicate(node: &Arc<Node>, id: Hash) -> ApiError {
              its receipt",
             location.height
         ),
-        _ if node.is_pending(&id) => format!(
+        _ if pending => format!(
             "entry {id} was already submitted and is pending: GET /v1/entries/{id} says \
              when it commits"
         ),
@@ -541,7 +577,7 @@ pub struct BatchItem {
     ))]
 async fn submit_batch(
     State(node): State<Arc<Node>>,
-    JsonBody(requests): JsonBody<Vec<UniqueObject>>,
+    JsonBody(Items(requests)): JsonBody<Items>,
 ) -> Result<Response, ApiError> {
     if requests.len() > MAX_BATCH {
         return Err(ApiError::too_large(format!(

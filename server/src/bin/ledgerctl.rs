@@ -368,7 +368,12 @@ fn member(client: &Client, command: MemberCommand) -> anyhow::Result<()> {
                 admins.threshold()
             ));
         }
-        MemberCommand::Submit { file } => return submit_change(client, &read_change(&file)?),
+        MemberCommand::Submit { file } => {
+            let change = read_change(&file)?;
+            submit_change(client, &change)?;
+            after_change(client, &change.change);
+            return Ok(());
+        }
         MemberCommand::Show { file, genesis } => {
             let (chain_hash, admins) = chain_admins(client, genesis.as_ref())?;
             let change = read_change(&file)?;
@@ -421,31 +426,41 @@ fn member(client: &Client, command: MemberCommand) -> anyhow::Result<()> {
         }
         _ => {
             submit_change(client, &change)?;
-            after_change(client, &change.change)
+            after_change(client, &change.change);
+            Ok(())
         }
     }
 }
 
-/// What the membership tolerates once a change that adds or removes a voter is in
-/// force: a remove that leaves no fault tolerated says so before the operator
-/// stops a member counting on the old f.
-fn after_change(client: &Client, change: &Change) -> anyhow::Result<()> {
-    let voters = client.members()?.members.len();
+/// What the membership tolerates once a submitted change that adds or removes a
+/// voter is in force: a remove that leaves no member free to stop says so before
+/// the operator stops one counting on the old figures. Told on standard error, and
+/// only if the node answers: the change is submitted either way.
+fn after_change(client: &Client, change: &Change) {
+    let Ok(view) = client.members() else {
+        return;
+    };
+    let voter = |key: &ed25519_dalek::VerifyingKey| {
+        let key = hex::encode(key.as_bytes());
+        view.members.iter().any(|member| member.public_key == key)
+    };
+    let voters = view.members.len();
     let voters = match change {
         Change::Promote { .. } => voters + 1,
-        Change::Remove { .. } => voters.saturating_sub(1),
-        _ => return Ok(()),
+        // A learner's removal leaves the voters as they are.
+        Change::Remove { public_key } if voter(public_key) => voters.saturating_sub(1),
+        _ => return,
     };
     let f = ledger::chain::max_faulty(voters);
     let quorum = ledger::chain::quorum(voters);
-    let warning = match (f, voters) {
-        (0, 2..) => ": no member may stop without stopping the chain",
-        _ => "",
+    let free = match voters.saturating_sub(quorum) {
+        0 => "no member may stop without stopping the chain".to_owned(),
+        free => format!("{free} may stop and the rest commit"),
     };
-    out(&format!(
-        "once in force: {voters} voting members, {f} fault(s) tolerated, {quorum} votes \
-         a certificate{warning}"
-    ))
+    eprintln!(
+        "once in force: {voters} voting members, {f} fault(s) tolerated, {quorum} votes a \
+         certificate: {free}"
+    );
 }
 
 fn main() -> ExitCode {

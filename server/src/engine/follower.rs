@@ -43,9 +43,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// while no member can be reached, or they lie, its waiter is told after this.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(600);
 /// How long no member has answered before a follower says so (readiness): it
-/// reads from one every [`POLL`] and asks one's height every [`PROBE_OTHERS`], so
-/// this is many unanswered requests, not one slow answer.
-const UNHEARD: Duration = Duration::from_secs(10);
+/// reads from one every [`POLL`] and asks one's height every [`PROBE_OTHERS`], and
+/// a member that drops what it is sent holds a pass of its loop up to two
+/// [`REQUEST_TIMEOUT`]s, so this is many unanswered requests, not one slow member.
+const UNHEARD: Duration = Duration::from_secs(30);
 /// Blocks applied back to back, with never a poll finding nothing new, that make a
 /// follower one catching up: more than the members commit between two polls.
 const CATCHING_UP_BLOCKS: u64 = 16;
