@@ -653,6 +653,11 @@ pub struct StatusView {
     /// of it, as last asked (about once a second); absent until a member answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<u64>,
+    /// On a follower or learner: the client API of the member it reads blocks from
+    /// now, and forwards submits to first (its `members` show no connections: a
+    /// follower holds no peer links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_from: Option<String>,
     /// Current PBFT view (0 on a follower, which takes no part in views).
     pub view: u64,
     /// Primary of the view (empty on a follower).

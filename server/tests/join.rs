@@ -408,6 +408,11 @@ fn a_follower_joins_follows_and_forwards_submits() {
         let seen = status(&follower);
         if seen["height"].as_u64().unwrap() >= tip && seen["history_from"] == 1 {
             assert_eq!(seen["role"], "follower");
+            // It names the member it reads from, one of the members' APIs.
+            let reads_from = seen["reads_from"].as_str().unwrap_or_default();
+            let members: Vec<String> = (0..4).map(|i| node(&daemons, i).url.clone()).collect();
+            assert!(members.iter().any(|url| url == reads_from), "{seen}");
+            assert!(status(node(&daemons, 0))["reads_from"].is_null());
             break;
         }
         assert!(Instant::now() < deadline, "{seen}");

@@ -978,6 +978,7 @@ async fn status(State(node): State<Arc<Node>>) -> Result<Json<StatusView>, ApiEr
         genesis_hash: store.genesis_hash().to_hex(),
         role: node.role().into(),
         behind: engine.behind,
+        reads_from: engine.reads_from.clone(),
         view: engine.view,
         primary: members
             .get(usize::from(engine.primary))

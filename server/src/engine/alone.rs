@@ -266,6 +266,7 @@ impl Alone {
             failure: None,
             catching_up: false,
             behind: None,
+            reads_from: None,
             refused_committed: None,
         }
     }

@@ -543,6 +543,7 @@ impl Cluster {
             failure: status.failure,
             catching_up: status.catching_up,
             behind: None,
+            reads_from: None,
             refused_committed: status.refused_committed,
         }
     }

@@ -387,6 +387,11 @@ impl Follower {
             failure: None,
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),
+            reads_from: {
+                let sources = self.sources();
+                let index = self.preferred.load(Ordering::Relaxed) as usize;
+                sources.get(index % sources.len().max(1)).cloned()
+            },
             refused_committed: lock(&self.refused).clone(),
         }
     }

@@ -224,6 +224,8 @@ pub struct EngineStatus {
     /// On a follower (a learner among them): how many blocks the member it reads
     /// from is ahead of it, as last asked; none until a member answered.
     pub behind: Option<u64>,
+    /// On a follower: the member it reads from now (its client API).
+    pub reads_from: Option<String>,
     /// Why this node refuses the block after its tip that a quorum of members
     /// committed, until it applies one: its rules (plugins) differ from theirs.
     pub refused_committed: Option<String>,
