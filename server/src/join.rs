@@ -186,6 +186,7 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
         attempt += 1;
         let mut refused = Vec::new();
         let mut reasons = Vec::new();
+        let mut unanswered = Vec::new();
         let offers = offers(&client, spec, &config.sources, &config.stop)?
             .into_iter()
             .filter_map(|(source, offer)| match offer {
@@ -200,9 +201,11 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
                     reasons.push(reason);
                     None
                 }
-                // A member away or still starting (a new cluster starting together).
+                // A member away or still starting (a new cluster starting together,
+                // each asking the others): the outcome is told once, below.
                 Err(error) => {
-                    tracing::info!(%source, %error, "no snapshot manifest from there");
+                    tracing::debug!(%source, %error, "no snapshot manifest from there");
+                    unanswered.push(format!("{source}: {error}"));
                     None
                 }
             })
@@ -213,6 +216,14 @@ pub fn join(spec: &ChainSpec, config: &JoinConfig, metrics: &Metrics) -> Result<
                     refused: reasons.len(),
                     reason: reasons.swap_remove(0),
                 });
+            }
+            if let Some(first) = unanswered.first() {
+                tracing::info!(
+                    unanswered = unanswered.len(),
+                    first = %first,
+                    "members did not answer the ask for a snapshot (away, or starting \
+                     together with this node)"
+                );
             }
             return Ok(Joined::NoSnapshot);
         };
