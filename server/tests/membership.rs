@@ -198,7 +198,7 @@ fn members_are_removed_the_primary_too_while_clients_submit() {
     // Two members left tolerate no fault, and the operator is told before stopping one.
     assert!(
         said.contains(
-            "once in force: 2 voting members, 0 fault(s) tolerated, 2 votes a \
+            "once in force: 2 voting members, f = 0 (members that may lie), 2 votes a \
              certificate: no member may stop without stopping the chain"
         ),
         "{said}"
@@ -308,7 +308,7 @@ fn five_members_left_by_a_change_need_four() {
         .to_owned();
     let said = remove(node(&daemons, 0), &chain, &key);
     assert!(
-        said.contains("once in force: 5 voting members, 1 fault(s) tolerated, 4 votes"),
+        said.contains("once in force: 5 voting members, f = 1 (members that may lie), 4 votes"),
         "{said}"
     );
     let five = epoch_in_force(node(&daemons, 0), 1);

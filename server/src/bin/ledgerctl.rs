@@ -458,8 +458,8 @@ fn after_change(client: &Client, change: &Change) {
         free => format!("{free} may stop and the rest commit"),
     };
     eprintln!(
-        "once in force: {voters} voting members, {f} fault(s) tolerated, {quorum} votes a \
-         certificate: {free}"
+        "once in force: {voters} voting members, f = {f} (members that may lie), \
+         {quorum} votes a certificate: {free}"
     );
 }
 
