@@ -1388,6 +1388,7 @@ pub fn backfill(
     // The block below the one being added: its header says where the added block's
     // entries start, and it is the next one added.
     let mut below: Option<(Block, CommitCertificate)> = None;
+    let mut last_added = Instant::now();
     while store.history_from() > 1 && !stop.load(Ordering::Relaxed) {
         let height = store.history_from() - 1;
         let mut held = false;
@@ -1436,7 +1437,9 @@ pub fn backfill(
                 }
             }
         }
-        if !held && pause(stop, Duration::from_secs(5)).is_err() {
+        if held {
+            last_added = Instant::now();
+        } else if pause(stop, Duration::from_secs(5)).is_err() {
             return;
         }
         if Instant::now() >= next_trim {
@@ -1448,13 +1451,24 @@ pub fn backfill(
             let done = first - store.history_from();
             let seconds = started.elapsed().as_secs_f64().max(0.001);
             let left = store.history_from() - 1;
-            tracing::info!(
-                history_from = store.history_from(),
-                blocks_per_s = format!("{:.0}", done as f64 / seconds),
-                eta_s = format!("{:.0}", seconds / done.max(1) as f64 * left as f64),
-                released_mib,
-                "fetching the history below the snapshot"
-            );
+            let stalled = last_added.elapsed();
+            if stalled >= config.progress_every {
+                // No rate or time left to tell: none holds while nothing arrives.
+                tracing::info!(
+                    history_from = store.history_from(),
+                    stalled_s = stalled.as_secs(),
+                    "fetching the history below the snapshot: no member has served a block \
+                     for a while (the warnings above say why); it goes on once one does"
+                );
+            } else {
+                tracing::info!(
+                    history_from = store.history_from(),
+                    blocks_per_s = format!("{:.0}", done as f64 / seconds),
+                    eta_s = format!("{:.0}", seconds / done.max(1) as f64 * left as f64),
+                    released_mib,
+                    "fetching the history below the snapshot"
+                );
+            }
         }
     }
     if store.history_from() == 1 && first > 1 {
