@@ -69,6 +69,21 @@ pub enum ProposeError {
          cluster (a chain of one member cannot change its membership yet)"
     )]
     NotOrdered(&'static str),
+    /// Too few of the members in force are connected to this one to order anything,
+    /// the change among it.
+    #[error(
+        "only {reached} of the {members} members in force are connected to this member, \
+         itself included, and ordering this change takes {quorum} of them: it would wait \
+         in the pool until they are back; bring them back first"
+    )]
+    CannotBeOrdered {
+        /// Members in force this node reaches, itself included.
+        reached: usize,
+        /// The membership in force's size.
+        members: usize,
+        /// Its quorum.
+        quorum: usize,
+    },
     /// Too few of the members after the change are connected to this one.
     #[error(
         "only {connected} of the {members} members after this change are connected to this \
@@ -476,6 +491,18 @@ impl Node {
             change.progress = Some(self.learner_progress(learner, LEARNER_PROBE).await?);
             // Every replica checks the learner's word in the block as here.
             now.check(spec, &change, next_height)?;
+        }
+        // The members in force order the change: a change submitted while they cannot
+        // would sit pending, answered as if taken (a remove of a member of two that is
+        // down, say).
+        if let Some((reached, quorum)) = self.quorum_reach(&self.status()) {
+            if reached < quorum {
+                return Err(ProposeError::CannotBeOrdered {
+                    reached,
+                    members: now.members.len(),
+                    quorum,
+                });
+            }
         }
         let entry = change.to_entry();
         let mut next = now.clone();

@@ -836,6 +836,50 @@ fn a_learner_at_an_address_no_node_has_is_not_added() {
     );
 }
 
+/// A change the members in force cannot order now (one of two is down) is refused
+/// with the reason, not answered as submitted to wait in the pool.
+#[test]
+fn a_change_the_members_cannot_order_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("cluster");
+    let (configs, base) = layout(&chain, 2);
+    let mut daemons = start_all(&configs, base);
+    let second = members(node(&daemons, 0))["members"][1]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    daemons[1].take().unwrap().stop();
+    let admin = chain.join("admin.key");
+    let refused = node(&daemons, 0).ctl(&[
+        "member",
+        "remove",
+        "--key",
+        &second,
+        "--admin-key",
+        admin.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("only 1 of the 2 members in force are connected"),
+        "{}",
+        text(&refused)
+    );
+    // Back, the same change goes through.
+    daemons[1] = Some(Daemon::start(&configs[1], base + 2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(why) = try_change(
+        node(&daemons, 0),
+        &chain,
+        &["remove", "--key", &second],
+        "again",
+    ) {
+        assert!(Instant::now() < deadline, "never taken: {why}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    epoch_in_force(node(&daemons, 0), 1);
+    stop_all(&mut daemons);
+}
+
 /// A member removed from a chain of two, started again, refuses (exit 78): alone,
 /// it would otherwise cut and certify blocks of its own, a fork.
 #[test]
