@@ -36,9 +36,10 @@ use tokio::sync::Barrier;
 #[derive(Parser, Clone)]
 #[command(about = "Load generator for a ledger node")]
 struct Args {
-    /// The node's API: HOST:PORT, or a URL (`https://` needs --cacert).
-    #[arg(long, env = "LEDGER_NODE", default_value = "127.0.0.1:7100")]
-    addr: String,
+    /// The node's API: HOST:PORT, or a URL (`https://` needs --cacert) [default:
+    /// LEDGERCTL_NODE, as ledgerctl reads it, else LEDGER_NODE, else 127.0.0.1:7100].
+    #[arg(long)]
+    addr: Option<String>,
     /// Concurrent keep-alive clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -94,18 +95,19 @@ struct Target {
 impl Target {
     fn new(args: &Args) -> anyhow::Result<Target> {
         use rustls::pki_types::pem::PemObject;
-        let (https, address) = match args.addr.split_once("://") {
+        let given = args.addr.as_deref().unwrap_or("127.0.0.1:7100");
+        let (https, address) = match given.split_once("://") {
             Some(("https", address)) => (true, address),
             Some(("http", address)) => (false, address),
             Some((scheme, _)) => bail!("--addr: {scheme}:// is neither http nor https"),
-            None => (false, args.addr.as_str()),
+            None => (false, given),
         };
         let addr: SocketAddr = address
             .trim_end_matches('/')
             .parse()
-            .with_context(|| format!("--addr {}: not IP:PORT", args.addr))?;
+            .with_context(|| format!("--addr {given}: not IP:PORT"))?;
         if https && args.cacert.is_none() {
-            bail!("--addr {}: https needs --cacert", args.addr);
+            bail!("--addr {given}: https needs --cacert");
         }
         let tls = match &args.cacert {
             None => None,
@@ -375,7 +377,12 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.addr = args.addr.take().or_else(|| {
+        ["LEDGERCTL_NODE", "LEDGER_NODE"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok())
+    });
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
             bail!("--rate must be a positive number of submits per second, not {rate}");
