@@ -452,10 +452,11 @@ impl Node {
     /// Checks a membership change against the membership in force and what this
     /// member observes, then hands it to the members to order. Refused before it is
     /// ordered: what the membership refuses (another epoch, too few admin
-    /// signatures, a change in flight, ...), a chain whose one member runs alone,
-    /// and a change that would leave fewer members connected to this one than the
-    /// new membership's quorum (adding to a cluster with members down would stall
-    /// it).
+    /// signatures, a change in flight, ...), a chain whose one member runs alone, a
+    /// change the members in force could not order now (fewer of them connected to
+    /// this one than their quorum), and one that would leave fewer members connected
+    /// to this one than the new membership's quorum (adding to a cluster with
+    /// members down would stall it).
     pub async fn propose_change(
         &self,
         change: &Reconfiguration,
