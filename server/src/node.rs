@@ -347,7 +347,7 @@ impl Node {
                 "this member does not vote yet: it started without the record of what it \
                  signed (its disk lost, or restored from a snapshot or a backup), so it only \
                  follows the chain until height {height}, {} blocks on (blocks come as \
-                 entries are submitted); \
+                 entries are submitted, or as POST /mine on the primary cuts empty ones); \
                  the cluster has one voting member fewer meanwhile: stop no other member \
                  until this one is ready",
                 height.saturating_sub(tip)
