@@ -261,11 +261,13 @@ fn remove_set_aside(aside: &Path) {
 
 /// Sets the database in `store` aside and joins from the members' snapshot instead,
 /// if it ends so far below that snapshot that joining is quicker than replaying up to
-/// it ([`crate::join::far_behind`]); the store to run with. Asking takes one round to
-/// the other members, each answer awaited a few seconds at most.
+/// it ([`crate::join::far_behind`]); the store to run with. `node_id` is this node's.
+/// Asking takes one round to the other members, each answer awaited a few seconds
+/// at most.
 fn join_if_far_behind(
     config: &NodeConfig,
     store: Arc<Store>,
+    node_id: &crate::chain::Hash,
     metrics: &crate::metrics::Metrics,
     starting: &Starting,
 ) -> anyhow::Result<Arc<Store>> {
@@ -279,12 +281,10 @@ fn join_if_far_behind(
     let client = crate::join::Client::new(join.agent.clone(), join.requester.clone());
     let snapshot = crate::join::offered(&client, &spec, &join.sources, &join.stop)?;
     // A member that joins abstains a while; a follower loses nothing by joining.
-    let public = config.signing_key()?.verifying_key();
-    let node_id = crate::chain::Hash::digest(public.as_bytes());
     let member = store
         .membership_in_force()
         .members
-        .key_of(&node_id)
+        .key_of(node_id)
         .is_some();
     let floor = if member {
         config.join_behind_entries
@@ -908,13 +908,14 @@ async fn run_once(
         move || open_restored(&config, restored)
     })
     .await??;
+    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
     let store = match start {
         Start::Run => {
             starting.set_phase("asking the other members for their latest snapshot");
             let (config, metrics, starting) =
                 (config.clone(), Arc::clone(&metrics), Arc::clone(&starting));
             let joined = tokio::task::spawn_blocking(move || {
-                join_if_far_behind(&config, store, &metrics, &starting)
+                join_if_far_behind(&config, store, &node_id, &metrics, &starting)
             });
             let Some(store) = unless_stopped(joined.await?)? else {
                 return Ok(Ended::Stopped);
@@ -977,7 +978,6 @@ async fn run_once(
     // The engine is chosen here for the node's life: a follower the membership has
     // made a member (a promoted learner) starts again as one.
     let membership = store.membership_in_force();
-    let node_id = crate::chain::Hash::digest(key.verifying_key().as_bytes());
     let follows = config.follower && membership.members.key_of(&node_id).is_none();
     // A key the membership no longer names orders nothing, alone least of all: a
     // member removed from a chain of two would otherwise certify its own fork.
