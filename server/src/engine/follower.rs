@@ -388,9 +388,8 @@ impl Follower {
             catching_up: self.catching_up.load(Ordering::Relaxed),
             behind: self.behind(),
             reads_from: {
-                let sources = self.sources();
-                let index = self.preferred.load(Ordering::Relaxed) as usize;
-                sources.get(index % sources.len().max(1)).cloned()
+                let (sources, index) = self.preferred_source();
+                sources.get(index).cloned()
             },
             refused_committed: lock(&self.refused).clone(),
         }
@@ -415,8 +414,7 @@ impl Follower {
 
     /// Asks the preferred member how high its chain is.
     fn ask_height(&self) {
-        let sources = self.sources();
-        let index = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
+        let (sources, index) = self.preferred_source();
         let answer = self
             .agent
             .get(&format!("{}/v1/status", sources[index]))
@@ -508,8 +506,7 @@ impl Follower {
     /// member; whether one was applied. A member that fails is left for the next.
     fn next_block(&self) -> Result<bool, StoreError> {
         let height = self.store.tip()?.height + 1;
-        let sources = self.sources();
-        let index = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
+        let (sources, index) = self.preferred_source();
         let source = &sources[index];
         match self.fetch(source, height) {
             Ok((block, certificate)) => match self.check(&block, &certificate) {
@@ -577,8 +574,7 @@ impl Follower {
         let Ok(tip) = self.store.tip() else {
             return false;
         };
-        let sources = self.sources();
-        let current = self.preferred.load(Ordering::Relaxed) as usize % sources.len();
+        let (sources, current) = self.preferred_source();
         for (index, source) in sources.iter().enumerate() {
             if index != current && self.fetch(source, tip.height + 1).is_ok() {
                 self.preferred.store(index as u64, Ordering::Relaxed);
@@ -596,6 +592,13 @@ impl Follower {
     /// The members read from now.
     fn sources(&self) -> Arc<Vec<String>> {
         Arc::clone(&self.sources.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The members read from now, and the position of the one read from first.
+    fn preferred_source(&self) -> (Arc<Vec<String>>, usize) {
+        let sources = self.sources();
+        let index = self.preferred.load(Ordering::Relaxed) as usize % sources.len().max(1);
+        (sources, index)
     }
 
     /// Reads from the members of the membership in force, made into base URLs by
