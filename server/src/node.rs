@@ -496,7 +496,8 @@ impl Node {
         // The members in force order the change: a change submitted while they cannot
         // would sit pending, answered as if taken (a remove of a member of two that is
         // down, say).
-        if let Some((reached, quorum)) = self.quorum_reach(&self.status()) {
+        let status = self.status();
+        if let Some((reached, quorum)) = self.quorum_reach(&status) {
             if reached < quorum {
                 return Err(ProposeError::CannotBeOrdered {
                     reached,
@@ -510,7 +511,7 @@ impl Node {
         next.apply_block(spec, next_height, std::slice::from_ref(&entry))
             .map_err(|error| ProposeError::Refused(error.to_string()))?;
         next.advance_to(u64::MAX);
-        let peers = self.status().peers;
+        let peers = status.peers;
         let me = self.node_id();
         let connected = now
             .members

@@ -339,16 +339,12 @@ impl<'de> serde::Deserialize<'de> for Items {
                 mut seq: A,
             ) -> Result<Items, A::Error> {
                 let mut items = Vec::new();
-                loop {
-                    match seq.next_element::<UniqueObject>() {
-                        Ok(Some(item)) => items.push(item),
-                        Ok(None) => return Ok(Items(items)),
-                        Err(error) => {
-                            let index = items.len();
-                            return Err(serde::de::Error::custom(format!("item {index}: {error}")));
-                        }
-                    }
+                while let Some(item) = seq.next_element::<UniqueObject>().map_err(|error| {
+                    serde::de::Error::custom(format!("item {}: {error}", items.len()))
+                })? {
+                    items.push(item);
                 }
+                Ok(Items(items))
             }
         }
         deserializer.deserialize_seq(Seq)
