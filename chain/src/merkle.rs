@@ -10,6 +10,7 @@
 //! itself at most log₂ n stored subtrees (RFC 9162 §2.1.3.1 and §2.1.4.1).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use super::{ChainError, Hash, TreeRangeError};
 
@@ -35,6 +36,15 @@ pub trait NodeSource {
 
     /// The node at `(level, index)`; callers only ask for nodes complete in the log.
     fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error>;
+
+    /// Root of leaves `[start, end)`, aligned as [`range_root`] needs. A source may
+    /// answer from roots it keeps instead of hashing the range's pieces each time.
+    fn range(&self, start: u64, end: u64) -> Result<Hash, Self::Error>
+    where
+        Self: Sized,
+    {
+        range_root(self, start, end)
+    }
 }
 
 /// The right edge of a log: one perfect-subtree root per set bit of the size, largest
@@ -109,6 +119,10 @@ pub struct AppendedNodes {
     first: u64,
     size: u64,
     nodes: HashMap<(u8, u64), Hash>,
+    /// The roots of the ranges from each point of the right edge to the end of the
+    /// log, by start, worked out once for all the proofs of the run: every proof
+    /// holds some of them, and each is a hash of several nodes.
+    edge: OnceLock<HashMap<u64, Hash>>,
 }
 
 impl AppendedNodes {
@@ -129,6 +143,7 @@ impl AppendedNodes {
             first: log.size,
             size: log.size,
             nodes,
+            edge: OnceLock::new(),
         }
     }
 
@@ -138,6 +153,7 @@ impl AppendedNodes {
             self.size = self.size.max(index + 1);
         }
         self.nodes.insert((level, index), *hash);
+        self.edge.take();
     }
 
     /// Inclusion proof of leaf `index`, appended since [`AppendedNodes::new`], in the
@@ -152,6 +168,37 @@ impl AppendedNodes {
         }
         inclusion_proof(self, index, self.size)
     }
+
+    /// The right edge's ranges and their roots, innermost (a single leaf) worked out
+    /// first; each of the others is its perfect left part's node and the next one's
+    /// root. Empty where a node is missing: the proofs then hash as they go and say so.
+    fn edge_roots(&self) -> HashMap<u64, Hash> {
+        let mut starts = Vec::new();
+        let (mut start, mut len) = (0u64, self.size);
+        while len > 1 {
+            let k = split_point(len);
+            start += k;
+            len -= k;
+            starts.push(start);
+        }
+        let mut roots = HashMap::with_capacity(starts.len());
+        let mut inner: Option<Hash> = None;
+        for &start in starts.iter().rev() {
+            let root = match inner {
+                None => range_root(self, start, self.size),
+                Some(right) => {
+                    let k = split_point(self.size - start);
+                    range_root(self, start, start + k).map(|left| node_hash(&left, &right))
+                }
+            };
+            let Ok(root) = root else {
+                return HashMap::new();
+            };
+            roots.insert(start, root);
+            inner = Some(root);
+        }
+        roots
+    }
 }
 
 impl NodeSource for AppendedNodes {
@@ -163,28 +210,43 @@ impl NodeSource for AppendedNodes {
             .copied()
             .ok_or_else(|| ChainError::from(TreeRangeError::MissingNode { level, index }))
     }
+
+    fn range(&self, start: u64, end: u64) -> Result<Hash, ChainError> {
+        if end == self.size {
+            if let Some(root) = self.edge.get_or_init(|| self.edge_roots()).get(&start) {
+                return Ok(*root);
+            }
+        }
+        range_root(self, start, end)
+    }
 }
 
 /// Root of leaves `[start, end)`, where `start` is aligned to a power of two at least
 /// `end - start` (true of every range RFC 9162's recursion visits): it decomposes into
 /// descending perfect subtrees, hashed right to left.
 fn range_root<S: NodeSource>(source: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
-    let mut pieces = Vec::new();
-    let mut at = start;
-    while at < end {
-        let mut level = if at == 0 { 63 } else { at.trailing_zeros() };
-        while at
-            .checked_add(1u64 << level)
-            .is_none_or(|piece_end| piece_end > end)
-        {
-            level -= 1;
-        }
-        pieces.push(source.node(level as u8, at >> level)?);
-        at += 1 << level;
+    if start >= end {
+        return Ok(empty_root());
     }
-    let mut pieces = pieces.into_iter().rev();
-    let last = pieces.next().unwrap_or_else(empty_root);
-    Ok(pieces.fold(last, |right, left| node_hash(&left, &right)))
+    // The largest piece at `start`; the rest of the range is hashed to its right. No
+    // list of pieces: a proof asks for some twenty ranges, most of them one node.
+    let mut level = if start == 0 {
+        63
+    } else {
+        start.trailing_zeros()
+    };
+    while start
+        .checked_add(1u64 << level)
+        .is_none_or(|piece_end| piece_end > end)
+    {
+        level -= 1;
+    }
+    let piece = source.node(level as u8, start >> level)?;
+    let next = start + (1 << level);
+    if next == end {
+        return Ok(piece);
+    }
+    Ok(node_hash(&piece, &range_root(source, next, end)?))
 }
 
 /// Largest power of two strictly below `n` (n ≥ 2).
@@ -213,10 +275,10 @@ pub fn inclusion_proof<S: NodeSource>(
     while len > 1 {
         let k = split_point(len);
         if target < k {
-            proof.push(range_root(source, start + k, start + len)?);
+            proof.push(source.range(start + k, start + len)?);
             len = k;
         } else {
-            proof.push(range_root(source, start, start + k)?);
+            proof.push(source.range(start, start + k)?);
             start += k;
             target -= k;
             len -= k;
@@ -692,6 +754,27 @@ mod tests {
                         "leaf {index} of the run {first}..{size}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn appended_nodes_prove_against_the_log_as_it_grows_between_proofs() {
+        let full = log_of(300);
+        let mut range = CompactRange::load(&log_of(3), 3).unwrap();
+        let mut nodes = AppendedNodes::new(&range);
+        for index in 3..300u64 {
+            range.append(leaf_hash(&index.to_be_bytes()), |level, index, hash| {
+                nodes.record(level, index, hash)
+            });
+            // The right edge's roots are worked out by the first proof of each size.
+            for proved in 3..=index {
+                assert_eq!(
+                    nodes.inclusion_proof(proved).unwrap(),
+                    inclusion_proof(&full, proved, index + 1).unwrap(),
+                    "leaf {proved} of {}",
+                    index + 1
+                );
             }
         }
     }
