@@ -61,3 +61,38 @@ pub mod systemd;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod throttle;
+
+/// Gives a map back the room a burst left it, once it holds under an eighth of it.
+/// A pool that a flood grew keeps its table otherwise, and at the usual load every
+/// lookup and removal then misses the cache (benches/README.md, "2026-12-07, night").
+pub(crate) fn shrink_sparse<K, V, S>(map: &mut std::collections::HashMap<K, V, S>)
+where
+    K: Eq + std::hash::Hash,
+    S: std::hash::BuildHasher,
+{
+    // Below this the table fits a core's cache anyway; shrinking would only rehash.
+    const SMALL: usize = 4096;
+    if map.capacity() > SMALL && map.len() < map.capacity() / 8 {
+        map.shrink_to((2 * map.len()).max(SMALL / 2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_sparse_map_gives_back_its_room_and_keeps_what_it_holds() {
+        let mut map: HashMap<u64, u64> = (0..100_000).map(|i| (i, i)).collect();
+        let grown = map.capacity();
+        map.retain(|key, _| *key < 1_000);
+        super::shrink_sparse(&mut map);
+        assert!(map.capacity() < grown / 16, "{} of {grown}", map.capacity());
+        assert_eq!(map.len(), 1_000);
+        assert!((0..1_000).all(|key| map.get(&key) == Some(&key)));
+        // A map that is small, or not sparse, is left as it is.
+        let room = map.capacity();
+        super::shrink_sparse(&mut map);
+        assert_eq!(map.capacity(), room);
+    }
+}

@@ -1498,20 +1498,24 @@ impl Driver {
                 lock(&self.status).refused_committed = None;
                 let metrics = &self.metrics;
                 metrics.block_applied(&block.header, block.entries.len(), started.elapsed());
-                {
-                    let mut pending = lock(&self.pending);
-                    if !pending.is_empty() {
-                        for entry in &block.entries {
-                            match pending.remove(&entry.id()) {
-                                Some(held) if held.own => {
-                                    metrics.commit_latency.observe(held.since.elapsed())
-                                }
-                                _ => {}
+                let mut pending = lock(&self.pending);
+                if pending.is_empty() && self.waiters.is_empty() {
+                    drop(pending);
+                } else {
+                    // Each id hashes the whole entry: once here for both maps.
+                    let ids: Vec<Hash> = block.entries.iter().map(Entry::id).collect();
+                    for id in &ids {
+                        match pending.remove(id) {
+                            Some(held) if held.own => {
+                                metrics.commit_latency.observe(held.since.elapsed())
                             }
+                            _ => {}
                         }
                     }
+                    crate::shrink_sparse(&mut pending);
+                    drop(pending);
+                    self.answer_waiters(&block, &ids, &certificate, &nodes);
                 }
-                self.answer_waiters(&block, &certificate, &nodes);
                 self.plugins.committed(&block);
             }
             Output::Mine(template) => self.mine(template),
@@ -1656,26 +1660,26 @@ impl Driver {
         }
     }
 
-    /// Hands receipts to the clients waiting here for entries of `block`.
+    /// Hands receipts to the clients waiting here for entries of `block`, whose ids
+    /// are `ids`.
     fn answer_waiters(
         &mut self,
         block: &Block,
+        ids: &[Hash],
         certificate: &CommitCertificate,
         nodes: &AppendedNodes,
     ) {
         if self.waiters.is_empty() {
             return;
         }
-        let first = block.header.log_size - block.entries.len() as u64;
-        let waiting = (first..)
-            .zip(&block.entries)
-            .filter_map(|(log_index, entry)| {
-                let id = entry.id();
-                self.waiters
-                    .remove(&id)
-                    .map(|senders| (id, log_index, senders))
-            });
+        let first = block.header.log_size - ids.len() as u64;
+        let waiting = (first..).zip(ids).filter_map(|(log_index, id)| {
+            self.waiters
+                .remove(id)
+                .map(|senders| (*id, log_index, senders))
+        });
         hand_out_receipts(&block.header, certificate, nodes, waiting);
+        crate::shrink_sparse(&mut self.waiters);
     }
 
     /// Whether admission refuses new entries: while the pool would take a quarter of

@@ -526,6 +526,7 @@ impl Replica {
         for id in &ids {
             self.pending.remove(id);
         }
+        crate::shrink_sparse(&mut self.pending);
         self.applied_now.push(Arc::new(ids));
         // Removed ids leave `order` lazily, from the front; one long wait at the front
         // must not let the rest pile up behind it.
