@@ -48,6 +48,13 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
+/// The data's length as encoded and signed. It cannot exceed u32 for any entry that
+/// passes the size check; a larger one saturates, which still yields a digest no valid
+/// entry shares.
+fn length(data: &[u8]) -> [u8; 4] {
+    u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes()
+}
+
 impl Entry {
     /// An unsigned entry.
     pub fn new(data: impl Into<Vec<u8>>) -> Entry {
@@ -91,10 +98,7 @@ impl Entry {
     /// What an author signs: the data bound to one chain, so a signed entry cannot be
     /// replayed on another chain. SHA-256(domain ‖ chain hash ‖ u32 length ‖ data).
     pub fn signing_digest(chain_hash: &Hash, data: &[u8]) -> Hash {
-        // The length cannot exceed u32 for any entry that passes the size check; a larger
-        // one saturates, which still yields a digest no valid entry shares.
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes();
-        Hash::digest_parts(&[SIGNATURE_DOMAIN, chain_hash.as_bytes(), &len, data])
+        Hash::digest_parts(&[SIGNATURE_DOMAIN, chain_hash.as_bytes(), &length(data), data])
     }
 
     /// Length of [`Entry::encode`]'s output.
@@ -114,7 +118,7 @@ impl Entry {
     }
 
     /// The encoding's first bytes: version, flags and the data's length.
-    fn head(&self) -> [u8; 6] {
+    fn head(&self) -> [u8; ENTRY_OVERHEAD] {
         let mut flags = if self.author.is_some() {
             FLAG_AUTHORED
         } else {
@@ -123,10 +127,8 @@ impl Entry {
         if self.is_reconfiguration() {
             flags |= FLAG_RECONFIGURATION;
         }
-        let len = u32::try_from(self.data.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes();
-        [ENTRY_VERSION, flags, len[0], len[1], len[2], len[3]]
+        let [a, b, c, d] = length(&self.data);
+        [ENTRY_VERSION, flags, a, b, c, d]
     }
 
     /// The canonical encoding.

@@ -37,8 +37,9 @@ pub trait NodeSource {
     /// The node at `(level, index)`; callers only ask for nodes complete in the log.
     fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error>;
 
-    /// Root of leaves `[start, end)`, aligned as [`range_root`] needs. A source may
-    /// answer from roots it keeps instead of hashing the range's pieces each time.
+    /// Root of leaves `[start, end)`, where `start` is aligned to a power of two at
+    /// least `end - start` (as every range a proof asks for is). A source may answer
+    /// from roots it keeps instead of hashing the range's pieces each time.
     fn range(&self, start: u64, end: u64) -> Result<Hash, Self::Error>
     where
         Self: Sized,
@@ -169,8 +170,8 @@ impl AppendedNodes {
         inclusion_proof(self, index, self.size)
     }
 
-    /// The right edge's ranges and their roots, innermost (a single leaf) worked out
-    /// first; each of the others is its perfect left part's node and the next one's
+    /// The right edge's ranges and their roots, innermost first: a whole subtree is
+    /// its node, any other range its left part's node hashed with the next range's
     /// root. Empty where a node is missing: the proofs then hash as they go and say so.
     fn edge_roots(&self) -> HashMap<u64, Hash> {
         let mut starts = Vec::new();
@@ -185,11 +186,12 @@ impl AppendedNodes {
         let mut inner: Option<Hash> = None;
         for &start in starts.iter().rev() {
             let root = match inner {
-                None => range_root(self, start, self.size),
-                Some(right) => {
+                // The innermost range is one leaf, a whole subtree.
+                Some(right) if !(self.size - start).is_power_of_two() => {
                     let k = split_point(self.size - start);
                     range_root(self, start, start + k).map(|left| node_hash(&left, &right))
                 }
+                _ => range_root(self, start, self.size),
             };
             let Ok(root) = root else {
                 return HashMap::new();

@@ -1498,12 +1498,11 @@ impl Driver {
                 lock(&self.status).refused_committed = None;
                 let metrics = &self.metrics;
                 metrics.block_applied(&block.header, block.entries.len(), started.elapsed());
-                let mut pending = lock(&self.pending);
-                if pending.is_empty() && self.waiters.is_empty() {
-                    drop(pending);
-                } else {
-                    // Each id hashes the whole entry: once here for both maps.
+                if !(lock(&self.pending).is_empty() && self.waiters.is_empty()) {
+                    // Each id hashes the whole entry: once for both maps, and before the
+                    // lock the API's admission takes too.
                     let ids: Vec<Hash> = block.entries.iter().map(Entry::id).collect();
+                    let mut pending = lock(&self.pending);
                     for id in &ids {
                         match pending.remove(id) {
                             Some(held) if held.own => {
