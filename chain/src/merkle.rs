@@ -186,11 +186,11 @@ impl AppendedNodes {
         let mut inner: Option<Hash> = None;
         for &start in starts.iter().rev() {
             let root = match inner {
-                // The innermost range is one leaf, a whole subtree.
                 Some(right) if !(self.size - start).is_power_of_two() => {
                     let k = split_point(self.size - start);
                     range_root(self, start, start + k).map(|left| node_hash(&left, &right))
                 }
+                // A whole subtree, read as its node; the innermost range, one leaf, is.
                 _ => range_root(self, start, self.size),
             };
             let Ok(root) = root else {
