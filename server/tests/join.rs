@@ -98,15 +98,6 @@ fn a_member_with_an_empty_disk_rejoins_from_a_snapshot() {
     }
     let tip = status(node(&daemons, 0))["height"].as_u64().unwrap();
     converge(&daemons, tip);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http("GET", &readyz, None).0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            http("GET", &readyz, None).1
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(metric(node(&daemons, 3), "ledger_voting"), 1);
 
     // Meanwhile it fetched the blocks below the snapshot: it holds the whole chain,
