@@ -72,10 +72,12 @@ struct Net {
     addrs: Vec<String>,
     dir: tempfile::TempDir,
     members: Vec<Option<Member>>,
+    /// Each member's send queue per peer, in frames.
+    queue_capacity: usize,
 }
 
 impl Net {
-    async fn new() -> Net {
+    async fn new(queue_capacity: usize) -> Net {
         let keys: Vec<SigningKey> = (1..=4).map(testing::key).collect();
         let mut file = testing::spec(&keys, 4).to_file();
         file.checkpoint_interval = 4;
@@ -93,6 +95,7 @@ impl Net {
             addrs,
             dir: tempfile::tempdir().expect("tempdir"),
             members: (0..4).map(|_| None).collect(),
+            queue_capacity,
         };
         for member in 0..4 {
             net.start(member).await;
@@ -125,7 +128,7 @@ impl Net {
                 .map(|m| (m as MemberIndex, self.addrs[m].clone()))
                 .collect(),
             frame_limit: Wire::max_frame(&self.spec.params),
-            queue_capacity: 4096,
+            queue_capacity: self.queue_capacity,
             inbound_capacity: 4096,
             backoff: Backoff::DEFAULT,
         };
@@ -238,7 +241,9 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
         logged(" in force"),
         logged("an entry waited"),
     );
-    let mut net = Net::new().await;
+    // Queues short enough that the others' queues to an absent member fill while
+    // it is away (below).
+    let mut net = Net::new(64).await;
     // Rounds that each wait for their receipts: one block or more each.
     for round in 0..3 {
         net.commit(1 + round % 3, round as u64, 10).await;
@@ -252,25 +257,43 @@ async fn four_members_commit_identical_chains_and_survive_losing_the_primary() {
     assert_eq!(net.member(1).cluster.status().primary, 0);
     // Its own tip: it may have applied a block or two past what all had in common.
     let stopped_at = net.stop(0).expect("running");
-    // Enough blocks for the others' stable checkpoint to pass member 0's tip: what
-    // it missed is no longer voted on, so it must fetch it. (How many rounds that
+    // The others keep what they send it meanwhile in their queues to it, and the
+    // queues deliver it when it returns: a backlog that can bring it up to date
+    // alone, in the same votes it missed (some runs did). So the others go on
+    // until every queue to it has overflowed, and then until their stable checkpoint
+    // passes every block made since: those blocks' votes were lost in full queues
+    // and are no longer sent again, so it must fetch them. (How many rounds that
     // takes depends on how the entries fall into blocks: a loaded machine batches
     // more. Bounded all the same.)
+    let overflowed = |net: &Net| {
+        (1..4).all(|m| {
+            let dropped = &net.member(m).metrics.messages_dropped;
+            dropped.get("send_queue_full") > 0
+        })
+    };
+    let highest = |net: &Net| {
+        (1..4)
+            .map(|m| net.member(m).store.tip().expect("tip").height)
+            .max()
+            .unwrap_or(0)
+    };
     let mut round = 3;
-    while round < 12
-        || net
-            .member(1)
-            .cluster
-            .status()
-            .stable_checkpoint
-            .is_none_or(|stable| stable <= stopped_at)
-    {
+    let mut lost_above = None;
+    loop {
+        let stable = net.member(1).cluster.status().stable_checkpoint;
+        if lost_above.is_some_and(|lost: u64| stable.is_some_and(|s| s > lost.max(stopped_at))) {
+            break;
+        }
         assert!(
-            round < 60,
-            "the checkpoint never passed height {stopped_at}"
+            round < 200,
+            "the queues to member 0 overflowed above {lost_above:?}, the checkpoint is at \
+             {stable:?}"
         );
         net.commit(1 + round % 3, round as u64, 10).await;
         round += 1;
+        if lost_above.is_none() && overflowed(&net) {
+            lost_above = Some(highest(&net));
+        }
     }
     let after = net.converge(height + 1).await;
     let status = net.member(1).cluster.status();
@@ -359,7 +382,7 @@ async fn submit(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_refuses_entries_while_its_pool_could_not_commit_in_time() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut net = Net::new().await;
+    let mut net = Net::new(4096).await;
     net.commit(1, 0, 1).await;
     // Two of four gone: no quorum, so nothing commits and no view changes.
     net.stop(0);
