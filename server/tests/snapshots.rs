@@ -981,10 +981,11 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
     let starting = ledger::api::starting::Starting::new(Arc::default());
     starting.set_holds_nothing(true);
     let new_member = listen(ledger::api::starting::router(Arc::clone(&starting))).await;
-    // A port nobody listens on yet: the member that is down.
-    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A port nobody listens on yet, the member that is down: bound, so that no
+    // other socket takes it before the member comes up on it.
+    let late = tokio::net::TcpSocket::new_v4().unwrap();
+    late.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let late_addr = late.local_addr().unwrap();
-    drop(late);
     // Member 1 lost its disk; member 4 cannot be reached at all.
     let probe = ledger::join::Probe {
         me: keys[0].verifying_key(),
@@ -1034,7 +1035,7 @@ async fn a_member_that_lost_its_disk_waits_for_enough_answers() {
         "{stopped:?}"
     );
 
-    let listener = tokio::net::TcpListener::bind(late_addr).await.unwrap();
+    let listener = late.listen(1024).unwrap();
     let router = serve(Arc::new(store), 4);
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
