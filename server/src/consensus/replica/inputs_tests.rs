@@ -310,6 +310,105 @@ fn a_restarted_replica_repeats_itself_and_nothing_else() {
     );
 }
 
+/// §6.1 again, for a whole cluster stopped at once: nobody's words may have left. A
+/// primary restarted with its block persisted sends the same PRE-PREPARE again, and a
+/// backup restarted prepared the same COMMIT, each until the slot is decided; the
+/// four restarted members then commit the block in the same view.
+#[test]
+fn a_cluster_restarted_whole_says_again_what_it_had_persisted() {
+    let setup = Setup::new(4);
+    let genesis = setup.genesis();
+    let mut durables: Vec<Durable> = (0..4)
+        .map(|_| Durable::genesis(setup.spec.genesis_block().hash()))
+        .collect();
+    let mut members: Vec<Replica> = (0..4).map(|m| setup.replica(m)).collect();
+    let mut persist_and_send = |member: usize, outputs: Vec<Output>| -> Vec<Message> {
+        let mut sent = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Persist(record) => durables[member].apply(&record),
+                Output::Broadcast(message) => sent.push(message),
+                _ => {}
+            }
+        }
+        sent
+    };
+    // The primary mines and proposes; members 1 and 2 accept and prepare; member 1
+    // hears member 2's prepare and is prepared. Nothing else arrives: all four stop.
+    let entry = testing::entries(5, 1, 32).remove(0);
+    let Some(Output::Mine(template)) = submit(&mut members[0], entry).pop() else {
+        panic!("an idle primary cuts at once")
+    };
+    let outputs = members[0].handle(Input::Mined(mined(&template)), &NoEntries);
+    let pre_prepare = persist_and_send(0, outputs).pop().expect("a pre-prepare");
+    let mut prepares = Vec::new();
+    for member in [1, 2] {
+        let outputs = members[member].handle(Input::Message(pre_prepare.clone()), &NoEntries);
+        prepares.extend(persist_and_send(member, outputs));
+    }
+    let outputs = members[1].handle(Input::Message(prepares[1].clone()), &NoEntries);
+    let commit = persist_and_send(1, outputs).pop().expect("a commit");
+    assert!(matches!(commit.payload, Payload::Commit { .. }));
+
+    let mut members: Vec<Replica> = (0..4)
+        .map(|m| {
+            let config = Config::new(&setup.spec, setup.keys[m].clone(), TIMING).expect("member");
+            Replica::new(config, genesis.clone(), durables[m].clone(), [], setup.now)
+        })
+        .collect();
+    let said = |replica: &mut Replica, now_ms: u64| -> Vec<Message> {
+        replica
+            .handle(Input::Tick { now_ms }, &NoEntries)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Broadcast(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        said(&mut members[0], setup.now),
+        std::slice::from_ref(&pre_prepare)
+    );
+    assert_eq!(
+        said(&mut members[1], setup.now),
+        [commit.clone(), prepares[0].clone()]
+    );
+    // Resent at the next retransmit, until decided.
+    let later = setup.now + TIMING.retransmit_ms;
+    assert_eq!(
+        said(&mut members[0], later),
+        std::slice::from_ref(&pre_prepare)
+    );
+
+    // Delivered to all, in rounds, the block commits in view 0 everywhere.
+    let mut inbox: Vec<Message> = vec![
+        pre_prepare,
+        commit,
+        prepares[0].clone(),
+        prepares[1].clone(),
+    ];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for message in &inbox {
+            for (member, replica) in members.iter_mut().enumerate() {
+                if usize::from(message.from) == member {
+                    continue;
+                }
+                let outputs = replica.handle(Input::Message(message.clone()), &NoEntries);
+                next.extend(outputs.into_iter().filter_map(|o| match o {
+                    Output::Broadcast(m) => Some(m),
+                    _ => None,
+                }));
+            }
+        }
+        inbox = next;
+    }
+    for replica in &members {
+        assert_eq!((replica.height(), replica.view()), (1, 0));
+    }
+}
+
 /// §5.3 (state transfer): an idle cluster sends nothing that shows a restarted
 /// replica it is behind, so its first lagging check asks a peer, and it asks again
 /// every fourth quiet check; a fetch that brought a block goes on at once. While it

@@ -343,6 +343,13 @@ impl Replica {
                 }
             }
         }
+        // What it said in this view before it stopped may never have left (the
+        // process died between persisting and sending): said again, and resent
+        // until decided. A backup's PREPARE comes back as it accepts its candidate
+        // again (above).
+        if durable.active && !replica.abstaining() {
+            replica.say_again();
+        }
         if durable.active {
             if let Some(message) = durable.new_view {
                 if let Payload::NewView(new_view) = &message.payload {

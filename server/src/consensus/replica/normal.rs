@@ -401,6 +401,44 @@ impl Replica {
         true
     }
 
+    /// After a restart in an active view: the PRE-PREPAREs this primary persisted its
+    /// blocks for and the COMMITs this replica persisted prepared certificates for,
+    /// above the tip, signed again (the same words) and sent until the slot is
+    /// decided. Without them a cluster that stopped whole (every member killed at
+    /// once) waited out a view change for the block it had in flight: nobody sent
+    /// again what they all had persisted.
+    pub(super) fn say_again(&mut self) {
+        let view = self.view;
+        let tip = self.tip.header.height;
+        let primary = self.is_primary();
+        let mut again = Vec::new();
+        for (height, slot) in self.slots.range(tip + 1..) {
+            let proposed = slot
+                .candidate
+                .filter(|_| primary)
+                .and_then(|candidate| self.blocks.get(&candidate.header.hash()));
+            if let Some(block) = proposed {
+                let block = Arc::clone(block);
+                again.push((*height, Payload::PrePrepare { view, block }));
+            }
+            if let Some(prepared) = slot.prepared.as_ref().filter(|p| p.view == view) {
+                let hash = prepared.header.hash();
+                let height = *height;
+                again.push((height, Payload::Commit { view, height, hash }));
+            }
+        }
+        let me = self.config.me;
+        for (height, payload) in again {
+            let message = self.sign(payload);
+            let slot = self.slots.get_mut(&height).expect("listed above");
+            if let Payload::Commit { hash, .. } = &message.payload {
+                slot.commits.insert(me, (*hash, message.signature));
+            }
+            slot.sent.push(message.clone());
+            self.out.push(Output::Broadcast(message));
+        }
+    }
+
     /// Committed: prepared here and q matching commits; their signatures are the
     /// block's commit certificate (C&L §4.2).
     pub(super) fn try_committed(&mut self, height: u64) -> bool {
