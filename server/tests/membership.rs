@@ -22,11 +22,9 @@ fn members(daemon: &Daemon) -> serde_json::Value {
 
 /// Has the admin of the layout under `dir` remove the member holding `public_key`
 /// in one step: signed with the admin's key and submitted; what `ledgerctl` said.
-/// Tried again while `daemon` counts too few members connected, as [`change`] is.
 fn remove(daemon: &Daemon, dir: &Path, public_key: &str) -> String {
     let admin = dir.join("admin.key");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let said = until_connected(|| {
         let removed = daemon.ctl(&[
             "member",
             "remove",
@@ -35,28 +33,31 @@ fn remove(daemon: &Daemon, dir: &Path, public_key: &str) -> String {
             "--admin-key",
             admin.to_str().unwrap(),
         ]);
-        let said = text(&removed);
-        if !removed.status.success() && said.contains("connected to this member") {
-            assert!(Instant::now() < deadline, "{said}");
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
+        match removed.status.success() {
+            true => Ok(text(&removed)),
+            false => Err(text(&removed)),
         }
-        assert!(removed.status.success(), "{said}");
-        assert!(said.contains("submitted remove"), "{said}");
-        return said;
-    }
+    });
+    assert!(said.contains("submitted remove"), "{said}");
+    said
 }
 
 /// Has the admin of the layout under `dir` make the change `what` (`ledgerctl member`'s
 /// words) through `daemon`, as an operator does: prepared for the epoch in force and
-/// signed (`--sign-only`), checked, submitted. Just after a change comes into force the members dial each other anew, and a
-/// member that counts too few connected refuses the next one: tried again then.
+/// signed (`--sign-only`), checked, submitted.
 fn change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) {
+    until_connected(|| try_change(daemon, dir, what, name));
+}
+
+/// What `attempt` gives once it succeeds. Just after a change comes into force the
+/// members dial each other anew, and a member that counts too few connected refuses
+/// the next change: tried again then, within a bound. Any other failure fails.
+fn until_connected<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
     // Seconds on a quiet machine; more than 10 on a loaded one (seen once).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match try_change(daemon, dir, what, name) {
-            Ok(()) => return,
+        match attempt() {
+            Ok(done) => return done,
             Err(failed) if failed.contains("connected to this member") => {
                 assert!(Instant::now() < deadline, "{failed}");
                 std::thread::sleep(Duration::from_millis(200));
