@@ -123,9 +123,11 @@ impl Wal {
         if torn(&bytes, valid) {
             // The append a crash cut short: it was never acknowledged.
             file.set_len(valid as u64).map_err(io)?;
-            file.sync_data().map_err(io)?;
             allocated = valid as u64;
         }
+        // A crash may have left the last append written but not synced, and what is
+        // read back here is said again (`Replica::say_again`): durable first.
+        file.sync_data().map_err(io)?;
         Ok(Wal {
             path: path.to_owned(),
             file,

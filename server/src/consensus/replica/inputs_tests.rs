@@ -311,9 +311,11 @@ fn a_restarted_replica_repeats_itself_and_nothing_else() {
 }
 
 /// §6.1 again, for a whole cluster stopped at once: nobody's words may have left. A
-/// primary restarted with its block persisted sends the same PRE-PREPARE again, and a
-/// backup restarted prepared the same COMMIT, each until the slot is decided; the
-/// four restarted members then commit the block in the same view.
+/// primary restarted with its block persisted sends the same PRE-PREPARE again once it
+/// has accepted the block again, and a backup restarted prepared the same COMMIT, each
+/// until the slot is decided; with only what the four restarted members say, they
+/// commit the block in the same view. Without them it waits for a view change: two
+/// COMMITs of the three needed, and a member that never saw the block.
 #[test]
 fn a_cluster_restarted_whole_says_again_what_it_had_persisted() {
     let setup = Setup::new(4);
@@ -322,16 +324,22 @@ fn a_cluster_restarted_whole_says_again_what_it_had_persisted() {
         .map(|_| Durable::genesis(setup.spec.genesis_block().hash()))
         .collect();
     let mut members: Vec<Replica> = (0..4).map(|m| setup.replica(m)).collect();
+    let broadcasts = |outputs: Vec<Output>| -> Vec<Message> {
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Broadcast(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    };
     let mut persist_and_send = |member: usize, outputs: Vec<Output>| -> Vec<Message> {
-        let mut sent = Vec::new();
-        for output in outputs {
-            match output {
-                Output::Persist(record) => durables[member].apply(&record),
-                Output::Broadcast(message) => sent.push(message),
-                _ => {}
+        for output in &outputs {
+            if let Output::Persist(record) = output {
+                durables[member].apply(record);
             }
         }
-        sent
+        broadcasts(outputs)
     };
     // The primary mines and proposes; members 1 and 2 accept and prepare; member 1
     // hears member 2's prepare and is prepared. Nothing else arrives: all four stop.
@@ -356,56 +364,51 @@ fn a_cluster_restarted_whole_says_again_what_it_had_persisted() {
             Replica::new(config, genesis.clone(), durables[m].clone(), [], setup.now)
         })
         .collect();
-    let said = |replica: &mut Replica, now_ms: u64| -> Vec<Message> {
-        replica
-            .handle(Input::Tick { now_ms }, &NoEntries)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Broadcast(m) => Some(m),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(
-        said(&mut members[0], setup.now),
-        std::slice::from_ref(&pre_prepare)
-    );
-    assert_eq!(
-        said(&mut members[1], setup.now),
-        [commit.clone(), prepares[0].clone()]
-    );
+    let mut said: Vec<Vec<Message>> = members
+        .iter_mut()
+        .map(|replica| broadcasts(replica.handle(Input::Tick { now_ms: setup.now }, &NoEntries)))
+        .collect();
+    assert_eq!(said[0], std::slice::from_ref(&pre_prepare));
+    assert_eq!(said[1], [commit.clone(), prepares[0].clone()]);
+    assert_eq!(said[2], std::slice::from_ref(&prepares[1]));
+    assert!(said[3].is_empty());
     // Resent at the next retransmit, until decided.
     let later = setup.now + TIMING.retransmit_ms;
-    assert_eq!(
-        said(&mut members[0], later),
-        std::slice::from_ref(&pre_prepare)
-    );
+    let again = broadcasts(members[1].handle(Input::Tick { now_ms: later }, &NoEntries));
+    assert_eq!(again, [commit, prepares[0].clone()]);
 
-    // Delivered to all, in rounds, the block commits in view 0 everywhere.
-    let mut inbox: Vec<Message> = vec![
-        pre_prepare,
-        commit,
-        prepares[0].clone(),
-        prepares[1].clone(),
-    ];
+    // Only what the restarted members say, delivered to all in rounds: the block
+    // commits in view 0 everywhere.
+    let mut inbox: Vec<Message> = said.drain(..).flatten().collect();
     for _ in 0..4 {
         let mut next = Vec::new();
         for message in &inbox {
             for (member, replica) in members.iter_mut().enumerate() {
-                if usize::from(message.from) == member {
-                    continue;
+                if usize::from(message.from) != member {
+                    let outputs = replica.handle(Input::Message(message.clone()), &NoEntries);
+                    next.extend(broadcasts(outputs));
                 }
-                let outputs = replica.handle(Input::Message(message.clone()), &NoEntries);
-                next.extend(outputs.into_iter().filter_map(|o| match o {
-                    Output::Broadcast(m) => Some(m),
-                    _ => None,
-                }));
             }
         }
         inbox = next;
     }
     for replica in &members {
         assert_eq!((replica.height(), replica.view()), (1, 0));
+    }
+
+    // A primary whose rules now refuse its own block (changed while it was down)
+    // does not propose it again.
+    let refusing = testing::BlockRules {
+        most: 0,
+        blockless: b"",
+    };
+    let config = Config::new(&setup.spec, setup.keys[0].clone(), TIMING)
+        .expect("member")
+        .with_policy(Arc::new(refusing));
+    let mut stricter = Replica::new(config, genesis, durables[0].clone(), [], setup.now);
+    for now_ms in [setup.now, later] {
+        let outputs = stricter.handle(Input::Tick { now_ms }, &NoEntries);
+        assert!(broadcasts(outputs).is_empty());
     }
 }
 

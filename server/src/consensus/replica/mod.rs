@@ -102,6 +102,9 @@ struct Slot {
     /// The body asked for with [`Output::FetchBlock`], asked again at each retransmit
     /// until it arrives: the peer asked may lack it or the answer may be lost.
     fetching: Option<Hash>,
+    /// A primary restarted with its proposal persisted: the PRE-PREPARE goes out
+    /// again once the block is accepted again ([`Replica::say_again`]).
+    propose_again: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -306,6 +306,14 @@ impl Replica {
             slot.sent.push(prepare.clone());
             self.out.push(Output::Broadcast(prepare));
         }
+        if std::mem::take(&mut slot.propose_again) {
+            if let Some(block) = block {
+                let pre_prepare = self.sign(Payload::PrePrepare { view, block });
+                let slot = self.slots.get_mut(&height).expect("slot exists");
+                slot.sent.push(pre_prepare.clone());
+                self.out.push(Output::Broadcast(pre_prepare));
+            }
+        }
         true
     }
 
@@ -326,6 +334,7 @@ impl Replica {
     pub(super) fn forget_candidate(&mut self, height: u64) {
         if let Some(slot) = self.slots.get_mut(&height) {
             slot.candidate = None;
+            slot.propose_again = false;
         }
     }
 
@@ -401,39 +410,37 @@ impl Replica {
         true
     }
 
-    /// After a restart in an active view: the PRE-PREPAREs this primary persisted its
-    /// blocks for and the COMMITs this replica persisted prepared certificates for,
-    /// above the tip, signed again (the same words) and sent until the slot is
-    /// decided. Without them a cluster that stopped whole (every member killed at
-    /// once) waited out a view change for the block it had in flight: nobody sent
-    /// again what they all had persisted.
+    /// After a restart in an active view, what this replica had persisted above its
+    /// tip may never have left, and with every member restarted at once nobody holds
+    /// it to send again (the cluster waited out a view change for the block it had in
+    /// flight). The COMMITs of its prepared certificates are signed again (the same
+    /// words) and sent until the slot is decided; as primary, its proposals' PRE-PREPAREs
+    /// too, once each block is accepted again ([`Replica::try_accept`]): one it now
+    /// refuses is not sent. A backup's PREPARE comes back as it accepts its candidate.
     pub(super) fn say_again(&mut self) {
         let view = self.view;
         let tip = self.tip.header.height;
         let primary = self.is_primary();
-        let mut again = Vec::new();
-        for (height, slot) in self.slots.range(tip + 1..) {
-            let proposed = slot
-                .candidate
-                .filter(|_| primary)
-                .and_then(|candidate| self.blocks.get(&candidate.header.hash()));
-            if let Some(block) = proposed {
-                let block = Arc::clone(block);
-                again.push((*height, Payload::PrePrepare { view, block }));
-            }
+        let me = self.config.me;
+        let mut commits = Vec::new();
+        for (height, slot) in self.slots.range_mut(tip + 1..) {
+            slot.propose_again = primary && slot.candidate.is_some();
             if let Some(prepared) = slot.prepared.as_ref().filter(|p| p.view == view) {
                 let hash = prepared.header.hash();
-                let height = *height;
-                again.push((height, Payload::Commit { view, height, hash }));
+                commits.push(Payload::Commit {
+                    view,
+                    height: *height,
+                    hash,
+                });
             }
         }
-        let me = self.config.me;
-        for (height, payload) in again {
+        for payload in commits {
             let message = self.sign(payload);
+            let Payload::Commit { height, hash, .. } = message.payload else {
+                continue;
+            };
             let slot = self.slots.get_mut(&height).expect("listed above");
-            if let Payload::Commit { hash, .. } = &message.payload {
-                slot.commits.insert(me, (*hash, message.signature));
-            }
+            slot.commits.insert(me, (hash, message.signature));
             slot.sent.push(message.clone());
             self.out.push(Output::Broadcast(message));
         }

@@ -213,6 +213,7 @@ impl Replica {
             slot.commits.clear();
             slot.sent.clear();
             slot.fetching = None;
+            slot.propose_again = false;
         }
     }
 
