@@ -24,7 +24,7 @@ fn members(daemon: &Daemon) -> serde_json::Value {
 /// in one step: signed with the admin's key and submitted; what `ledgerctl` said.
 fn remove(daemon: &Daemon, dir: &Path, public_key: &str) -> String {
     let admin = dir.join("admin.key");
-    let said = until_connected(|| {
+    let said = until_taken(|| {
         let removed = daemon.ctl(&[
             "member",
             "remove",
@@ -46,19 +46,24 @@ fn remove(daemon: &Daemon, dir: &Path, public_key: &str) -> String {
 /// words) through `daemon`, as an operator does: prepared for the epoch in force and
 /// signed (`--sign-only`), checked, submitted.
 fn change(daemon: &Daemon, dir: &Path, what: &[&str], name: &str) {
-    until_connected(|| try_change(daemon, dir, what, name));
+    until_taken(|| try_change(daemon, dir, what, name));
 }
 
-/// What `attempt` gives once it succeeds. Just after a change comes into force the
-/// members dial each other anew, and a member that counts too few connected refuses
-/// the next change: tried again then, within a bound. Any other failure fails.
-fn until_connected<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+/// What `attempt` gives once it succeeds. Two refusals pass, and the change is tried
+/// again then, within a bound: just after a change comes into force the members dial
+/// each other anew, and a member that counts too few connected refuses the next one;
+/// a learner just restarted under load is more than a checkpoint interval behind
+/// until it catches up. Any other failure fails.
+fn until_taken<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
     // Seconds on a quiet machine; more than 10 on a loaded one (seen once).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let passing = |failed: &str| {
+        failed.contains("connected to this member") || failed.contains("wait for it to catch up")
+    };
     loop {
         match attempt() {
             Ok(done) => return done,
-            Err(failed) if failed.contains("connected to this member") => {
+            Err(failed) if passing(&failed) => {
                 assert!(Instant::now() < deadline, "{failed}");
                 std::thread::sleep(Duration::from_millis(200));
             }
