@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::super::durable::Record;
-use super::super::message::{Payload, PreparedCertificate, Vote};
+use super::super::message::{Message, Payload, PreparedCertificate, Vote};
 use super::{Accepted, Ancestry, Candidate, DropReason, LastCut, Output, Parent, Replica, Tip};
 use crate::chain::merkle::leaf_hash;
 use crate::chain::{
@@ -399,15 +399,21 @@ impl Replica {
         };
         let hash = accepted.hash;
         let commit = self.sign(Payload::Commit { view, height, hash });
-        let me = self.config.me;
         self.out
             .push(Output::Persist(Record::Prepared(certificate.clone())));
+        self.slots.get_mut(&height).expect("slot exists").prepared = Some(certificate);
+        self.send_commit(height, hash, commit);
+        true
+    }
+
+    /// Counts this replica's own `commit` of `hash` at `height`, and sends it until
+    /// the slot is decided.
+    fn send_commit(&mut self, height: u64, hash: Hash, commit: Message) {
+        let me = self.config.me;
         let slot = self.slots.get_mut(&height).expect("slot exists");
-        slot.prepared = Some(certificate);
         slot.commits.insert(me, (hash, commit.signature));
         slot.sent.push(commit.clone());
         self.out.push(Output::Broadcast(commit));
-        true
     }
 
     /// After a restart in an active view, what this replica had persisted above its
@@ -421,28 +427,16 @@ impl Replica {
         let view = self.view;
         let tip = self.tip.header.height;
         let primary = self.is_primary();
-        let me = self.config.me;
-        let mut commits = Vec::new();
+        let mut prepared = Vec::new();
         for (height, slot) in self.slots.range_mut(tip + 1..) {
             slot.propose_again = primary && slot.candidate.is_some();
-            if let Some(prepared) = slot.prepared.as_ref().filter(|p| p.view == view) {
-                let hash = prepared.header.hash();
-                commits.push(Payload::Commit {
-                    view,
-                    height: *height,
-                    hash,
-                });
+            if let Some(certificate) = slot.prepared.as_ref().filter(|p| p.view == view) {
+                prepared.push((*height, certificate.header.hash()));
             }
         }
-        for payload in commits {
-            let message = self.sign(payload);
-            let Payload::Commit { height, hash, .. } = message.payload else {
-                continue;
-            };
-            let slot = self.slots.get_mut(&height).expect("listed above");
-            slot.commits.insert(me, (hash, message.signature));
-            slot.sent.push(message.clone());
-            self.out.push(Output::Broadcast(message));
+        for (height, hash) in prepared {
+            let commit = self.sign(Payload::Commit { view, height, hash });
+            self.send_commit(height, hash, commit);
         }
     }
 
